@@ -1,0 +1,1 @@
+"""DOS Edge: devices package."""

@@ -1,0 +1,119 @@
+"""Internal events and commands: small frozen dataclasses passed on the event bus.
+
+Drivers publish `Telemetry` and `Availability`; the state store is the only writer
+of device state; the dispatcher publishes `CommandResult`; controllers publish
+`AlarmEvent` and `PlanEvent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+
+Value = float | int | bool | str
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """Point values read from one device at `ts` (clock seconds)."""
+
+    device_id: str
+    ts: float
+    values: Mapping[str, Value]
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """A connection (endpoint) and the devices behind it became reachable or not."""
+
+    endpoint: str
+    device_ids: tuple[str, ...]
+    online: bool
+    ts: float
+    reason: str = ""
+
+
+class Priority(IntEnum):
+    """Who asks: a higher priority wins while its command holds."""
+
+    PLAN = 10
+    SAFETY = 20
+    OPERATOR = 30
+
+
+class Outcome(StrEnum):
+    """What the dispatcher did with a command."""
+
+    ACCEPTED = "accepted"
+    CLAMPED = "clamped"
+    REFUSED = "refused"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A request to set one point of one device.
+
+    `expires_at` is the time-to-live: a command not applied by then is dropped.
+    `hold_until` is how long the value should hold (an override's duration);
+    None means until replaced.
+    """
+
+    id: str
+    device_id: str
+    point: str
+    value: float
+    priority: Priority
+    source: str
+    issued_at: float
+    expires_at: float
+    hold_until: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The final word on a command: confirmed by read-back, or why not."""
+
+    command: Command
+    outcome: Outcome
+    applied_value: float | None
+    reason: str
+    ts: float
+
+
+class Severity(StrEnum):
+    """Alarm severity, as operators sort them."""
+
+    CRITICAL = "critical"
+    MAJOR = "major"
+    MINOR = "minor"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmEvent:
+    """An alarm raised (active=True) or cleared (active=False) on a device."""
+
+    device_id: str
+    code: str
+    severity: Severity
+    active: bool
+    ts: float
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PlanEvent:
+    """A new plan for a domain; `plan` is the optimizer's pydantic output as a dict."""
+
+    domain: str
+    ts: float
+    plan: Mapping[str, object] = field(default_factory=dict)
+
+
+Event = Telemetry | Availability | CommandResult | AlarmEvent | PlanEvent
