@@ -25,6 +25,7 @@ class ConfigError(EdgeError):
         super().__init__(message)
         self.key = key
         self.file = file
+        self.lines: list[str] = []
 
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""

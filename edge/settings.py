@@ -1,0 +1,261 @@
+"""Site settings: one TOML file plus `EDGE_*` environment variables, validated once.
+
+Environment variables override the file, nested keys joined by `__`
+(`EDGE_MQTT__URL=mqtt://...`). Every error names the key and where it came from,
+so `edge check-config` can explain a bad file without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from edge.errors import ConfigError
+
+ENV_PREFIX = "EDGE_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SiteSettings(_Section):
+    """Where the site is: sun times and local time depend on it."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = "demo"
+    name: str = "Demo district"
+    latitude: Annotated[float, Field(ge=-90, le=90)] = 51.51
+    longitude: Annotated[float, Field(ge=-180, le=180)] = 7.455
+    timezone: str = "Europe/Berlin"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+
+class InventorySettings(_Section):
+    """The device inventory file (CSV or GeoJSON); relative paths are relative to the config."""
+
+    path: Path = Path("inventory.csv")
+
+
+class StorageSettings(_Section):
+    """Database URL (SQLite file by default, PostgreSQL by URL) and history retention."""
+
+    url: str = "sqlite:///var/edge.db"
+    history_interval_s: Annotated[float, Field(gt=0)] = 300.0
+    retention_days: Annotated[float, Field(gt=0)] = 30.0
+    flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError("must start with sqlite:// or postgresql+psycopg://")
+        return v
+
+
+class MqttSettings(_Section):
+    """Northbound broker; when `url` is empty the demo starts an embedded broker."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    client_id: str = ""
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_/-]+$")] = "dos/v1"
+    protocol: Literal["5", "3.1.1"] = "5"
+    max_payload_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 65_536
+    telemetry_interval_s: Annotated[float, Field(gt=0)] = 60.0
+    outbox_max_rows: Annotated[int, Field(ge=100)] = 1_000_000
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_scheme(cls, v: str) -> str:
+        if v and not v.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// (or be empty for the embedded broker)")
+        return v
+
+
+class TrafficStep(_Section):
+    """From local time `start`, light `steps` EN 13201 classes below the design class."""
+
+    start: time
+    steps: Annotated[int, Field(ge=0, le=5)]
+
+
+def _default_profile() -> list[TrafficStep]:
+    return [
+        TrafficStep(start=time(22, 0), steps=1),
+        TrafficStep(start=time(0, 0), steps=2),
+        TrafficStep(start=time(5, 0), steps=1),
+        TrafficStep(start=time(6, 0), steps=0),
+    ]
+
+
+class LightingSettings(_Section):
+    """Switching, adaptive classes, floors, motion and failure detection for streetlights."""
+
+    on_offset_min: Annotated[int, Field(ge=-120, le=120)] = 0
+    off_offset_min: Annotated[int, Field(ge=-120, le=120)] = 0
+    traffic_profile: list[TrafficStep] = Field(default_factory=_default_profile)
+    never_dim_floor: Annotated[int, Field(ge=0, le=100)] = 100
+    fear_space_floor: Annotated[int, Field(ge=0, le=100)] = 100
+    max_changes: Annotated[int, Field(ge=1, le=16)] = 4
+    plan_time_limit_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    motion_hold_s: Annotated[float, Field(gt=0)] = 120.0
+    motion_lamps_ahead: Annotated[int, Field(ge=0, le=50)] = 4
+    power_tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.3
+    power_tolerance_w: Annotated[float, Field(ge=0)] = 3.0
+    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+
+class DispatcherSettings(_Section):
+    """Command time-to-live, write timeout and concurrency."""
+
+    command_ttl_s: Annotated[float, Field(gt=0)] = 30.0
+    write_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    workers: Annotated[int, Field(ge=1, le=512)] = 32
+    reconcile_interval_s: Annotated[float, Field(gt=0)] = 30.0
+
+
+class LoggingSettings(_Section):
+    """Log level and format (JSON when stdout is not a terminal)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class ClockSettings(_Section):
+    """Simulated time for demos: `speed` clock seconds per real second from `start`."""
+
+    speed: Annotated[float, Field(gt=0, le=10_000)] = 1.0
+    start: str = ""
+
+
+class Settings(BaseSettings):
+    """All settings of one edge site."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    site: SiteSettings = SiteSettings()
+    inventory: InventorySettings = InventorySettings()
+    storage: StorageSettings = StorageSettings()
+    mqtt: MqttSettings = MqttSettings()
+    lighting: LightingSettings = LightingSettings()
+    dispatcher: DispatcherSettings = DispatcherSettings()
+    logging: LoggingSettings = LoggingSettings()
+    clock: ClockSettings = ClockSettings()
+    config_dir: Path = Path()
+
+    @model_validator(mode="after")
+    def _steps_sorted(self) -> Settings:
+        starts = [s.start for s in self.lighting.traffic_profile]
+        if len(set(starts)) != len(starts):
+            raise ValueError("lighting.traffic_profile has two steps with the same start")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file; no dotenv or secrets directories.
+        return (env_settings, init_settings)
+
+    def inventory_path(self) -> Path:
+        """The inventory path resolved against the config file's folder."""
+        p = self.inventory.path
+        return p if p.is_absolute() else self.config_dir / p
+
+
+def _env_keys() -> set[str]:
+    return {k for k in os.environ if k.startswith(ENV_PREFIX)}
+
+
+def _where(loc: tuple[int | str, ...], file: str) -> str:
+    env_name = ENV_PREFIX + "__".join(str(p).upper() for p in loc if isinstance(p, str))
+    for k in _env_keys():
+        if env_name.startswith(k) or k.startswith(env_name):
+            return f"environment variable {k}"
+    return file
+
+
+def load_settings(path: Path | str | None, **overrides: Any) -> Settings:
+    """Read, merge and validate settings once; raise ConfigError naming key and file."""
+    file = str(path) if path else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError("file not found", file=file) from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", file=file) from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read: {exc}", file=file) from exc
+        data["config_dir"] = p.resolve().parent
+    for key, value in overrides.items():
+        section, _, name = key.partition("__")
+        if name:
+            data.setdefault(section, {})[name] = value
+        else:
+            data[key] = value
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise settings_error(exc, file) from None
+
+
+def settings_error(exc: ValidationError, file: str) -> ConfigError:
+    """Turn pydantic's errors into one ConfigError listing every key and reason."""
+    lines = []
+    first_key = ""
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        first_key = first_key or key
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{_where(loc, file)}: {key}: {msg}")
+    error = ConfigError("\n".join(lines))
+    error.key, error.file, error.lines = first_key, file, lines
+    return error
+
+
+def check_file(path: Path | str) -> list[str]:
+    """Every problem with a config file and its inventory, as lines for `edge check-config`."""
+    from edge.inventory import load_inventory
+
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        return exc.lines or [str(exc)]
+    try:
+        load_inventory(settings.inventory_path())
+    except ConfigError as exc:
+        return exc.lines or [str(exc)]
+    return []
+
