@@ -116,4 +116,14 @@ class PlanEvent:
     plan: Mapping[str, object] = field(default_factory=dict)
 
 
-Event = Telemetry | Availability | CommandResult | AlarmEvent | PlanEvent
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The state store changed a device: `changed` holds the new values of changed keys."""
+
+    device_id: str
+    ts: float
+    changed: Mapping[str, Value | None]
+
+
+Event = Telemetry | Availability | CommandResult | AlarmEvent | PlanEvent | StateChanged

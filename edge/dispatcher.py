@@ -1,0 +1,361 @@
+"""The command dispatcher: the only code that writes to devices.
+
+Every command passes a safety policy (refuse or clamp, with a reason), lands in a
+per-point priority array (operator override > safety > plan, each with an optional
+hold time), and the winning value is written by a worker with a timeout and
+confirmed by read-back. Every verdict and every final result is audited and
+published as a `CommandResult`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import structlog
+
+from devices.base import Driver
+from edge.bus import EventBus
+from edge.clock import Clock
+from edge.errors import DeviceError, DeviceTimeout
+from edge.events import Command, CommandResult, Outcome, Priority
+from edge.state import StateStore
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a safety policy makes of a command: the value to use, or a refusal, and why."""
+
+    outcome: Outcome
+    value: float
+    reason: str = ""
+
+
+class SafetyPolicy(Protocol):
+    """Domain rules that hold whoever asks: floors, ranges, feeder limits."""
+
+    def check(self, cmd: Command, now: float) -> Verdict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One line of the audit trail: a verdict on submit, or a command's final result."""
+
+    command: Command
+    outcome: Outcome
+    value: float | None
+    reason: str
+    ts: float
+
+
+AuditSink = Callable[[AuditRecord], None]
+
+
+@dataclass(slots=True)
+class _Point:
+    layers: dict[Priority, Command] = field(default_factory=dict)
+    written: float | None = None  # last value confirmed by read-back
+    in_flight: Command | None = None
+
+
+@dataclass(slots=True)
+class DispatcherStats:
+    submitted: int = 0
+    accepted: int = 0
+    clamped: int = 0
+    refused: int = 0
+    sent: int = 0
+    confirmed: int = 0
+    failed: int = 0
+    expired: int = 0
+    superseded: int = 0
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Dispatcher:
+    """Arbitrates, validates, writes and confirms commands; async context manager."""
+
+    def __init__(
+        self,
+        *,
+        bus: EventBus,
+        clock: Clock,
+        state: StateStore,
+        drivers: Sequence[Driver],
+        policies: Mapping[str, SafetyPolicy],
+        audit: AuditSink,
+        write_timeout_s: float = 2.0,
+        workers: int = 32,
+        reconcile_interval_s: float = 30.0,
+    ) -> None:
+        self._bus = bus
+        self._clock = clock
+        self._state = state
+        self._drivers = list(drivers)
+        self._policies = dict(policies)
+        self._audit = audit
+        self._write_timeout = write_timeout_s
+        self._n_workers = workers
+        self._reconcile_interval = reconcile_interval_s
+        self._points: dict[Key, _Point] = {}
+        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
+        self._driver_of: dict[str, Driver | None] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self.stats = DispatcherStats()
+
+    async def __aenter__(self) -> Dispatcher:
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        for i in range(self._n_workers):
+            self._tg.create_task(self._worker(), name=f"dispatcher.worker[{i}]")
+        self._tg.create_task(self._hold_loop(), name="dispatcher.holds")
+        self._tg.create_task(self._reconcile_loop(), name="dispatcher.reconcile")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._tg is not None
+        for task in list(self._tg._tasks):  # noqa: SLF001 - TaskGroup has no public cancel-all
+            task.cancel()
+        await self._tg.__aexit__(None, None, None)
+        self._tg = None
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until no write is queued or in flight (graceful shutdown)."""
+        async with asyncio.timeout(timeout):
+            while self._queued or any(p.in_flight for p in self._points.values()):
+                await asyncio.sleep(0.01)
+
+    # ----- submitting -------------------------------------------------------------------
+
+    def submit(self, cmd: Command) -> Verdict:
+        """Validate and record a command; the write happens in the background."""
+        now = self._clock.now()
+        self.stats.submitted += 1
+        verdict = self._validate(cmd, now)
+        if verdict.outcome is Outcome.REFUSED:
+            self.stats.refused += 1
+            self._audit(AuditRecord(cmd, Outcome.REFUSED, None, verdict.reason, now))
+            self._finish(CommandResult(cmd, Outcome.REFUSED, None, verdict.reason, now), count=False)
+            return verdict
+        if verdict.outcome is Outcome.CLAMPED:
+            self.stats.clamped += 1
+            cmd = replace(cmd, value=verdict.value, reason=verdict.reason)
+        else:
+            self.stats.accepted += 1
+        self._audit(AuditRecord(cmd, verdict.outcome, verdict.value, verdict.reason, now))
+        point = self._points.setdefault((cmd.device_id, cmd.point), _Point())
+        old = point.layers.get(cmd.priority)
+        point.layers[cmd.priority] = cmd
+        if old is not None and old is not point.in_flight and old.id in self._waiters:
+            self._finish(CommandResult(old, Outcome.SUPERSEDED, None, f"replaced by {cmd.id}", now))
+        top = self._effective(point, now)
+        if top is not None and top.id != cmd.id:
+            held = f"held by {top.source} ({top.priority.name.lower()})"
+            self._finish(CommandResult(cmd, Outcome.SUPERSEDED, None, held, now))
+            return Verdict(verdict.outcome, verdict.value, ", ".join(filter(None, [verdict.reason, held])))
+        self._enqueue((cmd.device_id, cmd.point))
+        return verdict
+
+    async def submit_and_wait(self, cmd: Command, timeout: float) -> CommandResult:
+        """Submit and wait for the final result (confirmed, refused, failed, expired ...)."""
+        fut: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._waiters[cmd.id] = fut
+        self.submit(cmd)
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            now = self._clock.now()
+            return CommandResult(cmd, Outcome.FAILED, None, "no result within timeout", now)
+        finally:
+            self._waiters.pop(cmd.id, None)
+
+    def release(self, device_id: str, point: str, priority: Priority, source: str) -> bool:
+        """Drop a priority layer (e.g. 'return to schedule'); the next layer down takes over."""
+        p = self._points.get((device_id, point))
+        if p is None or priority not in p.layers:
+            return False
+        cmd = p.layers.pop(priority)
+        now = self._clock.now()
+        self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, f"released by {source}", now))
+        self._rearm(p, now)
+        self._enqueue((device_id, point))
+        return True
+
+    def effective(self, device_id: str, point: str) -> Command | None:
+        """The command that currently wins on a point, if any."""
+        p = self._points.get((device_id, point))
+        return None if p is None else self._effective(p, self._clock.now())
+
+    def pending(self) -> int:
+        return len(self._queued)
+
+    def _validate(self, cmd: Command, now: float) -> Verdict:
+        if not math.isfinite(cmd.value):
+            return Verdict(Outcome.REFUSED, cmd.value, "value_not_finite")
+        dev = self._state.get(cmd.device_id)
+        if dev is None:
+            return Verdict(Outcome.REFUSED, cmd.value, "unknown_device")
+        if cmd.expires_at <= now:
+            return Verdict(Outcome.REFUSED, cmd.value, "expired_on_arrival")
+        if self._driver(cmd.device_id) is None:
+            return Verdict(Outcome.REFUSED, cmd.value, "no_driver")
+        policy = self._policies.get(dev.kind)
+        if policy is None:
+            return Verdict(Outcome.REFUSED, cmd.value, f"no_safety_policy_for_{dev.kind}")
+        return policy.check(cmd, now)
+
+    def _driver(self, device_id: str) -> Driver | None:
+        if device_id not in self._driver_of:
+            self._driver_of[device_id] = next((d for d in self._drivers if d.handles(device_id)), None)
+        return self._driver_of[device_id]
+
+    @staticmethod
+    def _effective(point: _Point, now: float) -> Command | None:
+        for prio in sorted(point.layers, reverse=True):
+            cmd = point.layers[prio]
+            if cmd.hold_until is None or cmd.hold_until > now:
+                return cmd
+        return None
+
+    def _enqueue(self, key: Key) -> None:
+        if key not in self._queued:
+            self._queued.add(key)
+            self._queue.put_nowait(key)
+
+    def _finish(self, result: CommandResult, *, count: bool = True) -> None:
+        if count:
+            match result.outcome:
+                case Outcome.CONFIRMED:
+                    self.stats.confirmed += 1
+                case Outcome.FAILED:
+                    self.stats.failed += 1
+                case Outcome.EXPIRED:
+                    self.stats.expired += 1
+                case Outcome.SUPERSEDED:
+                    self.stats.superseded += 1
+                case _:
+                    pass
+        if result.outcome is not Outcome.REFUSED:
+            self._audit(
+                AuditRecord(result.command, result.outcome, result.applied_value, result.reason, result.ts)
+            )
+        self._bus.publish(result)
+        fut = self._waiters.get(result.command.id)
+        if fut is not None and not fut.done():
+            fut.set_result(result)
+
+    # ----- writing ----------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._queue.get()
+            self._queued.discard(key)
+            point = self._points.get(key)
+            if point is None:
+                continue
+            now = self._clock.now()
+            self._drop_expired_holds(point, now)
+            cmd = self._effective(point, now)
+            if cmd is None:
+                continue
+            if cmd.expires_at <= now and point.written != cmd.value:
+                point.layers.pop(cmd.priority, None)
+                self._finish(CommandResult(cmd, Outcome.EXPIRED, None, "time to live passed", now))
+                self._enqueue(key)  # a lower layer may take over
+                continue
+            await self._write(key, point, cmd)
+
+    async def _write(self, key: Key, point: _Point, cmd: Command) -> None:
+        driver = self._driver(cmd.device_id)
+        assert driver is not None  # checked on submit
+        point.in_flight = cmd
+        self.stats.sent += 1
+        try:
+            readback = await driver.write(cmd.device_id, cmd.point, cmd.value, self._write_timeout)
+        except DeviceTimeout as exc:
+            result = CommandResult(cmd, Outcome.FAILED, None, f"timeout: {exc}", self._clock.now())
+        except DeviceError as exc:
+            result = CommandResult(cmd, Outcome.FAILED, None, f"{type(exc).__name__}: {exc}", self._clock.now())
+        else:
+            ok = math.isclose(readback, cmd.value, abs_tol=0.5)
+            if ok:
+                point.written = readback
+            reason = "" if ok else f"read back {readback:g}, expected {cmd.value:g}"
+            outcome = Outcome.CONFIRMED if ok else Outcome.FAILED
+            result = CommandResult(cmd, outcome, readback, reason, self._clock.now())
+        finally:
+            point.in_flight = None
+        self._finish(result)
+        if result.outcome is Outcome.FAILED and cmd.expires_at > self._clock.now():
+            # Retry while the command is alive; the TTL bounds the attempts.
+            await asyncio.sleep(min(1.0, self._write_timeout))
+            self._enqueue(key)
+
+    def _drop_expired_holds(self, point: _Point, now: float) -> None:
+        dropped = False
+        for prio, cmd in list(point.layers.items()):
+            if cmd.hold_until is not None and cmd.hold_until <= now:
+                del point.layers[prio]
+                dropped = True
+                self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, "hold ended", now))
+        if dropped:
+            self._rearm(point, now)
+
+    @staticmethod
+    def _rearm(point: _Point, now: float) -> None:
+        """A layer that surfaces again after a hold is a standing intent: give it a fresh TTL."""
+        top = Dispatcher._effective(point, now)
+        if top is not None and top.expires_at <= now:
+            ttl = max(1.0, top.expires_at - top.issued_at)
+            point.layers[top.priority] = replace(top, issued_at=now, expires_at=now + ttl)
+
+    async def _hold_loop(self) -> None:
+        """Hand a point back to the next layer when a hold (override, motion) ends."""
+        while True:
+            await asyncio.sleep(0.2)
+            now = self._clock.now()
+            for key, point in self._points.items():
+                if any(c.hold_until is not None and c.hold_until <= now for c in point.layers.values()):
+                    self._drop_expired_holds(point, now)
+                    self._enqueue(key)
+
+    async def _reconcile_loop(self) -> None:
+        """Re-write points whose device reports a value other than the winning command's.
+
+        A controller that rebooted or fell back to its fail-safe level is put back into
+        its scheduled state without waiting for the next plan.
+        """
+        counter = itertools.count()
+        while True:
+            await asyncio.sleep(self._reconcile_interval)
+            now = self._clock.now()
+            for key, point in self._points.items():
+                cmd = self._effective(point, now)
+                if cmd is None or point.in_flight is not None or key in self._queued:
+                    continue
+                reported = self._state.value(*key)
+                if isinstance(reported, int | float) and not math.isclose(reported, cmd.value, abs_tol=0.5):
+                    fresh = replace(
+                        cmd,
+                        id=f"{cmd.id}.r{next(counter)}",
+                        issued_at=now,
+                        expires_at=now + max(60.0, cmd.expires_at - cmd.issued_at),
+                        reason="reconcile",
+                    )
+                    point.layers[cmd.priority] = fresh
+                    self._enqueue(key)

@@ -1,0 +1,329 @@
+"""Persistent outbox: reliable MQTT messages wait in the database until the broker's PUBACK.
+
+`MqttLink.publish_reliable` appends here; the link's drainer peeks the oldest rows,
+publishes them with QoS 1 and acks (deletes) them only once the broker has
+acknowledged them. A daemon restart, a broker outage or a network cut therefore loses
+nothing that `append` returned for (at-least-once: a message may be sent twice when a
+connection drops between the broker's PUBACK and the delete).
+
+Writes go through one writer task that batches every append waiting at that moment
+into a single transaction (group commit), run on one dedicated database thread so the
+event loop never waits on the disk and SQLite never sees two writers. SQLite runs in
+WAL mode with `synchronous=FULL` (an appended alarm survives a power cut, not only a
+crash); a commit costs one fsync, shared by the whole batch.
+
+Bound: at most `max_rows` rows. When an append would exceed it, the oldest rows are
+dropped, counted in `dropped` and logged once per episode. Telemetry never comes here
+(it goes out at QoS 0 through `MqttLink.publish_fast`), so the bound is a disk safety
+valve for a very long outage, not a routine path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ClassVar, Self, TypeVar
+
+import structlog
+from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, event, func
+from sqlalchemy import delete as sa_delete
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
+from sqlmodel import Field, Session, SQLModel, create_engine, select
+
+log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+
+class OutboxMessage(SQLModel, table=True):
+    """One reliable message waiting for its PUBACK."""
+
+    __tablename__: ClassVar[str] = "edge_outbox"  # type: ignore[misc]
+    # AUTOINCREMENT on SQLite: an id is never reused, so an ack for a dropped row can
+    # never delete a newer message that got the same id.
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+        ),
+    )
+    topic: str
+    payload: bytes = Field(sa_column=Column(LargeBinary(), nullable=False))
+    qos: int = 1
+    retain: bool = False
+    correlation_data: bytes | None = Field(
+        default=None, sa_column=Column(LargeBinary(), nullable=True)
+    )
+    response_topic: str | None = None
+    content_type: str | None = None
+    created_at: float
+
+
+_TABLE = OutboxMessage.__table__  # type: ignore[attr-defined]
+
+
+class OutboxState(enum.Enum):
+    """Lifecycle of an `Outbox` (httpx-style: usable once, between enter and exit)."""
+
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class _Pending:
+    row: dict[str, Any]
+    done: asyncio.Future[None]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the outbox: SQLite file in WAL mode, or PostgreSQL by URL."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=1)
+
+
+class Outbox:
+    """Reliable messages in a database table, oldest first, deleted on ack.
+
+    Use as `async with Outbox(url) as outbox:`; the table is created if missing.
+    """
+
+    def __init__(self, url: str, *, max_rows: int = 1_000_000, batch_max: int = 1000) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be positive")
+        self._url = url
+        self._max_rows = max_rows
+        self._batch_max = batch_max
+        self._state = OutboxState.UNOPENED
+        self._engine: Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._rows = 0
+        self._dropped = 0
+        self._dropping = False
+        self._appended = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def state(self) -> OutboxState:
+        """UNOPENED, OPENED or CLOSED."""
+        return self._state
+
+    async def __aenter__(self) -> Self:
+        if self._state is not OutboxState.UNOPENED:
+            raise RuntimeError(f"outbox cannot be opened in state {self._state.value}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._engine = make_engine(self._url)
+        try:
+            self._rows = await self._run(self._open_sync)
+        except BaseException:
+            await self._dispose()
+            raise
+        self._writer = asyncio.create_task(self._write_loop(), name="outbox.writer")
+        self._state = OutboxState.OPENED
+        if self._rows:
+            log.info("outbox_opened", backlog=self._rows)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state is not OutboxState.OPENED:
+            return
+        self._state = OutboxState.CLOSED
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # The writer commits what is queued before it stops, so no append that is
+            # waiting for its commit is lost on a clean shutdown.
+            self._queue.put_nowait(None)
+            try:
+                await writer
+            except asyncio.CancelledError:
+                writer.cancel()
+                raise
+        await self._dispose()
+
+    async def _dispose(self) -> None:
+        engine, self._engine = self._engine, None
+        executor, self._executor = self._executor, None
+        if engine is not None and executor is not None:
+            await asyncio.get_running_loop().run_in_executor(executor, engine.dispose)
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Rows committed and not yet acked."""
+        return self._rows
+
+    @property
+    def dropped(self) -> int:
+        """Rows dropped because the outbox was full (since this process started)."""
+        return self._dropped
+
+    @property
+    def appended(self) -> int:
+        """Rows committed by `append` since this process started."""
+        return self._appended
+
+    async def append(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        """Store one message; returns once it is committed (batched with concurrent appends).
+
+        If the caller is cancelled while waiting, the message may still be stored.
+        """
+        self._check_open()
+        row = {
+            "topic": topic,
+            "payload": payload,
+            "qos": qos,
+            "retain": retain,
+            "response_topic": response_topic,
+            "correlation_data": correlation_data,
+            "content_type": content_type,
+            "created_at": time.time(),
+        }
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(row, done))
+        await done
+
+    async def peek(self, n: int) -> list[OutboxMessage]:
+        """The `n` oldest rows, oldest first (detached objects)."""
+        self._check_open()
+        return await self._run(self._peek_sync, n)
+
+    async def ack(self, ids: Iterable[int]) -> int:
+        """Delete rows whose PUBACK arrived; returns how many were deleted."""
+        self._check_open()
+        id_list = list(ids)
+        if not id_list:
+            return 0
+        return await self._run(self._ack_sync, id_list)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._state is not OutboxState.OPENED:
+            raise RuntimeError(f"outbox is {self._state.value}")
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        assert self._executor is not None
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _write_loop(self) -> None:
+        """Group commit: everything queued while the previous batch was written goes next."""
+        stopping = False
+        while not stopping:
+            item = await self._queue.get()
+            batch: list[_Pending] = []
+            if item is None:
+                stopping = True
+            else:
+                batch.append(item)
+            while len(batch) < self._batch_max and not self._queue.empty():
+                more = self._queue.get_nowait()
+                if more is None:
+                    stopping = True
+                else:
+                    batch.append(more)
+            if not batch:
+                continue
+            try:
+                await self._run(self._insert_sync, [p.row for p in batch])
+            except asyncio.CancelledError:
+                for p in batch:
+                    if not p.done.done():
+                        p.done.cancel()
+                raise
+            except Exception as exc:
+                log.exception("outbox_write_failed", rows=len(batch))
+                for p in batch:
+                    if not p.done.done():
+                        p.done.set_exception(exc)
+                continue
+            for p in batch:
+                if not p.done.done():
+                    p.done.set_result(None)
+
+    # The *_sync methods run on the outbox thread only, one at a time.
+
+    def _open_sync(self) -> int:
+        assert self._engine is not None
+        _TABLE.create(self._engine, checkfirst=True)
+        with self._engine.connect() as conn:
+            count = conn.execute(sa_select(func.count()).select_from(_TABLE)).scalar_one()
+        return int(count)
+
+    def _insert_sync(self, rows: Sequence[dict[str, Any]]) -> None:
+        assert self._engine is not None
+        overflow = self._rows + len(rows) - self._max_rows
+        with self._engine.begin() as conn:
+            conn.execute(sa_insert(_TABLE), list(rows))
+            dropped = 0
+            if overflow > 0:
+                oldest = sa_select(_TABLE.c.id).order_by(_TABLE.c.id).limit(overflow)
+                result = conn.execute(sa_delete(_TABLE).where(_TABLE.c.id.in_(oldest)))
+                dropped = result.rowcount
+        self._rows += len(rows) - dropped
+        self._appended += len(rows)
+        if dropped:
+            self._dropped += dropped
+            if not self._dropping:
+                self._dropping = True
+                log.warning("outbox_full_dropping_oldest", max_rows=self._max_rows)
+        elif self._dropping and self._rows < self._max_rows:
+            self._dropping = False
+            log.warning("outbox_below_limit", dropped_total=self._dropped)
+
+    def _peek_sync(self, n: int) -> list[OutboxMessage]:
+        assert self._engine is not None
+        with Session(self._engine, expire_on_commit=False) as session:
+            stmt = select(OutboxMessage).order_by(_TABLE.c.id).limit(n)
+            rows = list(session.exec(stmt).all())
+            session.expunge_all()
+            return rows
+
+    def _ack_sync(self, ids: list[int]) -> int:
+        assert self._engine is not None
+        with self._engine.begin() as conn:
+            deleted = conn.execute(sa_delete(_TABLE).where(_TABLE.c.id.in_(ids))).rowcount
+        self._rows -= deleted
+        if self._dropping and self._rows < self._max_rows:
+            self._dropping = False
+            log.warning("outbox_below_limit", dropped_total=self._dropped)
+        return deleted

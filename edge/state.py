@@ -1,0 +1,144 @@
+"""The state store: the single writer of device state.
+
+Drivers publish telemetry and availability, controllers publish alarms, the
+dispatcher publishes command results; the store folds them into one `DeviceState`
+per device and announces what changed with `StateChanged`. Everyone else reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import structlog
+
+from edge.bus import EventBus
+from edge.events import (
+    AlarmEvent,
+    Availability,
+    CommandResult,
+    Event,
+    Outcome,
+    StateChanged,
+    Telemetry,
+    Value,
+)
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class DeviceState:
+    """What the daemon knows about one device right now."""
+
+    device_id: str
+    kind: str
+    online: bool | None = None
+    values: dict[str, Value] = field(default_factory=dict)
+    updated_at: float = 0.0
+    alarms: dict[str, AlarmEvent] = field(default_factory=dict)
+    last_command: str = ""
+
+    def snapshot(self) -> dict[str, object]:
+        """A plain dict for payloads and storage."""
+        return {
+            "device_id": self.device_id,
+            "kind": self.kind,
+            "online": self.online,
+            "values": dict(self.values),
+            "updated_at": self.updated_at,
+            "alarms": sorted(self.alarms),
+            "last_command": self.last_command,
+        }
+
+
+class StateStore:
+    """Folds events into device state; the only code that writes `DeviceState`."""
+
+    def __init__(self, bus: EventBus, kinds: dict[str, str]) -> None:
+        self._bus = bus
+        self._devices = {dev: DeviceState(dev, kind) for dev, kind in kinds.items()}
+        self._sub = bus.subscribe("state", Telemetry, Availability, AlarmEvent, CommandResult)
+        self.unknown_devices = 0
+
+    def get(self, device_id: str) -> DeviceState | None:
+        return self._devices.get(device_id)
+
+    def __contains__(self, device_id: str) -> bool:
+        return device_id in self._devices
+
+    def devices(self, kind: str | None = None) -> Iterator[DeviceState]:
+        return (d for d in self._devices.values() if kind is None or d.kind == kind)
+
+    def value(self, device_id: str, point: str) -> Value | None:
+        dev = self._devices.get(device_id)
+        return None if dev is None else dev.values.get(point)
+
+    async def run(self) -> None:
+        """Apply events until the bus closes."""
+        async for event in self._sub:
+            self.apply(event)
+            # Drain what is already queued without yielding per event.
+            while (nxt := self._sub.get_nowait()) is not None:
+                self.apply(nxt)
+
+    def apply(self, event: Event) -> None:
+        """Fold one event into state and announce the change."""
+        if isinstance(event, Telemetry):
+            self._telemetry(event)
+        elif isinstance(event, Availability):
+            for dev_id in (*event.device_ids, event.endpoint):
+                self._set_online(dev_id, event.online, event.ts)
+        elif isinstance(event, AlarmEvent):
+            self._alarm(event)
+        elif isinstance(event, CommandResult):
+            dev = self._devices.get(event.command.device_id)
+            if dev is not None and event.outcome is Outcome.CONFIRMED:
+                dev.last_command = event.command.source
+                self._bus.publish(
+                    StateChanged(dev.device_id, event.ts, {"last_command": event.command.source})
+                )
+
+    def _device(self, device_id: str) -> DeviceState | None:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            self.unknown_devices += 1
+            if self.unknown_devices in {1, 1000}:
+                log.warning("state_unknown_device", device_id=device_id, count=self.unknown_devices)
+        return dev
+
+    def _telemetry(self, event: Telemetry) -> None:
+        dev = self._devices.get(event.device_id)
+        if dev is None:
+            # Controller-level telemetry arrives under the endpoint id; track it as a device.
+            dev = self._devices.setdefault(event.device_id, DeviceState(event.device_id, "controller"))
+        changed: dict[str, Value | None] = {}
+        values = dev.values
+        for key, val in event.values.items():
+            if values.get(key) != val:
+                values[key] = val
+                changed[key] = val
+        dev.updated_at = event.ts
+        if dev.online is not True:
+            dev.online = True
+            changed["online"] = True
+        if changed:
+            self._bus.publish(StateChanged(dev.device_id, event.ts, changed))
+
+    def _set_online(self, device_id: str, online: bool, ts: float) -> None:
+        dev = self._devices.get(device_id)
+        if dev is None:
+            dev = self._devices.setdefault(device_id, DeviceState(device_id, "controller"))
+        if dev.online != online:
+            dev.online = online
+            self._bus.publish(StateChanged(device_id, ts, {"online": online}))
+
+    def _alarm(self, event: AlarmEvent) -> None:
+        dev = self._device(event.device_id)
+        if dev is None:
+            return
+        if event.active:
+            dev.alarms[event.code] = event
+        else:
+            dev.alarms.pop(event.code, None)
+        self._bus.publish(StateChanged(dev.device_id, event.ts, {"alarms": ",".join(sorted(dev.alarms))}))
