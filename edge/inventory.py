@@ -54,7 +54,7 @@ class Lamp:
     def group(self) -> str:
         """Lamps of one segment, class and floor kind are planned together."""
         floor = "nd" if "never_dim" in self.flags else "fs" if "fear_space" in self.flags else "std"
-        return f"{self.segment}/{self.lighting_class}/{floor}"
+        return f"{self.segment}:{self.lighting_class}:{floor}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,465 @@
+"""Northbound MQTT API: retained state, telemetry, alarms, plans, and acknowledged commands.
+
+Topic tree (`{prefix}` = `dos/v1`, `{site}` = the site id), documented in docs/asyncapi.yaml:
+
+    {prefix}/{site}/status                          retained DaemonStatus (last will: offline)
+    {prefix}/{site}/lights/{id}/state               retained LampState (QoS 1, via the outbox)
+    {prefix}/{site}/lights/{id}/telemetry           LampTelemetry (QoS 0, periodic)
+    {prefix}/{site}/controllers/{id}/state          retained ControllerState
+    {prefix}/{site}/alarms/events                   AlarmMessage, raised and cleared
+    {prefix}/{site}/alarms/active/{device}/{code}   retained while active
+    {prefix}/{site}/plans/lighting                  retained PlanMessage
+    {prefix}/{site}/commands/results                CommandResultMessage (operator, motion, failures)
+    {prefix}/{site}/cmd/lights/{id}                 request: SetLevel | ResumeSchedule
+    {prefix}/{site}/cmd/groups/{group}              request, every lamp of a group
+    {prefix}/{site}/cmd/segments/{segment}          request, every lamp of a road segment
+    {prefix}/{site}/cmd/lighting/replan             request: Replan
+    {prefix}/{site}/field/motion/{lamp}             Motion from bike-path sensors
+
+Requests are answered on the MQTT 5 response topic with the correlation data (or,
+for MQTT 3.1.1 clients, `response_topic`/`correlation_id` inside the JSON), else on
+`{prefix}/{site}/acks`. Malformed, unknown or oversized requests get a nack with
+the reason and are counted; nothing a client sends can crash the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import orjson
+import structlog
+from pydantic import BaseModel, ValidationError
+
+from controllers.lighting import LEVEL_POINT, LightingController
+from edge.bus import EventBus
+from edge.clock import Clock
+from edge.dispatcher import Dispatcher, new_command_id
+from edge.errors import PayloadError
+from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, Priority, StateChanged
+from edge.payloads import (
+    LIGHTING_REQUEST,
+    Ack,
+    AlarmMessage,
+    CommandResultMessage,
+    ControllerState,
+    DeviceResult,
+    LampState,
+    LampTelemetry,
+    Motion,
+    PlanMessage,
+    Replan,
+    ResumeSchedule,
+    SetLevel,
+)
+from edge.state import StateStore
+
+log = structlog.get_logger(__name__)
+
+FAILURE_BITS = ("lamp_failure", "driver_failure", "power_high", "power_low", "comm_loss")
+STATE_KEYS = frozenset({"online", "level_cmd", "level_actual", "alarms", "last_command", *FAILURE_BITS})
+CONTROLLER_KEYS = frozenset({"online", "failsafe_active", "alarms"})
+
+
+class Incoming(Protocol):
+    """What the API needs of a received MQTT message (edge.mqtt.IncomingMessage)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def response_topic(self) -> str | None: ...
+    @property
+    def correlation_data(self) -> bytes | None: ...
+    @property
+    def user_properties(self) -> tuple[tuple[str, str], ...]: ...
+
+
+class Publisher(Protocol):
+    """The part of MqttLink the API publishes through."""
+
+    async def publish_reliable(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        content_type: str | None = "application/json",
+    ) -> None: ...
+
+    def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
+
+
+def dump(model: BaseModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+class MqttApi:
+    """Translates between the MQTT topic tree and the state store / dispatcher."""
+
+    def __init__(
+        self,
+        *,
+        site: str,
+        prefix: str,
+        bus: EventBus,
+        clock: Clock,
+        state: StateStore,
+        dispatcher: Dispatcher,
+        lighting: LightingController,
+        max_payload_bytes: int = 65_536,
+        command_ttl_s: float = 30.0,
+        result_timeout_s: float = 5.0,
+        telemetry_interval_s: float = 60.0,
+    ) -> None:
+        self.base = f"{prefix}/{site}"
+        self._site = site
+        self._bus = bus
+        self._clock = clock
+        self._state = state
+        self._dispatcher = dispatcher
+        self._lighting = lighting
+        self._inv = lighting.inv
+        self._max_payload = max_payload_bytes
+        self._ttl = command_ttl_s
+        self._result_timeout = result_timeout_s
+        self._telemetry_interval = telemetry_interval_s
+        self._pub: Publisher | None = None
+        self._sub = bus.subscribe("api", StateChanged, AlarmEvent, PlanEvent, CommandResult)
+        self._dirty: set[str] = set()
+        self._slots = asyncio.Semaphore(64)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self.refused: Counter[str] = Counter()
+        self.requests = 0
+        self.acks = 0
+        self.nacks = 0
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return [f"{self.base}/cmd/#", f"{self.base}/field/motion/+"]
+
+    def status_topic(self) -> str:
+        return f"{self.base}/status"
+
+    # ----- outgoing -----------------------------------------------------------------------------
+
+    async def run(self, pub: Publisher) -> None:
+        """Publish state, alarms, plans and results until cancelled."""
+        self._pub = pub
+        for dev in self._state.devices():
+            self._dirty.add(dev.device_id)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._flush_loop(pub), name="api.state")
+            tg.create_task(self._telemetry_loop(pub), name="api.telemetry")
+            async for ev in self._sub:
+                await self._publish_event(pub, ev)
+
+    async def _publish_event(self, pub: Publisher, ev: object) -> None:
+        if isinstance(ev, StateChanged):
+            if not STATE_KEYS.isdisjoint(ev.changed):
+                self._dirty.add(ev.device_id)
+        elif isinstance(ev, AlarmEvent):
+            msg = AlarmMessage(
+                device_id=ev.device_id,
+                code=ev.code,
+                severity=str(ev.severity),
+                active=ev.active,
+                detail=ev.detail,
+                ts=ev.ts,
+            )
+            await pub.publish_reliable(f"{self.base}/alarms/events", dump(msg))
+            active_topic = f"{self.base}/alarms/active/{ev.device_id}/{ev.code}"
+            await pub.publish_reliable(active_topic, dump(msg) if ev.active else b"", retain=True)
+        elif isinstance(ev, PlanEvent):
+            plan = PlanMessage(domain=ev.domain, ts=ev.ts, plan=dict(ev.plan))
+            await pub.publish_reliable(f"{self.base}/plans/{ev.domain}", dump(plan), retain=True)
+        elif isinstance(ev, CommandResult):
+            quiet = ev.command.priority is Priority.PLAN and ev.outcome is Outcome.CONFIRMED
+            if not quiet and ev.outcome is not Outcome.SUPERSEDED:
+                await pub.publish_reliable(f"{self.base}/commands/results", dump(result_message(ev)))
+
+    async def _flush_loop(self, pub: Publisher) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            dirty, self._dirty = self._dirty, set()
+            for dev_id in sorted(dirty):
+                topic, payload = self.state_message(dev_id)
+                if topic:
+                    await pub.publish_reliable(topic, payload, retain=True)
+
+    def state_message(self, dev_id: str) -> tuple[str, bytes]:
+        """The retained state topic and payload of a device ('' for an unknown one)."""
+        dev = self._state.get(dev_id)
+        if dev is None:
+            return "", b""
+        v = dev.values
+        ts = dev.updated_at or self._clock.now()
+        lamp = self._inv.lamps.get(dev_id)
+        if lamp is not None:
+            msg: BaseModel = LampState(
+                device_id=dev_id,
+                online=dev.online,
+                level_cmd=_num(v.get("level_cmd")),
+                level_actual=_num(v.get("level_actual")),
+                power_w=_num(v.get("power_w")),
+                failures=[b for b in FAILURE_BITS if v.get(b)],
+                alarms=sorted(dev.alarms),
+                source=dev.last_command,
+                segment=lamp.segment,
+                group=lamp.group,
+                ts=ts,
+            )
+            return f"{self.base}/lights/{dev_id}/state", dump(msg)
+        failsafe = v.get("failsafe_active")
+        msg = ControllerState(
+            device_id=dev_id,
+            online=dev.online,
+            failsafe_active=None if failsafe is None else bool(failsafe),
+            alarms=sorted(dev.alarms),
+            ts=ts,
+        )
+        return f"{self.base}/controllers/{dev_id}/state", dump(msg)
+
+    async def _telemetry_loop(self, pub: Publisher) -> None:
+        while True:
+            await asyncio.sleep(self._telemetry_interval)
+            for dev in self._state.devices("lamp"):
+                v = dev.values
+                if not v:
+                    continue
+                msg = LampTelemetry(
+                    device_id=dev.device_id,
+                    level_actual=_num(v.get("level_actual")),
+                    power_w=_num(v.get("power_w")),
+                    energy_kwh=_num(v.get("energy_kwh")),
+                    hours=_num(v.get("hours")),
+                    switch_count=_int(v.get("switch_count")),
+                    ts=dev.updated_at,
+                )
+                pub.publish_fast(f"{self.base}/lights/{dev.device_id}/telemetry", dump(msg))
+
+    # ----- incoming -----------------------------------------------------------------------------
+
+    async def on_message(self, msg: Incoming) -> None:
+        """Handle one request without blocking the link's receive loop."""
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle_guarded(msg), name=f"api.request[{msg.topic}]")
+        self._handlers.add(task)
+        task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        self._slots.release()
+
+    async def close(self) -> None:
+        """Wait briefly for requests in progress, then cancel the rest."""
+        if self._handlers:
+            _, pending = await asyncio.wait(set(self._handlers), timeout=2.0)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _handle_guarded(self, msg: Incoming) -> None:
+        try:
+            await self.handle(msg)
+        except Exception:  # noqa: BLE001 - a request must never take the daemon down
+            log.exception("api_request_crashed", topic=msg.topic)
+            self.refused["internal_error"] += 1
+
+    async def handle(self, msg: Incoming) -> Ack | None:
+        """Validate, execute and answer one request; returns the ack sent (None for sensor input)."""
+        self.requests += 1
+        rel = msg.topic.removeprefix(self.base + "/")
+        reply_to, corr = msg.response_topic, msg.correlation_data
+        try:
+            if len(msg.payload) > self._max_payload:
+                raise PayloadError("payload_too_large", f"{len(msg.payload)} bytes > {self._max_payload}")
+            try:
+                raw = orjson.loads(msg.payload) if msg.payload else None
+            except orjson.JSONDecodeError as exc:
+                raise PayloadError("malformed_json", str(exc)) from None
+            if isinstance(raw, dict):
+                # MQTT 3.1.1 clients carry request/response inside the payload.
+                reply_to = reply_to or _str(raw.pop("response_topic", None))
+                corr_in = raw.pop("correlation_id", None)
+                if corr is None and corr_in is not None:
+                    corr = str(corr_in).encode()
+            parts = rel.split("/")
+            if parts[0] == "field" and len(parts) == 3 and parts[1] == "motion":
+                self._motion(parts[2], raw)
+                return None
+            if parts[0] != "cmd" or len(parts) != 3:
+                raise PayloadError("unknown_topic", msg.topic)
+            ack = await self._command(parts[1], parts[2], raw, msg)
+        except PayloadError as exc:
+            self.refused[exc.reason] += 1
+            log.warning("api_request_refused", topic=msg.topic, reason=exc.reason, detail=exc.detail[:200])
+            ack = Ack(
+                ok=False,
+                status="refused",
+                reason=str(exc)[:500],
+                request_topic=msg.topic,
+                ts=self._clock.now(),
+            )
+        if ack.ok:
+            self.acks += 1
+        else:
+            self.nacks += 1
+        if self._pub is not None:
+            await self._pub.publish_reliable(
+                reply_to or f"{self.base}/acks", dump(ack), correlation_data=corr
+            )
+        return ack
+
+    def _motion(self, lamp_id: str, raw: Any) -> None:
+        try:
+            motion = Motion.model_validate(raw if raw is not None else {})
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        if lamp_id not in self._inv.lamps:
+            raise PayloadError("unknown_device", lamp_id)
+        if motion.detected:
+            self._lighting.on_motion(lamp_id)
+
+    async def _command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
+        try:
+            req = LIGHTING_REQUEST.validate_python(raw)
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        if isinstance(req, Replan):
+            if (scope, name) != ("lighting", "replan"):
+                raise PayloadError("unknown_topic", f"replan goes to {self.base}/cmd/lighting/replan")
+            self._lighting.request_replan()
+            return Ack(ok=True, status="accepted", request_topic=msg.topic, ts=self._clock.now())
+        targets = self._targets(scope, name)
+        source = "operator:" + (dict(msg.user_properties).get("user") or "mqtt")
+        if isinstance(req, ResumeSchedule):
+            released = sum(
+                self._dispatcher.release(t, LEVEL_POINT, Priority.OPERATOR, source) for t in targets
+            )
+            return Ack(
+                ok=True,
+                status="accepted",
+                reason=f"{released} override(s) released",
+                counts={"released": released},
+                request_topic=msg.topic,
+                ts=self._clock.now(),
+            )
+        return await self._set_level(req, targets, source, msg.topic)
+
+    def _targets(self, scope: str, name: str) -> list[str]:
+        if scope == "lights":
+            return [name]  # an unknown lamp is refused and audited by the dispatcher
+        if scope == "groups":
+            if name not in self._inv.groups:
+                raise PayloadError("unknown_group", name)
+            return list(self._inv.groups[name])
+        if scope == "segments":
+            if name not in self._inv.segments:
+                raise PayloadError("unknown_segment", name)
+            return list(self._inv.segments[name])
+        raise PayloadError("unknown_topic", f"cmd/{scope}/{name}")
+
+    async def _set_level(self, req: SetLevel, targets: Iterable[str], source: str, topic: str) -> Ack:
+        now = self._clock.now()
+        ttl = (req.ttl_s or self._ttl) * self._clock.speed
+        commands = [
+            Command(
+                id=new_command_id(),
+                device_id=t,
+                point=LEVEL_POINT,
+                value=req.level,
+                priority=Priority.OPERATOR,
+                source=source,
+                issued_at=now,
+                expires_at=now + ttl,
+                hold_until=None if req.duration_s is None else now + req.duration_s,
+                reason=req.reason or "operator override",
+            )
+            for t in targets
+        ]
+        results = await asyncio.gather(
+            *(self._dispatcher.submit_and_wait(c, self._result_timeout) for c in commands)
+        )
+        return summarize(results, topic, self._clock.now())
+
+
+def summarize(results: list[CommandResult], topic: str, ts: float) -> Ack:
+    """One ack for many device results: confirmed, clamped, partial, refused or failed."""
+    counts = Counter(str(r.outcome) for r in results)
+    clamped = [r for r in results if r.command.reason.startswith("under_lighting_floor")]
+    counts["clamped"] = len(clamped)
+    n = len(results)
+    reasons = sorted({r.reason for r in results if r.reason and r.outcome is not Outcome.CONFIRMED})
+    if counts[Outcome.CONFIRMED] == n:
+        status = "clamped" if clamped else "confirmed"
+    elif counts[Outcome.REFUSED] == n:
+        status = "refused"
+    elif counts[Outcome.CONFIRMED] == 0 and counts[Outcome.REFUSED] == 0:
+        status = "failed"
+    else:
+        status = "partial"
+    ok = status in {"confirmed", "clamped"}
+    return Ack(
+        ok=ok,
+        status=status,  # type: ignore[arg-type]
+        reason="; ".join(reasons)[:500],
+        request_topic=topic,
+        counts={k: v for k, v in counts.items() if v},
+        results=[
+            DeviceResult(
+                device_id=r.command.device_id, outcome=str(r.outcome), value=r.applied_value, reason=r.reason
+            )
+            for r in results[:100]
+        ],
+        ts=ts,
+    )
+
+
+def result_message(ev: CommandResult) -> CommandResultMessage:
+    c = ev.command
+    return CommandResultMessage(
+        command_id=c.id,
+        device_id=c.device_id,
+        point=c.point,
+        requested=c.value,
+        applied=ev.applied_value,
+        outcome=str(ev.outcome),
+        reason=ev.reason,
+        source=c.source,
+        priority=c.priority.name.lower(),
+        ts=ev.ts,
+    )
+
+
+def _errors(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors()[:3]:
+        loc = ".".join(str(x) for x in e["loc"]) or "payload"
+        parts.append(f"{loc}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def _num(v: object) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _int(v: object) -> int | None:
+    return int(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def _str(v: object) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def corr_text(data: bytes | None) -> str:
+    return "" if data is None else base64.b64encode(data).decode()
+
+
+Handler = Callable[[Incoming], Awaitable[None]]

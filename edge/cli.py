@@ -1,0 +1,202 @@
+"""`edge` command line: run, check-config, demo, simulate, docs.
+
+A bad config or bad arguments exit with code 2 and a message naming what is wrong,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from edge.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
+    return v
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge", description="DOS Edge: city infrastructure at the edge.")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon for a site")
+    run.add_argument("--config", required=True, type=Path, help="site TOML file")
+
+    chk = sub.add_parser("check-config", help="validate a site TOML file and its inventory")
+    chk.add_argument("file", type=Path)
+
+    demo = sub.add_parser("demo", help="run the demo district (broker, simulators, daemon)")
+    demo.add_argument("--headless", action="store_true", help="no screen; print a JSON summary at the end")
+    demo.add_argument("--for", dest="seconds", type=_positive, default=None, help="stop after SECONDS (real time)")
+    demo.add_argument("--speed", type=_positive, default=150.0, help="clock seconds per real second (default 150)")
+    demo.add_argument("--broker", default="", help="use this MQTT broker instead of the embedded one")
+    demo.add_argument("--database", default="", help="database URL (default: a temporary SQLite file)")
+    demo.add_argument("--seed", type=int, default=1)
+
+    sim = sub.add_parser("simulate", help="run device simulators")
+    sim.add_argument("domain", choices=["lights"])
+    sim.add_argument("--config", type=Path, help="serve the controllers of this site's inventory")
+    sim.add_argument("--controllers", type=int, default=10)
+    sim.add_argument("--lamps", type=int, default=50, help="lamps per controller")
+    sim.add_argument("--port", type=int, default=15020, help="first TCP port")
+    sim.add_argument("--speed", type=_positive, default=1.0)
+    sim.add_argument("--fault", action="append", default=[], metavar="TARGET:FAULT", help="inject at start")
+    sim.add_argument("--mqtt", default="", help="broker URL for fault injection over MQTT")
+
+    docs = sub.add_parser("docs", help="generate JSON Schemas and the AsyncAPI document")
+    docs.add_argument("--out", type=Path, default=Path("docs"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.cmd == "check-config":
+            return _check(args.file)
+        if args.cmd == "run":
+            return _run_async(lambda: _run(args.config))
+        if args.cmd == "demo":
+            return _run_async(lambda: _demo(args))
+        if args.cmd == "simulate":
+            return _run_async(lambda: _simulate(args))
+        if args.cmd == "docs":
+            from edge.docs import write_docs
+
+            for path in write_docs(args.out):
+                print(path)
+            return 0
+    except ConfigError as exc:
+        print(f"edge: configuration error\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _check(file: Path) -> int:
+    from edge.settings import check_file
+
+    problems = check_file(file)
+    if problems:
+        print(f"{file}: {len(problems)} problem(s)", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{file}: ok")
+    return 0
+
+
+def _run_async(factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run on uvloop; SIGINT/SIGTERM cancel the main task, which shuts down gracefully."""
+    import uvloop
+
+    async def main_task() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await factory()
+        except asyncio.CancelledError:
+            return 0
+
+    return uvloop.run(main_task())
+
+
+async def _run(config: Path) -> int:
+    from edge import logs
+    from edge.clock import SimClock, SystemClock
+    from edge.daemon import running
+    from edge.inventory import load_inventory
+    from edge.settings import load_settings
+
+    settings = load_settings(config)
+    inv = load_inventory(settings.inventory_path())
+    logs.configure(settings.logging.level, settings.logging.format)
+    clock = SystemClock() if settings.clock.speed == 1.0 else SimClock(_start(settings), settings.clock.speed)
+    async with running(settings, inv, clock):
+        await asyncio.Event().wait()
+    return 0
+
+
+def _start(settings: Any) -> float:
+    import time
+    from datetime import datetime
+
+    return datetime.fromisoformat(settings.clock.start).timestamp() if settings.clock.start else time.time()
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from edge import logs
+    from edge.demo import run_demo
+
+    logs.configure("warning" if args.headless else "info", "auto")
+    result = await run_demo(
+        seconds=args.seconds,
+        headless=args.headless,
+        speed=args.speed,
+        broker_url=args.broker,
+        database_url=args.database,
+        seed=args.seed,
+    )
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    from edge import logs
+    from edge.clock import SimClock, SystemClock
+    from edge.demo import sim_controllers
+    from edge.inventory import load_inventory
+    from edge.settings import load_settings
+    from simulators.lighting import LightingSimulator, SimController, SimLamp
+
+    logs.configure("info", "auto")
+    if args.config:
+        settings = load_settings(args.config)
+        controllers = sim_controllers(load_inventory(settings.inventory_path()))
+    else:
+        controllers = [
+            SimController(
+                endpoint_id=f"lc-{c + 1:02d}",
+                host="127.0.0.1",
+                port=args.port + c,
+                unit=1,
+                lamps=tuple(SimLamp(device_id=f"L{c + 1:02d}{i:03d}", index=i) for i in range(args.lamps)),
+            )
+            for c in range(args.controllers)
+        ]
+    import time
+
+    clock = SystemClock() if args.speed == 1.0 else SimClock(time.time(), args.speed)
+    async with LightingSimulator(controllers, clock) as sim:
+        for spec in args.fault:
+            target, _, fault = spec.partition(":")
+            sim.inject(target, fault)
+        print(f"serving {len(controllers)} lamp controllers from port {controllers[0].port}", file=sys.stderr)
+        if args.mqtt:
+            await sim.run_mqtt_faults(args.mqtt, "dos/sim/lights/faults")
+        else:
+            await asyncio.Event().wait()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

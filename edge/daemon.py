@@ -1,0 +1,256 @@
+"""The daemon: wires drivers, state store, dispatcher, controllers, storage and the MQTT API.
+
+Data flows one way: drivers -> events -> state store -> controllers -> optimizer ->
+commands -> dispatcher -> drivers; the MQTT API reads state and submits commands
+through the same dispatcher. Everything runs in one TaskGroup of named tasks; a stop
+request drains pending writes, flushes storage and the outbox, then leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import orjson
+import structlog
+
+from controllers.lighting import LightingController, LightingSafety
+from devices.modbus import ModbusEndpoint, ModbusLightingDriver
+from devices.profile import default_profile
+from edge import __version__
+from edge.alarms import Alarms
+from edge.api import MqttApi
+from edge.bus import EventBus
+from edge.clock import Clock
+from edge.dispatcher import AuditRecord, Dispatcher
+from edge.events import AlarmEvent, PlanEvent
+from edge.inventory import Inventory
+from edge.mqtt import MqttLink
+from edge.outbox import Outbox
+from edge.payloads import DaemonStatus
+from edge.settings import Settings
+from edge.state import StateStore
+from edge.storage import AlarmRow, CommandAudit, DeviceRow, PlanRow, StateSample, Storage
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Daemon:
+    """Handles to the running parts, for the demo summary and for tests."""
+
+    settings: Settings
+    inventory: Inventory
+    clock: Clock
+    bus: EventBus
+    state: StateStore
+    storage: Storage
+    dispatcher: Dispatcher
+    alarms: Alarms
+    lighting: LightingController
+    api: MqttApi
+    link: MqttLink
+    driver: ModbusLightingDriver
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def endpoints_of(inv: Inventory) -> list[ModbusEndpoint]:
+    return [
+        ModbusEndpoint(
+            endpoint_id=c.id,
+            host=c.host,
+            port=c.port,
+            unit=c.unit,
+            lamps=tuple((lamp.index, lamp.id) for lamp in c.lamps),
+        )
+        for c in inv.controllers.values()
+    ]
+
+
+def _audit_row(rec: AuditRecord) -> CommandAudit:
+    c = rec.command
+    return CommandAudit(
+        command_id=c.id,
+        device_id=c.device_id,
+        point=c.point,
+        requested=c.value,
+        applied=rec.value,
+        priority=c.priority.name.lower(),
+        source=c.source,
+        outcome=str(rec.outcome),
+        reason=rec.reason[:500],
+        ts=rec.ts,
+    )
+
+
+async def _record(d: Daemon) -> None:
+    """Write alarms and plans to storage as they happen."""
+    sub = d.bus.subscribe("storage", AlarmEvent, PlanEvent)
+    async for ev in sub:
+        if isinstance(ev, AlarmEvent):
+            if ev.active:
+                d.storage.add(
+                    AlarmRow(
+                        device_id=ev.device_id,
+                        code=ev.code,
+                        severity=str(ev.severity),
+                        detail=ev.detail[:500],
+                        raised_at=ev.ts,
+                    )
+                )
+            else:
+                d.storage.clear_alarm(ev.device_id, ev.code, ev.ts)
+        elif isinstance(ev, PlanEvent):
+            d.storage.add(
+                PlanRow(domain=ev.domain, created_at=ev.ts, status=str(ev.plan.get("status", "")), body=dict(ev.plan))
+            )
+
+
+async def _sample_history(d: Daemon) -> None:
+    """Downsampled state history: one snapshot per device per interval (clock time)."""
+    interval = d.settings.storage.history_interval_s
+    while True:
+        now = d.clock.now()
+        for dev in d.state.devices():
+            if dev.values:
+                d.storage.add(StateSample(device_id=dev.device_id, ts=now, online=dev.online, values=dict(dev.values)))
+        await d.clock.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, inventory: Inventory, clock: Clock) -> AsyncIterator[Daemon]:
+    """Start the whole daemon; on exit, drain writes, flush storage and the outbox."""
+    bus = EventBus()
+    kinds = {lamp_id: "lamp" for lamp_id in inventory.lamps} | {c: "controller" for c in inventory.controllers}
+    state = StateStore(bus, kinds)
+    mq = settings.mqtt
+    site = settings.site
+    async with Storage(
+        settings.storage.url,
+        flush_interval_s=settings.storage.flush_interval_s,
+        retention_s=settings.storage.retention_days * 86400,
+    ) as storage:
+        await asyncio.to_thread(
+            storage.upsert_devices,
+            [
+                DeviceRow(
+                    id=lamp.id,
+                    kind="lamp",
+                    segment=lamp.segment,
+                    group=lamp.group,
+                    controller=lamp.controller,
+                    lat=lamp.lat,
+                    lon=lamp.lon,
+                    attrs={"class": lamp.lighting_class, "flags": sorted(lamp.flags), "feeder": lamp.feeder},
+                )
+                for lamp in inventory.lamps.values()
+            ],
+        )
+        lc = settings.lighting
+        driver = ModbusLightingDriver(
+            endpoints_of(inventory),
+            default_profile(),
+            bus.publish,
+            clock,
+            poll_interval_s=lc.poll_interval_s,
+            timeout_s=lc.timeout_s,
+            backoff_max_s=lc.backoff_max_s,
+        )
+        ds = settings.dispatcher
+        safety = LightingSafety(inventory, site, lc)
+        async with (
+            Outbox(settings.storage.url, max_rows=mq.outbox_max_rows) as outbox,
+            driver,
+            Dispatcher(
+                bus=bus,
+                clock=clock,
+                state=state,
+                drivers=[driver],
+                policies={"lamp": safety},
+                audit=lambda rec: storage.add(_audit_row(rec)),
+                write_timeout_s=ds.write_timeout_s,
+                workers=ds.workers,
+                reconcile_interval_s=ds.reconcile_interval_s,
+            ) as dispatcher,
+        ):
+            alarms = Alarms(bus, clock)
+            lighting = LightingController(
+                inv=inventory,
+                site=site,
+                cfg=lc,
+                bus=bus,
+                clock=clock,
+                state=state,
+                dispatcher=dispatcher,
+                alarms=alarms,
+                command_ttl_s=ds.command_ttl_s,
+            )
+            api = MqttApi(
+                site=site.id,
+                prefix=mq.topic_prefix,
+                bus=bus,
+                clock=clock,
+                state=state,
+                dispatcher=dispatcher,
+                lighting=lighting,
+                max_payload_bytes=mq.max_payload_bytes,
+                command_ttl_s=ds.command_ttl_s,
+                result_timeout_s=ds.write_timeout_s * 2 + 1,
+                telemetry_interval_s=mq.telemetry_interval_s,
+            )
+            online = orjson.dumps(DaemonStatus(online=True, site=site.id, version=__version__).model_dump())
+            offline = orjson.dumps(DaemonStatus(online=False, site=site.id, version=__version__).model_dump())
+            link = MqttLink(
+                mq.url,
+                mq.client_id or f"dos-edge-{site.id}",
+                outbox,
+                will=(api.status_topic(), offline, True),
+                online_message=(api.status_topic(), online),
+                subscriptions=api.subscriptions,
+                on_message=api.on_message,
+                protocol=mq.protocol,
+                backoff_max_s=30.0,
+                max_payload_bytes=mq.max_payload_bytes * 4,
+            )
+            async with link:
+                d = Daemon(
+                    settings, inventory, clock, bus, state, storage, dispatcher, alarms, lighting, api, link, driver
+                )
+                async with asyncio.TaskGroup() as tg:
+                    tasks = [
+                        tg.create_task(state.run(), name="state.store"),
+                        tg.create_task(lighting.run(), name="lighting.controller"),
+                        tg.create_task(api.run(link), name="api.publisher"),
+                        tg.create_task(_record(d), name="storage.recorder"),
+                        tg.create_task(_sample_history(d), name="storage.history"),
+                    ]
+                    d.started.set()
+                    log.info("daemon_started", site=site.id, lamps=len(inventory.lamps), controllers=len(inventory.controllers), mqtt=mq.url, storage=_safe_url(settings.storage.url))
+                    try:
+                        yield d
+                    finally:
+                        log.info("daemon_stopping")
+                        tasks[1].cancel()  # no new plan commands
+                        await api.close()
+                        with contextlib.suppress(TimeoutError):
+                            await dispatcher.drain(5.0)
+                        # Let the publisher turn the last events into outbox rows, then drain.
+                        await asyncio.sleep(0.3)
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(5.0):
+                                while outbox.backlog > 0 and link.connected:
+                                    await asyncio.sleep(0.05)
+                        for t in tasks:
+                            t.cancel()
+                        bus.close()
+                log.info("daemon_stopped", outbox_backlog=outbox.backlog)
+
+
+def _safe_url(url: str) -> str:
+    """A URL without its password, for logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

@@ -1,0 +1,251 @@
+"""`edge demo`: an embedded broker, the demo district's simulators and the daemon on one clock.
+
+The clock starts shortly before sunset and runs faster than real time, so a short run
+shows lights coming on, the plan dimming them, a cyclist raising the bike path ahead,
+an operator override, a failed lamp and a controller that drops out and comes back.
+With `--headless --for SECONDS` it prints one JSON summary at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import random
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import orjson
+import structlog
+
+from controllers.lighting import night_window
+from edge.broker import EmbeddedBroker, free_port
+from edge.clock import SimClock
+from edge.daemon import Daemon, running
+from edge.inventory import Inventory, load_inventory
+from edge.settings import Settings, load_settings
+from simulators.lighting import LightingSimulator, SimController, SimLamp
+
+log = structlog.get_logger(__name__)
+
+SITE_DIR = Path(__file__).parent / "sites" / "kreuzviertel"
+
+
+def sim_controllers(inv: Inventory, watchdog_s: float = 300.0) -> list[SimController]:
+    """Simulated lamp controllers matching an inventory (same endpoints, same lamps)."""
+    return [
+        SimController(
+            endpoint_id=c.id,
+            host=c.host,
+            port=c.port,
+            unit=c.unit,
+            lamps=tuple(
+                SimLamp(device_id=lamp.id, index=lamp.index, p_max_w=lamp.p_max_w, p_min_w=lamp.p_min_w)
+                for lamp in c.lamps
+            ),
+            watchdog_s=watchdog_s,
+        )
+        for c in inv.controllers.values()
+    ]
+
+
+def remap_ports(inv: Inventory) -> Inventory:
+    """Move every controller to a free local port, so the demo never collides with anything."""
+    ports = {cid: free_port() for cid in inv.controllers}
+    return Inventory.build(dataclasses.replace(x, port=ports[x.controller]) for x in inv.lamps.values())
+
+
+@contextlib.asynccontextmanager
+async def _broker(url: str) -> AsyncIterator[str]:
+    if url:
+        yield url
+        return
+    async with EmbeddedBroker(port=0) as broker:
+        yield broker.url
+
+
+async def _scenario(d: Daemon, sim: LightingSimulator, url: str, rnd: random.Random) -> None:
+    """Things that happen in the night: a cyclist, an override, failures, a controller outage."""
+    base = d.api.base
+    inv = d.inventory
+    bike = list(inv.segments.get("radweg-tremoniapark", ()))
+    ordinary = [lamp.id for lamp in inv.lamps.values() if not lamp.flags]
+    host, port = _host_port(url)
+    clock = d.clock
+    on, _off = night_window(d.settings.site, d.settings.lighting, clock.now())
+    night = 15 * 3600.0
+
+    async def at(fraction: float) -> None:
+        await clock.sleep(max(0.0, on + fraction * night - clock.now()))
+
+    async with aiomqtt.Client(host, port, identifier="demo-scenario", timeout=5) as client:
+        await at(0.05)
+        failed = rnd.choice(ordinary)
+        sim.inject(failed, "lamp_failure")
+        log.info("demo_fault_injected", device=failed, fault="lamp_failure")
+        await at(0.10)
+        seg = "kreuzstrasse"
+        await client.publish(
+            f"{base}/cmd/segments/{seg}",
+            orjson.dumps({"action": "set_level", "level": 100, "duration_s": 3600, "reason": "event in the street"}),
+            qos=1,
+        )
+        log.info("demo_operator_override", segment=seg, level=100)
+        await client.publish(
+            f"{base}/cmd/lights/{inv.segments['hohe-strasse'][0]}",
+            orjson.dumps({"action": "set_level", "level": 20}),
+            qos=1,
+        )  # under the never-dim floor: refused
+        await at(0.18)
+        drifted = rnd.choice([x for x in ordinary if x != failed])
+        sim.inject(drifted, "power_high")
+        ctrl = list(inv.controllers)[-1]
+        sim.inject(ctrl, "comm_loss")
+        log.info("demo_fault_injected", device=ctrl, fault="comm_loss")
+        await at(0.24)
+        sim.clear(ctrl, "comm_loss")
+        for k in range(1_000):  # bounded: a cyclist every few minutes of clock time
+            await at(0.28 + 0.05 * k)
+            if not bike or clock.now() > on + night:
+                break
+            for lamp_id in bike[:: max(1, len(bike) // 8)]:
+                await client.publish(f"{base}/field/motion/{lamp_id}", b'{"detected": true}', qos=0)
+                await clock.sleep(30)
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    hostport = url.split("://", 1)[1].rsplit("@", 1)[-1]
+    host, _, port = hostport.partition(":")
+    return host, int(port or 1883)
+
+
+def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
+    """The headless demo's one JSON object: a section per domain."""
+    lamps = list(d.state.devices("lamp"))
+    failed = [
+        x for x in lamps if any(x.values.get(b) for b in ("lamp_failure", "driver_failure", "power_high", "power_low"))
+    ]
+    lit = [x for x in lamps if isinstance(x.values.get("level_actual"), int | float) and x.values["level_actual"] > 0]
+    st = d.dispatcher.stats
+    ls = d.lighting.stats
+    return {
+        "site": d.settings.site.id,
+        "clock": {"speed": d.clock.speed, "now": round(d.clock.now())},
+        "lamps": {
+            "total": len(lamps),
+            "online": sum(1 for x in lamps if x.online),
+            "failed": len(failed),
+            "lit": len(lit),
+            "dimmed": sum(1 for x in lit if float(x.values["level_actual"]) < 100),
+        },
+        "commands": {
+            "submitted": st.submitted,
+            "sent": st.sent,
+            "confirmed": st.confirmed,
+            "clamped": st.clamped,
+            "refused": st.refused,
+            "failed": st.failed,
+            "expired": st.expired,
+        },
+        "alarms": {"raised": d.alarms.raised, "cleared": d.alarms.cleared, "active": len(d.alarms.active())},
+        "lighting_plan": {
+            "plans": ls.plans,
+            "fallbacks": ls.fallbacks,
+            "energy_kwh": round(ls.energy_kwh, 2),
+            "baseline_static_kwh": round(ls.baseline_static_kwh, 2),
+            "baseline_dortmund_kwh": round(ls.baseline_dortmund_kwh, 2),
+            "saving_vs_static_pct": _pct(ls.energy_kwh, ls.baseline_static_kwh),
+            "saving_vs_dortmund_pct": _pct(ls.energy_kwh, ls.baseline_dortmund_kwh),
+            "motion_events": ls.motion_events,
+        },
+        "mqtt": {
+            "requests": d.api.requests,
+            "acks": d.api.acks,
+            "nacks": d.api.nacks,
+            "refused_payloads": dict(d.api.refused),
+            **{k: v for k, v in d.link.stats.items() if isinstance(v, int | float | bool)},
+        },
+        "storage": {"rows_written": d.storage.written, "write_errors": d.storage.write_errors},
+    }
+
+
+def _pct(x: float, base: float) -> float:
+    return round(100 * (1 - x / base), 1) if base > 0 else 0.0
+
+
+async def run_demo(
+    *,
+    seconds: float | None,
+    headless: bool,
+    speed: float,
+    broker_url: str,
+    database_url: str,
+    seed: int = 1,
+) -> dict[str, Any]:
+    """Run the demo district; return the summary (printed by the CLI when headless)."""
+    tmp = Path(tempfile.mkdtemp(prefix="dos-edge-demo-"))
+    try:
+        settings = load_settings(
+            SITE_DIR / "site.toml",
+            storage__url=database_url or f"sqlite:///{tmp / 'demo.db'}",
+        )
+        inv = remap_ports(load_inventory(settings.inventory_path()))
+        on, _ = night_window(settings.site, settings.lighting, _now())
+        clock = SimClock(start=on - 120.0, speed=speed)
+        async with _broker(broker_url) as url:
+            settings = _with_mqtt(settings, url)
+            async with (
+                LightingSimulator(sim_controllers(inv), clock, seed=seed) as sim,
+                running(settings, inv, clock) as d,
+                asyncio.TaskGroup() as tg,
+            ):
+                scenario = tg.create_task(_scenario(d, sim, url, random.Random(seed)), name="demo.scenario")
+                if not headless:
+                    tg.create_task(_status_lines(d, sim), name="demo.status")
+                try:
+                    if seconds is None:
+                        await asyncio.Event().wait()
+                    else:
+                        await asyncio.sleep(seconds)
+                finally:
+                    result = summary(d, sim)
+                    scenario.cancel()
+                    for t in tg._tasks:  # noqa: SLF001 - stop the helpers started above
+                        t.cancel()
+            return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _with_mqtt(settings: Settings, url: str) -> Settings:
+    mqtt = settings.mqtt.model_copy(update={"url": url})
+    return settings.model_copy(update={"mqtt": mqtt})
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+async def _status_lines(d: Daemon, sim: LightingSimulator) -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(d.settings.site.timezone)
+    while True:
+        await asyncio.sleep(2.0)
+        s = summary(d, sim)
+        t = datetime.fromtimestamp(d.clock.now(), tz).strftime("%H:%M")
+        print(
+            f"{t}  lamps lit {s['lamps']['lit']:3d}/{s['lamps']['total']} dimmed {s['lamps']['dimmed']:3d} "
+            f"failed {s['lamps']['failed']}  commands {s['commands']['confirmed']}/{s['commands']['submitted']} "
+            f"alarms +{s['alarms']['raised']} -{s['alarms']['cleared']}",
+            file=sys.stdout,
+            flush=True,
+        )

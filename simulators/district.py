@@ -1,0 +1,92 @@
+"""The demo district: Dortmund Kreuzviertel, about 500 lamps behind 10 lamp controllers.
+
+Street geometry is schematic (straight lines inside the real bounding box), but the
+mix is realistic: main roads in M3 with never-dim junctions and zebra crossings,
+residential streets in P3/P4, a bike path with motion-following light, and a park
+path kept lit as a fear space. `scripts/make_district.py` writes it as CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Street:
+    name: str
+    lighting_class: str
+    start: tuple[float, float]  # lat, lon
+    end: tuple[float, float]
+    lamps: int
+    p_max_w: float
+    flags: str = ""
+    never_dim_every: int = 0  # junction/crossing lamps
+
+
+STREETS = (
+    Street("hohe-strasse", "M3", (51.5050, 7.4625), (51.5150, 7.4620), 50, 70.0, never_dim_every=11),
+    Street("sonnenstrasse", "M3", (51.5070, 7.4450), (51.5075, 7.4650), 50, 70.0, never_dim_every=11),
+    Street("kreuzstrasse", "P3", (51.5090, 7.4460), (51.5095, 7.4610), 42, 38.0, never_dim_every=18),
+    Street("arneckestrasse", "P4", (51.5110, 7.4460), (51.5112, 7.4610), 40, 38.0),
+    Street("lindemannstrasse", "P4", (51.5125, 7.4460), (51.5127, 7.4610), 40, 38.0),
+    Street("liebigstrasse", "P4", (51.5138, 7.4470), (51.5140, 7.4600), 36, 30.0),
+    Street("grosse-heimstrasse", "P3", (51.5055, 7.4480), (51.5145, 7.4485), 46, 38.0, never_dim_every=20),
+    Street("kleine-beurhausstrasse", "P4", (51.5060, 7.4520), (51.5140, 7.4522), 40, 30.0),
+    Street("chemnitzer-strasse", "P4", (51.5060, 7.4560), (51.5140, 7.4562), 40, 30.0),
+    Street("plauener-strasse", "P4", (51.5060, 7.4590), (51.5140, 7.4592), 40, 30.0),
+    Street("radweg-tremoniapark", "P4", (51.5052, 7.4455), (51.5052, 7.4615), 44, 25.0, flags="bike_path"),
+    Street("parkweg-westpark", "P5", (51.5145, 7.4455), (51.5148, 7.4530), 32, 25.0, flags="fear_space"),
+)
+LAMPS_PER_CONTROLLER = 50
+COLUMNS = ("id", "kind", "lat", "lon", "segment", "order", "lighting_class", "cabinet", "feeder", "flags",
+           "controller", "host", "port", "unit", "index", "p_max_w", "p_min_w")  # fmt: skip
+
+
+def district_rows(base_port: int = 15020, host: str = "127.0.0.1", seed: int = 7) -> list[dict[str, object]]:
+    """Inventory rows of the demo district, deterministic for a seed."""
+    rnd = random.Random(seed)
+    rows: list[dict[str, object]] = []
+    n = 0
+    for street in STREETS:
+        for i in range(street.lamps):
+            f = i / max(1, street.lamps - 1)
+            lat = street.start[0] + (street.end[0] - street.start[0]) * f + rnd.uniform(-2e-5, 2e-5)
+            lon = street.start[1] + (street.end[1] - street.start[1]) * f + rnd.uniform(-2e-5, 2e-5)
+            flags = street.flags
+            if street.never_dim_every and i % street.never_dim_every == 0:
+                flags = "never_dim"
+            ctrl = n // LAMPS_PER_CONTROLLER
+            rows.append(
+                {
+                    "id": f"L{n + 1:04d}",
+                    "kind": "lamp",
+                    "lat": round(lat, 6),
+                    "lon": round(lon, 6),
+                    "segment": street.name,
+                    "order": i,
+                    "lighting_class": street.lighting_class,
+                    "cabinet": f"cab-{ctrl // 2 + 1}",
+                    "feeder": f"feeder-{ctrl + 1}",
+                    "flags": flags,
+                    "controller": f"lc-{ctrl + 1:02d}",
+                    "host": host,
+                    "port": base_port + ctrl,
+                    "unit": 1,
+                    "index": n % LAMPS_PER_CONTROLLER,
+                    "p_max_w": street.p_max_w,
+                    "p_min_w": round(street.p_max_w * 0.1, 1),
+                }
+            )
+            n += 1
+    return rows
+
+
+def district_csv(base_port: int = 15020, host: str = "127.0.0.1") -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(district_rows(base_port, host))
+    return buf.getvalue()
