@@ -1,0 +1,655 @@
+"""Modbus TCP lamp controllers with lamp physics, a watchdog and fault injection.
+
+Real pymodbus servers serving the same profile and codec as the driver, so the two
+cannot drift. Time comes from a `Clock`, so a demo can run a night in minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import partial
+from types import MappingProxyType, TracebackType
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+import aiomqtt
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
+
+from devices.codec import BlockDecoder, PointValueError, decode, encode_into, pack_bits
+from devices.modbus import ModbusEndpoint
+from devices.profile import LampControllerProfile, default_profile
+from edge.clock import Clock, SimClock, SystemClock
+from edge.events import Value
+
+log = structlog.get_logger(__name__)
+
+LAMP_FAULTS = frozenset({"lamp_failure", "driver_failure", "power_high", "power_low", "comm_loss"})
+CONTROLLER_FAULTS = frozenset({"comm_loss", "power_loss"})
+FAULTS = LAMP_FAULTS | CONTROLLER_FAULTS
+MIN_REAL_TICK_S = 0.05  # physics never ticks faster than this in real time, whatever the clock speed
+_NOISE = 0.01  # relative standard deviation of measured power
+_POWER_HIGH = 1.4  # factor a power-high fault puts on the draw (e.g. a failing driver)
+_POWER_LOW = 0.6  # factor for power-low (e.g. LED strings open)
+_MAX_FAULT_PAYLOAD = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class SimLamp:
+    """One luminaire: P(d) = p_min + (p_max - p_min)(d - d_min)/(100 - d_min) + standby."""
+
+    device_id: str
+    index: int
+    p_max_w: float = 38.0
+    p_min_w: float = 4.0
+    d_min: int = 1
+    standby_w: float = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class SimController:
+    """One lamp controller; controllers sharing host:port are one server with several units.
+
+    Port 0 means "pick a free port"; `LightingSimulator.endpoints()` tells which.
+    """
+
+    endpoint_id: str
+    host: str
+    port: int
+    unit: int
+    lamps: tuple[SimLamp, ...]
+    watchdog_s: float = 300.0
+    failsafe_level: int = 100
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on `host` (pymodbus cannot report a port-0 bind back)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class FaultMessage(BaseModel):
+    """MQTT fault-injection payload: {"target": "...", "fault": "...", "active": true}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str
+    fault: Literal["lamp_failure", "driver_failure", "power_high", "power_low", "comm_loss", "power_loss"]
+    active: bool = True
+
+
+@dataclass(slots=True)
+class _Lamp:
+    spec: SimLamp
+    at: int  # index of the lamp block in the controller's register list
+    energy_kwh: float
+    hours: float
+    switch_count: int
+    level: int = 0
+    stuck: int = 0
+    faults: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Controller:
+    spec: SimController
+    port: int
+    lamps: list[_Lamp]
+    last_write: float
+    regs: list[int] = field(default_factory=list)
+    start: int = 0  # register address of regs[0]
+    failsafe: bool = False
+    faults: set[str] = field(default_factory=set)
+
+    @property
+    def silent(self) -> bool:
+        """Whether the controller answers nothing (unreachable or unpowered)."""
+        return bool(self.faults & CONTROLLER_FAULTS)
+
+
+@dataclass(slots=True)
+class _Server:
+    host: str
+    port: int
+    controllers: list[_Controller]
+    server: ModbusTcpServer | None = None
+    listening: bool = False
+
+
+class _State(Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class LightingSimulator:
+    """Serves every controller on its host:port until the context exits.
+
+    Physics runs every `tick_s` clock seconds (at least MIN_REAL_TICK_S real seconds
+    apart, so a 100x clock still works); energy and hours integrate over clock time.
+    """
+
+    def __init__(
+        self,
+        controllers: Sequence[SimController],
+        clock: Clock,
+        profile: LampControllerProfile | None = None,
+        tick_s: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        self.profile = profile or default_profile()
+        self.clock = clock
+        self.tick_s = tick_s
+        self._rng = random.Random(seed)
+        self._lamp_decoder = BlockDecoder(self.profile.lamp)
+        self._ctl_decoder = BlockDecoder(self.profile.controller)
+        p = self.profile
+        self._off = {pt.name: pt.offset for pt in p.lamp.points}
+        self._ctl_off = {pt.name: pt.offset for pt in p.controller.points}
+        self._controllers: dict[str, _Controller] = {}
+        self._lamps: dict[str, tuple[_Controller, _Lamp]] = {}
+        self._servers: dict[tuple[str, int], _Server] = {}
+        now = clock.now()
+        for spec in controllers:
+            self._add(spec, now)
+        self._state = _State.UNOPENED
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reconcile = asyncio.Event()
+
+    def _add(self, spec: SimController, now: float) -> None:
+        if spec.endpoint_id in self._controllers or spec.endpoint_id in self._lamps:
+            raise ValueError(f"duplicate id {spec.endpoint_id!r}")
+        if not 0 <= spec.failsafe_level <= 100:
+            raise ValueError(f"{spec.endpoint_id}: failsafe_level outside 0..100")
+        port = spec.port or free_port(spec.host)
+        ctl = _Controller(spec, port, [], last_write=now)
+        for lamp in spec.lamps:
+            if lamp.device_id in self._lamps or lamp.device_id in self._controllers:
+                raise ValueError(f"duplicate id {lamp.device_id!r}")
+            if not 0 < lamp.d_min < 100:
+                raise ValueError(f"{lamp.device_id}: d_min outside 1..99")
+            self.profile.lamp_base(lamp.index)  # ValueError for an index the map cannot hold
+            hours = self._rng.uniform(0.0, 20_000.0)  # lamps in the field have a past
+            ctl.lamps.append(
+                _Lamp(
+                    lamp,
+                    at=0,
+                    energy_kwh=hours * lamp.p_max_w * 0.6 / 1000,
+                    hours=hours,
+                    switch_count=int(hours / 11),
+                )
+            )
+            self._lamps[lamp.device_id] = (ctl, ctl.lamps[-1])
+        self._controllers[spec.endpoint_id] = ctl
+        key = (spec.host, port)
+        srv = self._servers.setdefault(key, _Server(spec.host, port, []))
+        if any(c.spec.unit == spec.unit for c in srv.controllers):
+            raise ValueError(f"{spec.endpoint_id}: unit {spec.unit} already served on {key}")
+        srv.controllers.append(ctl)
+
+    # -- registers ---------------------------------------------------------------
+
+    def _device(self, ctl: _Controller) -> SimDevice:
+        """Holding registers for one unit: writable where the profile says, gaps invalid."""
+        p = self.profile
+        data: list[SimData] = []
+        for pt in p.controller.points:
+            data.append(
+                SimData(
+                    p.controller.base + pt.offset,
+                    values=[0] * pt.count,
+                    datatype=DataType.REGISTERS,
+                    readonly=not pt.writable,
+                )
+            )
+        for lamp in sorted(ctl.lamps, key=lambda lp: lp.spec.index):
+            base = p.lamp_base(lamp.spec.index)
+            covered = 0
+            for pt in sorted(p.lamp.points, key=lambda q: q.offset):
+                data.append(
+                    SimData(
+                        base + pt.offset,
+                        values=[0] * pt.count,
+                        datatype=DataType.REGISTERS,
+                        readonly=not pt.writable,
+                    )
+                )
+                covered = max(covered, pt.offset + pt.count)
+            if covered < p.lamp_stride:  # padding is readable, as on real devices
+                data.append(
+                    SimData(
+                        base + covered,
+                        values=[0] * (p.lamp_stride - covered),
+                        datatype=DataType.REGISTERS,
+                        readonly=True,
+                    )
+                )
+        return SimDevice(ctl.spec.unit, simdata=data, action=partial(self._action, ctl))
+
+    def _bind(self, srv: _Server, server: ModbusTcpServer) -> None:
+        """Take the live register lists pymodbus built, to run physics on them in place."""
+        core = server.context
+        if not isinstance(core, SimCore):  # pymodbus 3.16 builds a SimCore from SimDevices
+            raise TypeError(f"unexpected pymodbus datastore {type(core).__name__}")
+        runtimes = core.devices
+        for ctl in srv.controllers:
+            start, _, regs, _ = runtimes[ctl.spec.unit].block["x"]
+            ctl.regs, ctl.start = regs, start
+            for lamp in ctl.lamps:
+                lamp.at = self.profile.lamp_base(lamp.spec.index) - start
+            c = self._ctl_off
+            cb = self.profile.controller.base - start
+            regs[cb + c["watchdog_s"]] = round(ctl.spec.watchdog_s)
+            regs[cb + c["failsafe_level"]] = ctl.spec.failsafe_level
+            regs[cb + c["lamp_count"]] = len(ctl.lamps)
+            for lamp in ctl.lamps:
+                self._update_lamp(ctl, lamp, 0.0)
+
+    async def _action(  # noqa: PLR0917 - the signature is pymodbus's SimAction
+        self,
+        ctl: _Controller,
+        func_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        """Called by pymodbus before each request: refuse, validate writes, feed the watchdog."""
+        if ctl.silent:
+            return ExcCodes.GATEWAY_NO_RESPONSE  # a silent unit behind a shared gateway port
+        if set_values is None:
+            return None
+        values = [int(v) for v in set_values]
+        # validate every touched point as it would be after the write
+        scratch = list(registers)
+        scratch[address - start_address : address - start_address + len(values)] = values
+        touched: set[int | None] = set()
+        for addr in range(address, address + len(values)):
+            loc = self.profile.locate(addr)
+            if loc is None:
+                return ExcCodes.ILLEGAL_ADDRESS
+            index, pt = loc
+            block = self.profile.controller.base if index is None else self.profile.lamp_base(index)
+            try:
+                decode(pt, scratch, block + pt.offset - start_address)
+            except PointValueError:
+                return ExcCodes.ILLEGAL_VALUE
+            touched.add(index)
+        registers[address - start_address : address - start_address + len(values)] = values
+        ctl.last_write = self.clock.now()
+        if ctl.failsafe:
+            ctl.failsafe = False
+            log.info("sim_failsafe_cleared", endpoint=ctl.spec.endpoint_id)
+        for lamp in ctl.lamps:  # a controller acts on a command at once, not at the next tick
+            if lamp.spec.index in touched or None in touched:
+                self._update_lamp(ctl, lamp, 0.0)
+        self._write_controller(ctl)
+        return None
+
+    def _write_controller(self, ctl: _Controller) -> None:
+        cb = self.profile.controller.base - ctl.start
+        ctl.regs[cb + self._ctl_off["failsafe_active"]] = int(ctl.failsafe)
+
+    # -- physics -----------------------------------------------------------------
+
+    def _update_lamp(self, ctl: _Controller, lamp: _Lamp, dt: float) -> None:
+        """Advance one lamp by `dt` clock seconds and write its registers."""
+        regs, at, off, spec = ctl.regs, lamp.at, self._off, lamp.spec
+        cb = self.profile.controller.base - ctl.start
+        faults = lamp.faults
+        if "power_loss" in ctl.faults:
+            level = 0
+        elif "driver_failure" in faults:
+            level = lamp.stuck  # the gear ignores commands
+        elif "comm_loss" in faults:
+            level = lamp.level  # the controller cannot reach the gear: level frozen
+        elif ctl.failsafe:
+            level = regs[cb + self._ctl_off["failsafe_level"]]
+        else:
+            level = regs[at + off["level_cmd"]]
+        level = min(100, max(0, level))
+        if 0 < level < spec.d_min:
+            level = spec.d_min
+        if level > 0 and lamp.level == 0:
+            lamp.switch_count += 1
+        lamp.level = level
+        if "power_loss" in ctl.faults:
+            power = 0.0
+        elif level == 0 or "lamp_failure" in faults:
+            power = spec.standby_w  # a failed light source draws about the gear's standby
+        else:
+            span = spec.p_max_w - spec.p_min_w
+            power = spec.p_min_w + span * (level - spec.d_min) / (100 - spec.d_min)
+            power *= 1.0 + self._rng.gauss(0.0, _NOISE)
+            if "power_high" in faults:
+                power *= _POWER_HIGH
+            elif "power_low" in faults:
+                power *= _POWER_LOW
+            power = max(0.0, power) + spec.standby_w
+        lamp.energy_kwh += power * dt / 3.6e6
+        if level > 0 and "lamp_failure" not in faults and "power_loss" not in ctl.faults:
+            lamp.hours += dt / 3600.0
+        p = self.profile.lamp
+        # lamp failure: the gear still reports the level it drives, the status bit tells
+        regs[at + off["level_actual"]] = level
+        encode_into(p.point("power_w"), min(power, 2000.0), regs, at + off["power_w"])
+        encode_into(p.point("energy_kwh"), lamp.energy_kwh, regs, at + off["energy_kwh"])
+        encode_into(p.point("hours"), lamp.hours, regs, at + off["hours"])
+        encode_into(p.point("switch_count"), lamp.switch_count & 0xFFFFFFFF, regs, at + off["switch_count"])
+        status = p.point("status")
+        regs[at + off["status"]] = pack_bits(status, {f: True for f in faults if f in LAMP_FAULTS})
+
+    def _tick(self, dt: float) -> None:
+        now = self.clock.now()
+        cb = self.profile.controller.base
+        for ctl in self._controllers.values():
+            if not ctl.regs:
+                continue
+            wd = ctl.regs[cb - ctl.start + self._ctl_off["watchdog_s"]]
+            if wd and not ctl.failsafe and now - ctl.last_write >= wd:
+                ctl.failsafe = True
+                log.info("sim_watchdog_tripped", endpoint=ctl.spec.endpoint_id, watchdog_s=wd)
+            self._write_controller(ctl)
+            for lamp in ctl.lamps:
+                self._update_lamp(ctl, lamp, dt)
+
+    async def _physics(self) -> None:
+        last = self.clock.now()
+        while True:
+            await self.clock.sleep(max(self.tick_s, MIN_REAL_TICK_S * self.clock.speed))
+            now = self.clock.now()
+            self._tick(max(0.0, now - last))
+            last = now
+
+    # -- servers -----------------------------------------------------------------
+
+    async def _servers_loop(self) -> None:
+        """Open or close listeners to match comm_loss / power_loss faults."""
+        while True:
+            await self._reconcile.wait()
+            self._reconcile.clear()
+            for srv in self._servers.values():
+                want = not all(c.silent for c in srv.controllers)
+                if want and not srv.listening:
+                    await self._listen(srv)
+
+    async def _listen(self, srv: _Server) -> None:
+        if srv.server is None:
+            srv.server = ModbusTcpServer(
+                [self._device(c) for c in srv.controllers], address=(srv.host, srv.port)
+            )
+            self._bind(srv, srv.server)
+        if not await srv.server.listen():
+            raise OSError(f"cannot listen on {srv.host}:{srv.port}")
+        srv.listening = True
+
+    def _silence(self, srv: _Server) -> None:
+        if srv.server is not None and srv.listening:
+            srv.server.close()  # stops listening and drops the open connections
+            srv.listening = False
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"simulator is {self._state.value}; it cannot be opened again")
+        self._state = _State.OPENED
+        try:
+            for srv in self._servers.values():
+                await self._listen(srv)
+        except BaseException:
+            for srv in self._servers.values():
+                self._silence(srv)
+            raise
+        tg = asyncio.TaskGroup()
+        await tg.__aenter__()
+        self._tg = tg
+        self._tasks.append(tg.create_task(self._physics(), name="lighting_sim.physics"))
+        self._tasks.append(tg.create_task(self._servers_loop(), name="lighting_sim.servers"))
+        log.info(
+            "sim_lighting_started",
+            controllers=len(self._controllers),
+            lamps=len(self._lamps),
+            servers=len(self._servers),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._state = _State.CLOSED
+        for task in self._tasks:
+            task.cancel()
+        try:
+            if self._tg is not None:
+                await self._tg.__aexit__(exc_type, exc, tb)
+        finally:
+            for srv in self._servers.values():
+                self._silence(srv)
+            await asyncio.sleep(0)  # let pymodbus finish its pending request handlers
+
+    # -- faults and views --------------------------------------------------------
+
+    def inject(self, device_id_or_endpoint: str, fault: str) -> None:
+        """Start a fault on a lamp, or on a controller (lamp faults then hit all its lamps)."""
+        self._fault(device_id_or_endpoint, fault, active=True)
+
+    def clear(self, device_id_or_endpoint: str, fault: str | None = None) -> None:
+        """End one fault (or all of them) on a lamp or controller."""
+        if fault is None:
+            for f in sorted(FAULTS):
+                self._fault(device_id_or_endpoint, f, active=False)
+            return
+        self._fault(device_id_or_endpoint, fault, active=False)
+
+    def _fault(self, target: str, fault: str, *, active: bool) -> None:
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
+        if target in self._lamps:
+            ctl, lamp = self._lamps[target]
+            if fault not in LAMP_FAULTS:
+                raise ValueError(f"{fault!r} is a controller fault; {target!r} is a lamp")
+            self._lamp_fault(ctl, lamp, fault, active)
+            return
+        ctl_or_none = self._controllers.get(target)
+        if ctl_or_none is None:
+            raise ValueError(f"unknown lamp or controller {target!r}")
+        ctl = ctl_or_none
+        if fault in CONTROLLER_FAULTS:
+            self._controller_fault(ctl, fault, active)
+        else:
+            for lamp in ctl.lamps:
+                self._lamp_fault(ctl, lamp, fault, active)
+
+    def _lamp_fault(self, ctl: _Controller, lamp: _Lamp, fault: str, active: bool) -> None:
+        if active == (fault in lamp.faults):
+            return
+        if active and fault == "driver_failure":
+            lamp.stuck = lamp.level
+        if active:
+            lamp.faults.add(fault)
+        else:
+            lamp.faults.discard(fault)
+        if ctl.regs:
+            self._update_lamp(ctl, lamp, 0.0)
+        log.info("sim_fault", target=lamp.spec.device_id, fault=fault, active=active)
+
+    def _controller_fault(self, ctl: _Controller, fault: str, active: bool) -> None:
+        if active == (fault in ctl.faults):
+            return
+        was_powered = "power_loss" not in ctl.faults
+        if active:
+            ctl.faults.add(fault)
+        else:
+            ctl.faults.discard(fault)
+        if fault == "power_loss" and not active and not was_powered:
+            # back from a supply loss: lamps start at the power-on (fail-safe) level
+            ctl.failsafe = True
+            ctl.last_write = self.clock.now()
+        if ctl.regs:
+            self._write_controller(ctl)
+            for lamp in ctl.lamps:
+                self._update_lamp(ctl, lamp, 0.0)
+        srv = self._servers[(ctl.spec.host, ctl.port)]
+        if all(c.silent for c in srv.controllers):
+            self._silence(srv)
+        self._reconcile.set()
+        log.info("sim_fault", target=ctl.spec.endpoint_id, fault=fault, active=active)
+
+    def faults(self, device_id_or_endpoint: str) -> frozenset[str]:
+        """Active faults of a lamp or controller."""
+        if device_id_or_endpoint in self._lamps:
+            return frozenset(self._lamps[device_id_or_endpoint][1].faults)
+        return frozenset(self._controllers[device_id_or_endpoint].faults)
+
+    def lamp(self, device_id: str) -> Mapping[str, Value]:
+        """The lamp's values as its registers hold them now (read-only, for tests)."""
+        ctl, lamp = self._lamps[device_id]
+        return MappingProxyType(self._lamp_decoder.decode(ctl.regs, lamp.at))
+
+    def controller(self, endpoint_id: str) -> Mapping[str, Value]:
+        """The controller block's values as its registers hold them now."""
+        ctl = self._controllers[endpoint_id]
+        return MappingProxyType(self._ctl_decoder.decode(ctl.regs, self.profile.controller.base - ctl.start))
+
+    def endpoints(self) -> list[ModbusEndpoint]:
+        """Driver endpoints for the simulated controllers, with the ports actually used."""
+        return [
+            ModbusEndpoint(
+                endpoint_id=c.spec.endpoint_id,
+                host=c.spec.host,
+                port=c.port,
+                unit=c.spec.unit,
+                lamps=tuple((lp.index, lp.device_id) for lp in c.spec.lamps),
+            )
+            for c in self._controllers.values()
+        ]
+
+    # -- MQTT fault injection ------------------------------------------------------
+
+    def apply_fault_payload(self, payload: bytes | str) -> bool:
+        """Apply one JSON fault message; a bad one is refused with a log line, never raised."""
+        if len(payload) > _MAX_FAULT_PAYLOAD:
+            log.warning("sim_fault_refused", reason="oversized", size=len(payload))
+            return False
+        try:
+            msg = FaultMessage.model_validate(json.loads(payload))
+            self._fault(msg.target, msg.fault, active=msg.active)
+        except (ValueError, ValidationError, UnicodeDecodeError) as exc:
+            # json.JSONDecodeError and pydantic's ValidationError are ValueErrors too
+            log.warning("sim_fault_refused", reason=str(exc).splitlines()[0])
+            return False
+        return True
+
+    async def run_mqtt_faults(self, url: str, topic: str) -> None:
+        """Take fault injections from MQTT until cancelled; reconnects with jittered backoff."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or "localhost", parts.port or 1883
+        attempt = 0
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    host, port, username=parts.username, password=parts.password, timeout=10
+                ) as client:
+                    await client.subscribe(topic, qos=1)
+                    if attempt:
+                        log.info("sim_fault_mqtt_connected", host=host, port=port)
+                    attempt = 0
+                    async for message in client.messages:
+                        payload = message.payload
+                        if isinstance(payload, bytes | str):
+                            self.apply_fault_payload(payload)
+                        else:
+                            log.warning("sim_fault_refused", reason="payload is not bytes")
+            except aiomqtt.MqttError as exc:
+                if attempt == 0:
+                    log.warning("sim_fault_mqtt_down", host=host, port=port, error=str(exc))
+                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
+                attempt = min(attempt + 1, 10)
+                await asyncio.sleep(delay)
+
+
+def demo_controllers(
+    count: int,
+    lamps_per_controller: int,
+    base_port: int,
+    *,
+    host: str = "127.0.0.1",
+    unit: int = 1,
+    watchdog_s: float = 300.0,
+) -> list[SimController]:
+    """Controllers `lc-001`.. on consecutive ports, lamps `lc-001-001`.. (index from 0).
+
+    Lamp wattages vary a little (30-46 W, around Dortmund's 38 W average) by a fixed rule,
+    so the same call always builds the same city.
+    """
+    out: list[SimController] = []
+    for c in range(count):
+        eid = f"lc-{c + 1:03d}"
+        lamps = tuple(
+            SimLamp(device_id=f"{eid}-{i + 1:03d}", index=i, p_max_w=30.0 + (7 * c + 3 * i) % 17)
+            for i in range(lamps_per_controller)
+        )
+        out.append(SimController(eid, host, base_port + c if base_port else 0, unit, lamps, watchdog_s))
+    return out
+
+
+async def serve_lights(
+    controllers: int,
+    lamps_per_controller: int,
+    base_port: int,
+    clock_speed: float = 1.0,
+    faults: Sequence[str] = (),
+    *,
+    host: str = "127.0.0.1",
+    unit: int = 1,
+    watchdog_s: float = 300.0,
+    start: float | None = None,
+    mqtt_url: str | None = None,
+    fault_topic: str = "dos/sim/lighting/faults",
+    seed: int = 0,
+) -> None:
+    """Run simulated lamp controllers until cancelled (the `edge simulate lights` command).
+
+    `faults` are "target:fault" strings injected at start, e.g. "lc-001-004:lamp_failure"
+    or "lc-002:comm_loss". `start` is the clock's epoch start (default: now), so a daemon
+    given the same start and speed shares the simulated time.
+    """
+    parsed: list[tuple[str, str]] = []
+    for item in faults:
+        target, sep, fault = item.rpartition(":")
+        if not sep or not target or fault not in FAULTS:
+            raise ValueError(f"fault {item!r}: expected target:fault, fault one of {sorted(FAULTS)}")
+        parsed.append((target, fault))
+    clock: Clock = (
+        SystemClock()
+        if clock_speed == 1.0 and start is None
+        else SimClock(start=start if start is not None else SystemClock().now(), speed=clock_speed)
+    )
+    specs = demo_controllers(
+        controllers, lamps_per_controller, base_port, host=host, unit=unit, watchdog_s=watchdog_s
+    )
+    async with LightingSimulator(specs, clock, seed=seed) as sim:
+        for target, fault in parsed:
+            sim.inject(target, fault)
+        for ep in sim.endpoints():
+            log.info("sim_lighting_endpoint", endpoint=ep.endpoint_id, host=ep.host, port=ep.port)
+        if mqtt_url:
+            await sim.run_mqtt_faults(mqtt_url, fault_topic)
+        else:
+            await asyncio.Event().wait()  # until cancelled
