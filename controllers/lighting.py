@@ -177,7 +177,7 @@ class LightingSafety:
 
     def is_night(self, now: float) -> bool:
         on, off = self._window
-        if not (on <= now < off) and now >= off:
+        if now >= off or now < on - 86400:
             self._window = night_window(self._site, self._cfg, now)
         on, off = self._window
         return on <= now < off

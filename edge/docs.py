@@ -1,0 +1,95 @@
+"""Generate the MQTT API contract from the payload models: JSON Schemas and AsyncAPI 3.0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edge import __version__
+from edge.payloads import API_VERSION, PUBLISHED_MODELS
+
+# (channel address, message key, action, summary): `send` = the daemon publishes.
+CHANNELS: list[tuple[str, str, str, str]] = [
+    ("dos/v1/{site}/status", "daemon_status", "send", "Daemon online/offline (retained; last will)."),
+    ("dos/v1/{site}/lights/{lamp}/state", "lamp_state", "send", "Retained lamp state, on change (QoS 1)."),
+    ("dos/v1/{site}/lights/{lamp}/telemetry", "lamp_telemetry", "send", "Lamp counters, periodic (QoS 0)."),
+    ("dos/v1/{site}/controllers/{controller}/state", "controller_state", "send", "Retained controller state."),
+    ("dos/v1/{site}/alarms/events", "alarm", "send", "Alarms raised and cleared (QoS 1)."),
+    ("dos/v1/{site}/alarms/active/{device}/{code}", "alarm", "send", "Retained while an alarm is active; "
+     "emptied when it clears."),
+    ("dos/v1/{site}/plans/{domain}", "plan", "send", "The current plan of a domain (retained)."),
+    ("dos/v1/{site}/commands/results", "command_result", "send", "Final outcome of operator and motion commands, "
+     "and of any failed command."),
+    ("dos/v1/{site}/acks", "ack", "send", "Answers to requests that carried no response topic."),
+    ("dos/v1/{site}/cmd/lights/{lamp}", "set_level|resume_schedule", "receive", "Command one lamp."),
+    ("dos/v1/{site}/cmd/groups/{group}", "set_level|resume_schedule", "receive", "Command every lamp of a group."),
+    ("dos/v1/{site}/cmd/segments/{segment}", "set_level|resume_schedule", "receive",
+     "Command every lamp of a road segment."),
+    ("dos/v1/{site}/cmd/lighting/replan", "replan", "receive", "Re-plan the night now."),
+    ("dos/v1/{site}/field/motion/{lamp}", "motion", "receive", "Motion seen at a bike-path lamp."),
+]  # fmt: skip
+
+
+def schemas() -> dict[str, dict[str, Any]]:
+    return {name: model.model_json_schema() for name, model in PUBLISHED_MODELS.items()}
+
+
+def asyncapi() -> dict[str, Any]:
+    """An AsyncAPI 3.0 document of the topic tree."""
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for i, (address, keys, action, summary) in enumerate(CHANNELS):
+        cid = f"ch{i}_" + address.split("{site}/", 1)[1].replace("/", "_").replace("{", "").replace("}", "")
+        params = {p.split("}")[0]: {"description": p.split("}")[0]} for p in address.split("{")[1:]}
+        channels[cid] = {
+            "address": address,
+            "description": summary,
+            "parameters": params,
+            "messages": {k: {"$ref": f"#/components/messages/{k}"} for k in keys.split("|")},
+        }
+        op: dict[str, Any] = {"action": action, "channel": {"$ref": f"#/channels/{cid}"}, "summary": summary}
+        if action == "receive" and "motion" not in keys:
+            op["reply"] = {
+                "address": {
+                    "location": "$message.header#/responseTopic",
+                    "description": "MQTT 5 response topic; correlation data is echoed. MQTT 3.1.1 clients put "
+                    "`response_topic` and `correlation_id` in the JSON instead.",
+                },
+                "channel": {"$ref": f"#/channels/{next(c for c in channels if c.endswith('_acks'))}"}
+                if any(c.endswith("_acks") for c in channels)
+                else None,
+                "messages": [{"$ref": "#/components/messages/ack"}],
+            }
+        operations[f"op{i}"] = op
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "DOS Edge MQTT API",
+            "version": f"{API_VERSION} (daemon {__version__})",
+            "description": "Versioned topic tree of the DOS Edge daemon. Payloads are JSON; schemas in "
+            "docs/schemas/. Requests are answered with an ack or a nack carrying the reason.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "messages": {
+                name: {"name": name, "payload": {"$ref": f"schemas/{name}.json"}} for name in PUBLISHED_MODELS
+            }
+        },
+    }
+
+
+def write_docs(out: Path) -> list[Path]:
+    """Write docs/schemas/*.json and docs/asyncapi.json; returns the paths written."""
+    written = []
+    (out / "schemas").mkdir(parents=True, exist_ok=True)
+    for name, schema in schemas().items():
+        p = out / "schemas" / f"{name}.json"
+        p.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        written.append(p)
+    p = out / "asyncapi.json"
+    p.write_text(json.dumps(asyncapi(), indent=2) + "\n", encoding="utf-8")
+    written.append(p)
+    return written
