@@ -57,9 +57,7 @@ class EmbeddedBroker:
     `port=0` picks a free port on the first start and keeps it for later restarts.
     """
 
-    def __init__(
-        self, host: str = "127.0.0.1", port: int = 1883, *, log_level: int = logging.ERROR
-    ) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 1883, *, log_level: int = logging.ERROR) -> None:
         self._host = host
         self._port = port
         self._log_level = log_level

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -44,7 +44,7 @@ _T = TypeVar("_T")
 class OutboxMessage(SQLModel, table=True):
     """One reliable message waiting for its PUBACK."""
 
-    __tablename__: ClassVar[str] = "edge_outbox"  # type: ignore[misc]
+    __tablename__: ClassVar[str] = "edge_outbox"
     # AUTOINCREMENT on SQLite: an id is never reused, so an ack for a dropped row can
     # never delete a newer message that got the same id.
     __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
@@ -59,9 +59,7 @@ class OutboxMessage(SQLModel, table=True):
     payload: bytes = Field(sa_column=Column(LargeBinary(), nullable=False))
     qos: int = 1
     retain: bool = False
-    correlation_data: bytes | None = Field(
-        default=None, sa_column=Column(LargeBinary(), nullable=True)
-    )
+    correlation_data: bytes | None = Field(default=None, sa_column=Column(LargeBinary(), nullable=True))
     response_topic: str | None = None
     content_type: str | None = None
     created_at: float
@@ -241,7 +239,7 @@ class Outbox:
         if self._state is not OutboxState.OPENED:
             raise RuntimeError(f"outbox is {self._state.value}")
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         assert self._executor is not None
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 

@@ -1,0 +1,647 @@
+"""The daemon's one connection to the northbound broker: reconnects, restores, never loses an alarm.
+
+`MqttLink` runs a supervisor task that opens a fresh `aiomqtt.Client` per session,
+restores subscriptions, publishes the retained online message, then runs three tasks
+until the connection drops: a reader that hands messages to `on_message`, a drainer that
+sends the persistent outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry.
+After a drop it waits a capped, jittered exponential backoff and starts over.
+
+Delivery guarantees:
+- `publish_reliable`: at least once, in order. The message is committed to the outbox
+  before the call returns; a row is deleted only after the broker's PUBACK. aiomqtt 2.5
+  `Client.publish(qos=1)` returns when paho's `on_publish` fires, which for QoS 1 is on
+  PUBACK (`_handle_pubackcomp`); a message paho could not send raises `MqttCodeError`.
+  aiomqtt ignores the PUBACK reason code, so an MQTT 5 broker's negative PUBACK (e.g.
+  "not authorized") counts as delivered and is not retried forever.
+- `publish_fast`: at most once. Dropped (and counted) while disconnected or when the
+  small in-memory queue is full; never blocks.
+
+Protocol: MQTT 5 is preferred. A broker that answers CONNACK "unsupported protocol
+version" (amqtt, see `edge.broker`) makes the link fall back to 3.1.1 for its lifetime;
+`protocol="3.1.1"` starts there. Under 3.1.1 there are no properties, so request/response
+metadata travels in the JSON payload: outgoing JSON objects get `response_topic` and
+`correlation_id` (UTF-8 text of the correlation data) added, and incoming JSON objects
+with those keys fill `IncomingMessage.response_topic` / `correlation_data`. That JSON
+fallback is also read under MQTT 5 when a request carries no properties (a 3.1.1
+client behind a v5 broker).
+
+Sessions are clean: commands sent while the daemon is offline are not queued by the
+broker to be applied late; their senders time out and may retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import enum
+import random
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import orjson
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.errors import ConfigError, PayloadError
+from edge.outbox import Outbox, OutboxMessage
+
+log = structlog.get_logger(__name__)
+
+ProtocolName = Literal["5", "3.1.1"]
+
+# CONNACK "unsupported protocol version": 132 as an MQTT 5 reason code, 1 in 3.1.1.
+_UNSUPPORTED_PROTOCOL = (132, 1)
+_FAST_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A message from a subscription, with request/response metadata if it has any."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None
+    correlation_data: bytes | None
+    user_properties: tuple[tuple[str, str], ...]
+    retain: bool
+
+
+MessageHandler = Callable[[IncomingMessage], Awaitable[None]]
+
+
+class LinkState(enum.Enum):
+    """Lifecycle of an `MqttLink`: usable once, between enter and exit."""
+
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+class ReadOnlyEvent:
+    """An `asyncio.Event` that callers may watch but not set."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self._event = event
+
+    def is_set(self) -> bool:
+        """Whether the event is set now."""
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        """Wait until the event is set."""
+        await self._event.wait()
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where and how to connect, parsed from `mqtt://[user:pass@]host[:port]`."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        """Parse an `mqtt://` or `mqtts://` URL; raise ConfigError naming the problem."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ConfigError("must start with mqtt:// or mqtts://", key="mqtt.url")
+        if not parts.hostname:
+            raise ConfigError("has no host", key="mqtt.url")
+        tls = parts.scheme == "mqtts"
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise ConfigError(f"bad port: {exc}", key="mqtt.url") from exc
+        return cls(
+            host=parts.hostname,
+            port=port,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+
+class _SessionEnd(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside a session's task group to end it cleanly on close."""
+
+
+class MqttLink:
+    """Resilient MQTT connection with a persistent outbox; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        outbox: Outbox,
+        *,
+        will: tuple[str, bytes, bool] | None = None,
+        online_message: tuple[str, bytes] | None = None,
+        subscriptions: Sequence[str] = (),
+        on_message: MessageHandler | None = None,
+        protocol: ProtocolName = "5",
+        backoff_max_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        publish_timeout_s: float = 10.0,
+        close_timeout_s: float = 5.0,
+        keepalive_s: int = 30,
+        max_payload_bytes: int = 65_536,
+        drain_window: int = 100,
+        fast_queue_max: int = 10_000,
+    ) -> None:
+        if protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"unknown protocol {protocol!r}", key="mqtt.protocol")
+        self._address = BrokerAddress.parse(url)
+        self._client_id = client_id
+        self._outbox = outbox
+        self._will = will
+        self._online = online_message
+        self._subscriptions = tuple(subscriptions)
+        self._on_message = on_message
+        self._protocol: ProtocolName = protocol
+        self._backoff_max_s = backoff_max_s
+        self._connect_timeout_s = connect_timeout_s
+        self._publish_timeout_s = publish_timeout_s
+        self._close_timeout_s = close_timeout_s
+        self._keepalive_s = keepalive_s
+        self._max_payload_bytes = max_payload_bytes
+        self._drain_window = drain_window
+        self._fast_queue_max = fast_queue_max
+        self._tls_context = ssl.create_default_context() if self._address.tls else None
+
+        self._state = LinkState.UNOPENED
+        self._tg: asyncio.TaskGroup | None = None
+        self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._disconnected.set()
+        self._drained = asyncio.Event()
+        self._outbox_wake = asyncio.Event()
+        self._appends = 0  # bumped after each committed append; see _drain
+        self._fast: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+        self._fast_wake = asyncio.Event()
+
+        self._v5_confirmed = False
+        self._sessions = 0
+        self._published = 0
+        self._published_fast = 0
+        self._dropped = 0
+        self._received = 0
+        self._refused_oversize = 0
+        self._refused_oversize_out = 0
+        self._handler_errors = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def state(self) -> LinkState:
+        """UNOPENED, OPENED or CLOSED."""
+        return self._state
+
+    async def __aenter__(self) -> Self:
+        if self._state is not LinkState.UNOPENED:
+            raise RuntimeError(f"MqttLink cannot be opened in state {self._state.value}")
+        self._state = LinkState.OPENED
+        if self._outbox.backlog == 0:
+            self._drained.set()
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        self._tg.create_task(self._supervise(), name="mqtt.session")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Send what the outbox holds (briefly), publish the offline message, disconnect."""
+        if self._state is not LinkState.OPENED or self._tg is None:
+            return
+        self._state = LinkState.CLOSED
+        self._closing.set()
+        tg, self._tg = self._tg, None
+        try:
+            async with asyncio.timeout(self._close_timeout_s + self._connect_timeout_s):
+                # Pass only a cancellation on: any other error of the body must reach the
+                # caller as itself, not wrapped in the task group's ExceptionGroup.
+                if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
+                    await tg.__aexit__(exc_type, exc, tb)
+                else:
+                    await tg.__aexit__(None, None, None)
+        except TimeoutError:
+            log.warning("mqtt_close_timeout", client_id=self._client_id)
+
+    # -- public API --------------------------------------------------------------------
+
+    @property
+    def connected(self) -> ReadOnlyEvent:
+        """Set while a session is up (subscriptions restored, online message sent)."""
+        return ReadOnlyEvent(self._connected)
+
+    @property
+    def protocol(self) -> ProtocolName:
+        """The protocol the link uses now (after any fallback)."""
+        return self._protocol
+
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
+        """Wait until a session is up; TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    async def wait_disconnected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
+        """Wait until no session is up; TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            await self._disconnected.wait()
+
+    async def wait_drained(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
+        """Wait until every committed reliable message has its PUBACK."""
+        async with asyncio.timeout(timeout):
+            await self._drained.wait()
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters for the health endpoint and tests."""
+        return {
+            "connected": self._connected.is_set(),
+            "protocol": self._protocol,
+            "reconnects": max(0, self._sessions - 1),
+            "outbox_backlog": self._outbox.backlog,
+            "outbox_dropped": self._outbox.dropped,
+            "published": self._published,
+            "published_fast": self._published_fast,
+            "dropped": self._dropped,
+            "received": self._received,
+            "refused_oversize": self._refused_oversize,
+            "refused_oversize_out": self._refused_oversize_out,
+            "handler_errors": self._handler_errors,
+        }
+
+    async def publish_reliable(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        content_type: str | None = "application/json",
+    ) -> None:
+        """Commit a QoS 1 message to the outbox; the drainer sends it when connected.
+
+        Raises PayloadError("oversized") above `max_payload_bytes`: a message the broker
+        keeps refusing would block the outbox behind it.
+        """
+        if self._state is not LinkState.OPENED:
+            raise RuntimeError(f"MqttLink is {self._state.value}")
+        if len(payload) > self._max_payload_bytes:
+            self._refused_oversize_out += 1
+            raise PayloadError("oversized", f"{len(payload)} bytes to {topic}")
+        await self._outbox.append(
+            topic,
+            payload,
+            qos=1,
+            retain=retain,
+            response_topic=response_topic,
+            correlation_data=correlation_data,
+            content_type=content_type,
+        )
+        self._appends += 1
+        self._drained.clear()
+        self._outbox_wake.set()
+
+    def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Queue a QoS 0 message; dropped (and counted) while disconnected or when full."""
+        if not self._connected.is_set() or len(self._fast) >= self._fast_queue_max:
+            self._dropped += 1
+            return
+        self._fast.append((topic, payload, retain))
+        self._fast_wake.set()
+
+    # -- supervisor --------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Connect, run a session, back off, repeat until closing."""
+        attempt = 0
+        failing = False
+        while not self._closing.is_set():
+            session_started = self._sessions
+            try:
+                await self._session()
+            except MqttConnectError as exc:
+                if self._protocol == "5" and _rc_value(exc) in _UNSUPPORTED_PROTOCOL:
+                    self._protocol = "3.1.1"
+                    log.warning("mqtt_protocol_fallback", url=self._safe_url(), to="3.1.1")
+                    continue
+                if not failing:
+                    log.warning("mqtt_connect_refused", url=self._safe_url(), reason=str(exc))
+                failing = True
+            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                if self._sessions > session_started:
+                    log.warning("mqtt_disconnected", url=self._safe_url(), reason=str(exc))
+                elif not failing:
+                    log.warning("mqtt_connect_failed", url=self._safe_url(), reason=str(exc))
+                failing = self._sessions == session_started
+            except Exception:
+                # A bug in a session must not end the link for good: log it, reconnect.
+                log.exception("mqtt_session_crashed", url=self._safe_url())
+                failing = True
+            finally:
+                self._set_connected(up=False)
+            if self._closing.is_set():
+                return
+            attempt = 1 if self._sessions > session_started else attempt + 1
+            delay = min(self._backoff_max_s, random.uniform(0, 1.5 ** min(10, attempt)))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._closing.wait()
+
+    def _safe_url(self) -> str:
+        scheme = "mqtts" if self._address.tls else "mqtt"
+        return f"{scheme}://{self._address.host}:{self._address.port}"
+
+    def _set_connected(self, *, up: bool) -> None:
+        if up:
+            self._disconnected.clear()
+            self._connected.set()
+        else:
+            self._connected.clear()
+            self._disconnected.set()
+            if self._fast:
+                self._dropped += len(self._fast)
+                self._fast.clear()
+
+    def _new_client(self) -> aiomqtt.Client:
+        """A fresh client per session: aiomqtt clients do not survive a lost connection."""
+        will = None
+        if self._will is not None:
+            topic, payload, retain = self._will
+            will = aiomqtt.Will(topic, payload, qos=1, retain=retain)
+        v5 = self._protocol == "5"
+        client = aiomqtt.Client(
+            self._address.host,
+            self._address.port,
+            username=self._address.username,
+            password=self._address.password,
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            timeout=self._connect_timeout_s,
+            keepalive=self._keepalive_s,
+            max_inflight_messages=self._drain_window,
+            tls_context=self._tls_context,
+        )
+        # aiomqtt warns on every call while more than 10 are pending; a drain window
+        # and a telemetry burst are expected to exceed that.
+        client.pending_calls_threshold = self._drain_window + _FAST_BATCH + 64
+        return client
+
+    async def _probe_v5(self) -> None:
+        """Ask the broker whether it speaks MQTT 5, with a bare CONNECT (no will, no id).
+
+        amqtt answers a bare v5 CONNECT with "unsupported protocol version", but a v5
+        CONNECT with a client id and a will derails its parser and it never answers
+        (measured), so the real CONNECT cannot be the probe. Raises MqttConnectError
+        when v5 is refused; returns when it is accepted.
+        """
+        probe = aiomqtt.Client(
+            self._address.host,
+            self._address.port,
+            username=self._address.username,
+            password=self._address.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=self._connect_timeout_s,
+            tls_context=self._tls_context,
+        )
+        async with asyncio.timeout(self._connect_timeout_s * 2 + 1), probe:
+            pass
+        self._v5_confirmed = True
+
+    async def _session(self) -> None:
+        """One connection, from CONNECT to its end; returns only when closing."""
+        if self._protocol == "5" and not self._v5_confirmed:
+            await self._probe_v5()
+        client = self._new_client()
+        async with contextlib.AsyncExitStack() as stack:
+            # aiomqtt bounds the CONNACK wait by `timeout`; this outer bound also covers
+            # the TCP connect it runs in a thread.
+            async with asyncio.timeout(self._connect_timeout_s * 2 + 1):
+                await stack.enter_async_context(client)
+            await self._restore(client)
+            self._sessions += 1
+            self._set_connected(up=True)
+            log.info(
+                "mqtt_connected",
+                url=self._safe_url(),
+                protocol=self._protocol,
+                session=self._sessions,
+                outbox_backlog=self._outbox.backlog,
+            )
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._read(client), name="mqtt.read")
+                    tg.create_task(self._drain(client), name="mqtt.drain")
+                    tg.create_task(self._send_fast(client), name="mqtt.fast")
+                    tg.create_task(self._until_closing(), name="mqtt.close_watch")
+            except BaseExceptionGroup as group:
+                _raise_unless_session_end(group)
+            # Closing: a clean DISCONNECT suppresses the will, so say offline ourselves.
+            self._set_connected(up=False)
+            if self._will is not None:
+                topic, payload, retain = self._will
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await client.publish(
+                        topic, payload, qos=1, retain=retain, timeout=self._connect_timeout_s
+                    )
+
+    async def _restore(self, client: aiomqtt.Client) -> None:
+        """Subscriptions first, then the online message: the world sees us only when ready."""
+        if self._subscriptions:
+            codes = await client.subscribe(
+                [(topic, 1) for topic in self._subscriptions], timeout=self._connect_timeout_s
+            )
+            for topic, code in zip(self._subscriptions, codes, strict=False):
+                if _rc_int(code) >= 0x80:
+                    log.error("mqtt_subscribe_refused", topic=topic, reason=str(code))
+        if self._online is not None:
+            topic, payload = self._online
+            await client.publish(topic, payload, qos=1, retain=True, timeout=self._connect_timeout_s)
+
+    async def _until_closing(self) -> None:
+        """On close, give the outbox a short while to empty, then end the session."""
+        await self._closing.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._close_timeout_s):
+                await self._drained.wait()
+        raise _SessionEnd
+
+    # -- the three session tasks ---------------------------------------------------------
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        """Hand each message to the handler in arrival order; a failing handler is logged."""
+        async for message in client.messages:
+            self._received += 1
+            payload = message.payload
+            if not isinstance(payload, bytes | bytearray):
+                payload = str(payload).encode()
+            topic = message.topic.value
+            if len(payload) > self._max_payload_bytes:
+                self._refused_oversize += 1
+                log.warning("mqtt_message_oversized", topic=topic, size=len(payload))
+                continue
+            if self._on_message is None:
+                continue
+            incoming = self._incoming(topic, bytes(payload), message.properties, message.retain)
+            try:
+                await self._on_message(incoming)
+            except Exception:
+                self._handler_errors += 1
+                log.exception("mqtt_handler_failed", topic=topic)
+
+    def _incoming(
+        self, topic: str, payload: bytes, props: Properties | None, retain: bool
+    ) -> IncomingMessage:
+        response_topic: str | None = getattr(props, "ResponseTopic", None)
+        correlation: bytes | None = getattr(props, "CorrelationData", None)
+        user_props: list[tuple[str, str]] = getattr(props, "UserProperty", None) or []
+        if response_topic is None and correlation is None and payload[:1] == b"{":
+            response_topic, correlation = _metadata_from_json(payload)
+        return IncomingMessage(
+            topic=topic,
+            payload=payload,
+            response_topic=response_topic,
+            correlation_data=correlation,
+            user_properties=tuple((str(k), str(v)) for k, v in user_props),
+            retain=retain,
+        )
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Send the outbox oldest-first, a window at a time; delete rows once PUBACKed."""
+        while True:
+            self._outbox_wake.clear()
+            appends_before = self._appends
+            rows = await self._outbox.peek(self._drain_window)
+            if not rows:
+                # An append committed while we peeked bumps the counter: look again.
+                if appends_before == self._appends:
+                    self._drained.set()
+                    await self._outbox_wake.wait()
+                continue
+            # gather starts the publishes in row order, so paho sends them in order.
+            results = await asyncio.gather(
+                *(self._publish_row(client, row) for row in rows), return_exceptions=True
+            )
+            acked = [row.id for row, res in zip(rows, results, strict=True) if res is None]
+            if acked:
+                await self._outbox.ack(i for i in acked if i is not None)
+                self._published += len(acked)
+            for res in results:
+                if isinstance(res, BaseException):
+                    raise res
+
+    async def _publish_row(self, client: aiomqtt.Client, row: OutboxMessage) -> None:
+        payload = row.payload
+        properties = None
+        if self._protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            if row.response_topic is not None:
+                properties.ResponseTopic = row.response_topic
+            if row.correlation_data is not None:
+                properties.CorrelationData = row.correlation_data
+            if row.content_type is not None:
+                properties.ContentType = row.content_type
+        elif row.response_topic is not None or row.correlation_data is not None:
+            payload = _metadata_into_json(payload, row.response_topic, row.correlation_data)
+        await client.publish(
+            row.topic,
+            payload,
+            qos=row.qos,
+            retain=row.retain,
+            properties=properties,
+            timeout=self._publish_timeout_s,
+        )
+
+    async def _send_fast(self, client: aiomqtt.Client) -> None:
+        """Send queued QoS 0 messages in concurrent batches (one socket write each)."""
+        while True:
+            await self._fast_wake.wait()
+            self._fast_wake.clear()
+            while self._fast:
+                batch = [self._fast.popleft() for _ in range(min(_FAST_BATCH, len(self._fast)))]
+                results = await asyncio.gather(
+                    *(
+                        client.publish(t, p, qos=0, retain=r, timeout=self._publish_timeout_s)
+                        for t, p, r in batch
+                    ),
+                    return_exceptions=True,
+                )
+                failed = [res for res in results if isinstance(res, BaseException)]
+                self._published_fast += len(batch) - len(failed)
+                self._dropped += len(failed)
+                if failed:
+                    raise failed[0]
+
+
+def _rc_value(exc: aiomqtt.MqttCodeError) -> int:
+    return _rc_int(exc.rc)
+
+
+def _rc_int(code: object) -> int:
+    value = getattr(code, "value", code)
+    return value if isinstance(value, int) else -1
+
+
+def _raise_unless_session_end(group: BaseExceptionGroup[BaseException]) -> None:
+    """Re-raise the first real error of a session's task group (flattened)."""
+    rest = group.split(_SessionEnd)[1]
+    if rest is None:
+        return
+    first: BaseException = rest
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    if isinstance(first, aiomqtt.MqttError | OSError | TimeoutError | asyncio.CancelledError):
+        raise first
+    raise rest
+
+
+def _metadata_from_json(payload: bytes) -> tuple[str | None, bytes | None]:
+    """3.1.1 request metadata: `response_topic` and `correlation_id` in a JSON object."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(obj, dict):
+        return None, None
+    topic = obj.get("response_topic")
+    correlation = obj.get("correlation_id")
+    return (
+        topic if isinstance(topic, str) else None,
+        correlation.encode() if isinstance(correlation, str) else None,
+    )
+
+
+def _metadata_into_json(payload: bytes, response_topic: str | None, correlation: bytes | None) -> bytes:
+    """Add `response_topic`/`correlation_id` to a JSON object payload (3.1.1 only)."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
+    if not isinstance(obj, dict):
+        return payload
+    if response_topic is not None:
+        obj.setdefault("response_topic", response_topic)
+    if correlation is not None:
+        obj.setdefault("correlation_id", correlation.decode("utf-8", "backslashreplace"))
+    return orjson.dumps(obj)

@@ -1,0 +1,217 @@
+"""pytest plugin: MQTT brokers, databases and a task-leak check for integration tests.
+
+Register with `pytest_plugins = ["tests.conftest_mqtt"]` in tests/conftest.py.
+
+Fixtures:
+- `mqtt_url`: the shared broker from `EDGE_TEST_MQTT_URL` (CI: Mosquitto), else an
+  embedded amqtt broker of the test's own on a free port.
+- `private_broker`: a broker only this test uses, which it may `stop()` and `start()`
+  on the same port: Mosquitto when the binary is present, amqtt otherwise
+  (`EDGE_TEST_PRIVATE_BROKER=embedded|mosquitto` forces one). The shared broker is
+  never stopped.
+- `database_url`: `EDGE_TEST_DATABASE_URL` (PostgreSQL) with a fresh schema per test,
+  dropped afterwards, else a SQLite file in `tmp_path`.
+- `no_leaked_tasks`: fails the test if it leaves asyncio tasks running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from edge.broker import EmbeddedBroker, free_port
+
+MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+BROKER_START_TIMEOUT_S = 10.0
+
+
+class PrivateBroker(Protocol):
+    """A broker a test owns: stoppable and restartable on the same port."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class MosquittoProcess:
+    """A `mosquitto` child process with a config of its own (no persistence, anonymous)."""
+
+    kind = "mosquitto"
+
+    def __init__(self, binary: str, workdir: Path, host: str = "127.0.0.1") -> None:
+        self._binary = binary
+        self._host = host
+        self._port = free_port(host)
+        self._conf = workdir / "mosquitto.conf"
+        self._conf.write_text(
+            f"listener {self._port} {host}\nallow_anonymous true\npersistence false\nlog_dest none\n"
+        )
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self._host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    async def start(self) -> None:
+        """Start and wait until the port accepts connections."""
+        if self._proc is not None:
+            raise RuntimeError("mosquitto already running")
+        self._proc = await asyncio.create_subprocess_exec(
+            self._binary,
+            "-c",
+            str(self._conf),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(BROKER_START_TIMEOUT_S):
+            while True:
+                if self._proc.returncode is not None:
+                    raise RuntimeError(f"mosquitto exited with {self._proc.returncode}")
+                try:
+                    _, writer = await asyncio.open_connection(self._host, self._port)
+                except OSError:
+                    await asyncio.sleep(0.02)  # polling a port that is not open yet
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                return
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers; client sockets are closed either way."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            async with asyncio.timeout(5):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+class EmbeddedPrivateBroker:
+    """`EmbeddedBroker` on a fixed free port, behind the `PrivateBroker` protocol."""
+
+    kind = "embedded"
+
+    def __init__(self) -> None:
+        self._broker = EmbeddedBroker(port=0)
+
+    @property
+    def url(self) -> str:
+        return self._broker.url
+
+    @property
+    def port(self) -> int:
+        return self._broker.port
+
+    async def start(self) -> None:
+        await self._broker.start()
+
+    async def stop(self) -> None:
+        await self._broker.stop()
+
+
+def _mosquitto_binary() -> str | None:
+    for candidate in MOSQUITTO_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture
+async def mqtt_url() -> AsyncIterator[str]:
+    """URL of a running broker the test may share with others (never stopped by tests)."""
+    shared = os.environ.get("EDGE_TEST_MQTT_URL")
+    if shared:
+        yield shared
+        return
+    async with EmbeddedBroker(port=0) as broker:
+        yield broker.url
+
+
+@pytest.fixture
+async def private_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
+    """A started broker of this test's own; stop()/start() keep the port."""
+    wanted = os.environ.get("EDGE_TEST_PRIVATE_BROKER", "")
+    binary = _mosquitto_binary() if wanted != "embedded" else None
+    if wanted == "mosquitto" and binary is None:
+        pytest.fail("EDGE_TEST_PRIVATE_BROKER=mosquitto but no mosquitto binary found")
+    broker: PrivateBroker = (
+        MosquittoProcess(binary, tmp_path) if binary is not None else EmbeddedPrivateBroker()
+    )
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: a PostgreSQL schema or a SQLite file."""
+    shared = os.environ.get("EDGE_TEST_DATABASE_URL")
+    if not shared:
+        yield f"sqlite:///{tmp_path / 'edge.db'}"
+        return
+    schema = f"test_{uuid.uuid4().hex[:16]}"
+    admin = sqlalchemy.create_engine(shared)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE SCHEMA "{schema}"'))
+        # libpq `options` puts every connection of the test in its own schema, so tables
+        # are created there and parallel tests never see each other's rows.
+        url = make_url(shared).update_query_dict({"options": f"-csearch_path={schema}"})
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail the test if tasks it started are still running after it (and its fixtures) end.
+
+    Request it first (e.g. `pytestmark = pytest.mark.usefixtures("no_leaked_tasks")`)
+    so its teardown runs after the other fixtures' teardowns.
+    """
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+    leaked = {t for t in asyncio.all_tasks() if t not in before and t is not current}
+    if leaked:
+        # Tasks cancelled during teardown need a loop iteration or two to finish.
+        _, leaked = await asyncio.wait(leaked, timeout=1.0)
+    if leaked:
+        names = sorted(t.get_name() for t in leaked)
+        for task in leaked:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*leaked, return_exceptions=True)
+        pytest.fail(f"test leaked {len(names)} asyncio task(s): {names}")

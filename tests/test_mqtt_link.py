@@ -1,0 +1,355 @@
+"""MqttLink and Outbox against real brokers (Mosquitto or the embedded amqtt) and databases."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import textwrap
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import orjson
+import pytest
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.broker import EmbeddedBroker, free_port
+from edge.errors import PayloadError
+from edge.mqtt import BrokerAddress, IncomingMessage, MqttLink
+from edge.outbox import Outbox
+from tests.conftest_mqtt import PrivateBroker
+
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+WAIT_S = 10.0
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Collector:
+    """An `on_message` handler that records messages and lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.messages: list[IncomingMessage] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, message: IncomingMessage) -> None:
+        self.messages.append(message)
+        self._changed.set()
+
+    async def wait_for(self, count: int, within_s: float = WAIT_S) -> list[IncomingMessage]:
+        async with asyncio.timeout(within_s):
+            while len(self.messages) < count:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.messages
+
+
+def _prefix() -> str:
+    return f"edge-test/{uuid.uuid4().hex[:10]}"
+
+
+@contextlib.asynccontextmanager
+async def observer(url: str, *topics: str) -> AsyncIterator[aiomqtt.Client]:
+    """A plain aiomqtt client subscribed to `topics` (QoS 1): MQTT 5 if the broker has it."""
+    address = BrokerAddress.parse(url)
+    client_id = f"observer-{uuid.uuid4().hex[:8]}"
+    for protocol in (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311):
+        client = aiomqtt.Client(address.host, address.port, identifier=client_id, protocol=protocol)
+        try:
+            await client.__aenter__()
+        except MqttConnectError:
+            continue
+        try:
+            if topics:
+                await client.subscribe([(t, 1) for t in topics])
+            yield client
+        finally:
+            await client.__aexit__(None, None, None)
+        return
+    raise AssertionError("broker accepts neither MQTT 5 nor 3.1.1")
+
+
+async def next_message(client: aiomqtt.Client, within_s: float = WAIT_S) -> aiomqtt.Message:
+    async with asyncio.timeout(within_s):
+        return await anext(aiter(client.messages))
+
+
+async def clear_retained(url: str, *topics: str) -> None:
+    """Leave the shared broker as found: empty retained payloads delete retained messages."""
+    async with observer(url) as client:
+        for topic in topics:
+            await client.publish(topic, b"", qos=1, retain=True)
+
+
+def link(url: str, outbox: Outbox, **kwargs: object) -> MqttLink:
+    """A link with test-friendly timings (short backoff) and a unique client id."""
+    options: dict[str, object] = {"backoff_max_s": 0.5, "connect_timeout_s": 3.0}
+    options.update(kwargs)
+    return MqttLink(url, f"edge-{uuid.uuid4().hex[:8]}", outbox, **options)  # type: ignore[arg-type]
+
+
+async def test_reliable_publish_arrives_with_qos1_and_metadata(mqtt_url: str, database_url: str) -> None:
+    """A reliable message arrives at QoS 1 with its response metadata; the PUBACK empties the outbox."""
+    topic = f"{_prefix()}/reply"
+    async with (
+        observer(mqtt_url, topic) as sub,
+        Outbox(database_url) as outbox,
+        link(mqtt_url, outbox) as mq,
+    ):
+        await mq.wait_connected(WAIT_S)
+        await mq.publish_reliable(topic, b'{"ok": true}', response_topic="r/t", correlation_data=b"abc-1")
+        message = await next_message(sub)
+        await mq.wait_drained(WAIT_S)
+        assert outbox.backlog == 0
+        assert mq.stats["published"] == 1
+    assert message.qos == 1
+    if mq.protocol == "5":
+        assert message.payload == b'{"ok": true}'
+        assert message.properties is not None
+        props = message.properties
+        assert getattr(props, "ResponseTopic", None) == "r/t"
+        assert getattr(props, "CorrelationData", None) == b"abc-1"
+        assert getattr(props, "ContentType", None) == "application/json"
+    else:
+        assert isinstance(message.payload, bytes)
+        body = orjson.loads(message.payload)
+        assert body == {"ok": True, "response_topic": "r/t", "correlation_id": "abc-1"}
+
+
+async def test_alarms_published_while_broker_down_arrive_in_order(
+    private_broker: PrivateBroker, database_url: str
+) -> None:
+    """50 alarms published while the broker is down arrive exactly once, in order, after it returns."""
+    prefix = _prefix()
+    seen = Collector()
+    async with (
+        Outbox(database_url) as outbox,
+        # The link's own subscription is the witness: it is restored on reconnect before
+        # the drainer sends anything, so nothing can go out unobserved.
+        link(private_broker.url, outbox, subscriptions=[f"{prefix}/alarm/#"], on_message=seen) as mq,
+    ):
+        await mq.wait_connected(WAIT_S)
+        await private_broker.stop()
+        await mq.wait_disconnected(WAIT_S)
+        for i in range(50):
+            await mq.publish_reliable(f"{prefix}/alarm/lamp-{i % 5}", orjson.dumps({"seq": i}))
+        assert outbox.backlog == 50
+        await private_broker.start()
+        messages = await seen.wait_for(50, within_s=20)
+        await mq.wait_drained(WAIT_S)
+        assert outbox.backlog == 0
+        assert mq.stats["reconnects"] >= 1
+    assert [orjson.loads(m.payload)["seq"] for m in messages] == list(range(50))
+
+
+async def test_outbox_survives_link_restart(mqtt_url: str, database_url: str) -> None:
+    """Messages appended while no broker is reachable are delivered by the next link on the same database."""
+    prefix = _prefix()
+    dead_url = f"mqtt://127.0.0.1:{free_port()}"
+    async with Outbox(database_url) as outbox, link(dead_url, outbox) as mq:
+        for i in range(5):
+            await mq.publish_reliable(f"{prefix}/state", orjson.dumps({"seq": i}))
+        assert not mq.connected.is_set()
+    seen = Collector()
+    async with Outbox(database_url) as outbox:
+        assert outbox.backlog == 5
+        async with link(mqtt_url, outbox, subscriptions=[f"{prefix}/#"], on_message=seen) as mq:
+            messages = await seen.wait_for(5)
+            await mq.wait_drained(WAIT_S)
+        assert outbox.backlog == 0
+    assert [orjson.loads(m.payload)["seq"] for m in messages] == list(range(5))
+
+
+async def test_last_will_published_when_daemon_dies(mqtt_url: str, tmp_path: Path) -> None:
+    """SIGKILL of a process holding a link makes the broker publish its retained offline will."""
+    status = f"{_prefix()}/status"
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from edge.mqtt import MqttLink
+        from edge.outbox import Outbox
+
+        async def main() -> None:
+            async with Outbox("sqlite:///{tmp_path / "child.db"}") as outbox:
+                async with MqttLink(
+                    "{mqtt_url}", "edge-child-{uuid.uuid4().hex[:8]}", outbox,
+                    will=("{status}", b"offline", True),
+                    online_message=("{status}", b"online"),
+                ):
+                    await asyncio.Event().wait()
+
+        asyncio.run(main())
+        """
+    )
+    async with observer(mqtt_url, status) as sub:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            script,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            online = await next_message(sub, within_s=20)
+            assert online.payload == b"online"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGKILL)
+            await child.wait()
+        offline = await next_message(sub)
+        assert offline.payload == b"offline"
+    # The will is retained: a newcomer sees the daemon is offline.
+    async with observer(mqtt_url, status) as late:
+        retained = await next_message(late)
+        assert (retained.payload, retained.retain) == (b"offline", True)
+    await clear_retained(mqtt_url, status)
+
+
+async def test_clean_close_publishes_offline(mqtt_url: str, database_url: str) -> None:
+    """Closing the link says offline (retained) itself, since a clean DISCONNECT suppresses the will."""
+    status = f"{_prefix()}/status"
+    async with observer(mqtt_url, status) as sub, Outbox(database_url) as outbox:
+        async with link(
+            mqtt_url, outbox, will=(status, b"offline", True), online_message=(status, b"online")
+        ) as mq:
+            assert (await next_message(sub)).payload == b"online"
+            assert mq.connected.is_set()
+        assert (await next_message(sub)).payload == b"offline"
+    await clear_retained(mqtt_url, status)
+
+
+async def test_oversized_message_counted_not_delivered(mqtt_url: str, database_url: str) -> None:
+    """An incoming message above max_payload_bytes is counted and never reaches the handler."""
+    prefix = _prefix()
+    seen = Collector()
+    async with (
+        Outbox(database_url) as outbox,
+        link(
+            mqtt_url,
+            outbox,
+            subscriptions=[f"{prefix}/cmd/#"],
+            on_message=seen,
+            max_payload_bytes=1024,
+        ) as mq,
+        observer(mqtt_url) as pub,
+    ):
+        await mq.wait_connected(WAIT_S)
+        await pub.publish(f"{prefix}/cmd/big", b"x" * 2048, qos=1)
+        await pub.publish(f"{prefix}/cmd/small", b"{}", qos=1)
+        messages = await seen.wait_for(1)
+        assert [m.topic for m in messages] == [f"{prefix}/cmd/small"]
+        assert mq.stats["refused_oversize"] == 1
+        with pytest.raises(PayloadError):
+            await mq.publish_reliable(f"{prefix}/out", b"y" * 2048)
+
+
+async def test_failing_handler_does_not_stop_the_link(mqtt_url: str, database_url: str) -> None:
+    """A handler that raises is logged and counted; the next message is still handled."""
+    prefix = _prefix()
+    seen = Collector()
+
+    async def handler(message: IncomingMessage) -> None:
+        if message.payload == b"boom":
+            raise ValueError("handler bug")
+        await seen(message)
+
+    async with (
+        Outbox(database_url) as outbox,
+        link(mqtt_url, outbox, subscriptions=[f"{prefix}/cmd"], on_message=handler) as mq,
+        observer(mqtt_url) as pub,
+    ):
+        await mq.wait_connected(WAIT_S)
+        await pub.publish(f"{prefix}/cmd", b"boom", qos=1)
+        await pub.publish(f"{prefix}/cmd", b"fine", qos=1)
+        messages = await seen.wait_for(1)
+        assert [m.payload for m in messages] == [b"fine"]
+        assert mq.stats["handler_errors"] == 1
+        assert mq.connected.is_set()
+
+
+async def test_request_metadata_reaches_handler(mqtt_url: str, database_url: str) -> None:
+    """Response topic and correlation data of a request arrive, as properties (v5) or in the JSON (3.1.1)."""
+    prefix = _prefix()
+    seen = Collector()
+    async with (
+        Outbox(database_url) as outbox,
+        link(mqtt_url, outbox, subscriptions=[f"{prefix}/req"], on_message=seen) as mq,
+        observer(mqtt_url) as pub,
+    ):
+        await mq.wait_connected(WAIT_S)
+        expected: tuple[str, bytes, tuple[tuple[str, str], ...]]
+        if mq.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = "client/1/reply"
+            props.CorrelationData = b"\x00\x01"
+            props.UserProperty = [("trace", "t-1")]
+            await pub.publish(f"{prefix}/req", b"{}", qos=1, properties=props)
+            expected = ("client/1/reply", b"\x00\x01", (("trace", "t-1"),))
+        else:
+            body = {"response_topic": "client/1/reply", "correlation_id": "c-1"}
+            await pub.publish(f"{prefix}/req", orjson.dumps(body), qos=1)
+            expected = ("client/1/reply", b"c-1", ())
+        (message,) = await seen.wait_for(1)
+    assert (message.response_topic, message.correlation_data, message.user_properties) == expected
+
+
+async def test_falls_back_to_311_on_a_v3_only_broker(database_url: str) -> None:
+    """Against amqtt (3.1.1 only) a v5 link falls back and carries request metadata in the JSON."""
+    prefix = _prefix()
+    seen = Collector()
+    async with (
+        EmbeddedBroker(port=0) as broker,
+        Outbox(database_url) as outbox,
+        link(broker.url, outbox, subscriptions=[f"{prefix}/req"], on_message=seen) as mq,
+        observer(broker.url, f"{prefix}/reply") as client,
+    ):
+        await mq.wait_connected(WAIT_S)
+        assert mq.protocol == "3.1.1"
+        body = {"op": "ping", "response_topic": f"{prefix}/reply", "correlation_id": "42"}
+        await client.publish(f"{prefix}/req", orjson.dumps(body), qos=1)
+        (request,) = await seen.wait_for(1)
+        assert request.response_topic == f"{prefix}/reply"
+        assert request.correlation_data is not None
+        await mq.publish_reliable(
+            request.response_topic, b'{"pong": true}', correlation_data=request.correlation_data
+        )
+        reply = await next_message(client)
+    assert isinstance(reply.payload, bytes)
+    assert orjson.loads(reply.payload) == {"pong": True, "correlation_id": "42"}
+
+
+async def test_publish_fast_drops_while_disconnected(mqtt_url: str, database_url: str) -> None:
+    """QoS 0 telemetry is dropped and counted while down, and delivered while up."""
+    topic = f"{_prefix()}/telemetry"
+    dead_url = f"mqtt://127.0.0.1:{free_port()}"
+    async with Outbox(database_url) as outbox:
+        async with link(dead_url, outbox) as down:
+            down.publish_fast(topic, b"lost")
+            assert down.stats["dropped"] == 1
+        async with observer(mqtt_url, topic) as sub, link(mqtt_url, outbox) as up:
+            await up.wait_connected(WAIT_S)
+            up.publish_fast(topic, b"1")
+            up.publish_fast(topic, b"2")
+            first = await next_message(sub)
+            second = await next_message(sub)
+            assert (first.payload, second.payload) == (b"1", b"2")
+            assert up.stats["published_fast"] == 2
+
+
+async def test_outbox_drops_oldest_beyond_max_rows(database_url: str) -> None:
+    """A full outbox drops its oldest rows and counts them."""
+    async with Outbox(database_url, max_rows=3) as outbox:
+        for i in range(5):
+            await outbox.append("t", str(i).encode())
+        rows = await outbox.peek(10)
+        assert [r.payload for r in rows] == [b"2", b"3", b"4"]
+        assert (outbox.backlog, outbox.dropped) == (3, 2)
+        assert await outbox.ack([r.id for r in rows if r.id is not None]) == 3
+        assert outbox.backlog == 0
