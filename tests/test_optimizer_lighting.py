@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from optimizer import lighting
 from optimizer.lighting import (
     DimmingInstance,
     DimmingPlan,
@@ -351,3 +352,41 @@ def test_solve_always_passes_the_check_and_never_beats_physics(inst: DimmingInst
     safe = fallback_plan(inst, "property")
     assert check_plan(inst, safe) == []
     assert plan.energy_kwh <= safe.energy_kwh * (1 + 1e-6) + 1e-6
+
+
+def _needs_cpsat() -> DimmingInstance:
+    """Two locked-together groups whose per-group optima step in different slots."""
+    return DimmingInstance(
+        slot_start_local_minute=night(4),
+        groups=[
+            group("a", "s", [100, 0, 100, 0], max_changes=1),
+            group("b", "s", [0, 0, 0, 0]),
+        ],
+        default_neighbour_diff=0,
+    )
+
+
+def test_cpsat_solves_a_component_the_dp_cannot() -> None:
+    """When per-group optima clash, CP-SAT finds the joint optimum (both at 100 % then off)."""
+    inst = _needs_cpsat()
+    plan = solve(inst)
+    assert plan.status == "optimal"
+    assert plan.stats["cpsat_optimal"] == 1
+    assert {g.id: g.levels for g in plan.groups} == {"a": [100, 100, 100, 0], "b": [100, 100, 100, 0]}
+
+
+@pytest.mark.parametrize("status", ["UNKNOWN", "INFEASIBLE", "MODEL_INVALID", "error"])
+def test_every_solver_failure_falls_back_with_a_reason(monkeypatch: pytest.MonkeyPatch, status: str) -> None:
+    """Any CP-SAT status without a solution, or an exception, yields a valid fallback plan."""
+
+    def fake_solve(self: lighting._ComponentModel, time_limit_s: float, workers: int) -> object:
+        if status == "error":
+            raise RuntimeError("boom")
+        return lighting._ModelResult(status, None, 0.0)
+
+    monkeypatch.setattr(lighting._ComponentModel, "solve", fake_solve)
+    inst = _needs_cpsat()
+    plan = solve(inst)
+    assert plan.status == "fallback"
+    assert ("boom" if status == "error" else status) in plan.reason
+    assert check_plan(inst, plan) == []
