@@ -200,7 +200,8 @@ class MqttLink:
         self._dropped = 0
         self._received = 0
         self._refused_oversize = 0
-        self._refused_oversize_out = 0
+        self._refused_out = 0
+        self._poisoned = 0
         self._handler_errors = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -285,7 +286,8 @@ class MqttLink:
             "dropped": self._dropped,
             "received": self._received,
             "refused_oversize": self._refused_oversize,
-            "refused_oversize_out": self._refused_oversize_out,
+            "refused_out": self._refused_out,
+            "outbox_poisoned": self._poisoned,
             "handler_errors": self._handler_errors,
         }
 
@@ -301,14 +303,15 @@ class MqttLink:
     ) -> None:
         """Commit a QoS 1 message to the outbox; the drainer sends it when connected.
 
-        Raises PayloadError("oversized") above `max_payload_bytes`: a message the broker
-        keeps refusing would block the outbox behind it.
+        Raises PayloadError("invalid_topic" | "oversized") for a message no broker would
+        take: stored, it would block the outbox behind it.
         """
         if self._state is not LinkState.OPENED:
             raise RuntimeError(f"MqttLink is {self._state.value}")
-        if len(payload) > self._max_payload_bytes:
-            self._refused_oversize_out += 1
-            raise PayloadError("oversized", f"{len(payload)} bytes to {topic}")
+        problem = _publish_problem(topic, payload)
+        if problem is not None:
+            self._refused_out += 1
+            raise PayloadError(problem, f"{len(payload)} bytes to {topic!r}")
         await self._outbox.append(
             topic,
             payload,
@@ -324,7 +327,11 @@ class MqttLink:
 
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Queue a QoS 0 message; dropped (and counted) while disconnected or when full."""
-        if not self._connected.is_set() or len(self._fast) >= self._fast_queue_max:
+        if (
+            not self._connected.is_set()
+            or len(self._fast) >= self._fast_queue_max
+            or _publish_problem(topic, payload) is not None
+        ):
             self._dropped += 1
             return
         self._fast.append((topic, payload, retain))
@@ -543,13 +550,25 @@ class MqttLink:
             results = await asyncio.gather(
                 *(self._publish_row(client, row) for row in rows), return_exceptions=True
             )
-            acked = [row.id for row, res in zip(rows, results, strict=True) if res is None]
-            if acked:
-                await self._outbox.ack(i for i in acked if i is not None)
-                self._published += len(acked)
-            for res in results:
-                if isinstance(res, BaseException):
-                    raise res
+            done: list[int] = []
+            link_error: BaseException | None = None
+            for row, res in zip(rows, results, strict=True):
+                assert row.id is not None
+                if res is None:
+                    done.append(row.id)
+                    self._published += 1
+                elif _is_link_error(res):
+                    link_error = link_error or res
+                else:
+                    # paho refused this message itself (e.g. a row written by an older
+                    # version with a bad topic): retrying cannot help, drop it.
+                    done.append(row.id)
+                    self._poisoned += 1
+                    log.error("mqtt_outbox_message_dropped", topic=row.topic, error=repr(res))
+            if done:
+                await self._outbox.ack(done)
+            if link_error is not None:
+                raise link_error
 
     async def _publish_row(self, client: aiomqtt.Client, row: OutboxMessage) -> None:
         payload = row.payload
@@ -590,8 +609,29 @@ class MqttLink:
                 failed = [res for res in results if isinstance(res, BaseException)]
                 self._published_fast += len(batch) - len(failed)
                 self._dropped += len(failed)
-                if failed:
-                    raise failed[0]
+                for res in failed:
+                    if _is_link_error(res):
+                        raise res
+
+
+# paho's limit on a PUBLISH payload (the MQTT remaining-length maximum).
+_MAX_PUBLISH_BYTES = 268_435_455
+
+
+def _publish_problem(topic: str, payload: bytes) -> str | None:
+    """Why no broker would accept this publication, or None."""
+    if not topic or "+" in topic or "#" in topic or "\x00" in topic:
+        return "invalid_topic"
+    if len(topic.encode()) > 65_535:
+        return "invalid_topic"
+    if len(payload) > _MAX_PUBLISH_BYTES:
+        return "oversized"
+    return None
+
+
+def _is_link_error(exc: BaseException) -> bool:
+    """Errors of the connection (retry later) as opposed to errors of one message."""
+    return isinstance(exc, aiomqtt.MqttError | OSError | TimeoutError | asyncio.CancelledError)
 
 
 def _rc_value(exc: aiomqtt.MqttCodeError) -> int:
@@ -611,7 +651,7 @@ def _raise_unless_session_end(group: BaseExceptionGroup[BaseException]) -> None:
     first: BaseException = rest
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
-    if isinstance(first, aiomqtt.MqttError | OSError | TimeoutError | asyncio.CancelledError):
+    if _is_link_error(first):
         raise first
     raise rest
 

@@ -246,8 +246,9 @@ async def test_oversized_message_counted_not_delivered(mqtt_url: str, database_u
         messages = await seen.wait_for(1)
         assert [m.topic for m in messages] == [f"{prefix}/cmd/small"]
         assert mq.stats["refused_oversize"] == 1
-        with pytest.raises(PayloadError):
-            await mq.publish_reliable(f"{prefix}/out", b"y" * 2048)
+        with pytest.raises(PayloadError, match="invalid_topic"):
+            await mq.publish_reliable(f"{prefix}/out/#", b"{}")
+        assert outbox.backlog == 0
 
 
 async def test_failing_handler_does_not_stop_the_link(mqtt_url: str, database_url: str) -> None:
@@ -353,3 +354,19 @@ async def test_outbox_drops_oldest_beyond_max_rows(database_url: str) -> None:
         assert (outbox.backlog, outbox.dropped) == (3, 2)
         assert await outbox.ack([r.id for r in rows if r.id is not None]) == 3
         assert outbox.backlog == 0
+
+
+async def test_unsendable_outbox_row_is_dropped_not_retried(mqtt_url: str, database_url: str) -> None:
+    """A stored row paho refuses (bad topic) is dropped and counted; the rows behind it still go out."""
+    prefix = _prefix()
+    seen = Collector()
+    async with Outbox(database_url) as outbox:
+        await outbox.append(f"{prefix}/bad/#", b"{}")
+        await outbox.append(f"{prefix}/good", b'{"n": 1}')
+        async with link(mqtt_url, outbox, subscriptions=[f"{prefix}/good"], on_message=seen) as mq:
+            (message,) = await seen.wait_for(1)
+            await mq.wait_drained(WAIT_S)
+            assert mq.stats["outbox_poisoned"] == 1
+            assert mq.stats["connected"]
+        assert outbox.backlog == 0
+    assert message.payload == b'{"n": 1}'
