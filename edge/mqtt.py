@@ -36,6 +36,7 @@ import collections
 import contextlib
 import enum
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -407,12 +408,16 @@ class MqttLink:
             will=will,
             timeout=self._connect_timeout_s,
             keepalive=self._keepalive_s,
-            max_inflight_messages=self._drain_window,
+            max_inflight_messages=2 * self._drain_window,
             tls_context=self._tls_context,
+            # Without TCP_NODELAY, Nagle holds each small PUBLISH until the previous one
+            # is ACKed and the broker delays that ACK (~40 ms): a drain of 20-message
+            # windows ran at ~560 msg/s against Mosquitto.
+            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         # aiomqtt warns on every call while more than 10 are pending; a drain window
         # and a telemetry burst are expected to exceed that.
-        client.pending_calls_threshold = self._drain_window + _FAST_BATCH + 64
+        client.pending_calls_threshold = 2 * self._drain_window + _FAST_BATCH + 64
         return client
 
     async def _probe_v5(self) -> None:
@@ -535,40 +540,70 @@ class MqttLink:
         )
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Send the outbox oldest-first, a window at a time; delete rows once PUBACKed."""
-        while True:
-            self._outbox_wake.clear()
-            appends_before = self._appends
-            rows = await self._outbox.peek(self._drain_window)
-            if not rows:
+        """Send the outbox oldest-first; delete rows once PUBACKed.
+
+        Two windows overlap: the next window goes out while the previous one waits for
+        its PUBACKs. Waiting for each window before sending the next stalls on
+        Mosquitto's default Nagle (`set_tcp_nodelay false`): its PUBACKs trickle out one
+        per TCP round trip (measured: 20 QoS 1 publishes took 38 ms, 1.2 ms with
+        nodelay on the broker). Continuous traffic lets the ACKs ride on our data.
+        """
+        last_sent: int | None = None
+        windows: collections.deque[asyncio.Task[None]] = collections.deque()
+        try:
+            while True:
+                self._outbox_wake.clear()
+                appends_before = self._appends
+                rows = await self._outbox.peek(self._drain_window, after_id=last_sent)
+                if rows:
+                    # gather starts the publishes in row order, so paho sends them in
+                    # order, after those of the previous window.
+                    windows.append(
+                        asyncio.create_task(self._send_window(client, rows), name="mqtt.drain.window")
+                    )
+                    last_sent = rows[-1].id
+                    if len(windows) > 1:
+                        await windows[0]
+                        windows.popleft()
+                    continue
+                if windows:
+                    await windows[0]
+                    windows.popleft()
+                    continue
                 # An append committed while we peeked bumps the counter: look again.
                 if appends_before == self._appends:
                     self._drained.set()
                     await self._outbox_wake.wait()
-                continue
-            # gather starts the publishes in row order, so paho sends them in order.
-            results = await asyncio.gather(
-                *(self._publish_row(client, row) for row in rows), return_exceptions=True
-            )
-            done: list[int] = []
-            link_error: BaseException | None = None
-            for row, res in zip(rows, results, strict=True):
-                assert row.id is not None
-                if res is None:
-                    done.append(row.id)
-                    self._published += 1
-                elif _is_link_error(res):
-                    link_error = link_error or res
-                else:
-                    # paho refused this message itself (e.g. a row written by an older
-                    # version with a bad topic): retrying cannot help, drop it.
-                    done.append(row.id)
-                    self._poisoned += 1
-                    log.error("mqtt_outbox_message_dropped", topic=row.topic, error=repr(res))
-            if done:
-                await self._outbox.ack(done)
-            if link_error is not None:
-                raise link_error
+        finally:
+            for task in windows:
+                task.cancel()
+            # Their outcome no longer matters: unacked rows stay in the outbox.
+            await asyncio.gather(*windows, return_exceptions=True)
+
+    async def _send_window(self, client: aiomqtt.Client, rows: Sequence[OutboxMessage]) -> None:
+        """Publish rows concurrently, ack those PUBACKed, raise the first link error."""
+        results = await asyncio.gather(
+            *(self._publish_row(client, row) for row in rows), return_exceptions=True
+        )
+        done: list[int] = []
+        link_error: BaseException | None = None
+        for row, res in zip(rows, results, strict=True):
+            assert row.id is not None
+            if res is None:
+                done.append(row.id)
+                self._published += 1
+            elif _is_link_error(res):
+                link_error = link_error or res
+            else:
+                # paho refused this message itself (e.g. a row written by an older
+                # version with a bad topic): retrying cannot help, drop it.
+                done.append(row.id)
+                self._poisoned += 1
+                log.error("mqtt_outbox_message_dropped", topic=row.topic, error=repr(res))
+        if done:
+            await self._outbox.ack(done)
+        if link_error is not None:
+            raise link_error
 
     async def _publish_row(self, client: aiomqtt.Client, row: OutboxMessage) -> None:
         payload = row.payload

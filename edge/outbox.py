@@ -220,10 +220,10 @@ class Outbox:
         self._queue.put_nowait(_Pending(row, done))
         await done
 
-    async def peek(self, n: int) -> list[OutboxMessage]:
-        """The `n` oldest rows, oldest first (detached objects)."""
+    async def peek(self, n: int, *, after_id: int | None = None) -> list[OutboxMessage]:
+        """The `n` oldest rows (with id > `after_id` if given), oldest first, detached."""
         self._check_open()
-        return await self._run(self._peek_sync, n)
+        return await self._run(self._peek_sync, n, after_id)
 
     async def ack(self, ids: Iterable[int]) -> int:
         """Delete rows whose PUBACK arrived; returns how many were deleted."""
@@ -308,10 +308,12 @@ class Outbox:
             self._dropping = False
             log.warning("outbox_below_limit", dropped_total=self._dropped)
 
-    def _peek_sync(self, n: int) -> list[OutboxMessage]:
+    def _peek_sync(self, n: int, after_id: int | None) -> list[OutboxMessage]:
         assert self._engine is not None
         with Session(self._engine, expire_on_commit=False) as session:
             stmt = select(OutboxMessage).order_by(_TABLE.c.id).limit(n)
+            if after_id is not None:
+                stmt = stmt.where(_TABLE.c.id > after_id)
             rows = list(session.exec(stmt).all())
             session.expunge_all()
             return rows
