@@ -2,12 +2,13 @@
 
 What amqtt 0.12.1 can and cannot do, measured on this machine (see tests/test_mqtt_link.py):
 
-- MQTT 3.1.1 only. A v5 CONNECT is answered with CONNACK "unacceptable protocol
+- MQTT 3.1.1 only. A bare v5 CONNECT is answered with CONNACK "unacceptable protocol
   version" (`_MQTT_PROTOCOL_LEVEL_SUPPORTED = 4` in `amqtt/mqtt/protocol/broker_handler.py`);
-  aiomqtt raises `MqttConnectError("Unsupported protocol version")`. So no response
-  topic, correlation data or user properties on the wire: `edge.mqtt.MqttLink` falls
-  back to 3.1.1 when it sees that CONNACK and carries `response_topic` and
-  `correlation_id` inside the JSON payload instead.
+  aiomqtt raises `MqttConnectError("Unsupported protocol version")`. But a v5 CONNECT
+  carrying a client id *and* a will is misparsed and never answered (the client times
+  out), so `edge.mqtt.MqttLink` first probes with a bare v5 CONNECT, then falls back
+  to 3.1.1 and carries `response_topic` and `correlation_id` inside the JSON payload:
+  no response topic, correlation data or user properties on the wire.
 - QoS 1 with PUBACK, retained messages, and the last will (retained flag honoured) work.
 - Persistent sessions do not queue QoS 1 messages for *anonymous* clients while they are
   offline (`Broker._broadcast_loop` skips `is_anonymous` sessions), so a subscriber that

@@ -8,7 +8,9 @@ After a drop it waits a capped, jittered exponential backoff and starts over.
 
 Delivery guarantees:
 - `publish_reliable`: at least once, in order. The message is committed to the outbox
-  before the call returns; a row is deleted only after the broker's PUBACK. aiomqtt 2.5
+  before the call returns; a row is deleted only after the broker's PUBACK (a
+  connection lost mid-drain may resend up to two windows: duplicates, possibly after
+  later messages). The v5 probe and the amqtt findings are in `edge.broker`. aiomqtt 2.5
   `Client.publish(qos=1)` returns when paho's `on_publish` fires, which for QoS 1 is on
   PUBACK (`_handle_pubackcomp`); a message paho could not send raises `MqttCodeError`.
   aiomqtt ignores the PUBACK reason code, so an MQTT 5 broker's negative PUBACK (e.g.
@@ -410,9 +412,8 @@ class MqttLink:
             keepalive=self._keepalive_s,
             max_inflight_messages=2 * self._drain_window,
             tls_context=self._tls_context,
-            # Without TCP_NODELAY, Nagle holds each small PUBLISH until the previous one
-            # is ACKed and the broker delays that ACK (~40 ms): a drain of 20-message
-            # windows ran at ~560 msg/s against Mosquitto.
+            # A lone alarm should leave now, not wait in Nagle's buffer behind an
+            # unacknowledged segment.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         # aiomqtt warns on every call while more than 10 are pending; a drain window
@@ -425,7 +426,7 @@ class MqttLink:
 
         amqtt answers a bare v5 CONNECT with "unsupported protocol version", but a v5
         CONNECT with a client id and a will derails its parser and it never answers
-        (measured), so the real CONNECT cannot be the probe. Raises MqttConnectError
+        (measured), so the real CONNECT cannot serve as the probe. Raises MqttConnectError
         when v5 is refused; returns when it is accepted.
         """
         probe = aiomqtt.Client(
