@@ -11,6 +11,7 @@ import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import aiomqtt
 import orjson
@@ -23,7 +24,11 @@ from edge.broker import EmbeddedBroker, free_port
 from edge.errors import PayloadError
 from edge.mqtt import BrokerAddress, IncomingMessage, MqttLink
 from edge.outbox import Outbox
-from tests.conftest_mqtt import PrivateBroker
+
+if TYPE_CHECKING:
+    # Only a type: the plugin module is loaded by pytest (as `conftest_mqtt` or
+    # `tests.conftest_mqtt`), and importing it again here would load it twice.
+    from tests.conftest_mqtt import PrivateBroker
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
