@@ -1,6 +1,8 @@
 """pytest plugin: MQTT brokers, databases and a task-leak check for integration tests.
 
-Register with `pytest_plugins = ["tests.conftest_mqtt"]` in tests/conftest.py.
+Register in tests/conftest.py with `pytest_plugins = ["conftest_mqtt"]` (tests/ is on
+sys.path under pytest's default "prepend" import mode), or with
+`["tests.conftest_mqtt"]` once `pythonpath = ["."]` is in the pytest settings.
 
 Fixtures:
 - `mqtt_url`: the shared broker from `EDGE_TEST_MQTT_URL` (CI: Mosquitto), else an
