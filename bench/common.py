@@ -21,9 +21,7 @@ class Row:
 def print_table(rows: list[Row]) -> None:
     """Print rows as an aligned plain-text table."""
     head = ("bench", "metric", "ours", "reference", "ratio", "target", "ok")
-    data = [head] + [
-        (r.bench, r.metric, r.ours, r.reference, r.ratio, r.target, r.verdict) for r in rows
-    ]
+    data = [head] + [(r.bench, r.metric, r.ours, r.reference, r.ratio, r.target, r.verdict) for r in rows]
     widths = [max(len(row[i]) for row in data) for i in range(len(head))]
     for i, row in enumerate(data):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
@@ -193,7 +193,8 @@ class LightingSafety:
         value = float(round(cmd.value))
         floor = floor_level(lamp, self._cfg)
         if floor and value < floor and self.is_night(now):
-            why = f"under_lighting_floor: {lamp.id} is {'never dim' if floor == self._cfg.never_dim_floor and 'never_dim' in lamp.flags else 'a fear space'}, floor {floor} %"
+            kind = "never dim" if "never_dim" in lamp.flags else "a fear space"
+            why = f"under_lighting_floor: {lamp.id} is {kind}, floor {floor} %"
             if cmd.priority is Priority.OPERATOR:
                 return Verdict(Outcome.REFUSED, value, why)
             return Verdict(Outcome.CLAMPED, float(floor), why)
@@ -279,7 +280,7 @@ class LightingController:
         inst, starts = build_instance(self.inv, self._site, self._cfg, on, off)
         try:
             plan = await asyncio.to_thread(solve, inst)
-        except Exception as exc:  # noqa: BLE001 - a failed solve must not leave lamps unplanned
+        except Exception as exc:
             log.error("lighting_plan_failed", error=str(exc))
             plan = fallback_plan(inst, f"solver error: {exc}")
         problems = check_plan(inst, plan)
@@ -400,7 +401,7 @@ class LightingController:
             return False
         return True if strikes >= needed else None
 
-    def _check_power(self, lamp: Lamp, values: dict[str, object]) -> None:
+    def _check_power(self, lamp: Lamp, values: Mapping[str, object]) -> None:
         level, power, cmd = values.get("level_actual"), values.get("power_w"), values.get("level_cmd")
         if not isinstance(level, int | float) or not isinstance(power, int | float):
             return
@@ -433,4 +434,3 @@ def lamps_of(inv: Inventory, *, group: str | None = None, segment: str | None = 
     if segment is not None:
         return inv.segments.get(segment, ())
     return ()
-

@@ -268,7 +268,7 @@ class MqttApi:
     async def _handle_guarded(self, msg: Incoming) -> None:
         try:
             await self.handle(msg)
-        except Exception:  # noqa: BLE001 - a request must never take the daemon down
+        except Exception:
             log.exception("api_request_crashed", topic=msg.topic)
             self.refused["internal_error"] += 1
 
@@ -277,6 +277,7 @@ class MqttApi:
         self.requests += 1
         rel = msg.topic.removeprefix(self.base + "/")
         reply_to, corr = msg.response_topic, msg.correlation_data
+        corr_json: str | None = None
         try:
             if len(msg.payload) > self._max_payload:
                 raise PayloadError("payload_too_large", f"{len(msg.payload)} bytes > {self._max_payload}")
@@ -289,7 +290,8 @@ class MqttApi:
                 reply_to = reply_to or _str(raw.pop("response_topic", None))
                 corr_in = raw.pop("correlation_id", None)
                 if corr is None and corr_in is not None:
-                    corr = str(corr_in).encode()
+                    corr_json = str(corr_in)[:200]
+                    corr = corr_json.encode()
             parts = rel.split("/")
             if parts[0] == "field" and len(parts) == 3 and parts[1] == "motion":
                 self._motion(parts[2], raw)
@@ -307,6 +309,8 @@ class MqttApi:
                 request_topic=msg.topic,
                 ts=self._clock.now(),
             )
+        if corr_json is not None:
+            ack = ack.model_copy(update={"correlation_id": corr_json})
         if ack.ok:
             self.acks += 1
         else:
@@ -408,7 +412,7 @@ def summarize(results: list[CommandResult], topic: str, ts: float) -> Ack:
     ok = status in {"confirmed", "clamped"}
     return Ack(
         ok=ok,
-        status=status,  # type: ignore[arg-type]
+        status=status,
         reason="; ".join(reasons)[:500],
         request_topic=topic,
         counts={k: v for k, v in counts.items() if v},

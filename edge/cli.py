@@ -44,8 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the demo district (broker, simulators, daemon)")
     demo.add_argument("--headless", action="store_true", help="no screen; print a JSON summary at the end")
-    demo.add_argument("--for", dest="seconds", type=_positive, default=None, help="stop after SECONDS (real time)")
-    demo.add_argument("--speed", type=_positive, default=150.0, help="clock seconds per real second (default 150)")
+    demo.add_argument(
+        "--for", dest="seconds", type=_positive, default=None, help="stop after SECONDS (real time)"
+    )
+    demo.add_argument(
+        "--speed", type=_positive, default=150.0, help="clock seconds per real second (default 150)"
+    )
     demo.add_argument("--broker", default="", help="use this MQTT broker instead of the embedded one")
     demo.add_argument("--database", default="", help="database URL (default: a temporary SQLite file)")
     demo.add_argument("--seed", type=int, default=1)

@@ -104,7 +104,12 @@ async def _record(d: Daemon) -> None:
                 d.storage.clear_alarm(ev.device_id, ev.code, ev.ts)
         elif isinstance(ev, PlanEvent):
             d.storage.add(
-                PlanRow(domain=ev.domain, created_at=ev.ts, status=str(ev.plan.get("status", "")), body=dict(ev.plan))
+                PlanRow(
+                    domain=ev.domain,
+                    created_at=ev.ts,
+                    status=str(ev.plan.get("status", "")),
+                    body=dict(ev.plan),
+                )
             )
 
 
@@ -115,7 +120,9 @@ async def _sample_history(d: Daemon) -> None:
         now = d.clock.now()
         for dev in d.state.devices():
             if dev.values:
-                d.storage.add(StateSample(device_id=dev.device_id, ts=now, online=dev.online, values=dict(dev.values)))
+                d.storage.add(
+                    StateSample(device_id=dev.device_id, ts=now, online=dev.online, values=dict(dev.values))
+                )
         await d.clock.sleep(interval)
 
 
@@ -123,7 +130,7 @@ async def _sample_history(d: Daemon) -> None:
 async def running(settings: Settings, inventory: Inventory, clock: Clock) -> AsyncIterator[Daemon]:
     """Start the whole daemon; on exit, drain writes, flush storage and the outbox."""
     bus = EventBus()
-    kinds = {lamp_id: "lamp" for lamp_id in inventory.lamps} | {c: "controller" for c in inventory.controllers}
+    kinds = dict.fromkeys(inventory.lamps, "lamp") | dict.fromkeys(inventory.controllers, "controller")
     state = StateStore(bus, kinds)
     mq = settings.mqtt
     site = settings.site
@@ -216,7 +223,18 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
             )
             async with link:
                 d = Daemon(
-                    settings, inventory, clock, bus, state, storage, dispatcher, alarms, lighting, api, link, driver
+                    settings,
+                    inventory,
+                    clock,
+                    bus,
+                    state,
+                    storage,
+                    dispatcher,
+                    alarms,
+                    lighting,
+                    api,
+                    link,
+                    driver,
                 )
                 async with asyncio.TaskGroup() as tg:
                     tasks = [
@@ -227,7 +245,14 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         tg.create_task(_sample_history(d), name="storage.history"),
                     ]
                     d.started.set()
-                    log.info("daemon_started", site=site.id, lamps=len(inventory.lamps), controllers=len(inventory.controllers), mqtt=mq.url, storage=_safe_url(settings.storage.url))
+                    log.info(
+                        "daemon_started",
+                        site=site.id,
+                        lamps=len(inventory.lamps),
+                        controllers=len(inventory.controllers),
+                        mqtt=mq.url,
+                        storage=_safe_url(settings.storage.url),
+                    )
                     try:
                         yield d
                     finally:
@@ -239,9 +264,7 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         # Let the publisher turn the last events into outbox rows, then drain.
                         await asyncio.sleep(0.3)
                         with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(5.0):
-                                while outbox.backlog > 0 and link.connected:
-                                    await asyncio.sleep(0.05)
+                            await link.wait_drained(5.0)
                         for t in tasks:
                             t.cancel()
                         bus.close()

@@ -92,7 +92,9 @@ async def _scenario(d: Daemon, sim: LightingSimulator, url: str, rnd: random.Ran
         seg = "kreuzstrasse"
         await client.publish(
             f"{base}/cmd/segments/{seg}",
-            orjson.dumps({"action": "set_level", "level": 100, "duration_s": 3600, "reason": "event in the street"}),
+            orjson.dumps(
+                {"action": "set_level", "level": 100, "duration_s": 3600, "reason": "event in the street"}
+            ),
             qos=1,
         )
         log.info("demo_operator_override", segment=seg, level=100)
@@ -128,9 +130,11 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
     """The headless demo's one JSON object: a section per domain."""
     lamps = list(d.state.devices("lamp"))
     failed = [
-        x for x in lamps if any(x.values.get(b) for b in ("lamp_failure", "driver_failure", "power_high", "power_low"))
+        x
+        for x in lamps
+        if any(x.values.get(b) for b in ("lamp_failure", "driver_failure", "power_high", "power_low"))
     ]
-    lit = [x for x in lamps if isinstance(x.values.get("level_actual"), int | float) and x.values["level_actual"] > 0]
+    lit = [x for x in lamps if _level(x.values.get("level_actual")) > 0]
     st = d.dispatcher.stats
     ls = d.lighting.stats
     return {
@@ -141,7 +145,7 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
             "online": sum(1 for x in lamps if x.online),
             "failed": len(failed),
             "lit": len(lit),
-            "dimmed": sum(1 for x in lit if float(x.values["level_actual"]) < 100),
+            "dimmed": sum(1 for x in lit if _level(x.values.get("level_actual")) < 100),
         },
         "commands": {
             "submitted": st.submitted,
@@ -172,6 +176,10 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
         },
         "storage": {"rows_written": d.storage.written, "write_errors": d.storage.write_errors},
     }
+
+
+def _level(v: object) -> float:
+    return float(v) if isinstance(v, int | float) else 0.0
 
 
 def _pct(x: float, base: float) -> float:
@@ -215,7 +223,7 @@ async def run_demo(
                 finally:
                     result = summary(d, sim)
                     scenario.cancel()
-                    for t in tg._tasks:  # noqa: SLF001 - stop the helpers started above
+                    for t in tg._tasks:
                         t.cancel()
             return result
     finally:
@@ -244,7 +252,8 @@ async def _status_lines(d: Daemon, sim: LightingSimulator) -> None:
         t = datetime.fromtimestamp(d.clock.now(), tz).strftime("%H:%M")
         print(
             f"{t}  lamps lit {s['lamps']['lit']:3d}/{s['lamps']['total']} dimmed {s['lamps']['dimmed']:3d} "
-            f"failed {s['lamps']['failed']}  commands {s['commands']['confirmed']}/{s['commands']['submitted']} "
+            f"failed {s['lamps']['failed']}  "
+            f"commands {s['commands']['confirmed']}/{s['commands']['submitted']} "
             f"alarms +{s['alarms']['raised']} -{s['alarms']['cleared']}",
             file=sys.stdout,
             flush=True,

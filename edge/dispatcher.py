@@ -128,15 +128,15 @@ class Dispatcher:
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._tg is not None
-        for task in list(self._tg._tasks):  # noqa: SLF001 - TaskGroup has no public cancel-all
+        for task in list(self._tg._tasks):
             task.cancel()
         await self._tg.__aexit__(None, None, None)
         self._tg = None
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
         """Wait until no write is queued or in flight (graceful shutdown)."""
         async with asyncio.timeout(timeout):
-            while self._queued or any(p.in_flight for p in self._points.values()):
+            while self._queued or any(p.in_flight for p in self._points.values()):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
     # ----- submitting -------------------------------------------------------------------
@@ -170,7 +170,7 @@ class Dispatcher:
         self._enqueue((cmd.device_id, cmd.point))
         return verdict
 
-    async def submit_and_wait(self, cmd: Command, timeout: float) -> CommandResult:
+    async def submit_and_wait(self, cmd: Command, timeout: float) -> CommandResult:  # noqa: ASYNC109
         """Submit and wait for the final result (confirmed, refused, failed, expired ...)."""
         fut: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._waiters[cmd.id] = fut
@@ -290,7 +290,9 @@ class Dispatcher:
         except DeviceTimeout as exc:
             result = CommandResult(cmd, Outcome.FAILED, None, f"timeout: {exc}", self._clock.now())
         except DeviceError as exc:
-            result = CommandResult(cmd, Outcome.FAILED, None, f"{type(exc).__name__}: {exc}", self._clock.now())
+            result = CommandResult(
+                cmd, Outcome.FAILED, None, f"{type(exc).__name__}: {exc}", self._clock.now()
+            )
         else:
             ok = math.isclose(readback, cmd.value, abs_tol=0.5)
             if ok:

@@ -13,17 +13,20 @@ from edge.payloads import API_VERSION, PUBLISHED_MODELS
 CHANNELS: list[tuple[str, str, str, str]] = [
     ("dos/v1/{site}/status", "daemon_status", "send", "Daemon online/offline (retained; last will)."),
     ("dos/v1/{site}/lights/{lamp}/state", "lamp_state", "send", "Retained lamp state, on change (QoS 1)."),
-    ("dos/v1/{site}/lights/{lamp}/telemetry", "lamp_telemetry", "send", "Lamp counters, periodic (QoS 0)."),
-    ("dos/v1/{site}/controllers/{controller}/state", "controller_state", "send", "Retained controller state."),
+    ("dos/v1/{site}/lights/{lamp}/telemetry", "lamp_telemetry", "send",
+     "Lamp counters, periodic (QoS 0)."),
+    ("dos/v1/{site}/controllers/{controller}/state", "controller_state", "send",
+     "Retained controller state."),
     ("dos/v1/{site}/alarms/events", "alarm", "send", "Alarms raised and cleared (QoS 1)."),
     ("dos/v1/{site}/alarms/active/{device}/{code}", "alarm", "send", "Retained while an alarm is active; "
      "emptied when it clears."),
     ("dos/v1/{site}/plans/{domain}", "plan", "send", "The current plan of a domain (retained)."),
-    ("dos/v1/{site}/commands/results", "command_result", "send", "Final outcome of operator and motion commands, "
-     "and of any failed command."),
+    ("dos/v1/{site}/commands/results", "command_result", "send",
+     "Final outcome of operator and motion commands, and of any failed command."),
     ("dos/v1/{site}/acks", "ack", "send", "Answers to requests that carried no response topic."),
     ("dos/v1/{site}/cmd/lights/{lamp}", "set_level|resume_schedule", "receive", "Command one lamp."),
-    ("dos/v1/{site}/cmd/groups/{group}", "set_level|resume_schedule", "receive", "Command every lamp of a group."),
+    ("dos/v1/{site}/cmd/groups/{group}", "set_level|resume_schedule", "receive",
+     "Command every lamp of a group."),
     ("dos/v1/{site}/cmd/segments/{segment}", "set_level|resume_schedule", "receive",
      "Command every lamp of a road segment."),
     ("dos/v1/{site}/cmd/lighting/replan", "replan", "receive", "Re-plan the night now."),
@@ -53,7 +56,8 @@ def asyncapi() -> dict[str, Any]:
             op["reply"] = {
                 "address": {
                     "location": "$message.header#/responseTopic",
-                    "description": "MQTT 5 response topic; correlation data is echoed. MQTT 3.1.1 clients put "
+                    "description": "MQTT 5 response topic; correlation data is echoed. "
+                    "MQTT 3.1.1 clients put "
                     "`response_topic` and `correlation_id` in the JSON instead.",
                 },
                 "channel": {"$ref": f"#/channels/{next(c for c in channels if c.endswith('_acks'))}"}

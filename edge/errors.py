@@ -1,14 +1,14 @@
 """One error tree for the daemon; library errors are translated at the boundary.
 
-    EdgeError
-    ├── ConfigError            settings or inventory invalid (key, file, reason)
-    ├── DeviceError            a field device could not be used
-    │   ├── DeviceTimeout      no answer within the timeout
-    │   ├── DeviceUnavailable  connection down or in backoff
-    │   └── DeviceReplyError   the device answered, but with an error or a bad value
-    ├── CommandRefused         the dispatcher refused a command (reason)
-    ├── PayloadError           an MQTT payload was malformed, unknown or oversized
-    └── PlanError              the optimizer produced no usable plan
+EdgeError
+├── ConfigError            settings or inventory invalid (key, file, reason)
+├── DeviceError            a field device could not be used
+│   ├── DeviceTimeout      no answer within the timeout
+│   ├── DeviceUnavailable  connection down or in backoff
+│   └── DeviceReplyError   the device answered, but with an error or a bad value
+├── CommandRefused         the dispatcher refused a command (reason)
+├── PayloadError           an MQTT payload was malformed, unknown or oversized
+└── PlanError              the optimizer produced no usable plan
 """
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ class DeviceError(EdgeError):
         self.unit = unit
 
 
-class DeviceTimeout(DeviceError):
+class DeviceTimeout(DeviceError):  # noqa: N818 - reads better than DeviceTimeoutError
     """The device did not answer within the timeout."""
 
 
-class DeviceUnavailable(DeviceError):
+class DeviceUnavailable(DeviceError):  # noqa: N818 - a state, not an error name
     """The connection is down or the device is in backoff."""
 
 
@@ -54,7 +54,7 @@ class DeviceReplyError(DeviceError):
     """The device answered with an exception code or a value out of range."""
 
 
-class CommandRefused(EdgeError):
+class CommandRefused(EdgeError):  # noqa: N818 - a verdict, not an error name
     """The dispatcher refused a command; `reason` is a short machine-readable code."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

@@ -116,7 +116,6 @@ class PlanEvent:
     plan: Mapping[str, object] = field(default_factory=dict)
 
 
-
 @dataclass(frozen=True, slots=True)
 class StateChanged:
     """The state store changed a device: `changed` holds the new values of changed keys."""

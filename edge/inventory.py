@@ -198,7 +198,12 @@ def _rows_geojson(path: Path, errors: _Errors) -> Iterable[tuple[str, Mapping[st
         where = f"features[{i}]"
         geom = feat.get("geometry") or {} if isinstance(feat, dict) else {}
         coords = geom.get("coordinates") if isinstance(geom, dict) else None
-        if not isinstance(feat, dict) or geom.get("type") != "Point" or not isinstance(coords, list) or len(coords) < 2:
+        if (
+            not isinstance(feat, dict)
+            or geom.get("type") != "Point"
+            or not isinstance(coords, list)
+            or len(coords) < 2
+        ):
             errors.add(where, "geometry: expected a Point [longitude, latitude]")
             continue
         props = dict(feat.get("properties") or {})

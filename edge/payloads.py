@@ -47,7 +47,7 @@ class Replan(_Model):
 
 
 LightingRequest = Annotated[SetLevel | ResumeSchedule | Replan, Field(discriminator="action")]
-LIGHTING_REQUEST: TypeAdapter[SetLevel | ResumeSchedule | Replan] = TypeAdapter(LightingRequest)
+LIGHTING_REQUEST: TypeAdapter[SetLevel | ResumeSchedule | Replan] = TypeAdapter(LightingRequest)  # type: ignore[arg-type]
 
 
 class Motion(_Model):
@@ -77,6 +77,9 @@ class Ack(_Model):
     counts: dict[str, int] = Field(default_factory=dict)
     results: list[DeviceResult] = Field(default_factory=list)
     ts: float
+    correlation_id: str | None = Field(
+        default=None, description="echoed for MQTT 3.1.1 clients that sent it in the request JSON"
+    )
 
 
 class LampState(_Model):

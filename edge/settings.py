@@ -258,4 +258,3 @@ def check_file(path: Path | str) -> list[str]:
     except ConfigError as exc:
         return exc.lines or [str(exc)]
     return []
-

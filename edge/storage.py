@@ -9,6 +9,7 @@ Alembic (`edge/migrations`); `open` upgrades an older database to the current he
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Sequence
@@ -162,10 +163,8 @@ class Storage:
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         # Pending writes are flushed on shutdown: nothing accepted is lost.
         await self.flush()
         if self._engine is not None:
@@ -217,7 +216,7 @@ class Storage:
             await asyncio.sleep(self._flush_interval)
             try:
                 await self.flush()
-            except Exception:  # noqa: BLE001 - logged in _write; retried next round
+            except Exception:
                 await asyncio.sleep(min(5.0, self._flush_interval * 4))
             if time.monotonic() - last_purge > 600:
                 last_purge = time.monotonic()

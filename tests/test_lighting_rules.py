@@ -57,7 +57,9 @@ def test_night_window_is_sunset_to_sunrise_in_dortmund() -> None:
     assert (on_l.day, on_l.hour) == (26, 16)
     assert (off_l.day, off_l.hour) == (27, 8)
     # Offsets move the switching times.
-    on2, off2 = night_window(site, LightingSettings(on_offset_min=15, off_offset_min=10), ts(2026, 11, 26, 20))
+    on2, off2 = night_window(
+        site, LightingSettings(on_offset_min=15, off_offset_min=10), ts(2026, 11, 26, 20)
+    )
     assert on2 - on == pytest.approx(900)
     assert off - off2 == pytest.approx(600)
     # Early morning belongs to the night that started the evening before.

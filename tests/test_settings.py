@@ -65,7 +65,10 @@ def test_check_config_exits_2_without_traceback(tmp_path: Path) -> None:
     p = write(tmp_path, "site.toml", '[lighting]\nmax_changes = 0\n[inventory]\npath = "inv.csv"\n')
     write(tmp_path, "inv.csv", HEADER + "L1,51.5,7.4,s,0,P4,,c1,127.0.0.1,1502,1,0,38\n")
     r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "check-config", str(p)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "edge.cli", "check-config", str(p)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert r.returncode == 2
     assert "lighting.max_changes" in r.stderr

@@ -6,7 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import edge.outbox
-import edge.storage  # noqa: F401 - registers the tables on SQLModel.metadata
+import edge.storage
 
 _ = edge.outbox
 target_metadata = SQLModel.metadata
