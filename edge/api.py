@@ -287,11 +287,12 @@ class MqttApi:
                 raise PayloadError("malformed_json", str(exc)) from None
             if isinstance(raw, dict):
                 # MQTT 3.1.1 clients carry request/response inside the payload.
-                reply_to = reply_to or _str(raw.pop("response_topic", None))
+                reply_in = _str(raw.pop("response_topic", None))
+                reply_to = reply_to or reply_in
                 corr_in = raw.pop("correlation_id", None)
-                if corr is None and corr_in is not None:
+                if corr_in is not None:
                     corr_json = str(corr_in)[:200]
-                    corr = corr_json.encode()
+                    corr = corr or corr_json.encode()
             parts = rel.split("/")
             if parts[0] == "field" and len(parts) == 3 and parts[1] == "motion":
                 self._motion(parts[2], raw)
