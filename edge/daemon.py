@@ -33,6 +33,7 @@ from edge.payloads import DaemonStatus
 from edge.settings import Settings
 from edge.state import StateStore
 from edge.storage import AlarmRow, CommandAudit, DeviceRow, PlanRow, StateSample, Storage
+from edge.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -265,9 +266,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         await asyncio.sleep(0.3)
                         with contextlib.suppress(TimeoutError):
                             await link.wait_drained(5.0)
-                        for t in tasks:
-                            t.cancel()
                         bus.close()
+                        await cancel_and_wait(tasks)
                 log.info("daemon_stopped", outbox_backlog=outbox.backlog)
 
 

@@ -115,15 +115,18 @@ class Dispatcher:
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
         self._driver_of: dict[str, Driver | None] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.stats = DispatcherStats()
 
     async def __aenter__(self) -> Dispatcher:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
-        for i in range(self._n_workers):
+        self._tasks = [
             self._tg.create_task(self._worker(), name=f"dispatcher.worker[{i}]")
-        self._tg.create_task(self._hold_loop(), name="dispatcher.holds")
-        self._tg.create_task(self._reconcile_loop(), name="dispatcher.reconcile")
+            for i in range(self._n_workers)
+        ]
+        self._tasks.append(self._tg.create_task(self._hold_loop(), name="dispatcher.holds"))
+        self._tasks.append(self._tg.create_task(self._reconcile_loop(), name="dispatcher.reconcile"))
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -108,7 +108,9 @@ class Site:
     def base(self) -> str:
         return self.daemon.api.base
 
-    async def request(self, topic: str, payload: dict[str, Any] | bytes, timeout_s: float = WAIT_S) -> dict[str, Any]:
+    async def request(
+        self, topic: str, payload: dict[str, Any] | bytes, timeout_s: float = WAIT_S
+    ) -> dict[str, Any]:
         """Send a request and return its answer (MQTT 5 response topic or 3.1.1 JSON fields)."""
         corr = uuid.uuid4().hex
         reply = f"test/{corr}/reply"
@@ -135,7 +137,10 @@ class Site:
                     ).encode()
                     assert got == corr.encode(), "the answer must carry the request's correlation data"
                     return dict(data)
-                if msg.topic.matches(f"{self.base}/acks") and data.get("request_topic") == f"{self.base}/{topic}":
+                if (
+                    msg.topic.matches(f"{self.base}/acks")
+                    and data.get("request_topic") == f"{self.base}/{topic}"
+                ):
                     return dict(data)
         raise AssertionError("unreachable")
 
@@ -165,12 +170,15 @@ async def site(tmp_path: Path, mqtt_url: str, database_url: str, start: float = 
         v5 = d.link.protocol == "5"
         host, port = _host_port(mqtt_url)
         proto = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
-        async with aiomqtt.Client(host, port, identifier=f"test-{site_id}", protocol=proto, timeout=10) as client:
+        async with aiomqtt.Client(
+            host, port, identifier=f"test-{site_id}", protocol=proto, timeout=10
+        ) as client:
             s = Site(d, sim, client, settings, inv, v5)
             # Ready when the plan has put every lamp at its planned level.
             await wait_for(
                 lambda: all(
-                    d.lighting.planned_level(x) is not None and sim.lamp(x)["level_cmd"] == d.lighting.planned_level(x)
+                    d.lighting.planned_level(x) is not None
+                    and sim.lamp(x)["level_cmd"] == d.lighting.planned_level(x)
                     for x in inv.lamps
                 ),
                 "the plan applied to every lamp",

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from harness import WAIT_S, site, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
@@ -34,7 +33,9 @@ async def test_command_over_mqtt_changes_the_lamp(tmp_path: Path, mqtt_url: str,
         assert operator[-1].applied == 40
 
 
-async def test_floor_violation_is_refused_and_audited(tmp_path: Path, mqtt_url: str, database_url: str) -> None:
+async def test_floor_violation_is_refused_and_audited(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
     """Dimming a never-dim junction lamp is refused with the reason; the lamp stays at 100 %."""
     async with site(tmp_path, mqtt_url, database_url) as s:
         ack = await s.request("cmd/lights/A0", {"action": "set_level", "level": 20})
@@ -75,7 +76,12 @@ async def test_segment_command_with_a_floor_lamp_is_partial(
     ],
 )
 async def test_bad_requests_are_refused_with_a_reason(
-    tmp_path: Path, mqtt_url: str, database_url: str, topic: str, payload: dict[str, object] | bytes, reason: str
+    tmp_path: Path,
+    mqtt_url: str,
+    database_url: str,
+    topic: str,
+    payload: dict[str, object] | bytes,
+    reason: str,
 ) -> None:
     """Every bad request gets a nack naming the problem, is counted, and the daemon keeps working."""
     async with site(tmp_path, mqtt_url, database_url) as s:
@@ -116,7 +122,9 @@ async def test_motion_raises_the_bike_path_ahead(tmp_path: Path, mqtt_url: str, 
         assert s.sim.lamp("B0")["level_cmd"] == planned
 
 
-async def test_failures_raise_and_clear_alarms_over_mqtt(tmp_path: Path, mqtt_url: str, database_url: str) -> None:
+async def test_failures_raise_and_clear_alarms_over_mqtt(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
     """A lamp failure is raised once on alarms/events, retained while active, cleared after repair."""
     async with site(tmp_path, mqtt_url, database_url) as s:
         await s.client.subscribe(f"{s.base}/alarms/events", qos=1)
@@ -140,7 +148,9 @@ async def test_failures_raise_and_clear_alarms_over_mqtt(tmp_path: Path, mqtt_ur
         assert row.cleared_at >= row.raised_at
 
 
-async def test_retained_state_and_plan_are_published(tmp_path: Path, mqtt_url: str, database_url: str) -> None:
+async def test_retained_state_and_plan_are_published(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
     """A late subscriber gets every lamp's state, the plan and the daemon's status from retained messages."""
     async with site(tmp_path, mqtt_url, database_url) as s:
         await s.daemon.link.wait_drained(WAIT_S)
