@@ -67,7 +67,10 @@ async def test_alarms_and_state_survive_a_broker_outage(
                         states[st["device_id"]] = st
                     if {"A1/lamp_failure", "A2/lamp_failure", "B3/lamp_failure"} <= active and (
                         states.get("A4", {}).get("level_cmd") == 30
-                        and all("lamp_failure" in states.get(x, {}).get("failures", []) for x in ("A1", "A2", "B3"))
+                        and all(
+                            "lamp_failure" in states.get(x, {}).get("failures", [])
+                            for x in ("A1", "A2", "B3")
+                        )
                     ):
                         break
         assert {"A1/lamp_failure", "A2/lamp_failure", "B3/lamp_failure"} <= active
