@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "--for", dest="seconds", type=_positive, default=None, help="stop after SECONDS (real time)"
     )
     demo.add_argument(
-        "--speed", type=_positive, default=150.0, help="clock seconds per real second (default 150)"
+        "--speed", type=_positive, default=300.0, help="clock seconds per real second (default 300)"
     )
     demo.add_argument("--broker", default="", help="use this MQTT broker instead of the embedded one")
     demo.add_argument("--database", default="", help="database URL (default: a temporary SQLite file)")

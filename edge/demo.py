@@ -15,6 +15,7 @@ import random
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ log = structlog.get_logger(__name__)
 SITE_DIR = Path(__file__).parent / "sites" / "kreuzviertel"
 
 
-def sim_controllers(inv: Inventory, watchdog_s: float = 300.0) -> list[SimController]:
+def sim_controllers(inv: Inventory, watchdog_s: float = 1800.0) -> list[SimController]:
     """Simulated lamp controllers matching an inventory (same endpoints, same lamps)."""
     return [
         SimController(
@@ -69,7 +70,9 @@ async def _broker(url: str) -> AsyncIterator[str]:
         yield broker.url
 
 
-async def _scenario(d: Daemon, sim: LightingSimulator, url: str, rnd: random.Random) -> None:
+async def _scenario(
+    d: Daemon, sim: LightingSimulator, url: str, rnd: random.Random, horizon_s: float | None
+) -> None:
     """Things that happen in the night: a cyclist, an override, failures, a controller outage."""
     base = d.api.base
     inv = d.inventory
@@ -78,7 +81,7 @@ async def _scenario(d: Daemon, sim: LightingSimulator, url: str, rnd: random.Ran
     host, port = _host_port(url)
     clock = d.clock
     on, _off = night_window(d.settings.site, d.settings.lighting, clock.now())
-    night = 15 * 3600.0
+    night = min(15 * 3600.0, horizon_s or 15 * 3600.0)
 
     async def at(fraction: float) -> None:
         await clock.sleep(max(0.0, on + fraction * night - clock.now()))
@@ -146,6 +149,9 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
             "failed": len(failed),
             "lit": len(lit),
             "dimmed": sum(1 for x in lit if _level(x.values.get("level_actual")) < 100),
+            "by_level": dict(
+                sorted(Counter(str(round(_level(x.values.get("level_actual")))) for x in lamps).items())
+            ),
         },
         "commands": {
             "submitted": st.submitted,
@@ -212,7 +218,10 @@ async def run_demo(
                 running(settings, inv, clock) as d,
                 asyncio.TaskGroup() as tg,
             ):
-                scenario = tg.create_task(_scenario(d, sim, url, random.Random(seed)), name="demo.scenario")
+                horizon = None if seconds is None else seconds * speed
+                scenario = tg.create_task(
+                    _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
+                )
                 if not headless:
                     tg.create_task(_status_lines(d, sim), name="demo.status")
                 try:
