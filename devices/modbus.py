@@ -28,6 +28,7 @@ from devices.profile import LampControllerProfile, Point, default_profile
 from edge.clock import Clock
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
+from edge.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +64,7 @@ class DriverStats:
     write_errors: int = 0
     lamp_reads: int = 0
     connects: int = 0
+    connect_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,12 @@ def plan_reads(
 class _RepetitionFilter(logging.Filter):
     """Drops pymodbus's per-attempt connect and timeout lines: the driver logs transitions."""
 
-    _PREFIXES = ("Failed to connect", "Not connected, trying to connect", "No response received")
+    _PREFIXES = (
+        "Failed to connect",
+        "Not connected, trying to connect",
+        "No response received",
+        "ERROR: received pdu without a corresponding request",  # a reply after we gave up
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self._PREFIXES)
@@ -216,9 +223,11 @@ class _Endpoint:
                 ok = await client.connect()
         except TimeoutError as exc:
             client.close()
+            d.stats.connect_errors += 1
             raise DeviceTimeout("connect timed out", endpoint=self.ep.endpoint_id) from exc
         if not ok:
             client.close()
+            d.stats.connect_errors += 1
             raise DeviceUnavailable("connect failed", endpoint=self.ep.endpoint_id)
         d.stats.connects += 1
         self.client = client
@@ -508,8 +517,7 @@ class ModbusLightingDriver:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
-        for task in self._tasks:
-            task.cancel()
+        await cancel_and_wait(self._tasks)
         try:
             if self._tg is not None:
                 await self._tg.__aexit__(exc_type, exc, tb)

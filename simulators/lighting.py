@@ -174,7 +174,9 @@ class LightingSimulator:
             raise ValueError(f"duplicate id {spec.endpoint_id!r}")
         if not 0 <= spec.failsafe_level <= 100:
             raise ValueError(f"{spec.endpoint_id}: failsafe_level outside 0..100")
-        port = spec.port or free_port(spec.host)
+        port = spec.port
+        while not port or (spec.port == 0 and (spec.host, port) in self._servers):
+            port = free_port(spec.host)  # the OS may hand a just-released port out twice
         ctl = _Controller(spec, port, [], last_write=now)
         for lamp in spec.lamps:
             if lamp.device_id in self._lamps or lamp.device_id in self._controllers:
@@ -258,7 +260,7 @@ class LightingSimulator:
             for lamp in ctl.lamps:
                 self._update_lamp(ctl, lamp, 0.0)
 
-    async def _action(  # noqa: PLR0917 - the signature is pymodbus's SimAction
+    async def _action(
         self,
         ctl: _Controller,
         func_code: int,
@@ -452,7 +454,8 @@ class LightingSimulator:
     def clear(self, device_id_or_endpoint: str, fault: str | None = None) -> None:
         """End one fault (or all of them) on a lamp or controller."""
         if fault is None:
-            for f in sorted(FAULTS):
+            is_lamp = device_id_or_endpoint in self._lamps
+            for f in sorted(LAMP_FAULTS if is_lamp else FAULTS):
                 self._fault(device_id_or_endpoint, f, active=False)
             return
         self._fault(device_id_or_endpoint, fault, active=False)
@@ -516,6 +519,10 @@ class LightingSimulator:
         if device_id_or_endpoint in self._lamps:
             return frozenset(self._lamps[device_id_or_endpoint][1].faults)
         return frozenset(self._controllers[device_id_or_endpoint].faults)
+
+    def last_write(self, endpoint_id: str) -> float:
+        """Clock time of the last write the controller accepted (what its watchdog watches)."""
+        return self._controllers[endpoint_id].last_write
 
     def lamp(self, device_id: str) -> Mapping[str, Value]:
         """The lamp's values as its registers hold them now (read-only, for tests)."""

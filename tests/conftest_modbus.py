@@ -1,0 +1,130 @@
+"""pytest plugin: a real lighting simulator over TCP, a driver on it, and a task-leak check.
+
+Register with `pytest_plugins = ["tests.conftest_modbus"]` in tests/conftest.py.
+
+Fixtures:
+- `modbus_no_leaked_tasks`: fails the test if it leaves asyncio tasks running.
+- `manual_clock`: a ManualClock shared by simulator and driver (time moves when told).
+- `recorder`: collects published events and waits for conditions with a timeout.
+- `lighting_sim`: 2 controllers x 4 lamps on free ports of 127.0.0.1 (ManualClock).
+- `lighting_driver`: a ModbusLightingDriver polling `lighting_sim` every 20 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import pytest_asyncio
+
+from devices.modbus import ModbusLightingDriver
+from edge.clock import ManualClock
+from edge.events import Availability, Event, Telemetry
+from simulators.lighting import LightingSimulator, demo_controllers
+
+CLOCK_START = 1_795_000_000.0  # a fixed epoch so runs are repeatable
+WAIT_S = 3.0
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "") -> None:
+    """Poll `cond` every few ms until true; fail the test after `timeout_s` real seconds.
+
+    Polling, not an Event: the conditions are on simulator registers and driver counters,
+    which have no event to wait on, and a test must not add one to the code under test.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not cond():  # noqa: ASYNC110 - see docstring
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout_s} s waiting for {what or cond}")
+
+
+@dataclass
+class Recorder:
+    """The driver's `publish`: keeps every event for the test to inspect."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def telemetry(self, device_id: str) -> list[Telemetry]:
+        """Telemetry events of one device, oldest first."""
+        return [e for e in self.events if isinstance(e, Telemetry) and e.device_id == device_id]
+
+    def latest(self, device_id: str) -> Telemetry | None:
+        """The newest telemetry of a device, if any."""
+        for e in reversed(self.events):
+            if isinstance(e, Telemetry) and e.device_id == device_id:
+                return e
+        return None
+
+    def availability(self, endpoint: str) -> list[bool]:
+        """Availability transitions of an endpoint, oldest first."""
+        return [e.online for e in self.events if isinstance(e, Availability) and e.endpoint == endpoint]
+
+    async def wait(self, cond: Callable[[], bool], what: str = "", timeout_s: float = WAIT_S) -> None:
+        """Wait for `cond` with a timeout (no fixed sleeps)."""
+        await wait_until(cond, timeout_s, what)
+
+
+@pytest_asyncio.fixture
+async def modbus_no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail the test if tasks it started are still running after its fixtures are torn down."""
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+    leaked: set[asyncio.Task[object]] = set()
+    for _ in range(100):  # pymodbus finishes in-flight request handlers within a few loop turns
+        leaked = {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
+        if not leaked:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"leaked tasks: {sorted(t.get_name() for t in leaked)}")
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    """A clock that moves only when the test advances it."""
+    return ManualClock(CLOCK_START)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    """Collects the driver's events."""
+    return Recorder()
+
+
+@pytest_asyncio.fixture
+async def lighting_sim(
+    modbus_no_leaked_tasks: None, manual_clock: ManualClock
+) -> AsyncIterator[LightingSimulator]:
+    """Two controllers (lc-001, lc-002) with four lamps each, on free local ports."""
+    async with LightingSimulator(demo_controllers(2, 4, 0), manual_clock, seed=1) as sim:
+        yield sim
+
+
+@pytest_asyncio.fixture
+async def lighting_driver(
+    lighting_sim: LightingSimulator, manual_clock: ManualClock, recorder: Recorder
+) -> AsyncIterator[ModbusLightingDriver]:
+    """A driver polling the simulator fast, with short timeouts and backoff; already online."""
+    driver = ModbusLightingDriver(
+        lighting_sim.endpoints(),
+        None,
+        recorder,
+        manual_clock,
+        poll_interval_s=0.02,
+        timeout_s=0.5,
+        backoff_max_s=0.1,
+        backoff_base_s=0.02,
+    )
+    async with driver:
+        await recorder.wait(
+            lambda: all(driver.online(e.endpoint_id) for e in lighting_sim.endpoints()),
+            "every endpoint online",
+        )
+        yield driver

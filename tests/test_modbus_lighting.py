@@ -1,0 +1,295 @@
+"""Driver against the real lighting simulator over TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from devices.codec import PointValueError
+from devices.modbus import (
+    PRIO_COMMAND,
+    PRIO_POLL,
+    ModbusEndpoint,
+    ModbusLightingDriver,
+    _PriorityLock,
+    plan_reads,
+)
+from devices.profile import default_profile
+from edge.clock import ManualClock
+from edge.errors import DeviceReplyError, DeviceUnavailable
+from simulators.lighting import LightingSimulator, free_port
+from tests.conftest_modbus import Recorder, wait_until
+
+pytestmark = pytest.mark.usefixtures("modbus_no_leaked_tasks")
+
+LAMP = "lc-001-002"
+
+
+async def test_telemetry_matches_simulator(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, recorder: Recorder
+) -> None:
+    """Every lamp's telemetry equals what the simulator's registers hold."""
+    ids = [d for ep in lighting_sim.endpoints() for _, d in ep.lamps]
+    await recorder.wait(lambda: all(recorder.latest(d) for d in ids), "telemetry of every lamp")
+    for device_id in ids:
+        latest = recorder.latest(device_id)
+        assert latest is not None
+        assert dict(latest.values) == dict(lighting_sim.lamp(device_id))
+    ctl = recorder.latest("lc-001")
+    assert ctl is not None
+    assert ctl.values["failsafe_active"] is False
+    assert ctl.values["watchdog_s"] == 300
+    assert ctl.values["failsafe_level"] == 100
+    assert lighting_driver.stats.reads > 0
+
+
+async def test_write_reads_back_and_changes_the_device(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, recorder: Recorder
+) -> None:
+    """A level write returns the read-back value and the simulated lamp follows it."""
+    assert await lighting_driver.write(LAMP, "level_cmd", 40, timeout=1.0) == 40.0
+    lamp = lighting_sim.lamp(LAMP)
+    assert lamp["level_cmd"] == 40
+    assert lamp["level_actual"] == 40
+    assert isinstance(lamp["power_w"], float)
+    assert 10 < lamp["power_w"] < 25  # P(40 %) of a 30-46 W luminaire, plus standby
+    await recorder.wait(
+        lambda: (t := recorder.latest(LAMP)) is not None and t.values["level_actual"] == 40,
+        "telemetry showing the new level",
+    )
+
+
+async def test_out_of_range_write_raises_without_touching_the_device(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver
+) -> None:
+    """Values that cannot be right and read-only points are refused before anything is sent."""
+    writes = lighting_driver.stats.writes
+    before = dict(lighting_sim.lamp(LAMP))
+    for value in (101, -1, float("nan")):
+        with pytest.raises(DeviceReplyError) as info:
+            await lighting_driver.write(LAMP, "level_cmd", value, timeout=1.0)
+        assert isinstance(info.value, PointValueError)
+    with pytest.raises(PointValueError, match="not a writable point"):
+        await lighting_driver.write(LAMP, "level_actual", 10, timeout=1.0)
+    with pytest.raises(DeviceUnavailable):
+        await lighting_driver.write("nobody", "level_cmd", 10, timeout=1.0)
+    assert lighting_driver.stats.writes == writes
+    assert lighting_sim.lamp(LAMP)["level_cmd"] == before["level_cmd"]
+
+
+async def test_watchdog_goes_to_failsafe_when_heartbeat_stops(
+    lighting_sim: LightingSimulator, manual_clock: ManualClock, recorder: Recorder
+) -> None:
+    """Without heartbeats for watchdog_s the lamps go to 100 %; the next write clears it."""
+    endpoints = lighting_sim.endpoints()
+    async with ModbusLightingDriver(endpoints, None, recorder, manual_clock, poll_interval_s=0.02) as drv:
+        await recorder.wait(lambda: bool(drv.online("lc-001")), "online")
+        await drv.write(LAMP, "level_cmd", 30, timeout=1.0)
+    # the daemon is gone: nobody writes any more
+    hours = lighting_sim.lamp(LAMP)["hours"]
+    manual_clock.advance(299)
+    await wait_until(lambda: lighting_sim.lamp(LAMP)["hours"] != hours, what="a physics tick")
+    assert lighting_sim.controller("lc-001")["failsafe_active"] == 0
+    manual_clock.advance(2)
+    await wait_until(lambda: lighting_sim.controller("lc-001")["failsafe_active"] == 1, what="watchdog trip")
+    assert lighting_sim.lamp(LAMP)["level_actual"] == 100
+    assert lighting_sim.lamp(LAMP)["level_cmd"] == 30
+    # a daemon coming back heartbeats at once, which clears the fail-safe
+    async with ModbusLightingDriver(endpoints, None, recorder, manual_clock, poll_interval_s=0.02):
+        await wait_until(
+            lambda: lighting_sim.controller("lc-001")["failsafe_active"] == 0, what="fail-safe clear"
+        )
+        assert lighting_sim.lamp(LAMP)["level_actual"] == 30
+        await recorder.wait(
+            lambda: (t := recorder.latest("lc-001")) is not None and t.values["failsafe_active"] is False,
+            "controller telemetry without fail-safe",
+        )
+
+
+async def test_heartbeat_keeps_the_watchdog_quiet(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, manual_clock: ManualClock
+) -> None:
+    """While the driver runs, advancing time well past watchdog_s never trips the fail-safe."""
+    ids = ("lc-001", "lc-002")
+    for _ in range(12):  # 12 x 60 s = 720 s, more than twice watchdog_s
+        manual_clock.advance(60)
+
+        def fed() -> bool:  # a beat every 100 s; 160 s if it lands just after a step
+            return all(manual_clock.now() - lighting_sim.last_write(e) <= 160 for e in ids)
+
+        await wait_until(fed, what="heartbeats keeping up")
+        for e in ids:
+            assert lighting_sim.controller(e)["failsafe_active"] == 0
+    assert lighting_driver.stats.writes >= 2 * 4  # 720 s / at most 160 s between beats
+
+
+async def test_comm_loss_publishes_availability_once_each_way(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, recorder: Recorder
+) -> None:
+    """A controller that stops answering is reported down once, and up once when it is back."""
+    assert recorder.availability("lc-002") == [True]
+    lighting_sim.inject("lc-002", "comm_loss")
+    await recorder.wait(lambda: recorder.availability("lc-002") == [True, False], "down")
+    failed = lighting_driver.stats.connect_errors
+    await recorder.wait(lambda: lighting_driver.stats.connect_errors >= failed + 3, "retries")
+    with pytest.raises(DeviceUnavailable):
+        await lighting_driver.write("lc-002-001", "level_cmd", 50, timeout=1.0)
+    lighting_sim.clear("lc-002", "comm_loss")
+    await recorder.wait(lambda: recorder.availability("lc-002") == [True, False, True], "up")
+    reads = lighting_driver.stats.reads
+    await recorder.wait(lambda: lighting_driver.stats.reads > reads + 10, "more polls")
+    assert recorder.availability("lc-002") == [True, False, True]
+    assert recorder.availability("lc-001") == [True]
+
+
+async def _silent_server() -> tuple[asyncio.Server, int]:
+    """A TCP server that accepts and never answers: a hung controller."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """Port of a server that accepts connections and never replies."""
+    server, port = await _silent_server()
+    async with server:
+        yield port
+        server.close()
+    await asyncio.sleep(0)
+
+
+async def test_dead_endpoints_do_not_stop_the_others(
+    lighting_sim: LightingSimulator,
+    manual_clock: ManualClock,
+    recorder: Recorder,
+    silent_server: int,
+) -> None:
+    """A refused port and a hung controller time out alone; the live one keeps polling fast."""
+    endpoints = [
+        *lighting_sim.endpoints(),
+        ModbusEndpoint("refused", "127.0.0.1", free_port(), 1, ((0, "refused-001"),)),
+        ModbusEndpoint("hung", "127.0.0.1", silent_server, 1, ((0, "hung-001"),)),
+    ]
+    async with ModbusLightingDriver(
+        endpoints, None, recorder, manual_clock, poll_interval_s=0.02, timeout_s=0.3
+    ) as drv:
+        await recorder.wait(
+            lambda: recorder.availability("refused") == [False] and recorder.availability("hung") == [False],
+            "both dead endpoints reported down",
+        )
+        n = len(recorder.telemetry(LAMP))
+        await recorder.wait(lambda: len(recorder.telemetry(LAMP)) >= n + 20, "live telemetry")
+        assert drv.online("lc-001") is True
+        assert recorder.availability("refused") == [False]
+        assert recorder.availability("hung") == [False]
+        assert not recorder.telemetry("hung-001")
+
+
+async def test_lamp_failure_shows_in_status_bits(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, recorder: Recorder
+) -> None:
+    """A failed lamp reports its level but draws only standby, and its status bit is set."""
+    await lighting_driver.write(LAMP, "level_cmd", 80, timeout=1.0)
+    lighting_sim.inject(LAMP, "lamp_failure")
+
+    def failed() -> bool:
+        t = recorder.latest(LAMP)
+        return t is not None and t.values["lamp_failure"] is True
+
+    await recorder.wait(failed, "lamp_failure bit in telemetry")
+    t = recorder.latest(LAMP)
+    assert t is not None
+    assert t.values["status"] == 1
+    assert t.values["level_actual"] == 80
+    assert t.values["power_w"] == 0.5
+    assert recorder.latest("lc-001-001") is not None
+    other = recorder.latest("lc-001-001")
+    assert other is not None
+    assert other.values["lamp_failure"] is False
+
+
+async def test_driver_failure_sticks_the_level(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver
+) -> None:
+    """With a driver (control gear) failure the lamp ignores new levels."""
+    await lighting_driver.write(LAMP, "level_cmd", 60, timeout=1.0)
+    lighting_sim.inject(LAMP, "driver_failure")
+    assert await lighting_driver.write(LAMP, "level_cmd", 20, timeout=1.0) == 20.0
+    lamp = lighting_sim.lamp(LAMP)
+    assert lamp["level_actual"] == 60
+    assert lamp["driver_failure"] is True
+    lighting_sim.clear(LAMP)
+    assert lighting_sim.lamp(LAMP)["level_actual"] == 20
+
+
+async def test_energy_and_hours_integrate_over_clock_time(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, manual_clock: ManualClock
+) -> None:
+    """One clock hour at 100 % adds about one operating hour and P_max x 1 h of energy."""
+    await lighting_driver.write(LAMP, "level_cmd", 100, timeout=1.0)
+    before = dict(lighting_sim.lamp(LAMP))
+    manual_clock.advance(3600)
+    await wait_until(lambda: lighting_sim.lamp(LAMP)["hours"] != before["hours"], what="a tick")
+    after = lighting_sim.lamp(LAMP)
+    assert after["hours"] == pytest.approx(float(before["hours"]) + 1.0, abs=0.002)
+    gained = float(after["energy_kwh"]) - float(before["energy_kwh"])
+    assert 0.030 < gained < 0.050  # 30-46 W luminaire + 0.5 W standby for one hour
+
+
+def test_fault_payloads_are_validated(lighting_sim: LightingSimulator) -> None:
+    """Bad MQTT fault payloads are refused with a log line; good ones apply."""
+    assert not lighting_sim.apply_fault_payload(b"not json")
+    assert not lighting_sim.apply_fault_payload(b'{"target": "lc-001-001", "fault": "melted"}')
+    assert not lighting_sim.apply_fault_payload(b'{"target": "nobody", "fault": "lamp_failure"}')
+    assert not lighting_sim.apply_fault_payload(b'{"target": "lc-001-001", "fault": "power_loss"}')
+    assert not lighting_sim.apply_fault_payload(b"[" * 5000)
+    assert lighting_sim.apply_fault_payload(b'{"target": "lc-001-001", "fault": "power_high"}')
+    assert lighting_sim.faults("lc-001-001") == {"power_high"}
+    assert lighting_sim.apply_fault_payload(
+        '{"target": "lc-001-001", "fault": "power_high", "active": false}'
+    )
+    assert lighting_sim.faults("lc-001-001") == frozenset()
+
+
+def test_reads_are_coalesced_within_the_modbus_limit() -> None:
+    """100 lamps and the controller block take 10 reads of at most 125 registers."""
+    profile = default_profile()
+    lamps = [(i, f"l{i}") for i in range(100)]
+    spans = plan_reads(profile, lamps)
+    assert len(spans) == 10
+    assert all(s.count <= 125 for s in spans)
+    assert sorted(d for s in spans for d, _ in s.lamps) == sorted(d for _, d in lamps)
+    assert sum(s.controller is not None for s in spans) == 1
+    # lamps missing from the inventory split the reads, they are not read over
+    sparse = plan_reads(profile, [(0, "a"), (1, "b"), (5, "c")], include_controller=False)
+    assert [(s.address, s.count) for s in sparse] == [(100, 20), (150, 10)]
+
+
+async def test_commands_go_ahead_of_polls() -> None:
+    """Queued on a busy connection, a command is served before polls that queued earlier."""
+    lock = _PriorityLock()
+    await lock.acquire(PRIO_POLL)
+    order: list[str] = []
+
+    async def take(name: str, prio: int) -> None:
+        await lock.acquire(prio)
+        order.append(name)
+        lock.release()
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(take("poll-1", PRIO_POLL))
+        tg.create_task(take("poll-2", PRIO_POLL))
+        await asyncio.sleep(0)
+        tg.create_task(take("command", PRIO_COMMAND))
+        await asyncio.sleep(0)
+        lock.release()
+    assert order == ["command", "poll-1", "poll-2"]
