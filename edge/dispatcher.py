@@ -306,8 +306,8 @@ class Dispatcher:
         finally:
             point.in_flight = None
         self._finish(result)
-        if result.outcome is Outcome.FAILED and cmd.expires_at > self._clock.now():
-            # Retry while the command is alive; the TTL bounds the attempts.
+        if result.outcome is Outcome.FAILED:
+            # Try again after a pause; the worker expires the command once its TTL has passed.
             await asyncio.sleep(min(1.0, self._write_timeout))
             self._enqueue(key)
 
@@ -353,6 +353,8 @@ class Dispatcher:
                 cmd = self._effective(point, now)
                 if cmd is None or point.in_flight is not None or key in self._queued:
                     continue
+                if point.written is None or not math.isclose(point.written, cmd.value, abs_tol=0.5):
+                    continue  # not applied yet: the write path (with its TTL) owns it
                 reported = self._state.value(*key)
                 if isinstance(reported, int | float) and not math.isclose(reported, cmd.value, abs_tol=0.5):
                     fresh = replace(

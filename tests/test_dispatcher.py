@@ -1,0 +1,170 @@
+"""The dispatcher against the real simulator: priority layers, holds, TTL, read-back, reconcile, audit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+import pytest_asyncio
+from conftest_modbus import wait_until
+from pymodbus.client import AsyncModbusTcpClient
+
+from devices.modbus import ModbusLightingDriver
+from devices.profile import default_profile
+from edge.bus import EventBus
+from edge.clock import ManualClock
+from edge.dispatcher import AuditRecord, Dispatcher, Verdict
+from edge.events import Command, CommandResult, Outcome, Priority
+from edge.state import StateStore
+from simulators.lighting import LightingSimulator
+
+LAMP = "lc-001-002"
+
+
+class RangeOnly:
+    """A minimal safety policy for these tests: 0..100, nothing else."""
+
+    def check(self, cmd: Command, now: float) -> Verdict:
+        if not 0 <= cmd.value <= 100:
+            return Verdict(Outcome.REFUSED, cmd.value, "out_of_range")
+        return Verdict(Outcome.ACCEPTED, cmd.value)
+
+
+@dataclass
+class Rig:
+    sim: LightingSimulator
+    dispatcher: Dispatcher
+    clock: ManualClock
+    audit: list[AuditRecord] = field(default_factory=list)
+    results: list[CommandResult] = field(default_factory=list)
+
+    def cmd(self, value: float, prio: Priority, *, hold_s: float | None = None, ttl_s: float = 30) -> Command:
+        now = self.clock.now()
+        cid = f"{prio.name.lower()}-{value:g}-{len(self.audit)}"
+        hold = None if hold_s is None else now + hold_s
+        return Command(cid, LAMP, "level_cmd", value, prio, prio.name.lower(), now, now + ttl_s, hold)
+
+    def level(self) -> object:
+        return self.sim.lamp(LAMP)["level_cmd"]
+
+
+@pytest_asyncio.fixture
+async def rig(lighting_sim: LightingSimulator, manual_clock: ManualClock) -> AsyncIterator[Rig]:
+    bus = EventBus()
+    devices = {lamp_id: "lamp" for ep in lighting_sim.endpoints() for _, lamp_id in ep.lamps}
+    state = StateStore(bus, devices)
+    audit: list[AuditRecord] = []
+    driver = ModbusLightingDriver(
+        lighting_sim.endpoints(), default_profile(), bus.publish, manual_clock, poll_interval_s=0.02, timeout_s=0.3,
+        backoff_max_s=0.1,
+    )  # fmt: skip
+    results_sub = bus.subscribe("test", CommandResult)
+    async with (
+        driver,
+        Dispatcher(
+            bus=bus, clock=manual_clock, state=state, drivers=[driver], policies={"lamp": RangeOnly()},
+            audit=audit.append, write_timeout_s=0.5, workers=4, reconcile_interval_s=0.05,
+        ) as dispatcher,
+        asyncio.TaskGroup() as tg,
+    ):  # fmt: skip
+        r = Rig(lighting_sim, dispatcher, manual_clock, audit)
+
+        async def collect() -> None:
+            async for ev in results_sub:
+                assert isinstance(ev, CommandResult)
+                r.results.append(ev)
+
+        tasks = [tg.create_task(state.run(), name="state"), tg.create_task(collect(), name="collect")]
+        await wait_until(lambda: driver.online("lc-001") is True, what="driver online")
+        yield r
+        bus.close()
+        for t in tasks:
+            t.cancel()
+
+
+async def test_confirmed_only_after_read_back(rig: Rig) -> None:
+    """A write is reported confirmed with the value the device read back, and both steps are audited."""
+    res = await rig.dispatcher.submit_and_wait(rig.cmd(35, Priority.PLAN), 3)
+    assert res.outcome is Outcome.CONFIRMED
+    assert res.applied_value == 35
+    assert rig.level() == 35
+    assert [a.outcome for a in rig.audit] == [Outcome.ACCEPTED, Outcome.CONFIRMED]
+
+
+async def test_operator_override_wins_and_plan_resumes(rig: Rig) -> None:
+    """Operator > plan: a plan change during an override waits; releasing the override applies it."""
+    await rig.dispatcher.submit_and_wait(rig.cmd(50, Priority.PLAN), 3)
+    assert (
+        await rig.dispatcher.submit_and_wait(rig.cmd(100, Priority.OPERATOR), 3)
+    ).outcome is Outcome.CONFIRMED
+    held = await rig.dispatcher.submit_and_wait(rig.cmd(30, Priority.PLAN), 3)
+    assert held.outcome is Outcome.SUPERSEDED
+    assert "held by operator" in held.reason
+    assert rig.level() == 100
+    assert rig.dispatcher.release(LAMP, "level_cmd", Priority.OPERATOR, "test")
+    await wait_until(lambda: rig.level() == 30, what="the plan's latest value after release")
+
+
+async def test_hold_ends_on_the_clock(rig: Rig) -> None:
+    """A motion (safety) hold of 60 s ends when the clock passes it; the plan level returns."""
+    await rig.dispatcher.submit_and_wait(rig.cmd(40, Priority.PLAN), 3)
+    await rig.dispatcher.submit_and_wait(rig.cmd(100, Priority.SAFETY, hold_s=60), 3)
+    assert rig.level() == 100
+    rig.clock.advance(30)
+    eff = rig.dispatcher.effective(LAMP, "level_cmd")
+    assert eff is not None
+    assert eff.priority is Priority.SAFETY  # still held halfway through
+    assert rig.level() == 100
+    rig.clock.advance(31)
+    await wait_until(lambda: rig.level() == 40, what="plan level after the hold")
+
+
+async def test_refused_command_never_reaches_the_device(rig: Rig) -> None:
+    before = rig.level()
+    res = await rig.dispatcher.submit_and_wait(rig.cmd(180, Priority.OPERATOR), 3)
+    assert res.outcome is Outcome.REFUSED
+    assert res.reason == "out_of_range"
+    assert rig.level() == before
+    assert [a.outcome for a in rig.audit] == [Outcome.REFUSED]
+    unknown = Command("u1", "nope", "level_cmd", 50, Priority.PLAN, "plan", 0, rig.clock.now() + 9)
+    assert rig.dispatcher.submit(unknown).reason == "unknown_device"
+
+
+async def test_command_expires_when_the_controller_is_silent(rig: Rig) -> None:
+    """While the controller does not answer, writes fail and retry; past its TTL the command expires."""
+    rig.sim.inject("lc-001", "comm_loss")
+    cmd = rig.cmd(60, Priority.OPERATOR, ttl_s=10)
+    rig.dispatcher.submit(cmd)
+    await wait_until(
+        lambda: any(r.command.id == cmd.id and r.outcome is Outcome.FAILED for r in rig.results),
+        what="a failed try",
+    )
+    rig.clock.advance(11)
+    await wait_until(
+        lambda: any(r.command.id == cmd.id and r.outcome is Outcome.EXPIRED for r in rig.results),
+        what="expiry",
+    )
+    rig.sim.clear("lc-001", "comm_loss")
+    assert any(a.command.id == cmd.id and a.outcome is Outcome.EXPIRED for a in rig.audit)
+
+
+async def test_reconcile_restores_a_value_changed_behind_our_back(rig: Rig) -> None:
+    """Someone else writes the register (a local panel, a controller reboot): the winning command is re-applied."""
+    await rig.dispatcher.submit_and_wait(rig.cmd(45, Priority.PLAN), 3)
+    ep = next(e for e in rig.sim.endpoints() if e.endpoint_id == "lc-001")
+    idx = next(i for i, d in ep.lamps if d == LAMP)
+    address = default_profile().lamp_address(idx, "level_cmd")
+    client = AsyncModbusTcpClient(ep.host, port=ep.port)
+    await client.connect()
+    try:
+        await client.write_register(address, 100, device_id=ep.unit)
+    finally:
+        client.close()
+    await wait_until(lambda: rig.level() == 45, what="reconcile back to 45")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+async def test_non_finite_values_are_refused(rig: Rig, value: float) -> None:
+    assert rig.dispatcher.submit(rig.cmd(value, Priority.OPERATOR)).reason == "value_not_finite"
