@@ -116,6 +116,7 @@ class Dispatcher:
         self._driver_of: dict[str, Driver | None] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_error: dict[str, str] = {}
         self.stats = DispatcherStats()
 
     async def __aenter__(self) -> Dispatcher:
@@ -258,9 +259,18 @@ class Dispatcher:
                 AuditRecord(result.command, result.outcome, result.applied_value, result.reason, result.ts)
             )
         self._bus.publish(result)
+        if result.outcome is Outcome.FAILED and result.command.expires_at > result.ts:
+            # Not final: the write is retried until the TTL; remember why it failed.
+            self._last_error[result.command.id] = result.reason
+            return
         fut = self._waiters.get(result.command.id)
         if fut is not None and not fut.done():
+            last = self._last_error.pop(result.command.id, "")
+            if last and result.outcome is Outcome.EXPIRED:
+                result = replace(result, reason=f"{result.reason} (last error: {last})")
             fut.set_result(result)
+        else:
+            self._last_error.pop(result.command.id, None)
 
     # ----- writing ----------------------------------------------------------------------
 
