@@ -142,7 +142,9 @@ class _RepetitionFilter(logging.Filter):
 
 
 def _quiet_pymodbus() -> None:
-    logging.getLogger("pymodbus").setLevel(logging.WARNING)
+    root = logging.getLogger("pymodbus")
+    if root.level < logging.WARNING:  # quieter, never louder than the operator set it
+        root.setLevel(logging.WARNING)
     inner = logging.getLogger("pymodbus.logging")  # where pymodbus's Log class writes
     if not any(isinstance(f, _RepetitionFilter) for f in inner.filters):
         inner.addFilter(_RepetitionFilter())

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
+import aiomqtt
 import pytest
+from conftest_modbus import Recorder, wait_until
 
 from devices.codec import PointValueError
 from devices.modbus import (
@@ -20,7 +24,6 @@ from devices.profile import default_profile
 from edge.clock import ManualClock
 from edge.errors import DeviceReplyError, DeviceUnavailable
 from simulators.lighting import LightingSimulator, free_port
-from tests.conftest_modbus import Recorder, wait_until
 
 pytestmark = pytest.mark.usefixtures("modbus_no_leaked_tasks")
 
@@ -293,3 +296,23 @@ async def test_commands_go_ahead_of_polls() -> None:
         await asyncio.sleep(0)
         lock.release()
     assert order == ["command", "poll-1", "poll-2"]
+
+
+async def test_faults_over_mqtt(lighting_sim: LightingSimulator, mqtt_url: str) -> None:
+    """Faults arrive over MQTT; a bad payload is refused and the subscriber keeps going."""
+    topic = f"test/sim/faults/{uuid.uuid4().hex}"
+    parts = urlsplit(mqtt_url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 1883
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(lighting_sim.run_mqtt_faults(mqtt_url, topic), name="sim.mqtt_faults")
+        async with aiomqtt.Client(host, port) as client:
+            # retained, so it reaches the simulator whenever its subscription lands
+            await client.publish(topic, b'{"target": "lc-001-001", "fault": "power_low"}', retain=True)
+            await wait_until(lambda: lighting_sim.faults("lc-001-001") == {"power_low"}, what="fault")
+            await client.publish(topic, b"{broken", retain=True)
+            await client.publish(
+                topic, b'{"target": "lc-001-001", "fault": "power_low", "active": false}', retain=True
+            )
+            await wait_until(lambda: not lighting_sim.faults("lc-001-001"), what="fault cleared")
+            await client.publish(topic, b"", retain=True)  # leave no retained message behind
+        task.cancel()
