@@ -1,0 +1,673 @@
+"""The whole daemon on 5,000 lamps: MQTT command round trip while polling, memory, CPU.
+
+Three processes (all `spawn`), so each number belongs to one of them:
+
+- a simulator child serves 50 controllers x 100 lamps (`LightingSimulator`, uvloop);
+- a daemon child runs `edge.daemon.running` (uvloop, SQLite file in a temp dir, the
+  production logging set-up at level warning, lighting poll interval 1 s) and nothing
+  else, so its RSS and CPU (psutil, read from outside) are the daemon's alone;
+- this process is the client: it sends `set_level` requests over MQTT 5 with a response
+  topic and correlation data (JSON `response_topic`/`correlation_id` under 3.1.1) and
+  times publish -> ack. The ack leaves the daemon only after the Modbus write was
+  confirmed by read-back, so one round trip is MQTT in, write + read-back, MQTT out.
+
+References measured in the same run, against the same simulators while the daemon keeps
+polling them: a bare pymodbus client doing the same write + read-back, and a bare MQTT
+request/response echo (a responder in this process answering at once). Memory is held
+against a fresh process that only imported the modules the daemon process had loaded.
+The broker is Mosquitto on 127.0.0.1:1883 when reachable, else an embedded amqtt broker
+in its own child process. Retained topics the run leaves on Mosquitto are cleared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import multiprocessing as mp
+import random
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from bench.common import Row
+
+CONTROLLERS = 50
+LAMPS = 100
+POLL_INTERVAL_S = 1.0
+TARGET_P99_MS = 100.0
+TARGET_RSS_MB = 300.0
+LEVELS = (37, 63)  # odd levels no plan step produces, alternating: every command changes the register
+MOSQUITTO = ("127.0.0.1", 1883)
+NIGHT = datetime(2026, 11, 26, 23, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()  # lamps on, dimmed
+REQUEST_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 90.0
+
+
+# ----- child processes ------------------------------------------------------------------------
+
+
+def _quiet() -> None:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _serve_sims(conn: Connection, stop: MpEvent) -> None:
+    """Simulator child: 50 x 100 lamps on free ports until `stop`; sends the endpoints back."""
+    import asyncio
+
+    import uvloop
+
+    from edge.clock import SystemClock
+    from simulators.lighting import LightingSimulator, demo_controllers
+
+    _quiet()
+
+    async def main() -> None:
+        specs = demo_controllers(CONTROLLERS, LAMPS, 0)
+        async with LightingSimulator(specs, SystemClock(), tick_s=1.0, seed=7) as sim:
+            conn.send([(e.endpoint_id, e.host, e.port, e.unit, e.lamps) for e in sim.endpoints()])
+            await asyncio.to_thread(stop.wait)
+
+    uvloop.run(main())
+
+
+def _serve_broker(conn: Connection, stop: MpEvent) -> None:
+    """Broker child (only when Mosquitto is not reachable): amqtt on a free port."""
+    import asyncio
+
+    import uvloop
+
+    from edge.broker import EmbeddedBroker
+
+    async def main() -> None:
+        async with EmbeddedBroker(port=0) as broker:
+            conn.send(broker.url)
+            await asyncio.to_thread(stop.wait)
+
+    uvloop.run(main())
+
+
+def _run_daemon(conn: Connection, config: str) -> None:
+    """Daemon child: start the daemon, report when settled, then answer 'stats' until 'stop'."""
+    import asyncio
+
+    import uvloop
+
+    from edge import logs
+    from edge.clock import SimClock
+    from edge.daemon import running
+    from edge.inventory import load_inventory
+    from edge.settings import load_settings
+
+    settings = load_settings(Path(config))
+    logs.configure(settings.logging.level, "json")
+    inv = load_inventory(settings.inventory_path())
+
+    def stats(d: Any) -> dict[str, Any]:
+        s = d.driver.stats
+        return {
+            "t": time.perf_counter(),
+            "lamp_reads": s.lamp_reads,
+            "reads": s.reads,
+            "read_errors": s.read_errors,
+            "writes": s.writes,
+            "write_errors": s.write_errors,
+            "connects": s.connects,
+            "cmd_sent": d.dispatcher.stats.sent,
+            "cmd_confirmed": d.dispatcher.stats.confirmed,
+            "cmd_failed": d.dispatcher.stats.failed,
+            "pending": d.dispatcher.pending(),
+            "plans": d.lighting.stats.plans,
+            "api_requests": d.api.requests,
+            "api_acks": d.api.acks,
+            "api_nacks": d.api.nacks,
+            "outbox_backlog": d.link.stats["outbox_backlog"],
+            "published": d.link.stats["published"],
+            "published_fast": d.link.stats["published_fast"],
+            "reconnects": d.link.stats["reconnects"],
+            "protocol": d.link.protocol,
+            "online": sum(bool(d.driver.online(c)) for c in inv.controllers),
+        }
+
+    async def main() -> None:
+        t0 = time.perf_counter()
+        clock = SimClock(start=NIGHT, speed=1.0)
+        async with running(settings, inv, clock) as d:
+            try:
+                async with asyncio.timeout(START_TIMEOUT_S):
+                    await d.link.wait_connected(START_TIMEOUT_S)
+                    while d.lighting.stats.plans < 1 or stats(d)["online"] < len(inv.controllers):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.5)  # the controller applies the plan on its next tick
+                    await d.dispatcher.drain(START_TIMEOUT_S)
+                    await d.link.wait_drained(START_TIMEOUT_S)
+            except TimeoutError:
+                conn.send(("error", f"daemon not settled after {START_TIMEOUT_S} s: {stats(d)}"))
+                return
+            mods = sorted(m for m in sys.modules if not m.startswith("__"))
+            conn.send(("ready", {"startup_s": time.perf_counter() - t0, "modules": mods, **stats(d)}))
+            while True:
+                try:
+                    msg = await asyncio.to_thread(conn.recv)
+                except EOFError:
+                    return  # the parent is gone
+                if msg == "stats":
+                    conn.send(stats(d))
+                else:
+                    break
+        conn.send(("stopped", None))
+
+    uvloop.run(main())
+
+
+def _import_only(conn: Connection, modules: list[str], stop: MpEvent) -> None:
+    """Baseline child: import what the daemon process had loaded, then idle."""
+    import importlib
+
+    ok = 0
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            ok += 1
+        except Exception:
+            continue
+    conn.send(ok)
+    stop.wait(60)
+
+
+# ----- site files ----------------------------------------------------------------------------
+
+
+def _write_site(
+    tmp: Path, endpoints: list[tuple[str, str, int, int, Any]], site_id: str, mqtt_url: str
+) -> Path:
+    classes = ("M3", "M4", "M5", "C3", "P3")
+    rows = []
+    for c, (eid, host, port, unit, lamps) in enumerate(endpoints):
+        for index, lamp_id in lamps:
+            rows.append(
+                {
+                    "id": lamp_id,
+                    "lat": 51.50 + c * 1e-3,
+                    "lon": 7.40 + index * 1e-4,
+                    "segment": f"road-{c:02d}",
+                    "order": index,
+                    "lighting_class": classes[c % len(classes)],
+                    "flags": "",
+                    "controller": eid,
+                    "host": host,
+                    "port": port,
+                    "unit": unit,
+                    "index": index,
+                    "p_max_w": 30.0 + (7 * c + 3 * index) % 17,
+                }
+            )
+    with (tmp / "inventory.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    (tmp / "site.toml").write_text(
+        f"""
+[site]
+id = "{site_id}"
+latitude = 51.51
+longitude = 7.455
+[storage]
+url = "sqlite:///{tmp / "edge.db"}"
+[mqtt]
+url = "{mqtt_url}"
+client_id = "edge-{site_id}"
+[lighting]
+poll_interval_s = {POLL_INTERVAL_S}
+[logging]
+level = "warning"
+""",
+        encoding="utf-8",
+    )
+    return tmp / "site.toml"
+
+
+# ----- client side (this process) -------------------------------------------------------------
+
+
+def _pct(xs: list[float], q: float) -> float:
+    """Nearest-rank percentile of `xs` (seconds) in ms."""
+    s = sorted(xs)
+    return 1000 * s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    host, _, port = url.split("://", 1)[1].partition(":")
+    return host, int(port or 1883)
+
+
+async def _requests(
+    url: str,
+    v5: bool,
+    n: int,
+    make: Any,
+    run_id: str,
+    responder: str | None = None,
+) -> tuple[list[float], list[str], list[tuple[int, float, str]]]:
+    """Send `n` sequential requests (`make(i) -> (topic, payload dict)`); time publish -> answer.
+
+    With `responder` set, a second client in this process answers requests on that topic
+    at once (the bare echo). Returns durations, failures, and (i, seconds, note) for each.
+    """
+    import asyncio
+
+    import aiomqtt
+    import orjson
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    host, port = _host_port(url)
+    proto = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+    reply = f"bench/{run_id}/reply"
+    waiting: dict[str, tuple[asyncio.Future[tuple[float, dict[str, Any]]], float]] = {}
+
+    async def read(client: aiomqtt.Client) -> None:
+        async for msg in client.messages:
+            t = time.perf_counter()
+            if not isinstance(msg.payload, bytes):
+                continue
+            data = orjson.loads(msg.payload)
+            corr = msg.properties.CorrelationData if v5 and msg.properties else None
+            key = corr.decode() if corr else str(data.get("correlation_id", ""))
+            entry = waiting.pop(key, None)
+            if entry is not None and not entry[0].done():
+                entry[0].set_result((t, data))
+
+    async def answer(client: aiomqtt.Client) -> None:
+        await client.subscribe(responder, qos=1)
+        async for msg in client.messages:
+            if not isinstance(msg.payload, bytes):
+                continue
+            if v5 and msg.properties is not None:
+                props = Properties(PacketTypes.PUBLISH)
+                props.CorrelationData = msg.properties.CorrelationData
+                await client.publish(msg.properties.ResponseTopic, b'{"ok":true}', qos=1, properties=props)
+            else:
+                data = orjson.loads(msg.payload)
+                body = orjson.dumps({"ok": True, "correlation_id": data["correlation_id"]})
+                await client.publish(data["response_topic"], body, qos=1)
+
+    durations: list[float] = []
+    failures: list[str] = []
+    trace: list[tuple[int, float, str]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            aiomqtt.Client(host, port, identifier=f"bench-{run_id}-req", protocol=proto, timeout=10)
+        )
+        await client.subscribe(reply, qos=1)
+        tg = await stack.enter_async_context(asyncio.TaskGroup())
+        tasks = [tg.create_task(read(client))]
+        if responder is not None:
+            echo = await stack.enter_async_context(
+                aiomqtt.Client(host, port, identifier=f"bench-{run_id}-echo", protocol=proto, timeout=10)
+            )
+            tasks.append(tg.create_task(answer(echo)))
+            await asyncio.sleep(0.2)  # let the SUBACK land
+        try:
+            for i in range(n):
+                topic, payload = make(i)
+                corr = uuid.uuid4().hex
+                fut: asyncio.Future[tuple[float, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+                props = None
+                if v5:
+                    props = Properties(PacketTypes.PUBLISH)
+                    props.ResponseTopic = reply
+                    props.CorrelationData = corr.encode()
+                    body = orjson.dumps(payload)
+                else:
+                    body = orjson.dumps({**payload, "response_topic": reply, "correlation_id": corr})
+                t0 = time.perf_counter()
+                waiting[corr] = (fut, t0)
+                await client.publish(topic, body, qos=1, properties=props)
+                try:
+                    async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                        t1, data = await fut
+                except TimeoutError:
+                    waiting.pop(corr, None)
+                    failures.append(f"{topic}: no answer within {REQUEST_TIMEOUT_S} s")
+                    trace.append((i, REQUEST_TIMEOUT_S, "timeout"))
+                    continue
+                if not data.get("ok"):
+                    failures.append(f"{topic}: {data.get('status')} {data.get('reason')}")
+                durations.append(t1 - t0)
+                trace.append((i, t1 - t0, str(data.get("status", ""))))
+        finally:
+            for t in tasks:
+                t.cancel()
+    return durations, failures, trace
+
+
+def _daemon_commands(
+    url: str, v5: bool, base: str, lamp_ids: list[str], n: int, run_id: str, seed: int
+) -> tuple[list[float], list[str], list[tuple[int, float, str]]]:
+    import uvloop
+
+    rnd = random.Random(seed)
+    targets = rnd.sample(lamp_ids, n)  # each lamp once: no command repeats a lamp's level
+
+    def make(i: int) -> tuple[str, dict[str, Any]]:
+        return f"{base}/cmd/lights/{targets[i]}", {"action": "set_level", "level": LEVELS[i % 2]}
+
+    return uvloop.run(_requests(url, v5, n, make, run_id))
+
+
+def _mqtt_echo(url: str, v5: bool, n: int, run_id: str) -> list[float]:
+    import uvloop
+
+    topic = f"bench/{run_id}/echo"
+
+    def make(i: int) -> tuple[str, dict[str, Any]]:
+        return topic, {"action": "set_level", "level": LEVELS[i % 2]}
+
+    durations, failures, _ = uvloop.run(_requests(url, v5, n, make, run_id + "e", responder=topic))
+    if failures:
+        raise RuntimeError(f"mqtt echo failed: {failures[:3]}")
+    return durations
+
+
+def _bare_modbus(endpoints: list[tuple[str, str, int, int, Any]], n: int, seed: int) -> list[float]:
+    """write_register + read_holding_registers on random lamps; original levels restored."""
+    import asyncio
+
+    import uvloop
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from devices.profile import default_profile
+
+    profile = default_profile()
+    rnd = random.Random(seed)
+    chosen = rnd.sample(endpoints, 10)
+
+    async def main() -> list[float]:
+        clients: list[tuple[AsyncModbusTcpClient, int, list[int]]] = []
+        try:
+            for _eid, host, port, unit, lamps in chosen:
+                c = AsyncModbusTcpClient(host, port=port, reconnect_delay=0, timeout=5, retries=0)
+                if not await c.connect():
+                    raise RuntimeError(f"bare modbus: cannot connect to {host}:{port}")
+                clients.append((c, unit, [index for index, _ in lamps]))
+            originals: dict[tuple[int, int], int] = {}
+            out: list[float] = []
+            for i in range(n):
+                ci = rnd.randrange(len(clients))
+                client, unit, indexes = clients[ci]
+                index = rnd.choice(indexes)
+                addr = profile.lamp_address(index, "level_cmd")
+                if (ci, index) not in originals:
+                    rr = await client.read_holding_registers(addr, count=1, device_id=unit)
+                    originals[(ci, index)] = rr.registers[0]
+                level = LEVELS[i % 2]
+                if originals[(ci, index)] == level:
+                    level = LEVELS[(i + 1) % 2]
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    t0 = time.perf_counter()
+                    wr = await client.write_register(addr, level, device_id=unit)
+                    rr = await client.read_holding_registers(addr, count=1, device_id=unit)
+                    out.append(time.perf_counter() - t0)
+                if wr.isError() or rr.isError() or rr.registers[0] != level:
+                    raise RuntimeError(f"bare modbus write/read-back failed: {wr} {rr}")
+            for (ci, index), value in originals.items():  # leave the daemon's levels as they were
+                client, unit, _ = clients[ci]
+                await client.write_register(profile.lamp_address(index, "level_cmd"), value, device_id=unit)
+            return out
+        finally:
+            for c, _, _ in clients:
+                c.close()
+
+    return uvloop.run(main())
+
+
+def _clear_retained(url: str, site_prefix: str, run_id: str) -> int:
+    """Delete the retained messages the daemon left under its (per-run) site prefix."""
+    import asyncio
+
+    import aiomqtt
+    import uvloop
+
+    host, port = _host_port(url)
+
+    async def main() -> int:
+        topics: set[str] = set()
+        async with aiomqtt.Client(host, port, identifier=f"bench-{run_id}-clean", timeout=10) as client:
+            await client.subscribe(f"{site_prefix}/#", qos=0)
+            it = client.messages
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline:
+                try:
+                    msg = await asyncio.wait_for(anext(it), 1.0)
+                except TimeoutError:
+                    break  # a second without a message: every retained one has arrived
+                if msg.retain and msg.payload:
+                    topics.add(str(msg.topic))
+            await client.unsubscribe(f"{site_prefix}/#")
+            for k, t in enumerate(sorted(topics)):
+                await client.publish(t, b"", qos=0, retain=True)
+                if k % 500 == 499:
+                    await asyncio.sleep(0)
+            await client.publish(f"bench/{run_id}/done", b"", qos=1)  # after every clear: flushed
+        return len(topics)
+
+    return uvloop.run(main())
+
+
+# ----- orchestration -----------------------------------------------------------------------------
+
+
+def _mosquitto_up() -> bool:
+    try:
+        with socket.create_connection(MOSQUITTO, timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_recv(conn: Connection, proc: SpawnProcess, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while not conn.poll(0.2):
+        if not proc.is_alive():
+            raise RuntimeError(f"{what}: process exited with code {proc.exitcode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: no answer within {timeout_s} s")
+    return conn.recv()
+
+
+def _stop(proc: SpawnProcess | None, timeout_s: float = 15.0) -> None:
+    if proc is None:
+        return
+    proc.join(timeout_s)
+    if proc.is_alive():
+        proc.terminate()
+        proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+def _cpu_s(p: Any) -> float:
+    t = p.cpu_times()
+    return float(t.user + t.system)
+
+
+def run(quick: bool) -> list[Row]:
+    """Daemon command p99 (target < 100 ms) and RSS (target < 300 MB) on 50 x 100 lamps."""
+    import psutil
+
+    n_cmd = 40 if quick else 200
+    window_s = 5.0 if quick else 10.0
+    run_id = uuid.uuid4().hex[:8]
+    site_id = f"bench-{run_id}"
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs: list[SpawnProcess] = []
+    daemon_conn: Connection | None = None
+    daemon: SpawnProcess | None = None
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp_s:
+        tmp = Path(tmp_s)
+        try:
+            if _mosquitto_up():
+                url, broker_name = f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}", "mosquitto"
+            else:
+                bparent, bchild = ctx.Pipe()
+                bproc = ctx.Process(target=_serve_broker, args=(bchild, stop), name="bench-daemon-broker")
+                bproc.start()
+                procs.append(bproc)
+                url, broker_name = _wait_recv(bparent, bproc, 30, "embedded broker"), "amqtt"
+            sparent, schild = ctx.Pipe()
+            sim = ctx.Process(target=_serve_sims, args=(schild, stop), name="bench-daemon-sim")
+            sim.start()
+            procs.append(sim)
+            endpoints = _wait_recv(sparent, sim, 120, "simulator")
+            config = _write_site(tmp, endpoints, site_id, url)
+            lamp_ids = [lamp_id for *_, lamps in endpoints for _, lamp_id in lamps]
+
+            daemon_conn, dchild = ctx.Pipe()
+            daemon = ctx.Process(target=_run_daemon, args=(dchild, str(config)), name="bench-daemon")
+            t_start = time.perf_counter()
+            daemon.start()
+            kind, ready = _wait_recv(daemon_conn, daemon, START_TIMEOUT_S + 30, "daemon")
+            if kind != "ready":
+                raise RuntimeError(str(ready))
+            ready_s = time.perf_counter() - t_start
+            v5 = ready["protocol"] == "5"
+            base = f"dos/v1/{site_id}"
+            dp = psutil.Process(daemon.pid)
+
+            def stats() -> dict[str, Any]:
+                assert daemon_conn is not None
+                assert daemon is not None
+                daemon_conn.send("stats")
+                s: dict[str, Any] = _wait_recv(daemon_conn, daemon, 30, "daemon stats")
+                return s
+
+            # 1. steady polling: rate and CPU over the window, then RSS
+            s0, c0, w0 = stats(), _cpu_s(dp), time.perf_counter()
+            time.sleep(window_s)
+            s1, c1, w1 = stats(), _cpu_s(dp), time.perf_counter()
+            rss_daemon = dp.memory_info().rss
+            poll_rate = (s1["lamp_reads"] - s0["lamp_reads"]) / (s1["t"] - s0["t"])
+            poll_cpu = 100 * (c1 - c0) / (w1 - w0)
+
+            # 2. commands through the daemon
+            c2, w2 = _cpu_s(dp), time.perf_counter()
+            durations, failures, trace = _daemon_commands(url, v5, base, lamp_ids, n_cmd, run_id, seed=1)
+            c3, w3 = _cpu_s(dp), time.perf_counter()
+            s3 = stats()
+            cmd_cpu = 100 * (c3 - c2) / (w3 - w2)
+            cmd_poll_rate = (s3["lamp_reads"] - s1["lamp_reads"]) / (s3["t"] - s1["t"])
+
+            # 3. references, with the daemon still polling the same simulators
+            bare = _bare_modbus(endpoints, n_cmd, seed=2)
+            echo = _mqtt_echo(url, v5, n_cmd, run_id)
+            s4 = stats()
+            rss_after = dp.memory_info().rss
+
+            daemon_conn.send("stop")
+            with contextlib.suppress(RuntimeError):
+                _wait_recv(daemon_conn, daemon, 30, "daemon stop")
+            _stop(daemon)
+            if daemon.exitcode not in (0, None):
+                notes.append(f"daemon exit code {daemon.exitcode}")
+            cleared = _clear_retained(url, base, run_id) if broker_name == "mosquitto" else 0
+
+            # 4. memory baseline: a fresh process with the same modules imported
+            mparent, mchild = ctx.Pipe()
+            base_proc = ctx.Process(
+                target=_import_only, args=(mchild, ready["modules"], stop), name="bench-daemon-imports"
+            )
+            base_proc.start()
+            procs.append(base_proc)
+            imported = _wait_recv(mparent, base_proc, 60, "imports-only process")
+            rss_imports = psutil.Process(base_proc.pid).memory_info().rss
+        finally:
+            stop.set()
+            if daemon is not None and daemon.is_alive() and daemon_conn is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    daemon_conn.send("stop")
+            _stop(daemon)
+            for p in procs:
+                _stop(p)
+
+    slow = sorted(trace, key=lambda x: -x[1])[:5]
+    print(
+        f"  daemon: ready in {ready_s:.1f} s (startup {ready['startup_s']:.1f} s in the child), "
+        f"broker {broker_name} (MQTT {'5' if v5 else '3.1.1'}), {len(ready['modules'])} modules "
+        f"({imported} re-imported in the baseline), {cleared} retained topics cleared",
+        file=sys.stderr,
+    )
+    print(
+        f"  daemon counters: before {_brief(s0)}; after commands {_brief(s3)}; end {_brief(s4)}",
+        file=sys.stderr,
+    )
+    print(
+        "  slowest commands (i, ms, status): "
+        + ", ".join(f"({i}, {1000 * d:.1f}, {st})" for i, d, st in slow),
+        file=sys.stderr,
+    )
+    if failures:
+        print(f"  command failures: {len(failures)}: {failures[:5]}", file=sys.stderr)
+
+    name = f"daemon {CONTROLLERS}x{LAMPS} lamps"
+    rows: list[Row] = []
+    if durations:
+        ref50 = _pct(bare, 0.5) + _pct(echo, 0.5)
+        ref99 = _pct(bare, 0.99) + _pct(echo, 0.99)
+        p50, p99, mx = _pct(durations, 0.5), _pct(durations, 0.99), 1000 * max(durations)
+        rows += [
+            Row(name, f"cmd round trip p50 ms (n={len(durations)})", f"{p50:.1f}",
+                f"{ref50:.1f} modbus+mqtt", f"{p50 / ref50:.1f}" if ref50 else ""),
+            Row(name, "cmd round trip p99 ms", f"{p99:.1f}", f"{ref99:.1f} modbus+mqtt",
+                f"{p99 / ref99:.1f}" if ref99 else "", f"< {TARGET_P99_MS:.0f}",
+                "ok" if p99 < TARGET_P99_MS and not failures else "MISS"),
+            Row(name, "cmd round trip max ms", f"{mx:.1f}", f"{1000 * statistics.mean(durations):.1f} mean"),
+        ]  # fmt: skip
+    rows += [
+        Row(name, "cmd failures", f"{len(failures)}/{n_cmd}", target="0", verdict="ok" if not failures else "MISS"),
+        Row(name, "ref: bare modbus write+read-back p50/p99 ms", f"{_pct(bare, 0.5):.2f}/{_pct(bare, 0.99):.2f}"),
+        Row(name, "ref: bare mqtt echo p50/p99 ms", f"{_pct(echo, 0.5):.2f}/{_pct(echo, 0.99):.2f}"),
+        Row(name, "daemon RSS MB after polling", f"{rss_daemon / 2**20:.0f}",
+            f"{rss_imports / 2**20:.0f} imports only", f"{rss_daemon / rss_imports:.1f}",
+            f"< {TARGET_RSS_MB:.0f}", "ok" if rss_daemon / 2**20 < TARGET_RSS_MB else "MISS"),
+        Row(name, "daemon RSS MB at the end", f"{rss_after / 2**20:.0f}"),
+        Row(name, "lamp reads/s while polling", f"{poll_rate:,.0f}",
+            f"{CONTROLLERS * LAMPS / POLL_INTERVAL_S:,.0f} nominal", f"{poll_rate * POLL_INTERVAL_S / (CONTROLLERS * LAMPS):.2f}"),
+        Row(name, "lamp reads/s during commands", f"{cmd_poll_rate:,.0f}"),
+        Row(name, "daemon CPU % polling", f"{poll_cpu:.0f}"),
+        Row(name, "daemon CPU % during commands", f"{cmd_cpu:.0f}"),
+    ]  # fmt: skip
+    if notes:
+        rows.append(Row(name, "notes", "; ".join(notes)))
+    return rows
+
+
+def _brief(s: dict[str, Any]) -> str:
+    keys = (
+        "lamp_reads",
+        "read_errors",
+        "writes",
+        "write_errors",
+        "cmd_failed",
+        "pending",
+        "outbox_backlog",
+        "reconnects",
+    )
+    return " ".join(f"{k}={s[k]}" for k in keys)  # fmt: skip
