@@ -1,0 +1,321 @@
+"""The dashboard's MQTT client: subscribes to one site, reconnects, asks and waits for acks.
+
+`DashboardClient.run(sink)` is meant to run in a Textual worker: it connects, subscribes
+to `dos/v1/{site}/#` and hands the messages to `sink` in batches (one call per
+`flush_interval_s` at most, so a burst of retained state costs one screen refresh), and
+reports `Connected` / `Disconnected` transitions. After a lost connection it waits a
+capped, jittered exponential backoff and tries again, forever, until cancelled.
+
+`request(topic, payload)` publishes a command and waits for its `Ack`. MQTT 5 is tried
+first; a broker that refuses it (the embedded amqtt broker speaks only 3.1.1) makes the
+client fall back to 3.1.1 for its lifetime. Under MQTT 5 the response topic and the
+correlation data travel as properties; in every case they are *also* put into the JSON
+(`response_topic`, `correlation_id`), so a daemon connected with 3.1.1 behind an MQTT 5
+broker (which drops the properties) still answers to the right place. Answers are matched
+by the correlation data property or by the `correlation_id` in the answer's JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal, Protocol
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+import orjson
+import structlog
+from aiomqtt.exceptions import MqttCodeError, MqttConnectError
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import ValidationError
+
+from edge.payloads import Ack
+from tui.model import PREFIX
+
+log = structlog.get_logger(__name__)
+
+ProtocolName = Literal["5", "3.1.1"]
+# CONNACK "unsupported protocol version": 132 as an MQTT 5 reason code, 1 in 3.1.1.
+_UNSUPPORTED_PROTOCOL = (132, 1)
+
+
+class Requester(Protocol):
+    """The seam the dashboard sends commands through (a fake in the Pilot tests)."""
+
+    async def request(self, topic: str, payload: Mapping[str, object]) -> Ack:
+        """Publish a request and return its answer; raise RequestError when there is none."""
+        ...
+
+
+class RequestError(Exception):
+    """A request got no answer: `reason` is `disconnected`, `timeout` or `publish_failed`."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A session is up and subscribed."""
+
+    protocol: ProtocolName
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """No session; the next attempt starts in `retry_in_s` seconds."""
+
+    reason: str
+    attempt: int
+    retry_in_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """Messages received since the last batch, in arrival order."""
+
+    messages: tuple[tuple[str, bytes], ...]
+
+
+ClientEvent = Connected | Disconnected | Received
+Sink = Callable[[ClientEvent], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    """`mqtt://[user:pass@]host[:port]` (or `mqtts://`)."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        """Parse a broker URL; ValueError names what is wrong."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"broker URL must start with mqtt:// or mqtts://: {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"broker URL has no host: {url!r}")
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (8883 if tls else 1883),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            tls=tls,
+        )
+
+    def safe(self) -> str:
+        """The URL without credentials, for display and logs."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def backoff_delay(attempt: int, cap_s: float, rng: random.Random) -> float:
+    """Capped, jittered exponential backoff (aiomqtt's recipe)."""
+    return min(cap_s, rng.uniform(0, 1.5 ** min(10, attempt)))
+
+
+class DashboardClient:
+    """One site's messages in, requests out; see the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        site: str,
+        *,
+        client_id: str | None = None,
+        protocol: ProtocolName = "5",
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float = 15.0,
+        backoff_max_s: float = 30.0,
+        flush_interval_s: float = 0.1,
+        keepalive_s: int = 30,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = BrokerUrl.parse(url)
+        self.site = site
+        self.base = f"{PREFIX}/{site}"
+        self.client_id = client_id or f"tui-{uuid.uuid4().hex[:12]}"
+        self.reply_topic = f"{self.base}/replies/{self.client_id}"
+        self._protocol: ProtocolName = protocol
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._backoff_max_s = backoff_max_s
+        self._flush_interval_s = flush_interval_s
+        self._keepalive_s = keepalive_s
+        self._rng = rng or random.Random()
+        self._client: aiomqtt.Client | None = None
+        self._pending: dict[str, asyncio.Future[Ack]] = {}
+        self._buffer: list[tuple[str, bytes]] = []
+        self._wake = asyncio.Event()
+        self.received = 0
+        self.bad_replies = 0
+
+    @property
+    def protocol(self) -> ProtocolName:
+        """The protocol in use (after any fallback)."""
+        return self._protocol
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    # ----- the worker ------------------------------------------------------------------------
+
+    async def run(self, sink: Sink) -> None:
+        """Connect, receive, reconnect; until cancelled."""
+        attempt = 0
+        while True:
+            try:
+                await self._session(sink)
+                reason = "session ended"
+            except MqttConnectError as exc:
+                if self._protocol == "5" and _rc(exc) in _UNSUPPORTED_PROTOCOL:
+                    self._protocol = "3.1.1"
+                    log.info("tui_mqtt_protocol_fallback", url=self.url.safe(), to="3.1.1")
+                    continue
+                reason = f"refused: {exc}"
+            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                reason = str(exc) or type(exc).__name__
+            finally:
+                was_up = self._client is not None
+                self._client = None
+                self._fail_pending()
+            attempt = 1 if was_up else attempt + 1
+            delay = backoff_delay(attempt, self._backoff_max_s, self._rng)
+            if attempt == 1:
+                log.warning("tui_mqtt_disconnected", url=self.url.safe(), reason=reason)
+            sink(Disconnected(reason=reason, attempt=attempt, retry_in_s=delay))
+            await asyncio.sleep(delay)
+
+    def _new_client(self) -> aiomqtt.Client:
+        v5 = self._protocol == "5"
+        return aiomqtt.Client(
+            self.url.host,
+            self.url.port,
+            username=self.url.username,
+            password=self.url.password,
+            # No identifier and no will: amqtt answers such a bare v5 CONNECT with
+            # "unsupported protocol version" (see edge.broker), so it doubles as the probe.
+            identifier=None,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            timeout=self._connect_timeout_s,
+            keepalive=self._keepalive_s,
+            tls_context=_tls_context() if self.url.tls else None,
+        )
+
+    async def _session(self, sink: Sink) -> None:
+        client = self._new_client()
+        # Thousands of retained messages arrive at once; aiomqtt warns past its threshold.
+        client.pending_calls_threshold = 1_000_000
+        async with contextlib.AsyncExitStack() as stack:
+            async with asyncio.timeout(self._connect_timeout_s * 2 + 1):
+                await stack.enter_async_context(client)
+                await client.subscribe(f"{self.base}/#", qos=1, timeout=self._connect_timeout_s)
+            self._client = client
+            log.info("tui_mqtt_connected", url=self.url.safe(), protocol=self._protocol)
+            sink(Connected(self._protocol))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._read(client), name="tui.mqtt.read")
+                    tg.create_task(self._flush(sink), name="tui.mqtt.flush")
+            except BaseExceptionGroup as group:
+                # The reader's link error ends the session: raise it as itself.
+                raise _first_leaf(group) from group
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self.received += 1
+            topic = message.topic.value
+            payload = message.payload
+            data = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+            if topic == self.reply_topic:
+                self._resolve(data, getattr(message.properties, "CorrelationData", None))
+                continue
+            self._buffer.append((topic, data))
+            self._wake.set()
+        raise aiomqtt.MqttError("message stream ended")
+
+    async def _flush(self, sink: Sink) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._buffer = self._buffer, []
+            if batch:
+                sink(Received(tuple(batch)))
+            await asyncio.sleep(self._flush_interval_s)  # rate limit: one batch per interval
+
+    # ----- requests --------------------------------------------------------------------------
+
+    async def request(self, topic: str, payload: Mapping[str, object]) -> Ack:
+        """Publish `payload` to `topic` (QoS 1) and wait for the matching Ack."""
+        client = self._client
+        if client is None:
+            raise RequestError("disconnected", self.url.safe())
+        corr = uuid.uuid4().hex
+        body = {**payload, "response_topic": self.reply_topic, "correlation_id": corr}
+        properties = None
+        if self._protocol == "5":
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.ResponseTopic = self.reply_topic
+            properties.CorrelationData = corr.encode()
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._pending[corr] = future
+        try:
+            async with asyncio.timeout(self._request_timeout_s):
+                try:
+                    await client.publish(topic, orjson.dumps(body), qos=1, properties=properties)
+                except aiomqtt.MqttError as exc:
+                    raise RequestError("publish_failed", str(exc)) from exc
+                return await future
+        except TimeoutError:
+            raise RequestError("timeout", f"no answer within {self._request_timeout_s:g} s") from None
+        finally:
+            self._pending.pop(corr, None)
+
+    def _resolve(self, data: bytes, correlation: bytes | None) -> None:
+        try:
+            obj = orjson.loads(data)
+            if not isinstance(obj, dict):
+                raise TypeError("not an object")
+            obj.pop("response_topic", None)
+            ack = Ack.model_validate(obj)
+        except (orjson.JSONDecodeError, TypeError, ValidationError):
+            self.bad_replies += 1
+            return
+        key = correlation.decode("utf-8", "replace") if correlation else ack.correlation_id
+        future = self._pending.get(key or "")
+        if future is not None and not future.done():
+            future.set_result(ack)
+
+    def _fail_pending(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RequestError("disconnected", "connection lost before the answer"))
+
+
+def _rc(exc: MqttCodeError) -> int:
+    value = getattr(exc.rc, "value", exc.rc)
+    return value if isinstance(value, int) else -1
+
+
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

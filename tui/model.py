@@ -1,0 +1,313 @@
+"""The dashboard's picture of one site, folded from MQTT messages (pure: no I/O, no clock).
+
+`SiteModel.apply(topic, payload)` takes every message published under `dos/v1/{site}/`
+and updates lamps, controllers, alarms, the lighting plan and the daemon's status. The
+payloads are parsed with the API's own pydantic models (`edge.payloads`); a payload that
+does not parse is counted in `bad_payloads` and otherwise ignored, so nothing a broker
+delivers can crash the dashboard.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edge.payloads import (
+    API_VERSION,
+    AlarmMessage,
+    CommandResultMessage,
+    ControllerState,
+    DaemonStatus,
+    LampState,
+    LampTelemetry,
+    PlanMessage,
+)
+
+PREFIX = f"dos/{API_VERSION}"
+SEVERITIES = ("critical", "major", "minor", "warning")
+MAX_EVENTS = 200
+MAX_RESULTS = 50
+
+
+class Change(enum.StrEnum):
+    """What a message changed, so the app refreshes only the views that show it."""
+
+    LAMP = "lamp"
+    CONTROLLER = "controller"
+    ALARM = "alarm"
+    PLAN = "plan"
+    STATUS = "status"
+    RESULT = "result"
+    IGNORED = "ignored"
+    BAD = "bad"
+
+
+class LampStatus(enum.StrEnum):
+    """A lamp's condition in words (the dashboard never relies on colour alone)."""
+
+    ON = "on"
+    DIMMED = "dimmed"
+    OFF = "off"
+    FAILED = "FAILED"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+
+def lamp_status(state: LampState) -> LampStatus:
+    """Offline beats failed beats the level: what an operator must act on comes first."""
+    if state.online is False:
+        return LampStatus.OFFLINE
+    if state.failures:
+        return LampStatus.FAILED
+    level = state.level_actual if state.level_actual is not None else state.level_cmd
+    if level is None:
+        return LampStatus.UNKNOWN
+    if level <= 0:
+        return LampStatus.OFF
+    if level < 100:
+        return LampStatus.DIMMED
+    return LampStatus.ON
+
+
+def severity_rank(severity: str) -> int:
+    """0 for the most severe; unknown severities sort last."""
+    try:
+        return SEVERITIES.index(severity)
+    except ValueError:
+        return len(SEVERITIES)
+
+
+class PlanGroup(BaseModel):
+    """One planning group's level per slot (`plan.groups[]` of a lighting PlanMessage)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    levels: list[int]
+    energy_kwh: float = 0.0
+
+
+class LightingPlan(BaseModel):
+    """The parts of the lighting plan body the dashboard shows (unknown keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: str = ""
+    reason: str = ""
+    groups: list[PlanGroup] = []
+    energy_kwh: float = 0.0
+    baseline_static_kwh: float = 0.0
+    baseline_dortmund_kwh: float = 0.0
+    slot_starts: list[float] = []
+    on: float | None = None
+    off: float | None = None
+    ts: float = 0.0
+
+    def saving(self, baseline_kwh: float) -> float | None:
+        """Fraction saved against a baseline (None without one)."""
+        if baseline_kwh <= 0:
+            return None
+        return 1.0 - self.energy_kwh / baseline_kwh
+
+
+@dataclass(frozen=True, slots=True)
+class LampRow:
+    """One lamp as the lights table shows it."""
+
+    id: str
+    segment: str
+    group: str
+    level_cmd: float | None
+    level_actual: float | None
+    power_w: float | None
+    hours: float | None
+    status: LampStatus
+    alarms: tuple[str, ...]
+    source: str
+
+    @property
+    def lighting_class(self) -> str:
+        """`M3 std` from the group id `{segment}:{class}:{std,nd,fs}`."""
+        parts = self.group.split(":")
+        return " ".join(parts[1:]) if len(parts) >= 3 else self.group
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineCount:
+    """Devices of one kind by connectivity."""
+
+    online: int = 0
+    offline: int = 0
+    unknown: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.online + self.offline + self.unknown
+
+
+@dataclass(slots=True)
+class SiteModel:
+    """Everything the dashboard knows about one site; see the module docstring."""
+
+    site: str
+    lamps: dict[str, LampState] = field(default_factory=dict)
+    telemetry: dict[str, LampTelemetry] = field(default_factory=dict)
+    controllers: dict[str, ControllerState] = field(default_factory=dict)
+    active_alarms: dict[tuple[str, str], AlarmMessage] = field(default_factory=dict)
+    events: deque[AlarmMessage] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
+    results: deque[CommandResultMessage] = field(default_factory=lambda: deque(maxlen=MAX_RESULTS))
+    plan: LightingPlan | None = None
+    plans: dict[str, PlanMessage] = field(default_factory=dict)
+    daemon: DaemonStatus | None = None
+    messages: int = 0
+    bad_payloads: Counter[str] = field(default_factory=Counter)
+    version: int = 0
+
+    @property
+    def base(self) -> str:
+        """The topic prefix of this site, without the trailing slash."""
+        return f"{PREFIX}/{self.site}"
+
+    # ----- folding messages ------------------------------------------------------------------
+
+    def apply(self, topic: str, payload: bytes) -> Change:
+        """Fold one message into the model; never raises for a bad payload or topic."""
+        self.messages += 1
+        if not topic.startswith(self.base + "/"):
+            return Change.IGNORED
+        parts = topic[len(self.base) + 1 :].split("/")
+        try:
+            change = self._dispatch(parts, payload)
+        except (ValidationError, orjson.JSONDecodeError, ValueError, TypeError):
+            self.bad_payloads[parts[0]] += 1
+            return Change.BAD
+        if change is not Change.IGNORED:
+            self.version += 1
+        return change
+
+    def apply_all(self, messages: Iterable[tuple[str, bytes]]) -> set[Change]:
+        """Fold a batch; returns the kinds of change it made."""
+        return {self.apply(t, p) for t, p in messages}
+
+    @property
+    def bad_total(self) -> int:
+        return sum(self.bad_payloads.values())
+
+    def _dispatch(self, parts: list[str], payload: bytes) -> Change:
+        match parts:
+            case ["status"]:
+                self.daemon = DaemonStatus.model_validate_json(payload)
+                return Change.STATUS
+            case ["lights", lamp_id, "state"]:
+                if not payload:
+                    self.lamps.pop(lamp_id, None)
+                else:
+                    self.lamps[lamp_id] = LampState.model_validate_json(payload)
+                return Change.LAMP
+            case ["lights", lamp_id, "telemetry"]:
+                self.telemetry[lamp_id] = LampTelemetry.model_validate_json(payload)
+                return Change.LAMP
+            case ["controllers", dev_id, "state"]:
+                if not payload:
+                    self.controllers.pop(dev_id, None)
+                else:
+                    self.controllers[dev_id] = ControllerState.model_validate_json(payload)
+                return Change.CONTROLLER
+            case ["alarms", "events"]:
+                alarm = AlarmMessage.model_validate_json(payload)
+                self.events.appendleft(alarm)
+                key = (alarm.device_id, alarm.code)
+                if alarm.active:
+                    self.active_alarms[key] = alarm
+                else:
+                    self.active_alarms.pop(key, None)
+                return Change.ALARM
+            case ["alarms", "active", device_id, code]:
+                if not payload:
+                    self.active_alarms.pop((device_id, code), None)
+                else:
+                    alarm = AlarmMessage.model_validate_json(payload)
+                    if alarm.active:
+                        self.active_alarms[(device_id, code)] = alarm
+                    else:
+                        self.active_alarms.pop((device_id, code), None)
+                return Change.ALARM
+            case ["plans", domain]:
+                msg = PlanMessage.model_validate_json(payload)
+                if domain == "lighting":
+                    self.plan = LightingPlan.model_validate({**msg.plan, "ts": msg.ts})
+                self.plans[domain] = msg
+                return Change.PLAN
+            case ["commands", "results"]:
+                self.results.appendleft(CommandResultMessage.model_validate_json(payload))
+                return Change.RESULT
+        return Change.IGNORED
+
+    # ----- views of the state ----------------------------------------------------------------
+
+    def lamp_rows(self) -> list[LampRow]:
+        """Every lamp with its telemetry, sorted by id."""
+        rows = []
+        for lamp_id in sorted(self.lamps):
+            s = self.lamps[lamp_id]
+            tel = self.telemetry.get(lamp_id)
+            rows.append(
+                LampRow(
+                    id=lamp_id,
+                    segment=s.segment,
+                    group=s.group,
+                    level_cmd=s.level_cmd,
+                    level_actual=s.level_actual,
+                    power_w=s.power_w if s.power_w is not None else (tel.power_w if tel else None),
+                    hours=tel.hours if tel else None,
+                    status=lamp_status(s),
+                    alarms=tuple(s.alarms),
+                    source=s.source,
+                )
+            )
+        return rows
+
+    def lamp_counts(self) -> Counter[LampStatus]:
+        """Lamps by status."""
+        return Counter(lamp_status(s) for s in self.lamps.values())
+
+    def online_counts(self) -> dict[str, OnlineCount]:
+        """Lamps and controllers by connectivity."""
+        out: dict[str, OnlineCount] = {}
+        for kind, states in (("lamps", self.lamps.values()), ("controllers", self.controllers.values())):
+            c = Counter(s.online for s in states)
+            out[kind] = OnlineCount(online=c[True], offline=c[False], unknown=c[None])
+        return out
+
+    def alarm_counts(self) -> Counter[str]:
+        """Open alarms by severity."""
+        return Counter(a.severity for a in self.active_alarms.values())
+
+    def alarms_sorted(self) -> list[AlarmMessage]:
+        """Open alarms, most severe first, then newest first."""
+        return sorted(
+            self.active_alarms.values(), key=lambda a: (severity_rank(a.severity), -a.ts, a.device_id)
+        )
+
+    def segments(self) -> dict[str, list[str]]:
+        """Lamp ids per road segment (from the lamps' own state)."""
+        out: dict[str, list[str]] = {}
+        for lamp_id in sorted(self.lamps):
+            out.setdefault(self.lamps[lamp_id].segment, []).append(lamp_id)
+        return out
+
+    def groups(self) -> dict[str, list[str]]:
+        """Lamp ids per planning group."""
+        out: dict[str, list[str]] = {}
+        for lamp_id in sorted(self.lamps):
+            out.setdefault(self.lamps[lamp_id].group, []).append(lamp_id)
+        return out
+
+    def total_power_w(self) -> float:
+        """Sum of the lamps' reported power."""
+        return sum(s.power_w or 0.0 for s in self.lamps.values())

@@ -1,0 +1,317 @@
+"""Pure text rendering of the model for the dashboard's views (Rich `Text`, no Textual).
+
+Every state has a symbol or a word, and colour only repeats it, so the views read the
+same on a monochrome terminal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime, tzinfo
+
+from rich.text import Text
+
+from edge.payloads import Ack
+from tui.inventory import Position
+from tui.model import SEVERITIES, LampStatus, LightingPlan, SiteModel
+
+SYMBOL: dict[LampStatus, str] = {
+    LampStatus.ON: "●",
+    LampStatus.DIMMED: "◐",
+    LampStatus.OFF: "○",
+    LampStatus.FAILED: "X",
+    LampStatus.OFFLINE: "?",
+    LampStatus.UNKNOWN: "·",
+}
+STYLE: dict[LampStatus, str] = {
+    LampStatus.ON: "bold yellow",
+    LampStatus.DIMMED: "yellow",
+    LampStatus.OFF: "dim",
+    LampStatus.FAILED: "bold red reverse",
+    LampStatus.OFFLINE: "bold magenta",
+    LampStatus.UNKNOWN: "dim",
+}
+# What a map cell shows when several lamps share it: what needs attention first.
+PRIORITY = (
+    LampStatus.FAILED,
+    LampStatus.OFFLINE,
+    LampStatus.ON,
+    LampStatus.DIMMED,
+    LampStatus.OFF,
+    LampStatus.UNKNOWN,
+)
+SEVERITY_STYLE = {"critical": "bold red reverse", "major": "bold red", "minor": "yellow", "warning": "cyan"}
+BLOCKS = "·▁▂▃▄▅▆▇█"
+
+
+def fmt_time(ts: float | None, tz: tzinfo | None, seconds: bool = False) -> str:
+    """Local clock time of an epoch timestamp ('-' for none)."""
+    if ts is None or not math.isfinite(ts):
+        return "-"
+    return datetime.fromtimestamp(ts, tz).strftime("%H:%M:%S" if seconds else "%H:%M")
+
+
+def fmt_num(value: float | None, digits: int = 0) -> str:
+    """A number or '-'."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def legend() -> Text:
+    """The map's symbols in words."""
+    out = Text()
+    for status in PRIORITY:
+        out.append(SYMBOL[status], STYLE[status])
+        out.append(f" {status.value}  ")
+    return out
+
+
+# ----- overview --------------------------------------------------------------------------------
+
+
+def overview(model: SiteModel, tz: tzinfo | None) -> Text:
+    """The site's health in one screen."""
+    out = Text()
+
+    def label(name: str) -> None:
+        out.append(f"{name:<12}", "bold")
+
+    d = model.daemon
+    label("Daemon")
+    if d is None:
+        out.append("no status received yet\n", "italic")
+    else:
+        out.append("ONLINE" if d.online else "OFFLINE (last will)", "bold green" if d.online else "bold red")
+        out.append(f" · {d.site} · version {d.version} · since {fmt_time(d.ts, tz, seconds=True)}\n")
+
+    plan = model.plan
+    label("Last plan")
+    if plan is None:
+        out.append("none received\n", "italic")
+    else:
+        out.append(f"{plan.status or '?'} at {fmt_time(plan.ts, tz)}")
+        out.append(f" · night {fmt_time(plan.on, tz)} to {fmt_time(plan.off, tz)}")
+        out.append(f" · {len(plan.groups)} groups\n")
+        if plan.reason:
+            out.append(f"{'':12}{plan.reason}\n", "italic")
+
+    counts = model.online_counts()
+    label("Devices")
+    first = True
+    for kind, c in counts.items():
+        if not first:
+            out.append(" · ")
+        first = False
+        out.append(f"{kind} {c.online} online, ")
+        out.append(f"{c.offline} offline", "bold red" if c.offline else "")
+        if c.unknown:
+            out.append(f", {c.unknown} unknown")
+    out.append("\n")
+
+    lamps = model.lamp_counts()
+    label("Lamps")
+    for i, status in enumerate(
+        (LampStatus.ON, LampStatus.DIMMED, LampStatus.OFF, LampStatus.FAILED, LampStatus.OFFLINE)
+    ):
+        if i:
+            out.append(" · ")
+        n = lamps[status]
+        out.append(f"{SYMBOL[status]} {status.value} {n}", STYLE[status] if n else "")
+    if lamps[LampStatus.UNKNOWN]:
+        out.append(f" · unknown {lamps[LampStatus.UNKNOWN]}")
+    out.append("\n")
+    label("Power now")
+    out.append(f"{model.total_power_w() / 1000:.1f} kW reported by {len(model.lamps)} lamps\n")
+
+    label("Energy")
+    if plan is None:
+        out.append("tonight: no plan yet\n", "italic")
+    else:
+        out.append(f"tonight {plan.energy_kwh:.1f} kWh planned\n", "bold")
+        for name, base in (
+            ("undimmed", plan.baseline_static_kwh),
+            ("Dortmund", plan.baseline_dortmund_kwh),
+        ):
+            saving = plan.saving(base)
+            pct = "-" if saving is None else f"{-saving * 100:+.0f} %"
+            out.append(f"{'':12}vs {name:<9}{base:8.1f} kWh  ({pct})\n")
+
+    alarms = model.alarm_counts()
+    label("Alarms")
+    total = sum(alarms.values())
+    for i, sev in enumerate(SEVERITIES):
+        if i:
+            out.append(" · ")
+        n = alarms[sev]
+        out.append(f"{sev} {n}", SEVERITY_STYLE[sev] if n else "")
+    others = total - sum(alarms[s] for s in SEVERITIES)
+    if others:
+        out.append(f" · other {others}")
+    out.append(f"   (open: {total})\n")
+
+    label("Messages")
+    out.append(f"{model.messages} received · ")
+    bad = model.bad_total
+    out.append(f"{bad} bad payload{'s' if bad != 1 else ''}", "bold red" if bad else "")
+    if bad:
+        out.append(" (" + ", ".join(f"{k} {v}" for k, v in sorted(model.bad_payloads.items())) + ")")
+    out.append("\n")
+    return out
+
+
+# ----- plan ------------------------------------------------------------------------------------
+
+
+def level_block(level: int) -> str:
+    """One character for a level: '·' off, then eighths up to '█' at 100 %."""
+    if level <= 0:
+        return BLOCKS[0]
+    return BLOCKS[max(1, min(8, math.ceil(level / 12.5)))]
+
+
+def plan_chart(plan: LightingPlan | None, width: int, tz: tzinfo | None) -> Text:
+    """The night's levels per group as rows of block characters, fitted to `width`."""
+    out = Text()
+    if plan is None:
+        out.append("No lighting plan received yet.", "italic")
+        return out
+    n = max((len(g.levels) for g in plan.groups), default=len(plan.slot_starts))
+    out.append("Lighting plan ", "bold")
+    out.append(f"{plan.status or '?'} · made {fmt_time(plan.ts, tz)}")
+    out.append(f" · night {fmt_time(plan.on, tz)} to {fmt_time(plan.off, tz)} · {n} slots\n")
+    if plan.reason:
+        out.append(plan.reason + "\n", "italic")
+    out.append(f"Energy {plan.energy_kwh:.1f} kWh")
+    for name, base in (("undimmed", plan.baseline_static_kwh), ("Dortmund", plan.baseline_dortmund_kwh)):
+        saving = plan.saving(base)
+        if saving is not None:
+            out.append(f" · {name} {base:.1f} kWh ({-saving * 100:+.0f} %)")
+    out.append("\n")
+    out.append("Levels: · off ▁ ≤12 ▂ ≤25 ▃ ≤37 ▄ ≤50 ▅ ≤62 ▆ ≤75 ▇ ≤87 █ 100 %", "dim")
+    out.append("\n")
+    if not plan.groups:
+        out.append("The plan has no groups.", "italic")
+        return out
+    name_w = min(max(len(g.id) for g in plan.groups), 30, max(8, width // 3))
+    kwh_w = 7
+    avail = max(4, width - name_w - kwh_w - 2)
+    per = max(1, math.ceil(n / avail))  # slots per column
+    cols = math.ceil(n / per)
+
+    axis = [" "] * cols
+    last_end = -1
+    for c in range(cols):
+        i = c * per
+        if i >= len(plan.slot_starts):
+            break
+        when = datetime.fromtimestamp(plan.slot_starts[i], tz)
+        prev = datetime.fromtimestamp(plan.slot_starts[i - per], tz) if i >= per else None
+        if (prev is None or prev.hour != when.hour) and c > last_end and c + 2 <= cols:
+            axis[c : c + 2] = list(f"{when.hour:02d}")
+            last_end = c + 2
+    out.append(f"{'group':<{name_w}} ", "bold")
+    out.append("".join(axis), "dim")
+    out.append(f" {'kWh':>{kwh_w - 1}}\n", "bold")
+    for g in plan.groups:
+        name = g.id if len(g.id) <= name_w else "…" + g.id[-(name_w - 1) :]
+        out.append(f"{name:<{name_w}} ")
+        bar = "".join(level_block(max(g.levels[c * per : (c + 1) * per], default=0)) for c in range(cols))
+        out.append(bar, "yellow")
+        out.append(f" {g.energy_kwh:>{kwh_w - 1}.1f}\n")
+    return out
+
+
+# ----- map -------------------------------------------------------------------------------------
+
+
+def _worst(statuses: Sequence[LampStatus]) -> LampStatus:
+    return min(statuses, key=PRIORITY.index)
+
+
+def district_map(
+    statuses: Mapping[str, LampStatus],
+    positions: Mapping[str, Position],
+    width: int,
+    height: int,
+) -> Text:
+    """Lamps at their positions, one character per cell (north up), fitted to the area."""
+    placed = dict(positions)
+    out = Text()
+    if not placed:
+        out.append("The inventory has no lamp positions.", "italic")
+        return out
+    width, height = max(width, 4), max(height, 2)
+    lat0 = min(p.lat for p in placed.values())
+    lat1 = max(p.lat for p in placed.values())
+    lon0 = min(p.lon for p in placed.values())
+    lon1 = max(p.lon for p in placed.values())
+    ky = 111.32  # km per degree of latitude
+    kx = ky * math.cos(math.radians((lat0 + lat1) / 2))
+    w_km, h_km = max((lon1 - lon0) * kx, 1e-6), max((lat1 - lat0) * ky, 1e-6)
+    # A terminal cell is about twice as high as it is wide.
+    cell_km = max(w_km / (width - 1), h_km / (2 * (height - 1)), 1e-9)
+    cols = min(width, int(w_km / cell_km) + 1)
+    rows = min(height, int(h_km / (2 * cell_km)) + 1)
+    grid: dict[tuple[int, int], list[LampStatus]] = {}
+    for lid, p in placed.items():
+        c = round((p.lon - lon0) * kx / cell_km)
+        r = round((lat1 - p.lat) * ky / (2 * cell_km))
+        c, r = min(max(c, 0), cols - 1), min(max(r, 0), rows - 1)
+        grid.setdefault((r, c), []).append(statuses.get(lid, LampStatus.UNKNOWN))
+    for r in range(rows):
+        for c in range(cols):
+            cell = grid.get((r, c))
+            if cell:
+                s = _worst(cell)
+                out.append(SYMBOL[s], STYLE[s])
+            else:
+                out.append(" ")
+        out.append("\n")
+    return out
+
+
+def segment_map(
+    segments: Mapping[str, Sequence[str]], statuses: Mapping[str, LampStatus], width: int
+) -> Text:
+    """Without positions: one line (or more) of lamp symbols per road segment."""
+    out = Text()
+    if not segments:
+        out.append("No lamps received yet.", "italic")
+        return out
+    name_w = min(max(len(s) for s in segments) + 5, max(10, width // 3))
+    avail = max(4, width - name_w - 1)
+    for seg in sorted(segments):
+        lamps = segments[seg]
+        head = f"{seg} ({len(lamps)})"
+        head = head if len(head) <= name_w else head[: name_w - 1] + "…"
+        for start in range(0, len(lamps), avail):
+            out.append(f"{head if start == 0 else '':<{name_w}} ", "bold" if start == 0 else "")
+            for lid in lamps[start : start + avail]:
+                s = statuses.get(lid, LampStatus.UNKNOWN)
+                out.append(SYMBOL[s], STYLE[s])
+            out.append("\n")
+    return out
+
+
+# ----- commands --------------------------------------------------------------------------------
+
+
+def ack_text(ack: Ack) -> Text:
+    """An ack in one line, word first (OK / REFUSED / FAILED / PARTIAL)."""
+    word = {
+        "confirmed": "OK",
+        "accepted": "OK",
+        "clamped": "OK (clamped)",
+        "partial": "PARTIAL",
+        "refused": "REFUSED",
+        "failed": "FAILED",
+    }[ack.status]
+    out = Text()
+    out.append(f" {word} ", "bold reverse" if ack.ok else "bold red reverse")
+    out.append(f" {ack.status}")
+    if ack.counts:
+        out.append(" · " + ", ".join(f"{k} {v}" for k, v in sorted(ack.counts.items())))
+    if ack.reason:
+        out.append(" · reason: ")
+        out.append(ack.reason, "bold")
+    return out

@@ -1,0 +1,231 @@
+"""Modal screens: help, the override form, and the confirmation every command passes through."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
+
+from edge.payloads import MAX_DURATION_S
+
+Scope = Literal["lights", "segments", "groups"]
+SCOPE_WORD: dict[Scope, str] = {"lights": "lamp", "segments": "segment", "groups": "group"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a lighting command addresses: one lamp, a road segment or a planning group."""
+
+    scope: Scope
+    name: str
+    lamps: int = 1
+
+    def describe(self) -> str:
+        word = SCOPE_WORD[self.scope]
+        if self.scope == "lights":
+            return f"{word} {self.name}"
+        return f"{word} {self.name} ({self.lamps} lamp{'s' if self.lamps != 1 else ''})"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """What the operator filled in: set a level (for a while) or resume the schedule."""
+
+    target: Target
+    action: Literal["set_level", "resume_schedule"]
+    level: float | None = None
+    duration_s: float | None = None
+
+
+HELP = """\
+[b]Keys[/b]
+
+  1  Overview      site health, energy against the baselines, alarms
+  2  Lights        table of lamps: filter as you type, sort by column
+  3  Map           the district (inventory positions) or lamps by segment
+  4  Plan          tonight's dimming plan per group
+  5  Alarms        open alarms, most severe first, and recent events
+
+  /  filter the table (Enter or Esc: back to the table)
+  s  sort by the next column (click a header: sort by it, again: reverse)
+  o  override: set a lamp, segment or group to a level for a while   [operator]
+  r  resume the schedule for a lamp, segment or group                 [operator]
+  R  re-plan the night's lighting now                                 [operator]
+  ?  this help (also F1)                 q  quit
+
+Every command shows what it will do and asks before it is sent; the
+answer (OK, clamped, REFUSED with the reason) appears on the line above
+the keys. Symbols: ● on  ◐ dimmed  ○ off  X FAILED  ? offline  · unknown
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    """The keys, in one screen."""
+
+    BINDINGS = [
+        Binding("escape,q,question_mark,f1", "dismiss_help", "Close"),
+    ]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll { width: 80; max-width: 100%; height: auto; max-height: 100%;
+        border: round $accent; background: $surface; padding: 0 1; }
+    """
+
+    def __init__(self, role: str) -> None:
+        super().__init__()
+        self._role = role
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(HELP + f"\nYou are signed in as [b]{self._role}[/b]. Esc closes this help.")
+
+    def action_dismiss_help(self) -> None:
+        self.dismiss(None)
+
+
+def parse_level(text: str) -> float:
+    """A level 0..100 from the form; ValueError says what is wrong."""
+    try:
+        level = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise ValueError("level: enter a number from 0 to 100") from None
+    if not math.isfinite(level) or not 0 <= level <= 100:
+        raise ValueError("level: must be from 0 to 100")
+    return level
+
+
+def parse_duration_min(text: str) -> float | None:
+    """Minutes from the form as seconds (None: until resumed); ValueError says what is wrong."""
+    if not text.strip():
+        return None
+    try:
+        minutes = float(text.strip())
+    except ValueError:
+        raise ValueError("duration: enter minutes, or leave empty") from None
+    if not math.isfinite(minutes) or minutes <= 0 or minutes * 60 > MAX_DURATION_S:
+        raise ValueError(f"duration: from 1 to {MAX_DURATION_S // 60} minutes")
+    return minutes * 60
+
+
+class OverrideDialog(ModalScreen[Override | None]):
+    """Choose the target, a level and a duration (or resume the schedule)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    OverrideDialog { align: center middle; }
+    OverrideDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
+        border: round $accent; background: $surface; padding: 0 1; }
+    OverrideDialog RadioSet { width: 100%; height: auto; }
+    OverrideDialog Horizontal { height: auto; }
+    OverrideDialog .field { height: 1; margin-top: 1; }
+    OverrideDialog .field Label { width: 22; }
+    OverrideDialog .field Input { border: none; height: 1; padding: 0; width: 12; }
+    OverrideDialog .field Input:focus { text-style: underline; }
+    OverrideDialog #error { height: auto; color: $error; text-style: bold; }
+    OverrideDialog Button { min-width: 10; margin-right: 1; }
+    OverrideDialog .buttons { margin-top: 1; }
+    """
+
+    def __init__(self, targets: Sequence[Target], *, resume: bool = False) -> None:
+        super().__init__()
+        self._targets = tuple(targets)
+        self._resume = resume
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("[b]Lighting override[/b] (Esc: cancel)")
+            with RadioSet(id="target"):
+                for i, t in enumerate(self._targets):
+                    yield RadioButton(t.describe(), value=i == 0, id=f"scope-{t.scope}")
+            with Horizontal(classes="field"):
+                yield Label("Level 0-100 %:")
+                yield Input(placeholder="e.g. 40", id="level")
+            with Horizontal(classes="field"):
+                yield Label("Duration (minutes):")
+                yield Input(placeholder="empty: until resumed", id="duration")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Set level…", id="set", variant="primary")
+                yield Button("Resume schedule…", id="resume")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        (self.query_one("#resume", Button) if self._resume else self.query_one("#level", Input)).focus()
+
+    @property
+    def target(self) -> Target:
+        index = self.query_one(RadioSet).pressed_index
+        return self._targets[index if index >= 0 else 0]
+
+    def _error(self, text: str) -> None:
+        self.query_one("#error", Static).update(text)
+
+    @on(Input.Submitted, "#level")
+    def _level_done(self) -> None:
+        self.query_one("#duration", Input).focus()
+
+    @on(Input.Submitted, "#duration")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            level = parse_level(self.query_one("#level", Input).value)
+            duration = parse_duration_min(self.query_one("#duration", Input).value)
+        except ValueError as exc:
+            self._error(str(exc))
+            return
+        self.dismiss(Override(self.target, "set_level", level, duration))
+
+    @on(Button.Pressed, "#resume")
+    def _resume_pressed(self) -> None:
+        self.dismiss(Override(self.target, "resume_schedule"))
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ConfirmDialog(ModalScreen[bool]):
+    """Says what a command will do; y sends it, n or Esc does not."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Send"),
+        Binding("n,escape", "answer(False)", "Cancel"),
+    ]
+    DEFAULT_CSS = """
+    ConfirmDialog { align: center middle; }
+    ConfirmDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
+        border: thick $warning; background: $surface; padding: 0 1; }
+    ConfirmDialog #what { height: auto; }
+    ConfirmDialog Horizontal { height: auto; margin-top: 1; }
+    ConfirmDialog Button { margin-right: 1; }
+    """
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self._what = what
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("[b]Confirm command[/b]")
+            yield Static(self._what, id="what", markup=False)
+            with Horizontal():
+                yield Button("Send (y)", id="yes", variant="warning")
+                yield Button("Cancel (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
