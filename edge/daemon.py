@@ -268,7 +268,9 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                             await link.wait_drained(5.0)
                         bus.close()
                         await cancel_and_wait(tasks)
-                        log.info("daemon_stopped", outbox_backlog=outbox.backlog, storage_rows=storage.written)
+                        log.info(
+                            "daemon_stopped", outbox_backlog=outbox.backlog, storage_rows=storage.written
+                        )
 
 
 def _safe_url(url: str) -> str:
