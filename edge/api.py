@@ -41,7 +41,6 @@ from edge.dispatcher import Dispatcher, new_command_id
 from edge.errors import PayloadError
 from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, Priority, StateChanged
 from edge.payloads import (
-    LIGHTING_REQUEST,
     Ack,
     AlarmMessage,
     CommandResultMessage,
@@ -49,6 +48,7 @@ from edge.payloads import (
     DeviceResult,
     LampState,
     LampTelemetry,
+    LightingRequest,
     Motion,
     PlanMessage,
     Replan,
@@ -334,7 +334,7 @@ class MqttApi:
 
     async def _command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
         try:
-            req = LIGHTING_REQUEST.validate_python(raw)
+            req = LightingRequest.model_validate(raw).root
         except ValidationError as exc:
             raise PayloadError("invalid_payload", _errors(exc)) from None
         if isinstance(req, Replan):

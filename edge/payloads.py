@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 API_VERSION = "v1"
 MAX_DURATION_S = 7 * 86400
@@ -46,8 +46,10 @@ class Replan(_Model):
     reason: Annotated[str, Field(max_length=200)] = ""
 
 
-LightingRequest = Annotated[SetLevel | ResumeSchedule | Replan, Field(discriminator="action")]
-LIGHTING_REQUEST: TypeAdapter[SetLevel | ResumeSchedule | Replan] = TypeAdapter(LightingRequest)  # type: ignore[arg-type]
+class LightingRequest(
+    RootModel[Annotated[SetLevel | ResumeSchedule | Replan, Field(discriminator="action")]]
+):
+    """Any lighting request, told apart by its `action`."""
 
 
 class Motion(_Model):
