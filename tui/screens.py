@@ -11,6 +11,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
 
@@ -115,6 +116,15 @@ def parse_duration_min(text: str) -> float | None:
     return minutes * 60
 
 
+class ChoiceButton(RadioButton):
+    """A radio button that reads without colour: `(*)` chosen, `( )` not."""
+
+    @property
+    def _button(self) -> Content:
+        style = self.get_visual_style("toggle--button")
+        return Content.assemble("(", ("*" if self.value else " ", style), ")")
+
+
 class OverrideDialog(ModalScreen[Override | None]):
     """Choose the target, a level and a duration (or resume the schedule)."""
 
@@ -144,7 +154,7 @@ class OverrideDialog(ModalScreen[Override | None]):
             yield Label("[b]Lighting override[/b] (Esc: cancel)")
             with RadioSet(id="target"):
                 for i, t in enumerate(self._targets):
-                    yield RadioButton(t.describe(), value=i == 0, id=f"scope-{t.scope}")
+                    yield ChoiceButton(t.describe(), value=i == 0, id=f"scope-{t.scope}")
             with Horizontal(classes="field"):
                 yield Label("Level 0-100 %:")
                 yield Input(placeholder="e.g. 40", id="level")

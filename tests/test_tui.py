@@ -1,0 +1,708 @@
+"""The operator dashboard: SiteModel folding, rendering, Pilot flows, snapshots, one real-broker test."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import orjson
+import pytest
+from pydantic import BaseModel
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import ContentSwitcher, Footer, Input, Static
+
+from edge.payloads import (
+    Ack,
+    AlarmMessage,
+    CommandResultMessage,
+    ControllerState,
+    DaemonStatus,
+    LampState,
+    LampTelemetry,
+    PlanMessage,
+)
+from tui import render
+from tui.app import DashboardApp, MqttEvent
+from tui.client import (
+    BrokerUrl,
+    Connected,
+    DashboardClient,
+    Disconnected,
+    Received,
+    RequestError,
+    backoff_delay,
+)
+from tui.inventory import load_positions
+from tui.model import Change, LampStatus, SiteModel, lamp_status
+from tui.screens import ConfirmDialog, HelpScreen, OverrideDialog, parse_duration_min, parse_level
+from tui.widgets import Banner, FilterTable, matches
+
+# ----- a recorded site ---------------------------------------------------------------------------
+
+SITE = "testsite"
+BASE = f"dos/v1/{SITE}"
+T0 = 1_790_028_000.0  # 2026-09-21 22:00 UTC, fixed: snapshots must not depend on the clock
+NIGHT_ON = 1_790_012_700.0  # 17:45 UTC that evening
+SLOTS = 56
+
+
+def dump(model: BaseModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+def lamp(
+    lamp_id: str,
+    segment: str,
+    group: str,
+    level: float | None,
+    *,
+    online: bool | None = True,
+    failures: tuple[str, ...] = (),
+    alarms: tuple[str, ...] = (),
+    cmd: float | None = None,
+) -> tuple[str, bytes]:
+    state = LampState(
+        device_id=lamp_id,
+        online=online,
+        level_cmd=level if cmd is None else cmd,
+        level_actual=level,
+        power_w=None if level is None else round(7 + 63 * level / 100, 1),
+        failures=list(failures),
+        alarms=list(alarms),
+        source="plan",
+        segment=segment,
+        group=group,
+        ts=T0,
+    )
+    return f"{BASE}/lights/{lamp_id}/state", dump(state)
+
+
+LAMPS: list[tuple[str, bytes]] = [
+    lamp("L0001", "hohe-strasse", "hohe-strasse:M3:nd", 100),
+    lamp("L0002", "hohe-strasse", "hohe-strasse:M3:std", 60),
+    lamp("L0003", "hohe-strasse", "hohe-strasse:M3:std", 60),
+    lamp(
+        "L0004",
+        "hohe-strasse",
+        "hohe-strasse:M3:std",
+        0,
+        failures=("lamp_failure",),
+        alarms=("lamp_failure",),
+        cmd=60,
+    ),
+    lamp("L0005", "sonnenstrasse", "sonnenstrasse:P4:std", 40),
+    lamp("L0006", "sonnenstrasse", "sonnenstrasse:P4:std", 40),
+    lamp("L0007", "sonnenstrasse", "sonnenstrasse:P4:std", None, online=False, alarms=("comm_loss",)),
+    lamp("L0008", "sonnenstrasse", "sonnenstrasse:P4:fs", 80),
+    lamp("L0009", "radweg-tremoniapark", "radweg-tremoniapark:P5:std", 0),
+    lamp("L0010", "radweg-tremoniapark", "radweg-tremoniapark:P5:std", 20),
+    lamp("L0011", "radweg-tremoniapark", "radweg-tremoniapark:P5:std", 20),
+    lamp("L0012", "radweg-tremoniapark", "radweg-tremoniapark:P5:std", 100),
+]
+
+GROUP_LEVELS = {
+    "hohe-strasse:M3:nd": [100] * SLOTS,
+    "hohe-strasse:M3:std": [100] * 12 + [80] * 8 + [60] * 20 + [80] * 8 + [100] * 8,
+    "sonnenstrasse:P4:std": [80] * 10 + [60] * 6 + [40] * 28 + [60] * 6 + [80] * 6,
+    "sonnenstrasse:P4:fs": [100] * 16 + [80] * 30 + [100] * 10,
+    "radweg-tremoniapark:P5:std": [60] * 8 + [20] * 40 + [60] * 8,
+}
+
+
+def plan_message() -> tuple[str, bytes]:
+    groups = [
+        {"id": gid, "levels": levels, "energy_kwh": round(sum(levels) / 100 * 0.07 / 4 * 3, 1)}
+        for gid, levels in GROUP_LEVELS.items()
+    ]
+    body: dict[str, object] = {
+        "status": "optimal",
+        "reason": "",
+        "groups": groups,
+        "energy_kwh": 61.3,
+        "baseline_static_kwh": 98.0,
+        "baseline_dortmund_kwh": 74.5,
+        "solve_seconds": 0.2,
+        "lower_bound_kwh": 61.3,
+        "stats": {"components": 3},
+        "on": NIGHT_ON,
+        "off": NIGHT_ON + SLOTS * 900,
+        "slot_starts": [NIGHT_ON + i * 900 for i in range(SLOTS)],
+    }
+    return f"{BASE}/plans/lighting", dump(PlanMessage(domain="lighting", ts=NIGHT_ON - 600, plan=body))
+
+
+def alarm(
+    device: str, code: str, severity: str, ts: float, detail: str = "", active: bool = True
+) -> AlarmMessage:
+    return AlarmMessage(device_id=device, code=code, severity=severity, active=active, detail=detail, ts=ts)
+
+
+ALARMS = [
+    alarm("L0004", "lamp_failure", "major", T0 - 3600, "no current at 60 %"),
+    alarm("L0007", "comm_loss", "minor", T0 - 1800, "no answer from lc-02"),
+    alarm("lc-02", "controller_offline", "critical", T0 - 1800, "modbus timeout"),
+    alarm("L0008", "power_high", "warning", T0 - 600, "78 W at 80 %"),
+]
+
+
+def recorded() -> list[tuple[str, bytes]]:
+    """Everything a dashboard would receive on connecting to the recorded site."""
+    msgs: list[tuple[str, bytes]] = [
+        (f"{BASE}/status", dump(DaemonStatus(online=True, site=SITE, version="0.1.0", ts=T0 - 7200))),
+        *LAMPS,
+        (
+            f"{BASE}/lights/L0002/telemetry",
+            dump(
+                LampTelemetry(
+                    device_id="L0002",
+                    level_actual=60,
+                    power_w=44.8,
+                    energy_kwh=812.4,
+                    hours=11604.5,
+                    switch_count=3100,
+                    ts=T0,
+                )
+            ),
+        ),
+        (
+            f"{BASE}/controllers/lc-01/state",
+            dump(ControllerState(device_id="lc-01", online=True, failsafe_active=False, ts=T0)),
+        ),
+        (
+            f"{BASE}/controllers/lc-02/state",
+            dump(ControllerState(device_id="lc-02", online=False, alarms=["controller_offline"], ts=T0)),
+        ),
+        plan_message(),
+    ]
+    for a in ALARMS:
+        msgs.append((f"{BASE}/alarms/active/{a.device_id}/{a.code}", dump(a)))
+    msgs.append(
+        (f"{BASE}/alarms/events", dump(alarm("L0003", "power_low", "warning", T0 - 900, active=False)))
+    )
+    msgs.append((f"{BASE}/alarms/events", dump(ALARMS[3])))
+    msgs.append(
+        (
+            f"{BASE}/commands/results",
+            dump(
+                CommandResultMessage(
+                    command_id="c1",
+                    device_id="L0002",
+                    point="level",
+                    requested=60,
+                    applied=60,
+                    outcome="confirmed",
+                    reason="",
+                    source="operator:mqtt",
+                    priority="operator",
+                    ts=T0,
+                )
+            ),
+        )
+    )
+    return msgs
+
+
+INVENTORY_CSV = "id,kind,lat,lon,segment,order\n" + "".join(
+    f"L{i:04d},lamp,{51.5050 + 0.0004 * ((i - 1) % 4)},{7.4600 + 0.0012 * ((i - 1) // 4)},seg,{i}\n"
+    for i in range(1, 13)
+)
+
+
+def recorded_model() -> SiteModel:
+    model = SiteModel(SITE)
+    model.apply_all(recorded())
+    return model
+
+
+def make_app(role: str = "operator", *, inventory: Path | None = None, requester: Any = None) -> DashboardApp:
+    return DashboardApp(
+        "mqtt://127.0.0.1:1",
+        SITE,
+        role,  # type: ignore[arg-type]
+        model=recorded_model(),
+        inventory=load_positions(inventory) if inventory else None,
+        requester=requester,
+        connect=False,
+        tz=UTC,
+    )
+
+
+def ack(status: str, reason: str = "", **counts: int) -> Ack:
+    return Ack(
+        ok=status in ("confirmed", "clamped", "accepted"),
+        status=status,  # type: ignore[arg-type]
+        reason=reason,
+        request_topic=f"{BASE}/cmd/lights/L0002",
+        counts=counts,
+        ts=T0,
+    )
+
+
+class FakeRequester:
+    """The client seam: records requests and answers with a canned Ack (or raises)."""
+
+    def __init__(self, answer: Ack | RequestError) -> None:
+        self.answer = answer
+        self.calls: list[tuple[str, dict[str, object]]] = []
+
+    async def request(self, topic: str, payload: Mapping[str, object]) -> Ack:
+        self.calls.append((topic, dict(payload)))
+        if isinstance(self.answer, RequestError):
+            raise self.answer
+        return self.answer
+
+
+def command_line(app: DashboardApp) -> str:
+    content = app.query_one("#command", Static).render()
+    return content.plain if isinstance(content, Text) else str(content)
+
+
+# ----- SiteModel ---------------------------------------------------------------------------------
+
+
+def test_model_folds_recorded_state() -> None:
+    """Every kind of retained and live message lands in the model's state."""
+    model = recorded_model()
+    assert model.bad_total == 0
+    assert len(model.lamps) == 12
+    assert model.lamp_counts() == {
+        LampStatus.ON: 2,
+        LampStatus.DIMMED: 7,
+        LampStatus.OFF: 1,
+        LampStatus.FAILED: 1,
+        LampStatus.OFFLINE: 1,
+    }
+    counts = model.online_counts()
+    assert (counts["lamps"].online, counts["lamps"].offline) == (11, 1)
+    assert (counts["controllers"].online, counts["controllers"].offline) == (1, 1)
+    assert model.alarm_counts() == {"critical": 1, "major": 1, "minor": 1, "warning": 1}
+    assert [a.severity for a in model.alarms_sorted()] == ["critical", "major", "minor", "warning"]
+    assert model.plan is not None
+    assert model.plan.energy_kwh == 61.3
+    assert model.plan.saving(model.plan.baseline_static_kwh) == pytest.approx(1 - 61.3 / 98.0)
+    assert [g.id for g in model.plan.groups] == list(GROUP_LEVELS)
+    assert model.daemon is not None
+    assert model.daemon.online
+    assert len(model.events) == 2
+    assert len(model.results) == 1
+    row = next(r for r in model.lamp_rows() if r.id == "L0002")
+    assert (row.hours, row.lighting_class) == (11604.5, "M3 std")
+
+
+def test_model_counts_bad_payloads_and_keeps_state() -> None:
+    """Malformed JSON, schema violations and a bad plan body are counted, never raised."""
+    model = recorded_model()
+    before = model.lamps["L0001"]
+    bad = [
+        (f"{BASE}/lights/L0001/state", b"{not json"),
+        (f"{BASE}/lights/L0001/state", b'{"device_id": "L0001"}'),
+        (f"{BASE}/status", b"[]"),
+        (f"{BASE}/alarms/events", b'{"device_id": "x", "code": "y"}'),
+        (f"{BASE}/plans/lighting", dump(PlanMessage(domain="lighting", ts=T0, plan={"groups": [{"id": 3}]}))),
+        (f"{BASE}/lights/L0001/telemetry", b"\xff\xfe"),
+    ]
+    assert model.apply_all(bad) == {Change.BAD}
+    assert model.bad_total == len(bad)
+    assert model.bad_payloads["lights"] == 3
+    assert model.lamps["L0001"] is before
+    assert model.plan is not None
+    assert model.plan.energy_kwh == 61.3
+
+
+def test_model_clears_alarms_and_lamps_on_empty_retained() -> None:
+    """An empty retained payload removes the alarm (or lamp); a cleared event does too."""
+    model = recorded_model()
+    assert model.apply(f"{BASE}/alarms/active/L0004/lamp_failure", b"") is Change.ALARM
+    assert ("L0004", "lamp_failure") not in model.active_alarms
+    cleared = AlarmMessage(device_id="L0008", code="power_high", severity="warning", active=False, ts=T0)
+    model.apply(f"{BASE}/alarms/events", dump(cleared))
+    assert ("L0008", "power_high") not in model.active_alarms
+    assert model.events[0] == cleared
+    model.apply(f"{BASE}/lights/L0012/state", b"")
+    assert "L0012" not in model.lamps
+
+
+def test_model_ignores_other_sites_and_requests() -> None:
+    """Requests, acks and other sites' topics do not change the model."""
+    model = recorded_model()
+    version = model.version
+    for topic in (f"{BASE}/cmd/lights/L0001", f"{BASE}/acks", "dos/v1/elsewhere/status", f"{BASE}/replies/x"):
+        assert model.apply(topic, b'{"action": "set_level"}') is Change.IGNORED
+    assert model.version == version
+    assert model.bad_total == 0
+
+
+def test_model_shows_last_will() -> None:
+    """The broker's last will (online false) marks the daemon offline."""
+    model = recorded_model()
+    model.apply(f"{BASE}/status", dump(DaemonStatus(online=False, site=SITE, version="0.1.0")))
+    assert model.daemon is not None
+    assert not model.daemon.online
+    assert "OFFLINE" in render.overview(model, UTC).plain
+
+
+@pytest.mark.parametrize(
+    ("online", "failures", "level", "expected"),
+    [
+        (False, ["lamp_failure"], 100.0, LampStatus.OFFLINE),
+        (True, ["lamp_failure"], 100.0, LampStatus.FAILED),
+        (True, [], 100.0, LampStatus.ON),
+        (True, [], 30.0, LampStatus.DIMMED),
+        (True, [], 0.0, LampStatus.OFF),
+        (None, [], None, LampStatus.UNKNOWN),
+    ],
+)
+def test_lamp_status_precedence(
+    online: bool | None, failures: list[str], level: float | None, expected: LampStatus
+) -> None:
+    """Offline beats failed beats the level."""
+    state = LampState(
+        device_id="L", online=online, level_actual=level, failures=failures, segment="s", group="g", ts=T0
+    )
+    assert lamp_status(state) is expected
+
+
+# ----- rendering and small pieces ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [30, 80, 160])
+def test_plan_chart_fits_width(width: int) -> None:
+    """The plan chart never draws wider than its view, whatever the slot count."""
+    text = render.plan_chart(recorded_model().plan, width, UTC)
+    assert max(len(line) for line in text.plain.splitlines()[3:]) <= width
+
+
+@pytest.mark.parametrize(("width", "height"), [(20, 5), (80, 20), (160, 46)])
+def test_district_map_fits_area(tmp_path: Path, width: int, height: int) -> None:
+    """The map of inventory positions fits its area and shows a failed lamp as X."""
+    path = tmp_path / "inv.csv"
+    path.write_text(INVENTORY_CSV)
+    statuses = {r.id: r.status for r in recorded_model().lamp_rows()}
+    text = render.district_map(statuses, load_positions(path).positions, width, height).plain
+    lines = text.splitlines()
+    assert len(lines) <= height
+    assert max(len(line) for line in lines) <= width
+    assert "X" in text
+    assert "?" in text
+
+
+def test_level_blocks_and_form_parsing() -> None:
+    """Levels map to eighth blocks; the form refuses levels and durations out of range."""
+    assert [render.level_block(v) for v in (0, 1, 50, 100)] == ["·", "▁", "▄", "█"]
+    assert parse_level("40 %") == 40.0
+    assert parse_duration_min("") is None
+    assert parse_duration_min("90") == 5400.0
+    for bad in ("-1", "101", "nan", "x"):
+        with pytest.raises(ValueError, match="level"):
+            parse_level(bad)
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration_min("0")
+    assert matches("l0007 sonnenstrasse ? offline", "SONNEN off")
+
+
+def test_client_backoff_and_url() -> None:
+    """Backoff is jittered and capped; broker URLs are checked before anything connects."""
+    import random
+
+    rng = random.Random(1)
+    delays = [backoff_delay(a, 30.0, rng) for a in range(1, 40)]
+    assert all(0 <= d <= 30.0 for d in delays)
+    assert max(delays) > 5
+    url = BrokerUrl.parse("mqtt://op:s%40cret@broker.example:1884")
+    assert (url.host, url.port, url.username, url.password) == ("broker.example", 1884, "op", "s@cret")
+    assert url.safe() == "mqtt://broker.example:1884"
+    with pytest.raises(ValueError, match="mqtt://"):
+        BrokerUrl.parse("http://x")
+
+
+async def test_client_refuses_request_while_disconnected() -> None:
+    """A request without a session fails at once with reason `disconnected`."""
+    client = DashboardClient("mqtt://127.0.0.1:1", SITE)
+    with pytest.raises(RequestError) as info:
+        await client.request(f"{BASE}/cmd/lighting/replan", {"action": "replan"})
+    assert info.value.reason == "disconnected"
+
+
+# ----- Pilot: navigation, filtering, live updates -----------------------------------------------
+
+
+async def test_keys_switch_views_and_help() -> None:
+    """1-5 switch the views, the title marks the current one, ? opens and Esc closes the help."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        switcher = app.query_one(ContentSwitcher)
+        for key, view in zip("23451", ("lights", "map", "plan", "alarms", "overview"), strict=True):
+            await pilot.press(key)
+            assert switcher.current == view
+            assert app.view == view
+            assert f"[{key} " in str(app.query_one("#title", Static).render())
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_lights_table_filters_as_you_type_and_sorts() -> None:
+    """Typing narrows the lamps on every key; s sorts by the next column."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        table = app.query_one("#lights", FilterTable)
+        assert len(table.shown_keys) == 12
+        await pilot.press("slash", *"sonnen")
+        assert table.shown_keys == ["L0005", "L0006", "L0007", "L0008"]
+        await pilot.press(*" off")
+        assert table.shown_keys == ["L0007"]
+        await pilot.press("enter")
+        assert app.focused is table.table
+        table.filter_input.value = "failed"
+        await pilot.pause()
+        assert table.shown_keys == ["L0004"]
+        table.filter_input.value = ""
+        await pilot.pause()
+        for _ in range(7):  # Lamp -> ... -> Status
+            await pilot.press("s")
+        assert table.shown_keys[:2] == ["L0004", "L0007"]  # FAILED, then offline
+        table.sort_by(4)  # actual level, ascending: unknown last
+        assert table.shown_keys[-1] == "L0007"
+
+
+async def test_live_update_changes_cell_and_banner() -> None:
+    """A batch from the worker updates the visible table; disconnects show the banner."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2")
+        newer = LampState(
+            device_id="L0009", online=True, level_cmd=100, level_actual=100, power_w=70,
+            segment="radweg-tremoniapark", group="radweg-tremoniapark:P5:std", ts=T0 + 60,
+        )  # fmt: skip
+        app.post_message(MqttEvent(Received(((f"{BASE}/lights/L0009/state", dump(newer)),))))
+        await pilot.pause()
+        table = app.query_one("#lights", FilterTable).table
+        assert str(table.get_cell("L0009", "4")) == "100"
+        banner = app.query_one(Banner)
+        assert not banner.display or banner.has_class("-hidden")
+        app.post_message(MqttEvent(Disconnected("connection refused", attempt=3, retry_in_s=2.4)))
+        await pilot.pause()
+        assert banner.message.startswith("DISCONNECTED")
+        assert "reconnecting" in banner.message
+        assert not banner.has_class("-hidden")
+        app.post_message(MqttEvent(Connected("5")))
+        await pilot.pause()
+        assert banner.has_class("-hidden")
+        assert app.connected
+
+
+# ----- Pilot: the override flow ------------------------------------------------------------------
+
+
+async def _open_override_for_l0002(pilot: Pilot[int]) -> None:
+    await pilot.press("2", "down", "o")
+    assert isinstance(pilot.app.screen, OverrideDialog)
+
+
+async def test_override_lamp_confirm_then_ack_shown() -> None:
+    """o on a lamp, level and duration, the confirmation says what happens, y sends, the ack shows."""
+    fake = FakeRequester(ack("confirmed", confirmed=1))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open_override_for_l0002(pilot)
+        await pilot.press(*"40", "enter", *"60", "enter")
+        assert isinstance(app.screen, ConfirmDialog)
+        what = str(app.screen.query_one("#what", Static).render())
+        assert "Set lamp L0002 to 40 % for 60 min, then the plan takes over again" in what
+        assert fake.calls == []
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls == [
+            (
+                f"{BASE}/cmd/lights/L0002",
+                {"action": "set_level", "level": 40.0, "duration_s": 3600.0, "reason": "operator dashboard"},
+            )
+        ]
+        assert app.last_ack is not None
+        assert app.last_ack.ok
+        assert "OK" in command_line(app)
+        assert "confirmed 1" in command_line(app)
+
+
+async def test_override_segment_refusal_reason_shown() -> None:
+    """A refused segment override shows REFUSED and the daemon's reason."""
+    reason = "under_lighting_floor: hohe-strasse:M3:nd needs 100 % at night"
+    fake = FakeRequester(ack("refused", reason))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open_override_for_l0002(pilot)
+        await pilot.click("#scope-segments")
+        app.screen.query_one("#level").focus()
+        await pilot.press(*"10", "enter", "enter")  # empty duration: until resumed
+        assert isinstance(app.screen, ConfirmDialog)
+        what = str(app.screen.query_one("#what", Static).render())
+        assert "segment hohe-strasse (4 lamps) to 10 % until you resume" in what
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls[0][0] == f"{BASE}/cmd/segments/hohe-strasse"
+        assert "duration_s" not in fake.calls[0][1]
+        assert "REFUSED" in command_line(app)
+        assert reason in command_line(app)
+
+
+async def test_override_cancel_and_bad_level_send_nothing() -> None:
+    """A bad level stays in the form with its error; n at the confirmation sends nothing."""
+    fake = FakeRequester(ack("confirmed"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open_override_for_l0002(pilot)
+        await pilot.press(*"150", "enter", "enter")
+        assert isinstance(app.screen, OverrideDialog)
+        assert "0 to 100" in str(app.screen.query_one("#error", Static).render())
+        app.screen.query_one("#level", Input).value = "1"
+        app.screen.query_one("#duration", Input).focus()
+        await pilot.press("enter")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("n")
+        await pilot.pause()
+        assert fake.calls == []
+        assert "cancelled" in command_line(app)
+
+
+async def test_resume_and_replan_go_through_confirmation() -> None:
+    """r resumes the schedule of the chosen target, R re-plans; both after y."""
+    fake = FakeRequester(ack("accepted", released=1))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2", "r")
+        assert isinstance(app.screen, OverrideDialog)
+        await pilot.press("enter")  # the Resume button has the focus
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("y")
+        await pilot.press("R")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        assert fake.calls == [
+            (f"{BASE}/cmd/lights/L0001", {"action": "resume_schedule", "reason": "operator dashboard"}),
+            (f"{BASE}/cmd/lighting/replan", {"action": "replan"}),
+        ]
+
+
+async def test_no_answer_is_shown() -> None:
+    """A request that times out says so instead of hanging."""
+    app = make_app(requester=FakeRequester(RequestError("timeout", "no answer within 15 s")))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("R", "y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert "NO ANSWER" in command_line(app)
+        assert "timeout" in command_line(app)
+
+
+async def test_viewer_sees_no_command_actions() -> None:
+    """The viewer role hides override, resume and re-plan and ignores their keys."""
+    fake = FakeRequester(ack("confirmed"))
+    app = make_app("viewer", requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("2", "o", "r", "R")
+        assert not isinstance(app.screen, OverrideDialog | ConfirmDialog)
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert not {"override", "resume", "replan"} & shown
+        assert fake.calls == []
+        assert "viewer" in str(app.query_one("#title", Static).render())
+        assert app.query_one(Footer) is not None
+
+
+# ----- snapshots ---------------------------------------------------------------------------------
+
+VIEW_KEYS = {"overview": "1", "lights": "2", "map": "3", "plan": "4", "alarms": "5"}
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 50)], ids=["80x24", "160x50"])
+@pytest.mark.parametrize("view", [*VIEW_KEYS, "map-inventory", "help", "override", "confirm"])
+def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path: Path) -> None:
+    """Each screen of the recorded site, at the smallest and a comfortable size."""
+    inventory = None
+    if view == "map-inventory":
+        inventory = tmp_path / "inv.csv"
+        inventory.write_text(INVENTORY_CSV)
+    press = {
+        "map-inventory": ["3"],
+        "help": ["question_mark"],
+        "override": ["2", "down", "o"],
+        "confirm": ["2", "down", "o", *"40", "enter", *"60", "enter"],
+    }.get(view, [VIEW_KEYS.get(view, "1")])
+    assert snap_compare(make_app(inventory=inventory), press=press, terminal_size=size)
+
+
+# ----- the real broker ---------------------------------------------------------------------------
+
+
+async def _responder(url: str, site: str, ready: asyncio.Event) -> None:
+    """A stand-in daemon that speaks 3.1.1: answers each request in the JSON, like amqtt setups."""
+    addr = BrokerUrl.parse(url)
+    async with aiomqtt.Client(addr.host, addr.port, protocol=aiomqtt.ProtocolVersion.V311) as client:
+        await client.subscribe(f"dos/v1/{site}/cmd/#", qos=1)
+        ready.set()
+        async for msg in client.messages:
+            req = orjson.loads(bytes(msg.payload))  # type: ignore[arg-type]
+            answer = Ack(
+                ok=False,
+                status="refused",
+                reason="under_lighting_floor: test",
+                request_topic=msg.topic.value,
+                correlation_id=req["correlation_id"],
+                ts=T0,
+            )
+            await client.publish(req["response_topic"], dump(answer), qos=1)
+
+
+async def _publish_retained(url: str, messages: list[tuple[str, bytes]]) -> None:
+    addr = BrokerUrl.parse(url)
+    async with aiomqtt.Client(addr.host, addr.port, protocol=aiomqtt.ProtocolVersion.V311) as client:
+        for topic, payload in messages:
+            await client.publish(topic, payload, qos=1, retain=True)
+
+
+async def test_dashboard_against_real_broker(mqtt_url: str) -> None:
+    """Retained LampState and DaemonStatus reach the model; a request gets its ack back."""
+    site = f"tui-{uuid.uuid4().hex[:10]}"
+    base = f"dos/v1/{site}"
+    state = LampState(
+        device_id="L0042", online=True, level_cmd=60, level_actual=60, power_w=45,
+        segment="seg-a", group="seg-a:M3:std", ts=T0,
+    )  # fmt: skip
+    retained = [
+        (f"{base}/lights/L0042/state", dump(state)),
+        (f"{base}/status", dump(DaemonStatus(online=True, site=site, version="9.9", ts=T0))),
+    ]
+    await _publish_retained(mqtt_url, retained)
+    client = DashboardClient(mqtt_url, site, request_timeout_s=10.0, flush_interval_s=0.02)
+    app = DashboardApp(mqtt_url, site, client=client, tz=UTC)
+    ready = asyncio.Event()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            responder = tg.create_task(_responder(mqtt_url, site, ready), name="test.responder")
+            async with app.run_test(size=(80, 24)) as pilot:
+                async with asyncio.timeout(15):
+                    while "L0042" not in app.model.lamps or app.model.daemon is None or not app.connected:
+                        await pilot.pause(0.02)
+                    await ready.wait()
+                assert app.model.lamps["L0042"].level_actual == 60
+                assert app.model.daemon.version == "9.9"
+                assert client.protocol in ("5", "3.1.1")
+                assert app.query_one(Banner).has_class("-hidden")
+                answer = await client.request(f"{base}/cmd/lights/L0042", {"action": "set_level", "level": 5})
+                assert answer.status == "refused"
+                assert answer.reason.startswith("under_lighting_floor")
+                await pilot.press("2")
+                assert app.query_one("#lights", FilterTable).shown_keys == ["L0042"]
+            responder.cancel()
+    finally:
+        await _publish_retained(mqtt_url, [(t, b"") for t, _ in retained])
