@@ -154,7 +154,15 @@ def _run_daemon(conn: Connection, config: str) -> None:
                         await asyncio.sleep(0.05)
                     await asyncio.sleep(0.5)  # the controller applies the plan on its next tick
                     await d.dispatcher.drain(START_TIMEOUT_S)
-                    await d.link.wait_drained(START_TIMEOUT_S)
+                    # Settled: nothing published for a second and nothing in the outbox. (The
+                    # link's "drained" flag is not enough: the API feeds the retained state of
+                    # 5,000 lamps into the outbox one committed row at a time, for ~15 s.)
+                    last, quiet_since = -1, time.monotonic()
+                    while time.monotonic() - quiet_since < 1.0:
+                        now_pub = d.link.stats["published"]
+                        if now_pub != last or d.link.stats["outbox_backlog"] or d.dispatcher.pending():
+                            last, quiet_since = now_pub, time.monotonic()
+                        await asyncio.sleep(0.1)
             except TimeoutError:
                 conn.send(("error", f"daemon not settled after {START_TIMEOUT_S} s: {stats(d)}"))
                 return
@@ -255,6 +263,13 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port or 1883)
 
 
+def _nodelay(client: Any) -> None:
+    """TCP_NODELAY on an aiomqtt client's socket (paho 2.2 leaves Nagle on)."""
+    sock = client._client.socket()  # paho's socket: aiomqtt does not expose it
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 async def _requests(
     url: str,
     v5: bool,
@@ -262,6 +277,9 @@ async def _requests(
     make: Any,
     run_id: str,
     responder: str | None = None,
+    *,
+    nodelay_requester: bool = True,
+    nodelay_responder: bool = False,
 ) -> tuple[list[float], list[str], list[tuple[int, float, str]]]:
     """Send `n` sequential requests (`make(i) -> (topic, payload dict)`); time publish -> answer.
 
@@ -313,6 +331,8 @@ async def _requests(
         client = await stack.enter_async_context(
             aiomqtt.Client(host, port, identifier=f"bench-{run_id}-req", protocol=proto, timeout=10)
         )
+        if nodelay_requester:
+            _nodelay(client)
         await client.subscribe(reply, qos=1)
         tg = await stack.enter_async_context(asyncio.TaskGroup())
         tasks = [tg.create_task(read(client))]
@@ -320,6 +340,8 @@ async def _requests(
             echo = await stack.enter_async_context(
                 aiomqtt.Client(host, port, identifier=f"bench-{run_id}-echo", protocol=proto, timeout=10)
             )
+            if nodelay_responder:
+                _nodelay(echo)
             tasks.append(tg.create_task(answer(echo)))
             await asyncio.sleep(0.2)  # let the SUBACK land
         try:
@@ -370,7 +392,7 @@ def _daemon_commands(
     return uvloop.run(_requests(url, v5, n, make, run_id))
 
 
-def _mqtt_echo(url: str, v5: bool, n: int, run_id: str) -> list[float]:
+def _mqtt_echo(url: str, v5: bool, n: int, run_id: str, *, nodelay_responder: bool = False) -> list[float]:
     import uvloop
 
     topic = f"bench/{run_id}/echo"
@@ -378,7 +400,9 @@ def _mqtt_echo(url: str, v5: bool, n: int, run_id: str) -> list[float]:
     def make(i: int) -> tuple[str, dict[str, Any]]:
         return topic, {"action": "set_level", "level": LEVELS[i % 2]}
 
-    durations, failures, _ = uvloop.run(_requests(url, v5, n, make, run_id + "e", responder=topic))
+    durations, failures, _ = uvloop.run(
+        _requests(url, v5, n, make, run_id, responder=topic, nodelay_responder=nodelay_responder)
+    )
     if failures:
         raise RuntimeError(f"mqtt echo failed: {failures[:3]}")
     return durations
@@ -512,7 +536,7 @@ def run(quick: bool) -> list[Row]:
     import psutil
 
     n_cmd = 40 if quick else 200
-    window_s = 5.0 if quick else 10.0
+    window_s = 3.0 if quick else 10.0
     run_id = uuid.uuid4().hex[:8]
     site_id = f"bench-{run_id}"
     ctx = mp.get_context("spawn")
@@ -577,7 +601,9 @@ def run(quick: bool) -> list[Row]:
 
             # 3. references, with the daemon still polling the same simulators
             bare = _bare_modbus(endpoints, n_cmd, seed=2)
-            echo = _mqtt_echo(url, v5, n_cmd, run_id)
+            n_echo = n_cmd // 2 if quick else n_cmd
+            echo = _mqtt_echo(url, v5, n_echo, run_id + "e")
+            echo_nd = _mqtt_echo(url, v5, n_echo, run_id + "n", nodelay_responder=True)
             s4 = stats()
             rss_after = dp.memory_info().rss
 
@@ -629,13 +655,16 @@ def run(quick: bool) -> list[Row]:
     name = f"daemon {CONTROLLERS}x{LAMPS} lamps"
     rows: list[Row] = []
     if durations:
-        ref50 = _pct(bare, 0.5) + _pct(echo, 0.5)
-        ref99 = _pct(bare, 0.99) + _pct(echo, 0.99)
+        # the floor: the daemon's own paho socket does not pay the responder-side Nagle
+        # stall the plain echo pays (see the two echo rows), so hold it to the faster echo
+        floor = echo_nd if _pct(echo_nd, 0.5) < _pct(echo, 0.5) else echo
+        ref50 = _pct(bare, 0.5) + _pct(floor, 0.5)
+        ref99 = _pct(bare, 0.99) + _pct(floor, 0.99)
         p50, p99, mx = _pct(durations, 0.5), _pct(durations, 0.99), 1000 * max(durations)
         rows += [
             Row(name, f"cmd round trip p50 ms (n={len(durations)})", f"{p50:.1f}",
-                f"{ref50:.1f} modbus+mqtt", f"{p50 / ref50:.1f}" if ref50 else ""),
-            Row(name, "cmd round trip p99 ms", f"{p99:.1f}", f"{ref99:.1f} modbus+mqtt",
+                f"{ref50:.1f} modbus+echo", f"{p50 / ref50:.1f}" if ref50 else ""),
+            Row(name, "cmd round trip p99 ms", f"{p99:.1f}", f"{ref99:.1f} modbus+echo",
                 f"{p99 / ref99:.1f}" if ref99 else "", f"< {TARGET_P99_MS:.0f}",
                 "ok" if p99 < TARGET_P99_MS and not failures else "MISS"),
             Row(name, "cmd round trip max ms", f"{mx:.1f}", f"{1000 * statistics.mean(durations):.1f} mean"),
@@ -644,6 +673,8 @@ def run(quick: bool) -> list[Row]:
         Row(name, "cmd failures", f"{len(failures)}/{n_cmd}", target="0", verdict="ok" if not failures else "MISS"),
         Row(name, "ref: bare modbus write+read-back p50/p99 ms", f"{_pct(bare, 0.5):.2f}/{_pct(bare, 0.99):.2f}"),
         Row(name, "ref: bare mqtt echo p50/p99 ms", f"{_pct(echo, 0.5):.2f}/{_pct(echo, 0.99):.2f}"),
+        Row(name, "ref: mqtt echo, responder TCP_NODELAY p50/p99 ms",
+            f"{_pct(echo_nd, 0.5):.2f}/{_pct(echo_nd, 0.99):.2f}"),
         Row(name, "daemon RSS MB after polling", f"{rss_daemon / 2**20:.0f}",
             f"{rss_imports / 2**20:.0f} imports only", f"{rss_daemon / rss_imports:.1f}",
             f"< {TARGET_RSS_MB:.0f}", "ok" if rss_daemon / 2**20 < TARGET_RSS_MB else "MISS"),
