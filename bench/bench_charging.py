@@ -1,0 +1,352 @@
+"""Benchmark the charge-load optimizer: a seeded week of ElaadNL arrivals on 680 lamp-post chargers.
+
+The city: 8 cabinets, 5 feeders each, 17 posts per feeder (680 charge points, 11 kW Type 2,
+16 A per phase). Every third feeder is a night-only single-phase lighting circuit (live from
+17:00 to 07:00, 40 A, lamps' load taken first); the others are 24/7 low-voltage connections at
+63 A per phase, cut to 40 A by the grid operator in the 17:00-21:00 peak, lamps' load taken first.
+A cabinet allows 160 A per phase (diversity: less than its feeders' sum). A third of the cars
+charge single-phase.
+
+Sessions come from the ElaadNL public statistics (`../shared/data/elaad/`): arrival time from the
+weekday or weekend arrival distribution; connection time and energy from their quantile tables,
+scaled by the mean for that arrival time over the overall mean (evening arrivals stay long and
+need more). Each post gets at most one car a day, and a car that finds the post busy leaves.
+
+Each day at 17:00 the controller re-plans the next 24 hours (96 slots) for every car connected
+or arriving in that window (one per post: the first), with a day-ahead price curve (cheap at
+night). Rows: solve time, delivered energy against the LP upper bound, against first come first
+served and equal share, the fairness floor, cost, and limit violations (must be 0).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import Row
+from optimizer.charging import (
+    ChargingInstance,
+    ChargingPlan,
+    Session,
+    SupplyNode,
+    baseline_equal_share,
+    baseline_fcfs,
+    check_plan,
+    solve,
+)
+
+SEED = 20240611
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "elaad"
+SLOT_MINUTES = 15
+SLOTS = 96
+CABINETS = 8
+FEEDERS_PER_CABINET = 5
+POSTS_PER_FEEDER = 17
+REPLAN_MINUTE = 17 * 60
+DAILY_ARRIVAL_P = 0.92  # lamp-post chargers in streets without private parking are busy
+SINGLE_PHASE_SHARE = 1 / 3
+LAMP_A = 0.2  # one 40 W lamp per post at 230 V
+TIME_LIMIT_S = 2.0
+TARGET_S = 2.0
+TARGET_GAP = 0.01
+
+
+@dataclass(frozen=True, slots=True)
+class _Stats:
+    """The ElaadNL public curves the simulation draws from."""
+
+    arrival_weekday: list[float]  # weights per 15 minutes
+    arrival_weekend: list[float]
+    hours_q: list[float]  # connection-time quantiles (hours), 101 points, longest first
+    kwh_q: list[float]
+    mean_hours: dict[int, float]  # by arrival half hour (minute of day)
+    mean_kwh: dict[int, float]
+
+
+def _rows(name: str) -> list[list[str]]:
+    with (DATA / name).open(encoding="utf-8-sig", newline="") as f:
+        return list(csv.reader(f))
+
+
+def _minute(hhmm: str) -> int:
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+def load_stats() -> _Stats:
+    """Read the public columns of the ElaadNL CSVs; raises OSError if they are missing."""
+
+    def column(name: str, col: str) -> list[float]:
+        rows = _rows(name)
+        k = rows[0].index(col)
+        return [float(r[k]) for r in rows[1:]]
+
+    def by_minute(name: str) -> dict[int, float]:
+        rows = _rows(name)
+        k = rows[0].index("public")
+        return {_minute(r[0]): float(r[k]) for r in rows[1:] if len(r) > k and r[k]}
+
+    return _Stats(
+        arrival_weekday=column("distribution-of-arrival.csv", "public"),
+        arrival_weekend=column("distribution-of-arrival-weekend.csv", "public"),
+        hours_q=column("distribution-of-connection-time.csv", "public"),
+        kwh_q=column("distribution-of-energy-demand.csv", "public"),
+        mean_hours=by_minute("mean-session-length-per.csv"),
+        mean_kwh=by_minute("mean-demand-per-arrival.csv"),
+    )
+
+
+def _quantile(q: list[float], rng: random.Random) -> float:
+    """Draw from a 101-point quantile table (row p: the value p % of sessions exceed)."""
+    u = rng.random() * 100
+    k = min(int(u), 99)
+    return q[k] + (q[k + 1] - q[k]) * (u - k)
+
+
+@dataclass(frozen=True, slots=True)
+class _Car:
+    post: int
+    arrive: int  # minute since Monday 00:00
+    leave: int
+    kwh: float
+    phases: int
+
+
+def simulate_week(stats: _Stats, posts: int, days: int, seed: int = SEED) -> list[_Car]:
+    """Seeded ElaadNL sessions over `days` (+1 so the last re-plan sees tomorrow's arrivals)."""
+    rng = random.Random(seed)
+    mean_h = statistics.fmean(stats.mean_hours.values())
+    mean_e = statistics.fmean(stats.mean_kwh.values())
+    cars: list[_Car] = []
+    busy_until = [0] * posts
+    for day in range(days + 1):
+        weights = stats.arrival_weekend if day % 7 >= 5 else stats.arrival_weekday
+        for p in range(posts):
+            if rng.random() > DAILY_ARRIVAL_P:
+                continue
+            slot = rng.choices(range(len(weights)), weights)[0]
+            minute = slot * 15 + rng.randrange(15)
+            arrive = day * 1440 + minute
+            half = minute // 30 * 30
+            hours = _quantile(stats.hours_q, rng) * stats.mean_hours.get(half, mean_h) / mean_h
+            kwh = _quantile(stats.kwh_q, rng) * stats.mean_kwh.get(half, mean_e) / mean_e
+            leave = arrive + max(int(hours * 60), 15)
+            if arrive < busy_until[p]:
+                continue
+            busy_until[p] = leave
+            phases = 1 if rng.random() < SINGLE_PHASE_SHARE else 3
+            cars.append(_Car(p, arrive, leave, min(max(kwh, 0.5), 75.0), phases))
+    return cars
+
+
+def _tree(start_minute: int) -> list[SupplyNode]:
+    """8 cabinets, 40 feeders, 680 posts; limits per slot from `start_minute` (of the day)."""
+    nodes: list[SupplyNode] = []
+    minutes = [(start_minute + SLOT_MINUTES * t) % 1440 for t in range(SLOTS)]
+    night = [m >= 17 * 60 or m < 7 * 60 for m in minutes]
+    peak = [17 * 60 <= m < 21 * 60 for m in minutes]
+    post = 0
+    for c in range(CABINETS):
+        cab = f"cab{c}"
+        nodes.append(SupplyNode(id=cab, parent=None, limit_a=[160.0] * SLOTS))
+        for f in range(FEEDERS_PER_CABINET):
+            fid = f"{cab}.f{f}"
+            lamps = LAMP_A * POSTS_PER_FEEDER
+            if (c * FEEDERS_PER_CABINET + f) % 3 == 0:  # night-only single-phase lighting circuit
+                limit = [40.0 - lamps if n else 0.0 for n in night]
+                nodes.append(SupplyNode(id=fid, parent=cab, limit_a=limit, phases=1))
+            else:
+                limit = [
+                    (40.0 if pk else 63.0) - (lamps if n else 0.0) for pk, n in zip(peak, night, strict=True)
+                ]
+                nodes.append(SupplyNode(id=fid, parent=cab, limit_a=limit))
+            for _ in range(POSTS_PER_FEEDER):
+                nodes.append(SupplyNode(id=f"p{post}", parent=fid, limit_a=[16.0] * SLOTS))
+                post += 1
+    return nodes
+
+
+def _price(start_minute: int, rng: random.Random) -> list[float]:
+    """A day-ahead-like curve in EUR/kWh: evening peak, cheap from midnight to 05:00, noise."""
+    out = []
+    for t in range(SLOTS):
+        h = ((start_minute + SLOT_MINUTES * t) % 1440) / 60
+        base = 0.30 + 0.08 * math.cos((h - 19) / 24 * 2 * math.pi) + (0.06 if 17 <= h < 21 else 0.0)
+        out.append(round(base + rng.uniform(-0.01, 0.01), 4))
+    return out
+
+
+def instance(cars: list[_Car], day: int, max_sessions: int, seed: int = SEED) -> ChargingInstance:
+    """The 17:00 re-plan of `day`: one car per post, connected or arriving in the next 24 h."""
+    t0 = day * 1440 + REPLAN_MINUTE
+    first: dict[int, _Car] = {}
+    for car in sorted(cars, key=lambda c: c.arrive):
+        if car.leave > t0 and car.arrive < t0 + SLOTS * SLOT_MINUTES and car.post not in first:
+            first[car.post] = car
+    chosen = sorted(first.values(), key=lambda c: c.post)[:max_sessions]
+    sessions = []
+    for car in chosen:
+        arrival = max(0, math.ceil((car.arrive - t0) / SLOT_MINUTES))
+        departure = max(arrival, (car.leave - t0) // SLOT_MINUTES)
+        # A car already connected has had some energy since it arrived: at most 11 kW until now.
+        had = max(t0 - car.arrive, 0) / 60 * 11.0 * (0.33 if car.phases == 1 else 1.0)
+        sessions.append(
+            Session(
+                id=f"s{car.post}@{car.arrive}",
+                charger_id=f"cp{car.post}",
+                node=f"p{car.post}",
+                phases=car.phases,
+                max_a=16.0,
+                energy_kwh=round(max(car.kwh - had, 0.5), 3),
+                arrival_slot=arrival,
+                departure_slot=departure,
+            )
+        )
+    return ChargingInstance(
+        slot_minutes=SLOT_MINUTES,
+        n_slots=SLOTS,
+        nodes=_tree(REPLAN_MINUTE),
+        sessions=sessions,
+        price=_price(REPLAN_MINUTE, random.Random(seed + day)),
+        time_limit_s=TIME_LIMIT_S,
+    )
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{100 * a / b:.2f} %" if b else "n/a"
+
+
+def run(quick: bool) -> list[Row]:
+    """Per day's 17:00 re-plan: solve time, energy vs LP bound and baselines, violations."""
+    bench = "charging"
+    try:
+        stats = load_stats()
+    except OSError as exc:
+        return [Row(bench, "ElaadNL data", f"missing: {DATA} ({exc.__class__.__name__})", verdict="SKIP")]
+    days = 1 if quick else 7
+    max_sessions = 100 if quick else CABINETS * FEEDERS_PER_CABINET * POSTS_PER_FEEDER
+    posts = CABINETS * FEEDERS_PER_CABINET * POSTS_PER_FEEDER
+    cars = simulate_week(stats, posts, days)
+    rows: list[Row] = []
+    worst_s = 0.0
+    worst_gap = 0.0
+    violations = 0
+    for day in range(days):
+        inst = instance(cars, day, max_sessions)
+        t = time.perf_counter()
+        plan = solve(inst)
+        wall = time.perf_counter() - t
+        fcfs = baseline_fcfs(inst)
+        equal = baseline_equal_share(inst)
+        bad = [len(check_plan(inst, p)) for p in (plan, fcfs, equal)]
+        violations += sum(bad)
+        gap = 1 - plan.delivered_kwh / plan.upper_bound_kwh if plan.upper_bound_kwh else 1.0
+        worst_s = max(worst_s, wall)
+        worst_gap = max(worst_gap, gap)
+        tag = f"day {day} ({len(inst.sessions)} cars)"
+        rows += _day_rows(bench, tag, inst, plan, fcfs, equal, wall, gap, bad)
+    rows.append(
+        Row(
+            bench,
+            "worst solve time",
+            f"{worst_s:.2f} s",
+            target=f"< {TARGET_S:.0f} s",
+            verdict="OK" if worst_s < TARGET_S else "FAIL",
+        )
+    )
+    rows.append(
+        Row(
+            bench,
+            "worst gap to LP bound",
+            f"{100 * worst_gap:.2f} %",
+            target=f"<= {100 * TARGET_GAP:.0f} %",
+            verdict="OK" if worst_gap <= TARGET_GAP else "FAIL",
+        )
+    )
+    rows.append(
+        Row(
+            bench,
+            "limit violations (plan + baselines)",
+            str(violations),
+            target="0",
+            verdict="OK" if violations == 0 else "FAIL",
+        )
+    )
+    return rows
+
+
+def _day_rows(
+    bench: str,
+    tag: str,
+    inst: ChargingInstance,
+    plan: ChargingPlan,
+    fcfs: ChargingPlan,
+    equal: ChargingPlan,
+    wall: float,
+    gap: float,
+    bad: list[int],
+) -> list[Row]:
+    req = plan.requested_kwh
+    return [
+        Row(
+            bench,
+            f"{tag} solve [{plan.status}]",
+            f"{wall:.2f} s",
+            target=f"< {TARGET_S:.0f} s",
+            verdict="OK" if wall < TARGET_S else "FAIL",
+        ),
+        Row(
+            bench,
+            f"{tag} delivered vs LP bound",
+            f"{plan.delivered_kwh:.0f} kWh",
+            f"{plan.upper_bound_kwh:.0f} kWh",
+            _pct(plan.delivered_kwh, plan.upper_bound_kwh),
+            f">= {100 * (1 - TARGET_GAP):.0f} %",
+            "OK" if gap <= TARGET_GAP else "FAIL",
+        ),
+        Row(
+            bench,
+            f"{tag} delivered vs requested",
+            f"{plan.delivered_kwh:.0f} kWh",
+            f"{req:.0f} kWh",
+            _pct(plan.delivered_kwh, req),
+        ),
+        Row(
+            bench,
+            f"{tag} vs FCFS",
+            f"{plan.delivered_kwh:.0f} kWh",
+            f"{fcfs.delivered_kwh:.0f} kWh",
+            _pct(plan.delivered_kwh, fcfs.delivered_kwh),
+        ),
+        Row(
+            bench,
+            f"{tag} vs equal share",
+            f"{plan.delivered_kwh:.0f} kWh",
+            f"{equal.delivered_kwh:.0f} kWh",
+            _pct(plan.delivered_kwh, equal.delivered_kwh),
+        ),
+        Row(
+            bench,
+            f"{tag} min served fraction (ours/FCFS/equal)",
+            f"{plan.fair_fraction:.2f}",
+            f"{fcfs.fair_fraction:.2f} / {equal.fair_fraction:.2f}",
+        ),
+        Row(
+            bench,
+            f"{tag} cost per kWh (ours/FCFS)",
+            f"{plan.cost / max(plan.delivered_kwh, 1e-9):.3f}",
+            f"{fcfs.cost / max(fcfs.delivered_kwh, 1e-9):.3f}",
+        ),
+        Row(
+            bench,
+            f"{tag} limit violations",
+            str(sum(bad)),
+            target="0",
+            verdict="OK" if sum(bad) == 0 else "FAIL",
+        ),
+    ]
