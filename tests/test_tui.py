@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Mapping
 from datetime import UTC
@@ -12,6 +13,7 @@ from typing import Any
 import aiomqtt
 import orjson
 import pytest
+import structlog
 from pydantic import BaseModel
 from rich.text import Text
 from textual.pilot import Pilot
@@ -27,8 +29,8 @@ from edge.payloads import (
     LampTelemetry,
     PlanMessage,
 )
-from tui import render
-from tui.app import DashboardApp, MqttEvent
+from tui import cli, render
+from tui.app import DashboardApp, MqttEvent, Role
 from tui.client import (
     BrokerUrl,
     Connected,
@@ -220,11 +222,13 @@ def recorded_model() -> SiteModel:
     return model
 
 
-def make_app(role: str = "operator", *, inventory: Path | None = None, requester: Any = None) -> DashboardApp:
+def make_app(
+    role: Role = "operator", *, inventory: Path | None = None, requester: Any = None
+) -> DashboardApp:
     return DashboardApp(
         "mqtt://127.0.0.1:1",
         SITE,
-        role,  # type: ignore[arg-type]
+        role,
         model=recorded_model(),
         inventory=load_positions(inventory) if inventory else None,
         requester=requester,
@@ -236,7 +240,7 @@ def make_app(role: str = "operator", *, inventory: Path | None = None, requester
 def ack(status: str, reason: str = "", **counts: int) -> Ack:
     return Ack(
         ok=status in ("confirmed", "clamped", "accepted"),
-        status=status,  # type: ignore[arg-type]
+        status=status,
         reason=reason,
         request_topic=f"{BASE}/cmd/lights/L0002",
         counts=counts,
@@ -427,6 +431,40 @@ async def test_client_refuses_request_while_disconnected() -> None:
     with pytest.raises(RequestError) as info:
         await client.request(f"{BASE}/cmd/lighting/replan", {"action": "replan"})
     assert info.value.reason == "disconnected"
+
+
+def test_cli_refuses_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad broker URL or inventory exits with 2 and a message, before any screen opens."""
+    assert cli.main(["--site", SITE, "--broker", "http://x"]) == cli.EXIT_USAGE
+    assert cli.main(["--site", SITE, "--inventory", str(tmp_path / "missing.csv")]) == cli.EXIT_USAGE
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,segment\nL1,s\n")
+    assert cli.main(["--site", SITE, "--inventory", str(bad)]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "mqtt://" in err
+    assert "lat, lon" in err
+
+
+def test_logs_go_to_the_file_not_the_screen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The dashboard's logging set-up writes structlog and stdlib records to the log file only."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    path = tmp_path / "tui.log"
+    stream = cli._configure_logging(path, "info")
+    try:
+        structlog.get_logger("tui.test").warning("tui_test_event", lamp="L0001")
+        logging.getLogger("aiomqtt").warning("paho says hello")
+    finally:
+        stream.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        structlog.reset_defaults()
+    text = path.read_text()
+    assert '"event": "tui_test_event"' in text
+    assert "paho says hello" in text
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == ""
 
 
 # ----- Pilot: navigation, filtering, live updates -----------------------------------------------
@@ -651,7 +689,8 @@ async def _responder(url: str, site: str, ready: asyncio.Event) -> None:
         await client.subscribe(f"dos/v1/{site}/cmd/#", qos=1)
         ready.set()
         async for msg in client.messages:
-            req = orjson.loads(bytes(msg.payload))  # type: ignore[arg-type]
+            assert isinstance(msg.payload, bytes)
+            req = orjson.loads(msg.payload)
             answer = Ack(
                 ok=False,
                 status="refused",
@@ -670,6 +709,7 @@ async def _publish_retained(url: str, messages: list[tuple[str, bytes]]) -> None
             await client.publish(topic, payload, qos=1, retain=True)
 
 
+@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_dashboard_against_real_broker(mqtt_url: str) -> None:
     """Retained LampState and DaemonStatus reach the model; a request gets its ack back."""
     site = f"tui-{uuid.uuid4().hex[:10]}"

@@ -223,7 +223,7 @@ class DashboardApp(App[int]):
 
     def _map_renderer(self) -> Callable[[int, int], Text]:
         model, inv = self.model, self.inventory
-        statuses = {r.id: r.status for r in model.lamp_rows()}
+        statuses = model.statuses()
 
         def draw(width: int, height: int) -> Text:
             out = render.legend()

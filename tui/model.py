@@ -272,6 +272,10 @@ class SiteModel:
             )
         return rows
 
+    def statuses(self) -> dict[str, LampStatus]:
+        """Each lamp's status by id."""
+        return {lamp_id: lamp_status(s) for lamp_id, s in self.lamps.items()}
+
     def lamp_counts(self) -> Counter[LampStatus]:
         """Lamps by status."""
         return Counter(lamp_status(s) for s in self.lamps.values())

@@ -224,6 +224,21 @@ def plan_chart(plan: LightingPlan | None, width: int, tz: tzinfo | None) -> Text
 # ----- map -------------------------------------------------------------------------------------
 
 
+def _symbols(out: Text, statuses: Sequence[LampStatus | None]) -> None:
+    """Append one symbol per status (None: blank), one span per run of equal statuses."""
+    i = 0
+    while i < len(statuses):
+        s = statuses[i]
+        j = i + 1
+        while j < len(statuses) and statuses[j] is s:
+            j += 1
+        if s is None:
+            out.append(" " * (j - i))
+        else:
+            out.append(SYMBOL[s] * (j - i), STYLE[s])
+        i = j
+
+
 def _worst(statuses: Sequence[LampStatus]) -> LampStatus:
     return min(statuses, key=PRIORITY.index)
 
@@ -259,13 +274,8 @@ def district_map(
         c, r = min(max(c, 0), cols - 1), min(max(r, 0), rows - 1)
         grid.setdefault((r, c), []).append(statuses.get(lid, LampStatus.UNKNOWN))
     for r in range(rows):
-        for c in range(cols):
-            cell = grid.get((r, c))
-            if cell:
-                s = _worst(cell)
-                out.append(SYMBOL[s], STYLE[s])
-            else:
-                out.append(" ")
+        line = [grid.get((r, c)) for c in range(cols)]
+        _symbols(out, [_worst(cell) if cell else None for cell in line])
         out.append("\n")
     return out
 
@@ -286,9 +296,7 @@ def segment_map(
         head = head if len(head) <= name_w else head[: name_w - 1] + "…"
         for start in range(0, len(lamps), avail):
             out.append(f"{head if start == 0 else '':<{name_w}} ", "bold" if start == 0 else "")
-            for lid in lamps[start : start + avail]:
-                s = statuses.get(lid, LampStatus.UNKNOWN)
-                out.append(SYMBOL[s], STYLE[s])
+            _symbols(out, [statuses.get(lid, LampStatus.UNKNOWN) for lid in lamps[start : start + avail]])
             out.append("\n")
     return out
 

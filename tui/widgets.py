@@ -117,11 +117,10 @@ class FilterTable(Vertical):
         if keys != self._shown:
             self._render_rows(keys)
             return
+        changed = [k for k in keys if (before := old.get(k)) is None or before.cells != self._rows[k].cells]
         table = self.table
-        for key in keys:
-            before, after = old.get(key), self._rows[key]
-            if before is None or before.cells == after.cells:
-                continue
+        for key in changed:
+            before, after = old[key], self._rows[key]
             for i, (a, b) in enumerate(zip(before.cells, after.cells, strict=True)):
                 if a != b:
                     table.update_cell(key, str(i), b)
