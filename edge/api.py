@@ -188,10 +188,12 @@ class MqttApi:
         while True:
             await asyncio.sleep(0.2)
             dirty, self._dirty = self._dirty, set()
-            for dev_id in sorted(dirty):
-                topic, payload = self.state_message(dev_id)
-                if topic:
-                    await pub.publish_reliable(topic, payload, retain=True)
+            messages = [m for m in map(self.state_message, sorted(dirty)) if m[0]]
+            # Appended concurrently, so the outbox commits them as one batch (one disk sync).
+            for i in range(0, len(messages), 500):
+                await asyncio.gather(
+                    *(pub.publish_reliable(t, p, retain=True) for t, p in messages[i : i + 500])
+                )
 
     def state_message(self, dev_id: str) -> tuple[str, bytes]:
         """The retained state topic and payload of a device ('' for an unknown one)."""

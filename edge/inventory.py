@@ -58,6 +58,23 @@ class Lamp:
 
 
 @dataclass(frozen=True, slots=True)
+class Charger:
+    """A charge point in a lamp post, where it hangs in the supply tree and how to reach it."""
+
+    id: str
+    lat: float
+    lon: float
+    segment: str
+    cabinet: str
+    feeder: str
+    post: str
+    server: str
+    url: str
+    max_current_a: float
+    phases: int
+
+
+@dataclass(frozen=True, slots=True)
 class Controller:
     """A lamp controller endpoint and the lamps behind it, by index."""
 
@@ -76,6 +93,26 @@ class Inventory:
     controllers: Mapping[str, Controller] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     segments: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    chargers: Mapping[str, Charger] = field(default_factory=dict)
+    charger_servers: Mapping[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def lamps_on_feeder(self, feeder: str) -> list[Lamp]:
+        return [x for x in self.lamps.values() if x.feeder == feeder]
+
+    def with_chargers(self, chargers: Iterable[Charger]) -> Inventory:
+        """The same inventory plus charge points, indexed by OPC-UA server (url and ids)."""
+        by_id = {c.id: c for c in chargers}
+        servers: dict[str, tuple[str, list[str]]] = {}
+        for c in by_id.values():
+            servers.setdefault(c.server, (c.url, []))[1].append(c.id)
+        return Inventory(
+            lamps=self.lamps,
+            controllers=self.controllers,
+            groups=self.groups,
+            segments=self.segments,
+            chargers=by_id,
+            charger_servers={k: (u, tuple(ids)) for k, (u, ids) in servers.items()},
+        )
 
     @classmethod
     def build(cls, lamps: Iterable[Lamp]) -> Inventory:
@@ -119,6 +156,61 @@ class _Errors:
             raise err
 
 
+class _Row:
+    """Typed access to one inventory row; errors name the column."""
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self.row = row
+
+    def text(self, key: str, default: str | None = None) -> str:
+        v = self.row.get(key)
+        if v is None or str(v).strip() == "":
+            if default is None:
+                raise ValueError(f"{key}: missing")
+            return default
+        return str(v).strip()
+
+    def num(self, key: str, lo: float, hi: float, default: float | None = None) -> float:
+        raw = self.text(key, None if default is None else str(default))
+        try:
+            v = float(raw)
+        except ValueError:
+            raise ValueError(f"{key}: {raw!r} is not a number") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"{key}: {v:g} is outside {lo:g}..{hi:g}")
+        return v
+
+
+def _charger_from(row: Mapping[str, Any], where: str, errors: _Errors) -> Charger | None:
+    r = _Row(row)
+    try:
+        cid = r.text("id")
+        if not _ID.match(cid):
+            raise ValueError(f"id: {cid!r} is not a valid id (letters, digits, _.:-)")
+        url = r.text("url")
+        if not url.startswith("opc.tcp://"):
+            raise ValueError(f"url: {url!r} must start with opc.tcp://")
+        phases = int(r.num("phases", 1, 3, 3))
+        if phases not in (1, 3):
+            raise ValueError(f"phases: {phases} must be 1 or 3")
+        return Charger(
+            id=cid,
+            lat=r.num("lat", -90, 90),
+            lon=r.num("lon", -180, 180),
+            segment=r.text("segment", ""),
+            cabinet=r.text("cabinet"),
+            feeder=r.text("feeder"),
+            post=r.text("post", cid),
+            server=r.text("controller"),
+            url=url,
+            max_current_a=r.num("max_current_a", 6, 63, 16),
+            phases=phases,
+        )
+    except ValueError as exc:
+        errors.add(where, str(exc))
+        return None
+
+
 def _lamp_from(row: Mapping[str, Any], where: str, errors: _Errors) -> Lamp | None:
     def text(key: str, default: str | None = None) -> str:
         v = row.get(key)
@@ -144,7 +236,7 @@ def _lamp_from(row: Mapping[str, Any], where: str, errors: _Errors) -> Lamp | No
             raise ValueError(f"id: {lamp_id!r} is not a valid id (letters, digits, _.:-)")
         kind = text("kind", "lamp")
         if kind != "lamp":
-            raise ValueError(f"kind: {kind!r} is not supported here (expected 'lamp')")
+            raise ValueError(f"kind: {kind!r} is not a known device kind (lamp, charger)")
         cls_name = text("lighting_class").upper()
         if cls_name not in LIGHTING_CLASSES:
             raise ValueError(f"lighting_class: {cls_name!r} is not an EN 13201 class (M1-M6, C0-C5, P1-P6)")
@@ -234,7 +326,17 @@ def load_inventory(path: Path | str) -> Inventory:
     seen: dict[str, str] = {}
     slots: dict[tuple[str, int], str] = {}
     endpoints: dict[str, tuple[str, int, int]] = {}
+    chargers: list[Charger] = []
     for where, row in rows:
+        if str(row.get("kind") or "lamp").strip() == "charger":
+            charger = _charger_from(row, where, errors)
+            if charger is not None:
+                if charger.id in seen:
+                    errors.add(where, f"id: {charger.id!r} already used at {seen[charger.id]}")
+                    continue
+                seen[charger.id] = where
+                chargers.append(charger)
+            continue
         lamp = _lamp_from(row, where, errors)
         if lamp is None:
             continue
@@ -250,7 +352,8 @@ def load_inventory(path: Path | str) -> Inventory:
             continue
         seen[lamp.id] = where
         lamps.append(lamp)
-    if not lamps and not errors.lines:
+    if not lamps and not chargers and not errors.lines:
         errors.add("file", "no devices")
     errors.raise_if_any()
-    return Inventory.build(lamps)
+    inv = Inventory.build(lamps)
+    return inv.with_chargers(chargers) if chargers else inv

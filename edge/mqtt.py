@@ -452,6 +452,7 @@ class MqttLink:
             # the TCP connect it runs in a thread.
             async with asyncio.timeout(self._connect_timeout_s * 2 + 1):
                 await stack.enter_async_context(client)
+            _no_delay(client)
             await self._restore(client)
             self._sessions += 1
             self._set_connected(up=True)
@@ -721,3 +722,11 @@ def _metadata_into_json(payload: bytes, response_topic: str | None, correlation:
     if correlation is not None:
         obj.setdefault("correlation_id", correlation.decode("utf-8", "backslashreplace"))
     return orjson.dumps(obj)
+
+
+def _no_delay(client: aiomqtt.Client) -> None:
+    """Turn off Nagle's algorithm: small MQTT packets otherwise wait ~40 ms for a delayed ACK."""
+    sock = client._client.socket()  # paho exposes the socket only here
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

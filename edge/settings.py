@@ -121,6 +121,55 @@ class LightingSettings(_Section):
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 
+class FeederSettings(_Section):
+    """A low-voltage feeder (or lighting circuit) that charge points hang on."""
+
+    id: str
+    cabinet: str
+    limit_a: Annotated[
+        float, Field(gt=0, le=2000, description="per-phase current limit set by the grid operator")
+    ]
+    phases: Literal[1, 3] = 3
+    live: Literal["always", "night"] = "always"  # lighting circuits live only while the lights are on
+
+
+class CabinetSettings(_Section):
+    """A street cabinet: caps every feeder below it."""
+
+    id: str
+    limit_a: Annotated[float, Field(gt=0, le=5000)]
+
+
+class ChargingSettings(_Section):
+    """Charge points in lamp posts: supply tree, leases, curtailment floor, security."""
+
+    feeders: list[FeederSettings] = Field(default_factory=list)
+    cabinets: list[CabinetSettings] = Field(default_factory=list)
+    min_device_kw: Annotated[float, Field(ge=0, le=22)] = 4.2  # §14a EnWG floor under curtailment
+    lease_s: Annotated[float, Field(gt=0)] = 40.0  # setpoints refreshed this often (below the watchdog)
+    plan_time_limit_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    replan_interval_s: Annotated[float, Field(gt=0)] = 900.0
+    near_limit_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
+    stale_after_s: Annotated[float, Field(gt=0)] = 120.0
+    default_stay_h: Annotated[float, Field(gt=0, le=72)] = 12.0  # evening arrivals stay ~12 h (ElaadNL)
+    allow_no_security: bool = True
+    client_cert: str = ""
+    client_key: str = ""
+    server_cert: str = ""
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+
+    @model_validator(mode="after")
+    def _tree(self) -> ChargingSettings:
+        cabinets = {c.id for c in self.cabinets}
+        ids = [f.id for f in self.feeders]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two feeders with the same id")
+        for f in self.feeders:
+            if cabinets and f.cabinet not in cabinets:
+                raise ValueError(f"feeder {f.id!r} names unknown cabinet {f.cabinet!r}")
+        return self
+
+
 class DispatcherSettings(_Section):
     """Command time-to-live, write timeout and concurrency."""
 
@@ -160,6 +209,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     lighting: LightingSettings = LightingSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()
+    charging: ChargingSettings = ChargingSettings()
     logging: LoggingSettings = LoggingSettings()
     clock: ClockSettings = ClockSettings()
     config_dir: Path = Path()
