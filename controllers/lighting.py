@@ -315,6 +315,9 @@ class LightingController:
         for gid, lamp_ids in self.inv.groups.items():
             level = self.plan.level_at(gid, now)
             for lamp_id in lamp_ids:
+                dev = self._state.get(lamp_id)
+                if dev is None or dev.online is not True:
+                    continue  # not reachable yet: applied once its controller answers
                 if self._applied.get(lamp_id) != level:
                     self._applied[lamp_id] = level
                     self.submit(lamp_id, level, Priority.PLAN, "plan", reason="schedule")
