@@ -466,16 +466,25 @@ def _round(prep: _Prep, target: Sequence[Sequence[float]], order_key: Sequence[f
                 want = min(left[i], c.ub[tt])  # finish now rather than leave a sub-6 A remainder
             asks.append((-backlog[i] / reach[i], order_key[i], i, want))
         asks.sort()
+        # Two passes: first every asking car gets min_a where it fits (so a small LP current is
+        # not crowded out by a neighbour at full power), then the rest of what each asked for.
+        granted: list[tuple[int, float]] = []
         for _, _, i, want in asks:
             c = prep.cars[i]
-            want = min(want, left[i])
-            if want < c.s.min_a:
+            if min(want, left[i]) < c.s.min_a:
                 continue
-            got = _grant(c, t, want, res)
-            if got:
-                out[i][t - c.start] = got
-                backlog[i] -= got
-                left[i] -= got
+            if _grant(c, t, c.s.min_a, res):
+                granted.append((i, want))
+        for i, want in granted:
+            c = prep.cars[i]
+            more = min(want, left[i]) - c.s.min_a
+            room = min(more, res.room(c.path, t) - 1e-9)
+            if room > 0:
+                res.take(c.path, t, room)
+            got = c.s.min_a + max(room, 0.0)
+            out[i][t - c.start] = got
+            backlog[i] -= got
+            left[i] -= got
     _top_up(prep, out, res, left)
     return out
 
@@ -757,7 +766,7 @@ class _LpModel:
 
     def stage_energy(self, z: float) -> None:
         """Stage 2: most energy with z held (a relative hair below its optimum, for float noise)."""
-        self.z.SetBounds(max(z * (1 - 1e-7) - 1e-9, 0.0), 1.0)
+        self.z.SetBounds(max(z * (1 - 1e-9) - 1e-9, 0.0), 1.0)
         self._set_energy_objective()
 
     def stage_cost(self, amps: Sequence[float]) -> None:
@@ -768,7 +777,7 @@ class _LpModel:
         spread = max(price) - min(price)
         early = _EARLY_WEIGHT * (spread if spread > 0 else 1.0)
         for row, a, c in zip(self.energy_rows, amps, prep.cars, strict=True):
-            row.SetLb(min(max(a * (1 - 1e-7) - 1e-9, 0.0), self.reach[c.idx]))
+            row.SetLb(min(max(a * (1 - 1e-9) - 1e-9, 0.0), self.reach[c.idx]))
         obj = self.solver.Objective()
         obj.Clear()
         for c, xs in zip(prep.cars, self.x, strict=True):
@@ -777,6 +786,18 @@ class _LpModel:
                     t = c.start + tt
                     obj.SetCoefficient(v, c.kwh_per_a * (price[t] + early * t / n))
         obj.SetMinimization()
+
+    def fix_pattern(self, currents: Sequence[Sequence[float]]) -> None:
+        """Polish: keep the rounded on/off pattern (on: [min_a, ub], off: 0); no fairness floor;
+        each car keeps at least its rounded energy, so the rounded plan stays feasible."""
+        self.z.SetBounds(0.0, 1.0)
+        for c, xs, cur in zip(self.prep.cars, self.x, currents, strict=True):
+            for v, a, u in zip(xs, cur, c.ub, strict=True):
+                if v is not None:
+                    v.SetBounds(c.s.min_a, u) if a > 0 else v.SetBounds(0.0, 0.0)
+        for row, cur, c in zip(self.energy_rows, currents, self.prep.cars, strict=True):
+            row.SetLb(min(max(math.fsum(cur) * (1 - 1e-9) - 1e-9, 0.0), self.reach[c.idx]))
+        self._set_energy_objective()
 
     def run(self, seconds: float) -> int:
         self.solver.SetTimeLimit(max(int(seconds * 1000), 1))
@@ -839,6 +860,32 @@ def solve(inst: ChargingInstance, *, timer: Callable[[], float] = time.perf_coun
     return plan
 
 
+def _polish(
+    prep: _Prep, model: _LpModel, rounded: list[list[float]], run: Callable[[str], bool]
+) -> list[list[float]]:
+    """Re-optimise the amounts of the rounded plan's on/off pattern: most energy (each car keeping
+    at least its rounded energy), then cheapest. Returns the rounded plan if anything fails."""
+    model.fix_pattern(rounded)
+    if not run("polish energy"):
+        return rounded
+    model.stage_cost(model.car_amps())
+    if not run("polish cost"):
+        return rounded
+    polished = _clamp(prep, model.values(), rounded)
+    probe = _assemble(prep, polished, status="feasible", reason="", solve_seconds=0.0, upper_bound_kwh=0.0)
+    return polished if not check_plan(prep.inst, probe) else rounded
+
+
+def _clamp(prep: _Prep, values: list[list[float]], pattern: list[list[float]]) -> list[list[float]]:
+    """LP values on the pattern, clamped to their bounds (GLOP keeps them within ~1e-9)."""
+    out = []
+    for c, xs, pat in zip(prep.cars, values, pattern, strict=True):
+        out.append(
+            [min(max(x, c.s.min_a), u) if p > 0 else 0.0 for x, p, u in zip(xs, pat, c.ub, strict=True)]
+        )
+    return out
+
+
 def _solve(inst: ChargingInstance, timer: Callable[[], float], t0: float) -> ChargingPlan:
     prep = _prepare(inst)
     if not prep.cars:
@@ -881,6 +928,8 @@ def _solve(inst: ChargingInstance, timer: Callable[[], float], t0: float) -> Cha
         for xs, ys in zip(target, currents, strict=True)
         for a, b in zip(xs, ys, strict=True)
     )
+    if changed and not notes:
+        currents = _polish(prep, model, currents, run)
     if notes:
         status = "feasible"
     elif changed:
