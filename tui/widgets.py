@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.widgets import DataTable, Input, Label, Static
@@ -48,6 +50,8 @@ def matches(row_text: str, query: str) -> bool:
 
 class FilterTable(Vertical):
     """A DataTable with a filter line above it: filters as you type, sorts by column."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "leave_filter", "Table", show=False)]
 
     DEFAULT_CSS = """
     FilterTable { height: 1fr; }
@@ -175,7 +179,8 @@ class FilterTable(Vertical):
         self._render_rows()
 
     @on(Input.Submitted, "#filter")
-    def _filter_done(self) -> None:
+    def action_leave_filter(self) -> None:
+        """Back from the filter line to the table (the filter stays)."""
         self.table.focus()
 
     @on(DataTable.HeaderSelected)
