@@ -289,9 +289,10 @@ def check_plan(inst: ChargingInstance, plan: ChargingPlan) -> list[str]:
     load = [[[0.0] * n for _ in range(3)] for _ in inst.nodes]  # node, phase, slot
     delivered = 0.0
     for s in inst.sessions:
-        sp = planned.get(s.id)
-        if sp is None:
+        got = planned.get(s.id)
+        if got is None:
             continue
+        sp = got
         cur = sp.current_a
         if len(cur) != n:
             out.append(f"session {s.id}: {len(cur)} currents for {n} slots")
@@ -569,7 +570,7 @@ def baseline_equal_share(inst: ChargingInstance) -> ChargingPlan:
     out = [[0.0] * (c.end - c.start) for c in prep.cars]
     left = [c.need_a for c in prep.cars]
     children: list[list[int]] = [[] for _ in inst.nodes]
-    roots = []
+    roots: list[int] = []
     for j, p in enumerate(prep.parent):
         (roots if p < 0 else children[p]).append(j)
     here: list[list[int]] = [[] for _ in inst.nodes]
