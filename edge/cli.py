@@ -53,6 +53,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--broker", default="", help="use this MQTT broker instead of the embedded one")
     demo.add_argument("--database", default="", help="database URL (default: a temporary SQLite file)")
     demo.add_argument("--seed", type=int, default=1)
+    demo.add_argument(
+        "--broker-port", type=int, default=0, help="port of the embedded broker (default: a free one)"
+    )
+    demo.add_argument(
+        "--no-tui", action="store_true", help="print status lines instead of opening the dashboard"
+    )
+
+    tui = sub.add_parser("tui", help="the operator dashboard (a client of the MQTT API)", add_help=False)
+    tui.add_argument("rest", nargs=argparse.REMAINDER)
 
     sim = sub.add_parser("simulate", help="run device simulators")
     sim.add_argument("domain", choices=["lights"])
@@ -70,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tui"]:
+        from tui.cli import main as tui_main  # the dashboard sets up its own logging, off the screen
+
+        return tui_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "check-config":
@@ -77,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "run":
             return _run_async(lambda: _run(args.config))
         if args.cmd == "demo":
+            if not args.headless and not args.no_tui and sys.stdout.isatty():
+                return _demo_with_dashboard(args)
             return _run_async(lambda: _demo(args))
         if args.cmd == "simulate":
             return _run_async(lambda: _simulate(args))
@@ -147,6 +163,40 @@ def _start(settings: Any) -> float:
     return datetime.fromisoformat(settings.clock.start).timestamp() if settings.clock.start else time.time()
 
 
+def _demo_with_dashboard(args: argparse.Namespace) -> int:
+    """The demo in a child process (logs to a file), the dashboard in the foreground."""
+    import subprocess
+    import tempfile
+
+    from edge.broker import free_port
+    from edge.demo import SITE_DIR
+
+    port = args.broker_port or free_port()
+    log_path = Path(tempfile.gettempdir()) / "dos-edge-demo.log"
+    cmd = [sys.executable, "-m", "edge.cli", "demo", "--headless", "--speed", str(args.speed)]
+    cmd += ["--broker-port", str(port), "--seed", str(args.seed)]
+    if args.broker:
+        cmd += ["--broker", args.broker]
+    if args.database:
+        cmd += ["--database", args.database]
+    url = args.broker or f"mqtt://127.0.0.1:{port}"
+    with log_path.open("w") as log_file:
+        child = subprocess.Popen(cmd, stdout=log_file, stderr=log_file)
+        try:
+            from tui.cli import main as tui_main
+
+            return tui_main(
+                ["--broker", url, "--site", "kreuzviertel", "--inventory", str(SITE_DIR / "inventory.csv")]
+            )
+        finally:
+            child.terminate()
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                child.kill()
+            print(f"demo log: {log_path}")
+
+
 async def _demo(args: argparse.Namespace) -> int:
     from edge import logs
     from edge.demo import run_demo
@@ -159,6 +209,8 @@ async def _demo(args: argparse.Namespace) -> int:
         broker_url=args.broker,
         database_url=args.database,
         seed=args.seed,
+        broker_port=args.broker_port,
+        status_lines=not args.headless,
     )
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

@@ -62,11 +62,11 @@ def remap_ports(inv: Inventory) -> Inventory:
 
 
 @contextlib.asynccontextmanager
-async def _broker(url: str) -> AsyncIterator[str]:
+async def _broker(url: str, port: int = 0) -> AsyncIterator[str]:
     if url:
         yield url
         return
-    async with EmbeddedBroker(port=0) as broker:
+    async with EmbeddedBroker(port=port) as broker:
         yield broker.url
 
 
@@ -200,6 +200,8 @@ async def run_demo(
     broker_url: str,
     database_url: str,
     seed: int = 1,
+    broker_port: int = 0,
+    status_lines: bool = True,
 ) -> dict[str, Any]:
     """Run the demo district; return the summary (printed by the CLI when headless)."""
     tmp = Path(tempfile.mkdtemp(prefix="dos-edge-demo-"))
@@ -211,7 +213,7 @@ async def run_demo(
         inv = remap_ports(load_inventory(settings.inventory_path()))
         on, _ = night_window(settings.site, settings.lighting, _now())
         clock = SimClock(start=on - 120.0, speed=speed)
-        async with _broker(broker_url) as url:
+        async with _broker(broker_url, broker_port) as url:
             settings = _with_mqtt(settings, url)
             async with (
                 LightingSimulator(sim_controllers(inv), clock, seed=seed) as sim,
@@ -222,7 +224,7 @@ async def run_demo(
                 scenario = tg.create_task(
                     _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
                 )
-                if not headless:
+                if status_lines and not headless:
                     tg.create_task(_status_lines(d, sim), name="demo.status")
                 try:
                     if seconds is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
 API_VERSION = "v1"
 MAX_DURATION_S = 7 * 86400
@@ -50,6 +50,120 @@ class LightingRequest(
     RootModel[Annotated[SetLevel | ResumeSchedule | Replan, Field(discriminator="action")]]
 ):
     """Any lighting request, told apart by its `action`."""
+
+
+class ChargerPause(_Model):
+    """Pause a charge point (setpoint 0 A) for a duration or until released."""
+
+    action: Literal["pause"]
+    duration_s: Annotated[float | None, Field(gt=0, le=MAX_DURATION_S)] = None
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class ChargerLimit(_Model):
+    """Cap a charge point's current (A per phase); the feeder interlock still applies."""
+
+    action: Literal["limit"]
+    current_a: Annotated[float, Field(allow_inf_nan=False)]
+    duration_s: Annotated[float | None, Field(gt=0, le=MAX_DURATION_S)] = None
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class ChargerRelease(_Model):
+    """Drop the operator's pause or limit: the plan takes over."""
+
+    action: Literal["release"]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class FeederLimitRequest(_Model):
+    """An operator limit on a feeder (A per phase) for a duration."""
+
+    action: Literal["set_limit"]
+    limit_a: Annotated[float, Field(ge=0, le=5000, allow_inf_nan=False)]
+    duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)] = 3600.0
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class ChargingReplan(_Model):
+    action: Literal["replan"]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class ChargingRequest(
+    RootModel[
+        Annotated[
+            ChargerPause | ChargerLimit | ChargerRelease | FeederLimitRequest | ChargingReplan,
+            Field(discriminator="action"),
+        ]
+    ]
+):
+    """Any charging request, told apart by its `action`."""
+
+
+class Curtailment(_Model):
+    """A grid operator's limit on a feeder or cabinet for a time window (§14a EnWG)."""
+
+    action: Literal["curtail"]
+    target: Annotated[str, Field(min_length=1, max_length=64)]
+    limit_kw: Annotated[float | None, Field(ge=0, le=10_000, allow_inf_nan=False)] = None
+    limit_a: Annotated[float | None, Field(ge=0, le=5000, allow_inf_nan=False)] = None
+    start: Annotated[float, Field(ge=0, allow_inf_nan=False, description="epoch seconds")]
+    end: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> Curtailment:
+        if (self.limit_kw is None) == (self.limit_a is None):
+            raise ValueError("give exactly one of limit_kw or limit_a")
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class PriceCurve(_Model):
+    """A price or CO2 curve: flexible energy moves to the cheap or clean slots."""
+
+    action: Literal["price_curve"]
+    kind: Literal["price", "co2"]
+    start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    slot_minutes: Annotated[int, Field(ge=5, le=60)] = 15
+    values: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1, max_length=672)]
+
+
+class UtilitySignal(RootModel[Annotated[Curtailment | PriceCurve, Field(discriminator="action")]]):
+    """Any utility signal, told apart by its `action`."""
+
+
+class ChargerState(_Model):
+    """Retained state of one charge point (`chargers/{id}/state`)."""
+
+    device_id: str
+    online: bool | None
+    status: str | None = None
+    car_connected: bool | None = None
+    current_limit_a: float | None = None
+    power_kw: float | None = None
+    session_id: str | None = None
+    session_energy_kwh: float | None = None
+    energy_needed_kwh: float | None = None
+    departure_ts: float | None = None
+    planned_a: float | None = None
+    feeder: str
+    alarms: list[str] = Field(default_factory=list)
+    source: str = ""
+    ts: float
+
+
+class FeederState(_Model):
+    """Load of one feeder against its limit (`feeders/{id}/state`, retained, refreshed)."""
+
+    feeder: str
+    limit_a: float
+    lighting_a: float
+    setpoints_a: float
+    measured_a: float
+    chargers: int
+    ts: float
 
 
 class Motion(_Model):
@@ -175,6 +289,14 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "daemon_status": DaemonStatus,
     "plan": PlanMessage,
     "motion": Motion,
+    "charger_state": ChargerState,
+    "feeder_state": FeederState,
+    "charger_pause": ChargerPause,
+    "charger_limit": ChargerLimit,
+    "charger_release": ChargerRelease,
+    "feeder_limit": FeederLimitRequest,
+    "curtailment": Curtailment,
+    "price_curve": PriceCurve,
     "set_level": SetLevel,
     "resume_schedule": ResumeSchedule,
     "replan": Replan,
