@@ -31,6 +31,17 @@ CHANNELS: list[tuple[str, str, str, str]] = [
      "Command every lamp of a road segment."),
     ("dos/v1/{site}/cmd/lighting/replan", "replan", "receive", "Re-plan the night now."),
     ("dos/v1/{site}/field/motion/{lamp}", "motion", "receive", "Motion seen at a bike-path lamp."),
+    ("dos/v1/{site}/chargers/{charger}/state", "charger_state", "send",
+     "Retained charge point state: status, car, setpoint, power, session, plan."),
+    ("dos/v1/{site}/feeders/{feeder}/state", "feeder_state", "send",
+     "Feeder load against its limit (lighting, setpoints, measured), every 2 s."),
+    ("dos/v1/{site}/cmd/chargers/{charger}", "charger_pause|charger_limit|charger_release", "receive",
+     "Pause, limit or release a charge point (the feeder interlock still applies)."),
+    ("dos/v1/{site}/cmd/feeders/{feeder}", "feeder_limit", "receive", "An operator limit on a feeder."),
+    ("dos/v1/{site}/cmd/charging/replan", "replan", "receive", "Re-plan the charge load now."),
+    ("dos/v1/{site}/utility/{utility}/limits", "curtailment", "receive",
+     "A grid operator's feeder or cabinet limit for a window (never below 4.2 kW per charging car)."),
+    ("dos/v1/{site}/utility/{utility}/signals", "price_curve", "receive", "A price or CO2 curve."),
 ]  # fmt: skip
 
 
