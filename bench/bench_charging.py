@@ -13,9 +13,11 @@ scaled by the mean for that arrival time over the overall mean (evening arrivals
 need more). Each post gets at most one car a day, and a car that finds the post busy leaves.
 
 Each day at 17:00 the controller re-plans the next 24 hours (96 slots) for every car connected
-or arriving in that window (one per post: the first), with a day-ahead price curve (cheap at
-night). Rows: solve time, delivered energy against the LP upper bound, against first come first
-served and equal share, the fairness floor, cost, and limit violations (must be 0).
+or arriving in that window (480-600 a day: a car already connected is assumed to have had a third
+of its power since it arrived, and a full one is not planned), with a day-ahead price curve
+(cheap at night). A stress re-plan assumes nobody charged before 17:00 (663 cars). Rows: solve
+time, delivered energy against the LP upper bound, against first come first served and equal
+share, the smallest served fraction, cost per kWh, and limit violations (must be 0).
 """
 
 from __future__ import annotations
@@ -189,7 +191,7 @@ def instance(
     see two cars one after the other), at most `max_sessions`, earliest arrivals first."""
     t0 = day * 1440 + REPLAN_MINUTE
     window = [c for c in cars if c.leave > t0 and c.arrive < t0 + SLOTS * SLOT_MINUTES]
-    chosen = sorted(window, key=lambda c: (c.arrive, c.post))[:max_sessions]
+    chosen = sorted(window, key=lambda c: (c.arrive, c.post))
     sessions = []
     for car in chosen:
         arrival = max(0, math.ceil((car.arrive - t0) / SLOT_MINUTES))
@@ -215,7 +217,7 @@ def instance(
         slot_minutes=SLOT_MINUTES,
         n_slots=SLOTS,
         nodes=_tree(REPLAN_MINUTE),
-        sessions=sessions,
+        sessions=sessions[:max_sessions],
         price=_price(REPLAN_MINUTE, random.Random(seed + day)),
         time_limit_s=TIME_LIMIT_S,
     )
