@@ -22,9 +22,11 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import structlog
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.common.subscription import Subscription
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from devices.opcua_profile import ChargePointProfile, OpcUaPoint, default_profile
@@ -46,6 +48,11 @@ def quiet_asyncua(level: int = logging.WARNING) -> None:
     logger = logging.getLogger("asyncua")
     if logger.getEffectiveLevel() < level:
         logger.setLevel(level)
+
+
+def string_node_id(identifier: str, ns: int) -> ua.NodeId:
+    """ns=<ns>;s=<identifier>."""
+    return ua.NodeId(ua.String(identifier), ua.Int16(ns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +216,7 @@ class _Runner:
     def _node_ids(self, ns: int) -> None:
         profile = self.driver.profile
         self.nodes = {
-            (cp, p.name): ua.NodeId(profile.node_id(cp, p.name), ns)
+            (cp, p.name): string_node_id(profile.node_id(cp, p.name), ns)
             for cp in self.ep.charge_points
             for p in profile.points
         }
@@ -288,7 +295,7 @@ class _Runner:
         now_values: dict[str, dict[str, Value]] = {}
         for chunk in _chunks(keys, BATCH):
             dvs = await self._call(
-                "read", client.uaclient.read_attributes([self.nodes[k] for k in chunk], ua.AttributeIds.Value)
+                "read", client.uaclient.read_attributes([self.nodes[k] for k in chunk], AttributeIds.Value)
             )
             for (cp_id, point), dv in zip(chunk, dvs, strict=True):
                 if dv.Value is None or (dv.StatusCode is not None and dv.StatusCode.value):
@@ -304,7 +311,7 @@ class _Runner:
             )
             requests.append(
                 ua.MonitoredItemCreateRequest(
-                    ItemToMonitor=ua.ReadValueId(NodeId=self.nodes[key], AttributeId=ua.AttributeIds.Value),
+                    ItemToMonitor=ua.ReadValueId(NodeId=self.nodes[key], AttributeId=AttributeIds.Value),
                     MonitoringMode=ua.MonitoringMode.Reporting,
                     RequestedParameters=mparams,
                 )
@@ -370,7 +377,7 @@ class _Runner:
                     results = await self._call(
                         "heartbeat",
                         client.uaclient.write_attributes(
-                            [self.nodes[k] for k in chunk], [variant] * len(chunk), ua.AttributeIds.Value
+                            [self.nodes[k] for k in chunk], [variant] * len(chunk), AttributeIds.Value
                         ),
                     )
                     refused = sum(1 for r in results if not r.is_good())
@@ -401,9 +408,9 @@ class _Runner:
         dv = ua.DataValue(ua.Variant(value, getattr(ua.VariantType, pt.type.value)))
         try:
             async with asyncio.timeout(timeout_s):
-                results = await client.uaclient.write_attributes([node], [dv], ua.AttributeIds.Value)
+                results = await client.uaclient.write_attributes([node], [dv], AttributeIds.Value)
                 results[0].check()
-                back = await client.uaclient.read_attributes([node], ua.AttributeIds.Value)
+                back = await client.uaclient.read_attributes([node], AttributeIds.Value)
         except TimeoutError as exc:
             self.lose("write timed out in flight")  # a late answer must not meet the next request
             raise DeviceTimeout(f"no answer within {timeout_s} s", endpoint=eid) from exc

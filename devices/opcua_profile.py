@@ -34,7 +34,8 @@ class VariantKind(StrEnum):
     @property
     def default(self) -> Value:
         """The value a fresh variable holds."""
-        return {"Double": 0.0, "Int32": 0, "Boolean": False, "String": ""}[self.value]
+        defaults: dict[str, Value] = {"Double": 0.0, "Int32": 0, "Boolean": False, "String": ""}
+        return defaults[self.value]
 
     def coerce(self, value: object) -> Value:
         """`value` as this type's Python value; TypeError/ValueError if it cannot be one."""

@@ -34,15 +34,18 @@ from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import structlog
-from asyncua import Server, ua
+from asyncua import ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.common.utils import ServiceError
+from asyncua.server.server import Server
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devices.opcua import OpcUaEndpoint, quiet_asyncua
+from devices.opcua import OpcUaEndpoint, quiet_asyncua, string_node_id
 from devices.opcua_profile import MIN_CHARGE_CURRENT_A, ChargePointProfile, default_profile
 from edge.clock import Clock, SimClock, SystemClock
 from edge.events import Value
@@ -316,6 +319,7 @@ class ChargingSimulator:
     async def _build(self) -> Server:
         quiet_asyncua()
         server = Server()
+        server.disable_clock()  # its 1 s CurrentTime loop would hold every stop() for up to a second
         await server.init()
         server.set_server_name("DOS Edge charging simulator")
         await server.set_application_uri(APPLICATION_URI)
@@ -331,17 +335,17 @@ class ChargingSimulator:
         self._ns = await server.register_namespace(self.profile.namespace)
         ns = self._ns
         folder = await server.nodes.objects.add_folder(
-            ua.NodeId(self.profile.folder, ns), ua.QualifiedName(self.profile.folder, ns)
+            string_node_id(self.profile.folder, ns), ua.QualifiedName(self.profile.folder, ns)
         )
         for cp_id, cp in self._cps.items():
-            obj = await folder.add_object(ua.NodeId(cp_id, ns), ua.QualifiedName(cp_id, ns))
+            obj = await folder.add_object(string_node_id(cp_id, ns), ua.QualifiedName(cp_id, ns))
             nodes: dict[str, ua.NodeId] = {}
             initial = self._values(cp)
             for pt in self.profile.points:
                 sid = self.profile.node_id(cp_id, pt.name)
                 value = initial.get(pt.name, pt.type.default)
                 var = await obj.add_variable(
-                    ua.NodeId(sid, ns),
+                    string_node_id(sid, ns),
                     ua.QualifiedName(pt.name, ns),
                     ua.Variant(value, getattr(ua.VariantType, pt.type.value)),
                 )
@@ -369,7 +373,7 @@ class ChargingSimulator:
 
         async def validate(cert: x509.Certificate, _app: ua.ApplicationDescription) -> None:
             if cert.public_bytes(serialization.Encoding.DER) not in trusted:
-                raise ServiceError(ua.StatusCodes.BadCertificateUntrusted)
+                raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
         return validate
 
@@ -391,17 +395,17 @@ class ChargingSimulator:
                 continue
             cp, point = routed
             pt = self.profile.point(point)
-            if wv.AttributeId != ua.AttributeIds.Value or not pt.writable:
-                raise ServiceError(ua.StatusCodes.BadNotWritable)
+            if wv.AttributeId != AttributeIds.Value or not pt.writable:
+                raise ServiceError(StatusCodes.BadNotWritable)
             if "comm_loss" in cp.faults:
-                raise ServiceError(ua.StatusCodes.BadCommunicationError)
+                raise ServiceError(StatusCodes.BadCommunicationError)
             value = wv.Value.Value.Value if wv.Value and wv.Value.Value else None
             try:
                 v = pt.check(value)
             except (TypeError, ValueError):
-                raise ServiceError(ua.StatusCodes.BadOutOfRange) from None
+                raise ServiceError(StatusCodes.BadOutOfRange) from None
             if point == "current_limit_a" and isinstance(v, float) and v > cp.spec.max_current_a:
-                raise ServiceError(ua.StatusCodes.BadOutOfRange)
+                raise ServiceError(StatusCodes.BadOutOfRange)
 
     async def _post_write(self, event: ServerItemCallback, _dispatcher: object) -> None:
         """A setpoint or heartbeat feeds the watchdog; a setpoint acts at once."""
@@ -510,6 +514,8 @@ class ChargingSimulator:
                 car.delivered_kwh += kwh
             cp.session_kwh += kwh
             cp.meter_kwh += kwh
+            if car is not None and car.full:
+                amps = 0.0  # the battery management stops drawing when it is full
         noisy = amps
         if amps > 0 and self.noise_a > 0:
             noisy = max(0.0, amps + self._rng.gauss(0.0, self.noise_a))

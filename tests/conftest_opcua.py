@@ -1,0 +1,170 @@
+"""pytest plugin: a real charging simulator over OPC UA/TCP, a driver on it, certificates.
+
+Register with `pytest_plugins = ["conftest_opcua"]` in tests/conftest.py.
+
+Fixtures:
+- `opcua_no_leaked_tasks`: fails the test if it leaves asyncio tasks running.
+- `charging_clock`: a ManualClock shared by simulator and driver (time moves when told).
+- `opcua_recorder`: collects published events and waits for conditions with a timeout.
+- `opcua_certs`: self-signed server and client certificates (session-wide, in a tmp dir).
+- `charging_sim`: 3 charge points (cp-001..cp-003; cp-003 single-phase), no security.
+- `charging_driver`: an OpcUaChargingDriver on `charging_sim` (NoSecurity allowed), online.
+- `secure_charging_sim`: the same charge points, Basic256Sha256 SignAndEncrypt only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from devices.opcua import ClientSecurity, OpcUaChargingDriver
+from edge.clock import ManualClock
+from edge.events import Availability, Event, Telemetry, Value
+from simulators.charging import ChargingSimulator, ServerSecurity, SimChargePoint, make_test_certificates
+
+CLOCK_START = 1_795_000_000.0  # a fixed epoch so runs are repeatable
+WAIT_S = 5.0
+
+
+async def wait_until(cond: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "") -> None:
+    """Poll `cond` every few ms until true; fail the test after `timeout_s` real seconds.
+
+    Polling, not an Event: the conditions are on simulator state and driver counters,
+    which have no event to wait on, and a test must not add one to the code under test.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not cond():  # noqa: ASYNC110 - see docstring
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout_s} s waiting for {what or cond}")
+
+
+@dataclass
+class OpcUaRecorder:
+    """The driver's `publish`: keeps every event for the test to inspect."""
+
+    events: list[Event] = field(default_factory=list)
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    def telemetry(self, device_id: str) -> list[Telemetry]:
+        """Telemetry events of one charge point, oldest first."""
+        return [e for e in self.events if isinstance(e, Telemetry) and e.device_id == device_id]
+
+    def value(self, device_id: str, point: str) -> Value | None:
+        """The newest value of a point the driver published, if any."""
+        for e in reversed(self.events):
+            if isinstance(e, Telemetry) and e.device_id == device_id and point in e.values:
+                return e.values[point]
+        return None
+
+    def availability(self, endpoint: str) -> list[bool]:
+        """Availability transitions of an endpoint, oldest first."""
+        return [e.online for e in self.events if isinstance(e, Availability) and e.endpoint == endpoint]
+
+    async def wait(self, cond: Callable[[], bool], what: str = "", timeout_s: float = WAIT_S) -> None:
+        """Wait for `cond` with a timeout (no fixed sleeps)."""
+        await wait_until(cond, timeout_s, what)
+
+
+def sim_charge_points() -> list[SimChargePoint]:
+    """Three posts without random arrivals (tests force cars): two three-phase, one single-phase."""
+    return [
+        SimChargePoint("cp-001", sessions_per_day=0),
+        SimChargePoint("cp-002", sessions_per_day=0, watchdog_s=60.0, failsafe_current_a=6.0),
+        SimChargePoint("cp-003", phases=1, sessions_per_day=0),
+    ]
+
+
+@pytest_asyncio.fixture
+async def opcua_no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail the test if tasks it started are still running after its fixtures are torn down."""
+    before = asyncio.all_tasks()
+    yield
+    current = asyncio.current_task()
+    leaked: set[asyncio.Task[object]] = set()
+    for _ in range(100):  # asyncua finishes closing sessions within a few loop turns
+        leaked = {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
+        if not leaked:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"leaked tasks: {sorted(t.get_name() + ':' + repr(t.get_coro()) for t in leaked)}")
+
+
+@pytest.fixture
+def charging_clock() -> ManualClock:
+    """A clock that moves only when the test advances it."""
+    return ManualClock(CLOCK_START)
+
+
+@pytest.fixture
+def opcua_recorder() -> OpcUaRecorder:
+    """Collects the driver's events."""
+    return OpcUaRecorder()
+
+
+@pytest.fixture(scope="session")
+def opcua_certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, Path]:
+    """(server_cert, server_key, client_cert, client_key), generated once per run."""
+    return make_test_certificates(tmp_path_factory.mktemp("opcua_certs"))
+
+
+@pytest_asyncio.fixture
+async def charging_sim(
+    opcua_no_leaked_tasks: None, charging_clock: ManualClock
+) -> AsyncIterator[ChargingSimulator]:
+    """Three charge points on a free local port, NoSecurity."""
+    async with ChargingSimulator(sim_charge_points(), charging_clock, seed=1) as sim:
+        yield sim
+
+
+def make_driver(
+    sim: ChargingSimulator,
+    clock: ManualClock,
+    recorder: OpcUaRecorder,
+    *,
+    security: ClientSecurity | None = None,
+) -> OpcUaChargingDriver:
+    """A driver with short timeouts and backoff, fast publishing, on `sim`."""
+    return OpcUaChargingDriver(
+        [sim.endpoint()],
+        None,
+        recorder,
+        clock,
+        security=security,
+        allow_no_security=security is None,
+        timeout_s=0.5,
+        backoff_max_s=0.2,
+        backoff_base_s=0.02,
+        publishing_interval_ms=20,
+    )
+
+
+@pytest_asyncio.fixture
+async def charging_driver(
+    charging_sim: ChargingSimulator, charging_clock: ManualClock, opcua_recorder: OpcUaRecorder
+) -> AsyncIterator[OpcUaChargingDriver]:
+    """A driver on `charging_sim`, already online."""
+    async with make_driver(charging_sim, charging_clock, opcua_recorder) as driver:
+        await opcua_recorder.wait(lambda: driver.online(charging_sim.endpoint_id) is True, "driver online")
+        yield driver
+
+
+@pytest_asyncio.fixture
+async def secure_charging_sim(
+    opcua_no_leaked_tasks: None,
+    charging_clock: ManualClock,
+    opcua_certs: tuple[Path, Path, Path, Path],
+) -> AsyncIterator[ChargingSimulator]:
+    """The same charge points, offering Basic256Sha256 SignAndEncrypt only; trusts our client cert."""
+    server_cert, server_key, client_cert, _ = opcua_certs
+    security = ServerSecurity(server_cert, server_key, trusted_client_certs=(client_cert,))
+    async with ChargingSimulator(sim_charge_points(), charging_clock, seed=1, security=security) as sim:
+        yield sim
