@@ -34,18 +34,29 @@ import orjson
 import structlog
 from pydantic import BaseModel, ValidationError
 
+from controllers.charging import POINT as CHARGE_POINT
+from controllers.charging import VOLTS, ChargingController
 from controllers.lighting import LEVEL_POINT, LightingController
 from edge.bus import EventBus
 from edge.clock import Clock
-from edge.dispatcher import Dispatcher, new_command_id
+from edge.dispatcher import AuditRecord, Dispatcher, new_command_id
 from edge.errors import PayloadError
 from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, Priority, StateChanged
 from edge.payloads import (
     Ack,
     AlarmMessage,
+    ChargerLimit,
+    ChargerPause,
+    ChargerRelease,
+    ChargerState,
+    ChargingReplan,
+    ChargingRequest,
     CommandResultMessage,
     ControllerState,
+    Curtailment,
     DeviceResult,
+    FeederLimitRequest,
+    FeederState,
     LampState,
     LampTelemetry,
     LightingRequest,
@@ -54,13 +65,17 @@ from edge.payloads import (
     Replan,
     ResumeSchedule,
     SetLevel,
+    UtilitySignal,
 )
 from edge.state import StateStore
 
 log = structlog.get_logger(__name__)
 
 FAILURE_BITS = ("lamp_failure", "driver_failure", "power_high", "power_low", "comm_loss")
-STATE_KEYS = frozenset({"online", "level_cmd", "level_actual", "alarms", "last_command", *FAILURE_BITS})
+STATE_KEYS = frozenset(
+    {"online", "level_cmd", "level_actual", "alarms", "last_command", *FAILURE_BITS}
+    | {"status", "car_connected", "current_limit_a", "session_id", "energy_needed_kwh"}
+)
 CONTROLLER_KEYS = frozenset({"online", "failsafe_active", "alarms"})
 
 
@@ -117,6 +132,8 @@ class MqttApi:
         command_ttl_s: float = 30.0,
         result_timeout_s: float = 5.0,
         telemetry_interval_s: float = 60.0,
+        charging: ChargingController | None = None,
+        audit: Callable[[AuditRecord], None] | None = None,
     ) -> None:
         self.base = f"{prefix}/{site}"
         self._site = site
@@ -131,6 +148,8 @@ class MqttApi:
         self._result_timeout = result_timeout_s
         self._telemetry_interval = telemetry_interval_s
         self._pub: Publisher | None = None
+        self._charging = charging
+        self._audit = audit
         self._sub = bus.subscribe("api", StateChanged, AlarmEvent, PlanEvent, CommandResult)
         self._dirty: set[str] = set()
         self._slots = asyncio.Semaphore(64)
@@ -142,7 +161,7 @@ class MqttApi:
 
     @property
     def subscriptions(self) -> list[str]:
-        return [f"{self.base}/cmd/#", f"{self.base}/field/motion/+"]
+        return [f"{self.base}/cmd/#", f"{self.base}/field/motion/+", f"{self.base}/utility/+/+"]
 
     def status_topic(self) -> str:
         return f"{self.base}/status"
@@ -157,6 +176,8 @@ class MqttApi:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._flush_loop(pub), name="api.state")
             tg.create_task(self._telemetry_loop(pub), name="api.telemetry")
+            if self._charging is not None:
+                tg.create_task(self._feeder_loop(pub, self._charging), name="api.feeders")
             async for ev in self._sub:
                 await self._publish_event(pub, ev)
 
@@ -218,6 +239,27 @@ class MqttApi:
                 ts=ts,
             )
             return f"{self.base}/lights/{dev_id}/state", dump(msg)
+        charger = self._inv.chargers.get(dev_id)
+        if charger is not None:
+            planned = self._charging.planned_current(dev_id, self._clock.now()) if self._charging else None
+            msg = ChargerState(
+                device_id=dev_id,
+                online=dev.online,
+                status=_str(v.get("status")),
+                car_connected=None if v.get("car_connected") is None else bool(v.get("car_connected")),
+                current_limit_a=_num(v.get("current_limit_a")),
+                power_kw=_num(v.get("power_kw")),
+                session_id=_str(v.get("session_id")),
+                session_energy_kwh=_num(v.get("session_energy_kwh")),
+                energy_needed_kwh=_num(v.get("energy_needed_kwh")),
+                departure_ts=_num(v.get("departure_ts")),
+                planned_a=planned,
+                feeder=charger.feeder,
+                alarms=sorted(dev.alarms),
+                source=dev.last_command,
+                ts=ts,
+            )
+            return f"{self.base}/chargers/{dev_id}/state", dump(msg)
         failsafe = v.get("failsafe_active")
         msg = ControllerState(
             device_id=dev_id,
@@ -227,6 +269,25 @@ class MqttApi:
             ts=ts,
         )
         return f"{self.base}/controllers/{dev_id}/state", dump(msg)
+
+    async def _feeder_loop(self, pub: Publisher, charging: ChargingController) -> None:
+        """Feeder load against limit, refreshed every 2 s (retained, QoS 0)."""
+        s = charging.safety
+        while True:
+            now = self._clock.now()
+            for feeder in s.feeder_ids():
+                chargers = s.chargers_on(feeder)
+                msg = FeederState(
+                    feeder=feeder,
+                    limit_a=s.feeder_limit(feeder, now),
+                    lighting_a=round(s.lighting_a(feeder, now), 2),
+                    setpoints_a=round(s.setpoints_a(feeder), 2),
+                    measured_a=round(sum(charging.measured_a(c) for c in chargers), 2),
+                    chargers=len(chargers),
+                    ts=now,
+                )
+                pub.publish_fast(f"{self.base}/feeders/{feeder}/state", dump(msg), retain=True)
+            await asyncio.sleep(2.0)
 
     async def _telemetry_loop(self, pub: Publisher) -> None:
         while True:
@@ -299,9 +360,14 @@ class MqttApi:
             if parts[0] == "field" and len(parts) == 3 and parts[1] == "motion":
                 self._motion(parts[2], raw)
                 return None
-            if parts[0] != "cmd" or len(parts) != 3:
+            if parts[0] == "utility" and len(parts) == 3 and parts[2] in {"limits", "signals"}:
+                ack = self._utility(parts[1], raw, msg.topic)
+            elif parts[0] != "cmd" or len(parts) != 3:
                 raise PayloadError("unknown_topic", msg.topic)
-            ack = await self._command(parts[1], parts[2], raw, msg)
+            elif parts[1] in {"chargers", "feeders", "charging"}:
+                ack = await self._charging_command(parts[1], parts[2], raw, msg)
+            else:
+                ack = await self._command(parts[1], parts[2], raw, msg)
         except PayloadError as exc:
             self.refused[exc.reason] += 1
             log.warning("api_request_refused", topic=msg.topic, reason=exc.reason, detail=exc.detail[:200])
@@ -359,6 +425,92 @@ class MqttApi:
                 ts=self._clock.now(),
             )
         return await self._set_level(req, targets, source, msg.topic)
+
+    def _need_charging(self) -> ChargingController:
+        if self._charging is None:
+            raise PayloadError("unknown_topic", "this site has no charge points")
+        return self._charging
+
+    async def _charging_command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
+        charging = self._need_charging()
+        try:
+            req = ChargingRequest.model_validate(raw).root
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        now = self._clock.now()
+        source = "operator:" + (dict(msg.user_properties).get("user") or "mqtt")
+        if isinstance(req, ChargingReplan):
+            if (scope, name) != ("charging", "replan"):
+                raise PayloadError("unknown_topic", f"replan goes to {self.base}/cmd/charging/replan")
+            charging.request_replan()
+            return Ack(ok=True, status="accepted", request_topic=msg.topic, ts=now)
+        if isinstance(req, FeederLimitRequest):
+            if scope != "feeders" or name not in charging.safety.feeder_ids():
+                raise PayloadError("unknown_feeder", name)
+            used, note = charging.set_limit(name, req.limit_a, now, now + req.duration_s, source)
+            self._audit_signal(name, used, source, note or req.reason)
+            return Ack(ok=True, status="accepted", reason=note, request_topic=msg.topic, ts=now)
+        if scope != "chargers":
+            raise PayloadError("unknown_topic", f"{req.action} goes to cmd/chargers/{{id}}")
+        if isinstance(req, ChargerRelease):
+            released = self._dispatcher.release(name, CHARGE_POINT, Priority.OPERATOR, source)
+            return Ack(
+                ok=True,
+                status="accepted",
+                counts={"released": int(released)},
+                request_topic=msg.topic,
+                ts=now,
+            )
+        amps = 0.0 if isinstance(req, ChargerPause) else req.current_a
+        assert isinstance(req, ChargerPause | ChargerLimit)
+        cmd = Command(
+            id=new_command_id(),
+            device_id=name,
+            point=CHARGE_POINT,
+            value=amps,
+            priority=Priority.OPERATOR,
+            source=source,
+            issued_at=now,
+            expires_at=now + self._ttl * self._clock.speed,
+            hold_until=None if req.duration_s is None else now + req.duration_s,
+            reason=req.reason or req.action,
+        )
+        result = await self._dispatcher.submit_and_wait(cmd, self._result_timeout)
+        ack = summarize([result], msg.topic, self._clock.now())
+        if result.command.reason.startswith(("feeder_limit", "below_6a")) and ack.ok:
+            ack = ack.model_copy(update={"status": "clamped", "reason": result.command.reason})
+        return ack
+
+    def _utility(self, utility: str, raw: Any, topic: str) -> Ack:
+        charging = self._need_charging()
+        try:
+            sig = UtilitySignal.model_validate(raw).root
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        now = self._clock.now()
+        source = f"utility:{utility}"
+        if isinstance(sig, Curtailment):
+            feeders = {f: f for f in charging.safety.feeder_ids()}
+            cabinets = {c.cabinet for c in self._inv.chargers.values()}
+            if sig.target not in feeders and sig.target not in cabinets:
+                raise PayloadError("unknown_target", sig.target)
+            phases = max((c.phases for c in charging.safety.chargers_on(sig.target)), default=3)
+            limit_a = (
+                sig.limit_a if sig.limit_a is not None else (sig.limit_kw or 0.0) * 1000 / (VOLTS * phases)
+            )
+            used, note = charging.set_limit(sig.target, limit_a, sig.start, sig.end, source)
+            self._audit_signal(sig.target, used, source, note or "curtailment")
+            return Ack(ok=True, status="accepted", reason=note, request_topic=topic, ts=now)
+        charging.set_price(sig.start, sig.slot_minutes, list(sig.values))
+        self._audit_signal(sig.kind, float(len(sig.values)), source, f"{sig.kind} curve")
+        return Ack(ok=True, status="accepted", request_topic=topic, ts=now)
+
+    def _audit_signal(self, target: str, value: float, source: str, reason: str) -> None:
+        if self._audit is None:
+            return
+        now = self._clock.now()
+        cmd = Command(new_command_id(), target, "limit_a", value, Priority.SAFETY, source, now, now)
+        self._audit(AuditRecord(cmd, Outcome.ACCEPTED, value, reason[:500], now))
 
     def _targets(self, scope: str, name: str) -> list[str]:
         if scope == "lights":

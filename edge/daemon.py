@@ -12,12 +12,18 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import orjson
 import structlog
 
+from controllers.charging import POINT as CHARGE_POINT
+from controllers.charging import ChargingController, ChargingSafety, lighting_amps, lights_live
 from controllers.lighting import LightingController, LightingSafety
+from devices.base import Driver
 from devices.modbus import ModbusEndpoint, ModbusLightingDriver
+from devices.opcua import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
 from devices.profile import default_profile
 from edge import __version__
 from edge.alarms import Alarms
@@ -54,6 +60,7 @@ class Daemon:
     api: MqttApi
     link: MqttLink
     driver: ModbusLightingDriver
+    charging: ChargingController | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -68,6 +75,27 @@ def endpoints_of(inv: Inventory) -> list[ModbusEndpoint]:
         )
         for c in inv.controllers.values()
     ]
+
+
+def opcua_driver(
+    settings: Settings, inv: Inventory, publish: Any, clock: Clock
+) -> OpcUaChargingDriver | None:
+    """The OPC UA driver for the site's charge points (None when it has none)."""
+    if not inv.chargers:
+        return None
+    cs = settings.charging
+    security = None
+    if cs.client_cert:
+        security = ClientSecurity(Path(cs.client_cert), Path(cs.client_key), Path(cs.server_cert))
+    return OpcUaChargingDriver(
+        [OpcUaEndpoint(sid, url, ids) for sid, (url, ids) in inv.charger_servers.items()],
+        None,
+        publish,
+        clock,
+        security=security,
+        allow_no_security=cs.allow_no_security,
+        timeout_s=cs.timeout_s,
+    )
 
 
 def _audit_row(rec: AuditRecord) -> CommandAudit:
@@ -168,21 +196,34 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
         )
         ds = settings.dispatcher
         safety = LightingSafety(inventory, site, lc)
+        chargers = opcua_driver(settings, inventory, bus.publish, clock)
+        drivers: list[Driver] = [driver] if chargers is None else [driver, chargers]
+        lighting_ref: list[LightingController] = []
+        charging_safety = ChargingSafety(
+            inventory,
+            settings.charging,
+            clock,
+            lighting_amps_late(inventory, state, lighting_ref, settings.charging.stale_after_s, clock),
+            lambda feeder, t: lights_live(lighting_ref[0] if lighting_ref else None)(feeder, t),  # noqa: PLW0108 - bound late
+        )
         async with (
             Outbox(settings.storage.url, max_rows=mq.outbox_max_rows) as outbox,
             driver,
+            contextlib.AsyncExitStack() as stack,
             Dispatcher(
                 bus=bus,
                 clock=clock,
                 state=state,
-                drivers=[driver],
-                policies={"lamp": safety},
+                drivers=drivers,
+                policies={"lamp": safety, "charger": charging_safety},
                 audit=lambda rec: storage.add(_audit_row(rec)),
                 write_timeout_s=ds.write_timeout_s,
                 workers=ds.workers,
                 reconcile_interval_s=ds.reconcile_interval_s,
             ) as dispatcher,
         ):
+            if chargers is not None:
+                await stack.enter_async_context(chargers)
             alarms = Alarms(bus, clock)
             lighting = LightingController(
                 inv=inventory,
@@ -195,6 +236,37 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 alarms=alarms,
                 command_ttl_s=ds.command_ttl_s,
             )
+            lighting_ref.append(lighting)
+            charging: ChargingController | None = None
+            if inventory.chargers:
+                stale = settings.charging.stale_after_s
+
+                def setpoint_of(cid: str) -> float:
+                    eff = dispatcher.effective(cid, CHARGE_POINT)
+                    reported = state.value(cid, CHARGE_POINT)
+                    a = eff.value if eff is not None else 0.0
+                    b = float(reported) if isinstance(reported, int | float) else 0.0
+                    return max(a, b)
+
+                def fresh(cid: str, now: float) -> bool:
+                    dev = state.get(cid)
+                    return (
+                        dev is None
+                        or not dev.online
+                        or now - dev.updated_at < stale * max(1.0, clock.speed / 60)
+                    )
+
+                charging_safety.bind(setpoint_of, fresh)
+                charging = ChargingController(
+                    inv=inventory,
+                    cfg=settings.charging,
+                    bus=bus,
+                    clock=clock,
+                    state=state,
+                    dispatcher=dispatcher,
+                    alarms=alarms,
+                    safety=charging_safety,
+                )
             api = MqttApi(
                 site=site.id,
                 prefix=mq.topic_prefix,
@@ -207,6 +279,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 command_ttl_s=ds.command_ttl_s,
                 result_timeout_s=ds.write_timeout_s * 2 + 1,
                 telemetry_interval_s=mq.telemetry_interval_s,
+                charging=charging,
+                audit=lambda rec: storage.add(_audit_row(rec)),
             )
             online = orjson.dumps(DaemonStatus(online=True, site=site.id, version=__version__).model_dump())
             offline = orjson.dumps(DaemonStatus(online=False, site=site.id, version=__version__).model_dump())
@@ -245,6 +319,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         tg.create_task(_record(d), name="storage.recorder"),
                         tg.create_task(_sample_history(d), name="storage.history"),
                     ]
+                    if charging is not None:
+                        tasks.append(tg.create_task(charging.run(), name="charging.controller"))
                     d.started.set()
                     log.info(
                         "daemon_started",
@@ -271,6 +347,17 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         log.info(
                             "daemon_stopped", outbox_backlog=outbox.backlog, storage_rows=storage.written
                         )
+
+
+def lighting_amps_late(
+    inv: Inventory, state: StateStore, ref: list[LightingController], stale_s: float, clock: Clock
+) -> Any:
+    """`lighting_amps` for a lighting controller that is created after the safety policy."""
+
+    def amps(feeder: str, t: float) -> float:
+        return float(lighting_amps(inv, state, ref[0] if ref else None, stale_s, clock)(feeder, t))
+
+    return amps
 
 
 def _safe_url(url: str) -> str:

@@ -1,0 +1,638 @@
+"""Charging controller: feeder-safe charge load for charge points in lamp posts.
+
+`ChargingSafety` is the interlock the dispatcher runs on every setpoint, whoever asks:
+the sum of setpoints on a feeder (and a cabinet) never exceeds its limit minus the
+lighting load on it. A request that would break it is clamped (or refused) with the
+reason. With stale measurements only moves towards less load pass.
+
+`ChargingController` plans (optimizer/charging.py) when a car arrives or leaves, a limit
+changes or a signal arrives, applies the plan as setpoints refreshed before the
+chargers' watchdog runs out (a lease), enforces limits that drop under running
+setpoints, and raises alarms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from controllers.lighting import LightingController, expected_power
+from edge.alarms import Alarms
+from edge.bus import EventBus
+from edge.clock import Clock
+from edge.dispatcher import Dispatcher, Verdict, new_command_id
+from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged
+from edge.inventory import Charger, Inventory
+from edge.settings import ChargingSettings
+from edge.state import StateStore
+from optimizer.charging import (
+    ChargingInstance,
+    ChargingPlan,
+    Session,
+    SupplyNode,
+    check_plan,
+    fallback_plan,
+    solve,
+)
+
+log = structlog.get_logger(__name__)
+
+POINT = "current_limit_a"
+MIN_A = 6.0
+VOLTS = 230.0
+SLOT_S = 900
+
+
+@dataclass(frozen=True, slots=True)
+class LimitWindow:
+    """A feeder or cabinet limit for a time window (utility curtailment or operator)."""
+
+    target: str
+    limit_a: float
+    start: float
+    end: float
+    source: str
+
+
+@dataclass(slots=True)
+class ChargingStats:
+    plans: int = 0
+    fallbacks: int = 0
+    clamped: int = 0
+    delivered_kwh: float = 0.0
+    requested_kwh: float = 0.0
+    peak_ratio: float = 0.0
+    peak_feeder: str = ""
+    violations: int = 0
+    signals: int = 0
+    lease_refreshes: int = 0
+
+
+class ChargingSafety:
+    """The feeder interlock; independent of the optimizer and of who asks."""
+
+    def __init__(
+        self,
+        inv: Inventory,
+        cfg: ChargingSettings,
+        clock: Clock,
+        lighting_a: Callable[[str, float], float],
+        feeder_live: Callable[[str, float], bool],
+    ) -> None:
+        self._inv = inv
+        self._cfg = cfg
+        self._clock = clock
+        self._lighting_a = lighting_a
+        self._live = feeder_live
+        self._feeders = {f.id: f for f in cfg.feeders}
+        self._cabinets = {c.id: c for c in cfg.cabinets}
+        self._on_feeder: dict[str, list[Charger]] = {}
+        for c in inv.chargers.values():
+            self._on_feeder.setdefault(c.feeder, []).append(c)
+        self.windows: list[LimitWindow] = []
+        self._setpoint_of: Callable[[str], float] = lambda _c: 0.0
+        self._fresh: Callable[[str, float], bool] = lambda _c, _now: True
+
+    def bind(self, setpoint_of: Callable[[str], float], fresh: Callable[[str, float], bool]) -> None:
+        """Wire the views of current setpoints and measurement freshness (after the dispatcher exists)."""
+        self._setpoint_of = setpoint_of
+        self._fresh = fresh
+
+    # ----- limits -------------------------------------------------------------------------
+
+    def min_device_a(self, c: Charger) -> float:
+        """The per-device floor under curtailment (§14a EnWG: 4.2 kW), in amps on its phases."""
+        return max(MIN_A, self._cfg.min_device_kw * 1000 / (VOLTS * c.phases))
+
+    def feeder_limit(self, feeder: str, now: float) -> float:
+        """Per-phase amps the feeder may carry now, before the lighting load."""
+        f = self._feeders.get(feeder)
+        if f is None:
+            return 0.0  # an unknown feeder carries nothing: fail safe
+        if f.live == "night" and not self._live(feeder, now):
+            return 0.0
+        limit = f.limit_a
+        for w in self.windows:
+            if w.target == feeder and w.start <= now < w.end:
+                limit = min(limit, w.limit_a)
+        return limit
+
+    def cabinet_limit(self, cabinet: str, now: float) -> float:
+        c = self._cabinets.get(cabinet)
+        limit = c.limit_a if c is not None else math.inf
+        for w in self.windows:
+            if w.target == cabinet and w.start <= now < w.end:
+                limit = min(limit, w.limit_a)
+        return limit
+
+    def lighting_a(self, feeder: str, now: float) -> float:
+        """The lighting load on a feeder (A on L1)."""
+        return self._lighting_a(feeder, now)
+
+    def setpoints_a(self, feeder: str, exclude: str = "") -> float:
+        """The sum of charger setpoints on a feeder (what the interlock counts)."""
+        return sum(self._setpoint_of(c.id) for c in self._on_feeder.get(feeder, ()) if c.id != exclude)
+
+    def feeder_load(self, feeder: str, now: float, exclude: str = "") -> float:
+        """Lighting load plus every other charger's setpoint on the worst phase (L1)."""
+        load = self._lighting_a(feeder, now)
+        for c in self._on_feeder.get(feeder, ()):
+            if c.id != exclude:
+                load += self._setpoint_of(c.id)
+        return load
+
+    def headroom(self, c: Charger, now: float) -> tuple[float, str]:
+        """Amps this charger may use now, and which limit binds."""
+        room = self.feeder_limit(c.feeder, now) - self.feeder_load(c.feeder, now, exclude=c.id)
+        why = f"feeder {c.feeder}"
+        cab_limit = self.cabinet_limit(c.cabinet, now)
+        if math.isfinite(cab_limit):
+            cab_load = sum(
+                self.feeder_load(f.id, now, exclude=c.id)
+                for f in self._feeders.values()
+                if f.cabinet == c.cabinet
+            )
+            if cab_limit - cab_load < room:
+                room, why = cab_limit - cab_load, f"cabinet {c.cabinet}"
+        return max(0.0, room), why
+
+    def curtail_floor_a(self, target: str) -> float:
+        """The lowest limit a utility may set on a feeder or cabinet: every charging car keeps its §14a minimum."""
+        feeders = [target] if target in self._feeders else self.feeders_in(target)
+        return sum(
+            self.min_device_a(c)
+            for f in feeders
+            for c in self._on_feeder.get(f, ())
+            if self._setpoint_of(c.id) > 0
+        )
+
+    def cabinet_ids(self) -> list[str]:
+        return sorted({f.cabinet for f in self._feeders.values()})
+
+    def feeders_in(self, cabinet: str) -> list[str]:
+        return [f.id for f in self._feeders.values() if f.cabinet == cabinet]
+
+    # ----- the check ----------------------------------------------------------------------
+
+    def check(self, cmd: Command, now: float) -> Verdict:
+        c = self._inv.chargers.get(cmd.device_id)
+        if c is None:
+            return Verdict(Outcome.REFUSED, cmd.value, "unknown_device")
+        if cmd.point != POINT:
+            return Verdict(Outcome.REFUSED, cmd.value, f"point_not_writable: {cmd.point}")
+        if not 0 <= cmd.value <= c.max_current_a:
+            return Verdict(
+                Outcome.REFUSED, cmd.value, f"out_of_range: {cmd.value:g} A not in 0..{c.max_current_a:g}"
+            )
+        value, reasons = float(cmd.value), []
+        if 0 < value < MIN_A:
+            value, reasons = 0.0, ["below_6a_minimum: IEC 61851 allows 0 or at least 6 A"]
+        current = self._setpoint_of(c.id)
+        if value > current and not self._feeder_fresh(c.feeder, now):
+            return Verdict(Outcome.REFUSED, cmd.value, "stale_measurements: only a lower setpoint is allowed")
+        room, binding = self.headroom(c, now)
+        if value > room + 1e-9:
+            allowed = math.floor(room * 10) / 10 if room >= MIN_A else 0.0
+            reasons.append(f"feeder_limit: {binding} leaves {room:.1f} A, set {allowed:g} A")
+            value = allowed
+        if reasons:
+            return Verdict(Outcome.CLAMPED, value, "; ".join(reasons))
+        return Verdict(Outcome.ACCEPTED, value)
+
+    def _feeder_fresh(self, feeder: str, now: float) -> bool:
+        return all(self._fresh(c.id, now) for c in self._on_feeder.get(feeder, ()))
+
+    def feeder_ids(self) -> list[str]:
+        return list(self._feeders)
+
+    def chargers_on(self, feeder: str) -> list[Charger]:
+        return list(self._on_feeder.get(feeder, ()))
+
+
+def lighting_amps(
+    inv: Inventory, state: StateStore, lighting: LightingController | None, stale_s: float, clock: Clock
+) -> Callable[[str, float], float]:
+    """Lighting load on a feeder (A on L1) at time t: the planned draw, or the measured one when larger.
+
+    Measurements count only for the present (and only while fresh); the future is the plan.
+    Without a plan every lamp counts at full power: unknown means assume the worst.
+    """
+
+    def amps(feeder: str, t: float) -> float:
+        plan = lighting.plan if lighting is not None else None
+        present = abs(t - clock.now()) < 60
+        watts = 0.0
+        for lamp in inv.lamps_on_feeder(feeder):
+            plan_w = expected_power(lamp, plan.level_at(lamp.group, t)) if plan is not None else lamp.p_max_w
+            if present:
+                dev = state.get(lamp.id)
+                measured = dev.values.get("power_w") if dev is not None else None
+                if (
+                    isinstance(measured, int | float)
+                    and dev is not None
+                    and clock.now() - dev.updated_at < stale_s
+                ):
+                    plan_w = max(plan_w, float(measured))
+            watts += plan_w
+        return watts / VOLTS
+
+    return amps
+
+
+def lights_live(lighting: LightingController | None) -> Callable[[str, float], bool]:
+    """Lighting circuits carry power only while the lights are on (the plan's night window)."""
+
+    def live(_feeder: str, t: float) -> bool:
+        plan = lighting.plan if lighting is not None else None
+        return plan is not None and plan.on <= t < plan.off
+
+    return live
+
+
+# ----- controller ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Meter:
+    last_kwh: float = -1.0
+    strikes: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    plan: ChargingPlan | None = None
+    start: float = 0.0
+    session_of: dict[str, str] = field(default_factory=dict)
+
+
+class ChargingController:
+    """Plans and applies charge load; raises charging alarms. Start `run()` in a TaskGroup."""
+
+    def __init__(
+        self,
+        *,
+        inv: Inventory,
+        cfg: ChargingSettings,
+        bus: EventBus,
+        clock: Clock,
+        state: StateStore,
+        dispatcher: Dispatcher,
+        alarms: Alarms,
+        safety: ChargingSafety,
+    ) -> None:
+        self.inv = inv
+        self._cfg = cfg
+        self._bus = bus
+        self._clock = clock
+        self._state = state
+        self._dispatcher = dispatcher
+        self._alarms = alarms
+        self.safety = safety
+        self._replan = asyncio.Event()
+        self._sub = bus.subscribe("charging", StateChanged)
+        self.plan = _Pending()
+        self.price: tuple[float, int, list[float]] | None = None  # start, slot minutes, values
+        self._last_lease = 0.0
+        self._last_plan = 0.0
+        self._meters: dict[str, _Meter] = {}
+        self._idle: dict[str, int] = {}
+        self.stats = ChargingStats()
+
+    def request_replan(self) -> None:
+        self._replan.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(), name="charging.events")
+            while True:
+                now = self._clock.now()
+                if self._replan.is_set() or now - self._last_plan >= self._cfg.replan_interval_s:
+                    self._replan.clear()
+                    await self._make_plan(now)
+                if (
+                    self._clock.now() - self._last_lease >= self._cfg.lease_s
+                    or self._applied_slot() != self._slot(now)
+                ):
+                    self._apply(now)
+                self._enforce(now)
+                self._observe(now)
+                try:
+                    async with asyncio.timeout(0.5):
+                        await self._replan.wait()
+                except TimeoutError:
+                    pass
+
+    # ----- planning ----------------------------------------------------------------------------
+
+    def _slot(self, now: float) -> int:
+        return int(now // SLOT_S)
+
+    def _applied_slot(self) -> int:
+        return int(self._last_lease // SLOT_S)
+
+    def build_instance(self, now: float) -> tuple[ChargingInstance, dict[str, str]]:
+        """Supply tree (cabinet -> feeder -> post) with limits net of lighting per slot, and the sessions."""
+        start = self._slot(now) * SLOT_S
+        n = 96
+        times = [max(now, start + i * SLOT_S) for i in range(n)]
+        s = self.safety
+        nodes: list[SupplyNode] = []
+        cabinets = {f.cabinet for f in self._cfg.feeders}
+        for cab in sorted(cabinets):
+            lim = s.cabinet_limit(cab, now)
+            cab_lim = lim if math.isfinite(lim) else 10_000.0
+            lighting = [
+                sum(s.lighting_a(f.id, t) for f in self._cfg.feeders if f.cabinet == cab) for t in times
+            ]
+            nodes.append(
+                SupplyNode(id=f"cab:{cab}", parent=None, limit_a=[max(0.0, cab_lim - x) for x in lighting])
+            )
+        for f in self._cfg.feeders:
+            limit = [
+                max(
+                    0.0,
+                    s.feeder_limit(f.id, t) - s.lighting_a(f.id, t),
+                )
+                for t in times
+            ]
+            nodes.append(
+                SupplyNode(id=f"feeder:{f.id}", parent=f"cab:{f.cabinet}", limit_a=limit, phases=f.phases)
+            )
+        sessions: list[Session] = []
+        session_of: dict[str, str] = {}
+        for c in self.inv.chargers.values():
+            nodes.append(
+                SupplyNode(
+                    id=f"post:{c.id}",
+                    parent=f"feeder:{c.feeder}",
+                    limit_a=[c.max_current_a] * n,
+                    phases=c.phases,
+                )
+            )
+            dev = self._state.get(c.id)
+            if dev is None or not dev.online or not dev.values.get("car_connected"):
+                continue
+            v = dev.values
+            status = str(v.get("status", ""))
+            if status in {"Faulted", "Unavailable"}:
+                continue
+            need = _f(v.get("energy_needed_kwh"), -1.0)
+            if need < 0:
+                need = 16.0  # evening arrivals take 16-17 kWh (ElaadNL); unknown means "fill up"
+            dep = _f(v.get("departure_ts"), 0.0)
+            if dep <= now:
+                dep = now + self._cfg.default_stay_h * 3600
+            phases = int(_f(v.get("phases_in_use"), c.phases)) or c.phases
+            sid = str(v.get("session_id") or c.id)
+            session_of[sid] = c.id
+            sessions.append(
+                Session(
+                    id=sid,
+                    charger_id=c.id,
+                    node=f"post:{c.id}",
+                    phases=1 if phases == 1 else 3,
+                    max_a=c.max_current_a,
+                    energy_kwh=max(0.0, need),
+                    arrival_slot=0,
+                    departure_slot=max(1, min(n, math.ceil((dep - start) / SLOT_S))),
+                )
+            )
+        price = self._price_slots(start, n)
+        inst = ChargingInstance(
+            n_slots=n, nodes=nodes, sessions=sessions, price=price, time_limit_s=self._cfg.plan_time_limit_s
+        )
+        return inst, session_of
+
+    def _price_slots(self, start: float, n: int) -> list[float] | None:
+        if self.price is None:
+            return None
+        p0, minutes, values = self.price
+        out = []
+        for i in range(n):
+            k = int((start + i * SLOT_S - p0) // (minutes * 60))
+            out.append(values[k] if 0 <= k < len(values) else (sum(values) / len(values)))
+        return out
+
+    async def _make_plan(self, now: float) -> None:
+        self._last_plan = now
+        inst, session_of = self.build_instance(now)
+        try:
+            plan = await asyncio.to_thread(solve, inst)
+        except Exception as exc:
+            plan = fallback_plan(inst, f"solver error: {exc}")
+        problems = check_plan(inst, plan)
+        if problems:
+            log.error("charging_plan_infeasible", problems=problems[:3])
+            plan = fallback_plan(inst, f"plan failed the check: {problems[0]}")
+        self.stats.plans += 1
+        if plan.status == "fallback":
+            self.stats.fallbacks += 1
+        self.plan = _Pending(plan, self._slot(now) * SLOT_S, session_of)
+        log.info(
+            "charging_plan_ready",
+            status=plan.status,
+            sessions=len(plan.sessions),
+            delivered_kwh=round(plan.delivered_kwh, 1),
+            requested_kwh=round(plan.requested_kwh, 1),
+            solve_s=round(plan.solve_seconds, 3),
+        )
+        body = plan.model_dump(mode="json")
+        body.update(start=self.plan.start, slot_s=SLOT_S)
+        self._bus.publish(PlanEvent("charging", now, body))
+        self._apply(now)
+
+    def planned_current(self, charger_id: str, now: float) -> float:
+        p = self.plan
+        if p.plan is None:
+            return 0.0
+        i = int((now - p.start) // SLOT_S)
+        for sp in p.plan.sessions:
+            if p.session_of.get(sp.id) == charger_id and 0 <= i < len(sp.current_a):
+                return float(sp.current_a[i])
+        return 0.0
+
+    def _apply(self, now: float) -> None:
+        """Submit the plan's setpoints for this slot; also refreshes every lease."""
+        self._last_lease = now
+        self.stats.lease_refreshes += 1
+        for c in self.inv.chargers.values():
+            dev = self._state.get(c.id)
+            if dev is None or not dev.online:
+                continue
+            self.submit(c.id, self.planned_current(c.id, now), Priority.PLAN, "plan", reason="charging plan")
+
+    def submit(
+        self,
+        charger_id: str,
+        amps: float,
+        priority: Priority,
+        source: str,
+        *,
+        hold_s: float | None = None,
+        reason: str = "",
+    ) -> Verdict:
+        now = self._clock.now()
+        cmd = Command(
+            id=new_command_id(),
+            device_id=charger_id,
+            point=POINT,
+            value=amps,
+            priority=priority,
+            source=source,
+            issued_at=now,
+            expires_at=now + max(30.0, self._cfg.lease_s) * self._clock.speed,
+            hold_until=None if hold_s is None else now + hold_s,
+            reason=reason,
+        )
+        verdict = self._dispatcher.submit(cmd)
+        if verdict.outcome is Outcome.CLAMPED:
+            self.stats.clamped += 1
+        return verdict
+
+    # ----- limits that move under running setpoints --------------------------------------------
+
+    def _enforce(self, now: float) -> None:
+        """When a limit drops (curtailment, dusk on a lighting circuit), lower setpoints at once."""
+        s = self.safety
+        for feeder in s.feeder_ids():
+            room = max(0.0, s.feeder_limit(feeder, now) - s.lighting_a(feeder, now))
+            self._shed(feeder, s.chargers_on(feeder), room, now)
+        for cab in s.cabinet_ids():
+            feeders = s.feeders_in(cab)
+            room = max(0.0, s.cabinet_limit(cab, now) - sum(s.lighting_a(f, now) for f in feeders))
+            self._shed(cab, [c for f in feeders for c in s.chargers_on(f)], room, now)
+
+    def _shed(self, where: str, chargers: list[Charger], room: float, now: float) -> None:
+        """Lower the largest setpoints until the chargers fit in `room` (each stays 0 or >= 6 A)."""
+        excess = sum(self._setpoint(c.id) for c in chargers) - room
+        for c in sorted(chargers, key=lambda x: -self._setpoint(x.id)):
+            if excess <= 1e-6:
+                return
+            cur = self._setpoint(c.id)
+            if cur <= 0:
+                continue
+            new = cur - excess
+            new = math.floor(new * 10) / 10 if new >= MIN_A else 0.0
+            eff = self._dispatcher.effective(c.id, POINT)
+            prio = eff.priority if eff is not None else Priority.SAFETY
+            hold = None if eff is None or eff.hold_until is None else max(1.0, eff.hold_until - now)
+            self.submit(c.id, new, prio, "safety:interlock", hold_s=hold, reason=f"limit on {where} dropped")
+            excess -= cur - new
+
+    def _setpoint(self, charger_id: str) -> float:
+        eff = self._dispatcher.effective(charger_id, POINT)
+        reported = self._state.value(charger_id, POINT)
+        a = eff.value if eff is not None else 0.0
+        b = float(reported) if isinstance(reported, int | float) else 0.0
+        return max(a, b)
+
+    def set_limit(
+        self, target: str, limit_a: float, start: float, end: float, source: str
+    ) -> tuple[float, str]:
+        """A utility or operator limit for a window; never below the §14a floor. Returns the limit used."""
+        floor = self.safety.curtail_floor_a(target)
+        used, note = limit_a, ""
+        if limit_a < floor:
+            used, note = (
+                floor,
+                f"raised to the §14a floor of {floor:.1f} A ({self._cfg.min_device_kw:g} kW per charging car)",
+            )
+        self.safety.windows = [w for w in self.safety.windows if w.end > self._clock.now()]
+        self.safety.windows.append(LimitWindow(target, used, start, end, source))
+        self.stats.signals += 1
+        self._enforce(self._clock.now())
+        self.request_replan()
+        return used, note
+
+    def set_price(self, start: float, slot_minutes: int, values: list[float]) -> None:
+        self.price = (start, slot_minutes, values)
+        self.stats.signals += 1
+        self.request_replan()
+
+    # ----- observing ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        async for ev in self._sub:
+            if not isinstance(ev, StateChanged) or ev.device_id not in self.inv.chargers:
+                continue
+            if "car_connected" in ev.changed or (
+                "status" in ev.changed and ev.changed["status"] in {"Faulted", "Available"}
+            ):
+                self.request_replan()
+            if "status" in ev.changed:
+                self._alarms.set(
+                    ev.device_id, "charger_faulted", ev.changed["status"] == "Faulted", Severity.MAJOR
+                )
+
+    def _observe(self, now: float) -> None:
+        """Peak load, violations, and the slow alarms (near limit, not charging, meter frozen)."""
+        s = self.safety
+        for feeder in s.feeder_ids():
+            limit = s.feeder_limit(feeder, now)
+            measured = s.lighting_a(feeder, now) + sum(self.measured_a(c) for c in s.chargers_on(feeder))
+            if limit > 0:
+                ratio = measured / limit
+                if ratio > self.stats.peak_ratio:
+                    self.stats.peak_ratio, self.stats.peak_feeder = ratio, feeder
+                self._alarms.set(
+                    feeder,
+                    "feeder_near_limit",
+                    ratio >= self._cfg.near_limit_ratio,
+                    Severity.WARNING,
+                    f"{measured:.1f} of {limit:.1f} A",
+                )
+            if measured > limit + 0.5 and limit >= 0:
+                self.stats.violations += 1
+        delivered = 0.0
+        for c in self.inv.chargers.values():
+            dev = self._state.get(c.id)
+            if dev is None:
+                continue
+            v = dev.values
+            delivered += _f(v.get("meter_energy_kwh"), 0.0)
+            connected = bool(v.get("car_connected"))
+            charging_ok = _f(v.get("power_kw"), 0.0) > 0.1
+            should = (
+                connected
+                and self._setpoint(c.id) >= MIN_A
+                and v.get("status") not in {"SuspendedEV", "Finishing"}
+            )
+            idle = self._idle.get(c.id, 0) + 1 if should and not charging_ok else 0
+            self._idle[c.id] = idle
+            self._alarms.set(
+                c.id, "not_charging", idle >= 20, Severity.MINOR, "car connected, setpoint given, no power"
+            )
+            m = self._meters.setdefault(c.id, _Meter())
+            kwh = _f(v.get("meter_energy_kwh"), -1.0)
+            if charging_ok and kwh == m.last_kwh:
+                m.strikes += 1
+            elif kwh != m.last_kwh:
+                m.strikes = 0
+            m.last_kwh = kwh
+            self._alarms.set(
+                c.id,
+                "meter_frozen",
+                m.strikes >= 20,
+                Severity.MINOR,
+                "power flows but the meter stands still",
+            )
+        self.stats.delivered_kwh = delivered
+        if self.plan.plan is not None:
+            self.stats.requested_kwh = self.plan.plan.requested_kwh
+
+    def measured_a(self, c: Charger) -> float:
+        dev = self._state.get(c.id)
+        if dev is None:
+            return 0.0
+        v = dev.values
+        return max(
+            _f(v.get("current_l1_a"), 0.0), _f(v.get("current_l2_a"), 0.0), _f(v.get("current_l3_a"), 0.0)
+        )
+
+
+def _f(v: object, default: float) -> float:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else default

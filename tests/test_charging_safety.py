@@ -1,0 +1,175 @@
+"""The feeder interlock: whatever the plan, an operator or a utility asks, no feeder is overloaded.
+
+These property tests drive the real dispatcher and the real interlock with random sequences
+of requests. The device side is a stand-in that confirms every write, because the
+invariant is about what may be commanded at all; the OPC UA path is tested against the
+simulator elsewhere.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from controllers.charging import POINT, ChargingController, ChargingSafety
+from edge.alarms import Alarms
+from edge.bus import EventBus
+from edge.clock import ManualClock
+from edge.dispatcher import Dispatcher
+from edge.events import Command, Outcome, Priority
+from edge.inventory import Charger, Inventory
+from edge.settings import CabinetSettings, ChargingSettings, FeederSettings
+from edge.state import StateStore
+
+T0 = 1_795_000_000.0
+FEEDERS = {"f1": 32.0, "f2": 20.0, "f3": 16.0}
+CHARGERS = [(f"cp{i}", f"f{1 + i % 3}", 16.0 if i % 2 else 32.0) for i in range(9)]
+
+
+class Confirming:
+    """Device stand-in: every write is applied and read back unchanged."""
+
+    def handles(self, device_id: str) -> bool:
+        return True
+
+    async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109
+        return value
+
+
+def rig(lighting: dict[str, float]) -> tuple[ManualClock, Dispatcher, ChargingSafety, ChargingController]:
+    clock = ManualClock(T0)
+    inv = Inventory(lamps={}).with_chargers(
+        Charger(cid, 51.5, 7.4, "s", "cab1", feeder, cid, "srv", "opc.tcp://127.0.0.1:4840", max_a, 3)
+        for cid, feeder, max_a in CHARGERS
+    )
+    cfg = ChargingSettings(
+        feeders=[FeederSettings(id=f, cabinet="cab1", limit_a=lim) for f, lim in FEEDERS.items()],
+        cabinets=[CabinetSettings(id="cab1", limit_a=60.0)],
+    )
+    bus = EventBus()
+    state = StateStore(bus, {cid: "charger" for cid, _, _ in CHARGERS})
+    safety = ChargingSafety(inv, cfg, clock, lambda f, _t: lighting.get(f, 0.0), lambda _f, _t: True)
+    disp = Dispatcher(
+        bus=bus,
+        clock=clock,
+        state=state,
+        drivers=[Confirming()],
+        policies={"charger": safety},
+        audit=lambda _r: None,
+    )
+
+    def setpoint_of(cid: str) -> float:
+        eff = disp.effective(cid, POINT)
+        return eff.value if eff is not None else 0.0
+
+    safety.bind(setpoint_of, lambda _c, _n: True)
+    ctl = ChargingController(
+        inv=inv,
+        cfg=cfg,
+        bus=bus,
+        clock=clock,
+        state=state,
+        dispatcher=disp,
+        alarms=Alarms(bus, clock),
+        safety=safety,
+    )
+    return clock, disp, safety, ctl
+
+
+def assert_within_limits(clock: ManualClock, safety: ChargingSafety) -> None:
+    """Charger setpoints never take more than what the limit leaves after the lighting load."""
+    now = clock.now()
+    total = 0.0
+    for f in FEEDERS:
+        chargers, lights = safety.setpoints_a(f), safety.lighting_a(f, now)
+        room = max(0.0, safety.feeder_limit(f, now) - lights)
+        assert chargers <= room + 1e-6, f"{f}: chargers {chargers:.2f} A > room {room:.2f} A"
+        total += chargers + lights
+    cab_room = max(0.0, safety.cabinet_limit("cab1", now) - sum(safety.lighting_a(f, now) for f in FEEDERS))
+    assert sum(safety.setpoints_a(f) for f in FEEDERS) <= cab_room + 1e-6
+
+
+action = st.one_of(
+    st.tuples(
+        st.just("cmd"),
+        st.sampled_from([c for c, _, _ in CHARGERS]),
+        st.floats(min_value=-5, max_value=40, allow_nan=False),
+        st.sampled_from(list(Priority)),
+    ),
+    st.tuples(st.just("curtail"), st.sampled_from([*FEEDERS, "cab1"]), st.floats(min_value=0, max_value=40)),
+    st.tuples(st.just("lighting"), st.sampled_from(list(FEEDERS)), st.floats(min_value=0, max_value=12)),
+    st.tuples(st.just("tick"), st.floats(min_value=1, max_value=3600)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(action, min_size=1, max_size=40))
+def test_no_sequence_of_requests_overloads_a_feeder(actions: list[tuple[object, ...]]) -> None:
+    """Random plans, operator commands, curtailments, lighting load and time: limits always hold."""
+    lighting: dict[str, float] = {}
+    clock, disp, safety, ctl = rig(lighting)
+    for a in actions:
+        now = clock.now()
+        if a[0] == "cmd":
+            _, cid, amps, prio = a
+            assert isinstance(cid, str)
+            assert isinstance(amps, float)
+            assert isinstance(prio, Priority)
+            cmd = Command(f"c{now}{cid}", cid, POINT, amps, prio, prio.name, now, now + 60)
+            verdict = disp.submit(cmd)
+            if verdict.outcome is not Outcome.REFUSED:
+                assert verdict.value == 0 or verdict.value >= 6, "IEC 61851: 0 or at least 6 A"
+        elif a[0] == "curtail":
+            _, target, amps = a
+            assert isinstance(target, str)
+            assert isinstance(amps, float)
+            ctl.set_limit(target, amps, now, now + 1800, "utility:test")
+        elif a[0] == "lighting":
+            _, feeder, amps = a
+            assert isinstance(feeder, str)
+            assert isinstance(amps, float)
+            lighting[feeder] = amps
+            ctl._enforce(now)  # the controller's loop does this every turn
+        else:
+            assert isinstance(a[1], float)
+            clock.advance(a[1])
+            ctl._enforce(clock.now())
+        assert_within_limits(clock, safety)
+
+
+def test_clamp_names_the_binding_limit() -> None:
+    """A request over the feeder's headroom is clamped with the reason; under 6 A it becomes 0."""
+    _clock, disp, _safety, _ = rig({"f2": 4.0})
+    first = disp.submit(
+        Command("a", "cp1", POINT, 16, Priority.OPERATOR, "op", T0, T0 + 60)
+    )  # f2: 20 A - 4 A lights
+    assert first.outcome is Outcome.ACCEPTED
+    assert first.value == 16.0
+    v = disp.submit(Command("b", "cp4", POINT, 16, Priority.OPERATOR, "op", T0, T0 + 60))
+    assert v.outcome is Outcome.CLAMPED
+    assert v.value == 0.0
+    assert "feeder f2 leaves" in v.reason
+    assert disp.submit(Command("c", "cp2", POINT, 3, Priority.PLAN, "plan", T0, T0 + 60)).value == 0.0
+
+
+def test_curtailment_never_below_the_14a_floor() -> None:
+    """A utility may curtail, but every charging car keeps 4.2 kW."""
+    clock, disp, safety, ctl = rig({})
+    disp.submit(Command("a", "cp0", POINT, 10, Priority.PLAN, "plan", T0, T0 + 60))  # f1
+    disp.submit(Command("b", "cp3", POINT, 10, Priority.PLAN, "plan", T0, T0 + 60))  # f1
+    used, note = ctl.set_limit("f1", 0.0, T0, T0 + 900, "utility:dso")
+    floor_a = 4200 / (230 * 3)
+    assert used >= 2 * floor_a - 1e-6
+    assert "§14a" in note
+    assert_within_limits(clock, safety)
+
+
+def test_stale_measurements_allow_only_less_load() -> None:
+    _clock, disp, safety, _ = rig({})
+    disp.submit(Command("a", "cp0", POINT, 10, Priority.PLAN, "plan", T0, T0 + 60))
+    safety.bind(safety._setpoint_of, lambda _c, _n: False)
+    up = disp.submit(Command("b", "cp0", POINT, 16, Priority.PLAN, "plan", T0, T0 + 60))
+    assert up.outcome is Outcome.REFUSED
+    assert up.reason.startswith("stale_measurements")
+    down = disp.submit(Command("c", "cp0", POINT, 6, Priority.PLAN, "plan", T0, T0 + 60))
+    assert down.outcome is Outcome.ACCEPTED
