@@ -32,7 +32,7 @@ class Confirming:
     def handles(self, device_id: str) -> bool:
         return True
 
-    async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109  # noqa: ASYNC109 - the Driver seam
+    async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109 - the Driver seam
         return value
 
 
