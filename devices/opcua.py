@@ -369,6 +369,7 @@ class _Runner:
             client = self.client
             if client is None:
                 return
+            started = d.clock.now()
             self.heartbeat_seq = (self.heartbeat_seq + 1) % 2_147_483_647
             variant = ua.DataValue(ua.Variant(self.heartbeat_seq, ua.VariantType.Int32))
             keys = [(cp, "heartbeat") for cp in self.ep.charge_points]
@@ -389,7 +390,8 @@ class _Runner:
             except DeviceError as exc:
                 self.lose(f"heartbeat: {exc}")
                 return
-            await d.clock.sleep(self.heartbeat_interval())
+            # on a schedule from the start of the beat: a slow answer must not delay the next one
+            await d.clock.sleep(max(0.0, started + self.heartbeat_interval() - d.clock.now()))
 
     def heartbeat_interval(self) -> float:
         d = self.driver
