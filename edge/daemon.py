@@ -159,7 +159,11 @@ async def _sample_history(d: Daemon) -> None:
 async def running(settings: Settings, inventory: Inventory, clock: Clock) -> AsyncIterator[Daemon]:
     """Start the whole daemon; on exit, drain writes, flush storage and the outbox."""
     bus = EventBus()
-    kinds = dict.fromkeys(inventory.lamps, "lamp") | dict.fromkeys(inventory.controllers, "controller")
+    kinds = (
+        dict.fromkeys(inventory.lamps, "lamp")
+        | dict.fromkeys(inventory.controllers, "controller")
+        | dict.fromkeys(inventory.chargers, "charger")
+    )
     state = StateStore(bus, kinds)
     mq = settings.mqtt
     site = settings.site
@@ -239,7 +243,6 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
             lighting_ref.append(lighting)
             charging: ChargingController | None = None
             if inventory.chargers:
-                stale = settings.charging.stale_after_s
 
                 def setpoint_of(cid: str) -> float:
                     eff = dispatcher.effective(cid, CHARGE_POINT)
@@ -248,13 +251,11 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     b = float(reported) if isinstance(reported, int | float) else 0.0
                     return max(a, b)
 
-                def fresh(cid: str, now: float) -> bool:
+                def fresh(cid: str, _now: float) -> bool:
+                    # OPC UA telemetry comes by subscription (on change) with keep-alives: a
+                    # charger whose session is up is current; a lost one is not.
                     dev = state.get(cid)
-                    return (
-                        dev is None
-                        or not dev.online
-                        or now - dev.updated_at < stale * max(1.0, clock.speed / 60)
-                    )
+                    return dev is not None and dev.online is True
 
                 charging_safety.bind(setpoint_of, fresh)
                 charging = ChargingController(
@@ -310,6 +311,7 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     api,
                     link,
                     driver,
+                    charging,
                 )
                 async with asyncio.TaskGroup() as tg:
                     tasks = [

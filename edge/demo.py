@@ -17,6 +17,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from edge.clock import SimClock
 from edge.daemon import Daemon, running
 from edge.inventory import Inventory, load_inventory
 from edge.settings import Settings, load_settings
+from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.lighting import LightingSimulator, SimController, SimLamp
 
 log = structlog.get_logger(__name__)
@@ -55,10 +57,68 @@ def sim_controllers(inv: Inventory, watchdog_s: float = 1800.0) -> list[SimContr
     ]
 
 
-def remap_ports(inv: Inventory) -> Inventory:
-    """Move every controller to a free local port, so the demo never collides with anything."""
+def remap_ports(inv: Inventory, charger_url: str = "") -> Inventory:
+    """Move every controller (and the charger server) to a free local port: the demo never collides."""
     ports = {cid: free_port() for cid in inv.controllers}
-    return Inventory.build(dataclasses.replace(x, port=ports[x.controller]) for x in inv.lamps.values())
+    moved = Inventory.build(dataclasses.replace(x, port=ports[x.controller]) for x in inv.lamps.values())
+    if not inv.chargers:
+        return moved
+    return moved.with_chargers(
+        dataclasses.replace(c, url=charger_url or c.url) for c in inv.chargers.values()
+    )
+
+
+def sim_chargers(inv: Inventory, settings: Settings) -> tuple[list[SimChargePoint], list[SimFeeder]]:
+    """Simulated charge points and feeders matching the inventory and the supply-tree settings."""
+    feeders = [
+        SimFeeder(f.id, limit_a=f.limit_a, phases=f.phases, night_only=f.live == "night")
+        for f in settings.charging.feeders
+    ]
+    cps = [
+        SimChargePoint(
+            c.id, max_current_a=c.max_current_a, phases=c.phases, feeder=c.feeder, sessions_per_day=1.2
+        )
+        for c in inv.chargers.values()
+    ]
+    return cps, feeders
+
+
+@dataclass
+class FeederWatch:
+    """Ground truth from the simulated grid: peak load against limit, and violations."""
+
+    peak_pct: float = 0.0
+    peak_feeder: str = ""
+    violations: int = 0
+    samples: int = 0
+
+
+async def _couple(d: Daemon, csim: ChargingSimulator, watch: FeederWatch) -> None:
+    """The physical world: lamps draw from the feeders the chargers share; watch the load."""
+    s = d.charging.safety if d.charging is not None else None
+    while True:
+        now = d.clock.now()
+        for f in d.settings.charging.feeders:
+            if s is not None:
+                csim.set_lighting_load(f.id, s.lighting_a(f.id, now))
+            view = csim.feeder(f.id)
+            phases = view["load_a"]
+            load = max(phases) if isinstance(phases, tuple | list) else float(str(phases))
+            limit = float(str(view["limit_a"]))
+            if limit > 0 and view["live"]:
+                watch.samples += 1
+                pct = 100 * load / limit
+                if pct > watch.peak_pct:
+                    watch.peak_pct, watch.peak_feeder = pct, f.id
+                if load > limit + 0.5:
+                    watch.violations += 1
+                    log.warning(
+                        "demo_feeder_over_limit", feeder=f.id, load_a=round(load, 1), limit_a=limit,
+                        lighting_a=round(float(str(view["lighting_a"])), 1),
+                        setpoints_a=round(s.setpoints_a(f.id), 1) if s else None,
+                        chargers={c.id: csim.cp(c.id).get("current_limit_a") for c in (s.chargers_on(f.id) if s else [])},
+                    )  # fmt: skip
+        await asyncio.sleep(0.5)
 
 
 @contextlib.asynccontextmanager
@@ -106,6 +166,28 @@ async def _scenario(
             orjson.dumps({"action": "set_level", "level": 20}),
             qos=1,
         )  # under the never-dim floor: refused
+        if d.charging is not None:
+            now = clock.now()
+            prices = [0.35 if 16 <= ((now + i * 900) / 3600 + 1) % 24 < 22 else 0.22 for i in range(96)]
+            await client.publish(
+                f"{base}/utility/dso/signals",
+                orjson.dumps({"action": "price_curve", "kind": "price", "start": now, "values": prices}),
+                qos=1,
+            )
+            await client.publish(
+                f"{base}/utility/dso/limits",
+                orjson.dumps(
+                    {
+                        "action": "curtail",
+                        "target": "feeder-4",
+                        "limit_kw": 8.0,
+                        "start": now,
+                        "end": now + 7200,
+                    }
+                ),
+                qos=1,
+            )
+            log.info("demo_utility_curtailment", feeder="feeder-4", limit_kw=8.0)
         await at(0.18)
         drifted = rnd.choice([x for x in ordinary if x != failed])
         sim.inject(drifted, "power_high")
@@ -184,6 +266,30 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
     }
 
 
+def charging_summary(d: Daemon, csim: ChargingSimulator, watch: FeederWatch) -> dict[str, Any]:
+    """The demo's charging section: energy delivered and requested, peak feeder load, violations."""
+    chargers = list(d.state.devices("charger"))
+    delivered = sum(_level(x.values.get("session_energy_kwh")) for x in chargers)
+    cs = d.charging.stats if d.charging is not None else None
+    return {
+        "charge_points": len(chargers),
+        "online": sum(1 for x in chargers if x.online),
+        "cars_connected": sum(1 for x in chargers if x.values.get("car_connected")),
+        "charging_now": sum(1 for x in chargers if x.values.get("status") == "Charging"),
+        "sessions": sum(csim.sessions(x.device_id) for x in chargers),
+        "energy_delivered_kwh": round(delivered, 2),
+        "energy_requested_kwh": round(cs.requested_kwh, 2) if cs else 0.0,
+        "plans": cs.plans if cs else 0,
+        "fallbacks": cs.fallbacks if cs else 0,
+        "clamped_commands": cs.clamped if cs else 0,
+        "peak_feeder_load_pct": round(watch.peak_pct, 1),
+        "peak_feeder": watch.peak_feeder,
+        "limit_violations": watch.violations,
+        "feeder_samples": watch.samples,
+        "utility_signals": cs.signals if cs else 0,
+    }
+
+
 def _level(v: object) -> float:
     return float(v) if isinstance(v, int | float) else 0.0
 
@@ -210,16 +316,23 @@ async def run_demo(
             SITE_DIR / "site.toml",
             storage__url=database_url or f"sqlite:///{tmp / 'demo.db'}",
         )
-        inv = remap_ports(load_inventory(settings.inventory_path()))
+        opc_port = free_port()
+        inv = remap_ports(
+            load_inventory(settings.inventory_path()), f"opc.tcp://127.0.0.1:{opc_port}/dos-edge/chargers"
+        )
         on, _ = night_window(settings.site, settings.lighting, _now())
         clock = SimClock(start=on - 120.0, speed=speed)
+        cps, feeders = sim_chargers(inv, settings)
+        watch = FeederWatch()
         async with _broker(broker_url, broker_port) as url:
             settings = _with_mqtt(settings, url)
             async with (
                 LightingSimulator(sim_controllers(inv), clock, seed=seed) as sim,
+                ChargingSimulator(cps, clock, feeders=feeders, port=opc_port, seed=seed) as csim,
                 running(settings, inv, clock) as d,
                 asyncio.TaskGroup() as tg,
             ):
+                tg.create_task(_couple(d, csim, watch), name="demo.grid")
                 horizon = None if seconds is None else seconds * speed
                 scenario = tg.create_task(
                     _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
@@ -233,6 +346,7 @@ async def run_demo(
                         await asyncio.sleep(seconds)
                 finally:
                     result = summary(d, sim)
+                    result["charging"] = charging_summary(d, csim, watch)
                     scenario.cancel()
                     for t in tg._tasks:
                         t.cancel()

@@ -584,7 +584,8 @@ class ChargingSimulator:
 
     def _feeders_step(self, now: float) -> None:
         for f in self._feeders.values():
-            load = [f.lighting_a if f.spec.phases == 1 else f.lighting_a / 3.0] * 3
+            # lamps hang on L1 of a single-phase circuit, spread over the phases of a three-phase one
+            load = [f.lighting_a, 0.0, 0.0] if f.spec.phases == 1 else [f.lighting_a / 3.0] * 3
             for cp in self._cps.values():
                 if cp.spec.feeder == f.spec.feeder_id:
                     for i in range(3):

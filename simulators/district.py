@@ -42,7 +42,11 @@ STREETS = (
 )
 LAMPS_PER_CONTROLLER = 50
 COLUMNS = ("id", "kind", "lat", "lon", "segment", "order", "lighting_class", "cabinet", "feeder", "flags",
-           "controller", "host", "port", "unit", "index", "p_max_w", "p_min_w")  # fmt: skip
+           "controller", "host", "port", "unit", "index", "p_max_w", "p_min_w",
+           "post", "url", "max_current_a", "phases")  # fmt: skip
+CHARGER_EVERY = 5  # a charge point in every seventh residential lamp post (NOX-Block style)
+CHARGER_URL = "opc.tcp://127.0.0.1:4840/dos-edge/chargers"
+LIGHTING_CIRCUITS = frozenset({"feeder-9", "feeder-10"})  # single-phase, live only at night (site.toml)
 
 
 def district_rows(base_port: int = 15020, host: str = "127.0.0.1", seed: int = 7) -> list[dict[str, object]]:
@@ -81,7 +85,27 @@ def district_rows(base_port: int = 15020, host: str = "127.0.0.1", seed: int = 7
                 }
             )
             n += 1
-    return rows
+    chargers = []
+    residential = [r for r in rows if str(r["lighting_class"]).startswith("P") and not r["flags"]]
+    for k, r in enumerate(residential[3::CHARGER_EVERY]):
+        chargers.append(
+            {
+                "id": f"CP{k + 1:03d}",
+                "kind": "charger",
+                "lat": r["lat"],
+                "lon": r["lon"],
+                "segment": r["segment"],
+                "cabinet": r["cabinet"],
+                "feeder": r["feeder"],
+                "post": r["id"],
+                "controller": "chargers",
+                "url": CHARGER_URL,
+                "max_current_a": 16,
+                # posts on the night-only lighting circuits are single-phase, like the circuit
+                "phases": 1 if k % 4 == 3 or r["feeder"] in LIGHTING_CIRCUITS else 3,
+            }
+        )
+    return rows + chargers
 
 
 def district_csv(base_port: int = 15020, host: str = "127.0.0.1") -> str:
