@@ -25,8 +25,10 @@ import contextlib
 import csv
 import multiprocessing as mp
 import random
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -496,6 +498,33 @@ def _clear_retained(url: str, site_prefix: str, run_id: str) -> int:
 # ----- orchestration -----------------------------------------------------------------------------
 
 
+def _private_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
+    """A Mosquitto of the bench's own, configured as docs/operations.md recommends (no Nagle)."""
+    binary = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if binary is None:
+        return None
+    from edge.broker import free_port
+
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
 def _mosquitto_up() -> bool:
     try:
         with socket.create_connection(MOSQUITTO, timeout=0.5):
@@ -547,8 +576,11 @@ def run(quick: bool) -> list[Row]:
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp_s:
         tmp = Path(tmp_s)
+        private = _private_mosquitto(tmp)
         try:
-            if _mosquitto_up():
+            if private is not None:
+                url, broker_name = f"mqtt://127.0.0.1:{private[1]}", "mosquitto (own, set_tcp_nodelay)"
+            elif _mosquitto_up():
                 url, broker_name = f"mqtt://{MOSQUITTO[0]}:{MOSQUITTO[1]}", "mosquitto"
             else:
                 bparent, bchild = ctx.Pipe()
@@ -632,6 +664,9 @@ def run(quick: bool) -> list[Row]:
             _stop(daemon)
             for p in procs:
                 _stop(p)
+            if private is not None:
+                private[0].terminate()
+                private[0].wait(10)
 
     slow = sorted(trace, key=lambda x: -x[1])[:5]
     print(

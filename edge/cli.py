@@ -64,9 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("rest", nargs=argparse.REMAINDER)
 
     sim = sub.add_parser("simulate", help="run device simulators")
-    sim.add_argument("domain", choices=["lights"])
+    sim.add_argument("domain", choices=["lights", "chargers"])
     sim.add_argument("--config", type=Path, help="serve the controllers of this site's inventory")
     sim.add_argument("--controllers", type=int, default=10)
+    sim.add_argument("--count", type=int, default=60, help="charge points (chargers)")
+    sim.add_argument("--feeders", type=int, default=6, help="feeders the charge points share (chargers)")
+    sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--lamps", type=int, default=50, help="lamps per controller")
     sim.add_argument("--port", type=int, default=15020, help="first TCP port")
     sim.add_argument("--speed", type=_positive, default=1.0)
@@ -225,6 +228,13 @@ async def _simulate(args: argparse.Namespace) -> int:
     from simulators.lighting import LightingSimulator, SimController, SimLamp
 
     logs.configure("info", "auto")
+    if args.domain == "chargers":
+        from simulators.charging import serve_chargers
+
+        port = args.port if args.port != 15020 else 4840
+        print(f"serving {args.count} charge points at opc.tcp://127.0.0.1:{port}", file=sys.stderr)
+        await serve_chargers(args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders)
+        return 0
     if args.config:
         settings = load_settings(args.config)
         controllers = sim_controllers(load_inventory(settings.inventory_path()))
