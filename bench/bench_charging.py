@@ -7,7 +7,7 @@ The city: 8 cabinets, 5 feeders each, 17 posts per feeder (680 charge points, 11
 A cabinet allows 160 A per phase (diversity: less than its feeders' sum). A third of the cars
 charge single-phase.
 
-Sessions come from the ElaadNL public statistics (`../shared/data/elaad/`): arrival time from the
+Sessions come from the ElaadNL public statistics (`simulators/data/elaad/`, a copy of `../shared/data/elaad/`): arrival time from the
 weekday or weekend arrival distribution; connection time and energy from their quantile tables,
 scaled by the mean for that arrival time over the overall mean (evening arrivals stay long and
 need more). Each post gets at most one car a day, and a car that finds the post busy leaves.
@@ -43,7 +43,9 @@ from optimizer.charging import (
 )
 
 SEED = 20240611
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "elaad"
+DATA = (
+    Path(__file__).resolve().parents[1] / "simulators" / "data" / "elaad"
+)  # shipped copy of ../shared/data/elaad
 SLOT_MINUTES = 15
 SLOTS = 96
 CABINETS = 8

@@ -27,7 +27,7 @@ from typing import Literal
 
 Category = Literal["public", "private"]
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "elaad"
+DATA_DIR = Path(__file__).resolve().parent / "data" / "elaad"  # shipped with the package
 SLOTS_PER_DAY = 96  # 15-minute arrival slots
 SLOT_S = 900.0
 _MEAN_COLUMN = {"public": "public", "private": "home"}  # the mean tables name "private" "home"
