@@ -259,7 +259,7 @@ def lights_live(lighting: LightingController | None) -> Callable[[str, float], b
 @dataclass(slots=True)
 class _Meter:
     last_kwh: float = -1.0
-    strikes: int = 0
+    since: float = 0.0
 
 
 @dataclass(slots=True)
@@ -299,7 +299,7 @@ class ChargingController:
         self._last_lease = 0.0
         self._last_plan = 0.0
         self._meters: dict[str, _Meter] = {}
-        self._idle: dict[str, int] = {}
+        self._bad_since: dict[str, float] = {}
         self.stats = ChargingStats()
 
     def request_replan(self) -> None:
@@ -588,41 +588,45 @@ class ChargingController:
             if measured > limit + 0.5 and limit >= 0:
                 self.stats.violations += 1
         delivered = 0.0
+        after = self._cfg.alarm_after_s
         for c in self.inv.chargers.values():
             dev = self._state.get(c.id)
             if dev is None:
                 continue
             v = dev.values
-            delivered += _f(v.get("meter_energy_kwh"), 0.0)
-            connected = bool(v.get("car_connected"))
-            charging_ok = _f(v.get("power_kw"), 0.0) > 0.1
+            delivered += _f(v.get("session_energy_kwh"), 0.0)
+            power = _f(v.get("power_kw"), 0.0) > 0.1
             should = (
-                connected
+                bool(v.get("car_connected"))
                 and self._setpoint(c.id) >= MIN_A
-                and v.get("status") not in {"SuspendedEV", "Finishing"}
+                and v.get("status") not in {"SuspendedEV", "Finishing", "Faulted", "Unavailable"}
             )
-            idle = self._idle.get(c.id, 0) + 1 if should and not charging_ok else 0
-            self._idle[c.id] = idle
-            self._alarms.set(
-                c.id, "not_charging", idle >= 20, Severity.MINOR, "car connected, setpoint given, no power"
-            )
+            self._persisting(c.id, "not_charging", should and not power, now, after, Severity.MINOR,
+                             "car connected, setpoint given, no power")  # fmt: skip
             m = self._meters.setdefault(c.id, _Meter())
             kwh = _f(v.get("meter_energy_kwh"), -1.0)
-            if charging_ok and kwh == m.last_kwh:
-                m.strikes += 1
-            elif kwh != m.last_kwh:
-                m.strikes = 0
-            m.last_kwh = kwh
+            if kwh != m.last_kwh:
+                m.last_kwh, m.since = kwh, now
+            frozen = power and now - m.since >= after
             self._alarms.set(
-                c.id,
-                "meter_frozen",
-                m.strikes >= 20,
-                Severity.MINOR,
-                "power flows but the meter stands still",
+                c.id, "meter_frozen", frozen, Severity.MINOR, "power flows but the meter stands still"
             )
         self.stats.delivered_kwh = delivered
         if self.plan.plan is not None:
             self.stats.requested_kwh = self.plan.plan.requested_kwh
+
+    def _persisting(
+        self, device: str, code: str, bad: bool, now: float, after: float, severity: Severity, detail: str
+    ) -> None:
+        """Raise an alarm once a condition has held for `after` clock seconds; clear it at once."""
+        key = f"{device}/{code}"
+        if not bad:
+            self._bad_since.pop(key, None)
+            self._alarms.set(device, code, False, severity)
+            return
+        since = self._bad_since.setdefault(key, now)
+        if now - since >= after:
+            self._alarms.set(device, code, True, severity, detail)
 
     def measured_a(self, c: Charger) -> float:
         dev = self._state.get(c.id)

@@ -150,6 +150,7 @@ class ChargingSettings(_Section):
     plan_time_limit_s: Annotated[float, Field(gt=0, le=60)] = 2.0
     replan_interval_s: Annotated[float, Field(gt=0)] = 900.0
     near_limit_ratio: Annotated[float, Field(gt=0, le=1)] = 0.9
+    alarm_after_s: Annotated[float, Field(gt=0)] = 300.0  # not charging / meter frozen for this long
     stale_after_s: Annotated[float, Field(gt=0)] = 120.0
     default_stay_h: Annotated[float, Field(gt=0, le=72)] = 12.0  # evening arrivals stay ~12 h (ElaadNL)
     allow_no_security: bool = True

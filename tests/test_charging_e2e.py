@@ -165,3 +165,18 @@ async def test_car_charges_within_the_circuit_limit_as_lights_come_on(
         await d.storage.flush()
         audit = await asyncio.to_thread(d.storage.audit, None, "lc")
         assert any(a.source == "utility:dso" for a in audit)
+        # A charger fault raises an alarm; the repair clears it.
+        await csim.inject("CP2", "faulted")
+        await wait_for(
+            lambda: step() and d.alarms.is_active("CP2", "charger_faulted"), "charger_faulted raised"
+        )
+        await csim.clear("CP2", "faulted")
+        await wait_for(
+            lambda: step() and not d.alarms.is_active("CP2", "charger_faulted"), "charger_faulted cleared"
+        )
+        # A meter that stands still while power flows is noticed after alarm_after_s (300 clock s = 5 s here).
+        await wait_for(lambda: step() and csim.cp("CP1")["power_kw"] > 0, "CP1 charging")  # type: ignore[operator]
+        await csim.inject("CP1", "meter_frozen")
+        await wait_for(
+            lambda: step() and d.alarms.is_active("CP1", "meter_frozen"), "meter_frozen", timeout_s=20
+        )
