@@ -30,9 +30,12 @@ unplaced) points to its nearest guidable car park with room left after the plan,
 `total_minutes` is the objective in minutes: travel of the placed cars plus `overflow_cost` for
 each unplaced car, so plans that place different numbers of cars compare fairly.
 
-Time limit: `SimpleMinCostFlow` offers none; the solve is polynomial and measured in
-`bench/bench_guidance.py` (200 car parks, 1,000 approaches, 30,000 pairs) well below its 1 s
-target, so none is needed here.
+Time limit: `SimpleMinCostFlow` offers none, and none is needed: the solve is polynomial, and
+`bench/bench_guidance.py` (200 car parks, 1,000 approaches, 30,000 pairs, 2 cores) measures
+0.09-0.12 s a solve against its 1 s target, of which the flow itself is ~10 ms and the rest
+preparing, assembling and checking the plan in Python (the greedy fallback alone takes ~0.08 s).
+The flow's total minutes are 8-16 % below the greedy fallback's (more below when car parks run
+full, where greedy order strands cars).
 
 The module is pure: no I/O, no logging, no wall clock. `solve` reads a monotonic timer (which can
 be injected) only to report its solve time.
@@ -44,7 +47,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 import numpy as np
 from ortools.graph.python import min_cost_flow
@@ -309,8 +312,7 @@ def _check_recommendations(
 # --------------------------------------------------------------------------- prepared data
 
 
-@dataclass(frozen=True, slots=True)
-class _Pair:
+class _Pair(NamedTuple):  # not a frozen dataclass: 30,000 are built per solve, 4x faster
     a: int  # approach index
     p: int  # car park index
     cost: TravelCost
