@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ortools.linear_solver import pywraplp
 from pydantic import ValidationError
 
 from optimizer import guidance
@@ -379,3 +380,31 @@ def test_random_instances_pass_the_check_and_beat_greedy(inst: GuidanceInstance)
         if r.car_park is not None:
             p = next(p for p in inst.car_parks if p.id == r.car_park)
             assert usable(inst, p) > 0
+
+
+def lp_optimum(inst: GuidanceInstance) -> float:
+    """Total minutes of the optimal plan, from an independent LP (GLOP) over all usable pairs."""
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    parks = {p.id: p for p in inst.car_parks}
+    x = {
+        (c.approach, c.car_park): (solver.NumVar(0, solver.infinity(), ""), c.minutes)
+        for c in inst.costs
+        if usable(inst, parks[c.car_park]) > 0
+    }
+    over = {a.id: solver.NumVar(0, solver.infinity(), "") for a in inst.approaches}
+    for a in inst.approaches:
+        solver.Add(sum(v for (aid, _), (v, _) in x.items() if aid == a.id) + over[a.id] == a.demand)
+    for p in inst.car_parks:
+        solver.Add(sum(v for (_, pid), (v, _) in x.items() if pid == p.id) <= usable(inst, p))
+    solver.Minimize(sum(v * m for v, m in x.values()) + sum(v * inst.overflow_cost for v in over.values()))
+    assert solver.Solve() == pywraplp.Solver.OPTIMAL
+    return float(solver.Objective().Value())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_flow_matches_an_independent_lp(inst: GuidanceInstance) -> None:
+    """The flow's total minutes equal the LP optimum (up to the 0.05 min rounding per car)."""
+    plan = solve(inst)
+    cars = sum(a.demand for a in inst.approaches)
+    assert plan.total_minutes == pytest.approx(lp_optimum(inst), abs=0.05 * cars + 1e-6)
