@@ -494,3 +494,117 @@ def default_led_board_profile() -> LedBoardProfile:
 def default_vms_profile() -> VmsProfile:
     """The shipped VMS profile, loaded once."""
     return parse_vms_profile(_read_toml(VMS_PROFILE_PATH), str(VMS_PROFILE_PATH))
+
+
+# -- LED board JSON coding -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BoardStatus:
+    """One status message of an LED board (fields by name, whatever the JSON keys)."""
+
+    online: bool
+    brightness: int | None = None
+    pixel_faults: int | None = None
+    message_id: int = 0  # 0: blank
+    text: str = ""
+    arrow: str = "none"
+    ts: float | None = None
+
+
+def content_payload(profile: LedBoardProfile, content: DisplayContent) -> bytes:
+    """The content topic's JSON for `content`, under the profile's keys."""
+    k = profile.content_keys
+    body = {
+        k["message_id"]: content.message_id,
+        k["lines"]: list(content.lines),
+        k["arrow"]: content.arrow,
+        k["brightness"]: content.brightness,
+        k["expires_at"]: content.expires_at,
+    }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def parse_content_payload(profile: LedBoardProfile, payload: bytes | str) -> DisplayContent:
+    """A content topic's JSON back to `DisplayContent`; PointValueError if malformed."""
+    try:
+        raw = json.loads(payload)
+    except ValueError as exc:
+        raise _refuse(f"content is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise _refuse("content must be a JSON object")
+    by_key = {key: name for name, key in profile.content_keys.items()}
+    unknown = sorted(set(raw) - set(by_key))
+    if unknown:
+        raise _refuse(f"unknown content key {unknown[0]!r}")
+    return parse_content({by_key[key]: value for key, value in raw.items() if value is not None})
+
+
+def brightness_payload(profile: LedBoardProfile, brightness: int) -> bytes:
+    """The brightness topic's JSON."""
+    return json.dumps({profile.content_keys["brightness"]: brightness}).encode()
+
+
+def status_payload(profile: LedBoardProfile, status: BoardStatus) -> bytes:
+    """The status topic's JSON for `status`, under the profile's keys."""
+    k = profile.status_keys
+    body: dict[str, object] = {k["online"]: status.online}
+    if status.online:
+        body |= {
+            k["brightness"]: status.brightness,
+            k["pixel_faults"]: status.pixel_faults,
+            k["message_id"]: status.message_id,
+            k["text"]: status.text,
+            k["arrow"]: status.arrow,
+            k["ts"]: status.ts,
+        }
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _malformed(message: str) -> ValueError:
+    """A status payload that is not what the profile describes (data, not a caller's type error)."""
+    return ValueError(message)
+
+
+def _int_or_none(raw: Mapping[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise _malformed(f"{key} must be an integer in {lo}..{hi}, got {value!r}")
+    return int(value)
+
+
+def parse_status_payload(profile: LedBoardProfile, payload: bytes | str) -> BoardStatus:
+    """A status topic's JSON; ValueError if it is not a status this profile describes."""
+    raw = json.loads(payload)  # JSONDecodeError is a ValueError
+    if not isinstance(raw, dict):
+        raise _malformed("status must be a JSON object")
+    k = profile.status_keys
+    online = raw.get(k["online"])
+    if not isinstance(online, bool):
+        raise _malformed(f"{k['online']} must be true or false, got {online!r}")
+    if not online:
+        return BoardStatus(online=False)
+    text = raw.get(k["text"], "")
+    arrow = raw.get(k["arrow"], "none")
+    ts = raw.get(k["ts"])
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise _malformed(f"{k['text']} must be a string")
+    if arrow is None:
+        arrow = "none"
+    if arrow not in ARROWS:
+        raise _malformed(f"{k['arrow']} must be one of {ARROWS}, got {arrow!r}")
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
+        raise _malformed(f"{k['ts']} must be a number")
+    return BoardStatus(
+        online=True,
+        brightness=_int_or_none(raw, k["brightness"], 0, 100),
+        pixel_faults=_int_or_none(raw, k["pixel_faults"], 0, 1 << 31),
+        message_id=_int_or_none(raw, k["message_id"], 0, MESSAGE_ID_MAX) or 0,
+        text=text,
+        arrow=arrow,
+        ts=None if ts is None else float(ts),
+    )
