@@ -269,7 +269,7 @@ class LightingController:
                 if self.plan is None or self.plan.on != on or self._replan.is_set():
                     self._replan.clear()
                     await self._make_plan(on, off)
-                self._apply(now)
+                await self._apply(now)
                 try:
                     async with asyncio.timeout(0.25):
                         await self._replan.wait()
@@ -308,10 +308,11 @@ class LightingController:
         body.update(on=on, off=off, slot_starts=starts)
         self._bus.publish(PlanEvent("lighting", self._clock.now(), body))
 
-    def _apply(self, now: float) -> None:
+    async def _apply(self, now: float) -> None:
         """Submit plan commands for lamps whose planned level differs from what was sent."""
         if self.plan is None:
             return
+        sent = 0
         for gid, lamp_ids in self.inv.groups.items():
             level = self.plan.level_at(gid, now)
             for lamp_id in lamp_ids:
@@ -321,6 +322,9 @@ class LightingController:
                 if self._applied.get(lamp_id) != level:
                     self._applied[lamp_id] = level
                     self.submit(lamp_id, level, Priority.PLAN, "plan", reason="schedule")
+                    sent += 1
+                    if sent % 200 == 0:
+                        await asyncio.sleep(0)  # a city switches at once: let operator commands through
 
     def submit(
         self,

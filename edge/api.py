@@ -76,6 +76,7 @@ STATE_KEYS = frozenset(
     {"online", "level_cmd", "level_actual", "alarms", "last_command", *FAILURE_BITS}
     | {"status", "car_connected", "current_limit_a", "session_id", "energy_needed_kwh"}
 )
+YIELD_EVERY = 200  # work items between yields to the event loop in bulk loops
 CONTROLLER_KEYS = frozenset({"online", "failsafe_active", "alarms"})
 
 
@@ -209,7 +210,13 @@ class MqttApi:
         while True:
             await asyncio.sleep(0.2)
             dirty, self._dirty = self._dirty, set()
-            messages = [m for m in map(self.state_message, sorted(dirty)) if m[0]]
+            messages = []
+            for i, dev_id in enumerate(sorted(dirty)):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+                topic, payload = self.state_message(dev_id)
+                if topic:
+                    messages.append((topic, payload))
             # Appended concurrently, so the outbox commits them as one batch (one disk sync).
             for i in range(0, len(messages), 500):
                 await asyncio.gather(
@@ -292,7 +299,9 @@ class MqttApi:
     async def _telemetry_loop(self, pub: Publisher) -> None:
         while True:
             await asyncio.sleep(self._telemetry_interval)
-            for dev in self._state.devices("lamp"):
+            for i, dev in enumerate(list(self._state.devices("lamp"))):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)  # thousands of lamps: let commands through between chunks
                 v = dev.values
                 if not v:
                     continue

@@ -147,7 +147,9 @@ async def _sample_history(d: Daemon) -> None:
     interval = d.settings.storage.history_interval_s
     while True:
         now = d.clock.now()
-        for dev in d.state.devices():
+        for i, dev in enumerate(list(d.state.devices())):
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # keep command latency low while snapshotting thousands
             if dev.values:
                 d.storage.add(
                     StateSample(device_id=dev.device_id, ts=now, online=dev.online, values=dict(dev.values))
