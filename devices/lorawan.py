@@ -478,8 +478,7 @@ class UplinkIngest:
         if seen_at is not None and abs(at - seen_at) <= self._dup_window_s:
             return Order.DUPLICATE
         if track.newest_f_cnt < 0:
-            order = Order.NEW
-            track.session_start = at
+            order = Order.NEW  # the session began before we saw it: its start is unknown
         elif at < track.session_start:
             return Order.LATE  # from a session before the last reset: nothing to remember
         elif f_cnt > track.newest_f_cnt:

@@ -203,11 +203,13 @@ class LorawanProfile:
                 for name, bit in step.bits:
                     if values.get(name, False):
                         raw |= 1 << bit
-            else:
-                v = values.get(f.name, 0)
-                if isinstance(v, str):
-                    raise ValueError(f"{f.name}: not a number: {v!r}")
+                step.struct.pack_into(buf, f.offset, raw)
+                continue
+            v = values.get(f.name, 0)
+            try:
                 raw = round(float(v) / f.scale)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise ValueError(f"{f.name}: cannot encode {v!r}") from exc
             if not f.type.raw_min <= raw <= f.type.raw_max:
                 raise ValueError(f"{f.name}: raw {raw} does not fit {f.type.value}")
             step.struct.pack_into(buf, f.offset, raw)
@@ -227,9 +229,12 @@ class _Step:
 
     @classmethod
     def of(cls, f: Field) -> _Step:
+        fmt = f.type.struct_format(f.little_endian)
+        if f.bits:
+            fmt = fmt.upper()  # flags are bits, never a sign: the word is read unsigned
         return cls(
             f,
-            struct.Struct(f.type.struct_format(f.little_endian)),
+            struct.Struct(fmt),
             f.bits,
             f.scale == 1.0,
             f.scale,
