@@ -153,7 +153,7 @@ class ChargingSettings(_Section):
     alarm_after_s: Annotated[float, Field(gt=0)] = 300.0  # not charging / meter frozen for this long
     stale_after_s: Annotated[float, Field(gt=0)] = 120.0
     default_stay_h: Annotated[float, Field(gt=0, le=72)] = 12.0  # evening arrivals stay ~12 h (ElaadNL)
-    allow_no_security: bool = True
+    allow_no_security: bool = False  # NoSecurity only when a site says so explicitly
     client_cert: str = ""
     client_key: str = ""
     server_cert: str = ""

@@ -63,6 +63,7 @@ timeout_s = 0.5
 write_timeout_s = 1
 reconcile_interval_s = 0.5
 [charging]
+allow_no_security = true
 lease_s = 20
 replan_interval_s = 300
 cabinets = [{{ id = "cab", limit_a = 100 }}]
