@@ -24,7 +24,7 @@ from controllers.lighting import LightingController, expected_power
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import Clock
-from edge.dispatcher import Dispatcher, Verdict, new_command_id
+from edge.dispatcher import Dispatcher, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged
 from edge.inventory import Charger, Inventory
 from edge.settings import ChargingSettings
@@ -476,17 +476,9 @@ class ChargingController:
         reason: str = "",
     ) -> Verdict:
         now = self._clock.now()
-        cmd = Command(
-            id=new_command_id(),
-            device_id=charger_id,
-            point=POINT,
-            value=amps,
-            priority=priority,
-            source=source,
-            issued_at=now,
-            expires_at=now + max(30.0, self._cfg.lease_s) * self._clock.speed,
-            hold_until=None if hold_s is None else now + hold_s,
-            reason=reason,
+        ttl = max(30.0, self._cfg.lease_s) * self._clock.speed
+        cmd = make_command(
+            charger_id, POINT, amps, priority, source, now=now, ttl_s=ttl, hold_s=hold_s, reason=reason
         )
         verdict = self._dispatcher.submit(cmd)
         if verdict.outcome is Outcome.CLAMPED:

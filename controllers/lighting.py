@@ -22,7 +22,7 @@ from astral.sun import sunrise, sunset
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import Clock
-from edge.dispatcher import Dispatcher, Verdict, new_command_id
+from edge.dispatcher import Dispatcher, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged
 from edge.inventory import LIGHTING_CLASSES, Inventory, Lamp
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
@@ -337,17 +337,9 @@ class LightingController:
         reason: str = "",
     ) -> Verdict:
         now = self._clock.now()
-        cmd = Command(
-            id=new_command_id(),
-            device_id=lamp_id,
-            point=LEVEL_POINT,
-            value=level,
-            priority=priority,
-            source=source,
-            issued_at=now,
-            expires_at=now + self._ttl * self._clock.speed,
-            hold_until=None if hold_s is None else now + hold_s,
-            reason=reason,
+        ttl = self._ttl * self._clock.speed
+        cmd = make_command(
+            lamp_id, LEVEL_POINT, level, priority, source, now=now, ttl_s=ttl, hold_s=hold_s, reason=reason
         )
         self.stats.commands += 1
         return self._dispatcher.submit(cmd)

@@ -8,7 +8,6 @@ simulator build and read the same address space; a bad profile fails at load wit
 from __future__ import annotations
 
 import functools
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from devices.profile import read_profile_toml
 from edge.errors import ConfigError
 from edge.events import Value
 
@@ -279,15 +279,7 @@ def parse_profile(data: Mapping[str, Any], file: str = "<memory>") -> ChargePoin
 
 def load_profile(path: str | Path = DEFAULT_PROFILE_PATH) -> ChargePointProfile:
     """Read and validate a charge point profile from a TOML file."""
-    file = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read profile: {exc.strerror}", file=file) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=file) from exc
-    return parse_profile(data, file)
+    return parse_profile(read_profile_toml(path), str(path))
 
 
 @functools.cache

@@ -311,17 +311,20 @@ def parse_profile(data: Mapping[str, Any], file: str = "<memory>") -> LampContro
     return _Loader(file).profile(data)
 
 
-def load_profile(path: str | Path = DEFAULT_PROFILE_PATH) -> LampControllerProfile:
-    """Read and validate a lamp controller profile from a TOML file."""
-    file = str(path)
+def read_profile_toml(path: str | Path) -> dict[str, Any]:
+    """A profile file's TOML data; unreadable or invalid files raise ConfigError naming the file."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except OSError as exc:
-        raise ConfigError(f"cannot read profile: {exc.strerror}", file=file) from exc
+        raise ConfigError(f"cannot read profile: {exc.strerror}", file=str(path)) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=file) from exc
-    return parse_profile(data, file)
+        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from exc
+
+
+def load_profile(path: str | Path = DEFAULT_PROFILE_PATH) -> LampControllerProfile:
+    """Read and validate a lamp controller profile from a TOML file."""
+    return parse_profile(read_profile_toml(path), str(path))
 
 
 @functools.cache

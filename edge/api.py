@@ -39,7 +39,7 @@ from controllers.charging import VOLTS, ChargingController
 from controllers.lighting import LEVEL_POINT, LightingController
 from edge.bus import EventBus
 from edge.clock import Clock
-from edge.dispatcher import AuditRecord, Dispatcher, new_command_id
+from edge.dispatcher import AuditRecord, Dispatcher, make_command, new_command_id
 from edge.errors import PayloadError
 from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, Priority, StateChanged
 from edge.payloads import (
@@ -472,18 +472,10 @@ class MqttApi:
             )
         amps = 0.0 if isinstance(req, ChargerPause) else req.current_a
         assert isinstance(req, ChargerPause | ChargerLimit)
-        cmd = Command(
-            id=new_command_id(),
-            device_id=name,
-            point=CHARGE_POINT,
-            value=amps,
-            priority=Priority.OPERATOR,
-            source=source,
-            issued_at=now,
-            expires_at=now + self._ttl * self._clock.speed,
-            hold_until=None if req.duration_s is None else now + req.duration_s,
-            reason=req.reason or req.action,
-        )
+        cmd = make_command(
+            name, CHARGE_POINT, amps, Priority.OPERATOR, source,
+            now=now, ttl_s=self._ttl * self._clock.speed, hold_s=req.duration_s, reason=req.reason or req.action,
+        )  # fmt: skip
         result = await self._dispatcher.submit_and_wait(cmd, self._result_timeout)
         ack = summarize([result], msg.topic, self._clock.now())
         if result.command.reason.startswith(("feeder_limit", "below_6a")) and ack.ok:
@@ -538,16 +530,15 @@ class MqttApi:
         now = self._clock.now()
         ttl = (req.ttl_s or self._ttl) * self._clock.speed
         commands = [
-            Command(
-                id=new_command_id(),
-                device_id=t,
-                point=LEVEL_POINT,
-                value=req.level,
-                priority=Priority.OPERATOR,
-                source=source,
-                issued_at=now,
-                expires_at=now + ttl,
-                hold_until=None if req.duration_s is None else now + req.duration_s,
+            make_command(
+                t,
+                LEVEL_POINT,
+                req.level,
+                Priority.OPERATOR,
+                source,
+                now=now,
+                ttl_s=ttl,
+                hold_s=req.duration_s,
                 reason=req.reason or "operator override",
             )
             for t in targets

@@ -84,6 +84,33 @@ def new_command_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def make_command(
+    device_id: str,
+    point: str,
+    value: float,
+    priority: Priority,
+    source: str,
+    *,
+    now: float,
+    ttl_s: float,
+    hold_s: float | None = None,
+    reason: str = "",
+) -> Command:
+    """A new command issued `now`: it must be applied within `ttl_s` and holds for `hold_s` (clock s)."""
+    return Command(
+        id=new_command_id(),
+        device_id=device_id,
+        point=point,
+        value=value,
+        priority=priority,
+        source=source,
+        issued_at=now,
+        expires_at=now + ttl_s,
+        hold_until=None if hold_s is None else now + hold_s,
+        reason=reason,
+    )
+
+
 class Dispatcher:
     """Arbitrates, validates, writes and confirms commands; async context manager."""
 
