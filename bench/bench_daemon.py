@@ -505,7 +505,7 @@ def _private_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     )
     if binary is None:
         return None
-    from edge.broker import free_port
+    from edge.net import free_port
 
     port = free_port()
     conf = tmp / "mosquitto.conf"

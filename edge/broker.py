@@ -25,11 +25,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import socket
 from types import TracebackType
 from typing import Any, Self
 
 from amqtt.broker import Broker
+
+from edge.net import free_port
 
 # amqtt and its state machine library log every connection at INFO and a v5 probe at
 # WARNING; the daemon logs link transitions itself.
@@ -42,14 +43,6 @@ class BrokerState(enum.Enum):
     UNOPENED = "unopened"
     RUNNING = "running"
     STOPPED = "stopped"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class EmbeddedBroker:

@@ -171,8 +171,8 @@ def _demo_with_dashboard(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from edge.broker import free_port
     from edge.demo import SITE_DIR
+    from edge.net import free_port
 
     port = args.broker_port or free_port()
     log_path = Path(tempfile.gettempdir()) / "dos-edge-demo.log"

@@ -26,10 +26,11 @@ import orjson
 import structlog
 
 from controllers.lighting import night_window
-from edge.broker import EmbeddedBroker, free_port
+from edge.broker import EmbeddedBroker
 from edge.clock import SimClock
 from edge.daemon import Daemon, running
 from edge.inventory import Inventory, load_inventory
+from edge.net import free_port
 from edge.settings import Settings, load_settings
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.lighting import LightingSimulator, SimController, SimLamp

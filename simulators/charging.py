@@ -49,6 +49,7 @@ from devices.opcua import OpcUaEndpoint, quiet_asyncua, string_node_id
 from devices.opcua_profile import MIN_CHARGE_CURRENT_A, ChargePointProfile, default_profile
 from edge.clock import Clock, SimClock, SystemClock
 from edge.events import Value
+from edge.net import free_port
 from edge.tasks import cancel_and_wait
 from simulators.elaad import SessionSampler, load_curves
 
@@ -167,14 +168,6 @@ class _State(Enum):
     UNOPENED = "unopened"
     OPENED = "opened"
     CLOSED = "closed"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _Link:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -31,6 +30,7 @@ from devices.modbus import ModbusEndpoint
 from devices.profile import LampControllerProfile, default_profile
 from edge.clock import Clock, SimClock, SystemClock
 from edge.events import Value
+from edge.net import free_port as free_port  # noqa: PLC0414 - re-exported for simulators.displays
 
 log = structlog.get_logger(__name__)
 
@@ -70,14 +70,6 @@ class SimController:
     lamps: tuple[SimLamp, ...]
     watchdog_s: float = 300.0
     failsafe_level: int = 100
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now on `host` (pymodbus cannot report a port-0 bind back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class FaultMessage(BaseModel):

@@ -31,7 +31,8 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from edge.broker import EmbeddedBroker, free_port
+from edge.broker import EmbeddedBroker
+from edge.net import free_port
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 BROKER_START_TIMEOUT_S = 10.0

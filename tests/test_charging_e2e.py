@@ -17,11 +17,11 @@ import pytest
 from harness import Site, wait_for
 
 from controllers.lighting import night_window
-from edge.broker import free_port
 from edge.clock import SimClock
 from edge.daemon import running
 from edge.demo import sim_chargers, sim_controllers
 from edge.inventory import load_inventory
+from edge.net import free_port
 from edge.settings import load_settings
 from simulators.charging import ChargingSimulator
 from simulators.lighting import LightingSimulator

@@ -23,7 +23,8 @@ from devices.modbus import (
 from devices.profile import default_profile
 from edge.clock import ManualClock
 from edge.errors import DeviceReplyError, DeviceUnavailable
-from simulators.lighting import LightingSimulator, free_port
+from edge.net import free_port
+from simulators.lighting import LightingSimulator
 
 pytestmark = pytest.mark.usefixtures("modbus_no_leaked_tasks")
 

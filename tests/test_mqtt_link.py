@@ -20,9 +20,10 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.broker import EmbeddedBroker, free_port
+from edge.broker import EmbeddedBroker
 from edge.errors import PayloadError
 from edge.mqtt import BrokerAddress, IncomingMessage, MqttLink
+from edge.net import free_port
 from edge.outbox import Outbox
 
 if TYPE_CHECKING:
