@@ -65,12 +65,13 @@ def chirpstack_event(
     confirmed: bool = False,
     profile_name: str = "",
     dr: int = 5,
+    application_id: str = APPLICATION_ID,
 ) -> tuple[str, bytes]:
     """A ChirpStack v4 `event/up` (topic, JSON), with default-valued fields left out as it does."""
     info: dict[str, Any] = {
         "tenantId": TENANT_ID,
         "tenantName": "DOS",
-        "applicationId": APPLICATION_ID,
+        "applicationId": application_id,
         "applicationName": "city-sensors",
         "deviceProfileName": profile_name,
         "deviceName": device_name,
@@ -99,7 +100,7 @@ def chirpstack_event(
         },
     }
     body = {k: v for k, v in msg.items() if v not in (0, False, "", None, [], {})}
-    return f"application/{APPLICATION_ID}/device/{dev_eui}/event/up", orjson.dumps(body)
+    return f"application/{application_id}/device/{dev_eui}/event/up", orjson.dumps(body)
 
 
 def tts_uplink(
@@ -114,6 +115,7 @@ def tts_uplink(
     gateways: Sequence[Gateway] = (),
     decoded: Mapping[str, Any] | None = None,
     confirmed: bool = False,
+    app: str = TTS_APP,
 ) -> tuple[str, bytes]:
     """A The Things Stack v3 `up` message (topic, JSON), empty fields left out as it does."""
     when = rfc3339(ts)
@@ -148,7 +150,7 @@ def tts_uplink(
     body = {
         "end_device_ids": {
             "device_id": device_id,
-            "application_ids": {"application_id": TTS_APP},
+            "application_ids": {"application_id": app},
             "dev_eui": dev_eui.upper(),
             "dev_addr": dev_eui[-8:].upper(),
         },
@@ -156,7 +158,7 @@ def tts_uplink(
         "received_at": when,
         "uplink_message": {k: v for k, v in uplink.items() if v not in (0, False, "", None, [], {})},
     }
-    return f"v3/{TTS_APP}@{TTS_TENANT}/devices/{device_id}/up", orjson.dumps(body)
+    return f"v3/{app}@{TTS_TENANT}/devices/{device_id}/up", orjson.dumps(body)
 
 
 def network_decoded(profile: LorawanProfile, payload: bytes) -> dict[str, Value]:
@@ -304,6 +306,7 @@ class LorawanSimulator:
         rejoin_p: float = 0.0,
         decoded_p: float = 0.5,
         record: bool = True,
+        app: str | None = None,
     ) -> None:
         self.sensors = list(sensors)
         self._profiles = profiles if profiles is not None else default_profiles()
@@ -319,6 +322,7 @@ class LorawanSimulator:
         self._rejoin_p = rejoin_p
         self._decoded_p = decoded_p
         self._record = record
+        self._app = app
         self._f_cnt = {s.dev_eui: 0 for s in self.sensors}
         self._frame_no = {s.dev_eui: 0 for s in self.sensors}
         self._last_ts = {s.dev_eui: 0.0 for s in self.sensors}
@@ -332,6 +336,52 @@ class LorawanSimulator:
     def devices(self) -> dict[str, tuple[str, str]]:
         """DevEUI -> (device_id, profile name), the mapping `UplinkIngest` takes."""
         return {s.dev_eui: (s.device_id, s.profile) for s in self.sensors}
+
+    def _build(
+        self,
+        sensor: SimSensor,
+        *,
+        f_cnt: int,
+        f_port: int,
+        payload: bytes,
+        ts: float,
+        dedup_id: str,
+        gateways: Sequence[Gateway],
+        decoded: Mapping[str, Any] | None,
+    ) -> tuple[str, bytes]:
+        if sensor.format == "chirpstack":
+            return chirpstack_event(
+                sensor.dev_eui,
+                sensor.device_id,
+                f_cnt=f_cnt,
+                f_port=f_port,
+                payload=payload,
+                ts=ts,
+                dedup_id=dedup_id,
+                gateways=gateways,
+                decoded=decoded,
+                profile_name=sensor.profile,
+                application_id=self._app or APPLICATION_ID,
+            )
+        return tts_uplink(
+            sensor.dev_eui,
+            sensor.device_id,
+            f_cnt=f_cnt,
+            f_port=f_port,
+            payload=payload,
+            ts=ts,
+            dedup_id=dedup_id,
+            gateways=gateways,
+            decoded=decoded,
+            app=self._app or TTS_APP,
+        )
+
+    def topics(self) -> tuple[str, str]:
+        """MQTT subscriptions that match exactly this simulator's uplinks (both formats)."""
+        return (
+            f"application/{self._app or APPLICATION_ID}/device/+/event/up",
+            f"v3/{self._app or TTS_APP}@{TTS_TENANT}/devices/+/up",
+        )
 
     def _frame(self, sensor: SimSensor, ts: float) -> list[tuple[str, bytes]]:
         rng = self._rng
@@ -349,14 +399,12 @@ class LorawanSimulator:
         ]
         if rng.random() < 0.1:
             gateways[0] = (gateways[0][0], gateways[0][1], 0.0)  # snr 0: left out on the wire
-        build = chirpstack_event if sensor.format == "chirpstack" else tts_uplink
         payload = profile.encode(values)
         decoded = network_decoded(profile, payload) if rng.random() < self._decoded_p else None
         port = profile.f_ports[0]
         out = [
-            build(
-                sensor.dev_eui,
-                sensor.device_id,
+            self._build(
+                sensor,
                 f_cnt=f_cnt,
                 f_port=port,
                 payload=payload,
@@ -371,9 +419,8 @@ class LorawanSimulator:
             self.stats.sent_frames.append((sensor.device_id, f_cnt, ts))
         if rng.random() < self._dup_p:
             # another integration (or gateway path) delivers the same frame again
-            dup = build(
-                sensor.dev_eui,
-                sensor.device_id,
+            dup = self._build(
+                sensor,
                 f_cnt=f_cnt,
                 f_port=port,
                 payload=payload,
