@@ -13,62 +13,18 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from waiting import Recorder
 
 from devices.modbus import ModbusLightingDriver
 from edge.clock import ManualClock
-from edge.events import Availability, Event, Telemetry
 from simulators.lighting import LightingSimulator, demo_controllers
 
 CLOCK_START = 1_795_000_000.0  # a fixed epoch so runs are repeatable
 WAIT_S = 3.0
-
-
-async def wait_until(cond: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "") -> None:
-    """Poll `cond` every few ms until true; fail the test after `timeout_s` real seconds.
-
-    Polling, not an Event: the conditions are on simulator registers and driver counters,
-    which have no event to wait on, and a test must not add one to the code under test.
-    """
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not cond():  # noqa: ASYNC110 - see docstring
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout_s} s waiting for {what or cond}")
-
-
-@dataclass
-class Recorder:
-    """The driver's `publish`: keeps every event for the test to inspect."""
-
-    events: list[Event] = field(default_factory=list)
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def telemetry(self, device_id: str) -> list[Telemetry]:
-        """Telemetry events of one device, oldest first."""
-        return [e for e in self.events if isinstance(e, Telemetry) and e.device_id == device_id]
-
-    def latest(self, device_id: str) -> Telemetry | None:
-        """The newest telemetry of a device, if any."""
-        for e in reversed(self.events):
-            if isinstance(e, Telemetry) and e.device_id == device_id:
-                return e
-        return None
-
-    def availability(self, endpoint: str) -> list[bool]:
-        """Availability transitions of an endpoint, oldest first."""
-        return [e.online for e in self.events if isinstance(e, Availability) and e.endpoint == endpoint]
-
-    async def wait(self, cond: Callable[[], bool], what: str = "", timeout_s: float = WAIT_S) -> None:
-        """Wait for `cond` with a timeout (no fixed sleeps)."""
-        await wait_until(cond, timeout_s, what)
 
 
 @pytest_asyncio.fixture
@@ -95,7 +51,7 @@ def manual_clock() -> ManualClock:
 @pytest.fixture
 def recorder() -> Recorder:
     """Collects the driver's events."""
-    return Recorder()
+    return Recorder(wait_s=WAIT_S)
 
 
 @pytest_asyncio.fixture

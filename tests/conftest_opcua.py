@@ -15,63 +15,22 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from waiting import Recorder
 
 from devices.opcua import ClientSecurity, OpcUaChargingDriver
 from edge.clock import ManualClock
-from edge.events import Availability, Event, Telemetry, Value
 from simulators.charging import ChargingSimulator, ServerSecurity, SimChargePoint, make_test_certificates
 
 CLOCK_START = 1_795_000_000.0  # a fixed epoch so runs are repeatable
 WAIT_S = 5.0
 
 
-async def wait_until(cond: Callable[[], bool], timeout_s: float = WAIT_S, what: str = "") -> None:
-    """Poll `cond` every few ms until true; fail the test after `timeout_s` real seconds.
-
-    Polling, not an Event: the conditions are on simulator state and driver counters,
-    which have no event to wait on, and a test must not add one to the code under test.
-    """
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not cond():  # noqa: ASYNC110 - see docstring
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout_s} s waiting for {what or cond}")
-
-
-@dataclass
-class OpcUaRecorder:
-    """The driver's `publish`: keeps every event for the test to inspect."""
-
-    events: list[Event] = field(default_factory=list)
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-
-    def telemetry(self, device_id: str) -> list[Telemetry]:
-        """Telemetry events of one charge point, oldest first."""
-        return [e for e in self.events if isinstance(e, Telemetry) and e.device_id == device_id]
-
-    def value(self, device_id: str, point: str) -> Value | None:
-        """The newest value of a point the driver published, if any."""
-        for e in reversed(self.events):
-            if isinstance(e, Telemetry) and e.device_id == device_id and point in e.values:
-                return e.values[point]
-        return None
-
-    def availability(self, endpoint: str) -> list[bool]:
-        """Availability transitions of an endpoint, oldest first."""
-        return [e.online for e in self.events if isinstance(e, Availability) and e.endpoint == endpoint]
-
-    async def wait(self, cond: Callable[[], bool], what: str = "", timeout_s: float = WAIT_S) -> None:
-        """Wait for `cond` with a timeout (no fixed sleeps)."""
-        await wait_until(cond, timeout_s, what)
+OpcUaRecorder = Recorder  # shared: tests/waiting.py
 
 
 def sim_charge_points() -> list[SimChargePoint]:
@@ -107,7 +66,7 @@ def charging_clock() -> ManualClock:
 @pytest.fixture
 def opcua_recorder() -> OpcUaRecorder:
     """Collects the driver's events."""
-    return OpcUaRecorder()
+    return OpcUaRecorder(wait_s=WAIT_S)
 
 
 @pytest.fixture(scope="session")

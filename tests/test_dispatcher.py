@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_asyncio
-from conftest_modbus import wait_until
 from pymodbus.client import AsyncModbusTcpClient
+from waiting import wait_until
 
 from devices.modbus import ModbusLightingDriver
 from devices.profile import default_profile

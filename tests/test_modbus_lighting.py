@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import pytest
-from conftest_modbus import Recorder, wait_until
+from conftest_modbus import Recorder
+from waiting import wait_until
 
 from devices.codec import PointValueError
 from devices.modbus import (

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from asyncua import ua
 from asyncua.client.client import Client
-from conftest_opcua import CLOCK_START, OpcUaRecorder, make_driver, sim_charge_points, wait_until
+from conftest_opcua import CLOCK_START, OpcUaRecorder, make_driver, sim_charge_points
+from waiting import wait_until
 
 from devices.opcua import ClientSecurity, OpcUaChargingDriver, string_node_id
 from devices.opcua_profile import default_profile, parse_profile
