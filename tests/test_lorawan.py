@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from hypothesis import strategies as st
 
 from devices.lorawan import (
     MAX_UPLINK_BYTES,
-    TOPICS,
     UplinkIngest,
     parse_chirpstack,
     parse_tts,
@@ -338,9 +338,15 @@ def _value_strategy(profile: LorawanProfile) -> st.SearchStrategy[dict[str, Valu
             lo = max(lo, math.ceil(f.min / f.scale))
         if f.max is not None:
             hi = min(hi, math.floor(f.max / f.scale))
-        scale = f.scale
-        parts[f.name] = st.integers(lo, hi).map(lambda r, s=scale: r if s == 1.0 else round(r * s, 6))
+        parts[f.name] = st.integers(lo, hi).map(_scaled(f.scale))
     return st.fixed_dictionaries(parts)
+
+
+def _scaled(scale: float) -> Callable[[int], Value]:
+    def apply(raw: int) -> Value:
+        return raw if scale == 1.0 else round(raw * scale, 6)
+
+    return apply
 
 
 @pytest.mark.parametrize("name", sorted(default_profiles()))
@@ -375,7 +381,8 @@ def _field_profile(draw: st.DrawFn) -> tuple[LorawanProfile, dict[str, Value]]:
         "endian": "little" if little else "big",
     }
     flags: dict[str, Value] = {}
-    if bits and draw(st.booleans()):
+    as_flags: bool = draw(st.booleans())
+    if bits and as_flags:
         field["bits"] = {f"b{b}": b for b in bits}
         flags = {f"b{b}": draw(st.booleans()) for b in bits}
         values = flags
@@ -697,8 +704,9 @@ def test_tts_builder_output_parses() -> None:
 async def test_simulator_to_ingest_over_mqtt(mqtt_url: str) -> None:
     """The simulator publishes both formats over a broker; an aiomqtt subscriber feeding UplinkIngest sees every sensor exactly once."""
     clock = ManualClock(T0)
+    app = f"test-{uuid.uuid4().hex[:10]}"  # a broker shared with other tests: topics of our own
     sim = LorawanSimulator(
-        demo_sensors(15, 15), demo_values(3), clock, seed=3, duplicate_p=0.5, out_of_order_p=0.0
+        demo_sensors(15, 15), demo_values(3), clock, seed=3, duplicate_p=0.5, out_of_order_p=0.0, app=app
     )
     ingest, sink = make_ingest(sim.devices())
     messages = sim.frames(T0)
@@ -707,11 +715,11 @@ async def test_simulator_to_ingest_over_mqtt(mqtt_url: str) -> None:
     async with aiomqtt.Client(
         address.host,
         address.port,
-        identifier="lorawan-test-sub",
+        identifier=f"sub-{app}",
         protocol=aiomqtt.ProtocolVersion.V311,
         timeout=10,
     ) as sub:
-        await sub.subscribe([(t, 1) for t in TOPICS])
+        await sub.subscribe([(t, 1) for t in sim.topics()])
 
         async def consume() -> None:
             async for message in sub.messages:
