@@ -85,6 +85,7 @@ class LedBoardProfile:
     retain: bool
     status_interval_s: float
     offline_after_missed: int
+    failsafe_after_s: float  # blank after this long (clock seconds) without the broker; 0: never
     text: TextSpec
     brightness_min: int
     brightness_max: int
@@ -104,6 +105,8 @@ class VmsProfile:
 
     Slot `n` (1-based; 0 in active_slot means blank) starts at `slots.base + (n - 1) * slot_stride`;
     its text follows the slot points at `text_offset`, 2 ASCII characters per register.
+    An optional control point `failsafe_after_s` blanks the sign after that many clock
+    seconds without a request (0: never).
     """
 
     name: str
@@ -360,6 +363,9 @@ class _Loader(_RegisterLoader):
         if interval is None or not 0 < interval <= 3600:
             raise self.fail("mqtt.status_interval_s", f"must be in (0, 3600], got {interval}")
         missed = self.integer(mqtt, "offline_after_missed", "mqtt.", lo=1, hi=1000)
+        failsafe = self.number(mqtt, "failsafe_after_s", "mqtt.")
+        if failsafe is None or failsafe < 0:
+            raise self.fail("mqtt.failsafe_after_s", f"must be a number >= 0, got {failsafe}")
         text = self.text(self.table(data, "text", ""), even=False)
         bright = self.table(data, "brightness", "")
         b_min = self.integer(bright, "min", "brightness.", lo=0, hi=100)
@@ -376,6 +382,7 @@ class _Loader(_RegisterLoader):
             retain=retain,
             status_interval_s=interval,
             offline_after_missed=missed,
+            failsafe_after_s=failsafe,
             text=text,
             brightness_min=b_min,
             brightness_max=b_max,

@@ -2,8 +2,10 @@
 
 Each display renders what it shows as text (`DisplaySimulator.shown`), from the same
 profiles and codecs as the driver, so the two cannot drift. Faults: pixel faults,
-communication loss, power loss (and door open on a sign). Expired messages blank on the
-device side too. Time comes from a `Clock`; the boards' status period is real seconds.
+communication loss, power loss (and door open / comm fault bits on a sign). Expired
+messages blank on the device side too, and so does a display that has lost its
+communication for its fail-safe time (a sign: no request for `failsafe_after_s`; a board:
+no broker for the profile's `failsafe_after_s`); it stays blank until new content arrives. Time comes from a `Clock`; the boards' status period is real seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from devices.display_profile import (
 )
 from devices.displays import SignEndpoint
 from edge.clock import Clock
+from edge.tasks import cancel_and_wait
 from simulators.lighting import MIN_REAL_TICK_S, free_port
 
 log = structlog.get_logger(__name__)
@@ -72,6 +75,7 @@ class SimSign:
     port: int = 0
     unit: int = 1
     brightness: int = 80
+    failsafe_after_s: int = 300  # blank after this long without a request; 0: never
 
 
 @dataclass(slots=True)
@@ -86,6 +90,8 @@ class _Board:
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     sessions: int = 0
+    lost_since: float | None = None  # clock time the broker connection was lost
+    failsafe: bool = False  # blanked on comm loss: retained content is not new content
 
 
 @dataclass(slots=True)
@@ -98,6 +104,7 @@ class _Sign:
     faults: set[str] = field(default_factory=set)
     server: ModbusTcpServer | None = None
     listening: bool = False
+    last_request: float = 0.0  # clock time, for the comm-loss fail-safe
 
 
 class _State(Enum):
@@ -264,6 +271,8 @@ class DisplaySimulator:
             if fault == "pixel_fault":
                 board.pixel_faults = pixels if active else 0
             if faults & {"comm_loss", "power_loss"}:
+                if board.lost_since is None:
+                    board.lost_since = self.clock.now()
                 board.reachable.clear()
                 board.lost.set()
             else:
@@ -316,12 +325,14 @@ class DisplaySimulator:
     async def _board_main(self, board: _Board) -> None:
         """Connect while reachable; reconnect after a broker outage with jittered backoff."""
         attempt = 0
-        while True:
+        while self._state is _State.OPENED:
             await board.reachable.wait()
             try:
                 await self._board_session(board)
                 attempt = 0
             except* (aiomqtt.MqttError, TimeoutError) as group:
+                if board.lost_since is None:
+                    board.lost_since = self.clock.now()
                 if attempt == 0:
                     log.warning(
                         "sim_display_mqtt_down",
@@ -337,6 +348,7 @@ class DisplaySimulator:
         did = board.spec.display_id
         async with self._client(board) as client:
             board.sessions += 1
+            board.lost_since = None
             await client.subscribe(
                 [(p.topic(p.content_topic, did), p.qos), (p.topic(p.brightness_topic, did), p.qos)],
                 timeout=_MQTT_TIMEOUT_S,
@@ -362,8 +374,12 @@ class DisplaySimulator:
         )
 
     async def _board_status(self, client: aiomqtt.Client, board: _Board) -> None:
-        """Publish status on every change and every status period."""
-        while True:
+        """Publish status on every change and every status period.
+
+        The loop tests the state because on 3.11 aiomqtt's `wait_for` can swallow the
+        cancellation of a publish; the nested task group would then wait for ever.
+        """
+        while self._state is _State.OPENED:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.status_interval_s):
                     await board.dirty.wait()
@@ -379,12 +395,14 @@ class DisplaySimulator:
             if not isinstance(payload, bytes | str):
                 continue
             if message.topic.matches(content_topic):
-                self._board_content(board, payload)
+                self._board_content(board, payload, retained=bool(message.retain))
             else:
                 self._board_brightness(board, payload)
             board.dirty.set()
 
-    def _board_content(self, board: _Board, payload: bytes | str) -> None:
+    def _board_content(self, board: _Board, payload: bytes | str, *, retained: bool) -> None:
+        if retained and board.failsafe:
+            return  # blanked on comm loss: stays blank until the controller sends anew
         if not payload:  # a cleared retained message
             board.content = None
             return
@@ -396,6 +414,7 @@ class DisplaySimulator:
             log.warning("sim_display_content_refused", display_id=board.spec.display_id, error=str(exc))
             return
         board.content = content  # no lines: a blank message that still echoes its id
+        board.failsafe = False
         if content.brightness is not None:
             board.brightness = content.brightness
 
@@ -441,6 +460,9 @@ class DisplaySimulator:
         start, _, regs, _ = core.devices[sign.spec.unit].block["x"]
         sign.regs, sign.start = regs, start
         regs[self._ctl["brightness"] - start] = sign.spec.brightness
+        if "failsafe_after_s" in self._ctl:
+            regs[self._ctl["failsafe_after_s"] - start] = sign.spec.failsafe_after_s
+        sign.last_request = self.clock.now()
         self._refresh_sign(sign)
 
     def _valid_write(self, address: int, scratch: list[int], start: int, n: int) -> bool:
@@ -476,6 +498,7 @@ class DisplaySimulator:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         """Called by pymodbus before each request: validate writes and act on them at once."""
+        sign.last_request = self.clock.now()
         if set_values is None:
             return None
         values = [int(x) for x in set_values]
@@ -499,9 +522,15 @@ class DisplaySimulator:
             expires_at = decode(
                 self._slot_points["expires_at"], regs, base + self._slot_points["expires_at"].offset
             )
-            if expires_at and self.clock.now() >= expires_at:
+            now = self.clock.now()
+            failsafe_at = self._ctl.get("failsafe_after_s")
+            failsafe_after = 0 if failsafe_at is None else regs[failsafe_at - s]
+            if expires_at and now >= expires_at:
                 regs[active_at] = slot = 0
                 log.info("sim_display_expired", display_id=sign.spec.display_id)
+            elif failsafe_after and now - sign.last_request >= failsafe_after:
+                regs[active_at] = slot = 0
+                log.info("sim_display_failsafe", display_id=sign.spec.display_id, after_s=failsafe_after)
         dark = "power_loss" in sign.faults
         if slot and not dark:
             base = v.slot_base(slot) - s
@@ -554,12 +583,18 @@ class DisplaySimulator:
             now = self.clock.now()
             for sign in self._signs.values():
                 self._refresh_sign(sign)
+            after = self.board_profile.failsafe_after_s
             for board in self._boards.values():
                 c = board.content
                 if c is not None and c.expires_at is not None and now >= c.expires_at:
                     board.content = None
                     board.dirty.set()
                     log.info("sim_display_expired", display_id=board.spec.display_id)
+                lost = board.lost_since
+                if board.content is not None and after and lost is not None and now - lost >= after:
+                    board.content = None
+                    board.failsafe = True
+                    log.info("sim_display_failsafe", display_id=board.spec.display_id, after_s=after)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -602,8 +637,7 @@ class DisplaySimulator:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
-        for task in self._tasks:
-            task.cancel()
+        await cancel_and_wait(self._tasks)
         try:
             if self._tg is not None:
                 await self._tg.__aexit__(exc_type, exc, tb)

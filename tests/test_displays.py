@@ -313,3 +313,33 @@ async def test_power_loss(
     await wait_value(recorder, sign, "power_loss", False)
     assert display_sim.shown(board) == "P2 Westfalen"  # its retained content, not yet expired
     assert await display_driver.write(sign, "content", content(10, "P2 Westfalen"), 2.0) == 10
+
+
+async def test_comm_loss_failsafe_blanks_until_new_content(
+    display_driver: DisplayDriver,
+    display_sim: DisplaySimulator,
+    display_ids: DisplayIds,
+    recorder: Recorder,
+    manual_clock: ManualClock,
+) -> None:
+    """A display cut off for its fail-safe time blanks on its own and stays blank until new content."""
+    board, sign = display_ids.boards[0], display_ids.signs[0]
+    for display_id in (board, sign):
+        await display_driver.write(display_id, "content", content(21, "frei 57"), 2.0)
+        display_sim.inject(display_id, "comm_loss")
+    for display_id in (board, sign):
+        await recorder.wait(lambda d=display_id: recorder.availability(d) == [True, False], "down", 5.0)
+    manual_clock.advance(200.0)
+    for display_id in (board, sign):
+        assert display_sim.shown(display_id) == "frei 57"  # not yet: fail-safe after 300 s
+    manual_clock.advance(101.0)
+    for display_id in (board, sign):
+        await recorder.wait(lambda d=display_id: display_sim.shown(d) == "", f"{display_id} blank")
+        display_sim.clear(display_id, "comm_loss")
+    for display_id in (board, sign):
+        await recorder.wait(lambda d=display_id: recorder.availability(d) == [True, False, True], "back", 5.0)
+        await wait_value(recorder, display_id, "shown", "")  # the old number does not come back
+    assert display_sim.shown(board) == ""  # its retained content is not new content
+    for display_id in (board, sign):
+        assert await display_driver.write(display_id, "content", content(22, "frei 12"), 2.0) == 22
+        assert display_sim.shown(display_id) == "frei 12"
