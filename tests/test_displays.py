@@ -11,6 +11,7 @@ import pytest
 from conftest_displays import *  # noqa: F403 - fixtures, until conftest.py registers the plugin
 from conftest_displays import DisplayIds
 from conftest_modbus import Recorder
+from conftest_mqtt import PrivateBroker
 
 from devices.base import Driver
 from devices.codec import PointValueError
@@ -30,7 +31,7 @@ from devices.displays import DisplayDriver
 from edge.clock import ManualClock
 from edge.errors import ConfigError, DeviceReplyError, DeviceUnavailable
 from edge.events import Value
-from simulators.displays import DisplaySimulator
+from simulators.displays import DisplaySimulator, SimBoard
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
@@ -343,3 +344,38 @@ async def test_comm_loss_failsafe_blanks_until_new_content(
     for display_id in (board, sign):
         assert await display_driver.write(display_id, "content", content(22, "frei 12"), 2.0) == 22
         assert display_sim.shown(display_id) == "frei 12"
+
+
+async def test_broker_outage_boards_down_once_back_once(
+    private_broker: PrivateBroker, manual_clock: ManualClock, recorder: Recorder, display_ids: DisplayIds
+) -> None:
+    """When the broker goes away every board goes down once, and comes back once with it; signs are untouched."""
+    boards = display_ids.boards
+    sim = DisplaySimulator(
+        manual_clock, boards=[SimBoard(b) for b in boards], mqtt_url=private_broker.url, status_interval_s=0.1
+    )
+    async with sim:
+        driver = DisplayDriver(
+            recorder,
+            manual_clock,
+            boards=boards,
+            mqtt_url=private_broker.url,
+            status_interval_s=0.1,
+            timeout_s=1.0,
+            backoff_base_s=0.02,
+            backoff_max_s=0.1,
+        )
+        async with driver:
+            await recorder.wait(lambda: all(driver.online(b) for b in boards), "boards online", 5.0)
+            await private_broker.stop()
+            await recorder.wait(
+                lambda: all(recorder.availability(b) == [True, False] for b in boards), "down", 5.0
+            )
+            with pytest.raises(DeviceUnavailable):
+                await driver.write(boards[0], "content", content(1, "x"), 1.0)
+            await private_broker.start()
+            await recorder.wait(
+                lambda: all(recorder.availability(b) == [True, False, True] for b in boards), "back", 15.0
+            )
+            assert await driver.write(boards[0], "content", content(2, "wieder da"), 2.0) == 2
+            assert sim.shown(boards[0]) == "wieder da"
