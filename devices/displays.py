@@ -485,6 +485,7 @@ class DisplayDriver:
         ids = [*self._board_ids, *(s.display_id for s in self._sign_eps)]
         if len(set(ids)) != len(ids):
             raise ValueError("display ids must be unique")
+        self._ids = frozenset(ids)
         for display_id in ids:
             if not display_id or any(c in display_id for c in "/+#"):
                 raise ValueError(f"display id {display_id!r} cannot be part of a topic")
@@ -604,7 +605,7 @@ class DisplayDriver:
 
     def handles(self, device_id: str) -> bool:
         """Whether `device_id` is one of our boards or signs."""
-        return device_id in self._board_ids or any(s.display_id == device_id for s in self._sign_eps)
+        return device_id in self._ids
 
     def online(self, display_id: str) -> bool | None:
         """Last known availability (None until the first answer or failure)."""
