@@ -149,15 +149,13 @@ class ChargingSafety:
         """Amps this charger may use now, and which limit binds."""
         room = self.feeder_limit(c.feeder, now) - self.feeder_load(c.feeder, now, exclude=c.id)
         why = f"feeder {c.feeder}"
-        cab_limit = self.cabinet_limit(c.cabinet, now)
+        feeder = self._feeders.get(c.feeder)
+        cabinet = feeder.cabinet if feeder is not None else c.cabinet  # the supply tree decides, not the row
+        cab_limit = self.cabinet_limit(cabinet, now)
         if math.isfinite(cab_limit):
-            cab_load = sum(
-                self.feeder_load(f.id, now, exclude=c.id)
-                for f in self._feeders.values()
-                if f.cabinet == c.cabinet
-            )
+            cab_load = sum(self.feeder_load(f, now, exclude=c.id) for f in self.feeders_in(cabinet))
             if cab_limit - cab_load < room:
-                room, why = cab_limit - cab_load, f"cabinet {c.cabinet}"
+                room, why = cab_limit - cab_load, f"cabinet {cabinet}"
         return max(0.0, room), why
 
     def curtail_floor_a(self, target: str) -> float:
@@ -214,30 +212,38 @@ class ChargingSafety:
 
 
 def lighting_amps(
-    inv: Inventory, state: StateStore, lighting: LightingController | None, stale_s: float, clock: Clock
+    inv: Inventory,
+    state: StateStore,
+    lighting: LightingController | None,
+    stale_s: float,
+    clock: Clock,
+    commanded: Callable[[str], float | None] = lambda _lamp: None,
 ) -> Callable[[str, float], float]:
-    """Lighting load on a feeder (A on L1) at time t: the planned draw, or the measured one when larger.
+    """Lighting load on a feeder (A on L1) at time t, assuming the worst of what we know.
 
-    Measurements count only for the present (and only while fresh); the future is the plan.
-    Without a plan every lamp counts at full power: unknown means assume the worst.
+    Now: the largest of the plan, the winning command (an override, motion) and the fresh
+    measurement; a lamp we cannot see counts at full power, as its controller's fail-safe
+    puts it there. The future is the plan. Without a plan every lamp counts at full power.
     """
 
     def amps(feeder: str, t: float) -> float:
         plan = lighting.plan if lighting is not None else None
-        present = abs(t - clock.now()) < 60
+        now = clock.now()
+        present = abs(t - now) < 60
         watts = 0.0
         for lamp in inv.lamps_on_feeder(feeder):
-            plan_w = expected_power(lamp, plan.level_at(lamp.group, t)) if plan is not None else lamp.p_max_w
+            w = expected_power(lamp, plan.level_at(lamp.group, t)) if plan is not None else lamp.p_max_w
             if present:
+                level = commanded(lamp.id)
+                if level is not None:
+                    w = max(w, expected_power(lamp, level))
                 dev = state.get(lamp.id)
                 measured = dev.values.get("power_w") if dev is not None else None
-                if (
-                    isinstance(measured, int | float)
-                    and dev is not None
-                    and clock.now() - dev.updated_at < stale_s
-                ):
-                    plan_w = max(plan_w, float(measured))
-            watts += plan_w
+                if dev is None or dev.online is not True or now - dev.updated_at >= stale_s:
+                    w = max(w, lamp.p_max_w)
+                elif isinstance(measured, int | float):
+                    w = max(w, float(measured))
+            watts += w
         return watts / VOLTS
 
     return amps
@@ -526,7 +532,11 @@ class ChargingController:
         self, target: str, limit_a: float, start: float, end: float, source: str
     ) -> tuple[float, str]:
         """A utility or operator limit for a window; never below the §14a floor. Returns the limit used."""
-        floor = self.safety.curtail_floor_a(target)
+        s = self.safety
+        feeders = [target] if target in s.feeder_ids() else s.feeders_in(target)
+        lights = sum(s.lighting_a(f, self._clock.now()) for f in feeders)
+        cars = s.curtail_floor_a(target)
+        floor = cars + lights if cars > 0 else 0.0  # the lamps keep their share; each car its §14a minimum
         used, note = limit_a, ""
         if limit_a < floor:
             used, note = (

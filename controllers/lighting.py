@@ -253,6 +253,7 @@ class LightingController:
         self._applied: dict[str, int] = {}
         self._replan = asyncio.Event()
         self._power_strikes: dict[str, int] = {}
+        self._was_night = False
         self._sub = bus.subscribe("lighting", StateChanged)
         self.stats = LightingStats()
 
@@ -270,6 +271,11 @@ class LightingController:
                     self._replan.clear()
                     await self._make_plan(on, off)
                 await self._apply(now)
+                night = self.plan is not None and self.plan.on <= now < self.plan.off
+                if night != self._was_night:
+                    # Floors start (or end) now: a command accepted by day may not hold at night.
+                    self._was_night = night
+                    self._dispatcher.recheck_all()
                 try:
                     async with asyncio.timeout(0.25):
                         await self._replan.wait()

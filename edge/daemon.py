@@ -205,11 +205,14 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
         chargers = opcua_driver(settings, inventory, bus.publish, clock)
         drivers: list[Driver] = [driver] if chargers is None else [driver, chargers]
         lighting_ref: list[LightingController] = []
+        dispatcher_ref: list[Dispatcher] = []
         charging_safety = ChargingSafety(
             inventory,
             settings.charging,
             clock,
-            lighting_amps_late(inventory, state, lighting_ref, settings.charging.stale_after_s, clock),
+            lighting_amps_late(
+                inventory, state, lighting_ref, settings.charging.stale_after_s, clock, dispatcher_ref
+            ),
             lambda feeder, t: lights_live(lighting_ref[0] if lighting_ref else None)(feeder, t),  # noqa: PLW0108 - bound late
         )
         async with (
@@ -243,15 +246,28 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 command_ttl_s=ds.command_ttl_s,
             )
             lighting_ref.append(lighting)
+            dispatcher_ref.append(dispatcher)
             charging: ChargingController | None = None
             if inventory.chargers:
 
                 def setpoint_of(cid: str) -> float:
+                    """What a charger may draw: the winning command, a write in flight, the value
+                    it reports, and for a charger we cannot reach its fail-safe current (or its max)."""
                     eff = dispatcher.effective(cid, CHARGE_POINT)
+                    values = [
+                        0.0 if eff is None else eff.value,
+                        dispatcher.in_flight_value(cid, CHARGE_POINT) or 0.0,
+                    ]
                     reported = state.value(cid, CHARGE_POINT)
-                    a = eff.value if eff is not None else 0.0
-                    b = float(reported) if isinstance(reported, int | float) else 0.0
-                    return max(a, b)
+                    if isinstance(reported, int | float):
+                        values.append(float(reported))
+                    dev = state.get(cid)
+                    if dev is None or dev.online is not True:
+                        failsafe = state.value(cid, "failsafe_current_a")
+                        c = inventory.chargers.get(cid)
+                        unknown = c.max_current_a if c is not None else 0.0
+                        values.append(float(failsafe) if isinstance(failsafe, int | float) else unknown)
+                    return max(values)
 
                 def fresh(cid: str, _now: float) -> bool:
                     # OPC UA telemetry comes by subscription (on change) with keep-alives: a
@@ -354,12 +370,22 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
 
 
 def lighting_amps_late(
-    inv: Inventory, state: StateStore, ref: list[LightingController], stale_s: float, clock: Clock
+    inv: Inventory,
+    state: StateStore,
+    ref: list[LightingController],
+    stale_s: float,
+    clock: Clock,
+    dispatcher_ref: list[Dispatcher],
 ) -> Any:
-    """`lighting_amps` for a lighting controller that is created after the safety policy."""
+    """`lighting_amps` for a lighting controller and dispatcher created after the safety policy."""
+
+    def commanded(lamp_id: str) -> float | None:
+        eff = dispatcher_ref[0].effective(lamp_id, "level_cmd") if dispatcher_ref else None
+        return None if eff is None else eff.value
 
     def amps(feeder: str, t: float) -> float:
-        return float(lighting_amps(inv, state, ref[0] if ref else None, stale_s, clock)(feeder, t))
+        lighting = ref[0] if ref else None
+        return float(lighting_amps(inv, state, lighting, stale_s, clock, commanded)(feeder, t))
 
     return amps
 

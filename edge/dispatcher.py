@@ -64,7 +64,9 @@ AuditSink = Callable[[AuditRecord], None]
 class _Point:
     layers: dict[Priority, Command] = field(default_factory=dict)
     written: float | None = None  # last value confirmed by read-back
-    in_flight: Command | None = None
+    confirmed_id: str = ""  # the command that value came from
+    in_flight: Command | None = None  # one writer per point: others wait for it
+    again: bool = False  # something changed while a write was in flight
 
 
 @dataclass(slots=True)
@@ -177,17 +179,20 @@ class Dispatcher:
         now = self._clock.now()
         self.stats.submitted += 1
         verdict = self._validate(cmd, now)
+        if verdict.outcome is not Outcome.REFUSED and cmd.expires_at <= now:
+            verdict = Verdict(Outcome.REFUSED, cmd.value, "expired_on_arrival")
         if verdict.outcome is Outcome.REFUSED:
             self.stats.refused += 1
             self._audit(AuditRecord(cmd, Outcome.REFUSED, None, verdict.reason, now))
             self._finish(CommandResult(cmd, Outcome.REFUSED, None, verdict.reason, now), count=False)
             return verdict
+        # The audit keeps what was asked (value and reason) beside what the policy allows.
+        self._audit(AuditRecord(cmd, verdict.outcome, verdict.value, verdict.reason, now))
         if verdict.outcome is Outcome.CLAMPED:
             self.stats.clamped += 1
             cmd = replace(cmd, value=verdict.value, reason=verdict.reason)
         else:
             self.stats.accepted += 1
-        self._audit(AuditRecord(cmd, verdict.outcome, verdict.value, verdict.reason, now))
         point = self._points.setdefault((cmd.device_id, cmd.point), _Point())
         old = point.layers.get(cmd.priority)
         point.layers[cmd.priority] = cmd
@@ -236,13 +241,12 @@ class Dispatcher:
         return len(self._queued)
 
     def _validate(self, cmd: Command, now: float) -> Verdict:
+        """The policy's verdict on a command (the TTL is checked by whoever delivers it)."""
         if not math.isfinite(cmd.value):
             return Verdict(Outcome.REFUSED, cmd.value, "value_not_finite")
         dev = self._state.get(cmd.device_id)
         if dev is None:
             return Verdict(Outcome.REFUSED, cmd.value, "unknown_device")
-        if cmd.expires_at <= now:
-            return Verdict(Outcome.REFUSED, cmd.value, "expired_on_arrival")
         if self._driver(cmd.device_id) is None:
             return Verdict(Outcome.REFUSED, cmd.value, "no_driver")
         policy = self._policies.get(dev.kind)
@@ -308,17 +312,25 @@ class Dispatcher:
             point = self._points.get(key)
             if point is None:
                 continue
+            if point.in_flight is not None:
+                point.again = True  # the writer re-queues the point when it is done
+                continue
             now = self._clock.now()
             self._drop_expired_holds(point, now)
             cmd = self._effective(point, now)
-            if cmd is None:
-                continue
-            if cmd.expires_at <= now and point.written != cmd.value:
+            if cmd is None or point.confirmed_id == cmd.id:
+                continue  # nothing to do, or already in force
+            if cmd.expires_at <= now:
                 point.layers.pop(cmd.priority, None)
                 self._finish(CommandResult(cmd, Outcome.EXPIRED, None, "time to live passed", now))
                 self._enqueue(key)  # a lower layer may take over
                 continue
-            await self._write(key, point, cmd)
+            checked = self._recheck(point, cmd, now)
+            if checked is None:
+                self._rearm(point, now)
+                self._enqueue(key)  # refused now: the next layer down takes over
+                continue
+            await self._write(key, point, checked)
 
     async def _write(self, key: Key, point: _Point, cmd: Command) -> None:
         driver = self._driver(cmd.device_id)
@@ -337,18 +349,88 @@ class Dispatcher:
             ok = math.isclose(readback, cmd.value, abs_tol=0.5)
             if ok:
                 point.written = readback
+                point.confirmed_id = cmd.id
             reason = "" if ok else f"read back {readback:g}, expected {cmd.value:g}"
             outcome = Outcome.CONFIRMED if ok else Outcome.FAILED
             result = CommandResult(cmd, outcome, readback, reason, self._clock.now())
         finally:
             point.in_flight = None
         self._finish(result)
+        if point.again or self._effective(point, self._clock.now()) is not cmd:
+            point.again = False
+            self._enqueue(key)  # a newer command arrived while this one was written
         if result.outcome is Outcome.FAILED:
             # Try again after a pause; the worker expires the command once its TTL has passed.
             await asyncio.sleep(min(1.0, self._write_timeout))
             self._enqueue(key)
 
-    def _drop_expired_holds(self, point: _Point, now: float) -> None:
+    def _recheck(self, point: _Point, cmd: Command, now: float) -> Command | None:
+        """Run the safety policy again right before a write: limits move (dusk, curtailment,
+        other devices' setpoints), and a layer that surfaces after a hold was checked long ago.
+        Returns the command to write (clamped if need be), or None if it is refused now."""
+        verdict = self._validate(cmd, now)
+        if verdict.outcome is Outcome.REFUSED:
+            point.layers.pop(cmd.priority, None)
+            self.stats.refused += 1
+            self._audit(AuditRecord(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now))
+            self._finish(
+                CommandResult(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now), count=False
+            )
+            return None
+        if verdict.outcome is Outcome.CLAMPED and not math.isclose(verdict.value, cmd.value, abs_tol=1e-9):
+            self.stats.clamped += 1
+            self._audit(
+                AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)
+            )
+            cmd = replace(cmd, value=verdict.value, reason=verdict.reason)
+            point.layers[cmd.priority] = cmd
+        return cmd
+
+    def recheck_all(self) -> int:
+        """Re-run the policies on every point's winning command; apply what changes at once.
+
+        A command accepted by day may break a floor at night, a setpoint may no longer fit a
+        lowered limit: a refused one is dropped (the next layer takes over with a fresh TTL),
+        a clamped one is re-issued at the allowed value. Returns how many points changed.
+        """
+        now = self._clock.now()
+        n = 0
+        for key, point in self._points.items():
+            if point.in_flight is not None:
+                continue
+            if self._drop_expired_holds(point, now):
+                self._enqueue(key)
+            cmd = self._effective(point, now)
+            if cmd is None:
+                continue
+            verdict = self._validate(cmd, now)
+            if verdict.outcome is Outcome.REFUSED:
+                point.layers.pop(cmd.priority, None)
+                self._audit(AuditRecord(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now))
+                self._rearm(point, now)
+            elif not math.isclose(verdict.value, cmd.value, abs_tol=1e-9):
+                ttl = max(1.0, cmd.expires_at - cmd.issued_at)
+                fresh = replace(
+                    cmd, value=verdict.value, reason=verdict.reason, issued_at=now, expires_at=now + ttl
+                )
+                self._audit(
+                    AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)
+                )
+                point.layers[cmd.priority] = fresh
+                point.confirmed_id = ""
+            else:
+                continue
+            self._enqueue(key)
+            n += 1
+        return n
+
+    def in_flight_value(self, device_id: str, point: str) -> float | None:
+        """The value being written right now, if any (the interlock counts it as load)."""
+        p = self._points.get((device_id, point))
+        return None if p is None or p.in_flight is None else p.in_flight.value
+
+    def _drop_expired_holds(self, point: _Point, now: float) -> bool:
+        """Drop layers whose hold has ended; True if any was dropped (the point needs a write)."""
         dropped = False
         for prio, cmd in list(point.layers.items()):
             if cmd.hold_until is not None and cmd.hold_until <= now:
@@ -357,6 +439,7 @@ class Dispatcher:
                 self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, "hold ended", now))
         if dropped:
             self._rearm(point, now)
+        return dropped
 
     @staticmethod
     def _rearm(point: _Point, now: float) -> None:
@@ -385,12 +468,13 @@ class Dispatcher:
         counter = itertools.count()
         while True:
             await asyncio.sleep(self._reconcile_interval)
+            self.recheck_all()
             now = self._clock.now()
             for key, point in self._points.items():
                 cmd = self._effective(point, now)
                 if cmd is None or point.in_flight is not None or key in self._queued:
                     continue
-                if point.written is None or not math.isclose(point.written, cmd.value, abs_tol=0.5):
+                if point.confirmed_id != cmd.id:
                     continue  # not applied yet: the write path (with its TTL) owns it
                 reported = self._state.value(*key)
                 if isinstance(reported, int | float) and not math.isclose(reported, cmd.value, abs_tol=0.5):

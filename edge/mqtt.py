@@ -591,11 +591,15 @@ class MqttLink:
         link_error: BaseException | None = None
         for row, res in zip(rows, results, strict=True):
             assert row.id is not None
+            if link_error is not None:
+                # Keep every row after a lost one, PUBACKed or not: they are sent again after
+                # it, so a retained topic never ends on an older state (at-least-once, in order).
+                continue
             if res is None:
                 done.append(row.id)
                 self._published += 1
             elif _is_link_error(res):
-                link_error = link_error or res
+                link_error = res
             else:
                 # paho refused this message itself (e.g. a row written by an older
                 # version with a bad topic): retrying cannot help, drop it.

@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["conftest_mqtt", "conftest_modbus", "conftest_opcua"]
+pytest_plugins = ["conftest_mqtt", "conftest_modbus", "conftest_opcua", "conftest_displays"]

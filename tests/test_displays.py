@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest_displays import *  # noqa: F403 - fixtures, until conftest.py registers the plugin
 from conftest_displays import DisplayIds
 from conftest_modbus import Recorder
 from conftest_mqtt import PrivateBroker
