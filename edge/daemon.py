@@ -363,6 +363,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         with contextlib.suppress(TimeoutError):
                             await link.wait_drained(5.0)
                         bus.close()
+                        # The recorder ends by itself once it has stored what was queued.
+                        await asyncio.wait([tasks[3]], timeout=2.0)
                         await cancel_and_wait(tasks)
                         log.info(
                             "daemon_stopped", outbox_backlog=outbox.backlog, storage_rows=storage.written

@@ -355,6 +355,11 @@ class Dispatcher:
             result = CommandResult(cmd, outcome, readback, reason, self._clock.now())
         finally:
             point.in_flight = None
+        if result.outcome is Outcome.FAILED and point.layers.get(cmd.priority) is not cmd:
+            # Replaced while it was being written: it will not be retried, so it ends here.
+            result = CommandResult(
+                cmd, Outcome.SUPERSEDED, None, f"replaced while writing ({result.reason})", result.ts
+            )
         self._finish(result)
         if point.again or self._effective(point, self._clock.now()) is not cmd:
             point.again = False
