@@ -275,7 +275,7 @@ class LightingController:
                 if night != self._was_night:
                     # Floors start (or end) now: a command accepted by day may not hold at night.
                     self._was_night = night
-                    self._dispatcher.recheck_all()
+                    await self._dispatcher.recheck_all()
                 try:
                     async with asyncio.timeout(0.25):
                         await self._replan.wait()

@@ -391,7 +391,7 @@ class Dispatcher:
             point.layers[cmd.priority] = cmd
         return cmd
 
-    def recheck_all(self) -> int:
+    async def recheck_all(self) -> int:
         """Re-run the policies on every point's winning command; apply what changes at once.
 
         A command accepted by day may break a floor at night, a setpoint may no longer fit a
@@ -400,7 +400,9 @@ class Dispatcher:
         """
         now = self._clock.now()
         n = 0
-        for key, point in self._points.items():
+        for i, (key, point) in enumerate(list(self._points.items())):
+            if i % 200 == 199:
+                await asyncio.sleep(0)  # thousands of points: keep command latency low
             if point.in_flight is not None:
                 continue
             if self._drop_expired_holds(point, now):
@@ -473,7 +475,7 @@ class Dispatcher:
         counter = itertools.count()
         while True:
             await asyncio.sleep(self._reconcile_interval)
-            self.recheck_all()
+            await self.recheck_all()
             now = self._clock.now()
             for key, point in self._points.items():
                 cmd = self._effective(point, now)

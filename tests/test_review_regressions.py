@@ -61,7 +61,7 @@ async def test_daytime_override_under_a_floor_does_not_hold_into_the_night() -> 
         disp.submit(make_command("J1", "level_cmd", 100, Priority.PLAN, "plan", now=NOON, ttl_s=60))
         assert dev.last["J1"] == 0
         clock.advance(11 * 3600)  # 23:00: the lamp must be at its floor
-        assert disp.recheck_all() == 1
+        assert await disp.recheck_all() == 1
         await wait_until(lambda: dev.last["J1"] == 100, what="the floor restored at night")
         eff = disp.effective("J1", "level_cmd")
         assert eff is not None
