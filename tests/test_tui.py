@@ -22,9 +22,11 @@ from textual.widgets import ContentSwitcher, Footer, Input, Static
 from edge.payloads import (
     Ack,
     AlarmMessage,
+    ChargerState,
     CommandResultMessage,
     ControllerState,
     DaemonStatus,
+    FeederState,
     LampState,
     LampTelemetry,
     PlanMessage,
@@ -42,7 +44,15 @@ from tui.client import (
 )
 from tui.inventory import load_positions
 from tui.model import Change, LampStatus, SiteModel, lamp_status
-from tui.screens import ConfirmDialog, HelpScreen, OverrideDialog, parse_duration_min, parse_level
+from tui.screens import (
+    ConfirmDialog,
+    HelpScreen,
+    LimitDialog,
+    OverrideDialog,
+    parse_amps,
+    parse_duration_min,
+    parse_level,
+)
 from tui.widgets import Banner, FilterTable, matches
 
 # ----- a recorded site ---------------------------------------------------------------------------
@@ -153,6 +163,113 @@ ALARMS = [
 ]
 
 
+def charger(
+    cid: str,
+    feeder: str,
+    status: str | None,
+    *,
+    online: bool | None = True,
+    car: bool | None = True,
+    limit_a: float | None = None,
+    power_kw: float | None = None,
+    session: str | None = None,
+    energy: float | None = None,
+    needed: float | None = None,
+    departure: float | None = None,
+    planned: float | None = None,
+    alarms: tuple[str, ...] = (),
+) -> tuple[str, bytes]:
+    state = ChargerState(
+        device_id=cid, online=online, status=status, car_connected=car, current_limit_a=limit_a,
+        power_kw=power_kw, session_id=session, session_energy_kwh=energy, energy_needed_kwh=needed,
+        departure_ts=departure, planned_a=planned, feeder=feeder, alarms=list(alarms),
+        source="plan", ts=T0,
+    )  # fmt: skip
+    return f"{BASE}/chargers/{cid}/state", dump(state)
+
+
+CHARGERS: list[tuple[str, bytes]] = [
+    charger(
+        "CP-01",
+        "feeder-1",
+        "Charging",
+        limit_a=16,
+        power_kw=11.0,
+        session="s-101",
+        energy=8.4,
+        needed=12.5,
+        departure=T0 + 9 * 3600,
+        planned=16,
+    ),
+    charger(
+        "CP-02",
+        "feeder-1",
+        "SuspendedEVSE",
+        limit_a=0,
+        power_kw=0.0,
+        session="s-102",
+        energy=2.1,
+        needed=20.0,
+        departure=T0 + 10 * 3600,
+    ),
+    charger("CP-03", "feeder-2", "Available", car=False, limit_a=0, power_kw=0.0),
+    charger(
+        "CP-04",
+        "feeder-2",
+        "Charging",
+        limit_a=10,
+        power_kw=6.9,
+        session="s-104",
+        energy=15.2,
+        needed=4.0,
+        departure=T0 + 2 * 3600,
+        planned=10,
+    ),
+    charger("CP-05", "feeder-2", "Faulted", online=False, car=None, alarms=("comm_loss",)),
+]
+FEEDERS: list[tuple[str, bytes]] = [
+    (
+        f"{BASE}/feeders/{f.feeder}/state",
+        dump(f),
+    )
+    for f in (
+        FeederState(
+            feeder="feeder-1", limit_a=32, lighting_a=3.5, setpoints_a=16, measured_a=15.8, chargers=2, ts=T0
+        ),
+        FeederState(
+            feeder="feeder-2", limit_a=20, lighting_a=8.2, setpoints_a=10, measured_a=9.9, chargers=3, ts=T0
+        ),
+    )
+]
+CHARGE_START = T0 - 600  # the plan's first slot began ten minutes earlier
+
+
+def charging_plan_message() -> tuple[str, bytes]:
+    body: dict[str, object] = {
+        "status": "optimal",
+        "reason": "",
+        "sessions": [
+            {"id": "s-101", "current_a": [16.0] * 40 + [0.0] * 56, "energy_kwh": 12.5, "unmet_kwh": 0.0},
+            {
+                "id": "s-102",
+                "current_a": [0.0] * 8 + [12.0] * 30 + [0.0] * 58,
+                "energy_kwh": 18.0,
+                "unmet_kwh": 2.0,
+            },
+            {"id": "s-104", "current_a": [10.0] * 8 + [0.0] * 88, "energy_kwh": 4.0, "unmet_kwh": 0.0},
+        ],
+        "delivered_kwh": 34.5,
+        "requested_kwh": 36.5,
+        "upper_bound_kwh": 36.0,
+        "solve_seconds": 0.4,
+        "fair_fraction": 0.9,
+        "cost": 0.0,
+        "start": CHARGE_START,
+        "slot_s": 900,
+    }
+    return f"{BASE}/plans/charging", dump(PlanMessage(domain="charging", ts=CHARGE_START, plan=body))
+
+
 def recorded() -> list[tuple[str, bytes]]:
     """Everything a dashboard would receive on connecting to the recorded site."""
     msgs: list[tuple[str, bytes]] = [
@@ -181,6 +298,9 @@ def recorded() -> list[tuple[str, bytes]]:
             dump(ControllerState(device_id="lc-02", online=False, alarms=["controller_offline"], ts=T0)),
         ),
         plan_message(),
+        *FEEDERS,
+        *CHARGERS,
+        charging_plan_message(),
     ]
     for a in ALARMS:
         msgs.append((f"{BASE}/alarms/active/{a.device_id}/{a.code}", dump(a)))
@@ -351,6 +471,67 @@ def test_model_shows_last_will() -> None:
     assert "OFFLINE" in render.overview(model, UTC).plain
 
 
+def test_model_folds_charging() -> None:
+    """Charge points, feeders and the charging plan land in the model and its views."""
+    model = recorded_model()
+    assert model.bad_total == 0
+    assert sorted(model.chargers) == ["CP-01", "CP-02", "CP-03", "CP-04", "CP-05"]
+    assert sorted(model.feeders) == ["feeder-1", "feeder-2"]
+    plan = model.charging_plan
+    assert plan is not None
+    assert (plan.delivered_kwh, plan.requested_kwh, plan.slot_s) == (34.5, 36.5, 900)
+    assert [s.id for s in plan.sessions] == ["s-101", "s-102", "s-104"]
+    assert "charging" in model.plans
+    rows = {r.id: r for r in model.charger_rows()}
+    assert rows["CP-01"].planned_a == 16  # from the state
+    assert rows["CP-02"].planned_a == 0.0  # from the plan's slot at the state's time (slot 0)
+    assert rows["CP-02"].unmet_kwh == 2.0
+    assert rows["CP-03"].planned_a is None  # no car, no plan
+    assert rows["CP-05"].status_word == "offline"
+    feeders = {f.id: f for f in model.feeder_rows()}
+    assert feeders["feeder-1"].load == pytest.approx((3.5 + 15.8) / 32)
+    assert feeders["feeder-2"].high  # (8.2 + 9.9) / 20 = 90.5 %
+    assert not feeders["feeder-1"].high
+    summary = model.charging_summary()
+    assert (summary.online, summary.offline, summary.cars, summary.charging) == (4, 1, 3, 2)
+    assert summary.power_kw == pytest.approx(17.9)
+    assert summary.limit_a == 52
+    assert [f.id for f in summary.high] == ["feeder-2"]
+    text = render.overview(model, UTC).plain
+    assert "Charging    points 4 online, 1 offline · 3 cars connected · 2 charging" in text
+    assert "17.9 kW now of 36 kW feeder limits (26 of 52 A)" in text
+    assert "ABOVE 90 % feeder-2 at 90.5 % of 20 A" in text
+
+
+def test_model_charging_bad_payloads_and_removal() -> None:
+    """Bad charger, feeder and charging-plan payloads are counted; empty retained removes."""
+    model = recorded_model()
+    before = model.chargers["CP-01"]
+    plan = model.charging_plan
+    bad = [
+        (f"{BASE}/chargers/CP-01/state", b"{not json"),
+        (f"{BASE}/chargers/CP-01/state", b'{"device_id": "CP-01", "online": true}'),
+        (f"{BASE}/feeders/feeder-1/state", b'{"feeder": "feeder-1", "limit_a": "lots"}'),
+        (
+            f"{BASE}/plans/charging",
+            dump(PlanMessage(domain="charging", ts=T0, plan={"sessions": [{"current_a": [1]}]})),
+        ),
+    ]
+    assert model.apply_all(bad) == {Change.BAD}
+    assert model.bad_payloads["chargers"] == 2
+    assert model.bad_payloads["feeders"] == 1
+    assert model.bad_payloads["plans"] == 1
+    assert model.chargers["CP-01"] is before
+    assert model.charging_plan is plan
+    assert model.apply(f"{BASE}/chargers/CP-03/state", b"") is Change.CHARGING
+    assert model.apply(f"{BASE}/feeders/feeder-2/state", b"") is Change.CHARGING
+    assert "CP-03" not in model.chargers
+    assert "feeder-2" not in model.feeders
+    assert model.charging_summary().high == ()
+    empty = SiteModel(SITE)
+    assert "no charge points" in render.overview(empty, UTC).plain
+
+
 @pytest.mark.parametrize(
     ("online", "failures", "level", "expected"),
     [
@@ -407,6 +588,13 @@ def test_level_blocks_and_form_parsing() -> None:
             parse_level(bad)
     with pytest.raises(ValueError, match="duration"):
         parse_duration_min("0")
+    assert parse_amps(" 16 A") == 16.0
+    for bad in ("-1", "nan", "x", "1e9"):
+        with pytest.raises(ValueError, match="current"):
+            parse_amps(bad)
+    assert render.load_bar(0.72).plain == "[#######...]  72.0 %"
+    assert render.load_bar(0.95).plain == "[##########]  95.0 % !"
+    assert render.load_bar(None).plain == "-"
     assert matches("l0007 sonnenstrasse ? offline", "SONNEN off")
 
 
@@ -658,13 +846,142 @@ async def test_viewer_sees_no_command_actions() -> None:
         assert app.query_one(Footer) is not None
 
 
+# ----- Pilot: charging ---------------------------------------------------------------------------
+
+
+async def test_charging_view_tables_and_filter() -> None:
+    """6 opens the Charging view: feeders and charge points, filterable like the lights."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6")
+        assert app.query_one(ContentSwitcher).current == "charging"
+        assert "[6 Charging]" in str(app.query_one("#title", Static).render())
+        feeders = app.query_one("#feeder-table", FilterTable)
+        sessions = app.query_one("#session-table", FilterTable)
+        assert feeders.shown_keys == ["feeder-1", "feeder-2"]
+        assert sessions.shown_keys == ["CP-01", "CP-02", "CP-03", "CP-04", "CP-05"]
+        assert app.focused is sessions.table
+        assert "90.5 % !" in str(feeders.table.get_cell("feeder-2", "5"))
+        await pilot.press("slash", *"feeder-2")
+        assert sessions.shown_keys == ["CP-03", "CP-04", "CP-05"]
+        await pilot.press(*" offline")
+        assert sessions.shown_keys == ["CP-05"]
+        await pilot.press("escape")
+        assert app.focused is sessions.table
+        feeders.table.focus()
+        await pilot.press("slash", *"feeder-1")
+        assert feeders.shown_keys == ["feeder-1"]
+        sessions.filter_input.value = "charging"
+        await pilot.pause()
+        assert sessions.shown_keys == ["CP-01", "CP-04"]
+        newer = ChargerState(
+            device_id="CP-03", online=True, status="Charging", car_connected=True, current_limit_a=8,
+            power_kw=5.5, feeder="feeder-2", ts=T0 + 60,
+        )  # fmt: skip
+        app.post_message(MqttEvent(Received(((f"{BASE}/chargers/CP-03/state", dump(newer)),))))
+        await pilot.pause()
+        assert app.model.chargers["CP-03"].status == "Charging"
+        assert sessions.shown_keys == ["CP-01", "CP-03", "CP-04"]  # the filter stays, the row joins it
+        assert str(sessions.table.get_cell("CP-03", "5")) == "5.5"
+        await pilot.press("escape")  # from the feeders' filter line back to its table
+        assert app.focused is feeders.table
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert {"pause_charger", "limit_charger", "release_charger"} <= shown
+        await pilot.press("1")
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert not {"pause_charger", "limit_charger", "release_charger"} & shown
+
+
+async def test_pause_charger_confirm_then_ack() -> None:
+    """p pauses the selected charge point after y; the ack appears on the command line."""
+    fake = FakeRequester(ack("confirmed", confirmed=1))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6", "p")
+        assert isinstance(app.screen, ConfirmDialog)
+        what = str(app.screen.query_one("#what", Static).render())
+        assert "Pause charge point CP-01 (Charging, car connected, 11.0 kW, feeder feeder-1)" in what
+        assert f"Request: {BASE}/cmd/chargers/CP-01" in what
+        assert fake.calls == []
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls == [
+            (f"{BASE}/cmd/chargers/CP-01", {"action": "pause", "reason": "operator dashboard"})
+        ]
+        assert "pause CP-01:  OK  confirmed · confirmed 1" in command_line(app)
+
+
+async def test_limit_charger_clamped_then_refused() -> None:
+    """l asks for amps; a clamped answer names the feeder limit, a refusal its reason."""
+    clamp = "feeder_limit: feeder feeder-2 leaves 1.8 A, set 0 A"
+    fake = FakeRequester(ack("clamped", clamp))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6", "down", "down", "down", "l")
+        assert isinstance(app.screen, LimitDialog)
+        await pilot.press(*"abc", "enter", "enter")
+        assert isinstance(app.screen, LimitDialog)
+        assert "amperes" in str(app.screen.query_one("#error", Static).render())
+        app.screen.query_one("#amps", Input).value = "16"
+        app.screen.query_one("#amps", Input).focus()
+        await pilot.press("enter", *"30", "enter")
+        assert isinstance(app.screen, ConfirmDialog)
+        what = str(app.screen.query_one("#what", Static).render())
+        assert "Limit charge point CP-04 to 16 A for 30 min." in what
+        assert "feeder interlock" in what
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls == [
+            (
+                f"{BASE}/cmd/chargers/CP-04",
+                {"action": "limit", "current_a": 16.0, "reason": "operator dashboard", "duration_s": 1800.0},
+            )
+        ]
+        assert "OK (clamped)" in command_line(app)
+        assert clamp in command_line(app)
+
+        fake.answer = ack("refused", "out_of_range: current_a must be 0 or 6-32 A")
+        await pilot.press("l", *"500", "enter", "enter", "y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls[-1][1] == {"action": "limit", "current_a": 500.0, "reason": "operator dashboard"}
+        assert "REFUSED" in command_line(app)
+        assert "out_of_range: current_a must be 0 or 6-32 A" in command_line(app)
+
+        await pilot.press("l", "escape")
+        assert "limit: cancelled" in command_line(app)
+        await pilot.press("u", "y")
+        await app.workers.wait_for_complete()
+        assert fake.calls[-1] == (
+            f"{BASE}/cmd/chargers/CP-04",
+            {"action": "release", "reason": "operator dashboard"},
+        )
+        assert len(fake.calls) == 3
+
+
+async def test_viewer_sees_no_charger_actions() -> None:
+    """The viewer role hides pause, limit and release and ignores their keys."""
+    fake = FakeRequester(ack("confirmed"))
+    app = make_app("viewer", requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("6", "p", "l", "u")
+        assert not isinstance(app.screen, ConfirmDialog | LimitDialog)
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert not {"pause_charger", "limit_charger", "release_charger"} & shown
+        assert fake.calls == []
+
+
 # ----- snapshots ---------------------------------------------------------------------------------
 
-VIEW_KEYS = {"overview": "1", "lights": "2", "map": "3", "plan": "4", "alarms": "5"}
+VIEW_KEYS = {"overview": "1", "lights": "2", "map": "3", "plan": "4", "alarms": "5", "charging": "6"}
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 50)], ids=["80x24", "160x50"])
-@pytest.mark.parametrize("view", [*VIEW_KEYS, "map-inventory", "help", "override", "confirm"])
+@pytest.mark.parametrize(
+    "view", [*VIEW_KEYS, "map-inventory", "help", "override", "confirm", "charging-limit"]
+)
 def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path: Path) -> None:
     """Each screen of the recorded site, at the smallest and a comfortable size."""
     inventory = None
@@ -676,6 +993,7 @@ def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path:
         "help": ["question_mark"],
         "override": ["2", "down", "o"],
         "confirm": ["2", "down", "o", *"40", "enter", *"60", "enter"],
+        "charging-limit": ["6", "down", "down", "down", "l"],
     }.get(view, [VIEW_KEYS.get(view, "1")])
     assert snap_compare(make_app(inventory=inventory), press=press, terminal_size=size)
 

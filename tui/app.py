@@ -33,8 +33,16 @@ from tui.client import (
     RequestError,
 )
 from tui.inventory import Inventory
-from tui.model import Change, LampRow, SiteModel, severity_rank
-from tui.screens import ConfirmDialog, HelpScreen, Override, OverrideDialog, Target
+from tui.model import Change, ChargerRow, FeederRow, LampRow, SiteModel, severity_rank
+from tui.screens import (
+    ChargerLimitForm,
+    ConfirmDialog,
+    HelpScreen,
+    LimitDialog,
+    Override,
+    OverrideDialog,
+    Target,
+)
 from tui.widgets import Banner, Column, FilterTable, Row, TextView
 
 Role = Literal["operator", "viewer"]
@@ -44,6 +52,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("map", "Map"),
     ("plan", "Plan"),
     ("alarms", "Alarms"),
+    ("charging", "Charging"),
 )
 # Which views show what a kind of change touches.
 SHOWS: dict[str, frozenset[Change]] = {
@@ -52,8 +61,12 @@ SHOWS: dict[str, frozenset[Change]] = {
     "map": frozenset({Change.LAMP}),
     "plan": frozenset({Change.PLAN}),
     "alarms": frozenset({Change.ALARM}),
+    "charging": frozenset({Change.CHARGING}),
 }
-COMMAND_ACTIONS = frozenset({"override", "resume", "replan"})
+CHARGER_ACTIONS = frozenset({"pause_charger", "limit_charger", "release_charger"})
+LAMP_ACTIONS = frozenset({"override", "resume"})
+COMMAND_ACTIONS = frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS
+TABLE_VIEWS = ("lights", "alarms", "charging")
 LAMP_COLUMNS = (
     Column("Lamp", 7),
     Column("Segment", 16),
@@ -71,6 +84,28 @@ ALARM_COLUMNS = (
     Column("Code", 16),
     Column("Since", 8),
     Column("Detail"),
+)
+FEEDER_COLUMNS = (
+    Column("Feeder", 10),
+    Column("Limit A", 7),
+    Column("Light A", 7),
+    Column("Setp. A", 7),
+    Column("Meas. A", 7),
+    Column("Load", 22),
+    Column("Points"),
+)
+SESSION_COLUMNS = (
+    Column("Charger", 8),
+    Column("Status", 13),
+    Column("Car", 3),
+    Column("Set A", 5),
+    Column("Plan A", 6),
+    Column("kW", 5),
+    Column("Sess kWh", 8),
+    Column("Need kWh", 8),
+    Column("Departs", 7),
+    Column("Feeder", 10),
+    Column("Alarms"),
 )
 
 
@@ -97,7 +132,9 @@ class DashboardApp(App[int]):
     Screen { layout: vertical; }
     #title { height: 1; background: $primary-background; }
     ContentSwitcher { height: 1fr; }
-    #lights, #alarms { height: 1fr; }
+    #lights, #alarms, #charging { height: 1fr; }
+    #feeder-table { height: 1fr; }
+    #session-table { height: 2fr; }
     #events { height: 6; border-top: solid $secondary; }
     #command { height: auto; max-height: 3; }
     """
@@ -109,6 +146,9 @@ class DashboardApp(App[int]):
         Binding("o", "override", "Override"),
         Binding("r", "resume", "Resume"),
         Binding("R", "replan", "Re-plan"),
+        Binding("p", "pause_charger", "Pause"),
+        Binding("l", "limit_charger", "Limit"),
+        Binding("u", "release_charger", "Release"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -153,6 +193,11 @@ class DashboardApp(App[int]):
             with Vertical(id="alarms"):
                 yield FilterTable(ALARM_COLUMNS, "open alarms", id="alarm-table")
                 yield Static("", id="events")
+            with Vertical(id="charging"):
+                yield FilterTable(FEEDER_COLUMNS, "feeders", id="feeder-table", hint="e.g. 'feeder-2 !'")
+                yield FilterTable(
+                    SESSION_COLUMNS, "charge points", id="session-table", hint="e.g. 'feeder-2 charging'"
+                )
         yield Static("", id="command")
         yield Footer()
 
@@ -174,12 +219,12 @@ class DashboardApp(App[int]):
     def _title_text(self) -> Text:
         out = Text()
         out.append(f" {self.site} ", "bold reverse")
-        out.append(" ")
         for i, (vid, name) in enumerate(VIEWS):
             if vid == getattr(self, "view", "overview"):
+                out.append(" ")
                 out.append(f"[{i + 1} {name}]", "bold reverse")
             else:
-                out.append(f" {i + 1} {name} ")
+                out.append(f" {i + 1} {name}")
         out.append(" │ ")
         out.append(self.role if self.role == "operator" else "viewer (read-only)", "italic")
         return out
@@ -220,6 +265,9 @@ class DashboardApp(App[int]):
         elif view == "alarms":
             self._table("alarms").show([alarm_row(a, tz) for a in model.alarms_sorted()])
             self.query_one("#events", Static).update(self._events_text())
+        elif view == "charging":
+            self._feeder_table.show([feeder_row(f) for f in model.feeder_rows()])
+            self._table("charging").show([charger_row(r, tz) for r in model.charger_rows()])
 
     def _map_renderer(self) -> Callable[[int, int], Text]:
         model, inv = self.model, self.inventory
@@ -256,31 +304,48 @@ class DashboardApp(App[int]):
         self.query_one(ContentSwitcher).current = view
         self.query_one("#title", Static).update(self._title_text())
         self._refresh_view(force=True)
-        if view in ("lights", "alarms"):
+        self.refresh_bindings()
+        if view in TABLE_VIEWS:
             self._table(view).table.focus()
         else:
             self.query_one(f"#{view}", TextView).focus()
 
     def _table(self, view: str) -> FilterTable:
-        return self.query_one("#lights" if view == "lights" else "#alarm-table", FilterTable)
+        """The table of a view (on the Charging view: the sessions table)."""
+        wid = {"lights": "#lights", "alarms": "#alarm-table", "charging": "#session-table"}[view]
+        return self.query_one(wid, FilterTable)
+
+    @property
+    def _feeder_table(self) -> FilterTable:
+        return self.query_one("#feeder-table", FilterTable)
+
+    def _active_table(self) -> FilterTable:
+        """The table the keys act on: on the Charging view, whichever table has the focus."""
+        if self.view == "charging" and self._feeder_table.has_focus_within:
+            return self._feeder_table
+        return self._table(self.view)
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.role))
 
     def action_filter(self) -> None:
-        if self.view not in ("lights", "alarms"):
+        if self.view not in TABLE_VIEWS:
             self.action_view("lights")
-        self._table(self.view).filter_input.focus()
+        self._active_table().filter_input.focus()
 
     def action_sort(self) -> None:
-        if self.view in ("lights", "alarms"):
-            self._table(self.view).next_sort()
+        if self.view in TABLE_VIEWS:
+            self._active_table().next_sort()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """A viewer does not see (or run) the command actions."""
         if action in COMMAND_ACTIONS and self.role != "operator":
             return False
-        if action in ("sort",) and self.view not in ("lights", "alarms"):
+        if action in CHARGER_ACTIONS and self.view != "charging":
+            return False
+        if action in LAMP_ACTIONS | {"replan"} and self.view == "charging":
+            return False  # the Charging view acts on charge points; lamps from the other views
+        if action in ("sort",) and self.view not in TABLE_VIEWS:
             return None
         return True
 
@@ -345,6 +410,74 @@ class DashboardApp(App[int]):
             )
             short = f"set {t.describe()} to {level:g} %"
         self._confirm_then_send(f"{what}\nRequest: {topic}", topic, payload, short)
+
+    # charge points --------------------------------------------------------------------------
+
+    def _selected_charger(self) -> ChargerRow | None:
+        rows = {r.id: r for r in self.model.charger_rows()}
+        cid = self._table("charging").selected_key
+        if cid is None or cid not in rows:
+            self._say(Text("No charge point selected: nothing to do.", "italic"))
+            return None
+        return rows[cid]
+
+    def _charger_topic(self, cid: str) -> str:
+        return f"{self.model.base}/cmd/chargers/{cid}"
+
+    def action_pause_charger(self) -> None:
+        row = self._selected_charger()
+        if row is None:
+            return
+        topic = self._charger_topic(row.id)
+        what = (
+            f"Pause charge point {row.id} ({describe_charger(row)}) until you release it (u).\n"
+            "The car stops charging; the plan gives its share to the other cars.\n"
+            f"Request: {topic}"
+        )
+        payload: dict[str, object] = {"action": "pause", "reason": "operator dashboard"}
+        self._confirm_then_send(what, topic, payload, f"pause {row.id}")
+
+    def action_limit_charger(self) -> None:
+        row = self._selected_charger()
+        if row is None:
+            return
+        self.push_screen(LimitDialog(row.id, describe_charger(row)), self._limited)
+
+    def _limited(self, form: ChargerLimitForm | None) -> None:
+        if form is None:
+            self._say(Text("limit: cancelled, nothing sent", "dim"))
+            return
+        topic = self._charger_topic(form.charger)
+        payload: dict[str, object] = {
+            "action": "limit",
+            "current_a": form.current_a,
+            "reason": "operator dashboard",
+        }
+        if form.duration_s is not None:
+            payload["duration_s"] = form.duration_s
+            until = f"for {form.duration_s / 60:g} min"
+        else:
+            until = "until you release it (u)"
+        what = (
+            f"Limit charge point {form.charger} to {form.current_a:g} A {until}.\n"
+            "The feeder interlock still applies: the daemon may clamp the current to what the "
+            "feeder has left, or refuse it; 0-6 A becomes 0 (IEC 61851).\n"
+            f"Request: {topic}"
+        )
+        self._confirm_then_send(what, topic, payload, f"limit {form.charger} to {form.current_a:g} A")
+
+    def action_release_charger(self) -> None:
+        row = self._selected_charger()
+        if row is None:
+            return
+        topic = self._charger_topic(row.id)
+        what = (
+            f"Release charge point {row.id} ({describe_charger(row)}).\n"
+            "Any operator pause or limit ends now and the charging plan takes over.\n"
+            f"Request: {topic}"
+        )
+        payload: dict[str, object] = {"action": "release", "reason": "operator dashboard"}
+        self._confirm_then_send(what, topic, payload, f"release {row.id}")
 
     def _confirm_then_send(self, what: str, topic: str, payload: dict[str, object], short: str) -> None:
         def answered(yes: bool | None) -> None:
@@ -421,4 +554,70 @@ def alarm_row(a: AlarmMessage, tz: tzinfo | None) -> Row:
             a.detail,
         ),
         sort=(float(severity_rank(a.severity)), a.device_id, a.code, a.ts, a.detail or None),
+    )
+
+
+def describe_charger(r: ChargerRow) -> str:
+    """`Charging, car connected, 11.0 kW, feeder feeder-1` in one phrase."""
+    car = {True: "car connected", False: "no car", None: "car unknown"}[r.car_connected]
+    parts = [r.status_word, car]
+    if r.power_kw is not None:
+        parts.append(f"{r.power_kw:.1f} kW")
+    parts.append(f"feeder {r.feeder}")
+    return ", ".join(parts)
+
+
+def feeder_row(f: FeederRow) -> Row:
+    """A feeder as a feeders table row."""
+    load = f.load
+    return Row(
+        key=f.id,
+        cells=(
+            f.id,
+            render.fmt_num(f.limit_a, 1),
+            render.fmt_num(f.lighting_a, 1),
+            render.fmt_num(f.setpoints_a, 1),
+            render.fmt_num(f.measured_a, 1),
+            render.load_bar(load),
+            str(f.chargers),
+        ),
+        sort=(f.id, f.limit_a, f.lighting_a, f.setpoints_a, f.measured_a, load, float(f.chargers)),
+    )
+
+
+CHARGER_STYLE = {"offline": "bold magenta", "Faulted": "bold red reverse", "Charging": "bold green"}
+
+
+def charger_row(r: ChargerRow, tz: tzinfo | None) -> Row:
+    """A charge point as a sessions table row."""
+    word = r.status_word
+    car = {True: "yes", False: "no", None: "-"}[r.car_connected]
+    return Row(
+        key=r.id,
+        cells=(
+            r.id,
+            Text(word, CHARGER_STYLE.get(word, "")),
+            car,
+            render.fmt_num(r.setpoint_a, 1),
+            render.fmt_num(r.planned_a, 1),
+            render.fmt_num(r.power_kw, 1),
+            render.fmt_num(r.session_kwh, 1),
+            render.fmt_num(r.needed_kwh, 1),
+            render.fmt_time(r.departure_ts, tz),
+            r.feeder,
+            " ".join(r.alarms),
+        ),
+        sort=(
+            r.id,
+            word,
+            car,
+            r.setpoint_a,
+            r.planned_a,
+            r.power_kw,
+            r.session_kwh,
+            r.needed_kwh,
+            r.departure_ts,
+            r.feeder,
+            " ".join(r.alarms) or None,
+        ),
     )

@@ -1,7 +1,8 @@
 """The dashboard's picture of one site, folded from MQTT messages (pure: no I/O, no clock).
 
 `SiteModel.apply(topic, payload)` takes every message published under `dos/v1/{site}/`
-and updates lamps, controllers, alarms, the lighting plan and the daemon's status. The
+and updates lamps, controllers, charge points, feeders, alarms, the lighting and charging
+plans and the daemon's status. The
 payloads are parsed with the API's own pydantic models (`edge.payloads`); a payload that
 does not parse is counted in `bad_payloads` and otherwise ignored, so nothing a broker
 delivers can crash the dashboard.
@@ -20,9 +21,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from edge.payloads import (
     API_VERSION,
     AlarmMessage,
+    ChargerState,
     CommandResultMessage,
     ControllerState,
     DaemonStatus,
+    FeederState,
     LampState,
     LampTelemetry,
     PlanMessage,
@@ -32,6 +35,8 @@ PREFIX = f"dos/{API_VERSION}"
 SEVERITIES = ("critical", "major", "minor", "warning")
 MAX_EVENTS = 200
 MAX_RESULTS = 50
+VOLTS = 230.0  # phase voltage: charging power against a feeder limit assumes three phases
+FEEDER_HIGH = 0.9  # a feeder above this fraction of its limit is flagged
 
 
 class Change(enum.StrEnum):
@@ -42,6 +47,7 @@ class Change(enum.StrEnum):
     ALARM = "alarm"
     PLAN = "plan"
     STATUS = "status"
+    CHARGING = "charging"
     RESULT = "result"
     IGNORED = "ignored"
     BAD = "bad"
@@ -115,6 +121,120 @@ class LightingPlan(BaseModel):
         return 1.0 - self.energy_kwh / baseline_kwh
 
 
+class PlanSession(BaseModel):
+    """One car's current per slot (`plan.sessions[]` of a charging PlanMessage)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    current_a: list[float] = []
+    energy_kwh: float = 0.0
+    unmet_kwh: float = 0.0
+
+
+class ChargingPlan(BaseModel):
+    """The parts of the charging plan body the dashboard shows (unknown keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: str = ""
+    reason: str = ""
+    sessions: list[PlanSession] = []
+    delivered_kwh: float = 0.0
+    requested_kwh: float = 0.0
+    start: float = 0.0
+    slot_s: float = 900.0
+    ts: float = 0.0
+
+    def current_at(self, session_id: str, ts: float) -> float | None:
+        """The planned current of a session in the slot holding `ts` (None: not planned)."""
+        if self.slot_s <= 0:
+            return None
+        i = int((ts - self.start) // self.slot_s)
+        for s in self.sessions:
+            if s.id == session_id:
+                return s.current_a[i] if 0 <= i < len(s.current_a) else 0.0
+        return None
+
+    def session(self, session_id: str) -> PlanSession | None:
+        return next((s for s in self.sessions if s.id == session_id), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerRow:
+    """One charge point as the sessions table shows it."""
+
+    id: str
+    feeder: str
+    online: bool | None
+    status: str | None
+    car_connected: bool | None
+    setpoint_a: float | None
+    planned_a: float | None
+    power_kw: float | None
+    session_id: str | None
+    session_kwh: float | None
+    needed_kwh: float | None
+    departure_ts: float | None
+    unmet_kwh: float | None
+    alarms: tuple[str, ...]
+
+    @property
+    def status_word(self) -> str:
+        """The status, with offline first (an offline charger's last status is stale)."""
+        if self.online is False:
+            return "offline"
+        return self.status or "unknown"
+
+    @property
+    def charging(self) -> bool:
+        return self.online is not False and self.status == "Charging"
+
+
+@dataclass(frozen=True, slots=True)
+class FeederRow:
+    """One feeder's load against its limit."""
+
+    id: str
+    limit_a: float
+    lighting_a: float
+    setpoints_a: float
+    measured_a: float
+    chargers: int
+
+    @property
+    def load(self) -> float | None:
+        """Lighting plus measured charging current as a fraction of the limit (None: no limit)."""
+        if self.limit_a <= 0:
+            return None
+        return (self.lighting_a + self.measured_a) / self.limit_a
+
+    @property
+    def high(self) -> bool:
+        load = self.load
+        return load is not None and load > FEEDER_HIGH
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingSummary:
+    """The Overview's charging line."""
+
+    online: int
+    offline: int
+    unknown: int
+    cars: int
+    charging: int
+    power_kw: float
+    limit_a: float
+    measured_a: float
+    high: tuple[FeederRow, ...]
+
+    @property
+    def limit_kw(self) -> float:
+        """The feeders' limits as three-phase power."""
+        return self.limit_a * 3 * VOLTS / 1000
+
+
 @dataclass(frozen=True, slots=True)
 class LampRow:
     """One lamp as the lights table shows it."""
@@ -163,6 +283,9 @@ class SiteModel:
     results: deque[CommandResultMessage] = field(default_factory=lambda: deque(maxlen=MAX_RESULTS))
     plan: LightingPlan | None = None
     plans: dict[str, PlanMessage] = field(default_factory=dict)
+    chargers: dict[str, ChargerState] = field(default_factory=dict)
+    feeders: dict[str, FeederState] = field(default_factory=dict)
+    charging_plan: ChargingPlan | None = None
     daemon: DaemonStatus | None = None
     messages: int = 0
     bad_payloads: Counter[str] = field(default_factory=Counter)
@@ -237,10 +360,26 @@ class SiteModel:
                     else:
                         self.active_alarms.pop((device_id, code), None)
                 return Change.ALARM
+            case ["chargers", dev_id, "state"]:
+                if not payload:
+                    self.chargers.pop(dev_id, None)
+                else:
+                    self.chargers[dev_id] = ChargerState.model_validate_json(payload)
+                return Change.CHARGING
+            case ["feeders", feeder_id, "state"]:
+                if not payload:
+                    self.feeders.pop(feeder_id, None)
+                else:
+                    self.feeders[feeder_id] = FeederState.model_validate_json(payload)
+                return Change.CHARGING
             case ["plans", domain]:
                 msg = PlanMessage.model_validate_json(payload)
                 if domain == "lighting":
                     self.plan = LightingPlan.model_validate({**msg.plan, "ts": msg.ts})
+                elif domain == "charging":
+                    self.charging_plan = ChargingPlan.model_validate({**msg.plan, "ts": msg.ts})
+                    self.plans[domain] = msg
+                    return Change.CHARGING
                 self.plans[domain] = msg
                 return Change.PLAN
             case ["commands", "results"]:
@@ -315,3 +454,70 @@ class SiteModel:
     def total_power_w(self) -> float:
         """Sum of the lamps' reported power."""
         return sum(s.power_w or 0.0 for s in self.lamps.values())
+
+    # ----- charging ----------------------------------------------------------------------------
+
+    def charger_rows(self) -> list[ChargerRow]:
+        """Every charge point with its session and the plan's current, sorted by id."""
+        plan = self.charging_plan
+        rows = []
+        for cid in sorted(self.chargers):
+            c = self.chargers[cid]
+            planned = c.planned_a
+            unmet = None
+            if plan is not None and c.car_connected:
+                sid = c.session_id or cid
+                if planned is None:
+                    planned = plan.current_at(sid, c.ts)
+                sp = plan.session(sid)
+                unmet = sp.unmet_kwh if sp is not None else None
+            rows.append(
+                ChargerRow(
+                    id=cid,
+                    feeder=c.feeder,
+                    online=c.online,
+                    status=c.status,
+                    car_connected=c.car_connected,
+                    setpoint_a=c.current_limit_a,
+                    planned_a=planned,
+                    power_kw=c.power_kw,
+                    session_id=c.session_id,
+                    session_kwh=c.session_energy_kwh,
+                    needed_kwh=c.energy_needed_kwh,
+                    departure_ts=c.departure_ts,
+                    unmet_kwh=unmet,
+                    alarms=tuple(c.alarms),
+                )
+            )
+        return rows
+
+    def feeder_rows(self) -> list[FeederRow]:
+        """Every feeder's load, sorted by id."""
+        return [
+            FeederRow(
+                id=f.feeder,
+                limit_a=f.limit_a,
+                lighting_a=f.lighting_a,
+                setpoints_a=f.setpoints_a,
+                measured_a=f.measured_a,
+                chargers=f.chargers,
+            )
+            for _, f in sorted(self.feeders.items())
+        ]
+
+    def charging_summary(self) -> ChargingSummary:
+        """Charge points by connectivity, cars, power against the feeders' limits."""
+        rows = self.charger_rows()
+        online = Counter(r.online for r in rows)
+        feeders = self.feeder_rows()
+        return ChargingSummary(
+            online=online[True],
+            offline=online[False],
+            unknown=online[None],
+            cars=sum(1 for r in rows if r.car_connected and r.online is not False),
+            charging=sum(1 for r in rows if r.charging),
+            power_kw=sum(r.power_kw or 0.0 for r in rows if r.online is not False),
+            limit_a=sum(f.limit_a for f in feeders),
+            measured_a=sum(f.measured_a for f in feeders),
+            high=tuple(f for f in feeders if f.high),
+        )

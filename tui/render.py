@@ -14,7 +14,7 @@ from rich.text import Text
 
 from edge.payloads import Ack
 from tui.inventory import Position
-from tui.model import SEVERITIES, LampStatus, LightingPlan, SiteModel
+from tui.model import FEEDER_HIGH, SEVERITIES, LampStatus, LightingPlan, SiteModel
 
 SYMBOL: dict[LampStatus, str] = {
     LampStatus.ON: "●",
@@ -123,6 +123,8 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
     label("Power now")
     out.append(f"{model.total_power_w() / 1000:.1f} kW reported by {len(model.lamps)} lamps\n")
 
+    charging_lines(out, model)
+
     label("Energy")
     if plan is None:
         out.append("tonight: no plan yet\n", "italic")
@@ -156,6 +158,41 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
     if bad:
         out.append(" (" + ", ".join(f"{k} {v}" for k, v in sorted(model.bad_payloads.items())) + ")")
     out.append("\n")
+    return out
+
+
+def charging_lines(out: Text, model: SiteModel) -> None:
+    """The Overview's Charging line: points, cars, power against the limits, feeders near theirs."""
+    out.append(f"{'Charging':<12}", "bold")
+    if not model.chargers and not model.feeders:
+        out.append("no charge points or feeders reported\n", "italic")
+        return
+    c = model.charging_summary()
+    out.append(f"points {c.online} online, ")
+    out.append(f"{c.offline} offline", "bold red" if c.offline else "")
+    if c.unknown:
+        out.append(f", {c.unknown} unknown")
+    out.append(f" · {c.cars} car{'s' if c.cars != 1 else ''} connected · {c.charging} charging\n")
+    out.append(f"{'':12}{c.power_kw:.1f} kW now of {c.limit_kw:.0f} kW feeder limits")
+    out.append(f" ({c.measured_a:.0f} of {c.limit_a:.0f} A)\n")
+    if c.high:
+        out.append(f"{'':12}")
+        out.append("ABOVE 90 %", "bold red reverse")
+        high = ", ".join(f"{f.id} at {(f.load or 0) * 100:.1f} % of {f.limit_a:g} A" for f in c.high)
+        out.append(f" {high}\n", "bold")
+
+
+def load_bar(load: float | None, width: int = 10) -> Text:
+    """`[#######...]  72.0 %`: a bar of `#` that reads without colour; `!` marks a feeder above 90 %."""
+    if load is None:
+        return Text("-")
+    filled = max(0, min(width, round(load * width)))
+    high = load > FEEDER_HIGH
+    style = "bold red" if load >= 1 else "yellow" if high else ""
+    out = Text("[")
+    out.append("#" * filled, style)
+    out.append("." * (width - filled), "dim")
+    out.append(f"] {load * 100:5.1f} %{' !' if high else ''}", "bold" if high else "")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Modal screens: help, the override form, and the confirmation every command passes through."""
+"""Modal screens: help, the override and charger-limit forms, and the confirmation every command passes through."""
 
 from __future__ import annotations
 
@@ -54,12 +54,16 @@ HELP = """\
   3  Map           the district (inventory positions) or lamps by segment
   4  Plan          tonight's dimming plan per group
   5  Alarms        open alarms, most severe first, and recent events
+  6  Charging      feeders' load against their limits, charge points
 
   /  filter the table (Enter or Esc: back to the table)
   s  sort by the next column (click a header: sort by it, again: reverse)
   o  override: set a lamp, segment or group to a level for a while   [operator]
   r  resume the schedule for a lamp, segment or group                 [operator]
   R  re-plan the night's lighting now                                 [operator]
+  p  pause the selected charge point (Charging view)                  [operator]
+  l  limit the selected charge point to a current in A                [operator]
+  u  release the selected charge point back to the plan               [operator]
   ?  this help (also F1)                 q  quit
 
 Every command shows what it will do and asks before it is sent; the
@@ -114,6 +118,33 @@ def parse_duration_min(text: str) -> float | None:
     if not math.isfinite(minutes) or minutes <= 0 or minutes * 60 > MAX_DURATION_S:
         raise ValueError(f"duration: from 1 to {MAX_DURATION_S // 60} minutes")
     return minutes * 60
+
+
+MAX_LIMIT_A = 1000.0
+
+
+def parse_amps(text: str) -> float:
+    """A charging current in A from the form; ValueError says what is wrong.
+
+    Only nonsense is refused here: the daemon's interlock decides what a feeder allows
+    (it clamps, turns 0-6 A into 0, or refuses with its reason).
+    """
+    try:
+        amps = float(text.strip().upper().rstrip("A").strip())
+    except ValueError:
+        raise ValueError("current: enter amperes, e.g. 16") from None
+    if not math.isfinite(amps) or not 0 <= amps <= MAX_LIMIT_A:
+        raise ValueError(f"current: from 0 to {MAX_LIMIT_A:g} A")
+    return amps
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerLimitForm:
+    """What the operator filled in to limit a charge point."""
+
+    charger: str
+    current_a: float
+    duration_s: float | None = None
 
 
 class ChoiceButton(RadioButton):
@@ -239,3 +270,65 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+class LimitDialog(ModalScreen[ChargerLimitForm | None]):
+    """Ask for the current (A) and an optional duration to limit one charge point."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    LimitDialog { align: center middle; }
+    LimitDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
+        border: round $accent; background: $surface; padding: 0 1; }
+    LimitDialog Horizontal { height: auto; }
+    LimitDialog .field { height: 1; margin-top: 1; }
+    LimitDialog .field Label { width: 22; }
+    LimitDialog .field Input { border: none; height: 1; padding: 0; width: 1fr; }
+    LimitDialog .field Input:focus { text-style: underline; }
+    LimitDialog #error { height: auto; color: $error; text-style: bold; }
+    LimitDialog Button { min-width: 10; margin-right: 1; }
+    LimitDialog .buttons { margin-top: 1; }
+    """
+
+    def __init__(self, charger: str, detail: str = "") -> None:
+        super().__init__()
+        self._charger = charger
+        self._detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"[b]Limit charge point {self._charger}[/b] (Esc: cancel)")
+            if self._detail:
+                yield Static(self._detail, markup=False)
+            with Horizontal(classes="field"):
+                yield Label("Current (A):")
+                yield Input(placeholder="e.g. 10 (0-6 A becomes 0)", id="amps")
+            with Horizontal(classes="field"):
+                yield Label("Duration (minutes):")
+                yield Input(placeholder="empty: until released", id="duration")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Limit…", id="set", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#amps", Input).focus()
+
+    @on(Input.Submitted, "#amps")
+    def _amps_done(self) -> None:
+        self.query_one("#duration", Input).focus()
+
+    @on(Input.Submitted, "#duration")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            amps = parse_amps(self.query_one("#amps", Input).value)
+            duration = parse_duration_min(self.query_one("#duration", Input).value)
+        except ValueError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(ChargerLimitForm(self._charger, amps, duration))
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -63,8 +63,11 @@ class FilterTable(Vertical):
     FilterTable DataTable { height: 1fr; }
     """
 
-    def __init__(self, columns: Sequence[Column], noun: str, *, id: str | None = None) -> None:
+    def __init__(
+        self, columns: Sequence[Column], noun: str, *, id: str | None = None, hint: str = "e.g. 'hohe failed'"
+    ) -> None:
         super().__init__(id=id)
+        self._hint = hint
         self._columns = tuple(columns)
         self._noun = noun
         self._rows: dict[str, Row] = {}
@@ -75,7 +78,7 @@ class FilterTable(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal():
             yield Label("Filter (/):")
-            yield Input(placeholder="type to narrow, e.g. 'hohe failed'", id="filter")
+            yield Input(placeholder=f"type to narrow, {self._hint}", id="filter")
         yield Static("", classes="info")
         table: DataTable[Cell] = DataTable(cursor_type="row", zebra_stripes=True)
         yield table
