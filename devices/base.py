@@ -27,3 +27,12 @@ class Driver(Protocol):
         (the device refused, or the value cannot be right: nothing is sent then).
         """
         ...
+
+
+@runtime_checkable
+class PayloadDriver(Driver, Protocol):
+    """A driver whose points take structured values (display content), not only numbers."""
+
+    async def write_payload(self, device_id: str, point: str, payload: str, timeout: float) -> float:  # noqa: ASYNC109
+        """Write a JSON payload and return the read-back id (e.g. the message id a display echoes)."""
+        ...

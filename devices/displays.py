@@ -607,6 +607,10 @@ class DisplayDriver:
         """Whether `device_id` is one of our boards or signs."""
         return device_id in self._ids
 
+    async def write_payload(self, device_id: str, point: str, payload: str, timeout: float) -> float:  # noqa: ASYNC109
+        """`write` with a JSON payload: the dispatcher's seam for structured values (PayloadDriver)."""
+        return await self.write(device_id, point, payload, timeout)
+
     def online(self, display_id: str) -> bool | None:
         """Last known availability (None until the first answer or failure)."""
         display = self._boards.get(display_id) or self._signs.get(display_id)

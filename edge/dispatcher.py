@@ -19,10 +19,10 @@ from typing import Protocol
 
 import structlog
 
-from devices.base import Driver
+from devices.base import Driver, PayloadDriver
 from edge.bus import EventBus
 from edge.clock import Clock
-from edge.errors import DeviceError, DeviceTimeout
+from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority
 from edge.state import StateStore
 
@@ -97,6 +97,7 @@ def make_command(
     ttl_s: float,
     hold_s: float | None = None,
     reason: str = "",
+    payload: str = "",
 ) -> Command:
     """A new command issued `now`: it must be applied within `ttl_s` and holds for `hold_s` (clock s)."""
     return Command(
@@ -110,6 +111,7 @@ def make_command(
         expires_at=now + ttl_s,
         hold_until=None if hold_s is None else now + hold_s,
         reason=reason,
+        payload=payload,
     )
 
 
@@ -338,7 +340,14 @@ class Dispatcher:
         point.in_flight = cmd
         self.stats.sent += 1
         try:
-            readback = await driver.write(cmd.device_id, cmd.point, cmd.value, self._write_timeout)
+            if cmd.payload:
+                if not isinstance(driver, PayloadDriver):
+                    raise DeviceReplyError(f"{cmd.point} takes no structured value", endpoint=cmd.device_id)
+                readback = await driver.write_payload(
+                    cmd.device_id, cmd.point, cmd.payload, self._write_timeout
+                )
+            else:
+                readback = await driver.write(cmd.device_id, cmd.point, cmd.value, self._write_timeout)
         except DeviceTimeout as exc:
             result = CommandResult(cmd, Outcome.FAILED, None, f"timeout: {exc}", self._clock.now())
         except DeviceError as exc:

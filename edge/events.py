@@ -73,6 +73,7 @@ class Command:
     expires_at: float
     hold_until: float | None = None
     reason: str = ""
+    payload: str = ""  # a structured value (display content as JSON); `value` is then its id
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,148 @@
+"""Displays controller against the real display simulators (MQTT boards, Modbus signs).
+
+Guidance follows occupancy, a full car park switches the signs after the rate limit,
+stale numbers fall back to blank at once, and a warning takes over and expires.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+import pytest_asyncio
+from conftest_displays import DisplayIds
+from waiting import wait_until
+
+from controllers.displays import (
+    ApproachSpec,
+    CarParkSpec,
+    DisplayController,
+    DisplaySafety,
+    Warning,
+)
+from devices.display_profile import default_led_board_profile, default_vms_profile
+from devices.displays import DisplayDriver
+from edge.alarms import Alarms
+from edge.bus import EventBus
+from edge.clock import ManualClock
+from edge.dispatcher import Dispatcher, make_command
+from edge.events import Outcome, Priority
+from edge.state import StateStore
+from simulators.displays import DisplaySimulator
+
+# With the embedded amqtt broker these flows leave one broker-side client stream unclosed
+# (a ResourceWarning that pytest turns into an error); not yet found. CI runs them against
+# Mosquitto (EDGE_TEST_MQTT_URL), where they are clean.
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("EDGE_TEST_MQTT_URL"),
+    reason="needs a real broker: amqtt leaks a stream in these flows",
+)
+
+PARKS = [
+    CarParkSpec("near", "P Near", 100, 51.510, 7.455),
+    CarParkSpec("far", "P Far", 200, 51.520, 7.470),
+]
+
+
+@dataclass
+class Rig:
+    sim: DisplaySimulator
+    ctl: DisplayController
+    disp: Dispatcher
+    clock: ManualClock
+    board: str
+    sign: str
+
+
+@pytest_asyncio.fixture
+async def rig(
+    display_sim: DisplaySimulator,
+    display_driver: DisplayDriver,
+    display_ids: DisplayIds,
+    manual_clock: ManualClock,
+) -> AsyncIterator[Rig]:
+    board, sign = display_ids.boards[0], display_ids.signs[0]
+    bus = EventBus()
+    state = StateStore(bus, {board: "display", sign: "display"})
+    safety = DisplaySafety({board: default_led_board_profile(), sign: default_vms_profile()})
+    async with Dispatcher(
+        bus=bus, clock=manual_clock, state=state, drivers=[display_driver], policies={"display": safety},
+        audit=lambda _r: None, write_timeout_s=2.0,
+    ) as disp:  # fmt: skip
+        ctl = DisplayController(
+            car_parks=PARKS,
+            approaches=[ApproachSpec("north", 51.509, 7.454, 20, (board, sign))],
+            displays=[board, sign],
+            clock=manual_clock,
+            dispatcher=disp,
+            alarms=Alarms(bus, manual_clock),
+            freshness_s=200,  # below the signs' own 300 s comm-loss fail-safe
+            min_update_s=60,
+        )
+        yield Rig(display_sim, ctl, disp, manual_clock, board, sign)
+
+
+async def shows(r: Rig, display: str, text: str) -> None:
+    await wait_until(lambda: text in r.sim.shown(display), timeout_s=5, what=f"{display} to show {text!r}")
+
+
+async def test_guidance_follows_occupancy_with_a_rate_limit(rig: Rig) -> None:
+    """Signs guide to the near car park; when it fills they switch, but not faster than the limit."""
+    now = rig.clock.now()
+    rig.ctl.report("near", 50, True, now)
+    rig.ctl.report("far", 150, True, now)
+    assert rig.ctl.step(now) == 2
+    await shows(rig, rig.board, "P Near")
+    await shows(rig, rig.sign, "frei 50")
+    rig.clock.advance(10)
+    rig.ctl.report("near", 1, True, rig.clock.now())  # full (under the safety margin)
+    assert rig.ctl.step(rig.clock.now()) == 0  # within 60 s of the last change: held back
+    assert "P Near" in rig.sim.shown(rig.board)
+    rig.clock.advance(60)
+    rig.ctl.report("near", 1, True, rig.clock.now())
+    rig.ctl.report("far", 150, True, rig.clock.now())
+    assert rig.ctl.step(rig.clock.now()) == 2
+    await shows(rig, rig.board, "P Far")
+    assert rig.ctl.stats.held_back >= 1
+
+
+async def test_stale_numbers_are_never_shown(rig: Rig) -> None:
+    """When the data is older than its freshness limit the signs blank at once (no rate limit)."""
+    now = rig.clock.now()
+    rig.ctl.report("near", 40, True, now)
+    rig.ctl.step(now)
+    await shows(rig, rig.board, "frei 40")
+    rig.clock.advance(201)
+    rig.ctl.step(rig.clock.now())
+    await wait_until(lambda: rig.sim.shown(rig.board) == "", timeout_s=5, what="blank board")
+    assert rig.ctl.stats.stale_fallbacks >= 1
+
+
+async def test_alert_takes_over_and_expires(rig: Rig) -> None:
+    """A severe warning replaces guidance on its displays for its duration, then guidance returns."""
+    now = rig.clock.now()
+    rig.ctl.report("near", 30, True, now)
+    rig.ctl.step(now)
+    await shows(rig, rig.board, "P Near")
+    rig.ctl.warn(
+        Warning("storm", frozenset({rig.board}), "severe", ("STURM", "Parks meiden"), now, now + 150)
+    )
+    rig.ctl.step(now)
+    await shows(rig, rig.board, "STURM")
+    assert "P Near" in rig.sim.shown(rig.sign)  # outside the warning's area
+    rig.clock.advance(151)
+    rig.ctl.report("near", 30, True, rig.clock.now())
+    rig.ctl.step(rig.clock.now())
+    await shows(rig, rig.board, "P Near")
+
+
+async def test_content_a_display_cannot_show_is_refused(rig: Rig) -> None:
+    """Too many lines for the sign: refused by the policy, nothing sent."""
+    now = rig.clock.now()
+    body = '{"message_id": 7, "lines": ["a", "b", "c", "d", "e"], "arrow": "none"}'
+    cmd = make_command(rig.sign, "content", 7, Priority.OPERATOR, "op", now=now, ttl_s=30, payload=body)
+    res = await rig.disp.submit_and_wait(cmd, 3)
+    assert res.outcome is Outcome.REFUSED
+    assert res.reason.startswith("content_refused")
