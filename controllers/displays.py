@@ -158,7 +158,7 @@ class DisplayController:
         self._clock = clock
         self._dispatcher = dispatcher
         self._alarms = alarms
-        self._freshness = freshness_s
+        self.freshness_s = freshness_s
         self._min_update = min_update_s
         self._is_dark = is_dark
         self._health = health
@@ -184,6 +184,23 @@ class DisplayController:
     def clear_warning(self, warning_id: str) -> bool:
         return self.warnings.pop(warning_id, None) is not None
 
+    def operator_message(
+        self, display: str, lines: tuple[str, ...], arrow: str, duration_s: float, source: str
+    ) -> Command:
+        """An operator's message as a command: it outranks guidance and warnings for its duration."""
+        now = self._clock.now()
+        message_id = next(self._ids) % 4_000_000_000 + 1
+        body = {
+            "message_id": message_id,
+            "lines": list(lines),
+            "arrow": arrow,
+            "expires_at": now + duration_s,
+        }
+        return make_command(
+            display, CONTENT, float(message_id), Priority.OPERATOR, source, now=now, ttl_s=60.0 * self._clock.speed,
+            hold_s=duration_s, reason="operator message", payload=orjson.dumps(body).decode(),
+        )  # fmt: skip
+
     # ----- deciding --------------------------------------------------------------------------------
 
     def guidance(self, now: float) -> GuidancePlan:
@@ -191,7 +208,7 @@ class DisplayController:
         parks = []
         for cp in self.car_parks.values():
             occ = self.occupancy.get(cp.id)
-            fresh = occ is not None and now - occ.ts <= self._freshness
+            fresh = occ is not None and now - occ.ts <= self.freshness_s
             parks.append(
                 CarPark(
                     id=cp.id,
@@ -239,7 +256,7 @@ class DisplayController:
         stale = [
             cp
             for cp in self.car_parks
-            if (o := self.occupancy.get(cp)) is None or now - o.ts > self._freshness
+            if (o := self.occupancy.get(cp)) is None or now - o.ts > self.freshness_s
         ]
         for cp in self.car_parks:
             self._alarms.set(cp, "occupancy_stale", cp in stale and cp in self.occupancy, Severity.MINOR)

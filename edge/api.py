@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -36,6 +36,8 @@ from pydantic import BaseModel, ValidationError
 
 from controllers.charging import POINT as CHARGE_POINT
 from controllers.charging import VOLTS, ChargingController
+from controllers.displays import CONTENT, DisplayController
+from controllers.displays import Warning as DisplayWarning
 from controllers.lighting import LEVEL_POINT, LightingController
 from edge.bus import EventBus
 from edge.clock import Clock
@@ -45,6 +47,7 @@ from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, 
 from edge.payloads import (
     Ack,
     AlarmMessage,
+    CarParkReport,
     ChargerLimit,
     ChargerPause,
     ChargerRelease,
@@ -55,17 +58,23 @@ from edge.payloads import (
     ControllerState,
     Curtailment,
     DeviceResult,
+    DisplayMessage,
+    DisplayRequest,
+    DisplayState,
     FeederLimitRequest,
     FeederState,
     LampState,
     LampTelemetry,
     LightingRequest,
     Motion,
+    ParkingState,
     PlanMessage,
     Replan,
     ResumeSchedule,
     SetLevel,
     UtilitySignal,
+    WarningClear,
+    WarningRequests,
 )
 from edge.state import StateStore
 
@@ -75,6 +84,7 @@ FAILURE_BITS = ("lamp_failure", "driver_failure", "power_high", "power_low", "co
 STATE_KEYS = frozenset(
     {"online", "level_cmd", "level_actual", "alarms", "last_command", *FAILURE_BITS}
     | {"status", "car_connected", "current_limit_a", "session_id", "energy_needed_kwh"}
+    | {"shown", "message_id", "brightness", "pixel_faults"}
 )
 YIELD_EVERY = 200  # work items between yields to the event loop in bulk loops
 CONTROLLER_KEYS = frozenset({"online", "failsafe_active", "alarms"})
@@ -135,6 +145,9 @@ class MqttApi:
         telemetry_interval_s: float = 60.0,
         charging: ChargingController | None = None,
         audit: Callable[[AuditRecord], None] | None = None,
+        displays: DisplayController | None = None,
+        uplinks: Callable[[str, bytes], object] | None = None,
+        uplink_topics: Sequence[str] = (),
     ) -> None:
         self.base = f"{prefix}/{site}"
         self._site = site
@@ -151,6 +164,9 @@ class MqttApi:
         self._pub: Publisher | None = None
         self._charging = charging
         self._audit = audit
+        self._displays = displays
+        self._uplinks = uplinks
+        self._uplink_topics = list(uplink_topics)
         self._sub = bus.subscribe("api", StateChanged, AlarmEvent, PlanEvent, CommandResult)
         self._dirty: set[str] = set()
         self._slots = asyncio.Semaphore(64)
@@ -162,7 +178,11 @@ class MqttApi:
 
     @property
     def subscriptions(self) -> list[str]:
-        return [f"{self.base}/cmd/#", f"{self.base}/field/motion/+", f"{self.base}/utility/+/+"]
+        subs = [f"{self.base}/cmd/#", f"{self.base}/field/motion/+", f"{self.base}/utility/+/+"]
+        if self._displays is not None:
+            subs.append(f"{self.base}/field/carparks/+")
+            subs.extend(self._uplink_topics if self._uplinks is not None else [])
+        return subs
 
     def status_topic(self) -> str:
         return f"{self.base}/status"
@@ -179,6 +199,8 @@ class MqttApi:
             tg.create_task(self._telemetry_loop(pub), name="api.telemetry")
             if self._charging is not None:
                 tg.create_task(self._feeder_loop(pub, self._charging), name="api.feeders")
+            if self._displays is not None:
+                tg.create_task(self._parking_loop(pub), name="api.parking")
             async for ev in self._sub:
                 await self._publish_event(pub, ev)
 
@@ -246,6 +268,13 @@ class MqttApi:
                 ts=ts,
             )
             return f"{self.base}/lights/{dev_id}/state", dump(msg)
+        if dev.kind == "display":
+            msg = DisplayState(
+                device_id=dev_id, online=dev.online, shown=str(v.get("shown", "")),
+                message_id=_int(v.get("message_id")), brightness=_num(v.get("brightness")),
+                pixel_faults=_int(v.get("pixel_faults")), alarms=sorted(dev.alarms), ts=ts,
+            )  # fmt: skip
+            return f"{self.base}/displays/{dev_id}/state", dump(msg)
         charger = self._inv.chargers.get(dev_id)
         if charger is not None:
             planned = self._charging.planned_current(dev_id, self._clock.now()) if self._charging else None
@@ -295,6 +324,13 @@ class MqttApi:
                 )
                 pub.publish_fast(f"{self.base}/feeders/{feeder}/state", dump(msg), retain=True)
             await asyncio.sleep(2.0)
+
+    async def _parking_loop(self, pub: Publisher) -> None:
+        """Car park occupancy (retained), refreshed every 5 s."""
+        while True:
+            for topic, payload in self.parking_messages():
+                pub.publish_fast(topic, payload, retain=True)
+            await asyncio.sleep(5.0)
 
     async def _telemetry_loop(self, pub: Publisher) -> None:
         while True:
@@ -347,6 +383,14 @@ class MqttApi:
     async def handle(self, msg: Incoming) -> Ack | None:
         """Validate, execute and answer one request; returns the ack sent (None for sensor input)."""
         self.requests += 1
+        if self._uplinks is not None and not msg.topic.startswith(self.base + "/"):
+            # LoRaWAN uplinks from the network server: sensors want no answer; bad ones are
+            # counted by the ingest (its stats) and never raise here.
+            try:
+                self._uplinks(msg.topic, msg.payload)
+            except PayloadError as exc:
+                self.refused[f"uplink_{exc.reason}"] += 1
+            return None
         rel = msg.topic.removeprefix(self.base + "/")
         reply_to, corr = msg.response_topic, msg.correlation_data
         corr_json: str | None = None
@@ -369,12 +413,17 @@ class MqttApi:
             if parts[0] == "field" and len(parts) == 3 and parts[1] == "motion":
                 self._motion(parts[2], raw)
                 return None
+            if parts[0] == "field" and len(parts) == 3 and parts[1] == "carparks":
+                self._carpark(parts[2], raw)
+                return None
             if parts[0] == "utility" and len(parts) == 3 and parts[2] in {"limits", "signals"}:
                 ack = self._utility(parts[1], raw, msg.topic)
             elif parts[0] != "cmd" or len(parts) != 3:
                 raise PayloadError("unknown_topic", msg.topic)
             elif parts[1] in {"chargers", "feeders", "charging"}:
                 ack = await self._charging_command(parts[1], parts[2], raw, msg)
+            elif parts[1] in {"displays", "warnings"}:
+                ack = await self._display_command(parts[1], parts[2], raw, msg)
             else:
                 ack = await self._command(parts[1], parts[2], raw, msg)
         except PayloadError as exc:
@@ -434,6 +483,85 @@ class MqttApi:
                 ts=self._clock.now(),
             )
         return await self._set_level(req, targets, source, msg.topic)
+
+    def _need_displays(self) -> DisplayController:
+        if self._displays is None:
+            raise PayloadError("unknown_topic", "this site has no displays")
+        return self._displays
+
+    def _carpark(self, car_park: str, raw: Any) -> None:
+        displays = self._need_displays()
+        try:
+            rep = CarParkReport.model_validate(raw)
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        if car_park not in displays.car_parks:
+            raise PayloadError("unknown_car_park", car_park)
+        displays.report(car_park, rep.free, rep.open, rep.ts if rep.ts is not None else self._clock.now())
+
+    async def _display_command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
+        displays = self._need_displays()
+        now = self._clock.now()
+        source = "operator:" + (dict(msg.user_properties).get("user") or "mqtt")
+        if scope == "warnings":
+            try:
+                req = WarningRequests.model_validate(raw).root
+            except ValidationError as exc:
+                raise PayloadError("invalid_payload", _errors(exc)) from None
+            if isinstance(req, WarningClear):
+                found = displays.clear_warning(req.id)
+                return Ack(ok=found, status="accepted" if found else "refused",
+                           reason="" if found else f"unknown_warning: {req.id}", request_topic=msg.topic, ts=now)  # fmt: skip
+            unknown = [d for d in req.displays if d not in displays.displays]
+            if unknown:
+                raise PayloadError("unknown_device", ", ".join(unknown))
+            targets = frozenset(req.displays or displays.displays)
+            displays.warn(DisplayWarning(req.id, targets, req.severity, tuple(req.lines), req.start, req.end))
+            raised = 0
+            if req.raise_lamps:
+                # Cross-domain: lamps to full for the warning, through the dispatcher (audited).
+                for lamp_id in self._inv.lamps:
+                    self._lighting.submit(lamp_id, 100, Priority.SAFETY, f"warning:{req.id}",
+                                          hold_s=max(1.0, req.end - now), reason="warning")  # fmt: skip
+                    raised += 1
+            self._audit_signal(f"warning:{req.id}", float(len(targets)), source, req.severity)
+            return Ack(ok=True, status="accepted", counts={"displays": len(targets), "lamps_raised": raised},
+                       request_topic=msg.topic, ts=now)  # fmt: skip
+        if name not in displays.displays:
+            raise PayloadError("unknown_device", name)
+        try:
+            dreq = DisplayRequest.model_validate(raw).root
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        if not isinstance(dreq, DisplayMessage):
+            released = self._dispatcher.release(name, CONTENT, Priority.OPERATOR, source)
+            return Ack(
+                ok=True,
+                status="accepted",
+                counts={"released": int(released)},
+                request_topic=msg.topic,
+                ts=now,
+            )
+        cmd = displays.operator_message(name, tuple(dreq.lines), dreq.arrow, dreq.duration_s, source)
+        result = await self._dispatcher.submit_and_wait(cmd, self._result_timeout)
+        return summarize([result], msg.topic, self._clock.now())
+
+    def parking_messages(self) -> list[tuple[str, bytes]]:
+        """Retained occupancy per car park, as the displays controller sees it."""
+        d = self._displays
+        if d is None:
+            return []
+        now = self._clock.now()
+        out = []
+        for cp in d.car_parks.values():
+            occ = d.occupancy.get(cp.id)
+            msg = ParkingState(
+                car_park=cp.id, name=cp.name, capacity=cp.capacity, free=occ.free if occ else None,
+                open=occ.open if occ else None, fresh=occ is not None and now - occ.ts <= d.freshness_s,
+                ts=occ.ts if occ else None,
+            )  # fmt: skip
+            out.append((f"{self.base}/parking/{cp.id}/state", dump(msg)))
+        return out
 
     def _need_charging(self) -> ChargingController:
         if self._charging is None:

@@ -20,8 +20,13 @@ import structlog
 
 from controllers.charging import POINT as CHARGE_POINT
 from controllers.charging import ChargingController, ChargingSafety, lighting_amps, lights_live
+from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
 from controllers.lighting import LightingController, LightingSafety
 from devices.base import Driver
+from devices.display_profile import default_led_board_profile, default_vms_profile
+from devices.displays import DisplayDriver, SignEndpoint
+from devices.lorawan import UplinkIngest
+from devices.lorawan_profile import default_profiles as lorawan_profiles
 from devices.modbus import ModbusEndpoint, ModbusLightingDriver
 from devices.opcua import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
 from devices.profile import default_profile
@@ -61,6 +66,9 @@ class Daemon:
     link: MqttLink
     driver: ModbusLightingDriver
     charging: ChargingController | None = None
+    displays: DisplayController | None = None
+    display_driver: DisplayDriver | None = None
+    ingest: UplinkIngest | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -165,6 +173,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
         dict.fromkeys(inventory.lamps, "lamp")
         | dict.fromkeys(inventory.controllers, "controller")
         | dict.fromkeys(inventory.chargers, "charger")
+        | {d.id: "display" for d in settings.displays.displays}
+        | {bay_id(e): "sensor" for cp in settings.displays.car_parks for e in cp.sensors}
     )
     state = StateStore(bus, kinds)
     mq = settings.mqtt
@@ -204,6 +214,24 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
         safety = LightingSafety(inventory, site, lc)
         chargers = opcua_driver(settings, inventory, bus.publish, clock)
         drivers: list[Driver] = [driver] if chargers is None else [driver, chargers]
+        dcfg = settings.displays
+        display_driver: DisplayDriver | None = None
+        policies: dict[str, Any] = {}
+        if dcfg.displays:
+            display_driver = DisplayDriver(
+                bus.publish,
+                clock,
+                boards=[x.id for x in dcfg.displays if x.kind == "board"],
+                signs=[SignEndpoint(x.id, x.host, x.port, x.unit) for x in dcfg.displays if x.kind == "sign"],
+                mqtt_url=dcfg.board_mqtt_url or mq.url,
+            )
+            drivers.append(display_driver)
+            policies["display"] = DisplaySafety(
+                {
+                    x.id: default_led_board_profile() if x.kind == "board" else default_vms_profile()
+                    for x in dcfg.displays
+                }
+            )
         lighting_ref: list[LightingController] = []
         dispatcher_ref: list[Dispatcher] = []
         charging_safety = ChargingSafety(
@@ -224,7 +252,7 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 clock=clock,
                 state=state,
                 drivers=drivers,
-                policies={"lamp": safety, "charger": charging_safety},
+                policies={"lamp": safety, "charger": charging_safety, **policies},
                 audit=lambda rec: storage.add(_audit_row(rec)),
                 write_timeout_s=ds.write_timeout_s,
                 workers=ds.workers,
@@ -233,6 +261,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
         ):
             if chargers is not None:
                 await stack.enter_async_context(chargers)
+            if display_driver is not None:
+                await stack.enter_async_context(display_driver)
             alarms = Alarms(bus, clock)
             lighting = LightingController(
                 inv=inventory,
@@ -286,6 +316,27 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     alarms=alarms,
                     safety=charging_safety,
                 )
+            displays: DisplayController | None = None
+            ingest: UplinkIngest | None = None
+            if display_driver is not None:
+                dd = display_driver
+                displays = DisplayController(
+                    car_parks=[CarParkSpec(c.id, c.name, c.capacity, c.lat, c.lon) for c in dcfg.car_parks],
+                    approaches=[
+                        ApproachSpec(a.id, a.lat, a.lon, a.demand, tuple(a.signs)) for a in dcfg.approaches
+                    ],
+                    displays=[x.id for x in dcfg.displays],
+                    clock=clock,
+                    dispatcher=dispatcher,
+                    alarms=alarms,
+                    freshness_s=dcfg.freshness_s,
+                    min_update_s=dcfg.min_update_s,
+                    is_dark=lambda t: lighting.plan is not None and lighting.plan.on <= t < lighting.plan.off,
+                    health=lambda x: (dd.health(x).alarm_due, int(_f(state.value(x, "pixel_faults")))),
+                )
+                bays = {e.lower(): (bay_id(e), "parking_magnetic") for c in dcfg.car_parks for e in c.sensors}
+                if bays:
+                    ingest = UplinkIngest(lorawan_profiles(), bays, bus.publish, clock)
             api = MqttApi(
                 site=site.id,
                 prefix=mq.topic_prefix,
@@ -300,6 +351,9 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 telemetry_interval_s=mq.telemetry_interval_s,
                 charging=charging,
                 audit=lambda rec: storage.add(_audit_row(rec)),
+                displays=displays,
+                uplinks=ingest.handle if ingest is not None else None,
+                uplink_topics=dcfg.lorawan_topics,
             )
             online = orjson.dumps(DaemonStatus(online=True, site=site.id, version=__version__).model_dump())
             offline = orjson.dumps(DaemonStatus(online=False, site=site.id, version=__version__).model_dump())
@@ -330,6 +384,9 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     link,
                     driver,
                     charging,
+                    displays,
+                    display_driver,
+                    ingest,
                 )
                 async with asyncio.TaskGroup() as tg:
                     tasks = [
@@ -341,6 +398,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     ]
                     if charging is not None:
                         tasks.append(tg.create_task(charging.run(), name="charging.controller"))
+                    if displays is not None:
+                        tasks.append(tg.create_task(_display_loop(d, displays), name="displays.controller"))
                     d.started.set()
                     log.info(
                         "daemon_started",
@@ -390,6 +449,33 @@ def lighting_amps_late(
         return float(lighting_amps(inv, state, lighting, stale_s, clock, commanded)(feeder, t))
 
     return amps
+
+
+def bay_id(dev_eui: str) -> str:
+    """The device id of a parking bay sensor."""
+    return f"bay-{dev_eui.lower()}"
+
+
+def _f(v: object) -> float:
+    return float(v) if isinstance(v, int | float) else 0.0
+
+
+async def _display_loop(d: Daemon, ctl: DisplayController) -> None:
+    """Occupancy from bay sensors, then what every display should show; every `step_s`."""
+    cfg = d.settings.displays
+    while True:
+        now = d.clock.now()
+        for cp in cfg.car_parks:
+            if not cp.sensors:
+                continue  # this car park reports its own counter over MQTT
+            seen = [dev for e in cp.sensors if (dev := d.state.get(bay_id(e))) and "occupied" in dev.values]
+            if not seen:
+                continue
+            unknown = len(cp.sensors) - len(seen)  # a bay we have not heard from counts as taken
+            taken = sum(1 for dev in seen if dev.values["occupied"]) + unknown
+            ctl.report(cp.id, cp.capacity - taken, True, min(dev.updated_at for dev in seen))
+        ctl.step(now)
+        await asyncio.sleep(cfg.step_s)
 
 
 def _safe_url(url: str) -> str:

@@ -42,6 +42,15 @@ CHANNELS: list[tuple[str, str, str, str]] = [
     ("dos/v1/{site}/utility/{utility}/limits", "curtailment", "receive",
      "A grid operator's feeder or cabinet limit for a window (never below 4.2 kW per charging car)."),
     ("dos/v1/{site}/utility/{utility}/signals", "price_curve", "receive", "A price or CO2 curve."),
+    ("dos/v1/{site}/displays/{display}/state", "display_state", "send",
+     "Retained: what a display shows now (rendered text), online, brightness, pixel faults."),
+    ("dos/v1/{site}/parking/{car_park}/state", "parking_state", "send",
+     "Retained car park occupancy (free spaces, open, fresh), every 5 s."),
+    ("dos/v1/{site}/field/carparks/{car_park}", "carpark_report", "receive", "A car park's own counter."),
+    ("dos/v1/{site}/cmd/warnings/set", "warning|warning_clear", "receive",
+     "A warning for displays (all when none are named) and a window; optionally lamps to full."),
+    ("dos/v1/{site}/cmd/displays/{display}", "display_message|display_clear", "receive",
+     "An operator's message on a display for a duration, or clear it."),
 ]  # fmt: skip
 
 

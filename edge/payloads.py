@@ -166,6 +166,86 @@ class FeederState(_Model):
     ts: float
 
 
+class WarningRequest(_Model):
+    """A storm or disaster warning for some displays (or all), for a time window."""
+
+    action: Literal["warn"]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    severity: Literal["info", "warning", "severe", "extreme"]
+    lines: Annotated[list[Annotated[str, Field(max_length=40)]], Field(min_length=1, max_length=4)]
+    displays: list[str] = Field(default_factory=list, description="empty: every display")
+    start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    end: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    raise_lamps: bool = False
+
+    @model_validator(mode="after")
+    def _window(self) -> WarningRequest:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+
+class WarningClear(_Model):
+    action: Literal["clear"]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class WarningRequests(RootModel[Annotated[WarningRequest | WarningClear, Field(discriminator="action")]]):
+    """A warning or its withdrawal."""
+
+
+class DisplayMessage(_Model):
+    """An operator's message on one display for a duration (it outranks guidance and warnings)."""
+
+    action: Literal["message"]
+    lines: Annotated[list[Annotated[str, Field(max_length=40)]], Field(min_length=1, max_length=4)]
+    arrow: Literal["none", "left", "right", "up"] = "none"
+    duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S)] = 3600.0
+
+
+class DisplayClear(_Model):
+    """Drop the operator's message: the display goes back to guidance or warnings."""
+
+    action: Literal["clear"]
+
+
+class DisplayRequest(RootModel[Annotated[DisplayMessage | DisplayClear, Field(discriminator="action")]]):
+    """Any operator request for a display."""
+
+
+class CarParkReport(_Model):
+    """A car park's own counter (`field/carparks/{id}`)."""
+
+    free: Annotated[int, Field(ge=0)]
+    open: bool = True
+    ts: float | None = None
+
+
+class DisplayState(_Model):
+    """Retained state of a display (`displays/{id}/state`): what it shows right now."""
+
+    device_id: str
+    online: bool | None
+    shown: str = ""
+    message_id: int | None = None
+    brightness: float | None = None
+    pixel_faults: int | None = None
+    alarms: list[str] = Field(default_factory=list)
+    ts: float
+
+
+class ParkingState(_Model):
+    """Occupancy of one car park (`parking/{id}/state`, retained)."""
+
+    car_park: str
+    name: str
+    capacity: int
+    free: int | None
+    open: bool | None
+    fresh: bool
+    ts: float | None
+
+
 class Motion(_Model):
     """A motion sensor at a bike-path lamp saw someone."""
 
@@ -297,6 +377,13 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "feeder_limit": FeederLimitRequest,
     "curtailment": Curtailment,
     "price_curve": PriceCurve,
+    "warning": WarningRequest,
+    "warning_clear": WarningClear,
+    "display_message": DisplayMessage,
+    "display_clear": DisplayClear,
+    "carpark_report": CarParkReport,
+    "display_state": DisplayState,
+    "parking_state": ParkingState,
     "set_level": SetLevel,
     "resume_schedule": ResumeSchedule,
     "replan": Replan,

@@ -171,6 +171,63 @@ class ChargingSettings(_Section):
         return self
 
 
+class DisplaySettings(_Section):
+    """A guidance display: an MQTT LED board or a Modbus variable message sign."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    kind: Literal["board", "sign"]
+    lat: float = 0.0
+    lon: float = 0.0
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 502
+    unit: Annotated[int, Field(ge=0, le=247)] = 1
+
+
+class CarParkSettings(_Section):
+    """A car park; its free spaces come over MQTT or from LoRaWAN bay sensors (`sensors`)."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    name: Annotated[str, Field(min_length=1, max_length=40)]
+    capacity: Annotated[int, Field(ge=1)]
+    lat: float
+    lon: float
+    sensors: list[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{16}$")]] = Field(default_factory=list)
+
+
+class ApproachSettings(_Section):
+    """A road into the area: expected cars per interval, and the signs that guide them."""
+
+    id: str
+    lat: float
+    lon: float
+    demand: Annotated[int, Field(ge=0)] = 10
+    signs: list[str]
+
+
+class DisplaysSettings(_Section):
+    """Displays, car parks and approaches for parking guidance and warnings."""
+
+    displays: list[DisplaySettings] = Field(default_factory=list)
+    car_parks: list[CarParkSettings] = Field(default_factory=list)
+    approaches: list[ApproachSettings] = Field(default_factory=list)
+    board_mqtt_url: str = ""  # where the LED boards are; the northbound broker when empty
+    lorawan_topics: list[str] = Field(
+        default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
+    )
+    freshness_s: Annotated[float, Field(gt=0)] = 600.0
+    min_update_s: Annotated[float, Field(ge=0)] = 60.0
+    step_s: Annotated[float, Field(gt=0, le=600)] = 2.0
+
+    @model_validator(mode="after")
+    def _signs_known(self) -> DisplaysSettings:
+        ids = {d.id for d in self.displays}
+        for a in self.approaches:
+            unknown = [s for s in a.signs if s not in ids]
+            if unknown:
+                raise ValueError(f"approach {a.id!r} names unknown displays {unknown}")
+        return self
+
+
 class DispatcherSettings(_Section):
     """Command time-to-live, write timeout and concurrency."""
 
@@ -211,6 +268,7 @@ class Settings(BaseSettings):
     lighting: LightingSettings = LightingSettings()
     dispatcher: DispatcherSettings = DispatcherSettings()
     charging: ChargingSettings = ChargingSettings()
+    displays: DisplaysSettings = DisplaysSettings()
     logging: LoggingSettings = LoggingSettings()
     clock: ClockSettings = ClockSettings()
     config_dir: Path = Path()

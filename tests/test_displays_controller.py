@@ -6,11 +6,9 @@ stale numbers fall back to blank at once, and a warning takes over and expires.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import pytest
 import pytest_asyncio
 from conftest_displays import DisplayIds
 from waiting import wait_until
@@ -31,14 +29,6 @@ from edge.dispatcher import Dispatcher, make_command
 from edge.events import Outcome, Priority
 from edge.state import StateStore
 from simulators.displays import DisplaySimulator
-
-# With the embedded amqtt broker these flows leave one broker-side client stream unclosed
-# (a ResourceWarning that pytest turns into an error); not yet found. CI runs them against
-# Mosquitto (EDGE_TEST_MQTT_URL), where they are clean.
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("EDGE_TEST_MQTT_URL"),
-    reason="needs a real broker: amqtt leaks a stream in these flows",
-)
 
 PARKS = [
     CarParkSpec("near", "P Near", 100, 51.510, 7.455),
