@@ -326,10 +326,28 @@ class MqttApi:
             await asyncio.sleep(2.0)
 
     async def _parking_loop(self, pub: Publisher) -> None:
-        """Car park occupancy (retained), refreshed every 5 s."""
+        """Car park occupancy, guidance decisions and active warnings (retained), every 5 s."""
+        d = self._displays
+        assert d is not None
         while True:
             for topic, payload in self.parking_messages():
                 pub.publish_fast(topic, payload, retain=True)
+            if d.plan is not None:
+                pub.publish_fast(
+                    f"{self.base}/guidance", orjson.dumps(d.plan.model_dump(mode="json")), retain=True
+                )
+            warnings = [
+                {
+                    "id": w.id,
+                    "severity": w.severity,
+                    "lines": list(w.lines),
+                    "displays": sorted(w.displays),
+                    "start": w.start,
+                    "end": w.end,
+                }
+                for w in d.warnings.values()
+            ]
+            pub.publish_fast(f"{self.base}/warnings/active", orjson.dumps(warnings), retain=True)
             await asyncio.sleep(5.0)
 
     async def _telemetry_loop(self, pub: Publisher) -> None:

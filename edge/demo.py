@@ -26,6 +26,7 @@ import orjson
 import structlog
 
 from controllers.lighting import night_window
+from devices.lorawan_profile import default_profiles as lorawan_profiles
 from edge.broker import EmbeddedBroker
 from edge.clock import SimClock
 from edge.daemon import Daemon, running
@@ -33,7 +34,9 @@ from edge.inventory import Inventory, load_inventory
 from edge.net import free_port
 from edge.settings import Settings, load_settings
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
+from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator, SimController, SimLamp
+from simulators.lorawan import chirpstack_event, tts_uplink
 
 log = structlog.get_logger(__name__)
 
@@ -189,6 +192,13 @@ async def _scenario(
                 qos=1,
             )
             log.info("demo_utility_curtailment", feeder="feeder-4", limit_kw=8.0)
+        if d.displays is not None:
+            await at(0.14)
+            now = clock.now()
+            warning = {"action": "warn", "id": "storm-1", "severity": "severe", "lines": ["STURMWARNUNG", "Parks meiden"],
+                       "start": now, "end": now + 1800, "response_topic": f"{base}/demo/acks"}  # fmt: skip
+            await client.publish(f"{base}/cmd/warnings/set", orjson.dumps(warning), qos=1)
+            log.info("demo_warning", id="storm-1")
         await at(0.18)
         drifted = rnd.choice([x for x in ordinary if x != failed])
         sim.inject(drifted, "power_high")
@@ -267,6 +277,67 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
     }
 
 
+async def _car_parks(d: Daemon, url: str, rnd: random.Random) -> None:
+    """Car parks through the evening: counters over MQTT, bay sensors over LoRaWAN (both formats)."""
+    cfg = d.settings.displays
+    if not cfg.car_parks:
+        return
+    host, port = _host_port(url)
+    base = d.api.base
+    parking = lorawan_profiles()["parking_magnetic"]
+    f_cnt = 0
+    async with aiomqtt.Client(host, port, identifier="demo-car-parks", timeout=5) as client:
+        for _ in range(100_000):  # bounded; every 5 minutes of clock time
+            hour = (d.clock.now() / 3600 + 1) % 24  # local winter time
+            # Busy in the evening (shopping, events), emptier late at night.
+            load = 0.35 + 0.6 * max(0.0, 1 - abs(hour - 19) / 4) + rnd.uniform(-0.05, 0.05)
+            for cp in cfg.car_parks:
+                if cp.sensors:
+                    f_cnt += 1
+                    for i, eui in enumerate(cp.sensors):
+                        occupied = rnd.random() < load
+                        payload = parking.encode({"occupied": occupied})
+                        build = chirpstack_event if i % 2 else tts_uplink
+                        topic, body = build(eui, f"bay-{i}", f_cnt=f_cnt, f_port=1, payload=payload, ts=d.clock.now(),
+                                            dedup_id=f"{eui}-{f_cnt}")  # fmt: skip
+                        await client.publish(topic, body, qos=0)
+                else:
+                    free = max(0, round(cp.capacity * (1 - min(1.0, load))))
+                    await client.publish(
+                        f"{base}/field/carparks/{cp.id}", orjson.dumps({"free": free}), qos=0
+                    )
+            await d.clock.sleep(300)
+
+
+def displays_summary(d: Daemon, dsim: DisplaySimulator) -> dict[str, Any]:
+    """The demo's displays section: what every display shows, updates, fallbacks and warnings."""
+    ctl = d.displays
+    if ctl is None:
+        return {}
+    return {
+        "displays": len(ctl.displays),
+        "online": sum(1 for x in ctl.displays if (dev := d.state.get(x)) is not None and dev.online),
+        "shown": {x: dsim.shown(x) for x in ctl.displays},
+        "updates": ctl.stats.updates,
+        "held_back_by_rate_limit": ctl.stats.held_back,
+        "stale_fallbacks": ctl.stats.stale_fallbacks,
+        "warnings_shown": ctl.stats.warnings_shown,
+        "car_parks": {
+            cp: {"free": o.free, "age_s": round(d.clock.now() - o.ts)} for cp, o in ctl.occupancy.items()
+        },
+        "uplinks": (
+            {
+                "received": d.ingest.stats.received,
+                "duplicates": d.ingest.stats.duplicates,
+                "late": d.ingest.stats.late,
+                "refused": d.ingest.stats.refused_total,
+            }
+            if d.ingest is not None
+            else {}
+        ),
+    }
+
+
 def charging_summary(d: Daemon, csim: ChargingSimulator, watch: FeederWatch) -> dict[str, Any]:
     """The demo's charging section: energy delivered and requested, peak feeder load, violations."""
     chargers = list(d.state.devices("charger"))
@@ -325,15 +396,29 @@ async def run_demo(
         clock = SimClock(start=on - 120.0, speed=speed)
         cps, feeders = sim_chargers(inv, settings)
         watch = FeederWatch()
+        signs = [
+            x.model_copy(update={"port": free_port()}) if x.kind == "sign" else x
+            for x in settings.displays.displays
+        ]
+        settings = settings.model_copy(
+            update={"displays": settings.displays.model_copy(update={"displays": signs})}
+        )
         async with _broker(broker_url, broker_port) as url:
             settings = _with_mqtt(settings, url)
             async with (
                 LightingSimulator(sim_controllers(inv), clock, seed=seed) as sim,
                 ChargingSimulator(cps, clock, feeders=feeders, port=opc_port, seed=seed) as csim,
+                DisplaySimulator(
+                    clock,
+                    boards=[SimBoard(x.id) for x in signs if x.kind == "board"],
+                    signs=[SimSign(x.id, port=x.port) for x in signs if x.kind == "sign"],
+                    mqtt_url=url,
+                ) as dsim,
                 running(settings, inv, clock) as d,
                 asyncio.TaskGroup() as tg,
             ):
                 tg.create_task(_couple(d, csim, watch), name="demo.grid")
+                tg.create_task(_car_parks(d, url, random.Random(seed)), name="demo.car_parks")
                 horizon = None if seconds is None else seconds * speed
                 scenario = tg.create_task(
                     _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
@@ -348,6 +433,7 @@ async def run_demo(
                 finally:
                     result = summary(d, sim)
                     result["charging"] = charging_summary(d, csim, watch)
+                    result["displays"] = displays_summary(d, dsim)
                     scenario.cancel()
                     for t in tg._tasks:
                         t.cancel()

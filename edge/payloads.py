@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
+from optimizer.guidance import GuidancePlan
+
 API_VERSION = "v1"
 MAX_DURATION_S = 7 * 86400
 
@@ -384,6 +386,7 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "carpark_report": CarParkReport,
     "display_state": DisplayState,
     "parking_state": ParkingState,
+    "guidance_plan": GuidancePlan,
     "set_level": SetLevel,
     "resume_schedule": ResumeSchedule,
     "replan": Replan,
