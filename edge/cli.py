@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("rest", nargs=argparse.REMAINDER)
 
     sim = sub.add_parser("simulate", help="run device simulators")
-    sim.add_argument("domain", choices=["lights", "chargers"])
+    sim.add_argument("domain", choices=["lights", "chargers", "displays"])
     sim.add_argument("--config", type=Path, help="serve the controllers of this site's inventory")
     sim.add_argument("--controllers", type=int, default=10)
     sim.add_argument("--count", type=int, default=60, help="charge points (chargers)")
@@ -234,6 +234,36 @@ async def _simulate(args: argparse.Namespace) -> int:
         port = args.port if args.port != 15020 else 4840
         print(f"serving {args.count} charge points at opc.tcp://127.0.0.1:{port}", file=sys.stderr)
         await serve_chargers(args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders)
+        return 0
+    if args.domain == "displays":
+        from simulators.displays import DisplaySimulator, SimBoard, SimSign
+
+        if not args.config:
+            print(
+                "edge simulate displays: --config site.toml is required (it lists the displays)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        dcfg = load_settings(args.config).displays
+        if not dcfg.displays:
+            print(f"{args.config}: no [displays] configured", file=sys.stderr)
+            return EXIT_CONFIG
+        url = args.mqtt or dcfg.board_mqtt_url or load_settings(args.config).mqtt.url
+        import time as _time
+
+        dclock = SystemClock() if args.speed == 1.0 else SimClock(_time.time(), args.speed)
+        async with DisplaySimulator(
+            dclock,
+            boards=[SimBoard(x.id) for x in dcfg.displays if x.kind == "board"],
+            signs=[
+                SimSign(x.id, host=x.host, port=x.port, unit=x.unit)
+                for x in dcfg.displays
+                if x.kind == "sign"
+            ],
+            mqtt_url=url,
+        ):
+            print(f"serving {len(dcfg.displays)} displays (boards on {url})", file=sys.stderr)
+            await asyncio.Event().wait()
         return 0
     if args.config:
         settings = load_settings(args.config)
