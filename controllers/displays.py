@@ -145,6 +145,7 @@ class DisplayController:
         approaches: Sequence[ApproachSpec],
         displays: Sequence[str],
         clock: Clock,
+        positions: Mapping[str, tuple[float, float]] | None = None,
         dispatcher: Dispatcher,
         alarms: Alarms,
         freshness_s: float = 600.0,
@@ -155,6 +156,7 @@ class DisplayController:
         self.car_parks = {c.id: c for c in car_parks}
         self.approaches = list(approaches)
         self.displays = list(displays)
+        self._positions = dict(positions or {})
         self._clock = clock
         self._dispatcher = dispatcher
         self._alarms = alarms
@@ -177,6 +179,14 @@ class DisplayController:
         cp = self.car_parks.get(car_park)
         if cp is not None:
             self.occupancy[car_park] = Occupancy(max(0, min(cp.capacity, free)), open_, ts)
+
+    def displays_within(self, lat: float, lon: float, radius_m: float) -> set[str]:
+        """Displays whose position lies within `radius_m` of a point (a warning's area)."""
+        return {
+            d
+            for d, (dlat, dlon) in self._positions.items()
+            if minutes_between(lat, lon, dlat, dlon, kmh=60.0, detour=1.0) * 1000 <= radius_m
+        }
 
     def warn(self, warning: Warning) -> None:
         self.warnings[warning.id] = warning

@@ -533,8 +533,16 @@ class MqttApi:
             unknown = [d for d in req.displays if d not in displays.displays]
             if unknown:
                 raise PayloadError("unknown_device", ", ".join(unknown))
-            targets = frozenset(req.displays or displays.displays)
-            displays.warn(DisplayWarning(req.id, targets, req.severity, tuple(req.lines), req.start, req.end))
+            targets = set(req.displays)
+            if req.area is not None:
+                targets |= displays.displays_within(req.area.lat, req.area.lon, req.area.radius_m)
+            elif not targets:
+                targets = set(displays.displays)
+            if not targets:
+                raise PayloadError("no_display_in_area", f"{req.area}")
+            displays.warn(
+                DisplayWarning(req.id, frozenset(targets), req.severity, tuple(req.lines), req.start, req.end)
+            )
             raised = 0
             if req.raise_lamps:
                 # Cross-domain: lamps to full for the warning, through the dispatcher (audited).

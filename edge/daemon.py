@@ -327,6 +327,7 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     ],
                     displays=[x.id for x in dcfg.displays],
                     clock=clock,
+                    positions={x.id: (x.lat, x.lon) for x in dcfg.displays},
                     dispatcher=dispatcher,
                     alarms=alarms,
                     freshness_s=dcfg.freshness_s,

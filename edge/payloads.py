@@ -168,6 +168,14 @@ class FeederState(_Model):
     ts: float
 
 
+class WarningArea(_Model):
+    """A warning's area: a circle around a point."""
+
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+    radius_m: Annotated[float, Field(gt=0, le=100_000)]
+
+
 class WarningRequest(_Model):
     """A storm or disaster warning for some displays (or all), for a time window."""
 
@@ -175,7 +183,10 @@ class WarningRequest(_Model):
     id: Annotated[str, Field(min_length=1, max_length=64)]
     severity: Literal["info", "warning", "severe", "extreme"]
     lines: Annotated[list[Annotated[str, Field(max_length=40)]], Field(min_length=1, max_length=4)]
-    displays: list[str] = Field(default_factory=list, description="empty: every display")
+    displays: list[str] = Field(default_factory=list, description="these displays (with `area`: added to it)")
+    area: WarningArea | None = Field(
+        default=None, description="a circle; no displays and no area: every display"
+    )
     start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     end: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     raise_lamps: bool = False

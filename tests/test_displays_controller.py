@@ -136,3 +136,30 @@ async def test_content_a_display_cannot_show_is_refused(rig: Rig) -> None:
     res = await rig.disp.submit_and_wait(cmd, 3)
     assert res.outcome is Outcome.REFUSED
     assert res.reason.startswith("content_refused")
+
+
+async def test_the_most_severe_warning_wins(rig: Rig) -> None:
+    """Two warnings on one display: the extreme one shows; when it is withdrawn the other returns."""
+    now = rig.clock.now()
+    rig.ctl.warn(Warning("info", frozenset({rig.board}), "info", ("Stau B1",), now, now + 150))
+    rig.ctl.step(now)
+    await shows(rig, rig.board, "Stau B1")
+    rig.ctl.warn(Warning("flood", frozenset({rig.board}), "extreme", ("HOCHWASSER",), now, now + 150))
+    rig.ctl.step(now)
+    await shows(rig, rig.board, "HOCHWASSER")
+    assert rig.ctl.clear_warning("flood")
+    rig.ctl.step(now)
+    await shows(rig, rig.board, "Stau B1")
+
+
+def test_displays_within_an_area() -> None:
+    """A warning's circle selects the displays inside it."""
+    from edge.clock import ManualClock as Clock
+
+    ctl = DisplayController(
+        car_parks=PARKS, approaches=[], displays=["a", "b"], clock=Clock(0.0), dispatcher=None,  # type: ignore[arg-type]
+        alarms=None, positions={"a": (51.5100, 7.4550), "b": (51.5200, 7.4700)},  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert ctl.displays_within(51.5101, 7.4551, 300) == {"a"}
+    assert ctl.displays_within(51.5150, 7.4625, 2000) == {"a", "b"}
+    assert ctl.displays_within(51.6, 7.6, 500) == set()

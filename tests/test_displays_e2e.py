@@ -119,7 +119,8 @@ async def test_car_park_fills_and_signs_change(tmp_path: Path, mqtt_url: str, da
         s = Site(d, None, client, settings, inv, d.link.protocol == "5")  # type: ignore[arg-type]
         now = clock.now()
         ack = await s.request("cmd/warnings/set", {"action": "warn", "id": "storm", "severity": "severe",
-                                                    "lines": ["STURM"], "start": now, "end": now + 600})  # fmt: skip
+                                                    "lines": ["STURM"], "start": now, "end": now + 600,
+                                                    "area": {"lat": 51.509, "lon": 7.454, "radius_m": 300}})  # fmt: skip
         assert ack["ok"] is True
         assert ack["counts"]["displays"] == 2
         await wait_for(
