@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -546,7 +547,11 @@ class MqttApi:
             raised = 0
             if req.raise_lamps:
                 # Cross-domain: lamps to full for the warning, through the dispatcher (audited).
-                for lamp_id in self._inv.lamps:
+                lamps = list(self._inv.lamps.values())
+                if req.area is not None:
+                    a = req.area
+                    lamps = [x for x in lamps if _metres(a.lat, a.lon, x.lat, x.lon) <= a.radius_m]
+                for lamp_id in (x.id for x in lamps):
                     self._lighting.submit(lamp_id, 100, Priority.SAFETY, f"warning:{req.id}",
                                           hold_s=max(1.0, req.end - now), reason="warning")  # fmt: skip
                     raised += 1
@@ -749,6 +754,16 @@ def result_message(ev: CommandResult) -> CommandResultMessage:
         priority=c.priority.name.lower(),
         ts=ev.ts,
     )
+
+
+def _metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = (
+        math.sin((p2 - p1) / 2) ** 2
+        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
+    return 2 * 6_371_000 * math.asin(math.sqrt(a))
 
 
 def _errors(exc: ValidationError) -> str:

@@ -236,7 +236,10 @@ async def _simulate(args: argparse.Namespace) -> int:
         await serve_chargers(args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders)
         return 0
     if args.domain == "displays":
+        import aiomqtt
+
         from simulators.displays import DisplaySimulator, SimBoard, SimSign
+        from simulators.parking import ParkingSimulator, SimCarPark
 
         if not args.config:
             print(
@@ -252,18 +255,34 @@ async def _simulate(args: argparse.Namespace) -> int:
         import time as _time
 
         dclock = SystemClock() if args.speed == 1.0 else SimClock(_time.time(), args.speed)
-        async with DisplaySimulator(
+        site = load_settings(args.config)
+        parking = ParkingSimulator(
+            [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in dcfg.car_parks],
             dclock,
-            boards=[SimBoard(x.id) for x in dcfg.displays if x.kind == "board"],
-            signs=[
-                SimSign(x.id, host=x.host, port=x.port, unit=x.unit)
-                for x in dcfg.displays
-                if x.kind == "sign"
-            ],
-            mqtt_url=url,
+            base_topic=f"{site.mqtt.topic_prefix}/{site.site.id}",
+            seed=args.seed,
+        )
+        host, _, port = url.split("://", 1)[1].rpartition("@")[2].partition(":")
+        signs = [
+            SimSign(x.id, host=x.host, port=x.port, unit=x.unit) for x in dcfg.displays if x.kind == "sign"
+        ]
+        async with (
+            DisplaySimulator(
+                dclock,
+                boards=[SimBoard(x.id) for x in dcfg.displays if x.kind == "board"],
+                signs=signs,
+                mqtt_url=url,
+            ) as dsim,
+            aiomqtt.Client(host, int(port or 1883), identifier=f"sim-parking-{site.site.id}") as client,
         ):
-            print(f"serving {len(dcfg.displays)} displays (boards on {url})", file=sys.stderr)
-            await asyncio.Event().wait()
+            for spec in args.fault:
+                target, _, fault = spec.partition(":")
+                dsim.inject(target, fault)
+            print(
+                f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {url}",
+                file=sys.stderr,
+            )
+            await parking.run(client, every_s=300.0)
         return 0
     if args.config:
         settings = load_settings(args.config)

@@ -26,7 +26,6 @@ import orjson
 import structlog
 
 from controllers.lighting import night_window
-from devices.lorawan_profile import default_profiles as lorawan_profiles
 from edge.broker import EmbeddedBroker
 from edge.clock import SimClock
 from edge.daemon import Daemon, running
@@ -36,7 +35,7 @@ from edge.settings import Settings, load_settings
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator, SimController, SimLamp
-from simulators.lorawan import chirpstack_event, tts_uplink
+from simulators.parking import ParkingSimulator, SimCarPark
 
 log = structlog.get_logger(__name__)
 
@@ -277,36 +276,20 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
     }
 
 
-async def _car_parks(d: Daemon, url: str, rnd: random.Random) -> None:
-    """Car parks through the evening: counters over MQTT, bay sensors over LoRaWAN (both formats)."""
+async def _car_parks(d: Daemon, url: str, seed: int) -> None:
+    """Car parks through the evening (arrivals and departures), reported by counters and bay sensors."""
     cfg = d.settings.displays
     if not cfg.car_parks:
         return
     host, port = _host_port(url)
-    base = d.api.base
-    parking = lorawan_profiles()["parking_magnetic"]
-    f_cnt = 0
+    sim = ParkingSimulator(
+        [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in cfg.car_parks],
+        d.clock,
+        base_topic=d.api.base,
+        seed=seed,
+    )
     async with aiomqtt.Client(host, port, identifier="demo-car-parks", timeout=5) as client:
-        for _ in range(100_000):  # bounded; every 5 minutes of clock time
-            hour = (d.clock.now() / 3600 + 1) % 24  # local winter time
-            # Busy in the evening (shopping, events), emptier late at night.
-            load = 0.35 + 0.6 * max(0.0, 1 - abs(hour - 19) / 4) + rnd.uniform(-0.05, 0.05)
-            for cp in cfg.car_parks:
-                if cp.sensors:
-                    f_cnt += 1
-                    for i, eui in enumerate(cp.sensors):
-                        occupied = rnd.random() < load
-                        payload = parking.encode({"occupied": occupied})
-                        build = chirpstack_event if i % 2 else tts_uplink
-                        topic, body = build(eui, f"bay-{i}", f_cnt=f_cnt, f_port=1, payload=payload, ts=d.clock.now(),
-                                            dedup_id=f"{eui}-{f_cnt}")  # fmt: skip
-                        await client.publish(topic, body, qos=0)
-                else:
-                    free = max(0, round(cp.capacity * (1 - min(1.0, load))))
-                    await client.publish(
-                        f"{base}/field/carparks/{cp.id}", orjson.dumps({"free": free}), qos=0
-                    )
-            await d.clock.sleep(300)
+        await sim.run(client, every_s=300.0)
 
 
 def displays_summary(d: Daemon, dsim: DisplaySimulator) -> dict[str, Any]:
@@ -411,14 +394,19 @@ async def run_demo(
                 DisplaySimulator(
                     clock,
                     boards=[SimBoard(x.id) for x in signs if x.kind == "board"],
-                    signs=[SimSign(x.id, port=x.port) for x in signs if x.kind == "sign"],
+                    # The fail-safe counts clock time: at 300x, 300 s would be one real second.
+                    signs=[
+                        SimSign(x.id, port=x.port, failsafe_after_s=int(60 * speed))
+                        for x in signs
+                        if x.kind == "sign"
+                    ],
                     mqtt_url=url,
                 ) as dsim,
                 running(settings, inv, clock) as d,
                 asyncio.TaskGroup() as tg,
             ):
                 tg.create_task(_couple(d, csim, watch), name="demo.grid")
-                tg.create_task(_car_parks(d, url, random.Random(seed)), name="demo.car_parks")
+                tg.create_task(_car_parks(d, url, seed), name="demo.car_parks")
                 horizon = None if seconds is None else seconds * speed
                 scenario = tg.create_task(
                     _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
