@@ -247,15 +247,15 @@ async def _simulate(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
-        dcfg = load_settings(args.config).displays
+        site = load_settings(args.config)
+        dcfg = site.displays
         if not dcfg.displays:
             print(f"{args.config}: no [displays] configured", file=sys.stderr)
             return EXIT_CONFIG
-        url = args.mqtt or dcfg.board_mqtt_url or load_settings(args.config).mqtt.url
+        url = args.mqtt or dcfg.board_mqtt_url or site.mqtt.url
         import time as _time
 
         dclock = SystemClock() if args.speed == 1.0 else SimClock(_time.time(), args.speed)
-        site = load_settings(args.config)
         parking = ParkingSimulator(
             [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in dcfg.car_parks],
             dclock,
