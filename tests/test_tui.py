@@ -26,9 +26,11 @@ from edge.payloads import (
     CommandResultMessage,
     ControllerState,
     DaemonStatus,
+    DisplayState,
     FeederState,
     LampState,
     LampTelemetry,
+    ParkingState,
     PlanMessage,
 )
 from tui import cli, render
@@ -43,11 +45,12 @@ from tui.client import (
     backoff_delay,
 )
 from tui.inventory import load_positions
-from tui.model import Change, LampStatus, SiteModel, lamp_status
+from tui.model import Change, LampStatus, SiteModel, lamp_status, shown_text
 from tui.screens import (
     ConfirmDialog,
     HelpScreen,
     LimitDialog,
+    MessageDialog,
     OverrideDialog,
     parse_amps,
     parse_duration_min,
@@ -270,6 +273,45 @@ def charging_plan_message() -> tuple[str, bytes]:
     return f"{BASE}/plans/charging", dump(PlanMessage(domain="charging", ts=CHARGE_START, plan=body))
 
 
+DISPLAYS = [
+    (f"{BASE}/displays/{d.device_id}/state", dump(d))
+    for d in (
+        DisplayState(device_id="led-1", online=True, shown="P1 Altstadt\nFREI 42", brightness=40, pixel_faults=0, ts=T0),
+        DisplayState(device_id="led-2", online=True, shown="STURM\nVorsicht", brightness=40, pixel_faults=3,
+                     alarms=["pixel_faults"], ts=T0),
+        DisplayState(device_id="sign-1", online=False, shown="", alarms=["display_offline"], ts=T0 - 600),
+    )
+]  # fmt: skip
+PARKING = [
+    (f"{BASE}/parking/{p.car_park}/state", dump(p))
+    for p in (
+        ParkingState(car_park="P1", name="Altstadt", capacity=120, free=42, open=True, fresh=True, ts=T0),
+        ParkingState(car_park="P2", name="Bahnhof", capacity=300, free=7, open=True, fresh=True, ts=T0),
+        ParkingState(car_park="P3", name="Stadion", capacity=80, free=None, open=None, fresh=False, ts=T0 - 3600),
+    )
+]  # fmt: skip
+GUIDANCE = {
+    "recommendations": [
+        {"sign_id": "led-1", "car_park": "P1", "free": 42, "minutes": 3.5, "hint": "left"},
+        {"sign_id": "sign-1", "car_park": "P2", "free": 7, "minutes": 6.0, "hint": ""},
+    ],
+    "cost": 1.0,
+}
+WARNINGS = [
+    {"id": "storm-1", "severity": "severe", "lines": ["STURM", "Vorsicht"], "displays": ["led-2"],
+     "start": T0 - 1800, "end": T0 + 5400},
+]  # fmt: skip
+
+
+def display_messages() -> list[tuple[str, bytes]]:
+    return [
+        *DISPLAYS,
+        *PARKING,
+        (f"{BASE}/guidance", orjson.dumps(GUIDANCE)),
+        (f"{BASE}/warnings/active", orjson.dumps(WARNINGS)),
+    ]
+
+
 def recorded() -> list[tuple[str, bytes]]:
     """Everything a dashboard would receive on connecting to the recorded site."""
     msgs: list[tuple[str, bytes]] = [
@@ -301,6 +343,7 @@ def recorded() -> list[tuple[str, bytes]]:
         *FEEDERS,
         *CHARGERS,
         charging_plan_message(),
+        *display_messages(),
     ]
     for a in ALARMS:
         msgs.append((f"{BASE}/alarms/active/{a.device_id}/{a.code}", dump(a)))
@@ -530,6 +573,64 @@ def test_model_charging_bad_payloads_and_removal() -> None:
     assert model.charging_summary().high == ()
     empty = SiteModel(SITE)
     assert "no charge points" in render.overview(empty, UTC).plain
+
+
+def test_model_folds_displays_parking_guidance_warnings() -> None:
+    """Displays, car parks, guidance and active warnings land in the model and the Overview."""
+    model = recorded_model()
+    assert model.bad_total == 0
+    assert sorted(model.displays) == ["led-1", "led-2", "sign-1"]
+    assert shown_text(model.displays["led-1"].shown) == "P1 Altstadt / FREI 42"
+    assert shown_text(model.displays["sign-1"].shown) == ""
+    assert sorted(model.parking) == ["P1", "P2", "P3"]
+    rec = model.guidance_for("led-1")
+    assert rec is not None
+    assert (rec.car_park, rec.free, rec.minutes) == ("P1", 42, 3.5)
+    assert model.guidance_for("led-2") is None
+    assert [(w.id, w.severity, w.lines, w.end) for w in model.warnings_sorted()] == [
+        ("storm-1", "severe", ["STURM", "Vorsicht"], T0 + 5400)
+    ]
+    summary = model.displays_summary()
+    assert (summary.online, summary.total, summary.warnings, summary.car_parks, summary.stale) == (
+        2,
+        3,
+        1,
+        3,
+        1,
+    )
+    text = render.overview(model, UTC).plain
+    assert "Displays    2/3 online · 1 warning active · car parks 3, 1 STALE" in text
+    assert model.apply(f"{BASE}/warnings/active", b"[]") is Change.DISPLAYS
+    assert model.warnings == []
+    assert model.apply(f"{BASE}/displays/sign-1/state", b"") is Change.DISPLAYS
+    assert "sign-1" not in model.displays
+    assert "no displays or car parks" in render.overview(SiteModel(SITE), UTC).plain
+
+
+def test_model_display_bad_payloads_are_counted() -> None:
+    """Bad display, parking, guidance and warnings payloads are counted and change nothing."""
+    model = recorded_model()
+    led1, p1, guidance, warnings = (
+        model.displays["led-1"],
+        model.parking["P1"],
+        model.guidance,
+        model.warnings,
+    )
+    bad = [
+        (f"{BASE}/displays/led-1/state", b"{not json"),
+        (f"{BASE}/displays/led-1/state", b'{"device_id": "led-1"}'),
+        (f"{BASE}/parking/P1/state", b'{"car_park": "P1", "free": "many"}'),
+        (f"{BASE}/guidance", b'{"recommendations": [{"free": 3}]}'),
+        (f"{BASE}/warnings/active", b'{"id": "storm-1"}'),
+        (f"{BASE}/warnings/active", b'[{"id": "x"}]'),
+        (f"{BASE}/warnings/active", b"[1, 2"),
+    ]
+    assert model.apply_all(bad) == {Change.BAD}
+    assert model.bad_payloads == {"displays": 2, "parking": 1, "guidance": 1, "warnings": 3}
+    assert model.displays["led-1"] is led1
+    assert model.parking["P1"] is p1
+    assert model.guidance is guidance
+    assert model.warnings is warnings
 
 
 @pytest.mark.parametrize(
@@ -973,14 +1074,130 @@ async def test_viewer_sees_no_charger_actions() -> None:
         assert fake.calls == []
 
 
+# ----- Pilot: displays ---------------------------------------------------------------------------
+
+
+async def test_displays_view_shows_displays_car_parks_warnings() -> None:
+    """7 opens the Displays view: what each display shows, car parks (STALE in words), warnings."""
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("7")
+        assert app.query_one(ContentSwitcher).current == "displays"
+        assert "[7 Displays]" in str(app.query_one("#title", Static).render())
+        displays = app.query_one("#display-table", FilterTable)
+        parks = app.query_one("#parking-table", FilterTable)
+        assert displays.shown_keys == ["led-1", "led-2", "sign-1"]
+        assert app.focused is displays.table
+        assert str(displays.table.get_cell("led-1", "4")).startswith("P1 Altstadt / FREI 42")
+        assert str(displays.table.get_cell("sign-1", "1")) == "OFFLINE"
+        assert str(displays.table.get_cell("led-2", "3")) == "3"
+        assert parks.shown_keys == ["P1", "P2", "P3"]
+        assert str(parks.table.get_cell("P1", "2")) == "42/120"
+        assert "STALE" in str(parks.table.get_cell("P3", "4"))
+        warnings = str(app.query_one("#warnings", Static).render())
+        assert "SEVERE" in warnings
+        assert "STURM / Vorsicht  until 23:30" in warnings
+        await pilot.press("slash", *"offline")
+        assert displays.shown_keys == ["sign-1"]
+        await pilot.press("escape")
+        assert app.focused is displays.table
+        newer = DisplayState(device_id="led-1", online=True, shown="P1 FREI 41", ts=T0 + 5)
+        app.post_message(MqttEvent(Received(((f"{BASE}/displays/led-1/state", dump(newer)),))))
+        await pilot.pause()
+        assert app.model.displays["led-1"].shown == "P1 FREI 41"
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert {"display_message", "clear_display"} <= shown
+        assert not {"override", "pause_charger"} & shown
+        await pilot.press("1")
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert not {"display_message", "clear_display"} & shown
+
+
+async def test_display_message_confirm_then_ack() -> None:
+    """m asks for lines and minutes, confirms, sends; the ack appears on the command line."""
+    fake = FakeRequester(ack("accepted"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("7", "down", "m")
+        assert isinstance(app.screen, MessageDialog)
+        await pilot.press("enter", "enter", "enter", "enter")
+        assert isinstance(app.screen, MessageDialog)
+        assert "at least one line" in str(app.screen.query_one("#error", Static).render())
+        app.screen.query_one("#line1", Input).value = "UMLEITUNG"
+        app.screen.query_one("#line2", Input).value = "Ring gesperrt"
+        app.screen.query_one("#duration", Input).value = "30"
+        app.screen.query_one("#duration", Input).focus()
+        await pilot.press("enter")
+        assert isinstance(app.screen, ConfirmDialog)
+        what = str(app.screen.query_one("#what", Static).render())
+        assert "Show on display led-2 for 30 min:" in what
+        assert "UMLEITUNG / Ring gesperrt" in what
+        assert f"Request: {BASE}/cmd/displays/led-2" in what
+        assert fake.calls == []
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls == [
+            (
+                f"{BASE}/cmd/displays/led-2",
+                {"action": "message", "lines": ["UMLEITUNG", "Ring gesperrt"], "duration_s": 1800.0},
+            )
+        ]
+        assert "message on led-2:" in command_line(app)
+        assert "OK" in command_line(app)
+        await pilot.press("c", "y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls[-1] == (f"{BASE}/cmd/displays/led-2", {"action": "clear"})
+        await pilot.press("m", "escape")
+        assert "message: cancelled" in command_line(app)
+        assert len(fake.calls) == 2
+
+
+async def test_display_message_refused() -> None:
+    """A refusal shows its reason; nothing else is sent."""
+    fake = FakeRequester(ack("refused", "offline: display sign-1 does not answer"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("7", "down", "down", "m", *"GESPERRT", "enter", "enter", "enter", "enter")
+        assert isinstance(app.screen, ConfirmDialog)
+        assert "for 60 min" in str(app.screen.query_one("#what", Static).render())
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls == [(f"{BASE}/cmd/displays/sign-1", {"action": "message", "lines": ["GESPERRT"]})]
+        assert "REFUSED" in command_line(app)
+        assert "offline: display sign-1 does not answer" in command_line(app)
+
+
+async def test_viewer_sees_no_display_actions() -> None:
+    """The viewer role hides message and clear and ignores their keys."""
+    fake = FakeRequester(ack("accepted"))
+    app = make_app("viewer", requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("7", "m", "c")
+        assert not isinstance(app.screen, ConfirmDialog | MessageDialog)
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert not {"display_message", "clear_display"} & shown
+        assert fake.calls == []
+
+
 # ----- snapshots ---------------------------------------------------------------------------------
 
-VIEW_KEYS = {"overview": "1", "lights": "2", "map": "3", "plan": "4", "alarms": "5", "charging": "6"}
+VIEW_KEYS = {
+    "overview": "1",
+    "lights": "2",
+    "map": "3",
+    "plan": "4",
+    "alarms": "5",
+    "charging": "6",
+    "displays": "7",
+}
 
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 50)], ids=["80x24", "160x50"])
 @pytest.mark.parametrize(
-    "view", [*VIEW_KEYS, "map-inventory", "help", "override", "confirm", "charging-limit"]
+    "view", [*VIEW_KEYS, "map-inventory", "help", "override", "confirm", "charging-limit", "display-message"]
 )
 def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path: Path) -> None:
     """Each screen of the recorded site, at the smallest and a comfortable size."""
@@ -994,6 +1211,7 @@ def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path:
         "override": ["2", "down", "o"],
         "confirm": ["2", "down", "o", *"40", "enter", *"60", "enter"],
         "charging-limit": ["6", "down", "down", "down", "l"],
+        "display-message": ["7", "m"],
     }.get(view, [VIEW_KEYS.get(view, "1")])
     assert snap_compare(make_app(inventory=inventory), press=press, terminal_size=size)
 

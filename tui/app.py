@@ -21,7 +21,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import ContentSwitcher, Footer, Static
 
-from edge.payloads import Ack, AlarmMessage
+from edge.payloads import Ack, AlarmMessage, DisplayState, ParkingState
 from tui import render
 from tui.client import (
     ClientEvent,
@@ -33,12 +33,24 @@ from tui.client import (
     RequestError,
 )
 from tui.inventory import Inventory
-from tui.model import Change, ChargerRow, FeederRow, LampRow, SiteModel, severity_rank
+from tui.model import (
+    ActiveWarning,
+    Change,
+    ChargerRow,
+    FeederRow,
+    LampRow,
+    Recommendation,
+    SiteModel,
+    severity_rank,
+    shown_text,
+)
 from tui.screens import (
     ChargerLimitForm,
     ConfirmDialog,
+    DisplayMessageForm,
     HelpScreen,
     LimitDialog,
+    MessageDialog,
     Override,
     OverrideDialog,
     Target,
@@ -53,6 +65,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("plan", "Plan"),
     ("alarms", "Alarms"),
     ("charging", "Charging"),
+    ("displays", "Displays"),
 )
 # Which views show what a kind of change touches.
 SHOWS: dict[str, frozenset[Change]] = {
@@ -62,11 +75,13 @@ SHOWS: dict[str, frozenset[Change]] = {
     "plan": frozenset({Change.PLAN}),
     "alarms": frozenset({Change.ALARM}),
     "charging": frozenset({Change.CHARGING}),
+    "displays": frozenset({Change.DISPLAYS}),
 }
+DISPLAY_ACTIONS = frozenset({"display_message", "clear_display"})
 CHARGER_ACTIONS = frozenset({"pause_charger", "limit_charger", "release_charger"})
 LAMP_ACTIONS = frozenset({"override", "resume"})
-COMMAND_ACTIONS = frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS
-TABLE_VIEWS = ("lights", "alarms", "charging")
+COMMAND_ACTIONS = frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS
+TABLE_VIEWS = ("lights", "alarms", "charging", "displays")
 LAMP_COLUMNS = (
     Column("Lamp", 7),
     Column("Segment", 16),
@@ -107,6 +122,20 @@ SESSION_COLUMNS = (
     Column("Feeder", 10),
     Column("Alarms"),
 )
+DISPLAY_COLUMNS = (
+    Column("Display", 8),
+    Column("Online", 7),
+    Column("Bright", 6),
+    Column("Pixel faults", 6),
+    Column("Shows now"),
+)
+PARKING_COLUMNS = (
+    Column("Car park", 10),
+    Column("Name", 18),
+    Column("Free/cap.", 9),
+    Column("Open", 6),
+    Column("Number"),
+)
 
 
 class MqttEvent(Message):
@@ -132,7 +161,10 @@ class DashboardApp(App[int]):
     Screen { layout: vertical; }
     #title { height: 1; background: $primary-background; }
     ContentSwitcher { height: 1fr; }
-    #lights, #alarms, #charging { height: 1fr; }
+    #lights, #alarms, #charging, #displays { height: 1fr; }
+    #display-table { height: 2fr; }
+    #parking-table { height: 1fr; }
+    #warnings { height: auto; max-height: 6; border-top: solid $secondary; }
     #feeder-table { height: 1fr; }
     #session-table { height: 2fr; }
     #events { height: 6; border-top: solid $secondary; }
@@ -149,6 +181,8 @@ class DashboardApp(App[int]):
         Binding("p", "pause_charger", "Pause"),
         Binding("l", "limit_charger", "Limit"),
         Binding("u", "release_charger", "Release"),
+        Binding("m", "display_message", "Message"),
+        Binding("c", "clear_display", "Clear msg"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -198,6 +232,10 @@ class DashboardApp(App[int]):
                 yield FilterTable(
                     SESSION_COLUMNS, "charge points", id="session-table", hint="e.g. 'feeder-2 charging'"
                 )
+            with Vertical(id="displays"):
+                yield FilterTable(DISPLAY_COLUMNS, "displays", id="display-table", hint="e.g. 'offline'")
+                yield FilterTable(PARKING_COLUMNS, "car parks", id="parking-table", hint="e.g. 'STALE'")
+                yield Static("", id="warnings")
         yield Static("", id="command")
         yield Footer()
 
@@ -268,6 +306,12 @@ class DashboardApp(App[int]):
         elif view == "charging":
             self._feeder_table.show([feeder_row(f) for f in model.feeder_rows()])
             self._table("charging").show([charger_row(r, tz) for r in model.charger_rows()])
+        elif view == "displays":
+            self._table("displays").show(
+                [display_row(d, model.guidance_for(d.device_id)) for _, d in sorted(model.displays.items())]
+            )
+            self._parking_table.show([parking_row(p) for _, p in sorted(model.parking.items())])
+            self.query_one("#warnings", Static).update(warnings_text(model.warnings_sorted(), tz))
 
     def _map_renderer(self) -> Callable[[int, int], Text]:
         model, inv = self.model, self.inventory
@@ -312,17 +356,28 @@ class DashboardApp(App[int]):
 
     def _table(self, view: str) -> FilterTable:
         """The table of a view (on the Charging view: the sessions table)."""
-        wid = {"lights": "#lights", "alarms": "#alarm-table", "charging": "#session-table"}[view]
+        wid = {
+            "lights": "#lights",
+            "alarms": "#alarm-table",
+            "charging": "#session-table",
+            "displays": "#display-table",
+        }[view]
         return self.query_one(wid, FilterTable)
 
     @property
     def _feeder_table(self) -> FilterTable:
         return self.query_one("#feeder-table", FilterTable)
 
+    @property
+    def _parking_table(self) -> FilterTable:
+        return self.query_one("#parking-table", FilterTable)
+
     def _active_table(self) -> FilterTable:
-        """The table the keys act on: on the Charging view, whichever table has the focus."""
+        """The table the keys act on: on the Charging and Displays views, whichever has the focus."""
         if self.view == "charging" and self._feeder_table.has_focus_within:
             return self._feeder_table
+        if self.view == "displays" and self._parking_table.has_focus_within:
+            return self._parking_table
         return self._table(self.view)
 
     def action_help(self) -> None:
@@ -343,8 +398,10 @@ class DashboardApp(App[int]):
             return False
         if action in CHARGER_ACTIONS and self.view != "charging":
             return False
-        if action in LAMP_ACTIONS | {"replan"} and self.view == "charging":
-            return False  # the Charging view acts on charge points; lamps from the other views
+        if action in DISPLAY_ACTIONS and self.view != "displays":
+            return False
+        if action in LAMP_ACTIONS | {"replan"} and self.view in ("charging", "displays"):
+            return False  # those views act on their own devices; lamps from the other views
         if action in ("sort",) and self.view not in TABLE_VIEWS:
             return None
         return True
@@ -478,6 +535,55 @@ class DashboardApp(App[int]):
         )
         payload: dict[str, object] = {"action": "release", "reason": "operator dashboard"}
         self._confirm_then_send(what, topic, payload, f"release {row.id}")
+
+    # displays ---------------------------------------------------------------------------------
+
+    def _selected_display(self) -> DisplayState | None:
+        did = self._table("displays").selected_key
+        if did is None or did not in self.model.displays:
+            self._say(Text("No display selected: nothing to do.", "italic"))
+            return None
+        return self.model.displays[did]
+
+    def _display_topic(self, did: str) -> str:
+        return f"{self.model.base}/cmd/displays/{did}"
+
+    def action_display_message(self) -> None:
+        d = self._selected_display()
+        if d is None:
+            return
+        self.push_screen(MessageDialog(d.device_id, describe_display(d)), self._messaged)
+
+    def _messaged(self, form: DisplayMessageForm | None) -> None:
+        if form is None:
+            self._say(Text("message: cancelled, nothing sent", "dim"))
+            return
+        topic = self._display_topic(form.display)
+        payload: dict[str, object] = {"action": "message", "lines": list(form.lines)}
+        if form.duration_s is not None:
+            payload["duration_s"] = form.duration_s
+            until = f"for {form.duration_s / 60:g} min"
+        else:
+            until = "for 60 min (the daemon's default)"
+        text = " / ".join(form.lines)
+        what = (
+            f"Show on display {form.display} {until}:\n  {text}\n"
+            "An operator message outranks warnings and guidance until it ends or you clear it (c).\n"
+            f"Request: {topic}"
+        )
+        self._confirm_then_send(what, topic, payload, f"message on {form.display}")
+
+    def action_clear_display(self) -> None:
+        d = self._selected_display()
+        if d is None:
+            return
+        topic = self._display_topic(d.device_id)
+        what = (
+            f"Clear the operator message on display {d.device_id}.\n"
+            "It goes back to warnings or guidance (or blank).\n"
+            f"Request: {topic}"
+        )
+        self._confirm_then_send(what, topic, {"action": "clear"}, f"clear {d.device_id}")
 
     def _confirm_then_send(self, what: str, topic: str, payload: dict[str, object], short: str) -> None:
         def answered(yes: bool | None) -> None:
@@ -621,3 +727,79 @@ def charger_row(r: ChargerRow, tz: tzinfo | None) -> Row:
             " ".join(r.alarms) or None,
         ),
     )
+
+
+def online_word(online: bool | None) -> Text:
+    if online is None:
+        return Text("unknown")
+    return Text("online") if online else Text("OFFLINE", "bold magenta")
+
+
+def describe_display(d: DisplayState) -> str:
+    """`online, shows: P1 FREI 42` in one phrase."""
+    word = {True: "online", False: "OFFLINE", None: "online unknown"}[d.online]
+    return f"{word}, shows: {shown_text(d.shown) or '(blank)'}"
+
+
+def display_row(d: DisplayState, rec: Recommendation | None) -> Row:
+    """A display as a displays table row (with the guidance behind it, if any)."""
+    shows = Text(shown_text(d.shown) or "(blank)", "" if d.shown.strip() else "dim")
+    if rec is not None and rec.car_park:
+        shows.append(f"  [guides to {rec.car_park}]", "dim")
+    faults = d.pixel_faults
+    return Row(
+        key=d.device_id,
+        cells=(
+            d.device_id,
+            online_word(d.online),
+            "-" if d.brightness is None else f"{d.brightness:.0f} %",
+            Text(render.fmt_num(faults), "bold red" if faults else ""),
+            shows,
+        ),
+        sort=(
+            d.device_id,
+            {True: "online", False: "OFFLINE", None: "unknown"}[d.online],
+            d.brightness,
+            None if faults is None else float(faults),
+            shown_text(d.shown) or None,
+        ),
+    )
+
+
+def parking_row(p: ParkingState) -> Row:
+    """A car park as a car parks table row; a stale number says so in words."""
+    free = "-" if p.free is None else str(p.free)
+    opened = {True: "open", False: "CLOSED", None: "-"}[p.open]
+    return Row(
+        key=p.car_park,
+        cells=(
+            p.car_park,
+            p.name,
+            f"{free}/{p.capacity}",
+            opened,
+            Text("fresh") if p.fresh else Text("STALE (not shown)", "bold red"),
+        ),
+        sort=(
+            p.car_park,
+            p.name,
+            None if p.free is None else float(p.free),
+            opened,
+            "fresh" if p.fresh else "STALE",
+        ),
+    )
+
+
+def warnings_text(warnings: list[ActiveWarning], tz: tzinfo | None) -> Text:
+    """The warnings in force: severity, lines, until when."""
+    out = Text("Active warnings\n", "bold")
+    if not warnings:
+        out.append("none\n", "italic")
+    for w in warnings:
+        style = (
+            "bold red" if w.severity in ("extreme", "severe") else "bold" if w.severity == "warning" else ""
+        )
+        out.append(f"{w.severity.upper():<8}", style)
+        out.append(f" {' / '.join(w.lines)}  until {render.fmt_time(w.end, tz)}")
+        where = ", ".join(w.displays) if w.displays else "area/all"
+        out.append(f"  ({w.id}; {where})\n", "dim")
+    return out

@@ -25,9 +25,11 @@ from edge.payloads import (
     CommandResultMessage,
     ControllerState,
     DaemonStatus,
+    DisplayState,
     FeederState,
     LampState,
     LampTelemetry,
+    ParkingState,
     PlanMessage,
 )
 
@@ -48,6 +50,7 @@ class Change(enum.StrEnum):
     PLAN = "plan"
     STATUS = "status"
     CHARGING = "charging"
+    DISPLAYS = "displays"
     RESULT = "result"
     IGNORED = "ignored"
     BAD = "bad"
@@ -158,6 +161,59 @@ class ChargingPlan(BaseModel):
 
     def session(self, session_id: str) -> PlanSession | None:
         return next((s for s in self.sessions if s.id == session_id), None)
+
+
+class Recommendation(BaseModel):
+    """One sign's guidance: which car park it sends its approach to (`guidance.recommendations[]`)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    sign_id: str
+    car_park: str | None = None
+    free: int | None = None
+    minutes: float | None = None
+    hint: str = ""
+
+
+class GuidancePlan(BaseModel):
+    """The retained `guidance` topic (unknown keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    recommendations: list[Recommendation] = []
+
+
+class ActiveWarning(BaseModel):
+    """One warning in force (an element of the retained `warnings/active` list)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    severity: str
+    lines: list[str] = []
+    displays: list[str] = []
+    start: float | None = None
+    end: float | None = None
+
+
+WARNING_SEVERITIES = ("extreme", "severe", "warning", "info")
+
+
+def shown_text(shown: str) -> str:
+    """What a display shows as one line: its lines joined by ` / ` (empty: blank)."""
+    lines = [ln.strip() for ln in shown.replace("\r", "").split("\n") if ln.strip()]
+    return " / ".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class DisplaysSummary:
+    """The Overview's displays line."""
+
+    online: int
+    total: int
+    warnings: int
+    car_parks: int
+    stale: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +342,10 @@ class SiteModel:
     chargers: dict[str, ChargerState] = field(default_factory=dict)
     feeders: dict[str, FeederState] = field(default_factory=dict)
     charging_plan: ChargingPlan | None = None
+    displays: dict[str, DisplayState] = field(default_factory=dict)
+    parking: dict[str, ParkingState] = field(default_factory=dict)
+    guidance: GuidancePlan | None = None
+    warnings: list[ActiveWarning] = field(default_factory=list)
     daemon: DaemonStatus | None = None
     messages: int = 0
     bad_payloads: Counter[str] = field(default_factory=Counter)
@@ -382,6 +442,27 @@ class SiteModel:
                     return Change.CHARGING
                 self.plans[domain] = msg
                 return Change.PLAN
+            case ["displays", dev_id, "state"]:
+                if not payload:
+                    self.displays.pop(dev_id, None)
+                else:
+                    self.displays[dev_id] = DisplayState.model_validate_json(payload)
+                return Change.DISPLAYS
+            case ["parking", park_id, "state"]:
+                if not payload:
+                    self.parking.pop(park_id, None)
+                else:
+                    self.parking[park_id] = ParkingState.model_validate_json(payload)
+                return Change.DISPLAYS
+            case ["guidance"]:
+                self.guidance = GuidancePlan.model_validate_json(payload) if payload else None
+                return Change.DISPLAYS
+            case ["warnings", "active"]:
+                raw = orjson.loads(payload) if payload else []
+                if not isinstance(raw, list):
+                    raise TypeError("warnings/active: expected a list")
+                self.warnings = [ActiveWarning.model_validate(w) for w in raw]
+                return Change.DISPLAYS
             case ["commands", "results"]:
                 self.results.appendleft(CommandResultMessage.model_validate_json(payload))
                 return Change.RESULT
@@ -520,4 +601,31 @@ class SiteModel:
             limit_a=sum(f.limit_a for f in feeders),
             measured_a=sum(f.measured_a for f in feeders),
             high=tuple(f for f in feeders if f.high),
+        )
+
+    # ----- displays and parking ----------------------------------------------------------------
+
+    def warnings_sorted(self) -> list[ActiveWarning]:
+        """Warnings in force, most severe first, then by end."""
+
+        def rank(w: ActiveWarning) -> int:
+            sev = w.severity
+            return WARNING_SEVERITIES.index(sev) if sev in WARNING_SEVERITIES else len(WARNING_SEVERITIES)
+
+        return sorted(self.warnings, key=lambda w: (rank(w), w.end or 0.0, w.id))
+
+    def guidance_for(self, sign_id: str) -> Recommendation | None:
+        """The guidance recommendation for one sign (None: no guidance for it)."""
+        if self.guidance is None:
+            return None
+        return next((r for r in self.guidance.recommendations if r.sign_id == sign_id), None)
+
+    def displays_summary(self) -> DisplaysSummary:
+        """Displays by connectivity, warnings in force, car parks whose number is stale."""
+        return DisplaysSummary(
+            online=sum(1 for d in self.displays.values() if d.online),
+            total=len(self.displays),
+            warnings=len(self.warnings),
+            car_parks=len(self.parking),
+            stale=sum(1 for p in self.parking.values() if not p.fresh),
         )

@@ -124,6 +124,7 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
     out.append(f"{model.total_power_w() / 1000:.1f} kW reported by {len(model.lamps)} lamps\n")
 
     charging_lines(out, model)
+    displays_lines(out, model)
 
     label("Energy")
     if plan is None:
@@ -180,6 +181,20 @@ def charging_lines(out: Text, model: SiteModel) -> None:
         out.append("ABOVE 90 %", "bold red reverse")
         high = ", ".join(f"{f.id} at {(f.load or 0) * 100:.1f} % of {f.limit_a:g} A" for f in c.high)
         out.append(f" {high}\n", "bold")
+
+
+def displays_lines(out: Text, model: SiteModel) -> None:
+    """The Overview's Displays line: displays online, warnings in force, stale car parks."""
+    out.append(f"{'Displays':<12}", "bold")
+    if not model.displays and not model.parking and not model.warnings:
+        out.append("no displays or car parks reported\n", "italic")
+        return
+    d = model.displays_summary()
+    out.append(f"{d.online}/{d.total} online · ")
+    out.append(f"{d.warnings} warning{'s' if d.warnings != 1 else ''} active", "bold" if d.warnings else "")
+    out.append(f" · car parks {d.car_parks}, ")
+    out.append(f"{d.stale} STALE" if d.stale else "all fresh", "bold red" if d.stale else "")
+    out.append("\n")
 
 
 def load_bar(load: float | None, width: int = 10) -> Text:

@@ -55,6 +55,7 @@ HELP = """\
   4  Plan          tonight's dimming plan per group
   5  Alarms        open alarms, most severe first, and recent events
   6  Charging      feeders' load against their limits, charge points
+  7  Displays      what each display shows, car parks, warnings in force
 
   /  filter the table (Enter or Esc: back to the table)
   s  sort by the next column (click a header: sort by it, again: reverse)
@@ -64,6 +65,8 @@ HELP = """\
   p  pause the selected charge point (Charging view)                  [operator]
   l  limit the selected charge point to a current in A                [operator]
   u  release the selected charge point back to the plan               [operator]
+  m  put a message (up to 3 lines) on the selected display            [operator]
+  c  clear the operator message of the selected display               [operator]
   ?  this help (also F1)                 q  quit
 
 Every command shows what it will do and asks before it is sent; the
@@ -328,6 +331,100 @@ class LimitDialog(ModalScreen[ChargerLimitForm | None]):
             self.query_one("#error", Static).update(str(exc))
             return
         self.dismiss(ChargerLimitForm(self._charger, amps, duration))
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+MAX_LINE = 40
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayMessageForm:
+    """What the operator filled in to put a message on a display."""
+
+    display: str
+    lines: tuple[str, ...]
+    duration_s: float | None = None
+
+
+def parse_lines(texts: Sequence[str]) -> tuple[str, ...]:
+    """The message lines from the form (empty lines dropped); ValueError says what is wrong."""
+    lines = tuple(t.strip() for t in texts if t.strip())
+    if not lines:
+        raise ValueError("message: enter at least one line")
+    for i, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE:
+            raise ValueError(f"line {i}: at most {MAX_LINE} characters")
+    return lines
+
+
+class MessageDialog(ModalScreen[DisplayMessageForm | None]):
+    """Ask for up to three lines and a duration for one display."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    MessageDialog { align: center middle; }
+    MessageDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
+        border: round $accent; background: $surface; padding: 0 1; }
+    MessageDialog Horizontal { height: auto; }
+    MessageDialog .field { height: 1; margin-top: 1; }
+    MessageDialog .field Label { width: 22; }
+    MessageDialog .field Input { border: none; height: 1; padding: 0; width: 1fr; }
+    MessageDialog .field Input:focus { text-style: underline; }
+    MessageDialog #error { height: auto; color: $error; text-style: bold; }
+    MessageDialog Button { min-width: 10; margin-right: 1; }
+    MessageDialog .buttons { margin-top: 1; }
+    """
+
+    def __init__(self, display: str, detail: str = "") -> None:
+        super().__init__()
+        self._display = display
+        self._detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"[b]Message on display {self._display}[/b] (Esc: cancel)")
+            if self._detail:
+                yield Static(self._detail, markup=False)
+            for i in range(1, 4):
+                with Horizontal(classes="field"):
+                    yield Label(f"Line {i}:")
+                    yield Input(placeholder=f"up to {MAX_LINE} characters", id=f"line{i}")
+            with Horizontal(classes="field"):
+                yield Label("Duration (minutes):")
+                yield Input(placeholder="empty: 60 min", id="duration")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Show…", id="set", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#line1", Input).focus()
+
+    @on(Input.Submitted, "#line1")
+    def _line1_done(self) -> None:
+        self.query_one("#line2", Input).focus()
+
+    @on(Input.Submitted, "#line2")
+    def _line2_done(self) -> None:
+        self.query_one("#line3", Input).focus()
+
+    @on(Input.Submitted, "#line3")
+    def _line3_done(self) -> None:
+        self.query_one("#duration", Input).focus()
+
+    @on(Input.Submitted, "#duration")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            lines = parse_lines([self.query_one(f"#line{i}", Input).value for i in range(1, 4)])
+            duration = parse_duration_min(self.query_one("#duration", Input).value)
+        except ValueError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(DisplayMessageForm(self._display, lines, duration))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
