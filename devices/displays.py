@@ -61,7 +61,7 @@ from devices.modbus import _quiet_pymodbus
 from edge.clock import Clock
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
-from edge.tasks import cancel_and_wait
+from edge.tasks import close_task_group
 
 if TYPE_CHECKING:
     from devices.base import Driver
@@ -525,10 +525,8 @@ class DisplayDriver:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
-        await cancel_and_wait(self._tasks)
         try:
-            if self._tg is not None:
-                await self._tg.__aexit__(exc_type, exc, tb)
+            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
         finally:
             for sign in self._signs.values():
                 sign.drop()

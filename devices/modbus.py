@@ -28,7 +28,7 @@ from devices.profile import LampControllerProfile, Point, default_profile
 from edge.clock import Clock
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
-from edge.tasks import cancel_and_wait
+from edge.tasks import close_task_group
 
 log = structlog.get_logger(__name__)
 
@@ -519,10 +519,8 @@ class ModbusLightingDriver:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
-        await cancel_and_wait(self._tasks)
         try:
-            if self._tg is not None:
-                await self._tg.__aexit__(exc_type, exc, tb)
+            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
         finally:
             for runner in self._runners.values():
                 runner.drop()

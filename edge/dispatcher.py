@@ -25,6 +25,7 @@ from edge.clock import Clock
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority
 from edge.state import StateStore
+from edge.tasks import close_task_group
 
 log = structlog.get_logger(__name__)
 
@@ -162,10 +163,7 @@ class Dispatcher:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self._tg is not None
-        for task in list(self._tg._tasks):
-            task.cancel()
-        await self._tg.__aexit__(None, None, None)
+        await close_task_group(self._tg, self._tasks)
         self._tg = None
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from types import TracebackType
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]], *, retry_s: float = 0.05) -> None:
@@ -18,3 +19,19 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]], *, retry_s: flo
         for t in pending:
             t.cancel()
         _, pending = await asyncio.wait(pending, timeout=retry_s)
+
+
+async def close_task_group(
+    tg: asyncio.TaskGroup | None,
+    tasks: Iterable[asyncio.Task[object]],
+    exc_type: type[BaseException] | None = None,
+    exc: BaseException | None = None,
+    tb: TracebackType | None = None,
+) -> None:
+    """Leave a component's TaskGroup: cancel its tasks until they are done, then exit the group.
+
+    Every long-lived component (drivers, simulators, the dispatcher) closes this one way.
+    """
+    await cancel_and_wait(tasks)
+    if tg is not None:
+        await tg.__aexit__(exc_type, exc, tb)

@@ -47,7 +47,7 @@ from devices.display_profile import (
 )
 from devices.displays import SignEndpoint
 from edge.clock import Clock
-from edge.tasks import cancel_and_wait
+from edge.tasks import close_task_group
 from simulators.lighting import MIN_REAL_TICK_S, free_port
 
 log = structlog.get_logger(__name__)
@@ -637,10 +637,8 @@ class DisplaySimulator:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
-        await cancel_and_wait(self._tasks)
         try:
-            if self._tg is not None:
-                await self._tg.__aexit__(exc_type, exc, tb)
+            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
         finally:
             for sign in self._signs.values():
                 self._silence(sign)

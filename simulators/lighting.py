@@ -31,6 +31,7 @@ from devices.profile import LampControllerProfile, default_profile
 from edge.clock import Clock, SimClock, SystemClock
 from edge.events import Value
 from edge.net import free_port as free_port  # noqa: PLC0414 - re-exported for simulators.displays
+from edge.tasks import close_task_group
 
 log = structlog.get_logger(__name__)
 
@@ -427,11 +428,8 @@ class LightingSimulator:
         tb: TracebackType | None,
     ) -> None:
         self._state = _State.CLOSED
-        for task in self._tasks:
-            task.cancel()
         try:
-            if self._tg is not None:
-                await self._tg.__aexit__(exc_type, exc, tb)
+            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
         finally:
             for srv in self._servers.values():
                 self._silence(srv)
