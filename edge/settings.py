@@ -8,6 +8,7 @@ so `edge check-config` can explain a bad file without a traceback.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from datetime import time
 from pathlib import Path
@@ -228,6 +229,112 @@ class DisplaysSettings(_Section):
         return self
 
 
+class PlaceSettings(_Section):
+    """A fixed place trucks drive to: the depot or the disposal site."""
+
+    lat: Annotated[float, Field(ge=-90, le=90)]
+    lon: Annotated[float, Field(ge=-180, le=180)]
+    service_s: Annotated[float, Field(ge=0, le=7200)] = 0.0
+
+
+def _hhmm(v: str, what: str) -> int:
+    """Minutes after midnight of an "HH:MM" string, or a ValueError naming `what`."""
+    m = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", v)
+    if not m:
+        raise ValueError(f"{what}: {v!r} is not HH:MM")
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+def _window(v: str, what: str) -> str:
+    a, sep, b = v.partition("-")
+    if not sep:
+        raise ValueError(f"{what}: {v!r} is not HH:MM-HH:MM")
+    if _hhmm(a, what) >= _hhmm(b, what):
+        raise ValueError(f"{what}: {v!r} ends before it starts")
+    return v
+
+
+def window_s(v: str) -> tuple[int, int]:
+    """Seconds after local midnight of an "HH:MM-HH:MM" window (validated by the settings)."""
+    a, _, b = v.partition("-")
+    return _hhmm(a, "window") * 60, _hhmm(b, "window") * 60
+
+
+class TruckSettings(_Section):
+    """A collection truck: what it carries and when its crew works."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
+    volume_l: Annotated[float, Field(gt=0, le=100_000)] = 16_000.0  # compacted bin volume
+    weight_kg: Annotated[float, Field(gt=0, le=30_000)] = 9_000.0
+    shift: str = "06:00-14:00"
+
+    @field_validator("shift")
+    @classmethod
+    def _shift(cls, v: str) -> str:
+        return _window(v, "shift")
+
+
+class ZoneSettings(_Section):
+    """A restricted area (pedestrian zone): its bins may only be served inside `window`."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    window: str
+
+    @field_validator("window")
+    @classmethod
+    def _win(cls, v: str) -> str:
+        return _window(v, "window")
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+Road = Literal["main", "residential", "pedestrian"]
+_WORKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat")
+_SPEEDS: dict[Road, float] = {"main": 30.0, "residential": 20.0, "pedestrian": 8.0}
+
+
+class WasteSettings(_Section):
+    """Bins with fill sensors, trucks, depot, disposal site and the collection planner."""
+
+    bins: Path | None = None  # bin inventory CSV; relative to the config; no waste domain when unset
+    threshold: Annotated[float, Field(gt=0, le=1)] = 0.8  # "collect now" fill fraction
+    plan_at: str = "05:30"  # local time the day's collection plan is made
+    run_days: list[Weekday] = Field(default_factory=lambda: list(_WORKDAYS))
+    service_s: Annotated[float, Field(ge=0, le=3600)] = 60.0  # per bin
+    detour: Annotated[float, Field(ge=1, le=5)] = 1.3  # road distance over straight line
+    speeds_kmh: dict[Road, Annotated[float, Field(gt=0, le=130)]] = Field(
+        default_factory=lambda: dict(_SPEEDS)
+    )
+    depot: PlaceSettings | None = None
+    disposal: PlaceSettings | None = None
+    trucks: list[TruckSettings] = Field(default_factory=list)
+    zones: list[ZoneSettings] = Field(default_factory=list)
+    fleet_mqtt_url: str = ""  # where trucks talk; the northbound broker when empty
+    lorawan_topics: list[str] = Field(
+        default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
+    )
+    solver_time_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @field_validator("plan_at")
+    @classmethod
+    def _plan_at(cls, v: str) -> str:
+        _hhmm(v, "plan_at")
+        return v
+
+    @model_validator(mode="after")
+    def _complete(self) -> WasteSettings:
+        if self.bins is None:
+            return self
+        missing = [k for k in ("depot", "disposal") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"waste.bins is set but {', '.join(missing)} is missing")
+        if not self.trucks:
+            raise ValueError("waste.bins is set but no trucks are configured")
+        ids = [t.id for t in self.trucks]
+        if len(set(ids)) != len(ids):
+            raise ValueError("two trucks have the same id")
+        return self
+
+
 class DispatcherSettings(_Section):
     """Command time-to-live, write timeout and concurrency."""
 
@@ -269,6 +376,7 @@ class Settings(BaseSettings):
     dispatcher: DispatcherSettings = DispatcherSettings()
     charging: ChargingSettings = ChargingSettings()
     displays: DisplaysSettings = DisplaysSettings()
+    waste: WasteSettings = WasteSettings()
     logging: LoggingSettings = LoggingSettings()
     clock: ClockSettings = ClockSettings()
     config_dir: Path = Path()
@@ -295,6 +403,13 @@ class Settings(BaseSettings):
     def inventory_path(self) -> Path:
         """The inventory path resolved against the config file's folder."""
         p = self.inventory.path
+        return p if p.is_absolute() else self.config_dir / p
+
+    def bins_path(self) -> Path | None:
+        """The bin inventory path resolved against the config file's folder, if any."""
+        p = self.waste.bins
+        if p is None:
+            return None
         return p if p.is_absolute() else self.config_dir / p
 
 
