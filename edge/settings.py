@@ -481,4 +481,12 @@ def check_file(path: Path | str) -> list[str]:
         load_inventory(settings.inventory_path())
     except ConfigError as exc:
         return exc.lines or [str(exc)]
+    bins = settings.bins_path()
+    if bins is not None:
+        from edge.bins import load_bins
+
+        try:
+            load_bins(bins, [z.id for z in settings.waste.zones])
+        except ConfigError as exc:
+            return exc.lines or [str(exc)]
     return []
