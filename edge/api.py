@@ -7,13 +7,15 @@ Topic tree (`{prefix}` = `dos/v1`, `{site}` = the site id), documented in docs/a
     {prefix}/{site}/lights/{id}/telemetry           LampTelemetry (QoS 0, periodic)
     {prefix}/{site}/controllers/{id}/state          retained ControllerState
     {prefix}/{site}/alarms/events                   AlarmMessage, raised and cleared
-    {prefix}/{site}/alarms/active/{device}/{code}   retained while active
+    {prefix}/{site}/alarms/active/{device}/{code}   retained while active (with the ack, once acked)
+    {prefix}/{site}/alarms/history                  retained AlarmHistory: the latest raises, acks, clears
     {prefix}/{site}/plans/lighting                  retained PlanMessage
     {prefix}/{site}/commands/results                CommandResultMessage (operator, motion, failures)
     {prefix}/{site}/cmd/lights/{id}                 request: SetLevel | ResumeSchedule
     {prefix}/{site}/cmd/groups/{group}              request, every lamp of a group
     {prefix}/{site}/cmd/segments/{segment}          request, every lamp of a road segment
     {prefix}/{site}/cmd/lighting/replan             request: Replan
+    {prefix}/{site}/cmd/alarms/ack                  request: AlarmAck (an active alarm, with a comment)
     {prefix}/{site}/field/motion/{lamp}             Motion from bike-path sensors
 
 Requests are answered on the MQTT 5 response topic with the correlation data (or,
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
@@ -47,6 +49,8 @@ from edge.errors import PayloadError
 from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, Priority, StateChanged
 from edge.payloads import (
     Ack,
+    AlarmAck,
+    AlarmHistory,
     AlarmMessage,
     CarParkReport,
     ChargerLimit,
@@ -88,6 +92,7 @@ STATE_KEYS = frozenset(
     | {"shown", "message_id", "brightness", "pixel_faults"}
 )
 YIELD_EVERY = 200  # work items between yields to the event loop in bulk loops
+ALARM_HISTORY = 100  # alarm events kept in the retained history
 CONTROLLER_KEYS = frozenset({"online", "failsafe_active", "alarms"})
 
 
@@ -149,6 +154,7 @@ class MqttApi:
         displays: DisplayController | None = None,
         uplinks: Callable[[str, bytes], object] | None = None,
         uplink_topics: Sequence[str] = (),
+        alarm_ack: Callable[[str, str, str, str, float], None] | None = None,
     ) -> None:
         self.base = f"{prefix}/{site}"
         self._site = site
@@ -168,6 +174,11 @@ class MqttApi:
         self._displays = displays
         self._uplinks = uplinks
         self._uplink_topics = list(uplink_topics)
+        # (device, code, by, comment, ts) to storage; the API itself keeps the active alarms.
+        self._alarm_ack = alarm_ack
+        self._alarms: dict[tuple[str, str], AlarmMessage] = {}
+        self._alarm_history: deque[AlarmMessage] = deque(maxlen=ALARM_HISTORY)
+        self._history_dirty = False
         self._sub = bus.subscribe("api", StateChanged, AlarmEvent, PlanEvent, CommandResult)
         self._dirty: set[str] = set()
         self._slots = asyncio.Semaphore(64)
@@ -210,6 +221,7 @@ class MqttApi:
             if not STATE_KEYS.isdisjoint(ev.changed):
                 self._dirty.add(ev.device_id)
         elif isinstance(ev, AlarmEvent):
+            key = (ev.device_id, ev.code)
             msg = AlarmMessage(
                 device_id=ev.device_id,
                 code=ev.code,
@@ -218,9 +230,16 @@ class MqttApi:
                 detail=ev.detail,
                 ts=ev.ts,
             )
-            await pub.publish_reliable(f"{self.base}/alarms/events", dump(msg))
-            active_topic = f"{self.base}/alarms/active/{ev.device_id}/{ev.code}"
-            await pub.publish_reliable(active_topic, dump(msg) if ev.active else b"", retain=True)
+            before = self._alarms.pop(key, None)
+            if ev.active:
+                self._alarms[key] = msg
+            elif before is not None and before.acked:
+                # The clear carries the ack, so the history shows who handled it.
+                msg = msg.model_copy(
+                    update={"acked": True, "acked_by": before.acked_by,
+                            "ack_comment": before.ack_comment, "ack_ts": before.ack_ts}
+                )  # fmt: skip
+            await self._publish_alarm(pub, msg)
         elif isinstance(ev, PlanEvent):
             plan = PlanMessage(domain=ev.domain, ts=ev.ts, plan=dict(ev.plan))
             await pub.publish_reliable(f"{self.base}/plans/{ev.domain}", dump(plan), retain=True)
@@ -229,9 +248,49 @@ class MqttApi:
             if not quiet and ev.outcome is not Outcome.SUPERSEDED:
                 await pub.publish_reliable(f"{self.base}/commands/results", dump(result_message(ev)))
 
+    async def _publish_alarm(self, pub: Publisher, msg: AlarmMessage) -> None:
+        """An alarm event, its retained active topic, and a note for the history."""
+        self._alarm_history.appendleft(msg)
+        self._history_dirty = True
+        await pub.publish_reliable(f"{self.base}/alarms/events", dump(msg))
+        active_topic = f"{self.base}/alarms/active/{msg.device_id}/{msg.code}"
+        await pub.publish_reliable(active_topic, dump(msg) if msg.active else b"", retain=True)
+
+    async def _alarm_command(self, name: str, raw: Any, msg: Incoming) -> Ack:
+        if name != "ack":
+            raise PayloadError("unknown_topic", f"alarm requests go to {self.base}/cmd/alarms/ack")
+        try:
+            req = AlarmAck.model_validate(raw)
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        alarm = self._alarms.get((req.device, req.code))
+        if alarm is None:
+            raise PayloadError("unknown_alarm", f"no active alarm {req.code} on {req.device}")
+        now = self._clock.now()
+        by = dict(msg.user_properties).get("user") or req.by or "mqtt"
+        acked = alarm.model_copy(
+            update={"acked": True, "acked_by": by, "ack_comment": req.comment, "ack_ts": now}
+        )
+        self._alarms[(req.device, req.code)] = acked
+        if self._alarm_ack is not None:
+            self._alarm_ack(req.device, req.code, by, req.comment, now)
+        if self._pub is not None:
+            await self._publish_alarm(self._pub, acked)
+        note = f"acknowledged by {by}" + (" (again)" if alarm.acked else "")
+        return Ack(ok=True, status="accepted", reason=note, request_topic=msg.topic, ts=now)
+
+    def alarm_history(self) -> AlarmHistory:
+        """The latest alarm events, newest first, as retained on `alarms/history`."""
+        return AlarmHistory(events=list(self._alarm_history), ts=self._clock.now())
+
     async def _flush_loop(self, pub: Publisher) -> None:
         while True:
             await asyncio.sleep(0.2)
+            if self._history_dirty:
+                self._history_dirty = False
+                await pub.publish_reliable(
+                    f"{self.base}/alarms/history", dump(self.alarm_history()), retain=True
+                )
             dirty, self._dirty = self._dirty, set()
             messages = []
             for i, dev_id in enumerate(sorted(dirty)):
@@ -441,6 +500,8 @@ class MqttApi:
                 raise PayloadError("unknown_topic", msg.topic)
             elif parts[1] in {"chargers", "feeders", "charging"}:
                 ack = await self._charging_command(parts[1], parts[2], raw, msg)
+            elif parts[1] == "alarms":
+                ack = await self._alarm_command(parts[2], raw, msg)
             elif parts[1] in {"displays", "warnings"}:
                 ack = await self._display_command(parts[1], parts[2], raw, msg)
             else:

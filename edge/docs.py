@@ -18,8 +18,12 @@ CHANNELS: list[tuple[str, str, str, str]] = [
     ("dos/v1/{site}/controllers/{controller}/state", "controller_state", "send",
      "Retained controller state."),
     ("dos/v1/{site}/alarms/events", "alarm", "send", "Alarms raised and cleared (QoS 1)."),
-    ("dos/v1/{site}/alarms/active/{device}/{code}", "alarm", "send", "Retained while an alarm is active; "
-     "emptied when it clears."),
+    ("dos/v1/{site}/alarms/active/{device}/{code}", "alarm", "send", "Retained while an alarm is active "
+     "(with who acknowledged it and why, once acked); emptied when it clears."),
+    ("dos/v1/{site}/alarms/history", "alarm_history", "send",
+     "Retained: the latest alarm events (raised, acknowledged, cleared), newest first."),
+    ("dos/v1/{site}/cmd/alarms/ack", "alarm_ack", "receive",
+     "Acknowledge an active alarm with a comment; refused (unknown_alarm) for one that is not active."),
     ("dos/v1/{site}/plans/{domain}", "plan", "send", "The current plan of a domain (retained)."),
     ("dos/v1/{site}/commands/results", "command_result", "send",
      "Final outcome of operator and motion commands, and of any failed command."),

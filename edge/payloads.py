@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from optimizer.guidance import GuidancePlan
 
@@ -330,13 +330,48 @@ class ControllerState(_Model):
 
 
 class AlarmMessage(_Model):
-    """An alarm raised or cleared (`alarms/events`; active ones retained under `alarms/active/...`)."""
+    """An alarm raised, acknowledged or cleared (`alarms/events`; active ones retained under `alarms/active/...`).
+
+    The ack fields travel with the alarm (also in the clear that follows an ack), so every client
+    sees who took responsibility for it and why without a separate lookup.
+    """
 
     device_id: str
     code: str
     severity: str
     active: bool
     detail: str = ""
+    ts: float
+    acked: bool = False
+    acked_by: str | None = Field(default=None, description="who acknowledged it (broker user or client id)")
+    ack_comment: str = ""
+    ack_ts: float | None = None
+
+
+class AlarmAck(_Model):
+    """Acknowledge an active alarm with a comment (`cmd/alarms/ack`): someone is on it."""
+
+    action: Literal["ack"]
+    device: Annotated[str, Field(min_length=1, max_length=64)]
+    code: Annotated[str, Field(min_length=1, max_length=64)]
+    comment: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
+        Field(description="what is being done about it"),
+    ]
+    by: Annotated[
+        str,
+        Field(
+            max_length=64,
+            description="who acknowledges (self-declared; the MQTT 5 user property `user` wins)",
+        ),
+    ] = ""
+
+
+class AlarmHistory(_Model):
+    """The latest alarm events, newest first (`alarms/history`, retained): raises, acks and clears."""
+
+    events: list[AlarmMessage]
     ts: float
 
 
@@ -378,6 +413,8 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "lamp_telemetry": LampTelemetry,
     "controller_state": ControllerState,
     "alarm": AlarmMessage,
+    "alarm_ack": AlarmAck,
+    "alarm_history": AlarmHistory,
     "command_result": CommandResultMessage,
     "daemon_status": DaemonStatus,
     "plan": PlanMessage,

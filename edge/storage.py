@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,17 @@ class AlarmRow(SQLModel, table=True):
     ack_comment: str | None = Field(default=None, max_length=500)
 
 
+@dataclass(frozen=True, slots=True)
+class AlarmUpdate:
+    """A change to the open row of an alarm: cleared, or acknowledged (applied in queue order)."""
+
+    device_id: str
+    code: str
+    cleared_at: float | None = None
+    acked_by: str | None = None
+    ack_comment: str | None = None
+
+
 class PlanRow(SQLModel, table=True):
     """A plan the optimizer produced, as published."""
 
@@ -140,7 +152,7 @@ class Storage:
         self._flush_interval = flush_interval_s
         self._retention = retention_s
         self._pending: list[SQLModel] = []
-        self._alarm_updates: list[tuple[str, str, float]] = []
+        self._alarm_updates: list[AlarmUpdate] = []
         self._engine: Engine | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -176,7 +188,11 @@ class Storage:
         self._pending.append(row)
 
     def clear_alarm(self, device_id: str, code: str, ts: float) -> None:
-        self._alarm_updates.append((device_id, code, ts))
+        self._alarm_updates.append(AlarmUpdate(device_id, code, cleared_at=ts))
+
+    def ack_alarm(self, device_id: str, code: str, by: str, comment: str, ts: float) -> None:
+        """Record who acknowledged the open alarm and why (written with the next batch)."""
+        self._alarm_updates.append(AlarmUpdate(device_id, code, acked_by=by[:128], ack_comment=comment[:500]))
 
     async def flush(self) -> None:
         """Write everything queued so far."""
@@ -185,21 +201,24 @@ class Storage:
         if rows or updates:
             await asyncio.to_thread(self._write, rows, updates)
 
-    def _write(self, rows: list[SQLModel], updates: list[tuple[str, str, float]]) -> None:
+    def _write(self, rows: list[SQLModel], updates: list[AlarmUpdate]) -> None:
         try:
             with Session(self.engine) as s:
                 s.add_all(rows)
                 s.flush()
-                for device_id, code, ts in updates:
+                for u in updates:
                     open_rows = s.exec(
                         select(AlarmRow).where(
-                            AlarmRow.device_id == device_id,
-                            AlarmRow.code == code,
+                            AlarmRow.device_id == u.device_id,
+                            AlarmRow.code == u.code,
                             col(AlarmRow.cleared_at).is_(None),
                         )
                     ).all()
                     for r in open_rows:
-                        r.cleared_at = ts
+                        if u.cleared_at is not None:
+                            r.cleared_at = u.cleared_at
+                        if u.acked_by is not None:
+                            r.acked_by, r.ack_comment = u.acked_by, u.ack_comment
                         s.add(r)
                 s.commit()
             self.written += len(rows)
