@@ -355,6 +355,7 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 displays=displays,
                 uplinks=ingest.handle if ingest is not None else None,
                 uplink_topics=dcfg.lorawan_topics,
+                alarm_ack=storage.ack_alarm,
             )
             online = orjson.dumps(DaemonStatus(online=True, site=site.id, version=__version__).model_dump())
             offline = orjson.dumps(DaemonStatus(online=False, site=site.id, version=__version__).model_dump())
