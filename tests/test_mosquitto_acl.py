@@ -262,3 +262,60 @@ async def test_viewer_reads_state_only_the_daemon_writes_it(broker: Broker) -> N
             live = await _until(viewer, state, b'{"level_actual": 60}')
     assert retained == [(state, b'{"level_actual": 40}')]
     assert live == [(state, b'{"level_actual": 60}')]
+
+
+@pytest.mark.parametrize(
+    ("topic", "body"),
+    [
+        (
+            f"{BASE}/cmd/alarms/ack",
+            b'{"action": "ack", "device": "L0001", "code": "lamp_failure", "comment": "x"}',
+        ),
+        (f"{BASE}/cmd/waste/bins/B0001", b'{"action": "force"}'),
+        (f"{BASE}/cmd/waste/replan", b'{"action": "replan"}'),
+    ],
+    ids=["alarm-ack", "waste-force", "waste-replan"],
+)
+async def test_only_operators_ack_alarms_and_command_waste(broker: Broker, topic: str, body: bytes) -> None:
+    """An alarm ack or a waste request reaches the daemon from an operator, never from a viewer or a utility."""
+    async with (
+        broker.client("edge") as daemon,
+        broker.client("viewer") as viewer,
+        broker.client("dso") as dso,
+        broker.client("operator") as operator,
+    ):
+        await _subscribe(daemon, f"{BASE}/cmd/#")
+        await viewer.publish(topic, b'{"from": "viewer"}', qos=1)
+        await dso.publish(topic, b'{"from": "dso"}', qos=1)
+        await operator.publish(topic, body, qos=1)
+        received = await _until(daemon, topic, body)
+    assert received == [(topic, body)]
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        f"{BASE}/alarms/history",
+        f"{BASE}/alarms/active/L0001/lamp_failure",
+        f"{BASE}/waste/bins/B0001/state",
+        f"{BASE}/waste/trucks/T1/state",
+        f"{BASE}/waste/plan",
+        f"{BASE}/waste/summary",
+        f"{BASE}/displays/led-1/state",
+        f"{BASE}/warnings/active",
+    ],
+)
+async def test_daemon_publishes_alarm_history_waste_displays_viewers_read_them(
+    broker: Broker, topic: str
+) -> None:
+    """What the daemon publishes for alarms, waste and displays reaches a viewer; an operator cannot forge it."""
+    async with (
+        broker.client("edge") as daemon,
+        broker.client("operator") as operator,
+        broker.client("viewer") as viewer,
+    ):
+        await _subscribe(viewer, f"{BASE}/#")
+        await operator.publish(topic, b'{"forged": true}', qos=1)
+        await daemon.publish(topic, b'{"ts": 1}', qos=1)
+        received = await _until(viewer, topic, b'{"ts": 1}')
+    assert received == [(topic, b'{"ts": 1}')]
