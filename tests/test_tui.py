@@ -21,6 +21,7 @@ from textual.widgets import ContentSwitcher, Footer, Input, Static
 
 from edge.payloads import (
     Ack,
+    AlarmHistory,
     AlarmMessage,
     ChargerState,
     CommandResultMessage,
@@ -45,8 +46,9 @@ from tui.client import (
     backoff_delay,
 )
 from tui.inventory import load_positions
-from tui.model import Change, LampStatus, SiteModel, lamp_status, shown_text
+from tui.model import Change, LampStatus, SiteModel, alarm_event, alarm_event_ts, lamp_status, shown_text
 from tui.screens import (
+    AckDialog,
     ConfirmDialog,
     HelpScreen,
     LimitDialog,
@@ -161,7 +163,9 @@ def alarm(
 ALARMS = [
     alarm("L0004", "lamp_failure", "major", T0 - 3600, "no current at 60 %"),
     alarm("L0007", "comm_loss", "minor", T0 - 1800, "no answer from lc-02"),
-    alarm("lc-02", "controller_offline", "critical", T0 - 1800, "modbus timeout"),
+    alarm("lc-02", "controller_offline", "critical", T0 - 1800, "modbus timeout").model_copy(
+        update={"acked": True, "acked_by": "alice", "ack_comment": "crew on the way", "ack_ts": T0 - 1200}
+    ),
     alarm("L0008", "power_high", "warning", T0 - 600, "78 W at 80 %"),
 ]
 
@@ -1182,6 +1186,115 @@ async def test_viewer_sees_no_display_actions() -> None:
         assert fake.calls == []
 
 
+# ----- alarms: acknowledge with a comment, history --------------------------------------------
+
+
+def test_model_folds_ack_and_history() -> None:
+    """An acked alarm stays open with who and why; the retained history replaces the live events."""
+    model = recorded_model()
+    assert model.unacked() == 3
+    assert model.active_alarms[("lc-02", "controller_offline")].acked_by == "alice"
+    acked = ALARMS[0].model_copy(update={"acked": True, "acked_by": "bob", "ack_comment": "x", "ack_ts": T0})
+    model.apply(f"{BASE}/alarms/events", dump(acked))
+    assert model.unacked() == 2
+    assert alarm_event(model.events[0]) == "acked"
+    assert alarm_event_ts(model.events[0]) == T0
+    history = AlarmHistory(events=[acked, ALARMS[0], ALARMS[3]], ts=T0)
+    assert model.apply(f"{BASE}/alarms/history", dump(history)) is Change.ALARM
+    assert [alarm_event(e) for e in model.events] == ["acked", "raised", "raised"]
+    assert model.apply(f"{BASE}/alarms/history", b'{"events": [{"code": 1}], "ts": 0}') is Change.BAD
+    assert len(model.events) == 3
+
+
+async def _open_ack_for_l0004(pilot: Pilot[int]) -> None:
+    """The Alarms view, cursor on the major lamp failure (second row), a pressed."""
+    await pilot.press("5", "down", "a")
+
+
+async def test_ack_alarm_confirm_then_ack_shown() -> None:
+    """a asks for a comment, refuses an empty one, confirms what it will send; the ack appears."""
+    fake = FakeRequester(ack("accepted", "acknowledged by dashboard"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open_ack_for_l0004(pilot)
+        assert isinstance(app.screen, AckDialog)
+        await pilot.press("enter")
+        assert isinstance(app.screen, AckDialog)
+        assert "say what is being done" in str(app.screen.query_one("#error", Static).render())
+        await pilot.press(*"crew  sent", "enter")
+        assert isinstance(app.screen, ConfirmDialog)
+        what = str(app.screen.query_one("#what", Static).render())
+        assert "Acknowledge lamp_failure on L0004 as dashboard:" in what
+        assert "crew sent" in what
+        assert f"Request: {BASE}/cmd/alarms/ack" in what
+        assert fake.calls == []
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls == [
+            (
+                f"{BASE}/cmd/alarms/ack",
+                {
+                    "action": "ack",
+                    "device": "L0004",
+                    "code": "lamp_failure",
+                    "comment": "crew sent",
+                    "by": "dashboard",
+                },
+            )
+        ]
+        assert "ack lamp_failure on L0004:" in command_line(app)
+        assert "OK" in command_line(app)
+        # The daemon's republished alarm shows who acknowledged it, in the table and the history.
+        acked = ALARMS[0].model_copy(
+            update={"acked": True, "acked_by": "dashboard", "ack_comment": "crew sent", "ack_ts": T0}
+        )
+        app.post_message(MqttEvent(Received(((f"{BASE}/alarms/events", dump(acked)),))))
+        await pilot.pause()
+        table = app.query_one("#alarm-table", FilterTable)
+        assert table.table.get_row("L0004/lamp_failure")[4].plain == "dashboard"  # type: ignore[union-attr]
+        history = app.query_one("#alarm-history", FilterTable)
+        first = history.table.get_row(history.shown_keys[0])
+        assert (first[1].plain, first[5]) == ("acked", "by dashboard: crew sent")  # type: ignore[union-attr]
+        await pilot.press("a", "escape")
+        assert "ack: cancelled" in command_line(app)
+        await pilot.press("a", *"x", "enter", "n")
+        assert "cancelled, nothing sent" in command_line(app)
+        assert len(fake.calls) == 1
+
+
+async def test_ack_alarm_refused_reason_shown() -> None:
+    """An ack for an alarm that has cleared meanwhile comes back refused, with the daemon's reason."""
+    fake = FakeRequester(ack("refused", "unknown_alarm: no active alarm lamp_failure on L0004"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _open_ack_for_l0004(pilot)
+        await pilot.press(*"looking", "enter", "y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert len(fake.calls) == 1
+        assert "REFUSED" in command_line(app)
+        assert "unknown_alarm: no active alarm lamp_failure on L0004" in command_line(app)
+
+
+async def test_alarm_history_filters_and_viewer_cannot_ack() -> None:
+    """The history table filters as you type; a viewer sees alarms and history but no ack."""
+    fake = FakeRequester(ack("accepted"))
+    app = make_app("viewer", requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("5")
+        history = app.query_one("#alarm-history", FilterTable)
+        assert len(history.shown_keys) == 2
+        history.filter_input.focus()
+        await pilot.press(*"cleared")
+        assert [history.table.get_row(k)[4] for k in history.shown_keys] == ["power_low"]
+        await pilot.press("enter", "a")
+        assert not isinstance(app.screen, AckDialog | ConfirmDialog)
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert "ack_alarm" not in shown
+        assert fake.calls == []
+
+
 # ----- snapshots ---------------------------------------------------------------------------------
 
 VIEW_KEYS = {
@@ -1197,7 +1310,17 @@ VIEW_KEYS = {
 
 @pytest.mark.parametrize("size", [(80, 24), (160, 50)], ids=["80x24", "160x50"])
 @pytest.mark.parametrize(
-    "view", [*VIEW_KEYS, "map-inventory", "help", "override", "confirm", "charging-limit", "display-message"]
+    "view",
+    [
+        *VIEW_KEYS,
+        "map-inventory",
+        "help",
+        "override",
+        "confirm",
+        "charging-limit",
+        "display-message",
+        "alarm-ack",
+    ],
 )
 def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path: Path) -> None:
     """Each screen of the recorded site, at the smallest and a comfortable size."""
@@ -1212,6 +1335,7 @@ def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path:
         "confirm": ["2", "down", "o", *"40", "enter", *"60", "enter"],
         "charging-limit": ["6", "down", "down", "down", "l"],
         "display-message": ["7", "m"],
+        "alarm-ack": ["5", "down", "a", *"crew sent"],
     }.get(view, [VIEW_KEYS.get(view, "1")])
     assert snap_compare(make_app(inventory=inventory), press=press, terminal_size=size)
 

@@ -41,10 +41,14 @@ from tui.model import (
     LampRow,
     Recommendation,
     SiteModel,
+    alarm_event,
+    alarm_event_ts,
     severity_rank,
     shown_text,
 )
 from tui.screens import (
+    AckDialog,
+    AlarmAckForm,
     ChargerLimitForm,
     ConfirmDialog,
     DisplayMessageForm,
@@ -80,7 +84,8 @@ SHOWS: dict[str, frozenset[Change]] = {
 DISPLAY_ACTIONS = frozenset({"display_message", "clear_display"})
 CHARGER_ACTIONS = frozenset({"pause_charger", "limit_charger", "release_charger"})
 LAMP_ACTIONS = frozenset({"override", "resume"})
-COMMAND_ACTIONS = frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS
+ALARM_ACTIONS = frozenset({"ack_alarm"})
+COMMAND_ACTIONS = frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS | ALARM_ACTIONS
 TABLE_VIEWS = ("lights", "alarms", "charging", "displays")
 LAMP_COLUMNS = (
     Column("Lamp", 7),
@@ -97,8 +102,17 @@ ALARM_COLUMNS = (
     Column("Severity", 8),
     Column("Device", 9),
     Column("Code", 16),
-    Column("Since", 8),
-    Column("Detail"),
+    Column("Since", 5),
+    Column("Ack", 9),
+    Column("Detail / ack comment"),
+)
+HISTORY_COLUMNS = (
+    Column("Time", 8),
+    Column("Event", 7),
+    Column("Severity", 8),
+    Column("Device", 9),
+    Column("Code", 16),
+    Column("Detail / who and why"),
 )
 FEEDER_COLUMNS = (
     Column("Feeder", 10),
@@ -167,7 +181,8 @@ class DashboardApp(App[int]):
     #warnings { height: auto; max-height: 6; border-top: solid $secondary; }
     #feeder-table { height: 1fr; }
     #session-table { height: 2fr; }
-    #events { height: 6; border-top: solid $secondary; }
+    #alarm-table { height: 1fr; }
+    #alarm-history { height: 1fr; border-top: solid $secondary; }
     #command { height: auto; max-height: 3; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -183,6 +198,7 @@ class DashboardApp(App[int]):
         Binding("u", "release_charger", "Release"),
         Binding("m", "display_message", "Message"),
         Binding("c", "clear_display", "Clear msg"),
+        Binding("a", "ack_alarm", "Ack"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -225,8 +241,10 @@ class DashboardApp(App[int]):
             yield TextView(id="map")
             yield TextView(id="plan")
             with Vertical(id="alarms"):
-                yield FilterTable(ALARM_COLUMNS, "open alarms", id="alarm-table")
-                yield Static("", id="events")
+                yield FilterTable(ALARM_COLUMNS, "open alarms", id="alarm-table", hint="e.g. 'major unacked'")
+                yield FilterTable(
+                    HISTORY_COLUMNS, "alarm events", id="alarm-history", hint="e.g. 'acked alice'"
+                )
             with Vertical(id="charging"):
                 yield FilterTable(FEEDER_COLUMNS, "feeders", id="feeder-table", hint="e.g. 'feeder-2 !'")
                 yield FilterTable(
@@ -302,7 +320,7 @@ class DashboardApp(App[int]):
             self.query_one("#plan", TextView).show(lambda w, h: render.plan_chart(model.plan, w, tz))
         elif view == "alarms":
             self._table("alarms").show([alarm_row(a, tz) for a in model.alarms_sorted()])
-            self.query_one("#events", Static).update(self._events_text())
+            self._history_table.show([history_row(i, a, tz) for i, a in enumerate(model.events)])
         elif view == "charging":
             self._feeder_table.show([feeder_row(f) for f in model.feeder_rows()])
             self._table("charging").show([charger_row(r, tz) for r in model.charger_rows()])
@@ -331,14 +349,6 @@ class DashboardApp(App[int]):
             return out
 
         return draw
-
-    def _events_text(self) -> Text:
-        out = Text("Recent alarm events\n", "bold")
-        for ev in list(self.model.events)[:5]:
-            out.append(render.fmt_time(ev.ts, self.tz, seconds=True) + " ")
-            out.append("RAISED " if ev.active else "cleared", "bold" if ev.active else "dim")
-            out.append(f" {ev.severity:<8} {ev.device_id} {ev.code} {ev.detail}\n")
-        return out
 
     # ----- navigation --------------------------------------------------------------------------
 
@@ -372,12 +382,18 @@ class DashboardApp(App[int]):
     def _parking_table(self) -> FilterTable:
         return self.query_one("#parking-table", FilterTable)
 
+    @property
+    def _history_table(self) -> FilterTable:
+        return self.query_one("#alarm-history", FilterTable)
+
     def _active_table(self) -> FilterTable:
         """The table the keys act on: on the Charging and Displays views, whichever has the focus."""
         if self.view == "charging" and self._feeder_table.has_focus_within:
             return self._feeder_table
         if self.view == "displays" and self._parking_table.has_focus_within:
             return self._parking_table
+        if self.view == "alarms" and self._history_table.has_focus_within:
+            return self._history_table
         return self._table(self.view)
 
     def action_help(self) -> None:
@@ -399,6 +415,8 @@ class DashboardApp(App[int]):
         if action in CHARGER_ACTIONS and self.view != "charging":
             return False
         if action in DISPLAY_ACTIONS and self.view != "displays":
+            return False
+        if action in ALARM_ACTIONS and self.view != "alarms":
             return False
         if action in LAMP_ACTIONS | {"replan"} and self.view in ("charging", "displays"):
             return False  # those views act on their own devices; lamps from the other views
@@ -585,6 +603,45 @@ class DashboardApp(App[int]):
         )
         self._confirm_then_send(what, topic, {"action": "clear"}, f"clear {d.device_id}")
 
+    # alarms -----------------------------------------------------------------------------------
+
+    def action_ack_alarm(self) -> None:
+        key = self._table("alarms").selected_key
+        alarm = next((a for a in self.model.alarms_sorted() if f"{a.device_id}/{a.code}" == key), None)
+        if alarm is None:
+            self._say(Text("No open alarm selected: nothing to acknowledge.", "italic"))
+            return
+        detail = f"{alarm.severity}, since {render.fmt_time(alarm.ts, self.tz)}: {alarm.detail or '-'}"
+        if alarm.acked:
+            detail += f"\nAlready acknowledged by {alarm.acked_by}: {alarm.ack_comment}"
+        self.push_screen(AckDialog(alarm.device_id, alarm.code, detail), self._acked)
+
+    def _acked(self, form: AlarmAckForm | None) -> None:
+        if form is None:
+            self._say(Text("ack: cancelled, nothing sent", "dim"))
+            return
+        topic = f"{self.model.base}/cmd/alarms/ack"
+        payload: dict[str, object] = {
+            "action": "ack",
+            "device": form.device,
+            "code": form.code,
+            "comment": form.comment,
+            "by": self.operator_name,
+        }
+        what = (
+            f"Acknowledge {form.code} on {form.device} as {self.operator_name}:\n  {form.comment}\n"
+            "The alarm stays open until its cause clears; everyone sees who acknowledged it and why.\n"
+            f"Request: {topic}"
+        )
+        self._confirm_then_send(what, topic, payload, f"ack {form.code} on {form.device}")
+
+    @property
+    def operator_name(self) -> str:
+        """Who the daemon records for an ack: the broker account, else this dashboard's client id."""
+        if self.client is not None:
+            return self.client.url.username or self.client.client_id
+        return "dashboard"
+
     def _confirm_then_send(self, what: str, topic: str, payload: dict[str, object], short: str) -> None:
         def answered(yes: bool | None) -> None:
             if yes:
@@ -649,7 +706,9 @@ def lamp_row(r: LampRow) -> Row:
 
 
 def alarm_row(a: AlarmMessage, tz: tzinfo | None) -> Row:
-    """An open alarm as an alarms table row."""
+    """An open alarm as an alarms table row; an unacknowledged one says so in words."""
+    acked = Text(a.acked_by or "?", "dim") if a.acked else Text("UNACKED", "bold")
+    note = f"{a.detail} · ack: {a.ack_comment}" if a.acked else a.detail
     return Row(
         key=f"{a.device_id}/{a.code}",
         cells=(
@@ -657,9 +716,33 @@ def alarm_row(a: AlarmMessage, tz: tzinfo | None) -> Row:
             a.device_id,
             a.code,
             render.fmt_time(a.ts, tz),
-            a.detail,
+            acked,
+            note,
         ),
-        sort=(float(severity_rank(a.severity)), a.device_id, a.code, a.ts, a.detail or None),
+        sort=(float(severity_rank(a.severity)), a.device_id, a.code, a.ts, acked.plain, note or None),
+    )
+
+
+EVENT_WORD = {"raised": ("RAISED", "bold"), "acked": ("acked", ""), "cleared": ("cleared", "dim")}
+
+
+def history_row(index: int, a: AlarmMessage, tz: tzinfo | None) -> Row:
+    """One alarm event (raised, acknowledged, cleared) as a history table row."""
+    kind = alarm_event(a)
+    word, style = EVENT_WORD[kind]
+    ts = alarm_event_ts(a)
+    note = f"by {a.acked_by}: {a.ack_comment}" if kind == "acked" else a.detail
+    return Row(
+        key=str(index),
+        cells=(
+            render.fmt_time(ts, tz, seconds=True),
+            Text(word, style),
+            Text(a.severity, render.SEVERITY_STYLE.get(a.severity, "")),
+            a.device_id,
+            a.code,
+            note,
+        ),
+        sort=(-ts, kind, float(severity_rank(a.severity)), a.device_id, a.code, note or None),
     )
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edge.payloads import (
     API_VERSION,
+    AlarmHistory,
     AlarmMessage,
     ChargerState,
     CommandResultMessage,
@@ -81,6 +82,20 @@ def lamp_status(state: LampState) -> LampStatus:
     if level < 100:
         return LampStatus.DIMMED
     return LampStatus.ON
+
+
+def alarm_event(alarm: AlarmMessage) -> str:
+    """What an alarm message says happened: `raised`, `acked` (active and acknowledged) or `cleared`."""
+    if not alarm.active:
+        return "cleared"
+    return "acked" if alarm.acked else "raised"
+
+
+def alarm_event_ts(alarm: AlarmMessage) -> float:
+    """When that happened: the ack's time for an acknowledgement, else the message's."""
+    if alarm.active and alarm.acked and alarm.ack_ts is not None:
+        return alarm.ack_ts
+    return alarm.ts
 
 
 def severity_rank(severity: str) -> int:
@@ -410,6 +425,12 @@ class SiteModel:
                 else:
                     self.active_alarms.pop(key, None)
                 return Change.ALARM
+            case ["alarms", "history"]:
+                # The daemon's own record (raises, acks, clears) replaces what this client saw
+                # live: it also covers the time before the dashboard connected.
+                history = AlarmHistory.model_validate_json(payload) if payload else None
+                self.events = deque(history.events if history else (), maxlen=MAX_EVENTS)
+                return Change.ALARM
             case ["alarms", "active", device_id, code]:
                 if not payload:
                     self.active_alarms.pop((device_id, code), None)
@@ -511,6 +532,10 @@ class SiteModel:
     def alarm_counts(self) -> Counter[str]:
         """Open alarms by severity."""
         return Counter(a.severity for a in self.active_alarms.values())
+
+    def unacked(self) -> int:
+        """Open alarms nobody has acknowledged yet."""
+        return sum(1 for a in self.active_alarms.values() if not a.acked)
 
     def alarms_sorted(self) -> list[AlarmMessage]:
         """Open alarms, most severe first, then newest first."""

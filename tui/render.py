@@ -150,7 +150,10 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
     others = total - sum(alarms[s] for s in SEVERITIES)
     if others:
         out.append(f" · other {others}")
-    out.append(f"   (open: {total})\n")
+    out.append(f"   (open: {total}")
+    unacked = model.unacked()
+    out.append(f", {unacked} unacked" if unacked else "", "bold" if unacked else "")
+    out.append(")\n")
 
     label("Messages")
     out.append(f"{model.messages} received · ")

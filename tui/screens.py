@@ -1,4 +1,4 @@
-"""Modal screens: help, the override and charger-limit forms, and the confirmation every command passes through."""
+"""Modal screens: help, the command forms (override, charger limit, display message, alarm ack), and the confirmation every command passes through."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -53,7 +54,7 @@ HELP = """\
   2  Lights        table of lamps: filter as you type, sort by column
   3  Map           the district (inventory positions) or lamps by segment
   4  Plan          tonight's dimming plan per group
-  5  Alarms        open alarms, most severe first, and recent events
+  5  Alarms        open alarms, most severe first, and the alarm history
   6  Charging      feeders' load against their limits, charge points
   7  Displays      what each display shows, car parks, warnings in force
 
@@ -67,6 +68,8 @@ HELP = """\
   u  release the selected charge point back to the plan               [operator]
   m  put a message (up to 3 lines) on the selected display            [operator]
   c  clear the operator message of the selected display               [operator]
+  a  acknowledge the selected alarm with a comment (Alarms view)      [operator]
+  ctrl+p  command palette: find a device or an action by name
   ?  this help (also F1)                 q  quit
 
 Every command shows what it will do and asks before it is sent; the
@@ -425,6 +428,84 @@ class MessageDialog(ModalScreen[DisplayMessageForm | None]):
             self.query_one("#error", Static).update(str(exc))
             return
         self.dismiss(DisplayMessageForm(self._display, lines, duration))
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+MAX_COMMENT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmAckForm:
+    """What the operator filled in to acknowledge an alarm."""
+
+    device: str
+    code: str
+    comment: str
+
+
+def parse_comment(text: str) -> str:
+    """The ack comment from the form; ValueError says what is wrong."""
+    comment = " ".join(text.split())
+    if not comment:
+        raise ValueError("comment: say what is being done about it")
+    if len(comment) > MAX_COMMENT:
+        raise ValueError(f"comment: at most {MAX_COMMENT} characters")
+    return comment
+
+
+class AckDialog(ModalScreen[AlarmAckForm | None]):
+    """Ask for the comment that goes with acknowledging one alarm."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    DEFAULT_CSS = """
+    AckDialog { align: center middle; }
+    AckDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
+        border: round $accent; background: $surface; padding: 0 1; }
+    AckDialog Horizontal { height: auto; }
+    AckDialog .field { height: 1; margin-top: 1; }
+    AckDialog .field Label { width: 10; }
+    AckDialog .field Input { border: none; height: 1; padding: 0; width: 1fr; }
+    AckDialog .field Input:focus { text-style: underline; }
+    AckDialog #error { height: auto; color: $error; text-style: bold; }
+    AckDialog Button { min-width: 10; margin-right: 1; }
+    AckDialog .buttons { margin-top: 1; }
+    """
+
+    def __init__(self, device: str, code: str, detail: str = "") -> None:
+        super().__init__()
+        self._device = device
+        self._code = code
+        self._detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            title = Text.assemble((f"Acknowledge {self._code} on {self._device}", "bold"), " (Esc: cancel)")
+            yield Label(title)
+            if self._detail:
+                yield Static(self._detail, markup=False)
+            with Horizontal(classes="field"):
+                yield Label("Comment:")
+                yield Input(placeholder="what is being done, e.g. crew sent", id="comment")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Acknowledge…", id="set", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#comment", Input).focus()
+
+    @on(Input.Submitted, "#comment")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            comment = parse_comment(self.query_one("#comment", Input).value)
+        except ValueError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(AlarmAckForm(self._device, self._code, comment))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
