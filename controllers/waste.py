@@ -1,0 +1,1198 @@
+"""Waste controller: bin fill estimation and alarms, the daily collection plan, truck dispatch.
+
+Per bin a `FillEstimator` turns sensor readings into a fill-rate estimate that survives
+noise and emptying (a clear drop starts a new segment; a drop that comes straight back
+is a sensor glitch, not an emptying), learns a weekday-and-time-of-day pattern, and
+predicts when the bin reaches the collection threshold. `bin_alarms` derives the alarm
+set from the latest reading. `WasteController` owns bin and truck state, plans at
+`plan_at` on run days (optimizer/waste.py), re-plans on a breakdown, a fire or overflow
+or an operator's request while keeping what is done, sends every truck its route through
+the dispatcher (so routes are audited like any command), and counts a bin as emptied only
+when its own sensor confirms the drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import orjson
+import structlog
+
+from edge.alarms import Alarms
+from edge.bins import Bin, BinKind
+from edge.bus import EventBus, Subscription
+from edge.clock import Clock
+from edge.dispatcher import Verdict, make_command
+from edge.events import Command, Outcome, PlanEvent, Priority, Severity, Telemetry, Value
+from edge.settings import WasteSettings, window_s
+from optimizer.waste import (
+    BinInput,
+    DistanceProvider,
+    HaversineProvider,
+    Place,
+    PlanContext,
+    TruckInput,
+    TruckRoute,
+    WastePlan,
+    haversine_m,
+    plan_collection,
+)
+
+log = structlog.get_logger(__name__)
+
+ROUTE_POINT = "route"
+"""The dispatcher point a truck's route is written to (a structured payload)."""
+
+HOUR = 3600.0
+BLOCK_H = 6  # pattern cells: 4 blocks of 6 hours per weekday
+CELLS = 7 * (24 // BLOCK_H)
+
+# Prior fill rates (fraction of the bin per hour) by kind, before a bin has taught us anything.
+# Chosen so a residential bin fills in about four days, a shopping street bin in about two.
+PRIOR_RATE: dict[BinKind, float] = {"residential": 0.010, "shopping": 0.020, "park": 0.012}
+# Relative rate by time-of-day block (00-06, 06-12, 12-18, 18-24) and by weekday (Mon..Sun).
+PRIOR_BLOCK: dict[BinKind, tuple[float, float, float, float]] = {
+    "residential": (0.4, 1.2, 1.0, 1.4),
+    "shopping": (0.2, 1.4, 1.8, 0.6),
+    "park": (0.2, 0.8, 1.8, 1.2),
+}
+PRIOR_DAY: dict[BinKind, tuple[float, ...]] = {
+    "residential": (1.0, 1.0, 1.0, 1.0, 1.0, 1.1, 1.1),
+    "shopping": (1.0, 1.0, 1.0, 1.1, 1.2, 1.4, 0.3),
+    "park": (0.8, 0.8, 0.8, 0.9, 1.0, 1.6, 1.7),
+}
+
+SATURATED = 0.97  # at the blind zone: readings above this say "full", not how full
+FIRE_C = 70.0
+OVERFLOW = 0.98
+BATTERY_LOW_PCT = 15.0
+STALE_INTERVALS = 3.0
+SEVERITY: dict[str, Severity] = {
+    "fire": Severity.CRITICAL,
+    "overflow": Severity.MAJOR,
+    "tilt": Severity.MAJOR,
+    "lid_open": Severity.MINOR,
+    "battery_low": Severity.MINOR,
+    "stale": Severity.MINOR,
+    "sensor_fault": Severity.MINOR,
+    "truck_breakdown": Severity.MAJOR,
+}
+BIN_ALARMS = ("fire", "overflow", "tilt", "lid_open", "battery_low", "stale", "sensor_fault")
+
+
+def theil_sen(points: Sequence[tuple[float, float]]) -> float | None:
+    """Median of pairwise slopes (y per x unit): one outlier in n points cannot move it far."""
+    slopes = [
+        (y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in itertools.combinations(points, 2) if x2 - x1 > 1e-9
+    ]
+    if not slopes:
+        return None
+    slopes.sort()
+    n = len(slopes)
+    mid = n // 2
+    return slopes[mid] if n % 2 else 0.5 * (slopes[mid - 1] + slopes[mid])
+
+
+class WeekPattern:
+    """Fill rate per (weekday, 6-hour block) in local time: an EWMA of observed rates.
+
+    Starts from the kind's prior; each finished cell of readings moves its cell towards the
+    rate observed in it (the first observation counts half, later ones 30 %).
+    """
+
+    def __init__(self, kind: BinKind, tz: ZoneInfo, alpha: float = 0.3) -> None:
+        self.tz = tz
+        self.alpha = alpha
+        base = PRIOR_RATE[kind]
+        self.rate = [base * PRIOR_DAY[kind][c // 4] * PRIOR_BLOCK[kind][c % 4] for c in range(CELLS)]
+        self.count = [0] * CELLS
+
+    def cell(self, ts: float) -> int:
+        t = datetime.fromtimestamp(ts, self.tz)
+        return t.weekday() * 4 + t.hour // BLOCK_H
+
+    def learn(self, cell: int, rate: float) -> None:
+        a = max(self.alpha, 1.0 / (self.count[cell] + 2))
+        self.rate[cell] += a * (max(0.0, rate) - self.rate[cell])
+        self.count[cell] += 1
+
+    @property
+    def learned(self) -> int:
+        """Cells that have seen at least one observation."""
+        return sum(1 for c in self.count if c)
+
+    def integral(self, t0: float, t1: float) -> float:
+        """Expected fill added between t0 and t1 (pattern rates, no scaling), bounded steps."""
+        if t1 <= t0:
+            return 0.0
+        total, t = 0.0, t0
+        for _ in range(200):  # 200 blocks of 6 h is 50 days: more than any horizon asked
+            lt = datetime.fromtimestamp(t, self.tz)
+            into = (lt.hour % BLOCK_H) * 3600 + lt.minute * 60 + lt.second + lt.microsecond / 1e6
+            end = min(t1, t + BLOCK_H * HOUR - into)
+            if end <= t:  # DST edge: step at least a second
+                end = min(t1, t + 1.0)
+            total += self.rate[lt.weekday() * 4 + lt.hour // BLOCK_H] * (end - t) / HOUR
+            t = end
+            if t >= t1:
+                break
+        return total
+
+
+@dataclass(slots=True)
+class Reading:
+    ts: float
+    fill: float
+
+
+class FillEstimator:
+    """Fill-rate estimate for one bin, robust to noise, saturation and emptying.
+
+    - The current segment (readings since the last emptying) gives a Theil-Sen slope over
+      its last `window` readings; readings at the blind zone (>= 97 %) are left out because
+      a full bin's level cannot rise any more.
+    - A drop of more than `drop` (and to well below the previous level) is an emptying: the
+      segment restarts and `last_emptied_ts` is recorded. If the next reading jumps back to
+      the old level, the drop was a glitch: the old segment is restored and `glitches` counts it.
+    - A rise faster than `max_rate_per_h` (plus `jump`) is implausible: the reading is kept
+      out of the estimate and counted in `glitches`.
+    - The weekday pattern learns each 6-hour cell's rate when the cell ends; the prediction
+      scales the pattern by how the current segment compares with it (shrunk towards 1
+      while the segment is short).
+    """
+
+    def __init__(
+        self,
+        kind: BinKind,
+        tz: ZoneInfo,
+        *,
+        window: int = 24,
+        drop: float = 0.15,
+        jump: float = 0.25,
+        max_rate_per_h: float = 0.3,
+    ) -> None:
+        self.pattern = WeekPattern(kind, tz)
+        self.window = window
+        self.drop = drop
+        self.jump = jump
+        self.max_rate_per_h = max_rate_per_h
+        self.segment: deque[Reading] = deque(maxlen=window)
+        self.last: Reading | None = None
+        self.last_emptied_ts: float | None = None
+        self.emptyings = 0
+        self.glitches = 0
+        self.fault_streak = 0  # consecutive implausible readings (the bin alarm uses it)
+        self._undo: tuple[deque[Reading], Reading, float | None] | None = None
+        self._cell: int | None = None
+        self._cell_points: list[tuple[float, float]] = []
+        self._gaps: deque[float] = deque(maxlen=8)
+
+    # -- input --------------------------------------------------------------------------
+
+    def add(self, ts: float, fill: float) -> Literal["ok", "emptied", "glitch", "late"]:
+        """Take one reading; say whether it was an emptying, a glitch or out of order."""
+        last = self.last
+        if last is not None and ts <= last.ts:
+            return "late"  # the estimate is built in time order; late frames add nothing new
+        if last is not None:
+            self._gaps.append(ts - last.ts)
+            dt_h = (ts - last.ts) / HOUR
+            undo = self._undo
+            self._undo = None
+            if undo is not None and fill >= undo[1].fill - self.drop / 2 and dt_h < 12:
+                # The "emptying" came straight back: it was a glitch (or a reflection).
+                self.segment, self.last, self.last_emptied_ts = undo[0], undo[1], undo[2]
+                self.emptyings -= 1
+                self.glitches += 1
+                self.fault_streak = 1
+                self._reset_cell(ts)
+                self._append(ts, fill)
+                return "glitch"
+            if fill < last.fill - self.drop and fill < 0.6 * last.fill + 0.05:
+                self._undo = (self.segment.copy(), last, self.last_emptied_ts)
+                self.segment = deque(maxlen=self.window)
+                self.last_emptied_ts = ts
+                self.emptyings += 1
+                self.fault_streak = 0
+                self._reset_cell(ts)
+                self._append(ts, fill)
+                return "emptied"
+            if fill > last.fill + self.jump + self.max_rate_per_h * dt_h:
+                self.glitches += 1
+                self.fault_streak += 1
+                if self.fault_streak < 3:
+                    return "glitch"  # kept out; three in a row is the new truth (a new bin?)
+                self.segment = deque(maxlen=self.window)
+                self._reset_cell(ts)
+        self.fault_streak = 0
+        self._append(ts, fill)
+        return "ok"
+
+    def _append(self, ts: float, fill: float) -> None:
+        r = Reading(ts, fill)
+        if fill < SATURATED:  # a full bin's level cannot rise: keep the rate it had before
+            self.segment.append(r)
+        self.last = r
+        cell = self.pattern.cell(ts)
+        if cell != self._cell:
+            self._close_cell()
+            self._cell = cell
+            self._cell_points = []
+        if fill < SATURATED:
+            self._cell_points.append((ts / HOUR, fill))
+
+    def _reset_cell(self, ts: float) -> None:
+        """An emptying or glitch inside a cell: learn from what came before it."""
+        self._close_cell()
+        self._cell = self.pattern.cell(ts)
+        self._cell_points = []
+
+    def _close_cell(self) -> None:
+        pts = self._cell_points
+        if self._cell is not None and len(pts) >= 3 and pts[-1][0] - pts[0][0] >= 1.0:
+            slope = theil_sen(pts)
+            if slope is not None:
+                self.pattern.learn(self._cell, slope)
+        self._cell_points = []
+
+    # -- estimates ----------------------------------------------------------------------
+
+    def segment_rate(self) -> float | None:
+        """Theil-Sen slope of the current segment (fraction per hour), None if too short."""
+        pts = [(r.ts / HOUR, r.fill) for r in self.segment]
+        if len(pts) < 3 or pts[-1][0] - pts[0][0] < 1.0:
+            return None
+        return theil_sen(pts)
+
+    def scale(self) -> float:
+        """How fast this bin fills compared with its pattern right now (1 = as the pattern says)."""
+        pts = self.segment
+        slope = self.segment_rate()
+        if slope is None:
+            return 1.0
+        span = pts[-1].ts - pts[0].ts
+        expected = self.pattern.integral(pts[0].ts, pts[-1].ts) / (span / HOUR)
+        if expected <= 1e-6:
+            return 1.0
+        k = max(0.0, slope) / expected
+        n = len(pts)
+        k = (n * k + 4 * 1.0) / (n + 4)  # shrink towards the pattern while the segment is short
+        return min(5.0, max(0.05, k))
+
+    def rate_at(self, ts: float) -> float:
+        """Predicted fill rate (fraction per hour) at time `ts`."""
+        cell = self.pattern.cell(ts)
+        return self.pattern.rate[cell] * self.scale()
+
+    def fill_at(self, ts: float) -> float | None:
+        """Predicted fill at `ts` (after the last reading), None before any reading."""
+        if self.last is None:
+            return None
+        if ts <= self.last.ts:
+            return self.last.fill
+        return min(1.0, self.last.fill + self.scale() * self.pattern.integral(self.last.ts, ts))
+
+    def time_to(self, level: float, now: float, horizon_s: float = 14 * 86400) -> float | None:
+        """When the fill is predicted to reach `level` (now if it already has), None beyond the horizon."""
+        last = self.last
+        if last is None:
+            return None
+        f = self.fill_at(now)
+        if f is not None and f >= level:
+            return now
+        k = self.scale()
+        if k <= 0:
+            return None
+        need = level - last.fill
+        t, step = last.ts, 6 * HOUR
+        end = now + horizon_s
+        while t < end:
+            nxt = min(end, t + step)
+            added = k * self.pattern.integral(t, nxt)
+            if added >= need:
+                # linear inside the step (bisect a few times for minutes-level precision)
+                lo, hi = t, nxt
+                for _ in range(12):
+                    mid = 0.5 * (lo + hi)
+                    if k * self.pattern.integral(t, mid) >= need:
+                        hi = mid
+                    else:
+                        lo = mid
+                return max(now, hi)
+            need -= added
+            t = nxt
+        return None
+
+    def expected_interval_s(self) -> float:
+        """The bin's usual uplink interval (median of recent gaps), 10-60 min."""
+        if not self._gaps:
+            return 3600.0
+        gaps = sorted(self._gaps)
+        return min(3600.0, max(600.0, gaps[len(gaps) // 2]))
+
+
+@dataclass(frozen=True, slots=True)
+class BinReading:
+    """The values of a bin's latest uplink that the alarms look at."""
+
+    ts: float
+    fill: float | None  # None: no plausible distance in the frame
+    distance_mm: float | None
+    battery: float | None
+    temperature: float | None
+    lid_open: bool
+    tilt: bool
+    fire: bool
+
+
+def bin_alarms(b: Bin, r: BinReading | None, est: FillEstimator, now: float) -> dict[str, str]:
+    """The alarms a bin should have right now, code -> detail."""
+    out: dict[str, str] = {}
+    if r is None:
+        return out
+    if r.fire or (r.temperature is not None and r.temperature >= FIRE_C):
+        out["fire"] = "fire flag" if r.fire else f"temperature {r.temperature:g} degC"
+    if r.fill is not None and r.fill >= OVERFLOW:
+        out["overflow"] = f"fill {r.fill:.0%}"
+    if r.tilt:
+        out["tilt"] = "bin knocked over"
+    if r.lid_open:
+        out["lid_open"] = "lid open"
+    if r.battery is not None and r.battery < BATTERY_LOW_PCT:
+        out["battery_low"] = f"battery {r.battery:g} %"
+    limit = STALE_INTERVALS * est.expected_interval_s()
+    if now - r.ts > limit:
+        out["stale"] = f"no uplink for {(now - r.ts) / 60:.0f} min"
+    if r.distance_mm is None:
+        out["sensor_fault"] = "no plausible distance in the uplink"
+    elif r.distance_mm > b.height_mm + 100:
+        out["sensor_fault"] = f"distance {r.distance_mm:g} mm is below the bin's floor"
+    elif est.fault_streak:
+        out["sensor_fault"] = "implausible jump in the fill level"
+    return out
+
+
+# -- the controller ---------------------------------------------------------------------
+
+TruckStatus = Literal["idle", "driving", "collecting", "unloading", "returning", "broken", "offline"]
+TRUCK_STATUSES = frozenset({"idle", "driving", "collecting", "unloading", "returning", "broken"})
+ON_ROUTE = frozenset({"driving", "collecting", "unloading", "returning"})
+PlanReason = Literal["scheduled", "replan", "breakdown", "alarm", "operator"]
+
+
+@dataclass(slots=True)
+class BinTrack:
+    """What the controller knows about one bin."""
+
+    bin: Bin
+    est: FillEstimator
+    reading: BinReading | None = None
+    alarms: dict[str, str] = field(default_factory=dict)
+    forced: bool = False
+    excluded: bool = False
+    reported_ts: float | None = None  # a truck said it emptied the bin; not yet confirmed
+    confirmed_ts: float | None = None  # the sensor confirmed the last emptying
+    plan: Literal["mandatory", "optional", "none"] = "none"
+
+
+@dataclass(slots=True)
+class TruckTrack:
+    """What the controller knows about one truck (from fleet/{truck}/state and /event)."""
+
+    id: str
+    volume_l: float
+    weight_kg: float
+    shift: str
+    lat: float
+    lon: float
+    status: str = "idle"
+    load_l: float = 0.0
+    load_kg: float = 0.0
+    route_id: str | None = None  # the route the truck reports following
+    stop_index: int = 0
+    odometer_km: float = 0.0
+    last_seen_ts: float | None = None
+    last_seq: int = -1
+    last_event_ts: float = -math.inf
+    broken: bool = False
+    sent_route: str | None = None  # the last route sent to it
+    reported: set[str] = field(default_factory=set)  # bins it reported emptied on the current route
+
+
+@dataclass(slots=True)
+class DayCounters:
+    """Today's numbers (local day), for the summary."""
+
+    day: date
+    emptied: int = 0
+    reported: int = 0  # truck reports not (yet) confirmed by the bin's sensor
+    overflows: int = 0
+    km_base: dict[str, float] = field(default_factory=dict)  # odometer km of shifts that ended today
+    km_last: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def km(self) -> float:
+        return sum(self.km_base.values()) + sum(self.km_last.values())
+
+
+@dataclass(slots=True)
+class ActivePlan:
+    """The plan in force, the reason it was made and the route id each truck got."""
+
+    plan: WastePlan
+    plan_id: str
+    reason: PlanReason
+    day: date
+    route_ids: dict[str, str]
+
+
+class WasteSafety:
+    """Dispatcher policy for trucks: only a well-formed route reaches a truck."""
+
+    def check(self, cmd: Command, now: float) -> Verdict:
+        if cmd.point != ROUTE_POINT or not cmd.payload:
+            return Verdict(Outcome.REFUSED, cmd.value, f"point_not_writable: {cmd.point}")
+        try:
+            body = orjson.loads(cmd.payload)
+        except orjson.JSONDecodeError:
+            return Verdict(Outcome.REFUSED, cmd.value, "route_refused: not JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("route_id"), str):
+            return Verdict(Outcome.REFUSED, cmd.value, "route_refused: no route_id")
+        stops = body.get("stops")
+        if not isinstance(stops, list) or not all(
+            isinstance(s, dict)
+            and s.get("kind") in {"bin", "disposal", "depot"}
+            and "lat" in s
+            and "lon" in s
+            for s in stops
+        ):
+            return Verdict(Outcome.REFUSED, cmd.value, "route_refused: malformed stops")
+        if route_number(body["route_id"]) != int(cmd.value):
+            return Verdict(Outcome.REFUSED, cmd.value, "route_refused: value is not the route's number")
+        return Verdict(Outcome.ACCEPTED, cmd.value)
+
+
+def route_number(route_id: str) -> int:
+    """The number a route id ends in ("...-r12" -> 12): the read-back value of a route command."""
+    _, sep, n = route_id.rpartition("-r")
+    return int(n) if sep and n.isdigit() else -1
+
+
+def _num(v: Value | None) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+class WasteController:
+    """Bins and trucks in, collection plans and truck routes out.
+
+    Feed it bin and truck `Telemetry` (`handle`, or `run` on the bus), call `step` (or let
+    `run` do it); it raises and clears alarms, plans on schedule and on demand, and submits
+    each truck's route as a command with a JSON payload (point `route`, value = the route's
+    number, confirmed when the truck accepts that route).
+    """
+
+    def __init__(
+        self,
+        bins: Sequence[Bin],
+        cfg: WasteSettings,
+        tz: ZoneInfo,
+        clock: Clock,
+        alarms: Alarms,
+        submit: Callable[[Command], Verdict] | None,
+        *,
+        bus: EventBus | None = None,
+        provider: DistanceProvider | None = None,
+        command_ttl_s: float = 900.0,
+        truck_offline_s: float = 300.0,
+        alarm_replan_s: float = 900.0,
+        step_s: float = 1.0,
+    ) -> None:
+        self.cfg = cfg
+        self.tz = tz
+        self.clock = clock
+        self.alarms = alarms
+        self.submit = submit
+        self.bus = bus
+        self.provider = provider or HaversineProvider(
+            cfg.detour, {str(k): v for k, v in cfg.speeds_kmh.items()}
+        )
+        self.command_ttl_s = command_ttl_s
+        self.truck_offline_s = truck_offline_s
+        self.alarm_replan_s = alarm_replan_s
+        self.step_s = step_s
+        self.bins = {b.id: BinTrack(b, FillEstimator(b.kind, tz)) for b in bins}
+        depot = cfg.depot
+        if depot is None or cfg.disposal is None:
+            raise ValueError("waste needs a depot and a disposal site")
+        self.trucks = {
+            t.id: TruckTrack(t.id, t.volume_l, t.weight_kg, t.shift, depot.lat, depot.lon) for t in cfg.trucks
+        }
+        self.zones = {z.id: z.window for z in cfg.zones}
+        self.run_days = {("mon", "tue", "wed", "thu", "fri", "sat", "sun").index(d) for d in cfg.run_days}
+        self.plan_at_s = window_s(f"{cfg.plan_at}-23:59")[0]
+        self.counters = DayCounters(self._day(clock.now()))
+        self.active: ActivePlan | None = None
+        self.last_scheduled: date | None = None
+        self.plans_made = 0
+        self.routes_sent = 0
+        self._route_seq = itertools.count(1)
+        self._pending: PlanReason | None = None
+        self._wake = asyncio.Event()
+        self._planning = False
+        self._last_alarm_plan = -math.inf
+        self.dirty_bins: set[str] = set()
+        self.dirty_trucks: set[str] = set()
+        self.dirty_plan = False
+        # Subscribed now, not when `run` starts: no uplink is lost in between.
+        self._sub = bus.subscribe("waste", Telemetry) if bus is not None else None
+
+    # -- time ---------------------------------------------------------------------------
+
+    def _day(self, ts: float) -> date:
+        return datetime.fromtimestamp(ts, self.tz).date()
+
+    def _at(self, day: date, seconds: float) -> float:
+        """Unix time of a local wall-clock time (seconds after midnight) on `day`."""
+        midnight = datetime(day.year, day.month, day.day, tzinfo=self.tz)
+        return (midnight + timedelta(seconds=seconds)).timestamp()
+
+    def shift_of(self, truck: TruckTrack, day: date) -> tuple[float, float]:
+        a, b = window_s(truck.shift)
+        return self._at(day, a), self._at(day, b)
+
+    def run_day(self, now: float) -> date:
+        """The day a plan made now is for: today while a shift is left on a run day, else the next run day."""
+        today = self._day(now)
+        if today.weekday() in self.run_days and any(
+            self.shift_of(t, today)[1] > now for t in self.trucks.values()
+        ):
+            return today
+        return self.next_run_day(today)
+
+    def next_run_day(self, after: date) -> date:
+        for i in range(1, 8):
+            d = after + timedelta(days=i)
+            if d.weekday() in self.run_days:
+                return d
+        return after + timedelta(days=7)
+
+    def run_start(self, day: date) -> float:
+        return min(self.shift_of(t, day)[0] for t in self.trucks.values())
+
+    # -- input --------------------------------------------------------------------------
+
+    def handle(self, event: Telemetry) -> None:
+        """One Telemetry event of a bin or a truck (anything else is ignored)."""
+        if event.device_id in self.bins:
+            self.on_bin(event)
+        elif event.device_id in self.trucks:
+            if "event" in event.values:
+                self.on_truck_event(event.device_id, event.ts, event.values)
+            else:
+                self.on_truck_state(event.device_id, event.ts, event.values)
+
+    def on_late(self, event: Telemetry) -> None:
+        """A late (out-of-order) uplink: history only, never the current state."""
+        bt = self.bins.get(event.device_id)
+        if bt is not None:
+            d = _num(event.values.get("distance_mm"))
+            if d is not None and d <= bt.bin.height_mm + 100:
+                bt.est.add(event.ts, bt.bin.fill_of(d))
+
+    def on_bin(self, event: Telemetry) -> None:
+        bt = self.bins[event.device_id]
+        v = event.values
+        if bt.reading is not None and event.ts <= bt.reading.ts:
+            return  # an older frame than the one we hold
+        dist = _num(v.get("distance_mm"))
+        fill = None if dist is None or dist > bt.bin.height_mm + 100 else bt.bin.fill_of(dist)
+        bt.reading = BinReading(
+            ts=event.ts,
+            fill=fill,
+            distance_mm=dist,
+            battery=_num(v.get("battery")),
+            temperature=_num(v.get("temperature")),
+            lid_open=v.get("lid_open") is True,
+            tilt=v.get("tilt") is True,
+            fire=v.get("fire") is True,
+        )
+        if fill is not None and bt.est.add(event.ts, fill) == "emptied":
+            self._emptied(bt, event.ts)
+        self._update_alarms(bt, self.clock.now())
+        self.dirty_bins.add(bt.bin.id)
+
+    def _emptied(self, bt: BinTrack, ts: float) -> None:
+        """The sensor saw a drop: the bin was emptied (confirming a truck's report if there is one)."""
+        self._roll_day(ts)
+        bt.confirmed_ts = ts
+        if bt.reported_ts is not None:
+            self.counters.reported = max(0, self.counters.reported - 1)
+            bt.reported_ts = None
+        if self._day(ts) == self.counters.day:
+            self.counters.emptied += 1
+        bt.forced = False  # a forced collection is done
+        self.dirty_plan = self.active is not None
+        log.info("waste_bin_emptied", bin=bt.bin.id, fill=bt.est.last.fill if bt.est.last else None)
+
+    def on_truck_state(self, truck: str, ts: float, v: Mapping[str, Value]) -> None:
+        tt = self.trucks[truck]
+        if tt.last_seen_ts is not None and ts < tt.last_seen_ts:
+            return
+        self._roll_day(ts)
+        tt.last_seen_ts = ts
+        lat, lon = _num(v.get("lat")), _num(v.get("lon"))
+        if lat is not None and lon is not None:
+            tt.lat, tt.lon = lat, lon
+        tt.load_l = _num(v.get("load_l")) or 0.0
+        tt.load_kg = _num(v.get("load_kg")) or 0.0
+        status = v.get("status")
+        if isinstance(status, str) and status in TRUCK_STATUSES:
+            if tt.broken and status != "broken":
+                tt.broken = False
+                self.alarms.set(truck, "truck_breakdown", False, SEVERITY["truck_breakdown"])
+                log.info("waste_truck_repaired", truck=truck)
+            elif status == "broken" and not tt.broken:
+                self._breakdown(tt, "reported broken")
+            tt.status = status
+        route = v.get("route_id")
+        tt.route_id = route if isinstance(route, str) and route else None
+        idx = _num(v.get("stop_index"))
+        if idx is not None:
+            tt.stop_index = int(idx)
+        odo = _num(v.get("odometer_km"))
+        if odo is not None:
+            c = self.counters
+            last = c.km_last.get(truck, 0.0)
+            if odo < last - 0.5:  # a new shift's odometer
+                c.km_base[truck] = c.km_base.get(truck, 0.0) + last
+            c.km_last[truck] = odo
+            tt.odometer_km = odo
+        self.dirty_trucks.add(truck)
+
+    def on_truck_event(self, truck: str, ts: float, v: Mapping[str, Value]) -> None:
+        tt = self.trucks[truck]
+        seq = _num(v.get("seq"))
+        if seq is not None:
+            if seq <= tt.last_seq and ts <= tt.last_event_ts:
+                return  # a duplicate (QoS 1 delivers at least once)
+            tt.last_seq, tt.last_event_ts = int(seq), max(ts, tt.last_event_ts)
+        self._roll_day(ts)
+        kind = v.get("event")
+        bin_id = v.get("bin")
+        if kind == "emptied" and isinstance(bin_id, str) and bin_id in self.bins:
+            bt = self.bins[bin_id]
+            tt.reported.add(bin_id)
+            confirmed = bt.confirmed_ts is not None and ts - bt.confirmed_ts < 4 * HOUR
+            if not confirmed and bt.reported_ts is None:
+                bt.reported_ts = ts
+                self.counters.reported += 1
+            self.dirty_bins.add(bin_id)
+            self.dirty_plan = self.active is not None
+        elif kind == "breakdown":
+            self._breakdown(tt, "breakdown event")
+        elif kind == "route_accepted":
+            route = v.get("route_id")
+            tt.route_id = route if isinstance(route, str) else tt.route_id
+            tt.reported = set()
+        elif kind == "route_rejected":
+            log.warning(
+                "waste_route_rejected", truck=truck, route_id=v.get("route_id"), reason=v.get("reason")
+            )
+        elif kind == "route_done":
+            tt.status = "idle"
+        self.dirty_trucks.add(truck)
+
+    def _breakdown(self, tt: TruckTrack, why: str) -> None:
+        if tt.broken:
+            return
+        tt.broken = True
+        tt.status = "broken"
+        self.alarms.set(tt.id, "truck_breakdown", True, SEVERITY["truck_breakdown"], why)
+        log.warning("waste_truck_breakdown", truck=tt.id, why=why)
+        if self.active is not None:
+            self.request_plan("breakdown")
+
+    # -- operators ----------------------------------------------------------------------
+
+    def operator(self, bin_id: str, action: str) -> tuple[bool, str]:
+        """force / exclude / clear a bin; (ok, reason)."""
+        bt = self.bins.get(bin_id)
+        if bt is None:
+            return False, "unknown_bin"
+        if action == "force":
+            if bt.excluded:
+                return False, "excluded: clear it first"
+            bt.forced = True
+            self.request_plan("operator")
+        elif action == "exclude":
+            bt.excluded, bt.forced = True, False
+            if self._pending_in_plan(bin_id):
+                self.request_plan("operator")
+        elif action == "clear":
+            bt.excluded = bt.forced = False
+        else:
+            return False, f"unknown_action: {action}"
+        self.dirty_bins.add(bin_id)
+        return True, ""
+
+    def _pending_in_plan(self, bin_id: str) -> bool:
+        a = self.active
+        if a is None:
+            return False
+        bt = self.bins[bin_id]
+        in_route = any(bin_id in r.bins for r in a.plan.routes)
+        return in_route and not self._done_today(bt)
+
+    def request_plan(self, reason: PlanReason) -> None:
+        """Ask for a (re-)plan; the planner task makes it as soon as it is free."""
+        if self._pending is None or reason != "alarm":
+            self._pending = reason
+        self._wake.set()
+
+    # -- periodic -----------------------------------------------------------------------
+
+    def _roll_day(self, ts: float) -> None:
+        day = self._day(ts)
+        if day > self.counters.day:
+            self.counters = DayCounters(day)
+
+    def _done_today(self, bt: BinTrack) -> bool:
+        day = self.counters.day
+        return any(t is not None and self._day(t) == day for t in (bt.confirmed_ts, bt.reported_ts))
+
+    def _update_alarms(self, bt: BinTrack, now: float) -> None:
+        new = bin_alarms(bt.bin, bt.reading, bt.est, now)
+        old = bt.alarms
+        if new.keys() == old.keys():
+            bt.alarms = new
+            return
+        for code in BIN_ALARMS:
+            if (code in new) != (code in old):
+                self.alarms.set(bt.bin.id, code, code in new, SEVERITY[code], new.get(code, ""))
+        raised = new.keys() - old.keys()
+        bt.alarms = new
+        self.dirty_bins.add(bt.bin.id)
+        if "overflow" in raised:
+            self._roll_day(now)
+            self.counters.overflows += 1
+        if raised & {"fire", "overflow"} and self._in_operation(now) and not self._pending_in_plan(bt.bin.id):
+            if bt.excluded:
+                return
+            if now - self._last_alarm_plan >= self.alarm_replan_s:
+                self._last_alarm_plan = now
+                self.request_plan("alarm")
+
+    def _in_operation(self, now: float) -> bool:
+        """Today is a run day, today's plan exists and a shift is still going."""
+        a = self.active
+        return a is not None and a.day == self._day(now) and self.run_day(now) == a.day
+
+    def step(self, now: float) -> None:
+        """Stale bins, offline trucks, the day's scheduled plan."""
+        self._roll_day(now)
+        for bt in self.bins.values():
+            if bt.reading is not None:
+                self._update_alarms(bt, now)
+        for tt in self.trucks.values():
+            offline = tt.last_seen_ts is None or now - tt.last_seen_ts > self.truck_offline_s
+            if offline and tt.status != "offline" and tt.last_seen_ts is not None and not tt.broken:
+                tt.status = "offline"
+                self.dirty_trucks.add(tt.id)
+        today = self._day(now)
+        local = datetime.fromtimestamp(now, self.tz)
+        seconds = local.hour * 3600 + local.minute * 60 + local.second
+        if (
+            today.weekday() in self.run_days
+            and seconds >= self.plan_at_s
+            and self.last_scheduled != today
+            and self.run_day(now) == today
+        ):
+            self.last_scheduled = today
+            self.request_plan("scheduled")
+
+    # -- planning -----------------------------------------------------------------------
+
+    def inputs(self, now: float) -> tuple[list[BinInput], list[TruckInput], PlanContext, date]:
+        """The planner's view of bins and trucks now (pure data, safe to hand to a thread)."""
+        cfg = self.cfg
+        depot, disposal = cfg.depot, cfg.disposal
+        assert depot is not None  # checked in __init__
+        assert disposal is not None
+        day = self.run_day(now)
+        start = max(now, self.run_start(day))
+        next_start = self.run_start(self.next_run_day(day))
+        ends = [self.shift_of(t, day)[1] for t in self.trucks.values()]
+        mid = 0.5 * (start + max(ends))
+        bins = []
+        same_day = day == self._day(now)
+        for bt in self.bins.values():
+            b, est = bt.bin, bt.est
+            alarms = frozenset(bt.alarms)
+            bins.append(
+                BinInput(
+                    id=b.id,
+                    lat=b.lat,
+                    lon=b.lon,
+                    road=b.road_class,
+                    zone=b.zone,
+                    volume_l=b.volume_l,
+                    density_kg_l=b.density_kg_l,
+                    fill=est.fill_at(now),
+                    fill_next=est.fill_at(next_start),
+                    fill_service=est.fill_at(mid),
+                    alarms=alarms,
+                    forced=bt.forced,
+                    excluded=bt.excluded,
+                    done=same_day and self._done_today(bt),
+                )
+            )
+        trucks = []
+        for tt in self.trucks.values():
+            if tt.broken:
+                continue
+            shift = self.shift_of(tt, day)
+            heard = tt.last_seen_ts is not None and now - tt.last_seen_ts <= self.truck_offline_s
+            at_depot = not (same_day and heard) or haversine_m(tt.lat, tt.lon, depot.lat, depot.lon) < 50
+            heading = ""
+            a = self.active
+            if a is not None and same_day and heard and not at_depot:
+                r = a.plan.route_of(tt.id)
+                if r is not None and tt.route_id == a.route_ids.get(tt.id) and tt.stop_index < len(r.stops):
+                    s = r.stops[tt.stop_index]
+                    if s.kind == "bin" and not self._done_today(self.bins[s.id]):
+                        heading = s.id
+            trucks.append(
+                TruckInput(
+                    id=tt.id,
+                    volume_l=tt.volume_l,
+                    weight_kg=tt.weight_kg,
+                    shift=shift,
+                    lat=tt.lat if not at_depot else depot.lat,
+                    lon=tt.lon if not at_depot else depot.lon,
+                    load_l=tt.load_l if same_day and heard else 0.0,
+                    load_kg=tt.load_kg if same_day and heard else 0.0,
+                    at_depot=at_depot,
+                    heading_to=heading,
+                )
+            )
+        zones = {}
+        for zid, win in self.zones.items():
+            a_s, b_s = window_s(win)
+            zones[zid] = (self._at(day, a_s), self._at(day, b_s))
+        ctx = PlanContext(
+            now=now,
+            next_run_ts=next_start,
+            threshold=cfg.threshold,
+            depot=Place("depot", depot.lat, depot.lon),
+            disposal=Place("disposal", disposal.lat, disposal.lon),
+            disposal_service_s=disposal.service_s,
+            service_s=cfg.service_s,
+            zones=zones,
+            solver_time_s=cfg.solver_time_s,
+        )
+        return bins, trucks, ctx, day
+
+    async def plan_now(self, reason: PlanReason) -> ActivePlan:
+        """Make a plan (solver off the event loop), apply it and send the routes."""
+        now = self.clock.now()
+        bins, trucks, ctx, day = self.inputs(now)
+        plan = await asyncio.to_thread(plan_collection, bins, trucks, ctx, self.provider)
+        return self.apply(plan, reason, day)
+
+    def apply(self, plan: WastePlan, reason: PlanReason, day: date) -> ActivePlan:
+        """Take a plan into force: bin plan marks, routes to the trucks, a PlanEvent."""
+        self.plans_made += 1
+        route_ids: dict[str, str] = {}
+        prev = self.active
+        if plan.usable:
+            for r in plan.routes:
+                route_ids[r.truck] = f"{day.isoformat()}-{r.truck}-r{next(self._route_seq)}"
+        elif prev is not None:
+            route_ids = dict(prev.route_ids)  # keep following the old routes
+        active = ActivePlan(plan, f"{day.isoformat()}-p{self.plans_made}", reason, day, route_ids)
+        if not plan.usable:
+            log.error("waste_plan_unusable", violations=list(plan.violations)[:5], reason=reason)
+            if prev is not None:
+                return prev
+        self.active = active
+        served = {b for r in plan.routes for b in r.bins}
+        for bid, bt in self.bins.items():
+            s = plan.selection.get(bid)
+            mark: Literal["mandatory", "optional", "none"] = "none"
+            if s is not None and s.kind == "mandatory":
+                mark = "mandatory"
+            elif s is not None and s.kind == "optional" and bid in served:
+                mark = "optional"
+            if bt.plan != mark:
+                bt.plan = mark
+                self.dirty_bins.add(bid)
+        for r in plan.routes:
+            self._send_route(r, route_ids[r.truck])
+        self.dirty_plan = True
+        log.info(
+            "waste_plan",
+            reason=reason,
+            status=plan.status,
+            solver=plan.solver,
+            routes=sum(1 for r in plan.routes if r.stops),
+            bins=len(served),
+            km=round(plan.distance_m / 1000, 1),
+            missed=len(plan.missed_mandatory),
+        )
+        if self.bus is not None:
+            self.bus.publish(PlanEvent("waste", self.clock.now(), self.plan_message() or {}))
+        return active
+
+    def route_payload(self, r: TruckRoute, route_id: str) -> dict[str, object]:
+        """A route as docs/fleet-protocol.md describes it."""
+        stops: list[dict[str, object]] = []
+        for s in r.stops:
+            stop: dict[str, object] = {
+                "seq": s.seq,
+                "kind": s.kind,
+                "id": s.id,
+                "lat": s.lat,
+                "lon": s.lon,
+                "eta_ts": round(s.eta_ts, 1),
+            }
+            if s.window is not None:
+                stop["window"] = [s.window[0], s.window[1]]
+            stops.append(stop)
+        return {"route_id": route_id, "issued_ts": round(self.clock.now(), 1), "stops": stops}
+
+    def _send_route(self, r: TruckRoute, route_id: str) -> None:
+        tt = self.trucks[r.truck]
+        tt.sent_route = route_id
+        tt.reported = set()
+        self.dirty_trucks.add(r.truck)
+        if self.submit is None:
+            return
+        payload = orjson.dumps(self.route_payload(r, route_id)).decode()
+        cmd = make_command(
+            r.truck,
+            ROUTE_POINT,
+            float(route_number(route_id)),
+            Priority.PLAN,
+            "waste.plan",
+            now=self.clock.now(),
+            ttl_s=self.command_ttl_s,
+            reason=f"route {route_id}",
+            payload=payload,
+        )
+        verdict = self.submit(cmd)
+        self.routes_sent += 1
+        if verdict.outcome is Outcome.REFUSED:
+            log.warning("waste_route_refused", truck=r.truck, route_id=route_id, reason=verdict.reason)
+
+    # -- views (what the API publishes) -------------------------------------------------
+
+    def stop_state(self, truck: str, seq: int) -> Literal["pending", "reported", "done"]:
+        """A stop of the active plan: done (bin: its sensor confirmed), reported (truck said so) or pending."""
+        a = self.active
+        if a is None:
+            return "pending"
+        r = a.plan.route_of(truck)
+        if r is None or seq >= len(r.stops):
+            return "pending"
+        s = r.stops[seq]
+        if s.kind == "bin":
+            bt = self.bins[s.id]
+            if bt.confirmed_ts is not None and bt.confirmed_ts >= a.plan.made_ts - 4 * HOUR:
+                return "done"
+            tt = self.trucks[truck]
+            return "reported" if s.id in tt.reported or bt.reported_ts is not None else "pending"
+        tt = self.trucks[truck]
+        if tt.route_id == a.route_ids.get(truck) and tt.stop_index > seq:
+            return "done"
+        return "pending"
+
+    def bin_state(self, bin_id: str, now: float) -> dict[str, object]:
+        """BinState (docs/mqtt-api.md) of one bin."""
+        bt = self.bins[bin_id]
+        b, est, r = bt.bin, bt.est, bt.reading
+        fill = None if r is None or r.fill is None else round(r.fill, 3)
+        full = est.time_to(self.cfg.threshold, now) if est.last is not None else None
+        status = "fault" if "sensor_fault" in bt.alarms else "stale" if "stale" in bt.alarms else "ok"
+        return {
+            "id": b.id,
+            "lat": b.lat,
+            "lon": b.lon,
+            "kind": b.kind,
+            "zone": b.zone,
+            "fill": fill,
+            "rate_per_h": round(est.rate_at(now), 5) if est.last is not None else None,
+            "full_ts": None if full is None else round(full, 1),
+            "battery": None if r is None else r.battery,
+            "temperature": None if r is None else r.temperature,
+            "alarms": sorted(bt.alarms),
+            "status": status,
+            "last_seen_ts": None if r is None else r.ts,
+            "last_emptied_ts": est.last_emptied_ts,
+            "plan": bt.plan,
+            "forced": bt.forced,
+            "excluded": bt.excluded,
+            "ts": now,
+        }
+
+    def truck_state(self, truck: str, now: float) -> dict[str, object]:
+        """TruckState (docs/mqtt-api.md) of one truck."""
+        tt = self.trucks[truck]
+        online = tt.last_seen_ts is not None and now - tt.last_seen_ts <= self.truck_offline_s
+        status = "broken" if tt.broken else tt.status if online else "offline"
+        a = self.active
+        route = a.plan.route_of(truck) if a is not None else None
+        stops_total = len(route.stops) if route is not None else 0
+        bins_total = len(route.bins) if route is not None else 0
+        done = 0
+        if route is not None:
+            done = sum(
+                1 for s in route.stops if s.kind == "bin" and self.stop_state(truck, s.seq) != "pending"
+            )
+        pct = max(tt.load_l / tt.volume_l, tt.load_kg / tt.weight_kg) * 100
+        return {
+            "id": truck,
+            "online": online,
+            "status": status,
+            "lat": tt.lat,
+            "lon": tt.lon,
+            "load_l": tt.load_l,
+            "load_kg": tt.load_kg,
+            "load_pct": round(min(100.0, max(0.0, pct)), 1),
+            "route_id": tt.route_id or tt.sent_route,
+            "stop_index": tt.stop_index,
+            "stops_total": stops_total,
+            "bins_done": done,
+            "bins_total": bins_total,
+            "odometer_km": tt.odometer_km,
+            "last_seen_ts": tt.last_seen_ts,
+            "ts": now,
+        }
+
+    def plan_message(self) -> dict[str, object] | None:
+        """WastePlanMessage (docs/mqtt-api.md) of the plan in force."""
+        a = self.active
+        if a is None:
+            return None
+        p = a.plan
+        served = {b for r in p.routes for b in r.bins}
+        routes = []
+        for r in p.routes:
+            stops = [
+                {
+                    "seq": s.seq,
+                    "kind": s.kind,
+                    "id": s.id,
+                    "eta_ts": round(s.eta_ts, 1),
+                    "done": self.stop_state(r.truck, s.seq) == "done",
+                }
+                for s in r.stops
+            ]
+            routes.append(
+                {
+                    "truck": r.truck,
+                    "route_id": a.route_ids.get(r.truck, ""),
+                    "distance_km": round(r.distance_m / 1000, 3),
+                    "stops": stops,
+                }
+            )
+        return {
+            "plan_id": a.plan_id,
+            "made_ts": p.made_ts,
+            "reason": a.reason,
+            "status": p.status,
+            "solver": p.solver,
+            "distance_km": round(p.distance_m / 1000, 3),
+            "mandatory": sum(1 for s in p.selection.values() if s.kind == "mandatory"),
+            "optional": sum(1 for b, s in p.selection.items() if s.kind == "optional" and b in served),
+            "dropped": list(p.dropped),
+            "routes": routes,
+            "violations": list(p.violations),
+            "ts": self.clock.now(),
+        }
+
+    def summary(self, now: float) -> dict[str, object]:
+        """WasteSummary (docs/mqtt-api.md)."""
+        self._roll_day(now)
+        bins = self.bins.values()
+        c = self.counters
+        on_route = 0
+        for tt in self.trucks.values():
+            online = tt.last_seen_ts is not None and now - tt.last_seen_ts <= self.truck_offline_s
+            on_route += online and not tt.broken and tt.status in ON_ROUTE
+        return {
+            "bins": len(self.bins),
+            "reporting": sum(1 for bt in bins if bt.reading is not None and "stale" not in bt.alarms),
+            "above_threshold": sum(
+                1 for bt in bins if bt.reading is not None and (bt.reading.fill or 0.0) >= self.cfg.threshold
+            ),
+            "alarms": sum(len(bt.alarms) for bt in bins) + sum(tt.broken for tt in self.trucks.values()),
+            "trucks": len(self.trucks),
+            "trucks_on_route": on_route,
+            "emptied_today": c.emptied,
+            "overflows_today": c.overflows,
+            "km_today": round(c.km, 2),
+            "ts": now,
+        }
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Consume bin and truck telemetry from the bus, tick, and plan when asked."""
+        sub = self._sub
+        if self.bus is None or sub is None:
+            raise RuntimeError("WasteController.run needs a bus")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._consume(sub), name="waste.events")
+                tg.create_task(self._tick(), name="waste.tick")
+                tg.create_task(self._planner(), name="waste.planner")
+        finally:
+            self.bus.unsubscribe(sub)
+
+    async def _consume(self, sub: Subscription) -> None:
+        async for ev in sub:
+            if isinstance(ev, Telemetry):
+                self.handle(ev)
+
+    async def _tick(self) -> None:
+        while True:
+            self.step(self.clock.now())
+            await asyncio.sleep(self.step_s)
+
+    async def plan_pending(self) -> ActivePlan | None:
+        """Make the plan asked for (if any); the planner task calls this whenever woken."""
+        reason = self._pending
+        self._pending = None
+        self._wake.clear()
+        if reason is None:
+            return None
+        self._planning = True
+        try:
+            return await self.plan_now(reason)
+        except Exception:  # a planner bug must not stop bins and trucks being tracked
+            log.exception("waste_plan_failed", reason=reason)
+            return None
+        finally:
+            self._planning = False
+
+    @property
+    def pending(self) -> PlanReason | None:
+        """The reason of a plan asked for and not made yet."""
+        return self._pending
+
+    async def _planner(self) -> None:
+        while True:
+            await self._wake.wait()
+            await self.plan_pending()
+
+    @property
+    def planning(self) -> bool:
+        return self._planning or self._pending is not None

@@ -1,0 +1,473 @@
+"""Waste collection planning (pure): which bins to collect, and the routes that collect them.
+
+`select` decides per bin: mandatory when its predicted fill at the start of the next run
+reaches the threshold (or on an alarm such as fire or overflow, or when an operator forced
+it), optional otherwise with a penalty that grows convexly with the fill (a nearly full bin
+is worth a detour, a nearly empty one is not), never when excluded or already done.
+`build` turns the selection, the trucks (at the depot, or on the road with a load for a
+re-plan) and a `DistanceProvider` into a `RoutingInstance`: a depot, the disposal site as a
+reload node, a final disposal stop before the trucks go home, bins with volume and weight,
+service times and zone time windows. `plan_collection` solves it with optimizer/routing.py,
+maps the result back to stops with ETAs (Unix seconds) and runs the solver-independent check.
+
+Instance time is integer seconds after `PlanContext.now`; distances are metres.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
+
+from optimizer.routing import Route, RoutingInstance, RoutingPlan, Status, Vehicle
+from optimizer.routing import check as routing_check
+from optimizer.routing import solve as routing_solve
+
+RoadClass = Literal["main", "residential", "pedestrian"]
+SelectionKind = Literal["mandatory", "optional", "excluded", "done"]
+StopKind = Literal["bin", "disposal", "depot"]
+
+EARTH_M = 6_371_000.0
+MANDATORY_ALARMS = frozenset({"fire", "overflow"})
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """A point trucks drive to, with the class of road it is reached by."""
+
+    id: str
+    lat: float
+    lon: float
+    road: RoadClass = "main"
+
+
+class DistanceProvider(Protocol):
+    """Travel times and distances between places: the seam for a routing server (OSRM, Valhalla)."""
+
+    def matrices(self, places: Sequence[Place]) -> tuple[list[list[int]], list[list[int]]]:
+        """(time in s, distance in m) between every ordered pair of `places`."""
+        ...
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+class HaversineProvider:
+    """Straight line x detour factor; time at the speeds of the two ends' road classes.
+
+    A leg is driven half at the speed of the road it leaves and half at the speed of the road
+    it arrives on: a bin in a pedestrian zone is slow to reach whatever road leads there.
+    """
+
+    def __init__(self, detour: float, speeds_kmh: Mapping[str, float]) -> None:
+        if detour < 1:
+            raise ValueError(f"detour {detour} < 1")
+        self.detour = detour
+        self.speeds_ms = {k: v / 3.6 for k, v in speeds_kmh.items()}
+        if any(v <= 0 for v in self.speeds_ms.values()):
+            raise ValueError("speeds must be positive")
+
+    def matrices(self, places: Sequence[Place]) -> tuple[list[list[int]], list[list[int]]]:
+        n = len(places)
+        default = min(self.speeds_ms.values(), default=20 / 3.6)
+        inv = [0.5 / self.speeds_ms.get(p.road, default) for p in places]
+        time = [[0] * n for _ in range(n)]
+        dist = [[0] * n for _ in range(n)]
+        for i, a in enumerate(places):
+            for j in range(i + 1, n):
+                b = places[j]
+                d = haversine_m(a.lat, a.lon, b.lat, b.lon) * self.detour
+                t = d * (inv[i] + inv[j])
+                dist[i][j] = dist[j][i] = round(d)
+                time[i][j] = time[j][i] = round(t)
+        return time, dist
+
+
+@dataclass(frozen=True, slots=True)
+class BinInput:
+    """One bin as the planner sees it: where, how big, how full now and at the next run."""
+
+    id: str
+    lat: float
+    lon: float
+    road: RoadClass
+    zone: str
+    volume_l: float
+    density_kg_l: float
+    fill: float | None  # now; None when never heard
+    fill_next: float | None  # predicted at the start of the next run
+    fill_service: float | None = None  # predicted when the truck would come (demand); fill if None
+    alarms: frozenset[str] = frozenset()
+    forced: bool = False
+    excluded: bool = False
+    done: bool = False  # emptied today: nothing left to do
+
+
+@dataclass(frozen=True, slots=True)
+class TruckInput:
+    """A truck available for the plan: its capacity, shift, where it is and what it carries."""
+
+    id: str
+    volume_l: float
+    weight_kg: float
+    shift: tuple[float, float]  # Unix seconds: earliest departure, latest return to the depot
+    lat: float
+    lon: float
+    load_l: float = 0.0
+    load_kg: float = 0.0
+    at_depot: bool = True
+    heading_to: str = ""  # the bin it is driving to (kept first in a re-plan)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanContext:
+    """Everything else the plan depends on."""
+
+    now: float
+    next_run_ts: float  # start of the next run after this one: the horizon of "mandatory"
+    threshold: float
+    depot: Place
+    disposal: Place
+    disposal_service_s: float
+    service_s: float
+    zones: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # Unix window per zone
+    solver_time_s: float = 10.0
+    seed: int = 0
+    value_m: float = 2000.0  # what collecting a bin at the threshold is worth, in metres of driving
+    visit_m: float | None = None  # cost of one stop in metres (lifting, crew time); service_s at 20 km/h
+    unknown_value: float = 0.3  # share of value_m for a bin never heard from
+    compaction: float = 1.0  # bin litres per litre of truck volume (truck volumes are in bin litres)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Why a bin is (or is not) in the plan."""
+
+    kind: SelectionKind
+    reason: str
+    penalty: int = 0  # metres: the cost of leaving an optional bin out
+
+
+def select(bins: Sequence[BinInput], ctx: PlanContext) -> dict[str, Selection]:
+    """Mandatory, optional (with a convex penalty) or excluded, per bin."""
+    out: dict[str, Selection] = {}
+    th = ctx.threshold
+    for b in bins:
+        if b.done:
+            out[b.id] = Selection("done", "emptied today")
+        elif b.excluded:
+            out[b.id] = Selection("excluded", "excluded by an operator")
+        elif b.forced:
+            out[b.id] = Selection("mandatory", "forced by an operator")
+        elif alarm := sorted(b.alarms & MANDATORY_ALARMS):
+            out[b.id] = Selection("mandatory", f"alarm: {','.join(alarm)}")
+        elif b.fill is not None and b.fill >= th:
+            out[b.id] = Selection("mandatory", f"fill {b.fill:.0%} at or above {th:.0%}")
+        elif b.fill_next is not None and b.fill_next >= th:
+            out[b.id] = Selection("mandatory", f"predicted {b.fill_next:.0%} by the next run")
+        else:
+            if b.fill_next is None:
+                share, why = ctx.unknown_value, "never heard: unknown fill"
+            else:
+                share = min(1.0, max(0.0, b.fill_next) / th) ** 3
+                why = f"predicted {b.fill_next:.0%} by the next run"
+            out[b.id] = Selection("optional", why, round(ctx.value_m * share))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """What a routing node stands for."""
+
+    kind: Literal["depot", "disposal", "start", "bin"]
+    id: str
+    place: Place
+
+
+@dataclass(frozen=True, slots=True)
+class Built:
+    """A routing instance and how to read it back."""
+
+    instance: RoutingInstance
+    nodes: list[NodeInfo]
+    trucks: list[TruckInput]  # the trucks that got a vehicle, in vehicle order
+    selection: dict[str, Selection]
+    unreachable: list[str]  # selected bins whose window is over (left out of the instance)
+    road_m: list[list[int]]  # driven metres (the instance's distance adds the cost of each stop)
+
+
+def _window_rel(win: tuple[float, float] | None, now: float, horizon: int) -> tuple[int, int] | None:
+    if win is None:
+        return 0, horizon
+    a, b = math.ceil(win[0] - now), math.floor(win[1] - now)
+    a, b = max(0, a), min(horizon, b)
+    return (a, b) if a <= b else None
+
+
+def build(
+    bins: Sequence[BinInput],
+    trucks: Sequence[TruckInput],
+    ctx: PlanContext,
+    provider: DistanceProvider,
+    selection: Mapping[str, Selection] | None = None,
+) -> Built:
+    """The routing instance for the selected bins and the trucks with shift time left."""
+    sel = dict(selection) if selection is not None else select(bins, ctx)
+    now = ctx.now
+    places = [ctx.depot, ctx.disposal]
+    nodes = [
+        NodeInfo("depot", ctx.depot.id, ctx.depot),
+        NodeInfo("disposal", ctx.disposal.id, ctx.disposal),
+    ]
+    # Trucks: those with some shift left.
+    active: list[TruckInput] = []
+    start_node: list[int] = []
+    for t in trucks:
+        if t.shift[1] - max(now, t.shift[0]) <= 0:
+            continue
+        active.append(t)
+        if t.at_depot:
+            start_node.append(0)
+        else:
+            start_node.append(len(places))
+            p = Place(f"{t.id}:here", t.lat, t.lon, "main")
+            places.append(p)
+            nodes.append(NodeInfo("start", t.id, p))
+    horizon = max((math.floor(t.shift[1] - now) for t in active), default=0)
+    horizon = max(horizon, 0)
+    candidates = [b for b in bins if sel[b.id].kind in {"mandatory", "optional"}]
+    unreachable: list[str] = []
+    bin_nodes: list[tuple[BinInput, tuple[int, int]]] = []
+    for b in candidates:
+        w = _window_rel(ctx.zones.get(b.zone) if b.zone else None, now, horizon)
+        if w is None:
+            unreachable.append(b.id)
+            continue
+        bin_nodes.append((b, w))
+        p = Place(b.id, b.lat, b.lon, b.road)
+        places.append(p)
+        nodes.append(NodeInfo("bin", b.id, p))
+    time, road = provider.matrices(places)
+    # The objective charges each bin visit (a stop is time and wear, not only metres): a bin
+    # a few percent full is not worth stopping for just because it stands on the way.
+    visit = round(ctx.service_s * 20 / 3.6 if ctx.visit_m is None else ctx.visit_m)
+    n_places = len(places)
+    first = n_places - len(bin_nodes)
+    dist = [
+        [d + visit if j >= first and j != i else d for j, d in enumerate(row)] for i, row in enumerate(road)
+    ]
+    n = len(places)
+    first_bin = n - len(bin_nodes)
+    demand: list[tuple[int, ...]] = [(0, 0)] * first_bin
+    service = [0] * first_bin
+    service[1] = round(ctx.disposal_service_s)
+    window = [(0, horizon)] * first_bin
+    required = [False] * first_bin
+    penalty = [0] * first_bin
+    for b, w in bin_nodes:
+        f = b.fill_service if b.fill_service is not None else b.fill
+        f = ctx.threshold if f is None else min(1.0, max(0.0, f))
+        litres = b.volume_l * f / ctx.compaction
+        demand.append((math.ceil(litres), math.ceil(b.volume_l * f * b.density_kg_l)))
+        service.append(round(ctx.service_s))
+        window.append(w)
+        s = sel[b.id]
+        required.append(s.kind == "mandatory")
+        penalty.append(s.penalty)
+    # Trucks end at the depot; the router makes them unload at the disposal site first.
+    node_of = {nodes[i].id: i for i in range(first_bin, n)}
+    vehicles = []
+    for t, first in zip(active, start_node, strict=True):
+        t0 = max(0, math.ceil(t.shift[0] - now))
+        t1 = max(t0, math.floor(t.shift[1] - now))
+        load = (
+            min(math.ceil(t.load_l), math.floor(t.volume_l)),
+            min(math.ceil(t.load_kg), math.floor(t.weight_kg)),
+        )
+        fixed = (node_of[t.heading_to],) if t.heading_to in node_of else ()
+        vehicles.append(
+            Vehicle(
+                id=t.id,
+                start=first,
+                end=0,
+                capacity=(math.floor(t.volume_l), math.floor(t.weight_kg)),
+                shift=(t0, t1),
+                start_load=load,
+                fixed=fixed,
+            )
+        )
+    inst = RoutingInstance(
+        time=time,
+        distance=dist,
+        demand=demand,
+        service=service,
+        window=window,
+        required=required,
+        penalty=penalty,
+        customers=list(range(first_bin, n)),
+        reload=[1],
+        vehicles=vehicles,
+        names=[p.id for p in places],
+    )
+    return Built(inst, nodes, active, sel, unreachable, road)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStop:
+    """One stop of a truck's route, with when it is expected there."""
+
+    seq: int
+    kind: StopKind
+    id: str
+    lat: float
+    lon: float
+    eta_ts: float
+    window: tuple[float, float] | None = None  # Unix seconds, for bins in a restricted zone
+    load_l: float = 0.0  # on board after the stop
+    load_kg: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TruckRoute:
+    truck: str
+    stops: tuple[PlannedStop, ...]
+    distance_m: int
+    end_ts: float  # back at the depot
+
+    @property
+    def bins(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.stops if s.kind == "bin")
+
+
+@dataclass(frozen=True, slots=True)
+class WastePlan:
+    """The collection plan: routes per truck, what was selected, what was left out and why."""
+
+    made_ts: float
+    routes: tuple[TruckRoute, ...]
+    selection: Mapping[str, Selection]
+    dropped: tuple[str, ...]  # selected bins not in any route (optional ones left out, or worse)
+    missed_mandatory: tuple[str, ...]  # mandatory bins no route serves
+    status: str  # "optimal" | "feasible" | "fallback" | "infeasible"
+    solver: str
+    distance_m: int
+    violations: tuple[str, ...] = ()
+    wall_s: float = 0.0
+
+    @property
+    def usable(self) -> bool:
+        """A plan trucks may follow: the independent check found nothing."""
+        return not self.violations
+
+    def route_of(self, truck: str) -> TruckRoute | None:
+        return next((r for r in self.routes if r.truck == truck), None)
+
+
+Solver = Callable[..., RoutingPlan]
+Checker = Callable[[RoutingInstance, RoutingPlan], list[str]]
+
+
+def _map_route(built: Built, route: Route, truck: TruckInput, ctx: PlanContext) -> TruckRoute:
+    inst, nodes, now = built.instance, built.nodes, ctx.now
+    stops: list[PlannedStop] = []
+    start = next(v.start for v in inst.vehicles if v.id == truck.id)
+    horizon = inst.window[0][1]
+    for s in route.stops:
+        info = nodes[s.node]
+        kind: StopKind = "bin" if info.kind == "bin" else "disposal" if info.kind == "disposal" else "depot"
+        w = None
+        if kind == "bin":
+            a, b = inst.window[s.node]
+            if (a, b) != (0, horizon):
+                w = (now + a, now + b)
+        load = (*s.load, 0, 0)
+        p = info.place
+        stops.append(
+            PlannedStop(
+                len(stops), kind, info.id, p.lat, p.lon, now + s.arrival, w, float(load[0]), float(load[1])
+            )
+        )
+    if not stops and start == 0:
+        return TruckRoute(truck.id, (), 0, max(now, truck.shift[0]))  # nothing to do: stay home
+    depot = ctx.depot
+    stops.append(PlannedStop(len(stops), "depot", depot.id, depot.lat, depot.lon, now + route.end_time))
+    path = [start, *(s.node for s in route.stops), 0]
+    driven = sum(built.road_m[a][b] for a, b in itertools.pairwise(path))
+    return TruckRoute(truck.id, tuple(stops), driven, now + route.end_time)
+
+
+def _relaxed(inst: RoutingInstance, big: int) -> RoutingInstance:
+    """The same instance with every mandatory bin optional at a very high penalty."""
+    return replace(
+        inst,
+        required=[False] * inst.size,
+        penalty=[big if r else p for r, p in zip(inst.required, inst.penalty, strict=True)],
+    )
+
+
+def plan_collection(
+    bins: Sequence[BinInput],
+    trucks: Sequence[TruckInput],
+    ctx: PlanContext,
+    provider: DistanceProvider,
+    *,
+    solver: Solver = routing_solve,
+    checker: Checker = routing_check,
+) -> WastePlan:
+    """Select, build, solve, map back and check: the day's (or a re-plan's) collection plan.
+
+    When the mandatory bins cannot all be served (too little truck time or capacity), the
+    instance is solved again with them optional at a very high penalty, so the trucks still
+    collect as many of them as they can; the plan's status is then "infeasible" and the
+    bins left out are listed in `missed_mandatory`.
+    """
+    built = build(bins, trucks, ctx, provider)
+    inst = built.instance
+    sel = built.selection
+    mandatory = {b for b, s in sel.items() if s.kind == "mandatory"}
+    if not inst.vehicles:  # no truck with shift time left: nothing can be collected
+        listed = sorted(b for b, s in sel.items() if s.kind in {"mandatory", "optional"})
+        missed = tuple(b for b in listed if b in mandatory)
+        return WastePlan(
+            made_ts=ctx.now,
+            routes=(),
+            selection=sel,
+            dropped=tuple(listed),
+            missed_mandatory=missed,
+            status="infeasible" if missed else "optimal",
+            solver="none",
+            distance_m=0,
+        )
+    plan = solver(inst, time_limit_s=ctx.solver_time_s, seed=ctx.seed)
+    used = inst
+    if plan.status is Status.INFEASIBLE and any(inst.required):
+        big = 10 * (sum(max(row) for row in inst.distance) + 1)
+        used = _relaxed(inst, big)
+        plan = solver(used, time_limit_s=ctx.solver_time_s, seed=ctx.seed)
+    violations = tuple(plan.violations) or tuple(checker(used, plan))
+    by_truck = {r.vehicle: r for r in plan.routes}
+    routes = tuple(_map_route(built, by_truck.get(t.id, Route(t.id, (), 0, 0)), t, ctx) for t in built.trucks)
+    served = {s.id for r in routes for s in r.stops if s.kind == "bin"}
+    chosen = {b for b, s in sel.items() if s.kind in {"mandatory", "optional"}}
+    dropped = tuple(sorted(chosen - served))
+    missed = tuple(sorted(mandatory - served))
+    status = "infeasible" if missed else str(plan.status)
+    return WastePlan(
+        made_ts=ctx.now,
+        routes=routes,
+        selection=sel,
+        dropped=dropped,
+        missed_mandatory=missed,
+        status=status,
+        solver=plan.solver,
+        distance_m=sum(r.distance_m for r in routes),
+        violations=violations,
+        wall_s=plan.wall_s,
+    )

@@ -1,0 +1,399 @@
+"""Waste controller: alarms from bin uplinks, the scheduled plan, routes through the dispatcher,
+emptying confirmed by the sensor, a breakdown re-plan that keeps what is done, operator requests.
+
+The dispatcher, state store, bus and alarms are the daemon's own; the trucks are a small
+`PayloadDriver` that accepts every route (the seam the MQTT fleet driver fills in the daemon).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import orjson
+import pytest
+import pytest_asyncio
+from waiting import wait_until
+
+from controllers.waste import ROUTE_POINT, WasteController, WasteSafety, route_number
+from edge.alarms import Alarms
+from edge.bins import Bin
+from edge.bus import EventBus
+from edge.clock import ManualClock
+from edge.dispatcher import AuditRecord, Dispatcher, make_command
+from edge.errors import DeviceReplyError
+from edge.events import AlarmEvent, Outcome, PlanEvent, Priority, Severity, Telemetry
+from edge.settings import WasteSettings
+from edge.state import StateStore
+
+TZ = ZoneInfo("Europe/Berlin")
+MONDAY_5 = datetime(2026, 11, 30, 5, 0, tzinfo=TZ).timestamp()  # a Monday, before plan_at
+SUNDAY_6 = datetime(2026, 11, 29, 6, 0, tzinfo=TZ).timestamp()
+TRUCKS = ("T1", "T2")
+
+
+def make_bins(n: int = 8) -> list[Bin]:
+    return [
+        Bin(
+            f"B{i}",
+            f"{i:016x}",
+            51.506 + 0.001 * (i % 4),
+            7.446 + 0.002 * (i // 4),
+            "residential",
+            1100,
+            1200,
+            250,
+            0.12,
+            "residential",
+            "",
+        )
+        for i in range(n)
+    ]
+
+
+def settings() -> WasteSettings:
+    return WasteSettings.model_validate(
+        {
+            "threshold": 0.8,
+            "plan_at": "05:30",
+            "depot": {"lat": 51.500, "lon": 7.440},
+            "disposal": {"lat": 51.520, "lon": 7.470, "service_s": 600},
+            "trucks": [
+                {"id": t, "volume_l": 16000, "weight_kg": 9000, "shift": "06:00-14:00"} for t in TRUCKS
+            ],
+            "solver_time_s": 0.3,
+        }
+    )
+
+
+@dataclass
+class Fleet:
+    """Trucks that accept every route they are sent (the read-back is the route's number)."""
+
+    routes: dict[str, list[dict[str, object]]] = field(default_factory=dict)
+
+    def handles(self, device_id: str) -> bool:
+        return device_id in TRUCKS
+
+    async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109
+        raise DeviceReplyError("trucks take routes only", endpoint=device_id)
+
+    async def write_payload(self, device_id: str, point: str, payload: str, timeout: float) -> float:  # noqa: ASYNC109
+        body = orjson.loads(payload)
+        self.routes.setdefault(device_id, []).append(body)
+        return float(route_number(body["route_id"]))
+
+
+@dataclass
+class Rig:
+    ctl: WasteController
+    clock: ManualClock
+    bus: EventBus
+    fleet: Fleet
+    audit: list[AuditRecord]
+    events: list[object]
+    bins: list[Bin]
+    disp: Dispatcher
+
+
+@pytest_asyncio.fixture
+async def rig() -> AsyncIterator[Rig]:
+    clock = ManualClock(MONDAY_5)
+    bus = EventBus()
+    bins = make_bins()
+    state = StateStore(bus, {**dict.fromkeys(TRUCKS, "truck"), **{b.id: "bin" for b in bins}})
+    fleet = Fleet()
+    audit: list[AuditRecord] = []
+    events: list[object] = []
+    sub = bus.subscribe("test", AlarmEvent, PlanEvent)
+    async with Dispatcher(
+        bus=bus, clock=clock, state=state, drivers=[fleet], policies={"truck": WasteSafety()},
+        audit=audit.append, write_timeout_s=1.0, workers=2,
+    ) as disp:  # fmt: skip
+        ctl = WasteController(bins, settings(), TZ, clock, Alarms(bus, clock), disp.submit, bus=bus)
+        r = Rig(ctl, clock, bus, fleet, audit, events, bins, disp)
+        yield r
+    while (ev := sub.get_nowait()) is not None:
+        events.append(ev)
+
+
+def drain(r: Rig) -> None:
+    sub = next(s for s in r.bus._subs if s.name == "test")
+    while (ev := sub.get_nowait()) is not None:
+        r.events.append(ev)
+
+
+def uplink(r: Rig, bin_id: str, fill: float, ts: float | None = None, **extra: object) -> None:
+    b = next(x for x in r.bins if x.id == bin_id)
+    values: dict[str, object] = {"distance_mm": round(b.distance_of(fill)), "battery": 90, "temperature": 12}
+    values.update(extra)
+    r.ctl.handle(Telemetry(bin_id, r.clock.now() if ts is None else ts, values))  # type: ignore[arg-type]
+
+
+def fill_history(r: Rig, fills: dict[str, float], hours: int = 6) -> None:
+    """Hourly readings rising 1 %/h to `fills` now, for every bin."""
+    now = r.clock.now()
+    for h in range(hours, -1, -1):
+        for bid, f in fills.items():
+            uplink(r, bid, max(0.0, f - 0.01 * h), ts=now - h * 3600)
+
+
+def truck_state(r: Rig, tid: str, **values: object) -> None:
+    base: dict[str, object] = {"lat": 51.5, "lon": 7.44, "load_l": 0, "load_kg": 0, "status": "idle",
+                               "route_id": "", "stop_index": 0, "odometer_km": 0.0}  # fmt: skip
+    base.update(values)
+    r.ctl.handle(Telemetry(tid, r.clock.now(), base))  # type: ignore[arg-type]
+
+
+SEQ = iter(range(1, 10_000))
+
+
+def truck_event(r: Rig, tid: str, kind: str, **values: object) -> None:
+    body: dict[str, object] = {"event": kind, "seq": next(SEQ)}
+    body.update(values)
+    r.ctl.handle(Telemetry(tid, r.clock.now(), body))  # type: ignore[arg-type]
+
+
+FULL = {"B0": 0.85, "B1": 0.9, "B2": 0.82, "B3": 0.3, "B4": 0.1, "B5": 0.88, "B6": 0.05, "B7": 0.6}
+
+
+async def test_scheduled_plan_sends_routes_through_the_dispatcher(rig: Rig) -> None:
+    """At plan_at on a run day the controller plans once; every truck gets its route as an audited
+    command whose JSON follows the fleet protocol, and the full bins are in the routes."""
+    r = rig
+    fill_history(r, FULL)
+    r.ctl.step(r.clock.now())
+    assert r.ctl.pending is None  # 05:00: not yet
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    assert r.ctl.pending == "scheduled"
+    active = await r.ctl.plan_pending()
+    assert active is not None
+    r.ctl.step(r.clock.now())
+    assert r.ctl.pending is None  # once a day
+    planned = {b for route in active.plan.routes for b in route.bins}
+    assert {"B0", "B1", "B2", "B5"} <= planned
+    assert "B6" not in planned  # 5 % full: not worth a detour
+    await wait_until(lambda: len(r.fleet.routes) == 2, what="routes for both trucks")
+    for tid in TRUCKS:
+        body = r.fleet.routes[tid][-1]
+        assert body["route_id"] == active.route_ids[tid]
+        stops = body["stops"]
+        assert isinstance(stops, list)
+        for i, s in enumerate(stops):
+            assert s["seq"] == i
+            assert s["kind"] in {"bin", "disposal", "depot"}
+            assert {"id", "lat", "lon", "eta_ts"} <= s.keys()
+        if stops:
+            assert stops[-1]["kind"] == "depot"
+            assert stops[-2]["kind"] == "disposal"
+    await wait_until(
+        lambda: (
+            sum(1 for a in r.audit if a.outcome is Outcome.CONFIRMED and a.command.point == ROUTE_POINT) == 2
+        ),
+        what="both routes confirmed in the audit",
+    )
+    assert r.ctl.bin_state("B1", r.clock.now())["plan"] == "mandatory"
+    assert r.ctl.bin_state("B6", r.clock.now())["plan"] == "none"
+    drain(r)
+    plans = [e for e in r.events if isinstance(e, PlanEvent)]
+    assert plans
+    assert plans[-1].domain == "waste"
+    assert plans[-1].plan["reason"] == "scheduled"
+
+
+async def test_no_plan_on_a_rest_day() -> None:
+    """Sunday is not a run day: nothing is planned at plan_at."""
+    clock = ManualClock(SUNDAY_6)
+    bus = EventBus()
+    ctl = WasteController(make_bins(), settings(), TZ, clock, Alarms(bus, clock), None, bus=bus)
+    ctl.step(clock.now())
+    assert ctl.pending is None
+    assert ctl.run_day(clock.now()).weekday() == 0  # a plan now would be for Monday
+
+
+async def test_emptied_counts_only_when_the_sensor_confirms(rig: Rig) -> None:
+    """A truck's "emptied" shows as reported; the bin's own drop makes it done and counts it."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    active = await r.ctl.plan_pending()
+    assert active is not None
+    route = next(x for x in active.plan.routes if "B1" in x.bins)
+    seq = next(s.seq for s in route.stops if s.id == "B1")
+    r.clock.advance(3600)
+    truck_event(r, route.truck, "emptied", route_id=active.route_ids[route.truck], bin="B1")
+    assert r.ctl.stop_state(route.truck, seq) == "reported"
+    assert r.ctl.counters.emptied == 0
+    assert r.ctl.summary(r.clock.now())["emptied_today"] == 0
+    r.clock.advance(300)
+    uplink(r, "B1", 0.02)
+    assert r.ctl.stop_state(route.truck, seq) == "done"
+    assert r.ctl.counters.emptied == 1
+    assert r.ctl.counters.reported == 0
+    state = r.ctl.bin_state("B1", r.clock.now())
+    assert state["last_emptied_ts"] == r.clock.now()
+    msg = r.ctl.plan_message()
+    assert msg is not None
+    stops = next(x for x in msg["routes"] if x["truck"] == route.truck)["stops"]  # type: ignore[attr-defined]
+    assert next(s for s in stops if s["id"] == "B1")["done"] is True
+
+
+async def test_breakdown_replans_keeping_what_is_done(rig: Rig) -> None:
+    """A truck breaks down mid-route: an alarm, a re-plan without it, the bins already emptied stay
+    out, its remaining mandatory bins go to the other truck, which starts from where it is."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    first = await r.ctl.plan_pending()
+    assert first is not None
+    mandatory = {b for b, s in first.plan.selection.items() if s.kind == "mandatory"}
+    # Both trucks out; one bin emptied and confirmed.
+    r.clock.advance(2 * 3600)
+    for tid in TRUCKS:
+        truck_state(
+            r,
+            tid,
+            lat=51.507,
+            lon=7.447,
+            status="driving",
+            route_id=first.route_ids[tid],
+            load_l=800,
+            load_kg=90,
+        )
+    done_bin = "B0"
+    owner = next((x.truck for x in first.plan.routes if done_bin in x.bins), "T1")
+    truck_event(r, owner, "emptied", route_id=first.route_ids[owner], bin=done_bin)
+    uplink(r, done_bin, 0.03)
+    assert r.ctl.counters.emptied == 1
+    broken = "T1"
+    truck_event(r, broken, "breakdown", route_id=first.route_ids[broken], lat=51.507, lon=7.447)
+    assert r.ctl.pending == "breakdown"
+    drain(r)
+    alarms = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "truck_breakdown"]
+    assert alarms
+    assert alarms[-1].active
+    assert alarms[-1].severity is Severity.MAJOR
+    second = await r.ctl.plan_pending()
+    assert second is not None
+    assert second.reason == "breakdown"
+    assert second.plan.route_of(broken) is None
+    other = second.plan.route_of("T2")
+    assert other is not None
+    assert done_bin not in other.bins
+    assert (mandatory - {done_bin}) <= set(other.bins)
+    assert second.plan.missed_mandatory == ()
+    # T2 starts from the road: its first stop's ETA is after now, it carries its load to the disposal site
+    assert other.stops[0].eta_ts >= r.clock.now()
+    # (the first routes expired unsent: the clock jumped two hours past their time to live)
+    await wait_until(
+        lambda: r.fleet.routes.get("T2", [{}])[-1].get("route_id") == second.route_ids["T2"],
+        what="T2's new route",
+    )
+    assert r.ctl.truck_state(broken, r.clock.now())["status"] == "broken"
+    # repaired: the alarm clears
+    truck_state(r, broken, status="idle")
+    drain(r)
+    last = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "truck_breakdown"][-1]
+    assert not last.active
+
+
+async def test_operator_force_exclude_clear(rig: Rig) -> None:
+    """force puts a nearly empty bin into the plan (re-plan), exclude keeps a full one out, clear undoes."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    await r.ctl.plan_pending()
+    assert r.ctl.operator("B6", "force") == (True, "")
+    assert r.ctl.pending == "operator"
+    assert r.ctl.operator("B1", "exclude") == (True, "")
+    active = await r.ctl.plan_pending()
+    assert active is not None
+    planned = {b for route in active.plan.routes for b in route.bins}
+    assert "B6" in planned
+    assert "B1" not in planned
+    assert r.ctl.bin_state("B1", r.clock.now())["excluded"] is True
+    assert r.ctl.operator("B1", "force")[0] is False  # excluded: clear first
+    assert r.ctl.operator("B1", "clear") == (True, "")
+    assert r.ctl.bin_state("B1", r.clock.now())["excluded"] is False
+    assert r.ctl.operator("nope", "force") == (False, "unknown_bin")
+    assert r.ctl.operator("B1", "explode")[0] is False
+
+
+async def test_bin_alarms_raised_and_cleared(rig: Rig) -> None:
+    """Fire (from the temperature) is critical and asks for a re-plan during the day's operation;
+    overflow counts; stale after three silent intervals; all clear when the cause goes."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    await r.ctl.plan_pending()
+    r.clock.advance(600)
+    uplink(r, "B4", 0.2, temperature=85)
+    uplink(r, "B3", 0.99)
+    drain(r)
+    raised = {(e.device_id, e.code): e for e in r.events if isinstance(e, AlarmEvent) and e.active}
+    assert raised[("B4", "fire")].severity is Severity.CRITICAL
+    assert raised[("B3", "overflow")].severity is Severity.MAJOR
+    assert r.ctl.counters.overflows == 1
+    assert r.ctl.pending == "alarm"
+    active = await r.ctl.plan_pending()
+    assert active is not None
+    assert "B4" in {b for route in active.plan.routes for b in route.bins}
+    assert set(r.ctl.bin_state("B4", r.clock.now())["alarms"]) == {"fire"}  # type: ignore[arg-type]
+    r.clock.advance(300)
+    uplink(r, "B4", 0.2, temperature=15)
+    r.clock.advance(4 * 3600)
+    r.ctl.step(r.clock.now())
+    drain(r)
+    cleared = {(e.device_id, e.code) for e in r.events if isinstance(e, AlarmEvent) and not e.active}
+    assert ("B4", "fire") in cleared
+    state = r.ctl.bin_state("B4", r.clock.now())
+    assert state["status"] == "stale"
+    assert "stale" in state["alarms"]  # type: ignore[operator]
+    summary = r.ctl.summary(r.clock.now())
+    assert summary["reporting"] == 0
+    assert summary["overflows_today"] == 1
+
+
+async def test_safety_refuses_a_malformed_route(rig: Rig) -> None:
+    """Only a well-formed route reaches a truck: the dispatcher refuses anything else, audited."""
+    r = rig
+    now = r.clock.now()
+    bad = make_command(
+        "T1", ROUTE_POINT, 3.0, Priority.PLAN, "test", now=now, ttl_s=60, payload='{"stops": 1}'
+    )
+    assert r.disp.submit(bad).outcome is Outcome.REFUSED
+    body = orjson.dumps({"route_id": "x-T1-r4", "stops": []}).decode()
+    wrong = make_command("T1", ROUTE_POINT, 3.0, Priority.PLAN, "test", now=now, ttl_s=60, payload=body)
+    assert r.disp.submit(wrong).outcome is Outcome.REFUSED  # value is not the route's number
+    ok = make_command("T1", ROUTE_POINT, 4.0, Priority.PLAN, "test", now=now, ttl_s=60, payload=body)
+    assert r.disp.submit(ok).outcome is Outcome.ACCEPTED
+    assert [a.outcome for a in r.audit if a.command.id == bad.id] == [Outcome.REFUSED]
+
+
+async def test_run_loop_consumes_the_bus(rig: Rig) -> None:
+    """`run` takes bin and truck telemetry from the bus and plans by itself at plan_at."""
+    import asyncio
+
+    r = rig
+    r.ctl.step_s = 0.01
+    task = asyncio.create_task(r.ctl.run(), name="waste.test")
+    try:
+        now = r.clock.now()
+        for bid, f in FULL.items():
+            b = next(x for x in r.bins if x.id == bid)
+            r.bus.publish(Telemetry(bid, now, {"distance_mm": round(b.distance_of(f)), "battery": 90}))
+        await wait_until(lambda: r.ctl.bins["B1"].reading is not None, what="uplinks consumed")
+        r.clock.advance(31 * 60)
+        await wait_until(lambda: r.ctl.active is not None, what="the scheduled plan")
+        await wait_until(lambda: len(r.fleet.routes) == 2, what="routes sent")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
