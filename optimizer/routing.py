@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -99,8 +100,10 @@ class RoutingPlan:
     violations: tuple[str, ...] = ()  # from check(); empty for a usable plan
 
 
-STRATEGIES = ("auto", "ortools", "fallback")
+STRATEGIES = ("auto", "ortools", "pyvrp", "fallback")
+_PYVRP_SHARE = 0.85  # of the time limit for PyVRP in "auto"; OR-Tools polishes and verifies in the rest
 _BUILD_RESERVE_S = 0.05  # of the time limit kept for extracting and checking the plan
+_MAX_TIME = 2**40  # an open time window
 
 
 # --------------------------------------------------------------------------- validation
@@ -669,6 +672,145 @@ class _OrModel:
         return out
 
 
+# --------------------------------------------------------------------------- PyVRP engine
+
+
+@dataclass(slots=True)
+class PyvrpModel:
+    """The instance as PyVRP data, and the way back from PyVRP routes to instance node sequences.
+
+    Committed stops are not a PyVRP notion, so a vehicle with a `fixed` prefix starts, in PyVRP,
+    at its last committed stop when it has left it, with the load it then has. A vehicle that must
+    come home empty ends, in PyVRP, at the disposal site nearest its depot, with its shift shortened
+    by the drive from there home (exact for one disposal site, the waste case).
+    """
+
+    data: Any  # pyvrp.ProblemData
+    client_node: list[int]  # PyVRP client index -> instance node
+    depot_node: list[int]  # PyVRP depot index -> instance node
+    vehicles_of_type: list[list[str]]  # PyVRP vehicle type -> vehicle ids
+    closing: dict[str, int]  # vehicle id -> reload node appended after its PyVRP route
+
+    def routes(self, solution: Any) -> dict[str, list[int]]:
+        """Instance node sequences per vehicle id (committed stops first) from a PyVRP solution."""
+        free = [list(ids) for ids in self.vehicles_of_type]
+        out: dict[str, list[int]] = {}
+        for route in solution.routes():
+            vid = free[route.vehicle_type()].pop(0)
+            acts = list(route)[1:-1]  # the start and end depot activities are implied
+            out[vid] = [self.client_node[a.idx] if a.is_client() else self.depot_node[a.idx] for a in acts]
+        return out
+
+
+def pyvrp_model(instance: RoutingInstance) -> PyvrpModel:
+    """Translate `instance` (validated) for PyVRP: pickups with one load dimension per demand dimension."""
+    import numpy as np
+    import pyvrp
+
+    inst = instance
+    fixed = {c for v in inst.vehicles for c in v.fixed}
+    locations = [pyvrp.Location(0.0, 0.0, name=str(i)) for i in range(inst.size)]
+    depots: list[Any] = []
+    depot_node: list[int] = []
+    depot_of: dict[tuple[int, bool], int] = {}
+
+    def depot(node: int, unload: bool) -> int:
+        """A PyVRP depot at `node`: with the node's window and service when it unloads, else open."""
+        if (node, unload) not in depot_of:
+            depot_of[node, unload] = len(depots)
+            a, b = inst.window[node] if unload else (0, _MAX_TIME)
+            depots.append(
+                pyvrp.Depot(node, tw_early=a, tw_late=b, service_duration=inst.service[node] if unload else 0)
+            )
+            depot_node.append(node)
+        return depot_of[node, unload]
+
+    reload_depots = [depot(r, True) for r in inst.reload]
+    types: dict[tuple[Any, ...], list[str]] = {}
+    type_args: dict[tuple[Any, ...], dict[str, Any]] = {}
+    closing: dict[str, int] = {}
+    for v in inst.vehicles:
+        prefix = make_route(inst, v, v.fixed)
+        if v.fixed:
+            last = prefix.stops[-1]
+            start = depot(last.node, False)
+            early = last.arrival + inst.service[last.node]
+            load = list(last.load)
+        else:
+            start = depot(v.start, False)
+            early = max(v.shift[0], inst.window[v.start][0])
+            load = list(_start_load(inst, v))
+        late = min(v.shift[1], inst.window[v.end][1])
+        if _must_end_empty(inst, v):
+            r = min(inst.reload, key=lambda r: (inst.service[r] + inst.time[r][v.end], r))
+            closing[v.id] = r
+            late -= inst.service[r] + inst.time[r][v.end]
+            end = depot(r, True)
+        else:
+            end = depot(v.end, False)
+        args = {
+            "capacity": list(v.capacity),
+            "start_depot": start,
+            "end_depot": end,
+            "tw_early": early,
+            "tw_late": max(early, late),
+            "initial_load": [min(x, c) for x, c in zip(load, v.capacity, strict=True)],  # over: check() says
+            "reload_depots": reload_depots,
+        }
+        key = tuple((k, tuple(x) if isinstance(x, list) else x) for k, x in sorted(args.items()))
+        types.setdefault(key, []).append(v.id)
+        type_args[key] = args
+    vehicle_types = [pyvrp.VehicleType(len(ids), **type_args[key]) for key, ids in types.items()]
+    client_node = [c for c in inst.customers if c not in fixed]
+    clients = [
+        pyvrp.Client(
+            c,
+            pickup=list(inst.demand[c]),
+            delivery=[0] * len(inst.demand[c]),
+            service_duration=inst.service[c],
+            tw_early=inst.window[c][0],
+            tw_late=inst.window[c][1],
+            prize=inst.penalty[c],
+            required=inst.required[c],
+        )
+        for c in client_node
+    ]
+    dist: Any = np.array(inst.distance, dtype=np.int64)  # PyVRP's stubs type matrices loosely
+    dur: Any = np.array(inst.time, dtype=np.int64)
+    data = pyvrp.ProblemData(locations, clients, depots, vehicle_types, [dist], [dur])
+    return PyvrpModel(data, client_node, depot_node, list(types.values()), closing)
+
+
+def pyvrp_solve(
+    instance: RoutingInstance, model: PyvrpModel, time_limit_s: float, seed: int
+) -> dict[str, list[int]] | None:
+    """Run PyVRP's iterated local search; None if it finds no feasible solution (it then has no plan)."""
+    import pyvrp
+    from pyvrp.stop import MaxRuntime
+
+    with (
+        warnings.catch_warnings()
+    ):  # PyVRP warns when it finds no feasible solution: we report that ourselves
+        warnings.simplefilter("ignore")
+        result = pyvrp.solve(
+            model.data, MaxRuntime(max(0.01, time_limit_s)), seed=seed, collect_stats=False, display=False
+        )
+    if not result.best.is_feasible():
+        return None
+    routes = model.routes(result.best)
+    for v in instance.vehicles:
+        body = routes.get(v.id, [])
+        seq = [*v.fixed, *body]
+        if v.id in model.closing and (body or any(_load_after(instance, v, seq))):
+            seq.append(model.closing[v.id])  # PyVRP's route ended there; then home
+        routes[v.id] = seq
+    return routes
+
+
+def _load_after(instance: RoutingInstance, v: Vehicle, seq: list[int]) -> tuple[int, ...]:
+    return make_route(instance, v, seq).stops[-1].load if seq else _start_load(instance, v)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -688,11 +830,38 @@ def solve(
         raise ValueError(f"unknown routing strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if time_limit_s <= 0:
         raise ValueError("time_limit_s must be > 0")
-    del seed  # OR-Tools' routing search is deterministic for a given time budget
     t0 = time.perf_counter()
     if strategy == "fallback" or not instance.customers:
         return fallback(instance)
-    return _solve_ortools(instance, time_limit_s, t0)
+    if strategy == "ortools":
+        return _solve_ortools(instance, time_limit_s, t0)
+    share = 1.0 if strategy == "pyvrp" else _PYVRP_SHARE
+    try:
+        model = pyvrp_model(instance)
+        start = pyvrp_solve(instance, model, _left(time_limit_s, t0) * share, seed)
+        note = "pyvrp-ils" if start is not None else "pyvrp-none"
+    except Exception as exc:  # a second engine failing must never cost us the plan
+        start, note = None, f"pyvrp-error:{type(exc).__name__}"
+    if strategy == "pyvrp":
+        return _finish(instance, start, "PYVRP", note, t0)
+    if start is None:  # OR-Tools alone in the time left
+        plan = _solve_ortools(instance, time_limit_s, t0)
+        return replace(plan, solver=f"{note}+{plan.solver}")
+    first = make_plan(instance, start, Status.FEASIBLE, note, time.perf_counter() - t0)
+    polished, status = _OrModel(instance).search(
+        _left(time_limit_s, t0), _FIRST.AUTOMATIC, _META.GUIDED_LOCAL_SEARCH, start=start
+    )
+    if polished is None:
+        return first if not first.violations else _finish(instance, None, status, note, t0)
+    second = make_plan(
+        instance, polished, Status.FEASIBLE, f"{note}+ortools-gls:{status}", time.perf_counter() - t0
+    )
+    best = min((p for p in (first, second) if not p.violations), key=_objective, default=None)
+    return best if best is not None else _finish(instance, None, status, note, t0)
+
+
+def _objective(plan: RoutingPlan) -> tuple[int, int]:
+    return (len(plan.violations), plan.distance + plan.penalty)
 
 
 def _left(time_limit_s: float, t0: float) -> float:

@@ -68,7 +68,7 @@ def instances(draw: st.DrawFn) -> RoutingInstance:
     coord = st.tuples(st.integers(0, 100), st.integers(0, 100))
     points = draw(st.lists(coord, min_size=n_cust + 2, max_size=n_cust + 2))
     reload = draw(st.booleans())
-    horizon = draw(st.integers(300, 1500))
+    horizon = draw(st.integers(600, 2000))
     caps = [(draw(st.integers(10, 40)), draw(st.integers(10, 40))) for _ in range(n_veh)]
     small = min(min(c) for c in caps)
     demand = [(draw(st.integers(0, small)), draw(st.integers(0, small))) for _ in range(n_cust)]
@@ -85,10 +85,13 @@ def instances(draw: st.DrawFn) -> RoutingInstance:
     fixed_pool = draw(st.permutations(customers))
     vehicles = []
     for k, cap in enumerate(caps):
-        load = (draw(st.integers(0, cap[0] // 2)), draw(st.integers(0, cap[1] // 2))) if reload else ()
+        load = (draw(st.integers(0, cap[0] // 3)), draw(st.integers(0, cap[1] // 3))) if reload else ()
         n_fixed = draw(st.integers(0, 2))
         fixed = tuple(fixed_pool[:n_fixed])
         fixed_pool = fixed_pool[n_fixed:]
+        for c in fixed:  # committed stops were reachable when they were committed
+            windows[c] = (0, horizon)
+            demand[c - 2] = (min(demand[c - 2][0], cap[0] // 3), min(demand[c - 2][1], cap[1] // 3))
         start = draw(st.integers(0, horizon // 4))
         vehicles.append(Vehicle(f"t{k}", DEPOT, DEPOT, cap, (start, horizon), start_load=load, fixed=fixed))
     return build(
@@ -123,6 +126,16 @@ def test_every_returned_plan_is_feasible(instance: RoutingInstance) -> None:
             assert instance.window[s.node][0] <= s.arrival <= instance.window[s.node][1]
             assert all(x <= c for x, c in zip(s.load, v.capacity, strict=True))
         assert r.end_time <= v.shift[1]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(instances())
+def test_ortools_alone_returns_feasible_plans(instance: RoutingInstance) -> None:
+    """The OR-Tools-only strategy (no second engine) holds to the same contract."""
+    plan = solve(instance, time_limit_s=0.2, strategy="ortools")
+    assert list(plan.violations) == check(instance, plan)
+    assert (plan.status is Status.INFEASIBLE) == bool(plan.violations)
+    assert plan.solver.startswith(("ortools", "fallback"))
 
 
 @settings(max_examples=10, deadline=None)
