@@ -105,7 +105,7 @@ STRATEGIES = ("auto", "ortools", "pyvrp", "fallback")
 # Measured (docs/routing.md): GLS from PyVRP's routes gains much on tight time windows and little
 # on plain capacity problems, where PyVRP's own search makes better use of the time.
 _PYVRP_SHARE_WINDOWS = 0.6
-_PYVRP_SHARE = 0.95
+_PYVRP_SHARE = 0.97
 _TIGHT_WINDOW = 0.25  # a window shorter than this share of the planning horizon binds the search
 _WINDOWED = 0.25  # share of customers with binding windows that makes an instance "time-windowed"
 _BUILD_RESERVE_S = 0.05  # of the time limit kept for extracting and checking the plan
@@ -461,9 +461,13 @@ class _Greedy:
                     break  # the soonest direct visit: nothing later in `order` starts sooner directly
         if best is None or best_c is None:
             return None
-        self.seq.extend(best[1])
-        self.prev, self.t, self.load = best_c, best[2], best[3]
+        self.take(best_c, best)
         return best_c
+
+    def take(self, c: int, found: tuple[int, list[int], int, list[int]]) -> None:
+        """Serve c next the way `option(c)` found."""
+        self.seq.extend(found[1])
+        self.prev, self.t, self.load = c, found[2], found[3]
 
     def close(self) -> None:
         """Unload before going home if the vehicle must end empty."""
@@ -805,20 +809,17 @@ def pyvrp_model(instance: RoutingInstance) -> PyvrpModel:
 
 def pyvrp_solve(
     instance: RoutingInstance, model: PyvrpModel, time_limit_s: float, seed: int
-) -> dict[str, list[int]] | None:
-    """Run PyVRP's iterated local search; None if it finds no feasible solution (it then has no plan)."""
+) -> tuple[dict[str, list[int]], bool]:
+    """Run PyVRP's iterated local search: (routes per vehicle id, whether PyVRP found them feasible)."""
     import pyvrp
     from pyvrp.stop import MaxRuntime
 
-    with (
-        warnings.catch_warnings()
-    ):  # PyVRP warns when it finds no feasible solution: we report that ourselves
+    # PyVRP warns when it finds no feasible solution; we report that ourselves
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = pyvrp.solve(
             model.data, MaxRuntime(max(0.01, time_limit_s)), seed=seed, collect_stats=False, display=False
         )
-    if not result.best.is_feasible():
-        return None
     routes = model.routes(result.best)
     for v in instance.vehicles:
         body = routes.get(v.id, [])
@@ -826,7 +827,22 @@ def pyvrp_solve(
         if v.id in model.closing and (body or any(_load_after(instance, v, seq))):
             seq.append(model.closing[v.id])  # PyVRP's route ended there; then home
         routes[v.id] = seq
-    return routes
+    return routes, bool(result.best.is_feasible())
+
+
+def repair(instance: RoutingInstance, routes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Routes made feasible by dropping what breaks them: customers in the given order, each kept only
+    if it fits (unloading first when full), committed stops kept; used on an infeasible PyVRP result
+    so that OR-Tools can start from it and try to re-insert what was dropped."""
+    out = {}
+    for v in instance.vehicles:
+        g = _Greedy(instance, v)
+        for node in routes.get(v.id, [])[len(v.fixed) :]:
+            if node in instance.customers and node not in g.seq and (found := g.option(node)) is not None:
+                g.take(node, found)
+        g.close()
+        out[v.id] = g.seq
+    return out
 
 
 def _load_after(instance: RoutingInstance, v: Vehicle, seq: list[int]) -> tuple[int, ...]:
@@ -858,10 +874,13 @@ def solve(
     if strategy == "ortools":
         return _solve_ortools(instance, time_limit_s, t0)
     share = 1.0 if strategy == "pyvrp" else _PYVRP_SHARE_WINDOWS if _windowed(instance) else _PYVRP_SHARE
+    start: dict[str, list[int]] | None = None
     try:
         model = pyvrp_model(instance)
-        start = pyvrp_solve(instance, model, _left(time_limit_s, t0) * share, seed)
-        note = "pyvrp-ils" if start is not None else "pyvrp-none"
+        start, ok = pyvrp_solve(instance, model, _left(time_limit_s, t0) * share, seed)
+        note = "pyvrp-ils"
+        if not ok or make_plan(instance, start, Status.FEASIBLE, note, 0.0).violations:
+            start, note = repair(instance, start), "pyvrp-ils-repaired"
     except Exception as exc:  # a second engine failing must never cost us the plan
         start, note = None, f"pyvrp-error:{type(exc).__name__}"
     if strategy == "pyvrp":
@@ -869,17 +888,17 @@ def solve(
     if start is None:  # OR-Tools alone in the time left
         plan = _solve_ortools(instance, time_limit_s, t0)
         return replace(plan, solver=f"{note}+{plan.solver}")
-    first = make_plan(instance, start, Status.FEASIBLE, note, time.perf_counter() - t0)
+    plans = [make_plan(instance, start, Status.FEASIBLE, note, time.perf_counter() - t0)]
     polished, status = _OrModel(instance).search(
         _left(time_limit_s, t0), _FIRST.AUTOMATIC, _META.GUIDED_LOCAL_SEARCH, start=start
     )
-    if polished is None:
-        return first if not first.violations else _finish(instance, None, status, note, t0)
-    second = make_plan(
-        instance, polished, Status.FEASIBLE, f"{note}+ortools-gls:{status}", time.perf_counter() - t0
-    )
-    best = min((p for p in (first, second) if not p.violations), key=_objective, default=None)
-    return best if best is not None else _finish(instance, None, status, note, t0)
+    if polished is not None:
+        label = f"{note}+ortools-gls:{status}"
+        plans.append(make_plan(instance, polished, Status.FEASIBLE, label, time.perf_counter() - t0))
+    if all(p.violations for p in plans):
+        plans.append(fallback(instance, wall_s=time.perf_counter() - t0))
+    best = min(plans, key=_objective)
+    return replace(best, wall_s=time.perf_counter() - t0)
 
 
 def _windowed(instance: RoutingInstance) -> bool:

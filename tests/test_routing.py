@@ -93,7 +93,8 @@ def instances(draw: st.DrawFn) -> RoutingInstance:
             windows[c] = (0, horizon)
             demand[c - 2] = (min(demand[c - 2][0], cap[0] // 3), min(demand[c - 2][1], cap[1] // 3))
         start = draw(st.integers(0, horizon // 4))
-        vehicles.append(Vehicle(f"t{k}", DEPOT, DEPOT, cap, (start, horizon), start_load=load, fixed=fixed))
+        end = draw(st.sampled_from([DEPOT, DUMP])) if reload else DEPOT  # a truck may finish at the dump
+        vehicles.append(Vehicle(f"t{k}", DEPOT, end, cap, (start, horizon), start_load=load, fixed=fixed))
     return build(
         points,
         demand,
