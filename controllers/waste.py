@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import structlog
 
+from devices.fleet import route_number
 from edge.alarms import Alarms
 from edge.bins import Bin, BinKind
 from edge.bus import EventBus, Subscription
@@ -39,6 +40,8 @@ from optimizer.waste import (
     HaversineProvider,
     Place,
     PlanContext,
+    PlannedStop,
+    Selection,
     TruckInput,
     TruckRoute,
     WastePlan,
@@ -47,6 +50,9 @@ from optimizer.waste import (
 )
 
 log = structlog.get_logger(__name__)
+
+OPERATOR_DOMAIN = "waste.operator"
+"""Plan events (and plans-table rows) that carry the operators' force/exclude flags."""
 
 ROUTE_POINT = "route"
 """The dispatcher point a truck's route is written to (a structured payload)."""
@@ -197,8 +203,14 @@ class FillEstimator:
 
     # -- input --------------------------------------------------------------------------
 
-    def add(self, ts: float, fill: float) -> Literal["ok", "emptied", "glitch", "late"]:
-        """Take one reading; say whether it was an emptying, a glitch or out of order."""
+    def add(
+        self, ts: float, fill: float, *, expect_empty: bool = False
+    ) -> Literal["ok", "emptied", "glitch", "late"]:
+        """Take one reading; say whether it was an emptying, a glitch or out of order.
+
+        `expect_empty`: a truck says it emptied the bin, so a smaller drop (a bin collected
+        nearly empty) counts, and it is not taken back as a glitch.
+        """
         last = self.last
         if last is not None and ts <= last.ts:
             return "late"  # the estimate is built in time order; late frames add nothing new
@@ -216,8 +228,10 @@ class FillEstimator:
                 self._reset_cell(ts)
                 self._append(ts, fill)
                 return "glitch"
-            if fill < last.fill - self.drop and fill < 0.6 * last.fill + 0.05:
-                self._undo = (self.segment.copy(), last, self.last_emptied_ts)
+            drop = max(0.03, 0.3 * last.fill) if expect_empty else self.drop
+            if fill < last.fill - drop and fill < 0.6 * last.fill + 0.05:
+                if not expect_empty:
+                    self._undo = (self.segment.copy(), last, self.last_emptied_ts)
                 self.segment = deque(maxlen=self.window)
                 self.last_emptied_ts = ts
                 self.emptyings += 1
@@ -235,6 +249,19 @@ class FillEstimator:
         self.fault_streak = 0
         self._append(ts, fill)
         return "ok"
+
+    def mark_emptied(self) -> bool:
+        """The latest reading turned out to be just after an emptying (the truck's report came
+        late): start the segment there. False if there is no reading to start from."""
+        last = self.last
+        if last is None:
+            return False
+        self.segment = deque([last] if last.fill < SATURATED else [], maxlen=self.window)
+        self.last_emptied_ts = last.ts
+        self.emptyings += 1
+        self._undo = None
+        self._reset_cell(last.ts)
+        return True
 
     def _append(self, ts: float, fill: float) -> None:
         r = Reading(ts, fill)
@@ -371,7 +398,9 @@ def bin_alarms(b: Bin, r: BinReading | None, est: FillEstimator, now: float) -> 
     limit = STALE_INTERVALS * est.expected_interval_s()
     if now - r.ts > limit:
         out["stale"] = f"no uplink for {(now - r.ts) / 60:.0f} min"
-    if r.distance_mm is None:
+    if r.tilt or r.lid_open:
+        pass  # the distance measures nothing useful now; the tilt/lid alarm says why
+    elif r.distance_mm is None:
         out["sensor_fault"] = "no plausible distance in the uplink"
     elif r.distance_mm > b.height_mm + 100:
         out["sensor_fault"] = f"distance {r.distance_mm:g} mm is below the bin's floor"
@@ -478,12 +507,6 @@ class WasteSafety:
         if route_number(body["route_id"]) != int(cmd.value):
             return Verdict(Outcome.REFUSED, cmd.value, "route_refused: value is not the route's number")
         return Verdict(Outcome.ACCEPTED, cmd.value)
-
-
-def route_number(route_id: str) -> int:
-    """The number a route id ends in ("...-r12" -> 12): the read-back value of a route command."""
-    _, sep, n = route_id.rpartition("-r")
-    return int(n) if sep and n.isdigit() else -1
 
 
 def _num(v: Value | None) -> float | None:
@@ -603,8 +626,14 @@ class WasteController:
         """A late (out-of-order) uplink: history only, never the current state."""
         bt = self.bins.get(event.device_id)
         if bt is not None:
-            d = _num(event.values.get("distance_mm"))
-            if d is not None and d <= bt.bin.height_mm + 100:
+            v = event.values
+            d = _num(v.get("distance_mm"))
+            if (
+                d is not None
+                and d <= bt.bin.height_mm + 100
+                and v.get("tilt") is not True
+                and v.get("lid_open") is not True
+            ):
                 bt.est.add(event.ts, bt.bin.fill_of(d))
 
     def on_bin(self, event: Telemetry) -> None:
@@ -614,6 +643,8 @@ class WasteController:
             return  # an older frame than the one we hold
         dist = _num(v.get("distance_mm"))
         fill = None if dist is None or dist > bt.bin.height_mm + 100 else bt.bin.fill_of(dist)
+        if v.get("tilt") is True or v.get("lid_open") is True:
+            fill = None  # the sensor looks at the sky or along the ground, not at the waste
         bt.reading = BinReading(
             ts=event.ts,
             fill=fill,
@@ -624,7 +655,8 @@ class WasteController:
             tilt=v.get("tilt") is True,
             fire=v.get("fire") is True,
         )
-        if fill is not None and bt.est.add(event.ts, fill) == "emptied":
+        hint = bt.reported_ts is not None and event.ts - bt.reported_ts < 4 * HOUR
+        if fill is not None and bt.est.add(event.ts, fill, expect_empty=hint) == "emptied":
             self._emptied(bt, event.ts)
         self._update_alarms(bt, self.clock.now())
         self.dirty_bins.add(bt.bin.id)
@@ -690,7 +722,15 @@ class WasteController:
         if kind == "emptied" and isinstance(bin_id, str) and bin_id in self.bins:
             bt = self.bins[bin_id]
             tt.reported.add(bin_id)
-            confirmed = bt.confirmed_ts is not None and ts - bt.confirmed_ts < 4 * HOUR
+            confirmed = bt.confirmed_ts is not None and abs(ts - bt.confirmed_ts) < 4 * HOUR
+            last = bt.est.last
+            if not confirmed and last is not None and abs(last.ts - ts) <= 900 and last.fill < 0.1:
+                # The sensor already reads (nearly) empty around the lift: that is the confirmation
+                # (a bin collected nearly empty drops too little to be seen as an emptying by itself).
+                if bt.est.last_emptied_ts != last.ts:
+                    bt.est.mark_emptied()
+                self._emptied(bt, last.ts)
+                confirmed = True
             if not confirmed and bt.reported_ts is None:
                 bt.reported_ts = ts
                 self.counters.reported += 1
@@ -741,7 +781,110 @@ class WasteController:
         else:
             return False, f"unknown_action: {action}"
         self.dirty_bins.add(bin_id)
+        if self.bus is not None:  # stored like a plan, so a restart keeps the operators' intent
+            self.bus.publish(PlanEvent(OPERATOR_DOMAIN, self.clock.now(), self.flags()))
         return True, ""
+
+    def flags(self) -> dict[str, object]:
+        """The operators' standing decisions: forced and excluded bins."""
+        return {
+            "forced": sorted(b for b, t in self.bins.items() if t.forced),
+            "excluded": sorted(b for b, t in self.bins.items() if t.excluded),
+        }
+
+    # -- restart ------------------------------------------------------------------------
+
+    def restore_flags(self, body: Mapping[str, object]) -> None:
+        """Forced and excluded bins as last stored."""
+        for key in ("forced", "excluded"):
+            ids = body.get(key)
+            if isinstance(ids, list):
+                for bid in ids:
+                    if isinstance(bid, str) and bid in self.bins:
+                        setattr(self.bins[bid], key, True)
+
+    def restore_history(self, bin_id: str, samples: Sequence[tuple[float, Mapping[str, object]]]) -> int:
+        """Feed stored state samples (oldest first) into a bin's estimator; returns readings used.
+
+        Samples repeat the latest uplink until a new one arrives: only a new frame counter counts.
+        """
+        bt = self.bins.get(bin_id)
+        if bt is None:
+            return 0
+        used, last_cnt = 0, None
+        for ts, values in samples:
+            cnt = values.get("f_cnt")
+            dist = values.get("distance_mm")
+            if cnt == last_cnt or not isinstance(dist, int | float) or dist > bt.bin.height_mm + 100:
+                continue
+            last_cnt = cnt
+            bt.est.add(ts, bt.bin.fill_of(float(dist)))
+            used += 1
+        return used
+
+    def restore_plan(self, body: Mapping[str, object], now: float) -> bool:
+        """Take today's stored plan back into force (without sending routes again)."""
+        try:
+            day = date.fromisoformat(str(body["day"]))
+            made = float(body["made_ts"])  # type: ignore[arg-type]
+            raw_routes = body["routes"]
+            assert isinstance(raw_routes, list)
+        except (KeyError, ValueError, TypeError, AssertionError):
+            log.warning("waste_plan_not_restored", reason="malformed stored plan")
+            return False
+        if day != self.run_day(now) or day != self._day(now):
+            return False
+        depot, disposal = self.cfg.depot, self.cfg.disposal
+        assert depot is not None  # checked in __init__
+        assert disposal is not None
+        routes, route_ids = [], {}
+        for r in raw_routes:
+            truck = r.get("truck")
+            if truck not in self.trucks:
+                continue
+            stops: list[PlannedStop] = []
+            for st in r.get("stops", []):
+                kind, sid = st.get("kind"), st.get("id")
+                if kind == "bin" and sid in self.bins:
+                    lat, lon = self.bins[sid].bin.lat, self.bins[sid].bin.lon
+                elif kind in {"disposal", "depot"}:
+                    p = disposal if kind == "disposal" else depot
+                    lat, lon = p.lat, p.lon
+                else:
+                    continue
+                stops.append(PlannedStop(len(stops), kind, sid, lat, lon, float(st.get("eta_ts", made))))
+            end = stops[-1].eta_ts if stops else made
+            routes.append(TruckRoute(truck, tuple(stops), round(float(r.get("distance_km", 0)) * 1000), end))
+            route_ids[truck] = str(r.get("route_id", ""))
+            self.trucks[truck].sent_route = route_ids[truck]
+        raw_sel = body.get("selection")
+        selection = {
+            b: Selection(k, "restored")
+            for b, k in (raw_sel.items() if isinstance(raw_sel, dict) else [])
+            if b in self.bins and k in {"mandatory", "optional"}
+        }
+        plan = WastePlan(
+            made_ts=made,
+            routes=tuple(routes),
+            selection=selection,
+            dropped=tuple(str(x) for x in body.get("dropped", []) or []),  # type: ignore[attr-defined]
+            missed_mandatory=(),
+            status=str(body.get("status", "feasible")),
+            solver=str(body.get("solver", "")),
+            distance_m=sum(r.distance_m for r in routes),
+        )
+        reason = body.get("reason", "scheduled")
+        self.active = ActivePlan(plan, str(body.get("plan_id", "")), reason, day, route_ids)  # type: ignore[arg-type]
+        self.last_scheduled = day
+        numbers = [route_number(x) for x in route_ids.values()]
+        self._route_seq = itertools.count(max([0, *numbers]) + 1)
+        self.plans_made = max(self.plans_made, 1)
+        for bid, bt in self.bins.items():
+            s = selection.get(bid)
+            bt.plan = "mandatory" if s is not None and s.kind == "mandatory" else "optional" if s else "none"
+        self.dirty_plan = True
+        log.info("waste_plan_restored", plan_id=self.active.plan_id, routes=len(routes))
+        return True
 
     def _pending_in_plan(self, bin_id: str) -> bool:
         a = self.active
@@ -948,7 +1091,13 @@ class WasteController:
             missed=len(plan.missed_mandatory),
         )
         if self.bus is not None:
-            self.bus.publish(PlanEvent("waste", self.clock.now(), self.plan_message() or {}))
+            body = dict(self.plan_message() or {})
+            # kept in storage beside the API message, for a restart (the API publishes the message only)
+            body["day"] = day.isoformat()
+            body["selection"] = {
+                b: s.kind for b, s in plan.selection.items() if s.kind in {"mandatory", "optional"}
+            }
+            self.bus.publish(PlanEvent("waste", self.clock.now(), body))
         return active
 
     def route_payload(self, r: TruckRoute, route_id: str) -> dict[str, object]:

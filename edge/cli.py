@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("rest", nargs=argparse.REMAINDER)
 
     sim = sub.add_parser("simulate", help="run device simulators")
-    sim.add_argument("domain", choices=["lights", "chargers", "displays"])
+    sim.add_argument("domain", choices=["lights", "chargers", "displays", "waste"])
     sim.add_argument("--config", type=Path, help="serve the controllers of this site's inventory")
     sim.add_argument("--controllers", type=int, default=10)
     sim.add_argument("--count", type=int, default=60, help="charge points (chargers)")
@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=_positive, default=1.0)
     sim.add_argument("--fault", action="append", default=[], metavar="TARGET:FAULT", help="inject at start")
     sim.add_argument("--mqtt", default="", help="broker URL for fault injection over MQTT")
+    sim.add_argument("--site", default="", help="waste: a site under edge/sites (kreuzviertel, schwerte)")
+    sim.add_argument(
+        "--fault-rate", type=float, default=0.0, help="waste: random sensor faults per bin per day"
+    )
+    sim.add_argument(
+        "--formats", choices=["both", "chirpstack", "tts"], default="both", help="waste: uplinks"
+    )
 
     docs = sub.add_parser("docs", help="generate JSON Schemas and the AsyncAPI document")
     docs.add_argument("--out", type=Path, default=Path("docs"))
@@ -235,6 +242,8 @@ async def _simulate(args: argparse.Namespace) -> int:
         print(f"serving {args.count} charge points at opc.tcp://127.0.0.1:{port}", file=sys.stderr)
         await serve_chargers(args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders)
         return 0
+    if args.domain == "waste":
+        return await _simulate_waste(args)
     if args.domain == "displays":
         import aiomqtt
 
@@ -310,6 +319,40 @@ async def _simulate(args: argparse.Namespace) -> int:
             await sim.run_mqtt_faults(args.mqtt, "dos/sim/lights/faults")
         else:
             await asyncio.Event().wait()
+    return 0
+
+
+async def _simulate_waste(args: argparse.Namespace) -> int:
+    """`edge simulate waste`: the site's bins (LoRaWAN uplinks) and trucks (fleet protocol) on its broker."""
+    from edge.settings import load_settings
+    from simulators.waste import run_waste_simulator, site_config
+
+    if args.fault_rate < 0:
+        print("edge simulate waste: --fault-rate must be >= 0", file=sys.stderr)
+        return EXIT_CONFIG
+    config = args.config or site_config(args.site or "kreuzviertel")
+    settings = load_settings(config)
+    if settings.bins_path() is None:
+        print(f"{config}: no [waste] bins configured", file=sys.stderr)
+        return EXIT_CONFIG
+    print(
+        f"serving {len(settings.waste.trucks)} trucks and the bins of {settings.bins_path()} "
+        f"on {args.mqtt or settings.mqtt.url}",
+        file=sys.stderr,
+    )
+    try:
+        await run_waste_simulator(
+            settings,
+            mqtt_url=args.mqtt or None,
+            seed=args.seed,
+            speed=args.speed,
+            faults=args.fault,
+            fault_rate_per_day=args.fault_rate,
+            formats=args.formats,
+        )
+    except ValueError as exc:
+        print(f"edge simulate waste: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

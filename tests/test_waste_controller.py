@@ -17,7 +17,8 @@ import pytest
 import pytest_asyncio
 from waiting import wait_until
 
-from controllers.waste import ROUTE_POINT, WasteController, WasteSafety, route_number
+from controllers.waste import ROUTE_POINT, WasteController, WasteSafety
+from devices.fleet import route_number
 from edge.alarms import Alarms
 from edge.bins import Bin
 from edge.bus import EventBus
@@ -345,7 +346,7 @@ async def test_bin_alarms_raised_and_cleared(rig: Rig) -> None:
     active = await r.ctl.plan_pending()
     assert active is not None
     assert "B4" in {b for route in active.plan.routes for b in route.bins}
-    assert set(r.ctl.bin_state("B4", r.clock.now())["alarms"]) == {"fire"}  # type: ignore[arg-type]
+    assert r.ctl.bin_state("B4", r.clock.now())["alarms"] == ["fire"]
     r.clock.advance(300)
     uplink(r, "B4", 0.2, temperature=15)
     r.clock.advance(4 * 3600)

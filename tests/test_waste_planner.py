@@ -144,8 +144,8 @@ def walk(plan: WastePlan, bins: Sequence[BinInput], trucks: Sequence[TruckInput]
     sel = plan.selection
     for bid in seen:
         assert sel[bid].kind in {"mandatory", "optional"}
-    for bid, s in sel.items():
-        if s.kind == "mandatory" and bid not in plan.missed_mandatory:
+    for bid, choice in sel.items():
+        if choice.kind == "mandatory" and bid not in plan.missed_mandatory:
             assert bid in seen
 
 

@@ -1,0 +1,309 @@
+"""Collection trucks over MQTT (docs/fleet-protocol.md): state and events in, routes out.
+
+`FleetDriver` keeps one session on the fleet broker. `fleet/{truck}/state` becomes
+`Telemetry(truck, ts, {lat, lon, load_l, load_kg, status, route_id, stop_index,
+odometer_km, speed_kmh})`, and each `fleet/{truck}/event` becomes `Telemetry(truck, ts,
+{"event": type, "seq": n, ...})` (the waste controller tells them apart by `event`).
+Payloads are validated here, at the trust boundary: a bad one is counted and logged with
+what is wrong, never passed on.
+
+Routes go through the dispatcher like any command (`PayloadDriver`): `write_payload`
+publishes the route retained with QoS 1 (a truck that reconnects gets it) and returns the
+route's number once the truck reports `route_accepted` for it (or a state naming it);
+`route_rejected` is a `DeviceReplyError`, silence a `DeviceTimeout` (the dispatcher
+retries until the command's time to live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Self
+from urllib.parse import urlsplit
+
+import aiomqtt
+import orjson
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from devices.base import Driver
+from edge.clock import Clock
+from edge.errors import DeviceReplyError, DeviceTimeout, DeviceUnavailable
+from edge.events import Event, Telemetry, Value
+from edge.tasks import close_task_group
+
+log = structlog.get_logger(__name__)
+
+MAX_FLEET_BYTES = 256 * 1024  # a route of a few hundred stops is ~60 kB
+
+
+class TruckStateMessage(BaseModel):
+    """`fleet/{truck}/state`."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ts: float
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    speed_kmh: float = Field(default=0.0, ge=0, le=200)
+    load_l: float = Field(default=0.0, ge=0)
+    load_kg: float = Field(default=0.0, ge=0)
+    status: Literal["idle", "driving", "collecting", "unloading", "returning", "broken"]
+    route_id: str | None = Field(default=None, max_length=200)
+    stop_index: int = Field(default=0, ge=0)
+    odometer_km: float = Field(default=0.0, ge=0)
+
+
+class TruckEventMessage(BaseModel):
+    """`fleet/{truck}/event`: one happening, with `seq` for de-duplication."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal[
+        "route_accepted", "route_rejected", "emptied", "skipped", "unloaded", "route_done", "breakdown"
+    ]
+    ts: float
+    seq: int = Field(ge=0)
+    route_id: str | None = Field(default=None, max_length=200)
+    bin: str | None = Field(default=None, max_length=128)
+    reason: str | None = Field(default=None, max_length=200)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    load_l: float | None = Field(default=None, ge=0)
+    load_kg: float | None = Field(default=None, ge=0)
+
+
+@dataclass(slots=True)
+class FleetStats:
+    states: int = 0
+    events: int = 0
+    bad: int = 0
+    unknown_truck: int = 0
+    routes_sent: int = 0
+    routes_accepted: int = 0
+    routes_rejected: int = 0
+
+
+class _State(enum.Enum):
+    UNOPENED = "unopened"
+    OPENED = "opened"
+    CLOSED = "closed"
+
+
+def route_number(route_id: str) -> int:
+    """The number a route id ends in ("...-r12" -> 12), -1 if none: a route command's read-back value."""
+    _, sep, n = route_id.rpartition("-r")
+    return int(n) if sep and n.isdigit() else -1
+
+
+class FleetDriver:
+    """The trucks' MQTT link: Telemetry out to the bus, routes in from the dispatcher; async CM."""
+
+    def __init__(
+        self,
+        publish: Callable[[Event], None],
+        clock: Clock,
+        trucks: Sequence[str],
+        *,
+        mqtt_url: str,
+        timeout_s: float = 5.0,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+    ) -> None:
+        for t in trucks:
+            if not t or any(c in t for c in "/+#"):
+                raise ValueError(f"truck id {t!r} cannot be part of a topic")
+        if len(set(trucks)) != len(trucks):
+            raise ValueError("truck ids must be unique")
+        self.publish = publish
+        self.clock = clock
+        self.trucks = frozenset(trucks)
+        self.url = mqtt_url
+        self.timeout_s = timeout_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.stats = FleetStats()
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._answers: dict[tuple[str, str], asyncio.Future[float]] = {}
+        self._state = _State.UNOPENED
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        if self._state is not _State.UNOPENED:
+            raise RuntimeError(f"fleet driver is {self._state.value}; it cannot be opened again")
+        self._state = _State.OPENED
+        tg = asyncio.TaskGroup()
+        await tg.__aenter__()
+        self._tg = tg
+        self._tasks.append(tg.create_task(self._mqtt_loop(), name="fleet.mqtt"))
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._state = _State.CLOSED
+        for fut in self._answers.values():
+            if not fut.done():
+                fut.cancel()
+        await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
+
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
+        """Wait until subscribed on the fleet broker (tests and the demo)."""
+        async with asyncio.timeout(timeout):
+            await self._connected.wait()
+
+    def _new_client(self) -> aiomqtt.Client:
+        parts = urlsplit(self.url)
+        client = aiomqtt.Client(
+            parts.hostname or "localhost",
+            parts.port or 1883,
+            username=parts.username,
+            password=parts.password,
+            identifier=f"edge-fleet-{uuid.uuid4().hex[:12]}",
+            timeout=self.timeout_s,
+        )
+        client.pending_calls_threshold = max(64, 4 * len(self.trucks))
+        return client
+
+    async def _mqtt_loop(self) -> None:
+        """One session for every truck; reconnect with capped, jittered backoff."""
+        attempt = 0
+        while True:
+            try:
+                async with self._new_client() as client:
+                    await client.subscribe(
+                        [("fleet/+/state", 0), ("fleet/+/event", 1)], timeout=self.timeout_s
+                    )
+                    self._client = client
+                    self._connected.set()
+                    if attempt:
+                        log.info("fleet_mqtt_up", url=self.url)
+                    attempt = 0
+                    async for message in client.messages:
+                        self.on_message(message.topic.value, message.payload)
+            except aiomqtt.MqttError as exc:
+                if attempt == 0:
+                    log.warning("fleet_mqtt_down", url=self.url, error=str(exc))
+                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
+                attempt = min(attempt + 1, 30)
+                await asyncio.sleep(delay)
+            finally:
+                self._client = None
+                self._connected.clear()
+
+    def _bad(self, truck: str, what: str, error: str) -> None:
+        self.stats.bad += 1
+        if self.stats.bad in {1, 10, 100} or self.stats.bad % 1000 == 0:
+            log.warning("fleet_bad_message", truck=truck, topic=what, error=error, count=self.stats.bad)
+
+    def on_message(self, topic: str, payload: Any) -> Telemetry | None:
+        """Take one fleet message; return the Telemetry published for it (None if refused)."""
+        parts = topic.split("/")
+        if len(parts) != 3 or parts[0] != "fleet" or parts[2] not in {"state", "event"}:
+            return None
+        truck, kind = parts[1], parts[2]
+        if truck not in self.trucks:
+            self.stats.unknown_truck += 1
+            return None
+        if not isinstance(payload, bytes | bytearray | str) or not payload:
+            return None  # a cleared retained state
+        if len(payload) > MAX_FLEET_BYTES:
+            self._bad(truck, kind, f"{len(payload)} bytes is too large")
+            return None
+        try:
+            data = orjson.loads(payload)
+            if kind == "state":
+                st = TruckStateMessage.model_validate(data)
+                values: dict[str, Value] = {
+                    "lat": st.lat, "lon": st.lon, "speed_kmh": st.speed_kmh, "load_l": st.load_l,
+                    "load_kg": st.load_kg, "status": st.status, "route_id": st.route_id or "",
+                    "stop_index": st.stop_index, "odometer_km": st.odometer_km,
+                }  # fmt: skip
+                ts = st.ts
+                self.stats.states += 1
+                if st.route_id:
+                    self._answer(truck, st.route_id, None)
+            else:
+                ev = TruckEventMessage.model_validate(data)
+                values = {"event": ev.type, "seq": ev.seq}
+                for key in ("route_id", "bin", "reason", "lat", "lon", "load_l", "load_kg"):
+                    v = getattr(ev, key)
+                    if v is not None:
+                        values[key] = v
+                ts = ev.ts
+                self.stats.events += 1
+                if ev.type in {"route_accepted", "route_rejected"} and ev.route_id:
+                    self._answer(
+                        truck, ev.route_id, ev.reason or "rejected" if ev.type == "route_rejected" else None
+                    )
+        except orjson.JSONDecodeError as exc:
+            self._bad(truck, kind, f"not JSON: {exc}")
+            return None
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            self._bad(truck, kind, f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}")
+            return None
+        event = Telemetry(truck, ts, values)
+        self.publish(event)
+        return event
+
+    def _answer(self, truck: str, route_id: str, rejected: str | None) -> None:
+        fut = self._answers.get((truck, route_id))
+        if fut is None or fut.done():
+            return
+        if rejected is None:
+            self.stats.routes_accepted += 1
+            fut.set_result(float(route_number(route_id)))
+        else:
+            self.stats.routes_rejected += 1
+            fut.set_exception(DeviceReplyError(f"route {route_id} rejected: {rejected}", endpoint=truck))
+
+    # -- Driver ----------------------------------------------------------------------
+
+    def handles(self, device_id: str) -> bool:
+        return device_id in self.trucks
+
+    async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109
+        """Trucks take structured routes only (see `write_payload`)."""
+        raise DeviceReplyError(f"{point!r} takes a route payload, not a number", endpoint=device_id)
+
+    async def write_payload(self, device_id: str, point: str, payload: str, timeout: float) -> float:  # noqa: ASYNC109
+        """Publish a route (retained, QoS 1) and wait until the truck accepts it; its number back."""
+        if point != "route":
+            raise DeviceReplyError(f"{point!r} is not a truck point (route)", endpoint=device_id)
+        try:
+            route_id = orjson.loads(payload)["route_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DeviceReplyError(f"route payload without route_id: {exc}", endpoint=device_id) from None
+        client = self._client
+        if client is None:
+            raise DeviceUnavailable("fleet broker not connected", endpoint=device_id)
+        key = (device_id, str(route_id))
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._answers[key] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                await client.publish(f"fleet/{device_id}/route", payload.encode(), qos=1, retain=True)
+                self.stats.routes_sent += 1
+                return await fut
+        except TimeoutError as exc:
+            raise DeviceTimeout(
+                f"route {route_id} not accepted within {timeout} s", endpoint=device_id
+            ) from exc
+        except aiomqtt.MqttError as exc:
+            raise DeviceUnavailable(f"fleet broker: {exc}", endpoint=device_id) from exc
+        finally:
+            self._answers.pop(key, None)
+
+
+if TYPE_CHECKING:  # the seam, checked by mypy: FleetDriver is a Driver
+
+    def _is_driver(driver: FleetDriver) -> Driver:
+        return driver
