@@ -320,6 +320,10 @@ class FillModel:
         if len(self._local) > 20_000:
             self._local.clear()
 
+    def advance_bin(self, bin_id: str, ts: float) -> None:
+        """Bring one bin to `ts` (a truck stands at it); the others stay where they are."""
+        self._advance(self._bins[bin_id], ts)
+
     def take_readings(self) -> list[Reading]:
         """The readings made since the last call, oldest first."""
         out, self._readings = self._readings, []
