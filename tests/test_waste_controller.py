@@ -398,3 +398,73 @@ async def test_run_loop_consumes_the_bus(rig: Rig) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_fleet_messages_validated_at_the_boundary() -> None:
+    """Truck state and events become Telemetry; bad JSON, bad fields and unknown trucks are counted, not passed on."""
+    from devices.fleet import FleetDriver
+    from edge.errors import DeviceUnavailable
+
+    out: list[object] = []
+    clock = ManualClock(MONDAY_5)
+    drv = FleetDriver(out.append, clock, ["T1"], mqtt_url="mqtt://127.0.0.1:1")
+    state = {"ts": MONDAY_5, "lat": 51.5, "lon": 7.44, "load_l": 10, "load_kg": 1, "status": "driving",
+             "route_id": None, "stop_index": 2, "odometer_km": 3.5}  # fmt: skip
+    ev = drv.on_message("fleet/T1/state", orjson.dumps(state))
+    assert ev is not None
+    assert ev.values["route_id"] == ""
+    assert ev.values["stop_index"] == 2
+    ev = drv.on_message(
+        "fleet/T1/event",
+        orjson.dumps({"type": "emptied", "ts": MONDAY_5, "seq": 4, "bin": "B1", "load_l": 900}),
+    )
+    assert ev is not None
+    assert dict(ev.values) == {"event": "emptied", "seq": 4, "bin": "B1", "load_l": 900.0}
+    assert drv.on_message("fleet/T1/state", b"{nope") is None
+    assert drv.on_message("fleet/T1/state", orjson.dumps({**state, "status": "flying"})) is None
+    assert drv.on_message("fleet/T1/event", orjson.dumps({"type": "emptied", "ts": 1.0})) is None  # no seq
+    assert drv.on_message("fleet/T9/state", orjson.dumps(state)) is None
+    assert drv.on_message("fleet/T1/route", b"{}") is None  # our own retained route: not an input
+    assert drv.stats.bad == 3
+    assert drv.stats.unknown_truck == 1
+    assert len(out) == 2
+    with pytest.raises(DeviceUnavailable):  # never connected: the dispatcher retries until the TTL
+        await drv.write_payload("T1", "route", '{"route_id": "d-T1-r1", "stops": []}', 1.0)
+
+
+async def test_restart_keeps_plan_flags_and_history(rig: Rig) -> None:
+    """A restarted controller takes today's stored plan back (no second scheduled plan, route
+    numbers go on), the operators' flags, and the fill history from stored state samples."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    active = await r.ctl.plan_pending()
+    assert active is not None
+    r.ctl.operator("B3", "exclude")
+    drain(r)
+    stored = [e for e in r.events if isinstance(e, PlanEvent)]
+    plan_body = next(e.plan for e in reversed(stored) if e.domain == "waste")
+    flags_body = next(e.plan for e in reversed(stored) if e.domain == "waste.operator")
+
+    bus = EventBus()
+    fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+    samples = [(MONDAY_5 - h * 3600, {"distance_mm": round(r.bins[1].distance_of(0.9 - 0.01 * h)), "f_cnt": 100 - h})
+               for h in range(6, -1, -1)]  # fmt: skip
+    samples.insert(3, samples[2])  # a repeated snapshot of the same frame adds nothing
+    assert fresh.restore_history("B1", samples) == 7
+    rate = fresh.bins["B1"].est.segment_rate()
+    assert rate is not None
+    assert rate == pytest.approx(0.01, rel=0.05)
+    fresh.restore_flags(flags_body)
+    assert fresh.bins["B3"].excluded
+    assert fresh.restore_plan(plan_body, r.clock.now())
+    assert fresh.active is not None
+    assert fresh.active.route_ids == active.route_ids
+    assert [x.bins for x in fresh.active.plan.routes] == [x.bins for x in active.plan.routes]
+    fresh.step(r.clock.now())
+    assert fresh.pending is None  # today's plan exists: no second scheduled plan
+    assert fresh.bin_state("B1", r.clock.now())["plan"] == "mandatory"
+    # a stored plan of another day is not taken back
+    assert not fresh.restore_plan({**plan_body, "day": "2026-11-01"}, r.clock.now())
+    assert not fresh.restore_plan({"routes": "garbage"}, r.clock.now())
