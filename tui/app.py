@@ -9,6 +9,7 @@ line above the footer.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from typing import ClassVar, Literal
@@ -18,7 +19,9 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
 
 from edge.payloads import Ack, AlarmMessage, DisplayState, ParkingState
@@ -87,6 +90,7 @@ LAMP_ACTIONS = frozenset({"override", "resume"})
 ALARM_ACTIONS = frozenset({"ack_alarm"})
 COMMAND_ACTIONS = frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS | ALARM_ACTIONS
 TABLE_VIEWS = ("lights", "alarms", "charging", "displays")
+REFRESH_S = 0.2  # at most this often the visible view is redrawn from the model
 LAMP_COLUMNS = (
     Column("Lamp", 7),
     Column("Segment", 16),
@@ -229,6 +233,10 @@ class DashboardApp(App[int]):
         self.last_ack: Ack | None = None
         self.last_error: RequestError | None = None
         self.view = "overview"
+        self._pending: set[Change] = set()
+        self._refresh_timer: Timer | None = None
+        self._last_refresh = 0.0
+        self._lights_seen = -1
 
     # ----- layout ------------------------------------------------------------------------------
 
@@ -288,11 +296,15 @@ class DashboardApp(App[int]):
     # ----- data in -----------------------------------------------------------------------------
 
     def on_mqtt_event(self, message: MqttEvent) -> None:
+        """Fold a batch into the model; the screen follows at most every REFRESH_S (coalesced)."""
         ev = message.event
-        banner = self.query_one(Banner)
+        try:
+            banner = self.query_one(Banner)
+        except NoMatches:
+            return  # shutting down: the screen is gone, and so is anyone to show it to
         if isinstance(ev, Received):
-            changes = self.model.apply_all(ev.messages)
-            self._refresh_view(changes)
+            self._pending |= self.model.apply_all(ev.messages)
+            self._schedule_refresh()
         elif isinstance(ev, Connected):
             self.connected = True
             banner.message = ""
@@ -304,6 +316,22 @@ class DashboardApp(App[int]):
                 f"next in {ev.retry_in_s:.0f} s): {ev.reason}"
             )
 
+    def _schedule_refresh(self) -> None:
+        """Refresh now, or once REFRESH_S after the last refresh: a burst of batches costs one redraw."""
+        if self._refresh_timer is not None:
+            return
+        wait = self._last_refresh + REFRESH_S - time.monotonic()
+        if wait <= 0:
+            self._flush_refresh()
+        else:
+            self._refresh_timer = self.set_timer(wait, self._flush_refresh, name="refresh")
+
+    def _flush_refresh(self) -> None:
+        self._refresh_timer = None
+        changes, self._pending = self._pending, set()
+        self._last_refresh = time.monotonic()
+        self._refresh_view(changes)
+
     def _refresh_view(self, changes: set[Change] | None = None, *, force: bool = False) -> None:
         """Hand the visible view fresh data if what changed is something it shows."""
         view = self.view
@@ -313,7 +341,10 @@ class DashboardApp(App[int]):
         if view == "overview":
             self.query_one("#overview", TextView).show(lambda w, h: render.overview(model, tz))
         elif view == "lights":
-            self._table("lights").show([lamp_row(r) for r in model.lamp_rows()])
+            # Only the lamps that changed since the table last looked: 5,000 rows are not rebuilt.
+            changed, gone = model.lamps_since(self._lights_seen)
+            self._lights_seen = model.version
+            self._table("lights").update([lamp_row(model.lamp_row(k)) for k in changed], gone)
         elif view == "map":
             self.query_one("#map", TextView).show(self._map_renderer())
         elif view == "plan":
@@ -678,12 +709,13 @@ class DashboardApp(App[int]):
 def lamp_row(r: LampRow) -> Row:
     """A lamp as a lights table row."""
     status = Text(f"{render.SYMBOL[r.status]} {r.status.value}", render.STYLE[r.status])
+    lighting_class = r.lighting_class
     return Row(
         key=r.id,
         cells=(
             r.id,
             r.segment,
-            r.lighting_class,
+            lighting_class,
             render.fmt_num(r.level_cmd),
             render.fmt_num(r.level_actual),
             render.fmt_num(r.power_w),
@@ -694,7 +726,7 @@ def lamp_row(r: LampRow) -> Row:
         sort=(
             r.id,
             r.segment,
-            r.lighting_class,
+            lighting_class,
             r.level_cmd,
             r.level_actual,
             r.power_w,

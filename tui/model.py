@@ -365,6 +365,10 @@ class SiteModel:
     messages: int = 0
     bad_payloads: Counter[str] = field(default_factory=Counter)
     version: int = 0
+    # The model version at which each lamp last changed (or went), so a big table can take
+    # just the lamps that changed since it last looked.
+    lamp_seq: dict[str, int] = field(default_factory=dict)
+    lamps_gone: dict[str, int] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -403,12 +407,18 @@ class SiteModel:
                 return Change.STATUS
             case ["lights", lamp_id, "state"]:
                 if not payload:
-                    self.lamps.pop(lamp_id, None)
+                    if self.lamps.pop(lamp_id, None) is not None:
+                        self.lamp_seq.pop(lamp_id, None)
+                        self.lamps_gone[lamp_id] = self.version + 1
                 else:
                     self.lamps[lamp_id] = LampState.model_validate_json(payload)
+                    self.lamp_seq[lamp_id] = self.version + 1
+                    self.lamps_gone.pop(lamp_id, None)
                 return Change.LAMP
             case ["lights", lamp_id, "telemetry"]:
                 self.telemetry[lamp_id] = LampTelemetry.model_validate_json(payload)
+                if lamp_id in self.lamps:
+                    self.lamp_seq[lamp_id] = self.version + 1
                 return Change.LAMP
             case ["controllers", dev_id, "state"]:
                 if not payload:
@@ -493,25 +503,30 @@ class SiteModel:
 
     def lamp_rows(self) -> list[LampRow]:
         """Every lamp with its telemetry, sorted by id."""
-        rows = []
-        for lamp_id in sorted(self.lamps):
-            s = self.lamps[lamp_id]
-            tel = self.telemetry.get(lamp_id)
-            rows.append(
-                LampRow(
-                    id=lamp_id,
-                    segment=s.segment,
-                    group=s.group,
-                    level_cmd=s.level_cmd,
-                    level_actual=s.level_actual,
-                    power_w=s.power_w if s.power_w is not None else (tel.power_w if tel else None),
-                    hours=tel.hours if tel else None,
-                    status=lamp_status(s),
-                    alarms=tuple(s.alarms),
-                    source=s.source,
-                )
-            )
-        return rows
+        return [self.lamp_row(lamp_id) for lamp_id in sorted(self.lamps)]
+
+    def lamp_row(self, lamp_id: str) -> LampRow:
+        """One lamp with its telemetry (KeyError for an unknown lamp)."""
+        s = self.lamps[lamp_id]
+        tel = self.telemetry.get(lamp_id)
+        return LampRow(
+            id=lamp_id,
+            segment=s.segment,
+            group=s.group,
+            level_cmd=s.level_cmd,
+            level_actual=s.level_actual,
+            power_w=s.power_w if s.power_w is not None else (tel.power_w if tel else None),
+            hours=tel.hours if tel else None,
+            status=lamp_status(s),
+            alarms=tuple(s.alarms),
+            source=s.source,
+        )
+
+    def lamps_since(self, version: int) -> tuple[list[str], list[str]]:
+        """Lamps changed and lamps gone after model version `version`."""
+        changed = [k for k, v in self.lamp_seq.items() if v > version]
+        gone = [k for k, v in self.lamps_gone.items() if v > version]
+        return changed, gone
 
     def statuses(self) -> dict[str, LampStatus]:
         """Each lamp's status by id."""
