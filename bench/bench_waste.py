@@ -24,9 +24,11 @@ Target from issue 5: at least 30 % fewer kilometres than the fixed round, no mor
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -35,7 +37,7 @@ from zoneinfo import ZoneInfo
 
 from bench.common import Row
 from controllers.waste import BinReading, FillEstimator, bin_alarms
-from edge.bins import Bin, load_bins
+from edge.bins import Bin, BinKind, load_bins
 from edge.settings import Settings, WasteSettings, load_settings, window_s
 from optimizer.waste import (
     BinInput,
@@ -55,7 +57,15 @@ WARMUP_DAYS = 7
 SEED = 11
 Strategy = Literal["fixed", "demand"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-FIXED_DAYS = {"shopping": (1, 3, 5), "park": (0, 4)}  # residential: one sector per weekday Mon-Sat
+# Collection patterns of the fixed round, by visits per week: (weekdays, every other week?)
+# A pattern's longest gap must stay under GAP_SHARE of the bin's mean days-to-full.
+GAP_SHARE = 0.85
+PATTERNS: dict[BinKind, tuple[tuple[float, tuple[int, ...]], ...]] = {
+    # (longest gap in days, weekdays); residential weekday comes from the bin's sector
+    "residential": ((14.0, ()), (7.0, ()), (4.0, ())),
+    "shopping": ((4.0, (1, 4)), (3.0, (1, 3, 5)), (2.0, (0, 1, 2, 3, 4, 5))),
+    "park": ((4.0, (0, 4)), (3.0, (0, 2, 4)), (2.0, (0, 1, 2, 3, 4, 5))),
+}
 
 
 @dataclass(slots=True)
@@ -97,16 +107,38 @@ def site_settings(name: str) -> Settings:
     return settings
 
 
-def fixed_schedule(bins: list[Bin]) -> dict[str, tuple[int, ...]]:
-    """Weekdays (0 = Monday) each bin is emptied on in the fixed round."""
-    out: dict[str, tuple[int, ...]] = {}
+def fixed_schedule(
+    bins: list[Bin], days_to_full: Mapping[str, float]
+) -> dict[str, tuple[tuple[int, int], ...]]:
+    """(week parity or -1, weekday) pairs each bin is emptied on in the fixed round.
+
+    The round is dimensioned as a city runs it once it knows its bins (complaints, weighing):
+    each bin as rarely as its long-run fill rate allows (every other week, weekly, twice or
+    three times a week, daily), residential containers in six sectors west to east, one per
+    weekday, twice-weekly sectors paired Monday/Thursday, Tuesday/Friday, Wednesday/Saturday.
+    """
+    out: dict[str, tuple[tuple[int, int], ...]] = {}
     residential = sorted((b for b in bins if b.kind == "residential"), key=lambda b: (b.lon, b.lat))
-    for i, b in enumerate(residential):
-        out[b.id] = (i * 6 // len(residential),)
+    sector = {b.id: i * 6 // len(residential) for i, b in enumerate(residential)}
     for b in bins:
-        if b.kind != "residential":
-            out[b.id] = FIXED_DAYS[b.kind]
+        options = PATTERNS[b.kind]
+        gap, days = next(((g, d) for g, d in options if g <= GAP_SHARE * days_to_full[b.id]), options[-1])
+        if b.kind == "residential":
+            d = sector[b.id]
+            if gap >= 14:
+                out[b.id] = ((d % 2, d),)
+            elif gap >= 7:
+                out[b.id] = ((-1, d),)
+            else:
+                out[b.id] = ((-1, d % 3), (-1, d % 3 + 3))
+        else:
+            out[b.id] = tuple((-1, x) for x in days)
     return out
+
+
+def on_schedule(schedule: tuple[tuple[int, int], ...], day: date) -> bool:
+    parity = (day.toordinal() // 7) % 2
+    return any(wd == day.weekday() and p in (-1, parity) for p, wd in schedule)
 
 
 class Run:
@@ -138,7 +170,8 @@ class Run:
         self.model = FillModel(bins, start=start, seed=seed, timezone=self.tz)
         self.est = {b.id: FillEstimator(b.kind, self.tz) for b in bins}
         self.last: dict[str, BinReading] = {}
-        self.schedule = fixed_schedule(bins)
+        mean_days = {b.id: b.volume_l / (24 * self.model.rate_lph(b.id)) for b in bins}
+        self.schedule = fixed_schedule(bins, mean_days)
         self.run_days = {WEEKDAYS.index(d) for d in (run_days or cfg.run_days)}
         self.fixed_days = {WEEKDAYS.index(d) for d in cfg.run_days}
         self.postpone_at = postpone_at
@@ -212,7 +245,7 @@ class Run:
         for b in self.bins.values():
             est = self.est[b.id]
             if strategy == "fixed":
-                today = day.weekday() in self.schedule[b.id]
+                today = on_schedule(self.schedule[b.id], day)
                 fill, fill_next, fill_service, alarms = est.fill_at(now), None, None, frozenset[str]()
                 forced, excluded = today, not today
             else:
@@ -232,7 +265,7 @@ class Run:
         ctx = PlanContext(
             now=now,
             next_run_ts=next_start,
-            threshold=cfg.threshold,
+            threshold=self.planner.get("threshold", cfg.threshold),
             depot=Place("depot", self.depot.lat, self.depot.lon),
             disposal=Place("disposal", self.disposal.lat, self.disposal.lon),
             disposal_service_s=self.disposal.service_s,
@@ -240,7 +273,7 @@ class Run:
             zones=zones,
             solver_time_s=self.limit_s,
             seed=self.seed,
-            **self.planner,
+            **{k: v for k, v in self.planner.items() if k != "threshold"},
         )
         plan = plan_collection(inputs, trucks, ctx, self.provider)
         if measure:
@@ -311,9 +344,31 @@ class Run:
     def _road(self, kind: str, stop_id: str) -> str:
         return self.bins[stop_id].road_class if kind == "bin" else "main"
 
-    def simulate(self, days: int) -> Outcome:
+    def warm_up(self) -> Run:
+        """The common start: a week of the fixed round while the sensors already report."""
         for i in range(WARMUP_DAYS):
             self.day(START + timedelta(days=i), measure=False, strategy="fixed")
+        return self
+
+    def variant(
+        self,
+        strategy: Strategy,
+        *,
+        run_days: tuple[str, ...] | None = None,
+        postpone_at: float | None = None,
+        **planner: float,
+    ) -> Run:
+        """A copy of this (warmed-up) run that goes on with another strategy or configuration."""
+        r = copy.deepcopy(self)
+        r.strategy = strategy
+        r.run_days = {WEEKDAYS.index(d) for d in (run_days or self.cfg.run_days)}
+        r.postpone_at = postpone_at
+        r.planner = planner
+        r.out = Outcome(strategy)
+        return r
+
+    def measure(self, days: int) -> Outcome:
+        """`days` measured days after the warm-up."""
         e0, o0, h0 = self.model.emptied, self.model.overflow_events, self.model.overflow_hours
         for i in range(WARMUP_DAYS, WARMUP_DAYS + days):
             self.day(START + timedelta(days=i), measure=True, strategy=self.strategy)
@@ -321,6 +376,9 @@ class Run:
         self.out.overflow_events = self.model.overflow_events - o0
         self.out.overflow_hours = self.model.overflow_hours - h0
         return self.out
+
+    def simulate(self, days: int) -> Outcome:
+        return self.warm_up().measure(days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,8 +393,8 @@ class Variant:
 VARIANTS = (
     Variant("demand, site settings"),
     # Sensors make it possible to drive fewer days: three fixed run days, bins chosen by demand,
-    # a half-full bin not worth a stop (value of a bin at the threshold: 300 m of driving).
-    Variant("demand, mon/wed/fri", ("mon", "wed", "fri"), (("value_m", 300.0),)),
+    # a half-full bin not worth a stop (a bin at the threshold is worth 800 m of driving, not 2 km).
+    Variant("demand, mon/wed/fri", ("mon", "wed", "fri"), (("value_m", 800.0),)),
 )
 
 
@@ -348,11 +406,11 @@ def compare(
     path = settings.bins_path()
     assert path is not None
     bins = load_bins(path, [z.id for z in settings.waste.zones])
-    fixed = Run(settings, bins, "fixed", limit_s, seed).simulate(days)
+    base = Run(settings, bins, "fixed", limit_s, seed).warm_up()
+    fixed = base.variant("fixed").measure(days)
     out = []
     for v in variants:
-        run = Run(settings, bins, "demand", limit_s, seed, run_days=v.run_days, **dict(v.planner))
-        out.append((v, run.simulate(days)))
+        out.append((v, base.variant("demand", run_days=v.run_days, **dict(v.planner)).measure(days)))
     return fixed, out
 
 

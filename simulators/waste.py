@@ -55,7 +55,14 @@ from edge.clock import Clock, SimClock, SystemClock
 from edge.mqtt import BrokerAddress
 from edge.settings import PlaceSettings, Settings, TruckSettings, WasteSettings
 from edge.tasks import close_task_group
-from simulators.lorawan import APPLICATION_ID, TTS_APP, chirpstack_event, network_decoded, tts_uplink
+from simulators.lorawan import (
+    APPLICATION_ID,
+    TTS_APP,
+    TTS_TENANT,
+    chirpstack_event,
+    network_decoded,
+    tts_uplink,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +72,7 @@ TICK_S = 900.0
 PROFILE = "bin_ultrasonic"
 FAULT_TOPIC = "dos/sim/waste/faults"
 CONNECT_TIMEOUT_S = 10.0
+MAX_MESSAGE_BYTES = 1 << 20  # a route of 5000 stops is about 700 kB
 EARTH_M = 6_371_000.0
 
 SENSOR_FAULTS = ("stuck", "out_of_range", "duplicate", "out_of_order", "silent", "lid_open", "tilt", "fire")
@@ -520,7 +528,7 @@ class UplinkEncoder:
         """Subscriptions that match exactly these uplinks (both formats)."""
         return (
             f"application/{self._app or APPLICATION_ID}/device/+/event/up",
-            f"v3/{self._app or TTS_APP}@dos/devices/+/up",
+            f"v3/{self._app or TTS_APP}@{TTS_TENANT}/devices/+/up",
         )
 
     def encode(self, r: Reading) -> list[tuple[str, bytes]]:
@@ -1160,6 +1168,8 @@ class WasteSimulator:
         parts = topic.split("/")
         now = self._clock.now()
         try:
+            if len(payload) > MAX_MESSAGE_BYTES:
+                raise ValueError(f"oversized: {len(payload)} bytes")
             if topic == FAULT_TOPIC:
                 msg = FaultMessage.model_validate_json(payload)
                 self.inject(msg.target, msg.fault, active=msg.active, duration_s=msg.duration_s)

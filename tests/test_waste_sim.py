@@ -22,7 +22,7 @@ from edge.clock import SimClock
 from edge.events import Telemetry
 from edge.mqtt import BrokerAddress
 from edge.settings import PlaceSettings, TruckSettings, WasteSettings
-from simulators.waste import FillModel, RouteMessage, StopMessage, TruckSim, WasteSimulator
+from simulators.waste import FillModel, RouteMessage, StopMessage, TruckSim, UplinkEncoder, WasteSimulator
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
@@ -369,3 +369,29 @@ async def test_fire_alarm_goes_out_at_once(mqtt_url: str) -> None:
     alarm = next(x for x in telemetry if x.values.get("fire"))
     assert alarm.device_id == "T001"
     assert int(alarm.values["temperature"]) >= 70  # type: ignore[call-overload]
+
+
+def test_duplicate_and_out_of_order_frames_reach_the_ingest_as_such() -> None:
+    """Duplicate and out-of-order faults: the ingest sees the same frame twice, and an older frame late."""
+    bins = [make_bin(i) for i in range(2)]
+    m = FillModel(bins, start=MONDAY, seed=9)
+    enc = UplinkEncoder(bins, seed=9, duplicate_p=0.0, out_of_order_p=0.0, app="app-dup")
+    m.inject("T000", "duplicate", MONDAY)
+    m.inject("T001", "out_of_order", MONDAY)
+    m.advance(MONDAY + 6 * 3600)
+    clock = SimClock(MONDAY, speed=1.0)
+    out: list[Telemetry] = []
+    late: list[Telemetry] = []
+    devices = {b.dev_eui: (b.id, "bin_ultrasonic") for b in bins}
+    ingest = UplinkIngest(
+        default_profiles(), devices, out.append, clock, on_late=late.append, dup_window_s=1e9
+    )
+    frames = {"T000": 0, "T001": 0}
+    for r in m.take_readings():
+        frames[r.bin_id] += 1
+        for topic, payload in enc.encode(r):
+            ingest.handle(topic, payload)
+    assert ingest.stats.duplicates == frames["T000"]
+    assert ingest.stats.late >= frames["T001"] // 2 - 1
+    assert {t.device_id for t in late} == {"T001"}
+    assert enc.format_of("T000") != enc.format_of("T001")
