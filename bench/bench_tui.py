@@ -388,7 +388,7 @@ async def bare_phase(url: str, site: str, conn: Connection, seconds: float) -> P
         addr.host, addr.port, identifier=f"bench-tui-bare-{uuid.uuid4().hex[:6]}", timeout=30
     ) as client:
         client.pending_calls_threshold = 1_000_000
-        await client.subscribe(f"dos/v1/{site}/#", qos=1)
+        await client.subscribe(f"dos/v1/{site}/#", qos=0)  # as the dashboard
 
         async def read() -> None:
             async for message in client.messages:
@@ -426,10 +426,10 @@ def _broker() -> Any:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="bench-tui-") as tmp:
         conf = Path(tmp) / "mosquitto.conf"
-        # As docs/mosquitto/mosquitto.conf, without accounts; queues sized for a city's retained state.
+        # As docs/mosquitto/mosquitto.conf, without accounts.
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-            "max_queued_messages 100000\nlog_dest none\n"
+            "max_queued_messages 20000\nlog_dest none\n"
         )
         proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -235,7 +235,12 @@ class DashboardClient:
         async with contextlib.AsyncExitStack() as stack:
             async with asyncio.timeout(self._connect_timeout_s * 2 + 1):
                 await stack.enter_async_context(client)
-                await client.subscribe(f"{self.base}/#", qos=1, timeout=self._connect_timeout_s)
+                # QoS 0: a live view gains nothing from QoS 1 on a clean session (the retained
+                # state re-syncs it on every connect), and Mosquitto queues at most
+                # max_queued_messages (default 1,000) QoS 1 messages per client, so on
+                # subscribing to a site of 5,000 lamps at QoS 1 it silently dropped 4,000
+                # retained states (measured).
+                await client.subscribe(f"{self.base}/#", qos=0, timeout=self._connect_timeout_s)
             self._client = client
             log.info("tui_mqtt_connected", url=self.url.safe(), protocol=self._protocol)
             sink(Connected(self._protocol))
