@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -380,14 +380,22 @@ class BinReading:
     fire: bool
 
 
-def bin_alarms(b: Bin, r: BinReading | None, est: FillEstimator, now: float) -> dict[str, str]:
-    """The alarms a bin should have right now, code -> detail."""
+def bin_alarms(
+    b: Bin, r: BinReading | None, est: FillEstimator, now: float, active: Collection[str] = ()
+) -> dict[str, str]:
+    """The alarms a bin should have right now, code -> detail.
+
+    `active` are the alarms it has now: fire and overflow clear only well below where they
+    were raised (60 degC, 90 %), so sensor noise at the limit does not raise them again and again.
+    """
     out: dict[str, str] = {}
     if r is None:
         return out
-    if r.fire or (r.temperature is not None and r.temperature >= FIRE_C):
+    fire_c = FIRE_C - 10 if "fire" in active else FIRE_C
+    if r.fire or (r.temperature is not None and r.temperature >= fire_c):
         out["fire"] = "fire flag" if r.fire else f"temperature {r.temperature:g} degC"
-    if r.fill is not None and r.fill >= OVERFLOW:
+    overflow = OVERFLOW - 0.08 if "overflow" in active else OVERFLOW
+    if r.fill is not None and r.fill >= overflow:
         out["overflow"] = f"fill {r.fill:.0%}"
     if r.tilt:
         out["tilt"] = "bin knocked over"
@@ -571,6 +579,7 @@ class WasteController:
         self._wake = asyncio.Event()
         self._planning = False
         self._last_alarm_plan = -math.inf
+        self._alarm_waiting = False  # an alarm re-plan held back by the rate limit
         self.dirty_bins: set[str] = set()
         self.dirty_trucks: set[str] = set()
         self.dirty_plan = False
@@ -912,7 +921,7 @@ class WasteController:
         return any(t is not None and self._day(t) == day for t in (bt.confirmed_ts, bt.reported_ts))
 
     def _update_alarms(self, bt: BinTrack, now: float) -> None:
-        new = bin_alarms(bt.bin, bt.reading, bt.est, now)
+        new = bin_alarms(bt.bin, bt.reading, bt.est, now, bt.alarms.keys())
         old = bt.alarms
         if new.keys() == old.keys():
             bt.alarms = new
@@ -926,12 +935,20 @@ class WasteController:
         if "overflow" in raised:
             self._roll_day(now)
             self.counters.overflows += 1
-        if raised & {"fire", "overflow"} and self._in_operation(now) and not self._pending_in_plan(bt.bin.id):
-            if bt.excluded:
-                return
-            if now - self._last_alarm_plan >= self.alarm_replan_s:
-                self._last_alarm_plan = now
-                self.request_plan("alarm")
+        if raised & {"fire", "overflow"} and not bt.excluded:
+            self._alarm_replan(bt.bin.id, now)
+
+    def _alarm_replan(self, bin_id: str, now: float) -> None:
+        """A fire or overflow during the day's operation: re-plan (at most every `alarm_replan_s`;
+        one that comes sooner waits for `step`)."""
+        if not self._in_operation(now) or self._pending_in_plan(bin_id):
+            return
+        if now - self._last_alarm_plan >= self.alarm_replan_s:
+            self._last_alarm_plan = now
+            self._alarm_waiting = False
+            self.request_plan("alarm")
+        else:
+            self._alarm_waiting = True
 
     def _in_operation(self, now: float) -> bool:
         """Today is a run day, today's plan exists and a shift is still going."""
@@ -939,8 +956,13 @@ class WasteController:
         return a is not None and a.day == self._day(now) and self.run_day(now) == a.day
 
     def step(self, now: float) -> None:
-        """Stale bins, offline trucks, the day's scheduled plan."""
+        """Stale bins, offline trucks, held-back alarm re-plans, the day's scheduled plan."""
         self._roll_day(now)
+        if self._alarm_waiting and now - self._last_alarm_plan >= self.alarm_replan_s:
+            self._alarm_waiting = False
+            if self._in_operation(now):
+                self._last_alarm_plan = now
+                self.request_plan("alarm")
         for bt in self.bins.values():
             if bt.reading is not None:
                 self._update_alarms(bt, now)

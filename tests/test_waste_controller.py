@@ -468,3 +468,27 @@ async def test_restart_keeps_plan_flags_and_history(rig: Rig) -> None:
     # a stored plan of another day is not taken back
     assert not fresh.restore_plan({**plan_body, "day": "2026-11-01"}, r.clock.now())
     assert not fresh.restore_plan({"routes": "garbage"}, r.clock.now())
+
+
+async def test_alarm_replans_are_rate_limited_not_lost(rig: Rig) -> None:
+    """A second fire soon after an alarm re-plan is held back, then re-planned once the limit has passed."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    await r.ctl.plan_pending()
+    r.clock.advance(600)
+    uplink(r, "B4", 0.2, temperature=85)
+    assert r.ctl.pending == "alarm"
+    await r.ctl.plan_pending()
+    r.clock.advance(60)
+    uplink(r, "B6", 0.1, fire=True)
+    assert r.ctl.pending is None  # within alarm_replan_s of the last one
+    r.ctl.step(r.clock.now())
+    assert r.ctl.pending is None
+    r.clock.advance(r.ctl.alarm_replan_s)
+    r.ctl.step(r.clock.now())
+    assert r.ctl.pending == "alarm"
+    active = await r.ctl.plan_pending()
+    assert active is not None
+    assert "B6" in {b for route in active.plan.routes for b in route.bins}

@@ -235,3 +235,16 @@ def test_stale_follows_the_bins_interval() -> None:
     assert est.expected_interval_s() == 600
     assert "stale" not in bin_alarms(BIN, r, est, last + 1700)
     assert "stale" in bin_alarms(BIN, r, est, last + 1900)
+
+
+def test_overflow_and_fire_clear_with_hysteresis() -> None:
+    """Raised at 98 % / 70 degC, held until well below (90 % / 60 degC): noise at the limit does not flap."""
+    est = FillEstimator("residential", TZ)
+    est.add(MONDAY, 0.99)
+    raised = bin_alarms(BIN, reading(fill=0.99, temperature=72.0), est, MONDAY)
+    assert {"overflow", "fire"} <= raised.keys()
+    held = bin_alarms(BIN, reading(fill=0.95, temperature=65.0), est, MONDAY, raised.keys())
+    assert {"overflow", "fire"} <= held.keys()
+    assert "overflow" not in bin_alarms(BIN, reading(fill=0.95), est, MONDAY)  # not raised below 98 %
+    gone = bin_alarms(BIN, reading(fill=0.85, temperature=55.0), est, MONDAY, held.keys())
+    assert not {"overflow", "fire"} & gone.keys()
