@@ -647,9 +647,6 @@ class TruckView:
     emptied: int
 
 
-_DEPOT_STOP_ID = "depot"
-
-
 class TruckSim:
     """One truck following its route; `step(now)` moves it on, returning the events that happened.
 

@@ -21,8 +21,17 @@ from edge.bins import Bin
 from edge.clock import SimClock
 from edge.events import Telemetry
 from edge.mqtt import BrokerAddress
-from edge.settings import PlaceSettings, TruckSettings, WasteSettings
-from simulators.waste import FillModel, RouteMessage, StopMessage, TruckSim, UplinkEncoder, WasteSimulator
+from edge.settings import PlaceSettings, TruckSettings, WasteSettings, load_settings
+from simulators.waste import (
+    FillModel,
+    RouteMessage,
+    StopMessage,
+    TruckSim,
+    UplinkEncoder,
+    WasteSimulator,
+    run_waste_simulator,
+    site_config,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
@@ -395,3 +404,17 @@ def test_duplicate_and_out_of_order_frames_reach_the_ingest_as_such() -> None:
     assert ingest.stats.late >= frames["T001"] // 2 - 1
     assert {t.device_id for t in late} == {"T001"}
     assert enc.format_of("T000") != enc.format_of("T001")
+
+
+async def test_bad_site_or_fault_is_a_clear_error() -> None:
+    """A site without bins, an unknown fault or an unknown target fail before anything connects."""
+    sw = load_settings(site_config("schwerte"))
+    assert sw.bins_path() is not None
+    with pytest.raises(ValueError, match="melt"):
+        await run_waste_simulator(sw, mqtt_url="mqtt://127.0.0.1:1", faults=["S0001:melt"])
+    with pytest.raises(ValueError, match="no bin 'S9999'"):
+        await run_waste_simulator(sw, mqtt_url="mqtt://127.0.0.1:1", faults=["S9999:fire"])
+    with pytest.raises(ValueError, match="no truck"):
+        await run_waste_simulator(sw, mqtt_url="mqtt://127.0.0.1:1", faults=["S0001:breakdown"])
+    with pytest.raises(ValueError, match="no \\[waste\\] bins"):
+        await run_waste_simulator(load_settings(None), mqtt_url="mqtt://127.0.0.1:1")
