@@ -316,6 +316,79 @@ def display_messages() -> list[tuple[str, bytes]]:
     ]
 
 
+def bin_state(
+    bin_id: str,
+    zone: str,
+    kind: str,
+    fill: float | None,
+    *,
+    plan: str = "none",
+    forced: bool = False,
+    excluded: bool = False,
+    alarms: tuple[str, ...] = (),
+    status: str = "ok",
+    rate: float | None = 0.02,
+) -> tuple[str, bytes]:
+    """A bin's retained state as the waste API contract describes it (recorded JSON, not our model)."""
+    full_ts = None if fill is None or rate is None else T0 + 3600 * max(0.0, 0.8 - fill) / rate
+    body = {
+        "id": bin_id, "lat": 51.506, "lon": 7.451, "kind": kind, "zone": zone, "fill": fill,
+        "rate_per_h": rate, "full_ts": full_ts, "battery": 88.0, "temperature": 14.5, "alarms": list(alarms),
+        "status": status, "last_seen_ts": T0 - 600, "last_emptied_ts": T0 - 86400 * 3, "plan": plan,
+        "forced": forced, "excluded": excluded, "ts": T0,
+    }  # fmt: skip
+    return f"{BASE}/waste/bins/{bin_id}/state", orjson.dumps(body)
+
+
+BINS = [
+    bin_state("B0001", "z1", "shopping", 0.93, plan="mandatory", alarms=("overflow",)),
+    bin_state("B0002", "z1", "residential", 0.55, plan="optional"),
+    bin_state("B0003", "z2", "residential", 0.12),
+    bin_state("B0004", "z2", "park", None, status="stale", alarms=("stale",), rate=None),
+    bin_state("B0005", "z3", "park", 0.41, plan="mandatory", forced=True),
+    bin_state("B0006", "z3", "residential", 0.30, excluded=True),
+    bin_state("B0007", "z1", "shopping", 0.64, plan="mandatory", alarms=("fire",)),
+]
+
+
+def truck_state(truck: str, status: str, stop_index: int, *, online: bool = True) -> tuple[str, bytes]:
+    body = {
+        "id": truck, "online": online, "status": status, "lat": 51.507, "lon": 7.452, "load_l": 4200.0,
+        "load_kg": 610.0, "load_pct": 38.0, "route_id": f"r-{truck}", "stop_index": stop_index, "stops_total": 6,
+        "bins_done": stop_index, "bins_total": 4, "odometer_km": 12.4, "last_seen_ts": T0 - 20, "ts": T0,
+    }  # fmt: skip
+    return f"{BASE}/waste/trucks/{truck}/state", orjson.dumps(body)
+
+
+def waste_messages() -> list[tuple[str, bytes]]:
+    def stop(seq: int, kind: str, sid: str, done: bool) -> dict[str, object]:
+        return {"seq": seq, "kind": kind, "id": sid, "eta_ts": T0 + 900 * seq, "done": done}
+
+    plan = {
+        "plan_id": "p-0921", "made_ts": T0 - 5400, "reason": "scheduled", "status": "optimal", "solver": "pyvrp",
+        "distance_km": 23.4, "mandatory": 3, "optional": 1, "dropped": ["B0002"],
+        "routes": [
+            {"truck": "T1", "route_id": "r-T1", "distance_km": 14.1, "stops": [
+                stop(0, "depot", "depot", True), stop(1, "bin", "B0001", True), stop(2, "bin", "B0007", False),
+                stop(3, "disposal", "mva", False), stop(4, "bin", "B0005", False), stop(5, "depot", "depot", False)]},
+            {"truck": "T2", "route_id": "r-T2", "distance_km": 9.3, "stops": [
+                stop(0, "depot", "depot", True), stop(1, "bin", "B0003", False), stop(2, "depot", "depot", False)]},
+        ],
+        "violations": [], "ts": T0 - 5400,
+    }  # fmt: skip
+    summary = {
+        "bins": 7, "reporting": 6, "above_threshold": 2, "alarms": 3, "trucks": 2, "trucks_on_route": 1,
+        "emptied_today": 1, "overflows_today": 1, "km_today": 12.4, "ts": T0,
+    }  # fmt: skip
+    return [
+        *BINS,
+        truck_state("T1", "collecting", 2),
+        truck_state("T2", "broken", 1),
+        (f"{BASE}/waste/plan", orjson.dumps(plan)),
+        (f"{BASE}/waste/summary", orjson.dumps(summary)),
+    ]
+
+
 def recorded() -> list[tuple[str, bytes]]:
     """Everything a dashboard would receive on connecting to the recorded site."""
     msgs: list[tuple[str, bytes]] = [
@@ -348,6 +421,7 @@ def recorded() -> list[tuple[str, bytes]]:
         *CHARGERS,
         charging_plan_message(),
         *display_messages(),
+        *waste_messages(),
     ]
     for a in ALARMS:
         msgs.append((f"{BASE}/alarms/active/{a.device_id}/{a.code}", dump(a)))
@@ -1295,6 +1369,117 @@ async def test_alarm_history_filters_and_viewer_cannot_ack() -> None:
         assert fake.calls == []
 
 
+# ----- waste: bins, routes, force / exclude / automatic ------------------------------------------
+
+
+def test_model_folds_waste_and_counts_bad_payloads() -> None:
+    """Bins, trucks, the plan and the summary land in the model; a bad one is counted, not raised."""
+    model = recorded_model()
+    assert len(model.bins) == 7
+    assert model.bins["B0005"].forced
+    assert model.bins["B0006"].excluded
+    assert model.bins["B0004"].fill is None
+    assert model.waste_plan is not None
+    assert model.waste_plan.dropped == ["B0002"]
+    assert model.waste_summary is not None
+    assert model.waste_summary.trucks_on_route == 1
+    rows = {r.id: r for r in model.truck_rows()}
+    assert (rows["T1"].stops_done, rows["T1"].stops_total, rows["T1"].next_stop) == (2, 6, "bin B0007")
+    assert rows["T2"].status_word == "broken"
+    assert model.bins_above(0.8) == 1
+    # A field the dashboard does not know is ignored; a missing id or a wrong type is counted.
+    extra = orjson.dumps({**orjson.loads(BINS[2][1]), "new_field": 1, "fill": 0.2})
+    assert model.apply(f"{BASE}/waste/bins/B0003/state", extra) is Change.WASTE
+    assert model.bins["B0003"].fill == 0.2
+    assert model.apply(f"{BASE}/waste/bins/B0009/state", b'{"fill": 0.5}') is Change.BAD
+    assert model.apply(f"{BASE}/waste/plan", b'{"routes": 3}') is Change.BAD
+    assert model.bad_payloads["waste"] == 2
+    assert model.apply(f"{BASE}/waste/bins/B0003/state", b"") is Change.WASTE
+    assert "B0003" not in model.bins
+
+
+async def test_waste_view_sorts_and_filters_bins() -> None:
+    """8 shows bins and routes; bins filter as you type and sort by fill; trucks show their progress."""
+    app = make_app()
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("8")
+        bins = app.query_one("#bin-table", FilterTable)
+        assert bins.shown_keys == [f"B000{i}" for i in range(1, 8)]
+        assert "FORCED" in str(bins.table.get_cell("B0005", "6"))
+        assert "EXCLUDED" in str(bins.table.get_cell("B0006", "6"))
+        assert str(bins.table.get_cell("B0004", "3")) == "never heard"
+        bins.sort_by(3, reverse=True)
+        assert bins.shown_keys[:3] == ["B0001", "B0007", "B0002"]
+        bins.filter_input.focus()
+        await pilot.press(*"mandatory z1")
+        assert sorted(bins.shown_keys) == ["B0001", "B0007"]
+        trucks = app.query_one("#truck-table", FilterTable)
+        assert trucks.shown_keys == ["T1", "T2"]
+        assert str(trucks.table.get_cell("T1", "3")) == "[###.......] 2/6"
+        assert str(trucks.table.get_cell("T2", "1")) == "broken"
+        summary = str(app.query_one("#waste-summary", Static).render())
+        assert "2 above threshold" in summary
+        assert "trucks 1/2 on route" in summary
+
+
+async def test_force_bin_confirm_then_ack() -> None:
+    """f on a bin says what it will do, y sends it, the ack shows; x, n and R go the same way."""
+    fake = FakeRequester(ack("accepted", "re-planning"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("8", "down", "down", "f")
+        assert isinstance(app.screen, ConfirmDialog)
+        what = str(app.screen.query_one("#what", Static).render())
+        assert "Force bin B0003 into today's collection plan." in what
+        assert "zone z2, 12 % full" in what
+        assert f"Request: {BASE}/cmd/waste/bins/B0003" in what
+        assert fake.calls == []
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls == [
+            (f"{BASE}/cmd/waste/bins/B0003", {"action": "force", "reason": "operator dashboard"})
+        ]
+        assert "force B0003:" in command_line(app)
+        assert "OK" in command_line(app)
+        for key in ("x", "n", "R"):
+            await pilot.press(key, "y")
+            await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert [c[1]["action"] for c in fake.calls] == ["force", "exclude", "clear", "replan"]
+        assert fake.calls[-1][0] == f"{BASE}/cmd/waste/replan"
+        await pilot.press("f", "n")
+        assert "cancelled, nothing sent" in command_line(app)
+        assert len(fake.calls) == 4
+
+
+async def test_force_excluded_bin_refused_reason_shown() -> None:
+    """Forcing an excluded bin comes back refused with the daemon's reason."""
+    fake = FakeRequester(ack("refused", "excluded: bin B0006 is excluded; clear it first"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("8", *["down"] * 5, "f")
+        assert "today: - EXCLUDED" in str(app.screen.query_one("#what", Static).render())
+        await pilot.press("y")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert fake.calls[0][0] == f"{BASE}/cmd/waste/bins/B0006"
+        assert "REFUSED" in command_line(app)
+        assert "excluded: bin B0006 is excluded; clear it first" in command_line(app)
+
+
+async def test_viewer_sees_no_waste_actions() -> None:
+    """The viewer role sees bins and routes but cannot force, exclude or re-plan."""
+    fake = FakeRequester(ack("accepted"))
+    app = make_app("viewer", requester=fake)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("8", "f", "x", "n", "R")
+        assert not isinstance(app.screen, ConfirmDialog)
+        shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
+        assert not {"force_bin", "exclude_bin", "auto_bin", "replan"} & shown
+        assert fake.calls == []
+
+
 # ----- snapshots ---------------------------------------------------------------------------------
 
 VIEW_KEYS = {
@@ -1305,6 +1490,7 @@ VIEW_KEYS = {
     "alarms": "5",
     "charging": "6",
     "displays": "7",
+    "waste": "8",
 }
 
 
@@ -1320,6 +1506,7 @@ VIEW_KEYS = {
         "charging-limit",
         "display-message",
         "alarm-ack",
+        "waste-force",
     ],
 )
 def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path: Path) -> None:
@@ -1336,6 +1523,7 @@ def test_snapshot(view: str, size: tuple[int, int], snap_compare: Any, tmp_path:
         "charging-limit": ["6", "down", "down", "down", "l"],
         "display-message": ["7", "m"],
         "alarm-ack": ["5", "down", "a", *"crew sent"],
+        "waste-force": ["8", "down", "f"],
     }.get(view, [VIEW_KEYS.get(view, "1")])
     assert snap_compare(make_app(inventory=inventory), press=press, terminal_size=size)
 

@@ -38,12 +38,14 @@ from tui.client import (
 from tui.inventory import Inventory
 from tui.model import (
     ActiveWarning,
+    BinView,
     Change,
     ChargerRow,
     FeederRow,
     LampRow,
     Recommendation,
     SiteModel,
+    TruckRow,
     alarm_event,
     alarm_event_ts,
     severity_rank,
@@ -73,6 +75,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("alarms", "Alarms"),
     ("charging", "Charging"),
     ("displays", "Displays"),
+    ("waste", "Waste"),
 )
 # Which views show what a kind of change touches.
 SHOWS: dict[str, frozenset[Change]] = {
@@ -83,13 +86,18 @@ SHOWS: dict[str, frozenset[Change]] = {
     "alarms": frozenset({Change.ALARM}),
     "charging": frozenset({Change.CHARGING}),
     "displays": frozenset({Change.DISPLAYS}),
+    "waste": frozenset({Change.WASTE}),
 }
 DISPLAY_ACTIONS = frozenset({"display_message", "clear_display"})
 CHARGER_ACTIONS = frozenset({"pause_charger", "limit_charger", "release_charger"})
 LAMP_ACTIONS = frozenset({"override", "resume"})
 ALARM_ACTIONS = frozenset({"ack_alarm"})
-COMMAND_ACTIONS = frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS | ALARM_ACTIONS
-TABLE_VIEWS = ("lights", "alarms", "charging", "displays")
+WASTE_ACTIONS = frozenset({"force_bin", "exclude_bin", "auto_bin"})
+COMMAND_ACTIONS = (
+    frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS | ALARM_ACTIONS | WASTE_ACTIONS
+)
+TABLE_VIEWS = ("lights", "alarms", "charging", "displays", "waste")
+NARROW = 110  # below this many columns the title names only the current view
 REFRESH_S = 0.2  # at most this often the visible view is redrawn from the model
 LAMP_COLUMNS = (
     Column("Lamp", 7),
@@ -147,6 +155,29 @@ DISPLAY_COLUMNS = (
     Column("Pixel faults", 6),
     Column("Shows now"),
 )
+BIN_COLUMNS = (
+    Column("Bin", 7),
+    Column("Zone", 6),
+    Column("Kind", 11),
+    Column("Fill", 13),
+    Column("%/h", 4),
+    Column("Full at", 7),
+    Column("Today", 16),
+    Column("Status", 6),
+    Column("Batt", 4),
+    Column("Alarms"),
+)
+TRUCK_COLUMNS = (
+    Column("Truck", 6),
+    Column("Status", 10),
+    Column("Route", 10),
+    Column("Stops done", 18),
+    Column("Bins", 7),
+    Column("Load", 5),
+    Column("km", 5),
+    Column("Next stop", 14),
+    Column("ETA"),
+)
 PARKING_COLUMNS = (
     Column("Car park", 10),
     Column("Name", 18),
@@ -187,6 +218,10 @@ class DashboardApp(App[int]):
     #session-table { height: 2fr; }
     #alarm-table { height: 1fr; }
     #alarm-history { height: 1fr; border-top: solid $secondary; }
+    #waste { height: 1fr; }
+    #waste-summary { height: auto; }
+    #bin-table { height: 2fr; }
+    #truck-table { height: 1fr; border-top: solid $secondary; }
     #command { height: auto; max-height: 3; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -203,6 +238,9 @@ class DashboardApp(App[int]):
         Binding("m", "display_message", "Message"),
         Binding("c", "clear_display", "Clear msg"),
         Binding("a", "ack_alarm", "Ack"),
+        Binding("f", "force_bin", "Force"),
+        Binding("x", "exclude_bin", "Exclude"),
+        Binding("n", "auto_bin", "Automatic"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -237,6 +275,7 @@ class DashboardApp(App[int]):
         self._refresh_timer: Timer | None = None
         self._last_refresh = 0.0
         self._lights_seen = -1
+        self._bins_seen = -1
 
     # ----- layout ------------------------------------------------------------------------------
 
@@ -262,6 +301,10 @@ class DashboardApp(App[int]):
                 yield FilterTable(DISPLAY_COLUMNS, "displays", id="display-table", hint="e.g. 'offline'")
                 yield FilterTable(PARKING_COLUMNS, "car parks", id="parking-table", hint="e.g. 'STALE'")
                 yield Static("", id="warnings")
+            with Vertical(id="waste"):
+                yield Static("", id="waste-summary")
+                yield FilterTable(BIN_COLUMNS, "bins", id="bin-table", hint="e.g. 'mandatory z3'")
+                yield FilterTable(TRUCK_COLUMNS, "trucks", id="truck-table", hint="e.g. 'collecting'")
         yield Static("", id="command")
         yield Footer()
 
@@ -281,6 +324,8 @@ class DashboardApp(App[int]):
         await client.run(sink)
 
     def _title_text(self) -> Text:
+        """The site, the views by key, the role; on a narrow terminal only the current view is named."""
+        narrow = self.size.width < NARROW
         out = Text()
         out.append(f" {self.site} ", "bold reverse")
         for i, (vid, name) in enumerate(VIEWS):
@@ -288,10 +333,13 @@ class DashboardApp(App[int]):
                 out.append(" ")
                 out.append(f"[{i + 1} {name}]", "bold reverse")
             else:
-                out.append(f" {i + 1} {name}")
+                out.append(f" {i + 1}" if narrow else f" {i + 1} {name}")
         out.append(" │ ")
         out.append(self.role if self.role == "operator" else "viewer (read-only)", "italic")
         return out
+
+    def on_resize(self) -> None:
+        self.query_one("#title", Static).update(self._title_text())
 
     # ----- data in -----------------------------------------------------------------------------
 
@@ -361,6 +409,14 @@ class DashboardApp(App[int]):
             )
             self._parking_table.show([parking_row(p) for _, p in sorted(model.parking.items())])
             self.query_one("#warnings", Static).update(warnings_text(model.warnings_sorted(), tz))
+        elif view == "waste":
+            summary = Text()
+            render.waste_lines(summary, model, tz)
+            self.query_one("#waste-summary", Static).update(summary)
+            changed, gone = model.bins_since(self._bins_seen)
+            self._bins_seen = model.version
+            self._table("waste").update([bin_row(model.bins[k], tz) for k in changed], gone)
+            self._truck_table.show([truck_row(r, tz) for r in model.truck_rows()])
 
     def _map_renderer(self) -> Callable[[int, int], Text]:
         model, inv = self.model, self.inventory
@@ -402,6 +458,7 @@ class DashboardApp(App[int]):
             "alarms": "#alarm-table",
             "charging": "#session-table",
             "displays": "#display-table",
+            "waste": "#bin-table",
         }[view]
         return self.query_one(wid, FilterTable)
 
@@ -412,6 +469,10 @@ class DashboardApp(App[int]):
     @property
     def _parking_table(self) -> FilterTable:
         return self.query_one("#parking-table", FilterTable)
+
+    @property
+    def _truck_table(self) -> FilterTable:
+        return self.query_one("#truck-table", FilterTable)
 
     @property
     def _history_table(self) -> FilterTable:
@@ -425,6 +486,8 @@ class DashboardApp(App[int]):
             return self._parking_table
         if self.view == "alarms" and self._history_table.has_focus_within:
             return self._history_table
+        if self.view == "waste" and self._truck_table.has_focus_within:
+            return self._truck_table
         return self._table(self.view)
 
     def action_help(self) -> None:
@@ -449,8 +512,12 @@ class DashboardApp(App[int]):
             return False
         if action in ALARM_ACTIONS and self.view != "alarms":
             return False
-        if action in LAMP_ACTIONS | {"replan"} and self.view in ("charging", "displays"):
+        if action in WASTE_ACTIONS and self.view != "waste":
+            return False
+        if action in LAMP_ACTIONS and self.view in ("charging", "displays", "waste"):
             return False  # those views act on their own devices; lamps from the other views
+        if action == "replan" and self.view in ("charging", "displays"):
+            return False  # R re-plans the lighting, or the waste collection on the Waste view
         if action in ("sort",) and self.view not in TABLE_VIEWS:
             return None
         return True
@@ -482,6 +549,16 @@ class DashboardApp(App[int]):
         self.action_override(resume=True)
 
     def action_replan(self) -> None:
+        if self.view == "waste":
+            topic = f"{self.model.base}/cmd/waste/replan"
+            what = (
+                "Re-plan today's waste collection now.\n"
+                "The daemon plans again from the trucks' positions, keeping what is done; "
+                "forced and excluded bins stay so.\n"
+                f"Request: {topic}"
+            )
+            self._confirm_then_send(what, topic, {"action": "replan"}, "re-plan waste")
+            return
         what = (
             "Re-plan tonight's lighting now.\n"
             "The daemon computes a new plan from the current time and applies it; "
@@ -633,6 +710,48 @@ class DashboardApp(App[int]):
             f"Request: {topic}"
         )
         self._confirm_then_send(what, topic, {"action": "clear"}, f"clear {d.device_id}")
+
+    # waste ------------------------------------------------------------------------------------
+
+    def _selected_bin(self) -> BinView | None:
+        bid = self._table("waste").selected_key
+        if bid is None or bid not in self.model.bins:
+            self._say(Text("No bin selected: nothing to do.", "italic"))
+            return None
+        return self.model.bins[bid]
+
+    def _bin_command(self, action: str, what: str, short: str) -> None:
+        b = self._selected_bin()
+        if b is None:
+            return
+        topic = f"{self.model.base}/cmd/waste/bins/{b.id}"
+        text = f"{what.format(bin=b.id)}\nNow: {describe_bin(b, self.tz)}.\nRequest: {topic}"
+        payload: dict[str, object] = {"action": action, "reason": "operator dashboard"}
+        self._confirm_then_send(text, topic, payload, f"{short} {b.id}")
+
+    def action_force_bin(self) -> None:
+        self._bin_command(
+            "force",
+            "Force bin {bin} into today's collection plan.\n"
+            "The daemon re-plans today's routes with it as a mandatory stop, or refuses "
+            "(an excluded bin: set it back to automatic first).",
+            "force",
+        )
+
+    def action_exclude_bin(self) -> None:
+        self._bin_command(
+            "exclude",
+            "Exclude bin {bin} from every collection plan until you set it back to automatic (n).\n"
+            "Its fill is still watched and its alarms still raised.",
+            "exclude",
+        )
+
+    def action_auto_bin(self) -> None:
+        self._bin_command(
+            "clear",
+            "Set bin {bin} back to automatic: planned by its fill and prediction, no longer forced or excluded.",
+            "automatic",
+        )
 
     # alarms -----------------------------------------------------------------------------------
 
@@ -900,6 +1019,98 @@ def parking_row(p: ParkingState) -> Row:
             None if p.free is None else float(p.free),
             opened,
             "fresh" if p.fresh else "STALE",
+        ),
+    )
+
+
+PLAN_WORD = {"mandatory": "mandatory", "optional": "optional", "none": "-"}
+
+
+def describe_bin(b: BinView, tz: tzinfo | None) -> str:
+    """`zone z3, 64 % full, full at 14:20, today: none` in one phrase."""
+    fill = "never heard" if b.fill is None else f"{b.fill * 100:.0f} % full"
+    parts = [f"zone {b.zone or '-'}", fill]
+    if b.full_ts is not None:
+        parts.append(f"full at {render.fmt_time(b.full_ts, tz)}")
+    flags = " FORCED" if b.forced else " EXCLUDED" if b.excluded else ""
+    parts.append(f"today: {PLAN_WORD.get(b.plan, b.plan)}{flags}")
+    if b.alarms:
+        parts.append("alarms " + " ".join(b.alarms))
+    return ", ".join(parts)
+
+
+def bin_row(b: BinView, tz: tzinfo | None) -> Row:
+    """A bin as a bins table row: fill and prediction, today's plan, what is wrong."""
+    today = Text(PLAN_WORD.get(b.plan, b.plan), "bold" if b.plan == "mandatory" else "")
+    if b.forced:
+        today.append(" FORCED", "bold")
+    elif b.excluded:
+        today.append(" EXCLUDED", "bold")
+    full_at = (
+        "-"
+        if b.full_ts is None
+        else ("FULL" if b.fill is not None and b.fill >= 1 else render.fmt_time(b.full_ts, tz))
+    )
+    status = Text(b.status, "" if b.status == "ok" else "bold red")
+    alarms = Text(" ".join(b.alarms), "bold red" if "fire" in b.alarms else "bold" if b.alarms else "")
+    return Row(
+        key=b.id,
+        cells=(
+            b.id,
+            b.zone,
+            b.kind,
+            render.fill_bar(b.fill),
+            render.fmt_num(None if b.rate_per_h is None else b.rate_per_h * 100, 1),
+            full_at,
+            today,
+            status,
+            render.fmt_num(b.battery),
+            alarms,
+        ),
+        sort=(
+            b.id,
+            b.zone,
+            b.kind,
+            b.fill,
+            b.rate_per_h,
+            b.full_ts,
+            f"{'0' if b.forced else '1' if b.plan == 'mandatory' else '2' if b.plan == 'optional' else '3'}{b.plan}",
+            b.status,
+            b.battery,
+            " ".join(b.alarms) or None,
+        ),
+    )
+
+
+TRUCK_STYLE = {"offline": "bold magenta", "broken": "bold red reverse", "collecting": "bold"}
+
+
+def truck_row(r: TruckRow, tz: tzinfo | None) -> Row:
+    """A truck as a routes table row: its route's progress."""
+    word = r.status_word
+    return Row(
+        key=r.id,
+        cells=(
+            r.id,
+            Text(word, TRUCK_STYLE.get(word, "")),
+            r.route_id or "-",
+            render.progress_bar(r.stops_done, r.stops_total),
+            f"{r.bins_done}/{r.bins_total}" if r.bins_total else "-",
+            "-" if r.load_pct is None else f"{r.load_pct:.0f} %",
+            render.fmt_num(r.km, 1),
+            r.next_stop or "-",
+            render.fmt_time(r.next_eta, tz),
+        ),
+        sort=(
+            r.id,
+            word,
+            r.route_id,
+            r.progress,
+            float(r.bins_done),
+            r.load_pct,
+            r.km,
+            r.next_stop,
+            r.next_eta,
         ),
     )
 

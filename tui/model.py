@@ -52,6 +52,7 @@ class Change(enum.StrEnum):
     STATUS = "status"
     CHARGING = "charging"
     DISPLAYS = "displays"
+    WASTE = "waste"
     RESULT = "result"
     IGNORED = "ignored"
     BAD = "bad"
@@ -214,6 +215,146 @@ class ActiveWarning(BaseModel):
 WARNING_SEVERITIES = ("extreme", "severe", "warning", "info")
 
 
+class _View(BaseModel):
+    """The dashboard's reading of a payload: the fields it shows, unknown ones ignored.
+
+    The waste payloads are read this way (not with strict API models) so that a daemon that
+    adds a field does not blank the Waste view of an older dashboard.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class BinView(_View):
+    """A bin's retained state (`waste/bins/{bin}/state`)."""
+
+    id: str
+    lat: float | None = None
+    lon: float | None = None
+    kind: str = ""
+    zone: str = ""
+    fill: float | None = None
+    rate_per_h: float | None = None
+    full_ts: float | None = None
+    battery: float | None = None
+    temperature: float | None = None
+    alarms: list[str] = []
+    status: str = "ok"
+    last_seen_ts: float | None = None
+    last_emptied_ts: float | None = None
+    plan: str = "none"
+    forced: bool = False
+    excluded: bool = False
+    ts: float = 0.0
+
+
+class TruckView(_View):
+    """A truck's retained state (`waste/trucks/{truck}/state`)."""
+
+    id: str
+    online: bool | None = None
+    status: str = ""
+    lat: float | None = None
+    lon: float | None = None
+    load_l: float | None = None
+    load_kg: float | None = None
+    load_pct: float | None = None
+    route_id: str | None = None
+    stop_index: int = 0
+    stops_total: int = 0
+    bins_done: int = 0
+    bins_total: int = 0
+    odometer_km: float | None = None
+    last_seen_ts: float | None = None
+    ts: float = 0.0
+
+    @property
+    def on_route(self) -> bool:
+        return self.online is not False and self.status in ("driving", "collecting", "unloading", "returning")
+
+
+class StopView(_View):
+    seq: int = 0
+    kind: str = "bin"
+    id: str = ""
+    eta_ts: float | None = None
+    done: bool = False
+
+
+class RouteView(_View):
+    truck: str
+    route_id: str = ""
+    distance_km: float = 0.0
+    stops: list[StopView] = []
+
+    @property
+    def bins(self) -> list[StopView]:
+        return [s for s in self.stops if s.kind == "bin"]
+
+
+class WastePlanView(_View):
+    """Today's collection plan (`waste/plan`)."""
+
+    plan_id: str = ""
+    made_ts: float | None = None
+    reason: str = ""
+    status: str = ""
+    solver: str = ""
+    distance_km: float = 0.0
+    mandatory: int = 0
+    optional: int = 0
+    dropped: list[str] = []
+    routes: list[RouteView] = []
+    violations: list[str] = []
+    ts: float = 0.0
+
+    def route_of(self, truck: str) -> RouteView | None:
+        return next((r for r in self.routes if r.truck == truck), None)
+
+
+class WasteSummaryView(_View):
+    """The daemon's waste counters (`waste/summary`)."""
+
+    bins: int = 0
+    reporting: int = 0
+    above_threshold: int = 0
+    alarms: int = 0
+    trucks: int = 0
+    trucks_on_route: int = 0
+    emptied_today: int = 0
+    overflows_today: int = 0
+    km_today: float = 0.0
+    ts: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TruckRow:
+    """One truck with its route as the routes table shows it."""
+
+    id: str
+    online: bool | None
+    status: str
+    route_id: str | None
+    stops_done: int
+    stops_total: int
+    bins_done: int
+    bins_total: int
+    load_pct: float | None
+    km: float | None
+    next_stop: str | None
+    next_eta: float | None
+    planned_km: float | None
+
+    @property
+    def status_word(self) -> str:
+        return "offline" if self.online is False else (self.status or "unknown")
+
+    @property
+    def progress(self) -> float | None:
+        """Share of the route's stops done (None: no route)."""
+        return self.stops_done / self.stops_total if self.stops_total else None
+
+
 def shown_text(shown: str) -> str:
     """What a display shows as one line: its lines joined by ` / ` (empty: blank)."""
     lines = [ln.strip() for ln in shown.replace("\r", "").split("\n") if ln.strip()]
@@ -361,6 +502,10 @@ class SiteModel:
     parking: dict[str, ParkingState] = field(default_factory=dict)
     guidance: GuidancePlan | None = None
     warnings: list[ActiveWarning] = field(default_factory=list)
+    bins: dict[str, BinView] = field(default_factory=dict)
+    trucks: dict[str, TruckView] = field(default_factory=dict)
+    waste_plan: WastePlanView | None = None
+    waste_summary: WasteSummaryView | None = None
     daemon: DaemonStatus | None = None
     messages: int = 0
     bad_payloads: Counter[str] = field(default_factory=Counter)
@@ -369,6 +514,8 @@ class SiteModel:
     # just the lamps that changed since it last looked.
     lamp_seq: dict[str, int] = field(default_factory=dict)
     lamps_gone: dict[str, int] = field(default_factory=dict)
+    bin_seq: dict[str, int] = field(default_factory=dict)
+    bins_gone: dict[str, int] = field(default_factory=dict)
 
     @property
     def base(self) -> str:
@@ -494,6 +641,28 @@ class SiteModel:
                     raise TypeError("warnings/active: expected a list")
                 self.warnings = [ActiveWarning.model_validate(w) for w in raw]
                 return Change.DISPLAYS
+            case ["waste", "bins", bin_id, "state"]:
+                if not payload:
+                    if self.bins.pop(bin_id, None) is not None:
+                        self.bin_seq.pop(bin_id, None)
+                        self.bins_gone[bin_id] = self.version + 1
+                else:
+                    self.bins[bin_id] = BinView.model_validate_json(payload)
+                    self.bin_seq[bin_id] = self.version + 1
+                    self.bins_gone.pop(bin_id, None)
+                return Change.WASTE
+            case ["waste", "trucks", truck_id, "state"]:
+                if not payload:
+                    self.trucks.pop(truck_id, None)
+                else:
+                    self.trucks[truck_id] = TruckView.model_validate_json(payload)
+                return Change.WASTE
+            case ["waste", "plan"]:
+                self.waste_plan = WastePlanView.model_validate_json(payload) if payload else None
+                return Change.WASTE
+            case ["waste", "summary"]:
+                self.waste_summary = WasteSummaryView.model_validate_json(payload) if payload else None
+                return Change.WASTE
             case ["commands", "results"]:
                 self.results.appendleft(CommandResultMessage.model_validate_json(payload))
                 return Change.RESULT
@@ -669,3 +838,48 @@ class SiteModel:
             car_parks=len(self.parking),
             stale=sum(1 for p in self.parking.values() if not p.fresh),
         )
+
+    # ----- waste -------------------------------------------------------------------------------
+
+    def truck_rows(self) -> list[TruckRow]:
+        """Every truck (and every route of today's plan without a truck state yet), by id."""
+        plan = self.waste_plan
+        ids = set(self.trucks) | ({r.truck for r in plan.routes} if plan else set())
+        rows = []
+        for tid in sorted(ids):
+            t = self.trucks.get(tid)
+            route = plan.route_of(tid) if plan else None
+            stops = route.stops if route else []
+            nxt = next((x for x in stops if not x.done), None)
+            if t is not None and t.stops_total:
+                done, total = t.stop_index, t.stops_total
+            else:
+                done, total = sum(1 for x in stops if x.done), len(stops)
+            rows.append(
+                TruckRow(
+                    id=tid,
+                    online=t.online if t else None,
+                    status=t.status if t else "",
+                    route_id=(t.route_id if t else None) or (route.route_id if route else None),
+                    stops_done=done,
+                    stops_total=total,
+                    bins_done=t.bins_done if t else sum(1 for x in stops if x.done and x.kind == "bin"),
+                    bins_total=t.bins_total if t and t.bins_total else (len(route.bins) if route else 0),
+                    load_pct=t.load_pct if t else None,
+                    km=t.odometer_km if t else None,
+                    next_stop=f"{nxt.kind} {nxt.id}" if nxt else None,
+                    next_eta=nxt.eta_ts if nxt else None,
+                    planned_km=route.distance_km if route else None,
+                )
+            )
+        return rows
+
+    def bins_since(self, version: int) -> tuple[list[str], list[str]]:
+        """Bins changed and bins gone after model version `version`."""
+        changed = [k for k, v in self.bin_seq.items() if v > version]
+        gone = [k for k, v in self.bins_gone.items() if v > version]
+        return changed, gone
+
+    def bins_above(self, threshold: float) -> int:
+        """Bins at or above a fill (as the daemon's summary does when it has none)."""
+        return sum(1 for b in self.bins.values() if b.fill is not None and b.fill >= threshold)

@@ -125,6 +125,7 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
 
     charging_lines(out, model)
     displays_lines(out, model)
+    waste_lines(out, model, tz)
 
     label("Energy")
     if plan is None:
@@ -198,6 +199,70 @@ def displays_lines(out: Text, model: SiteModel) -> None:
     out.append(f" · car parks {d.car_parks}, ")
     out.append(f"{d.stale} STALE" if d.stale else "all fresh", "bold red" if d.stale else "")
     out.append("\n")
+
+
+WASTE_THRESHOLD = 0.8  # for counting bins above it when the daemon sent no summary
+
+
+def waste_lines(out: Text, model: SiteModel, tz: tzinfo | None) -> None:
+    """The Overview's Waste lines: bins above the threshold, trucks on route, today's plan."""
+    out.append(f"{'Waste':<12}", "bold")
+    summary = model.waste_summary
+    if summary is None and not model.bins and not model.trucks:
+        out.append("no bins or trucks reported\n", "italic")
+        return
+    if summary is not None:
+        above, alarms, bins, reporting = (
+            summary.above_threshold,
+            summary.alarms,
+            summary.bins,
+            summary.reporting,
+        )
+        on_route, trucks = summary.trucks_on_route, summary.trucks
+    else:
+        above, bins = model.bins_above(WASTE_THRESHOLD), len(model.bins)
+        alarms = sum(1 for b in model.bins.values() if b.alarms)
+        reporting = sum(1 for b in model.bins.values() if b.status == "ok")
+        on_route, trucks = sum(1 for t in model.trucks.values() if t.on_route), len(model.trucks)
+    out.append(f"bins {bins}, ")
+    out.append(f"{above} above threshold", "bold" if above else "")
+    out.append(", ")
+    out.append(f"{alarms} with alarms", "bold red" if alarms else "")
+    out.append(f" · trucks {on_route}/{trucks} on route\n")
+    plan = model.waste_plan
+    out.append(f"{'':12}")
+    if plan is None:
+        out.append("no collection plan yet\n", "italic")
+    else:
+        out.append(f"plan {plan.status or '?'} {fmt_time(plan.made_ts, tz)} ({plan.reason or '-'})")
+        out.append(f" · {plan.mandatory} mandatory, {plan.optional} optional · {plan.distance_km:.1f} km\n")
+    out.append(f"{'':12}{reporting} reporting")
+    if summary is not None:
+        out.append(f" · {summary.emptied_today} emptied today")
+        if summary.overflows_today:
+            out.append(" · ")
+            out.append(f"{summary.overflows_today} OVERFLOWED", "bold red")
+    if plan is not None and plan.dropped:
+        out.append(" · ")
+        out.append(f"{len(plan.dropped)} left out", "bold")
+    out.append("\n")
+
+
+def fill_bar(fill: float | None, width: int = 5) -> Text:
+    """`[####..]  67 %`: a fill level in blocks and words (no colour needed)."""
+    if fill is None:
+        return Text("never heard", "dim")
+    n = max(0, min(width, round(fill * width)))
+    style = "bold red" if fill >= 1.0 else "bold" if fill >= WASTE_THRESHOLD else ""
+    return Text(f"[{'#' * n}{'.' * (width - n)}] {fill * 100:3.0f} %", style)
+
+
+def progress_bar(done: int, total: int, width: int = 10) -> Text:
+    """`[####......] 4/10`: stops of a route done."""
+    if total <= 0:
+        return Text("no route", "dim")
+    n = max(0, min(width, round(width * done / total)))
+    return Text(f"[{'#' * n}{'.' * (width - n)}] {done}/{total}")
 
 
 def load_bar(load: float | None, width: int = 10) -> Text:

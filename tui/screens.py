@@ -57,18 +57,22 @@ HELP = """\
   5  Alarms        open alarms, most severe first, and the alarm history
   6  Charging      feeders' load against their limits, charge points
   7  Displays      what each display shows, car parks, warnings in force
+  8  Waste         bins by fill and prediction, today's routes, trucks
 
   /  filter the table (Enter or Esc: back to the table)
   s  sort by the next column (click a header: sort by it, again: reverse)
   o  override: set a lamp, segment or group to a level for a while   [operator]
   r  resume the schedule for a lamp, segment or group                 [operator]
-  R  re-plan the night's lighting now                                 [operator]
+  R  re-plan tonight's lighting (on the Waste view: the collection) [operator]
   p  pause the selected charge point (Charging view)                  [operator]
   l  limit the selected charge point to a current in A                [operator]
   u  release the selected charge point back to the plan               [operator]
   m  put a message (up to 3 lines) on the selected display            [operator]
   c  clear the operator message of the selected display               [operator]
   a  acknowledge the selected alarm with a comment (Alarms view)      [operator]
+  f  force the selected bin into today's collection plan (Waste view) [operator]
+  x  exclude the selected bin from every plan                         [operator]
+  n  set the selected bin back to automatic planning                  [operator]
   ctrl+p  command palette: find a device or an action by name
   ?  this help (also F1)                 q  quit
 

@@ -364,12 +364,14 @@ class FilterTable(Vertical):
         rows = [r for r in self._rows.values() if not query or matches(self._text(r), query)]
         col = self._sort_col
 
-        def key(r: Row) -> tuple[bool, SortValue, str]:
-            v = r.sort[col] if col < len(r.sort) else None
-            return (v is None, v if v is not None else 0, r.key)
+        def value(r: Row) -> SortValue | None:
+            return r.sort[col] if col < len(r.sort) else None
 
-        rows.sort(key=key, reverse=self._sort_reverse)
-        return [r.key for r in rows]
+        # Rows without a value (never heard, no route) go last in either direction.
+        known = [r for r in rows if value(r) is not None]
+        known.sort(key=lambda r: (value(r), r.key), reverse=self._sort_reverse)
+        unknown = sorted((r for r in rows if value(r) is None), key=lambda r: r.key)
+        return [r.key for r in known] + [r.key for r in unknown]
 
     def _render_rows(self) -> None:
         if not self.is_mounted:
