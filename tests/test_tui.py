@@ -16,6 +16,7 @@ import pytest
 import structlog
 from pydantic import BaseModel
 from rich.text import Text
+from textual.command import CommandList, CommandPalette
 from textual.pilot import Pilot
 from textual.widgets import ContentSwitcher, Footer, Input, Static
 
@@ -1478,6 +1479,67 @@ async def test_viewer_sees_no_waste_actions() -> None:
         shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
         assert not {"force_bin", "exclude_bin", "auto_bin", "replan"} & shown
         assert fake.calls == []
+
+
+# ----- the command palette -----------------------------------------------------------------------
+
+
+async def _palette(pilot: Pilot[int], query: str, want: str) -> list[str]:
+    """Open the palette, type, and return the prompts it offers once one starts with `want` (bounded)."""
+    await pilot.press("ctrl+p")
+    assert isinstance(pilot.app.screen, CommandPalette)
+    await pilot.press(*query)
+    commands = pilot.app.screen.query_one(CommandList)
+
+    def prompts() -> list[str]:
+        return [str(commands.get_option_at_index(i).prompt) for i in range(commands.option_count)]
+
+    async with asyncio.timeout(5):
+        while not any(p.startswith(want) for p in prompts()):
+            await pilot.pause(0.02)
+    return prompts()
+
+
+async def test_palette_finds_an_action_and_runs_it_on_its_view() -> None:
+    """ctrl+p, "force": the force action, from any view; Enter opens the Waste view's confirmation."""
+    fake = FakeRequester(ack("accepted"))
+    app = make_app(requester=fake)
+    async with app.run_test(size=(120, 40)) as pilot:
+        prompts = await _palette(pilot, "force", "Force a bin into today's plan")
+        assert prompts[0].startswith("Force a bin into today's plan")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.view == "waste"
+        assert isinstance(app.screen, ConfirmDialog)
+        assert "Force bin B0001" in str(app.screen.query_one("#what", Static).render())
+
+
+async def test_palette_finds_a_device_and_opens_it() -> None:
+    """ctrl+p, a lamp id: Enter opens the Lights view with the cursor on that lamp (the filter cleared)."""
+    app = make_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2", "slash", *"sonnen", "enter")
+        lights = app.query_one("#lights", FilterTable)
+        assert "L0004" not in lights.shown_keys
+        prompts = await _palette(pilot, "L0004", "Lamp L0004")
+        assert prompts[0].startswith("Lamp L0004")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.view == "lights"
+        assert lights.selected_key == "L0004"
+        prompts = await _palette(pilot, "B0007", "Bin B0007")
+        assert prompts[0].startswith("Bin B0007")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert (app.view, app.query_one("#bin-table", FilterTable).selected_key) == ("waste", "B0007")
+
+
+async def test_palette_offers_a_viewer_no_commands() -> None:
+    """A viewer's palette finds views and devices, never a command."""
+    app = make_app("viewer")
+    async with app.run_test(size=(120, 40)) as pilot:
+        prompts = await _palette(pilot, "bin", "Bin B0007")  # devices come after the actions
+        assert not any(p.startswith(("Force", "Exclude", "Set a bin")) for p in prompts)
 
 
 # ----- snapshots ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
+from textual.command import Provider
 from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.message import Message
@@ -51,6 +52,7 @@ from tui.model import (
     severity_rank,
     shown_text,
 )
+from tui.palette import DashboardCommands
 from tui.screens import (
     AckDialog,
     AlarmAckForm,
@@ -206,6 +208,9 @@ class DashboardApp(App[int]):
     """The DOS Edge operator dashboard; see the module docstring."""
 
     TITLE = "DOS Edge"
+    COMMANDS: ClassVar[set[type[Provider] | Callable[[], type[Provider]]]] = App.COMMANDS | {
+        DashboardCommands
+    }
     CSS = """
     Screen { layout: vertical; }
     #title { height: 1; background: $primary-background; }
@@ -489,6 +494,23 @@ class DashboardApp(App[int]):
         if self.view == "waste" and self._truck_table.has_focus_within:
             return self._truck_table
         return self._table(self.view)
+
+    # ----- the command palette -----------------------------------------------------------------
+
+    def palette_run(self, action: str, view: str | None) -> None:
+        """Run an action chosen in the palette, on the view it acts on."""
+        if view is not None and view != self.view:
+            self.action_view(view)
+        if self.check_action(action, ()):
+            getattr(self, f"action_{action}")()
+
+    def palette_select(self, where: str, key: str) -> None:
+        """Open a device's view with the cursor on it (chosen in the palette)."""
+        view = "waste" if where == "trucks" else where
+        self.action_view(view)
+        table = self._truck_table if where == "trucks" else self._table(view)
+        if not table.select(key):
+            self._say(Text(f"{key}: not in the table (any more)", "italic"))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.role))

@@ -347,6 +347,22 @@ class FilterTable(Vertical):
         self._texts[row.key] = (row, text)
         return text
 
+    def select(self, key: str) -> bool:
+        """Put the cursor on a row (clearing the filter if it hides it) and focus the table."""
+        if key not in self._rows or not self.is_mounted:
+            return False
+        table = self.table
+        if table.index_of(key) is None:
+            with self.filter_input.prevent(Input.Changed):
+                self.filter_input.value = ""
+            self._render_rows()
+        row = table.index_of(key)
+        if row is None:
+            return False
+        table.move_cursor(row=row)
+        table.focus()
+        return True
+
     def sort_by(self, column: int, *, reverse: bool | None = None) -> None:
         """Sort by a column; the same column again flips the direction."""
         if reverse is None:
