@@ -59,7 +59,7 @@ from tui.screens import (
     parse_duration_min,
     parse_level,
 )
-from tui.widgets import Banner, FilterTable, matches
+from tui.widgets import Banner, FilterTable, VirtualTable, matches
 
 # ----- a recorded site ---------------------------------------------------------------------------
 
@@ -1479,6 +1479,30 @@ async def test_viewer_sees_no_waste_actions() -> None:
         shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
         assert not {"force_bin", "exclude_bin", "auto_bin", "replan"} & shown
         assert fake.calls == []
+
+
+async def test_virtual_table_mouse_and_keys() -> None:
+    """A click on a header sorts by that column (again: reversed); a click on a row selects it; End/Home move."""
+    app = make_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        await pilot.press("2")
+        lights = app.query_one("#lights", FilterTable)
+        table = lights.table
+        act_x = table._spans(table.size.width)[4][0]  # the Act% column
+        await pilot.click(VirtualTable, offset=(act_x, 0))
+        levels = [lights.table.get_row(k)[4] for k in lights.shown_keys]
+        assert levels[:3] == ["0", "0", "20"]
+        assert levels[-1] == "-"  # the offline lamp has no level: last either way
+        await pilot.click(VirtualTable, offset=(act_x, 0))
+        levels = [lights.table.get_row(k)[4] for k in lights.shown_keys]
+        assert levels[:2] == ["100", "100"]
+        assert levels[-1] == "-"
+        await pilot.click(VirtualTable, offset=(3, 3))  # the third row
+        assert lights.selected_key == lights.shown_keys[2]
+        await pilot.press("end")
+        assert lights.selected_key == lights.shown_keys[-1]
+        await pilot.press("home", "down")
+        assert lights.selected_key == lights.shown_keys[1]
 
 
 # ----- the command palette -----------------------------------------------------------------------
