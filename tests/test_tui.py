@@ -235,7 +235,25 @@ CHARGERS: list[tuple[str, bytes]] = [
     ),
     charger("CP-05", "feeder-2", "Faulted", online=False, car=None, alarms=("comm_loss",)),
 ]
+# Feeder-2 over the last 20 minutes, one report every 30 s, climbing, once over its limit.
+FEEDER_2_LOADS = [0.3, 0.35, 0.4, 0.5, 0.55, 0.6, 0.7, 0.75, 0.8, 1.05, 0.85, 0.88, 0.9]
 FEEDERS: list[tuple[str, bytes]] = [
+    (
+        f"{BASE}/feeders/feeder-2/state",
+        dump(
+            FeederState(
+                feeder="feeder-2",
+                limit_a=20,
+                lighting_a=8.2,
+                setpoints_a=10,
+                measured_a=round(load * 20 - 8.2, 2),
+                chargers=3,
+                ts=T0 - 30 * (len(FEEDER_2_LOADS) - i),
+            )
+        ),
+    )
+    for i, load in enumerate(FEEDER_2_LOADS)
+] + [
     (
         f"{BASE}/feeders/{f.feeder}/state",
         dump(f),
@@ -1368,6 +1386,24 @@ async def test_alarm_history_filters_and_viewer_cannot_ack() -> None:
         shown = {b.binding.action for b in app.active_bindings.values() if b.enabled}
         assert "ack_alarm" not in shown
         assert fake.calls == []
+
+
+def test_feeder_history_one_peak_per_slot() -> None:
+    """Feeder reports every 2 s become one sample per 30 s (the slot's peak); the chart shows them."""
+    model = SiteModel(SITE)
+
+    def report(ts: float, measured: float) -> None:
+        f = FeederState(
+            feeder="f1", limit_a=10, lighting_a=0, setpoints_a=0, measured_a=measured, chargers=1, ts=ts
+        )
+        model.apply(f"{BASE}/feeders/f1/state", dump(f))
+
+    for k in range(31):  # 60 s of reports every 2 s: slots at 0 s and 30 s (and the report at 60 s)
+        report(T0 + 2 * k, 9.0 if k == 20 else 5.0)
+    history = model.feeder_rows()[0].history
+    assert history == pytest.approx((0.5, 0.9, 0.5))
+    report(T0 + 90, 12.0)
+    assert render.sparkline(model.feeder_rows()[0].history, 6).plain == "··▄▇▄!"
 
 
 # ----- waste: bins, routes, force / exclude / automatic ------------------------------------------

@@ -38,6 +38,7 @@ from tui.client import (
 )
 from tui.inventory import Inventory
 from tui.model import (
+    FEEDER_SAMPLES,
     ActiveWarning,
     BinView,
     Change,
@@ -135,7 +136,8 @@ FEEDER_COLUMNS = (
     Column("Setp. A", 7),
     Column("Meas. A", 7),
     Column("Load", 22),
-    Column("Points"),
+    Column("Points", 6),
+    Column("Load, last 20 min (one block per 30 s; ! over the limit)"),
 )
 SESSION_COLUMNS = (
     Column("Charger", 8),
@@ -942,8 +944,18 @@ def feeder_row(f: FeederRow) -> Row:
             render.fmt_num(f.measured_a, 1),
             render.load_bar(load),
             str(f.chargers),
+            render.sparkline(f.history, FEEDER_SAMPLES),
         ),
-        sort=(f.id, f.limit_a, f.lighting_a, f.setpoints_a, f.measured_a, load, float(f.chargers)),
+        sort=(
+            f.id,
+            f.limit_a,
+            f.lighting_a,
+            f.setpoints_a,
+            f.measured_a,
+            load,
+            float(f.chargers),
+            max(f.history, default=None),
+        ),
     )
 
 

@@ -40,6 +40,8 @@ MAX_EVENTS = 200
 MAX_RESULTS = 50
 VOLTS = 230.0  # phase voltage: charging power against a feeder limit assumes three phases
 FEEDER_HIGH = 0.9  # a feeder above this fraction of its limit is flagged
+FEEDER_SAMPLE_S = 30.0  # one load sample per feeder per this many seconds (clock time) ...
+FEEDER_SAMPLES = 40  # ... kept for the load-over-time chart: 20 minutes
 
 
 class Change(enum.StrEnum):
@@ -413,6 +415,7 @@ class FeederRow:
     setpoints_a: float
     measured_a: float
     chargers: int
+    history: tuple[float, ...] = ()  # load fractions, oldest first, one per FEEDER_SAMPLE_S
 
     @property
     def load(self) -> float | None:
@@ -497,6 +500,7 @@ class SiteModel:
     plans: dict[str, PlanMessage] = field(default_factory=dict)
     chargers: dict[str, ChargerState] = field(default_factory=dict)
     feeders: dict[str, FeederState] = field(default_factory=dict)
+    feeder_history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
     charging_plan: ChargingPlan | None = None
     displays: dict[str, DisplayState] = field(default_factory=dict)
     parking: dict[str, ParkingState] = field(default_factory=dict)
@@ -608,7 +612,8 @@ class SiteModel:
                 if not payload:
                     self.feeders.pop(feeder_id, None)
                 else:
-                    self.feeders[feeder_id] = FeederState.model_validate_json(payload)
+                    f = self.feeders[feeder_id] = FeederState.model_validate_json(payload)
+                    self._sample_feeder(f)
                 return Change.CHARGING
             case ["plans", domain]:
                 msg = PlanMessage.model_validate_json(payload)
@@ -781,8 +786,20 @@ class SiteModel:
             )
         return rows
 
+    def _sample_feeder(self, f: FeederState) -> None:
+        """Keep one load sample per FEEDER_SAMPLE_S of the feeder's own clock (it reports every 2 s)."""
+        samples = self.feeder_history.setdefault(f.feeder, deque(maxlen=FEEDER_SAMPLES))
+        if f.limit_a <= 0:
+            return
+        load = (f.lighting_a + f.measured_a) / f.limit_a
+        if samples and f.ts - samples[-1][0] < FEEDER_SAMPLE_S:
+            if f.ts >= samples[-1][0]:
+                samples[-1] = (samples[-1][0], max(samples[-1][1], load))  # the slot's peak
+            return
+        samples.append((f.ts, load))
+
     def feeder_rows(self) -> list[FeederRow]:
-        """Every feeder's load, sorted by id."""
+        """Every feeder's load (and its recent history), sorted by id."""
         return [
             FeederRow(
                 id=f.feeder,
@@ -791,6 +808,7 @@ class SiteModel:
                 setpoints_a=f.setpoints_a,
                 measured_a=f.measured_a,
                 chargers=f.chargers,
+                history=tuple(load for _, load in self.feeder_history.get(f.feeder, ())),
             )
             for _, f in sorted(self.feeders.items())
         ]

@@ -265,6 +265,19 @@ def progress_bar(done: int, total: int, width: int = 10) -> Text:
     return Text(f"[{'#' * n}{'.' * (width - n)}] {done}/{total}")
 
 
+def sparkline(values: Sequence[float], width: int, top: float = 1.0) -> Text:
+    """Values from 0 to `top` as block heights, the latest at the right; above `top`: `!`."""
+    out = Text()
+    shown = list(values)[-width:]
+    out.append("·" * (width - len(shown)), "dim")
+    for v in shown:
+        if v > top:
+            out.append("!", "bold red")
+        else:
+            out.append(BLOCKS[max(0, min(len(BLOCKS) - 1, round(v / top * (len(BLOCKS) - 1))))])
+    return out
+
+
 def load_bar(load: float | None, width: int = 10) -> Text:
     """`[#######...]  72.0 %`: a bar of `#` that reads without colour; `!` marks a feeder above 90 %."""
     if load is None:
