@@ -1541,6 +1541,19 @@ async def test_virtual_table_mouse_and_keys() -> None:
         assert lights.selected_key == lights.shown_keys[1]
 
 
+async def test_every_view_survives_a_tiny_terminal() -> None:
+    """At 40x12 every view draws (cropped) without an error, and the keys still work."""
+    app = make_app()
+    async with app.run_test(size=(40, 12)) as pilot:
+        for key in "23456781":
+            await pilot.press(key)
+            await pilot.pause()
+        await pilot.press("8", "end", "pagedown", "pageup", "question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")
+        assert app.view == "waste"
+
+
 # ----- the command palette -----------------------------------------------------------------------
 
 
