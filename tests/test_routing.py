@@ -23,7 +23,9 @@ from optimizer.routing import (
     check,
     fallback,
     make_plan,
+    repair,
     solve,
+    unservable,
 )
 
 DATA = Path(__file__).resolve().parent.parent / "bench" / "data" / "vrp"
@@ -195,6 +197,7 @@ def test_unreachable_required_customer_reports_infeasible() -> None:
     assert plan.dropped == (3,)
     assert any("bin3" in v and "not served" in v for v in plan.violations)
     assert [s.node for r in plan.routes for s in r.stops if s.node != DUMP] == [2]
+    assert unservable(instance) == [3]
 
 
 def test_no_reload_and_overfull_demand_is_infeasible() -> None:
@@ -204,6 +207,15 @@ def test_no_reload_and_overfull_demand_is_infeasible() -> None:
     plan = solve(instance, time_limit_s=0.2)
     assert plan.status is Status.INFEASIBLE
     assert len(plan.dropped) == 1
+
+
+@pytest.mark.parametrize("strategy", ["pyvrp", "ortools", "fallback"])
+def test_every_strategy_serves_a_loose_instance(strategy: str) -> None:
+    """Each engine on its own returns a clean plan with the committed stop first."""
+    plan = solve(_loose(11), time_limit_s=0.3, strategy=strategy)
+    assert plan.status in (Status.FEASIBLE, Status.OPTIMAL, Status.FALLBACK), plan.violations
+    assert plan.routes[0].stops[0].node == 2
+    assert plan.solver.startswith(strategy if strategy != "pyvrp" else "pyvrp-ils")
 
 
 # --------------------------------------------------------------------------- the checker
@@ -246,6 +258,20 @@ def test_checker_catches_missing_required_and_duplicate() -> None:
     errors = check(instance, _with_stops(instance, [2, 3, DUMP, 3, DUMP]))
     assert any("bin4" in e and "not served" in e for e in errors)
     assert any("bin3" in e and "visited 2 times" in e for e in errors)
+
+
+def test_repair_drops_only_what_breaks_the_routes() -> None:
+    """Overfull routes without unloads are repaired: unloads inserted, nothing infeasible kept."""
+    instance, _ = _good()
+    routes = repair(instance, {"t1": [2, 3, 4, 5]})
+    plan = make_plan(instance, routes, Status.FEASIBLE, "repaired", 0.0)
+    assert plan.violations == ()
+    assert [n for n in routes["t1"] if n != DUMP] == [2, 3, 4, 5]
+    window = list(instance.window)
+    window[4] = (0, 5)  # nobody can be at bin4 by t=5
+    tight = replace(instance, window=window)
+    plan = make_plan(tight, repair(tight, {"t1": [2, 3, 4, 5]}), Status.FEASIBLE, "repaired", 0.0)
+    assert plan.violations == ("required customer bin4 (node 4) not served",)
 
 
 def test_checker_catches_tampered_numbers() -> None:
