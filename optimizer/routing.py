@@ -382,7 +382,11 @@ def greedy_routes(instance: RoutingInstance) -> dict[str, list[int]]:
     fixed = {c for v in instance.vehicles for c in v.fixed}
     pools = [
         [c for c in instance.customers if instance.required[c] and c not in fixed],
-        [c for c in instance.customers if not instance.required[c] and c not in fixed],
+        [
+            c
+            for c in instance.customers
+            if not instance.required[c] and instance.penalty[c] > 0 and c not in fixed
+        ],
     ]
     routes: dict[str, list[int]] = {}
     for v in instance.vehicles:
@@ -678,6 +682,8 @@ class _OrModel:
                 if not (seq and seq[-1] == node and len(seq) >= len(v.fixed)):  # no unloading twice in a row
                     seq.append(node)
                 idx = sol.Value(m.NextVar(idx))
+            if len(seq) > len(v.fixed) and seq[-1] == v.end and v.end in self.copies:
+                seq.pop()  # unloading just before ending at that same site: the end unloads anyway
             out[v.id] = seq
         return out
 
