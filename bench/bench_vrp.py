@@ -38,6 +38,7 @@ INSTANCES: tuple[tuple[str, str], ...] = (
     ("R1_2_1.200.20.vrptw", "R1_2_1.200.20.4784110.tour"),
 )
 QUICK = ("X-n101-k25.vrp", "RC208.100.4.vrptw")
+TARGET_FROM_S = 10.0  # the targets are for 10 s and 60 s; shorter runs are smoke tests
 
 
 def load(vrp: str, sol: str) -> tuple[str, RoutingInstance, int, bool]:
@@ -133,8 +134,8 @@ def run(quick: bool) -> list[Row]:
                 f"{mean:.2f} %",
                 reference=f"PyVRP {ref_mean:.2f} %",
                 ratio=f"{mean - ref_mean:+.2f} pt",
-                target="<= PyVRP",
-                verdict="ok" if mean <= ref_mean + 1e-9 else "FAIL",
+                target="<= PyVRP" if limit >= TARGET_FROM_S else "smoke only",
+                verdict=("ok" if mean <= ref_mean + 1e-9 else "FAIL") if limit >= TARGET_FROM_S else "-",
             )
         )
         if tw_big[1]:

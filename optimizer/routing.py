@@ -105,10 +105,10 @@ STRATEGIES = ("auto", "ortools", "pyvrp", "fallback")
 # Measured (docs/routing.md): GLS from PyVRP's routes gains much on tight time windows and little
 # on plain capacity problems, where PyVRP's own search makes better use of the time.
 _PYVRP_SHARE_WINDOWS = 0.6
-_PYVRP_SHARE = 0.97
+_PYVRP_SHARE = 0.98
 _TIGHT_WINDOW = 0.25  # a window shorter than this share of the planning horizon binds the search
 _WINDOWED = 0.25  # share of customers with binding windows that makes an instance "time-windowed"
-_BUILD_RESERVE_S = 0.05  # of the time limit kept for extracting and checking the plan
+_BUILD_RESERVE_S = 0.03  # of the time limit kept for extracting and checking the plan
 _MAX_TIME = 2**40  # an open time window
 
 
