@@ -3,7 +3,7 @@
 The instance is plain data (integer matrices, demands, windows), so the same
 model serves waste collection and the public CVRP/VRPTW benchmark instances.
 Nodes are indices into the matrices. A vehicle starts at its `start` node at
-`start_s` with `start_load`, ends at its `end` node; `reload` nodes (the
+its shift start with `start_load`, ends at its `end` node; `reload` nodes (the
 disposal site) empty the vehicle and may be visited any number of times.
 Customers are `required` or optional with a `penalty` for leaving them out.
 
@@ -16,7 +16,12 @@ value drops to zero at a reload (several optional copies of each reload node, a 
 transit there and slack to absorb it), the vehicle empty at its end when reloads exist,
 committed (`fixed`) stops first, and a disjunction per customer: the penalty for optional ones,
 a huge one for required ones so the solver always has something to return and we can name
-what it had to drop. See docs/routing.md for strategies and measurements.
+what it had to drop.
+
+`solve(strategy="auto")` lets PyVRP's iterated local search (same constraints, translated by
+`pyvrp_model`) find the routes for most of the time limit, because it is far better than
+OR-Tools' own search on these problems at the same time, then OR-Tools reads them into its model
+and polishes them with guided local search. See docs/routing.md for strategies and measurements.
 """
 
 from __future__ import annotations
