@@ -42,6 +42,7 @@ from controllers.charging import VOLTS, ChargingController
 from controllers.displays import CONTENT, DisplayController
 from controllers.displays import Warning as DisplayWarning
 from controllers.lighting import LEVEL_POINT, LightingController
+from controllers.waste import OPERATOR_DOMAIN, WasteController
 from edge.bus import EventBus
 from edge.clock import Clock
 from edge.dispatcher import AuditRecord, Dispatcher, make_command, new_command_id
@@ -52,6 +53,7 @@ from edge.payloads import (
     AlarmAck,
     AlarmHistory,
     AlarmMessage,
+    BinState,
     CarParkReport,
     ChargerLimit,
     ChargerPause,
@@ -77,9 +79,14 @@ from edge.payloads import (
     Replan,
     ResumeSchedule,
     SetLevel,
+    TruckState,
     UtilitySignal,
     WarningClear,
     WarningRequests,
+    WasteBinRequest,
+    WastePlanMessage,
+    WasteReplan,
+    WasteSummary,
 )
 from edge.state import StateStore
 
@@ -155,6 +162,8 @@ class MqttApi:
         uplinks: Callable[[str, bytes], object] | None = None,
         uplink_topics: Sequence[str] = (),
         alarm_ack: Callable[[str, str, str, str, float], None] | None = None,
+        waste: WasteController | None = None,
+        waste_interval_s: float = 1.0,
     ) -> None:
         self.base = f"{prefix}/{site}"
         self._site = site
@@ -174,6 +183,8 @@ class MqttApi:
         self._displays = displays
         self._uplinks = uplinks
         self._uplink_topics = list(uplink_topics)
+        self._waste = waste
+        self._waste_interval = waste_interval_s
         # (device, code, by, comment, ts) to storage; the API itself keeps the active alarms.
         self._alarm_ack = alarm_ack
         self._alarms: dict[tuple[str, str], AlarmMessage] = {}
@@ -193,7 +204,8 @@ class MqttApi:
         subs = [f"{self.base}/cmd/#", f"{self.base}/field/motion/+", f"{self.base}/utility/+/+"]
         if self._displays is not None:
             subs.append(f"{self.base}/field/carparks/+")
-            subs.extend(self._uplink_topics if self._uplinks is not None else [])
+        if self._uplinks is not None:  # LoRaWAN sensors: parking bays, waste bins
+            subs.extend(self._uplink_topics)
         return subs
 
     def status_topic(self) -> str:
@@ -213,6 +225,8 @@ class MqttApi:
                 tg.create_task(self._feeder_loop(pub, self._charging), name="api.feeders")
             if self._displays is not None:
                 tg.create_task(self._parking_loop(pub), name="api.parking")
+            if self._waste is not None:
+                tg.create_task(self._waste_loop(pub, self._waste), name="api.waste")
             async for ev in self._sub:
                 await self._publish_event(pub, ev)
 
@@ -241,6 +255,8 @@ class MqttApi:
                 )  # fmt: skip
             await self._publish_alarm(pub, msg)
         elif isinstance(ev, PlanEvent):
+            if ev.domain in {"waste", OPERATOR_DOMAIN}:
+                return  # waste/plan comes from the waste loop; operator flags are for storage only
             plan = PlanMessage(domain=ev.domain, ts=ev.ts, plan=dict(ev.plan))
             await pub.publish_reliable(f"{self.base}/plans/{ev.domain}", dump(plan), retain=True)
         elif isinstance(ev, CommandResult):
@@ -312,6 +328,8 @@ class MqttApi:
             return "", b""
         v = dev.values
         ts = dev.updated_at or self._clock.now()
+        if dev.kind in {"bin", "truck"}:
+            return "", b""  # published by the waste loop (waste/bins/..., waste/trucks/...)
         lamp = self._inv.lamps.get(dev_id)
         if lamp is not None:
             msg: BaseModel = LampState(
@@ -410,6 +428,43 @@ class MqttApi:
             pub.publish_fast(f"{self.base}/warnings/active", orjson.dumps(warnings), retain=True)
             await asyncio.sleep(5.0)
 
+    async def _waste_loop(self, pub: Publisher, waste: WasteController) -> None:
+        """Bins, trucks, the plan and the day's summary (retained, QoS 1), as they change."""
+        waste.dirty_bins.update(waste.bins)
+        waste.dirty_trucks.update(waste.trucks)
+        waste.dirty_plan = True
+        last_summary: dict[str, object] = {}
+        summary_at = -math.inf
+        while True:
+            now = self._clock.now()
+            bins, waste.dirty_bins = waste.dirty_bins, set()
+            trucks, waste.dirty_trucks = waste.dirty_trucks, set()
+            messages = []
+            for i, b in enumerate(sorted(bins)):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+                msg: BaseModel = BinState.model_validate(waste.bin_state(b, now))
+                messages.append((f"{self.base}/waste/bins/{b}/state", dump(msg)))
+            for t in sorted(trucks):
+                msg = TruckState.model_validate(waste.truck_state(t, now))
+                messages.append((f"{self.base}/waste/trucks/{t}/state", dump(msg)))
+            if waste.dirty_plan:
+                waste.dirty_plan = False
+                plan = waste.plan_message()
+                if plan is not None:
+                    messages.append((f"{self.base}/waste/plan", dump(WastePlanMessage.model_validate(plan))))
+            summary = waste.summary(now)
+            changed = {k: v for k, v in summary.items() if k != "ts"} != last_summary
+            if changed or self._clock.now() - summary_at >= 60 * self._clock.speed:
+                last_summary = {k: v for k, v in summary.items() if k != "ts"}
+                summary_at = self._clock.now()
+                messages.append((f"{self.base}/waste/summary", dump(WasteSummary.model_validate(summary))))
+            for i in range(0, len(messages), 500):
+                await asyncio.gather(
+                    *(pub.publish_reliable(t, p, retain=True) for t, p in messages[i : i + 500])
+                )
+            await asyncio.sleep(self._waste_interval)
+
     async def _telemetry_loop(self, pub: Publisher) -> None:
         while True:
             await asyncio.sleep(self._telemetry_interval)
@@ -496,6 +551,8 @@ class MqttApi:
                 return None
             if parts[0] == "utility" and len(parts) == 3 and parts[2] in {"limits", "signals"}:
                 ack = self._utility(parts[1], raw, msg.topic)
+            elif parts[0] == "cmd" and len(parts) in {3, 4} and parts[1] == "waste":
+                ack = self._waste_command(parts[2:], raw, msg)
             elif parts[0] != "cmd" or len(parts) != 3:
                 raise PayloadError("unknown_topic", msg.topic)
             elif parts[1] in {"chargers", "feeders", "charging"}:
@@ -654,6 +711,39 @@ class MqttApi:
             )  # fmt: skip
             out.append((f"{self.base}/parking/{cp.id}/state", dump(msg)))
         return out
+
+    def _waste_command(self, parts: list[str], raw: Any, msg: Incoming) -> Ack:
+        """cmd/waste/bins/{bin} (force, exclude, clear) and cmd/waste/replan."""
+        waste = self._waste
+        if waste is None:
+            raise PayloadError("unknown_topic", "this site has no waste collection")
+        now = self._clock.now()
+        who = dict(msg.user_properties).get("user") or "mqtt"
+        if parts == ["replan"]:
+            try:
+                rp = WasteReplan.model_validate(raw)
+            except ValidationError as exc:
+                raise PayloadError("invalid_payload", _errors(exc)) from None
+            waste.request_plan("operator")
+            log.info("waste_replan_requested", by=who, reason=rp.reason)
+            return Ack(ok=True, status="accepted", request_topic=msg.topic, ts=now)
+        if len(parts) != 2 or parts[0] != "bins":
+            raise PayloadError(
+                "unknown_topic", "waste requests go to cmd/waste/bins/{bin} or cmd/waste/replan"
+            )
+        try:
+            req = WasteBinRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise PayloadError("invalid_payload", _errors(exc)) from None
+        ok, why = waste.operator(parts[1], req.action)
+        if not ok:
+            code, _, detail = why.partition(":")
+            raise PayloadError(code.strip() or "refused", detail.strip() or parts[1])
+        if self._audit is not None:  # operator decisions on bins are audited like commands
+            cmd = Command(new_command_id(), parts[1], f"waste_{req.action}", 1.0, Priority.OPERATOR,
+                          f"operator:{who}", now, now, reason=req.reason)  # fmt: skip
+            self._audit(AuditRecord(cmd, Outcome.ACCEPTED, 1.0, req.reason[:500] or req.action, now))
+        return Ack(ok=True, status="accepted", reason=req.action, request_topic=msg.topic, ts=now)
 
     def _need_charging(self) -> ChargingController:
         if self._charging is None:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import structlog
@@ -22,9 +23,11 @@ from controllers.charging import POINT as CHARGE_POINT
 from controllers.charging import ChargingController, ChargingSafety, lighting_amps, lights_live
 from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
 from controllers.lighting import LightingController, LightingSafety
+from controllers.waste import OPERATOR_DOMAIN, WasteController, WasteSafety
 from devices.base import Driver
 from devices.display_profile import default_led_board_profile, default_vms_profile
 from devices.displays import DisplayDriver, SignEndpoint
+from devices.fleet import FleetDriver
 from devices.lorawan import UplinkIngest
 from devices.lorawan_profile import default_profiles as lorawan_profiles
 from devices.modbus import ModbusEndpoint, ModbusLightingDriver
@@ -33,6 +36,7 @@ from devices.profile import default_profile
 from edge import __version__
 from edge.alarms import Alarms
 from edge.api import MqttApi
+from edge.bins import Bin, load_bins
 from edge.bus import EventBus
 from edge.clock import Clock
 from edge.dispatcher import AuditRecord, Dispatcher
@@ -69,6 +73,8 @@ class Daemon:
     displays: DisplayController | None = None
     display_driver: DisplayDriver | None = None
     ingest: UplinkIngest | None = None
+    waste: WasteController | None = None
+    fleet: FleetDriver | None = None
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -169,12 +175,16 @@ async def _sample_history(d: Daemon) -> None:
 async def running(settings: Settings, inventory: Inventory, clock: Clock) -> AsyncIterator[Daemon]:
     """Start the whole daemon; on exit, drain writes, flush storage and the outbox."""
     bus = EventBus()
+    bins = site_bins(settings)
+    wcfg = settings.waste
     kinds = (
         dict.fromkeys(inventory.lamps, "lamp")
         | dict.fromkeys(inventory.controllers, "controller")
         | dict.fromkeys(inventory.chargers, "charger")
         | {d.id: "display" for d in settings.displays.displays}
         | {bay_id(e): "sensor" for cp in settings.displays.car_parks for e in cp.sensors}
+        | {b.id: "bin" for b in bins}
+        | ({t.id: "truck" for t in wcfg.trucks} if bins else {})
     )
     state = StateStore(bus, kinds)
     mq = settings.mqtt
@@ -232,6 +242,13 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     for x in dcfg.displays
                 }
             )
+        fleet: FleetDriver | None = None
+        if bins:
+            fleet = FleetDriver(
+                bus.publish, clock, [t.id for t in wcfg.trucks], mqtt_url=wcfg.fleet_mqtt_url or mq.url
+            )
+            drivers.append(fleet)
+            policies["truck"] = WasteSafety()
         lighting_ref: list[LightingController] = []
         dispatcher_ref: list[Dispatcher] = []
         charging_safety = ChargingSafety(
@@ -263,6 +280,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 await stack.enter_async_context(chargers)
             if display_driver is not None:
                 await stack.enter_async_context(display_driver)
+            if fleet is not None:
+                await stack.enter_async_context(fleet)
             alarms = Alarms(bus, clock)
             lighting = LightingController(
                 inv=inventory,
@@ -335,9 +354,36 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     is_dark=lambda t: lighting.plan is not None and lighting.plan.on <= t < lighting.plan.off,
                     health=lambda x: (dd.health(x).alarm_due, int(_f(state.value(x, "pixel_faults")))),
                 )
-                bays = {e.lower(): (bay_id(e), "parking_magnetic") for c in dcfg.car_parks for e in c.sensors}
-                if bays:
-                    ingest = UplinkIngest(lorawan_profiles(), bays, bus.publish, clock)
+            waste: WasteController | None = None
+            if bins:
+                waste = WasteController(
+                    bins,
+                    wcfg,
+                    ZoneInfo(site.timezone),
+                    clock,
+                    alarms,
+                    dispatcher.submit,
+                    bus=bus,
+                    # a route must survive the truck's answer in real seconds, whatever the clock speed
+                    command_ttl_s=max(ds.command_ttl_s, 900.0, 10 * ds.write_timeout_s * clock.speed),
+                )
+                await asyncio.to_thread(restore_waste, waste, storage, clock.now())
+            # One LoRaWAN ingest for every sensor: parking bays and bins.
+            sensors = {e.lower(): (bay_id(e), "parking_magnetic") for c in dcfg.car_parks for e in c.sensors}
+            if display_driver is None:
+                sensors = {}
+            sensors |= {b.dev_eui: (b.id, "bin_ultrasonic") for b in bins}
+            uplink_topics = list(
+                dict.fromkeys([*dcfg.lorawan_topics, *(wcfg.lorawan_topics if bins else [])])
+            )
+            if sensors:
+                ingest = UplinkIngest(
+                    lorawan_profiles(),
+                    sensors,
+                    bus.publish,
+                    clock,
+                    on_late=waste.on_late if waste is not None else None,
+                )
             api = MqttApi(
                 site=site.id,
                 prefix=mq.topic_prefix,
@@ -354,7 +400,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                 audit=lambda rec: storage.add(_audit_row(rec)),
                 displays=displays,
                 uplinks=ingest.handle if ingest is not None else None,
-                uplink_topics=dcfg.lorawan_topics,
+                uplink_topics=uplink_topics,
+                waste=waste,
                 alarm_ack=storage.ack_alarm,
             )
             online = orjson.dumps(DaemonStatus(online=True, site=site.id, version=__version__).model_dump())
@@ -389,6 +436,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     displays,
                     display_driver,
                     ingest,
+                    waste,
+                    fleet,
                 )
                 async with asyncio.TaskGroup() as tg:
                     tasks = [
@@ -402,6 +451,8 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         tasks.append(tg.create_task(charging.run(), name="charging.controller"))
                     if displays is not None:
                         tasks.append(tg.create_task(_display_loop(d, displays), name="displays.controller"))
+                    if waste is not None:
+                        tasks.append(tg.create_task(waste.run(), name="waste.controller"))
                     d.started.set()
                     log.info(
                         "daemon_started",
@@ -451,6 +502,29 @@ def lighting_amps_late(
         return float(lighting_amps(inv, state, lighting, stale_s, clock, commanded)(feeder, t))
 
     return amps
+
+
+def site_bins(settings: Settings) -> list[Bin]:
+    """The site's bin inventory ([waste] bins), empty when the site has no waste domain."""
+    path = settings.bins_path()
+    if path is None:
+        return []
+    return load_bins(path, [z.id for z in settings.waste.zones])
+
+
+def restore_waste(waste: WasteController, storage: Storage, now: float) -> None:
+    """Bring the waste controller back after a restart: fill history from the stored state
+    samples, operator flags and today's plan from the plans table (runs in a thread)."""
+    since = now - 14 * 86400
+    for bin_id in waste.bins:
+        samples = [(s.ts, s.values) for s in storage.history(bin_id) if s.ts >= since]
+        waste.restore_history(bin_id, samples)
+    flags = storage.plans(OPERATOR_DOMAIN)
+    if flags:
+        waste.restore_flags(dict(flags[-1].body))
+    plans = storage.plans("waste")
+    if plans:
+        waste.restore_plan(dict(plans[-1].body), now)
 
 
 def bay_id(dev_eui: str) -> str:

@@ -18,8 +18,10 @@ import tempfile
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiomqtt
 import orjson
@@ -28,14 +30,15 @@ import structlog
 from controllers.lighting import night_window
 from edge.broker import EmbeddedBroker
 from edge.clock import SimClock
-from edge.daemon import Daemon, running
+from edge.daemon import Daemon, running, site_bins
 from edge.inventory import Inventory, load_inventory
 from edge.net import free_port
-from edge.settings import Settings, load_settings
+from edge.settings import Settings, WasteSettings, load_settings
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator, SimController, SimLamp
 from simulators.parking import ParkingSimulator, SimCarPark
+from simulators.waste import WasteSimulator
 
 log = structlog.get_logger(__name__)
 
@@ -321,6 +324,74 @@ def displays_summary(d: Daemon, dsim: DisplaySimulator) -> dict[str, Any]:
     }
 
 
+def demo_waste(settings: Settings, start: float) -> WasteSettings:
+    """The site's [waste] for a demo that starts at `start` (evening): the trucks work the demo's
+    hours instead of tomorrow morning, every day is a run day, the plan comes an hour in (every bin
+    has reported by then) and the solver gets less time."""
+    w = settings.waste
+    if w.bins is None:
+        return w
+    tz = ZoneInfo(settings.site.timezone)
+    t = datetime.fromtimestamp(start, tz)
+    if t.hour >= 21:  # keep the shift inside the day (HH:MM windows do not wrap)
+        t = t.replace(hour=14, minute=0)
+    plan = t + timedelta(hours=1)
+    shift = f"{(plan + timedelta(minutes=5)):%H:%M}-23:59"
+    trucks = [x.model_copy(update={"shift": shift}) for x in w.trucks]
+    zones = [z.model_copy(update={"window": shift}) for z in w.zones]
+    return w.model_copy(
+        update={
+            "plan_at": f"{plan:%H:%M}",
+            "run_days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"],
+            "trucks": trucks,
+            "zones": zones,
+            "solver_time_s": min(w.solver_time_s, 3.0),
+        }
+    )
+
+
+def waste_summary(d: Daemon, wsim: WasteSimulator | None) -> dict[str, Any]:
+    """The demo's waste section: bins emptied (sensor-confirmed), overflows, kilometres driven."""
+    ctl = d.waste
+    if ctl is None or wsim is None:
+        return {}
+    now = d.clock.now()
+    s = ctl.summary(now)
+    plan = ctl.active
+    return {
+        "bins": s["bins"],
+        "reporting": s["reporting"],
+        "above_threshold": s["above_threshold"],
+        "plans": ctl.plans_made,
+        "plan": None
+        if plan is None
+        else {
+            "reason": plan.reason,
+            "status": plan.plan.status,
+            "solver": plan.plan.solver,
+            "bins_planned": sum(len(r.bins) for r in plan.plan.routes),
+            "distance_km": round(plan.plan.distance_m / 1000, 2),
+        },
+        "routes_sent": ctl.routes_sent,
+        "bins_emptied": s["emptied_today"],
+        "emptied_unconfirmed": ctl.counters.reported,
+        "overflows": s["overflows_today"],
+        "km_driven": s["km_today"],
+        "trucks_on_route": s["trucks_on_route"],
+        "alarms": dict(
+            Counter(a.code for a in d.alarms.active() if a.device_id in ctl.bins or a.device_id in ctl.trucks)
+        ),
+        "fleet": dataclasses.asdict(d.fleet.stats) if d.fleet is not None else {},
+        "simulator": {
+            "uplinks": wsim.stats.uplinks,
+            "truck_events": wsim.stats.events,
+            "bins_emptied": wsim.emptied,
+            "overflow_events": wsim.overflow_events,
+            "km_driven": round(wsim.km_driven, 2),
+        },
+    }
+
+
 def charging_summary(d: Daemon, csim: ChargingSimulator, watch: FeederWatch) -> dict[str, Any]:
     """The demo's charging section: energy delivered and requested, peak feeder load, violations."""
     chargers = list(d.state.devices("charger"))
@@ -384,8 +455,12 @@ async def run_demo(
             for x in settings.displays.displays
         ]
         settings = settings.model_copy(
-            update={"displays": settings.displays.model_copy(update={"displays": signs})}
+            update={
+                "displays": settings.displays.model_copy(update={"displays": signs}),
+                "waste": demo_waste(settings, clock.now()),
+            }
         )
+        bins = site_bins(settings)
         async with _broker(broker_url, broker_port) as url:
             settings = _with_mqtt(settings, url)
             async with (
@@ -402,9 +477,25 @@ async def run_demo(
                     ],
                     mqtt_url=url,
                 ) as dsim,
+                contextlib.AsyncExitStack() as stack,
                 running(settings, inv, clock) as d,
                 asyncio.TaskGroup() as tg,
             ):
+                wsim = None
+                if bins:
+                    wsim = await stack.enter_async_context(
+                        WasteSimulator(
+                            settings.waste,
+                            bins,
+                            clock,
+                            mqtt_url=url,
+                            seed=seed,
+                            timezone=settings.site.timezone,
+                            # at most five positions per truck and real second: the embedded broker
+                            # is the bottleneck of a fast demo
+                            state_every_s=max(20.0, speed / 5),
+                        )
+                    )
                 tg.create_task(_couple(d, csim, watch), name="demo.grid")
                 tg.create_task(_car_parks(d, url, seed), name="demo.car_parks")
                 horizon = None if seconds is None else seconds * speed
@@ -422,6 +513,7 @@ async def run_demo(
                     result = summary(d, sim)
                     result["charging"] = charging_summary(d, csim, watch)
                     result["displays"] = displays_summary(d, dsim)
+                    result["waste"] = waste_summary(d, wsim)
                     scenario.cancel()
                     for t in tg._tasks:
                         t.cancel()

@@ -58,6 +58,18 @@ CHANNELS: list[tuple[str, str, str, str]] = [
      "A warning for displays (all when none are named) and a window; optionally lamps to full."),
     ("dos/v1/{site}/cmd/displays/{display}", "display_message|display_clear", "receive",
      "An operator's message on a display for a duration, or clear it."),
+    ("dos/v1/{site}/waste/bins/{bin}/state", "bin_state", "send",
+     "Retained bin state: fill, predicted rate and threshold time, alarms, today's plan, operator flags."),
+    ("dos/v1/{site}/waste/trucks/{truck}/state", "truck_state", "send",
+     "Retained truck state: status, position, load, route progress, odometer."),
+    ("dos/v1/{site}/waste/plan", "waste_plan", "send",
+     "Retained collection plan: why it was made, per truck the stops with ETAs and done flags."),
+    ("dos/v1/{site}/waste/summary", "waste_summary", "send",
+     "Retained day numbers: bins reporting, above threshold, emptied (sensor-confirmed), overflows, km."),
+    ("dos/v1/{site}/cmd/waste/bins/{bin}", "waste_bin_request", "receive",
+     "Force a bin into today's plan (re-plans), exclude it from planning, or clear either."),
+    ("dos/v1/{site}/cmd/waste/replan", "waste_replan", "receive",
+     "Plan the collection again now, keeping what is done."),
 ]  # fmt: skip
 
 

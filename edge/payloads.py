@@ -407,6 +407,124 @@ class PlanMessage(_Model):
     plan: dict[str, object]
 
 
+# ----- waste collection ---------------------------------------------------------------------
+
+BinAlarm = Literal["fire", "tilt", "lid_open", "overflow", "battery_low", "stale", "sensor_fault"]
+
+
+class BinState(_Model):
+    """Retained state of a waste bin (`waste/bins/{bin}/state`): fill, prediction, alarms, plan."""
+
+    id: str
+    lat: float
+    lon: float
+    kind: Literal["residential", "shopping", "park"]
+    zone: str = ""
+    fill: Annotated[float | None, Field(ge=0, le=1, description="0..1; null until the sensor is heard")] = (
+        None
+    )
+    rate_per_h: Annotated[float | None, Field(description="predicted fill rate now, fraction per hour")] = (
+        None
+    )
+    full_ts: Annotated[float | None, Field(description="when the threshold is predicted to be reached")] = (
+        None
+    )
+    battery: Annotated[float | None, Field(description="%")] = None
+    temperature: Annotated[float | None, Field(description="degC")] = None
+    alarms: list[BinAlarm] = Field(default_factory=list)
+    status: Literal["ok", "stale", "fault"]
+    last_seen_ts: float | None = None
+    last_emptied_ts: Annotated[float | None, Field(description="the last emptying the sensor saw")] = None
+    plan: Literal["mandatory", "optional", "none"] = "none"
+    forced: bool = False
+    excluded: bool = False
+    ts: float
+
+
+class TruckState(_Model):
+    """Retained state of a collection truck (`waste/trucks/{truck}/state`)."""
+
+    id: str
+    online: bool
+    status: Literal["idle", "driving", "collecting", "unloading", "returning", "broken", "offline"]
+    lat: float
+    lon: float
+    load_l: float
+    load_kg: float
+    load_pct: Annotated[float, Field(ge=0, le=100, description="the larger of volume and weight share")]
+    route_id: str | None = None
+    stop_index: int = 0
+    stops_total: int = 0
+    bins_done: int = 0
+    bins_total: int = 0
+    odometer_km: float = 0.0
+    last_seen_ts: float | None = None
+    ts: float
+
+
+class WasteStop(_Model):
+    """One stop of a truck's route; `done` for a bin only once its sensor confirmed the emptying."""
+
+    seq: int
+    kind: Literal["bin", "disposal", "depot"]
+    id: str
+    eta_ts: float
+    done: bool = False
+
+
+class WasteRoute(_Model):
+    truck: str
+    route_id: str
+    distance_km: float
+    stops: list[WasteStop] = Field(default_factory=list)
+
+
+class WastePlanMessage(_Model):
+    """Today's collection plan (`waste/plan`, retained): routes per truck and what was left out."""
+
+    plan_id: str
+    made_ts: float
+    reason: Literal["scheduled", "replan", "breakdown", "alarm", "operator"]
+    status: Literal["optimal", "feasible", "fallback", "infeasible"]
+    solver: str
+    distance_km: float
+    mandatory: Annotated[int, Field(description="bins that had to be collected")]
+    optional: Annotated[int, Field(description="bins collected because they were worth the detour")]
+    dropped: list[str] = Field(default_factory=list)
+    routes: list[WasteRoute] = Field(default_factory=list)
+    violations: list[str] = Field(default_factory=list)
+    ts: float
+
+
+class WasteSummary(_Model):
+    """Waste numbers of the day (`waste/summary`, retained)."""
+
+    bins: int
+    reporting: int
+    above_threshold: int
+    alarms: int
+    trucks: int
+    trucks_on_route: int
+    emptied_today: Annotated[int, Field(description="emptyings confirmed by the bins' sensors")]
+    overflows_today: int
+    km_today: float
+    ts: float
+
+
+class WasteBinRequest(_Model):
+    """Force a bin into today's plan (re-plans), exclude it from planning, or clear either."""
+
+    action: Literal["force", "exclude", "clear"]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
+class WasteReplan(_Model):
+    """Plan the collection again now, keeping what is done."""
+
+    action: Literal["replan"]
+    reason: Annotated[str, Field(max_length=200)] = ""
+
+
 PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "ack": Ack,
     "lamp_state": LampState,
@@ -438,4 +556,10 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "set_level": SetLevel,
     "resume_schedule": ResumeSchedule,
     "replan": Replan,
+    "bin_state": BinState,
+    "truck_state": TruckState,
+    "waste_plan": WastePlanMessage,
+    "waste_summary": WasteSummary,
+    "waste_bin_request": WasteBinRequest,
+    "waste_replan": WasteReplan,
 }
