@@ -16,8 +16,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import multiprocessing
+import pickle
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
@@ -545,6 +549,7 @@ class WasteController:
         truck_offline_s: float = 300.0,
         alarm_replan_s: float = 900.0,
         step_s: float = 1.0,
+        solve_in_process: bool = True,
     ) -> None:
         self.cfg = cfg
         self.tz = tz
@@ -559,6 +564,8 @@ class WasteController:
         self.truck_offline_s = truck_offline_s
         self.alarm_replan_s = alarm_replan_s
         self.step_s = step_s
+        self.solve_in_process = solve_in_process  # (while `run` runs; direct calls plan in a thread)
+        self._pool: ProcessPoolExecutor | None = None
         self.bins = {b.id: BinTrack(b, FillEstimator(b.kind, tz)) for b in bins}
         depot = cfg.depot
         if depot is None or cfg.disposal is None:
@@ -1069,7 +1076,19 @@ class WasteController:
         """Make a plan (solver off the event loop), apply it and send the routes."""
         now = self.clock.now()
         bins, trucks, ctx, day = self.inputs(now)
-        plan = await asyncio.to_thread(plan_collection, bins, trucks, ctx, self.provider)
+        pool = self._pool
+        plan: WastePlan | None = None
+        if pool is not None:
+            try:
+                loop = asyncio.get_running_loop()
+                plan = await loop.run_in_executor(pool, plan_collection, bins, trucks, ctx, self.provider)
+            except (BrokenProcessPool, pickle.PicklingError, AttributeError, TypeError) as exc:
+                # A provider that cannot cross a process boundary, or a dead worker: plan in a thread.
+                log.warning("waste_plan_process_failed", error=str(exc)[:200])
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+        if plan is None:
+            plan = await asyncio.to_thread(plan_collection, bins, trucks, ctx, self.provider)
         return self.apply(plan, reason, day)
 
     def apply(self, plan: WastePlan, reason: PlanReason, day: date) -> ActivePlan:
@@ -1320,6 +1339,10 @@ class WasteController:
         sub = self._sub
         if self.bus is None or sub is None:
             raise RuntimeError("WasteController.run needs a bus")
+        if self.solve_in_process and self._pool is None:
+            # OR-Tools' search holds the GIL (docs/routing.md): in a thread it would stall the
+            # event loop, and with it every poll and command, for seconds.
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(sub), name="waste.events")
@@ -1327,6 +1350,9 @@ class WasteController:
                 tg.create_task(self._planner(), name="waste.planner")
         finally:
             self.bus.unsubscribe(sub)
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
 
     async def _consume(self, sub: Subscription) -> None:
         async for ev in sub:
