@@ -2,10 +2,11 @@
 
 The demo's pieces are wired as `edge demo` wires them (edge/demo.py: the Kreuzviertel site and
 inventory on free ports, the lamp controllers' Modbus simulator, the charge points' OPC UA
-simulator, the displays) on the test's broker and database, with a clock at night running at real
-speed. The dashboard is the real app with its real MQTT client, driven by Textual's Pilot: it
-overrides a lamp and the simulator's register follows; it acknowledges an alarm and the daemon
-stores who did it and why.
+simulator, the displays, the bins and trucks) on the test's broker and database, with a clock at
+night running at real speed. The dashboard is the real app with its real MQTT client, driven by
+Textual's Pilot: it overrides a lamp and the simulator's register follows; it acknowledges an
+alarm and the daemon stores who did it and why; it excludes a bin, is refused forcing it, and
+forces another into today's plan.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ from harness import wait_for
 from textual.pilot import Pilot
 
 from controllers.lighting import night_window
+from edge.bins import Bin
 from edge.clock import SimClock
-from edge.daemon import Daemon, running
-from edge.demo import SITE_DIR, remap_ports, sim_chargers, sim_controllers
+from edge.daemon import Daemon, running, site_bins
+from edge.demo import SITE_DIR, demo_waste, remap_ports, sim_chargers, sim_controllers
 from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.charging import ChargingSimulator
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator
+from simulators.waste import WasteSimulator
 from tui.app import DashboardApp
 from tui.client import DashboardClient
 from tui.screens import AckDialog, ConfirmDialog, OverrideDialog
@@ -46,6 +49,7 @@ WAIT_S = 30.0  # 500 lamps' retained state through the broker on two loaded core
 class District:
     daemon: Daemon
     lamps: LightingSimulator
+    bins: list[Bin]
 
 
 @contextlib.asynccontextmanager
@@ -71,6 +75,8 @@ async def demo_district(mqtt_url: str, database_url: str) -> AsyncIterator[Distr
     )
     on, _ = night_window(settings.site, settings.lighting, 1_795_000_000.0)
     clock = SimClock(start=on + 2 * 3600, speed=1.0)
+    settings = settings.model_copy(update={"waste": demo_waste(settings, clock.now())})
+    bins = site_bins(settings)
     cps, feeders = sim_chargers(inv, settings)
     async with (
         LightingSimulator(sim_controllers(inv), clock, seed=1) as lamps,
@@ -81,10 +87,13 @@ async def demo_district(mqtt_url: str, database_url: str) -> AsyncIterator[Distr
             signs=[SimSign(x.id, port=x.port) for x in signs if x.kind == "sign"],
             mqtt_url=mqtt_url,
         ),
+        WasteSimulator(
+            settings.waste, bins, clock, mqtt_url=mqtt_url, seed=1, timezone=settings.site.timezone
+        ),
         running(settings, inv, clock) as daemon,
     ):
         await daemon.link.wait_connected(WAIT_S)
-        yield District(daemon, lamps)
+        yield District(daemon, lamps, bins)
 
 
 async def until(pilot: Pilot[int], cond: object, what: str) -> None:
@@ -107,7 +116,7 @@ async def test_dashboard_overrides_a_lamp_and_acks_an_alarm_on_the_demo(
 ) -> None:
     """From the dashboard: a lamp to 30 % (the simulator's register follows, the ack and the new level show), then an ack."""
     async with demo_district(mqtt_url, database_url) as district:
-        d, sim = district.daemon, district.lamps
+        d, sim, bins = district.daemon, district.lamps, district.bins
         inv = d.inventory
         lamp_id = next(x.id for x in inv.lamps.values() if not x.flags and x.segment == "sonnenstrasse")
         await wait_for(
@@ -171,3 +180,35 @@ async def test_dashboard_overrides_a_lamp_and_acks_an_alarm_on_the_demo(
             rows = await asyncio.to_thread(d.storage.alarms, True)
             row = next(r for r in rows if (r.device_id, r.code) == (failing, "lamp_failure"))
             assert (row.acked_by, row.ack_comment) == (client.client_id, "crew sent")
+
+            # Waste: exclude a bin; forcing it is refused with the daemon's reason; force another.
+            await pilot.press("8")
+            table = app.query_one("#bin-table", FilterTable)
+            await until(pilot, lambda: len(table.shown_keys) == len(bins), "every bin on the Waste view")
+            first, second = sorted(b.id for b in bins)[:2]
+
+            async def on_bin(bin_id: str, key: str) -> None:
+                assert table.select(bin_id)
+                app.last_ack = None
+                await pilot.press(key)
+                assert isinstance(app.screen, ConfirmDialog)
+                await pilot.press("y")
+                await until(
+                    pilot, lambda: app.last_ack is not None or app.last_error is not None, "the answer"
+                )
+
+            await on_bin(second, "x")
+            assert app.last_ack is not None
+            assert app.last_ack.ok, app.last_ack
+            await until(pilot, lambda: app.model.bins[second].excluded, "the bin shown excluded")
+            await on_bin(second, "f")
+            assert app.last_ack is not None
+            assert (app.last_ack.ok, app.last_ack.reason) == (False, "excluded: clear it first")
+            assert "REFUSED" in command_line(app)
+            await on_bin(first, "f")
+            assert app.last_ack is not None
+            assert app.last_ack.ok, app.last_ack
+            await until(pilot, lambda: app.model.bins[first].forced, "the bin shown forced")
+            assert "FORCED" in str(table.table.get_cell(first, "6"))
+            assert d.waste is not None
+            assert d.waste.flags() == {"forced": [first], "excluded": [second]}
