@@ -172,7 +172,7 @@ BIN_COLUMNS = (
     Column("Alarms"),
 )
 TRUCK_COLUMNS = (
-    Column("Truck", 6),
+    Column("Truck", 10),
     Column("Status", 10),
     Column("Route", 10),
     Column("Stops done", 18),
@@ -385,7 +385,10 @@ class DashboardApp(App[int]):
         self._refresh_timer = None
         changes, self._pending = self._pending, set()
         self._last_refresh = time.monotonic()
-        self._refresh_view(changes)
+        try:
+            self._refresh_view(changes)
+        except NoMatches:
+            pass  # the timer fired while the app was shutting down: nothing left to draw on
 
     def _refresh_view(self, changes: set[Change] | None = None, *, force: bool = False) -> None:
         """Hand the visible view fresh data if what changed is something it shows."""
