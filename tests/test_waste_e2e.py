@@ -247,3 +247,30 @@ async def test_a_day_of_collection_with_a_breakdown(tmp_path: Path, mqtt_url: st
         w2.step(clock.now())
         assert w2.pending is None
         assert w2.routes_sent == 0 < routes_sent
+
+
+def test_simulate_waste_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`edge simulate waste` names what is wrong and exits 2: a missing site, a site without bins, a bad fault."""
+    from edge.cli import main
+
+    assert main(["simulate", "waste", "--config", str(tmp_path / "nope.toml")]) == 2
+    (tmp_path / "site.toml").write_text('[site]\nid = "x"\n', encoding="utf-8")
+    assert main(["simulate", "waste", "--config", str(tmp_path / "site.toml")]) == 2
+    assert "no [waste] bins" in capsys.readouterr().err
+    assert main(["simulate", "waste", "--site", "kreuzviertel", "--fault-rate", "-1"]) == 2
+    assert (
+        main(
+            [
+                "simulate",
+                "waste",
+                "--site",
+                "kreuzviertel",
+                "--fault",
+                "NOPE:fire",
+                "--mqtt",
+                "mqtt://127.0.0.1:1",
+            ]
+        )
+        == 2
+    )
+    assert "NOPE" in capsys.readouterr().err
