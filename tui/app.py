@@ -9,6 +9,7 @@ line above the footer.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import tzinfo
@@ -385,10 +386,9 @@ class DashboardApp(App[int]):
         self._refresh_timer = None
         changes, self._pending = self._pending, set()
         self._last_refresh = time.monotonic()
-        try:
+        # A timer that fires while the app shuts down finds nothing left to draw on.
+        with contextlib.suppress(NoMatches):
             self._refresh_view(changes)
-        except NoMatches:
-            pass  # the timer fired while the app was shutting down: nothing left to draw on
 
     def _refresh_view(self, changes: set[Change] | None = None, *, force: bool = False) -> None:
         """Hand the visible view fresh data if what changed is something it shows."""
