@@ -1457,6 +1457,11 @@ async def test_waste_view_sorts_and_filters_bins() -> None:
         summary = str(app.query_one("#waste-summary", Static).render())
         assert "2 above threshold" in summary
         assert "trucks 1/2 on route" in summary
+        route = str(app.query_one("#route", Static).render())
+        assert route.startswith("T1 r-T1 (14.1 km): ✓depot ✓B0001 → B0007 22:30 · disposal mva 22:45")
+        trucks.table.focus()
+        await pilot.press("down")
+        assert str(app.query_one("#route", Static).render()).startswith("T2 r-T2 (9.3 km): ✓depot → B0003")
 
 
 async def test_force_bin_confirm_then_ack() -> None:

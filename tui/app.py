@@ -49,6 +49,7 @@ from tui.model import (
     Recommendation,
     SiteModel,
     TruckRow,
+    WastePlanView,
     alarm_event,
     alarm_event_ts,
     severity_rank,
@@ -68,7 +69,7 @@ from tui.screens import (
     OverrideDialog,
     Target,
 )
-from tui.widgets import Banner, Column, FilterTable, Row, TextView
+from tui.widgets import Banner, Column, FilterTable, Row, TextView, VirtualTable
 
 Role = Literal["operator", "viewer"]
 VIEWS: tuple[tuple[str, str], ...] = (
@@ -229,7 +230,8 @@ class DashboardApp(App[int]):
     #waste { height: 1fr; }
     #waste-summary { height: auto; }
     #bin-table { height: 2fr; }
-    #truck-table { height: 1fr; border-top: solid $secondary; }
+    #truck-table { height: 1fr; min-height: 7; border-top: solid $secondary; }
+    #route { height: auto; max-height: 2; }
     #command { height: auto; max-height: 3; }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -313,6 +315,7 @@ class DashboardApp(App[int]):
                 yield Static("", id="waste-summary")
                 yield FilterTable(BIN_COLUMNS, "bins", id="bin-table", hint="e.g. 'mandatory z3'")
                 yield FilterTable(TRUCK_COLUMNS, "trucks", id="truck-table", hint="e.g. 'collecting'")
+                yield Static("", id="route")
         yield Static("", id="command")
         yield Footer()
 
@@ -427,6 +430,17 @@ class DashboardApp(App[int]):
             self._bins_seen = model.version
             self._table("waste").update([bin_row(model.bins[k], tz) for k in changed], gone)
             self._truck_table.show([truck_row(r, tz) for r in model.truck_rows()])
+            self._show_route()
+
+    def _show_route(self) -> None:
+        """The stops of the truck under the cursor in the routes table."""
+        self.query_one("#route", Static).update(
+            route_text(self.model.waste_plan, self._truck_table.selected_key, self.tz)
+        )
+
+    def on_virtual_table_cursor_moved(self, event: VirtualTable.CursorMoved) -> None:
+        if self.view == "waste" and self._truck_table.table is event.table:
+            self._show_route()
 
     def _map_renderer(self) -> Callable[[int, int], Text]:
         model, inv = self.model, self.inventory
@@ -1117,6 +1131,30 @@ def bin_row(b: BinView, tz: tzinfo | None) -> Row:
             " ".join(b.alarms) or None,
         ),
     )
+
+
+def route_text(plan: WastePlanView | None, truck: str | None, tz: tzinfo | None) -> Text:
+    """One truck's stops in today's plan: done ones ticked, the next one marked, ETAs after it."""
+    out = Text()
+    route = plan.route_of(truck) if plan is not None and truck is not None else None
+    if route is None:
+        out.append(f"{truck}: no route in today's plan" if truck else "no truck selected", "italic")
+        return out
+    out.append(f"{truck} {route.route_id} ({route.distance_km:.1f} km): ", "bold")
+    next_seen = False
+    for stop in route.stops:
+        name = (
+            stop.id if stop.kind == "bin" else f"{stop.kind} {stop.id}" if stop.id != stop.kind else stop.kind
+        )
+        if stop.done:
+            out.append(f"✓{name} ", "dim")
+        elif not next_seen:
+            next_seen = True
+            out.append(f"→ {name} {render.fmt_time(stop.eta_ts, tz)}", "bold reverse")
+            out.append(" ")
+        else:
+            out.append(f"· {name} {render.fmt_time(stop.eta_ts, tz)} ")
+    return out
 
 
 TRUCK_STYLE = {"offline": "bold magenta", "broken": "bold red reverse", "collecting": "bold"}

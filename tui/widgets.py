@@ -152,10 +152,21 @@ class VirtualTable(ScrollView, can_focus=True):
 
     # ----- cursor --------------------------------------------------------------------------------
 
+    class CursorMoved(Message):
+        """The cursor is on another row (key None: the table is empty)."""
+
+        def __init__(self, table: VirtualTable, key: str | None) -> None:
+            super().__init__()
+            self.table = table
+            self.key = key
+
     def move_cursor(self, *, row: int, animate: bool = False) -> None:
         """Put the cursor on a row (clamped) and scroll it into view."""
         n = len(self._keys)
+        before = self._cursor
         self._cursor = max(0, min(row if row >= 0 else n + row, n - 1)) if n else 0
+        if self._cursor != before:
+            self.post_message(self.CursorMoved(self, self._keys[self._cursor] if n else None))
         rows_shown = max(1, self.size.height - 1)
         top = self.scroll_offset.y
         if self._cursor < top:
