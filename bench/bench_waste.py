@@ -38,7 +38,7 @@ from typing import Literal
 from zoneinfo import ZoneInfo
 
 from bench.common import Row
-from controllers.waste import BinReading, FillEstimator, bin_alarms
+from controllers.waste import BinReading, FillEstimator, bin_alarms, planner_bin
 from edge.bins import Bin, BinKind, load_bins
 from edge.settings import Settings, WasteSettings, load_settings, window_s
 from optimizer.waste import (
@@ -59,6 +59,7 @@ WARMUP_DAYS = 7
 SEED = 11
 Strategy = Literal["fixed", "demand"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+FIXED_DAYS = frozenset(range(6))  # the fixed round works Monday to Saturday (six residential sectors)
 # Collection patterns of the fixed round, by visits per week: (weekdays, every other week?)
 # A pattern's longest gap must stay under GAP_SHARE of the bin's mean days-to-full.
 GAP_SHARE = 0.85
@@ -175,7 +176,7 @@ class Run:
         mean_days = {b.id: b.volume_l / (24 * self.model.rate_lph(b.id)) for b in bins}
         self.schedule = fixed_schedule(bins, mean_days)
         self.run_days = {WEEKDAYS.index(d) for d in (run_days or cfg.run_days)}
-        self.fixed_days = {WEEKDAYS.index(d) for d in cfg.run_days}
+        self.fixed_days = FIXED_DAYS  # the round's own days, whatever the sensors' run days are
         self.postpone_at = postpone_at
         self.oracle = False  # predictions from the model itself: what a perfect estimator would give
         self.provider = HaversineProvider(cfg.detour, {str(k): v for k, v in cfg.speeds_kmh.items()})
@@ -262,10 +263,12 @@ class Run:
                 fill, fill_next, fill_service = self.model.fill(b.id), future[1][b.id], future[0][b.id]
                 alarms = frozenset(bin_alarms(b, self.last.get(b.id), est, now))
                 forced = excluded = False
-            else:
-                fill, fill_next, fill_service = est.fill_at(now), est.fill_at(next_start), est.fill_at(mid)
+            else:  # the product: the controller's own view of the bin
                 alarms = frozenset(bin_alarms(b, self.last.get(b.id), est, now))
-                forced = excluded = False
+                inputs.append(
+                    planner_bin(b, est, now=now, next_start=next_start, service_ts=mid, alarms=alarms)
+                )
+                continue
             inputs.append(BinInput(b.id, b.lat, b.lon, b.road_class, b.zone, b.volume_l, b.density_kg_l,
                                    fill, fill_next, fill_service, alarms, forced, excluded))  # fmt: skip
         trucks = [

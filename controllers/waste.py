@@ -80,6 +80,7 @@ PRIOR_DAY: dict[BinKind, tuple[float, ...]] = {
     "park": (0.8, 0.8, 0.8, 0.9, 1.0, 1.6, 1.7),
 }
 
+DEFAULT_ERR_VAR = 0.3**2  # a day's rise is within about 30 % of the forecast until learned
 SATURATED = 0.97  # at the blind zone: readings above this say "full", not how full
 FIRE_C = 70.0
 OVERFLOW = 0.98
@@ -96,6 +97,26 @@ SEVERITY: dict[str, Severity] = {
     "truck_breakdown": Severity.MAJOR,
 }
 BIN_ALARMS = ("fire", "overflow", "tilt", "lid_open", "battery_low", "stale", "sensor_fault")
+
+
+def net_rate(points: Sequence[tuple[float, float]]) -> float | None:
+    """Net rise per x unit between the ends, each end the median of up to three points.
+
+    Bins fill in steps (a bag, a box) as well as gradually: a median of pairwise slopes
+    (Theil-Sen) treats the steps as outliers and under-estimates the rate by their share,
+    the net rise counts them. Medians at the ends keep one noisy reading from moving it much.
+    """
+    n = len(points)
+    if n < 2:
+        return None
+    k = min(3, n // 2) if n >= 4 else 1
+    head = sorted(points[:k], key=lambda p: p[1])[k // 2]
+    tail = sorted(points[-k:], key=lambda p: p[1])[k // 2]
+    x0 = sum(p[0] for p in points[:k]) / k
+    x1 = sum(p[0] for p in points[-k:]) / k
+    if x1 - x0 <= 1e-9:
+        return None
+    return (tail[1] - head[1]) / (x1 - x0)
 
 
 def theil_sen(points: Sequence[tuple[float, float]]) -> float | None:
@@ -166,17 +187,24 @@ class Reading:
 class FillEstimator:
     """Fill-rate estimate for one bin, robust to noise, saturation and emptying.
 
-    - The current segment (readings since the last emptying) gives a Theil-Sen slope over
-      its last `window` readings; readings at the blind zone (>= 97 %) are left out because
-      a full bin's level cannot rise any more.
+    - The current segment (readings since the last emptying) gives the net rise over its
+      last `window` readings (`net_rate`: bins fill in steps too, which a Theil-Sen slope
+      would discard as outliers and so under-estimate the rate); readings at the blind zone
+      (>= 97 %) are left out because a full bin's level cannot rise any more. Glitches are
+      kept out before they reach the segment (below).
     - A drop of more than `drop` (and to well below the previous level) is an emptying: the
       segment restarts and `last_emptied_ts` is recorded. If the next reading jumps back to
       the old level, the drop was a glitch: the old segment is restored and `glitches` counts it.
     - A rise faster than `max_rate_per_h` (plus `jump`) is implausible: the reading is kept
       out of the estimate and counted in `glitches`.
-    - The weekday pattern learns each 6-hour cell's rate when the cell ends; the prediction
-      scales the pattern by how the current segment compares with it (shrunk towards 1
-      while the segment is short).
+    - The weekday pattern learns each 6-hour cell's net rate when the cell ends, from the
+      last reading before the cell to its last reading (so a rise between two readings on
+      either side of a cell boundary is not lost); the prediction scales the pattern by how
+      the current segment compares with it (shrunk towards 1 while the segment is short).
+    - Each local day the estimator checks its own forecast: the rise over the past day
+      against what it predicted for it. The spread of that ratio (`spread`) gives an upper
+      quantile of the fill (`fill_upper`) for risk-aware planning: a bin whose rate varies a
+      lot is collected earlier than one that fills like clockwork.
     """
 
     def __init__(
@@ -184,7 +212,7 @@ class FillEstimator:
         kind: BinKind,
         tz: ZoneInfo,
         *,
-        window: int = 24,
+        window: int = 96,
         drop: float = 0.15,
         jump: float = 0.25,
         max_rate_per_h: float = 0.3,
@@ -204,6 +232,10 @@ class FillEstimator:
         self._cell: int | None = None
         self._cell_points: list[tuple[float, float]] = []
         self._gaps: deque[float] = deque(maxlen=8)
+        self._day: date | None = None
+        self._day_ref: tuple[float, float, float] | None = None  # ts, fill, scale at the day's first reading
+        self.err_var = DEFAULT_ERR_VAR  # EWMA of (observed / predicted day rise - 1)^2
+        self.checks = 0
 
     # -- input --------------------------------------------------------------------------
 
@@ -239,6 +271,7 @@ class FillEstimator:
                 self.segment = deque(maxlen=self.window)
                 self.last_emptied_ts = ts
                 self.emptyings += 1
+                self._day_ref = None
                 self.fault_streak = 0
                 self._reset_cell(ts)
                 self._append(ts, fill)
@@ -264,6 +297,7 @@ class FillEstimator:
         self.last_emptied_ts = last.ts
         self.emptyings += 1
         self._undo = None
+        self._day_ref = None
         self._reset_cell(last.ts)
         return True
 
@@ -272,13 +306,30 @@ class FillEstimator:
         if fill < SATURATED:  # a full bin's level cannot rise: keep the rate it had before
             self.segment.append(r)
         self.last = r
+        self._check_day(ts, fill)
         cell = self.pattern.cell(ts)
         if cell != self._cell:
+            carry = self._cell_points[-1:] if self._cell is not None else []
             self._close_cell()
             self._cell = cell
-            self._cell_points = []
+            self._cell_points = carry  # the rise across the boundary belongs to this cell
         if fill < SATURATED:
             self._cell_points.append((ts / HOUR, fill))
+
+    def _check_day(self, ts: float, fill: float) -> None:
+        """On a new local day: how did yesterday's forecast do? Then forecast today."""
+        d = datetime.fromtimestamp(ts, self.pattern.tz).date()
+        if d == self._day:
+            return
+        self._day = d
+        ref = self._day_ref
+        if ref is not None and fill < SATURATED and 18 * HOUR <= ts - ref[0] <= 30 * HOUR:
+            expected = ref[2] * self.pattern.integral(ref[0], ts)
+            if expected >= 0.03:  # a tiny rise is all sensor noise
+                err = min(4.0, ((fill - ref[1]) / expected - 1.0) ** 2)
+                self.err_var += max(0.1, 1.0 / (self.checks + 2)) * (err - self.err_var)
+                self.checks += 1
+        self._day_ref = (ts, fill, self.scale()) if fill < SATURATED else None
 
     def _reset_cell(self, ts: float) -> None:
         """An emptying or glitch inside a cell: learn from what came before it."""
@@ -289,7 +340,7 @@ class FillEstimator:
     def _close_cell(self) -> None:
         pts = self._cell_points
         if self._cell is not None and len(pts) >= 3 and pts[-1][0] - pts[0][0] >= 1.0:
-            slope = theil_sen(pts)
+            slope = net_rate(pts)
             if slope is not None:
                 self.pattern.learn(self._cell, slope)
         self._cell_points = []
@@ -297,11 +348,11 @@ class FillEstimator:
     # -- estimates ----------------------------------------------------------------------
 
     def segment_rate(self) -> float | None:
-        """Theil-Sen slope of the current segment (fraction per hour), None if too short."""
+        """Net rate of the current segment (fraction per hour), None if too short."""
         pts = [(r.ts / HOUR, r.fill) for r in self.segment]
         if len(pts) < 3 or pts[-1][0] - pts[0][0] < 1.0:
             return None
-        return theil_sen(pts)
+        return net_rate(pts)
 
     def scale(self) -> float:
         """How fast this bin fills compared with its pattern right now (1 = as the pattern says)."""
@@ -330,6 +381,26 @@ class FillEstimator:
         if ts <= self.last.ts:
             return self.last.fill
         return min(1.0, self.last.fill + self.scale() * self.pattern.integral(self.last.ts, ts))
+
+    @property
+    def spread(self) -> float:
+        """Relative spread of a day's rise around the forecast (learned; a prior until checked)."""
+        return math.sqrt(self.err_var)
+
+    def fill_upper(self, ts: float, z: float = 1.0) -> float | None:
+        """An upper quantile of the fill at `ts`: the predicted rise times 1 + z x its spread.
+
+        Day-to-day noise averages out over a longer horizon, the error of the rate itself does
+        not: the relative spread falls with the square root of the days ahead, to half at most.
+        """
+        if self.last is None:
+            return None
+        if ts <= self.last.ts:
+            return self.last.fill
+        rise = self.scale() * self.pattern.integral(self.last.ts, ts)
+        days = max(1.0, (ts - self.last.ts) / 86400)
+        rel = self.spread * max(0.5, 1.0 / math.sqrt(days))
+        return min(1.0, self.last.fill + rise * (1.0 + z * rel))
 
     def time_to(self, level: float, now: float, horizon_s: float = 14 * 86400) -> float | None:
         """When the fill is predicted to reach `level` (now if it already has), None beyond the horizon."""
@@ -368,6 +439,48 @@ class FillEstimator:
             return 3600.0
         gaps = sorted(self._gaps)
         return min(3600.0, max(600.0, gaps[len(gaps) // 2]))
+
+
+RISK_Z = 1.0
+"""How many spreads above its forecast a bin's fill at the next run is planned for (`fill_upper`):
+about the 85th percentile, so a bin that would overflow before the next opportunity to collect it
+is collected now unless it is clearly safe."""
+
+
+def planner_bin(
+    b: Bin,
+    est: FillEstimator,
+    *,
+    now: float,
+    next_start: float,
+    service_ts: float,
+    alarms: frozenset[str] = frozenset(),
+    forced: bool = False,
+    excluded: bool = False,
+    done: bool = False,
+) -> BinInput:
+    """The planner's view of one bin: fill now, at the truck's likely visit and at the next run.
+
+    `next_start` is the start of the next run after this one: the next chance to collect the bin,
+    so the bin is mandatory if it could reach the threshold by then (see optimizer/waste.py `select`).
+    """
+    return BinInput(
+        id=b.id,
+        lat=b.lat,
+        lon=b.lon,
+        road=b.road_class,
+        zone=b.zone,
+        volume_l=b.volume_l,
+        density_kg_l=b.density_kg_l,
+        fill=est.fill_at(now),
+        fill_next=est.fill_at(next_start),
+        fill_service=est.fill_at(service_ts),
+        alarms=alarms,
+        forced=forced,
+        excluded=excluded,
+        done=done,
+        fill_next_hi=est.fill_upper(next_start, RISK_Z),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1006,21 +1119,14 @@ class WasteController:
         bins = []
         same_day = day == self._day(now)
         for bt in self.bins.values():
-            b, est = bt.bin, bt.est
-            alarms = frozenset(bt.alarms)
             bins.append(
-                BinInput(
-                    id=b.id,
-                    lat=b.lat,
-                    lon=b.lon,
-                    road=b.road_class,
-                    zone=b.zone,
-                    volume_l=b.volume_l,
-                    density_kg_l=b.density_kg_l,
-                    fill=est.fill_at(now),
-                    fill_next=est.fill_at(next_start),
-                    fill_service=est.fill_at(mid),
-                    alarms=alarms,
+                planner_bin(
+                    bt.bin,
+                    bt.est,
+                    now=now,
+                    next_start=next_start,
+                    service_ts=mid,
+                    alarms=frozenset(bt.alarms),
                     forced=bt.forced,
                     excluded=bt.excluded,
                     done=same_day and self._done_today(bt),

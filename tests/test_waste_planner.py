@@ -284,3 +284,25 @@ def test_zone_window_past_is_dropped() -> None:
     plan = plan_collection(bins, [truck("T1")], c, PROVIDER)
     assert "B0" in plan.dropped
     assert plan.routes[0].bins == ("B1",)
+
+
+def test_selection_risk_margin_and_half_full_bins() -> None:
+    """A bin whose forecast stays below the threshold but whose upper quantile reaches it is
+    mandatory (it could overflow before the next chance to collect it); one whose upper
+    quantile stays below is optional. With the default value, a half-full bin is worth less
+    than the cost of stopping at it, so it is not lifted just because it stands on the way."""
+    c = ctx()
+    bins = [
+        bin_(0, 0.5, 0.7, fill_next_hi=0.85),
+        bin_(1, 0.5, 0.7, fill_next_hi=0.75),
+        bin_(2, 0.3, 0.5),
+        bin_(3, 0.7, c.threshold),
+    ]
+    sel = select(bins, c)
+    assert sel["B0"].kind == "mandatory"
+    assert "could be 85%" in sel["B0"].reason
+    assert sel["B1"].kind == "optional"
+    visit_m = c.service_s * 20 / 3.6  # the stop cost build() charges by default
+    assert sel["B2"].penalty < 0.5 * visit_m
+    assert sel["B3"].kind == "mandatory"
+    assert select([bin_(4, 0.7, 0.79)], c)["B4"].penalty > sel["B2"].penalty
