@@ -1,9 +1,14 @@
 """Waste collection planning (pure): which bins to collect, and the routes that collect them.
 
-`select` decides per bin: mandatory when its predicted fill at the start of the next run
-reaches the threshold (or on an alarm such as fire or overflow, or when an operator forced
-it), optional otherwise with a penalty that grows convexly with the fill (a nearly full bin
-is worth a detour, a nearly empty one is not), never when excluded or already done.
+`select` decides per bin: mandatory when its fill at the start of the next run (the next
+chance to collect it) could reach the threshold: the forecast or its upper quantile
+(`BinInput.fill_next_hi`, from the estimator's learned forecast spread), so an uncertain bin
+is collected a run early rather than overflow; also on an alarm such as fire or overflow, or
+when an operator forced it. Otherwise optional with a penalty that grows convexly with the
+fill and stays below the cost of a stop (a nearly full bin on the way is taken, a half-full
+one is not), never when excluded or already done. Fewer run days a week are what saves
+kilometres (each truck-day costs its depot and disposal legs); the risk rule is what makes
+them safe.
 `build` turns the selection, the trucks (at the depot, or on the road with a load for a
 re-plan) and a `DistanceProvider` into a `RoutingInstance`: a depot, the disposal site as a
 reload node, a final disposal stop before the trucks go home, bins with volume and weight,
@@ -161,7 +166,11 @@ class Selection:
 
 
 def select(bins: Sequence[BinInput], ctx: PlanContext) -> dict[str, Selection]:
-    """Mandatory, optional (with a convex penalty) or excluded, per bin."""
+    """Mandatory, optional (with a convex penalty) or excluded, per bin.
+
+    Mandatory by forecast: "level + fill rate x time until the next run reaches the threshold",
+    with the upper quantile standing in for the level so noise and uneven days are covered.
+    """
     out: dict[str, Selection] = {}
     th = ctx.threshold
     for b in bins:
@@ -272,6 +281,7 @@ def build(
     dist = [
         [d + visit if j >= first and j != i else d for j, d in enumerate(row)] for i, row in enumerate(road)
     ]
+
     n = len(places)
     first_bin = n - len(bin_nodes)
     demand: list[tuple[int, ...]] = [(0, 0)] * first_bin

@@ -28,6 +28,7 @@ from edge.errors import DeviceReplyError
 from edge.events import AlarmEvent, Outcome, PlanEvent, Priority, Severity, Telemetry
 from edge.settings import WasteSettings
 from edge.state import StateStore
+from optimizer.waste import select
 
 TZ = ZoneInfo("Europe/Berlin")
 MONDAY_5 = datetime(2026, 11, 30, 5, 0, tzinfo=TZ).timestamp()  # a Monday, before plan_at
@@ -492,3 +493,22 @@ async def test_alarm_replans_are_rate_limited_not_lost(rig: Rig) -> None:
     active = await r.ctl.plan_pending()
     assert active is not None
     assert "B6" in {b for route in active.plan.routes for b in route.bins}
+
+
+async def test_planner_inputs_carry_the_risk_quantile(rig: Rig) -> None:
+    """The controller hands the planner an upper quantile of each bin's fill at the next run: above
+    the forecast for a rising bin, and a bin is mandatory as soon as that quantile reaches the
+    threshold (the next run is the next chance to collect it)."""
+    r = rig
+    fill_history(r, FULL)
+    bins, _, ctx, _ = r.ctl.inputs(r.clock.now())
+    assert ctx.next_run_ts > ctx.now + 12 * 3600  # the start of the next run, not of this one
+    sel = select(bins, ctx)
+    for b in bins:
+        assert b.fill_next is not None
+        assert b.fill_next_hi is not None
+        if b.fill_next < 1.0:
+            assert b.fill_next_hi > b.fill_next  # rising 1 %/h: the quantile lies above
+        if b.fill_next_hi >= ctx.threshold:
+            assert sel[b.id].kind == "mandatory", (b, sel[b.id])
+    assert sel["B6"].kind == "optional"
