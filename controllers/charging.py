@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from controllers.lighting import LightingController, expected_power
+from controllers.lighting import LightingController, NightPlan, expected_power
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import Clock
 from edge.dispatcher import Dispatcher, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged
-from edge.inventory import Charger, Inventory
+from edge.inventory import Charger, Inventory, Lamp
 from edge.settings import ChargingSettings
 from edge.state import StateStore
 from optimizer.charging import (
@@ -226,23 +226,50 @@ def lighting_amps(
     puts it there. The future is the plan. Without a plan every lamp counts at full power.
     """
 
+    # Hot path (every charger check and 96 slots per plan): the lamps of each feeder and
+    # their groups are fixed, and a lamp's planned watts depend only on its group's level,
+    # so the planned load is computed once per (feeder, group levels) and reused. Exact.
+    rows: dict[str, list[tuple[Lamp, int]]] = {}
+    groups: dict[str, list[str]] = {}
+    for lamp in inv.lamps.values():
+        gs = groups.setdefault(lamp.feeder, [])
+        g = lamp.group
+        if g not in gs:
+            gs.append(g)
+        rows.setdefault(lamp.feeder, []).append((lamp, gs.index(g)))
+    planned: dict[tuple[str, tuple[int, ...] | None], tuple[list[float], float]] = {}
+
+    def planned_watts(feeder: str, plan: NightPlan | None, t: float) -> tuple[list[float], float]:
+        levels = None if plan is None else tuple(plan.level_at(g, t) for g in groups.get(feeder, ()))
+        hit = planned.get((feeder, levels))
+        if hit is None:
+            if len(planned) > 4096:
+                planned.clear()  # bounded: plans change every night
+            lamps = rows.get(feeder, ())
+            per_lamp = [
+                lamp.p_max_w if levels is None else expected_power(lamp, levels[gi]) for lamp, gi in lamps
+            ]
+            hit = planned[(feeder, levels)] = (per_lamp, sum(per_lamp))
+        return hit
+
     def amps(feeder: str, t: float) -> float:
         plan = lighting.plan if lighting is not None else None
         now = clock.now()
-        present = abs(t - now) < 60
+        per_lamp, total = planned_watts(feeder, plan, t)
+        if abs(t - now) >= 60:  # the future is the plan
+            return total / VOLTS
         watts = 0.0
-        for lamp in inv.lamps_on_feeder(feeder):
-            w = expected_power(lamp, plan.level_at(lamp.group, t)) if plan is not None else lamp.p_max_w
-            if present:
-                level = commanded(lamp.id)
-                if level is not None:
-                    w = max(w, expected_power(lamp, level))
-                dev = state.get(lamp.id)
-                measured = dev.values.get("power_w") if dev is not None else None
-                if dev is None or dev.online is not True or now - dev.updated_at >= stale_s:
-                    w = max(w, lamp.p_max_w)
-                elif isinstance(measured, int | float):
-                    w = max(w, float(measured))
+        for (lamp, _), w_plan in zip(rows.get(feeder, ()), per_lamp, strict=True):
+            w = w_plan
+            level = commanded(lamp.id)
+            if level is not None:
+                w = max(w, expected_power(lamp, level))
+            dev = state.get(lamp.id)
+            measured = dev.values.get("power_w") if dev is not None else None
+            if dev is None or dev.online is not True or now - dev.updated_at >= stale_s:
+                w = max(w, lamp.p_max_w)
+            elif isinstance(measured, int | float):
+                w = max(w, float(measured))
             watts += w
         return watts / VOLTS
 

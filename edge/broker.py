@@ -18,13 +18,27 @@ What amqtt 0.12.1 can and cannot do, measured on this machine (see tests/test_mq
 
 The broker can be stopped and started again on the same port (a fresh amqtt `Broker` per
 start), which the reconnect tests need.
+
+amqtt 0.12 iterates its subscription dict across an `await` when a client connects
+(`_handle_client_session` publishes retained messages per filter), so a subscribe from
+another client in between raised "dictionary changed size during iteration" and dropped
+the connecting client. `_Subscriptions` iterates over a snapshot of the keys instead.
+
+`BrokerProcess` runs the same broker in a child process: a pure-Python broker routing a
+demo's traffic costs most of a core, and in the daemon's process it competed with the
+daemon for the event loop (a real site's broker is not in the daemon's process either).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -35,6 +49,19 @@ from edge.net import free_port
 # amqtt and its state machine library log every connection at INFO and a v5 probe at
 # WARNING; the daemon logs link transitions itself.
 _NOISY_LOGGERS = ("amqtt", "transitions")
+
+
+class _Subscriptions(dict[str, list[Any]]):
+    """amqtt's filter -> subscribers map, iterated over a snapshot of its keys (see module doc)."""
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.keys()))
+
+
+class _Broker(Broker):  # type: ignore[misc]  # amqtt ships no type information for Broker
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self._subscriptions = _Subscriptions()
 
 
 class BrokerState(enum.Enum):
@@ -97,7 +124,7 @@ class EmbeddedBroker:
             # Bind 0 via amqtt would work too, but the chosen port is only reachable
             # through amqtt's private `_servers`; a just-freed port is good enough here.
             self._port = free_port(self._host)
-        broker = Broker(self._config())
+        broker = _Broker(self._config())
         await broker.start()
         self._broker = broker
         self._state = BrokerState.RUNNING
@@ -123,3 +150,102 @@ class EmbeddedBroker:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+# -- the broker in a child process -----------------------------------------------------------
+
+_START_TIMEOUT_S = 30.0
+_STOP_TIMEOUT_S = 5.0
+
+
+def _serve(host: str, port: int, log_level: int, ready: Any) -> None:
+    """Child process: the embedded broker until SIGTERM, or until the parent is gone."""
+    import uvloop
+
+    from edge import logs
+
+    logs.configure("warning", "json")
+    parent = os.getppid()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, lambda: None)  # the parent decides when we stop
+        async with EmbeddedBroker(host, port, log_level=log_level):
+            ready.set()
+            while not stop.is_set() and os.getppid() == parent:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    uvloop.run(main())
+
+
+class BrokerProcess:
+    """`EmbeddedBroker` in a child process (spawned), as an async context manager.
+
+    The child exits on `__aexit__` (SIGTERM, then a kill after a few seconds) and by itself
+    when its parent dies, so a killed demo leaves no broker behind.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, log_level: int = logging.ERROR) -> None:
+        self._host = host
+        self._port = port or free_port(host)
+        self._log_level = log_level
+        self._proc: multiprocessing.process.BaseProcess | None = None
+
+    @property
+    def url(self) -> str:
+        """`mqtt://host:port`, the form `MqttLink` takes."""
+        return f"mqtt://{self._host}:{self._port}"
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return None if self._proc is None else self._proc.pid
+
+    async def __aenter__(self) -> Self:
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
+        proc = ctx.Process(
+            target=_serve,
+            args=(self._host, self._port, self._log_level, ready),
+            name="edge-broker",
+            daemon=True,
+        )
+        proc.start()
+        self._proc = proc
+        try:
+            # A readiness flag, not a probe connection: amqtt logs an error for a client
+            # that connects and leaves without a CONNECT.
+            if not await asyncio.to_thread(ready.wait, _START_TIMEOUT_S):
+                exited = "" if proc.is_alive() else f" (exit code {proc.exitcode})"
+                raise TimeoutError(
+                    f"embedded broker not ready on {self._host}:{self._port} "
+                    f"after {_START_TIMEOUT_S:.0f} s{exited}"
+                )
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.terminate()
+        await asyncio.to_thread(proc.join, _STOP_TIMEOUT_S)
+        if proc.is_alive():
+            proc.kill()
+            await asyncio.to_thread(proc.join, 2.0)
+        if not proc.is_alive():
+            proc.close()

@@ -20,6 +20,8 @@ import orjson
 from edge.errors import ConfigError
 
 EXIT_CONFIG = 2
+# `edge demo --for N`: the summary is out at N seconds, the district closed by N + this.
+DEMO_STOP_BUDGET_S = 15.0
 
 
 def _positive(text: str) -> float:
@@ -212,7 +214,16 @@ async def _demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
     logs.configure("warning" if args.headless else "info", "auto")
-    result = await run_demo(
+    printed = False
+
+    def show(result: dict[str, Any]) -> None:
+        # Printed before the district shuts down: the summary is out when `--for` is up.
+        nonlocal printed
+        printed = True
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.flush()
+
+    demo = run_demo(
         seconds=args.seconds,
         headless=args.headless,
         speed=args.speed,
@@ -221,8 +232,21 @@ async def _demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         broker_port=args.broker_port,
         status_lines=not args.headless,
+        on_summary=show,
     )
-    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    if args.seconds is None:
+        await demo
+        return 0
+    try:
+        async with asyncio.timeout(args.seconds + DEMO_STOP_BUDGET_S):
+            await demo
+    except TimeoutError:
+        # A backstop, not the plan: every part closes within its own timeouts.
+        import structlog
+
+        structlog.get_logger("edge.demo").warning(
+            "demo_stop_slow", budget_s=DEMO_STOP_BUDGET_S, summary_printed=printed
+        )
     return 0
 
 

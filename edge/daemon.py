@@ -440,19 +440,23 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                     fleet,
                 )
                 async with asyncio.TaskGroup() as tg:
+                    recorder = tg.create_task(_record(d), name="storage.recorder")
                     tasks = [
                         tg.create_task(state.run(), name="state.store"),
-                        tg.create_task(lighting.run(), name="lighting.controller"),
                         tg.create_task(api.run(link), name="api.publisher"),
-                        tg.create_task(_record(d), name="storage.recorder"),
+                        recorder,
                         tg.create_task(_sample_history(d), name="storage.history"),
                     ]
+                    controllers = [tg.create_task(lighting.run(), name="lighting.controller")]
                     if charging is not None:
-                        tasks.append(tg.create_task(charging.run(), name="charging.controller"))
+                        controllers.append(tg.create_task(charging.run(), name="charging.controller"))
                     if displays is not None:
-                        tasks.append(tg.create_task(_display_loop(d, displays), name="displays.controller"))
+                        controllers.append(
+                            tg.create_task(_display_loop(d, displays), name="displays.controller")
+                        )
                     if waste is not None:
-                        tasks.append(tg.create_task(waste.run(), name="waste.controller"))
+                        controllers.append(tg.create_task(waste.run(), name="waste.controller"))
+                    tasks += controllers
                     d.started.set()
                     log.info(
                         "daemon_started",
@@ -466,7 +470,9 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         yield d
                     finally:
                         log.info("daemon_stopping")
-                        tasks[1].cancel()  # no new plan commands
+                        # No new commands from any controller, or the drain below chases a moving
+                        # target until its timeout (a busy demo took 10 s to stop).
+                        await cancel_and_wait(controllers)
                         await api.close()
                         with contextlib.suppress(TimeoutError):
                             await dispatcher.drain(5.0)
@@ -476,7 +482,7 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                             await link.wait_drained(5.0)
                         bus.close()
                         # The recorder ends by itself once it has stored what was queued.
-                        await asyncio.wait([tasks[3]], timeout=2.0)
+                        await asyncio.wait([recorder], timeout=2.0)
                         await cancel_and_wait(tasks)
                         log.info(
                             "daemon_stopped", outbox_backlog=outbox.backlog, storage_rows=storage.written
@@ -497,9 +503,14 @@ def lighting_amps_late(
         eff = dispatcher_ref[0].effective(lamp_id, "level_cmd") if dispatcher_ref else None
         return None if eff is None else eff.value
 
+    built: dict[int, Any] = {}  # one `lighting_amps` per controller (it precomputes per feeder)
+
     def amps(feeder: str, t: float) -> float:
         lighting = ref[0] if ref else None
-        return float(lighting_amps(inv, state, lighting, stale_s, clock, commanded)(feeder, t))
+        fn = built.get(id(lighting))
+        if fn is None:
+            fn = built[id(lighting)] = lighting_amps(inv, state, lighting, stale_s, clock, commanded)
+        return float(fn(feeder, t))
 
     return amps
 

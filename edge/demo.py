@@ -15,8 +15,9 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,12 +29,13 @@ import orjson
 import structlog
 
 from controllers.lighting import night_window
-from edge.broker import EmbeddedBroker
+from edge.broker import BrokerProcess
 from edge.clock import SimClock
 from edge.daemon import Daemon, running, site_bins
 from edge.inventory import Inventory, load_inventory
 from edge.net import free_port
 from edge.settings import Settings, WasteSettings, load_settings
+from edge.tasks import cancel_and_wait
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator, SimController, SimLamp
@@ -132,7 +134,7 @@ async def _broker(url: str, port: int = 0) -> AsyncIterator[str]:
     if url:
         yield url
         return
-    async with EmbeddedBroker(port=port) as broker:
+    async with BrokerProcess(port=port) as broker:  # its own core: see edge/broker.py
         yield broker.url
 
 
@@ -434,8 +436,14 @@ async def run_demo(
     seed: int = 1,
     broker_port: int = 0,
     status_lines: bool = True,
+    on_summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the demo district; return the summary (printed by the CLI when headless)."""
+    """Run the demo district; return the summary (printed by the CLI when headless).
+
+    `seconds` counts from the call, start-up included, so a `--for N` run ends about N
+    seconds in; `on_summary` gets the summary before the district shuts down.
+    """
+    started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="dos-edge-demo-"))
     try:
         settings = load_settings(
@@ -462,7 +470,8 @@ async def run_demo(
         )
         bins = site_bins(settings)
         async with _broker(broker_url, broker_port) as url:
-            settings = _with_mqtt(settings, url)
+            # amqtt speaks 3.1.1 only: no v5 probe (it costs a connect timeout on every start)
+            settings = _with_mqtt(settings, url, "5" if broker_url else "3.1.1")
             async with (
                 LightingSimulator(sim_controllers(inv), clock, seed=seed) as sim,
                 ChargingSimulator(cps, clock, feeders=feeders, port=opc_port, seed=seed) as csim,
@@ -494,42 +503,43 @@ async def run_demo(
                             # at most five positions per truck and real second: the embedded broker
                             # is the bottleneck of a fast demo
                             state_every_s=max(20.0, speed / 5),
+                            uplink_qos=0,  # as a network server forwards them; the ingest dedups
                         )
                     )
-                tg.create_task(_couple(d, csim, watch), name="demo.grid")
-                tg.create_task(_car_parks(d, url, seed), name="demo.car_parks")
                 horizon = None if seconds is None else seconds * speed
-                scenario = tg.create_task(
-                    _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
-                )
+                tasks = [
+                    tg.create_task(_couple(d, csim, watch), name="demo.grid"),
+                    tg.create_task(_car_parks(d, url, seed), name="demo.car_parks"),
+                    tg.create_task(
+                        _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
+                    ),
+                ]
                 if status_lines and not headless:
-                    tg.create_task(_status_lines(d, sim), name="demo.status")
+                    tasks.append(tg.create_task(_status_lines(d, sim), name="demo.status"))
                 try:
                     if seconds is None:
                         await asyncio.Event().wait()
                     else:
-                        await asyncio.sleep(seconds)
+                        await asyncio.sleep(max(0.0, seconds - (time.monotonic() - started)))
                 finally:
                     result = summary(d, sim)
                     result["charging"] = charging_summary(d, csim, watch)
                     result["displays"] = displays_summary(d, dsim)
                     result["waste"] = waste_summary(d, wsim)
-                    scenario.cancel()
-                    for t in tg._tasks:
-                        t.cancel()
+                    await cancel_and_wait(tasks)
+                if on_summary is not None:
+                    on_summary(result)
             return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _with_mqtt(settings: Settings, url: str) -> Settings:
-    mqtt = settings.mqtt.model_copy(update={"url": url})
+def _with_mqtt(settings: Settings, url: str, protocol: str = "5") -> Settings:
+    mqtt = settings.mqtt.model_copy(update={"url": url, "protocol": protocol})
     return settings.model_copy(update={"mqtt": mqtt})
 
 
 def _now() -> float:
-    import time
-
     return time.time()
 
 

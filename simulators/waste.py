@@ -956,8 +956,14 @@ class WasteSimulator:
         initial: tuple[float, float] = (0.05, 0.6),
         app: str | None = None,
         client_id: str = "",
+        uplink_qos: int = 1,
     ) -> None:
         BrokerAddress.parse(mqtt_url)  # a bad URL fails here, naming itself
+        if uplink_qos not in (0, 1):
+            raise ValueError(f"uplink_qos must be 0 or 1, not {uplink_qos!r}")
+        # A network server forwards uplinks at QoS 0 or 1; the ingest copes with both
+        # (duplicates and out-of-order frames are expected either way).
+        self._uplink_qos = uplink_qos
         fleet_url = fleet_mqtt_url or settings.fleet_mqtt_url or mqtt_url
         BrokerAddress.parse(fleet_url)
         self._clock = clock
@@ -1110,7 +1116,7 @@ class WasteSimulator:
             self.stats.uplinks += 1
             for topic, payload in self.encoder.encode(r):
                 self.stats.messages += 1
-                self._send(self._uplink, topic, payload, 1, False)
+                self._send(self._uplink, topic, payload, self._uplink_qos, False)
         for tid, truck in self._trucks.items():
             every = self._state_every_s if truck.status not in (Status.IDLE, Status.BROKEN) else 300.0
             if truck.changed or now - self._state_at[tid] >= every:
@@ -1251,6 +1257,11 @@ class WasteSimulator:
             topic, payload, qos, retain = queue[0]
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await client.publish(topic, payload, qos=qos, retain=retain)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # 3.11: aiomqtt's `wait_for` can swallow a cancel that lands as the publish
+                # completes; the TaskGroup cancels only once, so honour it here or hang.
+                raise asyncio.CancelledError
             queue.popleft()
 
     async def _receive(self, client: aiomqtt.Client) -> None:
