@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
@@ -59,8 +59,9 @@ from devices.display_profile import (
 )
 from devices.modbus import _quiet_pymodbus
 from edge.clock import Clock
-from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
+from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
+from edge.mqtt import BrokerAddress
 from edge.tasks import close_task_group
 
 if TYPE_CHECKING:
@@ -479,7 +480,17 @@ class DisplayDriver:
         self.alarm_after_missed = alarm_after_missed
         self.stats = DisplayDriverStats()
         self.control_decoder = BlockDecoder(self.vms_profile.control)
-        self._url = mqtt_url or ""
+        self._address: BrokerAddress | None = None
+        if boards:
+            try:
+                self._address = BrokerAddress.parse(mqtt_url or "")
+            except ConfigError as exc:
+                raise ConfigError(str(exc.args[0]), key="displays.board_mqtt_url") from None
+        # for logs: the URL may hold a password
+        self._broker = f"{self._address.host}:{self._address.port}" if self._address else ""
+        self._tls_context = (
+            ssl.create_default_context() if self._address is not None and self._address.tls else None
+        )
         self._board_ids = tuple(boards)
         self._sign_eps = tuple(signs)
         ids = [*self._board_ids, *(s.display_id for s in self._sign_eps)]
@@ -534,14 +545,17 @@ class DisplayDriver:
     # -- boards ------------------------------------------------------------------
 
     def _new_client(self) -> aiomqtt.Client:
-        parts = urlsplit(self._url)
+        a = self._address
+        if a is None:
+            raise RuntimeError("no board broker: the driver has no boards")
         client = aiomqtt.Client(
-            parts.hostname or "localhost",
-            parts.port or 1883,
-            username=parts.username,
-            password=parts.password,
+            a.host,
+            a.port,
+            username=a.username,
+            password=a.password,
             identifier=f"edge-displays-{uuid.uuid4().hex[:12]}",
             timeout=self.timeout_s,
+            tls_context=self._tls_context,
         )
         # writes to many boards at once are expected; aiomqtt warns above 10 pending calls
         client.pending_calls_threshold = max(64, 2 * len(self._boards))
@@ -557,14 +571,14 @@ class DisplayDriver:
                     await client.subscribe([(t, p.qos) for t in self._by_topic], timeout=self.timeout_s)
                     self._client = client
                     if attempt:
-                        log.info("displays_mqtt_up", url=self._url)
+                        log.info("displays_mqtt_up", broker=self._broker)
                     attempt = 0
                     async for message in client.messages:
                         self._on_message(message)
             except aiomqtt.MqttError as exc:
                 self._client = None
                 if attempt == 0:
-                    log.warning("displays_mqtt_down", url=self._url, error=str(exc))
+                    log.warning("displays_mqtt_down", broker=self._broker, error=str(exc))
                 for board in self._boards.values():
                     board.set_online(False, f"broker unreachable: {exc}")
                 delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))

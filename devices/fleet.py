@@ -5,7 +5,9 @@
 odometer_km, speed_kmh})`, and each `fleet/{truck}/event` becomes `Telemetry(truck, ts,
 {"event": type, "seq": n, ...})` (the waste controller tells them apart by `event`).
 Payloads are validated here, at the trust boundary: a bad one is counted and logged with
-what is wrong, never passed on.
+what is wrong, never passed on. That includes a `ts` more than `MAX_SKEW_S` from the
+daemon's clock (milliseconds, a truck whose clock never synced): the controller keys
+de-duplication, ETAs and the day's counters on it.
 
 Routes go through the dispatcher like any command (`PayloadDriver`): `write_payload`
 publishes the route retained with QoS 1 (a truck that reconnects gets it) and returns the
@@ -19,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+import ssl
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
-from urllib.parse import urlsplit
 
 import aiomqtt
 import orjson
@@ -33,49 +35,61 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from devices.base import Driver
 from edge.clock import Clock
-from edge.errors import DeviceReplyError, DeviceTimeout, DeviceUnavailable
+from edge.errors import ConfigError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Event, Telemetry, Value
+from edge.mqtt import BrokerAddress
 from edge.tasks import close_task_group
 
 log = structlog.get_logger(__name__)
 
 MAX_FLEET_BYTES = 256 * 1024  # a route of a few hundred stops is ~60 kB
+MAX_SKEW_S = 86_400.0  # a truck's `ts` further than this from the daemon's clock is refused
+# Upper bounds well above any refuse truck (the largest carry ~40 m3 and ~15 t) but far below
+# what would overflow a sum or a percentage: a value beyond them is a broken unit.
+MAX_LOAD_L = 200_000.0
+MAX_LOAD_KG = 100_000.0
+MAX_ODOMETER_KM = 10_000.0  # per shift
+MAX_STOP_INDEX = 100_000
+LOG_EVERY = 100  # a misbehaving truck is named on its first bad message and every 100th after
+MAX_UNKNOWN_LOGGED = 1_000  # distinct unknown truck ids remembered (and logged once each)
+
+_FLEET_MODEL = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
 
 
 class TruckStateMessage(BaseModel):
     """`fleet/{truck}/state`."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = _FLEET_MODEL
 
-    ts: float
+    ts: float = Field(gt=0)
     lat: float = Field(ge=-90, le=90)
     lon: float = Field(ge=-180, le=180)
     speed_kmh: float = Field(default=0.0, ge=0, le=200)
-    load_l: float = Field(default=0.0, ge=0)
-    load_kg: float = Field(default=0.0, ge=0)
+    load_l: float = Field(default=0.0, ge=0, le=MAX_LOAD_L)
+    load_kg: float = Field(default=0.0, ge=0, le=MAX_LOAD_KG)
     status: Literal["idle", "driving", "collecting", "unloading", "returning", "broken"]
     route_id: str | None = Field(default=None, max_length=200)
-    stop_index: int = Field(default=0, ge=0)
-    odometer_km: float = Field(default=0.0, ge=0)
+    stop_index: int = Field(default=0, ge=0, le=MAX_STOP_INDEX)
+    odometer_km: float = Field(default=0.0, ge=0, le=MAX_ODOMETER_KM)
 
 
 class TruckEventMessage(BaseModel):
     """`fleet/{truck}/event`: one happening, with `seq` for de-duplication."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = _FLEET_MODEL
 
     type: Literal[
         "route_accepted", "route_rejected", "emptied", "skipped", "unloaded", "route_done", "breakdown"
     ]
-    ts: float
-    seq: int = Field(ge=0)
+    ts: float = Field(gt=0)
+    seq: int = Field(ge=0, le=2**53)
     route_id: str | None = Field(default=None, max_length=200)
     bin: str | None = Field(default=None, max_length=128)
     reason: str | None = Field(default=None, max_length=200)
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
-    load_l: float | None = Field(default=None, ge=0)
-    load_kg: float | None = Field(default=None, ge=0)
+    load_l: float | None = Field(default=None, ge=0, le=MAX_LOAD_L)
+    load_kg: float | None = Field(default=None, ge=0, le=MAX_LOAD_KG)
 
 
 @dataclass(slots=True)
@@ -84,6 +98,7 @@ class FleetStats:
     events: int = 0
     bad: int = 0
     unknown_truck: int = 0
+    unknown_bin: int = 0
     routes_sent: int = 0
     routes_accepted: int = 0
     routes_rejected: int = 0
@@ -111,10 +126,15 @@ class FleetDriver:
         trucks: Sequence[str],
         *,
         mqtt_url: str,
+        bins: Collection[str] | None = None,
         timeout_s: float = 5.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
     ) -> None:
+        """`bins`, when given, are the known bin ids: an `emptied`/`skipped` naming another is logged.
+
+        Raises ConfigError (key `waste.fleet_mqtt_url`) for a URL that is not mqtt:// or mqtts://.
+        """
         for t in trucks:
             if not t or any(c in t for c in "/+#"):
                 raise ValueError(f"truck id {t!r} cannot be part of a topic")
@@ -123,7 +143,13 @@ class FleetDriver:
         self.publish = publish
         self.clock = clock
         self.trucks = frozenset(trucks)
-        self.url = mqtt_url
+        try:
+            self.address = BrokerAddress.parse(mqtt_url)
+        except ConfigError as exc:
+            raise ConfigError(str(exc.args[0]), key="waste.fleet_mqtt_url") from None
+        self.broker = f"{self.address.host}:{self.address.port}"  # for logs: the URL may hold a password
+        self._tls_context = ssl.create_default_context() if self.address.tls else None
+        self.bins = frozenset(bins) if bins is not None else None
         self.timeout_s = timeout_s
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
@@ -131,6 +157,9 @@ class FleetDriver:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._answers: dict[tuple[str, str], asyncio.Future[float]] = {}
+        self._bad_by_truck: dict[str, int] = {}
+        self._unknown_seen: set[str] = set()
+        self._unknown_bins_seen: set[tuple[str, str]] = set()
         self._state = _State.UNOPENED
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -160,14 +189,15 @@ class FleetDriver:
             await self._connected.wait()
 
     def _new_client(self) -> aiomqtt.Client:
-        parts = urlsplit(self.url)
+        a = self.address
         client = aiomqtt.Client(
-            parts.hostname or "localhost",
-            parts.port or 1883,
-            username=parts.username,
-            password=parts.password,
+            a.host,
+            a.port,
+            username=a.username,
+            password=a.password,
             identifier=f"edge-fleet-{uuid.uuid4().hex[:12]}",
             timeout=self.timeout_s,
+            tls_context=self._tls_context,
         )
         client.pending_calls_threshold = max(64, 4 * len(self.trucks))
         return client
@@ -184,13 +214,13 @@ class FleetDriver:
                     self._client = client
                     self._connected.set()
                     if attempt:
-                        log.info("fleet_mqtt_up", url=self.url)
+                        log.info("fleet_mqtt_up", broker=self.broker)
                     attempt = 0
                     async for message in client.messages:
                         self.on_message(message.topic.value, message.payload)
             except aiomqtt.MqttError as exc:
                 if attempt == 0:
-                    log.warning("fleet_mqtt_down", url=self.url, error=str(exc))
+                    log.warning("fleet_mqtt_down", broker=self.broker, error=str(exc))
                 delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
                 attempt = min(attempt + 1, 30)
                 await asyncio.sleep(delay)
@@ -199,9 +229,40 @@ class FleetDriver:
                 self._connected.clear()
 
     def _bad(self, truck: str, what: str, error: str) -> None:
+        """Count a refused message; name the truck on its first and every LOG_EVERY-th one."""
         self.stats.bad += 1
-        if self.stats.bad in {1, 10, 100} or self.stats.bad % 1000 == 0:
-            log.warning("fleet_bad_message", truck=truck, topic=what, error=error, count=self.stats.bad)
+        n = self._bad_by_truck.get(truck, 0) + 1
+        self._bad_by_truck[truck] = n
+        if n == 1 or n % LOG_EVERY == 0:
+            log.warning("fleet_bad_message", truck=truck, topic=what, error=error, count=n)
+
+    def bad_count(self, truck: str) -> int:
+        """Messages refused from one truck so far."""
+        return self._bad_by_truck.get(truck, 0)
+
+    def _unknown(self, truck: str) -> None:
+        self.stats.unknown_truck += 1
+        if truck not in self._unknown_seen and len(self._unknown_seen) < MAX_UNKNOWN_LOGGED:
+            self._unknown_seen.add(truck)
+            log.warning("fleet_unknown_truck", truck=truck, known=len(self.trucks))
+
+    def _check_ts(self, ts: float) -> str | None:
+        """Why `ts` is refused (None if it is within MAX_SKEW_S of the daemon's clock)."""
+        skew = ts - self.clock.now()
+        if abs(skew) <= MAX_SKEW_S:
+            return None
+        side = "ahead of" if skew > 0 else "behind"
+        return f"ts: {ts!r} is {abs(skew):.0f} s {side} the daemon's clock (at most {MAX_SKEW_S:.0f} s; Unix seconds)"
+
+    def _check_bin(self, truck: str, ev: TruckEventMessage) -> None:
+        """Log (once per truck and bin) an emptied/skipped event for a bin that is not in the inventory."""
+        if self.bins is None or ev.type not in {"emptied", "skipped"} or ev.bin in self.bins:
+            return
+        self.stats.unknown_bin += 1
+        key = (truck, ev.bin or "")
+        if key not in self._unknown_bins_seen and len(self._unknown_bins_seen) < MAX_UNKNOWN_LOGGED:
+            self._unknown_bins_seen.add(key)
+            log.warning("fleet_unknown_bin", truck=truck, kind=ev.type, bin=ev.bin, route_id=ev.route_id)
 
     def on_message(self, topic: str, payload: Any) -> Telemetry | None:
         """Take one fleet message; return the Telemetry published for it (None if refused)."""
@@ -210,7 +271,7 @@ class FleetDriver:
             return None
         truck, kind = parts[1], parts[2]
         if truck not in self.trucks:
-            self.stats.unknown_truck += 1
+            self._unknown(truck)
             return None
         if not isinstance(payload, bytes | bytearray | str) or not payload:
             return None  # a cleared retained state
@@ -221,6 +282,9 @@ class FleetDriver:
             data = orjson.loads(payload)
             if kind == "state":
                 st = TruckStateMessage.model_validate(data)
+                if (why := self._check_ts(st.ts)) is not None:
+                    self._bad(truck, kind, why)
+                    return None
                 values: dict[str, Value] = {
                     "lat": st.lat, "lon": st.lon, "speed_kmh": st.speed_kmh, "load_l": st.load_l,
                     "load_kg": st.load_kg, "status": st.status, "route_id": st.route_id or "",
@@ -232,6 +296,10 @@ class FleetDriver:
                     self._answer(truck, st.route_id, None)
             else:
                 ev = TruckEventMessage.model_validate(data)
+                if (why := self._check_ts(ev.ts)) is not None:
+                    self._bad(truck, kind, why)
+                    return None
+                self._check_bin(truck, ev)
                 values = {"event": ev.type, "seq": ev.seq}
                 for key in ("route_id", "bin", "reason", "lat", "lon", "load_l", "load_kg"):
                     v = getattr(ev, key)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
+from edge.mqtt import BrokerAddress
 
 ENV_PREFIX = "EDGE_"
 
@@ -85,6 +86,16 @@ class MqttSettings(_Section):
         if v and not v.startswith(("mqtt://", "mqtts://")):
             raise ValueError("must start with mqtt:// (or be empty for the embedded broker)")
         return v
+
+
+def _broker_url_or_empty(v: str) -> str:
+    """A device-side broker URL: empty (the northbound broker) or a URL BrokerAddress can use."""
+    if v:
+        try:
+            BrokerAddress.parse(v)
+        except ConfigError as exc:
+            raise ValueError(f"{exc.args[0]} (or leave it empty for the northbound broker)") from None
+    return v
 
 
 class TrafficStep(_Section):
@@ -219,6 +230,11 @@ class DisplaysSettings(_Section):
     min_update_s: Annotated[float, Field(ge=0)] = 60.0
     step_s: Annotated[float, Field(gt=0, le=600)] = 2.0
 
+    @field_validator("board_mqtt_url")
+    @classmethod
+    def _board_url(cls, v: str) -> str:
+        return _broker_url_or_empty(v)
+
     @model_validator(mode="after")
     def _signs_known(self) -> DisplaysSettings:
         ids = {d.id for d in self.displays}
@@ -313,6 +329,11 @@ class WasteSettings(_Section):
         default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
     )
     solver_time_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+
+    @field_validator("fleet_mqtt_url")
+    @classmethod
+    def _fleet_url(cls, v: str) -> str:
+        return _broker_url_or_empty(v)
 
     @field_validator("plan_at")
     @classmethod
