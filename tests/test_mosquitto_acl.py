@@ -3,7 +3,8 @@
 A private `mosquitto` runs on a free 127.0.0.1 port with the example `mosquitto.conf` and
 `acl`, copied to `tmp_path` with only the paths, the port and the log destination changed,
 and a password file made there with `mosquitto_passwd`. Real aiomqtt clients play the
-daemon, an operator, a viewer and the utility `dso`.
+daemon, an operator, a viewer, the utility `dso`, the LoRaWAN network server `lns` and
+the trucks `T1` and `T2` (accounts named as the truck ids, for the ACL's `pattern` lines).
 
 "Not delivered" is shown without sleeping: the forbidden message is published at QoS 1
 (Mosquitto acknowledges and drops it), then an allowed client publishes a marker, and the
@@ -33,6 +34,8 @@ SITE = "acltest"
 BASE = f"dos/v1/{SITE}"
 START_TIMEOUT_S = 10.0
 RECEIVE_TIMEOUT_S = 5.0
+TRUCKS = ("T1", "T2")  # not `user` lines: the ACL's fleet patterns cover them by username
+BOARDS = ("led-1",)  # likewise for the LED boards' patterns
 
 
 def _binary(name: str, *fallbacks: str) -> str | None:
@@ -109,7 +112,8 @@ def broker_files(tmp_path: Path) -> BrokerFiles:
         pytest.skip("mosquitto and mosquitto_passwd are not installed")
     acl = (EXAMPLE / "acl").read_text()
     users = re.findall(r"^user\s+(\S+)", acl, flags=re.MULTILINE)
-    assert {"edge", "operator", "viewer", "dso"} <= set(users)
+    assert {"edge", "operator", "viewer", "dso", "lns"} <= set(users)
+    users += [*TRUCKS, *BOARDS]
     shutil.copy(EXAMPLE / "acl", tmp_path / "acl")
     passwords = {user: secrets.token_urlsafe(12) for user in users}
     passwd = tmp_path / "passwd"
@@ -319,3 +323,92 @@ async def test_daemon_publishes_alarm_history_waste_displays_viewers_read_them(
         await daemon.publish(topic, b'{"ts": 1}', qos=1)
         received = await _until(viewer, topic, b'{"ts": 1}')
     assert received == [(topic, b'{"ts": 1}')]
+
+
+# -- device side: trucks and the LoRaWAN network server ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("account", "topic"),
+    [
+        ("T1", "fleet/T1/state"),
+        ("T1", "fleet/T1/event"),
+        ("lns", "application/7/device/0004a30b001c0530/event/up"),
+        ("lns", "v3/bins@city/devices/s0001/up"),
+    ],
+)
+async def test_daemon_reads_truck_state_events_and_uplinks(broker: Broker, account: str, topic: str) -> None:
+    """The daemon reads what trucks and the network server write; a viewer cannot forge it."""
+    async with (
+        broker.client("edge") as daemon,
+        broker.client("viewer") as viewer,
+        broker.client(account) as device,
+    ):
+        for pattern in (
+            "fleet/+/state",
+            "fleet/+/event",
+            "application/+/device/+/event/up",
+            "v3/+/devices/+/up",
+        ):
+            await _subscribe(daemon, pattern)
+        await viewer.publish(topic, b'{"forged": true}', qos=1)
+        await device.publish(topic, b'{"ts": 1}', qos=1)
+        received = await _until(daemon, topic, b'{"ts": 1}')
+    assert received == [(topic, b'{"ts": 1}')]
+
+
+async def test_daemon_writes_routes_each_truck_reads_only_its_own(broker: Broker) -> None:
+    route1, route2 = b'{"route_id": "d-T1-r1", "stops": []}', b'{"route_id": "d-T2-r1", "stops": []}'
+    async with broker.client("edge") as daemon, broker.client("T1") as t1, broker.client("T2") as t2:
+        await _subscribe(t1, "fleet/+/route")  # granted wide; only its own route is delivered
+        await _subscribe(t2, "fleet/+/route")
+        await daemon.publish("fleet/T2/route", route2, qos=1)
+        await daemon.publish("fleet/T1/route", route1, qos=1)
+        got1 = await _until(t1, "fleet/T1/route", route1)
+        got2 = await _until(t2, "fleet/T2/route", route2)
+    assert got1 == [("fleet/T1/route", route1)]
+    assert got2 == [("fleet/T2/route", route2)]
+
+
+@pytest.mark.parametrize("topic", ["fleet/T1/state", "fleet/T1/event"])
+async def test_a_truck_cannot_write_another_trucks_topics(broker: Broker, topic: str) -> None:
+    async with broker.client("edge") as daemon, broker.client("T1") as t1, broker.client("T2") as t2:
+        await _subscribe(daemon, "fleet/#")
+        await t2.publish(topic, b'{"from": "T2"}', qos=1)
+        await t2.publish("fleet/T1/route", b'{"from": "T2"}', qos=1)  # nor a route, not even its own
+        await t2.publish("fleet/T2/route", b'{"from": "T2"}', qos=1)
+        await t2.publish("application/7/device/0004a30b001c0530/event/up", b'{"from": "T2"}', qos=1)
+        await t1.publish(topic, b'{"from": "T1"}', qos=1)
+        received = await _until(daemon, topic, b'{"from": "T1"}')
+    assert received == [(topic, b'{"from": "T1"}')]
+
+
+@pytest.mark.parametrize("account", ["viewer", "operator", "dso", "lns"])
+async def test_only_the_daemon_writes_fleet_routes(broker: Broker, account: str) -> None:
+    route = b'{"route_id": "d-T1-r2", "stops": []}'
+    async with broker.client("edge") as daemon, broker.client(account) as other, broker.client("T1") as t1:
+        await _subscribe(t1, "fleet/T1/route")
+        await other.publish("fleet/T1/route", b'{"route_id": "forged", "stops": []}', qos=1)
+        await daemon.publish("fleet/T1/route", route, qos=1)
+        received = await _until(t1, "fleet/T1/route", route)
+    assert received == [("fleet/T1/route", route)]
+
+
+async def test_daemon_reads_board_status_and_writes_board_content(broker: Broker) -> None:
+    """The LED boards' device-side topics (devices/profiles/display_led_board.toml); a viewer forges neither."""
+    content, status = "displays/led-1/content", "displays/led-1/status"
+    async with (
+        broker.client("edge") as daemon,
+        broker.client("led-1") as board,
+        broker.client("viewer") as viewer,
+    ):
+        await _subscribe(daemon, "displays/+/status")
+        await _subscribe(board, "displays/+/content")
+        await viewer.publish(content, b'{"forged": true}', qos=1)
+        await viewer.publish(status, b'{"forged": true}', qos=1)
+        await daemon.publish(content, b'{"message_id": 1}', qos=1)
+        await board.publish(status, b'{"online": true}', qos=1)
+        got_board = await _until(board, content, b'{"message_id": 1}')
+        got_daemon = await _until(daemon, status, b'{"online": true}')
+    assert got_board == [(content, b'{"message_id": 1}')]
+    assert got_daemon == [(status, b'{"online": true}')]
