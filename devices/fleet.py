@@ -13,7 +13,9 @@ Routes go through the dispatcher like any command (`PayloadDriver`): `write_payl
 publishes the route retained with QoS 1 (a truck that reconnects gets it) and returns the
 route's number once the truck reports `route_accepted` for it (or a state naming it);
 `route_rejected` is a `DeviceReplyError`, silence a `DeviceTimeout` (the dispatcher
-retries until the command's time to live).
+retries until the command's time to live). When the truck reports `route_done` for the
+route that is retained on its topic, the driver clears it (an empty retained message), so
+a truck that restarts the next morning does not drive yesterday's route again.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class FleetStats:
     routes_sent: int = 0
     routes_accepted: int = 0
     routes_rejected: int = 0
+    routes_cleared: int = 0
 
 
 class _State(enum.Enum):
@@ -160,6 +163,7 @@ class FleetDriver:
         self._bad_by_truck: dict[str, int] = {}
         self._unknown_seen: set[str] = set()
         self._unknown_bins_seen: set[tuple[str, str]] = set()
+        self._retained: dict[str, str] = {}  # truck -> route id last published retained
         self._state = _State.UNOPENED
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -307,6 +311,8 @@ class FleetDriver:
                         values[key] = v
                 ts = ev.ts
                 self.stats.events += 1
+                if ev.type == "route_done" and ev.route_id and self._retained.get(truck) == ev.route_id:
+                    self._clear_route(truck, ev.route_id)
                 if ev.type in {"route_accepted", "route_rejected"} and ev.route_id:
                     self._answer(
                         truck, ev.route_id, ev.reason or "rejected" if ev.type == "route_rejected" else None
@@ -321,6 +327,28 @@ class FleetDriver:
         event = Telemetry(truck, ts, values)
         self.publish(event)
         return event
+
+    def _clear_route(self, truck: str, route_id: str) -> None:
+        """Clear a finished route's retained message (in the background: on_message is synchronous)."""
+        if self._tg is None or self._state is not _State.OPENED:
+            return
+        self._tasks = [t for t in self._tasks if not t.done()]
+        self._tasks.append(
+            self._tg.create_task(self._publish_clear(truck, route_id), name=f"fleet[{truck}].clear")
+        )
+
+    async def _publish_clear(self, truck: str, route_id: str) -> None:
+        client = self._client
+        if client is None or self._retained.get(truck) != route_id:
+            return  # offline: the route stays until the next one replaces it; or a new one came
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await client.publish(f"fleet/{truck}/route", b"", qos=1, retain=True)
+            if self._retained.get(truck) == route_id:
+                del self._retained[truck]
+                self.stats.routes_cleared += 1
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            log.warning("fleet_route_not_cleared", truck=truck, route_id=route_id, error=str(exc))
 
     def _answer(self, truck: str, route_id: str, rejected: str | None) -> None:
         fut = self._answers.get((truck, route_id))
@@ -359,6 +387,7 @@ class FleetDriver:
         try:
             async with asyncio.timeout(timeout):
                 await client.publish(f"fleet/{device_id}/route", payload.encode(), qos=1, retain=True)
+                self._retained[device_id] = str(route_id)
                 self.stats.routes_sent += 1
                 return await fut
         except TimeoutError as exc:

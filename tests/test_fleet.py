@@ -8,19 +8,23 @@ ClientHello (record type 0x16) when the URL says `mqtts://`.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiomqtt
 import orjson
 import pytest
 from structlog.testing import capture_logs
+from waiting import wait_until
 
 from devices.displays import DisplayDriver
 from devices.fleet import LOG_EVERY, MAX_SKEW_S, FleetDriver
 from edge.clock import ManualClock
 from edge.errors import ConfigError
 from edge.events import Event
+from edge.mqtt import BrokerAddress
 from edge.settings import DisplaysSettings, WasteSettings
 
 NOW = 1_796_000_000.0
@@ -254,3 +258,47 @@ def test_empty_device_broker_urls_mean_the_northbound_broker() -> None:
     assert WasteSettings(fleet_mqtt_url="").fleet_mqtt_url == ""
     assert DisplaysSettings(board_mqtt_url="").board_mqtt_url == ""
     assert WasteSettings(fleet_mqtt_url="mqtts://u:p%40@broker.example:8883").fleet_mqtt_url
+
+
+async def test_a_finished_route_is_cleared_from_its_retained_topic(mqtt_url: str) -> None:
+    """After `route_done` for the route retained on fleet/T1/route, a truck that connects gets no route."""
+    t1 = f"T1-{secrets.token_hex(4)}"  # a broker shared by several test runs keeps retained routes
+    drv = FleetDriver(lambda e: None, ManualClock(NOW), [t1], mqtt_url=mqtt_url, timeout_s=2.0)
+    route = orjson.dumps({"route_id": f"d-{t1}-r1", "issued_ts": NOW, "stops": []}).decode()
+    async with drv, _client(mqtt_url) as truck:
+        await drv.wait_connected(WAIT_S)
+        await truck.subscribe(f"fleet/{t1}/route", qos=1)
+        writing = asyncio.create_task(drv.write_payload(t1, "route", route, WAIT_S))
+        async with asyncio.timeout(WAIT_S):
+            async for message in truck.messages:
+                assert message.payload == route.encode()
+                break
+        await truck.publish(
+            f"fleet/{t1}/event", event(type="route_accepted", route_id=f"d-{t1}-r1", seq=1), qos=1
+        )
+        assert await writing == 1.0
+        # another route's done does not clear it
+        await truck.publish(
+            f"fleet/{t1}/event", event(type="route_done", route_id=f"d-{t1}-r0", seq=2), qos=1
+        )
+        await truck.publish(
+            f"fleet/{t1}/event", event(type="route_done", route_id=f"d-{t1}-r1", seq=3), qos=1
+        )
+        async with asyncio.timeout(WAIT_S):
+            async for message in truck.messages:
+                assert message.payload == b""
+                break
+        await wait_until(lambda: drv.stats.routes_cleared == 1, what="the route cleared")
+    async with _client(mqtt_url) as late:
+        await late.subscribe(f"fleet/{t1}/route", qos=1)
+        await late.subscribe(f"fleet/{t1}/marker", qos=1)
+        await late.publish(f"fleet/{t1}/marker", b"m", qos=1)
+        async with asyncio.timeout(WAIT_S):
+            async for message in late.messages:
+                assert message.topic.value == f"fleet/{t1}/marker", "a cleared route is still retained"
+                break
+
+
+def _client(url: str) -> aiomqtt.Client:
+    a = BrokerAddress.parse(url)
+    return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password, timeout=WAIT_S)
