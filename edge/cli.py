@@ -234,20 +234,28 @@ async def _demo(args: argparse.Namespace) -> int:
         status_lines=not args.headless,
         on_summary=show,
     )
-    if args.seconds is None:
-        await demo
-        return 0
     try:
-        async with asyncio.timeout(args.seconds + DEMO_STOP_BUDGET_S):
+        if args.seconds is None:
             await demo
-    except TimeoutError:
-        # A backstop, not the plan: every part closes within its own timeouts.
-        import structlog
+            return 0
+        try:
+            async with asyncio.timeout(args.seconds + DEMO_STOP_BUDGET_S):
+                await demo
+        except TimeoutError:
+            # A backstop, not the plan: every part closes within its own timeouts.
+            import structlog
 
-        structlog.get_logger("edge.demo").warning(
-            "demo_stop_slow", budget_s=DEMO_STOP_BUDGET_S, summary_printed=printed
-        )
-    return 0
+            structlog.get_logger("edge.demo").warning(
+                "demo_stop_slow", budget_s=DEMO_STOP_BUDGET_S, summary_printed=printed
+            )
+        return 0
+    finally:
+        # The waste planner's process pool is shut down without waiting, and the interpreter
+        # would then wait at exit for a solve nobody needs: end our own children now.
+        import multiprocessing
+
+        for child in multiprocessing.active_children():
+            child.terminate()
 
 
 async def _simulate(args: argparse.Namespace) -> int:

@@ -172,8 +172,14 @@ async def _sample_history(d: Daemon) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, inventory: Inventory, clock: Clock) -> AsyncIterator[Daemon]:
-    """Start the whole daemon; on exit, drain writes, flush storage and the outbox."""
+async def running(
+    settings: Settings, inventory: Inventory, clock: Clock, *, drain_s: float = 5.0
+) -> AsyncIterator[Daemon]:
+    """Start the whole daemon; on exit, drain writes, flush storage and the outbox.
+
+    `drain_s` bounds each of the two drains (pending writes, unacknowledged messages): with
+    devices still reporting they rarely run dry, and what the outbox holds survives a restart.
+    """
     bus = EventBus()
     bins = site_bins(settings)
     wcfg = settings.waste
@@ -475,11 +481,11 @@ async def running(settings: Settings, inventory: Inventory, clock: Clock) -> Asy
                         await cancel_and_wait(controllers)
                         await api.close()
                         with contextlib.suppress(TimeoutError):
-                            await dispatcher.drain(5.0)
+                            await dispatcher.drain(drain_s)
                         # Let the publisher turn the last events into outbox rows, then drain.
                         await asyncio.sleep(0.3)
                         with contextlib.suppress(TimeoutError):
-                            await link.wait_drained(5.0)
+                            await link.wait_drained(drain_s)
                         bus.close()
                         # The recorder ends by itself once it has stored what was queued.
                         await asyncio.wait([recorder], timeout=2.0)

@@ -1,0 +1,61 @@
+"""The demo's own parts: the broker in a child process, and `edge demo --for` ending on time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+
+import aiomqtt
+import pytest
+
+from edge.broker import BrokerProcess
+
+
+async def test_broker_process_routes_messages_and_leaves_no_child() -> None:
+    """A message goes through the broker child; after the context the child is gone."""
+    async with BrokerProcess() as broker:
+        pid = broker.pid
+        assert pid is not None
+        host, port = broker.url.removeprefix("mqtt://").split(":")
+        async with (
+            aiomqtt.Client(host, int(port), identifier="t-sub", protocol=aiomqtt.ProtocolVersion.V311) as sub,
+            aiomqtt.Client(host, int(port), identifier="t-pub", protocol=aiomqtt.ProtocolVersion.V311) as pub,
+        ):
+            await sub.subscribe("demo/t", qos=1)
+            await pub.publish("demo/t", b"hello", qos=1)
+            async with asyncio.timeout(10):
+                message = await anext(aiter(sub.messages))
+            assert message.payload == b"hello"
+    assert broker.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_headless_demo_ends_on_time_with_every_section_and_no_errors() -> None:
+    """`edge demo --headless --for 25` prints the summary and exits within a few seconds of 25,
+    with lighting, charging, displays and waste sections and no error-level log line."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "demo", "--headless", "--for", "25"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["lamps"]["total"] == 500
+    assert summary["charging"]["charge_points"] == 63
+    assert summary["charging"]["limit_violations"] == 0
+    assert summary["displays"]["displays"] == 4
+    assert summary["waste"]["bins"] == 150
+    assert summary["waste"]["reporting"] > 0
+    errors = [line for line in proc.stderr.splitlines() if '"level": "error"' in line or "Traceback" in line]
+    assert errors == []
+    assert elapsed < 25 + 20, f"took {elapsed:.1f} s"
