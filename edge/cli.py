@@ -187,20 +187,42 @@ def _demo_with_dashboard(args: argparse.Namespace) -> int:
     log_path = Path(tempfile.gettempdir()) / "dos-edge-demo.log"
     cmd = [sys.executable, "-m", "edge.cli", "demo", "--headless", "--speed", str(args.speed)]
     cmd += ["--broker-port", str(port), "--seed", str(args.seed)]
+    if args.seconds is not None:
+        cmd += ["--for", str(args.seconds)]
     if args.broker:
         cmd += ["--broker", args.broker]
     if args.database:
         cmd += ["--database", args.database]
     url = args.broker or f"mqtt://127.0.0.1:{port}"
+    import os
+    import threading
+
+    def stop(_sig: int, _frame: object) -> None:
+        # SIGTERM (or the demo's end) leaves the dashboard like Ctrl+C: the finally below
+        # stops the district and the terminal is restored.
+        raise KeyboardInterrupt
+
     with log_path.open("w") as log_file:
         child = subprocess.Popen(cmd, stdout=log_file, stderr=log_file)
+        previous = signal.signal(signal.SIGTERM, stop)
+        if args.seconds is not None:
+
+            def watch() -> None:
+                # `--for N`: the district stops after N seconds, and the dashboard with it.
+                child.wait()
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            threading.Thread(target=watch, name="demo.watch", daemon=True).start()
         try:
             from tui.cli import main as tui_main
 
             return tui_main(
                 ["--broker", url, "--site", "kreuzviertel", "--inventory", str(SITE_DIR / "inventory.csv")]
             )
+        except KeyboardInterrupt:
+            return 0
         finally:
+            signal.signal(signal.SIGTERM, previous)
             child.terminate()
             try:
                 child.wait(timeout=20)
