@@ -636,6 +636,9 @@ class WasteSafety:
         return Verdict(Outcome.ACCEPTED, cmd.value)
 
 
+MAX_AHEAD_S = 86400.0  # a device ts further ahead of our clock than this is refused
+
+
 def _num(v: Value | None) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
@@ -697,6 +700,8 @@ class WasteController:
         self.plans_made = 0
         self.routes_sent = 0
         self._route_seq = itertools.count(1)
+        self.rejected = 0  # events refused for their ts
+        self.failed = 0  # events whose handling raised
         self._pending: PlanReason | None = None
         self._wake = asyncio.Event()
         self._planning = False
@@ -744,7 +749,17 @@ class WasteController:
     # -- input --------------------------------------------------------------------------
 
     def handle(self, event: Telemetry) -> None:
-        """One Telemetry event of a bin or a truck (anything else is ignored)."""
+        """One Telemetry event of a bin or a truck (anything else is ignored).
+
+        A device's ts only orders its own messages: one not finite or more than a day ahead of our
+        clock is refused, since held as "last seen" it would make every later message look old.
+        """
+        if event.device_id not in self.bins and event.device_id not in self.trucks:
+            return
+        if not math.isfinite(event.ts) or event.ts > self.clock.now() + MAX_AHEAD_S:
+            self.rejected += 1
+            log.warning("waste_event_ts_refused", device=event.device_id, ts=event.ts)
+            return
         if event.device_id in self.bins:
             self.on_bin(event)
         elif event.device_id in self.trucks:
@@ -794,7 +809,7 @@ class WasteController:
 
     def _emptied(self, bt: BinTrack, ts: float) -> None:
         """The sensor saw a drop: the bin was emptied (confirming a truck's report if there is one)."""
-        self._roll_day(ts)
+        self._roll_day()
         bt.confirmed_ts = ts
         if bt.reported_ts is not None:
             self.counters.reported = max(0, self.counters.reported - 1)
@@ -809,7 +824,7 @@ class WasteController:
         tt = self.trucks[truck]
         if tt.last_seen_ts is not None and ts < tt.last_seen_ts:
             return
-        self._roll_day(ts)
+        self._roll_day()
         tt.last_seen_ts = ts
         lat, lon = _num(v.get("lat")), _num(v.get("lon"))
         if lat is not None and lon is not None:
@@ -847,7 +862,7 @@ class WasteController:
             if seq <= tt.last_seq and ts <= tt.last_event_ts:
                 return  # a duplicate (QoS 1 delivers at least once)
             tt.last_seq, tt.last_event_ts = int(seq), max(ts, tt.last_event_ts)
-        self._roll_day(ts)
+        self._roll_day()
         kind = v.get("event")
         bin_id = v.get("bin")
         if kind == "emptied" and isinstance(bin_id, str) and bin_id in self.bins:
@@ -1033,8 +1048,9 @@ class WasteController:
 
     # -- periodic -----------------------------------------------------------------------
 
-    def _roll_day(self, ts: float) -> None:
-        day = self._day(ts)
+    def _roll_day(self) -> None:
+        """Start new day counters when our clock's day changes (never a device's ts: it may be wrong)."""
+        day = self._day(self.clock.now())
         if day > self.counters.day:
             self.counters = DayCounters(day)
 
@@ -1055,7 +1071,7 @@ class WasteController:
         bt.alarms = new
         self.dirty_bins.add(bt.bin.id)
         if "overflow" in raised:
-            self._roll_day(now)
+            self._roll_day()
             self.counters.overflows += 1
         if raised & {"fire", "overflow"} and not bt.excluded:
             self._alarm_replan(bt.bin.id, now)
@@ -1079,7 +1095,7 @@ class WasteController:
 
     def step(self, now: float) -> None:
         """Stale bins, offline trucks, held-back alarm re-plans, the day's scheduled plan."""
-        self._roll_day(now)
+        self._roll_day()
         if self._alarm_waiting and now - self._last_alarm_plan >= self.alarm_replan_s:
             self._alarm_waiting = False
             if self._in_operation(now):
@@ -1418,7 +1434,7 @@ class WasteController:
 
     def summary(self, now: float) -> dict[str, object]:
         """WasteSummary (docs/mqtt-api.md)."""
-        self._roll_day(now)
+        self._roll_day()
         bins = self.bins.values()
         c = self.counters
         on_route = 0
@@ -1465,7 +1481,11 @@ class WasteController:
     async def _consume(self, sub: Subscription) -> None:
         async for ev in sub:
             if isinstance(ev, Telemetry):
-                self.handle(ev)
+                try:
+                    self.handle(ev)
+                except Exception:  # one bad message must not stop the tracking of every bin and truck
+                    self.failed += 1
+                    log.exception("waste_event_failed", device=ev.device_id)
 
     async def _tick(self) -> None:
         while True:

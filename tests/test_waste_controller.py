@@ -512,3 +512,26 @@ async def test_planner_inputs_carry_the_risk_quantile(rig: Rig) -> None:
         if b.fill_next_hi >= ctx.threshold:
             assert sel[b.id].kind == "mandatory", (b, sel[b.id])
     assert sel["B6"].kind == "optional"
+
+
+async def test_a_device_ts_far_ahead_is_refused_and_does_not_stop_the_loop(rig: Rig) -> None:
+    """A truck ts beyond what datetime can hold, or a day ahead, neither ends `run` nor freezes the truck."""
+    import asyncio
+
+    r = rig
+    r.ctl.step_s = 0.01
+    task = asyncio.create_task(r.ctl.run(), name="waste.test")
+    try:
+        now = r.clock.now()
+        base: dict[str, float | str] = {"lat": 51.5, "lon": 7.44, "status": "idle", "odometer_km": 1.0}
+        r.bus.publish(Telemetry("T1", 1e15, base))
+        r.bus.publish(Telemetry("T1", now + 3 * 86400, {**base, "lat": 51.6}))
+        r.bus.publish(Telemetry("T1", now, {**base, "lat": 51.51}))
+        await wait_until(lambda: r.ctl.trucks["T1"].lat == 51.51, what="the truck's real state")
+        assert not task.done()
+        assert r.ctl.rejected == 2
+        assert r.ctl.trucks["T1"].last_seen_ts == now
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
