@@ -95,6 +95,7 @@ SEVERITY: dict[str, Severity] = {
     "stale": Severity.MINOR,
     "sensor_fault": Severity.MINOR,
     "truck_breakdown": Severity.MAJOR,
+    "plan_failed": Severity.MAJOR,
 }
 BIN_ALARMS = ("fire", "overflow", "tilt", "lid_open", "battery_low", "stale", "sensor_fault")
 
@@ -978,8 +979,8 @@ class WasteController:
         except (KeyError, ValueError, TypeError, AssertionError):
             log.warning("waste_plan_not_restored", reason="malformed stored plan")
             return False
-        if day != self.run_day(now) or day != self._day(now):
-            return False
+        if day != self.run_day(now) or day != self._day(now) or body.get("violations"):
+            return False  # another day's plan, or one that was never in force
         depot, disposal = self.cfg.depot, self.cfg.disposal
         assert depot is not None  # checked in __init__
         assert disposal is not None
@@ -1218,18 +1219,22 @@ class WasteController:
     def apply(self, plan: WastePlan, reason: PlanReason, day: date) -> ActivePlan:
         """Take a plan into force: bin plan marks, routes to the trucks, a PlanEvent."""
         self.plans_made += 1
-        route_ids: dict[str, str] = {}
         prev = self.active
-        if plan.usable:
-            for r in plan.routes:
-                route_ids[r.truck] = f"{day.isoformat()}-{r.truck}-r{next(self._route_seq)}"
-        elif prev is not None:
-            route_ids = dict(prev.route_ids)  # keep following the old routes
-        active = ActivePlan(plan, f"{day.isoformat()}-p{self.plans_made}", reason, day, route_ids)
+        plan_id = f"{day.isoformat()}-p{self.plans_made}"
         if not plan.usable:
+            # Nothing is sent; the trucks keep following the routes they have (if any). Operators
+            # see why: an alarm, and the plan message with the violations.
             log.error("waste_plan_unusable", violations=list(plan.violations)[:5], reason=reason)
-            if prev is not None:
-                return prev
+            detail = "; ".join(plan.violations)[:300]
+            self.alarms.set("waste", "plan_failed", True, SEVERITY["plan_failed"], detail)
+            failed = ActivePlan(plan, plan_id, reason, day, {})
+            if self.bus is not None:
+                body = dict(self.plan_message(failed) or {})
+                self.bus.publish(PlanEvent("waste", self.clock.now(), body))
+            return prev if prev is not None else failed
+        self.alarms.set("waste", "plan_failed", False, SEVERITY["plan_failed"])
+        route_ids = {r.truck: f"{day.isoformat()}-{r.truck}-r{next(self._route_seq)}" for r in plan.routes}
+        active = ActivePlan(plan, plan_id, reason, day, route_ids)
         self.active = active
         served = {b for r in plan.routes for b in r.bins}
         for bid, bt in self.bins.items():
@@ -1390,9 +1395,9 @@ class WasteController:
             "ts": now,
         }
 
-    def plan_message(self) -> dict[str, object] | None:
-        """WastePlanMessage (docs/mqtt-api.md) of the plan in force."""
-        a = self.active
+    def plan_message(self, plan: ActivePlan | None = None) -> dict[str, object] | None:
+        """WastePlanMessage (docs/mqtt-api.md) of the plan in force (or of `plan`, one refused)."""
+        a = self.active if plan is None else plan
         if a is None:
             return None
         p = a.plan

@@ -247,8 +247,17 @@ def build(
     # Trucks: those with some shift left.
     active: list[TruckInput] = []
     start_node: list[int] = []
+    # A truck on the road must come home whatever its shift says: its shift end is no earlier
+    # than its earliest return via the disposal site (facts of the past must not make the plan unusable).
+    on_road = [t for t in trucks if not t.at_depot]
+    back: dict[str, int] = {}
+    if on_road:
+        pre = [ctx.depot, ctx.disposal, *(Place(f"{t.id}:here", t.lat, t.lon, "main") for t in on_road)]
+        tm, _ = provider.matrices(pre)
+        for i, t in enumerate(on_road, 2):
+            back[t.id] = tm[i][1] + round(ctx.disposal_service_s) + tm[1][0]
     for t in trucks:
-        if t.shift[1] - max(now, t.shift[0]) <= 0:
+        if t.at_depot and t.shift[1] - max(now, t.shift[0]) <= 0:
             continue
         active.append(t)
         if t.at_depot:
@@ -258,17 +267,21 @@ def build(
             p = Place(f"{t.id}:here", t.lat, t.lon, "main")
             places.append(p)
             nodes.append(NodeInfo("start", t.id, p))
-    horizon = max((math.floor(t.shift[1] - now) for t in active), default=0)
+    horizon = max((max(math.floor(t.shift[1] - now), back.get(t.id, 0)) for t in active), default=0)
     horizon = max(horizon, 0)
     candidates = [b for b in bins if sel[b.id].kind in {"mandatory", "optional"}]
     unreachable: list[str] = []
     bin_nodes: list[tuple[BinInput, tuple[int, int]]] = []
+    open_nodes: list[int] = []  # nodes whose window is the whole horizon
     for b in candidates:
-        w = _window_rel(ctx.zones.get(b.zone) if b.zone else None, now, horizon)
+        zone = ctx.zones.get(b.zone) if b.zone else None
+        w = _window_rel(zone, now, horizon)
         if w is None:
             unreachable.append(b.id)
             continue
         bin_nodes.append((b, w))
+        if zone is None:
+            open_nodes.append(len(places))
         p = Place(b.id, b.lat, b.lon, b.road)
         places.append(p)
         nodes.append(NodeInfo("bin", b.id, p))
@@ -305,12 +318,19 @@ def build(
     vehicles = []
     for t, first in zip(active, start_node, strict=True):
         t0 = max(0, math.ceil(t.shift[0] - now))
-        t1 = max(t0, math.floor(t.shift[1] - now))
+        t1 = max(t0, math.floor(t.shift[1] - now), back.get(t.id, 0))
         load = (
             min(math.ceil(t.load_l), math.floor(t.volume_l)),
             min(math.ceil(t.load_kg), math.floor(t.weight_kg)),
         )
-        fixed = (node_of[t.heading_to],) if t.heading_to in node_of else ()
+        fixed: tuple[int, ...] = ()
+        if t.heading_to in node_of:
+            k = node_of[t.heading_to]
+            arrive = t0 + time[first][k]
+            if arrive <= window[k][1]:  # a committed stop whose window has passed is dropped
+                fixed = (k,)
+                done = max(arrive, window[k][0]) + service[k] + time[k][1] + service[1] + time[1][0]
+                t1 = max(t1, done)
         vehicles.append(
             Vehicle(
                 id=t.id,
@@ -322,6 +342,10 @@ def build(
                 fixed=fixed,
             )
         )
+    end = max((v.shift[1] for v in vehicles), default=horizon)
+    if end > horizon:  # a truck's way home runs past every shift: the open windows grow with it
+        for i in [*range(first_bin), *open_nodes]:
+            window[i] = (0, end)
     inst = RoutingInstance(
         time=time,
         distance=dist,

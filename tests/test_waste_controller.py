@@ -535,3 +535,34 @@ async def test_a_device_ts_far_ahead_is_refused_and_does_not_stop_the_loop(rig: 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_an_unusable_plan_is_not_sent_and_raises_an_alarm(rig: Rig) -> None:
+    """A plan the check refused: no route goes out (and no KeyError without an earlier plan); the
+    alarm `plan_failed` and the plan message say why; the next usable plan clears the alarm."""
+    from optimizer.waste import PlannedStop, TruckRoute, WastePlan
+
+    r = rig
+    now = r.clock.now()
+    day = r.ctl._day(now)
+    stop = PlannedStop(0, "depot", "depot", 51.5, 7.44, now + 60)
+    bad = WastePlan(now, (TruckRoute("T1", (stop,), 0, now + 60),), {}, (), (), "feasible", "x", 0,
+                    violations=("T1: shift end exceeded",))  # fmt: skip
+    got = r.ctl.apply(bad, "operator", day)
+    assert not got.plan.usable
+    assert r.ctl.active is None
+    await r.disp.drain(2.0)
+    assert r.fleet.routes == {}
+    drain(r)
+    alarms = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "plan_failed"]
+    assert alarms
+    assert alarms[-1].active
+    assert "shift end" in alarms[-1].detail
+    plans = [e for e in r.events if isinstance(e, PlanEvent)]
+    assert plans
+    assert plans[-1].plan["violations"] == ["T1: shift end exceeded"]
+    good = WastePlan(now, (TruckRoute("T1", (), 0, now),), {}, (), (), "optimal", "x", 0)
+    r.ctl.apply(good, "operator", day)
+    drain(r)
+    alarms = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "plan_failed"]
+    assert not alarms[-1].active

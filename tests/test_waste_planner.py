@@ -306,3 +306,23 @@ def test_selection_risk_margin_and_half_full_bins() -> None:
     assert sel["B2"].penalty < 0.5 * visit_m
     assert sel["B3"].kind == "mandatory"
     assert select([bin_(4, 0.7, 0.79)], c)["B4"].penalty > sel["B2"].penalty
+
+
+def test_replan_at_the_end_of_a_shift_stays_usable() -> None:
+    """A truck on the road whose shift is (nearly) over still gets a usable route home via the
+    disposal site, and a committed stop whose zone window has passed is dropped, not forced."""
+    here = (51.515, 7.455)
+    c = ctx(zones={"fuzo": (NOW - 7200, NOW + 30)})
+    bins = [bin_(0, 0.9, zone="fuzo"), bin_(1, 0.9)]
+    for end in (NOW + 60, NOW - 600):
+        trucks = [
+            truck(
+                "T1", shift=(NOW - 8 * 3600, end), lat=here[0], lon=here[1], at_depot=False,
+                load_l=3000.0, load_kg=300.0, heading_to="B0",
+            )
+        ]  # fmt: skip
+        built = build(bins, trucks, c, PROVIDER)
+        assert built.instance.vehicles[0].fixed == ()
+        plan = plan_collection(bins, trucks, c, PROVIDER)
+        assert plan.usable, plan.violations
+        assert [s.kind for s in plan.routes[0].stops][-2:] == ["disposal", "depot"]
