@@ -558,6 +558,9 @@ class BinTrack:
     reported_ts: float | None = None  # a truck said it emptied the bin; not yet confirmed
     confirmed_ts: float | None = None  # the sensor confirmed the last emptying
     plan: Literal["mandatory", "optional", "none"] = "none"
+    # What the last sensor-seen emptying changed (confirmed_ts, forced, counted today), to take
+    # it back if the estimator finds it was a glitch.
+    undo: tuple[float | None, bool, bool] | None = None
 
 
 @dataclass(slots=True)
@@ -803,23 +806,42 @@ class WasteController:
             fire=v.get("fire") is True,
         )
         hint = bt.reported_ts is not None and event.ts - bt.reported_ts < 4 * HOUR
-        if fill is not None and bt.est.add(event.ts, fill, expect_empty=hint) == "emptied":
-            self._emptied(bt, event.ts)
+        if fill is not None:
+            emptyings = bt.est.emptyings
+            undo, bt.undo = bt.undo, None
+            result = bt.est.add(event.ts, fill, expect_empty=hint)
+            if result == "emptied":
+                self._emptied(bt, event.ts)
+            elif result == "glitch" and bt.est.emptyings < emptyings and undo is not None:
+                self._unemptied(bt, undo)
         self._update_alarms(bt, self.clock.now())
         self.dirty_bins.add(bt.bin.id)
 
     def _emptied(self, bt: BinTrack, ts: float) -> None:
         """The sensor saw a drop: the bin was emptied (confirming a truck's report if there is one)."""
         self._roll_day()
+        counted = self._day(ts) == self.counters.day
+        bt.undo = (bt.confirmed_ts, bt.forced, counted)
         bt.confirmed_ts = ts
         if bt.reported_ts is not None:
             self.counters.reported = max(0, self.counters.reported - 1)
             bt.reported_ts = None
-        if self._day(ts) == self.counters.day:
+        if counted:
             self.counters.emptied += 1
         bt.forced = False  # a forced collection is done
         self.dirty_plan = self.active is not None
         log.info("waste_bin_emptied", bin=bt.bin.id, fill=bt.est.last.fill if bt.est.last else None)
+
+    def _unemptied(self, bt: BinTrack, undo: tuple[float | None, bool, bool]) -> None:
+        """The emptying the sensor saw came straight back (a glitch): it was not emptied after all."""
+        self._roll_day()
+        confirmed, forced, counted = undo
+        bt.confirmed_ts, bt.forced = confirmed, forced
+        if counted and self.counters.emptied > 0:
+            self.counters.emptied -= 1
+        self.dirty_bins.add(bt.bin.id)
+        self.dirty_plan = self.active is not None
+        log.info("waste_bin_emptying_undone", bin=bt.bin.id)
 
     def on_truck_state(self, truck: str, ts: float, v: Mapping[str, Value]) -> None:
         tt = self.trucks[truck]

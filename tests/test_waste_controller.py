@@ -566,3 +566,24 @@ async def test_an_unusable_plan_is_not_sent_and_raises_an_alarm(rig: Rig) -> Non
     drain(r)
     alarms = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "plan_failed"]
     assert not alarms[-1].active
+
+
+async def test_a_glitch_taken_for_an_emptying_is_undone(rig: Rig) -> None:
+    """0.69 -> 0.05 -> 0.70 without a truck: the drop was a glitch; the bin is not done, not counted,
+    and an operator's force stays in force."""
+    r = rig
+    fill_history(r, {"B3": 0.69})
+    assert r.ctl.operator("B3", "force")[0]
+    r.clock.advance(900)
+    uplink(r, "B3", 0.05)
+    bt = r.ctl.bins["B3"]
+    assert r.ctl._done_today(bt)
+    assert r.ctl.counters.emptied == 1
+    r.ctl.dirty_bins.clear()
+    r.clock.advance(900)
+    uplink(r, "B3", 0.70)
+    assert not r.ctl._done_today(bt)
+    assert bt.confirmed_ts is None
+    assert bt.forced
+    assert r.ctl.counters.emptied == 0
+    assert "B3" in r.ctl.dirty_bins
