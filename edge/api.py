@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import orjson
 import structlog
+from paho.mqtt.client import topic_matches_sub
 from pydantic import BaseModel, ValidationError
 
 from controllers.charging import POINT as CHARGE_POINT
@@ -518,7 +519,10 @@ class MqttApi:
         self.requests += 1
         if self._uplinks is not None and not msg.topic.startswith(self.base + "/"):
             # LoRaWAN uplinks from the network server: sensors want no answer; bad ones are
-            # counted by the ingest (its stats) and never raise here.
+            # counted by the ingest (its stats) and never raise here. Other device topics on a
+            # shared broker (LED boards, trucks) belong to their drivers, not to the ingest.
+            if not any(topic_matches_sub(f, msg.topic) for f in self._uplink_topics):
+                return None
             try:
                 self._uplinks(msg.topic, msg.payload)
             except PayloadError as exc:
