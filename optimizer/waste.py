@@ -174,14 +174,16 @@ def select(bins: Sequence[BinInput], ctx: PlanContext) -> dict[str, Selection]:
     out: dict[str, Selection] = {}
     th = ctx.threshold
     for b in bins:
-        if b.done:
-            out[b.id] = Selection("done", "emptied today")
-        elif b.excluded:
+        # Order matters: an operator's exclusion wins; a force, fire or overflow is collected even
+        # if the bin was emptied earlier today (it burns or overflows now); only then is done done.
+        if b.excluded:
             out[b.id] = Selection("excluded", "excluded by an operator")
         elif b.forced:
             out[b.id] = Selection("mandatory", "forced by an operator")
         elif alarm := sorted(b.alarms & MANDATORY_ALARMS):
             out[b.id] = Selection("mandatory", f"alarm: {','.join(alarm)}")
+        elif b.done:
+            out[b.id] = Selection("done", "emptied today")
         elif b.fill is not None and b.fill >= th:
             out[b.id] = Selection("mandatory", f"fill {b.fill:.0%} at or above {th:.0%}")
         elif b.fill_next is not None and b.fill_next >= th:

@@ -80,7 +80,8 @@ def test_haversine_provider() -> None:
 
 def test_selection_rules() -> None:
     """Mandatory at or above the threshold now or by the next run, on fire/overflow, when forced;
-    optional otherwise with a penalty convex in the predicted fill; excluded and done never."""
+    optional otherwise with a penalty convex in the predicted fill; excluded never, done only if
+    nothing makes it mandatory."""
     bins = [
         bin_(0, 0.85),
         bin_(1, 0.6, 0.82),
@@ -201,7 +202,8 @@ def test_random_instances_feasible(inst: tuple[list[BinInput], list[TruckInput],
     assert plan.status in {"optimal", "feasible", "fallback"}
     walk(plan, bins, trucks, c)
     for b in bins:
-        if b.excluded or b.done:
+        must = b.forced or bool(b.alarms & {"fire", "overflow"})
+        if b.excluded or (b.done and not must):
             assert all(b.id not in r.bins for r in plan.routes)
 
 
@@ -326,3 +328,17 @@ def test_replan_at_the_end_of_a_shift_stays_usable() -> None:
         plan = plan_collection(bins, trucks, c, PROVIDER)
         assert plan.usable, plan.violations
         assert [s.kind for s in plan.routes[0].stops][-2:] == ["disposal", "depot"]
+
+
+def test_selection_order_mandatory_before_done() -> None:
+    """Excluded wins over everything; a forced, burning or overflowing bin is collected even if it
+    was emptied earlier today; a done bin with no such reason stays out."""
+    bins = [
+        bin_(0, 0.1, forced=True, done=True),
+        bin_(1, 0.1, alarms=frozenset({"fire"}), done=True),
+        bin_(2, 0.99, alarms=frozenset({"overflow"}), done=True),
+        bin_(3, 0.9, done=True),
+        bin_(4, 0.9, forced=True, excluded=True, done=True),
+    ]
+    kinds = {b: s.kind for b, s in select(bins, ctx()).items()}
+    assert kinds == {"B0": "mandatory", "B1": "mandatory", "B2": "mandatory", "B3": "done", "B4": "excluded"}
