@@ -24,6 +24,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from time import perf_counter
 from typing import Literal, Protocol
 
 from optimizer.routing import Route, RoutingInstance, RoutingPlan, Status, Vehicle
@@ -490,13 +491,22 @@ def plan_collection(
             solver="none",
             distance_m=0,
         )
+    t0 = perf_counter()
     plan = solver(inst, time_limit_s=ctx.solver_time_s, seed=ctx.seed)
     used = inst
+    violations = tuple(plan.violations)
     if plan.status is Status.INFEASIBLE and any(inst.required):
+        # The router's infeasible plan already serves as many required bins as it could: if all
+        # it breaks is the bins it left out, it is the plan. Otherwise solve the relaxed instance,
+        # within what is left of the time limit (never twice the limit).
         big = 10 * (sum(max(row) for row in inst.distance) + 1)
         used = _relaxed(inst, big)
-        plan = solver(used, time_limit_s=ctx.solver_time_s, seed=ctx.seed)
-    violations = tuple(plan.violations) or tuple(checker(used, plan))
+        violations = tuple(checker(used, plan))
+        if violations:
+            left = ctx.solver_time_s - (perf_counter() - t0)
+            plan = solver(used, time_limit_s=max(0.1, left), seed=ctx.seed)
+            violations = tuple(plan.violations)
+    violations = violations or tuple(checker(used, plan))
     by_truck = {r.vehicle: r for r in plan.routes}
     routes = tuple(_map_route(built, by_truck.get(t.id, Route(t.id, (), 0, 0)), t, ctx) for t in built.trucks)
     served = {s.id for r in routes for s in r.stops if s.kind == "bin"}

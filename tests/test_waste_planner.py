@@ -342,3 +342,22 @@ def test_selection_order_mandatory_before_done() -> None:
     ]
     kinds = {b: s.kind for b, s in select(bins, ctx()).items()}
     assert kinds == {"B0": "mandatory", "B1": "mandatory", "B2": "mandatory", "B3": "done", "B4": "excluded"}
+
+
+def test_an_infeasible_plan_stays_within_the_time_limit() -> None:
+    """Mandatory bins that cannot all be served: the solver is given the time limit once in all,
+    not again for a relaxed re-solve."""
+    from optimizer.routing import solve
+
+    limits: list[float] = []
+
+    def counting(inst: object, *, time_limit_s: float, seed: int = 0) -> object:
+        limits.append(time_limit_s)
+        return solve(inst, time_limit_s=time_limit_s, seed=seed)  # type: ignore[arg-type]
+
+    bins = [bin_(i, 0.9, lat=51.40 + 0.01 * i, lon=7.30 + 0.01 * i) for i in range(12)]
+    c = ctx(solver_time_s=0.5)
+    plan = plan_collection(bins, [truck("T1", hours=1.0)], c, PROVIDER, solver=counting)  # type: ignore[arg-type]
+    assert plan.missed_mandatory
+    assert plan.usable
+    assert sum(limits) <= c.solver_time_s + 0.1
