@@ -500,6 +500,12 @@ class BinReading:
     fire: bool
 
 
+def _plausible(b: Bin, distance_mm: float | None) -> bool:
+    """A distance the sensor can have measured: not below the floor, and not deep inside the
+    blind zone (0 mm is a blocked or iced transducer, not a bin 100 % full)."""
+    return distance_mm is not None and b.blind_zone_mm / 4 <= distance_mm <= b.height_mm + 100
+
+
 def bin_alarms(
     b: Bin, r: BinReading | None, est: FillEstimator, now: float, active: Collection[str] = ()
 ) -> dict[str, str]:
@@ -532,6 +538,8 @@ def bin_alarms(
         out["sensor_fault"] = "no plausible distance in the uplink"
     elif r.distance_mm > b.height_mm + 100:
         out["sensor_fault"] = f"distance {r.distance_mm:g} mm is below the bin's floor"
+    elif r.distance_mm < b.blind_zone_mm / 4:
+        out["sensor_fault"] = f"distance {r.distance_mm:g} mm is deep in the blind zone: transducer blocked?"
     elif est.fault_streak:
         out["sensor_fault"] = "implausible jump in the fill level"
     return out
@@ -780,7 +788,7 @@ class WasteController:
             d = _num(v.get("distance_mm"))
             if (
                 d is not None
-                and d <= bt.bin.height_mm + 100
+                and _plausible(bt.bin, d)
                 and v.get("tilt") is not True
                 and v.get("lid_open") is not True
             ):
@@ -792,7 +800,7 @@ class WasteController:
         if bt.reading is not None and event.ts <= bt.reading.ts:
             return  # an older frame than the one we hold
         dist = _num(v.get("distance_mm"))
-        fill = None if dist is None or dist > bt.bin.height_mm + 100 else bt.bin.fill_of(dist)
+        fill = None if not _plausible(bt.bin, dist) or dist is None else bt.bin.fill_of(dist)
         if v.get("tilt") is True or v.get("lid_open") is True:
             fill = None  # the sensor looks at the sky or along the ground, not at the waste
         bt.reading = BinReading(

@@ -587,3 +587,17 @@ async def test_a_glitch_taken_for_an_emptying_is_undone(rig: Rig) -> None:
     assert bt.forced
     assert r.ctl.counters.emptied == 0
     assert "B3" in r.ctl.dirty_bins
+
+
+async def test_a_blocked_transducer_is_a_sensor_fault_not_an_overflow(rig: Rig) -> None:
+    """0 mm (a blocked or iced transducer) says nothing about the fill: sensor_fault, no overflow."""
+    r = rig
+    fill_history(r, {"B2": 0.4})
+    r.clock.advance(900)
+    r.ctl.handle(Telemetry("B2", r.clock.now(), {"distance_mm": 0, "battery": 90}))
+    bt = r.ctl.bins["B2"]
+    assert "overflow" not in bt.alarms
+    assert "sensor_fault" in bt.alarms
+    assert bt.reading is not None
+    assert bt.reading.fill is None
+    assert r.ctl.counters.overflows == 0
