@@ -603,12 +603,15 @@ class DayCounters:
     emptied: int = 0
     reported: int = 0  # truck reports not (yet) confirmed by the bin's sensor
     overflows: int = 0
-    km_base: dict[str, float] = field(default_factory=dict)  # odometer km of shifts that ended today
-    km_last: dict[str, float] = field(default_factory=dict)
+    km_base: dict[str, float] = field(default_factory=dict)  # km today before the odometer's last reset
+    km_last: dict[str, float] = field(default_factory=dict)  # the last odometer reading
+    km_start: dict[str, float] = field(default_factory=dict)  # the odometer at the day's (or reset's) start
 
     @property
     def km(self) -> float:
-        return sum(self.km_base.values()) + sum(self.km_last.values())
+        """Only what was driven today: a truck reporting yesterday's odometer adds nothing."""
+        run = sum(last - self.km_start.get(t, last) for t, last in self.km_last.items())
+        return sum(self.km_base.values()) + run
 
 
 @dataclass(slots=True)
@@ -879,9 +882,13 @@ class WasteController:
         odo = _num(v.get("odometer_km"))
         if odo is not None:
             c = self.counters
-            last = c.km_last.get(truck, 0.0)
-            if odo < last - 0.5:  # a new shift's odometer
-                c.km_base[truck] = c.km_base.get(truck, 0.0) + last
+            last = c.km_last.get(truck)
+            if last is None:
+                # first heard since we started: a shift odometer (reset at the shift start) counts whole
+                c.km_start.setdefault(truck, 0.0)
+            elif odo < last - 0.5:  # the odometer was reset: a new baseline
+                c.km_base[truck] = c.km_base.get(truck, 0.0) + last - c.km_start.get(truck, last)
+                c.km_start[truck] = odo
             c.km_last[truck] = odo
             tt.odometer_km = odo
         self.dirty_trucks.add(truck)
@@ -1083,7 +1090,8 @@ class WasteController:
         """Start new day counters when our clock's day changes (never a device's ts: it may be wrong)."""
         day = self._day(self.clock.now())
         if day > self.counters.day:
-            self.counters = DayCounters(day)
+            odo = dict(self.counters.km_last)  # today's km start where yesterday's odometer stood
+            self.counters = DayCounters(day, km_last=dict(odo), km_start=odo)
 
     def _done_today(self, bt: BinTrack) -> bool:
         day = self.counters.day

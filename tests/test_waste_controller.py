@@ -601,3 +601,19 @@ async def test_a_blocked_transducer_is_a_sensor_fault_not_an_overflow(rig: Rig) 
     assert bt.reading is not None
     assert bt.reading.fill is None
     assert r.ctl.counters.overflows == 0
+
+
+async def test_km_today_counts_only_todays_driving(rig: Rig) -> None:
+    """Overnight the truck still reports yesterday's odometer, then resets it at the shift start:
+    today's km are only what it drives today."""
+    r = rig
+    truck_state(r, "T1", odometer_km=10.0)
+    truck_state(r, "T1", odometer_km=120.0)
+    assert r.ctl.summary(r.clock.now())["km_today"] == 120.0
+    r.clock.advance(20 * 3600)  # Tuesday 01:00
+    truck_state(r, "T1", odometer_km=120.0)
+    assert r.ctl.summary(r.clock.now())["km_today"] == 0.0
+    r.clock.advance(5 * 3600)
+    truck_state(r, "T1", odometer_km=0.0)
+    truck_state(r, "T1", odometer_km=7.5)
+    assert r.ctl.summary(r.clock.now())["km_today"] == 7.5
