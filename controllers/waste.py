@@ -839,7 +839,9 @@ class WasteController:
             bt.reported_ts = None
         if counted:
             self.counters.emptied += 1
-        bt.forced = False  # a forced collection is done
+        if bt.forced:
+            bt.forced = False  # a forced collection is done; stored, or a restart would force it again
+            self._publish_flags()
         self.dirty_plan = self.active is not None
         log.info("waste_bin_emptied", bin=bt.bin.id, fill=bt.est.last.fill if bt.est.last else None)
 
@@ -847,7 +849,10 @@ class WasteController:
         """The emptying the sensor saw came straight back (a glitch): it was not emptied after all."""
         self._roll_day()
         confirmed, forced, counted = undo
-        bt.confirmed_ts, bt.forced = confirmed, forced
+        if bt.forced != forced:
+            bt.forced = forced
+            self._publish_flags()
+        bt.confirmed_ts = confirmed
         if counted and self.counters.emptied > 0:
             self.counters.emptied -= 1
         self.dirty_bins.add(bt.bin.id)
@@ -965,9 +970,12 @@ class WasteController:
         else:
             return False, f"unknown_action: {action}"
         self.dirty_bins.add(bin_id)
+        self._publish_flags()
+        return True, ""
+
+    def _publish_flags(self) -> None:
         if self.bus is not None:  # stored like a plan, so a restart keeps the operators' intent
             self.bus.publish(PlanEvent(OPERATOR_DOMAIN, self.clock.now(), self.flags()))
-        return True, ""
 
     def flags(self) -> dict[str, object]:
         """The operators' standing decisions: forced and excluded bins."""
@@ -996,14 +1004,26 @@ class WasteController:
         if bt is None:
             return 0
         used, last_cnt = 0, None
+        today = self._day(self.clock.now())
         for ts, values in samples:
             cnt = values.get("f_cnt")
             dist = values.get("distance_mm")
-            if cnt == last_cnt or not isinstance(dist, int | float) or dist > bt.bin.height_mm + 100:
+            if cnt == last_cnt or not isinstance(dist, int | float) or not _plausible(bt.bin, float(dist)):
                 continue
             last_cnt = cnt
-            bt.est.add(ts, bt.bin.fill_of(float(dist)))
+            emptyings = bt.est.emptyings
+            result = bt.est.add(ts, bt.bin.fill_of(float(dist)))
+            if result == "emptied":  # emptied today: done (forced flags come from their own record)
+                prev, bt.confirmed_ts = bt.confirmed_ts, ts
+                bt.undo = (prev, bt.forced, False)
+            elif result == "glitch" and bt.est.emptyings < emptyings and bt.undo is not None:
+                bt.confirmed_ts = bt.undo[0]
+            if result != "late":
+                bt.undo = bt.undo if result == "emptied" else None
             used += 1
+        bt.undo = None  # the live path takes back only emptyings it saw itself
+        if bt.confirmed_ts is not None and self._day(bt.confirmed_ts) == today:
+            self.counters.emptied += 1
         return used
 
     def restore_plan(self, body: Mapping[str, object], now: float) -> bool:

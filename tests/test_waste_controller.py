@@ -617,3 +617,29 @@ async def test_km_today_counts_only_todays_driving(rig: Rig) -> None:
     truck_state(r, "T1", odometer_km=0.0)
     truck_state(r, "T1", odometer_km=7.5)
     assert r.ctl.summary(r.clock.now())["km_today"] == 7.5
+
+
+async def test_restart_after_a_forced_bin_was_emptied(rig: Rig) -> None:
+    """The emptying of a forced bin is stored as a flags change (a restart does not force it
+    again), and a bin emptied earlier today is done after a restart from its stored history."""
+    r = rig
+    fill_history(r, {"B2": 0.5})
+    assert r.ctl.operator("B2", "force")[0]
+    r.clock.advance(900)
+    uplink(r, "B2", 0.02)
+    drain(r)
+    flags = [e.plan for e in r.events if isinstance(e, PlanEvent) and e.domain == "waste.operator"]
+    assert flags[-1]["forced"] == []
+
+    bus = EventBus()
+    fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+    now = r.clock.now()
+    fills = [0.45, 0.47, 0.5, 0.02]
+    samples = [(now - (3 - i) * 900, {"distance_mm": round(r.bins[2].distance_of(f)), "f_cnt": i})
+               for i, f in enumerate(fills)]  # fmt: skip
+    assert fresh.restore_history("B2", samples) == 4
+    fresh.restore_flags(flags[-1])
+    bt = fresh.bins["B2"]
+    assert not bt.forced
+    assert fresh._done_today(bt)
+    assert fresh.counters.emptied == 1
