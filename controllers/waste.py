@@ -96,6 +96,7 @@ SEVERITY: dict[str, Severity] = {
     "sensor_fault": Severity.MINOR,
     "truck_breakdown": Severity.MAJOR,
     "plan_failed": Severity.MAJOR,
+    "bin_skipped": Severity.MAJOR,
 }
 BIN_ALARMS = ("fire", "overflow", "tilt", "lid_open", "battery_low", "stale", "sensor_fault")
 
@@ -591,6 +592,7 @@ class TruckTrack:
     last_seq: int = -1
     last_event_ts: float = -math.inf
     broken: bool = False
+    broken_ts: float | None = None  # the truck's ts of the breakdown: only a later state repairs it
     sent_route: str | None = None  # the last route sent to it
     reported: set[str] = field(default_factory=set)  # bins it reported emptied on the current route
 
@@ -839,6 +841,7 @@ class WasteController:
             bt.reported_ts = None
         if counted:
             self.counters.emptied += 1
+        self.alarms.set(bt.bin.id, "bin_skipped", False, SEVERITY["bin_skipped"])
         if bt.forced:
             bt.forced = False  # a forced collection is done; stored, or a restart would force it again
             self._publish_flags()
@@ -873,12 +876,18 @@ class WasteController:
         status = v.get("status")
         if isinstance(status, str) and status in TRUCK_STATUSES:
             if tt.broken and status != "broken":
-                tt.broken = False
-                self.alarms.set(truck, "truck_breakdown", False, SEVERITY["truck_breakdown"])
-                log.info("waste_truck_repaired", truck=truck)
-            elif status == "broken" and not tt.broken:
-                self._breakdown(tt, "reported broken")
-            tt.status = status
+                # MQTT does not order across topics: a state older than the breakdown repairs nothing.
+                if tt.broken_ts is None or ts > tt.broken_ts:
+                    tt.broken, tt.broken_ts = False, None
+                    self.alarms.set(truck, "truck_breakdown", False, SEVERITY["truck_breakdown"])
+                    log.info("waste_truck_repaired", truck=truck)
+                    if self.active is not None and self._in_operation(self.clock.now()):
+                        self.request_plan("replan")
+                    tt.status = status
+            else:
+                if status == "broken" and not tt.broken:
+                    self._breakdown(tt, "reported broken", ts)
+                tt.status = status
         route = v.get("route_id")
         tt.route_id = route if isinstance(route, str) and route else None
         idx = _num(v.get("stop_index"))
@@ -926,7 +935,14 @@ class WasteController:
             self.dirty_bins.add(bin_id)
             self.dirty_plan = self.active is not None
         elif kind == "breakdown":
-            self._breakdown(tt, "breakdown event")
+            self._breakdown(tt, "breakdown event", ts)
+        elif kind == "skipped" and isinstance(bin_id, str) and bin_id in self.bins:
+            bt = self.bins[bin_id]
+            if bt.plan == "mandatory" or bt.forced:
+                why = f"{truck} skipped it: {v.get('reason', '')}"[:200]
+                self.alarms.set(bin_id, "bin_skipped", True, SEVERITY["bin_skipped"], why)
+                log.warning("waste_mandatory_bin_skipped", truck=truck, bin=bin_id, reason=v.get("reason"))
+                self._limited_replan(self.clock.now())
         elif kind == "route_accepted":
             route = v.get("route_id")
             tt.route_id = route if isinstance(route, str) else tt.route_id
@@ -935,15 +951,23 @@ class WasteController:
             log.warning(
                 "waste_route_rejected", truck=truck, route_id=v.get("route_id"), reason=v.get("reason")
             )
+            if not tt.broken:  # a broken truck refusing (its empty route) changes nothing
+                self._limited_replan(self.clock.now())
         elif kind == "route_done":
             tt.status = "idle"
         self.dirty_trucks.add(truck)
 
-    def _breakdown(self, tt: TruckTrack, why: str) -> None:
+    def _breakdown(self, tt: TruckTrack, why: str, ts: float) -> None:
         if tt.broken:
+            tt.broken_ts = max(ts, tt.broken_ts or ts)
             return
-        tt.broken = True
+        tt.broken, tt.broken_ts = True, ts
         tt.status = "broken"
+        if tt.sent_route is not None and self.active is not None:
+            # Its route goes to the others in the re-plan: tell it to stop (an empty route).
+            now = self.clock.now()
+            rid = f"{self.active.day.isoformat()}-{tt.id}-r{next(self._route_seq)}"
+            self._send_route(TruckRoute(tt.id, (), 0, now), rid)
         self.alarms.set(tt.id, "truck_breakdown", True, SEVERITY["truck_breakdown"], why)
         log.warning("waste_truck_breakdown", truck=tt.id, why=why)
         if self.active is not None:
@@ -1139,6 +1163,12 @@ class WasteController:
         """A fire or overflow during the day's operation: re-plan (at most every `alarm_replan_s`;
         one that comes sooner waits for `step`)."""
         if not self._in_operation(now) or self._pending_in_plan(bin_id):
+            return
+        self._limited_replan(now)
+
+    def _limited_replan(self, now: float) -> None:
+        """A re-plan during the day's operation, at most every `alarm_replan_s`."""
+        if not self._in_operation(now):
             return
         if now - self._last_alarm_plan >= self.alarm_replan_s:
             self._last_alarm_plan = now

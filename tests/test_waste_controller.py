@@ -297,11 +297,18 @@ async def test_breakdown_replans_keeping_what_is_done(rig: Rig) -> None:
         what="T2's new route",
     )
     assert r.ctl.truck_state(broken, r.clock.now())["status"] == "broken"
-    # repaired: the alarm clears
+    # the broken truck was told to stop: an empty route
+    await wait_until(lambda: r.fleet.routes.get(broken, [{}])[-1].get("stops") == [], what="empty route")
+    # a state older than the breakdown (another topic, delivered late) repairs nothing
+    r.ctl.handle(Telemetry(broken, r.clock.now() - 30, {"status": "driving", "lat": 51.5, "lon": 7.44}))
+    assert r.ctl.trucks[broken].broken
+    # repaired (a later state): the alarm clears and the trucks are planned again
+    r.clock.advance(60)
     truck_state(r, broken, status="idle")
     drain(r)
     last = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "truck_breakdown"][-1]
     assert not last.active
+    assert r.ctl.pending == "replan"
 
 
 async def test_operator_force_exclude_clear(rig: Rig) -> None:
@@ -643,3 +650,27 @@ async def test_restart_after_a_forced_bin_was_emptied(rig: Rig) -> None:
     assert not bt.forced
     assert fresh._done_today(bt)
     assert fresh.counters.emptied == 1
+
+
+async def test_a_skipped_mandatory_bin_or_a_rejected_route_replans(rig: Rig) -> None:
+    """A truck skips a mandatory bin: an alarm and a re-plan; a rejected route asks for one too
+    (rate-limited like the alarm re-plans)."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    first = await r.ctl.plan_pending()
+    assert first is not None
+    r.clock.advance(2 * 3600)
+    route = next(x for x in first.plan.routes if "B1" in x.bins)
+    truck_event(r, route.truck, "skipped", route_id=first.route_ids[route.truck], bin="B1", reason="blocked")
+    drain(r)
+    alarms = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "bin_skipped"]
+    assert alarms
+    assert alarms[-1].device_id == "B1"
+    assert alarms[-1].active
+    assert r.ctl.pending == "alarm"
+    await r.ctl.plan_pending()
+    r.clock.advance(r.ctl.alarm_replan_s + 1)
+    truck_event(r, "T2", "route_rejected", route_id="x", reason="busy")
+    assert r.ctl.pending == "alarm"
