@@ -14,6 +14,7 @@ when its own sensor confirms the drop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import multiprocessing
@@ -1295,11 +1296,11 @@ class WasteController:
             try:
                 loop = asyncio.get_running_loop()
                 plan = await loop.run_in_executor(pool, plan_collection, bins, trucks, ctx, self.provider)
-            except (BrokenProcessPool, pickle.PicklingError, AttributeError, TypeError) as exc:
-                # A provider that cannot cross a process boundary, or a dead worker: plan in a thread.
+            except BrokenProcessPool as exc:
+                # The worker died (killed, out of memory): this plan in a thread, a new worker for the next.
                 log.warning("waste_plan_process_failed", error=str(exc)[:200])
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
+                self._stop_pool()
+                self._pool = self._new_pool()
         if plan is None:
             plan = await asyncio.to_thread(plan_collection, bins, trucks, ctx, self.provider)
         return self.apply(plan, reason, day)
@@ -1559,7 +1560,11 @@ class WasteController:
         if self.solve_in_process and self._pool is None:
             # OR-Tools' search holds the GIL (docs/routing.md): in a thread it would stall the
             # event loop, and with it every poll and command, for seconds.
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                pickle.dumps(self.provider)
+                self._pool = self._new_pool()
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                log.warning("waste_provider_not_picklable", error=str(exc)[:200])  # plans in a thread
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(sub), name="waste.events")
@@ -1567,9 +1572,23 @@ class WasteController:
                 tg.create_task(self._planner(), name="waste.planner")
         finally:
             self.bus.unsubscribe(sub)
-            if self._pool is not None:
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
+            self._stop_pool()
+
+    @staticmethod
+    def _new_pool() -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+
+    def _stop_pool(self) -> None:
+        """Shut the solver pool and end its worker: a solve still running would keep the
+        interpreter from exiting until it is done."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # private, so guarded
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # already gone
+                proc.terminate()
 
     async def _consume(self, sub: Subscription) -> None:
         async for ev in sub:

@@ -308,7 +308,7 @@ async def test_breakdown_replans_keeping_what_is_done(rig: Rig) -> None:
     drain(r)
     last = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "truck_breakdown"][-1]
     assert not last.active
-    assert r.ctl.pending == "replan"
+    assert str(r.ctl.pending) == "replan"
 
 
 async def test_operator_force_exclude_clear(rig: Rig) -> None:
@@ -674,3 +674,32 @@ async def test_a_skipped_mandatory_bin_or_a_rejected_route_replans(rig: Rig) -> 
     r.clock.advance(r.ctl.alarm_replan_s + 1)
     truck_event(r, "T2", "route_rejected", route_id="x", reason="busy")
     assert r.ctl.pending == "alarm"
+
+
+async def test_stopping_run_ends_a_running_solve(rig: Rig) -> None:
+    """Cancelling `run` while the solver process works ends that process (the interpreter would
+    otherwise wait for the solve at exit)."""
+    import asyncio
+
+    r = rig
+    r.ctl.cfg = r.ctl.cfg.model_copy(update={"solver_time_s": 60.0})
+    r.ctl.step_s = 0.01
+    task = asyncio.create_task(r.ctl.run(), name="waste.test")
+    try:
+        fill_history(r, FULL)
+        await wait_until(lambda: r.ctl._pool is not None, what="the solver pool")
+        pool = r.ctl._pool
+        assert pool is not None
+        r.ctl.request_plan("operator")
+        await wait_until(
+            lambda: r.ctl.planning and bool(pool._processes), what="a solve running", timeout_s=15
+        )
+        procs = list(pool._processes.values())
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await wait_until(
+        lambda: not any(p.is_alive() for p in procs), what="the solver process ended", timeout_s=5
+    )
+    assert r.ctl.active is None
