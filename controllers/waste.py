@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import math
 import multiprocessing
@@ -1322,6 +1323,7 @@ class WasteController:
                 self.bus.publish(PlanEvent("waste", self.clock.now(), body))
             return prev if prev is not None else failed
         self.alarms.set("waste", "plan_failed", False, SEVERITY["plan_failed"])
+        plan = self._without_emptied(plan)
         route_ids = {r.truck: f"{day.isoformat()}-{r.truck}-r{next(self._route_seq)}" for r in plan.routes}
         active = ActivePlan(plan, plan_id, reason, day, route_ids)
         self.active = active
@@ -1358,6 +1360,29 @@ class WasteController:
             }
             self.bus.publish(PlanEvent("waste", self.clock.now(), body))
         return active
+
+    def _without_emptied(self, plan: WastePlan) -> WastePlan:
+        """The plan without the bins emptied while the solver ran (they are done, not stops)."""
+
+        def fresh(bid: str) -> bool:
+            bt = self.bins[bid]
+            return any(t is not None and t >= plan.made_ts for t in (bt.confirmed_ts, bt.reported_ts))
+
+        gone = {b for r in plan.routes for b in r.bins if fresh(b)}
+        if not gone:
+            return plan
+        routes = []
+        for r in plan.routes:
+            kept = [st for st in r.stops if not (st.kind == "bin" and st.id in gone)]
+            routes.append(
+                dataclasses.replace(
+                    r, stops=tuple(dataclasses.replace(st, seq=i) for i, st in enumerate(kept))
+                )
+            )
+        selection = {**plan.selection, **{b: Selection("done", "emptied while planning") for b in gone}}
+        missed = tuple(b for b in plan.missed_mandatory if b not in gone)
+        log.info("waste_plan_stale_stops_dropped", bins=sorted(gone))
+        return dataclasses.replace(plan, routes=tuple(routes), selection=selection, missed_mandatory=missed)
 
     def route_payload(self, r: TruckRoute, route_id: str) -> dict[str, object]:
         """A route as docs/fleet-protocol.md describes it."""

@@ -703,3 +703,29 @@ async def test_stopping_run_ends_a_running_solve(rig: Rig) -> None:
         lambda: not any(p.is_alive() for p in procs), what="the solver process ended", timeout_s=5
     )
     assert r.ctl.active is None
+
+
+async def test_bins_emptied_while_planning_are_left_out_of_the_routes(rig: Rig) -> None:
+    """A bin the sensor saw emptied after the solver started is not sent as a stop."""
+    from optimizer.waste import PlannedStop, TruckRoute, WastePlan
+
+    r = rig
+    fill_history(r, {"B0": 0.85, "B1": 0.9})
+    made = r.ctl.clock.now()
+    stops = (
+        PlannedStop(0, "bin", "B0", 51.506, 7.446, made + 600),
+        PlannedStop(1, "bin", "B1", 51.507, 7.446, made + 900),
+        PlannedStop(2, "disposal", "disposal", 51.52, 7.47, made + 1800),
+        PlannedStop(3, "depot", "depot", 51.5, 7.44, made + 2400),
+    )
+    plan = WastePlan(made, (TruckRoute("T1", stops, 5000, made + 2400),), {}, (), (), "optimal", "x", 5000)
+    r.clock.advance(60)
+    uplink(r, "B0", 0.02)  # emptied while the solver ran
+    active = r.ctl.apply(plan, "operator", r.ctl._day(made))
+    route = active.plan.route_of("T1")
+    assert route is not None
+    assert route.bins == ("B1",)
+    assert [s.seq for s in route.stops] == [0, 1, 2]
+    await wait_until(lambda: "T1" in r.fleet.routes, what="the route sent")
+    sent = r.fleet.routes["T1"][-1]["stops"]
+    assert [s["id"] for s in sent if s["kind"] == "bin"] == ["B1"]  # type: ignore[attr-defined]
