@@ -24,9 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import ssl
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -487,10 +485,7 @@ class DisplayDriver:
             except ConfigError as exc:
                 raise ConfigError(str(exc.args[0]), key="displays.board_mqtt_url") from None
         # for logs: the URL may hold a password
-        self._broker = f"{self._address.host}:{self._address.port}" if self._address else ""
-        self._tls_context = (
-            ssl.create_default_context() if self._address is not None and self._address.tls else None
-        )
+        self._broker = self._address.where if self._address else ""
         self._board_ids = tuple(boards)
         self._sign_eps = tuple(signs)
         ids = [*self._board_ids, *(s.display_id for s in self._sign_eps)]
@@ -548,18 +543,8 @@ class DisplayDriver:
         a = self._address
         if a is None:
             raise RuntimeError("no board broker: the driver has no boards")
-        client = aiomqtt.Client(
-            a.host,
-            a.port,
-            username=a.username,
-            password=a.password,
-            identifier=f"edge-displays-{uuid.uuid4().hex[:12]}",
-            timeout=self.timeout_s,
-            tls_context=self._tls_context,
-        )
         # writes to many boards at once are expected; aiomqtt warns above 10 pending calls
-        client.pending_calls_threshold = max(64, 2 * len(self._boards))
-        return client
+        return a.client("edge-displays", timeout_s=self.timeout_s, pending=max(64, 2 * len(self._boards)))
 
     async def _mqtt_loop(self) -> None:
         """One session for every board's status; reconnect with capped, jittered backoff."""

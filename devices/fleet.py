@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
-import ssl
-import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -150,8 +148,7 @@ class FleetDriver:
             self.address = BrokerAddress.parse(mqtt_url)
         except ConfigError as exc:
             raise ConfigError(str(exc.args[0]), key="waste.fleet_mqtt_url") from None
-        self.broker = f"{self.address.host}:{self.address.port}"  # for logs: the URL may hold a password
-        self._tls_context = ssl.create_default_context() if self.address.tls else None
+        self.broker = self.address.where
         self.bins = frozenset(bins) if bins is not None else None
         self.timeout_s = timeout_s
         self.backoff_base_s = backoff_base_s
@@ -193,18 +190,9 @@ class FleetDriver:
             await self._connected.wait()
 
     def _new_client(self) -> aiomqtt.Client:
-        a = self.address
-        client = aiomqtt.Client(
-            a.host,
-            a.port,
-            username=a.username,
-            password=a.password,
-            identifier=f"edge-fleet-{uuid.uuid4().hex[:12]}",
-            timeout=self.timeout_s,
-            tls_context=self._tls_context,
+        return self.address.client(
+            "edge-fleet", timeout_s=self.timeout_s, pending=max(64, 4 * len(self.trucks))
         )
-        client.pending_calls_threshold = max(64, 4 * len(self.trucks))
-        return client
 
     async def _mqtt_loop(self) -> None:
         """One session for every truck; reconnect with capped, jittered backoff."""

@@ -40,6 +40,7 @@ import enum
 import random
 import socket
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -135,6 +136,30 @@ class BrokerAddress:
             password=unquote(parts.password) if parts.password else None,
             tls=tls,
         )
+
+    def client(self, name: str, *, timeout_s: float, pending: int) -> aiomqtt.Client:
+        """A plain aiomqtt client for a device driver's own session (boards, trucks).
+
+        `pending` raises aiomqtt's warning threshold for concurrent calls: drivers write to
+        many devices at once by design. The identifier is unique so two daemons never kick
+        each other off the broker.
+        """
+        client = aiomqtt.Client(
+            self.host,
+            self.port,
+            username=self.username,
+            password=self.password,
+            identifier=f"{name}-{uuid.uuid4().hex[:12]}",
+            timeout=timeout_s,
+            tls_context=ssl.create_default_context() if self.tls else None,
+        )
+        client.pending_calls_threshold = pending
+        return client
+
+    @property
+    def where(self) -> str:
+        """host:port, for logs (the URL may hold a password)."""
+        return f"{self.host}:{self.port}"
 
 
 class _SessionEnd(Exception):  # noqa: N818 - a signal, not an error
