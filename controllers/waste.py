@@ -719,6 +719,8 @@ class WasteController:
         self.plans_made = 0
         self.routes_sent = 0
         self._route_seq = itertools.count(1)
+        self.route_lead_s = 1800.0  # routes go out at most this long before the truck's shift starts
+        self._held: dict[str, tuple[TruckRoute, str, float]] = {}  # truck -> (route, id, shift start)
         self.rejected = 0  # events refused for their ts
         self.failed = 0  # events whose handling raised
         self._pending: PlanReason | None = None
@@ -969,6 +971,7 @@ class WasteController:
             # Its route goes to the others in the re-plan: tell it to stop (an empty route).
             now = self.clock.now()
             rid = f"{self.active.day.isoformat()}-{tt.id}-r{next(self._route_seq)}"
+            self._held.pop(tt.id, None)
             self._send_route(TruckRoute(tt.id, (), 0, now), rid)
         self.alarms.set(tt.id, "truck_breakdown", True, SEVERITY["truck_breakdown"], why)
         log.warning("waste_truck_breakdown", truck=tt.id, why=why)
@@ -1185,8 +1188,9 @@ class WasteController:
         return a is not None and a.day == self._day(now) and self.run_day(now) == a.day
 
     def step(self, now: float) -> None:
-        """Stale bins, offline trucks, held-back alarm re-plans, the day's scheduled plan."""
+        """Stale bins, offline trucks, held-back alarm re-plans and routes, the day's scheduled plan."""
         self._roll_day()
+        self._send_held(now)
         if self._alarm_waiting and now - self._last_alarm_plan >= self.alarm_replan_s:
             self._alarm_waiting = False
             if self._in_operation(now):
@@ -1339,7 +1343,15 @@ class WasteController:
                 bt.plan = mark
                 self.dirty_bins.add(bid)
         for r in plan.routes:
-            self._send_route(r, route_ids[r.truck])
+            start = self.shift_of(self.trucks[r.truck], day)[0]
+            self._held.pop(r.truck, None)
+            if start - self.clock.now() > self.route_lead_s:
+                # Another day's (or a later shift's) route: held, sent from `step` shortly before
+                # the shift, so a truck does not start driving it now.
+                self._held[r.truck] = (r, route_ids[r.truck], start)
+                self.trucks[r.truck].sent_route = route_ids[r.truck]
+            else:
+                self._send_route(r, route_ids[r.truck], start)
         self.dirty_plan = True
         log.info(
             "waste_plan",
@@ -1401,14 +1413,23 @@ class WasteController:
             stops.append(stop)
         return {"route_id": route_id, "issued_ts": round(self.clock.now(), 1), "stops": stops}
 
-    def _send_route(self, r: TruckRoute, route_id: str) -> None:
+    def _send_held(self, now: float) -> None:
+        for truck, (r, rid, start) in list(self._held.items()):
+            if start - now <= self.route_lead_s:
+                del self._held[truck]
+                self._send_route(r, rid, start)
+
+    def _send_route(self, r: TruckRoute, route_id: str, start_ts: float | None = None) -> None:
         tt = self.trucks[r.truck]
         tt.sent_route = route_id
         tt.reported = set()
         self.dirty_trucks.add(r.truck)
         if self.submit is None:
             return
-        payload = orjson.dumps(self.route_payload(r, route_id)).decode()
+        body = self.route_payload(r, route_id)
+        if start_ts is not None:
+            body["start_ts"] = round(start_ts, 1)
+        payload = orjson.dumps(body).decode()
         cmd = make_command(
             r.truck,
             ROUTE_POINT,

@@ -719,6 +719,7 @@ async def test_bins_emptied_while_planning_are_left_out_of_the_routes(rig: Rig) 
         PlannedStop(3, "depot", "depot", 51.5, 7.44, made + 2400),
     )
     plan = WastePlan(made, (TruckRoute("T1", stops, 5000, made + 2400),), {}, (), (), "optimal", "x", 5000)
+    r.ctl.route_lead_s = 2 * 3600  # (the shift starts at 06:00: not held back)
     r.clock.advance(60)
     uplink(r, "B0", 0.02)  # emptied while the solver ran
     active = r.ctl.apply(plan, "operator", r.ctl._day(made))
@@ -729,3 +730,30 @@ async def test_bins_emptied_while_planning_are_left_out_of_the_routes(rig: Rig) 
     await wait_until(lambda: "T1" in r.fleet.routes, what="the route sent")
     sent = r.fleet.routes["T1"][-1]["stops"]
     assert [s["id"] for s in sent if s["kind"] == "bin"] == ["B1"]  # type: ignore[attr-defined]
+
+
+async def test_a_route_for_a_later_shift_is_held_until_shortly_before_it(rig: Rig) -> None:
+    """A plan made on Sunday evening for Monday: the routes carry the shift start and go out only
+    `route_lead_s` before it, from `step`."""
+    from optimizer.waste import PlannedStop, TruckRoute, WastePlan
+
+    r = rig
+    r.clock.advance(-(MONDAY_5 - SUNDAY_6) + 14 * 3600)  # Sunday 20:00
+    now = r.clock.now()
+    monday = datetime.fromtimestamp(MONDAY_5, TZ).date()
+    stops = (PlannedStop(0, "bin", "B0", 51.506, 7.446, MONDAY_5 + 3600),
+             PlannedStop(1, "depot", "depot", 51.5, 7.44, MONDAY_5 + 7200))  # fmt: skip
+    plan = WastePlan(now, (TruckRoute("T1", stops, 3000, MONDAY_5 + 7200),), {}, (), (), "optimal", "x", 3000)
+    r.ctl.apply(plan, "operator", monday)
+    r.ctl.step(now)
+    await r.disp.drain(2.0)
+    assert "T1" not in r.fleet.routes
+    shift_start = MONDAY_5 + 3600
+    r.clock.advance(shift_start - r.ctl.route_lead_s - 60 - r.clock.now())
+    r.ctl.step(r.clock.now())
+    await r.disp.drain(2.0)
+    assert "T1" not in r.fleet.routes
+    r.clock.advance(120)
+    r.ctl.step(r.clock.now())
+    await wait_until(lambda: "T1" in r.fleet.routes, what="the route sent before the shift")
+    assert r.fleet.routes["T1"][-1]["start_ts"] == shift_start
