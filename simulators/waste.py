@@ -596,6 +596,7 @@ class RouteMessage(BaseModel):
 
     route_id: str = Field(min_length=1, max_length=200)
     issued_ts: float | None = None
+    start_ts: float | None = None  # do not start before (the shift start); absent: at once
     stops: list[StopMessage] = Field(max_length=5000)
 
 
@@ -731,7 +732,11 @@ class TruckSim:
         self.route_id, self.stops, self.stop_index = route.route_id, list(route.stops), 0
         self.changed = True
         events.append(("route_accepted", {"ts": now, "route_id": route.route_id}))
-        if self._phase in (_Phase.IDLE, _Phase.DRIVING, _Phase.WAITING):
+        if self._phase is _Phase.IDLE and route.start_ts is not None and route.start_ts > now:
+            # Before the shift: stand still until start_ts (served as a pause with no target).
+            self._target, self._phase, self._busy_until = None, _Phase.SERVING, route.start_ts
+            self._t = min(self._t, now)
+        elif self._phase in (_Phase.IDLE, _Phase.DRIVING, _Phase.WAITING):
             events += self._next_leg(now)
         # serving: finish the lift or unload first, then follow the new stops
         return events
