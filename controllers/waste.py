@@ -510,7 +510,12 @@ def _plausible(b: Bin, distance_mm: float | None) -> bool:
 
 
 def bin_alarms(
-    b: Bin, r: BinReading | None, est: FillEstimator, now: float, active: Collection[str] = ()
+    b: Bin,
+    r: BinReading | None,
+    est: FillEstimator,
+    now: float,
+    active: Collection[str] = (),
+    same_since: float | None = None,
 ) -> dict[str, str]:
     """The alarms a bin should have right now, code -> detail.
 
@@ -545,7 +550,19 @@ def bin_alarms(
         out["sensor_fault"] = f"distance {r.distance_mm:g} mm is deep in the blind zone: transducer blocked?"
     elif est.fault_streak:
         out["sensor_fault"] = "implausible jump in the fill level"
+    elif same_since is not None and r.ts - same_since > STUCK_S:
+        # `same_since`: when the distance last changed. A bin its pattern says should have risen
+        # meanwhile has a stuck sensor (frozen firmware, a transducer blocked at a fixed level).
+        rise = est.pattern.integral(same_since, r.ts)
+        if rise > STUCK_RISE:
+            out["sensor_fault"] = (
+                f"distance unchanged for {(r.ts - same_since) / HOUR:.0f} h while {rise:.0%} rise was expected"
+            )
     return out
+
+
+STUCK_S = 86400.0  # a distance identical this long ...
+STUCK_RISE = 0.10  # ... while the bin's pattern expects this much rise: a stuck sensor
 
 
 # -- the controller ---------------------------------------------------------------------
@@ -572,6 +589,7 @@ class BinTrack:
     # What the last sensor-seen emptying changed (confirmed_ts, forced, counted today), to take
     # it back if the estimator finds it was a glitch.
     undo: tuple[float | None, bool, bool] | None = None
+    same_since: float | None = None  # ts of the first reading of the distance it reads now
 
 
 @dataclass(slots=True)
@@ -812,6 +830,8 @@ class WasteController:
         fill = None if not _plausible(bt.bin, dist) or dist is None else bt.bin.fill_of(dist)
         if v.get("tilt") is True or v.get("lid_open") is True:
             fill = None  # the sensor looks at the sky or along the ground, not at the waste
+        if dist is None or bt.reading is None or bt.reading.distance_mm != dist or bt.same_since is None:
+            bt.same_since = event.ts
         bt.reading = BinReading(
             ts=event.ts,
             fill=fill,
@@ -1147,7 +1167,7 @@ class WasteController:
         return any(t is not None and self._day(t) == day for t in (bt.confirmed_ts, bt.reported_ts))
 
     def _update_alarms(self, bt: BinTrack, now: float) -> None:
-        new = bin_alarms(bt.bin, bt.reading, bt.est, now, bt.alarms.keys())
+        new = bin_alarms(bt.bin, bt.reading, bt.est, now, bt.alarms.keys(), bt.same_since)
         old = bt.alarms
         if new.keys() == old.keys():
             bt.alarms = new

@@ -757,3 +757,17 @@ async def test_a_route_for_a_later_shift_is_held_until_shortly_before_it(rig: Ri
     r.ctl.step(r.clock.now())
     await wait_until(lambda: "T1" in r.fleet.routes, what="the route sent before the shift")
     assert r.fleet.routes["T1"][-1]["start_ts"] == shift_start
+
+
+async def test_a_stuck_sensor_raises_sensor_fault(rig: Rig) -> None:
+    """The same distance for more than a day while the bin's pattern expects it to rise: the
+    sensor is stuck (sensor_fault); a day of readings that do change raises nothing."""
+    r = rig
+    now = r.clock.now()
+    for h in range(30, -1, -1):
+        uplink(r, "B3", 0.3, ts=now - h * 3600)
+        uplink(r, "B4", 0.1 + 0.005 * (30 - h), ts=now - h * 3600)
+    r.ctl.step(now)
+    assert "sensor_fault" in r.ctl.bins["B3"].alarms
+    assert "unchanged" in r.ctl.bins["B3"].alarms["sensor_fault"]
+    assert "sensor_fault" not in r.ctl.bins["B4"].alarms
