@@ -1265,6 +1265,15 @@ class WasteController:
                     done=same_day and self._done_today(bt),
                 )
             )
+            last = bt.est.last
+            if "sensor_fault" in bt.alarms and last is not None:
+                # A faulty sensor says nothing of the fill now: assume the bin went on filling as its
+                # pattern says since the last good reading (or since the readings froze).
+                since = min(last.ts, bt.same_since if bt.same_since is not None else last.ts)
+                risk = min(1.0, last.fill + bt.est.pattern.integral(since, next_start))
+                b_in = bins[-1]
+                if b_in.fill_next_hi is None or b_in.fill_next_hi < risk:
+                    bins[-1] = dataclasses.replace(b_in, fill_next_hi=risk)
         trucks = []
         for tt in self.trucks.values():
             if tt.broken:

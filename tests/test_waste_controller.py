@@ -771,3 +771,23 @@ async def test_a_stuck_sensor_raises_sensor_fault(rig: Rig) -> None:
     assert "sensor_fault" in r.ctl.bins["B3"].alarms
     assert "unchanged" in r.ctl.bins["B3"].alarms["sensor_fault"]
     assert "sensor_fault" not in r.ctl.bins["B4"].alarms
+
+
+async def test_a_faulty_sensor_bin_is_planned_as_if_it_kept_filling(rig: Rig) -> None:
+    """A stuck sensor's bin: the planner assumes the pattern's rise since the readings froze, so
+    a bin that could be full by the next run is mandatory."""
+    r = rig
+    now = r.clock.now()
+    for h in range(40, -1, -1):
+        uplink(r, "B3", 0.6, ts=now - h * 3600)
+    r.ctl.step(now)
+    bt = r.ctl.bins["B3"]
+    assert "sensor_fault" in bt.alarms
+    assert bt.same_since is not None
+    bins, _, ctx, _ = r.ctl.inputs(now)
+    b3 = next(b for b in bins if b.id == "B3")
+    expected = min(1.0, 0.6 + bt.est.pattern.integral(bt.same_since, ctx.next_run_ts))
+    assert b3.fill_next_hi is not None
+    assert b3.fill_next_hi == pytest.approx(expected, abs=0.01)
+    assert (select(bins, ctx)["B3"].kind == "mandatory") == (expected >= ctx.threshold)
+    assert expected >= ctx.threshold  # 40 h stuck at 60 % plus a day to the next run
