@@ -791,3 +791,33 @@ async def test_a_faulty_sensor_bin_is_planned_as_if_it_kept_filling(rig: Rig) ->
     assert b3.fill_next_hi == pytest.approx(expected, abs=0.01)
     assert (select(bins, ctx)["B3"].kind == "mandatory") == (expected >= ctx.threshold)
     assert expected >= ctx.threshold  # 40 h stuck at 60 % plus a day to the next run
+
+
+async def test_planner_inputs_give_the_event_loop_turns() -> None:
+    """Building the planner's inputs for many bins yields to the event loop every INPUT_CHUNK bins
+    and gives the same inputs as the blocking call."""
+    import asyncio
+
+    from controllers.waste import INPUT_CHUNK
+
+    clock = ManualClock(MONDAY_5)
+    bus = EventBus()
+    bins = make_bins(2 * INPUT_CHUNK + 50)
+    ctl = WasteController(bins, settings(), TZ, clock, Alarms(bus, clock), None, bus=bus)
+    turns = 0
+    stop = False
+
+    async def other() -> None:
+        nonlocal turns
+        while not stop:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other(), name="other")
+    await asyncio.sleep(0)
+    before = turns
+    got = await ctl.inputs_async(clock.now())
+    stop = True
+    await task
+    assert turns - before >= 2
+    assert got == ctl.inputs(clock.now())
