@@ -590,6 +590,7 @@ class BinTrack:
     # it back if the estimator finds it was a glitch.
     undo: tuple[float | None, bool, bool] | None = None
     same_since: float | None = None  # ts of the first reading of the distance it reads now
+    full_cache: tuple[tuple[float, float, int, float], float | None] | None = None  # bin_state's full_ts
 
 
 @dataclass(slots=True)
@@ -1526,7 +1527,15 @@ class WasteController:
         bt = self.bins[bin_id]
         b, est, r = bt.bin, bt.est, bt.reading
         fill = None if r is None or r.fill is None else round(r.fill, 3)
-        full = est.time_to(self.cfg.threshold, now) if est.last is not None else None
+        full = None
+        if est.last is not None:
+            # The forecast changes only with a reading: computed once per reading (~0.4 ms each,
+            # and the API asks for every bin), then only moved on to `now`.
+            key = (est.last.ts, est.last.fill, est.emptyings, self.cfg.threshold)
+            if bt.full_cache is None or bt.full_cache[0] != key:
+                bt.full_cache = (key, est.time_to(self.cfg.threshold, est.last.ts))
+            cached = bt.full_cache[1]
+            full = None if cached is None else max(now, cached)
         status = "fault" if "sensor_fault" in bt.alarms else "stale" if "stale" in bt.alarms else "ok"
         return {
             "id": b.id,

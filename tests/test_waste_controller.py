@@ -821,3 +821,22 @@ async def test_planner_inputs_give_the_event_loop_turns() -> None:
     await task
     assert turns - before >= 2
     assert got == ctl.inputs(clock.now())
+
+
+async def test_bin_state_full_ts_is_computed_once_per_reading(rig: Rig) -> None:
+    """full_ts in bin_state comes from the forecast made at the reading; asking again later
+    gives the same time (or now, once it has passed) without forecasting again."""
+    r = rig
+    fill_history(r, {"B2": 0.5})
+    now = r.clock.now()
+    first = r.ctl.bin_state("B2", now)["full_ts"]
+    assert isinstance(first, float)
+    assert first == pytest.approx(r.ctl.bins["B2"].est.time_to(0.8, now), abs=60)
+    key = r.ctl.bins["B2"].full_cache
+    assert r.ctl.bin_state("B2", now + 600)["full_ts"] == first
+    assert r.ctl.bins["B2"].full_cache is key
+    assert r.ctl.bin_state("B2", first + 3600)["full_ts"] == first + 3600
+    r.clock.advance(900)
+    uplink(r, "B2", 0.52)
+    r.ctl.bin_state("B2", r.clock.now())
+    assert r.ctl.bins["B2"].full_cache is not key
