@@ -539,9 +539,10 @@ def restore_waste(waste: WasteController, storage: Storage, now: float) -> None:
     flags = storage.plans(OPERATOR_DOMAIN)
     if flags:
         waste.restore_flags(dict(flags[-1].body))
-    plans = storage.plans("waste")
-    if plans:
-        waste.restore_plan(dict(plans[-1].body), now)
+    # The newest usable plan: a failed re-plan is stored too (for the record) but never restored.
+    usable = [p for p in storage.plans("waste") if not dict(p.body).get("violations")]
+    if usable:
+        waste.restore_plan(dict(usable[-1].body), now)
 
 
 def bay_id(dev_eui: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -23,11 +24,13 @@ from edge.alarms import Alarms
 from edge.bins import Bin
 from edge.bus import EventBus
 from edge.clock import ManualClock
+from edge.daemon import restore_waste
 from edge.dispatcher import AuditRecord, Dispatcher, make_command
 from edge.errors import DeviceReplyError
 from edge.events import AlarmEvent, Outcome, PlanEvent, Priority, Severity, Telemetry
 from edge.settings import WasteSettings
 from edge.state import StateStore
+from edge.storage import PlanRow, Storage
 from optimizer.waste import select
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -840,3 +843,27 @@ async def test_bin_state_full_ts_is_computed_once_per_reading(rig: Rig) -> None:
     uplink(r, "B2", 0.52)
     r.ctl.bin_state("B2", r.clock.now())
     assert r.ctl.bins["B2"].full_cache is not key
+
+
+async def test_restart_restores_the_newest_usable_plan(rig: Rig, tmp_path: Path) -> None:
+    """A failed re-plan is stored for the record, but a restart brings back the last good plan."""
+    r = rig
+    fill_history(r, FULL)
+    r.clock.advance(31 * 60)
+    r.ctl.step(r.clock.now())
+    active = await r.ctl.plan_pending()
+    assert active is not None
+    drain(r)
+    good = next(e.plan for e in reversed(r.events) if isinstance(e, PlanEvent) and e.domain == "waste")
+    failed = {**good, "status": "infeasible", "violations": ["vehicle T2: back at depot after its shift end"]}
+    async with Storage(f"sqlite:///{tmp_path / 'edge.db'}") as st:
+        for body in (good, failed):
+            st.add(
+                PlanRow(domain="waste", created_at=r.clock.now(), status=str(body["status"]), body=dict(body))
+            )
+        await st.flush()
+        bus = EventBus()
+        fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+        restore_waste(fresh, st, r.clock.now())
+    assert fresh.active is not None
+    assert fresh.active.route_ids == active.route_ids
