@@ -208,7 +208,8 @@ async def test_dashboard_overrides_a_lamp_and_acks_an_alarm_on_the_demo(
             await on_bin(first, "f")
             assert app.last_ack is not None
             assert app.last_ack.ok, app.last_ack
-            await until(pilot, lambda: app.model.bins[first].forced, "the bin shown forced")
-            assert "FORCED" in str(table.table.get_cell(first, "6"))
+            # the model first, then the table at its next coalesced redraw
+            await until(pilot, lambda: app.model.bins[first].forced, "the bin marked forced")
+            await until(pilot, lambda: "FORCED" in str(table.table.get_cell(first, "6")), "FORCED on screen")
             assert d.waste is not None
             assert d.waste.flags() == {"forced": [first], "excluded": [second]}
