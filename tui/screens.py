@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from rich.text import Text
 from textual import on
@@ -166,23 +166,38 @@ class ChoiceButton(RadioButton):
         return Content.assemble("(", ("*" if self.value else " ", style), ")")
 
 
-class OverrideDialog(ModalScreen[Override | None]):
-    """Choose the target, a level and a duration (or resume the schedule)."""
+T = TypeVar("T")
+
+
+class FormDialog(ModalScreen[T]):
+    """A centred form with labelled one-line fields, an error line and buttons; Esc cancels."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
-    OverrideDialog { align: center middle; }
-    OverrideDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
+    FormDialog { align: center middle; }
+    FormDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
         border: round $accent; background: $surface; padding: 0 1; }
+    FormDialog Horizontal { height: auto; }
+    FormDialog .field { height: 1; margin-top: 1; }
+    FormDialog .field Label { width: 22; }
+    FormDialog .field Input { border: none; height: 1; padding: 0; width: 1fr; }
+    FormDialog .field Input:focus { text-style: underline; }
+    FormDialog #error { height: auto; color: $error; text-style: bold; }
+    FormDialog Button { min-width: 10; margin-right: 1; }
+    FormDialog .buttons { margin-top: 1; }
+    """
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class OverrideDialog(FormDialog[Override | None]):
+    """Choose the target, a level and a duration (or resume the schedule)."""
+
+    DEFAULT_CSS = """
     OverrideDialog RadioSet { width: 100%; height: auto; }
-    OverrideDialog Horizontal { height: auto; }
-    OverrideDialog .field { height: 1; margin-top: 1; }
-    OverrideDialog .field Label { width: 22; }
     OverrideDialog .field Input { border: none; height: 1; padding: 0; width: 12; }
-    OverrideDialog .field Input:focus { text-style: underline; }
-    OverrideDialog #error { height: auto; color: $error; text-style: bold; }
-    OverrideDialog Button { min-width: 10; margin-right: 1; }
-    OverrideDialog .buttons { margin-top: 1; }
     """
 
     def __init__(self, targets: Sequence[Target], *, resume: bool = False) -> None:
@@ -238,10 +253,6 @@ class OverrideDialog(ModalScreen[Override | None]):
     def _resume_pressed(self) -> None:
         self.dismiss(Override(self.target, "resume_schedule"))
 
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
 
 class ConfirmDialog(ModalScreen[bool]):
     """Says what a command will do; y sends it, n or Esc does not."""
@@ -282,23 +293,8 @@ class ConfirmDialog(ModalScreen[bool]):
         self.dismiss(yes)
 
 
-class LimitDialog(ModalScreen[ChargerLimitForm | None]):
+class LimitDialog(FormDialog[ChargerLimitForm | None]):
     """Ask for the current (A) and an optional duration to limit one charge point."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-    DEFAULT_CSS = """
-    LimitDialog { align: center middle; }
-    LimitDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
-        border: round $accent; background: $surface; padding: 0 1; }
-    LimitDialog Horizontal { height: auto; }
-    LimitDialog .field { height: 1; margin-top: 1; }
-    LimitDialog .field Label { width: 22; }
-    LimitDialog .field Input { border: none; height: 1; padding: 0; width: 1fr; }
-    LimitDialog .field Input:focus { text-style: underline; }
-    LimitDialog #error { height: auto; color: $error; text-style: bold; }
-    LimitDialog Button { min-width: 10; margin-right: 1; }
-    LimitDialog .buttons { margin-top: 1; }
-    """
 
     def __init__(self, charger: str, detail: str = "") -> None:
         super().__init__()
@@ -339,10 +335,6 @@ class LimitDialog(ModalScreen[ChargerLimitForm | None]):
             return
         self.dismiss(ChargerLimitForm(self._charger, amps, duration))
 
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
 
 MAX_LINE = 40
 
@@ -367,23 +359,8 @@ def parse_lines(texts: Sequence[str]) -> tuple[str, ...]:
     return lines
 
 
-class MessageDialog(ModalScreen[DisplayMessageForm | None]):
+class MessageDialog(FormDialog[DisplayMessageForm | None]):
     """Ask for up to three lines and a duration for one display."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-    DEFAULT_CSS = """
-    MessageDialog { align: center middle; }
-    MessageDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
-        border: round $accent; background: $surface; padding: 0 1; }
-    MessageDialog Horizontal { height: auto; }
-    MessageDialog .field { height: 1; margin-top: 1; }
-    MessageDialog .field Label { width: 22; }
-    MessageDialog .field Input { border: none; height: 1; padding: 0; width: 1fr; }
-    MessageDialog .field Input:focus { text-style: underline; }
-    MessageDialog #error { height: auto; color: $error; text-style: bold; }
-    MessageDialog Button { min-width: 10; margin-right: 1; }
-    MessageDialog .buttons { margin-top: 1; }
-    """
 
     def __init__(self, display: str, detail: str = "") -> None:
         super().__init__()
@@ -433,10 +410,6 @@ class MessageDialog(ModalScreen[DisplayMessageForm | None]):
             return
         self.dismiss(DisplayMessageForm(self._display, lines, duration))
 
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
 
 MAX_COMMENT = 500
 
@@ -460,22 +433,11 @@ def parse_comment(text: str) -> str:
     return comment
 
 
-class AckDialog(ModalScreen[AlarmAckForm | None]):
+class AckDialog(FormDialog[AlarmAckForm | None]):
     """Ask for the comment that goes with acknowledging one alarm."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
-    AckDialog { align: center middle; }
-    AckDialog > Vertical { width: 64; max-width: 100%; height: auto; max-height: 100%;
-        border: round $accent; background: $surface; padding: 0 1; }
-    AckDialog Horizontal { height: auto; }
-    AckDialog .field { height: 1; margin-top: 1; }
     AckDialog .field Label { width: 10; }
-    AckDialog .field Input { border: none; height: 1; padding: 0; width: 1fr; }
-    AckDialog .field Input:focus { text-style: underline; }
-    AckDialog #error { height: auto; color: $error; text-style: bold; }
-    AckDialog Button { min-width: 10; margin-right: 1; }
-    AckDialog .buttons { margin-top: 1; }
     """
 
     def __init__(self, device: str, code: str, detail: str = "") -> None:
@@ -510,7 +472,3 @@ class AckDialog(ModalScreen[AlarmAckForm | None]):
             self.query_one("#error", Static).update(str(exc))
             return
         self.dismiss(AlarmAckForm(self._device, self._code, comment))
-
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        self.dismiss(None)
