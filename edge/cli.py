@@ -370,7 +370,7 @@ async def _simulate(args: argparse.Namespace) -> int:
             sim.inject(target, fault)
         print(f"serving {len(controllers)} lamp controllers from port {controllers[0].port}", file=sys.stderr)
         if args.mqtt:
-            await sim.run_mqtt_faults(args.mqtt, "dos/sim/lights/faults")
+            await sim.run_mqtt_faults(args.mqtt)
         else:
             await asyncio.Event().wait()
     return 0

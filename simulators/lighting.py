@@ -32,6 +32,7 @@ from edge.clock import Clock, SimClock, SystemClock
 from edge.events import Value
 from edge.net import free_port as free_port  # noqa: PLC0414 - re-exported for simulators.displays
 from edge.tasks import close_task_group
+from simulators import fault_topic
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,7 @@ _NOISE = 0.01  # relative standard deviation of measured power
 _POWER_HIGH = 1.4  # factor a power-high fault puts on the draw (e.g. a failing driver)
 _POWER_LOW = 0.6  # factor for power-low (e.g. LED strings open)
 _MAX_FAULT_PAYLOAD = 4096
+FAULT_TOPIC = fault_topic("lights")  # `edge simulate lights --mqtt URL`
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,7 +561,7 @@ class LightingSimulator:
             return False
         return True
 
-    async def run_mqtt_faults(self, url: str, topic: str) -> None:
+    async def run_mqtt_faults(self, url: str, topic: str = FAULT_TOPIC) -> None:
         """Take fault injections from MQTT until cancelled; reconnects with jittered backoff."""
         parts = urlsplit(url)
         host, port = parts.hostname or "localhost", parts.port or 1883
@@ -624,7 +626,7 @@ async def serve_lights(
     watchdog_s: float = 300.0,
     start: float | None = None,
     mqtt_url: str | None = None,
-    fault_topic: str = "dos/sim/lighting/faults",
+    fault_topic: str = FAULT_TOPIC,
     seed: int = 0,
 ) -> None:
     """Run simulated lamp controllers until cancelled (the `edge simulate lights` command).

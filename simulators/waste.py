@@ -55,6 +55,7 @@ from edge.clock import Clock, SimClock, SystemClock
 from edge.mqtt import BrokerAddress
 from edge.settings import PlaceSettings, Settings, TruckSettings, WasteSettings
 from edge.tasks import close_task_group
+from simulators import fault_topic
 from simulators.lorawan import (
     APPLICATION_ID,
     TTS_APP,
@@ -70,7 +71,7 @@ TICK_S = 900.0
 """The fill process advances in quarter hours: the same ticks whatever the caller's step."""
 
 PROFILE = "bin_ultrasonic"
-FAULT_TOPIC = "dos/sim/waste/faults"
+FAULT_TOPIC = fault_topic("waste")  # `edge simulate waste`
 CONNECT_TIMEOUT_S = 10.0
 MAX_MESSAGE_BYTES = 1 << 20  # a route of 5000 stops is about 700 kB
 EARTH_M = 6_371_000.0
