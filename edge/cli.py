@@ -178,13 +178,12 @@ def _start(settings: Any) -> float:
 def _demo_with_dashboard(args: argparse.Namespace) -> int:
     """The demo in a child process (logs to a file), the dashboard in the foreground."""
     import subprocess
-    import tempfile
 
-    from edge.demo import SITE_DIR
+    from edge.demo import SITE_DIR, demo_log_path
     from edge.net import free_port
 
     port = args.broker_port or free_port()
-    log_path = Path(tempfile.gettempdir()) / "dos-edge-demo.log"
+    log_path = demo_log_path()
     cmd = [sys.executable, "-m", "edge.cli", "demo", "--headless", "--speed", str(args.speed)]
     cmd += ["--broker-port", str(port), "--seed", str(args.seed)]
     if args.seconds is not None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import shutil
 import sys
@@ -46,6 +47,20 @@ from simulators.waste import WasteSimulator
 log = structlog.get_logger(__name__)
 
 SITE_DIR = Path(__file__).parent / "sites" / "kreuzviertel"
+DEMO_LOG_ROOT = "dos-edge-demo"
+
+
+def demo_log_path(root: Path | None = None) -> Path:
+    """A fresh log file for one demo run: `{tmp}/dos-edge-demo/{YYYYmmdd-HHMMSS}-{pid}-{random}/demo.log`.
+
+    Every run gets a directory of its own (created here, never reused), so two demos at the
+    same time, or one after the other, never overwrite each other's log.
+    """
+    base = (root or Path(tempfile.gettempdir())) / DEMO_LOG_ROOT
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{stamp}-{os.getpid()}-", dir=base))
+    return run_dir / "demo.log"
 
 
 class _ModbusSendCancelled(logging.Filter):
