@@ -58,6 +58,7 @@ from optimizer.waste import (
 log = structlog.get_logger(__name__)
 
 OPERATOR_DOMAIN = "waste.operator"
+PLANNER_ID = "waste"  # the device id of alarms about the plan as a whole (plan_failed)
 """Plan events (and plans-table rows) that carry the operators' force/exclude flags."""
 
 ROUTE_POINT = "route"
@@ -1374,13 +1375,13 @@ class WasteController:
             # see why: an alarm, and the plan message with the violations.
             log.error("waste_plan_unusable", violations=list(plan.violations)[:5], reason=reason)
             detail = "; ".join(plan.violations)[:300]
-            self.alarms.set("waste", "plan_failed", True, SEVERITY["plan_failed"], detail)
+            self.alarms.set(PLANNER_ID, "plan_failed", True, SEVERITY["plan_failed"], detail)
             failed = ActivePlan(plan, plan_id, reason, day, {})
             if self.bus is not None:
                 body = dict(self.plan_message(failed) or {})
                 self.bus.publish(PlanEvent("waste", self.clock.now(), body))
             return prev if prev is not None else failed
-        self.alarms.set("waste", "plan_failed", False, SEVERITY["plan_failed"])
+        self.alarms.set(PLANNER_ID, "plan_failed", False, SEVERITY["plan_failed"])
         plan = self._without_emptied(plan)
         route_ids = {r.truck: f"{day.isoformat()}-{r.truck}-r{next(self._route_seq)}" for r in plan.routes}
         active = ActivePlan(plan, plan_id, reason, day, route_ids)

@@ -24,6 +24,7 @@ from controllers.charging import ChargingController, ChargingSafety, lighting_am
 from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
 from controllers.lighting import LightingController, LightingSafety
 from controllers.waste import OPERATOR_DOMAIN, WasteController, WasteSafety
+from controllers.waste import PLANNER_ID as WASTE_PLANNER
 from devices.base import Driver
 from devices.display_profile import default_led_board_profile, default_vms_profile
 from devices.displays import DisplayDriver, SignEndpoint
@@ -171,6 +172,33 @@ async def _sample_history(d: Daemon) -> None:
         await d.clock.sleep(interval)
 
 
+def device_kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> dict[str, str]:
+    """Every device the site configures, by id, with its kind: what the state store registers.
+
+    One list for every domain, so that telemetry, availability and alarms about a configured
+    device (a feeder near its limit, a car park whose count is stale) always find it; only
+    ids no configuration names are unknown.
+    """
+    ccfg = settings.charging
+    dcfg = settings.displays
+    kinds = (
+        dict.fromkeys(inventory.lamps, "lamp")
+        | dict.fromkeys(inventory.controllers, "controller")
+        | dict.fromkeys(inventory.chargers, "charger")
+        | dict.fromkeys(inventory.charger_servers, "charger_server")
+        | {f.cabinet: "cabinet" for f in ccfg.feeders}
+        | {c.id: "cabinet" for c in ccfg.cabinets}
+        | {f.id: "feeder" for f in ccfg.feeders}
+        | {d.id: "display" for d in dcfg.displays}
+        | {cp.id: "car_park" for cp in dcfg.car_parks}
+        | {bay_id(e): "sensor" for cp in dcfg.car_parks for e in cp.sensors}
+        | {b.id: "bin" for b in bins}
+    )
+    if bins:
+        kinds |= {t.id: "truck" for t in settings.waste.trucks} | {WASTE_PLANNER: "planner"}
+    return kinds
+
+
 @contextlib.asynccontextmanager
 async def running(
     settings: Settings, inventory: Inventory, clock: Clock, *, drain_s: float = 5.0
@@ -183,16 +211,7 @@ async def running(
     bus = EventBus()
     bins = site_bins(settings)
     wcfg = settings.waste
-    kinds = (
-        dict.fromkeys(inventory.lamps, "lamp")
-        | dict.fromkeys(inventory.controllers, "controller")
-        | dict.fromkeys(inventory.chargers, "charger")
-        | {d.id: "display" for d in settings.displays.displays}
-        | {bay_id(e): "sensor" for cp in settings.displays.car_parks for e in cp.sensors}
-        | {b.id: "bin" for b in bins}
-        | ({t.id: "truck" for t in wcfg.trucks} if bins else {})
-    )
-    state = StateStore(bus, kinds)
+    state = StateStore(bus, device_kinds(settings, inventory, bins))
     mq = settings.mqtt
     site = settings.site
     async with Storage(

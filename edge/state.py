@@ -3,6 +3,9 @@
 Drivers publish telemetry and availability, controllers publish alarms, the
 dispatcher publishes command results; the store folds them into one `DeviceState`
 per device and announces what changed with `StateChanged`. Everyone else reads.
+The composition root registers every configured device with its kind up front (see
+`edge.daemon.device_kinds`); an event about any other id is logged as
+`state_unknown_device`, once per id.
 """
 
 from __future__ import annotations
@@ -25,6 +28,11 @@ from edge.events import (
 )
 
 log = structlog.get_logger(__name__)
+
+# A device that sends telemetry or availability without being configured is still tracked
+# (under this kind) so its data is not lost, but it is logged: its configuration is missing.
+UNKNOWN_KIND = "unknown"
+_MAX_UNKNOWN_IDS_LOGGED = 100
 
 
 @dataclass(slots=True)
@@ -59,7 +67,8 @@ class StateStore:
         self._bus = bus
         self._devices = {dev: DeviceState(dev, kind) for dev, kind in kinds.items()}
         self._sub = bus.subscribe("state", Telemetry, Availability, AlarmEvent, CommandResult)
-        self.unknown_devices = 0
+        self.unknown_devices = 0  # events about ids that no configuration registered
+        self._unknown_ids: set[str] = set()
 
     def get(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)
@@ -99,19 +108,29 @@ class StateStore:
                     StateChanged(dev.device_id, event.ts, {"last_command": event.command.source})
                 )
 
+    def _unknown(self, device_id: str) -> None:
+        """Count an event about an unregistered id; log each such id once (the first 100 ids)."""
+        self.unknown_devices += 1
+        if device_id not in self._unknown_ids and len(self._unknown_ids) < _MAX_UNKNOWN_IDS_LOGGED:
+            self._unknown_ids.add(device_id)
+            log.warning("state_unknown_device", device_id=device_id, count=self.unknown_devices)
+
     def _device(self, device_id: str) -> DeviceState | None:
         dev = self._devices.get(device_id)
         if dev is None:
-            self.unknown_devices += 1
-            if self.unknown_devices in {1, 1000}:
-                log.warning("state_unknown_device", device_id=device_id, count=self.unknown_devices)
+            self._unknown(device_id)
+        return dev
+
+    def _tracked(self, device_id: str) -> DeviceState:
+        """A registered device, or a new entry for a device nobody configured (logged once)."""
+        dev = self._devices.get(device_id)
+        if dev is None:
+            self._unknown(device_id)
+            dev = self._devices[device_id] = DeviceState(device_id, UNKNOWN_KIND)
         return dev
 
     def _telemetry(self, event: Telemetry) -> None:
-        dev = self._devices.get(event.device_id)
-        if dev is None:
-            # Controller-level telemetry arrives under the endpoint id; track it as a device.
-            dev = self._devices.setdefault(event.device_id, DeviceState(event.device_id, "controller"))
+        dev = self._tracked(event.device_id)
         changed: dict[str, Value | None] = {}
         values = dev.values
         for key, val in event.values.items():
@@ -126,9 +145,7 @@ class StateStore:
             self._bus.publish(StateChanged(dev.device_id, event.ts, changed))
 
     def _set_online(self, device_id: str, online: bool, ts: float) -> None:
-        dev = self._devices.get(device_id)
-        if dev is None:
-            dev = self._devices.setdefault(device_id, DeviceState(device_id, "controller"))
+        dev = self._tracked(device_id)
         if dev.online != online:
             dev.online = online
             self._bus.publish(StateChanged(device_id, ts, {"online": online}))
