@@ -22,7 +22,13 @@ from dataclasses import dataclass
 import orjson
 
 from devices.codec import PointValueError
-from devices.display_profile import DisplayProfile, check_content, parse_content
+from devices.display_profile import (
+    DEFAULT_LEVELS,
+    BrightnessLevels,
+    DisplayProfile,
+    check_content,
+    parse_content,
+)
 from edge.alarms import Alarms
 from edge.clock import Clock
 from edge.dispatcher import Dispatcher, Verdict, make_command
@@ -152,6 +158,8 @@ class DisplayController:
         min_update_s: float = 60.0,
         is_dark: Callable[[float], bool] = lambda _t: False,
         health: Callable[[str], tuple[bool, int]] | None = None,
+        levels: Mapping[str, BrightnessLevels] | None = None,
+        brightness_of: Callable[[str], object] | None = None,
     ) -> None:
         self.car_parks = {c.id: c for c in car_parks}
         self.approaches = list(approaches)
@@ -168,7 +176,10 @@ class DisplayController:
         self.warnings: dict[str, Warning] = {}
         self._shown: dict[str, _Shown] = {d: _Shown() for d in displays}
         self._ids = itertools.count(int(clock.now()) % 1_000_000 * 1000 + 1)
-        self._brightness: dict[str, int] = {}
+        # Night and day brightness per display, from its profile (default: 40 and 100 %).
+        self._levels = dict(levels or {})
+        self._brightness_of = brightness_of
+        self._brightness: dict[str, tuple[int, float]] = {}  # last level submitted, and when
         self.plan: GuidancePlan | None = None
         self.stats = DisplayStats()
 
@@ -309,15 +320,29 @@ class DisplayController:
             self.stats.updates += 1
 
     def _brightness_step(self, now: float) -> None:
-        level = 40 if self._is_dark(now) else 100
+        """The profile's night level while the lights are on, its day level otherwise.
+
+        A level is sent again when the display reports another one a while after the last
+        try (the command expired, the display restarted or was set by hand): a submit is not
+        a delivery. The TTL is in clock seconds, like content's, so a fast clock does not
+        expire the command before the dispatcher sends it.
+        """
+        dark = self._is_dark(now)
+        retry_s = max(self._min_update, 60.0)
         for d in self.displays:
-            if self._brightness.get(d) != level:
-                self._brightness[d] = level
-                self._dispatcher.submit(
-                    make_command(
-                        d, BRIGHTNESS, level, Priority.PLAN, "displays:brightness", now=now, ttl_s=120.0
-                    )
-                )
+            levels = self._levels.get(d, DEFAULT_LEVELS)
+            level = levels.night if dark else levels.day
+            last = self._brightness.get(d)
+            if last is not None and last[0] == level:
+                reported = self._brightness_of(d) if self._brightness_of is not None else None
+                if not isinstance(reported, int | float) or reported == level or now - last[1] < retry_s:
+                    continue
+            cmd = make_command(
+                d, BRIGHTNESS, level, Priority.PLAN, "displays:brightness", now=now,
+                ttl_s=120.0 * self._clock.speed,
+            )  # fmt: skip
+            if self._dispatcher.submit(cmd).outcome is not Outcome.REFUSED:
+                self._brightness[d] = (level, now)
 
     def _health_step(self) -> None:
         if self._health is None:

@@ -16,7 +16,7 @@ import json
 import math
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
@@ -73,6 +73,18 @@ class TextSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BrightnessLevels:
+    """Brightness (%) the controller commands: `night` while the lights are on (reduced, so a
+    display does not glare), `day` otherwise. From the profile's `[brightness]` table."""
+
+    night: int = 40
+    day: int = 100
+
+
+DEFAULT_LEVELS = BrightnessLevels()
+
+
+@dataclass(frozen=True, slots=True)
 class LedBoardProfile:
     """Topics, JSON keys and limits of an MQTT LED guidance board."""
 
@@ -93,6 +105,7 @@ class LedBoardProfile:
     status_keys: Mapping[str, str]
     source: str = ""
     kind: DisplayKind = DisplayKind.LED_BOARD
+    levels: BrightnessLevels = field(default_factory=lambda: DEFAULT_LEVELS)
 
     def topic(self, template: str, display_id: str) -> str:
         """A topic template with the display id filled in."""
@@ -120,6 +133,7 @@ class VmsProfile:
     text: TextSpec
     source: str = ""
     kind: DisplayKind = DisplayKind.VMS
+    levels: BrightnessLevels = field(default_factory=lambda: DEFAULT_LEVELS)
 
     @property
     def line_registers(self) -> int:
@@ -349,6 +363,18 @@ class _Loader(_RegisterLoader):
             raise self.fail(f"mqtt.{key}", "must hold {id} once and no wildcards")
         return topic
 
+    def levels(self, data: Mapping[str, Any], lo: int, hi: int) -> BrightnessLevels:
+        """`[brightness] night` and `day` (optional: 40 and 100), within what the display takes."""
+        raw = data.get("brightness", {})
+        if not isinstance(raw, Mapping):
+            raise self.fail("brightness", "must be a table")
+        out = {}
+        for key, default in (("night", DEFAULT_LEVELS.night), ("day", DEFAULT_LEVELS.day)):
+            out[key] = self.integer(raw, key, "brightness.", lo=lo, hi=hi) if key in raw else default
+        if out["night"] > out["day"]:
+            raise self.fail("brightness.night", f"night {out['night']} is above day {out['day']}")
+        return BrightnessLevels(**out)
+
     def led_board(self, data: Mapping[str, Any]) -> LedBoardProfile:
         name, version = self.head(data, DisplayKind.LED_BOARD)
         mqtt = self.table(data, "mqtt", "")
@@ -372,6 +398,7 @@ class _Loader(_RegisterLoader):
         b_max = self.integer(bright, "max", "brightness.", lo=0, hi=100)
         if b_min > b_max:
             raise self.fail("brightness.min", f"min {b_min} is above max {b_max}")
+        levels = self.levels(data, b_min, b_max)
         return LedBoardProfile(
             name=name,
             version=version,
@@ -389,6 +416,7 @@ class _Loader(_RegisterLoader):
             content_keys=self.keys(data, "content", CONTENT_FIELDS),
             status_keys=self.keys(data, "status", STATUS_FIELDS),
             source=self.file,
+            levels=levels,
         )
 
     def vms(self, data: Mapping[str, Any]) -> VmsProfile:
@@ -444,6 +472,9 @@ class _Loader(_RegisterLoader):
             text_offset=text_offset,
             text=text,
             source=self.file,
+            levels=self.levels(
+                data, int(control.point("brightness").min or 0), int(control.point("brightness").max or 100)
+            ),
         )
         if profile.slot_span > stride:
             raise self.fail("slots.stride", f"{stride} is shorter than a slot ({profile.slot_span})")

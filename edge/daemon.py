@@ -251,6 +251,10 @@ async def running(
         drivers: list[Driver] = [driver] if chargers is None else [driver, chargers]
         dcfg = settings.displays
         display_driver: DisplayDriver | None = None
+        display_profiles = {
+            x.id: default_led_board_profile() if x.kind == "board" else default_vms_profile()
+            for x in dcfg.displays
+        }
         policies: dict[str, Any] = {}
         if dcfg.displays:
             display_driver = DisplayDriver(
@@ -261,12 +265,7 @@ async def running(
                 mqtt_url=dcfg.board_mqtt_url or mq.url,
             )
             drivers.append(display_driver)
-            policies["display"] = DisplaySafety(
-                {
-                    x.id: default_led_board_profile() if x.kind == "board" else default_vms_profile()
-                    for x in dcfg.displays
-                }
-            )
+            policies["display"] = DisplaySafety(display_profiles)
         fleet: FleetDriver | None = None
         if bins:
             fleet = FleetDriver(
@@ -378,6 +377,8 @@ async def running(
                     min_update_s=dcfg.min_update_s,
                     is_dark=lambda t: lighting.plan is not None and lighting.plan.on <= t < lighting.plan.off,
                     health=lambda x: (dd.health(x).alarm_due, int(_f(state.value(x, "pixel_faults")))),
+                    levels={x: p.levels for x, p in display_profiles.items()},
+                    brightness_of=lambda x: state.value(x, "brightness"),
                 )
             waste: WasteController | None = None
             if bins:
