@@ -88,6 +88,7 @@ from edge.payloads import (
     WastePlanMessage,
     WasteReplan,
     WasteSummary,
+    new_event_id,
 )
 from edge.state import StateStore
 
@@ -286,8 +287,9 @@ class MqttApi:
         now = self._clock.now()
         by = dict(msg.user_properties).get("user") or req.by or "mqtt"
         acked = alarm.model_copy(
-            update={"acked": True, "acked_by": by, "ack_comment": req.comment, "ack_ts": now}
-        )
+            update={"acked": True, "acked_by": by, "ack_comment": req.comment, "ack_ts": now,
+                    "event_id": new_event_id()}  # the ack is a transition of its own
+        )  # fmt: skip
         self._alarms[(req.device, req.code)] = acked
         if self._alarm_ack is not None:
             self._alarm_ack(req.device, req.code, by, req.comment, now)

@@ -7,6 +7,7 @@ are generated from these models (`edge docs`).
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
@@ -329,6 +330,11 @@ class ControllerState(_Model):
     ts: float
 
 
+def new_event_id() -> str:
+    """A fresh id for one alarm transition (random: unique across restarts and daemons)."""
+    return uuid.uuid4().hex
+
+
 class AlarmMessage(_Model):
     """An alarm raised, acknowledged or cleared (`alarms/events`; active ones retained under `alarms/active/...`).
 
@@ -336,6 +342,11 @@ class AlarmMessage(_Model):
     sees who took responsibility for it and why without a separate lookup.
     """
 
+    event_id: str = Field(
+        default_factory=new_event_id,
+        description="unique per transition (raise, ack, clear); a QoS 1 redelivery carries the same id, "
+        "so a subscriber counts each transition once by it",
+    )
     device_id: str
     code: str
     severity: str

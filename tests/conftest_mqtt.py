@@ -11,6 +11,8 @@ Fixtures:
   on the same port: Mosquitto when the binary is present, amqtt otherwise
   (`EDGE_TEST_PRIVATE_BROKER=embedded|mosquitto` forces one). The shared broker is
   never stopped.
+- `persistent_broker`: like `private_broker`, but Mosquitto with persistence (sessions and
+  queued QoS 1 messages survive a restart); skipped where only the embedded broker runs.
 - `database_url`: `EDGE_TEST_DATABASE_URL` (PostgreSQL) with a fresh schema per test,
   dropped afterwards, else a SQLite file in `tmp_path`.
 - `no_leaked_tasks`: fails the test if it leaves asyncio tasks running.
@@ -58,18 +60,27 @@ class PrivateBroker(Protocol):
 
 
 class MosquittoProcess:
-    """A `mosquitto` child process with a config of its own (no persistence, anonymous)."""
+    """A `mosquitto` child process with a config of its own (anonymous; no persistence unless asked)."""
 
     kind = "mosquitto"
 
-    def __init__(self, binary: str, workdir: Path, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, binary: str, workdir: Path, host: str = "127.0.0.1", *, persistence: bool = False
+    ) -> None:
         self._binary = binary
         self._host = host
         self._port = free_port(host)
         self._conf = workdir / "mosquitto.conf"
-        self._conf.write_text(
-            f"listener {self._port} {host}\nallow_anonymous true\npersistence false\nlog_dest none\n"
+        # persistence: sessions, subscriptions and queued QoS 1 messages survive a stop/start
+        # (mosquitto writes its database on SIGTERM), as on a production broker
+        store = (
+            f"persistence true\npersistence_location {workdir}/\n" if persistence else "persistence false\n"
         )
+        if persistence and os.geteuid() == 0:
+            # started as root, mosquitto drops to the `mosquitto` user, which cannot write
+            # into a test's private tmp_path; stay the user who started it
+            store += "user root\n"
+        self._conf.write_text(f"listener {self._port} {host}\nallow_anonymous true\n{store}log_dest none\n")
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -177,6 +188,26 @@ async def private_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
     broker: PrivateBroker = (
         MosquittoProcess(binary, tmp_path) if binary is not None else EmbeddedPrivateBroker()
     )
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+async def persistent_broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
+    """A private Mosquitto that keeps sessions and queued messages across stop()/start().
+
+    Skipped without the mosquitto binary: amqtt starts each run empty (no session survives
+    a restart) and queues nothing for anonymous offline clients (see edge/broker.py).
+    """
+    binary = _mosquitto_binary()
+    if binary is None or os.environ.get("EDGE_TEST_PRIVATE_BROKER") == "embedded":
+        pytest.skip("needs mosquitto: the embedded broker keeps no session across a restart")
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    broker = MosquittoProcess(binary, workdir, persistence=True)
     await broker.start()
     try:
         yield broker
