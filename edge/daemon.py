@@ -430,8 +430,16 @@ async def running(
                 waste=waste,
                 alarm_ack=storage.ack_alarm,
             )
-            online = orjson.dumps(DaemonStatus(online=True, site=site.id, version=__version__).model_dump())
-            offline = orjson.dumps(DaemonStatus(online=False, site=site.id, version=__version__).model_dump())
+            online = orjson.dumps(
+                DaemonStatus(
+                    online=True, site=site.id, version=__version__, timezone=site.timezone
+                ).model_dump()
+            )
+            offline = orjson.dumps(
+                DaemonStatus(
+                    online=False, site=site.id, version=__version__, timezone=site.timezone
+                ).model_dump()
+            )
             link = MqttLink(
                 mq.url,
                 mq.client_id or f"dos-edge-{site.id}",

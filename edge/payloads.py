@@ -408,6 +408,9 @@ class DaemonStatus(_Model):
     site: str
     version: str
     ts: float | None = None
+    timezone: str | None = Field(
+        default=None, description="the site's IANA zone: dashboards show every time in it, not their own"
+    )
 
 
 class PlanMessage(_Model):

@@ -10,10 +10,12 @@ line above the footer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import tzinfo
 from typing import ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.text import Text
 from textual import work
@@ -70,6 +72,8 @@ from tui.screens import (
     Target,
 )
 from tui.widgets import Banner, Column, FilterTable, Row, TextView, VirtualTable
+
+DEFAULT_SITE_TZ = "Europe/Berlin"  # the default of a site's `timezone` (edge/settings.py)
 
 Role = Literal["operator", "viewer"]
 VIEWS: tuple[tuple[str, str], ...] = (
@@ -167,7 +171,7 @@ BIN_COLUMNS = (
     Column("Kind", 11),
     Column("Fill", 13),
     Column("%/h", 4),
-    Column("Full at", 7),
+    Column("Full at", 12),
     Column("Today", 16),
     Column("Status", 6),
     Column("Batt", 4),
@@ -273,7 +277,7 @@ class DashboardApp(App[int]):
         self.role: Role = role
         self.inventory = inventory
         self.model = model or SiteModel(site)
-        self.tz = tz
+        self._tz = tz
         self.client = client or (DashboardClient(broker_url, site) if connect else None)
         self.requester: Requester = requester or self.client or _Offline()
         self.connect = connect
@@ -286,6 +290,17 @@ class DashboardApp(App[int]):
         self._last_refresh = 0.0
         self._lights_seen = -1
         self._bins_seen = -1
+
+    @property
+    def tz(self) -> tzinfo:
+        """The zone every time is shown in: the site's (from the daemon's status), not this machine's.
+
+        An explicit `tz` wins; before the status arrives, the sites' default zone is used.
+        """
+        if self._tz is not None:
+            return self._tz
+        name = (self.model.daemon.timezone if self.model.daemon else None) or DEFAULT_SITE_TZ
+        return _zone(name)
 
     # ----- layout ------------------------------------------------------------------------------
 
@@ -424,11 +439,12 @@ class DashboardApp(App[int]):
             self.query_one("#warnings", Static).update(warnings_text(model.warnings_sorted(), tz))
         elif view == "waste":
             summary = Text()
-            render.waste_lines(summary, model, tz)
+            now = model.clock_ts() or time.time()
+            render.waste_lines(summary, model, tz, now)
             self.query_one("#waste-summary", Static).update(summary)
             changed, gone = model.bins_since(self._bins_seen)
             self._bins_seen = model.version
-            self._table("waste").update([bin_row(model.bins[k], tz) for k in changed], gone)
+            self._table("waste").update([bin_row(model.bins[k], tz, now) for k in changed], gone)
             self._truck_table.show([truck_row(r, tz) for r in model.truck_rows()])
             self._show_route()
 
@@ -766,7 +782,7 @@ class DashboardApp(App[int]):
         if b is None:
             return
         topic = f"{self.model.base}/cmd/waste/bins/{b.id}"
-        text = f"{what.format(bin=b.id)}\nNow: {describe_bin(b, self.tz)}.\nRequest: {topic}"
+        text = f"{what.format(bin=b.id)}\nNow: {describe_bin(b, self.tz, self.model.clock_ts())}.\nRequest: {topic}"
         payload: dict[str, object] = {"action": action, "reason": "operator dashboard"}
         self._confirm_then_send(text, topic, payload, f"{short} {b.id}")
 
@@ -895,6 +911,15 @@ def lamp_row(r: LampRow) -> Row:
             " ".join(r.alarms) or None,
         ),
     )
+
+
+@functools.cache
+def _zone(name: str) -> tzinfo:
+    """A zone by IANA name; an unknown name falls back to the sites' default (never this machine's)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo(DEFAULT_SITE_TZ)
 
 
 def alarm_row(a: AlarmMessage, tz: tzinfo | None) -> Row:
@@ -1077,12 +1102,12 @@ def parking_row(p: ParkingState) -> Row:
 PLAN_WORD = {"mandatory": "mandatory", "optional": "optional", "none": "-"}
 
 
-def describe_bin(b: BinView, tz: tzinfo | None) -> str:
+def describe_bin(b: BinView, tz: tzinfo | None, now: float | None = None) -> str:
     """`zone z3, 64 % full, full at 14:20, today: none` in one phrase."""
     fill = "never heard" if b.fill is None else f"{b.fill * 100:.0f} % full"
     parts = [f"zone {b.zone or '-'}", fill]
     if b.full_ts is not None:
-        parts.append(f"full at {render.fmt_time(b.full_ts, tz)}")
+        parts.append(f"full at {render.fmt_when(b.full_ts, tz, time.time() if now is None else now)}")
     flags = " FORCED" if b.forced else " EXCLUDED" if b.excluded else ""
     parts.append(f"today: {PLAN_WORD.get(b.plan, b.plan)}{flags}")
     if b.alarms:
@@ -1090,7 +1115,7 @@ def describe_bin(b: BinView, tz: tzinfo | None) -> str:
     return ", ".join(parts)
 
 
-def bin_row(b: BinView, tz: tzinfo | None) -> Row:
+def bin_row(b: BinView, tz: tzinfo | None, now: float | None = None) -> Row:
     """A bin as a bins table row: fill and prediction, today's plan, what is wrong."""
     today = Text(PLAN_WORD.get(b.plan, b.plan), "bold" if b.plan == "mandatory" else "")
     if b.forced:
@@ -1100,7 +1125,11 @@ def bin_row(b: BinView, tz: tzinfo | None) -> Row:
     full_at = (
         "-"
         if b.full_ts is None
-        else ("FULL" if b.fill is not None and b.fill >= 1 else render.fmt_time(b.full_ts, tz))
+        else (
+            "FULL"
+            if b.fill is not None and b.fill >= 1
+            else render.fmt_when(b.full_ts, tz, time.time() if now is None else now)
+        )
     )
     status = Text(b.status, "" if b.status == "ok" else "bold red")
     alarms = Text(" ".join(b.alarms), "bold red" if "fire" in b.alarms else "bold" if b.alarms else "")

@@ -859,6 +859,19 @@ class SiteModel:
 
     # ----- waste -------------------------------------------------------------------------------
 
+    def clock_ts(self) -> float | None:
+        """The daemon's clock as last seen (its latest waste or truck timestamp); None before any.
+
+        "Today" on the dashboard is the site's day by the daemon's clock (which may run fast in a
+        demo), not the day of the laptop the dashboard runs on.
+        """
+        seen = [
+            x.ts
+            for x in (self.waste_summary, self.waste_plan, *self.trucks.values())
+            if x is not None and x.ts
+        ]
+        return max(seen) if seen else None
+
     def truck_rows(self) -> list[TruckRow]:
         """Every truck (and every route of today's plan without a truck state yet), by id."""
         plan = self.waste_plan
@@ -869,10 +882,22 @@ class SiteModel:
             route = plan.route_of(tid) if plan else None
             stops = route.stops if route else []
             nxt = next((x for x in stops if not x.done), None)
-            if t is not None and t.stops_total:
-                done, total = t.stop_index, t.stops_total
-            else:
+            if route is not None and t is not None and t.route_id == route.route_id and t.stops_total:
+                # the truck's own count of the plan's route: live, but never above its total
+                done, total = min(t.stop_index, t.stops_total), t.stops_total
+            elif route is not None:
+                # the truck still reports an older route (a re-plan): count the current plan's stops
                 done, total = sum(1 for x in stops if x.done), len(stops)
+            elif t is not None and t.stops_total:
+                done, total = min(t.stop_index, t.stops_total), t.stops_total
+            else:
+                done, total = 0, 0
+            own = t is not None and (route is None or t.route_id == route.route_id)
+            if own and t is not None and t.bins_total:
+                bins_done, bins_total = t.bins_done, t.bins_total
+            else:
+                bins_done = sum(1 for x in stops if x.done and x.kind == "bin")
+                bins_total = len(route.bins) if route else 0
             rows.append(
                 TruckRow(
                     id=tid,
@@ -881,8 +906,8 @@ class SiteModel:
                     route_id=(t.route_id if t else None) or (route.route_id if route else None),
                     stops_done=done,
                     stops_total=total,
-                    bins_done=t.bins_done if t else sum(1 for x in stops if x.done and x.kind == "bin"),
-                    bins_total=t.bins_total if t and t.bins_total else (len(route.bins) if route else 0),
+                    bins_done=min(bins_done, bins_total),
+                    bins_total=bins_total,
                     load_pct=t.load_pct if t else None,
                     km=t.odometer_km if t else None,
                     next_stop=f"{nxt.kind} {nxt.id}" if nxt else None,

@@ -7,6 +7,7 @@ same on a monochrome terminal.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
 
@@ -50,6 +51,30 @@ def fmt_time(ts: float | None, tz: tzinfo | None, seconds: bool = False) -> str:
     if ts is None or not math.isfinite(ts):
         return "-"
     return datetime.fromtimestamp(ts, tz).strftime("%H:%M:%S" if seconds else "%H:%M")
+
+
+def fmt_when(ts: float | None, tz: tzinfo | None, now: float) -> str:
+    """A time in the site's zone, with its day when it is not today there.
+
+    `14:05` today, `Fri 14:05` within the coming week, `09.12. 14:05` further off or in the
+    past: a forecast days ahead must not read as a time today.
+    """
+    if ts is None or not math.isfinite(ts):
+        return "-"
+    when, today = datetime.fromtimestamp(ts, tz), datetime.fromtimestamp(now, tz).date()
+    days = (when.date() - today).days
+    if days == 0:
+        return when.strftime("%H:%M")
+    if 0 < days < 7:
+        return when.strftime("%a %H:%M")
+    return when.strftime("%d.%m. %H:%M")
+
+
+def is_today(ts: float | None, tz: tzinfo | None, now: float) -> bool:
+    """Whether `ts` falls on the same calendar day as `now` in the site's zone."""
+    if ts is None or not math.isfinite(ts):
+        return False
+    return datetime.fromtimestamp(ts, tz).date() == datetime.fromtimestamp(now, tz).date()
 
 
 def fmt_num(value: float | None, digits: int = 0) -> str:
@@ -204,8 +229,12 @@ def displays_lines(out: Text, model: SiteModel) -> None:
 WASTE_THRESHOLD = 0.8  # for counting bins above it when the daemon sent no summary
 
 
-def waste_lines(out: Text, model: SiteModel, tz: tzinfo | None) -> None:
-    """The Overview's Waste lines: bins above the threshold, trucks on route, today's plan."""
+def waste_lines(out: Text, model: SiteModel, tz: tzinfo | None, now: float | None = None) -> None:
+    """The Overview's Waste lines: bins above the threshold, trucks on route, today's plan.
+
+    A plan made on another day (yesterday's, still retained after midnight) says so.
+    """
+    now = now if now is not None else (model.clock_ts() or time.time())
     out.append(f"{'Waste':<12}", "bold")
     summary = model.waste_summary
     if summary is None and not model.bins and not model.trucks:
@@ -234,7 +263,9 @@ def waste_lines(out: Text, model: SiteModel, tz: tzinfo | None) -> None:
     if plan is None:
         out.append("no collection plan yet\n", "italic")
     else:
-        out.append(f"plan {plan.status or '?'} {fmt_time(plan.made_ts, tz)} ({plan.reason or '-'})")
+        out.append(f"plan {plan.status or '?'} {fmt_when(plan.made_ts, tz, now)} ({plan.reason or '-'})")
+        if plan.made_ts is not None and not is_today(plan.made_ts, tz, now):
+            out.append(" NOT TODAY'S", "bold")
         out.append(f" · {plan.mandatory} mandatory, {plan.optional} optional · {plan.distance_km:.1f} km\n")
     out.append(f"{'':12}{reporting} reporting")
     if summary is not None:
