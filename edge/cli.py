@@ -344,7 +344,9 @@ async def _simulate(args: argparse.Namespace) -> int:
                 f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {url}",
                 file=sys.stderr,
             )
-            await parking.run(client, every_s=300.0)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(dsim.run_mqtt_faults(url), name="sim.displays.faults")
+                await parking.run(client, every_s=300.0)
         return 0
     if args.config:
         settings = load_settings(args.config)

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -48,14 +49,28 @@ from devices.display_profile import (
 from devices.displays import SignEndpoint
 from edge.clock import Clock
 from edge.tasks import close_task_group
+from simulators import fault_topic
 from simulators.lighting import MIN_REAL_TICK_S, free_port
 
 log = structlog.get_logger(__name__)
 
 BOARD_FAULTS = frozenset({"pixel_fault", "comm_loss", "power_loss"})
 SIGN_FAULTS = BOARD_FAULTS | {"door_open", "comm_fault"}
+FAULT_TOPIC = fault_topic("displays")  # `edge simulate displays` (on its broker)
 _READY_TIMEOUT_S = 10.0
 _MQTT_TIMEOUT_S = 5.0
+_MAX_FAULT_PAYLOAD = 4096
+
+
+class FaultMessage(BaseModel):
+    """`dos/sim/displays/faults`: {"target": display id, "fault": ..., "active": true, "pixels": 12}."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str = Field(min_length=1, max_length=64)
+    fault: Literal["pixel_fault", "comm_loss", "power_loss", "door_open", "comm_fault"]
+    active: bool = True
+    pixels: int = Field(default=12, ge=0, le=100_000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +304,43 @@ class DisplaySimulator:
                 self._reconcile.set()
             self._refresh_sign(sign)
         log.info("sim_display_fault", display_id=display_id, fault=fault, active=active)
+
+    # -- MQTT fault injection ------------------------------------------------------
+
+    def apply_fault_payload(self, payload: bytes | str) -> bool:
+        """Apply one JSON fault message; a bad one is refused with a log line, never raised."""
+        if len(payload) > _MAX_FAULT_PAYLOAD:
+            log.warning("sim_fault_refused", reason="oversized", size=len(payload))
+            return False
+        try:
+            msg = FaultMessage.model_validate_json(payload)
+            self._fault(msg.target, msg.fault, active=msg.active, pixels=msg.pixels if msg.active else 0)
+        except (ValueError, ValidationError) as exc:  # ValidationError is a ValueError too
+            log.warning("sim_fault_refused", reason=str(exc).splitlines()[0])
+            return False
+        return True
+
+    async def run_mqtt_faults(self, url: str, topic: str = FAULT_TOPIC) -> None:
+        """Take fault injections from MQTT until cancelled; reconnects with jittered backoff."""
+        parts = urlsplit(url)
+        host, port = parts.hostname or "localhost", parts.port or 1883
+        attempt = 0
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    host, port, username=parts.username, password=parts.password, timeout=_MQTT_TIMEOUT_S
+                ) as client:
+                    await client.subscribe(topic, qos=1, timeout=_MQTT_TIMEOUT_S)
+                    attempt = 0
+                    async for message in client.messages:
+                        if isinstance(message.payload, bytes | str):
+                            self.apply_fault_payload(message.payload)
+            except aiomqtt.MqttError as exc:
+                if attempt == 0:
+                    log.warning("sim_fault_mqtt_down", host=host, port=port, error=str(exc))
+                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
+                attempt = min(attempt + 1, 10)
+                await asyncio.sleep(delay)
 
     # -- boards ------------------------------------------------------------------
 

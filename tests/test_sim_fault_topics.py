@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import orjson
+from conftest_displays import DisplayIds
 from waiting import wait_until
 
 import simulators.charging
@@ -18,6 +19,7 @@ import simulators.displays
 import simulators.lighting
 import simulators.waste
 from edge.cli import _parser
+from simulators.displays import DisplaySimulator
 from simulators.lighting import LightingSimulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,3 +94,39 @@ async def test_lighting_simulator_takes_faults_on_the_documented_topic(
             finally:
                 await client.publish(topic, b"", qos=1, retain=True)
         task.cancel()
+
+
+async def test_display_simulator_takes_faults_on_the_documented_topic(
+    display_sim: DisplaySimulator, display_ids: DisplayIds, mqtt_url: str
+) -> None:
+    """A pixel fault published where the docs say reaches a board and a sign; garbage is refused."""
+    topic = documented_fault_topics()["displays"]
+    assert topic is not None
+    board, sign = display_ids.boards[0], display_ids.signs[0]
+    parts = urlsplit(mqtt_url)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(display_sim.run_mqtt_faults(mqtt_url), name="sim.display_faults")
+        async with aiomqtt.Client(
+            parts.hostname or "127.0.0.1", parts.port or 1883, identifier=f"test-{uuid.uuid4().hex}"
+        ) as client:
+            # retained, so it reaches the simulator whenever its subscription lands; removed after
+            try:
+                for target in (board, sign):
+                    body = {"target": target, "fault": "pixel_fault", "active": True, "pixels": 7}
+                    await client.publish(topic, orjson.dumps(body), qos=1, retain=True)
+                    await wait_until(lambda t=target: display_sim.faults(t) == {"pixel_fault"}, what=target)  # type: ignore[misc]
+                await client.publish(topic, b"[" * 5000, qos=1, retain=True)
+                await client.publish(
+                    topic, orjson.dumps({"target": board, "fault": "melted"}), qos=1, retain=True
+                )
+                await client.publish(
+                    topic,
+                    orjson.dumps({"target": board, "fault": "pixel_fault", "active": False}),
+                    qos=1,
+                    retain=True,
+                )
+                await wait_until(lambda: not display_sim.faults(board), what="fault cleared")
+            finally:
+                await client.publish(topic, b"", qos=1, retain=True)
+        task.cancel()
+    assert display_sim.faults(sign) == {"pixel_fault"}
