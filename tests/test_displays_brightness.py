@@ -46,7 +46,11 @@ async def test_boards_and_signs_dim_to_the_documented_night_level(
     async with (
         LightingSimulator(sim_controllers(inv), clock),
         DisplaySimulator(
-            clock, boards=[SimBoard(board)], signs=[SimSign(sign, port=sign_port)], mqtt_url=mqtt_url
+            clock,
+            boards=[SimBoard(board)],
+            signs=[SimSign(sign, port=sign_port)],
+            mqtt_url=mqtt_url,
+            status_interval_s=0.2,  # the board reports fast, so the test does not wait 10 s for it
         ) as dsim,
         running(settings, inv, clock) as d,
     ):
