@@ -16,9 +16,9 @@ import pytest
 from test_tui import BASE, SITE, T0, bin_state, recorded
 from textual.widgets import Static
 
-from edge.payloads import DaemonStatus
+from edge.payloads import AlarmMessage, DaemonStatus, new_event_id
 from tui.app import DashboardApp
-from tui.model import SiteModel
+from tui.model import Change, SiteModel
 from tui.widgets import FilterTable
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -151,3 +151,17 @@ async def test_times_are_shown_in_the_sites_zone_not_the_machines(zone: str | No
         assert site != machine
         assert f"since {site}" in text
         assert f"since {machine}" not in text
+
+
+def test_a_redelivered_alarm_event_is_shown_once() -> None:
+    """The same alarm event twice (a QoS 1 redelivery, same event_id) is one line of history;
+    a new transition of the same alarm is another."""
+    model = SiteModel(SITE)
+    raise_ = AlarmMessage(device_id="L0002", code="lamp_failure", severity="major", active=True, ts=T0)
+    body = orjson.dumps(raise_.model_dump())
+    model.apply(f"{BASE}/alarms/events", body)
+    assert model.apply(f"{BASE}/alarms/events", body) is Change.IGNORED
+    assert len(model.events) == 1
+    clear = raise_.model_copy(update={"active": False, "ts": T0 + 60, "event_id": new_event_id()})
+    model.apply(f"{BASE}/alarms/events", orjson.dumps(clear.model_dump()))
+    assert [e.active for e in model.events] == [False, True]

@@ -579,6 +579,8 @@ class SiteModel:
                 return Change.CONTROLLER
             case ["alarms", "events"]:
                 alarm = AlarmMessage.model_validate_json(payload)
+                if any(e.event_id == alarm.event_id for e in self.events):
+                    return Change.IGNORED  # a QoS 1 redelivery of a transition already shown
                 self.events.appendleft(alarm)
                 key = (alarm.device_id, alarm.code)
                 if alarm.active:
