@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from edge.errors import ConfigError
+from edge.redact import redact_text, redact_url
 
 EXIT_CONFIG = 2
 # `edge demo --for N`: the summary is out at N seconds, the district closed by N + this.
@@ -115,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(path)
             return 0
     except ConfigError as exc:
-        print(f"edge: configuration error\n{exc}", file=sys.stderr)
+        print(f"edge: configuration error\n{redact_text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 
@@ -342,7 +343,7 @@ async def _simulate(args: argparse.Namespace) -> int:
                 target, _, fault = spec.partition(":")
                 dsim.inject(target, fault)
             print(
-                f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {url}",
+                f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {redact_url(url)}",
                 file=sys.stderr,
             )
             await parking.run(client, every_s=300.0)
@@ -391,7 +392,7 @@ async def _simulate_waste(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(
         f"serving {len(settings.waste.trucks)} trucks and the bins of {settings.bins_path()} "
-        f"on {args.mqtt or settings.mqtt.url}",
+        f"on {redact_url(args.mqtt or settings.mqtt.url)}",
         file=sys.stderr,
     )
     try:
@@ -405,7 +406,7 @@ async def _simulate_waste(args: argparse.Namespace) -> int:
             formats=args.formats,
         )
     except ValueError as exc:
-        print(f"edge simulate waste: {exc}", file=sys.stderr)
+        print(f"edge simulate waste: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 

@@ -45,6 +45,7 @@ from edge.inventory import Inventory
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
+from edge.redact import redact_url
 from edge.settings import Settings
 from edge.state import StateStore
 from edge.storage import AlarmRow, CommandAudit, DeviceRow, PlanRow, StateSample, Storage
@@ -469,8 +470,8 @@ async def running(
                         site=site.id,
                         lamps=len(inventory.lamps),
                         controllers=len(inventory.controllers),
-                        mqtt=mq.url,
-                        storage=_safe_url(settings.storage.url),
+                        mqtt=redact_url(mq.url),
+                        storage=redact_url(settings.storage.url),
                     )
                     try:
                         yield d
@@ -570,11 +571,3 @@ async def _display_loop(d: Daemon, ctl: DisplayController) -> None:
             ctl.report(cp.id, cp.capacity - taken, True, min(dev.updated_at for dev in seen))
         ctl.step(now)
         await asyncio.sleep(cfg.step_s)
-
-
-def _safe_url(url: str) -> str:
-    """A URL without its password, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

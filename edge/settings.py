@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from edge import redact
 from edge.errors import ConfigError
 from edge.mqtt import BrokerAddress
 
@@ -82,9 +83,12 @@ class MqttSettings(_Section):
 
     @field_validator("url")
     @classmethod
-    def _mqtt_scheme(cls, v: str) -> str:
-        if v and not v.startswith(("mqtt://", "mqtts://")):
-            raise ValueError("must start with mqtt:// (or be empty for the embedded broker)")
+    def _mqtt_url(cls, v: str) -> str:
+        if v:
+            try:
+                BrokerAddress.parse(v)
+            except ConfigError as exc:
+                raise ValueError(f"{exc.args[0]} (or leave it empty for the embedded broker)") from None
         return v
 
 
@@ -467,10 +471,28 @@ def load_settings(path: Path | str | None, **overrides: Any) -> Settings:
             data.setdefault(section, {})[name] = value
         else:
             data[key] = value
+    # Secrets are known before validation, so even an error about them cannot echo them.
+    _remember_secrets(data)
+    _remember_secrets({k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)})
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise settings_error(exc, file) from None
+
+
+def _remember_secrets(value: Any, key: str = "") -> None:
+    """Register every URL password and secret-named value in raw settings with `edge.redact`."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _remember_secrets(v, str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _remember_secrets(v, key)
+    elif isinstance(value, str):
+        if redact.is_secret_key(key.rsplit("__", 1)[-1]):
+            redact.remember(value)
+        elif "://" in value:
+            redact.remember_url(value)
 
 
 def settings_error(exc: ValidationError, file: str) -> ConfigError:
@@ -484,7 +506,7 @@ def settings_error(exc: ValidationError, file: str) -> ConfigError:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{_where(loc, file)}: {key}: {msg}")
+        lines.append(redact.redact_text(f"{_where(loc, file)}: {key}: {msg}"))
     error = ConfigError("\n".join(lines))
     error.key, error.file, error.lines = first_key, file, lines
     return error

@@ -28,6 +28,8 @@ def _configure_logging(path: Path | None, level: str) -> TextIO:
     """Route structlog and stdlib logging to a file (or nowhere): never onto the screen."""
     import structlog
 
+    from edge.redact import redact_event
+
     stream: TextIO = path.open("a", encoding="utf-8") if path else open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the app
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -39,6 +41,8 @@ def _configure_logging(path: Path | None, level: str) -> TextIO:
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_event,
             structlog.processors.JSONRenderer(),
         ],
         logger_factory=structlog.stdlib.LoggerFactory(),
@@ -51,15 +55,17 @@ def _configure_logging(path: Path | None, level: str) -> TextIO:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the dashboard; returns the process exit code (2 for bad arguments)."""
     args = _parser().parse_args(argv)
+    from edge import redact
     from tui.app import DashboardApp
     from tui.client import BrokerUrl
     from tui.inventory import load_positions
 
+    redact.remember_url(args.broker)
     try:
         BrokerUrl.parse(args.broker)
         inventory = load_positions(args.inventory) if args.inventory else None
     except (ValueError, OSError) as exc:
-        print(f"edge tui: {exc}", file=sys.stderr)
+        print(f"edge tui: {redact.redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     stream = _configure_logging(args.log_file, args.log_level)
     try:

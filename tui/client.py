@@ -48,6 +48,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from edge.payloads import Ack
+from edge.redact import redact_url
 from tui.model import PREFIX
 
 log = structlog.get_logger(__name__)
@@ -116,9 +117,9 @@ class BrokerUrl:
         """Parse a broker URL; ValueError names what is wrong."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL must start with mqtt:// or mqtts://: {url!r}")
+            raise ValueError(f"broker URL must start with mqtt:// or mqtts://: {redact_url(url)!r}")
         if not parts.hostname:
-            raise ValueError(f"broker URL has no host: {url!r}")
+            raise ValueError(f"broker URL has no host: {redact_url(url)!r}")
         tls = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,
