@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -101,7 +100,11 @@ def opcua_driver(
     cs = settings.charging
     security = None
     if cs.client_cert:
-        security = ClientSecurity(Path(cs.client_cert), Path(cs.client_key), Path(cs.server_cert))
+        security = ClientSecurity(
+            settings.resolve(cs.client_cert),
+            settings.resolve(cs.client_key),
+            settings.resolve(cs.server_cert),
+        )
     return OpcUaChargingDriver(
         [OpcUaEndpoint(sid, url, ids) for sid, (url, ids) in inv.charger_servers.items()],
         None,
@@ -241,6 +244,7 @@ async def running(
                 boards=[x.id for x in dcfg.displays if x.kind == "board"],
                 signs=[SignEndpoint(x.id, x.host, x.port, x.unit) for x in dcfg.displays if x.kind == "sign"],
                 mqtt_url=dcfg.board_mqtt_url or mq.url,
+                tls=settings.board_link().files(),
             )
             drivers.append(display_driver)
             policies["display"] = DisplaySafety(
@@ -252,7 +256,11 @@ async def running(
         fleet: FleetDriver | None = None
         if bins:
             fleet = FleetDriver(
-                bus.publish, clock, [t.id for t in wcfg.trucks], mqtt_url=wcfg.fleet_mqtt_url or mq.url
+                bus.publish,
+                clock,
+                [t.id for t in wcfg.trucks],
+                mqtt_url=wcfg.fleet_mqtt_url or mq.url,
+                tls=settings.fleet_link().files(),
             )
             drivers.append(fleet)
             policies["truck"] = WasteSafety()
@@ -424,6 +432,7 @@ async def running(
                 protocol=mq.protocol,
                 backoff_max_s=30.0,
                 max_payload_bytes=mq.max_payload_bytes * 4,
+                tls=settings.mqtt_link().files(),
             )
             async with link:
                 d = Daemon(

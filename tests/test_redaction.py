@@ -197,5 +197,6 @@ def test_failed_start_names_the_problem_without_the_password(tmp_path: Path) -> 
         [sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)],
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
-    assert r.returncode != 0
+    assert r.returncode == 2, r.stderr
+    assert "storage.url" in r.stderr
     assert _grep({"stdout": r.stdout, "stderr": r.stderr}, MQTT_SECRET, DB_SECRET) == []
