@@ -139,16 +139,17 @@ class TlsFiles:
         except (ssl.SSLError, OSError) as exc:
             raise ConfigError(f"not a PEM CA certificate: {exc}", key=f"{self.key}.ca_file") from None
         if self.cert_file is not None:
+            password = self.key_password or ""
             try:
-                ctx.load_cert_chain(
-                    self.cert_file,
-                    self.key_file,
-                    password=self.key_password.encode() if self.key_password else None,
-                )
+                # A callable, never None: OpenSSL would prompt on the terminal for the
+                # password of an encrypted key, and a daemon would hang there.
+                ctx.load_cert_chain(self.cert_file, self.key_file, password=password.encode)
             except (ssl.SSLError, OSError, ValueError) as exc:
-                # Wrong key password, a key that does not match the certificate, not PEM ...
+                hint = "no key_password for an encrypted key" if not password else "wrong key_password"
                 raise ConfigError(
-                    f"cannot load the client certificate and key: {exc}", key=f"{self.key}.cert_file"
+                    f"cannot load the client certificate and key ({hint}, or a key that does not "
+                    f"match the certificate): {exc}",
+                    key=f"{self.key}.cert_file",
                 ) from None
         return ctx
 

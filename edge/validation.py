@@ -14,6 +14,7 @@ Every line goes through `edge.redact`, so no password is echoed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import re
 import ssl
@@ -29,6 +30,7 @@ from edge.redact import redact_text, redact_url
 if TYPE_CHECKING:
     from edge.bins import Bin
     from edge.inventory import Inventory
+    from edge.mqtt import BrokerAddress
     from edge.settings import Settings
 
 CONNECT_TIMEOUT_S = 5.0
@@ -123,6 +125,10 @@ async def _broker_problem(key: str, link: object, timeout_s: float) -> str:
         address = link.address()
     except ConfigError as exc:
         return f"{exc.key or key}: {exc.args[0]}"
+    if address.tls:
+        problem = await _tls_probe(address, timeout_s)
+        if problem:
+            return f"{key}: broker {address.where} TLS handshake failed: {problem}"
     # 3.1.1: every broker speaks it, and the check needs nothing of MQTT 5.
     client = aiomqtt.Client(
         address.host,
@@ -141,6 +147,35 @@ async def _broker_problem(key: str, link: object, timeout_s: float) -> str:
         return f"{key}: broker {address.where} did not answer within {timeout_s:g} s"
     except (aiomqtt.MqttError, OSError) as exc:
         return f"{key}: broker {address.where} unreachable: {_one_line(exc)}"
+    return ""
+
+
+# MQTT 3.1.1 CONNECT: clean session, keep-alive 60 s, empty client id (the broker assigns one).
+_BARE_CONNECT = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"
+
+
+async def _tls_probe(address: BrokerAddress, timeout_s: float) -> str:
+    """The TLS handshake and one CONNECT on a bare socket: the TLS 1.3 alert for a missing or
+    refused client certificate only comes with the first read, which paho turns into a silent
+    CONNACK timeout. Returns the SSL error's text, or "" when TLS itself is fine."""
+    writer = None
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(
+                address.host, address.port, ssl=address.ssl_context(), server_hostname=address.host
+            )
+            writer.write(_BARE_CONNECT)
+            await writer.drain()
+            await reader.read(4)
+    except ssl.SSLError as exc:
+        return _one_line(exc)
+    except (OSError, TimeoutError):
+        return ""  # not a TLS matter: the MQTT check below names it
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await writer.wait_closed()
     return ""
 
 
