@@ -116,7 +116,11 @@ def redact_value(value: Any) -> Any:
         return type(value)(items) if not isinstance(value, tuple) else tuple(items)
     if isinstance(value, BaseException):
         return redact_text(f"{type(value).__name__}: {value}")
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # Anything else is rendered by its repr (structlog's fallback): a settings object or a
+    # client would show its URL. Redact the repr now.
+    return redact_text(repr(value))
 
 
 def redact_event(_logger: object, _method: str, event_dict: Any) -> Any:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge.errors import ConfigError
-from edge.redact import redact_text, redact_url
+from edge.redact import redact_text, redact_url, remember_url
 
 if TYPE_CHECKING:
     from edge.bins import Bin
@@ -55,6 +55,8 @@ def load_site(path: Path | str) -> Site:
     inventory = load_inventory(settings.inventory_path())
     bins_path = settings.bins_path()
     bins = load_bins(bins_path, [z.id for z in settings.waste.zones]) if bins_path is not None else []
+    for charger in inventory.chargers.values():
+        remember_url(charger.url)  # opc.tcp://user:password@host may carry credentials
     site = Site(settings, inventory, bins)
     problems = site_problems(site)
     if problems:

@@ -99,13 +99,14 @@ def test_log_processor_masks_keys_values_nested_and_tracebacks() -> None:
         nested={"urls": ["mqtt://a:Pw-secret-3@h"]},
     )
     logging.getLogger("somelib").warning("connecting to mqtt://a:Pw-secret-4@h")
+    log.info("obj", settings=load_settings(None, mqtt__url="mqtt://a:Pw-secret-6@h"))
     try:
         raise RuntimeError("cannot reach postgresql://a:Pw-secret-5@db/x")
     except RuntimeError:
         log.exception("crashed")
     out = stream.getvalue()
-    assert out.count("\n") == 3
-    for i in range(1, 6):
+    assert out.count("\n") == 4
+    for i in range(1, 7):
         assert f"Pw-secret-{i}" not in out
     first = json.loads(out.splitlines()[0])
     assert first["password"] == "***"
