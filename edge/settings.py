@@ -25,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from edge import redact
 from edge.errors import ConfigError
@@ -579,6 +579,17 @@ def load_settings(path: Path | str | None, **overrides: Any) -> Settings:
         return Settings(**data)
     except ValidationError as exc:
         raise settings_error(exc, file) from None
+    except SettingsError as exc:
+        # A section given as one variable (EDGE_MQTT='{...}') that is not JSON.
+        m = re.search(r'field "(\w+)"', str(exc))
+        section = m.group(1) if m else "?"
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        msg = redact.redact_text(
+            f"environment variable {ENV_PREFIX}{section.upper()}: {section}: not valid JSON{cause}"
+        )
+        error = ConfigError(msg)
+        error.key, error.file, error.lines = section, file, [msg]
+        raise error from None
 
 
 def _remember_secrets(value: Any, key: str = "") -> None:

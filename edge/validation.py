@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from edge.bins import Bin
     from edge.inventory import Inventory
     from edge.mqtt import BrokerAddress
-    from edge.settings import Settings
+    from edge.settings import BrokerLink, Settings
 
 CONNECT_TIMEOUT_S = 5.0
 
@@ -117,12 +117,9 @@ def connect_report(settings: Settings) -> list[str]:
     return [*lines, f"storage.url: {redact_url(settings.storage.url)}"]
 
 
-async def _broker_problem(key: str, link: object, timeout_s: float) -> str:
+async def _broker_problem(key: str, link: BrokerLink, timeout_s: float) -> str:
     import aiomqtt
 
-    from edge.settings import BrokerLink
-
-    assert isinstance(link, BrokerLink)
     try:
         address = link.address()
     except ConfigError as exc:
