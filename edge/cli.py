@@ -357,8 +357,6 @@ async def _simulate(args: argparse.Namespace) -> int:
     if args.domain == "waste":
         return await _simulate_waste(args)
     if args.domain == "displays":
-        import aiomqtt
-
         from simulators.displays import DisplaySimulator, SimBoard, SimSign
         from simulators.parking import ParkingSimulator, SimCarPark
 
@@ -383,7 +381,10 @@ async def _simulate(args: argparse.Namespace) -> int:
             base_topic=f"{site.mqtt.topic_prefix}/{site.site.id}",
             seed=args.seed,
         )
-        host, _, port = url.split("://", 1)[1].rpartition("@")[2].partition(":")
+        from edge.mqtt import BrokerAddress
+
+        # Credentials and TLS as in the URL (the site's [mqtt.tls] when it is the site's broker).
+        address = BrokerAddress.parse(url, tls=site.mqtt_link().files() if url == site.mqtt.url else None)
         signs = [
             SimSign(x.id, host=x.host, port=x.port, unit=x.unit) for x in dcfg.displays if x.kind == "sign"
         ]
@@ -394,7 +395,7 @@ async def _simulate(args: argparse.Namespace) -> int:
                 signs=signs,
                 mqtt_url=url,
             ) as dsim,
-            aiomqtt.Client(host, int(port or 1883), identifier=f"sim-parking-{site.site.id}") as client,
+            address.client(f"sim-parking-{site.site.id}", timeout_s=10.0, pending=64) as client,
         ):
             for spec in args.fault:
                 target, _, fault = spec.partition(":")
