@@ -291,6 +291,14 @@ def _demo_with_dashboard(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from edge import logs
+    from edge.validation import url_problems
+
+    # A broker or database given by the user that cannot be reached: one line each, exit 2.
+    problems = await url_problems(broker_url=args.broker, database_url=args.database)
+    if problems:
+        for line in problems:
+            print(f"edge demo: {redact_text(line)}", file=sys.stderr)
+        return EXIT_CONFIG
     from edge.demo import run_demo
 
     logs.configure("warning" if args.headless else "info", "auto")

@@ -178,7 +178,22 @@ async def _tls_probe(address: BrokerAddress, timeout_s: float) -> str:
     return ""
 
 
-def _database_problem(url: str, timeout_s: float) -> str:
+async def url_problems(
+    *, broker_url: str = "", database_url: str = "", timeout_s: float = CONNECT_TIMEOUT_S
+) -> list[str]:
+    """The connect check for URLs given on the command line (`edge demo --broker/--database`)."""
+    from edge.settings import BrokerLink, TlsSettings
+
+    checks = []
+    if broker_url:
+        link = BrokerLink("--broker", broker_url, "--broker", TlsSettings(), Path())
+        checks.append(_broker_problem("--broker", link, timeout_s))
+    if database_url:
+        checks.append(asyncio.to_thread(_database_problem, database_url, timeout_s, "--database"))
+    return [r for r in await asyncio.gather(*checks) if r]
+
+
+def _database_problem(url: str, timeout_s: float, key: str = "storage.url") -> str:
     """Open the database and run `SELECT 1` (SQLite: the folder must be creatable and writable)."""
     import sqlalchemy
 
@@ -194,7 +209,7 @@ def _database_problem(url: str, timeout_s: float) -> str:
             with tempfile.TemporaryFile(dir=folder):
                 pass
         except OSError as exc:
-            return f"storage.url: cannot create the database at {path}: {folder}: {_one_line(exc)}"
+            return f"{key}: cannot create the database at {path}: {folder}: {_one_line(exc)}"
         if not Path(path).exists():
             return ""  # `edge run` creates it
     if url.startswith("postgresql://"):
@@ -205,7 +220,7 @@ def _database_problem(url: str, timeout_s: float) -> str:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("SELECT 1"))
     except Exception as exc:
-        return f"storage.url: cannot open {redact_url(url)}: {_one_line(exc)}"
+        return f"{key}: cannot open {redact_url(url)}: {_one_line(exc)}"
     finally:
         engine.dispose()
     return ""

@@ -228,3 +228,14 @@ async def test_check_config_connect_tries_broker_and_database(
     r = await asyncio.to_thread(_edge, "check-config", "--connect", str(cfg), env=bad)
     _assert_refused(r, "mqtt.url", "storage.url")
     assert r.stderr.count("\n") == 3  # the file's header and one line per problem
+
+
+def test_demo_with_an_unreachable_database_or_broker_is_one_line_each() -> None:
+    """`edge demo --database/--broker` that cannot be reached: one line each naming the flag,
+    exit 2, the password masked (it was a 170-line traceback and exit 1)."""
+    db = f"postgresql+psycopg://u:Demo-secret-31@127.0.0.1:{free_port()}/x?connect_timeout=2"
+    r = _edge(
+        "demo", "--headless", "--for", "5", "--database", db, "--broker", f"mqtt://127.0.0.1:{free_port()}"
+    )
+    _assert_refused(r, "--database", "--broker", max_lines=2)
+    assert "Demo-secret-31" not in r.stderr
