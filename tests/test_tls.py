@@ -362,3 +362,18 @@ def test_tls_files_that_do_not_load_are_named(pki: Pki, tmp_path: Path) -> None:
     r = _edge("check-config", str(cfg))
     assert r.returncode == 2
     assert "use mqtts://" in r.stderr
+
+
+def test_dashboard_tls_flags_are_checked_at_start(pki: Pki, tmp_path: Path) -> None:
+    """`edge tui` with TLS flags on a plain mqtt:// URL, or a CA file that does not exist:
+    exit 2 and one line, before any screen opens."""
+    base = [sys.executable, "-m", "edge.cli", "tui", "--site", "x"]
+    r = subprocess.run([*base, "--broker", "mqtt://127.0.0.1:1", "--tls-ca", str(pki.ca)],
+                       capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    assert r.returncode == 2
+    assert "need an mqtts:// broker URL" in r.stderr
+    r = subprocess.run([*base, "--broker", "mqtts://127.0.0.1:1", "--tls-ca", str(tmp_path / "nope.pem")],
+                       capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
+    assert r.returncode == 2
+    assert "no such file" in r.stderr
+    assert r.stderr.count("\n") == 1
