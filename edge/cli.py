@@ -165,7 +165,7 @@ async def _check_connect(file: Path) -> int:
         return EXIT_CONFIG
     print(f"{file}: ok")
     for line in connect_report(site.settings):
-        print(f"  {line}: connected")
+        print(f"  {line}")
     return 0
 
 

@@ -112,9 +112,12 @@ async def connect_problems(settings: Settings, timeout_s: float = CONNECT_TIMEOU
 
 
 def connect_report(settings: Settings) -> list[str]:
-    """What `--connect` tried, for the ok line: one `key: where` per peer."""
-    lines = [f"{key}: {link.address().where}" for key, link in settings.broker_links().items()]
-    return [*lines, f"storage.url: {redact_url(settings.storage.url)}"]
+    """What `--connect` tried, for the ok line: one `key: where: result` per peer."""
+    lines = [f"{key}: {link.address().where}: connected" for key, link in settings.broker_links().items()]
+    url = settings.storage.url
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    new = path not in ("", ":memory:") and not Path(path).exists()
+    return [*lines, f"storage.url: {redact_url(url)}: {'can be created' if new else 'connected'}"]
 
 
 async def _broker_problem(key: str, link: BrokerLink, timeout_s: float) -> str:
