@@ -59,7 +59,7 @@ from devices.modbus import _quiet_pymodbus
 from edge.clock import Clock
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
-from edge.mqtt import BrokerAddress
+from edge.mqtt import BrokerAddress, TlsFiles
 from edge.tasks import close_task_group
 
 if TYPE_CHECKING:
@@ -453,6 +453,7 @@ class DisplayDriver:
         boards: Sequence[str] = (),
         signs: Sequence[SignEndpoint] = (),
         mqtt_url: str | None = None,
+        tls: TlsFiles | None = None,
         board_profile: LedBoardProfile | None = None,
         vms_profile: VmsProfile | None = None,
         poll_interval_s: float = 1.0,
@@ -481,7 +482,7 @@ class DisplayDriver:
         self._address: BrokerAddress | None = None
         if boards:
             try:
-                self._address = BrokerAddress.parse(mqtt_url or "")
+                self._address = BrokerAddress.parse(mqtt_url or "", tls=tls)
             except ConfigError as exc:
                 raise ConfigError(str(exc.args[0]), key="displays.board_mqtt_url") from None
         # for logs: the URL may hold a password

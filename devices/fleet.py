@@ -37,7 +37,7 @@ from devices.base import Driver
 from edge.clock import Clock
 from edge.errors import ConfigError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Event, Telemetry, Value
-from edge.mqtt import BrokerAddress
+from edge.mqtt import BrokerAddress, TlsFiles
 from edge.tasks import close_task_group
 
 log = structlog.get_logger(__name__)
@@ -127,6 +127,7 @@ class FleetDriver:
         trucks: Sequence[str],
         *,
         mqtt_url: str,
+        tls: TlsFiles | None = None,
         bins: Collection[str] | None = None,
         timeout_s: float = 5.0,
         backoff_base_s: float = 0.5,
@@ -145,7 +146,7 @@ class FleetDriver:
         self.clock = clock
         self.trucks = frozenset(trucks)
         try:
-            self.address = BrokerAddress.parse(mqtt_url)
+            self.address = BrokerAddress.parse(mqtt_url, tls=tls)
         except ConfigError as exc:
             raise ConfigError(str(exc.args[0]), key="waste.fleet_mqtt_url") from None
         self.broker = self.address.where

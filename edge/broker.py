@@ -34,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, Self
@@ -178,7 +180,38 @@ def _serve(host: str, port: int, log_level: int, ready: Any) -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    except Exception as exc:
+        if _in_use(exc):
+            raise SystemExit(_EXIT_IN_USE) from None  # the parent names the port; no traceback here
+        raise
+
+
+_EXIT_IN_USE = 98
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise OSError(EADDRINUSE) naming the port when something listens there already."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's servers do
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise OSError(errno.EADDRINUSE, f"embedded broker: port {port} on {host} is in use") from None
+            raise
+
+
+def _in_use(exc: BaseException | None) -> bool:
+    """Whether `exc` or its cause is a bind that found the address in use."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
+            return True
+        if "address already in use" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class BrokerProcess:
@@ -205,6 +238,7 @@ class BrokerProcess:
         return None if self._proc is None else self._proc.pid
 
     async def __aenter__(self) -> Self:
+        _check_free(self._host, self._port)
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
         proc = ctx.Process(
@@ -217,13 +251,16 @@ class BrokerProcess:
         self._proc = proc
         try:
             # A readiness flag, not a probe connection: amqtt logs an error for a client
-            # that connects and leaves without a CONNECT.
-            if not await asyncio.to_thread(ready.wait, _START_TIMEOUT_S):
-                exited = "" if proc.is_alive() else f" (exit code {proc.exitcode})"
-                raise TimeoutError(
-                    f"embedded broker not ready on {self._host}:{self._port} "
-                    f"after {_START_TIMEOUT_S:.0f} s{exited}"
-                )
+            # that connects and leaves without a CONNECT. Checked in short waits, so a child
+            # that failed to start is seen at once, not after the whole timeout.
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                while not await asyncio.to_thread(ready.wait, 0.2):
+                    if proc.exitcode == _EXIT_IN_USE:
+                        raise OSError(
+                            errno.EADDRINUSE, f"embedded broker: port {self._port} on {self._host} is in use"
+                        )
+                    if proc.exitcode is not None:
+                        raise RuntimeError(f"embedded broker exited with code {proc.exitcode} at start")
         except BaseException:
             await self._stop()
             raise

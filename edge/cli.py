@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from edge.errors import ConfigError
+from edge.redact import redact_text, redact_url
 
 EXIT_CONFIG = 2
 # `edge demo --for N`: the summary is out at N seconds, the district closed by N + this.
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
 
     chk = sub.add_parser("check-config", help="validate a site TOML file and its inventory")
     chk.add_argument("file", type=Path)
+    chk.add_argument(
+        "--connect",
+        action="store_true",
+        help="also connect to the site's brokers and database (with timeouts)",
+    )
 
     demo = sub.add_parser("demo", help="run the demo district (broker, simulators, daemon)")
     demo.add_argument("--headless", action="store_true", help="no screen; print a JSON summary at the end")
@@ -99,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "check-config":
-            return _check(args.file)
+            return _check(args.file) if not args.connect else _run_async(lambda: _check_connect(args.file))
         if args.cmd == "run":
             return _run_async(lambda: _run(args.config))
         if args.cmd == "demo":
@@ -115,21 +121,51 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(path)
             return 0
     except ConfigError as exc:
-        print(f"edge: configuration error\n{exc}", file=sys.stderr)
+        _print_problems(exc.file or "edge", exc.lines or [str(exc)])
+        return EXIT_CONFIG
+    except Exception as exc:
+        # A port in use is the user's to fix, not a bug: one line, not a traceback.
+        from edge.validation import address_in_use, describe
+
+        if not address_in_use(exc):
+            raise
+        for line in describe(exc):
+            print(f"edge {args.cmd}: {line}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 
 
+def _print_problems(file: Path | str, lines: Sequence[str]) -> None:
+    """A header naming the file, then one line per problem (secrets masked)."""
+    print(f"{file}: {len(lines)} problem(s)", file=sys.stderr)
+    for line in lines:
+        print(f"  {redact_text(line)}", file=sys.stderr)
+
+
 def _check(file: Path) -> int:
+    """`edge check-config FILE`: the validation `edge run` does first, nothing more."""
     from edge.settings import check_file
 
     problems = check_file(file)
     if problems:
-        print(f"{file}: {len(problems)} problem(s)", file=sys.stderr)
-        for line in problems:
-            print(f"  {line}", file=sys.stderr)
+        _print_problems(file, problems)
         return EXIT_CONFIG
     print(f"{file}: ok")
+    return 0
+
+
+async def _check_connect(file: Path) -> int:
+    """`edge check-config FILE --connect`: validate, then try the brokers and the database."""
+    from edge.validation import connect_problems, connect_report, load_site
+
+    site = load_site(file)  # a ConfigError is printed by main()
+    problems = await connect_problems(site.settings)
+    if problems:
+        _print_problems(file, problems)
+        return EXIT_CONFIG
+    print(f"{file}: ok")
+    for line in connect_report(site.settings):
+        print(f"  {line}")
     return 0
 
 
@@ -153,18 +189,40 @@ def _run_async(factory: Callable[[], Coroutine[Any, Any, int]]) -> int:
 
 
 async def _run(config: Path) -> int:
+    """`edge run`: the check-config validation and a connect check first, then the daemon.
+
+    Whatever stops the start (a bad file, a broker or database out of reach, a migration that
+    fails) is one line per problem and exit code 2; a crash after the start is logged.
+    """
     from edge import logs
+    from edge.validation import connect_problems, describe, load_site
+
+    site = load_site(config)  # a ConfigError is printed by main()
+    settings = site.settings
+    logs.configure(settings.logging.level, settings.logging.format)
+    problems = await connect_problems(settings)
+    if problems:
+        _print_problems(config, problems)
+        return EXIT_CONFIG
+    # The daemon's imports take seconds: only after the checks, so a bad site fails at once.
     from edge.clock import SimClock, SystemClock
     from edge.daemon import running
-    from edge.inventory import load_inventory
-    from edge.settings import load_settings
 
-    settings = load_settings(config)
-    inv = load_inventory(settings.inventory_path())
-    logs.configure(settings.logging.level, settings.logging.format)
     clock = SystemClock() if settings.clock.speed == 1.0 else SimClock(_start(settings), settings.clock.speed)
-    async with running(settings, inv, clock):
-        await asyncio.Event().wait()
+    started = False
+    try:
+        async with running(settings, site.inventory, clock):
+            started = True
+            await asyncio.Event().wait()
+    except Exception as exc:
+        if started:
+            import structlog
+
+            structlog.get_logger("edge.cli").exception("daemon_crashed")
+            return 1
+        for line in describe(exc):
+            print(f"edge run: cannot start: {line}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 
@@ -232,6 +290,14 @@ def _demo_with_dashboard(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from edge import logs
+    from edge.validation import url_problems
+
+    # A broker or database given by the user that cannot be reached: one line each, exit 2.
+    problems = await url_problems(broker_url=args.broker, database_url=args.database)
+    if problems:
+        for line in problems:
+            print(f"edge demo: {redact_text(line)}", file=sys.stderr)
+        return EXIT_CONFIG
     from edge.demo import run_demo
 
     logs.configure("warning" if args.headless else "info", "auto")
@@ -298,8 +364,6 @@ async def _simulate(args: argparse.Namespace) -> int:
     if args.domain == "waste":
         return await _simulate_waste(args)
     if args.domain == "displays":
-        import aiomqtt
-
         from simulators.displays import DisplaySimulator, SimBoard, SimSign
         from simulators.parking import ParkingSimulator, SimCarPark
 
@@ -324,7 +388,10 @@ async def _simulate(args: argparse.Namespace) -> int:
             base_topic=f"{site.mqtt.topic_prefix}/{site.site.id}",
             seed=args.seed,
         )
-        host, _, port = url.split("://", 1)[1].rpartition("@")[2].partition(":")
+        from edge.mqtt import BrokerAddress
+
+        # Credentials and TLS as in the URL (the site's [mqtt.tls] when it is the site's broker).
+        address = BrokerAddress.parse(url, tls=site.mqtt_link().files() if url == site.mqtt.url else None)
         signs = [
             SimSign(x.id, host=x.host, port=x.port, unit=x.unit) for x in dcfg.displays if x.kind == "sign"
         ]
@@ -335,13 +402,13 @@ async def _simulate(args: argparse.Namespace) -> int:
                 signs=signs,
                 mqtt_url=url,
             ) as dsim,
-            aiomqtt.Client(host, int(port or 1883), identifier=f"sim-parking-{site.site.id}") as client,
+            address.client(f"sim-parking-{site.site.id}", timeout_s=10.0, pending=64) as client,
         ):
             for spec in args.fault:
                 target, _, fault = spec.partition(":")
                 dsim.inject(target, fault)
             print(
-                f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {url}",
+                f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {redact_url(url)}",
                 file=sys.stderr,
             )
             async with asyncio.TaskGroup() as tg:
@@ -392,7 +459,7 @@ async def _simulate_waste(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     print(
         f"serving {len(settings.waste.trucks)} trucks and the bins of {settings.bins_path()} "
-        f"on {args.mqtt or settings.mqtt.url}",
+        f"on {redact_url(args.mqtt or settings.mqtt.url)}",
         file=sys.stderr,
     )
     try:
@@ -406,7 +473,7 @@ async def _simulate_waste(args: argparse.Namespace) -> int:
             formats=args.formats,
         )
     except ValueError as exc:
-        print(f"edge simulate waste: {exc}", file=sys.stderr)
+        print(f"edge simulate waste: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,6 +45,7 @@ from edge.inventory import Inventory
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
+from edge.redact import redact_url
 from edge.settings import Settings
 from edge.state import StateStore
 from edge.storage import AlarmRow, CommandAudit, DeviceRow, PlanRow, StateSample, Storage
@@ -101,7 +101,11 @@ def opcua_driver(
     cs = settings.charging
     security = None
     if cs.client_cert:
-        security = ClientSecurity(Path(cs.client_cert), Path(cs.client_key), Path(cs.server_cert))
+        security = ClientSecurity(
+            settings.resolve(cs.client_cert),
+            settings.resolve(cs.client_key),
+            settings.resolve(cs.server_cert),
+        )
     return OpcUaChargingDriver(
         [OpcUaEndpoint(sid, url, ids) for sid, (url, ids) in inv.charger_servers.items()],
         None,
@@ -263,13 +267,18 @@ async def running(
                 boards=[x.id for x in dcfg.displays if x.kind == "board"],
                 signs=[SignEndpoint(x.id, x.host, x.port, x.unit) for x in dcfg.displays if x.kind == "sign"],
                 mqtt_url=dcfg.board_mqtt_url or mq.url,
+                tls=settings.board_link().files(),
             )
             drivers.append(display_driver)
             policies["display"] = DisplaySafety(display_profiles)
         fleet: FleetDriver | None = None
         if bins:
             fleet = FleetDriver(
-                bus.publish, clock, [t.id for t in wcfg.trucks], mqtt_url=wcfg.fleet_mqtt_url or mq.url
+                bus.publish,
+                clock,
+                [t.id for t in wcfg.trucks],
+                mqtt_url=wcfg.fleet_mqtt_url or mq.url,
+                tls=settings.fleet_link().files(),
             )
             drivers.append(fleet)
             policies["truck"] = WasteSafety()
@@ -451,6 +460,7 @@ async def running(
                 protocol=mq.protocol,
                 backoff_max_s=30.0,
                 max_payload_bytes=mq.max_payload_bytes * 4,
+                tls=settings.mqtt_link().files(),
             )
             async with link:
                 d = Daemon(
@@ -497,8 +507,8 @@ async def running(
                         site=site.id,
                         lamps=len(inventory.lamps),
                         controllers=len(inventory.controllers),
-                        mqtt=mq.url,
-                        storage=_safe_url(settings.storage.url),
+                        mqtt=redact_url(mq.url),
+                        storage=redact_url(settings.storage.url),
                     )
                     try:
                         yield d
@@ -598,11 +608,3 @@ async def _display_loop(d: Daemon, ctl: DisplayController) -> None:
             ctl.report(cp.id, cp.capacity - taken, True, min(dev.updated_at for dev in seen))
         ctl.step(now)
         await asyncio.sleep(cfg.step_s)
-
-
-def _safe_url(url: str) -> str:
-    """A URL without its password, for logs."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url

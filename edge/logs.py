@@ -1,7 +1,9 @@
 """structlog set-up: JSON when stdout is not a terminal, and stdlib logs routed through it.
 
 pymodbus, asyncua, amqtt and aiomqtt log through the standard library; their records
-go through structlog's ProcessorFormatter so every line has the same shape.
+go through structlog's ProcessorFormatter so every line has the same shape. Every line,
+ours or a library's, passes `edge.redact.redact_event` last (after the traceback is
+formatted), so no URL password or configured secret reaches a log.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 from typing import Literal, TextIO
 
 import structlog
+
+from edge.redact import redact_event
 
 _NOISY = {"pymodbus": logging.WARNING, "asyncua": logging.WARNING, "amqtt": logging.WARNING,
           "transitions": logging.WARNING, "aiomqtt": logging.WARNING, "alembic": logging.WARNING}  # fmt: skip
@@ -46,6 +50,7 @@ def configure(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            redact_event,
             renderer,
         ],
     )

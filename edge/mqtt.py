@@ -42,7 +42,8 @@ import socket
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 from urllib.parse import unquote, urlsplit
@@ -107,35 +108,96 @@ class ReadOnlyEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """TLS material for one broker link: a private CA and a client certificate (mutual TLS).
+
+    Empty `ca_file`: the system trust store. `key_file` empty: the key is in `cert_file`.
+    `key` names the settings section, so a file that does not load is reported by its key.
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: str | None = field(default=None, repr=False)
+    key: str = "mqtt.tls"
+
+    @property
+    def configured(self) -> bool:
+        """Whether any file is given (else the system trust store alone is used)."""
+        return bool(self.ca_file or self.cert_file or self.key_file)
+
+    def context(self) -> ssl.SSLContext:
+        """A client SSL context (hostname checked); ConfigError names the file that fails."""
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ConfigError(f"no such file: {path}", key=f"{self.key}.{name}")
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError("a key needs its certificate (cert_file)", key=f"{self.key}.cert_file")
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"not a PEM CA certificate: {exc}", key=f"{self.key}.ca_file") from None
+        if self.cert_file is not None:
+            password = self.key_password or ""
+            try:
+                # A callable, never None: OpenSSL would prompt on the terminal for the
+                # password of an encrypted key, and a daemon would hang there.
+                ctx.load_cert_chain(self.cert_file, self.key_file, password=password.encode)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                hint = "no key_password for an encrypted key" if not password else "wrong key_password"
+                raise ConfigError(
+                    f"cannot load the client certificate and key ({hint}, or a key that does not "
+                    f"match the certificate): {exc}",
+                    key=f"{self.key}.cert_file",
+                ) from None
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerAddress:
-    """Where and how to connect, parsed from `mqtt://[user:pass@]host[:port]`."""
+    """Where and how to connect, parsed from `mqtt://[user:pass@]host[:port]` (or `mqtts://`)."""
 
     host: str
     port: int
     username: str | None
-    password: str | None
+    password: str | None = field(repr=False)
     tls: bool
+    tls_files: TlsFiles | None = None
 
     @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        """Parse an `mqtt://` or `mqtts://` URL; raise ConfigError naming the problem."""
+    def parse(cls, url: str, *, tls: TlsFiles | None = None, key: str = "mqtt.url") -> BrokerAddress:
+        """Parse an `mqtt://` or `mqtts://` URL; raise ConfigError naming the problem.
+
+        TLS files apply to `mqtts://` only: given for a plain `mqtt://` URL they are an error
+        (the operator meant TLS and would silently get none).
+        """
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ConfigError("must start with mqtt:// or mqtts://", key="mqtt.url")
+            raise ConfigError("must start with mqtt:// or mqtts://", key=key)
         if not parts.hostname:
-            raise ConfigError("has no host", key="mqtt.url")
-        tls = parts.scheme == "mqtts"
+            raise ConfigError("has no host", key=key)
+        secure = parts.scheme == "mqtts"
         try:
-            port = parts.port or (8883 if tls else 1883)
+            port = parts.port or (8883 if secure else 1883)
         except ValueError as exc:
-            raise ConfigError(f"bad port: {exc}", key="mqtt.url") from exc
+            raise ConfigError(f"bad port: {exc}", key=key) from None
+        if tls is not None and tls.configured and not secure:
+            raise ConfigError(f"{tls.key} has TLS files but the URL is mqtt://: use mqtts://", key=key)
         return cls(
             host=parts.hostname,
             port=port,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
-            tls=tls,
+            tls=secure,
+            tls_files=tls if secure else None,
         )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for `mqtts://` (private CA and client certificate if configured)."""
+        if not self.tls:
+            return None
+        return (self.tls_files or TlsFiles()).context()
 
     def client(self, name: str, *, timeout_s: float, pending: int) -> aiomqtt.Client:
         """A plain aiomqtt client for a device driver's own session (boards, trucks).
@@ -151,7 +213,7 @@ class BrokerAddress:
             password=self.password,
             identifier=f"{name}-{uuid.uuid4().hex[:12]}",
             timeout=timeout_s,
-            tls_context=ssl.create_default_context() if self.tls else None,
+            tls_context=self.ssl_context(),
         )
         client.pending_calls_threshold = pending
         return client
@@ -188,10 +250,11 @@ class MqttLink:
         max_payload_bytes: int = 65_536,
         drain_window: int = 100,
         fast_queue_max: int = 10_000,
+        tls: TlsFiles | None = None,
     ) -> None:
         if protocol not in ("5", "3.1.1"):
             raise ConfigError(f"unknown protocol {protocol!r}", key="mqtt.protocol")
-        self._address = BrokerAddress.parse(url)
+        self._address = BrokerAddress.parse(url, tls=tls)
         self._client_id = client_id
         self._outbox = outbox
         self._will = will
@@ -207,7 +270,8 @@ class MqttLink:
         self._max_payload_bytes = max_payload_bytes
         self._drain_window = drain_window
         self._fast_queue_max = fast_queue_max
-        self._tls_context = ssl.create_default_context() if self._address.tls else None
+        # Built once: a CA or key that does not load fails here, at start, naming its key.
+        self._tls_context = self._address.ssl_context()
 
         self._state = LinkState.UNOPENED
         self._tg: asyncio.TaskGroup | None = None

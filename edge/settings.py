@@ -10,16 +10,26 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from dataclasses import dataclass, field
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from edge import redact
 from edge.errors import ConfigError
-from edge.mqtt import BrokerAddress
+from edge.mqtt import BrokerAddress, TlsFiles
 
 ENV_PREFIX = "EDGE_"
 
@@ -69,10 +79,29 @@ class StorageSettings(_Section):
         return v
 
 
+class TlsSettings(_Section):
+    """TLS for a broker link with an `mqtts://` URL: a private CA and mutual TLS.
+
+    Paths are relative to the config file. Empty `ca_file`: the system trust store. Give the
+    key password through the environment (`EDGE_MQTT__TLS__KEY_PASSWORD`), not the file.
+    """
+
+    ca_file: str = ""  # PEM CA certificate(s) the broker's certificate must chain to
+    cert_file: str = ""  # PEM client certificate, for brokers with require_certificate true
+    key_file: str = ""  # PEM private key of cert_file (empty: the key is inside cert_file)
+    key_password: SecretStr | None = None  # for an encrypted key_file
+
+    @property
+    def configured(self) -> bool:
+        """Whether any TLS file is given."""
+        return bool(self.ca_file or self.cert_file or self.key_file)
+
+
 class MqttSettings(_Section):
     """Northbound broker; when `url` is empty the demo starts an embedded broker."""
 
     url: str = "mqtt://127.0.0.1:1883"
+    tls: TlsSettings = TlsSettings()
     client_id: str = ""
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_/-]+$")] = "dos/v1"
     protocol: Literal["5", "3.1.1"] = "5"
@@ -82,9 +111,12 @@ class MqttSettings(_Section):
 
     @field_validator("url")
     @classmethod
-    def _mqtt_scheme(cls, v: str) -> str:
-        if v and not v.startswith(("mqtt://", "mqtts://")):
-            raise ValueError("must start with mqtt:// (or be empty for the embedded broker)")
+    def _mqtt_url(cls, v: str) -> str:
+        if v:
+            try:
+                BrokerAddress.parse(v)
+            except ConfigError as exc:
+                raise ValueError(f"{exc.args[0]} (or leave it empty for the embedded broker)") from None
         return v
 
 
@@ -223,6 +255,7 @@ class DisplaysSettings(_Section):
     car_parks: list[CarParkSettings] = Field(default_factory=list)
     approaches: list[ApproachSettings] = Field(default_factory=list)
     board_mqtt_url: str = ""  # where the LED boards are; the northbound broker when empty
+    board_tls: TlsSettings | None = None  # for an mqtts:// board_mqtt_url; default: mqtt.tls
     lorawan_topics: list[str] = Field(
         default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
     )
@@ -325,6 +358,7 @@ class WasteSettings(_Section):
     trucks: list[TruckSettings] = Field(default_factory=list)
     zones: list[ZoneSettings] = Field(default_factory=list)
     fleet_mqtt_url: str = ""  # where trucks talk; the northbound broker when empty
+    fleet_tls: TlsSettings | None = None  # for an mqtts:// fleet_mqtt_url; default: mqtt.tls
     lorawan_topics: list[str] = Field(
         default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
     )
@@ -379,6 +413,43 @@ class ClockSettings(_Section):
     start: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerLink:
+    """One broker link of the site: its URL, TLS settings and the keys that set them."""
+
+    url_key: str
+    url: str = field(repr=False)
+    tls_key: str
+    tls: TlsSettings
+    base: Path
+
+    def files(self) -> TlsFiles | None:
+        """The TLS files for `edge.mqtt` (paths resolved against the config folder), if any."""
+        t = self.tls
+        if not t.configured and t.key_password is None:
+            return None
+
+        def path(v: str) -> Path | None:
+            if not v:
+                return None
+            p = Path(v)
+            return p if p.is_absolute() else self.base / p
+
+        return TlsFiles(
+            ca_file=path(t.ca_file),
+            cert_file=path(t.cert_file),
+            key_file=path(t.key_file),
+            key_password=t.key_password.get_secret_value() if t.key_password else None,
+            key=self.tls_key,
+        )
+
+    def address(self) -> BrokerAddress:
+        """The parsed address with TLS; ConfigError (naming the key) if the URL or a file is bad."""
+        address = BrokerAddress.parse(self.url, tls=self.files(), key=self.url_key)
+        address.ssl_context()  # loads the CA, certificate and key now, so a bad one is named
+        return address
+
+
 class Settings(BaseSettings):
     """All settings of one edge site."""
 
@@ -426,6 +497,40 @@ class Settings(BaseSettings):
         p = self.inventory.path
         return p if p.is_absolute() else self.config_dir / p
 
+    def resolve(self, path: str | Path) -> Path:
+        """A path from the settings, relative to the config file's folder."""
+        p = Path(path)
+        return p if p.is_absolute() else self.config_dir / p
+
+    def mqtt_link(self) -> BrokerLink:
+        """The northbound broker (API, LoRaWAN uplinks)."""
+        return BrokerLink("mqtt.url", self.mqtt.url, "mqtt.tls", self.mqtt.tls, self.config_dir)
+
+    def board_link(self) -> BrokerLink:
+        """Where the LED boards are: `displays.board_mqtt_url`, else the northbound broker."""
+        d = self.displays
+        if not d.board_mqtt_url:
+            return self.mqtt_link()
+        tls, key = (d.board_tls, "displays.board_tls") if d.board_tls else (self.mqtt.tls, "mqtt.tls")
+        return BrokerLink("displays.board_mqtt_url", d.board_mqtt_url, key, tls, self.config_dir)
+
+    def fleet_link(self) -> BrokerLink:
+        """Where the trucks talk: `waste.fleet_mqtt_url`, else the northbound broker."""
+        w = self.waste
+        if not w.fleet_mqtt_url:
+            return self.mqtt_link()
+        tls, key = (w.fleet_tls, "waste.fleet_tls") if w.fleet_tls else (self.mqtt.tls, "mqtt.tls")
+        return BrokerLink("waste.fleet_mqtt_url", w.fleet_mqtt_url, key, tls, self.config_dir)
+
+    def broker_links(self) -> dict[str, BrokerLink]:
+        """Every distinct broker link this site opens, by the key that sets its URL."""
+        links = [self.mqtt_link()] if self.mqtt.url else []
+        if any(x.kind == "board" for x in self.displays.displays):
+            links.append(self.board_link())
+        if self.waste.bins is not None:
+            links.append(self.fleet_link())
+        return {link.url_key: link for link in links if link.url}
+
     def bins_path(self) -> Path | None:
         """The bin inventory path resolved against the config file's folder, if any."""
         p = self.waste.bins
@@ -467,10 +572,39 @@ def load_settings(path: Path | str | None, **overrides: Any) -> Settings:
             data.setdefault(section, {})[name] = value
         else:
             data[key] = value
+    # Secrets are known before validation, so even an error about them cannot echo them.
+    _remember_secrets(data)
+    _remember_secrets({k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)})
     try:
         return Settings(**data)
     except ValidationError as exc:
         raise settings_error(exc, file) from None
+    except SettingsError as exc:
+        # A section given as one variable (EDGE_MQTT='{...}') that is not JSON.
+        m = re.search(r'field "(\w+)"', str(exc))
+        section = m.group(1) if m else "?"
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        msg = redact.redact_text(
+            f"environment variable {ENV_PREFIX}{section.upper()}: {section}: not valid JSON{cause}"
+        )
+        error = ConfigError(msg)
+        error.key, error.file, error.lines = section, file, [msg]
+        raise error from None
+
+
+def _remember_secrets(value: Any, key: str = "") -> None:
+    """Register every URL password and secret-named value in raw settings with `edge.redact`."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _remember_secrets(v, str(k))
+    elif isinstance(value, list | tuple):
+        for v in value:
+            _remember_secrets(v, key)
+    elif isinstance(value, str):
+        if redact.is_secret_key(key.rsplit("__", 1)[-1]):
+            redact.remember(value)
+        elif "://" in value:
+            redact.remember_url(value)
 
 
 def settings_error(exc: ValidationError, file: str) -> ConfigError:
@@ -481,33 +615,24 @@ def settings_error(exc: ValidationError, file: str) -> ConfigError:
         loc = tuple(err["loc"])
         key = ".".join(str(p) for p in loc) or "<root>"
         first_key = first_key or key
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"{_where(loc, file)}: {key}: {msg}")
+        lines.append(redact.redact_text(f"{_where(loc, file)}: {key}: {msg}"))
     error = ConfigError("\n".join(lines))
     error.key, error.file, error.lines = first_key, file, lines
     return error
 
 
 def check_file(path: Path | str) -> list[str]:
-    """Every problem with a config file and its inventory, as lines for `edge check-config`."""
-    from edge.inventory import load_inventory
+    """Every problem with a config file and its inventory, as lines for `edge check-config`.
+
+    The same validation `edge run` does before it starts (`edge.validation.load_site`).
+    """
+    from edge.validation import load_site
 
     try:
-        settings = load_settings(path)
+        load_site(path)
     except ConfigError as exc:
         return exc.lines or [str(exc)]
-    try:
-        load_inventory(settings.inventory_path())
-    except ConfigError as exc:
-        return exc.lines or [str(exc)]
-    bins = settings.bins_path()
-    if bins is not None:
-        from edge.bins import load_bins
-
-        try:
-            load_bins(bins, [z.id for z in settings.waste.zones])
-        except ConfigError as exc:
-            return exc.lines or [str(exc)]
     return []

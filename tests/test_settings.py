@@ -126,3 +126,26 @@ def test_geojson_inventory(tmp_path: Path) -> None:
     assert inv.lamps["G0"].lat == 51.51
     assert inv.segments["weg"] == ("G0", "G1", "G2")
     assert "bike_path" in inv.lamps["G1"].flags
+
+
+def test_a_section_variable_that_is_not_json_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EDGE_MQTT='{...' (a whole section as one variable, broken JSON) is a ConfigError naming
+    the variable, not pydantic-settings' traceback, and does not echo a password in it."""
+    p = write(tmp_path, "site.toml", '[site]\nid = "x"\n')
+    monkeypatch.setenv("EDGE_MQTT", '{"url": "mqtt://u:Json-secret-77@h", ')
+    with pytest.raises(ConfigError) as err:
+        load_settings(p)
+    assert err.value.lines == [err.value.lines[0]]
+    assert err.value.lines[0].startswith("environment variable EDGE_MQTT: mqtt: not valid JSON")
+    assert "Json-secret-77" not in str(err.value)
+    r = subprocess.run(
+        [sys.executable, "-m", "edge.cli", "check-config", str(p)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "EDGE_MQTT" in r.stderr

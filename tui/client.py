@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import random
 import select
-import ssl
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -47,7 +46,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
+from edge.mqtt import TlsFiles
 from edge.payloads import Ack
+from edge.redact import redact_url
 from tui.model import PREFIX
 
 log = structlog.get_logger(__name__)
@@ -116,9 +117,9 @@ class BrokerUrl:
         """Parse a broker URL; ValueError names what is wrong."""
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL must start with mqtt:// or mqtts://: {url!r}")
+            raise ValueError(f"broker URL must start with mqtt:// or mqtts://: {redact_url(url)!r}")
         if not parts.hostname:
-            raise ValueError(f"broker URL has no host: {url!r}")
+            raise ValueError(f"broker URL has no host: {redact_url(url)!r}")
         tls = parts.scheme == "mqtts"
         return cls(
             host=parts.hostname,
@@ -154,8 +155,12 @@ class DashboardClient:
         flush_interval_s: float = 0.1,
         keepalive_s: int = 30,
         rng: random.Random | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        """`tls`: a private CA and a client certificate for an `mqtts://` broker (mutual TLS);
+        loaded here, so a file that does not load fails at once (ConfigError naming it)."""
         self.url = BrokerUrl.parse(url)
+        self._tls_context = (tls or TlsFiles(key="tui")).context() if self.url.tls else None
         self.site = site
         self.base = f"{PREFIX}/{site}"
         self.client_id = client_id or f"tui-{uuid.uuid4().hex[:12]}"
@@ -224,7 +229,7 @@ class DashboardClient:
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             timeout=self._connect_timeout_s,
             keepalive=self._keepalive_s,
-            tls_context=_tls_context() if self.url.tls else None,
+            tls_context=self._tls_context,
         )
 
     async def _session(self, sink: Sink) -> None:
@@ -348,10 +353,6 @@ def greedy_reads(client: aiomqtt.Client, burst: int = READ_BURST) -> None:
 def _rc(exc: MqttCodeError) -> int:
     value = getattr(exc.rc, "value", exc.rc)
     return value if isinstance(value, int) else -1
-
-
-def _tls_context() -> ssl.SSLContext:
-    return ssl.create_default_context()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
