@@ -240,6 +240,7 @@ async def running(
                 boards=[x.id for x in dcfg.displays if x.kind == "board"],
                 signs=[SignEndpoint(x.id, x.host, x.port, x.unit) for x in dcfg.displays if x.kind == "sign"],
                 mqtt_url=dcfg.board_mqtt_url or mq.url,
+                max_clock_skew_s=mq.max_clock_skew_s,
             )
             drivers.append(display_driver)
             policies["display"] = DisplaySafety(
@@ -251,7 +252,11 @@ async def running(
         fleet: FleetDriver | None = None
         if bins:
             fleet = FleetDriver(
-                bus.publish, clock, [t.id for t in wcfg.trucks], mqtt_url=wcfg.fleet_mqtt_url or mq.url
+                bus.publish,
+                clock,
+                [t.id for t in wcfg.trucks],
+                mqtt_url=wcfg.fleet_mqtt_url or mq.url,
+                max_clock_skew_s=mq.max_clock_skew_s,
             )
             drivers.append(fleet)
             policies["truck"] = WasteSafety()
@@ -389,6 +394,7 @@ async def running(
                     bus.publish,
                     clock,
                     on_late=waste.on_late if waste is not None else None,
+                    max_clock_skew_s=mq.max_clock_skew_s,
                 )
             api = MqttApi(
                 site=site.id,
@@ -409,6 +415,8 @@ async def running(
                 uplink_topics=uplink_topics,
                 waste=waste,
                 alarm_ack=storage.ack_alarm,
+                reply_prefix=mq.reply_prefix,
+                max_clock_skew_s=mq.max_clock_skew_s,
             )
             online = orjson.dumps(DaemonStatus(online=True, site=site.id, version=__version__).model_dump())
             offline = orjson.dumps(DaemonStatus(online=False, site=site.id, version=__version__).model_dump())

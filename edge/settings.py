@@ -79,6 +79,10 @@ class MqttSettings(_Section):
     max_payload_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 65_536
     telemetry_interval_s: Annotated[float, Field(gt=0)] = 60.0
     outbox_max_rows: Annotated[int, Field(ge=100)] = 1_000_000
+    # Answers go only to response topics under this prefix ("" = `{topic_prefix}/{site.id}/replies/`).
+    reply_prefix: Annotated[str, Field(pattern=r"^([^+#\x00]*/)?$", max_length=200)] = ""
+    # Device and request timestamps further ahead of the daemon's clock (real seconds) are refused.
+    max_clock_skew_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
 
     @field_validator("url")
     @classmethod
