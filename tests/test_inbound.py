@@ -36,6 +36,7 @@ from edge.decode import Refusal, Refusals, check_id, check_ts, decode, decode_js
 from edge.demo import sim_controllers
 from edge.events import Event, Telemetry
 from edge.inventory import load_inventory
+from edge.net import free_port
 from edge.settings import load_settings
 from simulators.displays import DisplaySimulator
 from simulators.lighting import LightingSimulator
@@ -377,3 +378,78 @@ async def test_a_retained_request_is_refused_and_never_run(
         finally:
             await pub.publish(request, b"", qos=1, retain=True)
         assert sim.lamp("A3")["level_cmd"] != 37
+
+
+# -- the daemon: every device topic at once ------------------------------------------------
+
+
+async def test_poison_on_device_topics_leaves_the_daemon_running(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
+    """The 2,000-deep array retained on a board's status (there at start), on an uplink topic and on a
+    car-park counter, and a car-park count stamped ten years ahead: each is refused and counted; the
+    daemon keeps running and guides to the car park whose count is real."""
+    from test_displays_e2e import write_site as write_display_site
+
+    from devices.lorawan_profile import default_profiles
+    from simulators.displays import SimBoard, SimSign
+    from simulators.lorawan import chirpstack_event
+
+    token = uuid.uuid4().hex[:8]
+    board, sign = f"led-{token}", f"vms-{token}"
+    sign_port = free_port()
+    cfg = write_display_site(tmp_path, "dp" + token, mqtt_url, database_url, board, sign, sign_port)
+    settings = load_settings(cfg)
+    inv = load_inventory(settings.inventory_path())
+    clock = SimClock(NIGHT)
+    status_topic = f"displays/{board}/status"
+    async with publisher(mqtt_url) as pub:
+        try:
+            async with (
+                LightingSimulator(sim_controllers(inv), clock),
+                DisplaySimulator(
+                    clock, boards=[SimBoard(board)], signs=[SimSign(sign, port=sign_port)], mqtt_url=mqtt_url
+                ) as dsim,
+            ):
+                await pub.publish(status_topic, DEEP, qos=1, retain=True)  # the board's last word: poison
+                async with running(settings, inv, clock) as d:
+                    await d.link.wait_connected(WAIT_S)
+                    base = d.api.base
+                    assert d.display_driver is not None
+                    assert d.ingest is not None
+                    dd, ingest = d.display_driver, d.ingest
+                    await wait_for(
+                        lambda: dd.refusals.by_reason["too_deep"] >= 1, "the retained status refused"
+                    )
+                    await pub.publish(f"{base}/field/carparks/p1", DEEP, qos=1)
+                    future = {"free": 99, "ts": clock.now() + 10 * 365 * 86400}
+                    await pub.publish(f"{base}/field/carparks/p1", orjson.dumps(future), qos=1)
+                    await pub.publish("application/x/device/70b3d57ed0000001/event/up", DEEP, qos=1)
+                    parking = default_profiles()["parking_magnetic"]
+                    topic, body = chirpstack_event(
+                        "70b3d57ed0000001", "bay0", f_cnt=5, f_port=1, payload=parking.encode({"occupied": False}),
+                        ts=clock.now() + 10 * 365 * 86400, dedup_id=f"{token}-f",
+                    )  # fmt: skip
+                    await pub.publish(topic, body, qos=1)
+                    await wait_for(
+                        lambda: (
+                            ingest.stats.refused.get("future_ts", 0) == 1
+                            and d.api.refused["future_ts"] == 1
+                            and d.api.refused["too_deep"] == 1
+                        ),
+                        "every poison counted",
+                    )
+                    assert ingest.stats.refused.get("too_deep") == 1
+                    states = dict(d.api.parking_messages())
+                    p1 = orjson.loads(states[f"{base}/parking/p1/state"])
+                    assert p1["free"] is None  # the future count was never taken, so never "fresh"
+                    assert p1["fresh"] is False
+                    await pub.publish(f"{base}/field/carparks/p1", orjson.dumps({"free": 40}), qos=1)
+                    await wait_for(
+                        lambda: "P Near" in dsim.shown(board) and "frei 40" in dsim.shown(sign),
+                        "guidance to P Near",
+                        timeout_s=30,
+                    )
+                    assert dd.refusals.by_reason["too_deep"] >= 1
+        finally:
+            await pub.publish(status_topic, b"", qos=1, retain=True)
