@@ -850,7 +850,7 @@ class MqttApi:
                 raise PayloadError("unknown_feeder", name)
             used, note = charging.set_limit(name, req.limit_a, now, now + req.duration_s, source)
             self._audit_signal(name, used, source, note or req.reason)
-            return Ack(ok=True, status="accepted", reason=note, request_topic=msg.topic, ts=now)
+            return limit_ack(charging, name, req.limit_a, used, note, msg.topic, now)
         if scope != "chargers":
             raise PayloadError("unknown_topic", f"{req.action} goes to cmd/chargers/{{id}}")
         if name not in self._inv.chargers:
@@ -871,10 +871,7 @@ class MqttApi:
             now=now, ttl_s=self._ttl * self._clock.speed, hold_s=req.duration_s, reason=req.reason or req.action,
         )  # fmt: skip
         result = await self._dispatcher.submit_and_wait(cmd, self._result_timeout)
-        ack = summarize([result], msg.topic, self._clock.now())
-        if result.command.reason.startswith(("feeder_limit", "below_6a")) and ack.ok:
-            ack = ack.model_copy(update={"status": "clamped", "reason": result.command.reason})
-        return ack
+        return summarize([result], msg.topic, self._clock.now())
 
     def _utility(self, utility: str, raw: Any, topic: str) -> Ack:
         charging = self._need_charging()
@@ -895,7 +892,7 @@ class MqttApi:
             )
             used, note = charging.set_limit(sig.target, limit_a, sig.start, sig.end, source)
             self._audit_signal(sig.target, used, source, note or "curtailment")
-            return Ack(ok=True, status="accepted", reason=note, request_topic=topic, ts=now)
+            return limit_ack(charging, sig.target, limit_a, used, note, topic, now)
         charging.set_price(sig.start, sig.slot_minutes, list(sig.values))
         self._audit_signal(sig.kind, float(len(sig.values)), source, f"{sig.kind} curve")
         return Ack(ok=True, status="accepted", request_topic=topic, ts=now)
@@ -947,9 +944,13 @@ class MqttApi:
 
 
 def summarize(results: list[CommandResult], topic: str, ts: float) -> Ack:
-    """One ack for many device results: confirmed, clamped, partial, refused or failed."""
+    """One ack for many device results: confirmed, clamped, partial, refused or failed.
+
+    "clamped" is data, not a reason text: a safety policy that changed the value left the asked
+    one in `Command.requested`. A single device's ack carries `requested`, `effective` and `note`.
+    """
     counts = Counter(str(r.outcome) for r in results)
-    clamped = [r for r in results if r.command.reason.startswith("under_lighting_floor")]
+    clamped = [r for r in results if r.command.requested is not None and r.outcome is Outcome.CONFIRMED]
     counts["clamped"] = len(clamped)
     n = len(results)
     reasons = sorted({r.reason for r in results if r.reason and r.outcome is not Outcome.CONFIRMED})
@@ -962,18 +963,58 @@ def summarize(results: list[CommandResult], topic: str, ts: float) -> Ack:
     else:
         status = "partial"
     ok = status in {"confirmed", "clamped"}
+    one: dict[str, Any] = {}
+    if n == 1:
+        r = results[0]
+        c = r.command
+        one = {
+            "requested": c.requested if c.requested is not None else c.value,
+            "effective": r.applied_value,
+            "note": c.reason[:500] if c.requested is not None else "",
+        }
     return Ack(
         ok=ok,
         status=status,
         reason="; ".join(reasons)[:500],
+        **one,
         request_topic=topic,
         counts={k: v for k, v in counts.items() if v},
         results=[
             DeviceResult(
-                device_id=r.command.device_id, outcome=str(r.outcome), value=r.applied_value, reason=r.reason
+                device_id=r.command.device_id,
+                outcome=str(r.outcome),
+                value=r.applied_value,
+                requested=r.command.requested,
+                reason=r.reason or (r.command.reason if r.command.requested is not None else ""),
             )
             for r in results[:100]
         ],
+        ts=ts,
+    )
+
+
+def limit_ack(
+    charging: ChargingController, target: str, requested: float, used: float, note: str, topic: str, ts: float
+) -> Ack:
+    """The answer to a feeder or cabinet limit: what is in force, and why it is not what was asked.
+
+    The supply's own rating always applies (5,000 A asked on a 40 A feeder leaves 40 A), and a
+    limit under the §14a floor is raised to it: both are `clamped`, with the effective value.
+    """
+    rating = charging.safety.rating_a(target)
+    effective = min(used, rating)
+    notes = [note] if note else []
+    if used > rating:
+        notes.append(f"the rating of {target} ({rating:g} A) applies")
+    clamped = not math.isclose(effective, requested, rel_tol=0, abs_tol=1e-6)
+    return Ack(
+        ok=True,
+        status="clamped" if clamped else "accepted",
+        reason="; ".join(notes)[:500],
+        requested=round(requested, 3),
+        effective=round(effective, 3),
+        note="; ".join(notes)[:500] if clamped else "",
+        request_topic=topic,
         ts=ts,
     )
 

@@ -270,9 +270,12 @@ class Motion(_Model):
 
 
 class DeviceResult(_Model):
+    """One device's outcome; `value` is what it holds now, `requested` what was asked when a policy clamped it."""
+
     device_id: str
     outcome: str
     value: float | None = None
+    requested: float | None = Field(default=None, description="set when a safety policy changed the value")
     reason: str = ""
 
 
@@ -280,8 +283,16 @@ class Ack(_Model):
     """The answer to a request: ok or not, with the reason, per-device outcomes and counts."""
 
     ok: bool
-    status: Literal["confirmed", "accepted", "clamped", "partial", "refused", "failed"]
+    status: Annotated[
+        Literal["confirmed", "accepted", "clamped", "partial", "refused", "failed"],
+        Field(description="clamped: done, but with another value than asked (see `effective` and `note`)"),
+    ]
     reason: str = ""
+    requested: float | None = Field(default=None, description="the value asked for (limits, levels)")
+    effective: float | None = Field(
+        default=None, description="the value in force after ratings, floors and interlocks"
+    )
+    note: str = Field(default="", description="why `effective` differs from `requested`")
     request_topic: str
     counts: dict[str, int] = Field(default_factory=dict)
     results: list[DeviceResult] = Field(default_factory=list)

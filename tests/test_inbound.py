@@ -453,3 +453,62 @@ async def test_poison_on_device_topics_leaves_the_daemon_running(
                     assert dd.refusals.by_reason["too_deep"] >= 1
         finally:
             await pub.publish(status_topic, b"", qos=1, retain=True)
+
+
+# -- acks say what is in force ----------------------------------------------------------------
+
+
+async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
+    """`set_limit` of 5,000 A on a 25 A feeder is acked `clamped` with the effective 25 A and a note
+    (it was `accepted` with no note); a limit at the rating is `accepted` with requested == effective;
+    a curtailment to 0 A is `clamped` and says the §14a floor applies."""
+    from harness import Site
+    from test_charging_e2e import LIMIT_A
+    from test_charging_e2e import write_site as write_charging_site
+
+    from controllers.lighting import night_window
+    from edge.demo import sim_chargers
+    from simulators.charging import ChargingSimulator
+
+    opc_port = free_port()
+    cfg = write_charging_site(tmp_path, "ack" + uuid.uuid4().hex[:6], mqtt_url, database_url, opc_port)
+    settings = load_settings(cfg)
+    inv = load_inventory(settings.inventory_path())
+    on, _ = night_window(settings.site, settings.lighting, NIGHT - 12 * 3600)
+    clock = SimClock(start=on + 3600, speed=1)
+    cps, feeders = sim_chargers(inv, settings)
+    cps = [  # no car until the test brings one
+        c.__class__(**{**{f: getattr(c, f) for f in c.__dataclass_fields__}, "sessions_per_day": 0})
+        for c in cps
+    ]
+    async with (
+        LightingSimulator(sim_controllers(inv), clock, seed=2) as lsim,
+        ChargingSimulator(cps, clock, feeders=feeders, port=opc_port, seed=2) as csim,
+        running(settings, inv, clock) as d,
+        publisher(mqtt_url) as client,
+    ):
+        await d.link.wait_connected(WAIT_S)
+        csim.set_feeder_live("lc", True)
+        s = Site(d, lsim, client, settings, inv, d.link.protocol == "5")
+        ack = await s.request("cmd/feeders/lc", {"action": "set_limit", "limit_a": 5000, "duration_s": 600})
+        assert ack["ok"] is True, ack
+        assert ack["status"] == "clamped", ack
+        assert ack["requested"] == 5000
+        assert ack["effective"] == LIMIT_A
+        assert "rating" in ack["note"], ack
+        ack = await s.request(
+            "cmd/feeders/lc", {"action": "set_limit", "limit_a": LIMIT_A, "duration_s": 600}
+        )
+        assert ack["status"] == "accepted", ack
+        assert (ack["requested"], ack["effective"], ack["note"]) == (LIMIT_A, LIMIT_A, "")
+        now = clock.now()
+        ack = await s.request(
+            "utility/dso/limits",
+            {"action": "curtail", "target": "lc", "limit_a": 0, "start": now, "end": now + 600},
+        )
+        assert ack["status"] == "clamped", ack
+        assert ack["requested"] == 0
+        assert ack["effective"] > 0
+        assert "§14a" in ack["note"]
