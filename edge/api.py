@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -525,11 +526,27 @@ class MqttApi:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _handle_guarded(self, msg: Incoming) -> None:
+        """The per-message boundary: a bug in one request's handling is logged (once per topic)
+        and answered `internal_error`; it never ends the receive loop."""
         try:
             await self.handle(msg)
-        except Exception:
-            log.exception("api_request_crashed", topic=msg.topic)
+        except Exception as exc:
             self.refused["internal_error"] += 1
+            self._refusals.crashed(_shown_topic(msg.topic, 80), exc)
+            if self._pub is None or not msg.topic.startswith(self.base + "/cmd/"):
+                return
+            reply = msg.response_topic
+            try:
+                if reply is not None:
+                    self._check_reply(reply)
+            except PayloadError:
+                reply = None
+            ack = Ack(ok=False, status="failed", reason="internal_error: see the daemon's log",
+                      request_topic=msg.topic[:300], ts=self._clock.now())  # fmt: skip
+            with contextlib.suppress(PayloadError):
+                await self._pub.publish_reliable(
+                    reply or f"{self.base}/acks", dump(ack), correlation_data=msg.correlation_data
+                )
 
     async def handle(self, msg: Incoming) -> Ack | None:
         """Validate, execute and answer one request; returns the ack sent (None for sensor input).
@@ -755,7 +772,9 @@ class MqttApi:
                     self._lighting.submit(lamp_id, 100, Priority.SAFETY, f"warning:{req.id}",
                                           hold_s=max(1.0, req.end - now), reason="warning")  # fmt: skip
                     raised += 1
-            self._audit_signal(f"warning:{req.id}", float(len(targets)), source, req.severity)
+            # The warning's own id names the row (point "warning"): "warning:" + a 64-character id
+            # would not fit the audit table's device_id.
+            self._audit_signal(req.id, float(len(targets)), source, req.severity, point="warning")
             return Ack(ok=True, status="accepted", counts={"displays": len(targets), "lamps_raised": raised},
                        request_topic=msg.topic, ts=now)  # fmt: skip
         if name not in displays.displays:
@@ -894,14 +913,16 @@ class MqttApi:
             self._audit_signal(sig.target, used, source, note or "curtailment")
             return limit_ack(charging, sig.target, limit_a, used, note, topic, now)
         charging.set_price(sig.start, sig.slot_minutes, list(sig.values))
-        self._audit_signal(sig.kind, float(len(sig.values)), source, f"{sig.kind} curve")
+        self._audit_signal(sig.kind, float(len(sig.values)), source, f"{sig.kind} curve", point="curve")
         return Ack(ok=True, status="accepted", request_topic=topic, ts=now)
 
-    def _audit_signal(self, target: str, value: float, source: str, reason: str) -> None:
+    def _audit_signal(
+        self, target: str, value: float, source: str, reason: str, *, point: str = "limit_a"
+    ) -> None:
         if self._audit is None:
             return
         now = self._clock.now()
-        cmd = Command(new_command_id(), target, "limit_a", value, Priority.SAFETY, source, now, now)
+        cmd = Command(new_command_id(), target, point, value, Priority.SAFETY, source, now, now)
         self._audit(AuditRecord(cmd, Outcome.ACCEPTED, value, reason[:500], now))
 
     def _targets(self, scope: str, name: str) -> list[str]:

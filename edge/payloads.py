@@ -11,10 +11,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
+from edge.decode import ID_PATTERN
 from optimizer.guidance import GuidancePlan
 
 API_VERSION = "v1"
 MAX_DURATION_S = 7 * 86400
+Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
+"""An id taken from a payload: 1-64 of A-Z a-z 0-9 _ . : -, starting with a letter or digit."""
 
 
 class _Model(BaseModel):
@@ -107,7 +110,7 @@ class Curtailment(_Model):
     """A grid operator's limit on a feeder or cabinet for a time window (§14a EnWG)."""
 
     action: Literal["curtail"]
-    target: Annotated[str, Field(min_length=1, max_length=64)]
+    target: Id
     limit_kw: Annotated[float | None, Field(ge=0, le=10_000, allow_inf_nan=False)] = None
     limit_a: Annotated[float | None, Field(ge=0, le=5000, allow_inf_nan=False)] = None
     start: Annotated[float, Field(ge=0, allow_inf_nan=False, description="epoch seconds")]
@@ -180,10 +183,12 @@ class WarningRequest(_Model):
     """A storm or disaster warning for some displays (or all), for a time window."""
 
     action: Literal["warn"]
-    id: Annotated[str, Field(min_length=1, max_length=64)]
+    id: Id
     severity: Literal["info", "warning", "severe", "extreme"]
     lines: Annotated[list[Annotated[str, Field(max_length=40)]], Field(min_length=1, max_length=4)]
-    displays: list[str] = Field(default_factory=list, description="these displays (with `area`: added to it)")
+    displays: Annotated[list[Id], Field(max_length=1000)] = Field(
+        default_factory=list, description="these displays (with `area`: added to it)"
+    )
     area: WarningArea | None = Field(
         default=None, description="a circle; no displays and no area: every display"
     )
@@ -200,7 +205,7 @@ class WarningRequest(_Model):
 
 class WarningClear(_Model):
     action: Literal["clear"]
-    id: Annotated[str, Field(min_length=1, max_length=64)]
+    id: Id
 
 
 class WarningRequests(RootModel[Annotated[WarningRequest | WarningClear, Field(discriminator="action")]]):
@@ -363,8 +368,8 @@ class AlarmAck(_Model):
     """Acknowledge an active alarm with a comment (`cmd/alarms/ack`): someone is on it."""
 
     action: Literal["ack"]
-    device: Annotated[str, Field(min_length=1, max_length=64)]
-    code: Annotated[str, Field(min_length=1, max_length=64)]
+    device: Id
+    code: Id
     comment: Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=500),

@@ -739,3 +739,24 @@ async def test_simulator_to_ingest_over_mqtt(mqtt_url: str) -> None:
     assert sorted(e.device_id for e in sink.published) == sorted(s.device_id for s in sim.sensors)
     formats = {s.format for s in sim.sensors}
     assert formats == {"chirpstack", "tts"}
+
+
+def test_a_frame_from_the_future_is_refused_and_the_next_one_taken() -> None:
+    """A frame stamped ten years ahead of the daemon's clock is refused (`future_ts`), not published:
+    the state store would keep it as the newest reading; within the skew it is taken."""
+    ingest, sink = make_ingest()
+    assert ingest.handle(*cs(7, NOW + 10 * 365 * 86400)) is None
+    assert ingest.stats.refused == {"future_ts": 1}
+    assert ingest.handle(*cs(8, NOW + 60)) is not None
+    assert len(sink.published) == 1
+
+
+def test_deeply_nested_uplinks_are_refused_without_recursion() -> None:
+    """2,000 nested arrays, or an `object` nested 40 deep, are refused by the byte scan (`too_deep`)."""
+    ingest, sink = make_ingest()
+    topic, body = cs(9, NOW)
+    deep_object = body[:-1] + b', "object": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}"
+    assert ingest.handle(topic, b"[" * 2000 + b"]" * 2000) is None
+    assert ingest.handle(topic, deep_object) is None
+    assert ingest.stats.refused == {"too_deep": 2}
+    assert sink.published == []
