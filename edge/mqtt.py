@@ -29,6 +29,13 @@ client behind a v5 broker).
 
 Sessions are clean: commands sent while the daemon is offline are not queued by the
 broker to be applied late; their senders time out and may retry.
+
+Incoming: every message the broker delivers reaches the handler, oversized ones included
+(counted as `refused_oversize`): the API owes the sender a `payload_too_large` answer, and
+paho has read the message into memory anyway. (Dropping them here is why 1 MB and 10 MB
+requests once went unanswered; neither Mosquitto's default `message_size_limit` nor paho
+limits what is delivered.) MQTT 5 subscriptions are retain-as-published, so the handler
+sees the retain flag of a retained request even on its first, live delivery.
 """
 
 from __future__ import annotations

@@ -431,15 +431,16 @@ async def test_poison_on_device_topics_leaves_the_daemon_running(
                         ts=clock.now() + 10 * 365 * 86400, dedup_id=f"{token}-f",
                     )  # fmt: skip
                     await pub.publish(topic, body, qos=1)
+                    # Uplink topics are shared by every site on the broker: at least ours are counted.
                     await wait_for(
                         lambda: (
-                            ingest.stats.refused.get("future_ts", 0) == 1
+                            ingest.stats.refused.get("future_ts", 0) >= 1
                             and d.api.refused["future_ts"] == 1
                             and d.api.refused["too_deep"] == 1
                         ),
                         "every poison counted",
                     )
-                    assert ingest.stats.refused.get("too_deep") == 1
+                    assert ingest.stats.refused.get("too_deep", 0) >= 1
                     states = dict(d.api.parking_messages())
                     p1 = orjson.loads(states[f"{base}/parking/p1/state"])
                     assert p1["free"] is None  # the future count was never taken, so never "fresh"
