@@ -1046,7 +1046,7 @@ def result_message(ev: CommandResult) -> CommandResultMessage:
         command_id=c.id,
         device_id=c.device_id,
         point=c.point,
-        requested=c.value,
+        requested=c.requested if c.requested is not None else c.value,  # what was asked, not the clamp
         applied=ev.applied_value,
         outcome=str(ev.outcome),
         reason=ev.reason,

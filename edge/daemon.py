@@ -118,7 +118,7 @@ def _audit_row(rec: AuditRecord) -> CommandAudit:
         command_id=c.id,
         device_id=c.device_id,
         point=c.point,
-        requested=c.value,
+        requested=c.requested if c.requested is not None else c.value,  # what was asked, even once clamped
         applied=rec.value,
         priority=c.priority.name.lower(),
         source=c.source,

@@ -578,10 +578,13 @@ class LightingSimulator:
                     attempt = 0
                     async for message in client.messages:
                         payload = message.payload
-                        if isinstance(payload, bytes | str):
-                            self.apply_fault_payload(payload)
-                        else:
+                        if not isinstance(payload, bytes | str):
                             log.warning("sim_fault_refused", reason="payload is not bytes")
+                            continue
+                        try:  # one bad message must not end the fault session
+                            self.apply_fault_payload(payload)
+                        except Exception:
+                            log.exception("sim_fault_failed")
             except aiomqtt.MqttError as exc:
                 if attempt == 0:
                     log.warning("sim_fault_mqtt_down", host=host, port=port, error=str(exc))

@@ -513,3 +513,23 @@ async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
         assert ack["requested"] == 0
         assert ack["effective"] > 0
         assert "§14a" in ack["note"]
+
+
+def test_summarize_tells_clamped_from_data_not_reason_text() -> None:
+    """A command a policy clamped carries the asked value (`requested`): the ack is `clamped` with
+    requested, effective and the policy's note, whatever the reason text says; an unclamped one with
+    a reason that merely looks like a clamp is `confirmed`."""
+    from edge.api import summarize
+    from edge.events import Command, CommandResult, Outcome, Priority
+
+    def result(value: float, reason: str, requested: float | None) -> CommandResult:
+        cmd = Command("c1", "CP0", "current_limit_a", value, Priority.OPERATOR, "operator:t", 0.0, 30.0,
+                      reason=reason, requested=requested)  # fmt: skip
+        return CommandResult(cmd, Outcome.CONFIRMED, value, "", 1.0)
+
+    ack = summarize([result(7.5, "feeder_limit: feeder f leaves 7.5 A, set 7.5 A", 16.0)], "t", 1.0)
+    assert (ack.status, ack.ok, ack.requested, ack.effective) == ("clamped", True, 16.0, 7.5)
+    assert ack.note.startswith("feeder_limit")
+    assert ack.results[0].requested == 16.0
+    plain = summarize([result(10.0, "feeder_limit is what the operator typed", None)], "t", 1.0)
+    assert (plain.status, plain.requested, plain.effective, plain.note) == ("confirmed", 10.0, 10.0, "")
