@@ -17,6 +17,10 @@ and shown_crc back. Telemetry per display: online, brightness, pixel_faults, sho
 active_slot and their status bits. Availability per display on transitions only.
 `health()` counts missed polls so a controller can raise an alarm after
 max(alarm_after_s, alarm_after_missed polls).
+
+A board status goes through `edge.decode` (size, depth, JSON); one that is not a status of
+the profile, or is stamped more than `max_clock_skew_s` ahead of the clock, is counted in
+`refusals` (per reason, logged per board on transitions) and never ends the receive loop.
 """
 
 from __future__ import annotations

@@ -20,8 +20,11 @@ Topic tree (`{prefix}` = `dos/v1`, `{site}` = the site id), documented in docs/a
 
 Requests are answered on the MQTT 5 response topic with the correlation data (or,
 for MQTT 3.1.1 clients, `response_topic`/`correlation_id` inside the JSON), else on
-`{prefix}/{site}/acks`. Malformed, unknown or oversized requests get a nack with
-the reason and are counted; nothing a client sends can crash the daemon.
+`{prefix}/{site}/acks`. A response topic must lie under the reply prefix
+(`{prefix}/{site}/replies/`): the daemon never writes an answer onto a device's or its own
+topics for a client. Every payload goes through `edge.decode` (size, depth, JSON, model) and
+every id through its grammar; malformed, unknown, oversized or retained requests get a nack
+with the reason and are counted; nothing a client sends can crash the daemon.
 """
 
 from __future__ import annotations
