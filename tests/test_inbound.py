@@ -27,7 +27,12 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict
 from structlog.testing import capture_logs
 
-from devices.display_profile import default_led_board_profile, parse_status_payload
+from devices.display_profile import (
+    BoardStatus,
+    default_led_board_profile,
+    parse_status_payload,
+    status_payload,
+)
 from devices.displays import DisplayDriver
 from devices.fleet import FleetDriver
 from edge.clock import ManualClock, SimClock
@@ -181,17 +186,22 @@ async def test_deep_retained_board_status_leaves_the_driver_running(
                     for _ in range(3):
                         await pub.publish(topic, DEEP, qos=1)
                     await pub.publish(topic, b"\xff\xfe{", qos=1)
+                    ahead = BoardStatus(online=True, brightness=50, ts=manual_clock.now() + 10 * 365 * 86400)
+                    await pub.publish(topic, status_payload(default_led_board_profile(), ahead), qos=1)
                     await recorder.wait(
-                        lambda: driver.refusals.by_reason["invalid_utf8"] >= 1, "all the poison", 5.0
+                        lambda: driver.refusals.by_reason["future_ts"] >= 1, "all the poison", 5.0
                     )
                     assert driver.refusals.by_reason["too_deep"] == 4
+                    assert driver.refusals.by_reason["invalid_utf8"] == 1
+                    assert recorder.value(board, "brightness") is None  # the future status was not taken
                     display_sim.clear(board)
                     await recorder.wait(lambda: bool(driver.online(board)), "the board online", 5.0)
                     body = {"message_id": 7, "lines": ["P1 frei 12"], "arrow": "left"}
                     assert await driver.write(board, "content", orjson.dumps(body).decode(), 2.0) == 7
                     assert display_sim.shown(board) == "P1 frei 12"
             refused = [e for e in logs if e["event"] == "inbound_refused"]
-            assert [e["reason"] for e in refused] == ["too_deep", "invalid_utf8"]  # transitions, not 5 lines
+            # transitions, not a line per message
+            assert [e["reason"] for e in refused] == ["too_deep", "invalid_utf8", "future_ts"]
         finally:
             await pub.publish(topic, b"", qos=1, retain=True)
 
