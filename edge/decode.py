@@ -14,6 +14,8 @@ per-source counter that logs transitions (first refusal, recovery), not every me
 
 from __future__ import annotations
 
+import array
+import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -36,9 +38,9 @@ ID_PATTERN: Final = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}"
 _ID = re.compile(ID_PATTERN)
 
 # A JSON string, escapes included; possessive, so it scans each byte once.
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"', re.DOTALL)
-_PAIR = re.compile(rb"\[\]|\{\}")
+_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_SIGN = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as signed bytes: +1 open, -1 close
 
 REASONS: Final = (
     "payload_too_large",
@@ -63,23 +65,17 @@ class Refusal:
 
 
 def depth_exceeds(payload: bytes, limit: int) -> bool:
-    """Whether arrays/objects nest deeper than `limit` (or are unbalanced), by a byte scan.
+    """Whether arrays/objects nest deeper than `limit`, by a byte scan (strings skipped).
 
     Most messages have fewer brackets than the limit in all, which one C-level count shows.
-    Otherwise strings and everything but brackets are dropped, and `limit` passes each
-    remove the innermost level (`[]` and `{}` pairs): brackets left over mean deeper than
-    the limit. Every step is a C-level pass over at most `max_bytes`, whatever the nesting.
+    Otherwise strings are cut out, every bracket becomes +1 or -1 (everything else is
+    dropped), and the largest running sum is the depth: C-level passes over at most
+    `max_bytes`, whatever the nesting (about 2 ms for 64 kB of brackets).
     """
     if payload.count(b"[") + payload.count(b"{") <= limit:
         return False
-    rest = _STRING.sub(b"", payload).translate(None, _NOT_BRACKET)
-    for _ in range(limit):
-        rest, n = _PAIR.subn(b"", rest)
-        if not rest:
-            return False
-        if n == 0:
-            return True  # unbalanced: not JSON anyway
-    return bool(rest)
+    steps = array.array("b", _STRING.sub(b"", payload).translate(_SIGN, _NOT_BRACKET))
+    return max(itertools.accumulate(steps), default=0) > limit
 
 
 def decode_json(

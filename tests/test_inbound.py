@@ -101,6 +101,30 @@ def test_decode_never_raises(payload: bytes) -> None:
     assert isinstance(decode_json(payload), object)
 
 
+def _depth(v: object) -> int:
+    if isinstance(v, list):
+        return 1 + max((_depth(x) for x in v), default=0)
+    if isinstance(v, dict):
+        return 1 + max((_depth(x) for x in v.values()), default=0)
+    return 0
+
+
+_JSON = st.recursive(
+    st.none() | st.integers(min_value=-(2**53), max_value=2**53) | st.text(alphabet='[]{}"\\ab,:'),
+    lambda c: (
+        st.lists(c, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\a', max_size=4), c, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSON, st.integers(min_value=0, max_value=8))
+def test_depth_scan_matches_the_real_nesting(value: object, limit: int) -> None:
+    """The byte scan's verdict equals the nesting of the parsed value, brackets and escapes in strings included."""
+    assert depth_exceeds(orjson.dumps(value), limit) == (_depth(value) > limit)
+
+
 def test_id_grammar() -> None:
     """One grammar for every id from a topic or payload: the inventory's, 1-64 characters."""
     for good in ("L01003", "feeder-3", "cp-003", "70b3d57ed0020001", "bay-70b3d57ed0020001", "truck-1",
