@@ -140,8 +140,8 @@ class LightingSettings(_Section):
 class FeederSettings(_Section):
     """A low-voltage feeder (or lighting circuit) that charge points hang on."""
 
-    id: str
-    cabinet: str
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]  # the API's id grammar
+    cabinet: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     limit_a: Annotated[
         float, Field(gt=0, le=2000, description="per-phase current limit set by the grid operator")
     ]
@@ -152,7 +152,7 @@ class FeederSettings(_Section):
 class CabinetSettings(_Section):
     """A street cabinet: caps every feeder below it."""
 
-    id: str
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     limit_a: Annotated[float, Field(gt=0, le=5000)]
 
 
