@@ -62,7 +62,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.decode import decode_json
+from edge.decode import Refusals, decode_json
 from edge.errors import ConfigError, PayloadError
 from edge.outbox import Outbox, OutboxMessage
 
@@ -240,6 +240,7 @@ class MqttLink:
         self._refused_out = 0
         self._poisoned = 0
         self._handler_errors = 0
+        self._crashes = Refusals("mqtt")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -559,9 +560,9 @@ class MqttLink:
             incoming = self._incoming(topic, bytes(payload), message.properties, message.retain)
             try:
                 await self._on_message(incoming)
-            except Exception:
+            except Exception as exc:  # the per-message boundary: logged once per topic, never ends the link
                 self._handler_errors += 1
-                log.exception("mqtt_handler_failed", topic=topic)
+                self._crashes.crashed(topic, exc)
 
     def _incoming(
         self, topic: str, payload: bytes, props: Properties | None, retain: bool
