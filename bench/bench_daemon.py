@@ -280,6 +280,7 @@ async def _requests(
     run_id: str,
     responder: str | None = None,
     *,
+    reply: str = "",
     nodelay_requester: bool = True,
     nodelay_responder: bool = False,
 ) -> tuple[list[float], list[str], list[tuple[int, float, str]]]:
@@ -297,7 +298,7 @@ async def _requests(
 
     host, port = _host_port(url)
     proto = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
-    reply = f"bench/{run_id}/reply"
+    reply = reply or f"bench/{run_id}/reply"  # the daemon answers only under {base}/replies/
     waiting: dict[str, tuple[asyncio.Future[tuple[float, dict[str, Any]]], float]] = {}
 
     async def read(client: aiomqtt.Client) -> None:
@@ -391,7 +392,7 @@ def _daemon_commands(
     def make(i: int) -> tuple[str, dict[str, Any]]:
         return f"{base}/cmd/lights/{targets[i]}", {"action": "set_level", "level": LEVELS[i % 2]}
 
-    return uvloop.run(_requests(url, v5, n, make, run_id))
+    return uvloop.run(_requests(url, v5, n, make, run_id, reply=f"{base}/replies/bench-{run_id}"))
 
 
 def _mqtt_echo(url: str, v5: bool, n: int, run_id: str, *, nodelay_responder: bool = False) -> list[float]:

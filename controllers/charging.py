@@ -121,6 +121,14 @@ class ChargingSafety:
                 limit = min(limit, w.limit_a)
         return limit
 
+    def rating_a(self, target: str) -> float:
+        """The configured limit (A per phase) of a feeder or cabinet, whatever windows apply (inf if unknown)."""
+        f = self._feeders.get(target)
+        if f is not None:
+            return f.limit_a
+        c = self._cabinets.get(target)
+        return c.limit_a if c is not None else math.inf
+
     def cabinet_limit(self, cabinet: str, now: float) -> float:
         c = self._cabinets.get(cabinet)
         limit = c.limit_a if c is not None else math.inf

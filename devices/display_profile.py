@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from devices.codec import PointValueError
 from devices.profile import MODBUS_MAX_READ, Block, PointType
 from devices.profile import _Loader as _RegisterLoader
+from edge.decode import Refusal, decode_json
 from edge.errors import ConfigError
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -40,6 +41,7 @@ VMS_CONTROL_POINTS = ("active_slot", "brightness", "status", "pixel_faults", "sh
 VMS_SLOT_POINTS = ("message_id", "arrow", "expires_at")
 VMS_STATUS_BITS = ("pixel_fault", "power_loss", "door_open", "comm_fault")
 _MAX_CONTENT_JSON = 8192
+MAX_STATUS_BYTES = 16_384  # a status is a few hundred bytes: lines of text and a few numbers
 
 
 class DisplayKind(StrEnum):
@@ -216,12 +218,10 @@ def parse_content(value: object) -> DisplayContent:
     if isinstance(value, DisplayContent):
         return value
     if isinstance(value, str | bytes):
-        if len(value) > _MAX_CONTENT_JSON:
-            raise _refuse(f"content JSON longer than {_MAX_CONTENT_JSON}")
-        try:
-            value = json.loads(value)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            raise _refuse(f"content is not JSON: {exc}") from None
+        decoded = decode_json(value, max_bytes=_MAX_CONTENT_JSON, max_depth=4)
+        if isinstance(decoded, Refusal):
+            raise _refuse(f"content is not usable JSON: {decoded}")
+        value = decoded
     if not isinstance(value, Mapping):
         raise _refuse(f"content must be a JSON object, got {type(value).__name__}")
     data = dict(value)
@@ -565,10 +565,9 @@ def content_payload(profile: LedBoardProfile, content: DisplayContent) -> bytes:
 
 def parse_content_payload(profile: LedBoardProfile, payload: bytes | str) -> DisplayContent:
     """A content topic's JSON back to `DisplayContent`; PointValueError if malformed."""
-    try:
-        raw = json.loads(payload)
-    except ValueError as exc:
-        raise _refuse(f"content is not JSON: {exc}") from None
+    raw = decode_json(payload, max_bytes=_MAX_CONTENT_JSON, max_depth=4)
+    if isinstance(raw, Refusal):
+        raise _refuse(f"content is not usable JSON: {raw}")
     if not isinstance(raw, dict):
         raise _refuse("content must be a JSON object")
     by_key = {key: name for name, key in profile.content_keys.items()}
@@ -609,19 +608,31 @@ def _int_or_none(raw: Mapping[str, Any], key: str, lo: int, hi: int) -> int | No
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _malformed(f"{key} must be an integer in {lo}..{hi}, got {value!r}")
+        raise _malformed(f"{key} must be an integer in {lo}..{hi}, got {value!r}"[:200])
     return int(value)
 
 
-def parse_status_payload(profile: LedBoardProfile, payload: bytes | str) -> BoardStatus:
-    """A status topic's JSON; ValueError if it is not a status this profile describes."""
-    raw = json.loads(payload)  # JSONDecodeError is a ValueError
+def parse_status_payload(profile: LedBoardProfile, payload: bytes | str) -> BoardStatus | Refusal:
+    """A status topic's JSON, or a Refusal (edge.decode) saying why it is not a status of this profile.
+
+    Never raises for bad input: the board driver's receive loop must survive any payload.
+    """
+    raw = decode_json(payload, max_bytes=MAX_STATUS_BYTES, max_depth=4)
+    if isinstance(raw, Refusal):
+        return raw
+    try:
+        return _status(profile, raw)
+    except ValueError as exc:
+        return Refusal("invalid_payload", str(exc))
+
+
+def _status(profile: LedBoardProfile, raw: Any) -> BoardStatus:
     if not isinstance(raw, dict):
         raise _malformed("status must be a JSON object")
     k = profile.status_keys
     online = raw.get(k["online"])
     if not isinstance(online, bool):
-        raise _malformed(f"{k['online']} must be true or false, got {online!r}")
+        raise _malformed(f"{k['online']} must be true or false, got {online!r}"[:200])
     if not online:
         return BoardStatus(online=False)
     text = raw.get(k["text"], "")
@@ -629,12 +640,12 @@ def parse_status_payload(profile: LedBoardProfile, payload: bytes | str) -> Boar
     ts = raw.get(k["ts"])
     if text is None:
         text = ""
-    if not isinstance(text, str):
-        raise _malformed(f"{k['text']} must be a string")
+    if not isinstance(text, str) or len(text) > 1024:
+        raise _malformed(f"{k['text']} must be a string of at most 1024 characters")
     if arrow is None:
         arrow = "none"
     if arrow not in ARROWS:
-        raise _malformed(f"{k['arrow']} must be one of {ARROWS}, got {arrow!r}")
+        raise _malformed(f"{k['arrow']} must be one of {ARROWS}, got {arrow!r}"[:200])
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts)):
         raise _malformed(f"{k['ts']} must be a number")
     return BoardStatus(

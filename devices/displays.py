@@ -17,6 +17,10 @@ and shown_crc back. Telemetry per display: online, brightness, pixel_faults, sho
 active_slot and their status bits. Availability per display on transitions only.
 `health()` counts missed polls so a controller can raise an alarm after
 max(alarm_after_s, alarm_after_missed polls).
+
+A board status goes through `edge.decode` (size, depth, JSON); one that is not a status of
+the profile, or is stamped more than `max_clock_skew_s` ahead of the clock, is counted in
+`refusals` (per reason, logged per board on transitions) and never ends the receive loop.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from devices.display_profile import (
 )
 from devices.modbus import _quiet_pymodbus
 from edge.clock import Clock
+from edge.decode import Refusal, Refusals, check_ts
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
 from edge.mqtt import BrokerAddress, TlsFiles
@@ -463,7 +468,9 @@ class DisplayDriver:
         backoff_max_s: float = 30.0,
         alarm_after_s: float = 120.0,
         alarm_after_missed: int = 10,
+        max_clock_skew_s: float = 300.0,
     ) -> None:
+        """`max_clock_skew_s` (real seconds): a status stamped further ahead of our clock is refused."""
         if boards and mqtt_url is None:
             raise ValueError("boards need an mqtt_url")
         self.publish = publish
@@ -478,6 +485,8 @@ class DisplayDriver:
         self.alarm_after_s = alarm_after_s
         self.alarm_after_missed = alarm_after_missed
         self.stats = DisplayDriverStats()
+        self.refusals = Refusals("displays")
+        self.max_ahead_s = max_clock_skew_s * max(1.0, clock.speed)
         self.control_decoder = BlockDecoder(self.vms_profile.control)
         self._address: BrokerAddress | None = None
         if boards:
@@ -560,7 +569,10 @@ class DisplayDriver:
                         log.info("displays_mqtt_up", broker=self._broker)
                     attempt = 0
                     async for message in client.messages:
-                        self._on_message(message)
+                        try:
+                            self._on_message(message)
+                        except Exception as exc:  # a bug in one message's handling must not end the loop
+                            self.refusals.crashed(message.topic.value, exc)
             except aiomqtt.MqttError as exc:
                 self._client = None
                 if attempt == 0:
@@ -576,17 +588,20 @@ class DisplayDriver:
     def _on_message(self, message: aiomqtt.Message) -> None:
         board = self._by_topic.get(message.topic.value)
         payload = message.payload
-        if board is None or not isinstance(payload, bytes | str):
+        if board is None or not isinstance(payload, bytes | bytearray | str):
             return
         self.stats.statuses += 1
         if not payload:
             return  # a retained status being cleared
-        try:
-            status = parse_status_payload(self.board_profile, payload)
-        except ValueError as exc:
+        status = parse_status_payload(self.board_profile, payload)
+        if isinstance(status, BoardStatus) and status.ts is not None:
+            future = check_ts(status.ts, self.clock.now(), self.max_ahead_s)
+            status = status if future is None else future
+        if isinstance(status, Refusal):
             self.stats.bad_statuses += 1
-            board.log.warning("display_bad_status", error=str(exc))
+            self.refusals.refuse(board.display_id, status)
             return
+        self.refusals.accepted(board.display_id)
         board.on_status(status, retained=bool(message.retain))
 
     async def _watch_boards(self) -> None:

@@ -6,8 +6,10 @@ odometer_km, speed_kmh})`, and each `fleet/{truck}/event` becomes `Telemetry(tru
 {"event": type, "seq": n, ...})` (the waste controller tells them apart by `event`).
 Payloads are validated here, at the trust boundary: a bad one is counted and logged with
 what is wrong, never passed on. That includes a `ts` more than `MAX_SKEW_S` from the
-daemon's clock (milliseconds, a truck whose clock never synced): the controller keys
-de-duplication, ETAs and the day's counters on it.
+daemon's clock behind, or more than `max_clock_skew_s` ahead (milliseconds, a truck whose
+clock never synced): the controller keys de-duplication, ETAs and the day's counters on it.
+Every payload goes through `edge.decode` (size, depth, JSON, model); one bad message never
+ends the receive loop.
 
 Routes go through the dispatcher like any command (`PayloadDriver`): `write_payload`
 publishes the route retained with QoS 1 (a truck that reconnects gets it) and returns the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import random
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -31,10 +34,11 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import aiomqtt
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from devices.base import Driver
 from edge.clock import Clock
+from edge.decode import Refusal, Refusals, check_id, check_ts, decode, is_id, shown_id
 from edge.errors import ConfigError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Event, Telemetry, Value
 from edge.mqtt import BrokerAddress, TlsFiles
@@ -43,7 +47,7 @@ from edge.tasks import close_task_group
 log = structlog.get_logger(__name__)
 
 MAX_FLEET_BYTES = 256 * 1024  # a route of a few hundred stops is ~60 kB
-MAX_SKEW_S = 86_400.0  # a truck's `ts` further than this from the daemon's clock is refused
+MAX_SKEW_S = 86_400.0  # a truck's `ts` further than this behind the daemon's clock is refused
 # Upper bounds well above any refuse truck (the largest carry ~40 m3 and ~15 t) but far below
 # what would overflow a sum or a percentage: a value beyond them is a broken unit.
 MAX_LOAD_L = 200_000.0
@@ -132,8 +136,10 @@ class FleetDriver:
         timeout_s: float = 5.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        max_clock_skew_s: float = 300.0,
     ) -> None:
         """`bins`, when given, are the known bin ids: an `emptied`/`skipped` naming another is logged.
+        A `ts` more than `max_clock_skew_s` (real seconds) ahead of the clock is refused.
 
         Raises ConfigError (key `waste.fleet_mqtt_url`) for a URL that is not mqtt:// or mqtts://.
         """
@@ -155,6 +161,9 @@ class FleetDriver:
         self.backoff_base_s = backoff_base_s
         self.backoff_max_s = backoff_max_s
         self.stats = FleetStats()
+        self.refused: Counter[str] = Counter()
+        self._crashes = Refusals("fleet")
+        self.max_ahead_s = max_clock_skew_s * max(1.0, clock.speed)
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._answers: dict[tuple[str, str], asyncio.Future[float]] = {}
@@ -210,7 +219,11 @@ class FleetDriver:
                         log.info("fleet_mqtt_up", broker=self.broker)
                     attempt = 0
                     async for message in client.messages:
-                        self.on_message(message.topic.value, message.payload)
+                        try:
+                            self.on_message(message.topic.value, message.payload)
+                        except Exception as exc:  # a bug in one message's handling must not end the loop
+                            self.refused["internal_error"] += 1
+                            self._crashes.crashed(message.topic.value, exc)
             except aiomqtt.MqttError as exc:
                 if attempt == 0:
                     log.warning("fleet_mqtt_down", broker=self.broker, error=str(exc))
@@ -221,13 +234,21 @@ class FleetDriver:
                 self._client = None
                 self._connected.clear()
 
-    def _bad(self, truck: str, what: str, error: str) -> None:
-        """Count a refused message; name the truck on its first and every LOG_EVERY-th one."""
+    def _bad(self, truck: str, what: str, refusal: Refusal) -> None:
+        """Count a refused message by reason; name the truck on its first and every LOG_EVERY-th one."""
         self.stats.bad += 1
+        self.refused[refusal.reason] += 1
         n = self._bad_by_truck.get(truck, 0) + 1
         self._bad_by_truck[truck] = n
         if n == 1 or n % LOG_EVERY == 0:
-            log.warning("fleet_bad_message", truck=truck, topic=what, error=error, count=n)
+            log.warning(
+                "fleet_bad_message",
+                truck=truck,
+                topic=what,
+                reason=refusal.reason,
+                error=refusal.detail,
+                count=n,
+            )
 
     def bad_count(self, truck: str) -> int:
         """Messages refused from one truck so far."""
@@ -235,17 +256,26 @@ class FleetDriver:
 
     def _unknown(self, truck: str) -> None:
         self.stats.unknown_truck += 1
+        if not is_id(truck):
+            self.refused["invalid_id"] += 1
+            truck = shown_id(truck)  # never remembered or logged in full
         if truck not in self._unknown_seen and len(self._unknown_seen) < MAX_UNKNOWN_LOGGED:
             self._unknown_seen.add(truck)
             log.warning("fleet_unknown_truck", truck=truck, known=len(self.trucks))
 
-    def _check_ts(self, ts: float) -> str | None:
-        """Why `ts` is refused (None if it is within MAX_SKEW_S of the daemon's clock)."""
-        skew = ts - self.clock.now()
-        if abs(skew) <= MAX_SKEW_S:
-            return None
-        side = "ahead of" if skew > 0 else "behind"
-        return f"ts: {ts!r} is {abs(skew):.0f} s {side} the daemon's clock (at most {MAX_SKEW_S:.0f} s; Unix seconds)"
+    def _check_ts(self, ts: float) -> Refusal | None:
+        """Why `ts` is refused: ahead of the daemon's clock (the one rule of edge.decode), or more
+        than MAX_SKEW_S behind it (a truck whose clock never synced); None if it is usable."""
+        now = self.clock.now()
+        future = check_ts(ts, now, self.max_ahead_s)
+        if future is not None:
+            return Refusal(future.reason, f"ts: {future.detail} (Unix seconds)")
+        if now - ts > MAX_SKEW_S:
+            return Refusal(
+                "stale_ts",
+                f"ts: {ts!r} is {now - ts:.0f} s behind the daemon's clock (at most {MAX_SKEW_S:.0f} s)",
+            )
+        return None
 
     def _check_bin(self, truck: str, ev: TruckEventMessage) -> None:
         """Log (once per truck and bin) an emptied/skipped event for a bin that is not in the inventory."""
@@ -268,52 +298,44 @@ class FleetDriver:
             return None
         if not isinstance(payload, bytes | bytearray | str) or not payload:
             return None  # a cleared retained state
-        if len(payload) > MAX_FLEET_BYTES:
-            self._bad(truck, kind, f"{len(payload)} bytes is too large")
+        msg: TruckStateMessage | TruckEventMessage | Refusal
+        if kind == "state":
+            msg = decode(payload, TruckStateMessage, max_bytes=MAX_FLEET_BYTES, max_depth=4)
+        else:
+            msg = decode(payload, TruckEventMessage, max_bytes=MAX_FLEET_BYTES, max_depth=4)
+        if not isinstance(msg, Refusal):
+            msg = self._check_ts(msg.ts) or msg
+        if isinstance(msg, TruckEventMessage) and msg.bin is not None and (bad := check_id(msg.bin, "bin")):
+            msg = bad
+        if isinstance(msg, Refusal):
+            self._bad(truck, kind, msg)
             return None
-        try:
-            data = orjson.loads(payload)
-            if kind == "state":
-                st = TruckStateMessage.model_validate(data)
-                if (why := self._check_ts(st.ts)) is not None:
-                    self._bad(truck, kind, why)
-                    return None
-                values: dict[str, Value] = {
-                    "lat": st.lat, "lon": st.lon, "speed_kmh": st.speed_kmh, "load_l": st.load_l,
-                    "load_kg": st.load_kg, "status": st.status, "route_id": st.route_id or "",
-                    "stop_index": st.stop_index, "odometer_km": st.odometer_km,
-                }  # fmt: skip
-                ts = st.ts
-                self.stats.states += 1
-                if st.route_id:
-                    self._answer(truck, st.route_id, None)
-            else:
-                ev = TruckEventMessage.model_validate(data)
-                if (why := self._check_ts(ev.ts)) is not None:
-                    self._bad(truck, kind, why)
-                    return None
-                self._check_bin(truck, ev)
-                values = {"event": ev.type, "seq": ev.seq}
-                for key in ("route_id", "bin", "reason", "lat", "lon", "load_l", "load_kg"):
-                    v = getattr(ev, key)
-                    if v is not None:
-                        values[key] = v
-                ts = ev.ts
-                self.stats.events += 1
-                if ev.type == "route_done" and ev.route_id and self._retained.get(truck) == ev.route_id:
-                    self._clear_route(truck, ev.route_id)
-                if ev.type in {"route_accepted", "route_rejected"} and ev.route_id:
-                    self._answer(
-                        truck, ev.route_id, ev.reason or "rejected" if ev.type == "route_rejected" else None
-                    )
-        except orjson.JSONDecodeError as exc:
-            self._bad(truck, kind, f"not JSON: {exc}")
-            return None
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            self._bad(truck, kind, f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}")
-            return None
-        event = Telemetry(truck, ts, values)
+        if isinstance(msg, TruckStateMessage):
+            st = msg
+            values: dict[str, Value] = {
+                "lat": st.lat, "lon": st.lon, "speed_kmh": st.speed_kmh, "load_l": st.load_l,
+                "load_kg": st.load_kg, "status": st.status, "route_id": st.route_id or "",
+                "stop_index": st.stop_index, "odometer_km": st.odometer_km,
+            }  # fmt: skip
+            self.stats.states += 1
+            if st.route_id:
+                self._answer(truck, st.route_id, None)
+        else:
+            ev = msg
+            self._check_bin(truck, ev)
+            values = {"event": ev.type, "seq": ev.seq}
+            for key in ("route_id", "bin", "reason", "lat", "lon", "load_l", "load_kg"):
+                v = getattr(ev, key)
+                if v is not None:
+                    values[key] = v
+            self.stats.events += 1
+            if ev.type == "route_done" and ev.route_id and self._retained.get(truck) == ev.route_id:
+                self._clear_route(truck, ev.route_id)
+            if ev.type in {"route_accepted", "route_rejected"} and ev.route_id:
+                self._answer(
+                    truck, ev.route_id, ev.reason or "rejected" if ev.type == "route_rejected" else None
+                )
+        event = Telemetry(truck, msg.ts, values)
         self.publish(event)
         return event
 

@@ -8,8 +8,9 @@ Two formats, told apart by the topic:
 - The Things Stack v3 (`v3/{app}@{tenant}/devices/{id}/up`, or `v3/{app}/devices/{id}/up`
   on a single-tenant install): empty fields left out the same way. `parse_tts`.
 
-Both return an `Uplink` or raise `PayloadError` with a short reason (`oversized`,
-`malformed_json`, `not_an_uplink`, `bad_base64`, `missing_field`, `bad_field`,
+Both return an `Uplink` or raise `PayloadError` with a short reason (those of
+`edge.decode`: `payload_too_large`, `invalid_utf8`, `too_deep`, `malformed_json`; and
+`not_an_uplink`, `bad_base64`, `missing_field`, `bad_field`,
 `topic_mismatch`): never anything else, whatever the bytes.
 
 `UplinkIngest` turns uplinks into `Telemetry(device_id, received_at, values)`:
@@ -25,7 +26,9 @@ Both return an `Uplink` or raise `PayloadError` with a short reason (`oversized`
   received *after* the newest frame that is either small (< `reset_below`) or far behind
   (> `reorder_window`): a new session starts and the frame is current.
 - Unknown devices and frames on ports the profile does not describe are counted and
-  dropped; payloads that do not fit the profile are refused and counted by reason.
+  dropped; payloads that do not fit the profile are refused and counted by reason, and so
+  is a frame whose time lies more than `max_clock_skew_s` ahead of the daemon's clock
+  (`future_ts`: it would stay "current" until then).
 """
 
 from __future__ import annotations
@@ -38,11 +41,11 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
-import orjson
 import structlog
 
 from devices.lorawan_profile import LorawanProfile
 from edge.clock import Clock
+from edge.decode import Refusal, check_ts, decode_json
 from edge.errors import ConfigError, PayloadError
 from edge.events import Telemetry, Value
 
@@ -52,6 +55,8 @@ Source = Literal["chirpstack", "tts"]
 
 MAX_UPLINK_BYTES = 64 * 1024
 """A network server's uplink event is 1-3 kB; anything near this is not one."""
+MAX_UPLINK_DEPTH = 16
+"""An uplink nests 4-5 levels (rxInfo[].metadata, a decoded object); far more is not one."""
 
 TOPICS = ("application/+/device/+/event/up", "v3/+/devices/+/up")
 """MQTT subscriptions that carry uplinks in the two formats (default topic templates)."""
@@ -87,12 +92,9 @@ class Uplink:
 
 
 def _load(payload: bytes | bytearray | str) -> dict[str, Any]:
-    if len(payload) > MAX_UPLINK_BYTES:
-        raise PayloadError("oversized", f"{len(payload)} bytes > {MAX_UPLINK_BYTES}")
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise PayloadError("malformed_json", str(exc)) from None
+    data = decode_json(payload, max_bytes=MAX_UPLINK_BYTES, max_depth=MAX_UPLINK_DEPTH)
+    if isinstance(data, Refusal):
+        raise PayloadError(data.reason, data.detail)
     if not isinstance(data, dict):
         raise PayloadError("not_an_uplink", f"a JSON {type(data).__name__}, not an object")
     return data
@@ -397,8 +399,10 @@ class UplinkIngest:
         reset_below: int = 16,
         dedup_ids: int = 8192,
         recent_per_device: int = 32,
+        max_clock_skew_s: float = 300.0,
     ) -> None:
         self._publish = publish
+        self._max_ahead_s = max_clock_skew_s * max(1.0, clock.speed)
         self._on_late = on_late
         self._clock = clock
         self._dup_window_s = dup_window_s
@@ -434,6 +438,10 @@ class UplinkIngest:
             up = parse_uplink(topic, payload, now=self._clock.now())
         except PayloadError as exc:
             self._refuse(exc, topic)
+            return None
+        future = check_ts(up.received_at, self._clock.now(), self._max_ahead_s)
+        if future is not None:  # a frame "from the future" would stay current until then
+            self._refuse(PayloadError(future.reason, future.detail), topic)
             return None
         track = self._tracks.get(up.dev_eui)
         if track is None:

@@ -20,14 +20,18 @@ Topic tree (`{prefix}` = `dos/v1`, `{site}` = the site id), documented in docs/a
 
 Requests are answered on the MQTT 5 response topic with the correlation data (or,
 for MQTT 3.1.1 clients, `response_topic`/`correlation_id` inside the JSON), else on
-`{prefix}/{site}/acks`. Malformed, unknown or oversized requests get a nack with
-the reason and are counted; nothing a client sends can crash the daemon.
+`{prefix}/{site}/acks`. A response topic must lie under the reply prefix
+(`{prefix}/{site}/replies/`): the daemon never writes an answer onto a device's or its own
+topics for a client. Every payload goes through `edge.decode` (size, depth, JSON, model) and
+every id through its grammar; malformed, unknown, oversized or retained requests get a nack
+with the reason and are counted; nothing a client sends can crash the daemon.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import math
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -46,6 +50,7 @@ from controllers.lighting import LEVEL_POINT, LightingController
 from controllers.waste import OPERATOR_DOMAIN, WasteController
 from edge.bus import EventBus
 from edge.clock import Clock
+from edge.decode import Refusal, Refusals, check_id, check_ts, decode_json, shown_id
 from edge.dispatcher import AuditRecord, Dispatcher, make_command, new_command_id
 from edge.errors import PayloadError
 from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, Priority, StateChanged
@@ -100,6 +105,7 @@ STATE_KEYS = frozenset(
     | {"status", "car_connected", "current_limit_a", "session_id", "energy_needed_kwh"}
     | {"shown", "message_id", "brightness", "pixel_faults"}
 )
+MAX_REPLY_TOPIC = 256  # bytes of a response topic; the reply prefix plus a client's own name
 YIELD_EVERY = 200  # work items between yields to the event loop in bulk loops
 ALARM_HISTORY = 100  # alarm events kept in the retained history
 CONTROLLER_KEYS = frozenset({"online", "failsafe_active", "alarms"})
@@ -118,6 +124,10 @@ class Incoming(Protocol):
     def correlation_data(self) -> bytes | None: ...
     @property
     def user_properties(self) -> tuple[tuple[str, str], ...]: ...
+    @property
+    def retain(self) -> bool:
+        """The MQTT retain flag as delivered: set for a message the broker kept (a replay)."""
+        ...
 
 
 class Publisher(Protocol):
@@ -166,8 +176,15 @@ class MqttApi:
         alarm_ack: Callable[[str, str, str, str, float], None] | None = None,
         waste: WasteController | None = None,
         waste_interval_s: float = 1.0,
+        reply_prefix: str = "",
+        max_clock_skew_s: float = 300.0,
     ) -> None:
+        """`reply_prefix`: where answers may go ("" = `{prefix}/{site}/replies/`); `max_clock_skew_s`
+        (real seconds): a car-park count or motion stamped further ahead of the clock is refused."""
         self.base = f"{prefix}/{site}"
+        self._reply_prefix = reply_prefix or f"{self.base}/replies/"
+        self._max_ahead = max_clock_skew_s * max(1.0, clock.speed)
+        self._refusals = Refusals("api")
         self._site = site
         self._bus = bus
         self._clock = clock
@@ -285,7 +302,11 @@ class MqttApi:
         if alarm is None:
             raise PayloadError("unknown_alarm", f"no active alarm {req.code} on {req.device}")
         now = self._clock.now()
-        by = dict(msg.user_properties).get("user") or req.by or "mqtt"
+        by = self._who(msg)
+        if by == "mqtt" and req.by:
+            if (bad := check_id(req.by, "by")) is not None:
+                raise PayloadError(bad.reason, bad.detail)
+            by = req.by
         acked = alarm.model_copy(
             update={"acked": True, "acked_by": by, "ack_comment": req.comment, "ack_ts": now,
                     "event_id": new_event_id()}  # the ack is a transition of its own
@@ -510,14 +531,35 @@ class MqttApi:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _handle_guarded(self, msg: Incoming) -> None:
+        """The per-message boundary: a bug in one request's handling is logged (once per topic)
+        and answered `internal_error`; it never ends the receive loop."""
         try:
             await self.handle(msg)
-        except Exception:
-            log.exception("api_request_crashed", topic=msg.topic)
+        except Exception as exc:
             self.refused["internal_error"] += 1
+            self._refusals.crashed(_shown_topic(msg.topic, 80), exc)
+            if self._pub is None or not msg.topic.startswith(self.base + "/cmd/"):
+                return
+            reply = msg.response_topic
+            try:
+                if reply is not None:
+                    self._check_reply(reply)
+            except PayloadError:
+                reply = None
+            ack = Ack(ok=False, status="failed", reason="internal_error: see the daemon's log",
+                      request_topic=msg.topic[:300], ts=self._clock.now())  # fmt: skip
+            with contextlib.suppress(PayloadError):
+                await self._pub.publish_reliable(
+                    reply or f"{self.base}/acks", dump(ack), correlation_data=msg.correlation_data
+                )
 
     async def handle(self, msg: Incoming) -> Ack | None:
-        """Validate, execute and answer one request; returns the ack sent (None for sensor input)."""
+        """Validate, execute and answer one request; returns the ack sent (None for sensor input).
+
+        Order of the checks: the response topic (an answer goes only under the reply prefix,
+        else to `acks`), the retain flag (a retained request would run again at every
+        reconnect), then the one decode (size, depth, JSON), the ids, and the model.
+        """
         self.requests += 1
         if self._uplinks is not None and not msg.topic.startswith(self.base + "/"):
             # LoRaWAN uplinks from the network server: sensors want no answer; bad ones are
@@ -531,36 +573,56 @@ class MqttApi:
                 self.refused[f"uplink_{exc.reason}"] += 1
             return None
         rel = msg.topic.removeprefix(self.base + "/")
-        reply_to, corr = msg.response_topic, msg.correlation_data
+        reply_to: str | None = None
+        corr = msg.correlation_data
         corr_json: str | None = None
+        sensor = rel.startswith("field/")
         try:
-            if len(msg.payload) > self._max_payload:
-                raise PayloadError("payload_too_large", f"{len(msg.payload)} bytes > {self._max_payload}")
-            try:
-                raw = orjson.loads(msg.payload) if msg.payload else None
-            except orjson.JSONDecodeError as exc:
-                raise PayloadError("malformed_json", str(exc)) from None
+            if msg.response_topic is not None:
+                self._check_reply(msg.response_topic)
+                reply_to = msg.response_topic
+            if msg.retain and not rel.startswith("field/carparks/"):
+                # A retained request would run again at every reconnect of the daemon; a retained
+                # motion is a replay, not someone on the path now.
+                raise PayloadError(
+                    "retained_request", "requests must not be retained: it would run again at every reconnect"
+                )
+            raw: Any = None
+            if msg.payload:
+                decoded = decode_json(msg.payload, max_bytes=self._max_payload)
+                if isinstance(decoded, Refusal):
+                    raise PayloadError(decoded.reason, decoded.detail)
+                raw = decoded
             if isinstance(raw, dict):
                 # MQTT 3.1.1 clients carry request/response inside the payload.
-                reply_in = _str(raw.pop("response_topic", None))
-                reply_to = reply_to or reply_in
+                reply_in = raw.pop("response_topic", None)
+                if reply_to is None and reply_in is not None:
+                    if not isinstance(reply_in, str):
+                        raise PayloadError("response_topic_refused", "response_topic must be a string")
+                    self._check_reply(reply_in)
+                    reply_to = reply_in
                 corr_in = raw.pop("correlation_id", None)
                 if corr_in is not None:
                     corr_json = str(corr_in)[:200]
                     corr = corr or corr_json.encode()
             parts = rel.split("/")
+            named = parts[:2] not in (["cmd", "segments"], ["cmd", "groups"])  # inventory names, looked up
+            if named and len(parts) >= 3 and (bad := check_id(parts[-1], "topic id")) is not None:
+                raise PayloadError(bad.reason, bad.detail)
             if parts[0] == "field" and len(parts) == 3 and parts[1] == "motion":
                 self._motion(parts[2], raw)
                 return None
             if parts[0] == "field" and len(parts) == 3 and parts[1] == "carparks":
-                self._carpark(parts[2], raw)
+                self._carpark(parts[2], raw, retained=msg.retain)
                 return None
             if parts[0] == "utility" and len(parts) == 3 and parts[2] in {"limits", "signals"}:
+                if (bad := check_id(parts[1], "utility")) is not None:
+                    raise PayloadError(bad.reason, bad.detail)
                 ack = self._utility(parts[1], raw, msg.topic)
             elif parts[0] == "cmd" and len(parts) in {3, 4} and parts[1] == "waste":
                 ack = self._waste_command(parts[2:], raw, msg)
             elif parts[0] != "cmd" or len(parts) != 3:
-                raise PayloadError("unknown_topic", msg.topic)
+                raise PayloadError("unknown_topic", _shown_topic(msg.topic))
             elif parts[1] in {"chargers", "feeders", "charging"}:
                 ack = await self._charging_command(parts[1], parts[2], raw, msg)
             elif parts[1] == "alarms":
@@ -571,14 +633,19 @@ class MqttApi:
                 ack = await self._command(parts[1], parts[2], raw, msg)
         except PayloadError as exc:
             self.refused[exc.reason] += 1
-            log.warning("api_request_refused", topic=msg.topic, reason=exc.reason, detail=exc.detail[:200])
+            source = "sensor" if sensor else "request"
+            self._refusals.refuse(f"{source}:{_shown_topic(msg.topic, 80)}", Refusal(exc.reason, exc.detail))
+            if sensor:
+                return None  # sensors want no answer; counted and logged above
             ack = Ack(
                 ok=False,
                 status="refused",
                 reason=str(exc)[:500],
-                request_topic=msg.topic,
+                request_topic=msg.topic[:300],
                 ts=self._clock.now(),
             )
+        if sensor:
+            return None
         if corr_json is not None:
             ack = ack.model_copy(update={"correlation_id": corr_json})
         if ack.ok:
@@ -591,6 +658,28 @@ class MqttApi:
             )
         return ack
 
+    def _check_reply(self, topic: str) -> None:
+        """Answers go only under the reply prefix: never to a device's or the daemon's own topics."""
+        if not topic.startswith(self._reply_prefix) or len(topic) == len(self._reply_prefix):
+            raise PayloadError(
+                "response_topic_refused",
+                f"{_shown_topic(topic, 80)} is not under {self._reply_prefix}",
+            )
+        if "+" in topic or "#" in topic or "\x00" in topic or len(topic.encode()) > MAX_REPLY_TOPIC:
+            raise PayloadError(
+                "response_topic_refused",
+                f"{_shown_topic(topic, 80)}: no wildcards, no NUL, at most {MAX_REPLY_TOPIC} bytes",
+            )
+
+    def _who(self, msg: Incoming) -> str:
+        """The broker user named in the MQTT 5 user property `user`, checked like any id ('mqtt' if none)."""
+        user = dict(msg.user_properties).get("user")
+        if not user:
+            return "mqtt"
+        if (bad := check_id(user, "user property")) is not None:
+            raise PayloadError(bad.reason, bad.detail)
+        return user
+
     def _motion(self, lamp_id: str, raw: Any) -> None:
         try:
             motion = Motion.model_validate(raw if raw is not None else {})
@@ -598,6 +687,8 @@ class MqttApi:
             raise PayloadError("invalid_payload", _errors(exc)) from None
         if lamp_id not in self._inv.lamps:
             raise PayloadError("unknown_device", lamp_id)
+        if motion.ts is not None and (future := check_ts(motion.ts, self._clock.now(), self._max_ahead)):
+            raise PayloadError(future.reason, future.detail)
         if motion.detected:
             self._lighting.on_motion(lamp_id)
 
@@ -612,7 +703,7 @@ class MqttApi:
             self._lighting.request_replan()
             return Ack(ok=True, status="accepted", request_topic=msg.topic, ts=self._clock.now())
         targets = self._targets(scope, name)
-        source = "operator:" + (dict(msg.user_properties).get("user") or "mqtt")
+        source = "operator:" + self._who(msg)
         if isinstance(req, ResumeSchedule):
             released = sum(
                 self._dispatcher.release(t, LEVEL_POINT, Priority.OPERATOR, source) for t in targets
@@ -632,7 +723,7 @@ class MqttApi:
             raise PayloadError("unknown_topic", "this site has no displays")
         return self._displays
 
-    def _carpark(self, car_park: str, raw: Any) -> None:
+    def _carpark(self, car_park: str, raw: Any, *, retained: bool = False) -> None:
         displays = self._need_displays()
         try:
             rep = CarParkReport.model_validate(raw)
@@ -640,12 +731,19 @@ class MqttApi:
             raise PayloadError("invalid_payload", _errors(exc)) from None
         if car_park not in displays.car_parks:
             raise PayloadError("unknown_car_park", car_park)
-        displays.report(car_park, rep.free, rep.open, rep.ts if rep.ts is not None else self._clock.now())
+        now = self._clock.now()
+        if retained and rep.ts is None:
+            # A counter's retained last value, replayed at our reconnect: without its own time it
+            # would be taken as counted now, and a stale number would look fresh.
+            raise PayloadError("retained_request", "a retained car-park count needs its ts")
+        if rep.ts is not None and (future := check_ts(rep.ts, now, self._max_ahead)) is not None:
+            raise PayloadError(future.reason, future.detail)
+        displays.report(car_park, rep.free, rep.open, rep.ts if rep.ts is not None else now)
 
     async def _display_command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
         displays = self._need_displays()
         now = self._clock.now()
-        source = "operator:" + (dict(msg.user_properties).get("user") or "mqtt")
+        source = "operator:" + self._who(msg)
         if scope == "warnings":
             try:
                 req = WarningRequests.model_validate(raw).root
@@ -679,7 +777,9 @@ class MqttApi:
                     self._lighting.submit(lamp_id, 100, Priority.SAFETY, f"warning:{req.id}",
                                           hold_s=max(1.0, req.end - now), reason="warning")  # fmt: skip
                     raised += 1
-            self._audit_signal(f"warning:{req.id}", float(len(targets)), source, req.severity)
+            # The warning's own id names the row (point "warning"): "warning:" + a 64-character id
+            # would not fit the audit table's device_id.
+            self._audit_signal(req.id, float(len(targets)), source, req.severity, point="warning")
             return Ack(ok=True, status="accepted", counts={"displays": len(targets), "lamps_raised": raised},
                        request_topic=msg.topic, ts=now)  # fmt: skip
         if name not in displays.displays:
@@ -724,7 +824,7 @@ class MqttApi:
         if waste is None:
             raise PayloadError("unknown_topic", "this site has no waste collection")
         now = self._clock.now()
-        who = dict(msg.user_properties).get("user") or "mqtt"
+        who = self._who(msg)
         if parts == ["replan"]:
             try:
                 rp = WasteReplan.model_validate(raw)
@@ -763,7 +863,7 @@ class MqttApi:
         except ValidationError as exc:
             raise PayloadError("invalid_payload", _errors(exc)) from None
         now = self._clock.now()
-        source = "operator:" + (dict(msg.user_properties).get("user") or "mqtt")
+        source = "operator:" + self._who(msg)
         if isinstance(req, ChargingReplan):
             if (scope, name) != ("charging", "replan"):
                 raise PayloadError("unknown_topic", f"replan goes to {self.base}/cmd/charging/replan")
@@ -774,9 +874,11 @@ class MqttApi:
                 raise PayloadError("unknown_feeder", name)
             used, note = charging.set_limit(name, req.limit_a, now, now + req.duration_s, source)
             self._audit_signal(name, used, source, note or req.reason)
-            return Ack(ok=True, status="accepted", reason=note, request_topic=msg.topic, ts=now)
+            return limit_ack(charging, name, req.limit_a, used, note, msg.topic, now)
         if scope != "chargers":
             raise PayloadError("unknown_topic", f"{req.action} goes to cmd/chargers/{{id}}")
+        if name not in self._inv.chargers:
+            raise PayloadError("unknown_device", name)
         if isinstance(req, ChargerRelease):
             released = self._dispatcher.release(name, CHARGE_POINT, Priority.OPERATOR, source)
             return Ack(
@@ -793,10 +895,7 @@ class MqttApi:
             now=now, ttl_s=self._ttl * self._clock.speed, hold_s=req.duration_s, reason=req.reason or req.action,
         )  # fmt: skip
         result = await self._dispatcher.submit_and_wait(cmd, self._result_timeout)
-        ack = summarize([result], msg.topic, self._clock.now())
-        if result.command.reason.startswith(("feeder_limit", "below_6a")) and ack.ok:
-            ack = ack.model_copy(update={"status": "clamped", "reason": result.command.reason})
-        return ack
+        return summarize([result], msg.topic, self._clock.now())
 
     def _utility(self, utility: str, raw: Any, topic: str) -> Ack:
         charging = self._need_charging()
@@ -817,30 +916,35 @@ class MqttApi:
             )
             used, note = charging.set_limit(sig.target, limit_a, sig.start, sig.end, source)
             self._audit_signal(sig.target, used, source, note or "curtailment")
-            return Ack(ok=True, status="accepted", reason=note, request_topic=topic, ts=now)
+            return limit_ack(charging, sig.target, limit_a, used, note, topic, now)
         charging.set_price(sig.start, sig.slot_minutes, list(sig.values))
-        self._audit_signal(sig.kind, float(len(sig.values)), source, f"{sig.kind} curve")
+        self._audit_signal(sig.kind, float(len(sig.values)), source, f"{sig.kind} curve", point="curve")
         return Ack(ok=True, status="accepted", request_topic=topic, ts=now)
 
-    def _audit_signal(self, target: str, value: float, source: str, reason: str) -> None:
+    def _audit_signal(
+        self, target: str, value: float, source: str, reason: str, *, point: str = "limit_a"
+    ) -> None:
         if self._audit is None:
             return
         now = self._clock.now()
-        cmd = Command(new_command_id(), target, "limit_a", value, Priority.SAFETY, source, now, now)
+        cmd = Command(new_command_id(), target, point, value, Priority.SAFETY, source, now, now)
         self._audit(AuditRecord(cmd, Outcome.ACCEPTED, value, reason[:500], now))
 
     def _targets(self, scope: str, name: str) -> list[str]:
         if scope == "lights":
-            return [name]  # an unknown lamp is refused and audited by the dispatcher
+            # Refused here, not by the dispatcher: an id that is not ours is never audited or stored.
+            if name not in self._inv.lamps:
+                raise PayloadError("unknown_device", name)
+            return [name]
         if scope == "groups":
             if name not in self._inv.groups:
-                raise PayloadError("unknown_group", name)
+                raise PayloadError("unknown_group", shown_id(name))
             return list(self._inv.groups[name])
         if scope == "segments":
             if name not in self._inv.segments:
-                raise PayloadError("unknown_segment", name)
+                raise PayloadError("unknown_segment", shown_id(name))
             return list(self._inv.segments[name])
-        raise PayloadError("unknown_topic", f"cmd/{scope}/{name}")
+        raise PayloadError("unknown_topic", f"cmd/{scope}/{shown_id(name)}")
 
     async def _set_level(self, req: SetLevel, targets: Iterable[str], source: str, topic: str) -> Ack:
         now = self._clock.now()
@@ -866,9 +970,13 @@ class MqttApi:
 
 
 def summarize(results: list[CommandResult], topic: str, ts: float) -> Ack:
-    """One ack for many device results: confirmed, clamped, partial, refused or failed."""
+    """One ack for many device results: confirmed, clamped, partial, refused or failed.
+
+    "clamped" is data, not a reason text: a safety policy that changed the value left the asked
+    one in `Command.requested`. A single device's ack carries `requested`, `effective` and `note`.
+    """
     counts = Counter(str(r.outcome) for r in results)
-    clamped = [r for r in results if r.command.reason.startswith("under_lighting_floor")]
+    clamped = [r for r in results if r.command.requested is not None and r.outcome is Outcome.CONFIRMED]
     counts["clamped"] = len(clamped)
     n = len(results)
     reasons = sorted({r.reason for r in results if r.reason and r.outcome is not Outcome.CONFIRMED})
@@ -881,18 +989,58 @@ def summarize(results: list[CommandResult], topic: str, ts: float) -> Ack:
     else:
         status = "partial"
     ok = status in {"confirmed", "clamped"}
+    one: dict[str, Any] = {}
+    if n == 1:
+        r = results[0]
+        c = r.command
+        one = {
+            "requested": c.requested if c.requested is not None else c.value,
+            "effective": r.applied_value,
+            "note": c.reason[:500] if c.requested is not None else "",
+        }
     return Ack(
         ok=ok,
         status=status,
         reason="; ".join(reasons)[:500],
+        **one,
         request_topic=topic,
         counts={k: v for k, v in counts.items() if v},
         results=[
             DeviceResult(
-                device_id=r.command.device_id, outcome=str(r.outcome), value=r.applied_value, reason=r.reason
+                device_id=r.command.device_id,
+                outcome=str(r.outcome),
+                value=r.applied_value,
+                requested=r.command.requested,
+                reason=r.reason or (r.command.reason if r.command.requested is not None else ""),
             )
             for r in results[:100]
         ],
+        ts=ts,
+    )
+
+
+def limit_ack(
+    charging: ChargingController, target: str, requested: float, used: float, note: str, topic: str, ts: float
+) -> Ack:
+    """The answer to a feeder or cabinet limit: what is in force, and why it is not what was asked.
+
+    The supply's own rating always applies (5,000 A asked on a 40 A feeder leaves 40 A), and a
+    limit under the §14a floor is raised to it: both are `clamped`, with the effective value.
+    """
+    rating = charging.safety.rating_a(target)
+    effective = min(used, rating)
+    notes = [note] if note else []
+    if used > rating:
+        notes.append(f"the rating of {target} ({rating:g} A) applies")
+    clamped = not math.isclose(effective, requested, rel_tol=0, abs_tol=1e-6)
+    return Ack(
+        ok=True,
+        status="clamped" if clamped else "accepted",
+        reason="; ".join(notes)[:500],
+        requested=round(requested, 3),
+        effective=round(effective, 3),
+        note="; ".join(notes)[:500] if clamped else "",
+        request_topic=topic,
         ts=ts,
     )
 
@@ -903,7 +1051,7 @@ def result_message(ev: CommandResult) -> CommandResultMessage:
         command_id=c.id,
         device_id=c.device_id,
         point=c.point,
-        requested=c.value,
+        requested=c.requested if c.requested is not None else c.value,  # what was asked, not the clamp
         applied=ev.applied_value,
         outcome=str(ev.outcome),
         reason=ev.reason,
@@ -941,6 +1089,11 @@ def _int(v: object) -> int | None:
 
 def _str(v: object) -> str | None:
     return v if isinstance(v, str) and v else None
+
+
+def _shown_topic(topic: str, limit: int = 200) -> str:
+    """A topic cut for a log line or an ack reason (a hostile one may be 64 kB long)."""
+    return topic if len(topic) <= limit else f"{topic[:limit]}... ({len(topic)} characters)"
 
 
 def corr_text(data: bytes | None) -> str:

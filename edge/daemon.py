@@ -123,7 +123,7 @@ def _audit_row(rec: AuditRecord) -> CommandAudit:
         command_id=c.id,
         device_id=c.device_id,
         point=c.point,
-        requested=c.value,
+        requested=c.requested if c.requested is not None else c.value,  # what was asked, even once clamped
         applied=rec.value,
         priority=c.priority.name.lower(),
         source=c.source,
@@ -268,6 +268,7 @@ async def running(
                 signs=[SignEndpoint(x.id, x.host, x.port, x.unit) for x in dcfg.displays if x.kind == "sign"],
                 mqtt_url=dcfg.board_mqtt_url or mq.url,
                 tls=settings.board_link().files(),
+                max_clock_skew_s=mq.max_clock_skew_s,
             )
             drivers.append(display_driver)
             policies["display"] = DisplaySafety(display_profiles)
@@ -279,6 +280,7 @@ async def running(
                 [t.id for t in wcfg.trucks],
                 mqtt_url=wcfg.fleet_mqtt_url or mq.url,
                 tls=settings.fleet_link().files(),
+                max_clock_skew_s=mq.max_clock_skew_s,
             )
             drivers.append(fleet)
             policies["truck"] = WasteSafety()
@@ -418,6 +420,7 @@ async def running(
                     bus.publish,
                     clock,
                     on_late=waste.on_late if waste is not None else None,
+                    max_clock_skew_s=mq.max_clock_skew_s,
                 )
             api = MqttApi(
                 site=site.id,
@@ -438,6 +441,8 @@ async def running(
                 uplink_topics=uplink_topics,
                 waste=waste,
                 alarm_ack=storage.ack_alarm,
+                reply_prefix=mq.reply_prefix,
+                max_clock_skew_s=mq.max_clock_skew_s,
             )
             online = orjson.dumps(
                 DaemonStatus(

@@ -229,7 +229,7 @@ async def _scenario(
             await at(0.14)
             now = clock.now()
             warning = {"action": "warn", "id": "storm-1", "severity": "severe", "lines": ["STURMWARNUNG", "Parks meiden"],
-                       "start": now, "end": now + 1800, "response_topic": f"{base}/demo/acks"}  # fmt: skip
+                       "start": now, "end": now + 1800, "response_topic": f"{base}/replies/demo"}  # fmt: skip
             await client.publish(f"{base}/cmd/warnings/set", orjson.dumps(warning), qos=1)
             log.info("demo_warning", id="storm-1")
         await at(0.18)

@@ -190,7 +190,7 @@ class Dispatcher:
         self._audit(AuditRecord(cmd, verdict.outcome, verdict.value, verdict.reason, now))
         if verdict.outcome is Outcome.CLAMPED:
             self.stats.clamped += 1
-            cmd = replace(cmd, value=verdict.value, reason=verdict.reason)
+            cmd = replace(cmd, value=verdict.value, reason=verdict.reason, requested=cmd.value)
         else:
             self.stats.accepted += 1
         point = self._points.setdefault((cmd.device_id, cmd.point), _Point())
@@ -394,7 +394,8 @@ class Dispatcher:
             self._audit(
                 AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)
             )
-            cmd = replace(cmd, value=verdict.value, reason=verdict.reason)
+            asked = cmd.requested if cmd.requested is not None else cmd.value
+            cmd = replace(cmd, value=verdict.value, reason=verdict.reason, requested=asked)
             point.layers[cmd.priority] = cmd
         return cmd
 
@@ -424,9 +425,11 @@ class Dispatcher:
                 self._rearm(point, now)
             elif not math.isclose(verdict.value, cmd.value, abs_tol=1e-9):
                 ttl = max(1.0, cmd.expires_at - cmd.issued_at)
+                asked = cmd.requested if cmd.requested is not None else cmd.value
                 fresh = replace(
-                    cmd, value=verdict.value, reason=verdict.reason, issued_at=now, expires_at=now + ttl
-                )
+                    cmd, value=verdict.value, reason=verdict.reason, issued_at=now, expires_at=now + ttl,
+                    requested=asked,
+                )  # fmt: skip
                 self._audit(
                     AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)
                 )

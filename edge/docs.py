@@ -95,9 +95,11 @@ def asyncapi() -> dict[str, Any]:
             op["reply"] = {
                 "address": {
                     "location": "$message.header#/responseTopic",
-                    "description": "MQTT 5 response topic; correlation data is echoed. "
+                    "description": "MQTT 5 response topic, under dos/v1/{site}/replies/ (else the "
+                    "request is refused on acks: response_topic_refused); correlation data is echoed. "
                     "MQTT 3.1.1 clients put "
-                    "`response_topic` and `correlation_id` in the JSON instead.",
+                    "`response_topic` and `correlation_id` in the JSON instead. Retained requests "
+                    "are refused (retained_request).",
                 },
                 "channel": {"$ref": f"#/channels/{next(c for c in channels if c.endswith('_acks'))}"}
                 if any(c.endswith("_acks") for c in channels)

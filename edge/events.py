@@ -74,6 +74,7 @@ class Command:
     hold_until: float | None = None
     reason: str = ""
     payload: str = ""  # a structured value (display content as JSON); `value` is then its id
+    requested: float | None = None  # what was asked when a safety policy clamped `value` (None: as asked)
 
 
 @dataclass(frozen=True, slots=True)

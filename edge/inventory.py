@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.decode import ID_PATTERN
 from edge.errors import ConfigError
 
 LIGHTING_CLASSES: dict[str, float] = {
@@ -25,7 +26,7 @@ LIGHTING_CLASSES: dict[str, float] = {
     "P1": 15, "P2": 10, "P3": 7.5, "P4": 5, "P5": 3, "P6": 2,
 }  # fmt: skip
 FLAGS = frozenset({"never_dim", "fear_space", "bike_path"})
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+_ID = re.compile(rf"^{ID_PATTERN}$")  # the one id grammar, as the API checks it
 MAX_ERRORS = 50
 
 

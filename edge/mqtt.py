@@ -29,6 +29,13 @@ client behind a v5 broker).
 
 Sessions are clean: commands sent while the daemon is offline are not queued by the
 broker to be applied late; their senders time out and may retry.
+
+Incoming: every message the broker delivers reaches the handler, oversized ones included
+(counted as `refused_oversize`): the API owes the sender a `payload_too_large` answer, and
+paho has read the message into memory anyway. (Dropping them here is why 1 MB and 10 MB
+requests once went unanswered; neither Mosquitto's default `message_size_limit` nor paho
+limits what is delivered.) MQTT 5 subscriptions are retain-as-published, so the handler
+sees the retain flag of a retained request even on its first, live delivery.
 """
 
 from __future__ import annotations
@@ -54,7 +61,9 @@ import structlog
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge.decode import Refusals, decode_json
 from edge.errors import ConfigError, PayloadError
 from edge.outbox import Outbox, OutboxMessage
 
@@ -295,6 +304,7 @@ class MqttLink:
         self._refused_out = 0
         self._poisoned = 0
         self._handler_errors = 0
+        self._crashes = Refusals("mqtt")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -572,9 +582,14 @@ class MqttLink:
     async def _restore(self, client: aiomqtt.Client) -> None:
         """Subscriptions first, then the online message: the world sees us only when ready."""
         if self._subscriptions:
-            codes = await client.subscribe(
-                [(topic, 1) for topic in self._subscriptions], timeout=self._connect_timeout_s
-            )
+            # MQTT 5: retain-as-published, so the handler sees the retain flag also on a retained
+            # message delivered live (a retained request is refused, at publish and at reconnect).
+            # Under 3.1.1 only the replay at subscribe time carries the flag.
+            subs: list[tuple[str, Any]] = [
+                (topic, SubscribeOptions(qos=1, retainAsPublished=True) if self._protocol == "5" else 1)
+                for topic in self._subscriptions
+            ]
+            codes = await client.subscribe(subs, timeout=self._connect_timeout_s)
             for topic, code in zip(self._subscriptions, codes, strict=False):
                 if _rc_int(code) >= 0x80:
                     log.error("mqtt_subscribe_refused", topic=topic, reason=str(code))
@@ -601,17 +616,17 @@ class MqttLink:
                 payload = str(payload).encode()
             topic = message.topic.value
             if len(payload) > self._max_payload_bytes:
+                # Handed on all the same: the broker has delivered it and paho holds it already, and
+                # the handler owes its sender an answer (`payload_too_large`), not silence.
                 self._refused_oversize += 1
-                log.warning("mqtt_message_oversized", topic=topic, size=len(payload))
-                continue
             if self._on_message is None:
                 continue
             incoming = self._incoming(topic, bytes(payload), message.properties, message.retain)
             try:
                 await self._on_message(incoming)
-            except Exception:
+            except Exception as exc:  # the per-message boundary: logged once per topic, never ends the link
                 self._handler_errors += 1
-                log.exception("mqtt_handler_failed", topic=topic)
+                self._crashes.crashed(topic, exc)
 
     def _incoming(
         self, topic: str, payload: bytes, props: Properties | None, retain: bool
@@ -619,8 +634,13 @@ class MqttLink:
         response_topic: str | None = getattr(props, "ResponseTopic", None)
         correlation: bytes | None = getattr(props, "CorrelationData", None)
         user_props: list[tuple[str, str]] = getattr(props, "UserProperty", None) or []
-        if response_topic is None and correlation is None and payload[:1] == b"{":
-            response_topic, correlation = _metadata_from_json(payload)
+        if (
+            response_topic is None
+            and correlation is None
+            and payload[:1] == b"{"
+            and len(payload) <= self._max_payload_bytes
+        ):
+            response_topic, correlation = _metadata_from_json(payload, self._max_payload_bytes)
         return IncomingMessage(
             topic=topic,
             payload=payload,
@@ -786,12 +806,9 @@ def _raise_unless_session_end(group: BaseExceptionGroup[BaseException]) -> None:
     raise rest
 
 
-def _metadata_from_json(payload: bytes) -> tuple[str | None, bytes | None]:
+def _metadata_from_json(payload: bytes, max_bytes: int) -> tuple[str | None, bytes | None]:
     """3.1.1 request metadata: `response_topic` and `correlation_id` in a JSON object."""
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return None, None
+    obj = decode_json(payload, max_bytes=max_bytes)
     if not isinstance(obj, dict):
         return None, None
     topic = obj.get("response_topic")

@@ -12,10 +12,13 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
+from edge.decode import ID_PATTERN
 from optimizer.guidance import GuidancePlan
 
 API_VERSION = "v1"
 MAX_DURATION_S = 7 * 86400
+Id = Annotated[str, StringConstraints(pattern=f"^{ID_PATTERN}$")]
+"""An id taken from a payload: 1-64 of A-Z a-z 0-9 _ . : -, starting with a letter or digit."""
 
 
 class _Model(BaseModel):
@@ -108,7 +111,7 @@ class Curtailment(_Model):
     """A grid operator's limit on a feeder or cabinet for a time window (§14a EnWG)."""
 
     action: Literal["curtail"]
-    target: Annotated[str, Field(min_length=1, max_length=64)]
+    target: Id
     limit_kw: Annotated[float | None, Field(ge=0, le=10_000, allow_inf_nan=False)] = None
     limit_a: Annotated[float | None, Field(ge=0, le=5000, allow_inf_nan=False)] = None
     start: Annotated[float, Field(ge=0, allow_inf_nan=False, description="epoch seconds")]
@@ -181,10 +184,12 @@ class WarningRequest(_Model):
     """A storm or disaster warning for some displays (or all), for a time window."""
 
     action: Literal["warn"]
-    id: Annotated[str, Field(min_length=1, max_length=64)]
+    id: Id
     severity: Literal["info", "warning", "severe", "extreme"]
     lines: Annotated[list[Annotated[str, Field(max_length=40)]], Field(min_length=1, max_length=4)]
-    displays: list[str] = Field(default_factory=list, description="these displays (with `area`: added to it)")
+    displays: Annotated[list[Id], Field(max_length=1000)] = Field(
+        default_factory=list, description="these displays (with `area`: added to it)"
+    )
     area: WarningArea | None = Field(
         default=None, description="a circle; no displays and no area: every display"
     )
@@ -201,7 +206,7 @@ class WarningRequest(_Model):
 
 class WarningClear(_Model):
     action: Literal["clear"]
-    id: Annotated[str, Field(min_length=1, max_length=64)]
+    id: Id
 
 
 class WarningRequests(RootModel[Annotated[WarningRequest | WarningClear, Field(discriminator="action")]]):
@@ -271,9 +276,12 @@ class Motion(_Model):
 
 
 class DeviceResult(_Model):
+    """One device's outcome; `value` is what it holds now, `requested` what was asked when a policy clamped it."""
+
     device_id: str
     outcome: str
     value: float | None = None
+    requested: float | None = Field(default=None, description="set when a safety policy changed the value")
     reason: str = ""
 
 
@@ -281,8 +289,16 @@ class Ack(_Model):
     """The answer to a request: ok or not, with the reason, per-device outcomes and counts."""
 
     ok: bool
-    status: Literal["confirmed", "accepted", "clamped", "partial", "refused", "failed"]
+    status: Annotated[
+        Literal["confirmed", "accepted", "clamped", "partial", "refused", "failed"],
+        Field(description="clamped: done, but with another value than asked (see `effective` and `note`)"),
+    ]
     reason: str = ""
+    requested: float | None = Field(default=None, description="the value asked for (limits, levels)")
+    effective: float | None = Field(
+        default=None, description="the value in force after ratings, floors and interlocks"
+    )
+    note: str = Field(default="", description="why `effective` differs from `requested`")
     request_topic: str
     counts: dict[str, int] = Field(default_factory=dict)
     results: list[DeviceResult] = Field(default_factory=list)
@@ -363,8 +379,8 @@ class AlarmAck(_Model):
     """Acknowledge an active alarm with a comment (`cmd/alarms/ack`): someone is on it."""
 
     action: Literal["ack"]
-    device: Annotated[str, Field(min_length=1, max_length=64)]
-    code: Annotated[str, Field(min_length=1, max_length=64)]
+    device: Id
+    code: Id
     comment: Annotated[
         str,
         StringConstraints(strip_whitespace=True, min_length=1, max_length=500),

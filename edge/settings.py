@@ -108,6 +108,10 @@ class MqttSettings(_Section):
     max_payload_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 65_536
     telemetry_interval_s: Annotated[float, Field(gt=0)] = 60.0
     outbox_max_rows: Annotated[int, Field(ge=100)] = 1_000_000
+    # Answers go only to response topics under this prefix ("" = `{topic_prefix}/{site.id}/replies/`).
+    reply_prefix: Annotated[str, Field(pattern=r"^([^+#\x00]*/)?$", max_length=200)] = ""
+    # Device and request timestamps further ahead of the daemon's clock (real seconds) are refused.
+    max_clock_skew_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
 
     @field_validator("url")
     @classmethod
@@ -168,8 +172,8 @@ class LightingSettings(_Section):
 class FeederSettings(_Section):
     """A low-voltage feeder (or lighting circuit) that charge points hang on."""
 
-    id: str
-    cabinet: str
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]  # the API's id grammar
+    cabinet: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     limit_a: Annotated[
         float, Field(gt=0, le=2000, description="per-phase current limit set by the grid operator")
     ]
@@ -180,7 +184,7 @@ class FeederSettings(_Section):
 class CabinetSettings(_Section):
     """A street cabinet: caps every feeder below it."""
 
-    id: str
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
     limit_a: Annotated[float, Field(gt=0, le=5000)]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import uuid
 from collections.abc import Sequence
@@ -48,6 +47,7 @@ from devices.display_profile import (
 )
 from devices.displays import SignEndpoint
 from edge.clock import Clock
+from edge.decode import Refusal, decode_json
 from edge.tasks import close_task_group
 from simulators import fault_topic
 from simulators.lighting import MIN_REAL_TICK_S, free_port
@@ -442,14 +442,21 @@ class DisplaySimulator:
         p = self.board_profile
         did = board.spec.display_id
         content_topic = p.topic(p.content_topic, did)
+        brightness_topic = p.topic(p.brightness_topic, did)
         async for message in client.messages:
             payload = message.payload
             if not isinstance(payload, bytes | str):
                 continue
-            if message.topic.matches(content_topic):
-                self._board_content(board, payload, retained=bool(message.retain))
-            else:
-                self._board_brightness(board, payload)
+            try:  # one bad message must not end the board's session
+                if message.topic.matches(content_topic):
+                    self._board_content(board, payload, retained=bool(message.retain))
+                elif message.topic.matches(brightness_topic):
+                    self._board_brightness(board, payload)
+                else:
+                    continue
+            except Exception:
+                log.exception("sim_display_message_failed", display_id=did)
+                continue
             board.dirty.set()
 
     def _board_content(self, board: _Board, payload: bytes | str, *, retained: bool) -> None:
@@ -472,10 +479,12 @@ class DisplaySimulator:
 
     def _board_brightness(self, board: _Board, payload: bytes | str) -> None:
         lo, hi = brightness_range(self.board_profile)
+        raw = decode_json(payload, max_bytes=1024, max_depth=2)
         try:
-            raw = json.loads(payload)
-            value = raw[self.board_profile.content_keys["brightness"]]
-        except (ValueError, TypeError, KeyError):
+            value = None if isinstance(raw, Refusal) else raw[self.board_profile.content_keys["brightness"]]
+        except (TypeError, KeyError):
+            value = None
+        if value is None:
             log.warning("sim_display_brightness_refused", display_id=board.spec.display_id)
             return
         if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:

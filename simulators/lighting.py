@@ -7,7 +7,6 @@ cannot drift. Time comes from a `Clock`, so a demo can run a night in minutes.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -29,6 +28,8 @@ from devices.codec import BlockDecoder, PointValueError, decode, encode_into, pa
 from devices.modbus import ModbusEndpoint
 from devices.profile import LampControllerProfile, default_profile
 from edge.clock import Clock, SimClock, SystemClock
+from edge.decode import Refusal
+from edge.decode import decode as decode_payload
 from edge.events import Value
 from edge.net import free_port as free_port  # noqa: PLC0414 - re-exported for simulators.displays
 from edge.tasks import close_task_group
@@ -552,11 +553,13 @@ class LightingSimulator:
         if len(payload) > _MAX_FAULT_PAYLOAD:
             log.warning("sim_fault_refused", reason="oversized", size=len(payload))
             return False
+        msg = decode_payload(payload, FaultMessage, max_bytes=_MAX_FAULT_PAYLOAD, max_depth=4)
+        if isinstance(msg, Refusal):
+            log.warning("sim_fault_refused", reason=str(msg).splitlines()[0][:200])
+            return False
         try:
-            msg = FaultMessage.model_validate(json.loads(payload))
             self._fault(msg.target, msg.fault, active=msg.active)
-        except (ValueError, ValidationError, UnicodeDecodeError) as exc:
-            # json.JSONDecodeError and pydantic's ValidationError are ValueErrors too
+        except ValueError as exc:
             log.warning("sim_fault_refused", reason=str(exc).splitlines()[0])
             return False
         return True
@@ -577,10 +580,13 @@ class LightingSimulator:
                     attempt = 0
                     async for message in client.messages:
                         payload = message.payload
-                        if isinstance(payload, bytes | str):
-                            self.apply_fault_payload(payload)
-                        else:
+                        if not isinstance(payload, bytes | str):
                             log.warning("sim_fault_refused", reason="payload is not bytes")
+                            continue
+                        try:  # one bad message must not end the fault session
+                            self.apply_fault_payload(payload)
+                        except Exception:
+                            log.exception("sim_fault_failed")
             except aiomqtt.MqttError as exc:
                 if attempt == 0:
                     log.warning("sim_fault_mqtt_down", host=host, port=port, error=str(exc))

@@ -1274,7 +1274,11 @@ class WasteSimulator:
         async for message in client.messages:
             payload = message.payload
             if isinstance(payload, bytes | bytearray | str):
-                self.handle(str(message.topic), payload)
+                try:  # one bad message must not end the simulator's session
+                    self.handle(str(message.topic), payload)
+                except Exception:
+                    self.stats.refused += 1
+                    log.exception("sim_waste_message_failed", topic=str(message.topic)[:120])
 
 
 def _route_id(payload: bytes | bytearray | str) -> str | None:

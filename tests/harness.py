@@ -113,7 +113,7 @@ class Site:
     ) -> dict[str, Any]:
         """Send a request and return its answer (MQTT 5 response topic or 3.1.1 JSON fields)."""
         corr = uuid.uuid4().hex
-        reply = f"test/{corr}/reply"
+        reply = f"{self.base}/replies/test-{corr}"
         await self.client.subscribe(reply, qos=1)
         await self.client.subscribe(f"{self.base}/acks", qos=1)
         props = None

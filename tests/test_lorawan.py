@@ -39,6 +39,7 @@ from simulators.lorawan import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lorawan"
 T0 = 1_742_300_000.0
+NOW = T0 + 30 * 86400  # the daemon's clock: after every frame of these tests (none comes from the future)
 
 CS_PARKING = "70b3d57ed0051a2f"
 CS_PARKING_2 = "70b3d57ed0051a30"
@@ -90,7 +91,7 @@ class Sink:
 def make_ingest(devices: Mapping[str, tuple[str, str]] = DEVICES, **kw: Any) -> tuple[UplinkIngest, Sink]:
     sink = Sink()
     ingest = UplinkIngest(
-        default_profiles(), devices, sink.published.append, ManualClock(T0), on_late=sink.late.append, **kw
+        default_profiles(), devices, sink.published.append, ManualClock(NOW), on_late=sink.late.append, **kw
     )
     return ingest, sink
 
@@ -212,7 +213,7 @@ def _mutate(name: str, **changes: Any) -> tuple[str, bytes]:
 
 MALFORMED = [
     ("malformed_json", (TOPIC["chirpstack_parking_full.json"], b'{"deduplicationId": "x", ')),
-    ("malformed_json", (TOPIC["tts_bin_full.json"], b"\xff\xfe\x00garbage")),
+    ("invalid_utf8", (TOPIC["tts_bin_full.json"], b"\xff\xfe\x00garbage")),
     ("malformed_json", (TOPIC["tts_bin_full.json"], b"")),
     ("not_an_uplink", (TOPIC["chirpstack_parking_full.json"], b"[1, 2, 3]")),
     ("not_an_uplink", (TOPIC["chirpstack_parking_full.json"], b'{"hello": "world"}')),
@@ -241,7 +242,8 @@ MALFORMED = [
     ("bad_field", _mutate("tts_bin_full.json", uplink_message__rx_metadata=[3])),
     ("topic_mismatch", _mutate("chirpstack_parking_full.json", deviceInfo__devEui="0011223344556677")),
     ("topic_mismatch", _mutate("tts_bin_full.json", end_device_ids__device_id="someone-else")),
-    ("oversized", (TOPIC["tts_bin_full.json"], b" " * (MAX_UPLINK_BYTES + 1))),
+    ("payload_too_large", (TOPIC["tts_bin_full.json"], b" " * (MAX_UPLINK_BYTES + 1))),
+    ("too_deep", (TOPIC["tts_bin_full.json"], b"[" * 2000 + b"]" * 2000)),
 ]
 
 
@@ -554,7 +556,7 @@ def test_late_frame_not_published_but_handed_on_flagged() -> None:
 def test_late_frames_dropped_without_on_late() -> None:
     """Without an on_late consumer a late frame is counted and dropped."""
     published: list[Telemetry] = []
-    ingest = UplinkIngest(default_profiles(), DEVICES, published.append, ManualClock(T0))
+    ingest = UplinkIngest(default_profiles(), DEVICES, published.append, ManualClock(NOW))
     ingest.handle(*cs(3, T0 + 1))
     ingest.handle(*cs(2, T0))
     assert len(published) == 1
@@ -635,7 +637,7 @@ def test_bad_device_table_is_a_config_error() -> None:
 
 def test_simulator_round_trips_through_ingest() -> None:
     """Simulated rounds with duplicates, reordering and rejoins: every frame is published or late exactly once."""
-    clock = ManualClock(T0)
+    clock = ManualClock(NOW)
     sim = LorawanSimulator(
         demo_sensors(10, 10),
         demo_values(7),
@@ -664,7 +666,7 @@ def test_simulator_round_trips_through_ingest() -> None:
 def test_simulator_leaves_default_fields_out() -> None:
     """The first frame of each sensor has counter 0, so no fCnt / f_cnt key on the wire."""
     sim = LorawanSimulator(
-        demo_sensors(1, 1), demo_values(1), ManualClock(T0), duplicate_p=0, out_of_order_p=0
+        demo_sensors(1, 1), demo_values(1), ManualClock(NOW), duplicate_p=0, out_of_order_p=0
     )
     (cs_topic, cs_body), (tts_topic, tts_body) = sim.frames()
     assert "fCnt" not in orjson.loads(cs_body)
@@ -703,7 +705,7 @@ def test_tts_builder_output_parses() -> None:
 @pytest.mark.usefixtures("no_leaked_tasks")
 async def test_simulator_to_ingest_over_mqtt(mqtt_url: str) -> None:
     """The simulator publishes both formats over a broker; an aiomqtt subscriber feeding UplinkIngest sees every sensor exactly once."""
-    clock = ManualClock(T0)
+    clock = ManualClock(NOW)
     app = f"test-{uuid.uuid4().hex[:10]}"  # a broker shared with other tests: topics of our own
     sim = LorawanSimulator(
         demo_sensors(15, 15), demo_values(3), clock, seed=3, duplicate_p=0.5, out_of_order_p=0.0, app=app
@@ -737,3 +739,24 @@ async def test_simulator_to_ingest_over_mqtt(mqtt_url: str) -> None:
     assert sorted(e.device_id for e in sink.published) == sorted(s.device_id for s in sim.sensors)
     formats = {s.format for s in sim.sensors}
     assert formats == {"chirpstack", "tts"}
+
+
+def test_a_frame_from_the_future_is_refused_and_the_next_one_taken() -> None:
+    """A frame stamped ten years ahead of the daemon's clock is refused (`future_ts`), not published:
+    the state store would keep it as the newest reading; within the skew it is taken."""
+    ingest, sink = make_ingest()
+    assert ingest.handle(*cs(7, NOW + 10 * 365 * 86400)) is None
+    assert ingest.stats.refused == {"future_ts": 1}
+    assert ingest.handle(*cs(8, NOW + 60)) is not None
+    assert len(sink.published) == 1
+
+
+def test_deeply_nested_uplinks_are_refused_without_recursion() -> None:
+    """2,000 nested arrays, or an `object` nested 40 deep, are refused by the byte scan (`too_deep`)."""
+    ingest, sink = make_ingest()
+    topic, body = cs(9, NOW)
+    deep_object = body[:-1] + b', "object": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}"
+    assert ingest.handle(topic, b"[" * 2000 + b"]" * 2000) is None
+    assert ingest.handle(topic, deep_object) is None
+    assert ingest.stats.refused == {"too_deep": 2}
+    assert sink.published == []

@@ -231,8 +231,10 @@ async def test_clean_close_publishes_offline(mqtt_url: str, database_url: str) -
     await clear_retained(mqtt_url, status)
 
 
-async def test_oversized_message_counted_not_delivered(mqtt_url: str, database_url: str) -> None:
-    """An incoming message above max_payload_bytes is counted and never reaches the handler."""
+async def test_oversized_message_counted_and_delivered(mqtt_url: str, database_url: str) -> None:
+    """An incoming message above max_payload_bytes is counted and still reaches the handler, which
+    owes its sender an answer (the API nacks it `payload_too_large`); dropping it left senders
+    of 1 MB requests without any answer (issue 10, finding 6)."""
     prefix = _prefix()
     seen = Collector()
     async with (
@@ -249,8 +251,11 @@ async def test_oversized_message_counted_not_delivered(mqtt_url: str, database_u
         await mq.wait_connected(WAIT_S)
         await pub.publish(f"{prefix}/cmd/big", b"x" * 2048, qos=1)
         await pub.publish(f"{prefix}/cmd/small", b"{}", qos=1)
-        messages = await seen.wait_for(1)
-        assert [m.topic for m in messages] == [f"{prefix}/cmd/small"]
+        messages = await seen.wait_for(2)
+        assert [(m.topic, len(m.payload)) for m in messages] == [
+            (f"{prefix}/cmd/big", 2048),
+            (f"{prefix}/cmd/small", 2),
+        ]
         assert mq.stats["refused_oversize"] == 1
         with pytest.raises(PayloadError, match="invalid_topic"):
             await mq.publish_reliable(f"{prefix}/out/#", b"{}")

@@ -388,7 +388,7 @@ def test_duplicate_and_out_of_order_frames_reach_the_ingest_as_such() -> None:
     m.inject("T000", "duplicate", MONDAY)
     m.inject("T001", "out_of_order", MONDAY)
     m.advance(MONDAY + 6 * 3600)
-    clock = SimClock(MONDAY, speed=1.0)
+    clock = SimClock(MONDAY + 6 * 3600, speed=1.0)  # the ingest runs after the frames were sent, not before
     out: list[Telemetry] = []
     late: list[Telemetry] = []
     devices = {b.dev_eui: (b.id, "bin_ultrasonic") for b in bins}
