@@ -111,7 +111,7 @@ def _write_site(tmp: Path, token: str, mqtt_url: str, db_url: str, sign_port: in
             density_kg_l=0.12,
             road_class="residential",
             zone="",
-        )  # fmt: skip
+        )
         for i in range(4)
     ]
     write_bins(tmp / "bins.csv", bins)

@@ -155,7 +155,7 @@ def from_schema(
 def model_bodies(model: type[BaseModel], ctx: FuzzContext) -> Strategy[dict[str, Json]]:
     """Bodies valid for a payload model."""
     schema = model.model_json_schema()
-    return from_schema(schema, schema.get("$defs", {}), ctx)  # type: ignore[return-value]
+    return from_schema(schema, schema.get("$defs", {}), ctx)
 
 
 def evil_values(ctx: FuzzContext) -> Strategy[Json]:
@@ -164,7 +164,7 @@ def evil_values(ctx: FuzzContext) -> Strategy[Json]:
         st.sampled_from(EXTREME_NUMBERS),
         body_ids(ctx.all_ids()),
         json_values(6),
-        st.integers(1, 300).map(lambda n: _nested(n)),
+        st.integers(1, 300).map(_nested),
         st.just("r" * 3000),
     )
 
@@ -326,7 +326,7 @@ def payloads(
     kinds = ["bytes", "utf8", "deep", "tokens", "json", "empty", "oversize"]
     samples = [s for f, s in ctx.device_samples if f == flt]
     if models:
-        kinds += ["model", "model", "model", "mutated", "mutated", "mutated"]
+        kinds += ["model"] * 6 + ["mutated"] * 3
     if samples:
         kinds += ["sample", "sample", "sample_mutated", "sample_mutated"]
     kind = draw(st.sampled_from(kinds))
@@ -347,7 +347,9 @@ def payloads(
     if kind == "tokens":
         token = draw(st.sampled_from([b"NaN", b"Infinity", b"-Infinity", b"1e308", b"-1e308", b"1e999",
                                       b"-1e999", b"1" * 400, b"-0", b"0x10", b"1_000"]))  # fmt: skip
-        body = draw(model_bodies(draw(st.sampled_from(models)), ctx)) if models else {"value": 0}
+        body: dict[str, Json] = (
+            draw(model_bodies(draw(st.sampled_from(models)), ctx)) if models else {"value": 0}
+        )
         numeric = [k for k, v in body.items() if isinstance(v, int | float) and not isinstance(v, bool)]
         key = (
             draw(st.sampled_from(numeric)) if numeric else draw(st.sampled_from(["level", "current_a", "ts"]))
@@ -360,9 +362,9 @@ def payloads(
         return kind, b"", None
     if kind == "oversize":
         size = draw(st.sampled_from([ctx.max_payload + 1, 2 * ctx.max_payload, 1_100_000]))
-        body = draw(model_bodies(draw(st.sampled_from(models)), ctx)) if models else {}
-        body["reason"] = "r" * size
-        return kind, body, None
+        big: dict[str, Json] = draw(model_bodies(draw(st.sampled_from(models)), ctx)) if models else {}
+        big["reason"] = "r" * size
+        return kind, big, None
     if kind in {"model", "mutated"}:
         bodies = model_bodies(draw(st.sampled_from(models)), ctx)
         return kind, draw(bodies if kind == "model" else mutated(bodies, ctx)), None
