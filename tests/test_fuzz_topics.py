@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 import aiomqtt
 import orjson
 import pytest
-from fuzz_site import WAIT_S, District, SubscriptionSpy, district
+from fuzz_site import FEEDER, FEEDER_LIMIT_A, WAIT_S, District, SubscriptionSpy, district
 from fuzz_strategies import Case, FuzzContext, allowed_reply, cases, publishable
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
@@ -177,6 +177,8 @@ class FuzzRun:
                     n = waiting.pop(0)
             if n is None:
                 self.tally.stray += 1
+                if len(self.failures["stray (not judged)"]) < 8:
+                    self.failures["stray (not judged)"].append(f"{topic[:80]}: {raw[:200]!r}")
                 continue
             self.answers[n].append(ans)
 
@@ -425,6 +427,10 @@ async def fuzz_run(
             now = s.clock.now()
             await s.chargers.arrive("CP0", 20.0, now + 10 * 3600, phases=1)
             await s.chargers.arrive("CP1", 20.0, now + 10 * 3600, phases=1)
+            # Fuzz from a settled state: the cars' chargers set, the circuit within its limit (before
+            # the daemon first writes a charger is test_cars_at_start_never_overload_the_feeder's).
+            await wait_until(lambda: settled(s), "both cars charging within the feeder limit")
+            s.peak_over_a, s.over_since = 0.0, None
             ctx = context(s, spy)
             host, port = _host_port(mqtt_url)
             proto = aiomqtt.ProtocolVersion.V5 if ctx.v5 else aiomqtt.ProtocolVersion.V311
@@ -457,6 +463,14 @@ async def fuzz_run(
                             await client.publish(topic, b"", qos=1, retain=True)
         finally:
             await s.stop()
+
+
+def settled(s: District) -> bool:
+    """The daemon has set the chargers the cars came to, and the circuit is within its limit."""
+    s.couple()
+    load = max(s.chargers.feeder(FEEDER)["load_a"])  # type: ignore[call-overload]
+    setpoints = sum(float(s.chargers.cp(c)["current_limit_a"]) for c in ("CP0", "CP1"))
+    return setpoints <= FEEDER_LIMIT_A and bool(load <= FEEDER_LIMIT_A)
 
 
 async def wait_until(cond: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
@@ -669,3 +683,32 @@ async def test_retained_garbage_and_commands_at_start(
             assert len(got) == 1, f"{topic}: {len(got)} answers to a retained command (want one nack): {got}"
             assert got[0]["ok"] is False
             assert "retained_request" in got[0]["reason"], got[0]
+
+
+async def test_cars_at_start_never_overload_the_feeder(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
+    """Two cars plug in right after the daemon starts: the circuit never carries more than its limit.
+
+    Found by the fuzzer's physics check: the daemon writes a charger's setpoint only once a car
+    is there, so until it reacts each charger runs on its own default (its maximum, 16 A), and two
+    cars drew 32-34 A on this 25 A circuit for 0.4 s or more (longer on a loaded machine)."""
+    async with district(tmp_path, mqtt_url, database_url, NIGHT) as s:
+        d = await s.start()
+        try:
+            await wait_until(lambda: d.lighting.plan is not None, "the lighting plan")
+            await d.link.wait_connected(WAIT_S)
+            await wait_until(lambda: d.state.get("CP0") is not None and d.state.get("CP0").online is True,  # type: ignore[union-attr]
+                             "the daemon connected to the chargers")  # fmt: skip
+            now = s.clock.now()
+            await s.chargers.arrive("CP0", 20.0, now + 10 * 3600, phases=1)
+            await s.chargers.arrive("CP1", 20.0, now + 10 * 3600, phases=1)
+            peak = 0.0
+            t_end = time.monotonic() + 5.0
+            while time.monotonic() < t_end:
+                s.couple()
+                peak = max(peak, *s.chargers.feeder(FEEDER)["load_a"])  # type: ignore[call-overload]
+                await asyncio.sleep(0.02)
+            assert peak <= FEEDER_LIMIT_A + 0.5, f"the {FEEDER_LIMIT_A} A circuit carried {peak:.1f} A"
+        finally:
+            await s.stop()
