@@ -329,6 +329,8 @@ def payloads(
         kinds += ["model"] * 6 + ["mutated"] * 3
     if samples:
         kinds += ["sample", "sample", "sample_mutated", "sample_mutated"]
+    if not flt.startswith(ctx.base + "/"):
+        kinds += ["deep", "deep"]  # device-side parsers have their own decoders: nest them hard
     kind = draw(st.sampled_from(kinds))
     if kind == "bytes":
         return kind, draw(st.binary(max_size=300)), None
