@@ -13,10 +13,18 @@ messages (see tests/fuzz_strategies.py) in batches; after each batch the test ch
 A second test leaves garbage and a valid command retained on every topic, restarts the daemon,
 and checks it comes up, refuses the retained command (`retained_request`) and never acts on it.
 
-Short variant in `make test`: EDGE_FUZZ_EXAMPLES messages (default 240). Long variant:
-`EDGE_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_topics.py` or `make bench ARGS=fuzz`.
-The figures (sent, answered, refused by reason, unanswered, crashes) are printed, attached to
-the junit report as properties, and written to `fuzz_summary.json` in the test's tmp dir.
+A failing batch does not stop the run: the test fuzzes on (starting the daemon again if it
+died, at most MAX_RESTARTS times) and asserts on everything at the last batch, each failure
+naming the single messages it was about (every message has its own correlation id and its own
+expected answer, so no shrinking is needed, and none is done: the daemon's state carries over
+between batches, so a replayed batch is not the same experiment).
+
+Short variant in `make test`: EDGE_FUZZ_EXAMPLES messages (default 240, a fixed seed).
+Long variant: `EDGE_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_topics.py -k every` or
+`make bench ARGS=fuzz`; EDGE_FUZZ_RANDOM=1 draws a fresh seed. The figures (sent, answered,
+refused by reason, unanswered, misrouted, crashes) are printed, attached to the junit report
+as properties, and written with examples per failure to `fuzz_summary.json` in the test's
+tmp dir.
 """
 
 from __future__ import annotations
