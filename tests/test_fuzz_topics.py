@@ -147,7 +147,7 @@ class FuzzRun:
         self.failures: dict[str, list[str]] = defaultdict(list)
         self.batches = 0
         self._counter = itertools.count(1)
-        self._crash_base = 0
+        self.crash_base = 0
 
     def next_n(self) -> int:
         return next(self._counter)
@@ -297,10 +297,10 @@ class FuzzRun:
         crashes = 0
         if d is not None:
             crashes = d.api.refused["internal_error"] + int(d.link.stats["handler_errors"])
-        if crashes > self._crash_base:
-            bad["crashed"].append(f"{crashes - self._crash_base} request handler crash(es) in this batch")
-            t.crashes += crashes - self._crash_base
-            self._crash_base = crashes
+        if crashes > self.crash_base:
+            bad["crashed"].append(f"{crashes - self.crash_base} request handler crash(es) in this batch")
+            t.crashes += crashes - self.crash_base
+            self.crash_base = crashes
         if self.physics:
             t.physics += len(self.physics)
             # State carries over between messages, so a shrunk example may not show it again:
@@ -576,6 +576,7 @@ async def test_fuzz_every_topic(fuzz: FuzzRun, data: st.DataObject) -> None:
         await run.site.stop()
         await run.site.start()
         run.status_online = None
+        run.crash_base = 0  # the new daemon counts from zero
     if run.batches < BATCHES:
         return  # fuzz on: the figures of the whole run are worth more than the first failure
     f = run.failures
