@@ -52,7 +52,11 @@ def publishable(topic: str) -> bool:
 def topic_ids(known: Sequence[str]) -> Strategy[str]:
     """An id to put into one topic level: a known one, a wild one, or any text."""
     wild = [w for w in WILD_IDS if w and publishable(w) and "/" not in w]
-    options: list[Strategy[str]] = [st.sampled_from(wild), st.text(TOPIC_CHARS, min_size=1, max_size=90)]
+    options: list[Strategy[str]] = [
+        st.sampled_from(wild),
+        st.sampled_from(["a" * 65, "a" * 80, "x" * 3000]),  # longer than any id column (issue 10 #2)
+        st.text(TOPIC_CHARS, min_size=1, max_size=90),
+    ]
     if known:
         options.insert(0, st.sampled_from(sorted(known)))
     return st.one_of(*options)
