@@ -234,6 +234,8 @@ class FuzzRun:
                 break
             await asyncio.sleep(0.02)
         await asyncio.sleep(SETTLE_S)
+        if self.site.alive() is not None and self.site.runner is not None:  # let a dying daemon say why
+            await asyncio.wait([self.site.runner], timeout=2.0)
         bad = self.judge(batch)
         if self.site.daemon is not None and self.site.alive() is None:
             try:  # what the daemon audited of this batch must reach the database
@@ -682,6 +684,9 @@ async def test_retained_garbage_and_commands_at_start(
                             acted.append("the board shows RETAINED")
                         await asyncio.sleep(0.05)
                     down = s.alive()
+                    if down is not None and s.runner is not None:  # let a dying daemon say why
+                        await asyncio.wait([s.runner], timeout=2.0)
+                        down = s.alive() or down
                     collector.cancel()
             finally:
                 await s.stop()
