@@ -106,6 +106,7 @@ class AlarmEvent:
     active: bool
     ts: float
     detail: str = ""
+    restored: bool = False  # re-announced after a restart: already stored and raised before
 
 
 @dataclass(frozen=True, slots=True)
