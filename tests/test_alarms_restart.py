@@ -1,0 +1,98 @@
+"""Alarms across restarts (issue 10, finding 8): restored alarms pend until readings confirm them,
+and the retained alarms/active topics follow the table."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from edge.alarms import Alarms, sweep_retained
+from edge.bus import EventBus
+from edge.clock import SimClock
+from edge.events import AlarmEvent, Severity, Telemetry
+from edge.mqtt import BrokerAddress
+
+pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
+
+
+def _restored(*keys: tuple[str, str]) -> list[AlarmEvent]:
+    return [AlarmEvent(d, c, Severity.MAJOR, True, 1.0, "before the restart") for d, c in keys]
+
+
+async def test_restored_alarm_is_confirmed_by_a_raise_without_a_new_event() -> None:
+    """A controller raising an alarm that was open before the restart publishes nothing new
+    (no second row, no second raise event); its clear is published as usual."""
+    bus = EventBus()
+    sub = bus.subscribe("t", AlarmEvent)
+    alarms = Alarms(bus, SimClock(100.0))
+    assert alarms.restore(_restored(("L1", "lamp_failure"))) == 1
+    assert alarms.announce_restored() == 1
+    announced = sub.get_nowait()
+    assert isinstance(announced, AlarmEvent)
+    assert announced.restored
+    alarms.set("L1", "lamp_failure", True, Severity.MAJOR)
+    assert sub.get_nowait() is None
+    assert alarms.pending() == []
+    alarms.set("L1", "lamp_failure", False, Severity.MAJOR)
+    cleared = sub.get_nowait()
+    assert isinstance(cleared, AlarmEvent)
+    assert (cleared.active, cleared.restored) == (False, False)
+
+
+async def test_unconfirmed_alarm_clears_after_the_devices_first_readings() -> None:
+    """A restored alarm its device's first readings did not re-raise is cleared; an alarm of a
+    device that sends nothing stays pending; `reconcile` ends once nothing is pending."""
+    bus = EventBus()
+    sub = bus.subscribe("t", AlarmEvent)
+    alarms = Alarms(bus, SimClock(100.0), confirm_readings=3)
+    alarms.restore(_restored(("L1", "lamp_failure"), ("L1", "day_burner"), ("L2", "lamp_failure")))
+    readings = bus.subscribe("alarms.reconcile", Telemetry)
+    task = asyncio.create_task(alarms.reconcile(readings), name="reconcile")
+    for _ in range(3):
+        bus.publish(Telemetry("L1", 100.0, {"lamp_failure": False}))
+    async with asyncio.timeout(5):
+        while alarms.is_active("L1", "lamp_failure"):  # noqa: ASYNC110 - the task consumes the bus
+            await asyncio.sleep(0.01)
+    assert {(e.device_id, e.code) for e in alarms.active()} == {("L2", "lamp_failure")}
+    cleared = [e for e in iter(sub.get_nowait, None) if isinstance(e, AlarmEvent)]
+    assert {(e.device_id, e.code, e.active) for e in cleared} == {
+        ("L1", "lamp_failure", False),
+        ("L1", "day_burner", False),
+    }
+    alarms.set("L2", "lamp_failure", False, Severity.MAJOR)  # its controller settles it
+    bus.publish(Telemetry("L2", 101.0, {}))
+    async with asyncio.timeout(5):
+        await task
+    assert alarms.reconciled == 2
+
+
+async def test_sweep_clears_retained_topics_of_alarms_not_open(mqtt_url: str) -> None:
+    """Retained alarms/active topics of alarms no longer open are cleared; the open ones stay."""
+    base = f"dos/v1/sweep{uuid.uuid4().hex[:8]}"
+    addr = BrokerAddress.parse(mqtt_url)
+    async with addr.client("t-pub", timeout_s=10, pending=100) as pub:
+        for dev, code in [("L1", "lamp_failure"), ("L2", "lamp_failure"), ("L3", "day_burner")]:
+            await pub.publish(f"{base}/alarms/active/{dev}/{code}", b'{"active":true}', qos=1, retain=True)
+    cleared = await sweep_retained(mqtt_url, base, [("L1", "lamp_failure")])
+    assert sorted(cleared) == [f"{base}/alarms/active/L2/lamp_failure", f"{base}/alarms/active/L3/day_burner"]
+    # What a new subscriber sees now: only the open alarm (the marker publish is also there).
+    seen: dict[str, bytes] = {}
+    async with addr.client("t-sub", timeout_s=10, pending=100) as sub:
+        await sub.subscribe(f"{base}/alarms/active/#", qos=1)
+        await sub.publish(f"{base}/alarms/active/_end", b"", qos=1)
+        async with asyncio.timeout(10):
+            async for msg in sub.messages:
+                if str(msg.topic).endswith("/_end"):
+                    break
+                seen[str(msg.topic)] = bytes(msg.payload)  # type: ignore[arg-type]
+        await sub.publish(f"{base}/alarms/active/L1/lamp_failure", b"", qos=1, retain=True)
+    assert list(seen) == [f"{base}/alarms/active/L1/lamp_failure"]
+
+
+async def test_sweep_gives_up_quietly_when_the_broker_is_down() -> None:
+    """No broker: the sweep is skipped within its timeout, and the daemon can start anyway."""
+    from edge.net import free_port
+
+    assert await sweep_retained(f"mqtt://127.0.0.1:{free_port()}", "dos/v1/x", [], timeout_s=2) == []
