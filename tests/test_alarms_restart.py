@@ -78,7 +78,7 @@ async def test_sweep_clears_retained_topics_of_alarms_not_open(mqtt_url: str) ->
     cleared = await sweep_retained(mqtt_url, base, [("L1", "lamp_failure")])
     assert sorted(cleared) == [f"{base}/alarms/active/L2/lamp_failure", f"{base}/alarms/active/L3/day_burner"]
     # What a new subscriber sees now: only the open alarm (the marker publish is also there).
-    seen: dict[str, bytes] = {}
+    seen: list[str] = []
     async with addr.client("t-sub", timeout_s=10, pending=100) as sub:
         await sub.subscribe(f"{base}/alarms/active/#", qos=1)
         await sub.publish(f"{base}/alarms/active/_end", b"", qos=1)
@@ -86,9 +86,9 @@ async def test_sweep_clears_retained_topics_of_alarms_not_open(mqtt_url: str) ->
             async for msg in sub.messages:
                 if str(msg.topic).endswith("/_end"):
                     break
-                seen[str(msg.topic)] = bytes(msg.payload)  # type: ignore[arg-type]
+                seen.append(str(msg.topic))
         await sub.publish(f"{base}/alarms/active/L1/lamp_failure", b"", qos=1, retain=True)
-    assert list(seen) == [f"{base}/alarms/active/L1/lamp_failure"]
+    assert seen == [f"{base}/alarms/active/L1/lamp_failure"]
 
 
 async def test_sweep_gives_up_quietly_when_the_broker_is_down() -> None:
