@@ -337,7 +337,7 @@ class Storage:
         backlog = self.backlog
         self.peak_backlog = max(self.peak_backlog, backlog)
 
-    def _shed_one(self) -> None:
+    def _shed_one(self) -> bool:
         """Drop the oldest row of the least important non-empty lane, counted and logged."""
         for name in reversed(LANES):
             lane = self._lanes[name]
@@ -347,7 +347,8 @@ class Storage:
                 if not self._shedding:
                     self._shedding = True
                     log.error("storage_backlog_full", max_backlog=self._max_backlog, shedding=op.table)
-                return
+                return True
+        return False
 
     def _counts(self) -> dict[str, int]:
         return {name: len(q) for name, q in self._lanes.items() if q}
@@ -382,16 +383,20 @@ class Storage:
 
     def _take(self) -> list[_Op]:
         batch: list[_Op] = []
+        size = min(MAX_BATCH, self._max_backlog // 2)  # the rest stays sheddable while in flight
         for name in LANES:
             lane = self._lanes[name]
-            while lane and len(batch) < MAX_BATCH:
+            while lane and len(batch) < size:
                 batch.append(lane.popleft())
         return batch
 
     def _requeue(self, ops: Sequence[_Op]) -> None:
-        """Put unwritten rows back at the front of their lanes, in their original order."""
+        """Put unwritten rows back at the front of their lanes, in their original order
+        (rows added while they were in flight may have filled the backlog: shed to the bound)."""
         for op in reversed(ops):
             self._lanes[_LANE_OF.get(op.table, "audit")].appendleft(op)
+        while self.backlog - self._in_flight > self._max_backlog and self._shed_one():
+            pass
 
     def _account(self, out: _Outcome) -> None:
         self.written += out.written
