@@ -25,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import orjson
@@ -97,7 +98,7 @@ class Db:
 
     def duplicate_open(self) -> list[tuple[str, str, int]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
+            rows: Any = conn.execute(
                 sqlalchemy.text(
                     "SELECT device_id, code, count(*) FROM alarm WHERE cleared_at IS NULL"
                     " GROUP BY device_id, code HAVING count(*) > 1"
@@ -107,7 +108,7 @@ class Db:
 
     def outbox(self) -> set[tuple[str, bytes]]:
         with self.engine.connect() as conn:
-            rows = conn.execute(
+            rows: Any = conn.execute(
                 sqlalchemy.text("SELECT topic, payload FROM edge_outbox WHERE response_topic IS NULL")
             )
             return {(str(t), bytes(p)) for t, p in rows}
