@@ -271,6 +271,7 @@ async def test_kill_9_during_bursts(
                 passed += 1
             assert await daemon.stop() == 0
             final_open = {a for a in db.open_alarms() if a[0] in inv.lamps}
+            retained = await _retained_alarms(mqtt_url, base)
         finally:
             await daemon.kill()
             watcher.cancel()
@@ -282,3 +283,22 @@ async def test_kill_9_during_bursts(
     )
     assert passed == CYCLES
     assert final_open == {(lamp, "lamp_failure") for lamp in failing}
+    assert {a for a in retained if a[0] in inv.lamps} == final_open, "retained alarm topics != the table"
+
+
+async def _retained_alarms(mqtt_url: str, base: str) -> set[tuple[str, str]]:
+    """(device, code) of the retained alarms/active topics, as a new subscriber sees them."""
+    prefix = f"{base}/alarms/active/"
+    marker = f"{prefix}_end/{uuid.uuid4().hex}"
+    found: set[tuple[str, str]] = set()
+    async with BrokerAddress.parse(mqtt_url).client("kill-retained", timeout_s=10, pending=1000) as c:
+        await c.subscribe(f"{prefix}#", qos=1)
+        await c.publish(marker, b"", qos=1)
+        async with asyncio.timeout(10):
+            async for msg in c.messages:
+                if str(msg.topic) == marker:
+                    break
+                if msg.payload:
+                    device, _, code = str(msg.topic).removeprefix(prefix).rpartition("/")
+                    found.add((device, code))
+    return found
