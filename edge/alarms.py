@@ -7,7 +7,10 @@ Across restarts (issue 10, finding 8) the alarm table, the controllers and the r
 - A controller that raises a pending alarm again confirms it (no new row, no new event); one
   that clears it clears it as usual.
 - Whatever a device's first readings after the start have not re-raised is cleared by
-  `reconcile` once the device has sent `confirm_readings` readings: the condition is gone.
+  `reconcile` once the device has sent `confirm_readings` readings (5: polled devices, enough
+  for the lighting controller's 3-reading debounce), or its own count from
+  `confirm_readings_of` (2 for LoRaWAN sensors that report every 10-60 minutes: their
+  controller evaluates every reading, and the second one comes long after the first).
   Alarms of devices that send no readings (feeders, car parks, the daemon itself) are
   settled by the component that evaluates them (the charging and display controllers'
   periodic checks, the storage writer's health report, the next waste plan).
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import aiomqtt
 import structlog
@@ -38,13 +41,21 @@ NOT_CONFIRMED = "not confirmed by the readings after a restart"
 class Alarms:
     """Publishes an AlarmEvent when an alarm changes state, never for repetitions."""
 
-    def __init__(self, bus: EventBus, clock: Clock, *, confirm_readings: int = 5) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        clock: Clock,
+        *,
+        confirm_readings: int = 5,
+        confirm_readings_of: Mapping[str, int] | None = None,
+    ) -> None:
         self._bus = bus
         self._clock = clock
         self._active: dict[tuple[str, str], AlarmEvent] = {}
         self._pending: dict[str, dict[str, AlarmEvent]] = {}  # device -> code -> restored alarm
         self._readings: dict[str, int] = {}
         self._confirm_readings = max(1, confirm_readings)
+        self._confirm_of = dict(confirm_readings_of or {})
         self.raised = 0
         self.cleared = 0
         self.restored = 0
@@ -135,7 +146,7 @@ class Alarms:
             return
         n = self._readings.get(device_id, 0) + 1
         self._readings[device_id] = n
-        if n < self._confirm_readings:
+        if n < self._confirm_of.get(device_id, self._confirm_readings):
             return
         for code, ev in list(self._pending[device_id].items()):
             self.set(device_id, code, False, ev.severity, NOT_CONFIRMED)

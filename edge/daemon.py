@@ -196,7 +196,10 @@ async def running(
     state = StateStore(bus, kinds)
     mq = settings.mqtt
     site = settings.site
-    alarms = Alarms(bus, clock)
+    # LoRaWAN sensors report every 10-60 min: their restored alarms settle at the 2nd uplink.
+    alarms = Alarms(
+        bus, clock, confirm_readings_of={d: 2 for d, k in kinds.items() if k in {"bin", "sensor"}}
+    )
     # Subscribed before any driver or controller runs, so no alarm change or reading is missed.
     record_sub = bus.subscribe("storage", AlarmEvent, PlanEvent)
     reconcile_sub = bus.subscribe("alarms.reconcile", Telemetry)

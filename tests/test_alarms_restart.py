@@ -71,6 +71,17 @@ async def test_unconfirmed_alarm_clears_after_the_devices_first_readings() -> No
     assert alarms.reconciled == 2
 
 
+def test_sensors_that_report_rarely_settle_at_their_own_count() -> None:
+    """A LoRaWAN bin (an uplink every 10-60 min) settles its restored alarms at its 2nd reading,
+    a polled lamp at the default count."""
+    alarms = Alarms(EventBus(), SimClock(0.0), confirm_readings=5, confirm_readings_of={"B1": 2})
+    alarms.restore(_restored(("B1", "overflow"), ("L1", "lamp_failure")))
+    for _ in range(2):
+        alarms.reading("B1")
+        alarms.reading("L1")
+    assert [(e.device_id, e.code) for e in alarms.active()] == [("L1", "lamp_failure")]
+
+
 async def test_sweep_clears_retained_topics_of_alarms_not_open(mqtt_url: str) -> None:
     """Retained alarms/active topics of alarms no longer open are cleared; the open ones stay."""
     base = f"dos/v1/sweep{uuid.uuid4().hex[:8]}"
