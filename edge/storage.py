@@ -265,6 +265,7 @@ class Storage:
         self._attempt = 0  # consecutive failed attempts while the database is down
         self._health: dict[str, bool] = {}
         self._last_dead = -1e18  # monotonic time of the last dead-lettered row
+        self._dead_reported = 0  # dead-lettered rows the health report has seen
         self._shedding = False
         self.written = 0
         self.write_errors = 0
@@ -409,7 +410,7 @@ class Storage:
             self.write_errors += 1
             if self.unreachable_since is None:
                 self.unreachable_since = time.monotonic()
-                log.error("storage_unreachable", error=str(out.down)[:300], backlog=self.backlog)
+                log.error("storage_unreachable", error=_error_text(out.down)[:300], backlog=self.backlog)
         elif self.unreachable_since is not None:
             log.info(
                 "storage_reachable_again",
@@ -490,8 +491,12 @@ class Storage:
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
             self._wake.clear()
-            err = await self._drain()
-            self._report_health(err)
+            try:
+                err = await self._drain()
+                self._report_health(err)
+            except Exception as exc:  # a bug here must not end all writing: log, back off, go on
+                log.exception("storage_writer_error")
+                err = exc
             if self._closing:
                 return
             if err is None:
@@ -514,11 +519,12 @@ class Storage:
         was_backlogged = self._health.get("storage_backlog", False)
         backlogged = backlog > self._alarm_backlog or (was_backlogged and backlog > self._alarm_backlog // 2)
         shed = sum(self.shed.values())
+        new_dead, self._dead_reported = self.dead_lettered > self._dead_reported, self.dead_lettered
         states = {
             "storage_unreachable": (
                 err is not None,
                 Severity.CRITICAL,
-                f"database unreachable, {backlog} rows waiting: {str(err)[:200]}" if err is not None else "",
+                f"database unreachable, {backlog} rows waiting: {_error_text(err)[:200]}" if err is not None else "",
             ),
             "storage_backlog": (
                 backlogged,
@@ -526,7 +532,7 @@ class Storage:
                 f"{backlog} rows waiting (bound {self._max_backlog}, {shed} shed so far)",
             ),
             "storage_dead_letter": (
-                time.monotonic() - self._last_dead < self._dead_hold,
+                new_dead or time.monotonic() - self._last_dead < self._dead_hold,
                 Severity.MAJOR,
                 f"{self.dead_lettered} rows refused by the database, kept in dead_letter",
             ),
