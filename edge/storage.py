@@ -524,7 +524,9 @@ class Storage:
             "storage_unreachable": (
                 err is not None,
                 Severity.CRITICAL,
-                f"database unreachable, {backlog} rows waiting: {_error_text(err)[:200]}" if err is not None else "",
+                f"database unreachable, {backlog} rows waiting: {_error_text(err)[:200]}"
+                if err is not None
+                else "",
             ),
             "storage_backlog": (
                 backlogged,
