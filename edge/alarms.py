@@ -21,6 +21,7 @@ Across restarts (issue 10, finding 8) the alarm table, the controllers and the r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Iterable, Mapping
 
@@ -109,7 +110,7 @@ class Alarms:
             key = (ev.device_id, ev.code)
             if key in self._active:
                 continue
-            restored = AlarmEvent(ev.device_id, ev.code, ev.severity, True, ev.ts, ev.detail, restored=True)
+            restored = dataclasses.replace(ev, active=True, restored=True)
             self._active[key] = self._pending.setdefault(ev.device_id, {})[ev.code] = restored
             n += 1
         self.restored += n

@@ -513,7 +513,16 @@ def _open_alarms(rows: Sequence[AlarmRow]) -> list[AlarmEvent]:
     """Open alarm rows as events to restore (an unknown severity reads as major)."""
     sev = {s.value: s for s in Severity}
     return [
-        AlarmEvent(r.device_id, r.code, sev.get(r.severity, Severity.MAJOR), True, r.raised_at, r.detail)
+        AlarmEvent(
+            r.device_id,
+            r.code,
+            sev.get(r.severity, Severity.MAJOR),
+            True,
+            r.raised_at,
+            r.detail,
+            acked_by=r.acked_by,
+            ack_comment=r.ack_comment or "",
+        )
         for r in rows
     ]
 

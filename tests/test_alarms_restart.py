@@ -26,15 +26,18 @@ def _restored(*keys: tuple[str, str]) -> list[AlarmEvent]:
 
 async def test_restored_alarm_is_confirmed_by_a_raise_without_a_new_event() -> None:
     """A controller raising an alarm that was open before the restart publishes nothing new
-    (no second row, no second raise event); its clear is published as usual."""
+    (no second row, no second raise event); its ack survives; its clear is published as usual."""
     bus = EventBus()
     sub = bus.subscribe("t", AlarmEvent)
     alarms = Alarms(bus, SimClock(100.0))
-    assert alarms.restore(_restored(("L1", "lamp_failure"))) == 1
+    acked = AlarmEvent(
+        "L1", "lamp_failure", Severity.MAJOR, True, 1.0, "", acked_by="op:anna", ack_comment="crew sent"
+    )
+    assert alarms.restore([acked]) == 1
     assert alarms.announce_restored() == 1
     announced = sub.get_nowait()
     assert isinstance(announced, AlarmEvent)
-    assert announced.restored
+    assert (announced.restored, announced.acked_by, announced.ack_comment) == (True, "op:anna", "crew sent")
     alarms.set("L1", "lamp_failure", True, Severity.MAJOR)
     assert sub.get_nowait() is None
     assert alarms.pending() == []
