@@ -10,9 +10,11 @@ Durability rules of the writer (issue 10):
   length, type) is split in halves and retried until the bad rows stand alone; a row that
   fails alone goes to the `dead_letter` table with its table, data and error, and the
   writer goes on.
-- **An unreachable database loses nothing.** A connection error keeps every row queued
-  and retries with a capped, jittered exponential backoff; no row is dead-lettered
-  because the database is down.
+- **An unreachable database loses nothing, and nothing is written twice.** A connection
+  error keeps every row queued and retries with a capped, jittered exponential backoff; no
+  row is dead-lettered because the database is down. Each batch writes a commit mark in
+  its transaction; when the connection drops during the commit, the retry looks the mark
+  up and skips a batch that did commit.
 - **The backlog is bounded** (`max_backlog` rows). When full, the oldest row of the least
   important kind goes first: state samples (the next sample supersedes them), then plans
   (the latest plan is republished), then command audit, and alarms last. Every shed row
@@ -32,6 +34,7 @@ import contextlib
 import json
 import random
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +145,19 @@ class PlanRow(SQLModel, table=True):
     body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
 
 
+class CommitMark(SQLModel, table=True):
+    """One row per written batch, in the batch's transaction: when a commit fails on the wire
+    (the connection drops after the server committed), a retry looks its mark up instead of
+    writing the batch a second time."""
+
+    __tablename__ = "storage_commit"
+    token: str = Field(primary_key=True, max_length=32)
+    ts: float = Field(index=True)
+
+
+COMMIT_MARK_KEEP_S = 86400.0
+
+
 class DeadLetter(SQLModel, table=True):
     """A row the database refused on its own (data error), kept with the error instead of lost."""
 
@@ -220,6 +236,7 @@ class _Op:
     table: str
     data: dict[str, Any] | AlarmUpdate
     tries: int = 0
+    token: str | None = None  # the commit mark of an attempt whose commit may have gone through
 
 
 @dataclass(slots=True)
@@ -423,8 +440,29 @@ class Storage:
     def _write_batch(self, ops: list[_Op]) -> _Outcome:
         """One transaction for the batch; on failure, isolate the bad rows (runs in a thread)."""
         out = _Outcome()
+        tokens = {op.token for op in ops if op.token is not None}
+        if tokens:
+            known = self._committed(tokens)
+            if known is None:
+                return _Outcome(retry=ops, down=StorageUnavailable("commit marks cannot be read"))
+            out.written += sum(1 for op in ops if op.token in known)
+            ops = [op for op in ops if op.token not in known]
+            for op in ops:
+                op.token = None
         self._write_part(ops, out)
         return out
+
+    def _committed(self, tokens: set[str]) -> set[str] | None:
+        """Which of these commit marks exist (None: the database cannot be asked)."""
+        t = _table(CommitMark)
+        try:
+            with self.engine.connect() as conn:
+                found: list[Any] = list(
+                    conn.execute(sa_select(t.c.token).where(t.c.token.in_(tokens))).scalars()
+                )
+            return {str(x) for x in found}
+        except Exception:
+            return set() if self._ping() else None
 
     def _write_part(self, ops: list[_Op], out: _Outcome) -> None:
         """Write `ops` in one transaction; if the database refuses it, split it in halves until
@@ -433,14 +471,28 @@ class Storage:
         if out.down is not None:
             out.retry.extend(ops)
             return
+        token, sent = uuid.uuid4().hex, False
         try:
-            with self.engine.begin() as conn:
+            with self.engine.connect() as conn, conn.begin():
                 _apply(conn, ops)
+                conn.execute(sa_insert(_table(CommitMark)).values(token=token, ts=time.time()))
+                sent = True  # from here on only the commit can fail
         except Exception as exc:
             error = exc
         else:
             out.written += len(ops)
             return
+        if sent:  # the commit failed on the wire: it may have been applied
+            known = self._committed({token})
+            if known is None:
+                for op in ops:
+                    op.token = token
+                out.retry.extend(ops)
+                out.down = error
+                return
+            if token in known:
+                out.written += len(ops)
+                return
         if not _data_error(error) and not self._ping():
             out.retry.extend(ops)
             out.down = error
@@ -559,6 +611,7 @@ class Storage:
         """Delete state history older than `before` (retention)."""
         with Session(self.engine) as s:
             res = s.exec(delete(StateSample).where(col(StateSample.ts) < before))
+            s.exec(delete(CommitMark).where(col(CommitMark.ts) < time.time() - COMMIT_MARK_KEEP_S))
             s.commit()
             return int(res.rowcount or 0)
 

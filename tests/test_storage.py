@@ -268,3 +268,30 @@ def test_migration_closes_duplicate_open_alarms(database_url: str) -> None:
         ]
     finally:
         engine.dispose()
+
+
+async def test_commit_lost_on_the_wire_is_not_written_twice(database_url: str) -> None:
+    """The connection drops after the server committed (the client sees an error): the retry
+    finds the batch's commit mark and does not write its rows a second time. (The lost answer
+    is injected in the dialect's commit: a real cut cannot be timed to fall there.)"""
+    import sqlalchemy
+
+    async with Storage(database_url, flush_interval_s=60) as st:
+        dialect = st.engine.dialect
+        real_commit = dialect.do_commit
+        lost = []
+
+        def commit_then_lose_the_answer(dbapi_conn: object) -> None:
+            real_commit(dbapi_conn)
+            if not lost:
+                lost.append(True)
+                raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+
+        dialect.do_commit = commit_then_lose_the_answer  # type: ignore[method-assign]
+        for i in range(10):
+            st.add(_audit("L1", f"c{i}"))
+        await st.flush()
+        dialect.do_commit = real_commit  # type: ignore[method-assign]
+        assert lost == [True]
+        assert len(await asyncio.to_thread(st.audit)) == 10
+        assert st.written == 10

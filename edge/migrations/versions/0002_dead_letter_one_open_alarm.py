@@ -1,4 +1,4 @@
-"""dead-letter table; at most one open alarm row per (device, code)
+"""dead-letter table, commit marks; at most one open alarm row per (device, code)
 
 Revision ID: 0002
 Revises: 0001
@@ -33,6 +33,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_dead_letter_ts", "dead_letter", ["ts"], unique=False)
+    op.create_table(
+        "storage_commit",
+        sa.Column("token", sa.String(length=32), nullable=False),
+        sa.Column("ts", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("token"),
+    )
+    op.create_index("ix_storage_commit_ts", "storage_commit", ["ts"], unique=False)
     # Close duplicates first (portable SQL: SQLite and PostgreSQL both take a correlated subquery).
     op.execute(
         sa.text(
@@ -56,5 +63,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("uq_alarm_open", table_name="alarm")
+    op.drop_index("ix_storage_commit_ts", table_name="storage_commit")
+    op.drop_table("storage_commit")
     op.drop_index("ix_dead_letter_ts", table_name="dead_letter")
     op.drop_table("dead_letter")
