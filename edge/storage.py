@@ -234,7 +234,7 @@ class _Op:
     """One queued write: an insert into `table`, or a change to an open alarm."""
 
     table: str
-    data: dict[str, Any] | AlarmUpdate
+    data: SQLModel | dict[str, Any] | AlarmUpdate  # a row is turned into a dict in the writer thread
     tries: int = 0
     token: str | None = None  # the commit mark of an attempt whose commit may have gone through
 
@@ -333,12 +333,8 @@ class Storage:
     # ----- queueing (on the event loop) ----------------------------------------------------
 
     def add(self, row: SQLModel) -> None:
-        """Queue a row; written with the next batch."""
-        table = str(row.__tablename__)
-        data = row.model_dump()
-        if data.get("id") is None:
-            data.pop("id", None)
-        self._enqueue(_Op(table, data))
+        """Queue a row; written with the next batch (the row must not change after this)."""
+        self._enqueue(_Op(str(row.__tablename__), row))
 
     def clear_alarm(self, device_id: str, code: str, ts: float) -> None:
         """Close the open row of an alarm (written with the next batch, in order with raises)."""
@@ -440,6 +436,9 @@ class Storage:
     def _write_batch(self, ops: list[_Op]) -> _Outcome:
         """One transaction for the batch; on failure, isolate the bad rows (runs in a thread)."""
         out = _Outcome()
+        for op in ops:
+            if isinstance(op.data, SQLModel):  # serialized here, off the event loop
+                op.data = _row_data(op.data)
         tokens = {op.token for op in ops if op.token is not None}
         if tokens:
             known = self._committed(tokens)
@@ -525,11 +524,10 @@ class Storage:
         return True
 
     def _dead_letter(self, op: _Op, error: BaseException) -> None:
-        payload = (
-            op.data
-            if isinstance(op.data, dict)
-            else {"update": op.data.__class__.__name__, **_fields(op.data)}
-        )
+        if isinstance(op.data, AlarmUpdate):
+            payload = {"update": "AlarmUpdate", **_fields(op.data)}
+        else:
+            payload = op.data if isinstance(op.data, dict) else _row_data(op.data)
         data = dumps(payload)
         if len(data) > DEAD_LETTER_DATA_CHARS:
             data = data[: DEAD_LETTER_DATA_CHARS - 40] + f"...(truncated from {len(data)} chars)"
@@ -673,10 +671,19 @@ def _table(model: type[SQLModel]) -> Table:
     return model.__table__  # type: ignore[attr-defined,no-any-return]
 
 
+def _row_data(row: SQLModel) -> dict[str, Any]:
+    data = row.model_dump()
+    if data.get("id") is None:
+        data.pop("id", None)  # the database assigns it
+    return data
+
+
 def _apply(conn: Connection, ops: Sequence[_Op]) -> None:
     """Write ops in one transaction: inserts batched per table, alarm changes in queue order."""
     inserts: dict[str, list[dict[str, Any]]] = {}
     for op in ops:
+        if isinstance(op.data, SQLModel):
+            op.data = _row_data(op.data)
         if op.table == "alarm":
             _apply_alarm(conn, op.data)
         elif isinstance(op.data, dict):
