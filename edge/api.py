@@ -263,6 +263,16 @@ class MqttApi:
                 detail=ev.detail,
                 ts=ev.ts,
             )
+            if ev.restored:
+                # Open before a restart: republish the retained topic only; it was raised before.
+                if ev.acked_by is not None:
+                    msg = msg.model_copy(
+                        update={"acked": True, "acked_by": ev.acked_by, "ack_comment": ev.ack_comment}
+                    )
+                self._alarms[key] = msg
+                active_topic = f"{self.base}/alarms/active/{msg.device_id}/{msg.code}"
+                await pub.publish_reliable(active_topic, dump(msg), retain=True)
+                return
             before = self._alarms.pop(key, None)
             if ev.active:
                 self._alarms[key] = msg

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,13 +34,13 @@ from devices.modbus import ModbusEndpoint, ModbusLightingDriver
 from devices.opcua import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
 from devices.profile import default_profile
 from edge import __version__
-from edge.alarms import Alarms
+from edge.alarms import DAEMON_DEVICE, Alarms, sweep_retained
 from edge.api import MqttApi
 from edge.bins import Bin, load_bins
-from edge.bus import EventBus
+from edge.bus import EventBus, Subscription
 from edge.clock import Clock
 from edge.dispatcher import AuditRecord, Dispatcher
-from edge.events import AlarmEvent, PlanEvent
+from edge.events import AlarmEvent, PlanEvent, Severity, Telemetry
 from edge.inventory import Inventory
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
@@ -133,11 +133,12 @@ def _audit_row(rec: AuditRecord) -> CommandAudit:
     )
 
 
-async def _record(d: Daemon) -> None:
-    """Write alarms and plans to storage as they happen."""
-    sub = d.bus.subscribe("storage", AlarmEvent, PlanEvent)
+async def _record(d: Daemon, sub: Subscription) -> None:
+    """Write alarms and plans to storage as they happen (`sub` is taken before anything runs)."""
     async for ev in sub:
         if isinstance(ev, AlarmEvent):
+            if ev.restored:
+                continue  # its row is open already
             if ev.active:
                 d.storage.add(
                     AlarmRow(
@@ -200,6 +201,7 @@ def device_kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> d
     )
     if bins:
         kinds |= {t.id: "truck" for t in settings.waste.trucks} | {WASTE_PLANNER: "planner"}
+    kinds[DAEMON_DEVICE] = "daemon"  # storage alarms (unreachable, backlog, dead letters)
     return kinds
 
 
@@ -215,14 +217,25 @@ async def running(
     bus = EventBus()
     bins = site_bins(settings)
     wcfg = settings.waste
-    state = StateStore(bus, device_kinds(settings, inventory, bins))
+    kinds = device_kinds(settings, inventory, bins)
+    state = StateStore(bus, kinds)
     mq = settings.mqtt
     site = settings.site
+    # LoRaWAN sensors report every 10-60 min: their restored alarms settle at the 2nd uplink.
+    alarms = Alarms(
+        bus, clock, confirm_readings_of={d: 2 for d, k in kinds.items() if k in {"bin", "sensor"}}
+    )
+    # Subscribed before any driver or controller runs, so no alarm change or reading is missed.
+    record_sub = bus.subscribe("storage", AlarmEvent, PlanEvent)
+    reconcile_sub = bus.subscribe("alarms.reconcile", Telemetry)
     async with Storage(
         settings.storage.url,
         flush_interval_s=settings.storage.flush_interval_s,
         retention_s=settings.storage.retention_days * 86400,
+        max_backlog=settings.storage.max_backlog_rows,
+        on_alarm=lambda code, active, sev, detail: alarms.set(DAEMON_DEVICE, code, active, sev, detail),
     ) as storage:
+        alarms.restore(_open_alarms(await asyncio.to_thread(storage.alarms, True)))
         await asyncio.to_thread(
             storage.upsert_devices,
             [
@@ -317,7 +330,6 @@ async def running(
                 await stack.enter_async_context(display_driver)
             if fleet is not None:
                 await stack.enter_async_context(fleet)
-            alarms = Alarms(bus, clock)
             lighting = LightingController(
                 inv=inventory,
                 site=site,
@@ -454,6 +466,14 @@ async def running(
                     online=False, site=site.id, version=__version__, timezone=site.timezone
                 ).model_dump()
             )
+            # The retained alarm topics follow the table: strays cleared, open ones republished.
+            await sweep_retained(
+                mq.url,
+                api.base,
+                [(a.device_id, a.code) for a in alarms.active()],
+                tls=settings.mqtt_link().files(),
+            )
+            alarms.announce_restored()
             link = MqttLink(
                 mq.url,
                 mq.client_id or f"dos-edge-{site.id}",
@@ -489,12 +509,13 @@ async def running(
                     fleet,
                 )
                 async with asyncio.TaskGroup() as tg:
-                    recorder = tg.create_task(_record(d), name="storage.recorder")
+                    recorder = tg.create_task(_record(d, record_sub), name="storage.recorder")
                     tasks = [
                         tg.create_task(state.run(), name="state.store"),
                         tg.create_task(api.run(link), name="api.publisher"),
                         recorder,
                         tg.create_task(_sample_history(d), name="storage.history"),
+                        tg.create_task(alarms.reconcile(reconcile_sub), name="alarms.reconcile"),
                     ]
                     controllers = [tg.create_task(lighting.run(), name="lighting.controller")]
                     if charging is not None:
@@ -536,6 +557,24 @@ async def running(
                         log.info(
                             "daemon_stopped", outbox_backlog=outbox.backlog, storage_rows=storage.written
                         )
+
+
+def _open_alarms(rows: Sequence[AlarmRow]) -> list[AlarmEvent]:
+    """Open alarm rows as events to restore (an unknown severity reads as major)."""
+    sev = {s.value: s for s in Severity}
+    return [
+        AlarmEvent(
+            r.device_id,
+            r.code,
+            sev.get(r.severity, Severity.MAJOR),
+            True,
+            r.raised_at,
+            r.detail,
+            acked_by=r.acked_by,
+            ack_comment=r.ack_comment or "",
+        )
+        for r in rows
+    ]
 
 
 def lighting_amps_late(

@@ -107,6 +107,9 @@ class AlarmEvent:
     active: bool
     ts: float
     detail: str = ""
+    restored: bool = False  # re-announced after a restart: already stored and raised before
+    acked_by: str | None = None  # a restored alarm's acknowledgement, as stored
+    ack_comment: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,8 @@ class StorageSettings(_Section):
     history_interval_s: Annotated[float, Field(gt=0)] = 300.0
     retention_days: Annotated[float, Field(gt=0)] = 30.0
     flush_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    # Rows queued while the database is slow or down; when full, state samples are shed first.
+    max_backlog_rows: Annotated[int, Field(ge=1000)] = 100_000
 
     @field_validator("url")
     @classmethod
