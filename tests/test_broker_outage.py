@@ -179,6 +179,12 @@ async def test_persistent_subscriber_gets_every_alarm_transition_exactly_once(
                 # after the outage: B3 is repaired
                 s.sim.clear("B3", code)
                 await wait_for(lambda: not d.alarms.is_active("B3", code), "the clear of B3 after the outage")
+                # The API publishes from its own task, so an empty outbox proves nothing until the
+                # clear has reached the witness; the marker below then catches any late redelivery.
+                await wait_for(
+                    lambda: any(a["device_id"] == "B3" and not a["active"] for a in witness.alarms(code)),
+                    "the clear of B3 at the witness",
+                )
                 await d.link.wait_drained(WAIT_S)
                 # Everything the daemon sent is acked by the broker, so queued for the witness
                 # ahead of this marker: once it arrives, nothing of the daemon's is still on its way.
