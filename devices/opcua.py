@@ -4,8 +4,11 @@ One asyncua client per server and a fresh one for every session after a failure 
 library auto-reconnect: its state would outlive a broken session). A session reads every
 point in batches, then monitors the telemetry points with one subscription whose publish
 responses are turned into one `Telemetry` per charge point and response; setpoint writes
-are read back; heartbeats keep the chargers' watchdogs fed. A lost session is replaced
-after a capped, jittered backoff, and the subscription comes back with it.
+are read back; heartbeats keep the chargers' watchdogs fed. At every connect the chargers'
+fail-safe currents (what they fall back to when the watchdog fires) are written and then
+read back with everything else, so a charger that did not take it shows in its telemetry.
+A lost session is replaced after a capped, jittered backoff, and the subscription comes
+back with it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -84,6 +87,8 @@ class DriverStats:
     writes: int = 0
     write_errors: int = 0
     heartbeats: int = 0
+    failsafe_written: int = 0
+    failsafe_mismatches: int = 0
 
 
 class _State(Enum):
@@ -149,6 +154,7 @@ class _Runner:
         self.routes: list[tuple[str, str]] = []
         self.max_current: dict[str, float] = {}
         self.watchdog: dict[str, float] = {}
+        self.failsafe_read: dict[str, float] = {}
         self.heartbeat_seq = 0
         self.log = log.bind(endpoint=ep.endpoint_id)
 
@@ -210,6 +216,9 @@ class _Runner:
         wd = values.get("watchdog_s")
         if isinstance(wd, int | float) and not isinstance(wd, bool):
             self.watchdog[cp_id] = float(wd)
+        fs = values.get("failsafe_current_a")
+        if isinstance(fs, int | float) and not isinstance(fs, bool):
+            self.failsafe_read[cp_id] = float(fs)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -268,7 +277,9 @@ class _Runner:
         await self._call("connect", client.connect())
         ns = await self._call("namespace", client.get_namespace_index(d.profile.namespace))
         self._node_ids(ns)
+        await self._write_failsafe(client)
         await self._read_all(client)
+        self._verify_failsafe()
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=d.publishing_interval_ms,
             RequestedLifetimeCount=10_000,
@@ -288,6 +299,35 @@ class _Runner:
         finally:
             await cancel_and_wait([beat])
         raise DeviceUnavailable(self.lost_reason or "session lost", endpoint=self.ep.endpoint_id)
+
+    async def _write_failsafe(self, client: Client) -> None:
+        """Write each charger's configured fail-safe current (one batch); a refusal is logged
+        here and shows as a mismatch when the read-back disagrees."""
+        wanted = [(cp, a) for cp in self.ep.charge_points if (a := self.driver.failsafe.get(cp)) is not None]
+        for chunk in _chunks(wanted, BATCH):
+            dvs = [ua.DataValue(ua.Variant(float(a), ua.VariantType.Double)) for _cp, a in chunk]
+            results = await self._call(
+                "write_failsafe",
+                client.uaclient.write_attributes(
+                    [self.nodes[(cp, "failsafe_current_a")] for cp, _a in chunk], dvs, AttributeIds.Value
+                ),
+            )
+            for (cp, a), r in zip(chunk, results, strict=True):
+                if r.is_good():
+                    self.driver.stats.failsafe_written += 1
+                else:
+                    self.log.warning("opcua_failsafe_refused", cp_id=cp, failsafe_a=a, status=str(r))
+
+    def _verify_failsafe(self) -> None:
+        """Compare the read-back fail-safe currents with the configured ones (log transitions)."""
+        for cp in self.ep.charge_points:
+            want = self.driver.failsafe.get(cp)
+            got = self.failsafe_read.get(cp)
+            if want is None:
+                continue
+            if got is None or abs(got - want) > 0.05:
+                self.driver.stats.failsafe_mismatches += 1
+                self.log.error("opcua_failsafe_mismatch", cp_id=cp, configured_a=want, read_back_a=got)
 
     async def _read_all(self, client: Client) -> None:
         """Read every point of every charge point in batches and publish it as telemetry."""
@@ -439,7 +479,8 @@ class OpcUaChargingDriver:
     Publishes `Telemetry` per charge point (device_id = cp_id) for every subscription
     response and after every (re)connect, and `Availability` per endpoint on transitions.
     Timeouts and backoff are real seconds; `heartbeat_every_s` is clock seconds (default:
-    a third of the smallest watchdog_s the chargers report).
+    a third of the smallest watchdog_s the chargers report). `failsafe` maps charge points
+    to the fail-safe current written at every connect (others keep their own).
     """
 
     def __init__(
@@ -456,6 +497,7 @@ class OpcUaChargingDriver:
         publishing_interval_ms: float = 500,
         backoff_base_s: float = 0.5,
         heartbeat_every_s: float | None = None,
+        failsafe: Mapping[str, float] | None = None,
     ) -> None:
         if security is None and not allow_no_security:
             raise ConfigError(
@@ -479,6 +521,7 @@ class OpcUaChargingDriver:
         self.backoff_base_s = backoff_base_s
         self.publishing_interval_ms = publishing_interval_ms
         self.heartbeat_every_s = heartbeat_every_s
+        self.failsafe: Mapping[str, float] = dict(failsafe or {})
         self.stats = DriverStats()
         self._endpoints = tuple(endpoints)
         ids = [e.endpoint_id for e in self._endpoints]
@@ -531,6 +574,11 @@ class OpcUaChargingDriver:
         """Last known availability of an endpoint (None before the first attempt ends)."""
         runner = self._runners.get(endpoint_id)
         return None if runner is None else runner.online
+
+    def failsafe_read_a(self, cp_id: str) -> float | None:
+        """The charger's fail-safe current as last read back (None before the first read)."""
+        runner = self._runners.get(self._routes.get(cp_id, ""))
+        return None if runner is None else runner.failsafe_read.get(cp_id)
 
     def max_current_a(self, cp_id: str) -> float | None:
         """The charger's own maximum as last read (None before the first read)."""

@@ -20,7 +20,14 @@ import orjson
 import structlog
 
 from controllers.charging import POINT as CHARGE_POINT
-from controllers.charging import ChargingController, ChargingSafety, lighting_amps, lights_live
+from controllers.charging import (
+    ChargingController,
+    ChargingSafety,
+    failsafe_a,
+    failsafe_problems,
+    lighting_amps,
+    lights_live,
+)
 from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
 from controllers.lighting import LightingController, LightingSafety
 from controllers.waste import OPERATOR_DOMAIN, WasteController, WasteSafety
@@ -40,8 +47,10 @@ from edge.bins import Bin, load_bins
 from edge.bus import EventBus
 from edge.clock import Clock
 from edge.dispatcher import AuditRecord, Dispatcher
+from edge.errors import ConfigError
 from edge.events import AlarmEvent, PlanEvent
 from edge.inventory import Inventory
+from edge.lag import LagMonitor
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
@@ -98,6 +107,11 @@ def opcua_driver(
     if not inv.chargers:
         return None
     cs = settings.charging
+    problems = failsafe_problems(cs, inv)
+    if problems:  # the same rule check-config applies: a gone daemon must not blow a fuse
+        error = ConfigError("\n".join(problems), key="charging.failsafe_current_a")
+        error.lines = problems
+        raise error
     security = None
     if cs.client_cert:
         security = ClientSecurity(Path(cs.client_cert), Path(cs.client_key), Path(cs.server_cert))
@@ -109,6 +123,7 @@ def opcua_driver(
         security=security,
         allow_no_security=cs.allow_no_security,
         timeout_s=cs.timeout_s,
+        failsafe={c.id: failsafe_a(c, cs) for c in inv.chargers.values()},
     )
 
 
@@ -257,6 +272,7 @@ async def running(
             policies["truck"] = WasteSafety()
         lighting_ref: list[LightingController] = []
         dispatcher_ref: list[Dispatcher] = []
+        lag = LagMonitor(limit_s=settings.charging.lag_limit_s, hold_s=settings.charging.lag_hold_s)
         charging_safety = ChargingSafety(
             inventory,
             settings.charging,
@@ -265,8 +281,10 @@ async def running(
                 inventory, state, lighting_ref, settings.charging.stale_after_s, clock, dispatcher_ref
             ),
             lambda feeder, t: lights_live(lighting_ref[0] if lighting_ref else None)(feeder, t),  # noqa: PLW0108 - bound late
+            lagging=lag.lagging,
         )
         async with (
+            lag,
             Outbox(settings.storage.url, max_rows=mq.outbox_max_rows) as outbox,
             driver,
             contextlib.AsyncExitStack() as stack,
@@ -330,7 +348,11 @@ async def running(
                     dev = state.get(cid)
                     return dev is not None and dev.online is True
 
-                charging_safety.bind(setpoint_of, fresh)
+                def reported_failsafe(cid: str) -> float | None:
+                    v = state.value(cid, "failsafe_current_a")  # the driver's read-back after its write
+                    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+                charging_safety.bind(setpoint_of, fresh, reported_failsafe)
                 charging = ChargingController(
                     inv=inventory,
                     cfg=settings.charging,
