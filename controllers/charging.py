@@ -103,6 +103,10 @@ def failsafe_problems(cfg: ChargingSettings, inv: Inventory) -> list[str]:
     count: dict[str, int] = {}
     for c in inv.chargers.values():
         fs = failsafe_a(c, cfg)
+        if 0 < fs < MIN_A:
+            problems.append(
+                f"charger {c.id}: fail-safe {fs:g} A is not 0 or at least {MIN_A:g} A (IEC 61851)"
+            )
         if fs > c.max_current_a:
             problems.append(f"charger {c.id}: fail-safe {fs:g} A is above its maximum {c.max_current_a:g} A")
         if c.feeder not in feeders and fs > 0:
@@ -239,8 +243,8 @@ class ChargingSafety:
         return sum(self._setpoint_of(c.id) for c in self._on_feeder.get(feeder, ()) if c.id != exclude)
 
     def feeder_load(self, feeder: str, now: float, exclude: str = "") -> float:
-        """Lighting load plus every other charger's setpoint on the worst phase (L1)."""
-        load = self._lighting_a(feeder, now)
+        """Lighting load (with its reserve) plus every other charger's setpoint on the worst phase (L1)."""
+        load = self.lighting_a(feeder, now)
         for c in self._on_feeder.get(feeder, ()):
             if c.id != exclude:
                 load += self._setpoint_of(c.id)
@@ -769,19 +773,29 @@ class ChargingController:
 
     def _watch_supply(self, feeder: str, now: float) -> None:
         """A live feeder whose charge points all report Unavailable while we reach them has lost
-        its supply: its fuse tripped (a critical alarm until power returns)."""
+        its supply: its fuse tripped (a critical alarm until power returns). It must hold for a
+        while (clock time, and a few real seconds): a lighting circuit switches on a moment
+        after the plan says so."""
         s = self.safety
         chargers = s.chargers_on(feeder)
         seen = [self._state.get(c.id) for c in chargers]
         reachable = [d for d in seen if d is not None and d.online is True and "status" in d.values]
-        expected_live = s.feeder_limit(feeder, now) > 0  # night-only circuits are dead by day
         dark = bool(reachable) and len(reachable) == len(chargers)
         dark = dark and all(d.values.get("status") == "Unavailable" for d in reachable)
         was = self.tripped.get(feeder, False)
-        now_tripped = expected_live and dark if not was else dark
+        expected_live = s.feeder_limit(feeder, now) > 0  # night-only circuits are dead by day
+        key = f"{feeder}/dark"
+        if not dark or not (expected_live or was):
+            self._bad_since.pop(key, None)
+            now_tripped = False
+        else:
+            since = self._bad_since.setdefault(key, now)
+            now_tripped = was or now - since >= max(60.0, 3.0 * self._clock.speed)
         if now_tripped and not was:
             self.stats.trips += 1
             log.error("feeder_tripped", feeder=feeder, chargers=len(chargers))
+        elif was and not now_tripped:
+            log.info("feeder_supply_back", feeder=feeder)
         self.tripped[feeder] = now_tripped
         self._alarms.set(
             feeder,

@@ -71,6 +71,11 @@ class LagMonitor:
             self._lagging_until = now + self.hold_s
         self._transition()
 
+    def probed(self, lag_s: float) -> None:
+        """The probe woke `lag_s` late: note it and expect the next wake-up one interval on."""
+        self._expected = self._mono() + self.interval_s
+        self.record(lag_s)
+
     def lagging(self) -> bool:
         """True while the loop is (or was, within `hold_s`) late by more than the limit."""
         now = self._mono()
@@ -94,5 +99,5 @@ class LagMonitor:
         while True:
             self._expected = self._mono() + self.interval_s
             await asyncio.sleep(self.interval_s)
-            self.record(max(0.0, self._mono() - self._expected))
+            self.probed(max(0.0, self._mono() - self._expected))
             self.lagging()  # ends the episode (and logs it) once hold_s has passed

@@ -330,6 +330,7 @@ class ChargingSimulator:
         self.events: deque[FeederEvent] = deque(maxlen=10_000)
         self.overloads = 0
         self.trips = 0
+        self.watchdog_trips = 0  # chargers that fell back to their fail-safe current
 
     # -- address space -------------------------------------------------------------
 
@@ -509,6 +510,7 @@ class ChargingSimulator:
         if spec.watchdog_s > 0 and not cp.failsafe and now - cp.last_feed >= spec.watchdog_s:
             cp.failsafe = True
             cp.limit_a = cp.failsafe_a
+            self.watchdog_trips += 1
             log.info("sim_watchdog_tripped", cp_id=spec.cp_id, watchdog_s=spec.watchdog_s, limit_a=cp.limit_a)
         cp.finishing = False
         car = cp.car

@@ -311,7 +311,11 @@ def test_profile_errors_name_the_key() -> None:
         parse_profile({"profile": {"name": "x", "version": 1, "namespace": "urn:x", "folder": "F", "connectors": 1},
                        "points": [{"name": "status", "type": "Float"}]})  # fmt: skip
     assert err.value.key == "points[0].type"
-    assert [p.name for p in default_profile().writable] == ["current_limit_a", "failsafe_current_a", "heartbeat"]
+    assert [p.name for p in default_profile().writable] == [
+        "current_limit_a",
+        "failsafe_current_a",
+        "heartbeat",
+    ]
     assert len(sim_charge_points()) == 3
 
 
@@ -344,7 +348,9 @@ async def test_failsafe_ignored_by_charger_shows_in_read_back(
 ) -> None:
     """A charger that accepts the write but keeps its own fail-safe is caught by the read-back."""
     await charging_sim.inject("cp-001", "failsafe_ignored")
-    driver = make_driver(charging_sim, charging_clock, opcua_recorder, failsafe={"cp-001": 0.0, "cp-002": 0.0})
+    driver = make_driver(
+        charging_sim, charging_clock, opcua_recorder, failsafe={"cp-001": 0.0, "cp-002": 0.0}
+    )
     async with driver:
         await opcua_recorder.wait(lambda: driver.online(EP) is True, "online")
         assert driver.failsafe_read_a("cp-001") == 6.0  # its factory value, not ours
