@@ -405,11 +405,15 @@ class _Runner:
     async def heartbeat_loop(self) -> None:
         """Feed every charger's watchdog: one batched write, every watchdog_s / 3 clock seconds."""
         d = self.driver
+        due: float | None = None
         while True:
             client = self.client
             if client is None:
                 return
             started = d.clock.now()
+            if due is not None and d.on_late is not None:
+                d.on_late(max(0.0, started - due) / d.clock.speed)  # real seconds late
+            due = started + self.heartbeat_interval()
             self.heartbeat_seq = (self.heartbeat_seq + 1) % 2_147_483_647
             variant = ua.DataValue(ua.Variant(self.heartbeat_seq, ua.VariantType.Int32))
             keys = [(cp, "heartbeat") for cp in self.ep.charge_points]
@@ -480,7 +484,9 @@ class OpcUaChargingDriver:
     response and after every (re)connect, and `Availability` per endpoint on transitions.
     Timeouts and backoff are real seconds; `heartbeat_every_s` is clock seconds (default:
     a third of the smallest watchdog_s the chargers report). `failsafe` maps charge points
-    to the fail-safe current written at every connect (others keep their own).
+    to the fail-safe current written at every connect (others keep their own). `on_late`
+    hears how late (real seconds) each heartbeat went out: a late heartbeat means the
+    chargers' watchdogs may fire, so the daemon goes conservative (edge/lag.py).
     """
 
     def __init__(
@@ -498,6 +504,7 @@ class OpcUaChargingDriver:
         backoff_base_s: float = 0.5,
         heartbeat_every_s: float | None = None,
         failsafe: Mapping[str, float] | None = None,
+        on_late: Callable[[float], None] | None = None,
     ) -> None:
         if security is None and not allow_no_security:
             raise ConfigError(
@@ -522,6 +529,7 @@ class OpcUaChargingDriver:
         self.publishing_interval_ms = publishing_interval_ms
         self.heartbeat_every_s = heartbeat_every_s
         self.failsafe: Mapping[str, float] = dict(failsafe or {})
+        self.on_late = on_late
         self.stats = DriverStats()
         self._endpoints = tuple(endpoints)
         ids = [e.endpoint_id for e in self._endpoints]

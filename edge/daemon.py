@@ -101,7 +101,7 @@ def endpoints_of(inv: Inventory) -> list[ModbusEndpoint]:
 
 
 def opcua_driver(
-    settings: Settings, inv: Inventory, publish: Any, clock: Clock
+    settings: Settings, inv: Inventory, publish: Any, clock: Clock, on_late: Any = None
 ) -> OpcUaChargingDriver | None:
     """The OPC UA driver for the site's charge points (None when it has none)."""
     if not inv.chargers:
@@ -124,6 +124,7 @@ def opcua_driver(
         allow_no_security=cs.allow_no_security,
         timeout_s=cs.timeout_s,
         failsafe={c.id: failsafe_a(c, cs) for c in inv.chargers.values()},
+        on_late=on_late,
     )
 
 
@@ -243,7 +244,8 @@ async def running(
         )
         ds = settings.dispatcher
         safety = LightingSafety(inventory, site, lc)
-        chargers = opcua_driver(settings, inventory, bus.publish, clock)
+        lag = LagMonitor(limit_s=settings.charging.lag_limit_s, hold_s=settings.charging.lag_hold_s)
+        chargers = opcua_driver(settings, inventory, bus.publish, clock, on_late=lag.record)
         drivers: list[Driver] = [driver] if chargers is None else [driver, chargers]
         dcfg = settings.displays
         display_driver: DisplayDriver | None = None
@@ -272,7 +274,6 @@ async def running(
             policies["truck"] = WasteSafety()
         lighting_ref: list[LightingController] = []
         dispatcher_ref: list[Dispatcher] = []
-        lag = LagMonitor(limit_s=settings.charging.lag_limit_s, hold_s=settings.charging.lag_hold_s)
         charging_safety = ChargingSafety(
             inventory,
             settings.charging,

@@ -366,3 +366,22 @@ async def test_server_refuses_failsafe_between_0_and_6_a(charging_sim: ChargingS
         with pytest.raises(ua.uaerrors.BadOutOfRange):
             await node.write_value(ua.DataValue(ua.Variant(3.0, ua.VariantType.Double)))
         assert charging_sim.cp("cp-001")["failsafe_current_a"] == 6.0
+
+
+async def test_late_heartbeat_is_reported(
+    charging_sim: ChargingSimulator, charging_clock: ManualClock, opcua_recorder: OpcUaRecorder
+) -> None:
+    """A heartbeat that goes out late tells the daemon how late (it goes conservative on it)."""
+    late: list[float] = []
+    driver = OpcUaChargingDriver(
+        [charging_sim.endpoint()], None, opcua_recorder, charging_clock,
+        allow_no_security=True, timeout_s=0.5, heartbeat_every_s=10.0, on_late=late.append,
+    )  # fmt: skip
+    async with driver:
+        await opcua_recorder.wait(lambda: driver.stats.heartbeats >= 1, "first heartbeat")
+        charging_clock.advance(10)
+        await opcua_recorder.wait(lambda: driver.stats.heartbeats >= 2, "on time")
+        charging_clock.advance(35)  # the loop could not run: the next beat is 25 s late
+        await opcua_recorder.wait(lambda: driver.stats.heartbeats >= 3, "late beat")
+    assert late[0] == pytest.approx(0.0)
+    assert late[1] == pytest.approx(25.0)
