@@ -514,11 +514,13 @@ class ChargingController:
         sessions: list[Session] = []
         session_of: dict[str, str] = {}
         for c in self.inv.chargers.values():
+            # a charger whose fail-safe did not read back gets no more than it: plan with that
+            cap = c.max_current_a if s.failsafe_verified(c) else min(c.max_current_a, s.failsafe_a(c))
             nodes.append(
                 SupplyNode(
                     id=f"post:{c.id}",
                     parent=f"feeder:{c.feeder}",
-                    limit_a=[c.max_current_a] * n,
+                    limit_a=[cap] * n,
                     phases=c.phases,
                 )
             )

@@ -315,9 +315,9 @@ async def test_ignored_failsafe_alarms_and_a_tripped_fuse_is_critical_and_counte
             for cp in ("CP0", "CP1"):
                 await csim.arrive(cp, 20.0, clock.now() + 8 * 3600, phases=3)
 
-            def cp1_held() -> bool:
+            def cp1_held() -> bool:  # the plan knows: it gives CP1 nothing
                 eff = d.dispatcher.effective("CP1", POINT)
-                return eff is not None and eff.value == 0.0 and "failsafe_unverified" in eff.reason
+                return eff is not None and eff.value == 0.0 and eff.source == "plan"
 
             await wait_for(
                 lambda: float(str(csim.cp("CP0")["current_limit_a"])) >= 6 and cp1_held(),
@@ -326,6 +326,10 @@ async def test_ignored_failsafe_alarms_and_a_tripped_fuse_is_critical_and_counte
             )
             assert csim.cp("CP1")["current_limit_a"] == 0.0
             assert csim.cp("CP1")["current_l1_a"] == 0.0
+            op = d.charging.submit("CP1", 16.0, Priority.OPERATOR, "operator:test")  # nor may anyone else
+            assert op.outcome is Outcome.CLAMPED
+            assert op.value == 0.0
+            assert "failsafe_unverified" in op.reason
             # a fuse blows: the lamps (or anything) overload the feeder past trip_after_s
             csim.set_lighting_load("f1", 200.0)
             await wait_for(lambda: csim.trips == 1, "the simulated fuse trips")
