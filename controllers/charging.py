@@ -242,12 +242,24 @@ class ChargingSafety:
         """The sum of charger setpoints on a feeder (what the interlock counts)."""
         return sum(self._setpoint_of(c.id) for c in self._on_feeder.get(feeder, ()) if c.id != exclude)
 
+    def committed_a(self, c: Charger) -> float:
+        """What a charger may draw at any moment: its setpoint, or its fail-safe current if its
+        watchdog fires first (watchdogs do not fire together: a charger at 0 A with a 6 A
+        fail-safe can start drawing 6 A while the others still hold their setpoints)."""
+        fs = self.failsafe_a(c)
+        if self._reported_failsafe is not None:
+            got = self._reported_failsafe(c.id)
+            if got is not None:
+                fs = max(fs, got)
+        return max(self._setpoint_of(c.id), fs)
+
     def feeder_load(self, feeder: str, now: float, exclude: str = "") -> float:
-        """Lighting load (with its reserve) plus every other charger's setpoint on the worst phase (L1)."""
+        """Lighting load (with its reserve) plus what every other charger may draw (its setpoint or
+        its fail-safe), all on the worst phase (L1)."""
         load = self.lighting_a(feeder, now)
         for c in self._on_feeder.get(feeder, ()):
             if c.id != exclude:
-                load += self._setpoint_of(c.id)
+                load += self.committed_a(c)
         return load
 
     def headroom(self, c: Charger, now: float) -> tuple[float, str]:
@@ -552,6 +564,21 @@ class ChargingController:
                     departure_slot=max(1, min(n, math.ceil((dep - start) / SLOT_S))),
                 )
             )
+        # A charger the plan gives nothing may still draw its fail-safe current (its watchdog can
+        # fire before the others'): leave room for it, as the interlock does.
+        busy = set(session_of.values())
+        idle: dict[str, float] = {}
+        for c in self.inv.chargers.values():
+            if c.id not in busy:
+                idle[c.feeder] = idle.get(c.feeder, 0.0) + s.failsafe_a(c)
+        cab_of = {f.id: f.cabinet for f in self._cfg.feeders}
+        for i, node in enumerate(nodes):
+            kind, _, name = node.id.partition(":")
+            held = idle.get(name, 0.0) if kind == "feeder" else 0.0
+            if kind == "cab":
+                held = sum(a for f, a in idle.items() if cab_of.get(f) == name)
+            if held > 0:
+                nodes[i] = node.model_copy(update={"limit_a": [max(0.0, x - held) for x in node.limit_a]})
         price = self._price_slots(start, n)
         inst = ChargingInstance(
             n_slots=n, nodes=nodes, sessions=sessions, price=price, time_limit_s=self._cfg.plan_time_limit_s

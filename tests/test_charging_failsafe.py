@@ -354,3 +354,18 @@ async def test_ignored_failsafe_alarms_and_a_tripped_fuse_is_critical_and_counte
                         state = FeederState.model_validate_json(bytes(msg.payload))  # type: ignore[arg-type]
                         if state.tripped:
                             break
+
+
+def test_a_charger_at_0_a_counts_with_its_failsafe() -> None:
+    """cp1 is set to 0 A but falls back to 6 A when its watchdog fires, which may be before cp0's:
+    cp0 may only take what leaves room for that (the long freeze run caught 16 + 6 A on 20 A)."""
+    safety, setpoints = _safety(lamps_w=3450)  # 15 A at full power
+    setpoints["cp1"] = 0.0
+    room, _ = safety.headroom(safety._inv.chargers["cp0"], T0)
+    assert room == pytest.approx(32 - 15 - 6)
+    v = safety.check(_cmd("cp0", 16.0), T0)
+    assert v.outcome is Outcome.CLAMPED
+    assert v.value == pytest.approx(11.0)
+    setpoints["cp0"] = 0.0
+    room, _ = safety.headroom(safety._inv.chargers["cp1"], T0)
+    assert room == pytest.approx(32 - 15)  # cp0's fail-safe is 0 A
