@@ -185,12 +185,21 @@ class ChargingSafety:
         """The configured fail-safe current of a charger."""
         return failsafe_a(c, self._cfg)
 
+    def fallback_a(self, c: Charger) -> float:
+        """What the charger falls back to when its watchdog fires: its read-back fail-safe (the
+        driver writes the configured one, never above the setpoint), else the configured one."""
+        if self._reported_failsafe is not None:
+            got = self._reported_failsafe(c.id)
+            if got is not None:
+                return got
+        return self.failsafe_a(c)
+
     def failsafe_verified(self, c: Charger) -> bool:
-        """Whether the charger reports the fail-safe current it was configured with."""
+        """Whether the charger's fail-safe reads back within the configured one."""
         if self._reported_failsafe is None:
             return True
         got = self._reported_failsafe(c.id)
-        return got is not None and math.isclose(got, self.failsafe_a(c), abs_tol=0.05)
+        return got is not None and got <= self.failsafe_a(c) + 0.05
 
     def lagging(self) -> bool:
         return self._lagging()
@@ -243,15 +252,11 @@ class ChargingSafety:
         return sum(self._setpoint_of(c.id) for c in self._on_feeder.get(feeder, ()) if c.id != exclude)
 
     def committed_a(self, c: Charger) -> float:
-        """What a charger may draw at any moment: its setpoint, or its fail-safe current if its
-        watchdog fires first (watchdogs do not fire together: a charger at 0 A with a 6 A
-        fail-safe can start drawing 6 A while the others still hold their setpoints)."""
-        fs = self.failsafe_a(c)
-        if self._reported_failsafe is not None:
-            got = self._reported_failsafe(c.id)
-            if got is not None:
-                fs = max(fs, got)
-        return max(self._setpoint_of(c.id), fs)
+        """What a charger may draw at any moment: its setpoint, or its fail-safe if its watchdog
+        fires first (watchdogs do not fire together: a charger at 0 A that falls back to 6 A
+        while the others hold their setpoints adds 6 A). The driver keeps the fail-safe at or
+        below the setpoint, so this is the setpoint unless a charger did not take it."""
+        return max(self._setpoint_of(c.id), self.fallback_a(c))
 
     def feeder_load(self, feeder: str, now: float, exclude: str = "") -> float:
         """Lighting load (with its reserve) plus what every other charger may draw (its setpoint or
@@ -564,13 +569,13 @@ class ChargingController:
                     departure_slot=max(1, min(n, math.ceil((dep - start) / SLOT_S))),
                 )
             )
-        # A charger the plan gives nothing may still draw its fail-safe current (its watchdog can
-        # fire before the others'): leave room for it, as the interlock does.
+        # A charger the plan gives nothing may still draw what it falls back to (normally 0 A: the
+        # driver keeps fail-safes at or below the setpoint): leave room for it, as the interlock does.
         busy = set(session_of.values())
         idle: dict[str, float] = {}
         for c in self.inv.chargers.values():
             if c.id not in busy:
-                idle[c.feeder] = idle.get(c.feeder, 0.0) + s.failsafe_a(c)
+                idle[c.feeder] = idle.get(c.feeder, 0.0) + s.fallback_a(c)
         cab_of = {f.id: f.cabinet for f in self._cfg.feeders}
         for i, node in enumerate(nodes):
             kind, _, name = node.id.partition(":")

@@ -155,6 +155,7 @@ class _Runner:
         self.max_current: dict[str, float] = {}
         self.watchdog: dict[str, float] = {}
         self.failsafe_read: dict[str, float] = {}
+        self.limit_read: dict[str, float] = {}
         self.heartbeat_seq = 0
         self.log = log.bind(endpoint=ep.endpoint_id)
 
@@ -219,6 +220,9 @@ class _Runner:
         fs = values.get("failsafe_current_a")
         if isinstance(fs, int | float) and not isinstance(fs, bool):
             self.failsafe_read[cp_id] = float(fs)
+        lim = values.get("current_limit_a")
+        if isinstance(lim, int | float) and not isinstance(lim, bool):
+            self.limit_read[cp_id] = float(lim)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -277,8 +281,8 @@ class _Runner:
         await self._call("connect", client.connect())
         ns = await self._call("namespace", client.get_namespace_index(d.profile.namespace))
         self._node_ids(ns)
-        await self._write_failsafe(client)
         await self._read_all(client)
+        await self._write_failsafe(client)
         self._verify_failsafe()
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=d.publishing_interval_ms,
@@ -301,31 +305,43 @@ class _Runner:
         raise DeviceUnavailable(self.lost_reason or "session lost", endpoint=self.ep.endpoint_id)
 
     async def _write_failsafe(self, client: Client) -> None:
-        """Write each charger's configured fail-safe current (one batch); a refusal is logged
-        here and shows as a mismatch when the read-back disagrees."""
-        wanted = [(cp, a) for cp in self.ep.charge_points if (a := self.driver.failsafe.get(cp)) is not None]
+        """Write each charger's fail-safe current (one batch): the configured value, but never
+        above the limit in force, so a watchdog never raises what a charger draws. Then read
+        them back and publish what the chargers hold."""
+        wanted = [
+            (cp, min(a, self.limit_read.get(cp, a)))
+            for cp in self.ep.charge_points
+            if (a := self.driver.failsafe.get(cp)) is not None
+        ]
         for chunk in _chunks(wanted, BATCH):
+            nodes = [self.nodes[(cp, "failsafe_current_a")] for cp, _a in chunk]
             dvs = [ua.DataValue(ua.Variant(float(a), ua.VariantType.Double)) for _cp, a in chunk]
             results = await self._call(
-                "write_failsafe",
-                client.uaclient.write_attributes(
-                    [self.nodes[(cp, "failsafe_current_a")] for cp, _a in chunk], dvs, AttributeIds.Value
-                ),
+                "write_failsafe", client.uaclient.write_attributes(nodes, dvs, AttributeIds.Value)
             )
             for (cp, a), r in zip(chunk, results, strict=True):
                 if r.is_good():
                     self.driver.stats.failsafe_written += 1
                 else:
                     self.log.warning("opcua_failsafe_refused", cp_id=cp, failsafe_a=a, status=str(r))
+            back = await self._call(
+                "read_failsafe", client.uaclient.read_attributes(nodes, AttributeIds.Value)
+            )
+            values: dict[str, dict[str, Value]] = {}
+            for (cp, _a), dv in zip(chunk, back, strict=True):
+                if dv.Value is not None and not (dv.StatusCode is not None and dv.StatusCode.value):
+                    values[cp] = {"failsafe_current_a": dv.Value.Value}
+            self.deliver(values, len(values))
 
     def _verify_failsafe(self) -> None:
-        """Compare the read-back fail-safe currents with the configured ones (log transitions)."""
+        """Log chargers whose fail-safe reads back above the configured one (they would draw more
+        than the feeder's budget allows when their watchdog fires)."""
         for cp in self.ep.charge_points:
             want = self.driver.failsafe.get(cp)
             got = self.failsafe_read.get(cp)
             if want is None:
                 continue
-            if got is None or abs(got - want) > 0.05:
+            if got is None or got > want + 0.05:
                 self.driver.stats.failsafe_mismatches += 1
                 self.log.error("opcua_failsafe_mismatch", cp_id=cp, configured_a=want, read_back_a=got)
 
@@ -445,18 +461,26 @@ class _Runner:
         return min(known) / 3 if known else _WATCHDOG_FALLBACK_S
 
     async def write_read(self, cp_id: str, pt: OpcUaPoint, value: Value, timeout_s: float) -> Value:
-        """Write one point and read it back, within `timeout_s` for both."""
+        """Write one point and read it back, within `timeout_s` for both.
+
+        A setpoint goes with the charger's fail-safe current in the same request: the
+        configured fail-safe, but never above the setpoint (a watchdog must not raise a draw).
+        """
         eid = self.ep.endpoint_id
         client = self.client
         if not self.online or client is None:
             raise DeviceUnavailable("endpoint down or in backoff", endpoint=eid)
-        node = self.nodes[(cp_id, pt.name)]
-        dv = ua.DataValue(ua.Variant(value, getattr(ua.VariantType, pt.type.value)))
+        nodes = [self.nodes[(cp_id, pt.name)]]
+        dvs = [ua.DataValue(ua.Variant(value, getattr(ua.VariantType, pt.type.value)))]
+        configured = self.driver.failsafe.get(cp_id)
+        if pt.name == "current_limit_a" and configured is not None and isinstance(value, int | float):
+            nodes.append(self.nodes[(cp_id, "failsafe_current_a")])
+            dvs.append(ua.DataValue(ua.Variant(float(min(configured, value)), ua.VariantType.Double)))
         try:
             async with asyncio.timeout(timeout_s):
-                results = await client.uaclient.write_attributes([node], [dv], AttributeIds.Value)
+                results = await client.uaclient.write_attributes(nodes, dvs, AttributeIds.Value)
                 results[0].check()
-                back = await client.uaclient.read_attributes([node], AttributeIds.Value)
+                back = await client.uaclient.read_attributes(nodes, AttributeIds.Value)
         except TimeoutError as exc:
             self.lose("write timed out in flight")  # a late answer must not meet the next request
             raise DeviceTimeout(f"no answer within {timeout_s} s", endpoint=eid) from exc
@@ -469,6 +493,13 @@ class _Runner:
         if got.Value is None or (got.StatusCode is not None and got.StatusCode.value):
             raise DeviceReplyError(f"read-back of {cp_id}.{pt.name}: {got.StatusCode}", endpoint=eid)
         result: Value = got.Value.Value
+        if (
+            len(back) > 1
+            and back[1].Value is not None
+            and not (back[1].StatusCode and back[1].StatusCode.value)
+        ):
+            fs = back[1].Value.Value
+            self.deliver({cp_id: {pt.name: result, "failsafe_current_a": fs}}, 2)
         return result
 
 

@@ -369,3 +369,6 @@ def test_a_charger_at_0_a_counts_with_its_failsafe() -> None:
     setpoints["cp0"] = 0.0
     room, _ = safety.headroom(safety._inv.chargers["cp1"], T0)
     assert room == pytest.approx(32 - 15)  # cp0's fail-safe is 0 A
+    kept, setpoints = _safety(lamps_w=3450, reported={"cp0": 0.0, "cp1": 0.0})
+    setpoints["cp1"] = 0.0  # the driver wrote cp1's fail-safe down with its 0 A setpoint
+    assert kept.headroom(kept._inv.chargers["cp0"], T0)[0] == pytest.approx(32 - 15)

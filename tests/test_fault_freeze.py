@@ -4,7 +4,7 @@ The daemon runs as its own process (`edge run`); the charge points (OPC UA) and 
 controllers (Modbus) are real simulators in the test's process, on real time, so they keep
 running while the daemon is stopped. Four cars want energy on a 20 A feeder; the chargers'
 factory fail-safe is 6 A each (24 A: more than the feeder), the site configures 6/0/6/0 A
-(12 A + the lamps at full power fit). The simulator's own records say whether the feeder was
+(12 A + the lamps at full power fit), and the daemon keeps each at or below its setpoint. The simulator's own records say whether the feeder was
 ever over its limit or tripped: every physics tick counts, not samples.
 
 Short variants run in `make test` (a few seconds each); `EDGE_TEST_LONG_FAULTS=1` runs five
@@ -31,7 +31,11 @@ from edge.net import free_port
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.lighting import LightingSimulator, SimController, SimLamp
 
-pytestmark = [pytest.mark.usefixtures("no_leaked_tasks"), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.usefixtures("no_leaked_tasks"),
+    pytest.mark.slow,
+    pytest.mark.timeout(600 if os.environ.get("EDGE_TEST_LONG_FAULTS") == "1" else 120),
+]
 
 LONG = os.environ.get("EDGE_TEST_LONG_FAULTS") == "1"
 LIMIT_A = 20.0
@@ -166,8 +170,10 @@ async def world(tmp: Path, mqtt_url: str, db_url: str) -> AsyncIterator[World]:
 async def _serving(w: World) -> None:
     """The daemon is up: fail-safe currents written and read back, cars charging on its setpoints."""
     await wait_for(
-        lambda: all(w.csim.cp(cp)["failsafe_current_a"] == fs for cp, fs in CHARGERS.items()),
-        "fail-safe currents written at connect",
+        lambda: all(
+            w.csim.cp(cp)["failsafe_current_a"] == min(fs, w.limits()[cp]) for cp, fs in CHARGERS.items()
+        ),
+        "fail-safe currents written (the configured one, never above the setpoint)",
         timeout_s=60,
     )
     for cp in CHARGERS:  # cars come once the chargers are commissioned (their factory 6 A x 4 > 20 A)
@@ -192,6 +198,7 @@ async def test_frozen_daemon_devices_fall_back_and_no_feeder_trips(
         for _cycle in range(5 if LONG else 1):
             trips_before = w.csim.watchdog_trips
             w.proc.send_signal(signal.SIGSTOP)
+            before = w.limits()
             try:
                 await wait_for(
                     lambda: (w.grid_ok() or True)
@@ -199,7 +206,8 @@ async def test_frozen_daemon_devices_fall_back_and_no_feeder_trips(
                     "every charger's watchdog",
                     timeout_s=CHARGER_WATCHDOG_S + 10,
                 )  # fmt: skip
-                assert w.limits() == CHARGERS  # each at its own configured fail-safe
+                # each at its fail-safe: the configured one, but never above the setpoint it had
+                assert w.limits() == {cp: min(fs, before[cp]) for cp, fs in CHARGERS.items()}
                 await wait_for(
                     lambda: (w.grid_ok() or True) and w.lsim.controller("c1")["failsafe_active"] == 1,
                     "the lamp controller's watchdog",

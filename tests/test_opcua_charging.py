@@ -322,8 +322,9 @@ def test_profile_errors_name_the_key() -> None:
 async def test_failsafe_written_at_connect_and_read_back(
     charging_sim: ChargingSimulator, charging_clock: ManualClock, opcua_recorder: OpcUaRecorder
 ) -> None:
-    """The driver writes each charger's configured fail-safe at connect, the read-back shows it in
-    telemetry, and the simulator's watchdog falls back to it (0 A: the car pauses)."""
+    """The driver writes each charger's configured fail-safe at connect (never above the limit in
+    force) and with every setpoint, the read-back shows it in telemetry, and the simulator's
+    watchdog falls back to it (0 A: the car pauses)."""
     assert charging_sim.cp("cp-002")["failsafe_current_a"] == 6.0  # the factory value
     failsafe = {"cp-001": 0.0, "cp-002": 0.0, "cp-003": 6.0}
     driver = make_driver(charging_sim, charging_clock, opcua_recorder, failsafe=failsafe)
@@ -335,6 +336,14 @@ async def test_failsafe_written_at_connect_and_read_back(
             assert opcua_recorder.value(cp, "failsafe_current_a") == amps
         assert driver.stats.failsafe_written == 3
         assert driver.stats.failsafe_mismatches == 0
+        # with every setpoint the fail-safe goes along, never above it: a watchdog never raises a draw
+        assert await driver.write("cp-003", "current_limit_a", 0.0, 1.0) == 0.0
+        assert charging_sim.cp("cp-003")["failsafe_current_a"] == 0.0
+        assert await driver.write("cp-003", "current_limit_a", 10.0, 1.0) == 10.0
+        assert charging_sim.cp("cp-003")["failsafe_current_a"] == 6.0
+        await opcua_recorder.wait(
+            lambda: opcua_recorder.value("cp-003", "failsafe_current_a") == 6.0, "read back"
+        )
         await charging_sim.arrive("cp-002", 20.0, CLOCK_START + 8 * 3600, capacity_kwh=77.0)
         assert await driver.write("cp-002", "current_limit_a", 16.0, 1.0) == 16.0
     charging_clock.advance(61)  # no driver: cp-002's 60 s watchdog fires
