@@ -4,9 +4,10 @@ One asyncua client per server and a fresh one for every session after a failure 
 library auto-reconnect: its state would outlive a broken session). A session reads every
 point in batches, then monitors the telemetry points with one subscription whose publish
 responses are turned into one `Telemetry` per charge point and response; setpoint writes
-are read back; heartbeats keep the chargers' watchdogs fed. At every connect the chargers'
-fail-safe currents (what they fall back to when the watchdog fires) are written and then
-read back with everything else, so a charger that did not take it shows in its telemetry.
+are read back; heartbeats keep the chargers' watchdogs fed. At every connect, and with
+every setpoint, the chargers' fail-safe currents (what they fall back to when the watchdog
+fires) are written, the configured value but never above the setpoint, and read back, so a
+charger that did not take it shows in its telemetry.
 A lost session is replaced after a capped, jittered backoff, and the subscription comes
 back with it.
 """
