@@ -3,7 +3,15 @@
 `ChargingSafety` is the interlock the dispatcher runs on every setpoint, whoever asks:
 the sum of setpoints on a feeder (and a cabinet) never exceeds its limit minus the
 lighting load on it. A request that would break it is clamped (or refused) with the
-reason. With stale measurements only moves towards less load pass.
+reason. With stale measurements, or while the daemon lags (event-loop delay: it may not
+feed the chargers' watchdogs in time), only moves towards less load pass. Lighting counts
+at full power (DALI fail-safe, overrides, motion) while the lamps are on or come on within
+a slot, so the lamps switching on cannot push a feeder over while setpoints are old. A
+charger whose fail-safe current did not read back as configured gets no more than that.
+
+`failsafe_problems` is the config rule behind all this: on every feeder and cabinet, the
+chargers' fail-safe currents plus the lamps at full power fit the limit, so a daemon that
+is gone (watchdogs fired everywhere) cannot overload anything.
 
 `ChargingController` plans (optimizer/charging.py) when a car arrives or leaves, a limit
 changes or a signal arrives, applies the plan as setpoints refreshed before the
@@ -70,10 +78,69 @@ class ChargingStats:
     violations: int = 0
     signals: int = 0
     lease_refreshes: int = 0
+    trips: int = 0  # feeders seen losing supply (every charge point on it Unavailable)
+
+
+def failsafe_a(c: Charger, cfg: ChargingSettings) -> float:
+    """The current a charger falls back to when its watchdog fires (inventory, else the site's)."""
+    return cfg.failsafe_current_a if c.failsafe_current_a is None else c.failsafe_current_a
+
+
+def worst_lighting_a(inv: Inventory, feeder: str) -> float:
+    """Every lamp of a feeder at full power (DALI fail-safe), in A on one phase."""
+    return sum(lamp.p_max_w for lamp in inv.lamps.values() if lamp.feeder == feeder) / VOLTS
+
+
+def failsafe_problems(cfg: ChargingSettings, inv: Inventory) -> list[str]:
+    """Feeders and cabinets where the chargers' fail-safe currents plus the lamps at full power
+    exceed the limit (what they would carry with the daemon gone), and bad fail-safe values.
+
+    Counted as the interlock counts: every current on the worst phase.
+    """
+    problems: list[str] = []
+    feeders = {f.id: f for f in cfg.feeders}
+    per_feeder: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for c in inv.chargers.values():
+        fs = failsafe_a(c, cfg)
+        if 0 < fs < MIN_A:
+            problems.append(
+                f"charger {c.id}: fail-safe {fs:g} A is not 0 or at least {MIN_A:g} A (IEC 61851)"
+            )
+        if fs > c.max_current_a:
+            problems.append(f"charger {c.id}: fail-safe {fs:g} A is above its maximum {c.max_current_a:g} A")
+        if c.feeder not in feeders and fs > 0:
+            problems.append(
+                f"charger {c.id}: feeder {c.feeder!r} is not in [charging] feeders, "
+                f"so its fail-safe must be 0 A, not {fs:g} A"
+            )
+        per_feeder[c.feeder] = per_feeder.get(c.feeder, 0.0) + fs
+        count[c.feeder] = count.get(c.feeder, 0) + 1
+    by_cabinet: dict[str, tuple[float, float, int]] = {}
+    for f in cfg.feeders:
+        fs, lights, n = per_feeder.get(f.id, 0.0), worst_lighting_a(inv, f.id), count.get(f.id, 0)
+        if fs + lights > f.limit_a + 1e-9:
+            problems.append(
+                f"feeder {f.id}: fail-safe {fs:g} A ({n} charge points) + lamps at full power "
+                f"{lights:.1f} A = {fs + lights:.1f} A exceeds its limit of {f.limit_a:g} A"
+            )
+        a, b, k = by_cabinet.get(f.cabinet, (0.0, 0.0, 0))
+        by_cabinet[f.cabinet] = (a + fs, b + lights, k + n)
+    for cab in cfg.cabinets:
+        fs, lights, n = by_cabinet.get(cab.id, (0.0, 0.0, 0))
+        if fs + lights > cab.limit_a + 1e-9:
+            problems.append(
+                f"cabinet {cab.id}: fail-safe {fs:g} A ({n} charge points) + lamps at full power "
+                f"{lights:.1f} A = {fs + lights:.1f} A exceeds its limit of {cab.limit_a:g} A"
+            )
+    return problems
 
 
 class ChargingSafety:
-    """The feeder interlock; independent of the optimizer and of who asks."""
+    """The feeder interlock; independent of the optimizer and of who asks.
+
+    `lagging`: whether the daemon runs late (edge/lag.py); then only decreases pass.
+    """
 
     def __init__(
         self,
@@ -82,25 +149,60 @@ class ChargingSafety:
         clock: Clock,
         lighting_a: Callable[[str, float], float],
         feeder_live: Callable[[str, float], bool],
+        *,
+        lagging: Callable[[], bool] = lambda: False,
     ) -> None:
         self._inv = inv
         self._cfg = cfg
         self._clock = clock
         self._lighting_a = lighting_a
         self._live = feeder_live
+        self._lagging = lagging
         self._feeders = {f.id: f for f in cfg.feeders}
         self._cabinets = {c.id: c for c in cfg.cabinets}
         self._on_feeder: dict[str, list[Charger]] = {}
         for c in inv.chargers.values():
             self._on_feeder.setdefault(c.feeder, []).append(c)
+        self._worst = {f: worst_lighting_a(inv, f) for f in {lamp.feeder for lamp in inv.lamps.values()}}
         self.windows: list[LimitWindow] = []
         self._setpoint_of: Callable[[str], float] = lambda _c: 0.0
         self._fresh: Callable[[str, float], bool] = lambda _c, _now: True
+        self._reported_failsafe: Callable[[str], float | None] | None = None
 
-    def bind(self, setpoint_of: Callable[[str], float], fresh: Callable[[str, float], bool]) -> None:
-        """Wire the views of current setpoints and measurement freshness (after the dispatcher exists)."""
+    def bind(
+        self,
+        setpoint_of: Callable[[str], float],
+        fresh: Callable[[str, float], bool],
+        reported_failsafe: Callable[[str], float | None] | None = None,
+    ) -> None:
+        """Wire the views of current setpoints, measurement freshness and the fail-safe current
+        each charger reports (after the dispatcher exists)."""
         self._setpoint_of = setpoint_of
         self._fresh = fresh
+        self._reported_failsafe = reported_failsafe
+
+    def failsafe_a(self, c: Charger) -> float:
+        """The configured fail-safe current of a charger."""
+        return failsafe_a(c, self._cfg)
+
+    def fallback_a(self, c: Charger) -> float:
+        """What the charger falls back to when its watchdog fires: its read-back fail-safe (the
+        driver writes the configured one, never above the setpoint), else the configured one."""
+        if self._reported_failsafe is not None:
+            got = self._reported_failsafe(c.id)
+            if got is not None:
+                return got
+        return self.failsafe_a(c)
+
+    def failsafe_verified(self, c: Charger) -> bool:
+        """Whether the charger's fail-safe reads back within the configured one."""
+        if self._reported_failsafe is None:
+            return True
+        got = self._reported_failsafe(c.id)
+        return got is not None and got <= self.failsafe_a(c) + 0.05
+
+    def lagging(self) -> bool:
+        return self._lagging()
 
     # ----- limits -------------------------------------------------------------------------
 
@@ -138,19 +240,39 @@ class ChargingSafety:
         return limit
 
     def lighting_a(self, feeder: str, now: float) -> float:
-        """The lighting load on a feeder (A on L1)."""
+        """The lighting load the chargers must leave room for (A on L1) at `now`.
+
+        While the lamps are on, or come on within a slot, every lamp counts at full power: an
+        override, motion or the lamps' own fail-safe (DALI: 100 %) may raise them faster than
+        setpoints can follow. By day the plan's (and the measured) load counts.
+        """
+        est = max(self._lighting_a(feeder, now), self._lighting_a(feeder, now + SLOT_S))
+        if self._live(feeder, now) or self._live(feeder, now + SLOT_S):
+            return max(est, self._worst.get(feeder, 0.0))
+        return est
+
+    def lighting_now_a(self, feeder: str, now: float) -> float:
+        """The lamps' load as best known now (plan, commands, measurements), without reserve."""
         return self._lighting_a(feeder, now)
 
     def setpoints_a(self, feeder: str, exclude: str = "") -> float:
         """The sum of charger setpoints on a feeder (what the interlock counts)."""
         return sum(self._setpoint_of(c.id) for c in self._on_feeder.get(feeder, ()) if c.id != exclude)
 
+    def committed_a(self, c: Charger) -> float:
+        """What a charger may draw at any moment: its setpoint, or its fail-safe if its watchdog
+        fires first (watchdogs do not fire together: a charger at 0 A that falls back to 6 A
+        while the others hold their setpoints adds 6 A). The driver keeps the fail-safe at or
+        below the setpoint, so this is the setpoint unless a charger did not take it."""
+        return max(self._setpoint_of(c.id), self.fallback_a(c))
+
     def feeder_load(self, feeder: str, now: float, exclude: str = "") -> float:
-        """Lighting load plus every other charger's setpoint on the worst phase (L1)."""
-        load = self._lighting_a(feeder, now)
+        """Lighting load (with its reserve) plus what every other charger may draw (its setpoint or
+        its fail-safe), all on the worst phase (L1)."""
+        load = self.lighting_a(feeder, now)
         for c in self._on_feeder.get(feeder, ()):
             if c.id != exclude:
-                load += self._setpoint_of(c.id)
+                load += self.committed_a(c)
         return load
 
     def headroom(self, c: Charger, now: float) -> tuple[float, str]:
@@ -200,6 +322,16 @@ class ChargingSafety:
         current = self._setpoint_of(c.id)
         if value > current and not self._feeder_fresh(c.feeder, now):
             return Verdict(Outcome.REFUSED, cmd.value, "stale_measurements: only a lower setpoint is allowed")
+        if value > current and self._lagging():
+            return Verdict(
+                Outcome.REFUSED,
+                cmd.value,
+                "daemon_lagging: only a lower setpoint is allowed until it keeps up",
+            )
+        if not self.failsafe_verified(c) and value > self.failsafe_a(c):
+            cap = self.failsafe_a(c)
+            reasons.append(f"failsafe_unverified: {c.id} did not confirm its fail-safe, at most {cap:g} A")
+            value = cap
         room, binding = self.headroom(c, now)
         if value > room + 1e-9:
             allowed = math.floor(room * 10) / 10 if room >= MIN_A else 0.0
@@ -341,6 +473,7 @@ class ChargingController:
         self._last_plan = 0.0
         self._meters: dict[str, _Meter] = {}
         self._bad_since: dict[str, float] = {}
+        self.tripped: dict[str, bool] = {}
         self.stats = ChargingStats()
 
     def request_replan(self) -> None:
@@ -406,11 +539,13 @@ class ChargingController:
         sessions: list[Session] = []
         session_of: dict[str, str] = {}
         for c in self.inv.chargers.values():
+            # a charger whose fail-safe did not read back gets no more than it: plan with that
+            cap = c.max_current_a if s.failsafe_verified(c) else min(c.max_current_a, s.failsafe_a(c))
             nodes.append(
                 SupplyNode(
                     id=f"post:{c.id}",
                     parent=f"feeder:{c.feeder}",
-                    limit_a=[c.max_current_a] * n,
+                    limit_a=[cap] * n,
                     phases=c.phases,
                 )
             )
@@ -442,6 +577,21 @@ class ChargingController:
                     departure_slot=max(1, min(n, math.ceil((dep - start) / SLOT_S))),
                 )
             )
+        # A charger the plan gives nothing may still draw what it falls back to (normally 0 A: the
+        # driver keeps fail-safes at or below the setpoint): leave room for it, as the interlock does.
+        busy = set(session_of.values())
+        idle: dict[str, float] = {}
+        for c in self.inv.chargers.values():
+            if c.id not in busy:
+                idle[c.feeder] = idle.get(c.feeder, 0.0) + s.fallback_a(c)
+        cab_of = {f.id: f.cabinet for f in self._cfg.feeders}
+        for i, node in enumerate(nodes):
+            kind, _, name = node.id.partition(":")
+            held = idle.get(name, 0.0) if kind == "feeder" else 0.0
+            if kind == "cab":
+                held = sum(a for f, a in idle.items() if cab_of.get(f) == name)
+            if held > 0:
+                nodes[i] = node.model_copy(update={"limit_a": [max(0.0, x - held) for x in node.limit_a]})
         price = self._price_slots(start, n)
         inst = ChargingInstance(
             n_slots=n, nodes=nodes, sessions=sessions, price=price, time_limit_s=self._cfg.plan_time_limit_s
@@ -609,8 +759,9 @@ class ChargingController:
         """Peak load, violations, and the slow alarms (near limit, not charging, meter frozen)."""
         s = self.safety
         for feeder in s.feeder_ids():
+            self._watch_supply(feeder, now)
             limit = s.feeder_limit(feeder, now)
-            measured = s.lighting_a(feeder, now) + sum(self.measured_a(c) for c in s.chargers_on(feeder))
+            measured = s.lighting_now_a(feeder, now) + sum(self.measured_a(c) for c in s.chargers_on(feeder))
             if limit > 0:
                 ratio = measured / limit
                 if ratio > self.stats.peak_ratio:
@@ -648,9 +799,53 @@ class ChargingController:
             self._alarms.set(
                 c.id, "meter_frozen", frozen, Severity.MINOR, "power flows but the meter stands still"
             )
+            if dev.online and "failsafe_current_a" in v:
+                want = s.failsafe_a(c)
+                self._alarms.set(
+                    c.id,
+                    "failsafe_mismatch",
+                    not s.failsafe_verified(c),
+                    Severity.MAJOR,
+                    f"fail-safe reads {v.get('failsafe_current_a')!r} A, configured {want:g} A: "
+                    f"held at {want:g} A",
+                )
         self.stats.delivered_kwh = delivered
         if self.plan.plan is not None:
             self.stats.requested_kwh = self.plan.plan.requested_kwh
+
+    def _watch_supply(self, feeder: str, now: float) -> None:
+        """A live feeder whose charge points all report Unavailable while we reach them has lost
+        its supply: its fuse tripped (a critical alarm until power returns). It must hold for a
+        while (clock time, and a few real seconds): a lighting circuit switches on a moment
+        after the plan says so."""
+        s = self.safety
+        chargers = s.chargers_on(feeder)
+        seen = [self._state.get(c.id) for c in chargers]
+        reachable = [d for d in seen if d is not None and d.online is True and "status" in d.values]
+        dark = bool(reachable) and len(reachable) == len(chargers)
+        dark = dark and all(d.values.get("status") == "Unavailable" for d in reachable)
+        was = self.tripped.get(feeder, False)
+        expected_live = s.feeder_limit(feeder, now) > 0  # night-only circuits are dead by day
+        key = f"{feeder}/dark"
+        if not dark or not (expected_live or was):
+            self._bad_since.pop(key, None)
+            now_tripped = False
+        else:
+            since = self._bad_since.setdefault(key, now)
+            now_tripped = was or now - since >= max(60.0, 3.0 * self._clock.speed)
+        if now_tripped and not was:
+            self.stats.trips += 1
+            log.error("feeder_tripped", feeder=feeder, chargers=len(chargers))
+        elif was and not now_tripped:
+            log.info("feeder_supply_back", feeder=feeder)
+        self.tripped[feeder] = now_tripped
+        self._alarms.set(
+            feeder,
+            "feeder_tripped",
+            now_tripped,
+            Severity.CRITICAL,
+            f"all {len(chargers)} charge points lost power: fuse tripped or supply lost",
+        )
 
     def _persisting(
         self, device: str, code: str, bad: bool, now: float, after: float, severity: Severity, detail: str

@@ -4,8 +4,12 @@ One asyncua client per server and a fresh one for every session after a failure 
 library auto-reconnect: its state would outlive a broken session). A session reads every
 point in batches, then monitors the telemetry points with one subscription whose publish
 responses are turned into one `Telemetry` per charge point and response; setpoint writes
-are read back; heartbeats keep the chargers' watchdogs fed. A lost session is replaced
-after a capped, jittered backoff, and the subscription comes back with it.
+are read back; heartbeats keep the chargers' watchdogs fed. At every connect, and with
+every setpoint, the chargers' fail-safe currents (what they fall back to when the watchdog
+fires) are written, the configured value but never above the setpoint, and read back, so a
+charger that did not take it shows in its telemetry.
+A lost session is replaced after a capped, jittered backoff, and the subscription comes
+back with it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -84,6 +88,8 @@ class DriverStats:
     writes: int = 0
     write_errors: int = 0
     heartbeats: int = 0
+    failsafe_written: int = 0
+    failsafe_mismatches: int = 0
 
 
 class _State(Enum):
@@ -149,6 +155,8 @@ class _Runner:
         self.routes: list[tuple[str, str]] = []
         self.max_current: dict[str, float] = {}
         self.watchdog: dict[str, float] = {}
+        self.failsafe_read: dict[str, float] = {}
+        self.limit_read: dict[str, float] = {}
         self.heartbeat_seq = 0
         self.log = log.bind(endpoint=ep.endpoint_id)
 
@@ -210,6 +218,12 @@ class _Runner:
         wd = values.get("watchdog_s")
         if isinstance(wd, int | float) and not isinstance(wd, bool):
             self.watchdog[cp_id] = float(wd)
+        fs = values.get("failsafe_current_a")
+        if isinstance(fs, int | float) and not isinstance(fs, bool):
+            self.failsafe_read[cp_id] = float(fs)
+        lim = values.get("current_limit_a")
+        if isinstance(lim, int | float) and not isinstance(lim, bool):
+            self.limit_read[cp_id] = float(lim)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -269,6 +283,8 @@ class _Runner:
         ns = await self._call("namespace", client.get_namespace_index(d.profile.namespace))
         self._node_ids(ns)
         await self._read_all(client)
+        await self._write_failsafe(client)
+        self._verify_failsafe()
         params = ua.CreateSubscriptionParameters(
             RequestedPublishingInterval=d.publishing_interval_ms,
             RequestedLifetimeCount=10_000,
@@ -288,6 +304,47 @@ class _Runner:
         finally:
             await cancel_and_wait([beat])
         raise DeviceUnavailable(self.lost_reason or "session lost", endpoint=self.ep.endpoint_id)
+
+    async def _write_failsafe(self, client: Client) -> None:
+        """Write each charger's fail-safe current (one batch): the configured value, but never
+        above the limit in force, so a watchdog never raises what a charger draws. Then read
+        them back and publish what the chargers hold."""
+        wanted = [
+            (cp, min(a, self.limit_read.get(cp, a)))
+            for cp in self.ep.charge_points
+            if (a := self.driver.failsafe.get(cp)) is not None
+        ]
+        for chunk in _chunks(wanted, BATCH):
+            nodes = [self.nodes[(cp, "failsafe_current_a")] for cp, _a in chunk]
+            dvs = [ua.DataValue(ua.Variant(float(a), ua.VariantType.Double)) for _cp, a in chunk]
+            results = await self._call(
+                "write_failsafe", client.uaclient.write_attributes(nodes, dvs, AttributeIds.Value)
+            )
+            for (cp, a), r in zip(chunk, results, strict=True):
+                if r.is_good():
+                    self.driver.stats.failsafe_written += 1
+                else:
+                    self.log.warning("opcua_failsafe_refused", cp_id=cp, failsafe_a=a, status=str(r))
+            back = await self._call(
+                "read_failsafe", client.uaclient.read_attributes(nodes, AttributeIds.Value)
+            )
+            values: dict[str, dict[str, Value]] = {}
+            for (cp, _a), dv in zip(chunk, back, strict=True):
+                if dv.Value is not None and not (dv.StatusCode is not None and dv.StatusCode.value):
+                    values[cp] = {"failsafe_current_a": dv.Value.Value}
+            self.deliver(values, len(values))
+
+    def _verify_failsafe(self) -> None:
+        """Log chargers whose fail-safe reads back above the configured one (they would draw more
+        than the feeder's budget allows when their watchdog fires)."""
+        for cp in self.ep.charge_points:
+            want = self.driver.failsafe.get(cp)
+            got = self.failsafe_read.get(cp)
+            if want is None:
+                continue
+            if got is None or got > want + 0.05:
+                self.driver.stats.failsafe_mismatches += 1
+                self.log.error("opcua_failsafe_mismatch", cp_id=cp, configured_a=want, read_back_a=got)
 
     async def _read_all(self, client: Client) -> None:
         """Read every point of every charge point in batches and publish it as telemetry."""
@@ -365,11 +422,15 @@ class _Runner:
     async def heartbeat_loop(self) -> None:
         """Feed every charger's watchdog: one batched write, every watchdog_s / 3 clock seconds."""
         d = self.driver
+        due: float | None = None
         while True:
             client = self.client
             if client is None:
                 return
             started = d.clock.now()
+            if due is not None and d.on_late is not None:
+                d.on_late(max(0.0, started - due) / d.clock.speed)  # real seconds late
+            due = started + self.heartbeat_interval()
             self.heartbeat_seq = (self.heartbeat_seq + 1) % 2_147_483_647
             variant = ua.DataValue(ua.Variant(self.heartbeat_seq, ua.VariantType.Int32))
             keys = [(cp, "heartbeat") for cp in self.ep.charge_points]
@@ -401,18 +462,26 @@ class _Runner:
         return min(known) / 3 if known else _WATCHDOG_FALLBACK_S
 
     async def write_read(self, cp_id: str, pt: OpcUaPoint, value: Value, timeout_s: float) -> Value:
-        """Write one point and read it back, within `timeout_s` for both."""
+        """Write one point and read it back, within `timeout_s` for both.
+
+        A setpoint goes with the charger's fail-safe current in the same request: the
+        configured fail-safe, but never above the setpoint (a watchdog must not raise a draw).
+        """
         eid = self.ep.endpoint_id
         client = self.client
         if not self.online or client is None:
             raise DeviceUnavailable("endpoint down or in backoff", endpoint=eid)
-        node = self.nodes[(cp_id, pt.name)]
-        dv = ua.DataValue(ua.Variant(value, getattr(ua.VariantType, pt.type.value)))
+        nodes = [self.nodes[(cp_id, pt.name)]]
+        dvs = [ua.DataValue(ua.Variant(value, getattr(ua.VariantType, pt.type.value)))]
+        configured = self.driver.failsafe.get(cp_id)
+        if pt.name == "current_limit_a" and configured is not None and isinstance(value, int | float):
+            nodes.append(self.nodes[(cp_id, "failsafe_current_a")])
+            dvs.append(ua.DataValue(ua.Variant(float(min(configured, value)), ua.VariantType.Double)))
         try:
             async with asyncio.timeout(timeout_s):
-                results = await client.uaclient.write_attributes([node], [dv], AttributeIds.Value)
+                results = await client.uaclient.write_attributes(nodes, dvs, AttributeIds.Value)
                 results[0].check()
-                back = await client.uaclient.read_attributes([node], AttributeIds.Value)
+                back = await client.uaclient.read_attributes(nodes, AttributeIds.Value)
         except TimeoutError as exc:
             self.lose("write timed out in flight")  # a late answer must not meet the next request
             raise DeviceTimeout(f"no answer within {timeout_s} s", endpoint=eid) from exc
@@ -425,6 +494,13 @@ class _Runner:
         if got.Value is None or (got.StatusCode is not None and got.StatusCode.value):
             raise DeviceReplyError(f"read-back of {cp_id}.{pt.name}: {got.StatusCode}", endpoint=eid)
         result: Value = got.Value.Value
+        if (
+            len(back) > 1
+            and back[1].Value is not None
+            and not (back[1].StatusCode and back[1].StatusCode.value)
+        ):
+            fs = back[1].Value.Value
+            self.deliver({cp_id: {pt.name: result, "failsafe_current_a": fs}}, 2)
         return result
 
 
@@ -439,7 +515,10 @@ class OpcUaChargingDriver:
     Publishes `Telemetry` per charge point (device_id = cp_id) for every subscription
     response and after every (re)connect, and `Availability` per endpoint on transitions.
     Timeouts and backoff are real seconds; `heartbeat_every_s` is clock seconds (default:
-    a third of the smallest watchdog_s the chargers report).
+    a third of the smallest watchdog_s the chargers report). `failsafe` maps charge points
+    to the fail-safe current written at every connect (others keep their own). `on_late`
+    hears how late (real seconds) each heartbeat went out: a late heartbeat means the
+    chargers' watchdogs may fire, so the daemon goes conservative (edge/lag.py).
     """
 
     def __init__(
@@ -456,6 +535,8 @@ class OpcUaChargingDriver:
         publishing_interval_ms: float = 500,
         backoff_base_s: float = 0.5,
         heartbeat_every_s: float | None = None,
+        failsafe: Mapping[str, float] | None = None,
+        on_late: Callable[[float], None] | None = None,
     ) -> None:
         if security is None and not allow_no_security:
             raise ConfigError(
@@ -479,6 +560,8 @@ class OpcUaChargingDriver:
         self.backoff_base_s = backoff_base_s
         self.publishing_interval_ms = publishing_interval_ms
         self.heartbeat_every_s = heartbeat_every_s
+        self.failsafe: Mapping[str, float] = dict(failsafe or {})
+        self.on_late = on_late
         self.stats = DriverStats()
         self._endpoints = tuple(endpoints)
         ids = [e.endpoint_id for e in self._endpoints]
@@ -531,6 +614,11 @@ class OpcUaChargingDriver:
         """Last known availability of an endpoint (None before the first attempt ends)."""
         runner = self._runners.get(endpoint_id)
         return None if runner is None else runner.online
+
+    def failsafe_read_a(self, cp_id: str) -> float | None:
+        """The charger's fail-safe current as last read back (None before the first read)."""
+        runner = self._runners.get(self._routes.get(cp_id, ""))
+        return None if runner is None else runner.failsafe_read.get(cp_id)
 
     def max_current_a(self, cp_id: str) -> float | None:
         """The charger's own maximum as last read (None before the first read)."""

@@ -256,7 +256,7 @@ class _Loader:
             if p_or_none.type is not kind:
                 i = points.index(p_or_none)
                 raise self.fail(f"points[{i}].type", f"{required} must be {kind.value}")
-        for required in ("current_limit_a", "heartbeat"):
+        for required in ("current_limit_a", "heartbeat", "failsafe_current_a"):
             if not by_name[required].writable:
                 i = points.index(by_name[required])
                 raise self.fail(f"points[{i}].writable", f"{required} must be writable")

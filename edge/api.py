@@ -428,11 +428,12 @@ class MqttApi:
                 msg = FeederState(
                     feeder=feeder,
                     limit_a=s.feeder_limit(feeder, now),
-                    lighting_a=round(s.lighting_a(feeder, now), 2),
+                    lighting_a=round(s.lighting_now_a(feeder, now), 2),
                     setpoints_a=round(s.setpoints_a(feeder), 2),
                     measured_a=round(sum(charging.measured_a(c) for c in chargers), 2),
                     chargers=len(chargers),
                     ts=now,
+                    tripped=charging.tripped.get(feeder, False),
                 )
                 pub.publish_fast(f"{self.base}/feeders/{feeder}/state", dump(msg), retain=True)
             await asyncio.sleep(2.0)

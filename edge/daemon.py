@@ -19,7 +19,14 @@ import orjson
 import structlog
 
 from controllers.charging import POINT as CHARGE_POINT
-from controllers.charging import ChargingController, ChargingSafety, lighting_amps, lights_live
+from controllers.charging import (
+    ChargingController,
+    ChargingSafety,
+    failsafe_a,
+    failsafe_problems,
+    lighting_amps,
+    lights_live,
+)
 from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
 from controllers.lighting import LightingController, LightingSafety
 from controllers.waste import OPERATOR_DOMAIN, WasteController, WasteSafety
@@ -40,8 +47,10 @@ from edge.bins import Bin, load_bins
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
 from edge.dispatcher import AuditRecord, Dispatcher
+from edge.errors import ConfigError
 from edge.events import AlarmEvent, PlanEvent, Severity, Telemetry
 from edge.inventory import Inventory
+from edge.lag import LagMonitor
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
@@ -93,12 +102,17 @@ def endpoints_of(inv: Inventory) -> list[ModbusEndpoint]:
 
 
 def opcua_driver(
-    settings: Settings, inv: Inventory, publish: Any, clock: Clock
+    settings: Settings, inv: Inventory, publish: Any, clock: Clock, on_late: Any = None
 ) -> OpcUaChargingDriver | None:
     """The OPC UA driver for the site's charge points (None when it has none)."""
     if not inv.chargers:
         return None
     cs = settings.charging
+    problems = failsafe_problems(cs, inv)
+    if problems:  # the same rule check-config applies: a gone daemon must not blow a fuse
+        error = ConfigError("\n".join(problems), key="charging.failsafe_current_a")
+        error.lines = problems
+        raise error
     security = None
     if cs.client_cert:
         security = ClientSecurity(
@@ -114,6 +128,8 @@ def opcua_driver(
         security=security,
         allow_no_security=cs.allow_no_security,
         timeout_s=cs.timeout_s,
+        failsafe={c.id: failsafe_a(c, cs) for c in inv.chargers.values()},
+        on_late=on_late,
     )
 
 
@@ -264,7 +280,8 @@ async def running(
         )
         ds = settings.dispatcher
         safety = LightingSafety(inventory, site, lc)
-        chargers = opcua_driver(settings, inventory, bus.publish, clock)
+        lag = LagMonitor(limit_s=settings.charging.lag_limit_s, hold_s=settings.charging.lag_hold_s)
+        chargers = opcua_driver(settings, inventory, bus.publish, clock, on_late=lag.record)
         drivers: list[Driver] = [driver] if chargers is None else [driver, chargers]
         dcfg = settings.displays
         display_driver: DisplayDriver | None = None
@@ -307,8 +324,10 @@ async def running(
                 inventory, state, lighting_ref, settings.charging.stale_after_s, clock, dispatcher_ref
             ),
             lambda feeder, t: lights_live(lighting_ref[0] if lighting_ref else None)(feeder, t),  # noqa: PLW0108 - bound late
+            lagging=lag.lagging,
         )
         async with (
+            lag,
             Outbox(settings.storage.url, max_rows=mq.outbox_max_rows) as outbox,
             driver,
             contextlib.AsyncExitStack() as stack,
@@ -371,7 +390,11 @@ async def running(
                     dev = state.get(cid)
                     return dev is not None and dev.online is True
 
-                charging_safety.bind(setpoint_of, fresh)
+                def reported_failsafe(cid: str) -> float | None:
+                    v = state.value(cid, "failsafe_current_a")  # the driver's read-back after its write
+                    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+                charging_safety.bind(setpoint_of, fresh, reported_failsafe)
                 charging = ChargingController(
                     inv=inventory,
                     cfg=settings.charging,

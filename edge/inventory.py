@@ -73,6 +73,7 @@ class Charger:
     url: str
     max_current_a: float
     phases: int
+    failsafe_current_a: float | None = None  # None: the site's [charging] failsafe_current_a
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,10 +207,21 @@ def _charger_from(row: Mapping[str, Any], where: str, errors: _Errors) -> Charge
             url=url,
             max_current_a=r.num("max_current_a", 6, 63, 16),
             phases=phases,
+            failsafe_current_a=_failsafe(r),
         )
     except ValueError as exc:
         errors.add(where, str(exc))
         return None
+
+
+def _failsafe(r: _Row) -> float | None:
+    """The optional `failsafe_current_a` column: 0 (stop charging) or 6..63 A; blank is the site's."""
+    if str(r.row.get("failsafe_current_a") or "").strip() == "":
+        return None
+    v = r.num("failsafe_current_a", 0, 63)
+    if 0 < v < 6:
+        raise ValueError(f"failsafe_current_a: {v:g} A is not 0 or at least 6 A (IEC 61851)")
+    return v
 
 
 def _lamp_from(row: Mapping[str, Any], where: str, errors: _Errors) -> Lamp | None:

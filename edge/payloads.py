@@ -170,6 +170,7 @@ class FeederState(_Model):
     measured_a: float
     chargers: int
     ts: float
+    tripped: bool = False  # the feeder lost its supply (fuse): a critical alarm is raised too
 
 
 class WarningArea(_Model):

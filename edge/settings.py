@@ -208,9 +208,19 @@ class ChargingSettings(_Section):
     client_key: str = ""
     server_cert: str = ""
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
+    # What a charger draws when its watchdog fires (the daemon is gone): written at connect and
+    # read back. 0 stops charging; an inventory column overrides it per charger. The sum per
+    # feeder and cabinet plus the lamps at full power must fit the limit (check-config checks).
+    failsafe_current_a: Annotated[float, Field(ge=0, le=80)] = 0.0
+    # Event-loop lag (real seconds) above which charging goes decreases-only, and how long it
+    # stays so after the lag ends. Keep it well below the chargers' watchdog in real seconds.
+    lag_limit_s: Annotated[float, Field(gt=0, le=60)] = 0.5
+    lag_hold_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
 
     @model_validator(mode="after")
     def _tree(self) -> ChargingSettings:
+        if 0 < self.failsafe_current_a < 6:
+            raise ValueError("failsafe_current_a must be 0 (stop charging) or at least 6 A (IEC 61851)")
         cabinets = {c.id for c in self.cabinets}
         ids = [f.id for f in self.feeders]
         if len(set(ids)) != len(ids):

@@ -87,6 +87,10 @@ def site_problems(site: Site) -> list[str]:
                     problems.append(f"charging.{key}: missing (charging.client_cert is set)")
                 elif not s.resolve(value).is_file():
                     problems.append(f"charging.{key}: no such file: {s.resolve(value)}")
+    if inv.chargers:
+        from controllers.charging import failsafe_problems  # the supply tree's fail-safe budget
+
+        problems += failsafe_problems(cs, inv)
     problems += tls_problems(s)
     return problems
 

@@ -6,9 +6,15 @@ curves (seeded); single- and three-phase cars; no charging under 6 A; charging t
 above 80 % state of charge; a full car goes SuspendedEV; a watchdog falls back to the
 fail-safe current when neither a setpoint nor a heartbeat arrives for `watchdog_s`.
 
+The fail-safe current is a writable node (`failsafe_current_a`): the watchdog falls back to
+the value written last (the spec's value until then). `inject(cp_id, "failsafe_ignored")`
+makes a charger accept such writes and keep its own value (what a read-back must catch).
+
 Feeders: a charge point may hang on a feeder (a night-only lighting circuit or a 24/7
 low-voltage connection) whose lamps take their share first; a feeder over its limit for
 `trip_after_s` trips its fuse and every charger on it goes dark (Unavailable) until reset.
+Every overload episode and every trip is recorded (`events`, `overloads`, `trips`): ground
+truth for tests and the demo summary, not a sample.
 
 Communication loss is modelled where it happens in the field: between the edge and the
 site (`inject(endpoint_id, "comm_loss")`) the OPC UA server sits behind a TCP link that
@@ -26,6 +32,7 @@ import datetime as dt
 import ipaddress
 import random
 import socket
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -55,7 +62,7 @@ from simulators.elaad import SessionSampler, load_curves
 
 log = structlog.get_logger(__name__)
 
-FAULTS = frozenset({"faulted", "meter_frozen", "comm_loss"})
+FAULTS = frozenset({"faulted", "meter_frozen", "comm_loss", "failsafe_ignored"})
 MIN_REAL_TICK_S = 0.05  # physics never ticks faster than this in real time, whatever the clock speed
 VOLTAGE_V = 230.0
 TAPER_SOC = 0.8  # charging current falls linearly from here to full
@@ -135,6 +142,17 @@ class _Car:
         return self.max_a * max(0.1, (1.0 - soc) / (1.0 - TAPER_SOC))
 
 
+@dataclass(frozen=True, slots=True)
+class FeederEvent:
+    """One overload episode start ("overload") or fuse trip ("trip") on a feeder, in clock time."""
+
+    feeder: str
+    kind: str
+    ts: float
+    load_a: float
+    limit_a: float
+
+
 @dataclass(slots=True)
 class _Cp:
     spec: SimChargePoint
@@ -142,6 +160,7 @@ class _Cp:
     last_feed: float
     next_arrival: float
     meter_kwh: float
+    failsafe_a: float = 0.0  # what the watchdog falls back to (the node's value)
     failsafe: bool = False
     car: _Car | None = None
     preparing_until: float = 0.0
@@ -162,6 +181,7 @@ class _Feeder:
     over_since: float | None = None
     tripped: bool = False
     load_a: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    peak_a: float = 0.0
 
 
 class _State(Enum):
@@ -296,6 +316,7 @@ class ChargingSimulator:
                 last_feed=now,
                 next_arrival=self._sampler.next_arrival(now, spec.sessions_per_day),
                 meter_kwh=round(self._rng.uniform(0.0, 20_000.0), 3),  # posts in the field have a past
+                failsafe_a=spec.failsafe_current_a,
             )
         self._state = _State.UNOPENED
         self._server: Server | None = None
@@ -306,6 +327,10 @@ class ChargingSimulator:
         self._tasks: list[asyncio.Task[None]] = []
         self._session_seq = 0
         self._server_faults: set[str] = set()
+        self.events: deque[FeederEvent] = deque(maxlen=10_000)
+        self.overloads = 0
+        self.trips = 0
+        self.watchdog_trips = 0  # chargers that fell back to their fail-safe current
 
     # -- address space -------------------------------------------------------------
 
@@ -397,8 +422,11 @@ class ChargingSimulator:
                 v = pt.check(value)
             except (TypeError, ValueError):
                 raise ServiceError(StatusCodes.BadOutOfRange) from None
-            if point == "current_limit_a" and isinstance(v, float) and v > cp.spec.max_current_a:
-                raise ServiceError(StatusCodes.BadOutOfRange)
+            if point in ("current_limit_a", "failsafe_current_a") and isinstance(v, float):
+                if v > cp.spec.max_current_a:
+                    raise ServiceError(StatusCodes.BadOutOfRange)
+                if point == "failsafe_current_a" and 0 < v < MIN_CHARGE_CURRENT_A:
+                    raise ServiceError(StatusCodes.BadOutOfRange)  # IEC 61851: 0 or at least 6 A
 
     async def _post_write(self, event: ServerItemCallback, _dispatcher: object) -> None:
         """A setpoint or heartbeat feeds the watchdog; a setpoint acts at once."""
@@ -412,8 +440,16 @@ class ChargingSimulator:
                 continue
             cp, point = routed
             value = wv.Value.Value.Value
-            cp.served[point] = value
             cp.last_feed = now
+            if point == "failsafe_current_a":
+                if "failsafe_ignored" in cp.faults:  # took the write, keeps its own value
+                    await self._write_node(cp, point, cp.failsafe_a)
+                    continue
+                cp.failsafe_a = float(value)
+                if cp.failsafe:
+                    cp.limit_a = cp.failsafe_a
+                touched.add(cp.spec.cp_id)
+            cp.served[point] = value
             if point == "current_limit_a":
                 cp.limit_a = float(value)
                 if cp.failsafe:
@@ -473,8 +509,9 @@ class ChargingSimulator:
         spec = cp.spec
         if spec.watchdog_s > 0 and not cp.failsafe and now - cp.last_feed >= spec.watchdog_s:
             cp.failsafe = True
-            cp.limit_a = spec.failsafe_current_a
-            log.info("sim_watchdog_tripped", cp_id=spec.cp_id, watchdog_s=spec.watchdog_s)
+            cp.limit_a = cp.failsafe_a
+            self.watchdog_trips += 1
+            log.info("sim_watchdog_tripped", cp_id=spec.cp_id, watchdog_s=spec.watchdog_s, limit_a=cp.limit_a)
         cp.finishing = False
         car = cp.car
         if car is not None and now >= car.departure_ts:
@@ -557,7 +594,7 @@ class ChargingSimulator:
             "departure_ts": float(round(car.departure_ts)) if car is not None and car.reports else 0.0,
             "failsafe_active": cp.failsafe,
             "max_current_a": float(cp.spec.max_current_a),
-            "failsafe_current_a": float(cp.spec.failsafe_current_a),
+            "failsafe_current_a": float(cp.failsafe_a),
             "watchdog_s": float(cp.spec.watchdog_s),
         }
 
@@ -586,14 +623,33 @@ class ChargingSimulator:
             if f.spec.phases == 1:  # a single-phase circuit carries every phase's current on one wire
                 load = [sum(load), 0.0, 0.0]
             f.load_a = (load[0], load[1], load[2])
-            if max(load) > f.spec.limit_a and not f.tripped:
+            peak = max(load)
+            if self._feeder_live(f, now):
+                f.peak_a = max(f.peak_a, peak)
+            if peak > f.spec.limit_a and not f.tripped:
                 if f.over_since is None:
                     f.over_since = now
+                    self.overloads += 1
+                    self._record(f, "overload", now, peak)
                 elif now - f.over_since >= f.spec.trip_after_s:
                     f.tripped = True
-                    log.warning("sim_feeder_tripped", feeder=f.spec.feeder_id, load_a=round(max(load), 1))
+                    self.trips += 1
+                    self._record(f, "trip", now, peak)
+                    log.warning("sim_feeder_tripped", feeder=f.spec.feeder_id, load_a=round(peak, 1))
             else:
                 f.over_since = None
+
+    def _record(self, f: _Feeder, kind: str, now: float, load: float) -> None:
+        self.events.append(FeederEvent(f.spec.feeder_id, kind, now, round(load, 2), f.spec.limit_a))
+        log.warning("sim_feeder_event", feeder=f.spec.feeder_id, kind=kind, load_a=round(load, 1))
+
+    async def _write_node(self, cp: _Cp, name: str, value: Value) -> None:
+        if self._server is None:
+            return
+        cp.served[name] = value
+        pt = self.profile.by_name[name]
+        variant = ua.Variant(value, getattr(ua.VariantType, pt.type.value))
+        await self._server.write_attribute_value(self._nodes[cp.spec.cp_id][name], ua.DataValue(variant))
 
     async def _tick(self, dt_s: float) -> None:
         now = self.clock.now()
@@ -701,6 +757,7 @@ class ChargingSimulator:
                 "lighting_a": f.lighting_a,
                 "live": self._feeder_live(f, self.clock.now()),
                 "tripped": f.tripped,
+                "peak_a": f.peak_a,
             }
         )
 
@@ -990,6 +1047,7 @@ async def serve_chargers(
 __all__ = [
     "FAULTS",
     "ChargingSimulator",
+    "FeederEvent",
     "ServerSecurity",
     "SimChargePoint",
     "SimFeeder",

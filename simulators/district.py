@@ -4,6 +4,12 @@ Street geometry is schematic (straight lines inside the real bounding box), but 
 mix is realistic: main roads in M3 with never-dim junctions and zebra crossings,
 residential streets in P3/P4, a bike path with motion-following light, and a park
 path kept lit as a fear space. `scripts/make_district.py` writes it as CSV.
+
+Fail-safe currents (what a charger draws when the daemon is gone and its watchdog fires)
+are split per feeder: the feeder's limit minus its lamps at full power is the budget, and
+as many charge points as it holds get 6 A (the IEC 61851 minimum: a car keeps charging
+slowly), spread along the feeder; the others get 0 A (pause until the daemon is back).
+`edge check-config` checks the result against site.toml's limits.
 """
 
 from __future__ import annotations
@@ -43,10 +49,34 @@ STREETS = (
 LAMPS_PER_CONTROLLER = 50
 COLUMNS = ("id", "kind", "lat", "lon", "segment", "order", "lighting_class", "cabinet", "feeder", "flags",
            "controller", "host", "port", "unit", "index", "p_max_w", "p_min_w",
-           "post", "url", "max_current_a", "phases")  # fmt: skip
+           "post", "url", "max_current_a", "phases", "failsafe_current_a")  # fmt: skip
 CHARGER_EVERY = 5  # a charge point in every seventh residential lamp post (NOX-Block style)
 CHARGER_URL = "opc.tcp://127.0.0.1:4840/dos-edge/chargers"
 LIGHTING_CIRCUITS = frozenset({"feeder-9", "feeder-10"})  # single-phase, live only at night (site.toml)
+FEEDER_LIMIT_A = 40.0  # site.toml: the grid operator's limit on the 24/7 feeders
+CIRCUIT_LIMIT_A = 25.0  # site.toml: the lighting circuits
+FAILSAFE_A = 6.0
+VOLTS = 230.0
+
+
+def split_failsafe(rows: list[dict[str, object]]) -> None:
+    """Give each charger row its fail-safe current: 6 A for as many as the feeder's budget
+    (limit minus lamps at full power) holds, spread evenly along the feeder, 0 A for the rest."""
+    lamps_w: dict[str, float] = {}
+    on_feeder: dict[str, list[dict[str, object]]] = {}
+    for r in rows:
+        feeder = str(r["feeder"])
+        if r["kind"] == "lamp":
+            lamps_w[feeder] = lamps_w.get(feeder, 0.0) + float(str(r["p_max_w"]))
+        else:
+            on_feeder.setdefault(feeder, []).append(r)
+    for feeder, chargers in on_feeder.items():
+        limit = CIRCUIT_LIMIT_A if feeder in LIGHTING_CIRCUITS else FEEDER_LIMIT_A
+        budget = limit - lamps_w.get(feeder, 0.0) / VOLTS
+        k = max(0, min(len(chargers), int(budget // FAILSAFE_A)))
+        chosen = {round(i * len(chargers) / k) for i in range(k)} if k else set()
+        for i, r in enumerate(chargers):
+            r["failsafe_current_a"] = FAILSAFE_A if i in chosen else 0.0
 
 
 def district_rows(base_port: int = 15020, host: str = "127.0.0.1", seed: int = 7) -> list[dict[str, object]]:
@@ -105,6 +135,7 @@ def district_rows(base_port: int = 15020, host: str = "127.0.0.1", seed: int = 7
                 "phases": 1 if k % 4 == 3 or r["feeder"] in LIGHTING_CIRCUITS else 3,
             }
         )
+    split_failsafe(rows + chargers)
     return rows + chargers
 
 

@@ -90,6 +90,7 @@ def make_driver(
     recorder: OpcUaRecorder,
     *,
     security: ClientSecurity | None = None,
+    failsafe: dict[str, float] | None = None,
 ) -> OpcUaChargingDriver:
     """A driver with short timeouts and backoff, fast publishing, on `sim`."""
     return OpcUaChargingDriver(
@@ -103,6 +104,7 @@ def make_driver(
         backoff_max_s=0.2,
         backoff_base_s=0.02,
         publishing_interval_ms=20,
+        failsafe=failsafe,
     )
 
 

@@ -311,5 +311,86 @@ def test_profile_errors_name_the_key() -> None:
         parse_profile({"profile": {"name": "x", "version": 1, "namespace": "urn:x", "folder": "F", "connectors": 1},
                        "points": [{"name": "status", "type": "Float"}]})  # fmt: skip
     assert err.value.key == "points[0].type"
-    assert [p.name for p in default_profile().writable] == ["current_limit_a", "heartbeat"]
+    assert [p.name for p in default_profile().writable] == [
+        "current_limit_a",
+        "failsafe_current_a",
+        "heartbeat",
+    ]
     assert len(sim_charge_points()) == 3
+
+
+async def test_failsafe_written_at_connect_and_read_back(
+    charging_sim: ChargingSimulator, charging_clock: ManualClock, opcua_recorder: OpcUaRecorder
+) -> None:
+    """The driver writes each charger's configured fail-safe at connect (never above the limit in
+    force) and with every setpoint, the read-back shows it in telemetry, and the simulator's
+    watchdog falls back to it (0 A: the car pauses)."""
+    assert charging_sim.cp("cp-002")["failsafe_current_a"] == 6.0  # the factory value
+    failsafe = {"cp-001": 0.0, "cp-002": 0.0, "cp-003": 6.0}
+    driver = make_driver(charging_sim, charging_clock, opcua_recorder, failsafe=failsafe)
+    async with driver:
+        await opcua_recorder.wait(lambda: driver.online(EP) is True, "online")
+        for cp, amps in failsafe.items():
+            assert charging_sim.cp(cp)["failsafe_current_a"] == amps
+            assert driver.failsafe_read_a(cp) == amps
+            assert opcua_recorder.value(cp, "failsafe_current_a") == amps
+        assert driver.stats.failsafe_written == 3
+        assert driver.stats.failsafe_mismatches == 0
+        # with every setpoint the fail-safe goes along, never above it: a watchdog never raises a draw
+        assert await driver.write("cp-003", "current_limit_a", 0.0, 1.0) == 0.0
+        assert charging_sim.cp("cp-003")["failsafe_current_a"] == 0.0
+        assert await driver.write("cp-003", "current_limit_a", 10.0, 1.0) == 10.0
+        assert charging_sim.cp("cp-003")["failsafe_current_a"] == 6.0
+        await opcua_recorder.wait(
+            lambda: opcua_recorder.value("cp-003", "failsafe_current_a") == 6.0, "read back"
+        )
+        await charging_sim.arrive("cp-002", 20.0, CLOCK_START + 8 * 3600, capacity_kwh=77.0)
+        assert await driver.write("cp-002", "current_limit_a", 16.0, 1.0) == 16.0
+    charging_clock.advance(61)  # no driver: cp-002's 60 s watchdog fires
+    await wait_until(lambda: charging_sim.cp("cp-002")["failsafe_active"] is True, what="watchdog tripped")
+    assert charging_sim.cp("cp-002")["current_limit_a"] == 0.0
+    await wait_until(lambda: charging_sim.cp("cp-002")["current_l1_a"] == 0.0, what="the car pauses")
+
+
+async def test_failsafe_ignored_by_charger_shows_in_read_back(
+    charging_sim: ChargingSimulator, charging_clock: ManualClock, opcua_recorder: OpcUaRecorder
+) -> None:
+    """A charger that accepts the write but keeps its own fail-safe is caught by the read-back."""
+    await charging_sim.inject("cp-001", "failsafe_ignored")
+    driver = make_driver(
+        charging_sim, charging_clock, opcua_recorder, failsafe={"cp-001": 0.0, "cp-002": 0.0}
+    )
+    async with driver:
+        await opcua_recorder.wait(lambda: driver.online(EP) is True, "online")
+        assert driver.failsafe_read_a("cp-001") == 6.0  # its factory value, not ours
+        assert driver.failsafe_read_a("cp-002") == 0.0
+        assert driver.stats.failsafe_mismatches == 1
+
+
+async def test_server_refuses_failsafe_between_0_and_6_a(charging_sim: ChargingSimulator) -> None:
+    """A fail-safe of 3 A is no IEC 61851 current: the charger refuses it, like any bad value."""
+    async with Client(charging_sim.url, timeout=2) as client:
+        ns = await client.get_namespace_index(default_profile().namespace)
+        node = client.get_node(string_node_id("cp-001.failsafe_current_a", ns))
+        with pytest.raises(ua.uaerrors.BadOutOfRange):
+            await node.write_value(ua.DataValue(ua.Variant(3.0, ua.VariantType.Double)))
+        assert charging_sim.cp("cp-001")["failsafe_current_a"] == 6.0
+
+
+async def test_late_heartbeat_is_reported(
+    charging_sim: ChargingSimulator, charging_clock: ManualClock, opcua_recorder: OpcUaRecorder
+) -> None:
+    """A heartbeat that goes out late tells the daemon how late (it goes conservative on it)."""
+    late: list[float] = []
+    driver = OpcUaChargingDriver(
+        [charging_sim.endpoint()], None, opcua_recorder, charging_clock,
+        allow_no_security=True, timeout_s=0.5, heartbeat_every_s=10.0, on_late=late.append,
+    )  # fmt: skip
+    async with driver:
+        await opcua_recorder.wait(lambda: driver.stats.heartbeats >= 1, "first heartbeat")
+        charging_clock.advance(10)
+        await opcua_recorder.wait(lambda: driver.stats.heartbeats >= 2, "on time")
+        charging_clock.advance(35)  # the loop could not run: the next beat is 25 s late
+        await opcua_recorder.wait(lambda: driver.stats.heartbeats >= 3, "late beat")
+    assert late[0] == pytest.approx(0.0)
+    assert late[1] == pytest.approx(25.0)

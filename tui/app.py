@@ -979,7 +979,7 @@ def feeder_row(f: FeederRow) -> Row:
     return Row(
         key=f.id,
         cells=(
-            f.id,
+            f"{f.id} TRIPPED" if f.tripped else f.id,
             render.fmt_num(f.limit_a, 1),
             render.fmt_num(f.lighting_a, 1),
             render.fmt_num(f.setpoints_a, 1),

@@ -416,6 +416,7 @@ class FeederRow:
     measured_a: float
     chargers: int
     history: tuple[float, ...] = ()  # load fractions, oldest first, one per FEEDER_SAMPLE_S
+    tripped: bool = False
 
     @property
     def load(self) -> float | None:
@@ -427,7 +428,7 @@ class FeederRow:
     @property
     def high(self) -> bool:
         load = self.load
-        return load is not None and load > FEEDER_HIGH
+        return self.tripped or (load is not None and load > FEEDER_HIGH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -811,6 +812,7 @@ class SiteModel:
                 measured_a=f.measured_a,
                 chargers=f.chargers,
                 history=tuple(load for _, load in self.feeder_history.get(f.feeder, ())),
+                tripped=f.tripped,
             )
             for _, f in sorted(self.feeders.items())
         ]
