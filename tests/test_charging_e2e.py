@@ -153,6 +153,7 @@ async def test_car_charges_within_the_circuit_limit_as_lights_come_on(
                 {"action": "curtail", "target": "lc", "limit_a": 0, "start": now, "end": now + 3600},
             )
             assert ack["ok"] is True
+            assert ack["status"] == "clamped", ack
             assert "§14a" in ack["reason"]  # never below 4.2 kW per charging car
             bad = await site.request(
                 "utility/dso/limits", {"action": "curtail", "target": "lc", "start": now, "end": 1}

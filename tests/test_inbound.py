@@ -258,12 +258,13 @@ async def test_poison_on_truck_topics_leaves_the_fleet_driver_running(
             while not any(isinstance(e, Telemetry) for e in out):  # noqa: ASYNC110 - the driver has no event for this
                 await asyncio.sleep(0.01)
         await pub.publish(f"fleet/{truck}/state", b"", qos=1, retain=True)
-    assert fleet.refused == {
+    # On a shared broker other runs may have left retained states of wild truck ids: at least ours.
+    assert fleet.refused["invalid_id"] >= 1
+    assert {k: v for k, v in fleet.refused.items() if k != "invalid_id"} == {
         "too_deep": 2,
         "invalid_utf8": 1,
         "payload_too_large": 1,
         "future_ts": 1,
-        "invalid_id": 1,
     }
     assert [e.device_id for e in out if isinstance(e, Telemetry)] == [truck]
 
@@ -498,7 +499,7 @@ async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
 ) -> None:
     """`set_limit` of 5,000 A on a 25 A feeder is acked `clamped` with the effective 25 A and a note
     (it was `accepted` with no note); a limit at the rating is `accepted` with requested == effective;
-    a curtailment to 0 A is `clamped` and says the §14a floor applies."""
+    a curtailment to 0 A with no car charging is `accepted` as asked (the §14a floor protects cars)."""
     from harness import Site
     from test_charging_e2e import LIMIT_A
     from test_charging_e2e import write_site as write_charging_site
@@ -529,7 +530,7 @@ async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
         s = Site(d, lsim, client, settings, inv, d.link.protocol == "5")
         ack = await s.request("cmd/feeders/lc", {"action": "set_limit", "limit_a": 5000, "duration_s": 600})
         assert ack["ok"] is True, ack
-        assert ack["status"] == "clamped", ack
+        assert ack["status"] == "clamped", repr(ack)
         assert ack["requested"] == 5000
         assert ack["effective"] == LIMIT_A
         assert "rating" in ack["note"], ack
@@ -543,10 +544,10 @@ async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
             "utility/dso/limits",
             {"action": "curtail", "target": "lc", "limit_a": 0, "start": now, "end": now + 600},
         )
-        assert ack["status"] == "clamped", ack
-        assert ack["requested"] == 0
-        assert ack["effective"] > 0
-        assert "§14a" in ack["note"]
+        # No car is charging, so §14a protects nobody: the curtailment stands as asked (the floor
+        # with a charging car is `test_charging_e2e`'s); the ack says so without a note.
+        assert ack["status"] == "accepted", repr(ack)
+        assert (ack["requested"], ack["effective"], ack["note"]) == (0, 0, "")
 
 
 def test_summarize_tells_clamped_from_data_not_reason_text() -> None:
