@@ -334,8 +334,12 @@ class FuzzRun:
                     t.refused[reason_code(a.reason)] += 1
         d = self.site.d if self.site.daemon is not None else None
         crashes = 0
-        if d is not None:
+        if d is not None:  # the API's and every device driver's per-message boundary
             crashes = d.api.refused["internal_error"] + int(d.link.stats["handler_errors"])
+            if d.fleet is not None:
+                crashes += d.fleet.refused["internal_error"]
+            if d.display_driver is not None:
+                crashes += d.display_driver.refusals.by_reason["internal_error"]
         if crashes > self.crash_base:
             bad["crashed"].append(f"{crashes - self.crash_base} request handler crash(es) in this batch")
             t.crashes += crashes - self.crash_base
