@@ -248,7 +248,8 @@ async def test_clean_close_publishes_offline(mqtt_url: str, database_url: str) -
             mqtt_url, outbox, will=(status, b"offline", True), online_message=(status, b"online")
         ) as mq:
             assert (await next_message(sub)).payload == b"online"
-            assert mq.connected.is_set()
+            # The online message is PUBACKed before the link marks itself connected: wait, not assert.
+            await mq.wait_connected(WAIT_S)
         assert (await next_message(sub)).payload == b"offline"
     await clear_retained(mqtt_url, status)
 
