@@ -70,6 +70,7 @@ EXAMPLES = int(os.environ.get("EDGE_FUZZ_EXAMPLES", "240"))
 BATCH = 24
 MAX_RESTARTS = 5
 ANSWER_WAIT_S = 8.0  # > the API's result timeout (2 x write_timeout + 1 s) on a loaded machine
+RETAINED_CP2_A = 11.0  # the retained limit for CP2: a value nothing else sets
 SETTLE_S = 0.4  # after the last answer, for a duplicate to show up
 pytestmark = pytest.mark.timeout(max(240, EXAMPLES))
 
@@ -687,6 +688,8 @@ async def test_retained_garbage_and_commands_at_start(
         finally:
             await s.stop()
         base = ctx.base
+        cp2 = float(s.chargers.cp("CP2")["current_limit_a"])
+        assert cp2 != RETAINED_CP2_A, f"CP2 is at {cp2} A already: a retained limit would not show"
         garbage = [b"[" * 2000 + b"]" * 2000, b"\xff\xfe{", b'{"level": NaN, "ts": 1e999}', b"{" * 2000]
         retained: dict[str, bytes] = {}
         for i, flt in enumerate(ctx.filters):
@@ -701,7 +704,9 @@ async def test_retained_garbage_and_commands_at_start(
                 retained[topic] = garbage[0]  # issue 10 #1: a 2,000-level array on a board's status
         commands: dict[str, dict[str, Any]] = {
             f"{base}/cmd/lights/B1": {"action": "set_level", "level": 100},
-            f"{base}/cmd/chargers/CP2": {"action": "limit", "current_a": 16},
+            # 11 A: neither the simulator's start value (the charger's 16 A maximum), nor its 6 A
+            # fail-safe, nor the 0 A the daemon may write to a charger without a car.
+            f"{base}/cmd/chargers/CP2": {"action": "limit", "current_a": RETAINED_CP2_A},
             f"{base}/cmd/displays/{s.board}": {"action": "message", "lines": ["RETAINED"]},
         }
         host, port = _host_port(mqtt_url)
@@ -740,8 +745,8 @@ async def test_retained_garbage_and_commands_at_start(
                     while time.monotonic() < t_end and s.alive() is None:
                         if s.lights.lamp("B1")["level_cmd"] == 100:
                             acted.append("B1 set to 100 %")
-                        if float(s.chargers.cp("CP2")["current_limit_a"]) == 16:
-                            acted.append("CP2 limited to 16 A")
+                        if float(s.chargers.cp("CP2")["current_limit_a"]) == RETAINED_CP2_A:
+                            acted.append(f"CP2 limited to {RETAINED_CP2_A} A")
                         if "RETAINED" in s.displays.shown(s.board):
                             acted.append("the board shows RETAINED")
                         await asyncio.sleep(0.05)
