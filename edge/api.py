@@ -106,6 +106,7 @@ STATE_KEYS = frozenset(
     | {"shown", "message_id", "brightness", "pixel_faults"}
 )
 MAX_REPLY_TOPIC = 256  # bytes of a response topic; the reply prefix plus a client's own name
+ACK_TOPIC_CHARS = 300  # a refusal names a (possibly 64 kB, hostile) request topic by its first 300 characters
 YIELD_EVERY = 200  # work items between yields to the event loop in bulk loops
 ALARM_HISTORY = 100  # alarm events kept in the retained history
 CONTROLLER_KEYS = frozenset({"online", "failsafe_active", "alarms"})
@@ -558,7 +559,7 @@ class MqttApi:
             except PayloadError:
                 reply = None
             ack = Ack(ok=False, status="failed", reason="internal_error: see the daemon's log",
-                      request_topic=msg.topic[:300], ts=self._clock.now())  # fmt: skip
+                      request_topic=msg.topic[:ACK_TOPIC_CHARS], ts=self._clock.now())  # fmt: skip
             with contextlib.suppress(PayloadError):
                 await self._pub.publish_reliable(
                     reply or f"{self.base}/acks", dump(ack), correlation_data=msg.correlation_data
@@ -652,7 +653,7 @@ class MqttApi:
                 ok=False,
                 status="refused",
                 reason=str(exc)[:500],
-                request_topic=msg.topic[:300],
+                request_topic=msg.topic[:ACK_TOPIC_CHARS],
                 ts=self._clock.now(),
             )
         if sensor:

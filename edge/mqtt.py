@@ -820,17 +820,22 @@ def _metadata_from_json(payload: bytes, max_bytes: int) -> tuple[str | None, byt
 
 
 def _metadata_into_json(payload: bytes, response_topic: str | None, correlation: bytes | None) -> bytes:
-    """Add `response_topic`/`correlation_id` to a JSON object payload (3.1.1 only)."""
+    """Add `response_topic`/`correlation_id` to a JSON object payload (3.1.1 only).
+
+    A key the payload has as null is filled too: an `Ack` always carries `correlation_id`, null
+    unless its handler set it, and a nack written before the body was read (a refused response
+    topic, a retained request) would otherwise reach a 3.1.1 client without its correlation.
+    """
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return payload
     if not isinstance(obj, dict):
         return payload
-    if response_topic is not None:
-        obj.setdefault("response_topic", response_topic)
-    if correlation is not None:
-        obj.setdefault("correlation_id", correlation.decode("utf-8", "backslashreplace"))
+    if response_topic is not None and obj.get("response_topic") is None:
+        obj["response_topic"] = response_topic
+    if correlation is not None and obj.get("correlation_id") is None:
+        obj["correlation_id"] = correlation.decode("utf-8", "backslashreplace")
     return orjson.dumps(obj)
 
 

@@ -300,7 +300,9 @@ class Ack(_Model):
         default=None, description="the value in force after ratings, floors and interlocks"
     )
     note: str = Field(default="", description="why `effective` differs from `requested`")
-    request_topic: str
+    request_topic: str = Field(
+        description="the request's topic; in a refusal its first 300 characters (a topic may be 64 kB)"
+    )
     counts: dict[str, int] = Field(default_factory=dict)
     results: list[DeviceResult] = Field(default_factory=list)
     ts: float

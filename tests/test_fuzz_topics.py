@@ -57,7 +57,9 @@ from paho.mqtt.properties import Properties
 from devices.display_profile import BoardStatus, default_led_board_profile, status_payload
 from devices.fleet import TruckEventMessage, TruckStateMessage
 from devices.lorawan_profile import default_profiles
+from edge.api import ACK_TOPIC_CHARS
 from edge.daemon import site_bins
+from edge.decode import decode_json
 from edge.docs import CHANNELS
 from edge.payloads import PUBLISHED_MODELS
 from simulators.lorawan import chirpstack_event, tts_uplink
@@ -68,6 +70,7 @@ EXAMPLES = int(os.environ.get("EDGE_FUZZ_EXAMPLES", "240"))
 BATCH = 24
 MAX_RESTARTS = 5
 ANSWER_WAIT_S = 8.0  # > the API's result timeout (2 x write_timeout + 1 s) on a loaded machine
+RETAINED_CP2_A = 11.0  # the retained limit for CP2: a value nothing else sets
 SETTLE_S = 0.4  # after the last answer, for a duplicate to show up
 pytestmark = pytest.mark.timeout(max(240, EXAMPLES))
 
@@ -125,6 +128,41 @@ class Tally:
         }
 
 
+class Matcher:
+    """Which case an answer belongs to: by correlation data, else by the request's topic.
+
+    A request with MQTT 5 correlation data, or with a `correlation_id` in a JSON body the daemon
+    can read, gets it back on its answer, always. Others (a body too large, too deep or not JSON,
+    or no correlation at all) are matched to the oldest open uncorrelated request on the topic
+    the answer names, which a refusal cuts to its first `ACK_TOPIC_CHARS` characters (a topic
+    may be 64 kB long). A correlated request is never taken for an uncorrelated answer.
+    """
+
+    def __init__(self) -> None:
+        self.by_topic: dict[str, list[int]] = defaultdict(list)
+
+    @staticmethod
+    def key(topic: str) -> str:
+        return topic[:ACK_TOPIC_CHARS]
+
+    def expect(self, case: Case, *, correlated: bool) -> None:
+        """A request was sent; `correlated` if its answer must carry its correlation back."""
+        if not correlated:
+            self.by_topic[self.key(case.topic)].append(case.n)
+
+    def match(self, request_topic: str, corr: str) -> int | None:
+        """The case number this answer is for, or None for an answer no case owns."""
+        waiting = self.by_topic.get(self.key(request_topic), [])
+        if corr.startswith("fz-") and corr[3:].isdigit():
+            n = int(corr[3:])
+            if n in waiting:
+                waiting.remove(n)
+            return n
+        if waiting:  # no correlation (3.1.1, body unread): the oldest open uncorrelated request there
+            return waiting.pop(0)
+        return None
+
+
 def reason_code(reason: str) -> str:
     return reason.split(":", 1)[0].strip() or "(none)"
 
@@ -138,7 +176,7 @@ class FuzzRun:
         self.ctx = ctx
         self.tally = Tally()
         self.answers: dict[int, list[Answer]] = defaultdict(list)
-        self.pending_by_topic: dict[str, list[int]] = defaultdict(list)
+        self.matcher = Matcher()
         self.status_online: bool | None = None
         self.physics: list[str] = []
         self.physics_at: float | None = None  # when the first physics violation of a batch was seen
@@ -151,6 +189,13 @@ class FuzzRun:
 
     def next_n(self) -> int:
         return next(self._counter)
+
+    def json_correlated(self, case: Case) -> bool:
+        """A 3.1.1 style request whose `correlation_id` the daemon can read (its body decodes)."""
+        if case.json_reply is None:
+            return False
+        body = decode_json(case.payload, max_bytes=self.ctx.max_payload)
+        return isinstance(body, dict) and isinstance(body.get("correlation_id"), str)
 
     # -- observing --------------------------------------------------------------------------------
 
@@ -176,14 +221,7 @@ class FuzzRun:
                 else str(data.get("correlation_id") or "")
             )
             ans = Answer(topic, data.get("ok"), str(data.get("reason", "")), str(data.get("status", "")))
-            n: int | None = None
-            waiting = self.pending_by_topic.get(str(data["request_topic"]), [])
-            if corr.startswith("fz-") and corr[3:].isdigit():
-                n = int(corr[3:])
-                if n in waiting:
-                    waiting.remove(n)
-            elif waiting:  # no correlation (3.1.1, body unread): the oldest open request on that topic
-                n = waiting.pop(0)
+            n = self.matcher.match(str(data["request_topic"]), corr)
             if n is None:
                 self.tally.stray += 1
                 if len(self.failures["stray (not judged)"]) < 8:
@@ -214,8 +252,8 @@ class FuzzRun:
                 props.ResponseTopic = case.response_topic
         if case.retain:
             self.retained.add(case.topic)
-        if case.request:  # for an answer that cannot carry the correlation (3.1.1, unread body)
-            self.pending_by_topic[case.topic].append(case.n)
+        if case.request:
+            self.matcher.expect(case, correlated=props is not None or self.json_correlated(case))
         await self.client.publish(case.topic, case.payload, qos=1, retain=case.retain, properties=props)
         self.sent_log.append((time.monotonic(), case))
 
@@ -297,8 +335,12 @@ class FuzzRun:
                     t.refused[reason_code(a.reason)] += 1
         d = self.site.d if self.site.daemon is not None else None
         crashes = 0
-        if d is not None:
+        if d is not None:  # the API's and every device driver's per-message boundary
             crashes = d.api.refused["internal_error"] + int(d.link.stats["handler_errors"])
+            if d.fleet is not None:
+                crashes += d.fleet.refused["internal_error"]
+            if d.display_driver is not None:
+                crashes += d.display_driver.refusals.by_reason["internal_error"]
         if crashes > self.crash_base:
             bad["crashed"].append(f"{crashes - self.crash_base} request handler crash(es) in this batch")
             t.crashes += crashes - self.crash_base
@@ -597,6 +639,27 @@ async def test_fuzz_every_topic(fuzz: FuzzRun, data: st.DataObject) -> None:
     )
 
 
+def test_matcher_pairs_answers_with_requests() -> None:
+    """The harness's own matching: an oversize 3.1.1 request on a 3 kB topic is answered on acks
+    naming the first 300 characters of its topic and no correlation (the daemon cannot read the
+    body); that answer is its own, and an uncorrelated answer never takes a correlated request."""
+
+    def case(n: int, topic: str) -> Case:
+        return Case(n, topic, "#", b"{}", False, True, None, None, "json")
+
+    long_topic = "dos/v1/s/utility/" + "x" * 3000 + "/limits"
+    m = Matcher()
+    m.expect(case(1, long_topic), correlated=False)
+    assert m.match(long_topic[:ACK_TOPIC_CHARS], "") == 1, "a cut topic names its request"
+    assert m.match(long_topic[:ACK_TOPIC_CHARS], "") is None, "one answer per request"
+    short = "dos/v1/s/cmd/waste/replan"
+    m.expect(case(2, short), correlated=True)  # readable body, or MQTT 5 correlation data
+    m.expect(case(3, short), correlated=False)
+    assert m.match(short, "") == 3, "the uncorrelated answer is the uncorrelated request's"
+    assert m.match(short, "fz-2") == 2
+    assert m.match(short, "") is None, "a second uncorrelated answer is a stray, not a match"
+
+
 async def test_retained_garbage_and_commands_at_start(
     tmp_path: Path, mqtt_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -625,6 +688,8 @@ async def test_retained_garbage_and_commands_at_start(
         finally:
             await s.stop()
         base = ctx.base
+        cp2 = float(s.chargers.cp("CP2")["current_limit_a"])
+        assert cp2 != RETAINED_CP2_A, f"CP2 is at {cp2} A already: a retained limit would not show"
         garbage = [b"[" * 2000 + b"]" * 2000, b"\xff\xfe{", b'{"level": NaN, "ts": 1e999}', b"{" * 2000]
         retained: dict[str, bytes] = {}
         for i, flt in enumerate(ctx.filters):
@@ -639,7 +704,9 @@ async def test_retained_garbage_and_commands_at_start(
                 retained[topic] = garbage[0]  # issue 10 #1: a 2,000-level array on a board's status
         commands: dict[str, dict[str, Any]] = {
             f"{base}/cmd/lights/B1": {"action": "set_level", "level": 100},
-            f"{base}/cmd/chargers/CP2": {"action": "limit", "current_a": 16},
+            # 11 A: neither the simulator's start value (the charger's 16 A maximum), nor its 6 A
+            # fail-safe, nor the 0 A the daemon may write to a charger without a car.
+            f"{base}/cmd/chargers/CP2": {"action": "limit", "current_a": RETAINED_CP2_A},
             f"{base}/cmd/displays/{s.board}": {"action": "message", "lines": ["RETAINED"]},
         }
         host, port = _host_port(mqtt_url)
@@ -678,8 +745,8 @@ async def test_retained_garbage_and_commands_at_start(
                     while time.monotonic() < t_end and s.alive() is None:
                         if s.lights.lamp("B1")["level_cmd"] == 100:
                             acted.append("B1 set to 100 %")
-                        if float(s.chargers.cp("CP2")["current_limit_a"]) == 16:
-                            acted.append("CP2 limited to 16 A")
+                        if float(s.chargers.cp("CP2")["current_limit_a"]) == RETAINED_CP2_A:
+                            acted.append(f"CP2 limited to {RETAINED_CP2_A} A")
                         if "RETAINED" in s.displays.shown(s.board):
                             acted.append("the board shows RETAINED")
                         await asyncio.sleep(0.05)

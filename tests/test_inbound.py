@@ -35,6 +35,7 @@ from devices.display_profile import (
 )
 from devices.displays import DisplayDriver
 from devices.fleet import FleetDriver
+from edge.api import ACK_TOPIC_CHARS
 from edge.clock import ManualClock, SimClock
 from edge.daemon import running
 from edge.decode import Refusal, Refusals, check_id, check_ts, decode, decode_json, depth_exceeds, is_id
@@ -369,6 +370,31 @@ async def test_oversized_requests_get_an_answer(
         assert topic == (reply if s.v5 else f"{s.base}/acks")
         assert ack["ok"] is False, ack
         assert ack["reason"].startswith("payload_too_large"), ack
+
+
+async def test_an_unreadable_request_on_a_long_topic_is_nacked_naming_its_cut_topic(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
+    """The fuzz harness's 'unanswered' 1.1 MB request: a 3.1.1-style JSON body (response topic
+    `replies/a/+/b`, no MQTT 5 properties) on `utility/{3,000 x}/limits`. The daemon cannot read the
+    body, so it nacks `payload_too_large` on `acks`, naming the request by the first
+    ACK_TOPIC_CHARS characters of its topic (a client matches it by that, as it has no correlation)."""
+    async with site(tmp_path, mqtt_url, database_url) as s:
+        topic = f"{s.base}/utility/{'x' * 3000}/limits"
+        body = orjson.dumps(
+            {"kind": "price", "reason": "r" * 1_100_000, "response_topic": f"{s.base}/replies/a/+/b",
+             "correlation_id": "big-1"}
+        )  # fmt: skip
+        await s.client.subscribe(f"{s.base}/acks", qos=1)
+        await s.client.publish(topic, body, qos=1)
+        async with asyncio.timeout(30):
+            async for msg in s.client.messages:
+                data = orjson.loads(msg.payload) if isinstance(msg.payload, bytes) and msg.payload else {}
+                if data.get("request_topic") == topic[:ACK_TOPIC_CHARS]:
+                    break
+        assert data["ok"] is False, data
+        assert data["reason"].startswith("payload_too_large"), data
+        assert s.daemon.api.refused.get("internal_error", 0) == 0
 
 
 async def test_a_retained_request_is_refused_and_never_run(

@@ -128,6 +128,28 @@ async def test_reliable_publish_arrives_with_qos1_and_metadata(mqtt_url: str, da
         assert body == {"ok": True, "response_topic": "r/t", "correlation_id": "abc-1"}
 
 
+async def test_correlation_fills_a_null_correlation_id_under_3_1_1(mqtt_url: str, database_url: str) -> None:
+    """An ack written before its request's body was read has `"correlation_id": null`; under MQTT
+    3.1.1 the link puts the request's correlation there (it was kept, and the client got no way to
+    match the nack to its request), under MQTT 5 it travels as the property."""
+    topic = f"{_prefix()}/acks"
+    async with (
+        observer(mqtt_url, topic) as sub,
+        Outbox(database_url) as outbox,
+        link(mqtt_url, outbox) as mq,
+    ):
+        await mq.wait_connected(WAIT_S)
+        await mq.publish_reliable(topic, b'{"ok": false, "correlation_id": null}', correlation_data=b"c-7")
+        message = await next_message(sub)
+    assert isinstance(message.payload, bytes)
+    body = orjson.loads(message.payload)
+    if mq.protocol == "5":
+        assert body == {"ok": False, "correlation_id": None}
+        assert getattr(message.properties, "CorrelationData", None) == b"c-7"
+    else:
+        assert body == {"ok": False, "correlation_id": "c-7"}
+
+
 async def test_alarms_published_while_broker_down_arrive_in_order(
     private_broker: PrivateBroker, database_url: str
 ) -> None:
@@ -226,7 +248,8 @@ async def test_clean_close_publishes_offline(mqtt_url: str, database_url: str) -
             mqtt_url, outbox, will=(status, b"offline", True), online_message=(status, b"online")
         ) as mq:
             assert (await next_message(sub)).payload == b"online"
-            assert mq.connected.is_set()
+            # The online message is PUBACKed before the link marks itself connected: wait, not assert.
+            await mq.wait_connected(WAIT_S)
         assert (await next_message(sub)).payload == b"offline"
     await clear_retained(mqtt_url, status)
 
