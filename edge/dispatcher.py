@@ -495,9 +495,11 @@ class Dispatcher:
                     continue  # not applied yet: the write path (with its TTL) owns it
                 reported = self._state.value(*key)
                 if isinstance(reported, int | float) and not math.isclose(reported, cmd.value, abs_tol=0.5):
+                    # Suffix the original id, not the last re-write's: a device that keeps
+                    # drifting must not grow the id past the audit column (64 characters).
                     fresh = replace(
                         cmd,
-                        id=f"{cmd.id}.r{next(counter)}",
+                        id=f"{cmd.id.split('.r', 1)[0]}.r{next(counter)}",
                         issued_at=now,
                         expires_at=now + max(60.0, cmd.expires_at - cmd.issued_at),
                         reason="reconcile",

@@ -165,6 +165,30 @@ async def test_reconcile_restores_a_value_changed_behind_our_back(rig: Rig) -> N
     await wait_until(lambda: rig.level() == 45, what="reconcile back to 45")
 
 
+async def test_repeated_reconciles_keep_the_command_id_short(rig: Rig) -> None:
+    """A device that keeps drifting is re-written again and again under an id of bounded length
+    (each re-write used to append to the last one's id, past the audit's 64 characters)."""
+    await rig.dispatcher.submit_and_wait(rig.cmd(45, Priority.PLAN), 3)
+    ep = next(e for e in rig.sim.endpoints() if e.endpoint_id == "lc-001")
+    idx = next(i for i, d in ep.lamps if d == LAMP)
+    address = default_profile().lamp_address(idx, "level_cmd")
+    client = AsyncModbusTcpClient(ep.host, port=ep.port)
+    await client.connect()
+    try:
+        for n in range(12):
+            await client.write_register(address, 100, device_id=ep.unit)
+            await wait_until(
+                lambda n=n: sum(a.command.reason == "reconcile" for a in rig.audit) > n and rig.level() == 45,
+                what=f"reconcile {n + 1} back to 45",
+            )
+    finally:
+        client.close()
+    ids = [a.command.id for a in rig.audit if a.command.reason == "reconcile"]
+    assert len(set(ids)) >= 12
+    assert max(len(i) for i in ids) <= 64
+    assert all(i.count(".r") == 1 for i in ids)
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 async def test_non_finite_values_are_refused(rig: Rig, value: float) -> None:
     assert rig.dispatcher.submit(rig.cmd(value, Priority.OPERATOR)).reason == "value_not_finite"
