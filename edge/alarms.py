@@ -184,7 +184,9 @@ async def sweep_retained(
                     topic = str(msg.topic)
                     if topic == marker:
                         break
-                    if not msg.retain or not msg.payload:
+                    if not msg.retain or not msg.payload or not topic.startswith(prefix):
+                        # (some brokers, amqtt among them, also replay retained topics outside
+                        # the filter: clearing those would wipe other clients' messages)
                         continue
                     device, _, code = topic.removeprefix(prefix).rpartition("/")
                     if (device, code) not in wanted:
