@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -48,6 +48,7 @@ from devices.display_profile import (
 from devices.displays import SignEndpoint
 from edge.clock import Clock
 from edge.decode import Refusal, decode_json
+from edge.decode import decode as decode_payload
 from edge.tasks import close_task_group
 from simulators import fault_topic
 from simulators.lighting import MIN_REAL_TICK_S, free_port
@@ -312,10 +313,13 @@ class DisplaySimulator:
         if len(payload) > _MAX_FAULT_PAYLOAD:
             log.warning("sim_fault_refused", reason="oversized", size=len(payload))
             return False
+        msg = decode_payload(payload, FaultMessage, max_bytes=_MAX_FAULT_PAYLOAD, max_depth=4)
+        if isinstance(msg, Refusal):
+            log.warning("sim_fault_refused", reason=str(msg).splitlines()[0][:200])
+            return False
         try:
-            msg = FaultMessage.model_validate_json(payload)
             self._fault(msg.target, msg.fault, active=msg.active, pixels=msg.pixels if msg.active else 0)
-        except (ValueError, ValidationError) as exc:  # ValidationError is a ValueError too
+        except ValueError as exc:
             log.warning("sim_fault_refused", reason=str(exc).splitlines()[0])
             return False
         return True
