@@ -3,7 +3,7 @@
 Three processes (all `spawn`), so each number belongs to one of them:
 
 - a simulator child serves 50 controllers x 100 lamps (`LightingSimulator`, uvloop);
-- a daemon child runs `edge.daemon.running` (uvloop, SQLite file in a temp dir, the
+- a daemon child runs `edge.app.daemon.running` (uvloop, SQLite file in a temp dir, the
   production logging set-up at level warning, lighting poll interval 1 s) and nothing
   else, so its RSS and CPU (psutil, read from outside) are the daemon's alone;
 - this process is the client: it sends `set_level` requests over MQTT 5 with a response
@@ -109,10 +109,10 @@ def _run_daemon(conn: Connection, config: str) -> None:
 
     import uvloop
 
+    from devices.inventory import load_inventory
     from edge import logs
+    from edge.app.daemon import running
     from edge.clock import SimClock
-    from edge.daemon import running
-    from edge.inventory import load_inventory
     from edge.settings import load_settings
 
     settings = load_settings(Path(config))
@@ -418,7 +418,7 @@ def _bare_modbus(endpoints: list[tuple[str, str, int, int, Any]], n: int, seed: 
     import uvloop
     from pymodbus.client import AsyncModbusTcpClient
 
-    from devices.profile import default_profile
+    from devices.profiles.lighting import default_profile
 
     profile = default_profile()
     rnd = random.Random(seed)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from bench.common import Row
-from optimizer.guidance import (
+from optimizer.displays import (
     Approach,
     CarPark,
     GuidanceInstance,

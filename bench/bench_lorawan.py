@@ -223,8 +223,8 @@ def run(quick: bool) -> list[Row]:
 
     import structlog
 
-    from devices.lorawan import UplinkIngest
-    from devices.lorawan_profile import default_profiles
+    from devices.profiles.lorawan import default_profiles
+    from devices.protocols.lorawan import UplinkIngest
     from edge.clock import SystemClock
     from edge.events import Telemetry
     from simulators.lorawan import TTS_TENANT, demo_sensors

@@ -21,8 +21,8 @@ import uvloop
 from pymodbus.client import AsyncModbusTcpClient
 
 from bench.common import Row
-from devices.modbus import ModbusEndpoint, ModbusLightingDriver, plan_reads
-from devices.profile import default_profile
+from devices.lighting import ModbusEndpoint, ModbusLightingDriver, plan_reads
+from devices.profiles.lighting import default_profile
 from edge.clock import SystemClock
 from edge.events import Event
 

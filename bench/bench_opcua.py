@@ -19,8 +19,8 @@ from multiprocessing.synchronize import Event as MpEvent
 from typing import Any
 
 from bench.common import Row
-from devices.opcua import OpcUaChargingDriver, OpcUaEndpoint, quiet_asyncua, string_node_id
-from devices.opcua_profile import default_profile
+from devices.charging import OpcUaChargingDriver, OpcUaEndpoint, quiet_asyncua, string_node_id
+from devices.profiles.charging import default_profile
 from edge.clock import SystemClock
 from edge.events import Event
 

@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from bench.common import Row
 from controllers.waste import BinReading, FillEstimator, bin_alarms, planner_bin
-from edge.bins import Bin, BinKind, load_bins
+from devices.bins import Bin, BinKind, load_bins
 from edge.settings import Settings, WasteSettings, load_settings, window_s
 from optimizer.waste import (
     BinInput,
@@ -54,7 +54,7 @@ from optimizer.waste import (
 from simulators.waste import FillModel, Reading, leg
 
 BENCH = "waste"
-SITES = Path(__file__).resolve().parent.parent / "edge" / "sites"
+SITES = Path(__file__).resolve().parent.parent / "edge" / "app" / "sites"
 START = date(2026, 11, 2)  # a Monday: the warm-up week starts here
 WARMUP_DAYS = 7
 SEED = 11

@@ -29,12 +29,12 @@ from dataclasses import dataclass, field
 import structlog
 
 from controllers.lighting import LightingController, NightPlan, expected_power
+from devices.inventory import Charger, Inventory, Lamp
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import Clock
 from edge.dispatcher import Dispatcher, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged
-from edge.inventory import Charger, Inventory, Lamp
 from edge.settings import ChargingSettings
 from edge.state import StateStore
 from optimizer.charging import (

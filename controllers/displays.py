@@ -2,7 +2,7 @@
 
 Each step it decides what every display should show, in this order:
 1. the most severe active warning whose area covers the display (until the warning ends);
-2. else guidance: the car park the guidance plan (optimizer/guidance.py) sends the
+2. else guidance: the car park the guidance plan (optimizer/displays.py) sends the
    display's approach to, with its free spaces and an arrow;
 3. else the defined fallback (a blank display) — a number older than its freshness limit
    is never shown as current.
@@ -21,19 +21,19 @@ from dataclasses import dataclass
 
 import orjson
 
-from devices.codec import PointValueError
-from devices.display_profile import (
+from devices.profiles.displays import (
     DEFAULT_LEVELS,
     BrightnessLevels,
     DisplayProfile,
     check_content,
     parse_content,
 )
+from devices.protocols.registers import PointValueError
 from edge.alarms import Alarms
 from edge.clock import Clock
 from edge.dispatcher import Dispatcher, Verdict, make_command
 from edge.events import Command, Outcome, Priority, Severity
-from optimizer.guidance import Approach, CarPark, GuidanceInstance, GuidancePlan, TravelCost, solve
+from optimizer.displays import Approach, CarPark, GuidanceInstance, GuidancePlan, TravelCost, solve
 
 CONTENT = "content"
 BRIGHTNESS = "brightness"

@@ -19,12 +19,12 @@ import structlog
 from astral import Observer
 from astral.sun import sunrise, sunset
 
+from devices.inventory import LIGHTING_CLASSES, Inventory, Lamp
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import Clock
 from edge.dispatcher import Dispatcher, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged
-from edge.inventory import LIGHTING_CLASSES, Inventory, Lamp
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
 from edge.state import StateStore
 from optimizer.lighting import DimmingInstance, DimmingPlan, LampGroup, check_plan, fallback_plan, solve

@@ -32,9 +32,9 @@ from zoneinfo import ZoneInfo
 import orjson
 import structlog
 
-from devices.fleet import route_number
+from devices.bins import Bin, BinKind
+from devices.waste import route_number
 from edge.alarms import Alarms
-from edge.bins import Bin, BinKind
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
 from edge.dispatcher import Verdict, make_command

@@ -1,6 +1,6 @@
 """Display driver: LED guidance boards over MQTT and variable message signs over Modbus TCP.
 
-One `DisplayDriver` behind the `devices.base.Driver` seam for both kinds. Points:
+One `DisplayDriver` behind the `edge.driver.Driver` seam for both kinds. Points:
 
 - `content`: a `DisplayContent` as a dict or its JSON text, e.g.
   {"message_id": 42, "lines": ["P1 Stadthaus", "frei 123"], "arrow": "left",
@@ -41,8 +41,8 @@ from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from devices.codec import BlockDecoder, PointValueError, decode, encode
-from devices.display_profile import (
+from devices.lighting import _quiet_pymodbus
+from devices.profiles.displays import (
     BoardStatus,
     DisplayContent,
     LedBoardProfile,
@@ -59,7 +59,7 @@ from devices.display_profile import (
     parse_content,
     parse_status_payload,
 )
-from devices.modbus import _quiet_pymodbus
+from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode
 from edge.clock import Clock
 from edge.decode import Refusal, Refusals, check_ts
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
@@ -68,7 +68,7 @@ from edge.mqtt import BrokerAddress, TlsFiles
 from edge.tasks import close_task_group
 
 if TYPE_CHECKING:
-    from devices.base import Driver
+    from edge.driver import Driver
 
 log = structlog.get_logger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Protocol
 
 import structlog
 
-from devices.base import Driver, PayloadDriver
 from edge.bus import EventBus
 from edge.clock import Clock
+from edge.driver import Driver, PayloadDriver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority
 from edge.state import StateStore

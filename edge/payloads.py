@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from edge.decode import ID_PATTERN
-from optimizer.guidance import GuidancePlan
 
 API_VERSION = "v1"
 MAX_DURATION_S = 7 * 86400
@@ -585,7 +584,6 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "carpark_report": CarParkReport,
     "display_state": DisplayState,
     "parking_state": ParkingState,
-    "guidance_plan": GuidancePlan,
     "set_level": SetLevel,
     "resume_schedule": ResumeSchedule,
     "replan": Replan,

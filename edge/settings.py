@@ -638,17 +638,3 @@ def settings_error(exc: ValidationError, file: str) -> ConfigError:
     error = ConfigError("\n".join(lines))
     error.key, error.file, error.lines = first_key, file, lines
     return error
-
-
-def check_file(path: Path | str) -> list[str]:
-    """Every problem with a config file and its inventory, as lines for `edge check-config`.
-
-    The same validation `edge run` does before it starts (`edge.validation.load_site`).
-    """
-    from edge.validation import load_site
-
-    try:
-        load_site(path)
-    except ConfigError as exc:
-        return exc.lines or [str(exc)]
-    return []

@@ -4,7 +4,7 @@ Drivers publish telemetry and availability, controllers publish alarms, the
 dispatcher publishes command results; the store folds them into one `DeviceState`
 per device and announces what changed with `StateChanged`. Everyone else reads.
 The composition root registers every configured device with its kind up front (see
-`edge.daemon.device_kinds`); an event about any other id is logged as
+`edge.app.daemon.device_kinds`); an event about any other id is logged as
 `state_unknown_device`, once per id.
 """
 

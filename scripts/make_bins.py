@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edge.bins import Bin, BinKind, RoadClass, write_bins  # noqa: E402
+from devices.bins import Bin, BinKind, RoadClass, write_bins  # noqa: E402
 
 # container volume (L) -> (sensor height to the floor, blind zone), mm
 GEOMETRY: dict[int, tuple[int, int]] = {
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="compare with the files instead of writing them")
     args = p.parse_args(argv)
-    sites = ROOT / "edge" / "sites"
+    sites = ROOT / "edge" / "app" / "sites"
     stale = []
     for path, bins in (
         (sites / "kreuzviertel" / "bins.csv", kreuzviertel()),

@@ -52,8 +52,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devices.opcua import OpcUaEndpoint, quiet_asyncua, string_node_id
-from devices.opcua_profile import MIN_CHARGE_CURRENT_A, ChargePointProfile, default_profile
+from devices.charging import OpcUaEndpoint, quiet_asyncua, string_node_id
+from devices.profiles.charging import MIN_CHARGE_CURRENT_A, ChargePointProfile, default_profile
 from edge.clock import Clock, SimClock, SystemClock
 from edge.events import Value
 from edge.net import free_port
@@ -939,9 +939,9 @@ def make_test_certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
     """Self-signed server and client certificates (DER) and keys (PEM) in `directory`.
 
     Returns (server_cert, server_key, client_cert, client_key). The client certificate
-    carries the driver's application URI (devices.opcua.CLIENT_APPLICATION_URI).
+    carries the driver's application URI (devices.charging.CLIENT_APPLICATION_URI).
     """
-    from devices.opcua import CLIENT_APPLICATION_URI
+    from devices.charging import CLIENT_APPLICATION_URI
 
     directory.mkdir(parents=True, exist_ok=True)
     out: list[Path] = []

@@ -30,8 +30,8 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from devices.codec import PointValueError, decode, pack_bits
-from devices.display_profile import (
+from devices.displays import SignEndpoint
+from devices.profiles.displays import (
     BoardStatus,
     DisplayContent,
     LedBoardProfile,
@@ -45,7 +45,7 @@ from devices.display_profile import (
     parse_content_payload,
     status_payload,
 )
-from devices.displays import SignEndpoint
+from devices.protocols.registers import PointValueError, decode, pack_bits
 from edge.clock import Clock
 from edge.decode import Refusal, decode_json
 from edge.decode import decode as decode_payload

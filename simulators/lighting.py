@@ -24,9 +24,9 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from devices.codec import BlockDecoder, PointValueError, decode, encode_into, pack_bits
-from devices.modbus import ModbusEndpoint
-from devices.profile import LampControllerProfile, default_profile
+from devices.lighting import ModbusEndpoint
+from devices.profiles.lighting import LampControllerProfile, default_profile
+from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode_into, pack_bits
 from edge.clock import Clock, SimClock, SystemClock
 from edge.decode import Refusal
 from edge.decode import decode as decode_payload

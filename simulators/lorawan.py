@@ -28,7 +28,7 @@ import aiomqtt
 import orjson
 import structlog
 
-from devices.lorawan_profile import LorawanProfile, default_profiles
+from devices.profiles.lorawan import LorawanProfile, default_profiles
 from edge.clock import Clock
 from edge.events import Value
 from edge.mqtt import BrokerAddress

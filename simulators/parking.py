@@ -17,7 +17,7 @@ import aiomqtt
 import orjson
 import structlog
 
-from devices.lorawan_profile import default_profiles
+from devices.profiles.lorawan import default_profiles
 from edge.clock import Clock
 from simulators.lorawan import chirpstack_event, tts_uplink
 

@@ -49,8 +49,8 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from devices.lorawan_profile import LorawanProfile, default_profiles
-from edge.bins import Bin, BinKind, load_bins
+from devices.bins import Bin, BinKind, load_bins
+from devices.profiles.lorawan import LorawanProfile, default_profiles
 from edge.clock import Clock, SimClock, SystemClock
 from edge.mqtt import BrokerAddress
 from edge.settings import PlaceSettings, Settings, TruckSettings, WasteSettings
@@ -1345,11 +1345,11 @@ async def run_waste_simulator(
         return sim.stats
 
 
-SITES = Path(__file__).resolve().parent.parent / "edge" / "sites"
+SITES = Path(__file__).resolve().parent.parent / "edge" / "app" / "sites"
 
 
 def site_config(name_or_path: str) -> Path:
-    """A site name under edge/sites (kreuzviertel, schwerte) or a path to a site.toml."""
+    """A site name under edge/app/sites (kreuzviertel, schwerte) or a path to a site.toml."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         return p
@@ -1358,7 +1358,7 @@ def site_config(name_or_path: str) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `edge simulate waste` (for a CLI that wants to reuse them)."""
-    p.add_argument("--site", default="", help="site name under edge/sites (kreuzviertel, schwerte)")
+    p.add_argument("--site", default="", help="site name under edge/app/sites (kreuzviertel, schwerte)")
     p.add_argument("--config", type=Path, help="a site.toml with a [waste] section")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")

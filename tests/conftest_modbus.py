@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from waiting import Recorder
 
-from devices.modbus import ModbusLightingDriver
+from devices.lighting import ModbusLightingDriver
 from edge.clock import ManualClock
 from simulators.lighting import LightingSimulator, demo_controllers
 

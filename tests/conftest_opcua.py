@@ -22,7 +22,7 @@ import pytest
 import pytest_asyncio
 from waiting import Recorder
 
-from devices.opcua import ClientSecurity, OpcUaChargingDriver
+from devices.charging import ClientSecurity, OpcUaChargingDriver
 from edge.clock import ManualClock
 from simulators.charging import ChargingSimulator, ServerSecurity, SimChargePoint, make_test_certificates
 

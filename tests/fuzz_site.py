@@ -23,11 +23,11 @@ from typing import Any
 import aiomqtt
 
 from controllers.lighting import floor_level
-from edge.bins import Bin, write_bins
+from devices.bins import Bin, write_bins
+from devices.inventory import Inventory, load_inventory
+from edge.app.daemon import Daemon, running
+from edge.app.demo import sim_chargers, sim_controllers
 from edge.clock import SimClock
-from edge.daemon import Daemon, running
-from edge.demo import sim_chargers, sim_controllers
-from edge.inventory import Inventory, load_inventory
 from edge.net import free_port
 from edge.settings import Settings, load_settings
 from simulators.charging import ChargingSimulator

@@ -24,10 +24,10 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from devices.inventory import Inventory, load_inventory
+from edge.app.daemon import Daemon, running
+from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.daemon import Daemon, running
-from edge.demo import sim_controllers
-from edge.inventory import Inventory, load_inventory
 from edge.net import free_port
 from edge.settings import Settings, load_settings
 from simulators.lighting import LightingSimulator

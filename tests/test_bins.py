@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from edge.bins import load_bins, parse_bins, write_bins
+from devices.bins import load_bins, parse_bins, write_bins
+from edge.app.validation import check_file
 from edge.errors import ConfigError
-from edge.settings import check_file, load_settings, window_s
+from edge.settings import load_settings, window_s
 
 HEADER = "id,dev_eui,lat,lon,kind,volume_l,height_mm,blind_zone_mm,density_kg_l,road_class,zone\n"
 GOOD = "B1,70B3D57ED0020001,51.51,7.45,shopping,1100,1300,250,0.1,pedestrian,fuzo\n"

@@ -17,10 +17,10 @@ import pytest
 from harness import Site, wait_for
 
 from controllers.lighting import night_window
+from devices.inventory import load_inventory
+from edge.app.daemon import running
+from edge.app.demo import sim_chargers, sim_controllers
 from edge.clock import SimClock
-from edge.daemon import running
-from edge.demo import sim_chargers, sim_controllers
-from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.charging import ChargingSimulator

@@ -27,17 +27,18 @@ import pytest
 from harness import wait_for
 
 from controllers.charging import POINT, ChargingSafety, failsafe_problems, worst_lighting_a
-from edge.cli import main as cli_main
+from devices.inventory import Charger, Inventory, Lamp, load_inventory
+from edge.app.cli import main as cli_main
+from edge.app.daemon import opcua_driver, running
+from edge.app.demo import SITE_DIR, charging_summary, sim_chargers, sim_controllers
+from edge.app.validation import check_file
 from edge.clock import ManualClock, SimClock
-from edge.daemon import opcua_driver, running
-from edge.demo import SITE_DIR, charging_summary, sim_chargers, sim_controllers
 from edge.errors import ConfigError
 from edge.events import Command, Outcome, Priority, Severity
-from edge.inventory import Charger, Inventory, Lamp, load_inventory
 from edge.lag import LagMonitor
 from edge.net import free_port
 from edge.payloads import FeederState
-from edge.settings import CabinetSettings, ChargingSettings, FeederSettings, check_file, load_settings
+from edge.settings import CabinetSettings, ChargingSettings, FeederSettings, load_settings
 from simulators.charging import ChargingSimulator
 from simulators.lighting import LightingSimulator
 

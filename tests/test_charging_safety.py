@@ -12,12 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controllers.charging import POINT, ChargingController, ChargingSafety
+from devices.inventory import Charger, Inventory
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.dispatcher import Dispatcher
 from edge.events import Command, Outcome, Priority
-from edge.inventory import Charger, Inventory
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings
 from edge.state import StateStore
 

@@ -17,9 +17,9 @@ import pytest
 from harness import NIGHT, write_site
 from sqlalchemy.engine import make_url
 
+from devices.inventory import load_inventory
+from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.demo import sim_controllers
-from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.lighting import LightingSimulator
@@ -51,7 +51,7 @@ async def test_run_serves_and_stops_on_sigterm(tmp_path: Path, mqtt_url: str, da
     ):
         await client.subscribe(topic, qos=1)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge.cli", "run", "--config", str(cfg),
+            sys.executable, "-m", "edge.app.cli", "run", "--config", str(cfg),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         try:
@@ -75,14 +75,16 @@ async def test_run_serves_and_stops_on_sigterm(tmp_path: Path, mqtt_url: str, da
 def test_bad_cli_arguments_exit_2() -> None:
     """Unknown commands and bad values are usage errors (exit 2) with a message, not a traceback."""
     r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "demo", "--speed", "-3"],
+        [sys.executable, "-m", "edge.app.cli", "demo", "--speed", "-3"],
         capture_output=True,
         text=True,
         check=False,
     )
     assert r.returncode == 2
     assert "must be greater than 0" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "edge.cli", "run"], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "edge.app.cli", "run"], capture_output=True, text=True, check=False
+    )
     assert r.returncode == 2
     assert "--config" in r.stderr
 
@@ -94,7 +96,7 @@ def _edge(
     *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge.cli", *args],
+        [sys.executable, "-m", "edge.app.cli", *args],
         capture_output=True, text=True, check=False, timeout=timeout_s, env={**os.environ, **(env or {})},
     )  # fmt: skip
 

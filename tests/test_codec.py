@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devices.codec import (
+from devices.profiles.lighting import (
+    DEFAULT_PROFILE_PATH,
+    Point,
+    PointType,
+    default_profile,
+    load_profile,
+    parse_profile,
+)
+from devices.protocols.registers import (
     BlockDecoder,
     PointValueError,
     bits_of,
@@ -19,14 +27,6 @@ from devices.codec import (
     pack_bits,
     raw_to_registers,
     registers_to_raw,
-)
-from devices.profile import (
-    DEFAULT_PROFILE_PATH,
-    Point,
-    PointType,
-    default_profile,
-    load_profile,
-    parse_profile,
 )
 from edge.errors import ConfigError, DeviceReplyError
 

@@ -41,7 +41,7 @@ def test_headless_demo_ends_on_time_with_every_section_and_no_errors() -> None:
     with lighting, charging, displays and waste sections and no error-level log line."""
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "demo", "--headless", "--for", "15"],
+        [sys.executable, "-m", "edge.app.cli", "demo", "--headless", "--for", "15"],
         capture_output=True,
         text=True,
         timeout=90,

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge.demo import demo_log_path
+from edge.app.demo import demo_log_path
 
 
 def test_two_runs_in_one_process_get_different_log_files(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_two_runs_in_one_process_get_different_log_files(tmp_path: Path) -> None
 def test_a_second_demo_process_gets_another_log_file(tmp_path: Path) -> None:
     """A demo in another process, started meanwhile: its path names its process and is not ours."""
     ours = demo_log_path(tmp_path)
-    code = "import sys; from pathlib import Path; from edge.demo import demo_log_path; print(demo_log_path(Path(sys.argv[1])))"
+    code = "import sys; from pathlib import Path; from edge.app.demo import demo_log_path; print(demo_log_path(Path(sys.argv[1])))"
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60, check=True
     )

@@ -11,8 +11,8 @@ import pytest_asyncio
 from pymodbus.client import AsyncModbusTcpClient
 from waiting import wait_until
 
-from devices.modbus import ModbusLightingDriver
-from devices.profile import default_profile
+from devices.lighting import ModbusLightingDriver
+from devices.profiles.lighting import default_profile
 from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.dispatcher import AuditRecord, Dispatcher, Verdict

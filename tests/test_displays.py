@@ -12,9 +12,8 @@ from conftest_displays import DisplayIds
 from conftest_modbus import Recorder
 from conftest_mqtt import PrivateBroker
 
-from devices.base import Driver
-from devices.codec import PointValueError
-from devices.display_profile import (
+from devices.displays import DisplayDriver
+from devices.profiles.displays import (
     LED_BOARD_PROFILE_PATH,
     VMS_PROFILE_PATH,
     DisplayContent,
@@ -26,8 +25,9 @@ from devices.display_profile import (
     parse_content,
     render,
 )
-from devices.displays import DisplayDriver
+from devices.protocols.registers import PointValueError
 from edge.clock import ManualClock
+from edge.driver import Driver
 from edge.errors import ConfigError, DeviceReplyError, DeviceUnavailable
 from edge.events import Value
 from simulators.displays import DisplaySimulator, SimBoard

@@ -14,11 +14,11 @@ import pytest
 from harness import NIGHT, wait_for
 from test_displays_e2e import write_site
 
-from devices.display_profile import default_led_board_profile, default_vms_profile
+from devices.inventory import load_inventory
+from devices.profiles.displays import default_led_board_profile, default_vms_profile
+from edge.app.daemon import running
+from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.daemon import running
-from edge.demo import sim_controllers
-from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.displays import DisplaySimulator, SimBoard, SimSign

@@ -20,8 +20,8 @@ from controllers.displays import (
     DisplaySafety,
     Warning,
 )
-from devices.display_profile import default_led_board_profile, default_vms_profile
 from devices.displays import DisplayDriver
+from devices.profiles.displays import default_led_board_profile, default_vms_profile
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import ManualClock

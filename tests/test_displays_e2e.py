@@ -15,11 +15,11 @@ import orjson
 import pytest
 from harness import NIGHT, Site, wait_for
 
-from devices.lorawan_profile import default_profiles
+from devices.inventory import load_inventory
+from devices.profiles.lorawan import default_profiles
+from edge.app.daemon import running
+from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.daemon import running
-from edge.demo import sim_controllers
-from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.displays import DisplaySimulator, SimBoard, SimSign

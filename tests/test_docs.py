@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge.docs import write_docs
+from edge.app.docs import write_docs
 
 DOCS = Path(__file__).parent.parent / "docs"
 

@@ -145,7 +145,7 @@ async def world(tmp: Path, mqtt_url: str, db_url: str) -> AsyncIterator[World]:
         log_path = tmp / "daemon.log"  # kept in the test's tmp folder for a post-mortem
         with log_path.open("wb") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge.cli", "run", "--config", str(cfg),
+                sys.executable, "-m", "edge.app.cli", "run", "--config", str(cfg),
                 stdout=asyncio.subprocess.DEVNULL, stderr=log_file, env=env,
             )  # fmt: skip
         w = World(csim, lsim, proc)

@@ -34,9 +34,9 @@ import sqlalchemy
 from harness import NIGHT, write_site
 from tcp_proxy import TcpProxy
 
+from devices.inventory import load_inventory
+from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.demo import sim_controllers
-from edge.inventory import load_inventory
 from edge.mqtt import BrokerAddress
 from edge.settings import load_settings
 from simulators.lighting import LightingSimulator
@@ -150,7 +150,7 @@ class DaemonProcess:
         }
         with (self.logs / f"daemon-{self.starts}.log").open("wb") as fh:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "edge.cli", "run", "--config", str(self.cfg),
+                sys.executable, "-m", "edge.app.cli", "run", "--config", str(self.cfg),
                 stdout=fh, stderr=asyncio.subprocess.STDOUT, env=env,
             )  # fmt: skip
 

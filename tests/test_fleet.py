@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from waiting import wait_until
 
 from devices.displays import DisplayDriver
-from devices.fleet import LOG_EVERY, MAX_SKEW_S, FleetDriver
+from devices.waste import LOG_EVERY, MAX_SKEW_S, FleetDriver
 from edge.clock import ManualClock
 from edge.errors import ConfigError
 from edge.events import Event

@@ -2,7 +2,7 @@
 
 The topics come from the daemon itself: the filters its MQTT clients SUBSCRIBE to (the API
 link and the board and fleet drivers), and under `cmd/#` the request channels of the API
-contract (`edge.docs.CHANNELS`) plus levels it has no route for. Hypothesis generates the
+contract (`edge.app.docs.CHANNELS`) plus levels it has no route for. Hypothesis generates the
 messages (see tests/fuzz_strategies.py) in batches; after each batch the test checks:
 - the daemon is up (its task alive, its link connected, its status topic not offline);
 - each request was answered exactly once: on its response topic when that lies under
@@ -54,14 +54,13 @@ from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from devices.display_profile import BoardStatus, default_led_board_profile, status_payload
-from devices.fleet import TruckEventMessage, TruckStateMessage
-from devices.lorawan_profile import default_profiles
-from edge.api import ACK_TOPIC_CHARS
-from edge.daemon import site_bins
+from devices.profiles.displays import BoardStatus, default_led_board_profile, status_payload
+from devices.profiles.lorawan import default_profiles
+from devices.waste import TruckEventMessage, TruckStateMessage
+from edge.app.api import ACK_TOPIC_CHARS
+from edge.app.daemon import site_bins
+from edge.app.docs import CHANNELS, PUBLISHED_MODELS
 from edge.decode import decode_json
-from edge.docs import CHANNELS
-from edge.payloads import PUBLISHED_MODELS
 from simulators.lorawan import chirpstack_event, tts_uplink
 
 TZ = ZoneInfo("Europe/Berlin")

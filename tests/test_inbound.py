@@ -27,21 +27,21 @@ from paho.mqtt.properties import Properties
 from pydantic import BaseModel, ConfigDict
 from structlog.testing import capture_logs
 
-from devices.display_profile import (
+from devices.displays import DisplayDriver
+from devices.inventory import load_inventory
+from devices.profiles.displays import (
     BoardStatus,
     default_led_board_profile,
     parse_status_payload,
     status_payload,
 )
-from devices.displays import DisplayDriver
-from devices.fleet import FleetDriver
-from edge.api import ACK_TOPIC_CHARS
+from devices.waste import FleetDriver
+from edge.app.api import ACK_TOPIC_CHARS
+from edge.app.daemon import running
+from edge.app.demo import sim_controllers
 from edge.clock import ManualClock, SimClock
-from edge.daemon import running
 from edge.decode import Refusal, Refusals, check_id, check_ts, decode, decode_json, depth_exceeds, is_id
-from edge.demo import sim_controllers
 from edge.events import Event, Telemetry
-from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.displays import DisplaySimulator
@@ -452,7 +452,7 @@ async def test_poison_on_device_topics_leaves_the_daemon_running(
     daemon keeps running and guides to the car park whose count is real."""
     from test_displays_e2e import write_site as write_display_site
 
-    from devices.lorawan_profile import default_profiles
+    from devices.profiles.lorawan import default_profiles
     from simulators.displays import SimBoard, SimSign
     from simulators.lorawan import chirpstack_event
 
@@ -531,7 +531,7 @@ async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
     from test_charging_e2e import write_site as write_charging_site
 
     from controllers.lighting import night_window
-    from edge.demo import sim_chargers
+    from edge.app.demo import sim_chargers
     from simulators.charging import ChargingSimulator
 
     opc_port = free_port()
@@ -580,7 +580,7 @@ def test_summarize_tells_clamped_from_data_not_reason_text() -> None:
     """A command a policy clamped carries the asked value (`requested`): the ack is `clamped` with
     requested, effective and the policy's note, whatever the reason text says; an unclamped one with
     a reason that merely looks like a clamp is `confirmed`."""
-    from edge.api import summarize
+    from edge.app.api import summarize
     from edge.events import Command, CommandResult, Outcome, Priority
 
     def result(value: float, reason: str, requested: float | None) -> CommandResult:

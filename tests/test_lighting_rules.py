@@ -16,12 +16,12 @@ from controllers.lighting import (
     expected_power,
     night_window,
 )
+from devices.inventory import load_inventory
 from edge.events import Command, Outcome, Priority
-from edge.inventory import load_inventory
 from edge.settings import LightingSettings, SiteSettings, TrafficStep, load_settings
 from optimizer.lighting import check_plan, solve
 
-SITE = Path(__file__).parent.parent / "edge" / "sites" / "kreuzviertel" / "site.toml"
+SITE = Path(__file__).parent.parent / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
 TZ = ZoneInfo("Europe/Berlin")
 
 

@@ -16,14 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devices.lorawan import (
+from devices.profiles.lorawan import FieldType, LorawanProfile, default_profiles, parse_profile
+from devices.protocols.lorawan import (
     MAX_UPLINK_BYTES,
     UplinkIngest,
     parse_chirpstack,
     parse_tts,
     parse_uplink,
 )
-from devices.lorawan_profile import FieldType, LorawanProfile, default_profiles, parse_profile
 from edge.clock import ManualClock
 from edge.errors import ConfigError, PayloadError
 from edge.events import Telemetry, Value

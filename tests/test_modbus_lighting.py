@@ -12,8 +12,7 @@ import pytest
 from conftest_modbus import Recorder
 from waiting import wait_until
 
-from devices.codec import PointValueError
-from devices.modbus import (
+from devices.lighting import (
     PRIO_COMMAND,
     PRIO_POLL,
     ModbusEndpoint,
@@ -21,7 +20,8 @@ from devices.modbus import (
     _PriorityLock,
     plan_reads,
 )
-from devices.profile import default_profile
+from devices.profiles.lighting import default_profile
+from devices.protocols.registers import PointValueError
 from edge.clock import ManualClock
 from edge.errors import DeviceReplyError, DeviceUnavailable
 from edge.net import free_port

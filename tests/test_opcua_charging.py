@@ -11,8 +11,8 @@ from asyncua.client.client import Client
 from conftest_opcua import CLOCK_START, OpcUaRecorder, make_driver, sim_charge_points
 from waiting import wait_until
 
-from devices.opcua import ClientSecurity, OpcUaChargingDriver, string_node_id
-from devices.opcua_profile import default_profile, parse_profile
+from devices.charging import ClientSecurity, OpcUaChargingDriver, string_node_id
+from devices.profiles.charging import default_profile, parse_profile
 from edge.clock import ManualClock
 from edge.errors import ConfigError, DeviceReplyError, DeviceUnavailable
 from simulators.charging import ChargingSimulator

@@ -11,7 +11,7 @@ from ortools.linear_solver import pywraplp
 from pydantic import ValidationError
 
 from optimizer import guidance
-from optimizer.guidance import (
+from optimizer.displays import (
     NO_PARKING_HINT,
     Approach,
     CarPark,

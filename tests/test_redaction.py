@@ -19,11 +19,11 @@ import pytest
 import structlog
 from harness import NIGHT, write_site
 
+from devices.inventory import load_inventory
 from edge import logs, redact
+from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.demo import sim_controllers
 from edge.errors import ConfigError
-from edge.inventory import load_inventory
 from edge.mqtt import BrokerAddress
 from edge.net import free_port
 from edge.settings import load_settings
@@ -163,7 +163,7 @@ async def test_daemon_run_logs_no_secret(tmp_path: Path, mqtt_url: str, database
     ):
         await client.subscribe(topic, qos=1)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge.cli", "run", "--config", str(cfg),
+            sys.executable, "-m", "edge.app.cli", "run", "--config", str(cfg),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         try:
@@ -195,7 +195,7 @@ def test_failed_start_names_the_problem_without_the_password(tmp_path: Path) -> 
         "EDGE_STORAGE__URL": f"postgresql+psycopg://edge:{DB_SECRET}@127.0.0.1:{free_port()}/nope?connect_timeout=2",
     }
     r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "run", "--config", str(cfg)],
+        [sys.executable, "-m", "edge.app.cli", "run", "--config", str(cfg)],
         capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert r.returncode == 2, r.stderr

@@ -14,11 +14,11 @@ from waiting import wait_until
 
 from controllers.charging import POINT, ChargingSafety
 from controllers.lighting import LightingSafety
+from devices.inventory import Charger, Inventory, Lamp
 from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.dispatcher import Dispatcher, make_command
 from edge.events import Priority
-from edge.inventory import Charger, Inventory, Lamp
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings, LightingSettings, SiteSettings
 from edge.state import StateStore
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from devices.inventory import load_inventory
+from edge.app.validation import check_file
 from edge.errors import ConfigError
-from edge.inventory import load_inventory
-from edge.settings import check_file, load_settings
+from edge.settings import load_settings
 
-SITE = Path(__file__).parent.parent / "edge" / "sites" / "kreuzviertel" / "site.toml"
+SITE = Path(__file__).parent.parent / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
 HEADER = "id,lat,lon,segment,order,lighting_class,flags,controller,host,port,unit,index,p_max_w\n"
 
 
@@ -65,7 +66,7 @@ def test_check_config_exits_2_without_traceback(tmp_path: Path) -> None:
     p = write(tmp_path, "site.toml", '[lighting]\nmax_changes = 0\n[inventory]\npath = "inv.csv"\n')
     write(tmp_path, "inv.csv", HEADER + "L1,51.5,7.4,s,0,P4,,c1,127.0.0.1,1502,1,0,38\n")
     r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "check-config", str(p)],
+        [sys.executable, "-m", "edge.app.cli", "check-config", str(p)],
         capture_output=True,
         text=True,
         check=False,
@@ -141,7 +142,7 @@ def test_a_section_variable_that_is_not_json_is_named(
     assert err.value.lines[0].startswith("environment variable EDGE_MQTT: mqtt: not valid JSON")
     assert "Json-secret-77" not in str(err.value)
     r = subprocess.run(
-        [sys.executable, "-m", "edge.cli", "check-config", str(p)],
+        [sys.executable, "-m", "edge.app.cli", "check-config", str(p)],
         capture_output=True,
         text=True,
         check=False,

@@ -18,7 +18,7 @@ import simulators.charging
 import simulators.displays
 import simulators.lighting
 import simulators.waste
-from edge.cli import _parser
+from edge.app.cli import _parser
 from simulators.displays import DisplaySimulator
 from simulators.lighting import LightingSimulator
 

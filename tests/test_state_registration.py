@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from devices.inventory import load_inventory
+from edge.app.daemon import device_kinds, running, site_bins
+from edge.app.demo import SITE_DIR, demo_waste, remap_ports
 from edge.clock import SimClock
-from edge.daemon import device_kinds, running, site_bins
-from edge.demo import SITE_DIR, demo_waste, remap_ports
 from edge.events import Severity
-from edge.inventory import load_inventory
 from edge.settings import load_settings
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")

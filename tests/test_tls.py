@@ -237,7 +237,7 @@ def _edge(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]
         "EDGE_MQTT__TLS__KEY_PASSWORD": KEY_SECRET,
         "EDGE_DISPLAYS__BOARD_TLS__KEY_PASSWORD": KEY_SECRET,
     }
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "edge.app.cli", *args], capture_output=True, text=True,
                           check=False, timeout=timeout_s, env=env)  # fmt: skip
 
 
@@ -256,7 +256,7 @@ async def test_edge_run_connects_over_mutual_tls(tls_broker: TlsBroker, pki: Pki
     async with _client(tls_broker, pki.files(), "tls-watch") as watch:
         await watch.subscribe(topic, qos=1)
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge.cli", "run", "--config", str(cfg),
+            sys.executable, "-m", "edge.app.cli", "run", "--config", str(cfg),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         try:
@@ -280,7 +280,7 @@ async def test_fleet_and_board_links_use_their_tls_settings(tls_broker: TlsBroke
     """The fleet driver's and the board driver's own sessions connect with their TLS files
     (the same `BrokerAddress.client` both drivers use)."""
     from devices.displays import DisplayDriver
-    from devices.fleet import FleetDriver
+    from devices.waste import FleetDriver
 
     fleet = FleetDriver(lambda _e: None, SystemClock(), ["T1"], mqtt_url=tls_broker.url, tls=pki.files())
     async with fleet:
@@ -367,7 +367,7 @@ def test_tls_files_that_do_not_load_are_named(pki: Pki, tmp_path: Path) -> None:
 def test_dashboard_tls_flags_are_checked_at_start(pki: Pki, tmp_path: Path) -> None:
     """`edge tui` with TLS flags on a plain mqtt:// URL, or a CA file that does not exist:
     exit 2 and one line, before any screen opens."""
-    base = [sys.executable, "-m", "edge.cli", "tui", "--site", "x"]
+    base = [sys.executable, "-m", "edge.app.cli", "tui", "--site", "x"]
     r = subprocess.run([*base, "--broker", "mqtt://127.0.0.1:1", "--tls-ca", str(pki.ca)],
                        capture_output=True, text=True, check=False, timeout=60)  # fmt: skip
     assert r.returncode == 2

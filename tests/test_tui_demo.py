@@ -1,6 +1,6 @@
 """The dashboard against the running demo district: real broker, real daemon, real simulators.
 
-The demo's pieces are wired as `edge demo` wires them (edge/demo.py: the Kreuzviertel site and
+The demo's pieces are wired as `edge demo` wires them (edge/app/demo.py: the Kreuzviertel site and
 inventory on free ports, the lamp controllers' Modbus simulator, the charge points' OPC UA
 simulator, the displays, the bins and trucks) on the test's broker and database, with a clock at
 night running at real speed. The dashboard is the real app with its real MQTT client, driven by
@@ -24,11 +24,11 @@ from harness import wait_for
 from textual.pilot import Pilot
 
 from controllers.lighting import night_window
-from edge.bins import Bin
+from devices.bins import Bin
+from devices.inventory import load_inventory
+from edge.app.daemon import Daemon, running, site_bins
+from edge.app.demo import SITE_DIR, demo_waste, remap_ports, sim_chargers, sim_controllers
 from edge.clock import SimClock
-from edge.daemon import Daemon, running, site_bins
-from edge.demo import SITE_DIR, demo_waste, remap_ports, sim_chargers, sim_controllers
-from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.charging import ChargingSimulator

@@ -19,12 +19,12 @@ import pytest_asyncio
 from waiting import wait_until
 
 from controllers.waste import ROUTE_POINT, WasteController, WasteSafety
-from devices.fleet import route_number
+from devices.bins import Bin
+from devices.waste import route_number
 from edge.alarms import Alarms
-from edge.bins import Bin
+from edge.app.daemon import restore_waste
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.daemon import restore_waste
 from edge.dispatcher import AuditRecord, Dispatcher, make_command
 from edge.errors import DeviceReplyError
 from edge.events import AlarmEvent, Outcome, PlanEvent, Priority, Severity, Telemetry
@@ -413,7 +413,7 @@ async def test_run_loop_consumes_the_bus(rig: Rig) -> None:
 
 async def test_fleet_messages_validated_at_the_boundary() -> None:
     """Truck state and events become Telemetry; bad JSON, bad fields and unknown trucks are counted, not passed on."""
-    from devices.fleet import FleetDriver
+    from devices.waste import FleetDriver
     from edge.errors import DeviceUnavailable
 
     out: list[object] = []

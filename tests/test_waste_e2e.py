@@ -1,6 +1,6 @@
 """Waste collection end to end: a day on real parts.
 
-The broker (`mqtt_url`), a SQLite file, the daemon (`edge.daemon.running`) and the waste
+The broker (`mqtt_url`), a SQLite file, the daemon (`edge.app.daemon.running`) and the waste
 simulator (bins sending LoRaWAN uplinks in both formats, with duplicates and late frames;
 trucks following the routes they are sent) share one fast clock. Bins fill, the plan is made
 at plan_at, trucks drive and empty bins (the bins' sensors confirm), a truck breaks down
@@ -23,11 +23,11 @@ import orjson
 import pytest
 from harness import Site, wait_for
 
-from edge.bins import Bin, write_bins
+from devices.bins import Bin, write_bins
+from devices.inventory import load_inventory
+from edge.app.daemon import running
+from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.daemon import running
-from edge.demo import sim_controllers
-from edge.inventory import load_inventory
 from edge.net import free_port
 from edge.settings import load_settings
 from simulators.lighting import LightingSimulator
@@ -251,7 +251,7 @@ async def test_a_day_of_collection_with_a_breakdown(tmp_path: Path, mqtt_url: st
 
 def test_simulate_waste_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`edge simulate waste` names what is wrong and exits 2: a missing site, a site without bins, a bad fault."""
-    from edge.cli import main
+    from edge.app.cli import main
 
     assert main(["simulate", "waste", "--config", str(tmp_path / "nope.toml")]) == 2
     (tmp_path / "site.toml").write_text('[site]\nid = "x"\n', encoding="utf-8")

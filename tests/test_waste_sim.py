@@ -15,9 +15,9 @@ import orjson
 import pytest
 from harness import wait_for
 
-from devices.lorawan import UplinkIngest
-from devices.lorawan_profile import default_profiles
-from edge.bins import Bin
+from devices.bins import Bin
+from devices.profiles.lorawan import default_profiles
+from devices.protocols.lorawan import UplinkIngest
 from edge.clock import SimClock
 from edge.events import Telemetry
 from edge.mqtt import BrokerAddress

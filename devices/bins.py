@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from devices.inventory import _ID, _Errors, _Row
 from edge.errors import ConfigError
-from edge.inventory import _ID, _Errors, _Row
 
 BinKind = Literal["residential", "shopping", "park"]
 RoadClass = Literal["main", "residential", "pedestrian"]

@@ -2,7 +2,7 @@
 
 One TOML file per sensor model (devices/profiles/lorawan_*.toml) lists the fields of the
 application payload: byte offset, wire type (u8/i8/u16/i16/u32/i32), byte order, scale,
-unit, plausible range, and named bit flags. The ingest (devices/lorawan.py) decodes with
+unit, plausible range, and named bit flags. The ingest (devices/protocols/lorawan.py) decodes with
 it and the simulator (simulators/lorawan.py) encodes with it, so the two cannot drift.
 A bad profile fails at load with a `ConfigError` that names the key and the file.
 
@@ -29,7 +29,7 @@ from typing import Any
 from edge.errors import ConfigError, PayloadError
 from edge.events import Value
 
-PROFILE_DIR = Path(__file__).parent / "profiles"
+PROFILE_DIR = Path(__file__).parent
 PROFILE_GLOB = "lorawan_*.toml"
 MAX_PAYLOAD = 242  # largest LoRaWAN application payload (EU868 DR5..7)
 

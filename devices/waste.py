@@ -36,9 +36,9 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from devices.base import Driver
 from edge.clock import Clock
 from edge.decode import Refusal, Refusals, check_id, check_ts, decode, is_id, shown_id
+from edge.driver import Driver
 from edge.errors import ConfigError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Event, Telemetry, Value
 from edge.mqtt import BrokerAddress, TlsFiles

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import structlog
 
-from devices.lorawan_profile import LorawanProfile
+from devices.profiles.lorawan import LorawanProfile
 from edge.clock import Clock
 from edge.decode import Refusal, check_ts, decode_json
 from edge.errors import ConfigError, PayloadError

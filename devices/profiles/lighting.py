@@ -18,7 +18,7 @@ from typing import Any
 
 from edge.errors import ConfigError
 
-DEFAULT_PROFILE_PATH = Path(__file__).parent / "profiles" / "lamp_controller.toml"
+DEFAULT_PROFILE_PATH = Path(__file__).parent / "lamp_controller.toml"
 MODBUS_MAX_READ = 125
 _ADDRESS_SPACE = 65536
 

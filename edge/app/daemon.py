@@ -31,25 +31,25 @@ from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, D
 from controllers.lighting import LightingController, LightingSafety
 from controllers.waste import OPERATOR_DOMAIN, WasteController, WasteSafety
 from controllers.waste import PLANNER_ID as WASTE_PLANNER
-from devices.base import Driver
-from devices.display_profile import default_led_board_profile, default_vms_profile
+from devices.bins import Bin, load_bins
+from devices.charging import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
 from devices.displays import DisplayDriver, SignEndpoint
-from devices.fleet import FleetDriver
-from devices.lorawan import UplinkIngest
-from devices.lorawan_profile import default_profiles as lorawan_profiles
-from devices.modbus import ModbusEndpoint, ModbusLightingDriver
-from devices.opcua import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
-from devices.profile import default_profile
+from devices.inventory import Inventory
+from devices.lighting import ModbusEndpoint, ModbusLightingDriver
+from devices.profiles.displays import default_led_board_profile, default_vms_profile
+from devices.profiles.lighting import default_profile
+from devices.profiles.lorawan import default_profiles as lorawan_profiles
+from devices.protocols.lorawan import UplinkIngest
+from devices.waste import FleetDriver
 from edge import __version__
 from edge.alarms import DAEMON_DEVICE, Alarms, sweep_retained
-from edge.api import MqttApi
-from edge.bins import Bin, load_bins
+from edge.app.api import MqttApi
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
 from edge.dispatcher import AuditRecord, Dispatcher
+from edge.driver import Driver
 from edge.errors import ConfigError
 from edge.events import AlarmEvent, PlanEvent, Severity, Telemetry
-from edge.inventory import Inventory
 from edge.lag import LagMonitor
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox

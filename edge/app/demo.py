@@ -30,10 +30,10 @@ import orjson
 import structlog
 
 from controllers.lighting import night_window
+from devices.inventory import Inventory, load_inventory
+from edge.app.daemon import Daemon, running, site_bins
 from edge.broker import BrokerProcess
 from edge.clock import SimClock
-from edge.daemon import Daemon, running, site_bins
-from edge.inventory import Inventory, load_inventory
 from edge.net import free_port
 from edge.settings import Settings, WasteSettings, load_settings
 from edge.tasks import cancel_and_wait

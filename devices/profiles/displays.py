@@ -24,13 +24,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from devices.codec import PointValueError
-from devices.profile import MODBUS_MAX_READ, Block, PointType
-from devices.profile import _Loader as _RegisterLoader
+from devices.profiles.lighting import MODBUS_MAX_READ, Block, PointType
+from devices.profiles.lighting import _Loader as _RegisterLoader
+from devices.protocols.registers import PointValueError
 from edge.decode import Refusal, decode_json
 from edge.errors import ConfigError
 
-PROFILES_DIR = Path(__file__).parent / "profiles"
+PROFILES_DIR = Path(__file__).parent
 LED_BOARD_PROFILE_PATH = PROFILES_DIR / "display_led_board.toml"
 VMS_PROFILE_PATH = PROFILES_DIR / "display_vms.toml"
 ARROWS = ("none", "left", "right", "up")

@@ -33,7 +33,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from devices.opcua_profile import ChargePointProfile, OpcUaPoint, default_profile
+from devices.profiles.charging import ChargePointProfile, OpcUaPoint, default_profile
 from edge.clock import Clock
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=_positive, default=1.0)
     sim.add_argument("--fault", action="append", default=[], metavar="TARGET:FAULT", help="inject at start")
     sim.add_argument("--mqtt", default="", help="broker URL for fault injection over MQTT")
-    sim.add_argument("--site", default="", help="waste: a site under edge/sites (kreuzviertel, schwerte)")
+    sim.add_argument("--site", default="", help="waste: a site under edge/app/sites (kreuzviertel, schwerte)")
     sim.add_argument(
         "--fault-rate", type=float, default=0.0, help="waste: random sensor faults per bin per day"
     )
@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "simulate":
             return _run_async(lambda: _simulate(args))
         if args.cmd == "docs":
-            from edge.docs import write_docs
+            from edge.app.docs import write_docs
 
             for path in write_docs(args.out):
                 print(path)
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except Exception as exc:
         # A port in use is the user's to fix, not a bug: one line, not a traceback.
-        from edge.validation import address_in_use, describe
+        from edge.app.validation import address_in_use, describe
 
         if not address_in_use(exc):
             raise
@@ -144,7 +144,7 @@ def _print_problems(file: Path | str, lines: Sequence[str]) -> None:
 
 def _check(file: Path) -> int:
     """`edge check-config FILE`: the validation `edge run` does first, nothing more."""
-    from edge.settings import check_file
+    from edge.app.validation import check_file
 
     problems = check_file(file)
     if problems:
@@ -156,7 +156,7 @@ def _check(file: Path) -> int:
 
 async def _check_connect(file: Path) -> int:
     """`edge check-config FILE --connect`: validate, then try the brokers and the database."""
-    from edge.validation import connect_problems, connect_report, load_site
+    from edge.app.validation import connect_problems, connect_report, load_site
 
     site = load_site(file)  # a ConfigError is printed by main()
     problems = await connect_problems(site.settings)
@@ -195,7 +195,7 @@ async def _run(config: Path) -> int:
     fails) is one line per problem and exit code 2; a crash after the start is logged.
     """
     from edge import logs
-    from edge.validation import connect_problems, describe, load_site
+    from edge.app.validation import connect_problems, describe, load_site
 
     site = load_site(config)  # a ConfigError is printed by main()
     settings = site.settings
@@ -205,8 +205,8 @@ async def _run(config: Path) -> int:
         _print_problems(config, problems)
         return EXIT_CONFIG
     # The daemon's imports take seconds: only after the checks, so a bad site fails at once.
+    from edge.app.daemon import running
     from edge.clock import SimClock, SystemClock
-    from edge.daemon import running
 
     clock = SystemClock() if settings.clock.speed == 1.0 else SimClock(_start(settings), settings.clock.speed)
     started = False
@@ -218,7 +218,7 @@ async def _run(config: Path) -> int:
         if started:
             import structlog
 
-            structlog.get_logger("edge.cli").exception("daemon_crashed")
+            structlog.get_logger("edge.app.cli").exception("daemon_crashed")
             return 1
         for line in describe(exc):
             print(f"edge run: cannot start: {line}", file=sys.stderr)
@@ -237,12 +237,12 @@ def _demo_with_dashboard(args: argparse.Namespace) -> int:
     """The demo in a child process (logs to a file), the dashboard in the foreground."""
     import subprocess
 
-    from edge.demo import SITE_DIR, demo_log_path
+    from edge.app.demo import SITE_DIR, demo_log_path
     from edge.net import free_port
 
     port = args.broker_port or free_port()
     log_path = demo_log_path()
-    cmd = [sys.executable, "-m", "edge.cli", "demo", "--headless", "--speed", str(args.speed)]
+    cmd = [sys.executable, "-m", "edge.app.cli", "demo", "--headless", "--speed", str(args.speed)]
     cmd += ["--broker-port", str(port), "--seed", str(args.seed)]
     if args.seconds is not None:
         cmd += ["--for", str(args.seconds)]
@@ -290,7 +290,7 @@ def _demo_with_dashboard(args: argparse.Namespace) -> int:
 
 async def _demo(args: argparse.Namespace) -> int:
     from edge import logs
-    from edge.validation import url_problems
+    from edge.app.validation import url_problems
 
     # A broker or database given by the user that cannot be reached: one line each, exit 2.
     problems = await url_problems(broker_url=args.broker, database_url=args.database)
@@ -298,7 +298,7 @@ async def _demo(args: argparse.Namespace) -> int:
         for line in problems:
             print(f"edge demo: {redact_text(line)}", file=sys.stderr)
         return EXIT_CONFIG
-    from edge.demo import run_demo
+    from edge.app.demo import run_demo
 
     logs.configure("warning" if args.headless else "info", "auto")
     printed = False
@@ -332,7 +332,7 @@ async def _demo(args: argparse.Namespace) -> int:
             # A backstop, not the plan: every part closes within its own timeouts.
             import structlog
 
-            structlog.get_logger("edge.demo").warning(
+            structlog.get_logger("edge.app.demo").warning(
                 "demo_stop_slow", budget_s=DEMO_STOP_BUDGET_S, summary_printed=printed
             )
         return 0
@@ -346,10 +346,10 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
+    from devices.inventory import load_inventory
     from edge import logs
+    from edge.app.demo import sim_controllers
     from edge.clock import SimClock, SystemClock
-    from edge.demo import sim_controllers
-    from edge.inventory import load_inventory
     from edge.settings import load_settings
     from simulators.lighting import LightingSimulator, SimController, SimLamp
 

@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from edge import __version__
-from edge.payloads import API_VERSION, PUBLISHED_MODELS
+from edge.payloads import API_VERSION
+from edge.payloads import PUBLISHED_MODELS as KERNEL_MODELS
+from optimizer.displays import GuidancePlan
+
+# The contract: the kernel's payloads and the domain models published as they are.
+PUBLISHED_MODELS: dict[str, type[BaseModel]] = {**KERNEL_MODELS, "guidance_plan": GuidancePlan}
 
 # (channel address, message key, action, summary): `send` = the daemon publishes.
 CHANNELS: list[tuple[str, str, str, str]] = [

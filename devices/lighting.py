@@ -23,8 +23,8 @@ from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from devices.codec import BlockDecoder, PointValueError, decode, encode
-from devices.profile import LampControllerProfile, Point, default_profile
+from devices.profiles.lighting import LampControllerProfile, Point, default_profile
+from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode
 from edge.clock import Clock
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value

@@ -28,8 +28,8 @@ from edge.errors import ConfigError
 from edge.redact import redact_text, redact_url, remember_url
 
 if TYPE_CHECKING:
-    from edge.bins import Bin
-    from edge.inventory import Inventory
+    from devices.bins import Bin
+    from devices.inventory import Inventory
     from edge.mqtt import BrokerAddress
     from edge.settings import BrokerLink, Settings
 
@@ -47,8 +47,8 @@ class Site:
 
 def load_site(path: Path | str) -> Site:
     """Load and cross-check a site; raise ConfigError whose `lines` name every problem."""
-    from edge.bins import load_bins
-    from edge.inventory import load_inventory
+    from devices.bins import load_bins
+    from devices.inventory import load_inventory
     from edge.settings import load_settings
 
     settings = load_settings(path)
@@ -276,3 +276,15 @@ def _one_line(exc: BaseException) -> str:
     text = str(orig if orig is not None else exc) or type(exc).__name__
     text = text.split("\n[SQL:")[0]
     return redact_text(re.sub(r"\s+", " ", text).strip())
+
+
+def check_file(path: Path | str) -> list[str]:
+    """Every problem with a config file and its inventory, as lines for `edge check-config`.
+
+    The same validation `edge run` does before it starts (`load_site`).
+    """
+    try:
+        load_site(path)
+    except ConfigError as exc:
+        return exc.lines or [str(exc)]
+    return []

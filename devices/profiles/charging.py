@@ -15,11 +15,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from devices.profile import read_profile_toml
+from devices.profiles.lighting import read_profile_toml
 from edge.errors import ConfigError
 from edge.events import Value
 
-DEFAULT_PROFILE_PATH = Path(__file__).parent / "profiles" / "charge_point.toml"
+DEFAULT_PROFILE_PATH = Path(__file__).parent / "charge_point.toml"
 MIN_CHARGE_CURRENT_A = 6.0  # IEC 61851: a PWM duty below 6 A means "do not charge"
 
 
