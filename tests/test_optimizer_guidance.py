@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from ortools.linear_solver import pywraplp
 from pydantic import ValidationError
 
-from optimizer import guidance
+from optimizer import displays as guidance
 from optimizer.displays import (
     NO_PARKING_HINT,
     Approach,
