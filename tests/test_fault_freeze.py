@@ -182,6 +182,13 @@ async def _serving(w: World) -> None:
         "fail-safe currents written (the configured one, never above the setpoint)",
         timeout_s=60,
     )
+    # The factory limit (16 A each) stands until the first plan lands; cars come after it, as
+    # they do after commissioning (this test is about freezes, not about the first seconds).
+    await wait_for(
+        lambda: sum(w.limits().values()) + w.lamps_w() / VOLTS <= LIMIT_A,
+        "the first plan's limits in force",
+        timeout_s=60,
+    )
     for cp in CHARGERS:  # cars come once the chargers are commissioned (their factory 6 A x 4 > 20 A)
         if not w.csim.cp(cp)["car_connected"]:
             await w.csim.arrive(cp, 60.0, w.csim.clock.now() + 12 * 3600, phases=3, capacity_kwh=77.0)
