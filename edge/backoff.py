@@ -16,16 +16,23 @@ __all__ = ["Backoff"]
 
 @dataclass(slots=True)
 class Backoff:
-    """Delay before attempt n+1: uniform(0, min(max_s, base_s * 2**n)); `reset` after a success."""
+    """Delay before attempt n+1: uniform(floor * cap, cap), cap = min(max_s, base_s * 2**n).
+
+    `floor` 0 is full jitter (reconnects: spread clients out); 0.5 keeps at least half the
+    cap (a database writer that should not hammer a server that is down). `reset` after a success.
+    """
 
     base_s: float = 0.5
     max_s: float = 30.0
+    floor: float = 0.0
     attempt: int = 0
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def __post_init__(self) -> None:
-        if self.base_s <= 0 or self.max_s < self.base_s:
-            raise ValueError(f"backoff needs 0 < base_s <= max_s, got {self.base_s} and {self.max_s}")
+        if self.base_s <= 0 or self.max_s < self.base_s or not 0.0 <= self.floor <= 1.0:
+            raise ValueError(
+                f"backoff needs 0 < base_s <= max_s and 0 <= floor <= 1, got {self.base_s}, {self.max_s}, {self.floor}"
+            )
 
     def cap(self) -> float:
         """The upper bound of the next delay."""
@@ -33,7 +40,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The delay before the next attempt (and count this failure)."""
-        delay = self.rng.uniform(0, self.cap())
+        cap = self.cap()
+        delay = self.rng.uniform(self.floor * cap, cap)
         self.attempt += 1
         return delay
 

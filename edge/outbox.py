@@ -30,11 +30,13 @@ from types import TracebackType
 from typing import Any, ClassVar, Self, TypeVar
 
 import structlog
-from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, event, func
+from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, func
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
-from sqlmodel import Field, Session, SQLModel, create_engine, select
+from sqlmodel import Field, Session, SQLModel, select
+
+from edge.records import make_engine
 
 log = structlog.get_logger(__name__)
 
@@ -82,23 +84,6 @@ class _Pending:
     done: asyncio.Future[None]
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for the outbox: SQLite file in WAL mode, or PostgreSQL by URL."""
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=1, max_overflow=1)
-
-
 class Outbox:
     """Reliable messages in a database table, oldest first, deleted on ack.
 
@@ -132,7 +117,7 @@ class Outbox:
         if self._state is not OutboxState.UNOPENED:
             raise RuntimeError(f"outbox cannot be opened in state {self._state.value}")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self._engine = make_engine(self._url)
+        self._engine = make_engine(self._url, durable=True)
         try:
             self._rows = await self._run(self._open_sync)
         except BaseException:

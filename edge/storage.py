@@ -32,187 +32,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Index, Table, Text, and_, event, inspect, text, update
+from sqlalchemy import Connection, Engine, Table, and_, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
-from sqlalchemy.pool import ConnectionPoolEntry
-from sqlmodel import JSON, Column, Field, Session, SQLModel, col, create_engine, delete, select
+from sqlmodel import SQLModel
 
+from edge.backoff import Backoff
 from edge.events import Severity
+from edge.records import (
+    DEAD_LETTER_DATA_CHARS,
+    DEAD_LETTER_ERROR_CHARS,
+    AlarmRow,
+    AlarmUpdate,
+    CommitMark,
+    DeadLetter,
+    RecordQueries,
+    make_engine,
+    migrate,
+)
 
 log = structlog.get_logger(__name__)
-
-SCHEMA_HEAD = "0002"
-
-
-class DeviceRow(SQLModel, table=True):
-    """A device from the inventory (refreshed on every start)."""
-
-    __tablename__ = "device"
-    id: str = Field(primary_key=True, max_length=64)
-    kind: str = Field(max_length=32, index=True)
-    segment: str = Field(default="", max_length=128)
-    group: str = Field(default="", max_length=200)
-    controller: str = Field(default="", max_length=64)
-    lat: float = 0.0
-    lon: float = 0.0
-    attrs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-
-
-class StateSample(SQLModel, table=True):
-    """A downsampled snapshot of one device's state."""
-
-    __tablename__ = "state_sample"
-    id: int | None = Field(default=None, primary_key=True)
-    device_id: str = Field(max_length=64, index=True)
-    ts: float = Field(index=True)
-    online: bool | None = None
-    values: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-
-
-class CommandAudit(SQLModel, table=True):
-    """Every verdict (accepted, clamped, refused) and every final result of a command."""
-
-    __tablename__ = "command_audit"
-    id: int | None = Field(default=None, primary_key=True)
-    command_id: str = Field(max_length=64, index=True)
-    device_id: str = Field(max_length=64, index=True)
-    point: str = Field(max_length=64)
-    requested: float
-    applied: float | None = None
-    priority: str = Field(max_length=16)
-    source: str = Field(max_length=128)
-    outcome: str = Field(max_length=16, index=True)
-    reason: str = Field(default="", max_length=500)
-    ts: float = Field(index=True)
-
-
-class AlarmRow(SQLModel, table=True):
-    """An alarm's life: raised, cleared, acknowledged. At most one open row per (device, code)."""
-
-    __tablename__ = "alarm"
-    __table_args__: ClassVar[tuple[Any, ...]] = (
-        Index(
-            "uq_alarm_open",
-            "device_id",
-            "code",
-            unique=True,
-            sqlite_where=text("cleared_at IS NULL"),
-            postgresql_where=text("cleared_at IS NULL"),
-        ),
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    device_id: str = Field(max_length=64, index=True)
-    code: str = Field(max_length=64)
-    severity: str = Field(max_length=16)
-    detail: str = Field(default="", max_length=500)
-    raised_at: float = Field(index=True)
-    cleared_at: float | None = None
-    acked_by: str | None = Field(default=None, max_length=128)
-    ack_comment: str | None = Field(default=None, max_length=500)
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmUpdate:
-    """A change to the open row of an alarm: cleared, or acknowledged (applied in queue order)."""
-
-    device_id: str
-    code: str
-    cleared_at: float | None = None
-    acked_by: str | None = None
-    ack_comment: str | None = None
-
-
-class PlanRow(SQLModel, table=True):
-    """A plan the optimizer produced, as published."""
-
-    __tablename__ = "plan"
-    id: int | None = Field(default=None, primary_key=True)
-    domain: str = Field(max_length=32, index=True)
-    created_at: float = Field(index=True)
-    status: str = Field(max_length=32)
-    body: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
-
-
-class CommitMark(SQLModel, table=True):
-    """One row per written batch, in the batch's transaction: when a commit fails on the wire
-    (the connection drops after the server committed), a retry looks its mark up instead of
-    writing the batch a second time."""
-
-    __tablename__ = "storage_commit"
-    token: str = Field(primary_key=True, max_length=32)
-    ts: float = Field(index=True)
-
-
-COMMIT_MARK_KEEP_S = 86400.0
-
-
-class DeadLetter(SQLModel, table=True):
-    """A row the database refused on its own (data error), kept with the error instead of lost."""
-
-    __tablename__ = "dead_letter"
-    id: int | None = Field(default=None, primary_key=True)
-    table_name: str = Field(max_length=64)
-    data: str = Field(sa_column=Column(Text, nullable=False))
-    error: str = Field(max_length=1000)
-    ts: float = Field(index=True)
-
-
-DEAD_LETTER_DATA_CHARS = 8000  # a sane cap: enough to diagnose, never a 10 MB blob
-DEAD_LETTER_ERROR_CHARS = 1000
-
-
-def make_engine(url: str) -> Engine:
-    """An engine with SQLite tuned for one writer and many readers (WAL)."""
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    # A connect that hangs (a dead route) or a socket that stops answering must fail within
-    # seconds, so the writer backs off and retries instead of waiting on TCP for minutes.
-    return create_engine(
-        url, pool_pre_ping=True, connect_args={"connect_timeout": 5, "tcp_user_timeout": 15_000}
-    )
-
-
-def migrate(engine: Engine) -> str:
-    """Bring the schema to the current head with Alembic; returns the revision."""
-    from alembic import command
-    from alembic.config import Config
-    from alembic.runtime.migration import MigrationContext
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
-    with engine.connect() as conn:
-        rev = MigrationContext.configure(conn).get_current_revision()
-    return rev or ""
 
 
 class StorageUnavailable(Exception):  # noqa: N818 - reads as a state, like TimeoutError
@@ -249,7 +97,7 @@ class _Outcome:
     down: BaseException | None = None
 
 
-class Storage:
+class Storage(RecordQueries):
     """Batched, non-blocking writes and simple queries; an async context manager."""
 
     def __init__(
@@ -280,7 +128,8 @@ class Storage:
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._closing = False
-        self._attempt = 0  # consecutive failed attempts while the database is down
+        # consecutive failed attempts while the database is down; at least half the cap each
+        self._backoff = Backoff(base_s=flush_interval_s, max_s=max(retry_max_s, flush_interval_s), floor=0.5)
         self._health: dict[str, bool] = {}
         self._last_dead = -1e18  # monotonic time of the last dead-lettered row
         self._dead_reported = 0  # dead-lettered rows the health report has seen
@@ -295,6 +144,7 @@ class Storage:
 
     @property
     def engine(self) -> Engine:
+        """The open engine (the writer's and the queries')."""
         if self._engine is None:
             raise RuntimeError("storage is not open")
         return self._engine
@@ -562,12 +412,11 @@ class Storage:
             if self._closing:
                 return
             if err is None:
-                self._attempt = 0
+                self._backoff.reset()
                 delay = self._flush_interval
             else:
-                self._attempt += 1
-                cap = min(self._retry_max, self._flush_interval * 2 ** min(self._attempt, 16))
-                delay = random.uniform(cap / 2, cap)  # capped, jittered exponential backoff
+                self._backoff.attempt = max(1, self._backoff.attempt)  # the first retry waits 2x the interval
+                delay = self._backoff.next_delay()
             if err is None and time.monotonic() - last_purge > 600:
                 last_purge = time.monotonic()
                 with contextlib.suppress(Exception):
@@ -607,63 +456,6 @@ class Storage:
             self._health[code] = active
             if self._on_alarm is not None:
                 self._on_alarm(code, active, severity, detail)
-
-    def purge(self, before: float) -> int:
-        """Delete state history older than `before` (retention)."""
-        with Session(self.engine) as s:
-            res = s.exec(delete(StateSample).where(col(StateSample.ts) < before))
-            s.exec(delete(CommitMark).where(col(CommitMark.ts) < time.time() - COMMIT_MARK_KEEP_S))
-            s.commit()
-            return int(res.rowcount or 0)
-
-    # ----- queries (sync; call with asyncio.to_thread from the loop) ---------------------
-
-    def audit(self, command_id: str | None = None, device_id: str | None = None) -> Sequence[CommandAudit]:
-        with Session(self.engine) as s:
-            q = select(CommandAudit).order_by(col(CommandAudit.id))
-            if command_id is not None:
-                q = q.where(col(CommandAudit.command_id).startswith(command_id))
-            if device_id is not None:
-                q = q.where(CommandAudit.device_id == device_id)
-            return s.exec(q).all()
-
-    def dead_letters(self) -> Sequence[DeadLetter]:
-        with Session(self.engine) as s:
-            return s.exec(select(DeadLetter).order_by(col(DeadLetter.id))).all()
-
-    def alarms(self, open_only: bool = False) -> Sequence[AlarmRow]:
-        with Session(self.engine) as s:
-            q = select(AlarmRow).order_by(col(AlarmRow.id))
-            if open_only:
-                q = q.where(col(AlarmRow.cleared_at).is_(None))
-            return s.exec(q).all()
-
-    def history(self, device_id: str) -> Sequence[StateSample]:
-        with Session(self.engine) as s:
-            return s.exec(
-                select(StateSample).where(StateSample.device_id == device_id).order_by(col(StateSample.ts))
-            ).all()
-
-    def plans(self, domain: str) -> Sequence[PlanRow]:
-        with Session(self.engine) as s:
-            return s.exec(select(PlanRow).where(PlanRow.domain == domain).order_by(col(PlanRow.id))).all()
-
-    def upsert_devices(self, rows: Sequence[DeviceRow]) -> None:
-        with Session(self.engine) as s:
-            existing = set(s.exec(select(DeviceRow.id)).all())
-            for r in rows:
-                if r.id in existing:
-                    s.merge(r)
-                else:
-                    s.add(r)
-            s.commit()
-
-    def table_names(self) -> list[str]:
-        return sorted(inspect(self.engine).get_table_names())
-
-    def execute_scalar(self, sql: str) -> Any:
-        with self.engine.connect() as conn:
-            return conn.execute(text(sql)).scalar()
 
 
 def dumps(obj: object) -> str:

@@ -15,7 +15,7 @@ from edge.bus import EventBus
 from edge.clock import SimClock
 from edge.events import AlarmEvent, Severity, Telemetry
 from edge.mqtt import BrokerAddress
-from edge.storage import CommandAudit
+from edge.records import CommandAudit
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 

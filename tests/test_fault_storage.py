@@ -24,7 +24,8 @@ from edge.alarms import DAEMON_DEVICE, Alarms
 from edge.bus import EventBus
 from edge.clock import SimClock
 from edge.events import AlarmEvent
-from edge.storage import AlarmRow, CommandAudit, PlanRow, StateSample, Storage
+from edge.records import AlarmRow, CommandAudit, PlanRow, StateSample
+from edge.storage import Storage
 
 pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 

@@ -9,16 +9,8 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
-from edge.storage import (
-    SCHEMA_HEAD,
-    AlarmRow,
-    CommandAudit,
-    PlanRow,
-    StateSample,
-    Storage,
-    make_engine,
-    migrate,
-)
+from edge.records import SCHEMA_HEAD, AlarmRow, CommandAudit, PlanRow, StateSample, make_engine, migrate
+from edge.storage import Storage
 
 
 async def test_open_migrates_to_head_and_writes(database_url: str) -> None:

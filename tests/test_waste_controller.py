@@ -28,9 +28,10 @@ from edge.clock import ManualClock
 from edge.dispatcher import AuditRecord, Dispatcher, make_command
 from edge.errors import DeviceReplyError
 from edge.events import AlarmEvent, Outcome, PlanEvent, Priority, Severity, Telemetry
+from edge.records import PlanRow
 from edge.settings import WasteSettings
 from edge.state import StateStore
-from edge.storage import PlanRow, Storage
+from edge.storage import Storage
 from optimizer.waste import select
 
 TZ = ZoneInfo("Europe/Berlin")

@@ -54,10 +54,11 @@ from edge.lag import LagMonitor
 from edge.mqtt import MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
+from edge.records import AlarmRow, CommandAudit, DeviceRow, PlanRow, StateSample
 from edge.redact import redact_url
 from edge.settings import Settings
 from edge.state import StateStore
-from edge.storage import AlarmRow, CommandAudit, DeviceRow, PlanRow, StateSample, Storage
+from edge.storage import Storage
 from edge.tasks import cancel_and_wait
 
 log = structlog.get_logger(__name__)

@@ -6,13 +6,13 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import edge.outbox
-import edge.storage
+import edge.records
 
 _ = edge.outbox
 target_metadata = SQLModel.metadata
 connection = context.config.attributes.get("connection")
 if connection is None:
-    from edge.storage import make_engine
+    from edge.records import make_engine
 
     url = context.config.get_main_option("sqlalchemy.url") or "sqlite:///var/edge.db"
     with make_engine(url).connect() as conn:
