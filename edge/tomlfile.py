@@ -8,7 +8,7 @@ hand-written validators; a new file kind is now a pydantic model and one call.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,8 +37,14 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"not valid TOML: {exc}", file=file) from exc
 
 
-def config_error(exc: ValidationError, file: str) -> ConfigError:
-    """Turn pydantic's errors into one ConfigError listing every key and reason (secrets redacted)."""
+def config_error(
+    exc: ValidationError, file: str, where: Callable[[tuple[int | str, ...], str], str] | None = None
+) -> ConfigError:
+    """Turn pydantic's errors into one ConfigError listing every key and reason (secrets redacted).
+
+    `where(loc, file)` names the source of a key when it is not simply the file (settings: an
+    environment variable).
+    """
     lines = []
     first_key = ""
     for err in exc.errors():
@@ -48,7 +54,8 @@ def config_error(exc: ValidationError, file: str) -> ConfigError:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(redact.redact_text(f"{file}: {key}: {msg}"))
+        source = where(loc, file) if where is not None else file
+        lines.append(redact.redact_text(f"{source}: {key}: {msg}"))
     error = ConfigError("\n".join(lines))
     error.key, error.file, error.lines = first_key, file, lines
     return error
