@@ -53,7 +53,7 @@ def display_ids() -> DisplayIds:
 
 @pytest_asyncio.fixture
 async def display_sim(
-    no_leaked_tasks: None, mqtt_url: str, manual_clock: ManualClock, display_ids: DisplayIds
+    mqtt_url: str, manual_clock: ManualClock, display_ids: DisplayIds
 ) -> AsyncIterator[DisplaySimulator]:
     """Boards on the broker and signs on free local ports, ready (boards subscribed)."""
     sim = DisplaySimulator(

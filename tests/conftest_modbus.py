@@ -1,9 +1,8 @@
-"""pytest plugin: a real lighting simulator over TCP, a driver on it, and a task-leak check.
+"""pytest plugin: a real lighting simulator over TCP, a driver on it.
 
 Register with `pytest_plugins = ["tests.conftest_modbus"]` in tests/conftest.py.
 
 Fixtures:
-- `modbus_no_leaked_tasks`: fails the test if it leaves asyncio tasks running.
 - `manual_clock`: a ManualClock shared by simulator and driver (time moves when told).
 - `recorder`: collects published events and waits for conditions with a timeout.
 - `lighting_sim`: 2 controllers x 4 lamps on free ports of 127.0.0.1 (ManualClock).
@@ -12,7 +11,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -25,21 +23,6 @@ from simulators.lighting import LightingSimulator, demo_controllers
 
 CLOCK_START = 1_795_000_000.0  # a fixed epoch so runs are repeatable
 WAIT_S = 3.0
-
-
-@pytest_asyncio.fixture
-async def modbus_no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail the test if tasks it started are still running after its fixtures are torn down."""
-    before = asyncio.all_tasks()
-    yield
-    current = asyncio.current_task()
-    leaked: set[asyncio.Task[object]] = set()
-    for _ in range(100):  # pymodbus finishes in-flight request handlers within a few loop turns
-        leaked = {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
-        if not leaked:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"leaked tasks: {sorted(t.get_name() for t in leaked)}")
 
 
 @pytest.fixture
@@ -55,9 +38,7 @@ def recorder() -> Recorder:
 
 
 @pytest_asyncio.fixture
-async def lighting_sim(
-    modbus_no_leaked_tasks: None, manual_clock: ManualClock
-) -> AsyncIterator[LightingSimulator]:
+async def lighting_sim(manual_clock: ManualClock) -> AsyncIterator[LightingSimulator]:
     """Two controllers (lc-001, lc-002) with four lamps each, on free local ports."""
     async with LightingSimulator(demo_controllers(2, 4, 0), manual_clock, seed=1) as sim:
         yield sim

@@ -15,13 +15,11 @@ Fixtures:
   queued QoS 1 messages survive a restart); skipped where only the embedded broker runs.
 - `database_url`: `EDGE_TEST_DATABASE_URL` (PostgreSQL) with a fresh schema per test,
   dropped afterwards, else a SQLite file in `tmp_path`.
-- `no_leaked_tasks`: fails the test if it leaves asyncio tasks running.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import shutil
@@ -235,26 +233,3 @@ def database_url(tmp_path: Path) -> Iterator[str]:
         with admin.begin() as conn:
             conn.execute(sqlalchemy.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
-
-
-@pytest.fixture
-async def no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail the test if tasks it started are still running after it (and its fixtures) end.
-
-    Request it first (e.g. `pytestmark = pytest.mark.usefixtures("no_leaked_tasks")`)
-    so its teardown runs after the other fixtures' teardowns.
-    """
-    before = asyncio.all_tasks()
-    yield
-    current = asyncio.current_task()
-    leaked = {t for t in asyncio.all_tasks() if t not in before and t is not current}
-    if leaked:
-        # Tasks cancelled during teardown need a loop iteration or two to finish.
-        _, leaked = await asyncio.wait(leaked, timeout=1.0)
-    if leaked:
-        names = sorted(t.get_name() for t in leaked)
-        for task in leaked:
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*leaked, return_exceptions=True)
-        pytest.fail(f"test leaked {len(names)} asyncio task(s): {names}")

@@ -3,7 +3,6 @@
 Register with `pytest_plugins = ["conftest_opcua"]` in tests/conftest.py.
 
 Fixtures:
-- `opcua_no_leaked_tasks`: fails the test if it leaves asyncio tasks running.
 - `charging_clock`: a ManualClock shared by simulator and driver (time moves when told).
 - `opcua_recorder`: collects published events and waits for conditions with a timeout.
 - `opcua_certs`: self-signed server and client certificates (session-wide, in a tmp dir).
@@ -14,7 +13,6 @@ Fixtures:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -42,21 +40,6 @@ def sim_charge_points() -> list[SimChargePoint]:
     ]
 
 
-@pytest_asyncio.fixture
-async def opcua_no_leaked_tasks() -> AsyncIterator[None]:
-    """Fail the test if tasks it started are still running after its fixtures are torn down."""
-    before = asyncio.all_tasks()
-    yield
-    current = asyncio.current_task()
-    leaked: set[asyncio.Task[object]] = set()
-    for _ in range(100):  # asyncua finishes closing sessions within a few loop turns
-        leaked = {t for t in asyncio.all_tasks() - before if t is not current and not t.done()}
-        if not leaked:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail(f"leaked tasks: {sorted(t.get_name() + ':' + repr(t.get_coro()) for t in leaked)}")
-
-
 @pytest.fixture
 def charging_clock() -> ManualClock:
     """A clock that moves only when the test advances it."""
@@ -76,9 +59,7 @@ def opcua_certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, P
 
 
 @pytest_asyncio.fixture
-async def charging_sim(
-    opcua_no_leaked_tasks: None, charging_clock: ManualClock
-) -> AsyncIterator[ChargingSimulator]:
+async def charging_sim(charging_clock: ManualClock) -> AsyncIterator[ChargingSimulator]:
     """Three charge points on a free local port, NoSecurity."""
     async with ChargingSimulator(sim_charge_points(), charging_clock, seed=1) as sim:
         yield sim
@@ -120,7 +101,6 @@ async def charging_driver(
 
 @pytest_asyncio.fixture
 async def secure_charging_sim(
-    opcua_no_leaked_tasks: None,
     charging_clock: ManualClock,
     opcua_certs: tuple[Path, Path, Path, Path],
 ) -> AsyncIterator[ChargingSimulator]:

@@ -7,7 +7,6 @@ import asyncio
 import uuid
 from pathlib import Path
 
-import pytest
 from harness import WAIT_S, site, wait_for
 
 from edge.alarms import DAEMON_DEVICE, Alarms, sweep_retained
@@ -16,8 +15,6 @@ from edge.clock import SimClock
 from edge.events import AlarmEvent, Severity, Telemetry
 from edge.mqtt import BrokerAddress
 from edge.records import CommandAudit
-
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
 
 def _restored(*keys: tuple[str, str]) -> list[AlarmEvent]:

@@ -23,14 +23,11 @@ from typing import Any
 
 import aiomqtt
 import orjson
-import pytest
 from harness import WAIT_S, site, wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.events import Priority
-
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
 
 async def test_alarms_and_state_survive_a_broker_outage(

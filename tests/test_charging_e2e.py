@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 
 import aiomqtt
-import pytest
 from harness import Site, wait_for
 
 from controllers.lighting import night_window
@@ -26,7 +25,6 @@ from edge.settings import load_settings
 from simulators.charging import ChargingSimulator
 from simulators.lighting import LightingSimulator
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 LIMIT_A = 25.0
 
 

@@ -278,7 +278,6 @@ level = "warning"
     return tmp / "site.toml"
 
 
-@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_ignored_failsafe_alarms_and_a_tripped_fuse_is_critical_and_counted(
     tmp_path: Path, mqtt_url: str, database_url: str
 ) -> None:

@@ -24,8 +24,6 @@ from edge.net import free_port
 from edge.settings import load_settings
 from simulators.lighting import LightingSimulator
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 
 async def _status(client: aiomqtt.Client, topic: str, want: bool) -> dict[str, object]:
     async with asyncio.timeout(20):

@@ -14,8 +14,6 @@ import orjson
 import pytest
 from harness import WAIT_S, site, wait_for
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 
 async def test_command_over_mqtt_changes_the_lamp(tmp_path: Path, mqtt_url: str, database_url: str) -> None:
     """A set_level request is acked only after the simulator's register holds the value; audited."""

@@ -32,8 +32,6 @@ from edge.errors import ConfigError, DeviceReplyError, DeviceUnavailable
 from edge.events import Value
 from simulators.displays import DisplaySimulator, SimBoard
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 TEXT = "P1 Stadthaus\nfrei 123"
 
 

@@ -24,8 +24,6 @@ from edge.settings import load_settings
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 
 @pytest.mark.parametrize("speed", [1.0, 300.0])
 async def test_boards_and_signs_dim_to_the_documented_night_level(

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import aiomqtt
 import orjson
-import pytest
 from harness import NIGHT, Site, wait_for
 
 from devices.inventory import load_inventory
@@ -26,7 +25,6 @@ from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator
 from simulators.lorawan import chirpstack_event
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 BAYS = tuple(f"70b3d57ed000000{i}" for i in range(1, 7))  # a sensor in each of the six bays
 
 

@@ -32,7 +32,6 @@ from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.lighting import LightingSimulator, SimController, SimLamp
 
 pytestmark = [
-    pytest.mark.usefixtures("no_leaked_tasks"),
     pytest.mark.slow,
     pytest.mark.timeout(600 if os.environ.get("EDGE_TEST_LONG_FAULTS") == "1" else 120),
 ]

@@ -41,8 +41,6 @@ from edge.mqtt import BrokerAddress
 from edge.settings import load_settings
 from simulators.lighting import LightingSimulator
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 LONG = os.environ.get("EDGE_LONG_FAULTS") == "1"
 CYCLES = int(os.environ.get("EDGE_KILL_CYCLES", "30" if LONG else "10"))
 SEED = int(os.environ.get("EDGE_KILL_SEED", "10"))

@@ -27,8 +27,6 @@ from edge.events import AlarmEvent
 from edge.records import AlarmRow, CommandAudit, PlanRow, StateSample
 from edge.storage import Storage
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 LONG = os.environ.get("EDGE_LONG_FAULTS") == "1"
 OUTAGE_S = 30.0 if LONG else 3.0
 TICK_S = 0.01  # the producer adds a handful of rows every tick

@@ -702,7 +702,6 @@ def test_tts_builder_output_parses() -> None:
 # -- against a real broker -------------------------------------------------------
 
 
-@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_simulator_to_ingest_over_mqtt(mqtt_url: str) -> None:
     """The simulator publishes both formats over a broker; an aiomqtt subscriber feeding UplinkIngest sees every sensor exactly once."""
     clock = ManualClock(NOW)

@@ -27,8 +27,6 @@ from edge.errors import DeviceReplyError, DeviceUnavailable
 from edge.net import free_port
 from simulators.lighting import LightingSimulator
 
-pytestmark = pytest.mark.usefixtures("modbus_no_leaked_tasks")
-
 LAMP = "lc-001-002"
 
 

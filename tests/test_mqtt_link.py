@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     # `tests.conftest_mqtt`), and importing it again here would load it twice.
     from tests.conftest_mqtt import PrivateBroker
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
 WAIT_S = 10.0
 REPO = Path(__file__).resolve().parent.parent

@@ -18,8 +18,6 @@ from edge.errors import ConfigError, DeviceReplyError, DeviceUnavailable
 from simulators.charging import ChargingSimulator
 from simulators.elaad import SessionSampler, builtin_curves, load_curves
 
-pytestmark = pytest.mark.usefixtures("opcua_no_leaked_tasks")
-
 EP = "chargers"
 
 

@@ -29,8 +29,6 @@ from edge.net import free_port
 from edge.settings import load_settings
 from simulators.lighting import LightingSimulator
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 MQTT_SECRET = "Mq77-pass-9f3c1e"
 DB_SECRET = "Db-secret-71aa0d"
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
 from devices.inventory import load_inventory
@@ -21,7 +20,6 @@ from edge.clock import SimClock
 from edge.events import Severity
 from edge.settings import load_settings
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 WAIT_S = 10.0
 
 

@@ -37,8 +37,6 @@ from edge.mqtt import TlsFiles
 from edge.net import free_port
 from tui.client import Connected, DashboardClient
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 HOST = "127.0.0.1"
 OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 KEY_SECRET = "Tls-key-pass-5e2b"

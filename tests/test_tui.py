@@ -1698,7 +1698,6 @@ async def _publish_retained(url: str, messages: list[tuple[str, bytes]]) -> None
             await client.publish(topic, payload, qos=1, retain=True)
 
 
-@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_dashboard_against_real_broker(mqtt_url: str) -> None:
     """Retained LampState and DaemonStatus reach the model; a request gets its ack back."""
     site = f"tui-{uuid.uuid4().hex[:10]}"

@@ -11,12 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from harness import WAIT_S, site, wait_for
 
 from edge.payloads import AlarmHistory, AlarmMessage
-
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 
 
 async def _retained(s: Any, topic: str, accept: Any) -> bytes:

@@ -40,7 +40,7 @@ from tui.client import DashboardClient
 from tui.screens import AckDialog, ConfirmDialog, OverrideDialog
 from tui.widgets import FilterTable
 
-pytestmark = [pytest.mark.usefixtures("no_leaked_tasks"), pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 WAIT_S = 30.0  # 500 lamps' retained state through the broker on two loaded cores
 

@@ -33,7 +33,6 @@ from edge.settings import load_settings
 from simulators.lighting import LightingSimulator
 from simulators.waste import WasteSimulator
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
 TZ = ZoneInfo("Europe/Berlin")
 START = datetime(2026, 11, 30, 7, 0, tzinfo=TZ).timestamp()  # a Monday morning
 SPEED = 600.0  # ten clock minutes per real second

@@ -33,8 +33,6 @@ from simulators.waste import (
     site_config,
 )
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 TZ = ZoneInfo("Europe/Berlin")
 MONDAY = datetime(2026, 11, 23, 0, 0, tzinfo=TZ).timestamp()
 DEPOT = (51.5015, 7.4435)
