@@ -134,7 +134,7 @@ class Alarms:
         try:
             while self._pending:
                 ev = await sub.get()
-                if isinstance(ev, Telemetry):
+                if isinstance(ev, Telemetry) and not ev.derived:
                     self.reading(ev.device_id)
         except EOFError:
             return

@@ -16,11 +16,18 @@ Value = float | int | bool | str
 
 @dataclass(frozen=True, slots=True)
 class Telemetry:
-    """Point values read from one device at `ts` (clock seconds)."""
+    """Point values read from one device at `ts` (clock seconds).
+
+    `derived`: values a controller computed about the device (a feeder's load, a bin's
+    estimate, a charger's planned current), published so that everything north comes from the
+    state store. They are not a reading: they never make a device online or fresh, and no
+    alarm counts them as the reading that confirms or clears it.
+    """
 
     device_id: str
     ts: float
     values: Mapping[str, Value]
+    derived: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,8 @@ class DeviceState:
     kind: str
     online: bool | None = None
     values: dict[str, Value] = field(default_factory=dict)
-    updated_at: float = 0.0
+    updated_at: float = 0.0  # the last reading from the device
+    derived_at: float = 0.0  # the last value a controller derived about it
     alarms: dict[str, AlarmEvent] = field(default_factory=dict)
     last_command: str = ""
 
@@ -55,6 +56,7 @@ class DeviceState:
             "online": self.online,
             "values": dict(self.values),
             "updated_at": self.updated_at,
+            "derived_at": self.derived_at,
             "alarms": sorted(self.alarms),
             "last_command": self.last_command,
         }
@@ -137,10 +139,13 @@ class StateStore:
             if values.get(key) != val:
                 values[key] = val
                 changed[key] = val
-        dev.updated_at = event.ts
-        if dev.online is not True:
-            dev.online = True
-            changed["online"] = True
+        if event.derived:
+            dev.derived_at = event.ts
+        else:
+            dev.updated_at = event.ts
+            if dev.online is not True:
+                dev.online = True
+                changed["online"] = True
         if changed:
             self._bus.publish(StateChanged(dev.device_id, event.ts, changed))
 
