@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from waiting import wait_until
 
-from controllers.waste import ROUTE_POINT, WasteController, WasteSafety
+from controllers.waste import ROUTE_POINT, WasteController, WastePorts, WasteSafety
 from devices.bins import Bin
 from devices.waste import route_number
 from edge.alarms import Alarms
@@ -117,7 +117,9 @@ async def rig() -> AsyncIterator[Rig]:
         bus=bus, clock=clock, state=state, drivers=[fleet], policies={"truck": WasteSafety()},
         audit=audit.append, write_timeout_s=1.0, workers=2,
     ) as disp:  # fmt: skip
-        ctl = WasteController(bins, settings(), TZ, clock, Alarms(bus, clock), disp.submit, bus=bus)
+        ctl = WasteController(
+            WastePorts(TZ, clock, Alarms(bus, clock), disp.submit, bus), settings(), bins=bins
+        )
         r = Rig(ctl, clock, bus, fleet, audit, events, bins, disp)
         yield r
     while (ev := sub.get_nowait()) is not None:
@@ -213,7 +215,7 @@ async def test_no_plan_on_a_rest_day() -> None:
     """Sunday is not a run day: nothing is planned at plan_at."""
     clock = ManualClock(SUNDAY_6)
     bus = EventBus()
-    ctl = WasteController(make_bins(), settings(), TZ, clock, Alarms(bus, clock), None, bus=bus)
+    ctl = WasteController(WastePorts(TZ, clock, Alarms(bus, clock), None, bus), settings(), bins=make_bins())
     ctl.step(clock.now())
     assert ctl.pending is None
     assert ctl.run_day(clock.now()).weekday() == 0  # a plan now would be for Monday
@@ -459,7 +461,7 @@ async def test_restart_keeps_plan_flags_and_history(rig: Rig) -> None:
     flags_body = next(e.plan for e in reversed(stored) if e.domain == "waste.operator")
 
     bus = EventBus()
-    fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+    fresh = WasteController(WastePorts(TZ, r.clock, Alarms(bus, r.clock), None, bus), settings(), bins=r.bins)
     samples = [(MONDAY_5 - h * 3600, {"distance_mm": round(r.bins[1].distance_of(0.9 - 0.01 * h)), "f_cnt": 100 - h})
                for h in range(6, -1, -1)]  # fmt: skip
     samples.insert(3, samples[2])  # a repeated snapshot of the same frame adds nothing
@@ -642,7 +644,7 @@ async def test_restart_after_a_forced_bin_was_emptied(rig: Rig) -> None:
     assert flags[-1]["forced"] == []
 
     bus = EventBus()
-    fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+    fresh = WasteController(WastePorts(TZ, r.clock, Alarms(bus, r.clock), None, bus), settings(), bins=r.bins)
     now = r.clock.now()
     fills = [0.45, 0.47, 0.5, 0.02]
     samples = [(now - (3 - i) * 900, {"distance_mm": round(r.bins[2].distance_of(f)), "f_cnt": i})
@@ -806,7 +808,7 @@ async def test_planner_inputs_give_the_event_loop_turns() -> None:
     clock = ManualClock(MONDAY_5)
     bus = EventBus()
     bins = make_bins(2 * INPUT_CHUNK + 50)
-    ctl = WasteController(bins, settings(), TZ, clock, Alarms(bus, clock), None, bus=bus)
+    ctl = WasteController(WastePorts(TZ, clock, Alarms(bus, clock), None, bus), settings(), bins=bins)
     turns = 0
     stop = False
 
@@ -863,7 +865,9 @@ async def test_restart_restores_the_newest_usable_plan(rig: Rig, tmp_path: Path)
             )
         await st.flush()
         bus = EventBus()
-        fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+        fresh = WasteController(
+            WastePorts(TZ, r.clock, Alarms(bus, r.clock), None, bus), settings(), bins=r.bins
+        )
         restore_waste(fresh, st, r.clock.now())
     assert fresh.active is not None
     assert fresh.active.route_ids == active.route_ids

@@ -29,7 +29,7 @@ from controllers.charging import (
 )
 from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
 from controllers.lighting import LightingController, LightingSafety
-from controllers.waste import OPERATOR_DOMAIN, WasteController, WasteSafety
+from controllers.waste import OPERATOR_DOMAIN, WasteController, WastePorts, WasteSafety
 from controllers.waste import PLANNER_ID as WASTE_PLANNER
 from devices.bins import Bin, load_bins
 from devices.charging import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
@@ -429,13 +429,9 @@ async def running(
             waste: WasteController | None = None
             if bins:
                 waste = WasteController(
-                    bins,
+                    WastePorts(ZoneInfo(site.timezone), clock, alarms, dispatcher.submit, bus),
                     wcfg,
-                    ZoneInfo(site.timezone),
-                    clock,
-                    alarms,
-                    dispatcher.submit,
-                    bus=bus,
+                    bins=bins,
                     # a route must survive the truck's answer in real seconds, whatever the clock speed
                     command_ttl_s=max(ds.command_ttl_s, 900.0, 10 * ds.write_timeout_s * clock.speed),
                 )
