@@ -31,6 +31,7 @@ from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, D
 from controllers.lighting import LightingController, LightingSafety
 from controllers.waste import OPERATOR_DOMAIN, WasteController, WastePorts, WasteSafety
 from controllers.waste import PLANNER_ID as WASTE_PLANNER
+from controllers.waste import SUMMARY_ID as WASTE_SUMMARY
 from devices.bins import Bin, load_bins
 from devices.charging import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
 from devices.displays import DisplayDriver, SignEndpoint
@@ -216,7 +217,10 @@ def device_kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> d
         | {b.id: "bin" for b in bins}
     )
     if bins:
-        kinds |= {t.id: "truck" for t in settings.waste.trucks} | {WASTE_PLANNER: "planner"}
+        kinds |= {t.id: "truck" for t in settings.waste.trucks} | {
+            WASTE_PLANNER: "planner",
+            WASTE_SUMMARY: "planner",
+        }
     kinds[DAEMON_DEVICE] = "daemon"  # storage alarms (unreachable, backlog, dead letters)
     return kinds
 
