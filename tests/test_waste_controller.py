@@ -871,3 +871,71 @@ async def test_restart_restores_the_newest_usable_plan(rig: Rig, tmp_path: Path)
         restore_waste(fresh, st, r.clock.now())
     assert fresh.active is not None
     assert fresh.active.route_ids == active.route_ids
+
+
+async def test_bins_trucks_and_summary_go_north_as_telemetry(rig: Rig) -> None:
+    """The controller publishes what changed into the state store (contract C-north): value keys are
+    the BinState / TruckState / WasteSummary fields, lists as JSON strings; its own derived state
+    coming back on the bus is not taken for a reading."""
+    from controllers.waste import SUMMARY_ID
+    from edge.payloads import BinState, TruckState, WasteSummary
+
+    r = rig
+    sub = r.bus.subscribe("north-test", Telemetry)
+    fill_history(r, {"B1": 0.5})
+    uplink(r, "B3", 0.99)  # overflow: an alarm list to carry
+    truck_state(r, "T1", status="driving", load_l=800, load_kg=90)
+    now = r.clock.now()
+    await r.ctl.north.flush(now)
+    got: dict[str, dict[str, object]] = {}
+    while (ev := sub.get_nowait()) is not None:
+        if isinstance(ev, Telemetry) and ("id" in ev.values or ev.device_id == SUMMARY_ID):
+            got[ev.device_id] = {
+                k: orjson.loads(v) if k in {"alarms"} and isinstance(v, str) else v
+                for k, v in ev.values.items()
+            }
+    assert set(got) == {*(b.id for b in r.bins), *TRUCKS, SUMMARY_ID}  # everything once at the start
+    assert BinState.model_validate(got["B1"]).fill == pytest.approx(0.5, abs=0.01)
+    assert BinState.model_validate(got["B3"]).alarms == ["overflow"]
+    assert TruckState.model_validate(got["T1"]).status == "driving"
+    assert WasteSummary.model_validate(got[SUMMARY_ID]).overflows_today == 1
+    # Only what changed goes out next time; our own state on the bus is not an uplink.
+    reading = r.ctl.bins["B1"].reading
+    r.ctl.handle(Telemetry("B1", now, got["B1"]))  # type: ignore[arg-type]
+    assert r.ctl.bins["B1"].reading is reading
+    r.clock.advance(60)
+    uplink(r, "B2", 0.4)
+    await r.ctl.north.flush(r.clock.now())
+    ids = set()
+    while (ev := sub.get_nowait()) is not None:
+        if isinstance(ev, Telemetry) and "id" in ev.values:
+            ids.add(ev.device_id)
+    assert ids == {"B2"}
+    r.bus.unsubscribe(sub)
+
+
+async def test_the_controller_is_built_from_the_kernel_and_is_a_controller() -> None:
+    """`WasteController(kernel, cfg, bins=...)` takes its clock, bus, alarms, dispatcher and time zone
+    from the kernel and satisfies `edge.kernel.Controller` (name, run, request_replan, views)."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from edge.kernel import Controller, Kernel
+
+    clock = ManualClock(MONDAY_5)
+    bus = EventBus()
+    submitted: list[object] = []
+    kernel = SimpleNamespace(
+        settings=SimpleNamespace(site=SimpleNamespace(timezone="Europe/Berlin")),
+        clock=clock,
+        bus=bus,
+        alarms=Alarms(bus, clock),
+        dispatcher=SimpleNamespace(submit=submitted.append),
+    )
+    ctl = WasteController(cast(Kernel, kernel), settings(), bins=make_bins(2))
+    assert isinstance(ctl, Controller)
+    assert ctl.name == "waste"
+    assert ctl.st.tz == TZ
+    assert ctl.views() == {"plan": None, "flags": {"forced": [], "excluded": []}}
+    ctl.request_replan()
+    assert ctl.pending == "operator"
