@@ -591,14 +591,14 @@ async def test_a_glitch_taken_for_an_emptying_is_undone(rig: Rig) -> None:
     bt = r.ctl.bins["B3"]
     assert r.ctl._done_today(bt)
     assert r.ctl.counters.emptied == 1
-    r.ctl.dirty_bins.clear()
+    r.ctl.st.north.bins.clear()
     r.clock.advance(900)
     uplink(r, "B3", 0.70)
     assert not r.ctl._done_today(bt)
     assert bt.confirmed_ts is None
     assert bt.forced
     assert r.ctl.counters.emptied == 0
-    assert "B3" in r.ctl.dirty_bins
+    assert "B3" in r.ctl.st.north.bins  # its state goes north again
 
 
 async def test_a_blocked_transducer_is_a_sensor_fault_not_an_overflow(rig: Rig) -> None:
