@@ -513,7 +513,7 @@ async def test_planner_inputs_carry_the_risk_quantile(rig: Rig) -> None:
     threshold (the next run is the next chance to collect it)."""
     r = rig
     fill_history(r, FULL)
-    bins, _, ctx, _ = r.ctl.inputs(r.clock.now())
+    bins, _, ctx, _ = r.ctl.planner.inputs(r.clock.now())
     assert ctx.next_run_ts > ctx.now + 12 * 3600  # the start of the next run, not of this one
     sel = select(bins, ctx)
     for b in bins:
@@ -556,11 +556,11 @@ async def test_an_unusable_plan_is_not_sent_and_raises_an_alarm(rig: Rig) -> Non
 
     r = rig
     now = r.clock.now()
-    day = r.ctl._day(now)
+    day = r.ctl.st.day(now)
     stop = PlannedStop(0, "depot", "depot", 51.5, 7.44, now + 60)
     bad = WastePlan(now, (TruckRoute("T1", (stop,), 0, now + 60),), {}, (), (), "feasible", "x", 0,
                     violations=("T1: shift end exceeded",))  # fmt: skip
-    got = r.ctl.apply(bad, "operator", day)
+    got = r.ctl.planner.apply(bad, "operator", day)
     assert not got.plan.usable
     assert r.ctl.active is None
     await r.disp.drain(2.0)
@@ -574,7 +574,7 @@ async def test_an_unusable_plan_is_not_sent_and_raises_an_alarm(rig: Rig) -> Non
     assert plans
     assert plans[-1].plan["violations"] == ["T1: shift end exceeded"]
     good = WastePlan(now, (TruckRoute("T1", (), 0, now),), {}, (), (), "optimal", "x", 0)
-    r.ctl.apply(good, "operator", day)
+    r.ctl.planner.apply(good, "operator", day)
     drain(r)
     alarms = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "plan_failed"]
     assert not alarms[-1].active
@@ -589,12 +589,12 @@ async def test_a_glitch_taken_for_an_emptying_is_undone(rig: Rig) -> None:
     r.clock.advance(900)
     uplink(r, "B3", 0.05)
     bt = r.ctl.bins["B3"]
-    assert r.ctl._done_today(bt)
+    assert r.ctl.st.done_today(bt)
     assert r.ctl.counters.emptied == 1
     r.ctl.st.north.bins.clear()
     r.clock.advance(900)
     uplink(r, "B3", 0.70)
-    assert not r.ctl._done_today(bt)
+    assert not r.ctl.st.done_today(bt)
     assert bt.confirmed_ts is None
     assert bt.forced
     assert r.ctl.counters.emptied == 0
@@ -653,7 +653,7 @@ async def test_restart_after_a_forced_bin_was_emptied(rig: Rig) -> None:
     fresh.restore_flags(flags[-1])
     bt = fresh.bins["B2"]
     assert not bt.forced
-    assert fresh._done_today(bt)
+    assert fresh.st.done_today(bt)
     assert fresh.counters.emptied == 1
 
 
@@ -692,8 +692,8 @@ async def test_stopping_run_ends_a_running_solve(rig: Rig) -> None:
     task = asyncio.create_task(r.ctl.run(), name="waste.test")
     try:
         fill_history(r, FULL)
-        await wait_until(lambda: r.ctl._pool is not None, what="the solver pool")
-        pool = r.ctl._pool
+        await wait_until(lambda: r.ctl.planner.pool is not None, what="the solver pool")
+        pool = r.ctl.planner.pool
         assert pool is not None
         r.ctl.request_plan("operator")
         await wait_until(
@@ -724,10 +724,10 @@ async def test_bins_emptied_while_planning_are_left_out_of_the_routes(rig: Rig) 
         PlannedStop(3, "depot", "depot", 51.5, 7.44, made + 2400),
     )
     plan = WastePlan(made, (TruckRoute("T1", stops, 5000, made + 2400),), {}, (), (), "optimal", "x", 5000)
-    r.ctl.route_lead_s = 2 * 3600  # (the shift starts at 06:00: not held back)
+    r.ctl.planner.route_lead_s = 2 * 3600  # (the shift starts at 06:00: not held back)
     r.clock.advance(60)
     uplink(r, "B0", 0.02)  # emptied while the solver ran
-    active = r.ctl.apply(plan, "operator", r.ctl._day(made))
+    active = r.ctl.planner.apply(plan, "operator", r.ctl.st.day(made))
     route = active.plan.route_of("T1")
     assert route is not None
     assert route.bins == ("B1",)
@@ -749,12 +749,12 @@ async def test_a_route_for_a_later_shift_is_held_until_shortly_before_it(rig: Ri
     stops = (PlannedStop(0, "bin", "B0", 51.506, 7.446, MONDAY_5 + 3600),
              PlannedStop(1, "depot", "depot", 51.5, 7.44, MONDAY_5 + 7200))  # fmt: skip
     plan = WastePlan(now, (TruckRoute("T1", stops, 3000, MONDAY_5 + 7200),), {}, (), (), "optimal", "x", 3000)
-    r.ctl.apply(plan, "operator", monday)
+    r.ctl.planner.apply(plan, "operator", monday)
     r.ctl.step(now)
     await r.disp.drain(2.0)
     assert "T1" not in r.fleet.routes
     shift_start = MONDAY_5 + 3600
-    r.clock.advance(shift_start - r.ctl.route_lead_s - 60 - r.clock.now())
+    r.clock.advance(shift_start - r.ctl.planner.route_lead_s - 60 - r.clock.now())
     r.ctl.step(r.clock.now())
     await r.disp.drain(2.0)
     assert "T1" not in r.fleet.routes
@@ -789,7 +789,7 @@ async def test_a_faulty_sensor_bin_is_planned_as_if_it_kept_filling(rig: Rig) ->
     bt = r.ctl.bins["B3"]
     assert "sensor_fault" in bt.alarms
     assert bt.same_since is not None
-    bins, _, ctx, _ = r.ctl.inputs(now)
+    bins, _, ctx, _ = r.ctl.planner.inputs(now)
     b3 = next(b for b in bins if b.id == "B3")
     expected = min(1.0, 0.6 + bt.est.pattern.integral(bt.same_since, ctx.next_run_ts))
     assert b3.fill_next_hi is not None
@@ -821,11 +821,11 @@ async def test_planner_inputs_give_the_event_loop_turns() -> None:
     task = asyncio.create_task(other(), name="other")
     await asyncio.sleep(0)
     before = turns
-    got = await ctl.inputs_async(clock.now())
+    got = await ctl.planner.inputs_async(clock.now())
     stop = True
     await task
     assert turns - before >= 2
-    assert got == ctl.inputs(clock.now())
+    assert got == ctl.planner.inputs(clock.now())
 
 
 async def test_bin_state_full_ts_is_computed_once_per_reading(rig: Rig) -> None:

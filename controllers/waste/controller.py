@@ -13,7 +13,6 @@ import asyncio
 import math
 import pickle
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -29,10 +28,10 @@ from edge.dispatcher import Verdict
 from edge.events import Command, PlanEvent, Telemetry
 from edge.kernel import Kernel
 from edge.settings import WasteSettings
-from optimizer.waste import DistanceProvider, HaversineProvider, WastePlan
+from optimizer.waste import DistanceProvider, HaversineProvider
 
 from . import views
-from .planning import Inputs, Planner
+from .planning import Planner
 from .state import ActivePlan, BinTrack, DayCounters, PlanReason, TruckTrack, WasteState
 from .tracking import Tracker
 
@@ -141,18 +140,6 @@ class WasteController:
     def rejected(self) -> int:
         return self.tracker.rejected
 
-    @property
-    def route_lead_s(self) -> float:
-        return self.planner.route_lead_s
-
-    @route_lead_s.setter
-    def route_lead_s(self, s: float) -> None:
-        self.planner.route_lead_s = s
-
-    @property
-    def _pool(self) -> ProcessPoolExecutor | None:
-        return self.planner.pool
-
     # The API's dirty-set loop (until it publishes bins and trucks from the state store).
     @property
     def dirty_bins(self) -> set[str]:
@@ -177,12 +164,6 @@ class WasteController:
     @dirty_plan.setter
     def dirty_plan(self, dirty: bool) -> None:
         self.st.legacy.plan = dirty
-
-    def _day(self, ts: float) -> date:
-        return self.st.day(ts)
-
-    def _done_today(self, bt: BinTrack) -> bool:
-        return self.st.done_today(bt)
 
     def run_day(self, now: float) -> date:
         return self.st.calendar.run_day(now)
@@ -301,19 +282,6 @@ class WasteController:
             self.request_plan("scheduled")
 
     # -- planning -----------------------------------------------------------------------
-
-    def inputs(self, now: float) -> Inputs:
-        """The planner's view of bins and trucks now (pure data, safe to hand to a thread)."""
-        return self.planner.inputs(now)
-
-    async def inputs_async(self, now: float) -> Inputs:
-        return await self.planner.inputs_async(now)
-
-    async def plan_now(self, reason: PlanReason) -> ActivePlan:
-        return await self.planner.plan_now(reason)
-
-    def apply(self, plan: WastePlan, reason: PlanReason, day: date) -> ActivePlan:
-        return self.planner.apply(plan, reason, day)
 
     async def plan_pending(self) -> ActivePlan | None:
         """Make the plan asked for (if any); the planner task calls this whenever woken."""
