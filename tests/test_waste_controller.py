@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 from waiting import wait_until
 
-from controllers.waste import ROUTE_POINT, WasteController, WasteSafety
+from controllers.waste import ROUTE_POINT, WasteController, WastePorts, WasteSafety
 from devices.bins import Bin
 from devices.waste import route_number
 from edge.alarms import Alarms
@@ -118,7 +118,9 @@ async def rig() -> AsyncIterator[Rig]:
         bus=bus, clock=clock, state=state, drivers=[fleet], policies={"truck": WasteSafety()},
         audit=audit.append, write_timeout_s=1.0, workers=2,
     ) as disp:  # fmt: skip
-        ctl = WasteController(bins, settings(), TZ, clock, Alarms(bus, clock), disp.submit, bus=bus)
+        ctl = WasteController(
+            WastePorts(TZ, clock, Alarms(bus, clock), disp.submit, bus), settings(), bins=bins
+        )
         r = Rig(ctl, clock, bus, fleet, audit, events, bins, disp)
         yield r
     while (ev := sub.get_nowait()) is not None:
@@ -214,7 +216,7 @@ async def test_no_plan_on_a_rest_day() -> None:
     """Sunday is not a run day: nothing is planned at plan_at."""
     clock = ManualClock(SUNDAY_6)
     bus = EventBus()
-    ctl = WasteController(make_bins(), settings(), TZ, clock, Alarms(bus, clock), None, bus=bus)
+    ctl = WasteController(WastePorts(TZ, clock, Alarms(bus, clock), None, bus), settings(), bins=make_bins())
     ctl.step(clock.now())
     assert ctl.pending is None
     assert ctl.run_day(clock.now()).weekday() == 0  # a plan now would be for Monday
@@ -460,7 +462,7 @@ async def test_restart_keeps_plan_flags_and_history(rig: Rig) -> None:
     flags_body = next(e.plan for e in reversed(stored) if e.domain == "waste.operator")
 
     bus = EventBus()
-    fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+    fresh = WasteController(WastePorts(TZ, r.clock, Alarms(bus, r.clock), None, bus), settings(), bins=r.bins)
     samples = [(MONDAY_5 - h * 3600, {"distance_mm": round(r.bins[1].distance_of(0.9 - 0.01 * h)), "f_cnt": 100 - h})
                for h in range(6, -1, -1)]  # fmt: skip
     samples.insert(3, samples[2])  # a repeated snapshot of the same frame adds nothing
@@ -512,7 +514,7 @@ async def test_planner_inputs_carry_the_risk_quantile(rig: Rig) -> None:
     threshold (the next run is the next chance to collect it)."""
     r = rig
     fill_history(r, FULL)
-    bins, _, ctx, _ = r.ctl.inputs(r.clock.now())
+    bins, _, ctx, _ = r.ctl.planner.inputs(r.clock.now())
     assert ctx.next_run_ts > ctx.now + 12 * 3600  # the start of the next run, not of this one
     sel = select(bins, ctx)
     for b in bins:
@@ -555,11 +557,11 @@ async def test_an_unusable_plan_is_not_sent_and_raises_an_alarm(rig: Rig) -> Non
 
     r = rig
     now = r.clock.now()
-    day = r.ctl._day(now)
+    day = r.ctl.st.day(now)
     stop = PlannedStop(0, "depot", "depot", 51.5, 7.44, now + 60)
     bad = WastePlan(now, (TruckRoute("T1", (stop,), 0, now + 60),), {}, (), (), "feasible", "x", 0,
                     violations=("T1: shift end exceeded",))  # fmt: skip
-    got = r.ctl.apply(bad, "operator", day)
+    got = r.ctl.planner.apply(bad, "operator", day)
     assert not got.plan.usable
     assert r.ctl.active is None
     await r.disp.drain(2.0)
@@ -573,7 +575,7 @@ async def test_an_unusable_plan_is_not_sent_and_raises_an_alarm(rig: Rig) -> Non
     assert plans
     assert plans[-1].plan["violations"] == ["T1: shift end exceeded"]
     good = WastePlan(now, (TruckRoute("T1", (), 0, now),), {}, (), (), "optimal", "x", 0)
-    r.ctl.apply(good, "operator", day)
+    r.ctl.planner.apply(good, "operator", day)
     drain(r)
     alarms = [e for e in r.events if isinstance(e, AlarmEvent) and e.code == "plan_failed"]
     assert not alarms[-1].active
@@ -588,16 +590,16 @@ async def test_a_glitch_taken_for_an_emptying_is_undone(rig: Rig) -> None:
     r.clock.advance(900)
     uplink(r, "B3", 0.05)
     bt = r.ctl.bins["B3"]
-    assert r.ctl._done_today(bt)
+    assert r.ctl.st.done_today(bt)
     assert r.ctl.counters.emptied == 1
-    r.ctl.dirty_bins.clear()
+    r.ctl.st.north.bins.clear()
     r.clock.advance(900)
     uplink(r, "B3", 0.70)
-    assert not r.ctl._done_today(bt)
+    assert not r.ctl.st.done_today(bt)
     assert bt.confirmed_ts is None
     assert bt.forced
     assert r.ctl.counters.emptied == 0
-    assert "B3" in r.ctl.dirty_bins
+    assert "B3" in r.ctl.st.north.bins  # its state goes north again
 
 
 async def test_a_blocked_transducer_is_a_sensor_fault_not_an_overflow(rig: Rig) -> None:
@@ -643,7 +645,7 @@ async def test_restart_after_a_forced_bin_was_emptied(rig: Rig) -> None:
     assert flags[-1]["forced"] == []
 
     bus = EventBus()
-    fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+    fresh = WasteController(WastePorts(TZ, r.clock, Alarms(bus, r.clock), None, bus), settings(), bins=r.bins)
     now = r.clock.now()
     fills = [0.45, 0.47, 0.5, 0.02]
     samples = [(now - (3 - i) * 900, {"distance_mm": round(r.bins[2].distance_of(f)), "f_cnt": i})
@@ -652,7 +654,7 @@ async def test_restart_after_a_forced_bin_was_emptied(rig: Rig) -> None:
     fresh.restore_flags(flags[-1])
     bt = fresh.bins["B2"]
     assert not bt.forced
-    assert fresh._done_today(bt)
+    assert fresh.st.done_today(bt)
     assert fresh.counters.emptied == 1
 
 
@@ -691,8 +693,8 @@ async def test_stopping_run_ends_a_running_solve(rig: Rig) -> None:
     task = asyncio.create_task(r.ctl.run(), name="waste.test")
     try:
         fill_history(r, FULL)
-        await wait_until(lambda: r.ctl._pool is not None, what="the solver pool")
-        pool = r.ctl._pool
+        await wait_until(lambda: r.ctl.planner.pool is not None, what="the solver pool")
+        pool = r.ctl.planner.pool
         assert pool is not None
         r.ctl.request_plan("operator")
         await wait_until(
@@ -723,10 +725,10 @@ async def test_bins_emptied_while_planning_are_left_out_of_the_routes(rig: Rig) 
         PlannedStop(3, "depot", "depot", 51.5, 7.44, made + 2400),
     )
     plan = WastePlan(made, (TruckRoute("T1", stops, 5000, made + 2400),), {}, (), (), "optimal", "x", 5000)
-    r.ctl.route_lead_s = 2 * 3600  # (the shift starts at 06:00: not held back)
+    r.ctl.planner.route_lead_s = 2 * 3600  # (the shift starts at 06:00: not held back)
     r.clock.advance(60)
     uplink(r, "B0", 0.02)  # emptied while the solver ran
-    active = r.ctl.apply(plan, "operator", r.ctl._day(made))
+    active = r.ctl.planner.apply(plan, "operator", r.ctl.st.day(made))
     route = active.plan.route_of("T1")
     assert route is not None
     assert route.bins == ("B1",)
@@ -748,12 +750,12 @@ async def test_a_route_for_a_later_shift_is_held_until_shortly_before_it(rig: Ri
     stops = (PlannedStop(0, "bin", "B0", 51.506, 7.446, MONDAY_5 + 3600),
              PlannedStop(1, "depot", "depot", 51.5, 7.44, MONDAY_5 + 7200))  # fmt: skip
     plan = WastePlan(now, (TruckRoute("T1", stops, 3000, MONDAY_5 + 7200),), {}, (), (), "optimal", "x", 3000)
-    r.ctl.apply(plan, "operator", monday)
+    r.ctl.planner.apply(plan, "operator", monday)
     r.ctl.step(now)
     await r.disp.drain(2.0)
     assert "T1" not in r.fleet.routes
     shift_start = MONDAY_5 + 3600
-    r.clock.advance(shift_start - r.ctl.route_lead_s - 60 - r.clock.now())
+    r.clock.advance(shift_start - r.ctl.planner.route_lead_s - 60 - r.clock.now())
     r.ctl.step(r.clock.now())
     await r.disp.drain(2.0)
     assert "T1" not in r.fleet.routes
@@ -788,7 +790,7 @@ async def test_a_faulty_sensor_bin_is_planned_as_if_it_kept_filling(rig: Rig) ->
     bt = r.ctl.bins["B3"]
     assert "sensor_fault" in bt.alarms
     assert bt.same_since is not None
-    bins, _, ctx, _ = r.ctl.inputs(now)
+    bins, _, ctx, _ = r.ctl.planner.inputs(now)
     b3 = next(b for b in bins if b.id == "B3")
     expected = min(1.0, 0.6 + bt.est.pattern.integral(bt.same_since, ctx.next_run_ts))
     assert b3.fill_next_hi is not None
@@ -807,7 +809,7 @@ async def test_planner_inputs_give_the_event_loop_turns() -> None:
     clock = ManualClock(MONDAY_5)
     bus = EventBus()
     bins = make_bins(2 * INPUT_CHUNK + 50)
-    ctl = WasteController(bins, settings(), TZ, clock, Alarms(bus, clock), None, bus=bus)
+    ctl = WasteController(WastePorts(TZ, clock, Alarms(bus, clock), None, bus), settings(), bins=bins)
     turns = 0
     stop = False
 
@@ -820,11 +822,11 @@ async def test_planner_inputs_give_the_event_loop_turns() -> None:
     task = asyncio.create_task(other(), name="other")
     await asyncio.sleep(0)
     before = turns
-    got = await ctl.inputs_async(clock.now())
+    got = await ctl.planner.inputs_async(clock.now())
     stop = True
     await task
     assert turns - before >= 2
-    assert got == ctl.inputs(clock.now())
+    assert got == ctl.planner.inputs(clock.now())
 
 
 async def test_bin_state_full_ts_is_computed_once_per_reading(rig: Rig) -> None:
@@ -864,7 +866,77 @@ async def test_restart_restores_the_newest_usable_plan(rig: Rig, tmp_path: Path)
             )
         await st.flush()
         bus = EventBus()
-        fresh = WasteController(r.bins, settings(), TZ, r.clock, Alarms(bus, r.clock), None, bus=bus)
+        fresh = WasteController(
+            WastePorts(TZ, r.clock, Alarms(bus, r.clock), None, bus), settings(), bins=r.bins
+        )
         restore_waste(fresh, st, r.clock.now())
     assert fresh.active is not None
     assert fresh.active.route_ids == active.route_ids
+
+
+async def test_bins_trucks_and_summary_go_north_as_telemetry(rig: Rig) -> None:
+    """The controller publishes what changed into the state store (contract C-north): value keys are
+    the BinState / TruckState / WasteSummary fields, lists as JSON strings; its own derived state
+    coming back on the bus is not taken for a reading."""
+    from controllers.waste import SUMMARY_ID
+    from edge.payloads import BinState, TruckState, WasteSummary
+
+    r = rig
+    sub = r.bus.subscribe("north-test", Telemetry)
+    fill_history(r, {"B1": 0.5})
+    uplink(r, "B3", 0.99)  # overflow: an alarm list to carry
+    truck_state(r, "T1", status="driving", load_l=800, load_kg=90)
+    now = r.clock.now()
+    await r.ctl.north.flush(now)
+    got: dict[str, dict[str, object]] = {}
+    while (ev := sub.get_nowait()) is not None:
+        if isinstance(ev, Telemetry) and ("id" in ev.values or ev.device_id == SUMMARY_ID):
+            got[ev.device_id] = {
+                k: orjson.loads(v) if k in {"alarms"} and isinstance(v, str) else v
+                for k, v in ev.values.items()
+            }
+    assert set(got) == {*(b.id for b in r.bins), *TRUCKS, SUMMARY_ID}  # everything once at the start
+    assert BinState.model_validate(got["B1"]).fill == pytest.approx(0.5, abs=0.01)
+    assert BinState.model_validate(got["B3"]).alarms == ["overflow"]
+    assert TruckState.model_validate(got["T1"]).status == "driving"
+    assert WasteSummary.model_validate(got[SUMMARY_ID]).overflows_today == 1
+    # Only what changed goes out next time; our own state on the bus is not an uplink.
+    reading = r.ctl.bins["B1"].reading
+    r.ctl.handle(Telemetry("B1", now, got["B1"]))  # type: ignore[arg-type]
+    assert r.ctl.bins["B1"].reading is reading
+    r.clock.advance(60)
+    uplink(r, "B2", 0.4)
+    await r.ctl.north.flush(r.clock.now())
+    ids = set()
+    while (ev := sub.get_nowait()) is not None:
+        if isinstance(ev, Telemetry) and "id" in ev.values:
+            ids.add(ev.device_id)
+    assert ids == {"B2"}
+    r.bus.unsubscribe(sub)
+
+
+async def test_the_controller_is_built_from_the_kernel_and_is_a_controller() -> None:
+    """`WasteController(kernel, cfg, bins=...)` takes its clock, bus, alarms, dispatcher and time zone
+    from the kernel and satisfies `edge.kernel.Controller` (name, run, request_replan, views)."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from edge.kernel import Controller, Kernel
+
+    clock = ManualClock(MONDAY_5)
+    bus = EventBus()
+    submitted: list[object] = []
+    kernel = SimpleNamespace(
+        settings=SimpleNamespace(site=SimpleNamespace(timezone="Europe/Berlin")),
+        clock=clock,
+        bus=bus,
+        alarms=Alarms(bus, clock),
+        dispatcher=SimpleNamespace(submit=submitted.append),
+    )
+    ctl = WasteController(cast(Kernel, kernel), settings(), bins=make_bins(2))
+    assert isinstance(ctl, Controller)
+    assert ctl.name == "waste"
+    assert ctl.st.tz == TZ
+    assert ctl.views() == {"plan": None, "flags": {"forced": [], "excluded": []}}
+    ctl.request_replan()
+    assert ctl.pending == "operator"

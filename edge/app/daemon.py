@@ -29,8 +29,9 @@ from controllers.charging import (
 )
 from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
 from controllers.lighting import LightingController, LightingSafety
-from controllers.waste import OPERATOR_DOMAIN, WasteController, WasteSafety
+from controllers.waste import OPERATOR_DOMAIN, WasteController, WastePorts, WasteSafety
 from controllers.waste import PLANNER_ID as WASTE_PLANNER
+from controllers.waste import SUMMARY_ID as WASTE_SUMMARY
 from devices.bins import Bin, load_bins
 from devices.charging import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
 from devices.displays import DisplayDriver, SignEndpoint
@@ -217,7 +218,10 @@ def device_kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> d
         | {b.id: "bin" for b in bins}
     )
     if bins:
-        kinds |= {t.id: "truck" for t in settings.waste.trucks} | {WASTE_PLANNER: "planner"}
+        kinds |= {t.id: "truck" for t in settings.waste.trucks} | {
+            WASTE_PLANNER: "planner",
+            WASTE_SUMMARY: "planner",
+        }
     kinds[DAEMON_DEVICE] = "daemon"  # storage alarms (unreachable, backlog, dead letters)
     return kinds
 
@@ -430,13 +434,9 @@ async def running(
             waste: WasteController | None = None
             if bins:
                 waste = WasteController(
-                    bins,
+                    WastePorts(ZoneInfo(site.timezone), clock, alarms, dispatcher.submit, bus),
                     wcfg,
-                    ZoneInfo(site.timezone),
-                    clock,
-                    alarms,
-                    dispatcher.submit,
-                    bus=bus,
+                    bins=bins,
                     # a route must survive the truck's answer in real seconds, whatever the clock speed
                     command_ttl_s=max(ds.command_ttl_s, 900.0, 10 * ds.write_timeout_s * clock.speed),
                 )
