@@ -55,13 +55,13 @@ class Tracker:
 
         A device's ts only orders its own messages: one not finite or more than a day ahead of our
         clock is refused, since held as "last seen" it would make every later message look old.
-        The controller's own derived state (`views.py`, on the same device ids, with an `id`
-        key no device sends) comes back on the bus and is ignored here.
+        The controller's own derived state (`views.py`, on the same device ids, marked
+        `derived`) comes back on the bus and is ignored here.
         """
         st = self.st
         if event.device_id not in st.bins and event.device_id not in st.trucks:
             return
-        if "id" in event.values:
+        if event.derived:
             return  # our own BinState/TruckState on its way to the state store
         if not math.isfinite(event.ts) or event.ts > st.clock.now() + MAX_AHEAD_S:
             self.rejected += 1

@@ -213,11 +213,11 @@ class North:
         for i, b in enumerate(sorted(bins)):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
-            bus.publish(Telemetry(b, now, telemetry_values(bin_state(st, b, now))))
+            bus.publish(Telemetry(b, now, telemetry_values(bin_state(st, b, now)), derived=True))
         for t in sorted(trucks):
-            bus.publish(Telemetry(t, now, telemetry_values(truck_state(st, t, now))))
+            bus.publish(Telemetry(t, now, telemetry_values(truck_state(st, t, now)), derived=True))
         s = summary(st, now)
         key = {k: v for k, v in s.items() if k != "ts"}
         if key != self._summary or st.clock.now() - self._summary_at >= 60 * st.clock.speed:
             self._summary, self._summary_at = key, st.clock.now()
-            bus.publish(Telemetry(SUMMARY_ID, now, telemetry_values(s)))
+            bus.publish(Telemetry(SUMMARY_ID, now, telemetry_values(s), derived=True))
