@@ -58,13 +58,14 @@ be injected) only to share and enforce its time budget.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from ortools.linear_solver import pywraplp
 from pydantic import BaseModel, Field, model_validator
+
+from optimizer.common import WALL, Timer, checked
 
 Amps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
@@ -625,7 +626,9 @@ def baseline_equal_share(inst: ChargingInstance) -> ChargingPlan:
     )
 
 
-def fallback_plan(inst: ChargingInstance, reason: str, *, solve_seconds: float = 0.0) -> ChargingPlan:
+def fallback_plan(
+    inst: ChargingInstance, reason: str = "fallback requested", *, solve_seconds: float = 0.0
+) -> ChargingPlan:
     """The minimum safe allocation without a solver, status "fallback"; it passes `check_plan`.
 
     Safe means within every limit, not "as little as possible": a car at 0 A waits, and a
@@ -857,24 +860,25 @@ def lp_upper_bound(inst: ChargingInstance) -> float:
 # --------------------------------------------------------------------------- solve
 
 
-def solve(inst: ChargingInstance, *, timer: Callable[[], float] = time.perf_counter) -> ChargingPlan:
+def solve(inst: ChargingInstance, *, timer: Timer = WALL) -> ChargingPlan:
     """A plan for every car that keeps every rule; never raises and always passes `check_plan`.
 
-    Runs the LP stages of the module docstring within `time_limit_s` (less a reserve for rounding
-    and checking), rounds the last optimal stage, and falls back to `fallback_plan` when no
-    stage gave an optimum (any other GLOP status, an error or no budget), saying why.
+    Runs the LP stages of the module docstring within `time_limit_s` (or the timer's own limit;
+    less a reserve for rounding and checking), rounds the last optimal stage, and falls back to
+    `fallback_plan` when no stage gave an optimum (any other GLOP status, an error or no
+    budget), saying why.
     """
-    t0 = timer()
-    if inst.time_limit_s <= 0:
+    limit = timer.limit(inst.time_limit_s)
+    if limit <= 0:
         return fallback_plan(inst, "no time budget (time_limit_s = 0)")
-    try:
-        plan = _solve(inst, timer, t0)
-    except Exception as exc:  # cars must get a safe plan even on a bug: fall back, say why
-        return fallback_plan(inst, f"solver error: {type(exc).__name__}: {exc}", solve_seconds=timer() - t0)
-    problems = check_plan(inst, plan)
-    if problems:
-        return fallback_plan(inst, f"solver plan failed check: {problems[0]}", solve_seconds=timer() - t0)
-    return plan
+    t0 = timer()
+    return checked(
+        inst,
+        lambda: _solve(inst, timer, t0, limit),
+        check_plan,
+        lambda reason, seconds: fallback_plan(inst, reason, solve_seconds=seconds),
+        lambda: timer() - t0,
+    )
 
 
 def _polish(
@@ -903,13 +907,13 @@ def _clamp(prep: _Prep, values: list[list[float]], pattern: list[list[float]]) -
     return out
 
 
-def _solve(inst: ChargingInstance, timer: Callable[[], float], t0: float) -> ChargingPlan:
+def _solve(inst: ChargingInstance, timer: Timer, t0: float, limit: float) -> ChargingPlan:
     prep = _prepare(inst)
     if not prep.cars:
         return _assemble(
             prep, [], status="optimal", reason="", solve_seconds=timer() - t0, upper_bound_kwh=0.0
         )
-    deadline = t0 + inst.time_limit_s * (1 - _RESERVE_S)
+    deadline = t0 + limit * (1 - _RESERVE_S)
     model = _LpModel(prep)
     notes: list[str] = []
 

@@ -44,14 +44,14 @@ be injected) only to report its solve time.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, NamedTuple
 
 import numpy as np
 from ortools.graph.python import min_cost_flow
 from pydantic import BaseModel, Field, model_validator
+
+from optimizer.common import WALL, Timer, checked
 
 STATUSES: frozenset[str] = frozenset({"optimal", "fallback"})
 NO_PARKING_HINT = "no free parking"
@@ -432,7 +432,9 @@ def _greedy(inst: GuidanceInstance) -> tuple[dict[tuple[int, int], int], _Prep]:
     return flow, prep
 
 
-def fallback_plan(inst: GuidanceInstance, reason: str, *, solve_seconds: float = 0.0) -> GuidancePlan:
+def fallback_plan(
+    inst: GuidanceInstance, reason: str = "fallback requested", *, solve_seconds: float = 0.0
+) -> GuidancePlan:
     """A plan without a solver, status "fallback"; it passes `check_plan`.
 
     Each sign shows the nearest open, fresh car park of its approach with free spaces above the
@@ -583,30 +585,36 @@ def _choose(prep: _Prep, flow: dict[tuple[int, int], int]) -> list[_Pair | None]
 # --------------------------------------------------------------------------- solve
 
 
-def solve(inst: GuidanceInstance, *, timer: Callable[[], float] = time.perf_counter) -> GuidancePlan:
+def solve(inst: GuidanceInstance, *, timer: Timer = WALL) -> GuidancePlan:
     """The min-cost guidance plan; never raises for a valid instance and always passes `check_plan`.
 
     Any solver status but OPTIMAL, an error, or a plan failing `check_plan` gives `fallback_plan`
-    with the reason.
+    with the reason. Min-cost flow has no time limit: `timer` only measures.
     """
     t0 = timer()
-    try:
-        prep = _prepare(inst)
-        model = _FlowModel(prep)
-        model.add_supplies()
-        model.add_guidance_arcs()
-        model.add_capacity_arcs()
-        model.add_overflow_arcs()
-        status = model.solve()
-        if status != "OPTIMAL":
-            note = _STATUS_NOTES.get(status)
-            reason = f"min-cost flow {status}" + (f" ({note})" if note else "")
-            return fallback_plan(inst, reason, solve_seconds=timer() - t0)
-        flow = model.flows()
-        plan = _assemble(prep, flow, _choose(prep, flow), status="optimal", reason="", solve_seconds=0.0)
-    except Exception as exc:  # signs must get safe content even on a bug: fall back, say why
-        return fallback_plan(inst, f"solver error: {type(exc).__name__}: {exc}", solve_seconds=timer() - t0)
-    problems = check_plan(inst, plan)
-    if problems:
-        return fallback_plan(inst, f"solver plan failed check: {problems[0]}", solve_seconds=timer() - t0)
+    plan = checked(
+        inst,
+        lambda: _solve(inst, timer, t0),
+        check_plan,
+        lambda reason, seconds: fallback_plan(inst, reason, solve_seconds=seconds),
+        lambda: timer() - t0,
+    )
+    if plan.status == "fallback":
+        return plan
     return plan.model_copy(update={"solve_seconds": timer() - t0})
+
+
+def _solve(inst: GuidanceInstance, timer: Timer, t0: float) -> GuidancePlan:
+    prep = _prepare(inst)
+    model = _FlowModel(prep)
+    model.add_supplies()
+    model.add_guidance_arcs()
+    model.add_capacity_arcs()
+    model.add_overflow_arcs()
+    status = model.solve()
+    if status != "OPTIMAL":
+        note = _STATUS_NOTES.get(status)
+        reason = f"min-cost flow {status}" + (f" ({note})" if note else "")
+        return fallback_plan(inst, reason, solve_seconds=timer() - t0)
+    flow = model.flows()
+    return _assemble(prep, flow, _choose(prep, flow), status="optimal", reason="", solve_seconds=0.0)

@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from ortools.sat.python import cp_model
 from pydantic import BaseModel, Field, field_validator, model_validator
+
+from optimizer.common import WALL, Timer, checked
 
 Level = Annotated[int, Field(ge=0, le=100)]
 Minute = Annotated[int, Field(ge=0, le=1439)]
@@ -605,7 +606,9 @@ def _full_light_plan(inst: DimmingInstance, reason: str, solve_seconds: float) -
     )
 
 
-def fallback_plan(inst: DimmingInstance, reason: str, *, solve_seconds: float = 0.0) -> DimmingPlan:
+def fallback_plan(
+    inst: DimmingInstance, reason: str = "fallback requested", *, solve_seconds: float = 0.0
+) -> DimmingPlan:
     """The safe plan without a solver, status "fallback"; it always passes `check_plan`.
 
     Per neighbour component: the rounded (and neighbour-lifted) requirement if that keeps every
@@ -770,29 +773,28 @@ class _ComponentModel:
 # --------------------------------------------------------------------------- solve
 
 
-def solve(inst: DimmingInstance, *, timer: Callable[[], float] = time.perf_counter) -> DimmingPlan:
+def solve(inst: DimmingInstance, *, timer: Timer = WALL) -> DimmingPlan:
     """Minimum-energy plan keeping every rule; never raises and always passes `check_plan`.
 
     Status "optimal" if every component was proven optimal, "feasible" if some CP-SAT solve hit
     its time share with a solution, "fallback" if any component (or all, e.g. a zero budget) had
-    to use `fallback_plan`'s rule; `reason` says which and why. `timer` is a monotonic clock in
-    seconds, injectable for tests.
+    to use `fallback_plan`'s rule; `reason` says which and why. `timer` is the monotonic clock
+    (injectable for tests) and may override the instance's `time_limit_s`.
     """
-    t0 = timer()
-    deadline = t0 + inst.time_limit_s
-    if inst.time_limit_s <= 0:
+    limit = timer.limit(inst.time_limit_s)
+    if limit <= 0:
         return fallback_plan(inst, "no time budget (time_limit_s = 0)")
-    try:
-        plan = _solve(inst, timer, t0, deadline)
-    except Exception as exc:  # a city must get a plan even on a bug: fall back, say why
-        return fallback_plan(inst, f"solver error: {type(exc).__name__}: {exc}", solve_seconds=timer() - t0)
-    problems = check_plan(inst, plan)
-    if problems:
-        return fallback_plan(inst, f"solver plan failed check: {problems[0]}", solve_seconds=timer() - t0)
-    return plan
+    t0 = timer()
+    return checked(
+        inst,
+        lambda: _solve(inst, timer, t0, t0 + limit, limit),
+        check_plan,
+        lambda reason, seconds: fallback_plan(inst, reason, solve_seconds=seconds),
+        lambda: timer() - t0,
+    )
 
 
-def _solve(inst: DimmingInstance, timer: Callable[[], float], t0: float, deadline: float) -> DimmingPlan:
+def _solve(inst: DimmingInstance, timer: Timer, t0: float, deadline: float, limit: float) -> DimmingPlan:
     n = len(inst.slot_start_local_minute)
     groups, edges = _prepare(inst)
     comps = _components(len(groups), edges)
@@ -814,7 +816,7 @@ def _solve(inst: DimmingInstance, timer: Callable[[], float], t0: float, deadlin
 
     # Keep a reserve for assembling and checking the plan, and so that small overruns of
     # early solves do not starve the last components.
-    cp_deadline = deadline - min(0.1 * inst.time_limit_s, 2.0)
+    cp_deadline = deadline - min(0.1 * limit, 2.0)
     weights = {c: _model_size(comps[c], groups, n) for c in hard}
     left = sum(weights.values())
     for c in hard:
