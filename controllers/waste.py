@@ -39,6 +39,7 @@ from edge.bus import EventBus, Subscription
 from edge.clock import Clock
 from edge.dispatcher import Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, Telemetry, Value
+from edge.geo import haversine_m
 from edge.settings import WasteSettings, window_s
 from optimizer.waste import (
     BinInput,
@@ -51,7 +52,6 @@ from optimizer.waste import (
     TruckInput,
     TruckRoute,
     WastePlan,
-    haversine_m,
     plan_collection,
 )
 

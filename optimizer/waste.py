@@ -12,8 +12,9 @@ them safe.
 `build` turns the selection, the trucks (at the depot, or on the road with a load for a
 re-plan) and a `DistanceProvider` into a `RoutingInstance`: a depot, the disposal site as a
 reload node, a final disposal stop before the trucks go home, bins with volume and weight,
-service times and zone time windows. `plan_collection` solves it with optimizer/routing.py,
-maps the result back to stops with ETAs (Unix seconds) and runs the solver-independent check.
+service times and zone time windows. `solve` solves that prepared `WasteInstance` with optimizer/routing.py,
+maps the result back to stops with ETAs (Unix seconds) and runs the solver-independent check;
+`check_plan` checks a finished plan from its stops alone; `plan_collection` is build + solve.
 
 Instance time is integer seconds after `PlanContext.now`; distances are metres.
 """
@@ -24,18 +25,19 @@ import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from time import perf_counter
 from typing import Literal, Protocol
 
-from optimizer.routing import Route, RoutingInstance, RoutingPlan, Status, Vehicle
-from optimizer.routing import check as routing_check
+from edge.geo import haversine_m
+from optimizer.common import PlanStatus, Timer
+from optimizer.routing import Route, RoutingInstance, RoutingPlan, Stop, Vehicle, make_route
+from optimizer.routing import check_plan as routing_check
+from optimizer.routing import fallback_plan as routing_fallback
 from optimizer.routing import solve as routing_solve
 
 RoadClass = Literal["main", "residential", "pedestrian"]
 SelectionKind = Literal["mandatory", "optional", "excluded", "done"]
 StopKind = Literal["bin", "disposal", "depot"]
 
-EARTH_M = 6_371_000.0
 MANDATORY_ALARMS = frozenset({"fire", "overflow"})
 
 
@@ -55,14 +57,6 @@ class DistanceProvider(Protocol):
     def matrices(self, places: Sequence[Place]) -> tuple[list[list[int]], list[list[int]]]:
         """(time in s, distance in m) between every ordered pair of `places`."""
         ...
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 class HaversineProvider:
@@ -147,6 +141,7 @@ class PlanContext:
     zones: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # Unix window per zone
     solver_time_s: float = 10.0
     seed: int = 0
+    solution_limit: int | None = None  # also stop the router after so many solutions (deterministic)
     # What collecting a bin at the threshold is worth, in metres of driving. Below the default
     # stop cost (60 s at 20 km/h = 333 m) on purpose: a bin that is not yet due is taken only
     # when it is nearly on the way and nearly full. A high value (2 km) made trucks lift every
@@ -213,9 +208,14 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class Built:
-    """A routing instance and how to read it back."""
+class WasteInstance:
+    """The prepared instance of one plan: the routing instance, how to read it back, and the context.
 
+    Made by `build` (selection and distance matrices included), so `solve`, `check_plan` and
+    `fallback_plan` need nothing else.
+    """
+
+    ctx: PlanContext
     instance: RoutingInstance
     nodes: list[NodeInfo]
     trucks: list[TruckInput]  # the trucks that got a vehicle, in vehicle order
@@ -238,7 +238,7 @@ def build(
     ctx: PlanContext,
     provider: DistanceProvider,
     selection: Mapping[str, Selection] | None = None,
-) -> Built:
+) -> WasteInstance:
     """The routing instance for the selected bins and the trucks with shift time left."""
     sel = dict(selection) if selection is not None else select(bins, ctx)
     now = ctx.now
@@ -362,7 +362,7 @@ def build(
         vehicles=vehicles,
         names=[p.id for p in places],
     )
-    return Built(inst, nodes, active, sel, unreachable, road)
+    return WasteInstance(ctx, inst, nodes, active, sel, unreachable, road)
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,7 +401,7 @@ class WastePlan:
     selection: Mapping[str, Selection]
     dropped: tuple[str, ...]  # selected bins not in any route (optional ones left out, or worse)
     missed_mandatory: tuple[str, ...]  # mandatory bins no route serves
-    status: str  # "optimal" | "feasible" | "fallback" | "infeasible"
+    status: str  # a PlanStatus value: "optimal" | "feasible" | "fallback" | "infeasible"
     solver: str
     distance_m: int
     violations: tuple[str, ...] = ()
@@ -420,7 +420,7 @@ Solver = Callable[..., RoutingPlan]
 Checker = Callable[[RoutingInstance, RoutingPlan], list[str]]
 
 
-def _map_route(built: Built, route: Route, truck: TruckInput, ctx: PlanContext) -> TruckRoute:
+def _map_route(built: WasteInstance, route: Route, truck: TruckInput, ctx: PlanContext) -> TruckRoute:
     inst, nodes, now = built.instance, built.nodes, ctx.now
     stops: list[PlannedStop] = []
     start = next(v.start for v in inst.vehicles if v.id == truck.id)
@@ -444,8 +444,7 @@ def _map_route(built: Built, route: Route, truck: TruckInput, ctx: PlanContext) 
         return TruckRoute(truck.id, (), 0, max(now, truck.shift[0]))  # nothing to do: stay home
     depot = ctx.depot
     stops.append(PlannedStop(len(stops), "depot", depot.id, depot.lat, depot.lon, now + route.end_time))
-    path = [start, *(s.node for s in route.stops), 0]
-    driven = sum(built.road_m[a][b] for a, b in itertools.pairwise(path))
+    driven = _driven(built, start, [s.node for s in route.stops])
     return TruckRoute(truck.id, tuple(stops), driven, now + route.end_time)
 
 
@@ -467,35 +466,36 @@ def plan_collection(
     solver: Solver = routing_solve,
     checker: Checker = routing_check,
 ) -> WastePlan:
-    """Select, build, solve, map back and check: the day's (or a re-plan's) collection plan.
+    """Select, build, solve, map back and check: the day's (or a re-plan's) collection plan."""
+    return solve(build(bins, trucks, ctx, provider), solver=solver, checker=checker)
 
-    When the mandatory bins cannot all be served (too little truck time or capacity), the
-    instance is solved again with them optional at a very high penalty, so the trucks still
-    collect as many of them as they can; the plan's status is then "infeasible" and the
-    bins left out are listed in `missed_mandatory`.
+
+def solve(
+    instance: WasteInstance,
+    *,
+    timer: Timer | None = None,
+    solver: Solver = routing_solve,
+    checker: Checker = routing_check,
+) -> WastePlan:
+    """Solve the prepared instance and map the routes back to stops with ETAs.
+
+    `timer` defaults to the wall clock with the context's `solver_time_s`, `solution_limit` and `seed`. When the
+    mandatory bins cannot all be served (too little truck time or capacity), the instance is
+    solved again with them optional at a very high penalty, so the trucks still collect as many
+    of them as they can; the plan's status is then "infeasible" and the bins left out are listed
+    in `missed_mandatory`. The time limit covers both solves.
     """
-    built = build(bins, trucks, ctx, provider)
+    built, ctx = instance, instance.ctx
+    timer = timer or Timer(time_limit_s=ctx.solver_time_s, solution_limit=ctx.solution_limit, seed=ctx.seed)
     inst = built.instance
-    sel = built.selection
-    mandatory = {b for b, s in sel.items() if s.kind == "mandatory"}
     if not inst.vehicles:  # no truck with shift time left: nothing can be collected
-        listed = sorted(b for b, s in sel.items() if s.kind in {"mandatory", "optional"})
-        missed = tuple(b for b in listed if b in mandatory)
-        return WastePlan(
-            made_ts=ctx.now,
-            routes=(),
-            selection=sel,
-            dropped=tuple(listed),
-            missed_mandatory=missed,
-            status="infeasible" if missed else "optimal",
-            solver="none",
-            distance_m=0,
-        )
-    t0 = perf_counter()
-    plan = solver(inst, time_limit_s=ctx.solver_time_s, seed=ctx.seed)
+        return _no_trucks(built)
+    limit = timer.limit(ctx.solver_time_s)
+    t0 = timer()
+    plan = solver(inst, timer=replace(timer, time_limit_s=limit))
     used = inst
     violations = tuple(plan.violations)
-    if plan.status is Status.INFEASIBLE and any(inst.required):
+    if plan.status is PlanStatus.INFEASIBLE and any(inst.required):
         # The router's infeasible plan already serves as many required bins as it could: if all
         # it breaks is the bins it left out, it is the plan. Otherwise solve the relaxed instance,
         # within what is left of the time limit (never twice the limit).
@@ -503,26 +503,114 @@ def plan_collection(
         used = _relaxed(inst, big)
         violations = tuple(checker(used, plan))
         if violations:
-            left = ctx.solver_time_s - (perf_counter() - t0)
-            plan = solver(used, time_limit_s=max(0.1, left), seed=ctx.seed)
+            left = limit - (timer() - t0)
+            plan = solver(used, timer=replace(timer, time_limit_s=max(0.1, left)))
             violations = tuple(plan.violations)
     violations = violations or tuple(checker(used, plan))
+    return _waste_plan(built, plan, violations)
+
+
+def _waste_plan(built: WasteInstance, plan: RoutingPlan, violations: tuple[str, ...]) -> WastePlan:
+    """The routing plan read back as truck routes, with what was dropped or missed."""
+    ctx, sel = built.ctx, built.selection
+    mandatory = {b for b, s in sel.items() if s.kind == "mandatory"}
     by_truck = {r.vehicle: r for r in plan.routes}
     routes = tuple(_map_route(built, by_truck.get(t.id, Route(t.id, (), 0, 0)), t, ctx) for t in built.trucks)
     served = {s.id for r in routes for s in r.stops if s.kind == "bin"}
     chosen = {b for b, s in sel.items() if s.kind in {"mandatory", "optional"}}
-    dropped = tuple(sorted(chosen - served))
     missed = tuple(sorted(mandatory - served))
-    status = "infeasible" if missed else str(plan.status)
     return WastePlan(
         made_ts=ctx.now,
         routes=routes,
         selection=sel,
-        dropped=dropped,
+        dropped=tuple(sorted(chosen - served)),
         missed_mandatory=missed,
-        status=status,
+        status=PlanStatus.INFEASIBLE.value if missed else str(plan.status),
         solver=plan.solver,
         distance_m=sum(r.distance_m for r in routes),
         violations=violations,
         wall_s=plan.wall_s,
     )
+
+
+def _no_trucks(built: WasteInstance) -> WastePlan:
+    """The plan when no truck has shift time left: nothing can be collected."""
+    sel = built.selection
+    listed = sorted(b for b, s in sel.items() if s.kind in {"mandatory", "optional"})
+    missed = tuple(b for b in listed if sel[b].kind == "mandatory")
+    return WastePlan(
+        made_ts=built.ctx.now,
+        routes=(),
+        selection=sel,
+        dropped=tuple(listed),
+        missed_mandatory=missed,
+        status=PlanStatus.INFEASIBLE.value if missed else PlanStatus.OPTIMAL.value,
+        solver="none",
+        distance_m=0,
+    )
+
+
+def fallback_plan(instance: WasteInstance) -> WastePlan:
+    """The collection plan without a solver: the router's constructive plan, read back."""
+    if not instance.instance.vehicles:
+        return _no_trucks(instance)
+    plan = routing_fallback(instance.instance)
+    return _waste_plan(instance, plan, plan.violations)
+
+
+def check_plan(instance: WasteInstance, plan: WastePlan) -> list[str]:
+    """Every way `plan` breaks `instance`, from the plan's stops alone (no solver state).
+
+    The truck routes are read back into routing nodes and checked by the router's own checker,
+    with mandatory bins the plan lists as missed counted as optional (a plan that cannot serve
+    them says so in `missed_mandatory`); then dropped, missed and driven metres are recomputed.
+    """
+    built, inst = instance, instance.instance
+    node_of = {info.id: i for i, info in enumerate(built.nodes) if info.kind in {"bin", "disposal"}}
+    vehicles = {v.id: v for v in inst.vehicles}
+    out: list[str] = []
+    routes: list[Route] = []
+    for r in plan.routes:
+        v = vehicles.get(r.truck)
+        if v is None:
+            out.append(f"route for unknown truck {r.truck!r}")
+            continue
+        visits = [s for s in r.stops if s.kind != "depot"]
+        unknown = [s.id for s in visits if s.id not in node_of]
+        if unknown:
+            out.append(f"truck {r.truck} visits unknown stops {unknown}")
+            continue
+        nodes = [node_of[s.id] for s in visits]
+        made = make_route(inst, v, nodes)
+        stops = tuple(
+            Stop(n, round(s.eta_ts - plan.made_ts), (round(s.load_l), round(s.load_kg)))
+            for n, s in zip(nodes, visits, strict=True)
+        )
+        end = round(r.end_ts - plan.made_ts) if r.stops else made.end_time
+        routes.append(Route(v.id, stops, end, made.distance))
+        driven = _driven(built, v.start, nodes)
+        if r.stops and driven != r.distance_m:
+            out.append(f"truck {r.truck}: stated {r.distance_m} m driven != recomputed {driven} m")
+    served = {n for r in routes for s in r.stops for n in [s.node] if n in inst.customers}
+    missed_nodes = {node_of[b] for b in plan.missed_mandatory if b in node_of}
+    used = replace(inst, required=[q and i not in missed_nodes for i, q in enumerate(inst.required)])
+    dropped = tuple(c for c in inst.customers if c not in served)
+    penalty = sum(used.penalty[c] for c in dropped if not used.required[c])
+    rplan = RoutingPlan(
+        tuple(routes), dropped, sum(r.distance for r in routes), penalty, PlanStatus.FEASIBLE, "", 0.0
+    )
+    out += routing_check(used, rplan)
+    sel = built.selection
+    names = {built.nodes[c].id for c in served}
+    chosen = {b for b, s in sel.items() if s.kind in {"mandatory", "optional"}}
+    if tuple(sorted(chosen - names)) != tuple(plan.dropped):
+        out.append(f"stated dropped {list(plan.dropped)} != recomputed {sorted(chosen - names)}")
+    missed = sorted(b for b in chosen - names if sel[b].kind == "mandatory")
+    if tuple(missed) != tuple(plan.missed_mandatory):
+        out.append(f"stated missed {list(plan.missed_mandatory)} != recomputed {missed}")
+    return out
+
+
+def _driven(built: WasteInstance, start: int, nodes: Sequence[int]) -> int:
+    """Road metres of a route from `start` through `nodes` and home to the depot."""
+    return sum(built.road_m[a][b] for a, b in itertools.pairwise([start, *nodes, 0]))
