@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ortools.linear_solver import pywraplp
 from pydantic import ValidationError
 
-from optimizer import charging
+from optimizer import charging, charging_fallback
 from optimizer.charging import (
     ChargingInstance,
     ChargingPlan,
@@ -232,7 +232,7 @@ def test_fallback_is_all_zero_when_round_robin_fails(monkeypatch: pytest.MonkeyP
     def broken(*_: object) -> float:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(charging, "_grant", broken)
+    monkeypatch.setattr(charging_fallback, "_grant", broken)
     inst = street()
     plan = fallback_plan(inst, "why")
     assert check_plan(inst, plan) == []
