@@ -254,42 +254,12 @@ def check_plan(inst: ChargingInstance, plan: ChargingPlan) -> list[str]:
         got = planned.get(s.id)
         if got is None:
             continue
-        sp = got
-        cur = sp.current_a
-        if len(cur) != n:
-            out.append(f"session {s.id}: {len(cur)} currents for {n} slots")
-            continue
-        if not all(math.isfinite(c) for c in cur):
-            out.append(f"session {s.id}: a current is not finite")
-            continue
-        bad = [
-            t
-            for t, c in enumerate(cur)
-            if c != 0 and not (s.min_a - LIMIT_TOL_A <= c <= s.max_a + LIMIT_TOL_A)
-        ]
-        if bad:
-            t = bad[0]
-            out.append(
-                f"session {s.id}: slot {t} current {cur[t]:.3f} A is neither 0 nor within "
-                f"[{s.min_a}, {s.max_a}] A in {len(bad)} slot(s)"
-            )
-        outside = [t for t, c in enumerate(cur) if c != 0 and not s.arrival_slot <= t < s.departure_slot]
-        if outside:
-            t = outside[0]
-            out.append(
-                f"session {s.id}: slot {t} current {cur[t]:.3f} A outside its window "
-                f"[{s.arrival_slot}, {s.departure_slot}) in {len(outside)} slot(s)"
-            )
         ph = phases[s.id]
-        energy = _energy(cur, kwh_per_amp_slot(inst, s, ph))
+        energy = _check_session(inst, s, got, ph, out)
+        if energy is None:
+            continue
         delivered += energy
-        if energy > s.energy_kwh * (1 + 1e-9) + ENERGY_TOL_KWH:
-            out.append(f"session {s.id}: {energy:.6f} kWh delivered, needs only {s.energy_kwh:.6f}")
-        if not math.isclose(energy, sp.energy_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
-            out.append(f"session {s.id}: energy {sp.energy_kwh:.6f} kWh, currents give {energy:.6f}")
-        unmet = max(s.energy_kwh - energy, 0.0)
-        if not math.isclose(unmet, sp.unmet_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
-            out.append(f"session {s.id}: unmet {sp.unmet_kwh:.6f} kWh, expected {unmet:.6f}")
+        cur = got.current_a
         loaded = (0,) if ph == 1 else (0, 1, 2)
         for j in paths[index[s.node]]:
             for p in loaded:
@@ -313,6 +283,46 @@ def check_plan(inst: ChargingInstance, plan: ChargingPlan) -> list[str]:
     if not out and not math.isclose(delivered, plan.delivered_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
         out.append(f"delivered {plan.delivered_kwh:.6f} kWh, sessions sum to {delivered:.6f}")
     return out
+
+
+def _check_session(
+    inst: ChargingInstance, s: Session, sp: SessionPlan, ph: int, out: list[str]
+) -> float | None:
+    """Append what breaks one session's plan to `out`; the energy its currents deliver, or None
+    when the currents are unusable (wrong count, not finite) and add no load."""
+    cur = sp.current_a
+    n = inst.n_slots
+    if len(cur) != n:
+        out.append(f"session {s.id}: {len(cur)} currents for {n} slots")
+        return None
+    if not all(math.isfinite(c) for c in cur):
+        out.append(f"session {s.id}: a current is not finite")
+        return None
+    bad = [
+        t for t, c in enumerate(cur) if c != 0 and not (s.min_a - LIMIT_TOL_A <= c <= s.max_a + LIMIT_TOL_A)
+    ]
+    if bad:
+        t = bad[0]
+        out.append(
+            f"session {s.id}: slot {t} current {cur[t]:.3f} A is neither 0 nor within "
+            f"[{s.min_a}, {s.max_a}] A in {len(bad)} slot(s)"
+        )
+    outside = [t for t, c in enumerate(cur) if c != 0 and not s.arrival_slot <= t < s.departure_slot]
+    if outside:
+        t = outside[0]
+        out.append(
+            f"session {s.id}: slot {t} current {cur[t]:.3f} A outside its window "
+            f"[{s.arrival_slot}, {s.departure_slot}) in {len(outside)} slot(s)"
+        )
+    energy = _energy(cur, kwh_per_amp_slot(inst, s, ph))
+    if energy > s.energy_kwh * (1 + 1e-9) + ENERGY_TOL_KWH:
+        out.append(f"session {s.id}: {energy:.6f} kWh delivered, needs only {s.energy_kwh:.6f}")
+    if not math.isclose(energy, sp.energy_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
+        out.append(f"session {s.id}: energy {sp.energy_kwh:.6f} kWh, currents give {energy:.6f}")
+    unmet = max(s.energy_kwh - energy, 0.0)
+    if not math.isclose(unmet, sp.unmet_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
+        out.append(f"session {s.id}: unmet {sp.unmet_kwh:.6f} kWh, expected {unmet:.6f}")
+    return energy
 
 
 # --------------------------------------------------------------------------- assembling

@@ -230,8 +230,6 @@ def check_plan(inst: DimmingInstance, plan: DimmingPlan) -> list[str]:
     per group and rule (first slot and count), so a badly broken city plan stays readable.
     """
     out: list[str] = []
-    n = len(inst.slot_start_local_minute)
-    mins = inst.slot_start_local_minute
     if plan.status not in STATUSES:
         out.append(f"status {plan.status!r} not one of {sorted(STATUSES)}")
     by_id = {g.id: g for g in inst.groups}
@@ -253,36 +251,59 @@ def check_plan(inst: DimmingInstance, plan: DimmingPlan) -> list[str]:
         if g is None or planned.get(gp.id) is not gp.levels:
             energy_ok = False
             continue
-        lv = gp.levels
-        if len(lv) != n:
-            out.append(f"group {g.id}: {len(lv)} levels for {n} slots")
+        energy = _check_group(inst, g, gp, out)
+        if energy is None:
             energy_ok = False
             continue
-        allowed = set(allowed_levels(inst, g))
-        bad = [t for t, x in enumerate(lv) if x not in allowed]
-        if bad:
-            out.append(
-                f"group {g.id}: slot {bad[0]} ({_hhmm(mins[bad[0]])}) level {lv[bad[0]]} not "
-                f"allowed (levels {inst.levels}, d_min {g.d_min}) in {len(bad)} slot(s)"
-            )
-            energy_ok = False
-            continue
-        valid[g.id] = lv
-        low = [t for t, (x, r) in enumerate(zip(lv, g.required, strict=True)) if x < r]
-        if low:
-            t = low[0]
-            out.append(
-                f"group {g.id}: slot {t} ({_hhmm(mins[t])}) level {lv[t]} below required "
-                f"{g.required[t]} in {len(low)} slot(s)"
-            )
-        changes = _count_changes(lv)
-        if changes > g.max_changes:
-            out.append(f"group {g.id}: {changes} level changes, at most {g.max_changes} allowed")
-        energy = group_energy_kwh(lv, g, inst.slot_minutes)
+        valid[g.id] = gp.levels
         energy_sum += energy
-        if not _close(energy, gp.energy_kwh):
-            out.append(f"group {g.id}: energy {gp.energy_kwh:.6f} kWh, levels give {energy:.6f}")
+    _check_neighbours(inst, valid, out)
+    if energy_ok and not _close(energy_sum, plan.energy_kwh):
+        out.append(f"plan energy {plan.energy_kwh:.6f} kWh, groups sum to {energy_sum:.6f}")
+    static, dortmund = _baselines(inst)
+    if not _close(static, plan.baseline_static_kwh):
+        out.append(f"static baseline {plan.baseline_static_kwh:.6f} kWh, expected {static:.6f}")
+    if not _close(dortmund, plan.baseline_dortmund_kwh):
+        out.append(f"Dortmund baseline {plan.baseline_dortmund_kwh:.6f} kWh, expected {dortmund:.6f}")
+    return out
 
+
+def _check_group(inst: DimmingInstance, g: LampGroup, gp: GroupPlan, out: list[str]) -> float | None:
+    """Append what breaks one group's levels to `out`; their energy, or None when the levels are
+    malformed (wrong count, a level not allowed) and the later rules cannot read them."""
+    n = len(inst.slot_start_local_minute)
+    mins = inst.slot_start_local_minute
+    lv = gp.levels
+    if len(lv) != n:
+        out.append(f"group {g.id}: {len(lv)} levels for {n} slots")
+        return None
+    allowed = set(allowed_levels(inst, g))
+    bad = [t for t, x in enumerate(lv) if x not in allowed]
+    if bad:
+        out.append(
+            f"group {g.id}: slot {bad[0]} ({_hhmm(mins[bad[0]])}) level {lv[bad[0]]} not "
+            f"allowed (levels {inst.levels}, d_min {g.d_min}) in {len(bad)} slot(s)"
+        )
+        return None
+    low = [t for t, (x, r) in enumerate(zip(lv, g.required, strict=True)) if x < r]
+    if low:
+        t = low[0]
+        out.append(
+            f"group {g.id}: slot {t} ({_hhmm(mins[t])}) level {lv[t]} below required "
+            f"{g.required[t]} in {len(low)} slot(s)"
+        )
+    changes = _count_changes(lv)
+    if changes > g.max_changes:
+        out.append(f"group {g.id}: {changes} level changes, at most {g.max_changes} allowed")
+    energy = group_energy_kwh(lv, g, inst.slot_minutes)
+    if not _close(energy, gp.energy_kwh):
+        out.append(f"group {g.id}: energy {gp.energy_kwh:.6f} kWh, levels give {energy:.6f}")
+    return energy
+
+
+def _check_neighbours(inst: DimmingInstance, valid: dict[str, list[int]], out: list[str]) -> None:
+    """Append every neighbour pair (of well-formed groups) whose levels differ too much in a slot."""
+    mins = inst.slot_start_local_minute
     for nb in effective_neighbours(inst):
         la, lb = valid.get(nb.a), valid.get(nb.b)
         if la is None or lb is None:
@@ -294,15 +315,6 @@ def check_plan(inst: DimmingInstance, plan: DimmingPlan) -> list[str]:
                 f"neighbours {nb.a}/{nb.b}: slot {t} ({_hhmm(mins[t])}) levels {la[t]} and "
                 f"{lb[t]} differ by more than {nb.max_diff} in {len(far)} slot(s)"
             )
-
-    if energy_ok and not _close(energy_sum, plan.energy_kwh):
-        out.append(f"plan energy {plan.energy_kwh:.6f} kWh, groups sum to {energy_sum:.6f}")
-    static, dortmund = _baselines(inst)
-    if not _close(static, plan.baseline_static_kwh):
-        out.append(f"static baseline {plan.baseline_static_kwh:.6f} kWh, expected {static:.6f}")
-    if not _close(dortmund, plan.baseline_dortmund_kwh):
-        out.append(f"Dortmund baseline {plan.baseline_dortmund_kwh:.6f} kWh, expected {dortmund:.6f}")
-    return out
 
 
 # --------------------------------------------------------------------------- prepared data
