@@ -344,3 +344,23 @@ def test_parsers_reproduce_best_known_costs(vrp: str, sol: str) -> None:
     assert plan.violations == ()
     assert plan.distance == round(expected)
     assert vrplib.cost(data, routes) == round(expected)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "ortools", "pyvrp"])
+def test_a_solution_limit_makes_the_run_repeatable(strategy: str) -> None:
+    """With a solution/iteration limit and a seed, the same instance gives the same routes: what
+    lets the quality tests above stand on any machine, however loaded."""
+    instance = _loose(3)
+    first = solve(instance, timer=LIMITS, strategy=strategy)
+    again = solve(instance, timer=LIMITS, strategy=strategy)
+    assert [[s.node for s in r.stops] for r in first.routes] == [
+        [s.node for s in r.stops] for r in again.routes
+    ]
+    assert (first.distance, first.solver) == (again.distance, again.solver)
+
+
+def test_routing_needs_a_time_limit() -> None:
+    """Routing has no budget of its own: a timer without one is a clear error."""
+    instance, _ = _good()
+    with pytest.raises(ValueError, match="time limit"):
+        solve(instance, timer=Timer(seed=0))
