@@ -12,9 +12,13 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
 
+from optimizer.common import PlanStatus
+
 Amps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
-STATUSES: frozenset[str] = frozenset({"optimal", "feasible", "fallback"})
+STATUSES: frozenset[str] = frozenset(
+    {PlanStatus.OPTIMAL.value, PlanStatus.FEASIBLE.value, PlanStatus.FALLBACK.value}
+)  # what its plans may say
 LIMIT_TOL_A = 1e-6  # amperes: float noise only, far below any meter
 ENERGY_TOL_KWH = 1e-6
 _EARLY_WEIGHT = 1e-4  # per slot, relative to the price spread: earlier is better, price first

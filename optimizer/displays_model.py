@@ -10,7 +10,11 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, model_validator
 
-STATUSES: frozenset[str] = frozenset({"optimal", "fallback"})
+from optimizer.common import PlanStatus
+
+STATUSES: frozenset[str] = frozenset(
+    {PlanStatus.OPTIMAL.value, PlanStatus.FALLBACK.value}
+)  # what its plans may say
 NO_PARKING_HINT = "no free parking"
 DECI = 10  # cost unit: 0.1 minute
 MINUTES_TOL = 1e-6

@@ -12,11 +12,15 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from optimizer.common import PlanStatus
+
 Level = Annotated[int, Field(ge=0, le=100)]
 Minute = Annotated[int, Field(ge=0, le=1439)]
 
 DEFAULT_LEVELS: tuple[int, ...] = (0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
-STATUSES: frozenset[str] = frozenset({"optimal", "feasible", "fallback"})
+STATUSES: frozenset[str] = frozenset(
+    {PlanStatus.OPTIMAL.value, PlanStatus.FEASIBLE.value, PlanStatus.FALLBACK.value}
+)  # what its plans may say
 DORTMUND_DIM_LEVEL = 50
 DORTMUND_DIM_FROM = 21 * 60 + 30  # local minute, inclusive
 DORTMUND_DIM_UNTIL = 5 * 60 + 30  # local minute, exclusive
