@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.common import Row
 from optimizer import vrplib
+from optimizer.common import Timer
 from optimizer.routing import RoutingInstance, pyvrp_model, solve
 
 DATA = Path(__file__).resolve().parent / "data" / "vrp"
@@ -67,7 +68,7 @@ def pyvrp_alone(instance: RoutingInstance, limit_s: float) -> tuple[int | None, 
 def ours(instance: RoutingInstance, limit_s: float, strategy: str) -> tuple[int | None, float, str]:
     """Our router: (cost if a clean plan serving everyone, wall seconds, solver label)."""
     t0 = time.perf_counter()
-    plan = solve(instance, time_limit_s=limit_s, seed=SEED, strategy=strategy)
+    plan = solve(instance, timer=Timer(time_limit_s=limit_s, seed=SEED), strategy=strategy)
     took = time.perf_counter() - t0
     clean = not plan.violations and not plan.dropped
     return (plan.distance if clean else None), took, plan.solver

@@ -58,627 +58,58 @@ be injected) only to share and enforce its time budget.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 from ortools.linear_solver import pywraplp
-from pydantic import BaseModel, Field, model_validator
 
-Amps = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-
-STATUSES: frozenset[str] = frozenset({"optimal", "feasible", "fallback"})
-LIMIT_TOL_A = 1e-6  # amperes: float noise only, far below any meter
-ENERGY_TOL_KWH = 1e-6
-_EARLY_WEIGHT = 1e-4  # per slot, relative to the price spread: earlier is better, price first
-_RESERVE_S = 0.25  # of the time budget kept for rounding, assembling and checking
-
-
-class SupplyNode(BaseModel, frozen=True):
-    """A cabinet, feeder or post; it caps, per phase and slot, the current of every car below it.
-
-    `limit_a` is the per-phase limit per slot in A, already net of the lighting load (clamp it at
-    0 before building the instance if the lamps alone exceed it). `phases` is 1 for single-phase
-    lighting circuits.
-    """
-
-    id: str = Field(min_length=1)
-    parent: str | None = None
-    limit_a: list[Amps]
-    phases: int = Field(default=3)
-
-    @model_validator(mode="after")
-    def _phases(self) -> SupplyNode:
-        if self.phases not in (1, 3):
-            raise ValueError(f"node {self.id}: phases must be 1 or 3, not {self.phases}")
-        return self
-
-
-class Session(BaseModel, frozen=True):
-    """A connected (or expected) car: where it hangs, what it may draw and what it still needs.
-
-    `departure_slot` is exclusive; when the driver did not say, the caller puts in the expected
-    departure from the statistics.
-    """
-
-    id: str = Field(min_length=1)
-    charger_id: str
-    node: str
-    phases: int
-    max_a: Amps
-    min_a: Amps = 6.0
-    energy_kwh: float = Field(ge=0, allow_inf_nan=False)
-    arrival_slot: int = Field(default=0, ge=0)
-    departure_slot: int = Field(ge=0)
-    voltage: float = Field(default=230.0, gt=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _phases(self) -> Session:
-        if self.phases not in (1, 3):
-            raise ValueError(f"session {self.id}: phases must be 1 or 3, not {self.phases}")
-        return self
-
-
-class ChargingInstance(BaseModel, frozen=True):
-    """A fully prepared re-plan: slots, the supply tree, the cars and an optional price curve."""
-
-    slot_minutes: int = Field(default=15, ge=1)
-    n_slots: int = Field(default=96, ge=1)
-    nodes: list[SupplyNode]
-    sessions: list[Session]
-    price: list[float] | None = None
-    time_limit_s: float = Field(default=2.0, ge=0, allow_inf_nan=False)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ChargingInstance:
-        ids: dict[str, SupplyNode] = {}
-        for nd in self.nodes:
-            if nd.id in ids:
-                raise ValueError(f"duplicate node id {nd.id}")
-            ids[nd.id] = nd
-            if len(nd.limit_a) != self.n_slots:
-                raise ValueError(f"node {nd.id}: {len(nd.limit_a)} limits for {self.n_slots} slots")
-        for nd in self.nodes:
-            seen = {nd.id}
-            up = nd.parent
-            while up is not None:
-                if up not in ids:
-                    raise ValueError(f"node {nd.id}: unknown parent {up}")
-                if up in seen:
-                    raise ValueError(f"node {nd.id}: the supply tree has a cycle through {up}")
-                seen.add(up)
-                up = ids[up].parent
-        sids: set[str] = set()
-        for s in self.sessions:
-            if s.id in sids:
-                raise ValueError(f"duplicate session id {s.id}")
-            sids.add(s.id)
-            if s.node not in ids:
-                raise ValueError(f"session {s.id}: unknown node {s.node}")
-        if self.price is not None:
-            if len(self.price) != self.n_slots:
-                raise ValueError(f"{len(self.price)} prices for {self.n_slots} slots")
-            if not all(math.isfinite(p) for p in self.price):
-                raise ValueError("prices must be finite")
-        return self
-
-
-class SessionPlan(BaseModel, frozen=True):
-    """The current of one car in every slot (0 outside its window) and its energy."""
-
-    id: str
-    current_a: list[float]
-    energy_kwh: float
-    unmet_kwh: float
-
-
-class ChargingPlan(BaseModel, frozen=True):
-    """A plan for every car, with delivered and requested energy and how it was found.
-
-    `upper_bound_kwh` is the most energy the LP relaxation can deliver (0 if not computed), so
-    `delivered_kwh / upper_bound_kwh` bounds what any other plan could add. `fair_fraction` is the
-    smallest delivered / reachable energy over cars (1.0 when there are none).
-    """
-
-    status: str
-    reason: str = ""
-    sessions: list[SessionPlan]
-    delivered_kwh: float
-    requested_kwh: float
-    upper_bound_kwh: float = 0.0
-    solve_seconds: float
-    fair_fraction: float = 1.0
-    cost: float = 0.0
-
-
-# --------------------------------------------------------------------------- prepared data
-
-
-@dataclass(frozen=True, slots=True)
-class _Car:
-    """One session prepared for solving."""
-
-    idx: int
-    s: Session
-    path: tuple[int, ...]  # node indices from its post up to the root
-    phases: int  # effective: 1 if the car or any node above it is single-phase
-    kwh_per_a: float  # energy of 1 A for one slot
-    start: int  # window [start, end) clipped to the horizon
-    end: int
-    ub: tuple[float, ...]  # per slot in the window: max current (0 if under min_a)
-    need_a: float  # need in ampere-slots
-
-
-@dataclass(frozen=True, slots=True)
-class _Prep:
-    inst: ChargingInstance
-    cars: tuple[_Car, ...]
-    parent: tuple[int, ...]  # -1 for a root
-    limits: tuple[tuple[float, ...], ...]
-    below: tuple[tuple[int, ...], ...]  # per node: cars in its subtree
-
-
-def _node_paths(inst: ChargingInstance) -> tuple[dict[str, int], list[int], list[tuple[int, ...]]]:
-    index = {nd.id: j for j, nd in enumerate(inst.nodes)}
-    parent = [-1 if nd.parent is None else index[nd.parent] for nd in inst.nodes]
-    paths: list[tuple[int, ...]] = []
-    for j in range(len(inst.nodes)):
-        path = [j]
-        while parent[path[-1]] >= 0:
-            path.append(parent[path[-1]])
-        paths.append(tuple(path))
-    return index, parent, paths
-
-
-def effective_phases(inst: ChargingInstance) -> dict[str, int]:
-    """Phases each session charges on: 1 if the car or any node on its path is single-phase."""
-    index, _, paths = _node_paths(inst)
-    out: dict[str, int] = {}
-    for s in inst.sessions:
-        single = s.phases == 1 or any(inst.nodes[j].phases == 1 for j in paths[index[s.node]])
-        out[s.id] = 1 if single else 3
-    return out
-
-
-def kwh_per_amp_slot(inst: ChargingInstance, s: Session, phases: int) -> float:
-    """Energy one ampere per phase delivers to `s` in one slot, in kWh."""
-    return s.voltage * phases * inst.slot_minutes / 60 / 1000
-
-
-def _prepare(inst: ChargingInstance) -> _Prep:
-    index, parent, paths = _node_paths(inst)
-    phases = effective_phases(inst)
-    limits = tuple(tuple(nd.limit_a) for nd in inst.nodes)
-    below: list[list[int]] = [[] for _ in inst.nodes]
-    cars: list[_Car] = []
-    for i, s in enumerate(inst.sessions):
-        path = paths[index[s.node]]
-        start = min(s.arrival_slot, inst.n_slots)
-        end = max(min(s.departure_slot, inst.n_slots), start)
-        k = kwh_per_amp_slot(inst, s, phases[s.id])
-        # A car needing less than one slot at min_a cannot be served without overfilling it.
-        servable = s.energy_kwh / k >= s.min_a - 1e-9 and s.max_a >= s.min_a and s.max_a > 0
-        ub: list[float] = []
-        for t in range(start, end):
-            u = min(s.max_a, *(limits[j][t] for j in path)) if servable else 0.0
-            ub.append(u if u >= s.min_a and u > 0 else 0.0)
-        cars.append(_Car(i, s, path, phases[s.id], k, start, end, tuple(ub), s.energy_kwh / k))
-        for j in path:
-            below[j].append(i)
-    return _Prep(inst, tuple(cars), tuple(parent), limits, tuple(tuple(b) for b in below))
-
-
-# --------------------------------------------------------------------------- checker
-
-
-def _energy(current: Sequence[float], k: float) -> float:
-    return math.fsum(current) * k
-
-
-def check_plan(inst: ChargingInstance, plan: ChargingPlan) -> list[str]:
-    """Check `plan` against `inst` without any solver; return human-readable violations.
-
-    Rules: every session planned once with one current per slot; each current finite and 0 or
-    within [min_a, max_a]; no current outside [arrival, departure); energy at most the need (+
-    tolerance) and reported energies consistent; per node, slot and phase the sum of the currents
-    below it at most the limit (L1 carries every car, L2 and L3 the three-phase ones, see the
-    module docstring). One message per session or node and rule (first slot and count).
-    """
-    out: list[str] = []
-    n = inst.n_slots
-    if plan.status not in STATUSES:
-        out.append(f"status {plan.status!r} not one of {sorted(STATUSES)}")
-    by_id = {s.id: s for s in inst.sessions}
-    planned: dict[str, SessionPlan] = {}
-    for sp in plan.sessions:
-        if sp.id not in by_id:
-            out.append(f"session {sp.id}: not in the instance")
-        elif sp.id in planned:
-            out.append(f"session {sp.id}: planned more than once")
-        else:
-            planned[sp.id] = sp
-    out.extend(f"session {s.id}: missing from the plan" for s in inst.sessions if s.id not in planned)
-
-    index, _, paths = _node_paths(inst)
-    phases = effective_phases(inst)
-    load = [[[0.0] * n for _ in range(3)] for _ in inst.nodes]  # node, phase, slot
-    delivered = 0.0
-    for s in inst.sessions:
-        got = planned.get(s.id)
-        if got is None:
-            continue
-        sp = got
-        cur = sp.current_a
-        if len(cur) != n:
-            out.append(f"session {s.id}: {len(cur)} currents for {n} slots")
-            continue
-        if not all(math.isfinite(c) for c in cur):
-            out.append(f"session {s.id}: a current is not finite")
-            continue
-        bad = [
-            t
-            for t, c in enumerate(cur)
-            if c != 0 and not (s.min_a - LIMIT_TOL_A <= c <= s.max_a + LIMIT_TOL_A)
-        ]
-        if bad:
-            t = bad[0]
-            out.append(
-                f"session {s.id}: slot {t} current {cur[t]:.3f} A is neither 0 nor within "
-                f"[{s.min_a}, {s.max_a}] A in {len(bad)} slot(s)"
-            )
-        outside = [t for t, c in enumerate(cur) if c != 0 and not s.arrival_slot <= t < s.departure_slot]
-        if outside:
-            t = outside[0]
-            out.append(
-                f"session {s.id}: slot {t} current {cur[t]:.3f} A outside its window "
-                f"[{s.arrival_slot}, {s.departure_slot}) in {len(outside)} slot(s)"
-            )
-        ph = phases[s.id]
-        energy = _energy(cur, kwh_per_amp_slot(inst, s, ph))
-        delivered += energy
-        if energy > s.energy_kwh * (1 + 1e-9) + ENERGY_TOL_KWH:
-            out.append(f"session {s.id}: {energy:.6f} kWh delivered, needs only {s.energy_kwh:.6f}")
-        if not math.isclose(energy, sp.energy_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
-            out.append(f"session {s.id}: energy {sp.energy_kwh:.6f} kWh, currents give {energy:.6f}")
-        unmet = max(s.energy_kwh - energy, 0.0)
-        if not math.isclose(unmet, sp.unmet_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
-            out.append(f"session {s.id}: unmet {sp.unmet_kwh:.6f} kWh, expected {unmet:.6f}")
-        loaded = (0,) if ph == 1 else (0, 1, 2)
-        for j in paths[index[s.node]]:
-            for p in loaded:
-                row = load[j][p]
-                for t, c in enumerate(cur):
-                    if c:
-                        row[t] += c
-
-    for j, nd in enumerate(inst.nodes):
-        for p in range(nd.phases):
-            over = [t for t in range(n) if load[j][p][t] > nd.limit_a[t] + LIMIT_TOL_A]
-            if over:
-                t = over[0]
-                out.append(
-                    f"node {nd.id}: L{p + 1} slot {t} load {load[j][p][t]:.3f} A over limit "
-                    f"{nd.limit_a[t]:.3f} A in {len(over)} slot(s)"
-                )
-    requested = math.fsum(s.energy_kwh for s in inst.sessions)
-    if not math.isclose(requested, plan.requested_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
-        out.append(f"requested {plan.requested_kwh:.6f} kWh, sessions need {requested:.6f}")
-    if not out and not math.isclose(delivered, plan.delivered_kwh, rel_tol=1e-6, abs_tol=ENERGY_TOL_KWH):
-        out.append(f"delivered {plan.delivered_kwh:.6f} kWh, sessions sum to {delivered:.6f}")
-    return out
-
-
-# --------------------------------------------------------------------------- assembling
-
-
-def _reachable_a(car: _Car) -> float:
-    """What the car could draw alone in its window, capped by its need (ampere-slots)."""
-    return min(car.need_a, math.fsum(car.ub))
-
-
-def _assemble(
-    prep: _Prep,
-    currents: Sequence[Sequence[float]],  # per car, per slot of its window
-    *,
-    status: str,
-    reason: str,
-    solve_seconds: float,
-    upper_bound_kwh: float,
-) -> ChargingPlan:
-    inst = prep.inst
-    n = inst.n_slots
-    plans: list[SessionPlan] = []
-    fair = 1.0
-    cost = 0.0
-    price = inst.price
-    for car, cur in zip(prep.cars, currents, strict=True):
-        full = [0.0] * n
-        full[car.start : car.end] = cur
-        energy = _energy(full, car.kwh_per_a)
-        if price is not None:
-            cost += car.kwh_per_a * math.fsum(c * price[t] for t, c in enumerate(full) if c)
-        reach = _reachable_a(car)
-        if reach > 1e-9:
-            fair = min(fair, math.fsum(full) / reach)
-        plans.append(
-            SessionPlan(
-                id=car.s.id,
-                current_a=full,
-                energy_kwh=energy,
-                unmet_kwh=max(car.s.energy_kwh - energy, 0.0),
-            )
-        )
-    return ChargingPlan(
-        status=status,
-        reason=reason,
-        sessions=plans,
-        delivered_kwh=math.fsum(p.energy_kwh for p in plans),
-        requested_kwh=math.fsum(s.energy_kwh for s in inst.sessions),
-        upper_bound_kwh=upper_bound_kwh,
-        solve_seconds=solve_seconds,
-        fair_fraction=min(fair, 1.0),
-        cost=cost,
-    )
-
-
-# --------------------------------------------------------------------------- greedy allocator
-
-
-class _Residual:
-    """Residual capacity per node and slot (L1, the binding phase)."""
-
-    def __init__(self, prep: _Prep) -> None:
-        self.cap = [list(lim) for lim in prep.limits]
-
-    def room(self, path: Sequence[int], t: int) -> float:
-        return min(self.cap[j][t] for j in path)
-
-    def take(self, path: Sequence[int], t: int, amps: float) -> None:
-        for j in path:
-            self.cap[j][t] -= amps
-
-
-def _grant(car: _Car, t: int, want: float, res: _Residual) -> float:
-    """Largest current <= want that fits every node on the car's path, or 0 if under min_a."""
-    room = res.room(car.path, t)
-    # Keep a hair of margin so float sums can never cross a limit.
-    amps = min(want, car.ub[t - car.start], room - 1e-9)
-    if amps < car.s.min_a or amps <= 0:
-        return 0.0
-    res.take(car.path, t, amps)
-    return amps
-
-
-def _round(prep: _Prep, target: Sequence[Sequence[float]], order_key: Sequence[float]) -> list[list[float]]:
-    """Semi-continuous currents close to `target` (per car, per window slot), limits kept.
-
-    Error diffusion over time: in each slot a car asks for its target plus its backlog; see the
-    module docstring. `order_key` breaks ties between equal backlogs (lower first).
-    """
-    inst = prep.inst
-    res = _Residual(prep)
-    out = [[0.0] * (c.end - c.start) for c in prep.cars]
-    backlog = [0.0] * len(prep.cars)
-    left = [c.need_a for c in prep.cars]
-    reach = [max(_reachable_a(c), 1e-9) for c in prep.cars]
-    active: list[list[int]] = [[] for _ in range(inst.n_slots)]
-    for c in prep.cars:
-        for t in range(c.start, c.end):
-            active[t].append(c.idx)
-    for t in range(inst.n_slots):
-        asks: list[tuple[float, float, int, float]] = []
-        for i in active[t]:
-            c = prep.cars[i]
-            tt = t - c.start
-            backlog[i] += target[i][tt]
-            want = min(backlog[i], c.ub[tt], left[i])
-            if want <= 1e-9 or c.ub[tt] <= 0:
-                continue
-            if want < c.s.min_a:
-                if want < 0.5 * c.s.min_a and left[i] > c.s.min_a:
-                    continue
-                want = c.s.min_a
-            elif left[i] - want < c.s.min_a:
-                want = min(left[i], c.ub[tt])  # finish now rather than leave a sub-6 A remainder
-            asks.append((-backlog[i] / reach[i], order_key[i], i, want))
-        asks.sort()
-        # Two passes: first every asking car gets min_a where it fits (so a small LP current is
-        # not crowded out by a neighbour at full power), then the rest of what each asked for.
-        granted: list[tuple[int, float]] = []
-        for _, _, i, want in asks:
-            c = prep.cars[i]
-            if min(want, left[i]) < c.s.min_a:
-                continue
-            if _grant(c, t, c.s.min_a, res):
-                granted.append((i, want))
-        for i, want in granted:
-            c = prep.cars[i]
-            more = min(want, left[i]) - c.s.min_a
-            room = min(more, res.room(c.path, t) - 1e-9)
-            if room > 0:
-                res.take(c.path, t, room)
-            got = c.s.min_a + max(room, 0.0)
-            out[i][t - c.start] = got
-            backlog[i] -= got
-            left[i] -= got
-    _top_up(prep, out, res, left)
-    return out
-
-
-def _slot_order(prep: _Prep) -> list[int]:
-    """Slots cheapest first (earliest first without a price)."""
-    price = prep.inst.price
-    if price is None:
-        return list(range(prep.inst.n_slots))
-    return sorted(range(prep.inst.n_slots), key=lambda t: (price[t], t))
-
-
-def _top_up(prep: _Prep, out: list[list[float]], res: _Residual, left: list[float]) -> None:
-    """Fill what cars still need into spare capacity, cheapest slots first, smallest need first."""
-    rank = {t: r for r, t in enumerate(_slot_order(prep))}
-    for i in sorted(range(len(prep.cars)), key=lambda i: left[i]):
-        c = prep.cars[i]
-        if left[i] <= 1e-9:
-            continue
-        for t in sorted(range(c.start, c.end), key=rank.__getitem__):
-            if left[i] <= 1e-9:
-                break
-            tt = t - c.start
-            have = out[i][tt]
-            room = min(c.ub[tt] - have, res.room(c.path, t) - 1e-9, left[i])
-            if have == 0 and (room < c.s.min_a or left[i] < c.s.min_a):
-                continue
-            if room <= 1e-9:
-                continue
-            res.take(c.path, t, room)
-            out[i][tt] = have + room
-            left[i] -= room
-
-
-# --------------------------------------------------------------------------- baselines and fallback
-
-
-def _greedy_plan(
-    prep: _Prep, want: Callable[[_Car, int, float], float], rank: Sequence[int]
-) -> list[list[float]]:
-    """Slot by slot, cars in `rank` order get `want(car, t, left)` if it fits the residual."""
-    res = _Residual(prep)
-    out = [[0.0] * (c.end - c.start) for c in prep.cars]
-    left = [c.need_a for c in prep.cars]
-    pos = {i: r for r, i in enumerate(rank)}
-    active: list[list[int]] = [[] for _ in range(prep.inst.n_slots)]
-    for c in prep.cars:
-        for t in range(c.start, c.end):
-            active[t].append(c.idx)
-    for t, ids in enumerate(active):
-        for i in sorted(ids, key=pos.__getitem__):
-            c = prep.cars[i]
-            amps = min(want(c, t, left[i]), left[i])
-            if amps >= c.s.min_a:
-                got = _grant(c, t, amps, res)
-                out[i][t - c.start] = got
-                left[i] -= got
-    return out
-
-
-def baseline_fcfs(inst: ChargingInstance) -> ChargingPlan:
-    """First come, first served at full power: earlier arrivals draw their maximum while the
-    residual capacity of every node above them allows (a hard cap), later ones take the rest."""
-    prep = _prepare(inst)
-    rank = sorted(range(len(prep.cars)), key=lambda i: (prep.cars[i].s.arrival_slot, i))
-    out = _greedy_plan(prep, lambda c, t, left: c.s.max_a, rank)
-    return _assemble(
-        prep,
-        out,
-        status="feasible",
-        reason="baseline: first come first served",
-        solve_seconds=0.0,
-        upper_bound_kwh=0.0,
-    )
-
-
-def baseline_equal_share(inst: ChargingInstance) -> ChargingPlan:
-    """Equal share: in each slot every node's limit is split equally among the cars below it
-    that still need energy (water-filling down the tree); a share under `min_a` is 0 A."""
-    prep = _prepare(inst)
-    n = inst.n_slots
-    out = [[0.0] * (c.end - c.start) for c in prep.cars]
-    left = [c.need_a for c in prep.cars]
-    children: list[list[int]] = [[] for _ in inst.nodes]
-    roots: list[int] = []
-    for j, p in enumerate(prep.parent):
-        (roots if p < 0 else children[p]).append(j)
-    here: list[list[int]] = [[] for _ in inst.nodes]
-    for c in prep.cars:
-        here[c.path[0]].append(c.idx)
-    for t in range(n):
-        wanting = {
-            c.idx for c in prep.cars if c.start <= t < c.end and left[c.idx] > 1e-9 and c.ub[t - c.start] > 0
-        }
-
-        def demand(j: int, wanting: set[int] = wanting) -> int:
-            return sum(1 for i in prep.below[j] if i in wanting)
-
-        stack = [(j, prep.limits[j][t]) for j in roots]
-        while stack:
-            j, cap = stack.pop()
-            cap = min(cap, prep.limits[j][t])
-            total = demand(j)
-            if total == 0:
-                continue
-            per_car = cap / total
-            cars_here = [i for i in here[j] if i in wanting]
-            used = 0.0
-            for i in cars_here:
-                c = prep.cars[i]
-                amps = min(per_car, c.ub[t - c.start], left[i])
-                amps = amps if amps >= c.s.min_a else 0.0
-                out[i][t - c.start] = amps
-                left[i] -= amps
-                used += amps
-            for k in children[j]:
-                stack.append((k, per_car * demand(k)))
-    # Each child gets at most its cars' share of the parent's cap, so every node stays within.
-    return _assemble(
-        prep, out, status="feasible", reason="baseline: equal share", solve_seconds=0.0, upper_bound_kwh=0.0
-    )
-
-
-def fallback_plan(inst: ChargingInstance, reason: str, *, solve_seconds: float = 0.0) -> ChargingPlan:
-    """The minimum safe allocation without a solver, status "fallback"; it passes `check_plan`.
-
-    Safe means within every limit, not "as little as possible": a car at 0 A waits, and a
-    controller applies plans with a lease anyway. So cars get `min_a` (6 A), round-robin: in each
-    slot the cars that have had the fewest slots so far go first, each only if every node on its
-    path still has room for it. That is checked with `check_plan`; if it ever failed (it cannot
-    by construction), every car gets 0 A, which keeps every rule.
-    """
-    try:
-        prep = _prepare(inst)
-        served = [0] * len(prep.cars)
-        res = _Residual(prep)
-        out = [[0.0] * (c.end - c.start) for c in prep.cars]
-        left = [c.need_a for c in prep.cars]
-        active: list[list[int]] = [[] for _ in range(inst.n_slots)]
-        for c in prep.cars:
-            for t in range(c.start, c.end):
-                active[t].append(c.idx)
-        for t, ids in enumerate(active):
-            for i in sorted(ids, key=lambda i: (served[i], i)):
-                c = prep.cars[i]
-                if left[i] + 1e-9 < c.s.min_a:
-                    continue
-                got = _grant(c, t, c.s.min_a, res)
-                if got:
-                    out[i][t - c.start] = got
-                    left[i] -= got
-                    served[i] += 1
-        plan = _assemble(
-            prep, out, status="fallback", reason=reason, solve_seconds=solve_seconds, upper_bound_kwh=0.0
-        )
-        if not check_plan(inst, plan):
-            return plan
-        reason = f"{reason}; 6 A round-robin failed its check, all cars at 0 A"
-    except Exception as exc:  # the safe plan must not depend on the code above being right
-        reason = f"{reason}; round-robin error {type(exc).__name__}, all cars at 0 A"
-    return _zero_plan(inst, reason, solve_seconds)
-
-
-def _zero_plan(inst: ChargingInstance, reason: str, solve_seconds: float) -> ChargingPlan:
-    zero = [0.0] * inst.n_slots
-    return ChargingPlan(
-        status="fallback",
-        reason=reason,
-        sessions=[
-            SessionPlan(id=s.id, current_a=list(zero), energy_kwh=0.0, unmet_kwh=s.energy_kwh)
-            for s in inst.sessions
-        ],
-        delivered_kwh=0.0,
-        requested_kwh=math.fsum(s.energy_kwh for s in inst.sessions),
-        solve_seconds=solve_seconds,
-        fair_fraction=0.0 if any(s.energy_kwh > 0 for s in inst.sessions) else 1.0,
-    )
+from optimizer.charging_fallback import (
+    _assemble,
+    _reachable_a,
+    _round,
+    baseline_equal_share,
+    baseline_fcfs,
+    fallback_plan,
+)
+from optimizer.charging_model import (
+    _EARLY_WEIGHT,
+    _RESERVE_S,
+    ENERGY_TOL_KWH,
+    LIMIT_TOL_A,
+    STATUSES,
+    Amps,
+    ChargingInstance,
+    ChargingPlan,
+    Session,
+    SessionPlan,
+    SupplyNode,
+    _Prep,
+    _prepare,
+    check_plan,
+    effective_phases,
+    kwh_per_amp_slot,
+)
+from optimizer.common import WALL, Timer, checked
+
+__all__ = [
+    "ENERGY_TOL_KWH",
+    "LIMIT_TOL_A",
+    "STATUSES",
+    "Amps",
+    "ChargingInstance",
+    "ChargingPlan",
+    "Session",
+    "SessionPlan",
+    "SupplyNode",
+    "baseline_equal_share",
+    "baseline_fcfs",
+    "check_plan",
+    "effective_phases",
+    "fallback_plan",
+    "kwh_per_amp_slot",
+    "lp_upper_bound",
+    "solve",
+]
 
 
 # --------------------------------------------------------------------------- LP model
@@ -857,24 +288,25 @@ def lp_upper_bound(inst: ChargingInstance) -> float:
 # --------------------------------------------------------------------------- solve
 
 
-def solve(inst: ChargingInstance, *, timer: Callable[[], float] = time.perf_counter) -> ChargingPlan:
+def solve(inst: ChargingInstance, *, timer: Timer = WALL) -> ChargingPlan:
     """A plan for every car that keeps every rule; never raises and always passes `check_plan`.
 
-    Runs the LP stages of the module docstring within `time_limit_s` (less a reserve for rounding
-    and checking), rounds the last optimal stage, and falls back to `fallback_plan` when no
-    stage gave an optimum (any other GLOP status, an error or no budget), saying why.
+    Runs the LP stages of the module docstring within `time_limit_s` (or the timer's own limit;
+    less a reserve for rounding and checking), rounds the last optimal stage, and falls back to
+    `fallback_plan` when no stage gave an optimum (any other GLOP status, an error or no
+    budget), saying why.
     """
-    t0 = timer()
-    if inst.time_limit_s <= 0:
+    limit = timer.limit(inst.time_limit_s)
+    if limit <= 0:
         return fallback_plan(inst, "no time budget (time_limit_s = 0)")
-    try:
-        plan = _solve(inst, timer, t0)
-    except Exception as exc:  # cars must get a safe plan even on a bug: fall back, say why
-        return fallback_plan(inst, f"solver error: {type(exc).__name__}: {exc}", solve_seconds=timer() - t0)
-    problems = check_plan(inst, plan)
-    if problems:
-        return fallback_plan(inst, f"solver plan failed check: {problems[0]}", solve_seconds=timer() - t0)
-    return plan
+    t0 = timer()
+    return checked(
+        inst,
+        lambda: _solve(inst, timer, t0, limit),
+        check_plan,
+        lambda reason, seconds: fallback_plan(inst, reason, solve_seconds=seconds),
+        lambda: timer() - t0,
+    )
 
 
 def _polish(
@@ -903,13 +335,13 @@ def _clamp(prep: _Prep, values: list[list[float]], pattern: list[list[float]]) -
     return out
 
 
-def _solve(inst: ChargingInstance, timer: Callable[[], float], t0: float) -> ChargingPlan:
+def _solve(inst: ChargingInstance, timer: Timer, t0: float, limit: float) -> ChargingPlan:
     prep = _prepare(inst)
     if not prep.cars:
         return _assemble(
             prep, [], status="optimal", reason="", solve_seconds=timer() - t0, upper_bound_kwh=0.0
         )
-    deadline = t0 + inst.time_limit_s * (1 - _RESERVE_S)
+    deadline = t0 + limit * (1 - _RESERVE_S)
     model = _LpModel(prep)
     notes: list[str] = []
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ortools.linear_solver import pywraplp
 from pydantic import ValidationError
 
-from optimizer import charging
+from optimizer import charging, charging_fallback
 from optimizer.charging import (
     ChargingInstance,
     ChargingPlan,
@@ -25,6 +25,7 @@ from optimizer.charging import (
     lp_upper_bound,
     solve,
 )
+from optimizer.common import Timer
 
 N = 32  # slots: 8 hours of 15 minutes keeps the tests fast
 
@@ -231,7 +232,7 @@ def test_fallback_is_all_zero_when_round_robin_fails(monkeypatch: pytest.MonkeyP
     def broken(*_: object) -> float:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(charging, "_grant", broken)
+    monkeypatch.setattr(charging_fallback, "_grant", broken)
     inst = street()
     plan = fallback_plan(inst, "why")
     assert check_plan(inst, plan) == []
@@ -306,7 +307,7 @@ def test_time_limit_bounds_solve_time() -> None:
     """A tiny budget is respected (a fake clock that jumps past the deadline forces fallback)."""
     ticks = iter([0.0])
     inst = street(time_limit_s=1.0)
-    plan = solve(inst, timer=lambda: next(ticks, 10.0))
+    plan = solve(inst, timer=Timer(clock=lambda: next(ticks, 10.0)))
     assert plan.status == "fallback"
     assert "time budget spent" in plan.reason
     assert check_plan(inst, plan) == []

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from optimizer import lighting
+from optimizer.common import Timer
 from optimizer.lighting import (
     DimmingInstance,
     DimmingPlan,
@@ -389,4 +390,12 @@ def test_every_solver_failure_falls_back_with_a_reason(monkeypatch: pytest.Monke
     plan = solve(inst)
     assert plan.status == "fallback"
     assert ("boom" if status == "error" else status) in plan.reason
+    assert check_plan(inst, plan) == []
+
+
+def test_the_timer_can_override_the_instance_budget() -> None:
+    """An injected timer's own limit wins over the instance's: zero gives the safe fallback."""
+    inst = street(time_limit_s=10.0)
+    plan = solve(inst, timer=Timer(time_limit_s=0.0))
+    assert plan.status == "fallback"
     assert check_plan(inst, plan) == []

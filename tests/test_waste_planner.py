@@ -8,12 +8,16 @@ Every plan is checked twice: by optimizer/routing.py's solver-independent `check
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.geo import haversine_m
+from optimizer.common import Timer
 from optimizer.waste import (
     BinInput,
     HaversineProvider,
@@ -22,10 +26,12 @@ from optimizer.waste import (
     TruckInput,
     WastePlan,
     build,
-    haversine_m,
+    check_plan,
+    fallback_plan,
     plan_collection,
     select,
 )
+from optimizer.waste import solve as waste_solve
 
 NOW = 1_795_670_000.0
 SPEEDS = {"main": 30.0, "residential": 20.0, "pedestrian": 8.0}
@@ -34,10 +40,15 @@ DEPOT = Place("depot", 51.500, 7.440)
 DISPOSAL = Place("disposal", 51.520, 7.470)
 
 
+# Quality never rests on a short wall-clock budget: the router stops after a fixed number of
+# solutions or iterations (seeded: the same plan on any machine); the time is a safety net.
+SOLVER_S = 20.0
+
+
 def ctx(**kw: object) -> PlanContext:
     base: dict[str, object] = dict(
         now=NOW, next_run_ts=NOW + 86400, threshold=0.8, depot=DEPOT, disposal=DISPOSAL,
-        disposal_service_s=600, service_s=60, solver_time_s=0.5,
+        disposal_service_s=600, service_s=60, solver_time_s=SOLVER_S, solution_limit=200,
     )  # fmt: skip
     base.update(kw)
     return PlanContext(**base)  # type: ignore[arg-type]
@@ -111,8 +122,10 @@ def test_selection_rules() -> None:
 
 
 def walk(plan: WastePlan, bins: Sequence[BinInput], trucks: Sequence[TruckInput], c: PlanContext) -> None:
-    """Our own feasibility walk over a plan's stops (independent of routing.check)."""
+    """Our own feasibility walk over a plan's stops (independent of routing.check_plan), and the
+    planner's own stop-based check."""
     assert plan.usable, plan.violations
+    assert check_plan(build(bins, trucks, c, PROVIDER), plan) == []
     by_id = {b.id: b for b in bins}
     seen: list[str] = []
     for r in plan.routes:
@@ -188,7 +201,7 @@ def instances(draw: st.DrawFn) -> tuple[list[BinInput], list[TruckInput], PlanCo
         )
         for j in range(k)
     ]
-    return bins, trucks, ctx(zones=zones, solver_time_s=0.3)
+    return bins, trucks, ctx(zones=zones, solver_time_s=SOLVER_S)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -211,7 +224,7 @@ def test_reload_trips_when_full() -> None:
     """Twenty full 1100 l bins and a 5000 l truck: it unloads on the way (reload) and gets them all."""
     bins = [bin_(i, 0.9) for i in range(20)]
     trucks = [truck("T1", volume_l=5000.0)]
-    c = ctx(solver_time_s=1.0)
+    c = ctx(solver_time_s=SOLVER_S)
     plan = plan_collection(bins, trucks, c, PROVIDER)
     walk(plan, bins, trucks, c)
     r = plan.routes[0]
@@ -225,7 +238,7 @@ def test_infeasible_mandatory_reported() -> None:
     feasible for the trucks, and names the mandatory bins it misses."""
     bins = [bin_(i, 0.9, lat=51.40 + 0.01 * i, lon=7.30 + 0.01 * i) for i in range(12)]
     trucks = [truck("T1", hours=1.0)]
-    c = ctx(solver_time_s=0.5)
+    c = ctx(solver_time_s=SOLVER_S)
     plan = plan_collection(bins, trucks, c, PROVIDER)
     assert plan.status == "infeasible"
     assert plan.missed_mandatory
@@ -255,7 +268,7 @@ def test_replan_from_the_road() -> None:
     trucks = [
         truck("T2", lat=here[0], lon=here[1], at_depot=False, load_l=3000.0, load_kg=300.0, heading_to="B5")
     ]
-    c = ctx(solver_time_s=0.5)
+    c = ctx(solver_time_s=SOLVER_S)
     built = build(bins, trucks, c, PROVIDER)
     v = built.instance.vehicles[0]
     assert v.start != 0
@@ -346,18 +359,48 @@ def test_selection_order_mandatory_before_done() -> None:
 
 def test_an_infeasible_plan_stays_within_the_time_limit() -> None:
     """Mandatory bins that cannot all be served: the solver is given the time limit once in all,
-    not again for a relaxed re-solve."""
+    not again for a relaxed re-solve. A fake clock stands for a router that uses its whole budget."""
     from optimizer.routing import solve
 
     limits: list[float] = []
+    now = [0.0]
 
-    def counting(inst: object, *, time_limit_s: float, seed: int = 0) -> object:
-        limits.append(time_limit_s)
-        return solve(inst, time_limit_s=time_limit_s, seed=seed)  # type: ignore[arg-type]
+    def counting(inst: object, *, timer: Timer) -> object:
+        assert timer.time_limit_s is not None
+        limits.append(timer.time_limit_s)
+        plan = solve(inst, timer=replace(timer, clock=time.perf_counter, time_limit_s=SOLVER_S))  # type: ignore[arg-type]
+        now[0] += timer.time_limit_s
+        return plan
 
     bins = [bin_(i, 0.9, lat=51.40 + 0.01 * i, lon=7.30 + 0.01 * i) for i in range(12)]
     c = ctx(solver_time_s=0.5)
-    plan = plan_collection(bins, [truck("T1", hours=1.0)], c, PROVIDER, solver=counting)  # type: ignore[arg-type]
+    built = build(bins, [truck("T1", hours=1.0)], c, PROVIDER)
+    timer = Timer(clock=lambda: now[0], time_limit_s=0.5, solution_limit=200)
+    plan = waste_solve(built, timer=timer, solver=counting)  # type: ignore[arg-type]
     assert plan.missed_mandatory
     assert plan.usable
+    assert len(limits) == 2  # the relaxed re-solve ran
+    assert limits[0] == c.solver_time_s
     assert sum(limits) <= c.solver_time_s + 0.1
+
+
+def test_fallback_plan_and_check_plan_agree() -> None:
+    """The solver-free plan passes the stop-based check; a plan with a stop moved earlier, a bin
+    claimed twice or a wrong distance does not."""
+    bins = [bin_(i, 0.9) for i in range(6)]
+    trucks = [truck("T1")]
+    c = ctx()
+    built = build(bins, trucks, c, PROVIDER)
+    plan = fallback_plan(built)
+    assert plan.status == "fallback"
+    walk(plan, bins, trucks, c)
+    assert check_plan(built, plan) == []
+    route = plan.routes[0]
+    early = replace(route.stops[1], eta_ts=route.stops[0].eta_ts)
+    moved = replace(plan, routes=(replace(route, stops=(route.stops[0], early, *route.stops[2:])),))
+    assert any("before earliest" in v for v in check_plan(built, moved))
+    twice = replace(plan, routes=(replace(route, stops=(route.stops[0], *route.stops)),))
+    assert check_plan(built, twice)
+    longer = replace(plan, routes=(replace(route, distance_m=route.distance_m + 1),))
+    assert any("driven" in v for v in check_plan(built, longer))
+    assert any("dropped" in v for v in check_plan(built, replace(plan, dropped=("B0",))))

@@ -28,6 +28,7 @@ from devices.bins import Bin
 from devices.waste import route_number
 from edge.dispatcher import Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority
+from edge.geo import haversine_m
 from optimizer.waste import (
     BinInput,
     DistanceProvider,
@@ -37,7 +38,6 @@ from optimizer.waste import (
     TruckInput,
     TruckRoute,
     WastePlan,
-    haversine_m,
     plan_collection,
 )
 
