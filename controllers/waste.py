@@ -33,7 +33,7 @@ import orjson
 import structlog
 
 from devices.bins import Bin, BinKind
-from devices.waste import route_number
+from devices.profiles.waste import route_number
 from edge.alarms import Alarms
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
