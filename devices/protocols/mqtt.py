@@ -22,7 +22,7 @@ from edge.mqtt_session import BrokerAddress, MqttSession, TlsFiles, payload_byte
 __all__ = ["MqttDeviceClient", "OnDown", "OnMessage"]
 
 #: (topic, payload, retained): called for every received message, in arrival order.
-OnMessage = Callable[[str, bytes, bool], None]
+OnMessage = Callable[[str, bytes, bool], object]
 #: (reason): called when a session ends (the devices behind it are out of reach).
 OnDown = Callable[[str], None]
 
