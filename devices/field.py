@@ -27,11 +27,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from devices.protocols.mqtt import MqttDeviceClient
+from devices.protocols.mqtt import MqttDeviceClient, MqttDriver
 from edge.clock import Clock
 from edge.decode import Refusal, Refusals, check_id, check_ts, decode
 from edge.events import Event, Telemetry, Value
-from edge.lifecycle import Service
 from edge.mqtt import TlsFiles
 from edge.payloads import CarParkReport, Motion
 
@@ -77,7 +76,7 @@ CAR_PARKS = FieldKind(
 )
 
 
-class FieldInput(Service):
+class FieldInput(MqttDriver):
     """One kind of field input from the site broker, published as Telemetry; a Service."""
 
     service_name = "field"
@@ -119,16 +118,6 @@ class FieldInput(Service):
             backoff_base_s=backoff_base_s,
             backoff_max_s=backoff_max_s,
         )
-
-    async def _start(self) -> None:
-        await self.link.__aenter__()
-
-    async def _stop(self) -> None:
-        await self.link.__aexit__(None, None, None)
-
-    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
-        """Wait until subscribed (tests and the demo)."""
-        await self.link.wait_connected(timeout)
 
     def on_message(self, topic: str, payload: bytes, retained: bool) -> Telemetry | None:
         """Take one reading; return the Telemetry published for it (None if refused or nothing to say)."""

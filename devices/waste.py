@@ -44,13 +44,13 @@ from devices.profiles.waste import (
     parse_fleet_topic,
     route_number,
 )
-from devices.protocols.mqtt import MqttDeviceClient
+from devices.protocols.mqtt import MqttDeviceClient, MqttDriver
 from edge.clock import Clock
 from edge.decode import Refusal, check_id, check_ts, is_id, shown_id
 from edge.driver import Driver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Event, Telemetry, Value
-from edge.lifecycle import Service, ServiceState
+from edge.lifecycle import ServiceState
 from edge.mqtt import TlsFiles
 
 __all__ = ["FleetDriver", "FleetStats", "route_number"]
@@ -75,7 +75,7 @@ class FleetStats:
     routes_cleared: int = 0
 
 
-class FleetDriver(Service):
+class FleetDriver(MqttDriver):
     """The trucks' MQTT link: Telemetry out to the bus, routes in from the dispatcher; a Service."""
 
     service_name = "fleet"
@@ -132,22 +132,11 @@ class FleetDriver(Service):
         self._unknown_bins_seen: set[tuple[str, str]] = set()
         self._retained: dict[str, str] = {}  # truck -> route id last published retained
 
-    async def _start(self) -> None:
-        self.spawn(self._run_link(), "mqtt")
-
-    async def _run_link(self) -> None:
-        """The fleet broker session lives as long as the driver."""
-        async with self.link:
-            await asyncio.Event().wait()
-
     async def _stop(self) -> None:
         for fut in self._answers.values():
             if not fut.done():
                 fut.cancel()
-
-    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
-        """Wait until subscribed on the fleet broker (tests and the demo)."""
-        await self.link.wait_connected(timeout)
+        await super()._stop()
 
     def _receive(self, topic: str, payload: bytes, retained: bool) -> None:
         """The session's callback; a message that crashes this is counted as `internal_error`."""

@@ -71,7 +71,15 @@ from edge.mqtt_session import (
 )
 from edge.outbox import Outbox, OutboxMessage
 
-__all__ = ["BrokerAddress", "IncomingMessage", "MessageHandler", "MqttLink", "ReadOnlyEvent", "TlsFiles"]
+__all__ = [
+    "BrokerAddress",
+    "IncomingMessage",
+    "LinkOptions",
+    "MessageHandler",
+    "MqttLink",
+    "ReadOnlyEvent",
+    "TlsFiles",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -97,6 +105,23 @@ class IncomingMessage:
 MessageHandler = Callable[[IncomingMessage], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class LinkOptions:
+    """How the link talks to the broker. Times are seconds; `max_payload_bytes` is what a
+    received message may have before it counts as `refused_oversize`; `drain_window` is how
+    many outbox rows are in flight at once; `fast_queue_max` bounds the QoS 0 queue."""
+
+    protocol: ProtocolName = "5"
+    keepalive_s: int = 30
+    connect_timeout_s: float = 5.0
+    backoff_max_s: float = 30.0
+    max_payload_bytes: int = 65_536
+    publish_timeout_s: float = 10.0
+    drain_window: int = 100
+    fast_queue_max: int = 10_000
+    close_timeout_s: float = 5.0
+
+
 class _SessionEnd(Exception):  # noqa: N818 - a signal, not an error
     """Raised inside a session's task group to end it cleanly on close."""
 
@@ -114,40 +139,33 @@ class MqttLink(MqttSession):
         online_message: tuple[str, bytes] | None = None,
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
-        protocol: ProtocolName = "5",
-        backoff_max_s: float = 30.0,
-        connect_timeout_s: float = 5.0,
-        publish_timeout_s: float = 10.0,
-        close_timeout_s: float = 5.0,
-        keepalive_s: int = 30,
-        max_payload_bytes: int = 65_536,
-        drain_window: int = 100,
-        fast_queue_max: int = 10_000,
         tls: TlsFiles | None = None,
+        options: LinkOptions | None = None,
     ) -> None:
-        if protocol not in ("5", "3.1.1"):
-            raise ConfigError(f"unknown protocol {protocol!r}", key="mqtt.protocol")
+        o = options or LinkOptions()
+        if o.protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"unknown protocol {o.protocol!r}", key="mqtt.protocol")
         super().__init__(
             BrokerAddress.parse(url, tls=tls),
             name="mqtt",
             subscriptions=[(topic, 1) for topic in subscriptions],
-            connect_timeout_s=connect_timeout_s,
+            connect_timeout_s=o.connect_timeout_s,
             # a first retry within 1.5 s, as before the one backoff
-            backoff=Backoff(min(1.5, backoff_max_s), backoff_max_s),
-            pending_calls=2 * drain_window + _FAST_BATCH + 64,
+            backoff=Backoff(min(1.5, o.backoff_max_s), o.backoff_max_s),
+            pending_calls=2 * o.drain_window + _FAST_BATCH + 64,
         )
         self._client_id = client_id
         self._outbox = outbox
         self._will = will
         self._online = online_message
         self._on_message = on_message
-        self._protocol: ProtocolName = protocol
-        self._publish_timeout_s = publish_timeout_s
-        self._close_timeout_s = close_timeout_s
-        self._keepalive_s = keepalive_s
-        self._max_payload_bytes = max_payload_bytes
-        self._drain_window = drain_window
-        self._fast_queue_max = fast_queue_max
+        self._protocol: ProtocolName = o.protocol
+        self._publish_timeout_s = o.publish_timeout_s
+        self._close_timeout_s = o.close_timeout_s
+        self._keepalive_s = o.keepalive_s
+        self._max_payload_bytes = o.max_payload_bytes
+        self._drain_window = o.drain_window
+        self._fast_queue_max = o.fast_queue_max
 
         self._drained = asyncio.Event()
         self._outbox_wake = asyncio.Event()
@@ -281,19 +299,14 @@ class MqttLink(MqttSession):
             topic, payload, retain = self._will
             will = aiomqtt.Will(topic, payload, qos=1, retain=retain)
         v5 = self._protocol == "5"
-        a = self.address
-        client = aiomqtt.Client(
-            a.host,
-            a.port,
-            username=a.username,
-            password=a.password,
+        client = self.address.aiomqtt_client(
+            timeout_s=self._connect_timeout_s,
+            tls_context=self._tls_context,
             identifier=self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=will,
-            timeout=self._connect_timeout_s,
             keepalive=self._keepalive_s,
             max_inflight_messages=2 * self._drain_window,
-            tls_context=self._tls_context,
             # A lone alarm should leave now, not wait in Nagle's buffer behind an
             # unacknowledged segment.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
@@ -313,15 +326,10 @@ class MqttLink(MqttSession):
         """
         if self._protocol != "5" or self._v5_confirmed:
             return
-        a = self.address
-        probe = aiomqtt.Client(
-            a.host,
-            a.port,
-            username=a.username,
-            password=a.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=self._connect_timeout_s,
+        probe = self.address.aiomqtt_client(
+            timeout_s=self._connect_timeout_s,
             tls_context=self._tls_context,
+            protocol=aiomqtt.ProtocolVersion.V5,
         )
         async with asyncio.timeout(self._connect_timeout_s * 2 + 1), probe:
             pass

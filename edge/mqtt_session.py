@@ -164,17 +164,27 @@ class BrokerAddress:
         many devices at once by design. The identifier is unique so two daemons never kick
         each other off the broker.
         """
-        client = aiomqtt.Client(
+        client = self.aiomqtt_client(
+            timeout_s=timeout_s,
+            tls_context=tls_context or self.ssl_context(),
+            identifier=f"{name}-{uuid.uuid4().hex[:12]}",
+        )
+        client.pending_calls_threshold = pending
+        return client
+
+    def aiomqtt_client(
+        self, *, timeout_s: float, tls_context: ssl.SSLContext | None, **options: Any
+    ) -> aiomqtt.Client:
+        """The one place an aiomqtt client is made for this address; `options` go to aiomqtt as they are."""
+        return aiomqtt.Client(
             self.host,
             self.port,
             username=self.username,
             password=self.password,
-            identifier=f"{name}-{uuid.uuid4().hex[:12]}",
             timeout=timeout_s,
-            tls_context=tls_context or self.ssl_context(),
+            tls_context=tls_context,
+            **options,
         )
-        client.pending_calls_threshold = pending
-        return client
 
     @property
     def where(self) -> str:

@@ -45,12 +45,11 @@ import structlog
 from paho.mqtt.client import topic_matches_sub
 
 from devices.profiles.lorawan import LorawanProfile
-from devices.protocols.mqtt import MqttDeviceClient
+from devices.protocols.mqtt import MqttDeviceClient, MqttDriver
 from edge.clock import Clock
 from edge.decode import Refusal, check_ts, decode_json
 from edge.errors import ConfigError, PayloadError
 from edge.events import Telemetry, Value
-from edge.lifecycle import Service
 from edge.mqtt import TlsFiles
 
 log = structlog.get_logger(__name__)
@@ -548,7 +547,7 @@ class UplinkIngest:
             )
 
 
-class UplinkSubscriber(Service):
+class UplinkSubscriber(MqttDriver):
     """The ingest's own session on the network server's broker: it subscribes its uplink topics.
 
     Uplinks used to reach the ingest through the northbound API; now, like every field input,
@@ -582,16 +581,6 @@ class UplinkSubscriber(Service):
             pending_calls=64,
             **link,
         )
-
-    async def _start(self) -> None:
-        await self.link.__aenter__()
-
-    async def _stop(self) -> None:
-        await self.link.__aexit__(None, None, None)
-
-    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
-        """Wait until subscribed (tests and the demo)."""
-        await self.link.wait_connected(timeout)
 
     def _receive(self, topic: str, payload: bytes, retained: bool) -> None:
         if any(topic_matches_sub(f, topic) for f in self.topics):

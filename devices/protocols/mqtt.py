@@ -17,9 +17,10 @@ import aiomqtt
 
 from edge.backoff import Backoff
 from edge.errors import ConfigError, DeviceUnavailable
+from edge.lifecycle import Service
 from edge.mqtt_session import BrokerAddress, MqttSession, TlsFiles, payload_bytes
 
-__all__ = ["MqttDeviceClient", "OnDown", "OnMessage"]
+__all__ = ["MqttDeviceClient", "MqttDriver", "OnDown", "OnMessage"]
 
 #: (topic, payload, retained): called for every received message, in arrival order.
 OnMessage = Callable[[str, bytes, bool], object]
@@ -90,3 +91,22 @@ class MqttDeviceClient(MqttSession):
         # Not on close: the devices are not down because the daemon stops.
         if not up and self._on_down is not None and not self._closing.is_set() and reason != "closing":
             self._on_down(reason)
+
+
+class MqttDriver(Service):
+    """Base of a driver whose devices sit behind one `MqttDeviceClient` (`self.link`, set in `__init__`).
+
+    The session opens with the driver and closes after the driver's own tasks have ended.
+    """
+
+    link: MqttDeviceClient
+
+    async def _start(self) -> None:
+        await self.link.__aenter__()
+
+    async def _stop(self) -> None:
+        await self.link.__aexit__(None, None, None)
+
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
+        """Wait until the session is up and subscribed (tests and the demo)."""
+        await self.link.wait_connected(timeout)
