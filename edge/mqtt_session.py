@@ -359,7 +359,10 @@ class MqttSession(Service):
             self._client = client
             self._set_connected(up=True)
             self._log_connected()
-            await self._run(client)
+            try:
+                await self._run(client)
+            finally:
+                _retrieve_disconnect(client)
 
     def _log_connected(self) -> None:
         log.info("mqtt_connected", session=self.service_name, url=self.address.safe_url, n=self._sessions)
@@ -420,6 +423,14 @@ def rc_int(code: object) -> int:
     """A paho reason code (or int) as an int, -1 if it is neither."""
     value = getattr(code, "value", code)
     return value if isinstance(value, int) else -1
+
+
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's "unexpected disconnection" as seen: a session that ended in another task
+    (a failed publish) never read it, and asyncio would log it at garbage collection."""
+    fut = client._disconnected  # aiomqtt keeps it private
+    if fut.done() and not fut.cancelled():
+        fut.exception()
 
 
 def no_delay(client: aiomqtt.Client) -> None:
