@@ -1,10 +1,13 @@
 """The daemon's one connection to the northbound broker: reconnects, restores, never loses an alarm.
 
-`MqttLink` runs a supervisor task that opens a fresh `aiomqtt.Client` per session,
-restores subscriptions, publishes the retained online message, then runs three tasks
-until the connection drops: a reader that hands messages to `on_message`, a drainer that
-sends the persistent outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry.
-After a drop it waits a capped, jittered exponential backoff and starts over.
+`MqttLink` is the one MQTT session (`edge.mqtt_session.MqttSession`: a fresh client per
+connection, subscriptions restored, `edge.backoff.Backoff` between attempts, the
+per-message boundary) shaped for the northbound broker: it probes for MQTT 5, publishes
+the retained online message once subscribed, then runs three tasks until the connection
+drops: a reader that hands messages to `on_message`, a drainer that sends the persistent
+outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry. Its tuning is
+`LinkOptions`. `BrokerAddress` and `TlsFiles` live in `edge.mqtt_session` and are
+re-exported here.
 
 Delivery guarantees:
 - `publish_reliable`: at least once, in order. The message is committed to the outbox
@@ -20,7 +23,7 @@ Delivery guarantees:
 
 Protocol: MQTT 5 is preferred. A broker that answers CONNACK "unsupported protocol
 version" (amqtt, see `edge.broker`) makes the link fall back to 3.1.1 for its lifetime;
-`protocol="3.1.1"` starts there. Under 3.1.1 there are no properties, so request/response
+`LinkOptions(protocol="3.1.1")` starts there. Under 3.1.1 there are no properties, so request/response
 metadata travels in the JSON payload: outgoing JSON objects get `response_topic` and
 `correlation_id` (UTF-8 text of the correlation data) added, and incoming JSON objects
 with those keys fill `IncomingMessage.response_topic` / `correlation_data`. That JSON
@@ -393,29 +396,9 @@ class MqttLink(MqttSession):
         if self._on_message is None:
             return
         await self._on_message(
-            self._incoming(message.topic.value, payload, message.properties, message.retain)
-        )
-
-    def _incoming(
-        self, topic: str, payload: bytes, props: Properties | None, retain: bool
-    ) -> IncomingMessage:
-        response_topic: str | None = getattr(props, "ResponseTopic", None)
-        correlation: bytes | None = getattr(props, "CorrelationData", None)
-        user_props: list[tuple[str, str]] = getattr(props, "UserProperty", None) or []
-        if (
-            response_topic is None
-            and correlation is None
-            and payload[:1] == b"{"
-            and len(payload) <= self._max_payload_bytes
-        ):
-            response_topic, correlation = _metadata_from_json(payload, self._max_payload_bytes)
-        return IncomingMessage(
-            topic=topic,
-            payload=payload,
-            response_topic=response_topic,
-            correlation_data=correlation,
-            user_properties=tuple((str(k), str(v)) for k, v in user_props),
-            retain=retain,
+            _incoming(
+                message.topic.value, payload, message.properties, message.retain, self._max_payload_bytes
+            )
         )
 
     async def _drain(self, client: aiomqtt.Client) -> None:
@@ -562,6 +545,25 @@ def _raise_unless_session_end(group: BaseExceptionGroup[BaseException]) -> None:
     if is_link_error(first):
         raise first
     raise rest
+
+
+def _incoming(
+    topic: str, payload: bytes, props: Properties | None, retain: bool, max_bytes: int
+) -> IncomingMessage:
+    """A received message with its request/response metadata (properties, else the 3.1.1 JSON keys)."""
+    response_topic: str | None = getattr(props, "ResponseTopic", None)
+    correlation: bytes | None = getattr(props, "CorrelationData", None)
+    user_props: list[tuple[str, str]] = getattr(props, "UserProperty", None) or []
+    if response_topic is None and correlation is None and payload[:1] == b"{" and len(payload) <= max_bytes:
+        response_topic, correlation = _metadata_from_json(payload, max_bytes)
+    return IncomingMessage(
+        topic=topic,
+        payload=payload,
+        response_topic=response_topic,
+        correlation_data=correlation,
+        user_properties=tuple((str(k), str(v)) for k, v in user_props),
+        retain=retain,
+    )
 
 
 def _metadata_from_json(payload: bytes, max_bytes: int) -> tuple[str | None, bytes | None]:
