@@ -35,7 +35,6 @@ from enum import Enum
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-import aiomqtt
 import structlog
 from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusTcpClient
@@ -59,12 +58,13 @@ from devices.profiles.displays import (
     parse_content,
     parse_status_payload,
 )
+from devices.protocols.mqtt import MqttDeviceClient
 from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode
 from edge.clock import Clock
 from edge.decode import Refusal, Refusals, check_ts
-from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
+from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
-from edge.mqtt import BrokerAddress, TlsFiles
+from edge.mqtt import TlsFiles
 from edge.tasks import close_task_group
 
 if TYPE_CHECKING:
@@ -197,18 +197,16 @@ class _Board(_Display):
     async def echo(self, topic: str, payload: bytes, pred: Callable[[BoardStatus], bool]) -> BoardStatus:
         """Publish and wait for a status that satisfies `pred` (the caller bounds the time)."""
         d = self.driver
-        client = d._client
-        if client is None or not self.online:
+        link = d._board_link
+        if link is None or not link.is_connected or not self.online:
             raise DeviceUnavailable("board offline or broker unreachable", endpoint=self.display_id)
         fut: asyncio.Future[BoardStatus] = asyncio.get_running_loop().create_future()
         entry = (pred, fut)
         self.waiters.append(entry)
         try:
             p = d.board_profile
-            await client.publish(topic, payload, qos=p.qos, retain=p.retain)
+            await link.publish(topic, payload, qos=p.qos, retain=p.retain, endpoint=self.display_id)
             return await fut
-        except aiomqtt.MqttError as exc:
-            raise DeviceUnavailable(f"publish failed: {exc}", endpoint=self.display_id) from exc
         finally:
             self.waiters.remove(entry)
 
@@ -488,14 +486,26 @@ class DisplayDriver:
         self.refusals = Refusals("displays")
         self.max_ahead_s = max_clock_skew_s * max(1.0, clock.speed)
         self.control_decoder = BlockDecoder(self.vms_profile.control)
-        self._address: BrokerAddress | None = None
+        # One session for every board's status (the MQTT device client every MQTT driver shares).
+        p = self.board_profile
+        self._board_link: MqttDeviceClient | None = None
         if boards:
-            try:
-                self._address = BrokerAddress.parse(mqtt_url or "", tls=tls)
-            except ConfigError as exc:
-                raise ConfigError(str(exc.args[0]), key="displays.board_mqtt_url") from None
+            self._board_link = MqttDeviceClient(
+                mqtt_url or "",
+                name="edge-displays",
+                subscriptions=[(p.topic(p.status_topic, b), p.qos) for b in boards],
+                on_message=self._on_board_message,
+                on_down=self._boards_unreachable,
+                tls=tls,
+                settings_key="displays.board_mqtt_url",
+                timeout_s=timeout_s,
+                backoff_base_s=backoff_base_s,
+                backoff_max_s=backoff_max_s,
+                # writes to many boards at once are expected; aiomqtt warns above 10 pending calls
+                pending_calls=max(64, 2 * len(boards)),
+            )
         # for logs: the URL may hold a password
-        self._broker = self._address.where if self._address else ""
+        self._broker = self._board_link.where if self._board_link else ""
         self._board_ids = tuple(boards)
         self._sign_eps = tuple(signs)
         ids = [*self._board_ids, *(s.display_id for s in self._sign_eps)]
@@ -508,7 +518,6 @@ class DisplayDriver:
         self._boards: dict[str, _Board] = {}
         self._signs: dict[str, _Sign] = {}
         self._by_topic: dict[str, _Board] = {}
-        self._client: aiomqtt.Client | None = None
         self._state = _State.UNOPENED
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -549,46 +558,20 @@ class DisplayDriver:
 
     # -- boards ------------------------------------------------------------------
 
-    def _new_client(self) -> aiomqtt.Client:
-        a = self._address
-        if a is None:
-            raise RuntimeError("no board broker: the driver has no boards")
-        # writes to many boards at once are expected; aiomqtt warns above 10 pending calls
-        return a.client("edge-displays", timeout_s=self.timeout_s, pending=max(64, 2 * len(self._boards)))
-
     async def _mqtt_loop(self) -> None:
-        """One session for every board's status; reconnect with capped, jittered backoff."""
-        p = self.board_profile
-        attempt = 0
-        while True:
-            try:
-                async with self._new_client() as client:
-                    await client.subscribe([(t, p.qos) for t in self._by_topic], timeout=self.timeout_s)
-                    self._client = client
-                    if attempt:
-                        log.info("displays_mqtt_up", broker=self._broker)
-                    attempt = 0
-                    async for message in client.messages:
-                        try:
-                            self._on_message(message)
-                        except Exception as exc:  # a bug in one message's handling must not end the loop
-                            self.refusals.crashed(message.topic.value, exc)
-            except aiomqtt.MqttError as exc:
-                self._client = None
-                if attempt == 0:
-                    log.warning("displays_mqtt_down", broker=self._broker, error=str(exc))
-                for board in self._boards.values():
-                    board.set_online(False, f"broker unreachable: {exc}")
-                delay = random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2**attempt))
-                attempt = min(attempt + 1, 30)
-                await asyncio.sleep(delay)
-            finally:
-                self._client = None
+        """The board broker session lives as long as the driver (it reconnects by itself)."""
+        assert self._board_link is not None
+        async with self._board_link:
+            await asyncio.Event().wait()
 
-    def _on_message(self, message: aiomqtt.Message) -> None:
-        board = self._by_topic.get(message.topic.value)
-        payload = message.payload
-        if board is None or not isinstance(payload, bytes | bytearray | str):
+    def _boards_unreachable(self, reason: str) -> None:
+        """The board session ended: every board is out of reach until it reports again."""
+        for board in self._boards.values():
+            board.set_online(False, f"broker unreachable: {reason}")
+
+    def _on_board_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        board = self._by_topic.get(topic)
+        if board is None:
             return
         self.stats.statuses += 1
         if not payload:
@@ -602,7 +585,7 @@ class DisplayDriver:
             self.refusals.refuse(board.display_id, status)
             return
         self.refusals.accepted(board.display_id)
-        board.on_status(status, retained=bool(message.retain))
+        board.on_status(status, retained=retained)
 
     async def _watch_boards(self) -> None:
         """Mark a board down after `offline_after_missed` status periods without a status."""

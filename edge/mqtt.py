@@ -1,10 +1,13 @@
 """The daemon's one connection to the northbound broker: reconnects, restores, never loses an alarm.
 
-`MqttLink` runs a supervisor task that opens a fresh `aiomqtt.Client` per session,
-restores subscriptions, publishes the retained online message, then runs three tasks
-until the connection drops: a reader that hands messages to `on_message`, a drainer that
-sends the persistent outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry.
-After a drop it waits a capped, jittered exponential backoff and starts over.
+`MqttLink` is the one MQTT session (`edge.mqtt_session.MqttSession`: a fresh client per
+connection, subscriptions restored, `edge.backoff.Backoff` between attempts, the
+per-message boundary) shaped for the northbound broker: it probes for MQTT 5, publishes
+the retained online message once subscribed, then runs three tasks until the connection
+drops: a reader that hands messages to `on_message`, a drainer that sends the persistent
+outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry. Its tuning is
+`LinkOptions`. `BrokerAddress` and `TlsFiles` live in `edge.mqtt_session` and are
+re-exported here.
 
 Delivery guarantees:
 - `publish_reliable`: at least once, in order. The message is committed to the outbox
@@ -20,7 +23,7 @@ Delivery guarantees:
 
 Protocol: MQTT 5 is preferred. A broker that answers CONNACK "unsupported protocol
 version" (amqtt, see `edge.broker`) makes the link fall back to 3.1.1 for its lifetime;
-`protocol="3.1.1"` starts there. Under 3.1.1 there are no properties, so request/response
+`LinkOptions(protocol="3.1.1")` starts there. Under 3.1.1 there are no properties, so request/response
 metadata travels in the JSON payload: outgoing JSON objects get `response_topic` and
 `correlation_id` (UTF-8 text of the correlation data) added, and incoming JSON objects
 with those keys fill `IncomingMessage.response_topic` / `correlation_data`. That JSON
@@ -43,17 +46,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
-import random
 import socket
-import ssl
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
-from urllib.parse import unquote, urlsplit
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import aiomqtt
 import orjson
@@ -63,9 +59,30 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge.decode import Refusals, decode_json
+from edge.backoff import Backoff
+from edge.decode import decode_json
 from edge.errors import ConfigError, PayloadError
+from edge.lifecycle import ServiceState
+from edge.mqtt_session import (
+    BrokerAddress,
+    MqttSession,
+    ReadOnlyEvent,
+    TlsFiles,
+    is_link_error,
+    payload_bytes,
+    rc_int,
+)
 from edge.outbox import Outbox, OutboxMessage
+
+__all__ = [
+    "BrokerAddress",
+    "IncomingMessage",
+    "LinkOptions",
+    "MessageHandler",
+    "MqttLink",
+    "ReadOnlyEvent",
+    "TlsFiles",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -91,153 +108,28 @@ class IncomingMessage:
 MessageHandler = Callable[[IncomingMessage], Awaitable[None]]
 
 
-class LinkState(enum.Enum):
-    """Lifecycle of an `MqttLink`: usable once, between enter and exit."""
-
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class ReadOnlyEvent:
-    """An `asyncio.Event` that callers may watch but not set."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self, event: asyncio.Event) -> None:
-        self._event = event
-
-    def is_set(self) -> bool:
-        """Whether the event is set now."""
-        return self._event.is_set()
-
-    async def wait(self) -> None:
-        """Wait until the event is set."""
-        await self._event.wait()
-
-
 @dataclass(frozen=True, slots=True)
-class TlsFiles:
-    """TLS material for one broker link: a private CA and a client certificate (mutual TLS).
+class LinkOptions:
+    """How the link talks to the broker. Times are seconds; `max_payload_bytes` is what a
+    received message may have before it counts as `refused_oversize`; `drain_window` is how
+    many outbox rows are in flight at once; `fast_queue_max` bounds the QoS 0 queue."""
 
-    Empty `ca_file`: the system trust store. `key_file` empty: the key is in `cert_file`.
-    `key` names the settings section, so a file that does not load is reported by its key.
-    """
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    key_password: str | None = field(default=None, repr=False)
-    key: str = "mqtt.tls"
-
-    @property
-    def configured(self) -> bool:
-        """Whether any file is given (else the system trust store alone is used)."""
-        return bool(self.ca_file or self.cert_file or self.key_file)
-
-    def context(self) -> ssl.SSLContext:
-        """A client SSL context (hostname checked); ConfigError names the file that fails."""
-        for name in ("ca_file", "cert_file", "key_file"):
-            path = getattr(self, name)
-            if path is not None and not path.is_file():
-                raise ConfigError(f"no such file: {path}", key=f"{self.key}.{name}")
-        if self.key_file is not None and self.cert_file is None:
-            raise ConfigError("a key needs its certificate (cert_file)", key=f"{self.key}.cert_file")
-        try:
-            ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        except (ssl.SSLError, OSError) as exc:
-            raise ConfigError(f"not a PEM CA certificate: {exc}", key=f"{self.key}.ca_file") from None
-        if self.cert_file is not None:
-            password = self.key_password or ""
-            try:
-                # A callable, never None: OpenSSL would prompt on the terminal for the
-                # password of an encrypted key, and a daemon would hang there.
-                ctx.load_cert_chain(self.cert_file, self.key_file, password=password.encode)
-            except (ssl.SSLError, OSError, ValueError) as exc:
-                hint = "no key_password for an encrypted key" if not password else "wrong key_password"
-                raise ConfigError(
-                    f"cannot load the client certificate and key ({hint}, or a key that does not "
-                    f"match the certificate): {exc}",
-                    key=f"{self.key}.cert_file",
-                ) from None
-        return ctx
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerAddress:
-    """Where and how to connect, parsed from `mqtt://[user:pass@]host[:port]` (or `mqtts://`)."""
-
-    host: str
-    port: int
-    username: str | None
-    password: str | None = field(repr=False)
-    tls: bool
-    tls_files: TlsFiles | None = None
-
-    @classmethod
-    def parse(cls, url: str, *, tls: TlsFiles | None = None, key: str = "mqtt.url") -> BrokerAddress:
-        """Parse an `mqtt://` or `mqtts://` URL; raise ConfigError naming the problem.
-
-        TLS files apply to `mqtts://` only: given for a plain `mqtt://` URL they are an error
-        (the operator meant TLS and would silently get none).
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ConfigError("must start with mqtt:// or mqtts://", key=key)
-        if not parts.hostname:
-            raise ConfigError("has no host", key=key)
-        secure = parts.scheme == "mqtts"
-        try:
-            port = parts.port or (8883 if secure else 1883)
-        except ValueError as exc:
-            raise ConfigError(f"bad port: {exc}", key=key) from None
-        if tls is not None and tls.configured and not secure:
-            raise ConfigError(f"{tls.key} has TLS files but the URL is mqtt://: use mqtts://", key=key)
-        return cls(
-            host=parts.hostname,
-            port=port,
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=secure,
-            tls_files=tls if secure else None,
-        )
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The TLS context for `mqtts://` (private CA and client certificate if configured)."""
-        if not self.tls:
-            return None
-        return (self.tls_files or TlsFiles()).context()
-
-    def client(self, name: str, *, timeout_s: float, pending: int) -> aiomqtt.Client:
-        """A plain aiomqtt client for a device driver's own session (boards, trucks).
-
-        `pending` raises aiomqtt's warning threshold for concurrent calls: drivers write to
-        many devices at once by design. The identifier is unique so two daemons never kick
-        each other off the broker.
-        """
-        client = aiomqtt.Client(
-            self.host,
-            self.port,
-            username=self.username,
-            password=self.password,
-            identifier=f"{name}-{uuid.uuid4().hex[:12]}",
-            timeout=timeout_s,
-            tls_context=self.ssl_context(),
-        )
-        client.pending_calls_threshold = pending
-        return client
-
-    @property
-    def where(self) -> str:
-        """host:port, for logs (the URL may hold a password)."""
-        return f"{self.host}:{self.port}"
+    protocol: ProtocolName = "5"
+    keepalive_s: int = 30
+    connect_timeout_s: float = 5.0
+    backoff_max_s: float = 30.0
+    max_payload_bytes: int = 65_536
+    publish_timeout_s: float = 10.0
+    drain_window: int = 100
+    fast_queue_max: int = 10_000
+    close_timeout_s: float = 5.0
 
 
 class _SessionEnd(Exception):  # noqa: N818 - a signal, not an error
     """Raised inside a session's task group to end it cleanly on close."""
 
 
-class MqttLink:
+class MqttLink(MqttSession):
     """Resilient MQTT connection with a persistent outbox; see the module docstring."""
 
     def __init__(
@@ -250,44 +142,34 @@ class MqttLink:
         online_message: tuple[str, bytes] | None = None,
         subscriptions: Sequence[str] = (),
         on_message: MessageHandler | None = None,
-        protocol: ProtocolName = "5",
-        backoff_max_s: float = 30.0,
-        connect_timeout_s: float = 5.0,
-        publish_timeout_s: float = 10.0,
-        close_timeout_s: float = 5.0,
-        keepalive_s: int = 30,
-        max_payload_bytes: int = 65_536,
-        drain_window: int = 100,
-        fast_queue_max: int = 10_000,
         tls: TlsFiles | None = None,
+        options: LinkOptions | None = None,
     ) -> None:
-        if protocol not in ("5", "3.1.1"):
-            raise ConfigError(f"unknown protocol {protocol!r}", key="mqtt.protocol")
-        self._address = BrokerAddress.parse(url, tls=tls)
+        o = options or LinkOptions()
+        if o.protocol not in ("5", "3.1.1"):
+            raise ConfigError(f"unknown protocol {o.protocol!r}", key="mqtt.protocol")
+        super().__init__(
+            BrokerAddress.parse(url, tls=tls),
+            name="mqtt",
+            subscriptions=[(topic, 1) for topic in subscriptions],
+            connect_timeout_s=o.connect_timeout_s,
+            # a first retry within 1.5 s, as before the one backoff
+            backoff=Backoff(min(1.5, o.backoff_max_s), o.backoff_max_s),
+            pending_calls=2 * o.drain_window + _FAST_BATCH + 64,
+        )
         self._client_id = client_id
         self._outbox = outbox
         self._will = will
         self._online = online_message
-        self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
-        self._protocol: ProtocolName = protocol
-        self._backoff_max_s = backoff_max_s
-        self._connect_timeout_s = connect_timeout_s
-        self._publish_timeout_s = publish_timeout_s
-        self._close_timeout_s = close_timeout_s
-        self._keepalive_s = keepalive_s
-        self._max_payload_bytes = max_payload_bytes
-        self._drain_window = drain_window
-        self._fast_queue_max = fast_queue_max
-        # Built once: a CA or key that does not load fails here, at start, naming its key.
-        self._tls_context = self._address.ssl_context()
+        self._protocol: ProtocolName = o.protocol
+        self._publish_timeout_s = o.publish_timeout_s
+        self._close_timeout_s = o.close_timeout_s
+        self._keepalive_s = o.keepalive_s
+        self._max_payload_bytes = o.max_payload_bytes
+        self._drain_window = o.drain_window
+        self._fast_queue_max = o.fast_queue_max
 
-        self._state = LinkState.UNOPENED
-        self._tg: asyncio.TaskGroup | None = None
-        self._closing = asyncio.Event()
-        self._connected = asyncio.Event()
-        self._disconnected = asyncio.Event()
-        self._disconnected.set()
         self._drained = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._appends = 0  # bumped after each committed append; see _drain
@@ -295,79 +177,37 @@ class MqttLink:
         self._fast_wake = asyncio.Event()
 
         self._v5_confirmed = False
-        self._sessions = 0
         self._published = 0
         self._published_fast = 0
         self._dropped = 0
-        self._received = 0
         self._refused_oversize = 0
         self._refused_out = 0
         self._poisoned = 0
-        self._handler_errors = 0
-        self._crashes = Refusals("mqtt")
 
     # -- lifecycle -------------------------------------------------------------------
 
-    @property
-    def state(self) -> LinkState:
-        """UNOPENED, OPENED or CLOSED."""
-        return self._state
-
-    async def __aenter__(self) -> Self:
-        if self._state is not LinkState.UNOPENED:
-            raise RuntimeError(f"MqttLink cannot be opened in state {self._state.value}")
-        self._state = LinkState.OPENED
+    async def _start(self) -> None:
         if self._outbox.backlog == 0:
             self._drained.set()
-        self._tg = asyncio.TaskGroup()
-        await self._tg.__aenter__()
-        self._tg.create_task(self._supervise(), name="mqtt.session")
-        return self
+        await super()._start()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close_session(self) -> None:
         """Send what the outbox holds (briefly), publish the offline message, disconnect."""
-        if self._state is not LinkState.OPENED or self._tg is None:
+        supervisor = self._supervisor
+        if supervisor is None:
             return
-        self._state = LinkState.CLOSED
-        self._closing.set()
-        tg, self._tg = self._tg, None
         try:
             async with asyncio.timeout(self._close_timeout_s + self._connect_timeout_s):
-                # Pass only a cancellation on: any other error of the body must reach the
-                # caller as itself, not wrapped in the task group's ExceptionGroup.
-                if exc_type is not None and issubclass(exc_type, asyncio.CancelledError):
-                    await tg.__aexit__(exc_type, exc, tb)
-                else:
-                    await tg.__aexit__(None, None, None)
+                await asyncio.wait({supervisor})
         except TimeoutError:
             log.warning("mqtt_close_timeout", client_id=self._client_id)
 
     # -- public API --------------------------------------------------------------------
 
     @property
-    def connected(self) -> ReadOnlyEvent:
-        """Set while a session is up (subscriptions restored, online message sent)."""
-        return ReadOnlyEvent(self._connected)
-
-    @property
     def protocol(self) -> ProtocolName:
         """The protocol the link uses now (after any fallback)."""
         return self._protocol
-
-    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
-        """Wait until a session is up; TimeoutError after `timeout` seconds."""
-        async with asyncio.timeout(timeout):
-            await self._connected.wait()
-
-    async def wait_disconnected(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
-        """Wait until no session is up; TimeoutError after `timeout` seconds."""
-        async with asyncio.timeout(timeout):
-            await self._disconnected.wait()
 
     async def wait_drained(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
         """Wait until every committed reliable message has its PUBACK."""
@@ -408,8 +248,8 @@ class MqttLink:
         Raises PayloadError("invalid_topic" | "oversized") for a message no broker would
         take: stored, it would block the outbox behind it.
         """
-        if self._state is not LinkState.OPENED:
-            raise RuntimeError(f"MqttLink is {self._state.value}")
+        if self.state is not ServiceState.OPENED:
+            raise RuntimeError(f"MqttLink is {self.state.value}")
         problem = _publish_problem(topic, payload)
         if problem is not None:
             self._refused_out += 1
@@ -439,58 +279,21 @@ class MqttLink:
         self._fast.append((topic, payload, retain))
         self._fast_wake.set()
 
-    # -- supervisor --------------------------------------------------------------------
+    # -- the session, shaped for the link ----------------------------------------------
 
-    async def _supervise(self) -> None:
-        """Connect, run a session, back off, repeat until closing."""
-        attempt = 0
-        failing = False
-        while not self._closing.is_set():
-            session_started = self._sessions
-            try:
-                await self._session()
-            except MqttConnectError as exc:
-                if self._protocol == "5" and _rc_value(exc) in _UNSUPPORTED_PROTOCOL:
-                    self._protocol = "3.1.1"
-                    log.warning("mqtt_protocol_fallback", url=self._safe_url(), to="3.1.1")
-                    continue
-                if not failing:
-                    log.warning("mqtt_connect_refused", url=self._safe_url(), reason=str(exc))
-                failing = True
-            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
-                if self._sessions > session_started:
-                    log.warning("mqtt_disconnected", url=self._safe_url(), reason=str(exc))
-                elif not failing:
-                    log.warning("mqtt_connect_failed", url=self._safe_url(), reason=str(exc))
-                failing = self._sessions == session_started
-            except Exception:
-                # A bug in a session must not end the link for good: log it, reconnect.
-                log.exception("mqtt_session_crashed", url=self._safe_url())
-                failing = True
-            finally:
-                self._set_connected(up=False)
-            if self._closing.is_set():
-                return
-            attempt = 1 if self._sessions > session_started else attempt + 1
-            delay = min(self._backoff_max_s, random.uniform(0, 1.5 ** min(10, attempt)))
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._closing.wait()
+    def _connect_refused(self, exc: MqttConnectError) -> bool:
+        """A broker without MQTT 5 (amqtt): fall back to 3.1.1 for the link's lifetime."""
+        if self._protocol == "5" and _rc_value(exc) in _UNSUPPORTED_PROTOCOL:
+            self._protocol = "3.1.1"
+            log.warning("mqtt_protocol_fallback", url=self.address.safe_url, to="3.1.1")
+            return True
+        return False
 
-    def _safe_url(self) -> str:
-        scheme = "mqtts" if self._address.tls else "mqtt"
-        return f"{scheme}://{self._address.host}:{self._address.port}"
-
-    def _set_connected(self, *, up: bool) -> None:
-        if up:
-            self._disconnected.clear()
-            self._connected.set()
-        else:
-            self._connected.clear()
-            self._disconnected.set()
-            if self._fast:
-                self._dropped += len(self._fast)
-                self._fast.clear()
+    def _set_connected(self, *, up: bool, reason: str = "") -> None:
+        super()._set_connected(up=up, reason=reason)
+        if not up and self._fast:
+            self._dropped += len(self._fast)
+            self._fast.clear()
 
     def _new_client(self) -> aiomqtt.Client:
         """A fresh client per session: aiomqtt clients do not survive a lost connection."""
@@ -499,28 +302,24 @@ class MqttLink:
             topic, payload, retain = self._will
             will = aiomqtt.Will(topic, payload, qos=1, retain=retain)
         v5 = self._protocol == "5"
-        client = aiomqtt.Client(
-            self._address.host,
-            self._address.port,
-            username=self._address.username,
-            password=self._address.password,
+        client = self.address.aiomqtt_client(
+            timeout_s=self._connect_timeout_s,
+            tls_context=self._tls_context,
             identifier=self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
             will=will,
-            timeout=self._connect_timeout_s,
             keepalive=self._keepalive_s,
             max_inflight_messages=2 * self._drain_window,
-            tls_context=self._tls_context,
             # A lone alarm should leave now, not wait in Nagle's buffer behind an
             # unacknowledged segment.
             socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
         )
         # aiomqtt warns on every call while more than 10 are pending; a drain window
         # and a telemetry burst are expected to exceed that.
-        client.pending_calls_threshold = 2 * self._drain_window + _FAST_BATCH + 64
+        client.pending_calls_threshold = self._pending_calls
         return client
 
-    async def _probe_v5(self) -> None:
+    async def _before_connect(self) -> None:
         """Ask the broker whether it speaks MQTT 5, with a bare CONNECT (no will, no id).
 
         amqtt answers a bare v5 CONNECT with "unsupported protocol version", but a v5
@@ -528,74 +327,54 @@ class MqttLink:
         (measured), so the real CONNECT cannot serve as the probe. Raises MqttConnectError
         when v5 is refused; returns when it is accepted.
         """
-        probe = aiomqtt.Client(
-            self._address.host,
-            self._address.port,
-            username=self._address.username,
-            password=self._address.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            timeout=self._connect_timeout_s,
+        if self._protocol != "5" or self._v5_confirmed:
+            return
+        probe = self.address.aiomqtt_client(
+            timeout_s=self._connect_timeout_s,
             tls_context=self._tls_context,
+            protocol=aiomqtt.ProtocolVersion.V5,
         )
         async with asyncio.timeout(self._connect_timeout_s * 2 + 1), probe:
             pass
         self._v5_confirmed = True
 
-    async def _session(self) -> None:
-        """One connection, from CONNECT to its end; returns only when closing."""
-        if self._protocol == "5" and not self._v5_confirmed:
-            await self._probe_v5()
-        client = self._new_client()
-        async with contextlib.AsyncExitStack() as stack:
-            # aiomqtt bounds the CONNACK wait by `timeout`; this outer bound also covers
-            # the TCP connect it runs in a thread.
-            async with asyncio.timeout(self._connect_timeout_s * 2 + 1):
-                await stack.enter_async_context(client)
-            _no_delay(client)
-            await self._restore(client)
-            self._sessions += 1
-            self._set_connected(up=True)
-            log.info(
-                "mqtt_connected",
-                url=self._safe_url(),
-                protocol=self._protocol,
-                session=self._sessions,
-                outbox_backlog=self._outbox.backlog,
-            )
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._read(client), name="mqtt.read")
-                    tg.create_task(self._drain(client), name="mqtt.drain")
-                    tg.create_task(self._send_fast(client), name="mqtt.fast")
-                    tg.create_task(self._until_closing(), name="mqtt.close_watch")
-            except BaseExceptionGroup as group:
-                _raise_unless_session_end(group)
-            # Closing: a clean DISCONNECT suppresses the will, so say offline ourselves.
-            self._set_connected(up=False)
-            if self._will is not None:
-                topic, payload, retain = self._will
-                with contextlib.suppress(aiomqtt.MqttError):
-                    await client.publish(
-                        topic, payload, qos=1, retain=retain, timeout=self._connect_timeout_s
-                    )
+    def _sub_option(self, qos: int) -> Any:
+        # MQTT 5: retain-as-published, so the handler sees the retain flag also on a retained
+        # message delivered live (a retained request is refused, at publish and at reconnect).
+        # Under 3.1.1 only the replay at subscribe time carries the flag.
+        return SubscribeOptions(qos=qos, retainAsPublished=True) if self._protocol == "5" else qos
 
-    async def _restore(self, client: aiomqtt.Client) -> None:
-        """Subscriptions first, then the online message: the world sees us only when ready."""
-        if self._subscriptions:
-            # MQTT 5: retain-as-published, so the handler sees the retain flag also on a retained
-            # message delivered live (a retained request is refused, at publish and at reconnect).
-            # Under 3.1.1 only the replay at subscribe time carries the flag.
-            subs: list[tuple[str, Any]] = [
-                (topic, SubscribeOptions(qos=1, retainAsPublished=True) if self._protocol == "5" else 1)
-                for topic in self._subscriptions
-            ]
-            codes = await client.subscribe(subs, timeout=self._connect_timeout_s)
-            for topic, code in zip(self._subscriptions, codes, strict=False):
-                if _rc_int(code) >= 0x80:
-                    log.error("mqtt_subscribe_refused", topic=topic, reason=str(code))
+    async def _after_subscribe(self, client: aiomqtt.Client) -> None:
+        """The online message, once subscribed: the world sees us only when ready."""
         if self._online is not None:
             topic, payload = self._online
             await client.publish(topic, payload, qos=1, retain=True, timeout=self._connect_timeout_s)
+
+    def _log_connected(self) -> None:
+        log.info(
+            "mqtt_connected",
+            url=self.address.safe_url,
+            protocol=self._protocol,
+            session=self._sessions,
+            outbox_backlog=self._outbox.backlog,
+        )
+
+    async def _run(self, client: aiomqtt.Client) -> None:
+        """Reader, drainer and fast sender until the connection drops or the link closes."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read(client), name="mqtt.read")
+                tg.create_task(self._drain(client), name="mqtt.drain")
+                tg.create_task(self._send_fast(client), name="mqtt.fast")
+                tg.create_task(self._until_closing(), name="mqtt.close_watch")
+        except BaseExceptionGroup as group:
+            _raise_unless_session_end(group)
+        # Closing: a clean DISCONNECT suppresses the will, so say offline ourselves.
+        self._set_connected(up=False)
+        if self._will is not None:
+            topic, payload, retain = self._will
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.publish(topic, payload, qos=1, retain=retain, timeout=self._connect_timeout_s)
 
     async def _until_closing(self) -> None:
         """On close, give the outbox a short while to empty, then end the session."""
@@ -607,47 +386,19 @@ class MqttLink:
 
     # -- the three session tasks ---------------------------------------------------------
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        """Hand each message to the handler in arrival order; a failing handler is logged."""
-        async for message in client.messages:
-            self._received += 1
-            payload = message.payload
-            if not isinstance(payload, bytes | bytearray):
-                payload = str(payload).encode()
-            topic = message.topic.value
-            if len(payload) > self._max_payload_bytes:
-                # Handed on all the same: the broker has delivered it and paho holds it already, and
-                # the handler owes its sender an answer (`payload_too_large`), not silence.
-                self._refused_oversize += 1
-            if self._on_message is None:
-                continue
-            incoming = self._incoming(topic, bytes(payload), message.properties, message.retain)
-            try:
-                await self._on_message(incoming)
-            except Exception as exc:  # the per-message boundary: logged once per topic, never ends the link
-                self._handler_errors += 1
-                self._crashes.crashed(topic, exc)
-
-    def _incoming(
-        self, topic: str, payload: bytes, props: Properties | None, retain: bool
-    ) -> IncomingMessage:
-        response_topic: str | None = getattr(props, "ResponseTopic", None)
-        correlation: bytes | None = getattr(props, "CorrelationData", None)
-        user_props: list[tuple[str, str]] = getattr(props, "UserProperty", None) or []
-        if (
-            response_topic is None
-            and correlation is None
-            and payload[:1] == b"{"
-            and len(payload) <= self._max_payload_bytes
-        ):
-            response_topic, correlation = _metadata_from_json(payload, self._max_payload_bytes)
-        return IncomingMessage(
-            topic=topic,
-            payload=payload,
-            response_topic=response_topic,
-            correlation_data=correlation,
-            user_properties=tuple((str(k), str(v)) for k, v in user_props),
-            retain=retain,
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        """Hand each message to the handler in arrival order (`_read` is the boundary)."""
+        payload = payload_bytes(message)
+        if len(payload) > self._max_payload_bytes:
+            # Handed on all the same: the broker has delivered it and paho holds it already, and
+            # the handler owes its sender an answer (`payload_too_large`), not silence.
+            self._refused_oversize += 1
+        if self._on_message is None:
+            return
+        await self._on_message(
+            _incoming(
+                message.topic.value, payload, message.properties, message.retain, self._max_payload_bytes
+            )
         )
 
     async def _drain(self, client: aiomqtt.Client) -> None:
@@ -707,7 +458,7 @@ class MqttLink:
             if res is None:
                 done.append(row.id)
                 self._published += 1
-            elif _is_link_error(res):
+            elif is_link_error(res):
                 link_error = res
             else:
                 # paho refused this message itself (e.g. a row written by an older
@@ -760,7 +511,7 @@ class MqttLink:
                 self._published_fast += len(batch) - len(failed)
                 self._dropped += len(failed)
                 for res in failed:
-                    if _is_link_error(res):
+                    if is_link_error(res):
                         raise res
 
 
@@ -779,18 +530,8 @@ def _publish_problem(topic: str, payload: bytes) -> str | None:
     return None
 
 
-def _is_link_error(exc: BaseException) -> bool:
-    """Errors of the connection (retry later) as opposed to errors of one message."""
-    return isinstance(exc, aiomqtt.MqttError | OSError | TimeoutError | asyncio.CancelledError)
-
-
 def _rc_value(exc: aiomqtt.MqttCodeError) -> int:
-    return _rc_int(exc.rc)
-
-
-def _rc_int(code: object) -> int:
-    value = getattr(code, "value", code)
-    return value if isinstance(value, int) else -1
+    return rc_int(exc.rc)
 
 
 def _raise_unless_session_end(group: BaseExceptionGroup[BaseException]) -> None:
@@ -801,9 +542,28 @@ def _raise_unless_session_end(group: BaseExceptionGroup[BaseException]) -> None:
     first: BaseException = rest
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
-    if _is_link_error(first):
+    if is_link_error(first):
         raise first
     raise rest
+
+
+def _incoming(
+    topic: str, payload: bytes, props: Properties | None, retain: bool, max_bytes: int
+) -> IncomingMessage:
+    """A received message with its request/response metadata (properties, else the 3.1.1 JSON keys)."""
+    response_topic: str | None = getattr(props, "ResponseTopic", None)
+    correlation: bytes | None = getattr(props, "CorrelationData", None)
+    user_props: list[tuple[str, str]] = getattr(props, "UserProperty", None) or []
+    if response_topic is None and correlation is None and payload[:1] == b"{" and len(payload) <= max_bytes:
+        response_topic, correlation = _metadata_from_json(payload, max_bytes)
+    return IncomingMessage(
+        topic=topic,
+        payload=payload,
+        response_topic=response_topic,
+        correlation_data=correlation,
+        user_properties=tuple((str(k), str(v)) for k, v in user_props),
+        retain=retain,
+    )
 
 
 def _metadata_from_json(payload: bytes, max_bytes: int) -> tuple[str | None, bytes | None]:
@@ -837,11 +597,3 @@ def _metadata_into_json(payload: bytes, response_topic: str | None, correlation:
     if correlation is not None and obj.get("correlation_id") is None:
         obj["correlation_id"] = correlation.decode("utf-8", "backslashreplace")
     return orjson.dumps(obj)
-
-
-def _no_delay(client: aiomqtt.Client) -> None:
-    """Turn off Nagle's algorithm: small MQTT packets otherwise wait ~40 ms for a delayed ACK."""
-    sock = client._client.socket()  # paho exposes the socket only here
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

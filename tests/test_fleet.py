@@ -20,9 +20,11 @@ from structlog.testing import capture_logs
 from waiting import wait_until
 
 from devices.displays import DisplayDriver
+from devices.profiles.waste import Route, decode_route, route_number
 from devices.waste import LOG_EVERY, MAX_SKEW_S, FleetDriver
 from edge.clock import ManualClock
-from edge.errors import ConfigError
+from edge.decode import Refusal
+from edge.errors import ConfigError, DeviceReplyError
 from edge.events import Event
 from edge.mqtt import BrokerAddress
 from edge.settings import DisplaysSettings, WasteSettings
@@ -302,3 +304,36 @@ async def test_a_finished_route_is_cleared_from_its_retained_topic(mqtt_url: str
 def _client(url: str) -> aiomqtt.Client:
     a = BrokerAddress.parse(url)
     return aiomqtt.Client(a.host, a.port, username=a.username, password=a.password, timeout=WAIT_S)
+
+
+def test_the_route_model_is_the_wire_format_of_the_protocol() -> None:
+    """docs/fleet-protocol.md's route: decoded through edge.decode, dumped back to the same JSON;
+    optional fields that are absent stay absent."""
+    body = {
+        "route_id": "2026-11-26-truck-1-r2",
+        "issued_ts": 1795677000.0,
+        "start_ts": 1795672800.0,
+        "stops": [
+            {"seq": 0, "kind": "bin", "id": "B0042", "lat": 51.5071, "lon": 7.4512,
+             "eta_ts": 1795678200.0, "window": [1795672800.0, 1795687200.0]},
+            {"seq": 1, "kind": "depot", "id": "depot", "lat": 51.5, "lon": 7.44, "eta_ts": 1795684000.0},
+        ],
+    }  # fmt: skip
+    route = decode_route(orjson.dumps(body))
+    assert isinstance(route, Route)
+    assert orjson.loads(route.payload()) == body
+    assert route_number(route.route_id) == 2
+    assert isinstance(decode_route(b'{"route_id": "r-3", "stops": "nope"}'), Refusal)
+    far = {**body, "stops": [{"kind": "bin", "id": "B1", "lat": 91.0, "lon": 7.0}]}
+    assert isinstance(decode_route(orjson.dumps(far)), Refusal)
+
+
+async def test_a_payload_that_is_not_a_route_is_refused_before_it_is_sent() -> None:
+    """The driver checks the dispatcher's payload against the Route model: a malformed one is a
+    DeviceReplyError (the dispatcher does not retry it), and nothing is published."""
+    drv = driver([])
+    with pytest.raises(DeviceReplyError, match="not a route"):
+        await drv.write_payload("T1", "route", '{"route_id": "d-T1-r1", "stops": [{"kind": "shop"}]}', 1.0)
+    with pytest.raises(DeviceReplyError, match="not a route"):
+        await drv.write_payload("T1", "route", '{"stops": []}', 1.0)
+    assert drv.stats.routes_sent == 0

@@ -56,7 +56,7 @@ from paho.mqtt.properties import Properties
 
 from devices.profiles.displays import BoardStatus, default_led_board_profile, status_payload
 from devices.profiles.lorawan import default_profiles
-from devices.waste import TruckEventMessage, TruckStateMessage
+from devices.profiles.waste import TruckEvent, TruckState
 from edge.app.api import ACK_TOPIC_CHARS
 from edge.app.daemon import site_bins
 from edge.app.docs import CHANNELS, PUBLISHED_MODELS
@@ -436,9 +436,9 @@ def context(s: District, spy: SubscriptionSpy) -> FuzzContext:
     device_models: list[tuple[str, tuple[Any, ...]]] = []
     for flt in filters:
         if topic_matches_sub(flt, "fleet/x/state"):
-            device_models.append((flt, (TruckStateMessage,)))
+            device_models.append((flt, (TruckState,)))
         elif topic_matches_sub(flt, "fleet/x/event"):
-            device_models.append((flt, (TruckEventMessage,)))
+            device_models.append((flt, (TruckEvent,)))
     return FuzzContext(
         base=base,
         filters=filters,

@@ -15,11 +15,13 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from waiting import wait_until
 
 from devices.profiles.lorawan import FieldType, LorawanProfile, default_profiles, parse_profile
 from devices.protocols.lorawan import (
     MAX_UPLINK_BYTES,
     UplinkIngest,
+    UplinkSubscriber,
     parse_chirpstack,
     parse_tts,
     parse_uplink,
@@ -759,3 +761,24 @@ def test_deeply_nested_uplinks_are_refused_without_recursion() -> None:
     assert ingest.handle(topic, deep_object) is None
     assert ingest.stats.refused == {"too_deep": 2}
     assert sink.published == []
+
+
+@pytest.mark.usefixtures("no_leaked_tasks")
+async def test_the_ingest_subscribes_its_uplink_topics_itself(mqtt_url: str) -> None:
+    """`UplinkSubscriber`: the ingest's own session on the broker (not the northbound API) takes
+    every sensor exactly once, duplicates dropped, from both network-server formats."""
+    clock = ManualClock(NOW)
+    app = f"test-{uuid.uuid4().hex[:10]}"  # a broker shared with other tests: topics of our own
+    sim = LorawanSimulator(
+        demo_sensors(6, 6), demo_values(3), clock, seed=5, duplicate_p=0.5, out_of_order_p=0.0, app=app
+    )
+    ingest, sink = make_ingest(sim.devices())
+    messages = sim.frames(T0)
+    async with UplinkSubscriber(ingest, mqtt_url=mqtt_url, topics=sim.topics(), timeout_s=5.0) as uplinks:
+        await uplinks.wait_connected(10)
+        async with sim.connect_to(mqtt_url, qos=1):
+            await sim.publish(messages)
+        await wait_until(lambda: ingest.stats.received == len(messages), timeout_s=20, what="every uplink")
+    assert ingest.stats.refused == {}
+    assert ingest.stats.duplicates == sim.stats.duplicates
+    assert sorted(e.device_id for e in sink.published) == sorted(s.device_id for s in sim.sensors)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -11,7 +12,7 @@ import textwrap
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 import orjson
@@ -22,7 +23,7 @@ from paho.mqtt.properties import Properties
 
 from edge.broker import EmbeddedBroker
 from edge.errors import PayloadError
-from edge.mqtt import BrokerAddress, IncomingMessage, MqttLink
+from edge.mqtt import BrokerAddress, IncomingMessage, LinkOptions, MqttLink
 from edge.net import free_port
 from edge.outbox import Outbox
 
@@ -94,9 +95,11 @@ async def clear_retained(url: str, *topics: str) -> None:
 
 def link(url: str, outbox: Outbox, **kwargs: object) -> MqttLink:
     """A link with test-friendly timings (short backoff) and a unique client id."""
-    options: dict[str, object] = {"backoff_max_s": 0.5, "connect_timeout_s": 3.0}
-    options.update(kwargs)
-    return MqttLink(url, f"edge-{uuid.uuid4().hex[:8]}", outbox, **options)  # type: ignore[arg-type]
+    tuning: dict[str, Any] = {"backoff_max_s": 0.5, "connect_timeout_s": 3.0}
+    names = {f.name for f in dataclasses.fields(LinkOptions)}
+    tuning |= {k: v for k, v in kwargs.items() if k in names}
+    rest = {k: v for k, v in kwargs.items() if k not in names}
+    return MqttLink(url, f"edge-{uuid.uuid4().hex[:8]}", outbox, options=LinkOptions(**tuning), **rest)  # type: ignore[arg-type]
 
 
 async def test_reliable_publish_arrives_with_qos1_and_metadata(mqtt_url: str, database_url: str) -> None:

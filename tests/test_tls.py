@@ -276,7 +276,7 @@ async def test_edge_run_connects_over_mutual_tls(tls_broker: TlsBroker, pki: Pki
 
 async def test_fleet_and_board_links_use_their_tls_settings(tls_broker: TlsBroker, pki: Pki) -> None:
     """The fleet driver's and the board driver's own sessions connect with their TLS files
-    (the same `BrokerAddress.client` both drivers use)."""
+    (the same `devices.protocols.mqtt` client both drivers use)."""
     from devices.displays import DisplayDriver
     from devices.waste import FleetDriver
 
@@ -285,8 +285,9 @@ async def test_fleet_and_board_links_use_their_tls_settings(tls_broker: TlsBroke
         await fleet.wait_connected(WAIT_S)
     boards = DisplayDriver(lambda _e: None, SystemClock(), boards=["led-1"], mqtt_url=tls_broker.url,
                            tls=pki.files())  # fmt: skip
-    async with asyncio.timeout(WAIT_S), boards._new_client() as client:
-        await client.subscribe("displays/led-1/status", qos=1)
+    async with boards:
+        assert boards._board_link is not None
+        await boards._board_link.wait_connected(WAIT_S)  # connected and subscribed to the status
 
 
 async def test_dashboard_connects_over_mutual_tls(tls_broker: TlsBroker, pki: Pki) -> None:

@@ -20,7 +20,7 @@ from waiting import wait_until
 
 from controllers.waste import ROUTE_POINT, WasteController, WastePorts, WasteSafety
 from devices.bins import Bin
-from devices.waste import route_number
+from devices.profiles.waste import route_number
 from edge.alarms import Alarms
 from edge.app.daemon import restore_waste
 from edge.bus import EventBus

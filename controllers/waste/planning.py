@@ -25,7 +25,7 @@ from typing import Literal
 import structlog
 
 from devices.bins import Bin
-from devices.waste import route_number
+from devices.profiles.waste import route_number
 from edge.dispatcher import Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority
 from edge.geo import haversine_m

@@ -3,9 +3,9 @@
 Inbound, the fleet driver (devices/waste.py) has already validated `fleet/{truck}/state` and
 `fleet/{truck}/event` and turned them into `Telemetry` values; `truck_state` and
 `truck_event` read those values into small typed records. Outbound, `route_body` and
-`route_payload` write a route as docs/fleet-protocol.md describes it, and `route_problem`
-is the dispatcher's check of one. When the shared pydantic models of the truck protocol
-land (devices/profiles/waste.py), this module is the only one to change.
+`route_payload` write a route with the protocol's shared models (devices/profiles/waste.py,
+the ones the driver and the simulated trucks use), and `route_problem` is the dispatcher's
+check of one, through the same decode the trucks use.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import orjson
-
-from devices.waste import route_number
+from devices.profiles.waste import Route, RouteStop, decode_route, route_number
+from edge.decode import Refusal
 from edge.events import Value
 from optimizer.waste import TruckRoute
 
@@ -89,46 +88,42 @@ def truck_event(v: Mapping[str, Value]) -> TruckEvent:
     )
 
 
+def route(r: TruckRoute, route_id: str, issued_ts: float, start_ts: float | None = None) -> Route:
+    """A planned route as the fleet protocol's `Route` (the model the driver and trucks share)."""
+    return Route(
+        route_id=route_id,
+        issued_ts=round(issued_ts, 1),
+        start_ts=None if start_ts is None else round(start_ts, 1),
+        stops=[
+            RouteStop(
+                seq=s.seq,
+                kind=s.kind,
+                id=s.id,
+                lat=s.lat,
+                lon=s.lon,
+                eta_ts=round(s.eta_ts, 1),
+                window=None if s.window is None else (s.window[0], s.window[1]),
+            )
+            for s in r.stops
+        ],
+    )
+
+
 def route_body(r: TruckRoute, route_id: str, issued_ts: float) -> dict[str, object]:
-    """A route as docs/fleet-protocol.md describes it."""
-    stops: list[dict[str, object]] = []
-    for s in r.stops:
-        stop: dict[str, object] = {
-            "seq": s.seq,
-            "kind": s.kind,
-            "id": s.id,
-            "lat": s.lat,
-            "lon": s.lon,
-            "eta_ts": round(s.eta_ts, 1),
-        }
-        if s.window is not None:
-            stop["window"] = [s.window[0], s.window[1]]
-        stops.append(stop)
-    return {"route_id": route_id, "issued_ts": round(issued_ts, 1), "stops": stops}
+    """A route as docs/fleet-protocol.md describes it, as plain data (for the plan message)."""
+    return route(r, route_id, issued_ts).model_dump(mode="json", exclude_none=True)
 
 
 def route_payload(r: TruckRoute, route_id: str, issued_ts: float, start_ts: float | None) -> str:
     """The route command's JSON payload (with the shift start when the route is for a later shift)."""
-    body = route_body(r, route_id, issued_ts)
-    if start_ts is not None:
-        body["start_ts"] = round(start_ts, 1)
-    return orjson.dumps(body).decode()
+    return route(r, route_id, issued_ts, start_ts).payload().decode()
 
 
 def route_problem(payload: str, value: float) -> str | None:
     """Why a route command's payload may not reach a truck (None: it may)."""
-    try:
-        body = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return "not JSON"
-    if not isinstance(body, dict) or not isinstance(body.get("route_id"), str):
-        return "no route_id"
-    stops = body.get("stops")
-    if not isinstance(stops, list) or not all(
-        isinstance(s, dict) and s.get("kind") in {"bin", "disposal", "depot"} and "lat" in s and "lon" in s
-        for s in stops
-    ):
-        return "malformed stops"
-    if route_number(body["route_id"]) != int(value):
+    got = decode_route(payload)
+    if isinstance(got, Refusal):
+        return f"{got.reason}: {got.detail}"
+    if route_number(got.route_id) != int(value):
         return "value is not the route's number"
     return None

@@ -35,19 +35,22 @@ from __future__ import annotations
 
 import binascii
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, Literal
 
 import structlog
+from paho.mqtt.client import topic_matches_sub
 
 from devices.profiles.lorawan import LorawanProfile
+from devices.protocols.mqtt import MqttDeviceClient, MqttDriver
 from edge.clock import Clock
 from edge.decode import Refusal, check_ts, decode_json
 from edge.errors import ConfigError, PayloadError
 from edge.events import Telemetry, Value
+from edge.mqtt import TlsFiles
 
 log = structlog.get_logger(__name__)
 
@@ -542,3 +545,43 @@ class UplinkIngest:
             log.warning(
                 "lorawan_uplink_refused", reason=exc.reason, detail=exc.detail, topic=topic[:120], count=count
             )
+
+
+class UplinkSubscriber(MqttDriver):
+    """The ingest's own session on the network server's broker: it subscribes its uplink topics.
+
+    Uplinks used to reach the ingest through the northbound API; now, like every field input,
+    they enter through a driver (`devices.protocols.mqtt`). `topics` are MQTT filters (e.g.
+    `application/+/device/+/event/up`, `v3/+/devices/+/up`); a message on any other topic of
+    a shared broker is not the ingest's and is ignored.
+    """
+
+    service_name = "lorawan"
+
+    def __init__(
+        self,
+        ingest: UplinkIngest,
+        *,
+        mqtt_url: str,
+        topics: Sequence[str],
+        tls: TlsFiles | None = None,
+        **link: Any,
+    ) -> None:
+        """`link`: `timeout_s`, `backoff_base_s`, `backoff_max_s` of the session."""
+        super().__init__()
+        self.ingest = ingest
+        self.topics = tuple(dict.fromkeys(topics))
+        self.link = MqttDeviceClient(
+            mqtt_url,
+            name="edge-lorawan",
+            subscriptions=[(t, 1) for t in self.topics],
+            on_message=self._receive,
+            tls=tls,
+            settings_key="lorawan.mqtt_url",
+            pending_calls=64,
+            **link,
+        )
+
+    def _receive(self, topic: str, payload: bytes, retained: bool) -> None:
+        if any(topic_matches_sub(f, topic) for f in self.topics):
+            self.ingest.handle(topic, payload)

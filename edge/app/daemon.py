@@ -40,7 +40,7 @@ from devices.lighting import ModbusEndpoint, ModbusLightingDriver
 from devices.profiles.displays import default_led_board_profile, default_vms_profile
 from devices.profiles.lighting import default_profile
 from devices.profiles.lorawan import default_profiles as lorawan_profiles
-from devices.protocols.lorawan import UplinkIngest
+from devices.protocols.lorawan import UplinkIngest, UplinkSubscriber
 from devices.waste import FleetDriver
 from edge import __version__
 from edge.alarms import DAEMON_DEVICE, Alarms, sweep_retained
@@ -52,7 +52,7 @@ from edge.driver import Driver
 from edge.errors import ConfigError
 from edge.events import AlarmEvent, PlanEvent, Severity, Telemetry
 from edge.lag import LagMonitor
-from edge.mqtt import MqttLink
+from edge.mqtt import LinkOptions, MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
 from edge.records import AlarmRow, CommandAudit, DeviceRow, PlanRow, StateSample
@@ -458,6 +458,14 @@ async def running(
                     on_late=waste.on_late if waste is not None else None,
                     max_clock_skew_s=mq.max_clock_skew_s,
                 )
+                # The ingest subscribes its uplink topics itself (C-in), ready before we go online.
+                uplinks = await stack.enter_async_context(
+                    UplinkSubscriber(
+                        ingest, mqtt_url=mq.url, topics=uplink_topics, tls=settings.mqtt_link().files()
+                    )
+                )
+                with contextlib.suppress(TimeoutError):
+                    await uplinks.wait_connected(10.0)
             api = MqttApi(
                 site=site.id,
                 prefix=mq.topic_prefix,
@@ -473,8 +481,6 @@ async def running(
                 charging=charging,
                 audit=lambda rec: storage.add(_audit_row(rec)),
                 displays=displays,
-                uplinks=ingest.handle if ingest is not None else None,
-                uplink_topics=uplink_topics,
                 waste=waste,
                 alarm_ack=storage.ack_alarm,
                 reply_prefix=mq.reply_prefix,
@@ -506,10 +512,10 @@ async def running(
                 online_message=(api.status_topic(), online),
                 subscriptions=api.subscriptions,
                 on_message=api.on_message,
-                protocol=mq.protocol,
-                backoff_max_s=30.0,
-                max_payload_bytes=mq.max_payload_bytes * 4,
                 tls=settings.mqtt_link().files(),
+                options=LinkOptions(
+                    protocol=mq.protocol, backoff_max_s=30.0, max_payload_bytes=mq.max_payload_bytes * 4
+                ),
             )
             async with link:
                 d = Daemon(
