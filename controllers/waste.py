@@ -37,7 +37,7 @@ from devices.waste import route_number
 from edge.alarms import Alarms
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
-from edge.dispatcher import Verdict, make_command
+from edge.dispatcher import DispatcherView, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, Telemetry, Value
 from edge.settings import WasteSettings, window_s
 from optimizer.waste import (
@@ -652,7 +652,7 @@ class ActivePlan:
 class WasteSafety:
     """Dispatcher policy for trucks: only a well-formed route reaches a truck."""
 
-    def check(self, cmd: Command, now: float) -> Verdict:
+    def check(self, cmd: Command, now: float, view: DispatcherView) -> Verdict:
         if cmd.point != ROUTE_POINT or not cmd.payload:
             return Verdict(Outcome.REFUSED, cmd.value, f"point_not_writable: {cmd.point}")
         try:

@@ -16,11 +16,17 @@ Value = float | int | bool | str
 
 @dataclass(frozen=True, slots=True)
 class Telemetry:
-    """Point values read from one device at `ts` (clock seconds)."""
+    """Point values read from one device at `ts` (clock seconds).
+
+    `derived`: state a controller computed about the device (a feeder's load, a charger's
+    planned current), not a reading from it: it neither marks the device online nor moves its
+    `updated_at`, so it can never make an unreachable charger look reachable or a stale count fresh.
+    """
 
     device_id: str
     ts: float
     values: Mapping[str, Value]
+    derived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,7 @@ class Command:
     reason: str = ""
     payload: str = ""  # a structured value (display content as JSON); `value` is then its id
     requested: float | None = None  # what was asked when a safety policy clamped `value` (None: as asked)
+    limit: str = ""  # the limit that clamped or refused it ("feeder:F1", "lighting_floor"; "": none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +93,15 @@ class CommandResult:
     applied_value: float | None
     reason: str
     ts: float
+
+    @property
+    def limit(self) -> str:
+        """The binding limit's name when a safety policy clamped or refused the command ("": none).
+
+        Read this, not the reason's wording: the dispatcher stamps it on the command from the
+        policy's `Verdict`, so every result of that command carries it.
+        """
+        return self.command.limit
 
 
 class Severity(StrEnum):

@@ -137,10 +137,11 @@ class StateStore:
             if values.get(key) != val:
                 values[key] = val
                 changed[key] = val
-        dev.updated_at = event.ts
-        if dev.online is not True:
-            dev.online = True
-            changed["online"] = True
+        if not event.derived:  # a controller's derived state proves nothing about the device
+            dev.updated_at = event.ts
+            if dev.online is not True:
+                dev.online = True
+                changed["online"] = True
         if changed:
             self._bus.publish(StateChanged(dev.device_id, event.ts, changed))
 
