@@ -17,8 +17,12 @@ from controllers.lighting import (
     night_window,
 )
 from devices.inventory import load_inventory
+from edge.bus import EventBus
+from edge.clock import ManualClock
+from edge.dispatcher import Dispatcher, DispatcherView
 from edge.events import Command, Outcome, Priority
 from edge.settings import LightingSettings, SiteSettings, TrafficStep, load_settings
+from edge.state import StateStore
 from optimizer.lighting import check_plan, solve
 
 SITE = Path(__file__).parent.parent / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
@@ -98,6 +102,20 @@ def safety() -> LightingSafety:
     return LightingSafety(load_inventory(s.inventory_path()), s.site, s.lighting)
 
 
+@pytest.fixture
+def view() -> DispatcherView:
+    """A dispatcher's view of nothing: the floors do not look at other devices."""
+    bus = EventBus()
+    return Dispatcher(
+        bus=bus,
+        clock=ManualClock(0.0),
+        state=StateStore(bus, {}),
+        drivers=[],
+        policies={},
+        audit=lambda _r: None,
+    ).view
+
+
 def cmd(device: str, value: float, prio: Priority, now: float) -> Command:
     return Command("c1", device, "level_cmd", value, prio, "test", now, now + 30)
 
@@ -114,21 +132,28 @@ def cmd(device: str, value: float, prio: Priority, now: float) -> Command:
     ],
 )
 def test_safety_policy_at_night(
-    safety: LightingSafety, device: str, value: float, prio: Priority, outcome: Outcome, reason: str
+    safety: LightingSafety,
+    view: DispatcherView,
+    device: str,
+    value: float,
+    prio: Priority,
+    outcome: Outcome,
+    reason: str,
 ) -> None:
     """Floors hold whoever asks: an operator is refused, the plan is clamped to the floor."""
-    v = safety.check(cmd(device, value, prio, ts(2026, 11, 26, 23)), ts(2026, 11, 26, 23))
+    v = safety.check(cmd(device, value, prio, ts(2026, 11, 26, 23)), ts(2026, 11, 26, 23), view)
     assert v.outcome is outcome
     assert v.reason.startswith(reason)
+    assert v.limit == ("lighting_floor" if reason == "under_lighting_floor" else "")
     if outcome is Outcome.CLAMPED:
         assert v.value == 100
 
 
-def test_fear_space_floor_and_daytime(safety: LightingSafety) -> None:
+def test_fear_space_floor_and_daytime(safety: LightingSafety, view: DispatcherView) -> None:
     """A fear-space lamp may not be dimmed at night; by day the lamps may be off."""
     inv = load_inventory(SITE.parent / "inventory.csv")
     fear = next(x.id for x in inv.lamps.values() if "fear_space" in x.flags)
     night = ts(2026, 11, 26, 23)
-    assert safety.check(cmd(fear, 50, Priority.OPERATOR, night), night).outcome is Outcome.REFUSED
+    assert safety.check(cmd(fear, 50, Priority.OPERATOR, night), night, view).outcome is Outcome.REFUSED
     noon = ts(2026, 11, 27, 12)
-    assert safety.check(cmd(fear, 0, Priority.PLAN, noon), noon).outcome is Outcome.ACCEPTED
+    assert safety.check(cmd(fear, 0, Priority.PLAN, noon), noon, view).outcome is Outcome.ACCEPTED
