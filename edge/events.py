@@ -18,9 +18,10 @@ Value = float | int | bool | str
 class Telemetry:
     """Point values read from one device at `ts` (clock seconds).
 
-    `derived`: state a controller computed about the device (a feeder's load, a charger's
-    planned current), not a reading from it: it neither marks the device online nor moves its
-    `updated_at`, so it can never make an unreachable charger look reachable or a stale count fresh.
+    `derived`: not a reading of the device itself: state a controller computed about it (a
+    feeder's load, a charger's planned current) or a report about it from elsewhere (a motion
+    sensor beside a lamp). It neither marks the device online nor moves its `updated_at`, so it
+    can never make an unreachable charger look reachable or a stale reading fresh.
     """
 
     device_id: str

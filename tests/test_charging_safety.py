@@ -238,3 +238,56 @@ def test_without_a_lighting_plan_lamps_burn_at_full_power_and_night_circuits_are
     assert safety.feeder_limit("f1", T0) == 0.0
     v = disp.submit(Command("a", "cp0", POINT, 16, Priority.OPERATOR, "op", T0, T0 + 60))
     assert (v.outcome, v.value, v.limit) == (Outcome.CLAMPED, 0.0, "feeder:f1")
+
+
+def test_feeder_state_and_planned_current_go_out_as_derived_telemetry_when_they_change() -> None:
+    """C-north: the controller publishes each feeder's state (the FeederState fields) and each
+    charger's planned current once, then again only when something changed."""
+    clock, disp, _safety, ctl = rig({"f1": 2.5})
+    seen = disp._bus.subscribe("test", Telemetry)
+    assert ctl.publish_state(clock.now()) == len(FEEDERS) + len(CHARGERS)
+    out = {}
+    while (ev := seen.get_nowait()) is not None:
+        assert isinstance(ev, Telemetry)
+        assert ev.derived
+        out[ev.device_id] = dict(ev.values)
+    assert out["f1"] == {"limit_a": 32.0, "lighting_a": 2.5, "setpoints_a": 0.0, "measured_a": 0.0,
+                         "chargers": 3, "tripped": False}  # fmt: skip
+    assert out["cp0"] == {"planned_a": 0.0}
+    assert ctl.publish_state(clock.now()) == 0  # nothing changed
+    disp.submit(Command("a", "cp0", POINT, 10, Priority.OPERATOR, "op", T0, T0 + 60))
+    assert ctl.publish_state(clock.now()) == 1  # f1's setpoints
+
+
+def test_derived_state_never_makes_an_unreachable_charger_look_reachable() -> None:
+    """A planned current published for a charger that went offline leaves it offline: its
+    feeder stays decreases-only."""
+    _clock, disp, _safety, _ = rig({})
+    state = disp._state
+    state.apply(Availability("srv", ("cp3",), False, T0))
+    state.apply(Telemetry("cp3", T0 + 1, {"planned_a": 16.0}, derived=True))
+    assert state.value("cp3", "planned_a") == 16.0
+    dev = state.get("cp3")
+    assert dev is not None
+    assert dev.online is False
+    assert dev.updated_at == T0
+    up = disp.submit(Command("a", "cp0", POINT, 16, Priority.PLAN, "plan", T0, T0 + 60))  # cp0 shares f1
+    assert up.outcome is Outcome.REFUSED
+    assert up.reason.startswith("stale_measurements")
+
+
+def test_every_controller_has_the_one_controller_shape() -> None:
+    """Lighting, charging and displays controllers are built from a kernel and satisfy Controller."""
+    from controllers.displays import DisplayController
+    from controllers.lighting import LightingController
+    from edge.kernel import Controller
+    from edge.settings import DisplaysSettings, LightingSettings
+
+    clock, disp, _safety, charging = rig({})
+    kernel = make_kernel(clock, disp._bus, disp._state, disp)
+    lighting = LightingController(kernel, LightingSettings(), inv=Inventory(lamps={}))
+    displays = DisplayController(kernel, DisplaysSettings(), lighting=lighting)
+    for ctl in (lighting, charging, displays):
+        assert isinstance(ctl, Controller)
+    assert [c.name for c in (lighting, charging, displays)] == ["lighting", "charging", "displays"]
+    assert charging.amps_for_kw("f1", 11.04) == 16.0  # kW to A on the feeder's three phases

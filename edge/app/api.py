@@ -703,7 +703,7 @@ class MqttApi:
         if motion.ts is not None and (future := check_ts(motion.ts, self._clock.now(), self._max_ahead)):
             raise PayloadError(future.reason, future.detail)
         if motion.detected:  # the lighting controller reacts to it on the bus (C-in)
-            self._bus.publish(Telemetry(lamp_id, self._clock.now(), {"motion": True}))
+            self._bus.publish(Telemetry(lamp_id, self._clock.now(), {"motion": True}, derived=True))
 
     async def _command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
         try:
