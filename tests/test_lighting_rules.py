@@ -157,3 +157,50 @@ def test_fear_space_floor_and_daytime(safety: LightingSafety, view: DispatcherVi
     assert safety.check(cmd(fear, 50, Priority.OPERATOR, night), night, view).outcome is Outcome.REFUSED
     noon = ts(2026, 11, 27, 12)
     assert safety.check(cmd(fear, 0, Priority.PLAN, noon), noon, view).outcome is Outcome.ACCEPTED
+
+
+class _Accepting:
+    """Device stand-in: handles every lamp (nothing is written: the dispatcher is not started)."""
+
+    def handles(self, device_id: str) -> bool:
+        return True
+
+    async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109 - the Driver seam
+        return value
+
+
+def test_a_warning_raises_the_lamps_in_its_area_through_the_dispatcher() -> None:
+    """Domain policy behind the controller, not in the API: lamps within the warning's circle go
+    to full as safety commands held until the warning ends; the others are left alone."""
+    from kernel_kit import make_kernel
+
+    from controllers.lighting import LightingController
+    from devices.inventory import Inventory, Lamp
+
+    def lamp(lid: str, lat: float) -> Lamp:
+        return Lamp(
+            id=lid, lat=lat, lon=7.45, segment="s", order=0, lighting_class="P4", cabinet="", feeder="",
+            flags=frozenset(), controller="c1", host="127.0.0.1", port=1502, unit=1, index=0, p_max_w=60, p_min_w=2,
+        )  # fmt: skip
+
+    inv = Inventory.build([lamp("A", 51.5100), lamp("B", 51.5105), lamp("C", 51.5300)])
+    clock, bus = ManualClock(ts(2026, 11, 26, 23)), EventBus()
+    state = StateStore(bus, dict.fromkeys(inv.lamps, "lamp"))
+    disp = Dispatcher(
+        bus=bus, clock=clock, state=state, drivers=[_Accepting()],
+        policies={"lamp": LightingSafety(inv, SiteSettings(), LightingSettings())}, audit=lambda _r: None,
+    )  # fmt: skip
+    ctl = LightingController(make_kernel(clock, bus, state, disp), LightingSettings(), inv=inv)
+    end = clock.now() + 600
+    assert ctl.raise_for_warning("w1", end, (51.5102, 7.45, 200.0)) == 2
+    for lid in ("A", "B"):
+        eff = disp.effective(lid, "level_cmd")
+        assert eff is not None
+        assert (eff.value, eff.priority, eff.source, eff.hold_until) == (
+            100,
+            Priority.SAFETY,
+            "warning:w1",
+            end,
+        )
+    assert disp.effective("C", "level_cmd") is None
+    assert ctl.raise_for_warning("w2", end) == 3  # no area: every lamp
