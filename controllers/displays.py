@@ -10,29 +10,38 @@ Content changes are rate-limited per display (no flicker of numbers), except whe
 kind of content changes (a warning starts or ends, data goes stale). Brightness follows
 the time of day. `DisplaySafety` is the dispatcher's policy: content a display cannot show
 is refused before anything is sent.
+
+Occupancy comes in as state: a car park's own counter as `Telemetry(car_park, ts, {"free",
+"open"})` on the bus, bay sensors (LoRaWAN) from the state store. What the controller derives
+goes out the same way: each car park's state (the `ParkingState` fields) as derived
+`Telemetry`, and the guidance plan and active warnings as `PlanEvent("guidance")` and
+`PlanEvent("warnings")`, each when it changes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
+from controllers.lighting import NightPlanSource, lights_on
 from devices.profiles.displays import (
     DEFAULT_LEVELS,
-    BrightnessLevels,
     DisplayProfile,
     check_content,
     parse_content,
 )
 from devices.protocols.registers import PointValueError
-from edge.alarms import Alarms
-from edge.clock import Clock
-from edge.dispatcher import Dispatcher, Verdict, make_command
-from edge.events import Command, Outcome, Priority, Severity
+from edge.dispatcher import DispatcherView, Verdict, make_command
+from edge.events import Command, Outcome, PlanEvent, Priority, Severity, Telemetry, Value
+from edge.geo import haversine_m
+from edge.kernel import Kernel
+from edge.settings import DisplaysSettings
 from optimizer.displays import Approach, CarPark, GuidanceInstance, GuidancePlan, TravelCost, solve
 
 CONTENT = "content"
@@ -105,7 +114,8 @@ class DisplaySafety:
     def __init__(self, profiles: Mapping[str, DisplayProfile]) -> None:
         self._profiles = dict(profiles)
 
-    def check(self, cmd: Command, now: float) -> Verdict:
+    def check(self, cmd: Command, now: float, view: DispatcherView) -> Verdict:
+        """What a display can show is in its profile: the view is not needed."""
         profile = self._profiles.get(cmd.device_id)
         if profile is None:
             return Verdict(Outcome.REFUSED, cmd.value, "unknown_device")
@@ -133,55 +143,144 @@ def minutes_between(
     lat1: float, lon1: float, lat2: float, lon2: float, kmh: float = 25.0, detour: float = 1.3
 ) -> float:
     """Travel minutes from straight-line distance times a detour factor at a town speed."""
-    r = 6371.0
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    km = 2 * r * math.asin(math.sqrt(a))
+    km = haversine_m(lat1, lon1, lat2, lon2) / 1000
     return km * detour / kmh * 60
 
 
+def bay_id(dev_eui: str) -> str:
+    """The device id of a parking bay sensor."""
+    return f"bay-{dev_eui.lower()}"
+
+
 class DisplayController:
-    """Decides and submits display content; call `step(now)` periodically (see `run`)."""
+    """Decides and submits display content every `step_s` (`run`); `step(now)` is one turn.
+
+    Built as `DisplayController(kernel, cfg, lighting=..., profiles=..., silent=...)`:
+    `lighting` says when the lights are on (night brightness), `profiles` give each display's
+    brightness levels, `silent(display)` says whether its driver has not heard from it for too long.
+    """
+
+    name = "displays"
 
     def __init__(
         self,
+        kernel: Kernel,
+        cfg: DisplaysSettings,
         *,
-        car_parks: Sequence[CarParkSpec],
-        approaches: Sequence[ApproachSpec],
-        displays: Sequence[str],
-        clock: Clock,
-        positions: Mapping[str, tuple[float, float]] | None = None,
-        dispatcher: Dispatcher,
-        alarms: Alarms,
-        freshness_s: float = 600.0,
-        min_update_s: float = 60.0,
-        is_dark: Callable[[float], bool] = lambda _t: False,
-        health: Callable[[str], tuple[bool, int]] | None = None,
-        levels: Mapping[str, BrightnessLevels] | None = None,
-        brightness_of: Callable[[str], object] | None = None,
+        lighting: NightPlanSource,
+        profiles: Mapping[str, DisplayProfile] | None = None,
+        silent: Callable[[str], bool] | None = None,
     ) -> None:
-        self.car_parks = {c.id: c for c in car_parks}
-        self.approaches = list(approaches)
-        self.displays = list(displays)
-        self._positions = dict(positions or {})
-        self._clock = clock
-        self._dispatcher = dispatcher
-        self._alarms = alarms
-        self.freshness_s = freshness_s
-        self._min_update = min_update_s
-        self._is_dark = is_dark
-        self._health = health
+        self.car_parks = {c.id: CarParkSpec(c.id, c.name, c.capacity, c.lat, c.lon) for c in cfg.car_parks}
+        self.approaches = [ApproachSpec(a.id, a.lat, a.lon, a.demand, tuple(a.signs)) for a in cfg.approaches]
+        self.displays = [d.id for d in cfg.displays]
+        self._sensors = {c.id: list(c.sensors) for c in cfg.car_parks if c.sensors}
+        self._positions = {d.id: (d.lat, d.lon) for d in cfg.displays}
+        self._clock = kernel.clock
+        self._bus = kernel.bus
+        self._state = kernel.state
+        self._dispatcher = kernel.dispatcher
+        self._alarms = kernel.alarms
+        self.freshness_s = cfg.freshness_s
+        self._min_update = cfg.min_update_s
+        self._step_s = cfg.step_s
+        self._lighting = lighting
+        self._silent = silent
         self.occupancy: dict[str, Occupancy] = {}
         self.warnings: dict[str, Warning] = {}
-        self._shown: dict[str, _Shown] = {d: _Shown() for d in displays}
-        self._ids = itertools.count(int(clock.now()) % 1_000_000 * 1000 + 1)
+        self._shown: dict[str, _Shown] = {d: _Shown() for d in self.displays}
+        self._ids = itertools.count(int(kernel.clock.now()) % 1_000_000 * 1000 + 1)
         # Night and day brightness per display, from its profile (default: 40 and 100 %).
-        self._levels = dict(levels or {})
-        self._brightness_of = brightness_of
+        self._levels = {d: p.levels for d, p in (profiles or {}).items()}
         self._brightness: dict[str, tuple[int, float]] = {}  # last level submitted, and when
         self.plan: GuidancePlan | None = None
         self.stats = DisplayStats()
+        self._sub = kernel.bus.subscribe("displays", Telemetry)
+        self._published: dict[str, object] = {}
+        self._replan = asyncio.Event()
+
+    def request_replan(self) -> None:
+        """Decide again now instead of at the next step."""
+        self._replan.set()
+
+    def views(self) -> Mapping[str, Any]:
+        """The guidance plan (None before the first step) and the active warnings."""
+        return {"guidance": self.plan, "warnings": dict(self.warnings)}
+
+    async def run(self) -> None:
+        """Counters from the bus, bay sensors from the state store, then what every display shows."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch_counters(), name="displays.counters")
+            while True:
+                now = self._clock.now()
+                self.count_bays()
+                self.step(now)
+                self.publish_state(now)
+                try:
+                    async with asyncio.timeout(self._step_s):
+                        await self._replan.wait()
+                except TimeoutError:
+                    pass
+                self._replan.clear()
+
+    async def _watch_counters(self) -> None:
+        """A car park's own counter: `{"free": n, "open": bool}` on the car park (C-in)."""
+        async for ev in self._sub:
+            if not isinstance(ev, Telemetry) or ev.derived or ev.device_id not in self.car_parks:
+                continue
+            free = ev.values.get("free")
+            if isinstance(free, int | float) and not isinstance(free, bool):
+                self.report(ev.device_id, int(free), ev.values.get("open", True) is not False, ev.ts)
+
+    def count_bays(self) -> None:
+        """Occupancy of car parks with bay sensors, from their state: a bay not heard from counts
+        as taken. A car park whose sensors have all been silent keeps its last report."""
+        for cp, sensors in self._sensors.items():
+            seen = [dev for e in sensors if (dev := self._state.get(bay_id(e))) and "occupied" in dev.values]
+            if not seen:
+                continue
+            unknown = len(sensors) - len(seen)
+            taken = sum(1 for dev in seen if dev.values["occupied"]) + unknown
+            self.report(cp, self.car_parks[cp].capacity - taken, True, min(dev.updated_at for dev in seen))
+
+    def parking_state(self, car_park: str, now: float) -> dict[str, Value]:
+        """A car park's state with the field names of `ParkingState` (free, open and ts only once
+        it reported: a value that is not known is left out)."""
+        cp = self.car_parks[car_park]
+        occ = self.occupancy.get(car_park)
+        values: dict[str, Value] = {"car_park": cp.id, "name": cp.name, "capacity": cp.capacity}
+        values["fresh"] = occ is not None and now - occ.ts <= self.freshness_s
+        if occ is not None:
+            values |= {"free": occ.free, "open": occ.open, "ts": occ.ts}
+        return values
+
+    def warning_list(self) -> list[dict[str, object]]:
+        """The active warnings as the API publishes them."""
+        return [
+            {"id": w.id, "severity": w.severity, "lines": list(w.lines), "displays": sorted(w.displays),
+             "start": w.start, "end": w.end}
+            for w in self.warnings.values()
+        ]  # fmt: skip
+
+    def publish_state(self, now: float) -> int:
+        """Car-park states (derived `Telemetry`), the guidance plan and the warnings (`PlanEvent`),
+        each where it changed since it was last published. Returns how many were published."""
+        n = 0
+        for cp in self.car_parks:
+            values = self.parking_state(cp, now)
+            if self._published.get(cp) != values:
+                self._published[cp] = values
+                self._bus.publish(Telemetry(cp, now, values, derived=True))
+                n += 1
+        plans: list[tuple[str, dict[str, object]]] = [("warnings", {"warnings": self.warning_list()})]
+        if self.plan is not None:
+            plans.insert(0, ("guidance", self.plan.model_dump(mode="json")))
+        for domain, body in plans:
+            if self._published.get(f"plan:{domain}") != body:
+                self._published[f"plan:{domain}"] = body
+                self._bus.publish(PlanEvent(domain, now, body))
+                n += 1
+        return n
 
     # ----- inputs --------------------------------------------------------------------------------
 
@@ -201,9 +300,12 @@ class DisplayController:
 
     def warn(self, warning: Warning) -> None:
         self.warnings[warning.id] = warning
+        self._replan.set()
 
     def clear_warning(self, warning_id: str) -> bool:
-        return self.warnings.pop(warning_id, None) is not None
+        found = self.warnings.pop(warning_id, None) is not None
+        self._replan.set()
+        return found
 
     def operator_message(
         self, display: str, lines: tuple[str, ...], arrow: str, duration_s: float, source: str
@@ -327,14 +429,14 @@ class DisplayController:
         a delivery. The TTL is in clock seconds, like content's, so a fast clock does not
         expire the command before the dispatcher sends it.
         """
-        dark = self._is_dark(now)
+        dark = lights_on(self._lighting, now)
         retry_s = max(self._min_update, 60.0)
         for d in self.displays:
             levels = self._levels.get(d, DEFAULT_LEVELS)
             level = levels.night if dark else levels.day
             last = self._brightness.get(d)
             if last is not None and last[0] == level:
-                reported = self._brightness_of(d) if self._brightness_of is not None else None
+                reported = self._state.value(d, BRIGHTNESS)
                 if not isinstance(reported, int | float) or reported == level or now - last[1] < retry_s:
                     continue
             cmd = make_command(
@@ -345,10 +447,12 @@ class DisplayController:
                 self._brightness[d] = (level, now)
 
     def _health_step(self) -> None:
-        if self._health is None:
+        if self._silent is None:
             return
         for d in self.displays:
-            silent, pixel_faults = self._health(d)
+            silent = self._silent(d)
+            faults = self._state.value(d, "pixel_faults")
+            pixel_faults = int(faults) if isinstance(faults, int | float) else 0
             self._alarms.set(
                 d, "display_offline", silent, Severity.MAJOR, "no answer for max(2 min, 10 polls)"
             )

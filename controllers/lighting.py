@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -20,19 +21,18 @@ from astral import Observer
 from astral.sun import sunrise, sunset
 
 from devices.inventory import LIGHTING_CLASSES, Inventory, Lamp
-from edge.alarms import Alarms
-from edge.bus import EventBus
-from edge.clock import Clock
-from edge.dispatcher import Dispatcher, Verdict, make_command
-from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged
+from edge.dispatcher import DispatcherView, Verdict, make_command
+from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged, Telemetry
+from edge.geo import haversine_m
+from edge.kernel import Kernel
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
-from edge.state import StateStore
 from optimizer.lighting import DimmingInstance, DimmingPlan, LampGroup, check_plan, fallback_plan, solve
 
 log = structlog.get_logger(__name__)
 
 SLOT_S = 15 * 60
 LEVEL_POINT = "level_cmd"
+FLOOR_LIMIT = "lighting_floor"  # the binding limit's name when a floor clamps or refuses a level
 _SERIES = {"M": ["M1", "M2", "M3", "M4", "M5", "M6"],
            "C": ["C0", "C1", "C2", "C3", "C4", "C5"],
            "P": ["P1", "P2", "P3", "P4", "P5", "P6"]}  # fmt: skip
@@ -163,6 +163,23 @@ class NightPlan:
         return self.levels[group][i]
 
 
+class NightPlanSource(Protocol):
+    """Who holds the night's lighting plan (the lighting controller); None before the first.
+
+    Other domains read the lights through this: charging (lighting circuits live, lamp load)
+    and displays (dim while the lights are on).
+    """
+
+    @property
+    def plan(self) -> NightPlan | None: ...
+
+
+def lights_on(plans: NightPlanSource, t: float) -> bool:
+    """Whether the plan has the lights on at t (no plan: not known to be on)."""
+    plan = plans.plan
+    return plan is not None and plan.on <= t < plan.off
+
+
 # ----- safety ---------------------------------------------------------------------------------
 
 
@@ -182,7 +199,8 @@ class LightingSafety:
         on, off = self._window
         return on <= now < off
 
-    def check(self, cmd: Command, now: float) -> Verdict:
+    def check(self, cmd: Command, now: float, view: DispatcherView) -> Verdict:
+        """Floors and ranges depend on the lamp and the night only: the view is not needed."""
         lamp = self._inv.lamps.get(cmd.device_id)
         if lamp is None:
             return Verdict(Outcome.REFUSED, cmd.value, "unknown_device")
@@ -196,8 +214,8 @@ class LightingSafety:
             kind = "never dim" if "never_dim" in lamp.flags else "a fear space"
             why = f"under_lighting_floor: {lamp.id} is {kind}, floor {floor} %"
             if cmd.priority is Priority.OPERATOR:
-                return Verdict(Outcome.REFUSED, value, why)
-            return Verdict(Outcome.CLAMPED, float(floor), why)
+                return Verdict(Outcome.REFUSED, value, why, FLOOR_LIMIT)
+            return Verdict(Outcome.CLAMPED, float(floor), why, FLOOR_LIMIT)
         return Verdict(Outcome.ACCEPTED, value)
 
 
@@ -225,37 +243,36 @@ STATUS_ALARMS: dict[str, Severity] = {
 
 
 class LightingController:
-    """Runs the night: plan, apply per slot, motion, failures. Start with `run()` in a TaskGroup."""
+    """Runs the night: plan, apply per slot, motion, failures. Start with `run()` in a TaskGroup.
 
-    def __init__(
-        self,
-        *,
-        inv: Inventory,
-        site: SiteSettings,
-        cfg: LightingSettings,
-        bus: EventBus,
-        clock: Clock,
-        state: StateStore,
-        dispatcher: Dispatcher,
-        alarms: Alarms,
-        command_ttl_s: float = 30.0,
-    ) -> None:
+    Built as `LightingController(kernel, cfg, inv=...)`. Motion on bike paths arrives as
+    `Telemetry(lamp, ts, {"motion": True})` on the bus (every detection counts, even when the
+    stored value does not change), not as a call from the API.
+    """
+
+    name = "lighting"
+
+    def __init__(self, kernel: Kernel, cfg: LightingSettings, *, inv: Inventory) -> None:
         self.inv = inv
-        self._site = site
+        self._site = kernel.settings.site
         self._cfg = cfg
-        self._bus = bus
-        self._clock = clock
-        self._state = state
-        self._dispatcher = dispatcher
-        self._alarms = alarms
-        self._ttl = command_ttl_s
+        self._bus = kernel.bus
+        self._clock = kernel.clock
+        self._state = kernel.state
+        self._dispatcher = kernel.dispatcher
+        self._alarms = kernel.alarms
+        self._ttl = kernel.settings.dispatcher.command_ttl_s
         self.plan: NightPlan | None = None
         self._applied: dict[str, int] = {}
         self._replan = asyncio.Event()
         self._power_strikes: dict[str, int] = {}
         self._was_night = False
-        self._sub = bus.subscribe("lighting", StateChanged)
+        self._sub = kernel.bus.subscribe("lighting", StateChanged, Telemetry)
         self.stats = LightingStats()
+
+    def views(self) -> Mapping[str, Any]:
+        """The night plan in force (None before the first)."""
+        return {"plan": self.plan}
 
     def request_replan(self) -> None:
         self._replan.set()
@@ -374,12 +391,31 @@ class LightingController:
             self.submit(x, 100, Priority.SAFETY, "motion", hold_s=self._cfg.motion_hold_s, reason="motion")
         return raised
 
+    # ----- warnings -----------------------------------------------------------------------------
+
+    def raise_for_warning(
+        self, warning_id: str, end: float, area: tuple[float, float, float] | None = None
+    ) -> int:
+        """Lamps to full for a warning until it ends (those within `area` = (lat, lon, radius_m),
+        or every lamp), as safety commands through the dispatcher (audited). Returns how many."""
+        now = self._clock.now()
+        lamps = list(self.inv.lamps.values())
+        if area is not None:
+            lat, lon, radius_m = area
+            lamps = [x for x in lamps if haversine_m(lat, lon, x.lat, x.lon) <= radius_m]
+        for lamp in lamps:
+            self.submit(lamp.id, 100, Priority.SAFETY, f"warning:{warning_id}",
+                        hold_s=max(1.0, end - now), reason="warning")  # fmt: skip
+        return len(lamps)
+
     # ----- failure detection ------------------------------------------------------------------
 
     async def _watch_state(self) -> None:
         async for ev in self._sub:
             if isinstance(ev, StateChanged):
                 self._check(ev)
+            elif isinstance(ev, Telemetry) and ev.values.get("motion") is True:
+                self.on_motion(ev.device_id)
 
     def _check(self, ev: StateChanged) -> None:
         dev_id = ev.device_id

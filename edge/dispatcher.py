@@ -23,7 +23,7 @@ from edge.bus import EventBus
 from edge.clock import Clock
 from edge.driver import Driver, PayloadDriver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
-from edge.events import Command, CommandResult, Outcome, Priority
+from edge.events import Command, CommandResult, Outcome, Priority, Value
 from edge.state import StateStore
 from edge.tasks import close_task_group
 
@@ -34,17 +34,83 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What a safety policy makes of a command: the value to use, or a refusal, and why."""
+    """What a safety policy makes of a command: the value to use, or a refusal, and why.
+
+    `limit` names the limit that bound the value ("feeder:F1", "lighting_floor"), or "" when
+    none did: a clamp is data, never recognised from the reason's wording. Every clamp names
+    one, so a CLAMPED verdict without a limit is a bug in the policy.
+    """
 
     outcome: Outcome
     value: float
     reason: str = ""
+    limit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.outcome is Outcome.CLAMPED and not self.limit:
+            raise ValueError(f"a clamp names its binding limit ({self.reason!r})")
+
+
+class DispatcherView(Protocol):
+    """What a safety policy may read at check time, and nothing it could change.
+
+    The dispatcher hands it to every `check`, so a policy is never built with stand-ins for
+    state it cannot see yet (no late bind, no permissive default until then).
+    """
+
+    def effective_value(self, device_id: str, point: str) -> float | None:
+        """The value of the command that wins on a point now (None: no command)."""
+        ...
+
+    def in_flight_value(self, device_id: str, point: str) -> float | None:
+        """The value being written to a point right now (None: no write in flight)."""
+        ...
+
+    def value(self, device_id: str, point: str) -> Value | None:
+        """A device's last reported value of a point, as the state store holds it."""
+        ...
+
+    def online(self, device_id: str) -> bool | None:
+        """Whether the device answers (None: not known yet, or not a registered device)."""
+        ...
+
+    def updated_at(self, device_id: str) -> float | None:
+        """When the device last reported (clock s; None: not a registered device)."""
+        ...
 
 
 class SafetyPolicy(Protocol):
     """Domain rules that hold whoever asks: floors, ranges, feeder limits."""
 
-    def check(self, cmd: Command, now: float) -> Verdict: ...
+    def check(self, cmd: Command, now: float, view: DispatcherView) -> Verdict: ...
+
+
+class _View:
+    """The dispatcher's read-only view (see `DispatcherView`)."""
+
+    __slots__ = ("_dispatcher", "_state")
+
+    def __init__(self, dispatcher: Dispatcher, state: StateStore) -> None:
+        self._dispatcher = dispatcher
+        self._state = state
+
+    def effective_value(self, device_id: str, point: str) -> float | None:
+        eff = self._dispatcher.effective(device_id, point)
+        return None if eff is None else eff.value
+
+    def in_flight_value(self, device_id: str, point: str) -> float | None:
+        return self._dispatcher.in_flight_value(device_id, point)
+
+    def value(self, device_id: str, point: str) -> Value | None:
+        return self._state.value(device_id, point)
+
+    def online(self, device_id: str) -> bool | None:
+        dev = self._state.get(device_id)
+        return None if dev is None else dev.online
+
+    def updated_at(self, device_id: str) -> float | None:
+        dev = self._state.get(device_id)
+        return None if dev is None else dev.updated_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +216,19 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_error: dict[str, str] = {}
         self.stats = DispatcherStats()
+        self.view: DispatcherView = _View(self, state)
+
+    def register_policy(self, kind: str, policy: SafetyPolicy) -> None:
+        """Add the safety policy for a device kind before the dispatcher starts.
+
+        A domain builds its policy after the kernel (and so this dispatcher) exists, from parts
+        that need the kernel; the policy is complete when registered, never bound later.
+        """
+        if self._tg is not None:
+            raise RuntimeError(f"policy for {kind!r} registered after the dispatcher started")
+        if kind in self._policies:
+            raise ValueError(f"a safety policy for {kind!r} is registered already")
+        self._policies[kind] = policy
 
     async def __aenter__(self) -> Dispatcher:
         self._tg = asyncio.TaskGroup()
@@ -181,6 +260,8 @@ class Dispatcher:
         verdict = self._validate(cmd, now)
         if verdict.outcome is not Outcome.REFUSED and cmd.expires_at <= now:
             verdict = Verdict(Outcome.REFUSED, cmd.value, "expired_on_arrival")
+        if verdict.limit:
+            cmd = replace(cmd, limit=verdict.limit)
         if verdict.outcome is Outcome.REFUSED:
             self.stats.refused += 1
             self._audit(AuditRecord(cmd, Outcome.REFUSED, None, verdict.reason, now))
@@ -190,7 +271,9 @@ class Dispatcher:
         self._audit(AuditRecord(cmd, verdict.outcome, verdict.value, verdict.reason, now))
         if verdict.outcome is Outcome.CLAMPED:
             self.stats.clamped += 1
-            cmd = replace(cmd, value=verdict.value, reason=verdict.reason, requested=cmd.value)
+            cmd = replace(
+                cmd, value=verdict.value, reason=verdict.reason, requested=cmd.value
+            )  # limit: above
         else:
             self.stats.accepted += 1
         point = self._points.setdefault((cmd.device_id, cmd.point), _Point())
@@ -202,7 +285,8 @@ class Dispatcher:
         if top is not None and top.id != cmd.id:
             held = f"held by {top.source} ({top.priority.name.lower()})"
             self._finish(CommandResult(cmd, Outcome.SUPERSEDED, None, held, now))
-            return Verdict(verdict.outcome, verdict.value, ", ".join(filter(None, [verdict.reason, held])))
+            reason = ", ".join(filter(None, [verdict.reason, held]))
+            return Verdict(verdict.outcome, verdict.value, reason, verdict.limit)
         self._enqueue((cmd.device_id, cmd.point))
         return verdict
 
@@ -252,7 +336,7 @@ class Dispatcher:
         policy = self._policies.get(dev.kind)
         if policy is None:
             return Verdict(Outcome.REFUSED, cmd.value, f"no_safety_policy_for_{dev.kind}")
-        return policy.check(cmd, now)
+        return policy.check(cmd, now, self.view)
 
     def _driver(self, device_id: str) -> Driver | None:
         if device_id not in self._driver_of:
@@ -382,6 +466,7 @@ class Dispatcher:
         Returns the command to write (clamped if need be), or None if it is refused now."""
         verdict = self._validate(cmd, now)
         if verdict.outcome is Outcome.REFUSED:
+            cmd = replace(cmd, limit=verdict.limit)
             point.layers.pop(cmd.priority, None)
             self.stats.refused += 1
             self._audit(AuditRecord(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now))
@@ -395,7 +480,9 @@ class Dispatcher:
                 AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)
             )
             asked = cmd.requested if cmd.requested is not None else cmd.value
-            cmd = replace(cmd, value=verdict.value, reason=verdict.reason, requested=asked)
+            cmd = replace(
+                cmd, value=verdict.value, reason=verdict.reason, requested=asked, limit=verdict.limit
+            )
             point.layers[cmd.priority] = cmd
         return cmd
 
@@ -428,7 +515,7 @@ class Dispatcher:
                 asked = cmd.requested if cmd.requested is not None else cmd.value
                 fresh = replace(
                     cmd, value=verdict.value, reason=verdict.reason, issued_at=now, expires_at=now + ttl,
-                    requested=asked,
+                    requested=asked, limit=verdict.limit,
                 )  # fmt: skip
                 self._audit(
                     AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)

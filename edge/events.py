@@ -18,10 +18,12 @@ Value = float | int | bool | str
 class Telemetry:
     """Point values read from one device at `ts` (clock seconds).
 
-    `derived`: values a controller computed about the device (a feeder's load, a bin's
-    estimate, a charger's planned current), published so that everything north comes from the
-    state store. They are not a reading: they never make a device online or fresh, and no
-    alarm counts them as the reading that confirms or clears it.
+    `derived`: not a reading of the device itself: state a controller computed about it (a
+    feeder's load, a bin's estimate, a charger's planned current) or a report about it from
+    elsewhere (a motion sensor beside a lamp), published so that everything north comes from
+    the state store. It neither marks the device online nor moves its `updated_at` (so it can
+    never make an unreachable charger look reachable or a stale reading fresh), and no alarm
+    counts it as the reading that confirms or clears it.
     """
 
     device_id: str
@@ -82,6 +84,7 @@ class Command:
     reason: str = ""
     payload: str = ""  # a structured value (display content as JSON); `value` is then its id
     requested: float | None = None  # what was asked when a safety policy clamped `value` (None: as asked)
+    limit: str = ""  # the limit that clamped or refused it ("feeder:F1", "lighting_floor"; "": none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,15 @@ class CommandResult:
     applied_value: float | None
     reason: str
     ts: float
+
+    @property
+    def limit(self) -> str:
+        """The binding limit's name when a safety policy clamped or refused the command ("": none).
+
+        Read this, not the reason's wording: the dispatcher stamps it on the command from the
+        policy's `Verdict`, so every result of that command carries it.
+        """
+        return self.command.limit
 
 
 class Severity(StrEnum):

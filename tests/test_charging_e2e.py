@@ -105,7 +105,9 @@ async def test_car_charges_within_the_circuit_limit_as_lights_come_on(
             now = clock.now()
             live = d.charging is not None and d.charging.safety.feeder_limit("lc", now) > 0
             csim.set_feeder_live("lc", live)
-            csim.set_lighting_load("lc", d.charging.safety.lighting_now_a("lc", now) if d.charging else 0.0)
+            csim.set_lighting_load(
+                "lc", d.charging.safety.lighting_now_a("lc", now, d.dispatcher.view) if d.charging else 0.0
+            )
             load = max(csim.feeder("lc")["load_a"])  # type: ignore[call-overload]
             peak = max(peak, load)
             assert load <= LIMIT_A + 0.5, f"circuit at {load:.1f} A > {LIMIT_A} A"

@@ -33,6 +33,7 @@ from edge.app.daemon import opcua_driver, running
 from edge.app.demo import SITE_DIR, charging_summary, sim_chargers, sim_controllers
 from edge.app.validation import check_file
 from edge.clock import ManualClock, SimClock
+from edge.dispatcher import DispatcherView
 from edge.errors import ConfigError
 from edge.events import Command, Outcome, Priority, Severity
 from edge.lag import LagMonitor
@@ -135,13 +136,51 @@ class _Mono:
         return self.t
 
 
+class _View:
+    """The dispatcher's view as these tests set it: chargers' setpoints, every device answering,
+    and each charger's fail-safe read back as `reported` says (None: as configured)."""
+
+    def __init__(self, setpoints: dict[str, float], reported: dict[str, float]) -> None:
+        self.setpoints = setpoints
+        self.reported = reported
+
+    def effective_value(self, device_id: str, point: str) -> float | None:
+        return self.setpoints.get(device_id) if point == POINT else None
+
+    def in_flight_value(self, device_id: str, point: str) -> float | None:
+        return None
+
+    def value(self, device_id: str, point: str) -> float | None:
+        return self.reported.get(device_id) if point == "failsafe_current_a" else None
+
+    def online(self, device_id: str) -> bool | None:
+        return True
+
+    def updated_at(self, device_id: str) -> float | None:
+        return T0
+
+
+class _Lighting:
+    """The lamps' planned load (A) and whether their circuit is live at t."""
+
+    def __init__(self, planned_a: float, live: bool) -> None:
+        self._planned_a = planned_a
+        self._live = live
+
+    def amps(self, feeder: str, t: float, view: DispatcherView) -> float:
+        return self._planned_a
+
+    def live(self, feeder: str, t: float) -> bool:
+        return self._live and t >= T0
+
+
 def _safety(
     lagging: LagMonitor | None = None,
     reported: dict[str, float] | None = None,
     lamps_w: float = 0.0,
     live: bool = True,
     planned_a: float = 0.0,
-) -> tuple[ChargingSafety, dict[str, float]]:
+) -> tuple[ChargingSafety, dict[str, float], _View]:
     inv = Inventory.build([_lamp(f"L{i}", "f1", lamps_w / 10) for i in range(10)] if lamps_w else []).with_chargers(
         [_charger("cp0", "f1", 0.0), _charger("cp1", "f1", 6.0)]
     )  # fmt: skip
@@ -150,16 +189,12 @@ def _safety(
         cabinets=[CabinetSettings(id="cab", limit_a=60)],
     )
     safety = ChargingSafety(
-        inv, cfg, ManualClock(T0), lambda _f, _t: planned_a, lambda _f, t: live and t >= T0,
+        inv, cfg, lighting=_Lighting(planned_a, live),
         lagging=lagging.lagging if lagging is not None else lambda: False,
     )  # fmt: skip
     setpoints: dict[str, float] = {"cp0": 10.0, "cp1": 6.0}
-    safety.bind(
-        setpoints.__getitem__,
-        lambda _c, _n: True,
-        None if reported is None else reported.get,
-    )
-    return safety, setpoints
+    view = _View(setpoints, {"cp0": 0.0, "cp1": 6.0} if reported is None else reported)
+    return safety, setpoints, view
 
 
 def _cmd(cid: str, amps: float) -> Command:
@@ -169,14 +204,16 @@ def _cmd(cid: str, amps: float) -> Command:
 async def test_lag_from_a_blocked_loop_allows_decreases_only() -> None:
     """A loop blocked longer than the limit makes the very next check decreases-only."""
     async with LagMonitor(limit_s=0.05, hold_s=3600, interval_s=0.01) as lag:
-        safety, _ = _safety(lagging=lag)
-        assert safety.check(_cmd("cp0", 12.0), T0).outcome is Outcome.ACCEPTED
+        safety, _, view = _safety(lagging=lag)
+        assert safety.check(_cmd("cp0", 12.0), T0, view).outcome is Outcome.ACCEPTED
         time.sleep(0.2)  # noqa: ASYNC251 - the point: block the event loop as a CPU hog or a long computation would
-        up = safety.check(_cmd("cp0", 12.0), T0)
+        up = safety.check(_cmd("cp0", 12.0), T0, view)
         assert up.outcome is Outcome.REFUSED
         assert up.reason.startswith("daemon_lagging")
-        assert safety.check(_cmd("cp0", 8.0), T0).outcome is Outcome.ACCEPTED
-        assert safety.check(_cmd("cp0", 10.0), T0).outcome is Outcome.ACCEPTED  # no change is no increase
+        assert safety.check(_cmd("cp0", 8.0), T0, view).outcome is Outcome.ACCEPTED
+        assert (
+            safety.check(_cmd("cp0", 10.0), T0, view).outcome is Outcome.ACCEPTED
+        )  # no change is no increase
         assert lag.episodes == 1
         assert lag.max_lag_s >= 0.15
 
@@ -185,49 +222,52 @@ def test_lag_hold_ends_and_increases_pass_again() -> None:
     """Driven by an injected monotonic clock: lagging from the first late probe for hold_s, then not."""
     mono = _Mono()
     lag = LagMonitor(limit_s=0.5, hold_s=5.0, interval_s=0.1, monotonic=mono)
-    safety, _ = _safety(lagging=lag)
+    safety, _, view = _safety(lagging=lag)
     mono.t += 0.3  # the probe is 0.2 s late: under the limit
     assert not lag.lagging()
     lag.probed(0.9)  # a probe that woke 0.9 s late
-    assert safety.check(_cmd("cp0", 16.0), T0).outcome is Outcome.REFUSED
+    assert safety.check(_cmd("cp0", 16.0), T0, view).outcome is Outcome.REFUSED
     for _ in range(48):  # then 4.8 s of a healthy loop: still held
         mono.t += 0.1
         lag.probed(0.0)
-    assert safety.check(_cmd("cp0", 16.0), T0).outcome is Outcome.REFUSED
+    assert safety.check(_cmd("cp0", 16.0), T0, view).outcome is Outcome.REFUSED
     for _ in range(3):
         mono.t += 0.1
         lag.probed(0.0)
-    assert safety.check(_cmd("cp0", 16.0), T0).outcome is Outcome.ACCEPTED
+    assert safety.check(_cmd("cp0", 16.0), T0, view).outcome is Outcome.ACCEPTED
     mono.t += 0.7  # the probe has not run for 0.7 s: the loop is late right now, before it wakes
-    assert safety.check(_cmd("cp0", 16.0), T0).outcome is Outcome.REFUSED
+    assert safety.check(_cmd("cp0", 16.0), T0, view).outcome is Outcome.REFUSED
     assert lag.episodes == 2
 
 
 def test_unverified_failsafe_caps_the_charger_at_its_failsafe() -> None:
     """cp0 is configured to 0 A fail-safe but reads back 6 A: it is given nothing above 0 A; cp1 reads
     back as configured and is not capped."""
-    safety, _ = _safety(reported={"cp0": 6.0, "cp1": 6.0})
-    v = safety.check(_cmd("cp0", 12.0), T0)
+    safety, _, view = _safety(reported={"cp0": 6.0, "cp1": 6.0})
+    v = safety.check(_cmd("cp0", 12.0), T0, view)
     assert v.outcome is Outcome.CLAMPED
     assert v.value == 0.0
     assert "failsafe_unverified" in v.reason
-    assert safety.check(_cmd("cp1", 12.0), T0).outcome is Outcome.ACCEPTED
-    unknown, _ = _safety(reported={})
-    assert unknown.check(_cmd("cp1", 12.0), T0).value == 6.0  # never read back: its fail-safe at most
+    assert v.limit == "failsafe:cp0"
+    assert safety.check(_cmd("cp1", 12.0), T0, view).outcome is Outcome.ACCEPTED
+    unknown, _, unknown_view = _safety(reported={})
+    assert (
+        unknown.check(_cmd("cp1", 12.0), T0, unknown_view).value == 6.0
+    )  # never read back: its fail-safe at most
 
 
 def test_lamps_count_at_full_power_while_on_or_about_to_come_on() -> None:
     """Lamps of 2,300 W (10 A) planned at 30 %: at night, and a slot before sunset, the chargers get
     the limit minus the lamps at full power; by day the planned load counts."""
     assert worst_lighting_a(Inventory.build([_lamp("L0", "f1", 2300)]), "f1") == pytest.approx(10.0)
-    night, _ = _safety(lamps_w=2300, planned_a=3.0, live=True)
-    room, _ = night.headroom(night._inv.chargers["cp0"], T0)
+    night, _, view = _safety(lamps_w=2300, planned_a=3.0, live=True)
+    room, _ = night.headroom(night._inv.chargers["cp0"], T0, view)
     assert room == pytest.approx(32 - 10 - 6)  # limit - lamps at full power - cp1's 6 A
-    dusk, _ = _safety(lamps_w=2300, planned_a=3.0, live=True)
-    room, _ = dusk.headroom(dusk._inv.chargers["cp0"], T0 - 600)  # lights on in 10 minutes
+    dusk, _, view = _safety(lamps_w=2300, planned_a=3.0, live=True)
+    room, _ = dusk.headroom(dusk._inv.chargers["cp0"], T0 - 600, view)  # lights on in 10 minutes
     assert room == pytest.approx(32 - 10 - 6)
-    day, _ = _safety(lamps_w=2300, planned_a=0.0, live=False)
-    room, _ = day.headroom(day._inv.chargers["cp0"], T0)
+    day, _, view = _safety(lamps_w=2300, planned_a=0.0, live=False)
+    room, _ = day.headroom(day._inv.chargers["cp0"], T0, view)
     assert room == pytest.approx(32 - 6)
 
 
@@ -359,16 +399,16 @@ async def test_ignored_failsafe_alarms_and_a_tripped_fuse_is_critical_and_counte
 def test_a_charger_at_0_a_counts_with_its_failsafe() -> None:
     """cp1 is set to 0 A but falls back to 6 A when its watchdog fires, which may be before cp0's:
     cp0 may only take what leaves room for that (the long freeze run caught 16 + 6 A on 20 A)."""
-    safety, setpoints = _safety(lamps_w=3450)  # 15 A at full power
+    safety, setpoints, view = _safety(lamps_w=3450)  # 15 A at full power
     setpoints["cp1"] = 0.0
-    room, _ = safety.headroom(safety._inv.chargers["cp0"], T0)
+    room, _ = safety.headroom(safety._inv.chargers["cp0"], T0, view)
     assert room == pytest.approx(32 - 15 - 6)
-    v = safety.check(_cmd("cp0", 16.0), T0)
+    v = safety.check(_cmd("cp0", 16.0), T0, view)
     assert v.outcome is Outcome.CLAMPED
     assert v.value == pytest.approx(11.0)
     setpoints["cp0"] = 0.0
-    room, _ = safety.headroom(safety._inv.chargers["cp1"], T0)
+    room, _ = safety.headroom(safety._inv.chargers["cp1"], T0, view)
     assert room == pytest.approx(32 - 15)  # cp0's fail-safe is 0 A
-    kept, setpoints = _safety(lamps_w=3450, reported={"cp0": 0.0, "cp1": 0.0})
+    kept, setpoints, kept_view = _safety(lamps_w=3450, reported={"cp0": 0.0, "cp1": 0.0})
     setpoints["cp1"] = 0.0  # the driver wrote cp1's fail-safe down with its 0 A setpoint
-    assert kept.headroom(kept._inv.chargers["cp0"], T0)[0] == pytest.approx(32 - 15)
+    assert kept.headroom(kept._inv.chargers["cp0"], T0, kept_view)[0] == pytest.approx(32 - 15)

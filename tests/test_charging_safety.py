@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_kit import make_kernel
 
-from controllers.charging import POINT, ChargingController, ChargingSafety
-from devices.inventory import Charger, Inventory
-from edge.alarms import Alarms
+from controllers.charging import POINT, ChargingController, ChargingSafety, PlannedLighting
+from controllers.lighting import NightPlan
+from devices.inventory import Charger, Inventory, Lamp
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import Dispatcher
-from edge.events import Command, Outcome, Priority
+from edge.dispatcher import Dispatcher, DispatcherView
+from edge.events import Availability, Command, Outcome, Priority, Telemetry
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings
 from edge.state import StateStore
 
@@ -36,6 +37,19 @@ class Confirming:
         return value
 
 
+class FixedLighting:
+    """The lamps' load per feeder as the test sets it; every circuit live."""
+
+    def __init__(self, amps: dict[str, float]) -> None:
+        self._amps = amps
+
+    def amps(self, feeder: str, t: float, view: DispatcherView) -> float:
+        return self._amps.get(feeder, 0.0)
+
+    def live(self, feeder: str, t: float) -> bool:
+        return True
+
+
 def rig(lighting: dict[str, float]) -> tuple[ManualClock, Dispatcher, ChargingSafety, ChargingController]:
     clock = ManualClock(T0)
     inv = Inventory(lamps={}).with_chargers(
@@ -48,7 +62,7 @@ def rig(lighting: dict[str, float]) -> tuple[ManualClock, Dispatcher, ChargingSa
     )
     bus = EventBus()
     state = StateStore(bus, {cid: "charger" for cid, _, _ in CHARGERS})
-    safety = ChargingSafety(inv, cfg, clock, lambda f, _t: lighting.get(f, 0.0), lambda _f, _t: True)
+    safety = ChargingSafety(inv, cfg, lighting=FixedLighting(lighting), lagging=lambda: False)
     disp = Dispatcher(
         bus=bus,
         clock=clock,
@@ -57,36 +71,27 @@ def rig(lighting: dict[str, float]) -> tuple[ManualClock, Dispatcher, ChargingSa
         policies={"charger": safety},
         audit=lambda _r: None,
     )
-
-    def setpoint_of(cid: str) -> float:
-        eff = disp.effective(cid, POINT)
-        return eff.value if eff is not None else 0.0
-
-    safety.bind(setpoint_of, lambda _c, _n: True)
-    ctl = ChargingController(
-        inv=inv,
-        cfg=cfg,
-        bus=bus,
-        clock=clock,
-        state=state,
-        dispatcher=disp,
-        alarms=Alarms(bus, clock),
-        safety=safety,
-    )
+    # Every charger answers and has read back its fail-safe (what the OPC UA driver reports).
+    for cid, _, _ in CHARGERS:
+        state.apply(Telemetry(cid, T0, {"failsafe_current_a": 0.0}))
+    ctl = ChargingController(make_kernel(clock, bus, state, disp), cfg, inv=inv, safety=safety)
     return clock, disp, safety, ctl
 
 
-def assert_within_limits(clock: ManualClock, safety: ChargingSafety) -> None:
+def assert_within_limits(clock: ManualClock, disp: Dispatcher, safety: ChargingSafety) -> None:
     """Charger setpoints never take more than what the limit leaves after the lighting load."""
     now = clock.now()
+    view = disp.view
     total = 0.0
     for f in FEEDERS:
-        chargers, lights = safety.setpoints_a(f), safety.lighting_a(f, now)
+        chargers, lights = safety.setpoints_a(f, view), safety.lighting_a(f, now, view)
         room = max(0.0, safety.feeder_limit(f, now) - lights)
         assert chargers <= room + 1e-6, f"{f}: chargers {chargers:.2f} A > room {room:.2f} A"
         total += chargers + lights
-    cab_room = max(0.0, safety.cabinet_limit("cab1", now) - sum(safety.lighting_a(f, now) for f in FEEDERS))
-    assert sum(safety.setpoints_a(f) for f in FEEDERS) <= cab_room + 1e-6
+    cab_room = max(
+        0.0, safety.cabinet_limit("cab1", now) - sum(safety.lighting_a(f, now, view) for f in FEEDERS)
+    )
+    assert sum(safety.setpoints_a(f, view) for f in FEEDERS) <= cab_room + 1e-6
 
 
 action = st.one_of(
@@ -134,7 +139,7 @@ def test_no_sequence_of_requests_overloads_a_feeder(actions: list[tuple[object, 
             assert isinstance(a[1], float)
             clock.advance(a[1])
             ctl._enforce(clock.now())
-        assert_within_limits(clock, safety)
+        assert_within_limits(clock, disp, safety)
 
 
 def test_clamp_names_the_binding_limit() -> None:
@@ -149,6 +154,7 @@ def test_clamp_names_the_binding_limit() -> None:
     assert v.outcome is Outcome.CLAMPED
     assert v.value == 0.0
     assert "feeder f2 leaves" in v.reason
+    assert v.limit == "feeder:f2"  # the binding limit is data, not read from the reason
     assert disp.submit(Command("c", "cp2", POINT, 3, Priority.PLAN, "plan", T0, T0 + 60)).value == 0.0
 
 
@@ -161,15 +167,127 @@ def test_curtailment_never_below_the_14a_floor() -> None:
     floor_a = 4200 / (230 * 3)
     assert used >= 2 * floor_a - 1e-6
     assert "§14a" in note
-    assert_within_limits(clock, safety)
+    assert_within_limits(clock, disp, safety)
 
 
 def test_stale_measurements_allow_only_less_load() -> None:
-    _clock, disp, safety, _ = rig({})
+    """A charger on the feeder that no longer answers: cp0 may go down, not up."""
+    _clock, disp, _safety, _ = rig({})
     disp.submit(Command("a", "cp0", POINT, 10, Priority.PLAN, "plan", T0, T0 + 60))
-    safety.bind(safety._setpoint_of, lambda _c, _n: False)
+    disp._state.apply(Availability("srv", ("cp3",), False, T0))  # cp3 shares feeder f1 with cp0
     up = disp.submit(Command("b", "cp0", POINT, 16, Priority.PLAN, "plan", T0, T0 + 60))
     assert up.outcome is Outcome.REFUSED
     assert up.reason.startswith("stale_measurements")
     down = disp.submit(Command("c", "cp0", POINT, 6, Priority.PLAN, "plan", T0, T0 + 60))
     assert down.outcome is Outcome.ACCEPTED
+
+
+def test_a_charger_never_heard_from_counts_at_its_maximum() -> None:
+    """No permissive default: a charger the dispatcher's view knows nothing about draws its
+    maximum and its feeder's measurements are not fresh, so nothing on that feeder may go up."""
+    clock = ManualClock(T0)
+    inv = Inventory(lamps={}).with_chargers(
+        Charger(cid, 51.5, 7.4, "s", "cab1", "f1", cid, "srv", "opc.tcp://127.0.0.1:4840", max_a, 3)
+        for cid, max_a in (("cp0", 16.0), ("cpx", 32.0))
+    )
+    cfg = ChargingSettings(feeders=[FeederSettings(id="f1", cabinet="cab1", limit_a=40.0)])
+    bus = EventBus()
+    state = StateStore(bus, {"cp0": "charger", "cpx": "charger"})
+    safety = ChargingSafety(inv, cfg, lighting=FixedLighting({}), lagging=lambda: False)
+    disp = Dispatcher(
+        bus=bus, clock=clock, state=state, drivers=[Confirming()], policies={"charger": safety}, audit=lambda _r: None
+    )  # fmt: skip
+    state.apply(Telemetry("cp0", T0, {"failsafe_current_a": 0.0}))  # cp0 answers; cpx never did
+    assert safety.setpoints_a("f1", disp.view) == 32.0
+    assert safety.headroom(inv.chargers["cp0"], T0, disp.view) == (8.0, "feeder:f1")
+    up = disp.submit(Command("a", "cp0", POINT, 16, Priority.OPERATOR, "op", T0, T0 + 60))
+    assert up.outcome is Outcome.REFUSED
+    assert up.reason.startswith("stale_measurements")
+
+
+class NoPlan:
+    """A lighting controller that has not planned yet."""
+
+    plan: NightPlan | None = None
+
+
+def test_without_a_lighting_plan_lamps_burn_at_full_power_and_night_circuits_are_dead() -> None:
+    """No permissive default: before the lighting controller has a plan, every lamp counts at full
+    power (a lamp nobody measured included) and a night-only circuit carries nothing."""
+    lamps = [
+        Lamp(id=f"L{i}", lat=51.5, lon=7.4, segment="s", order=i, lighting_class="P4", cabinet="cab1",
+             feeder="f1", flags=frozenset(), controller="c1", host="127.0.0.1", port=1502, unit=1, index=i,
+             p_max_w=115.0, p_min_w=2.0)
+        for i in range(4)
+    ]  # fmt: skip
+    inv = Inventory.build(lamps).with_chargers(
+        [Charger("cp0", 51.5, 7.4, "s", "cab1", "f1", "cp0", "srv", "opc.tcp://127.0.0.1:4840", 16.0, 3)]
+    )
+    cfg = ChargingSettings(feeders=[FeederSettings(id="f1", cabinet="cab1", limit_a=40.0, live="night")])
+    clock = ManualClock(T0)
+    bus = EventBus()
+    state = StateStore(bus, {"cp0": "charger", **{x.id: "lamp" for x in lamps}})
+    lighting = PlannedLighting(inv, NoPlan(), clock, stale_s=120.0)
+    safety = ChargingSafety(inv, cfg, lighting=lighting, lagging=lambda: False)
+    disp = Dispatcher(
+        bus=bus, clock=clock, state=state, drivers=[Confirming()], policies={"charger": safety}, audit=lambda _r: None
+    )  # fmt: skip
+    state.apply(Telemetry("cp0", T0, {"failsafe_current_a": 0.0}))
+    assert lighting.amps("f1", T0, disp.view) == 4 * 115.0 / 230
+    assert not lighting.live("f1", T0)
+    assert safety.feeder_limit("f1", T0) == 0.0
+    v = disp.submit(Command("a", "cp0", POINT, 16, Priority.OPERATOR, "op", T0, T0 + 60))
+    assert (v.outcome, v.value, v.limit) == (Outcome.CLAMPED, 0.0, "feeder:f1")
+
+
+def test_feeder_state_and_planned_current_go_out_as_derived_telemetry_when_they_change() -> None:
+    """C-north: the controller publishes each feeder's state (the FeederState fields) and each
+    charger's planned current once, then again only when something changed."""
+    clock, disp, _safety, ctl = rig({"f1": 2.5})
+    seen = disp._bus.subscribe("test", Telemetry)
+    assert ctl.publish_state(clock.now()) == len(FEEDERS) + len(CHARGERS)
+    out = {}
+    while (ev := seen.get_nowait()) is not None:
+        assert isinstance(ev, Telemetry)
+        assert ev.derived
+        out[ev.device_id] = dict(ev.values)
+    assert out["f1"] == {"limit_a": 32.0, "lighting_a": 2.5, "setpoints_a": 0.0, "measured_a": 0.0,
+                         "chargers": 3, "tripped": False}  # fmt: skip
+    assert out["cp0"] == {"planned_a": 0.0}
+    assert ctl.publish_state(clock.now()) == 0  # nothing changed
+    disp.submit(Command("a", "cp0", POINT, 10, Priority.OPERATOR, "op", T0, T0 + 60))
+    assert ctl.publish_state(clock.now()) == 1  # f1's setpoints
+
+
+def test_derived_state_never_makes_an_unreachable_charger_look_reachable() -> None:
+    """A planned current published for a charger that went offline leaves it offline: its
+    feeder stays decreases-only."""
+    _clock, disp, _safety, _ = rig({})
+    state = disp._state
+    state.apply(Availability("srv", ("cp3",), False, T0))
+    state.apply(Telemetry("cp3", T0 + 1, {"planned_a": 16.0}, derived=True))
+    assert state.value("cp3", "planned_a") == 16.0
+    dev = state.get("cp3")
+    assert dev is not None
+    assert dev.online is False
+    assert dev.updated_at == T0
+    up = disp.submit(Command("a", "cp0", POINT, 16, Priority.PLAN, "plan", T0, T0 + 60))  # cp0 shares f1
+    assert up.outcome is Outcome.REFUSED
+    assert up.reason.startswith("stale_measurements")
+
+
+def test_every_controller_has_the_one_controller_shape() -> None:
+    """Lighting, charging and displays controllers are built from a kernel and satisfy Controller."""
+    from controllers.displays import DisplayController
+    from controllers.lighting import LightingController
+    from edge.kernel import Controller
+    from edge.settings import DisplaysSettings, LightingSettings
+
+    clock, disp, _safety, charging = rig({})
+    kernel = make_kernel(clock, disp._bus, disp._state, disp)
+    lighting = LightingController(kernel, LightingSettings(), inv=Inventory(lamps={}))
+    displays = DisplayController(kernel, DisplaysSettings(), lighting=lighting)
+    for ctl in (lighting, charging, displays):
+        assert isinstance(ctl, Controller)
+    assert [c.name for c in (lighting, charging, displays)] == ["lighting", "charging", "displays"]
+    assert charging.amps_for_kw("f1", 11.04) == 16.0  # kW to A on the feeder's three phases

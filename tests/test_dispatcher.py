@@ -15,7 +15,7 @@ from devices.lighting import ModbusLightingDriver
 from devices.profiles.lighting import default_profile
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import AuditRecord, Dispatcher, Verdict
+from edge.dispatcher import AuditRecord, Dispatcher, DispatcherView, Verdict
 from edge.events import Command, CommandResult, Outcome, Priority
 from edge.state import StateStore
 from simulators.lighting import LightingSimulator
@@ -26,7 +26,7 @@ LAMP = "lc-001-002"
 class RangeOnly:
     """A minimal safety policy for these tests: 0..100, nothing else."""
 
-    def check(self, cmd: Command, now: float) -> Verdict:
+    def check(self, cmd: Command, now: float, view: DispatcherView) -> Verdict:
         if not 0 <= cmd.value <= 100:
             return Verdict(Outcome.REFUSED, cmd.value, "out_of_range")
         return Verdict(Outcome.ACCEPTED, cmd.value)

@@ -6,34 +6,37 @@ stale numbers fall back to blank at once, and a warning takes over and expires.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest_asyncio
 from conftest_displays import DisplayIds
+from kernel_kit import make_kernel
 from waiting import wait_until
 
-from controllers.displays import (
-    ApproachSpec,
-    CarParkSpec,
-    DisplayController,
-    DisplaySafety,
-    Warning,
-)
+from controllers.displays import DisplayController, DisplaySafety, Warning
+from controllers.lighting import NightPlan
 from devices.displays import DisplayDriver
 from devices.profiles.displays import default_led_board_profile, default_vms_profile
-from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.dispatcher import Dispatcher, make_command
-from edge.events import Outcome, Priority
+from edge.events import Outcome, PlanEvent, Priority, Telemetry
+from edge.settings import ApproachSettings, CarParkSettings, DisplaySettings, DisplaysSettings
 from edge.state import StateStore
 from simulators.displays import DisplaySimulator
 
 PARKS = [
-    CarParkSpec("near", "P Near", 100, 51.510, 7.455),
-    CarParkSpec("far", "P Far", 200, 51.520, 7.470),
+    CarParkSettings(id="near", name="P Near", capacity=100, lat=51.510, lon=7.455),
+    CarParkSettings(id="far", name="P Far", capacity=200, lat=51.520, lon=7.470),
 ]
+
+
+class Daylight:
+    """No lighting plan: the displays stay at their day brightness."""
+
+    plan: NightPlan | None = None
 
 
 @dataclass
@@ -61,16 +64,14 @@ async def rig(
         bus=bus, clock=manual_clock, state=state, drivers=[display_driver], policies={"display": safety},
         audit=lambda _r: None, write_timeout_s=2.0,
     ) as disp:  # fmt: skip
-        ctl = DisplayController(
+        cfg = DisplaysSettings(
+            displays=[DisplaySettings(id=board, kind="board"), DisplaySettings(id=sign, kind="sign")],
             car_parks=PARKS,
-            approaches=[ApproachSpec("north", 51.509, 7.454, 20, (board, sign))],
-            displays=[board, sign],
-            clock=manual_clock,
-            dispatcher=disp,
-            alarms=Alarms(bus, manual_clock),
+            approaches=[ApproachSettings(id="north", lat=51.509, lon=7.454, demand=20, signs=[board, sign])],
             freshness_s=200,  # below the signs' own 300 s comm-loss fail-safe
             min_update_s=60,
         )
+        ctl = DisplayController(make_kernel(manual_clock, bus, state, disp), cfg, lighting=Daylight())
         yield Rig(display_sim, ctl, disp, manual_clock, board, sign)
 
 
@@ -156,10 +157,40 @@ def test_displays_within_an_area() -> None:
     """A warning's circle selects the displays inside it."""
     from edge.clock import ManualClock as Clock
 
-    ctl = DisplayController(
-        car_parks=PARKS, approaches=[], displays=["a", "b"], clock=Clock(0.0), dispatcher=None,  # type: ignore[arg-type]
-        alarms=None, positions={"a": (51.5100, 7.4550), "b": (51.5200, 7.4700)},  # type: ignore[arg-type]
-    )  # fmt: skip
+    clock, bus = Clock(0.0), EventBus()
+    state = StateStore(bus, {})
+    disp = Dispatcher(bus=bus, clock=clock, state=state, drivers=[], policies={}, audit=lambda _r: None)
+    cfg = DisplaysSettings(
+        displays=[
+            DisplaySettings(id="a", kind="board", lat=51.5100, lon=7.4550),
+            DisplaySettings(id="b", kind="board", lat=51.5200, lon=7.4700),
+        ],
+        car_parks=PARKS,
+    )
+    ctl = DisplayController(make_kernel(clock, bus, state, disp), cfg, lighting=Daylight())
     assert ctl.displays_within(51.5101, 7.4551, 300) == {"a"}
     assert ctl.displays_within(51.5150, 7.4625, 2000) == {"a", "b"}
     assert ctl.displays_within(51.6, 7.6, 500) == set()
+
+
+async def test_counters_arrive_as_telemetry_and_state_goes_out_as_telemetry_and_plans(rig: Rig) -> None:
+    """C-in/C-north: a car park's counter on the bus reaches the controller's run loop, which
+    shows it and publishes the car park's state (derived telemetry) and the guidance plan."""
+    bus = rig.ctl._bus
+    seen = bus.subscribe("test", Telemetry, PlanEvent)
+    now = rig.clock.now()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(rig.ctl.run(), name="displays.controller")
+        bus.publish(Telemetry("near", now, {"free": 42, "open": True}))
+        await shows(rig, rig.board, "frei 42")
+        task.cancel()
+    derived, plans = [], set()
+    while (ev := seen.get_nowait()) is not None:
+        if isinstance(ev, Telemetry) and ev.derived and ev.device_id == "near":
+            derived.append(ev.values)
+        elif isinstance(ev, PlanEvent):
+            plans.add(ev.domain)
+    assert {"car_park": "near", "name": "P Near", "capacity": 100, "fresh": True, "free": 42,
+            "open": True, "ts": now} in derived  # fmt: skip
+    assert plans == {"guidance", "warnings"}
+    assert rig.ctl.views()["guidance"] is not None

@@ -17,8 +17,12 @@ from controllers.lighting import (
     night_window,
 )
 from devices.inventory import load_inventory
+from edge.bus import EventBus
+from edge.clock import ManualClock
+from edge.dispatcher import Dispatcher, DispatcherView
 from edge.events import Command, Outcome, Priority
 from edge.settings import LightingSettings, SiteSettings, TrafficStep, load_settings
+from edge.state import StateStore
 from optimizer.lighting import check_plan, solve
 
 SITE = Path(__file__).parent.parent / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
@@ -98,6 +102,20 @@ def safety() -> LightingSafety:
     return LightingSafety(load_inventory(s.inventory_path()), s.site, s.lighting)
 
 
+@pytest.fixture
+def view() -> DispatcherView:
+    """A dispatcher's view of nothing: the floors do not look at other devices."""
+    bus = EventBus()
+    return Dispatcher(
+        bus=bus,
+        clock=ManualClock(0.0),
+        state=StateStore(bus, {}),
+        drivers=[],
+        policies={},
+        audit=lambda _r: None,
+    ).view
+
+
 def cmd(device: str, value: float, prio: Priority, now: float) -> Command:
     return Command("c1", device, "level_cmd", value, prio, "test", now, now + 30)
 
@@ -114,21 +132,75 @@ def cmd(device: str, value: float, prio: Priority, now: float) -> Command:
     ],
 )
 def test_safety_policy_at_night(
-    safety: LightingSafety, device: str, value: float, prio: Priority, outcome: Outcome, reason: str
+    safety: LightingSafety,
+    view: DispatcherView,
+    device: str,
+    value: float,
+    prio: Priority,
+    outcome: Outcome,
+    reason: str,
 ) -> None:
     """Floors hold whoever asks: an operator is refused, the plan is clamped to the floor."""
-    v = safety.check(cmd(device, value, prio, ts(2026, 11, 26, 23)), ts(2026, 11, 26, 23))
+    v = safety.check(cmd(device, value, prio, ts(2026, 11, 26, 23)), ts(2026, 11, 26, 23), view)
     assert v.outcome is outcome
     assert v.reason.startswith(reason)
+    assert v.limit == ("lighting_floor" if reason == "under_lighting_floor" else "")
     if outcome is Outcome.CLAMPED:
         assert v.value == 100
 
 
-def test_fear_space_floor_and_daytime(safety: LightingSafety) -> None:
+def test_fear_space_floor_and_daytime(safety: LightingSafety, view: DispatcherView) -> None:
     """A fear-space lamp may not be dimmed at night; by day the lamps may be off."""
     inv = load_inventory(SITE.parent / "inventory.csv")
     fear = next(x.id for x in inv.lamps.values() if "fear_space" in x.flags)
     night = ts(2026, 11, 26, 23)
-    assert safety.check(cmd(fear, 50, Priority.OPERATOR, night), night).outcome is Outcome.REFUSED
+    assert safety.check(cmd(fear, 50, Priority.OPERATOR, night), night, view).outcome is Outcome.REFUSED
     noon = ts(2026, 11, 27, 12)
-    assert safety.check(cmd(fear, 0, Priority.PLAN, noon), noon).outcome is Outcome.ACCEPTED
+    assert safety.check(cmd(fear, 0, Priority.PLAN, noon), noon, view).outcome is Outcome.ACCEPTED
+
+
+class _Accepting:
+    """Device stand-in: handles every lamp (nothing is written: the dispatcher is not started)."""
+
+    def handles(self, device_id: str) -> bool:
+        return True
+
+    async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109 - the Driver seam
+        return value
+
+
+def test_a_warning_raises_the_lamps_in_its_area_through_the_dispatcher() -> None:
+    """Domain policy behind the controller, not in the API: lamps within the warning's circle go
+    to full as safety commands held until the warning ends; the others are left alone."""
+    from kernel_kit import make_kernel
+
+    from controllers.lighting import LightingController
+    from devices.inventory import Inventory, Lamp
+
+    def lamp(lid: str, lat: float) -> Lamp:
+        return Lamp(
+            id=lid, lat=lat, lon=7.45, segment="s", order=0, lighting_class="P4", cabinet="", feeder="",
+            flags=frozenset(), controller="c1", host="127.0.0.1", port=1502, unit=1, index=0, p_max_w=60, p_min_w=2,
+        )  # fmt: skip
+
+    inv = Inventory.build([lamp("A", 51.5100), lamp("B", 51.5105), lamp("C", 51.5300)])
+    clock, bus = ManualClock(ts(2026, 11, 26, 23)), EventBus()
+    state = StateStore(bus, dict.fromkeys(inv.lamps, "lamp"))
+    disp = Dispatcher(
+        bus=bus, clock=clock, state=state, drivers=[_Accepting()],
+        policies={"lamp": LightingSafety(inv, SiteSettings(), LightingSettings())}, audit=lambda _r: None,
+    )  # fmt: skip
+    ctl = LightingController(make_kernel(clock, bus, state, disp), LightingSettings(), inv=inv)
+    end = clock.now() + 600
+    assert ctl.raise_for_warning("w1", end, (51.5102, 7.45, 200.0)) == 2
+    for lid in ("A", "B"):
+        eff = disp.effective(lid, "level_cmd")
+        assert eff is not None
+        assert (eff.value, eff.priority, eff.source, eff.hold_until) == (
+            100,
+            Priority.SAFETY,
+            "warning:w1",
+            end,
+        )
+    assert disp.effective("C", "level_cmd") is None
+    assert ctl.raise_for_warning("w2", end) == 3  # no area: every lamp

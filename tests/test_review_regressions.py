@@ -17,8 +17,8 @@ from controllers.lighting import LightingSafety
 from devices.inventory import Charger, Inventory, Lamp
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import Dispatcher, make_command
-from edge.events import Priority
+from edge.dispatcher import Dispatcher, DispatcherView, make_command
+from edge.events import Priority, Telemetry
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings, LightingSettings, SiteSettings
 from edge.state import StateStore
 
@@ -68,6 +68,16 @@ async def test_daytime_override_under_a_floor_does_not_hold_into_the_night() -> 
         assert eff.priority is Priority.PLAN
 
 
+class _NoLamps:
+    """No lamps on the feeder, and its circuit always live."""
+
+    def amps(self, feeder: str, t: float, view: DispatcherView) -> float:
+        return 0.0
+
+    def live(self, feeder: str, t: float) -> bool:
+        return True
+
+
 async def test_a_layer_that_surfaces_after_a_hold_is_checked_before_it_is_written() -> None:
     """A plan setpoint hidden under an operator pause may no longer fit when the pause ends."""
     clock = ManualClock(NOON)
@@ -81,17 +91,13 @@ async def test_a_layer_that_surfaces_after_a_hold_is_checked_before_it_is_writte
     )
     bus = EventBus()
     state = StateStore(bus, {c.id: "charger" for c in chargers})
-    safety = ChargingSafety(inv, cfg, clock, lambda _f, _t: 0.0, lambda _f, _t: True)
+    safety = ChargingSafety(inv, cfg, lighting=_NoLamps(), lagging=lambda: False)
+    for c in chargers:  # both answer and read back their fail-safe, as the OPC UA driver reports
+        state.apply(Telemetry(c.id, NOON, {"failsafe_current_a": 0.0}))
     dev = Recording()
     async with Dispatcher(
         bus=bus, clock=clock, state=state, drivers=[dev], policies={"charger": safety}, audit=lambda _r: None
     ) as disp:
-
-        def setpoint_of(cid: str) -> float:
-            eff = disp.effective(cid, POINT)
-            return max(eff.value if eff else 0.0, disp.in_flight_value(cid, POINT) or 0.0)
-
-        safety.bind(setpoint_of, lambda _c, _n: True)
         plan0 = make_command("cp0", POINT, 32, Priority.PLAN, "plan", now=NOON, ttl_s=60)
         await disp.submit_and_wait(plan0, 3)
         pause = make_command("cp0", POINT, 0, Priority.OPERATOR, "operator", now=NOON, ttl_s=60, hold_s=30)

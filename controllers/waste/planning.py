@@ -26,7 +26,7 @@ import structlog
 
 from devices.bins import Bin
 from devices.profiles.waste import route_number
-from edge.dispatcher import Verdict, make_command
+from edge.dispatcher import DispatcherView, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority
 from edge.geo import haversine_m
 from optimizer.waste import (
@@ -108,7 +108,7 @@ def solve(
 class WasteSafety:
     """Dispatcher policy for trucks: only a well-formed route reaches a truck."""
 
-    def check(self, cmd: Command, now: float) -> Verdict:
+    def check(self, cmd: Command, now: float, view: DispatcherView) -> Verdict:
         if cmd.point != wire.ROUTE_POINT or not cmd.payload:
             return Verdict(Outcome.REFUSED, cmd.value, f"point_not_writable: {cmd.point}")
         problem = wire.route_problem(cmd.payload, cmd.value)

@@ -43,7 +43,7 @@ from paho.mqtt.client import topic_matches_sub
 from pydantic import BaseModel, ValidationError
 
 from controllers.charging import POINT as CHARGE_POINT
-from controllers.charging import VOLTS, ChargingController
+from controllers.charging import ChargingController
 from controllers.displays import CONTENT, DisplayController
 from controllers.displays import Warning as DisplayWarning
 from controllers.lighting import LEVEL_POINT, LightingController
@@ -53,7 +53,16 @@ from edge.clock import Clock
 from edge.decode import Refusal, Refusals, check_id, check_ts, decode_json, shown_id
 from edge.dispatcher import AuditRecord, Dispatcher, make_command, new_command_id
 from edge.errors import PayloadError
-from edge.events import AlarmEvent, Command, CommandResult, Outcome, PlanEvent, Priority, StateChanged
+from edge.events import (
+    AlarmEvent,
+    Command,
+    CommandResult,
+    Outcome,
+    PlanEvent,
+    Priority,
+    StateChanged,
+    Telemetry,
+)
 from edge.payloads import (
     Ack,
     AlarmAck,
@@ -425,16 +434,8 @@ class MqttApi:
         while True:
             now = self._clock.now()
             for feeder in s.feeder_ids():
-                chargers = s.chargers_on(feeder)
-                msg = FeederState(
-                    feeder=feeder,
-                    limit_a=s.feeder_limit(feeder, now),
-                    lighting_a=round(s.lighting_now_a(feeder, now), 2),
-                    setpoints_a=round(s.setpoints_a(feeder), 2),
-                    measured_a=round(sum(charging.measured_a(c) for c in chargers), 2),
-                    chargers=len(chargers),
-                    ts=now,
-                    tripped=charging.tripped.get(feeder, False),
+                msg = FeederState.model_validate(
+                    {"feeder": feeder, "ts": now, **charging.feeder_state(feeder, now)}
                 )
                 pub.publish_fast(f"{self.base}/feeders/{feeder}/state", dump(msg), retain=True)
             await asyncio.sleep(2.0)
@@ -701,8 +702,8 @@ class MqttApi:
             raise PayloadError("unknown_device", lamp_id)
         if motion.ts is not None and (future := check_ts(motion.ts, self._clock.now(), self._max_ahead)):
             raise PayloadError(future.reason, future.detail)
-        if motion.detected:
-            self._lighting.on_motion(lamp_id)
+        if motion.detected:  # the lighting controller reacts to it on the bus (C-in)
+            self._bus.publish(Telemetry(lamp_id, self._clock.now(), {"motion": True}, derived=True))
 
     async def _command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
         try:
@@ -750,7 +751,10 @@ class MqttApi:
             raise PayloadError("retained_request", "a retained car-park count needs its ts")
         if rep.ts is not None and (future := check_ts(rep.ts, now, self._max_ahead)) is not None:
             raise PayloadError(future.reason, future.detail)
-        displays.report(car_park, rep.free, rep.open, rep.ts if rep.ts is not None else now)
+        # The displays controller reads the counter from the bus (C-in).
+        self._bus.publish(
+            Telemetry(car_park, rep.ts if rep.ts is not None else now, {"free": rep.free, "open": rep.open})
+        )
 
     async def _display_command(self, scope: str, name: str, raw: Any, msg: Incoming) -> Ack:
         displays = self._need_displays()
@@ -780,15 +784,8 @@ class MqttApi:
             )
             raised = 0
             if req.raise_lamps:
-                # Cross-domain: lamps to full for the warning, through the dispatcher (audited).
-                lamps = list(self._inv.lamps.values())
-                if req.area is not None:
-                    a = req.area
-                    lamps = [x for x in lamps if _metres(a.lat, a.lon, x.lat, x.lon) <= a.radius_m]
-                for lamp_id in (x.id for x in lamps):
-                    self._lighting.submit(lamp_id, 100, Priority.SAFETY, f"warning:{req.id}",
-                                          hold_s=max(1.0, req.end - now), reason="warning")  # fmt: skip
-                    raised += 1
+                area = None if req.area is None else (req.area.lat, req.area.lon, req.area.radius_m)
+                raised = self._lighting.raise_for_warning(req.id, req.end, area)
             # The warning's own id names the row (point "warning"): "warning:" + a 64-character id
             # would not fit the audit table's device_id.
             self._audit_signal(req.id, float(len(targets)), source, req.severity, point="warning")
@@ -922,9 +919,10 @@ class MqttApi:
             cabinets = {c.cabinet for c in self._inv.chargers.values()}
             if sig.target not in feeders and sig.target not in cabinets:
                 raise PayloadError("unknown_target", sig.target)
-            phases = max((c.phases for c in charging.safety.chargers_on(sig.target)), default=3)
             limit_a = (
-                sig.limit_a if sig.limit_a is not None else (sig.limit_kw or 0.0) * 1000 / (VOLTS * phases)
+                sig.limit_a
+                if sig.limit_a is not None
+                else charging.amps_for_kw(sig.target, sig.limit_kw or 0.0)
             )
             used, note = charging.set_limit(sig.target, limit_a, sig.start, sig.end, source)
             self._audit_signal(sig.target, used, source, note or "curtailment")
@@ -1071,16 +1069,6 @@ def result_message(ev: CommandResult) -> CommandResultMessage:
         priority=c.priority.name.lower(),
         ts=ev.ts,
     )
-
-
-def _metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = (
-        math.sin((p2 - p1) / 2) ** 2
-        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    )
-    return 2 * 6_371_000 * math.asin(math.sqrt(a))
 
 
 def _errors(exc: ValidationError) -> str:

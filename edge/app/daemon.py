@@ -18,16 +18,14 @@ from zoneinfo import ZoneInfo
 import orjson
 import structlog
 
-from controllers.charging import POINT as CHARGE_POINT
 from controllers.charging import (
     ChargingController,
     ChargingSafety,
+    PlannedLighting,
     failsafe_a,
     failsafe_problems,
-    lighting_amps,
-    lights_live,
 )
-from controllers.displays import ApproachSpec, CarParkSpec, DisplayController, DisplaySafety
+from controllers.displays import DisplayController, DisplaySafety, bay_id
 from controllers.lighting import LightingController, LightingSafety
 from controllers.waste import OPERATOR_DOMAIN, WasteController, WastePorts, WasteSafety
 from controllers.waste import PLANNER_ID as WASTE_PLANNER
@@ -51,6 +49,7 @@ from edge.dispatcher import AuditRecord, Dispatcher
 from edge.driver import Driver
 from edge.errors import ConfigError
 from edge.events import AlarmEvent, PlanEvent, Severity, Telemetry
+from edge.kernel import Kernel
 from edge.lag import LagMonitor
 from edge.mqtt import LinkOptions, MqttLink
 from edge.outbox import Outbox
@@ -319,34 +318,33 @@ async def running(
             )
             drivers.append(fleet)
             policies["truck"] = WasteSafety()
-        lighting_ref: list[LightingController] = []
-        dispatcher_ref: list[Dispatcher] = []
+        dispatcher = Dispatcher(
+            bus=bus,
+            clock=clock,
+            state=state,
+            drivers=drivers,
+            policies={"lamp": safety, **policies},
+            audit=lambda rec: storage.add(_audit_row(rec)),
+            write_timeout_s=ds.write_timeout_s,
+            workers=ds.workers,
+            reconcile_interval_s=ds.reconcile_interval_s,
+        )
+        kernel = Kernel(settings, clock, bus, state, dispatcher, alarms, storage, lag)
+        lighting = LightingController(kernel, lc, inv=inventory)
+        # The interlock sees the lighting plan and the dispatcher's view from the start.
         charging_safety = ChargingSafety(
             inventory,
             settings.charging,
-            clock,
-            lighting_amps_late(
-                inventory, state, lighting_ref, settings.charging.stale_after_s, clock, dispatcher_ref
-            ),
-            lambda feeder, t: lights_live(lighting_ref[0] if lighting_ref else None)(feeder, t),  # noqa: PLW0108 - bound late
+            lighting=PlannedLighting(inventory, lighting, clock, settings.charging.stale_after_s),
             lagging=lag.lagging,
         )
+        dispatcher.register_policy("charger", charging_safety)
         async with (
             lag,
             Outbox(settings.storage.url, max_rows=mq.outbox_max_rows) as outbox,
             driver,
             contextlib.AsyncExitStack() as stack,
-            Dispatcher(
-                bus=bus,
-                clock=clock,
-                state=state,
-                drivers=drivers,
-                policies={"lamp": safety, "charger": charging_safety, **policies},
-                audit=lambda rec: storage.add(_audit_row(rec)),
-                write_timeout_s=ds.write_timeout_s,
-                workers=ds.workers,
-                reconcile_interval_s=ds.reconcile_interval_s,
-            ) as dispatcher,
+            dispatcher,
         ):
             if chargers is not None:
                 await stack.enter_async_context(chargers)
@@ -354,82 +352,21 @@ async def running(
                 await stack.enter_async_context(display_driver)
             if fleet is not None:
                 await stack.enter_async_context(fleet)
-            lighting = LightingController(
-                inv=inventory,
-                site=site,
-                cfg=lc,
-                bus=bus,
-                clock=clock,
-                state=state,
-                dispatcher=dispatcher,
-                alarms=alarms,
-                command_ttl_s=ds.command_ttl_s,
-            )
-            lighting_ref.append(lighting)
-            dispatcher_ref.append(dispatcher)
             charging: ChargingController | None = None
             if inventory.chargers:
-
-                def setpoint_of(cid: str) -> float:
-                    """What a charger may draw: the winning command, a write in flight, the value
-                    it reports, and for a charger we cannot reach its fail-safe current (or its max)."""
-                    eff = dispatcher.effective(cid, CHARGE_POINT)
-                    values = [
-                        0.0 if eff is None else eff.value,
-                        dispatcher.in_flight_value(cid, CHARGE_POINT) or 0.0,
-                    ]
-                    reported = state.value(cid, CHARGE_POINT)
-                    if isinstance(reported, int | float):
-                        values.append(float(reported))
-                    dev = state.get(cid)
-                    if dev is None or dev.online is not True:
-                        failsafe = state.value(cid, "failsafe_current_a")
-                        c = inventory.chargers.get(cid)
-                        unknown = c.max_current_a if c is not None else 0.0
-                        values.append(float(failsafe) if isinstance(failsafe, int | float) else unknown)
-                    return max(values)
-
-                def fresh(cid: str, _now: float) -> bool:
-                    # OPC UA telemetry comes by subscription (on change) with keep-alives: a
-                    # charger whose session is up is current; a lost one is not.
-                    dev = state.get(cid)
-                    return dev is not None and dev.online is True
-
-                def reported_failsafe(cid: str) -> float | None:
-                    v = state.value(cid, "failsafe_current_a")  # the driver's read-back after its write
-                    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-                charging_safety.bind(setpoint_of, fresh, reported_failsafe)
                 charging = ChargingController(
-                    inv=inventory,
-                    cfg=settings.charging,
-                    bus=bus,
-                    clock=clock,
-                    state=state,
-                    dispatcher=dispatcher,
-                    alarms=alarms,
-                    safety=charging_safety,
+                    kernel, settings.charging, inv=inventory, safety=charging_safety
                 )
             displays: DisplayController | None = None
             ingest: UplinkIngest | None = None
             if display_driver is not None:
                 dd = display_driver
                 displays = DisplayController(
-                    car_parks=[CarParkSpec(c.id, c.name, c.capacity, c.lat, c.lon) for c in dcfg.car_parks],
-                    approaches=[
-                        ApproachSpec(a.id, a.lat, a.lon, a.demand, tuple(a.signs)) for a in dcfg.approaches
-                    ],
-                    displays=[x.id for x in dcfg.displays],
-                    clock=clock,
-                    positions={x.id: (x.lat, x.lon) for x in dcfg.displays},
-                    dispatcher=dispatcher,
-                    alarms=alarms,
-                    freshness_s=dcfg.freshness_s,
-                    min_update_s=dcfg.min_update_s,
-                    is_dark=lambda t: lighting.plan is not None and lighting.plan.on <= t < lighting.plan.off,
-                    health=lambda x: (dd.health(x).alarm_due, int(_f(state.value(x, "pixel_faults")))),
-                    levels={x: p.levels for x, p in display_profiles.items()},
-                    brightness_of=lambda x: state.value(x, "brightness"),
+                    kernel,
+                    dcfg,
+                    lighting=lighting,
+                    profiles=display_profiles,
+                    silent=lambda x: dd.health(x).alarm_due,
                 )
             waste: WasteController | None = None
             if bins:
@@ -551,9 +488,7 @@ async def running(
                     if charging is not None:
                         controllers.append(tg.create_task(charging.run(), name="charging.controller"))
                     if displays is not None:
-                        controllers.append(
-                            tg.create_task(_display_loop(d, displays), name="displays.controller")
-                        )
+                        controllers.append(tg.create_task(displays.run(), name="displays.controller"))
                     if waste is not None:
                         controllers.append(tg.create_task(waste.run(), name="waste.controller"))
                     tasks += controllers
@@ -607,32 +542,6 @@ def _open_alarms(rows: Sequence[AlarmRow]) -> list[AlarmEvent]:
     ]
 
 
-def lighting_amps_late(
-    inv: Inventory,
-    state: StateStore,
-    ref: list[LightingController],
-    stale_s: float,
-    clock: Clock,
-    dispatcher_ref: list[Dispatcher],
-) -> Any:
-    """`lighting_amps` for a lighting controller and dispatcher created after the safety policy."""
-
-    def commanded(lamp_id: str) -> float | None:
-        eff = dispatcher_ref[0].effective(lamp_id, "level_cmd") if dispatcher_ref else None
-        return None if eff is None else eff.value
-
-    built: dict[int, Any] = {}  # one `lighting_amps` per controller (it precomputes per feeder)
-
-    def amps(feeder: str, t: float) -> float:
-        lighting = ref[0] if ref else None
-        fn = built.get(id(lighting))
-        if fn is None:
-            fn = built[id(lighting)] = lighting_amps(inv, state, lighting, stale_s, clock, commanded)
-        return float(fn(feeder, t))
-
-    return amps
-
-
 def site_bins(settings: Settings) -> list[Bin]:
     """The site's bin inventory ([waste] bins), empty when the site has no waste domain."""
     path = settings.bins_path()
@@ -655,30 +564,3 @@ def restore_waste(waste: WasteController, storage: Storage, now: float) -> None:
     usable = [p for p in storage.plans("waste") if not dict(p.body).get("violations")]
     if usable:
         waste.restore_plan(dict(usable[-1].body), now)
-
-
-def bay_id(dev_eui: str) -> str:
-    """The device id of a parking bay sensor."""
-    return f"bay-{dev_eui.lower()}"
-
-
-def _f(v: object) -> float:
-    return float(v) if isinstance(v, int | float) else 0.0
-
-
-async def _display_loop(d: Daemon, ctl: DisplayController) -> None:
-    """Occupancy from bay sensors, then what every display should show; every `step_s`."""
-    cfg = d.settings.displays
-    while True:
-        now = d.clock.now()
-        for cp in cfg.car_parks:
-            if not cp.sensors:
-                continue  # this car park reports its own counter over MQTT
-            seen = [dev for e in cp.sensors if (dev := d.state.get(bay_id(e))) and "occupied" in dev.values]
-            if not seen:
-                continue
-            unknown = len(cp.sensors) - len(seen)  # a bay we have not heard from counts as taken
-            taken = sum(1 for dev in seen if dev.values["occupied"]) + unknown
-            ctl.report(cp.id, cp.capacity - taken, True, min(dev.updated_at for dev in seen))
-        ctl.step(now)
-        await asyncio.sleep(cfg.step_s)

@@ -140,7 +140,7 @@ async def _couple(d: Daemon, csim: ChargingSimulator) -> None:
         now = d.clock.now()
         if s is not None:
             for f in d.settings.charging.feeders:
-                csim.set_lighting_load(f.id, s.lighting_now_a(f.id, now))
+                csim.set_lighting_load(f.id, s.lighting_now_a(f.id, now, d.dispatcher.view))
                 if f.live == "night":  # the cabinet switches the lighting circuit with the lights
                     csim.set_feeder_live(f.id, s.feeder_limit(f.id, now) > 0)
         await asyncio.sleep(0.5)
