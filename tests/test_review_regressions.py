@@ -6,7 +6,6 @@ sends, and these cases are about the order of checks and writes, not about a pro
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -17,8 +16,8 @@ from controllers.lighting import LightingSafety
 from devices.inventory import Charger, Inventory, Lamp
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import Dispatcher, DispatcherView, make_command
-from edge.events import Priority, Telemetry
+from edge.dispatcher import AuditRecord, Dispatcher, DispatcherView, make_command
+from edge.events import Outcome, Priority, Telemetry
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings, LightingSettings, SiteSettings
 from edge.state import StateStore
 
@@ -95,8 +94,9 @@ async def test_a_layer_that_surfaces_after_a_hold_is_checked_before_it_is_writte
     for c in chargers:  # both answer and read back their fail-safe, as the OPC UA driver reports
         state.apply(Telemetry(c.id, NOON, {"failsafe_current_a": 0.0}))
     dev = Recording()
+    audit: list[AuditRecord] = []
     async with Dispatcher(
-        bus=bus, clock=clock, state=state, drivers=[dev], policies={"charger": safety}, audit=lambda _r: None
+        bus=bus, clock=clock, state=state, drivers=[dev], policies={"charger": safety}, audit=audit.append
     ) as disp:
         plan0 = make_command("cp0", POINT, 32, Priority.PLAN, "plan", now=NOON, ttl_s=60)
         await disp.submit_and_wait(plan0, 3)
@@ -105,9 +105,16 @@ async def test_a_layer_that_surfaces_after_a_hold_is_checked_before_it_is_writte
         plan1 = make_command("cp1", POINT, 32, Priority.PLAN, "plan", now=NOON, ttl_s=60)
         await disp.submit_and_wait(plan1, 3)
         clock.advance(31)  # the pause ends: cp0's old 32 A plan surfaces
+        # The surfacing layer is re-checked (clamped to what the feeder leaves) and its write confirmed.
         await wait_until(
-            lambda: disp.pending() == 0 and disp.effective("cp0", POINT) is not None, what="settle"
+            lambda: (
+                disp.pending() == 0
+                and any(
+                    r.command.id == plan0.id and r.outcome is Outcome.CONFIRMED and r.ts > NOON for r in audit
+                )
+            ),
+            what="the surfaced plan layer written",
         )
-        await asyncio.sleep(0.5)  # a couple of hold-loop turns for the surfacing layer to be written
+        assert any(r.command.id == plan0.id and r.outcome is Outcome.CLAMPED and r.ts > NOON for r in audit)
         for snapshot in dev.history:
             assert sum(snapshot.values()) <= 32 + 1e-9, snapshot
