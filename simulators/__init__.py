@@ -6,6 +6,7 @@ the topic a user reads in docs/devices.md is the one the command serves.
 """
 
 SIM_TOPIC_PREFIX = "dos/sim"
+MIN_REAL_TICK_S = 0.05  # physics never ticks faster than this in real time, whatever the clock speed
 
 
 def fault_topic(domain: str) -> str:

@@ -58,12 +58,12 @@ from edge.clock import Clock, SimClock, SystemClock
 from edge.events import Value
 from edge.net import free_port
 from edge.tasks import cancel_and_wait
+from simulators import MIN_REAL_TICK_S
 from simulators.elaad import SessionSampler, load_curves
 
 log = structlog.get_logger(__name__)
 
 FAULTS = frozenset({"faulted", "meter_frozen", "comm_loss", "failsafe_ignored"})
-MIN_REAL_TICK_S = 0.05  # physics never ticks faster than this in real time, whatever the clock speed
 VOLTAGE_V = 230.0
 TAPER_SOC = 0.8  # charging current falls linearly from here to full
 PREPARING_S = 30.0  # clock seconds from plug-in to the car drawing current

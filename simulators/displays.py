@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from functools import partial
-from types import TracebackType
-from typing import Literal, Self
-from urllib.parse import urlsplit
+from typing import Literal
 
 import aiomqtt
 import structlog
@@ -46,12 +42,14 @@ from devices.profiles.displays import (
     status_payload,
 )
 from devices.protocols.registers import PointValueError, decode, pack_bits
+from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.decode import Refusal, decode_json
-from edge.decode import decode as decode_payload
-from edge.tasks import close_task_group
-from simulators import fault_topic
-from simulators.lighting import MIN_REAL_TICK_S, free_port
+from edge.lifecycle import Service, ServiceState
+from edge.mqtt import BrokerAddress
+from edge.net import free_port
+from simulators import MIN_REAL_TICK_S, fault_topic
+from simulators.mqtt import apply_fault_payload, run_fault_listener
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +58,6 @@ SIGN_FAULTS = BOARD_FAULTS | {"door_open", "comm_fault"}
 FAULT_TOPIC = fault_topic("displays")  # `edge simulate displays` (on its broker)
 _READY_TIMEOUT_S = 10.0
 _MQTT_TIMEOUT_S = 5.0
-_MAX_FAULT_PAYLOAD = 4096
 
 
 class FaultMessage(BaseModel):
@@ -123,19 +120,15 @@ class _Sign:
     last_request: float = 0.0  # clock time, for the comm-loss fail-safe
 
 
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class DisplaySimulator:
+class DisplaySimulator(Service):
     """Runs boards (one aiomqtt client each, on `mqtt_url`) and signs until the context exits.
 
     `status_interval_s` overrides the board profile's status period (real seconds);
     expiry is checked every `tick_s` clock seconds (at least MIN_REAL_TICK_S real seconds apart).
     Entering waits until every board has subscribed and published its first status.
     """
+
+    service_name = "display_sim"
 
     def __init__(
         self,
@@ -151,12 +144,13 @@ class DisplaySimulator:
     ) -> None:
         if boards and mqtt_url is None:
             raise ValueError("boards need an mqtt_url")
+        super().__init__()
         self.clock = clock
         self.board_profile = board_profile or default_led_board_profile()
         self.vms_profile = vms_profile or default_vms_profile()
         self.status_interval_s = status_interval_s or self.board_profile.status_interval_s
         self.tick_s = tick_s
-        self._url = mqtt_url or ""
+        self._address = BrokerAddress.parse(mqtt_url) if mqtt_url else None
         self._boards: dict[str, _Board] = {}
         self._signs: dict[str, _Sign] = {}
         for b in boards:
@@ -172,9 +166,6 @@ class DisplaySimulator:
                 raise ValueError(f"{s.display_id}: {s.host}:{port} already used by another sign")
             used.add((s.host, port))
             self._signs[s.display_id] = _Sign(s, port)
-        self._state = _State.UNOPENED
-        self._tg: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._reconcile = asyncio.Event()
         self._token = uuid.uuid4().hex[:8]
         v = self.vms_profile
@@ -310,41 +301,15 @@ class DisplaySimulator:
 
     def apply_fault_payload(self, payload: bytes | str) -> bool:
         """Apply one JSON fault message; a bad one is refused with a log line, never raised."""
-        if len(payload) > _MAX_FAULT_PAYLOAD:
-            log.warning("sim_fault_refused", reason="oversized", size=len(payload))
-            return False
-        msg = decode_payload(payload, FaultMessage, max_bytes=_MAX_FAULT_PAYLOAD, max_depth=4)
-        if isinstance(msg, Refusal):
-            log.warning("sim_fault_refused", reason=str(msg).splitlines()[0][:200])
-            return False
-        try:
-            self._fault(msg.target, msg.fault, active=msg.active, pixels=msg.pixels if msg.active else 0)
-        except ValueError as exc:
-            log.warning("sim_fault_refused", reason=str(exc).splitlines()[0])
-            return False
-        return True
+        return apply_fault_payload(
+            payload,
+            FaultMessage,
+            lambda m: self._fault(m.target, m.fault, active=m.active, pixels=m.pixels if m.active else 0),
+        )
 
     async def run_mqtt_faults(self, url: str, topic: str = FAULT_TOPIC) -> None:
         """Take fault injections from MQTT until cancelled; reconnects with jittered backoff."""
-        parts = urlsplit(url)
-        host, port = parts.hostname or "localhost", parts.port or 1883
-        attempt = 0
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    host, port, username=parts.username, password=parts.password, timeout=_MQTT_TIMEOUT_S
-                ) as client:
-                    await client.subscribe(topic, qos=1, timeout=_MQTT_TIMEOUT_S)
-                    attempt = 0
-                    async for message in client.messages:
-                        if isinstance(message.payload, bytes | str):
-                            self.apply_fault_payload(message.payload)
-            except aiomqtt.MqttError as exc:
-                if attempt == 0:
-                    log.warning("sim_fault_mqtt_down", host=host, port=port, error=str(exc))
-                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
-                attempt = min(attempt + 1, 10)
-                await asyncio.sleep(delay)
+        await run_fault_listener(url, topic, self.apply_fault_payload, name="displays")
 
     # -- boards ------------------------------------------------------------------
 
@@ -360,7 +325,9 @@ class DisplaySimulator:
         )
 
     def _client(self, board: _Board) -> aiomqtt.Client:
-        parts = urlsplit(self._url)
+        address = self._address
+        if address is None:
+            raise RuntimeError("boards need an mqtt_url")
         p = self.board_profile
         will = aiomqtt.Will(
             p.topic(p.status_topic, board.spec.display_id),
@@ -369,35 +336,34 @@ class DisplaySimulator:
             retain=p.retain,
         )
         return aiomqtt.Client(
-            parts.hostname or "localhost",
-            parts.port or 1883,
-            username=parts.username,
-            password=parts.password,
+            address.host,
+            address.port,
+            username=address.username,
+            password=address.password,
             identifier=f"sim-display-{board.spec.display_id}-{self._token}",
             will=will,
             timeout=_MQTT_TIMEOUT_S,
+            tls_context=address.ssl_context(),
         )
 
     async def _board_main(self, board: _Board) -> None:
         """Connect while reachable; reconnect after a broker outage with jittered backoff."""
-        attempt = 0
-        while self._state is _State.OPENED:
+        backoff = Backoff(base_s=0.1, max_s=5.0)
+        while self.state is ServiceState.OPENED:
             await board.reachable.wait()
             try:
                 await self._board_session(board)
-                attempt = 0
+                backoff.reset()
             except* (aiomqtt.MqttError, TimeoutError) as group:
                 if board.lost_since is None:
                     board.lost_since = self.clock.now()
-                if attempt == 0:
+                if backoff.attempt == 0:
                     log.warning(
                         "sim_display_mqtt_down",
                         display_id=board.spec.display_id,
                         error=str(group.exceptions[0]),
                     )
-                delay = random.uniform(0, min(5.0, 0.1 * 2**attempt))
-                attempt = min(attempt + 1, 10)
-                await asyncio.sleep(delay)
+                await backoff.wait()
 
     async def _board_session(self, board: _Board) -> None:
         p = self.board_profile
@@ -435,7 +401,7 @@ class DisplaySimulator:
         The loop tests the state because on 3.11 aiomqtt's `wait_for` can swallow the
         cancellation of a publish; the nested task group would then wait for ever.
         """
-        while self._state is _State.OPENED:
+        while self.state is ServiceState.OPENED:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.status_interval_s):
                     await board.dirty.wait()
@@ -663,48 +629,20 @@ class DisplaySimulator:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise RuntimeError(f"simulator is {self._state.value}; it cannot be opened again")
-        self._state = _State.OPENED
-        try:
-            for sign in self._signs.values():
-                await self._listen(sign)
-        except BaseException:
-            for sign in self._signs.values():
-                self._silence(sign)
-            raise
-        tg = asyncio.TaskGroup()
-        await tg.__aenter__()
-        self._tg = tg
+    async def _start(self) -> None:
+        for sign in self._signs.values():
+            await self._listen(sign)
         for board in self._boards.values():
             board.reachable.set()
-            name = f"display_sim[{board.spec.display_id}]"
-            self._tasks.append(tg.create_task(self._board_main(board), name=name))
-        self._tasks.append(tg.create_task(self._ticker(), name="display_sim.ticker"))
-        self._tasks.append(tg.create_task(self._servers_loop(), name="display_sim.servers"))
-        try:
-            async with asyncio.timeout(_READY_TIMEOUT_S):
-                for board in self._boards.values():
-                    await board.ready.wait()
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+            self.spawn(self._board_main(board), f"board[{board.spec.display_id}]")
+        self.spawn(self._ticker(), "ticker")
+        self.spawn(self._servers_loop(), "servers")
+        async with asyncio.timeout(_READY_TIMEOUT_S):
+            for board in self._boards.values():
+                await board.ready.wait()
         log.info("sim_displays_started", boards=len(self._boards), signs=len(self._signs))
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
-        try:
-            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
-        finally:
-            for sign in self._signs.values():
-                self._silence(sign)
-            await asyncio.sleep(0)  # let pymodbus finish its pending request handlers
+    async def _stop(self) -> None:
+        for sign in self._signs.values():
+            self._silence(sign)
+        await asyncio.sleep(0)  # let pymodbus finish its pending request handlers
