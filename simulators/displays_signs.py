@@ -15,7 +15,6 @@ from functools import partial
 
 import structlog
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
@@ -23,6 +22,7 @@ from devices.profiles.displays import VmsProfile, crc16, decode_text
 from devices.protocols.registers import PointValueError, decode, pack_bits
 from edge.clock import Clock
 from edge.net import free_port
+from simulators.modbus import SimServer
 
 log = structlog.get_logger("simulators.displays")
 
@@ -45,12 +45,11 @@ class SimSign:
 class _Sign:
     spec: SimSign
     port: int
+    endpoint: SimServer
     regs: list[int] = field(default_factory=list)
     start: int = 0
     pixel_faults: int = 0
     faults: set[str] = field(default_factory=set)
-    server: ModbusTcpServer | None = None
-    listening: bool = False
     last_request: float = 0.0  # clock time, for the comm-loss fail-safe
 
 
@@ -69,7 +68,7 @@ class SignBank:
             if (s.host, port) in used:
                 raise ValueError(f"{s.display_id}: {s.host}:{port} already used by another sign")
             used.add((s.host, port))
-            self._signs[s.display_id] = _Sign(s, port)
+            self._signs[s.display_id] = _Sign(s, port, SimServer(s.host, port))
         self._reconcile = asyncio.Event()
         self._slot_points = {p.name: p for p in profile.slot.points}
         self._ctl = {p.name: profile.control.base + p.offset for p in profile.control.points}
@@ -135,10 +134,7 @@ class SignBank:
         )
         return SimDevice(sign.spec.unit, simdata=data, action=partial(self._action, sign))
 
-    def _bind(self, sign: _Sign, server: ModbusTcpServer) -> None:
-        core = server.context
-        if not isinstance(core, SimCore):  # pymodbus 3.16 builds a SimCore from SimDevices
-            raise TypeError(f"unexpected pymodbus datastore {type(core).__name__}")
+    def _bind(self, sign: _Sign, core: SimCore) -> None:
         start, _, regs, _ = core.devices[sign.spec.unit].block["x"]
         sign.regs, sign.start = regs, start
         regs[self._ctl["brightness"] - start] = sign.spec.brightness
@@ -235,17 +231,12 @@ class SignBank:
         regs[self._ctl["status"] - s] = pack_bits(status, flags)
 
     async def listen(self, sign: _Sign) -> None:
-        if sign.server is None:
-            sign.server = ModbusTcpServer([self._device(sign)], address=(sign.spec.host, sign.port))
-            self._bind(sign, sign.server)
-        if not await sign.server.listen():
-            raise OSError(f"cannot listen on {sign.spec.host}:{sign.port}")
-        sign.listening = True
+        """Serve the sign (again, after a communication loss)."""
+        await sign.endpoint.listen(lambda: [self._device(sign)], lambda core: self._bind(sign, core))
 
     def silence(self, sign: _Sign) -> None:
-        if sign.server is not None and sign.listening:
-            sign.server.close()  # stops listening and drops the open connections
-            sign.listening = False
+        """Stop serving the sign and drop its connections."""
+        sign.endpoint.silence()
 
     async def servers_loop(self) -> None:
         """Listen again once a sign's communication loss ends."""
@@ -253,5 +244,5 @@ class SignBank:
             await self._reconcile.wait()
             self._reconcile.clear()
             for sign in self._signs.values():
-                if "comm_loss" not in sign.faults and not sign.listening:
+                if "comm_loss" not in sign.faults and not sign.endpoint.listening:
                     await self.listen(sign)

@@ -17,18 +17,18 @@ from typing import Literal
 import structlog
 from pydantic import BaseModel, ConfigDict
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from devices.lighting import ModbusEndpoint
 from devices.profiles.lighting import LampControllerProfile, default_profile
 from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode_into, pack_bits
-from edge.clock import Clock, SimClock, SystemClock
+from edge.clock import Clock
 from edge.events import Value
 from edge.lifecycle import Service
 from edge.net import free_port
-from simulators import fault_topic
+from simulators import fault_topic, parse_faults, sim_clock
+from simulators.modbus import SimServer
 from simulators.mqtt import apply_fault_payload, run_fault_listener
 
 log = structlog.get_logger(__name__)
@@ -115,11 +115,8 @@ class _Controller:
 
 @dataclass(slots=True)
 class _Server:
-    host: str
-    port: int
+    endpoint: SimServer
     controllers: list[_Controller]
-    server: ModbusTcpServer | None = None
-    listening: bool = False
 
 
 class LightingSimulator(Service):
@@ -186,7 +183,7 @@ class LightingSimulator(Service):
             self._lamps[lamp.device_id] = (ctl, ctl.lamps[-1])
         self._controllers[spec.endpoint_id] = ctl
         key = (spec.host, port)
-        srv = self._servers.setdefault(key, _Server(spec.host, port, []))
+        srv = self._servers.setdefault(key, _Server(SimServer(spec.host, port), []))
         if any(c.spec.unit == spec.unit for c in srv.controllers):
             raise ValueError(f"{spec.endpoint_id}: unit {spec.unit} already served on {key}")
         srv.controllers.append(ctl)
@@ -230,11 +227,8 @@ class LightingSimulator(Service):
                 )
         return SimDevice(ctl.spec.unit, simdata=data, action=partial(self._action, ctl))
 
-    def _bind(self, srv: _Server, server: ModbusTcpServer) -> None:
+    def _bind(self, srv: _Server, core: SimCore) -> None:
         """Take the live register lists pymodbus built, to run physics on them in place."""
-        core = server.context
-        if not isinstance(core, SimCore):  # pymodbus 3.16 builds a SimCore from SimDevices
-            raise TypeError(f"unexpected pymodbus datastore {type(core).__name__}")
         runtimes = core.devices
         for ctl in srv.controllers:
             start, _, regs, _ = runtimes[ctl.spec.unit].block["x"]
@@ -376,23 +370,16 @@ class LightingSimulator(Service):
             self._reconcile.clear()
             for srv in self._servers.values():
                 want = not all(c.silent for c in srv.controllers)
-                if want and not srv.listening:
+                if want and not srv.endpoint.listening:
                     await self._listen(srv)
 
     async def _listen(self, srv: _Server) -> None:
-        if srv.server is None:
-            srv.server = ModbusTcpServer(
-                [self._device(c) for c in srv.controllers], address=(srv.host, srv.port)
-            )
-            self._bind(srv, srv.server)
-        if not await srv.server.listen():
-            raise OSError(f"cannot listen on {srv.host}:{srv.port}")
-        srv.listening = True
+        await srv.endpoint.listen(
+            lambda: [self._device(c) for c in srv.controllers], lambda core: self._bind(srv, core)
+        )
 
     def _silence(self, srv: _Server) -> None:
-        if srv.server is not None and srv.listening:
-            srv.server.close()  # stops listening and drops the open connections
-            srv.listening = False
+        srv.endpoint.silence()
 
     async def _start(self) -> None:
         for srv in self._servers.values():
@@ -572,17 +559,8 @@ async def serve_lights(
     or "lc-002:comm_loss". `start` is the clock's epoch start (default: now), so a daemon
     given the same start and speed shares the simulated time.
     """
-    parsed: list[tuple[str, str]] = []
-    for item in faults:
-        target, sep, fault = item.rpartition(":")
-        if not sep or not target or fault not in FAULTS:
-            raise ValueError(f"fault {item!r}: expected target:fault, fault one of {sorted(FAULTS)}")
-        parsed.append((target, fault))
-    clock: Clock = (
-        SystemClock()
-        if clock_speed == 1.0 and start is None
-        else SimClock(start=start if start is not None else SystemClock().now(), speed=clock_speed)
-    )
+    parsed = parse_faults(faults, FAULTS)
+    clock = sim_clock(clock_speed, start)
     specs = demo_controllers(
         controllers, lamps_per_controller, base_port, host=host, unit=unit, watchdog_s=watchdog_s
     )

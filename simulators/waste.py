@@ -22,7 +22,6 @@ import asyncio
 import collections
 import math
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from devices.bins import Bin, load_bins
 from edge.backoff import Backoff
-from edge.clock import Clock, SimClock, SystemClock
+from edge.clock import Clock
 from edge.lifecycle import Service, ServiceState
 from edge.mqtt import BrokerAddress
 from edge.settings import Settings, WasteSettings
-from simulators import fault_topic
+from simulators import fault_topic, sim_clock
 from simulators.mqtt import bulk_client, open_client
 from simulators.waste_bins import PROFILE, SENSOR_FAULTS, FillModel, FormatChoice, Reading, UplinkEncoder
 from simulators.waste_trucks import TRUCK_FAULTS, Status, TruckSim, TruckView, leg
@@ -460,11 +459,7 @@ async def run_waste_simulator(
     if path is None:
         raise ValueError("the site has no [waste] bins inventory (waste.bins)")
     bins = load_bins(path, [z.id for z in settings.waste.zones])
-    clock: Clock = (
-        SystemClock()
-        if speed == 1.0 and start is None
-        else SimClock(start if start is not None else time.time(), speed)
-    )
+    clock = sim_clock(speed, start)
     url = mqtt_url or settings.mqtt.url
     async with WasteSimulator(
         settings.waste,
