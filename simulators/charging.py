@@ -41,7 +41,7 @@ from asyncua.server.server import Server
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
 
-from devices.charging import OpcUaEndpoint, quiet_asyncua, string_node_id
+from devices.charging import OpcUaEndpoint
 from devices.profiles.charging import MIN_CHARGE_CURRENT_A, ChargePointProfile, default_profile
 from edge.clock import Clock
 from edge.events import Value
@@ -50,11 +50,10 @@ from edge.net import free_port
 from simulators import MIN_REAL_TICK_S, parse_faults, sim_clock
 from simulators.charging_physics import ChargingPhysics, FeederEvent, SimChargePoint, SimFeeder, _Cp, _Feeder
 from simulators.charging_site import (
-    APPLICATION_URI,
     ServerSecurity,
     SiteLink,
+    build_server,
     make_test_certificates,
-    trusted_validator,
 )
 from simulators.elaad import SessionSampler, load_curves
 
@@ -162,44 +161,10 @@ class ChargingSimulator(Service):
     # -- address space -------------------------------------------------------------
 
     async def _build(self) -> Server:
-        quiet_asyncua()
-        server = Server()
-        server.disable_clock()  # its 1 s CurrentTime loop would hold every stop() for up to a second
-        await server.init()
-        server.set_server_name("DOS Edge charging simulator")
-        await server.set_application_uri(APPLICATION_URI)
-        server.set_identity_tokens([ua.AnonymousIdentityToken])  # the channel authenticates, not users
-        if self.security is None:
-            server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
-        else:
-            server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-            await server.load_certificate(str(self.security.cert_path))
-            await server.load_private_key(str(self.security.key_path))
-            if self.security.trusted_client_certs:
-                server.set_certificate_validator(trusted_validator(self.security.trusted_client_certs))
-        self._ns = await server.register_namespace(self.profile.namespace)
-        ns = self._ns
-        folder = await server.nodes.objects.add_folder(
-            string_node_id(self.profile.folder, ns), ua.QualifiedName(self.profile.folder, ns)
-        )
+        initial = {cp_id: self._world.values(cp, self.clock.now()) for cp_id, cp in self._cps.items()}
+        server, self._ns, self._nodes, self._routes = await build_server(self.profile, self.security, initial)
         for cp_id, cp in self._cps.items():
-            obj = await folder.add_object(string_node_id(cp_id, ns), ua.QualifiedName(cp_id, ns))
-            nodes: dict[str, ua.NodeId] = {}
-            initial = self._world.values(cp, self.clock.now())
-            for pt in self.profile.points:
-                sid = self.profile.node_id(cp_id, pt.name)
-                value = initial.get(pt.name, pt.type.default)
-                var = await obj.add_variable(
-                    string_node_id(sid, ns),
-                    ua.QualifiedName(pt.name, ns),
-                    ua.Variant(value, getattr(ua.VariantType, pt.type.value)),
-                )
-                if pt.writable:
-                    await var.set_writable()
-                nodes[pt.name] = var.nodeid
-                self._routes[sid] = (cp_id, pt.name)
-                cp.served[pt.name] = value
-            self._nodes[cp_id] = nodes
+            cp.served.update(initial[cp_id])
         server.subscribe_server_callback(CallbackType.PreWrite, self._pre_write)
         server.subscribe_server_callback(CallbackType.PostWrite, self._post_write)
         return server
@@ -417,21 +382,9 @@ class ChargingSimulator(Service):
         `capacity_kwh`: the battery (default: a common size); the car wants to be full,
         so a need close to the capacity means a nearly empty car that tapers late.
         """
-        if phases not in (1, 3):
-            raise ValueError("phases must be 1 or 3")
-        if energy_kwh <= 0:
-            raise ValueError("energy_kwh must be positive")
         cp = self._cps[cp_id]
         now = self.clock.now()
-        car = self._world.new_car(cp, now, energy_kwh, departure_ts, phases)
-        car.reports = reports
-        if capacity_kwh is not None:
-            if capacity_kwh < energy_kwh:
-                raise ValueError("capacity_kwh must hold energy_kwh")
-            car.capacity_kwh = capacity_kwh
-            car.soc0 = 1.0 - energy_kwh / capacity_kwh
-        car.max_a = max(car.max_a, cp.spec.max_current_a) if phases == 3 else car.max_a
-        self._world.plug_in(cp, car, now)
+        car = self._world.force_car(cp, now, energy_kwh, departure_ts, phases, reports, capacity_kwh)
         cp.preparing_until = now + preparing_s
         self._world.step(cp, now, 0.0, self._world.powered(cp, now))
         await self._publish(cp)

@@ -180,6 +180,32 @@ class ChargingPhysics:
             reports=self._rng.random() < _REPORTS_SHARE,
         )
 
+    def force_car(
+        self,
+        cp: _Cp,
+        now: float,
+        energy_kwh: float,
+        departure_ts: float,
+        phases: int,
+        reports: bool,
+        capacity_kwh: float | None,
+    ) -> _Car:
+        """Plug a given car in now (a test's or demo's `arrive`), replacing any car there."""
+        if phases not in (1, 3):
+            raise ValueError("phases must be 1 or 3")
+        if energy_kwh <= 0:
+            raise ValueError("energy_kwh must be positive")
+        car = self.new_car(cp, now, energy_kwh, departure_ts, phases)
+        car.reports = reports
+        if capacity_kwh is not None:
+            if capacity_kwh < energy_kwh:
+                raise ValueError("capacity_kwh must hold energy_kwh")
+            car.capacity_kwh = capacity_kwh
+            car.soc0 = 1.0 - energy_kwh / capacity_kwh
+        car.max_a = max(car.max_a, cp.spec.max_current_a) if phases == 3 else car.max_a
+        self.plug_in(cp, car, now)
+        return car
+
     def plug_in(self, cp: _Cp, car: _Car, now: float) -> None:
         cp.car = car
         cp.session_kwh = 0.0

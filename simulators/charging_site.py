@@ -12,18 +12,23 @@ import asyncio
 import datetime as dt
 import ipaddress
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from asyncua import ua
 from asyncua.common.utils import ServiceError
+from asyncua.server.server import Server
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from devices.charging import quiet_asyncua, string_node_id
+from devices.profiles.charging import ChargePointProfile
+from edge.events import Value
 from edge.tasks import cancel_and_wait
 
 APPLICATION_URI = "urn:dos-edge:simulator:charging"
@@ -126,6 +131,55 @@ def trusted_validator(paths: tuple[Path, ...]) -> Any:
             raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
     return validate
+
+
+async def build_server(
+    profile: ChargePointProfile, security: ServerSecurity | None, initial: Mapping[str, Mapping[str, Value]]
+) -> tuple[Server, int, dict[str, dict[str, ua.NodeId]], dict[str, tuple[str, str]]]:
+    """An asyncua server with one object per charge point, its points set to `initial`.
+
+    Returns the server, the profile's namespace index, the node ids per charge point and
+    point, and the routes (node id string -> (cp_id, point)) the write callbacks look up.
+    A point missing from `initial` starts at its type's default.
+    """
+    quiet_asyncua()
+    server = Server()
+    server.disable_clock()  # its 1 s CurrentTime loop would hold every stop() for up to a second
+    await server.init()
+    server.set_server_name("DOS Edge charging simulator")
+    await server.set_application_uri(APPLICATION_URI)
+    server.set_identity_tokens([ua.AnonymousIdentityToken])  # the channel authenticates, not users
+    if security is None:
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+    else:
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        await server.load_certificate(str(security.cert_path))
+        await server.load_private_key(str(security.key_path))
+        if security.trusted_client_certs:
+            server.set_certificate_validator(trusted_validator(security.trusted_client_certs))
+    ns = await server.register_namespace(profile.namespace)
+    folder = await server.nodes.objects.add_folder(
+        string_node_id(profile.folder, ns), ua.QualifiedName(profile.folder, ns)
+    )
+    all_nodes: dict[str, dict[str, ua.NodeId]] = {}
+    routes: dict[str, tuple[str, str]] = {}
+    for cp_id, values in initial.items():
+        obj = await folder.add_object(string_node_id(cp_id, ns), ua.QualifiedName(cp_id, ns))
+        nodes: dict[str, ua.NodeId] = {}
+        for pt in profile.points:
+            sid = profile.node_id(cp_id, pt.name)
+            value = values.get(pt.name, pt.type.default)
+            var = await obj.add_variable(
+                string_node_id(sid, ns),
+                ua.QualifiedName(pt.name, ns),
+                ua.Variant(value, getattr(ua.VariantType, pt.type.value)),
+            )
+            if pt.writable:
+                await var.set_writable()
+            nodes[pt.name] = var.nodeid
+            routes[sid] = (cp_id, pt.name)
+        all_nodes[cp_id] = nodes
+    return server, ns, all_nodes, routes
 
 
 # -- certificates for tests and demos ---------------------------------------------------

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import partial
 
 import structlog
 from pymodbus.constants import ExcCodes
@@ -22,7 +21,7 @@ from devices.profiles.displays import VmsProfile, crc16, decode_text
 from devices.protocols.registers import PointValueError, decode, pack_bits
 from edge.clock import Clock
 from edge.net import free_port
-from simulators.modbus import SimServer
+from simulators.modbus import Action, SimServer, write_action
 
 log = structlog.get_logger("simulators.displays")
 
@@ -132,7 +131,7 @@ class SignBank:
                 readonly=False,
             )
         )
-        return SimDevice(sign.spec.unit, simdata=data, action=partial(self._action, sign))
+        return SimDevice(sign.spec.unit, simdata=data, action=self._action(sign))
 
     def _bind(self, sign: _Sign, core: SimCore) -> None:
         start, _, regs, _ = core.devices[sign.spec.unit].block["x"]
@@ -165,28 +164,17 @@ class SignBank:
                     return False
         return True
 
-    async def _action(
-        self,
-        sign: _Sign,
-        func_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """Called by pymodbus before each request: validate writes and act on them at once."""
-        sign.last_request = self.clock.now()
-        if set_values is None:
+    def _action(self, sign: _Sign) -> Action:
+        """pymodbus's hook for the sign: note the request, validate writes and act on them at once."""
+
+        def before() -> ExcCodes | None:
+            sign.last_request = self.clock.now()
             return None
-        values = [int(x) for x in set_values]
-        scratch = list(registers)
-        scratch[address - start_address : address - start_address + len(values)] = values
-        if not self._valid_write(address, scratch, start_address, len(values)):
-            return ExcCodes.ILLEGAL_VALUE
-        registers[address - start_address : address - start_address + len(values)] = values
-        self.refresh(sign)
-        return None
+
+        def check(address: int, scratch: list[int], start: int, n: int) -> ExcCodes | None:
+            return None if self._valid_write(address, scratch, start, n) else ExcCodes.ILLEGAL_VALUE
+
+        return write_action(before=before, check=check, after=lambda _a, _n: self.refresh(sign))
 
     def refresh(self, sign: _Sign) -> None:
         """Recompute what the sign shows (expiry, power) and its status registers."""

@@ -10,7 +10,6 @@ import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from types import MappingProxyType
 from typing import Literal
 
@@ -28,7 +27,7 @@ from edge.events import Value
 from edge.lifecycle import Service
 from edge.net import free_port
 from simulators import fault_topic, parse_faults, sim_clock
-from simulators.modbus import SimServer
+from simulators.modbus import Action, SimServer, write_action
 from simulators.mqtt import apply_fault_payload, run_fault_listener
 
 log = structlog.get_logger(__name__)
@@ -225,7 +224,7 @@ class LightingSimulator(Service):
                         readonly=True,
                     )
                 )
-        return SimDevice(ctl.spec.unit, simdata=data, action=partial(self._action, ctl))
+        return SimDevice(ctl.spec.unit, simdata=data, action=self._action(ctl))
 
     def _bind(self, srv: _Server, core: SimCore) -> None:
         """Take the live register lists pymodbus built, to run physics on them in place."""
@@ -243,46 +242,38 @@ class LightingSimulator(Service):
             for lamp in ctl.lamps:
                 self._update_lamp(ctl, lamp, 0.0)
 
-    async def _action(
-        self,
-        ctl: _Controller,
-        func_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """Called by pymodbus before each request: refuse, validate writes, feed the watchdog."""
-        if ctl.silent:
-            return ExcCodes.GATEWAY_NO_RESPONSE  # a silent unit behind a shared gateway port
-        if set_values is None:
-            return None
-        values = [int(v) for v in set_values]
-        # validate every touched point as it would be after the write
-        scratch = list(registers)
-        scratch[address - start_address : address - start_address + len(values)] = values
-        touched: set[int | None] = set()
-        for addr in range(address, address + len(values)):
+    def _action(self, ctl: _Controller) -> Action:
+        """pymodbus's hook for one unit: refuse while silent, validate writes, feed the watchdog."""
+
+        def before() -> ExcCodes | None:
+            # a silent unit behind a shared gateway port
+            return ExcCodes.GATEWAY_NO_RESPONSE if ctl.silent else None
+
+        def after(address: int, n: int) -> None:
+            touched = {loc[0] for addr in range(address, address + n) if (loc := self.profile.locate(addr))}
+            ctl.last_write = self.clock.now()
+            if ctl.failsafe:
+                ctl.failsafe = False
+                log.info("sim_failsafe_cleared", endpoint=ctl.spec.endpoint_id)
+            for lamp in ctl.lamps:  # a controller acts on a command at once, not at the next tick
+                if lamp.spec.index in touched or None in touched:
+                    self._update_lamp(ctl, lamp, 0.0)
+            self._write_controller(ctl)
+
+        return write_action(before=before, check=self._check_write, after=after)
+
+    def _check_write(self, address: int, scratch: list[int], start: int, n: int) -> ExcCodes | None:
+        """Every point a write touches must decode as it would be after the write."""
+        for addr in range(address, address + n):
             loc = self.profile.locate(addr)
             if loc is None:
                 return ExcCodes.ILLEGAL_ADDRESS
             index, pt = loc
             block = self.profile.controller.base if index is None else self.profile.lamp_base(index)
             try:
-                decode(pt, scratch, block + pt.offset - start_address)
+                decode(pt, scratch, block + pt.offset - start)
             except PointValueError:
                 return ExcCodes.ILLEGAL_VALUE
-            touched.add(index)
-        registers[address - start_address : address - start_address + len(values)] = values
-        ctl.last_write = self.clock.now()
-        if ctl.failsafe:
-            ctl.failsafe = False
-            log.info("sim_failsafe_cleared", endpoint=ctl.spec.endpoint_id)
-        for lamp in ctl.lamps:  # a controller acts on a command at once, not at the next tick
-            if lamp.spec.index in touched or None in touched:
-                self._update_lamp(ctl, lamp, 0.0)
-        self._write_controller(ctl)
         return None
 
     def _write_controller(self, ctl: _Controller) -> None:
