@@ -7,9 +7,12 @@ dispatcher sends it (`fleet/{truck}/fault`), the retained state it publishes
 
 SWITCH POINT: when the shared pydantic models land in `devices/profiles/waste.py` (the
 driver and the controller speak them too), replace `StopMessage`/`RouteMessage` below by
-imports of those models and let `state_message`/`event_message` dump the shared state and
-event models; the truck state machine (`simulators.waste_trucks`) and the simulator
-(`simulators.waste`) only call the names defined here.
+imports of those models (the state machine reads only `kind`, `id`, `lat`, `lon`, `window`
+of a stop and `route_id`, `start_ts`, `stops` of a route) and let `state_message` and
+`event_message` validate and dump the shared state and event models instead of
+`orjson.dumps`. The truck state machine (`simulators.waste_trucks`) hands events over as
+(type, fields) pairs with the field names of docs/fleet-protocol.md; the simulator
+(`simulators.waste`) only calls the names defined here.
 """
 
 from __future__ import annotations
