@@ -11,56 +11,41 @@ no broker for the profile's `failsafe_after_s`); it stays blank until new conten
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import Enum
-from functools import partial
-from types import TracebackType
-from typing import Literal, Self
-from urllib.parse import urlsplit
+from typing import Literal
 
-import aiomqtt
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
-from pymodbus.simulator.simcore import SimCore
 
 from devices.displays import SignEndpoint
 from devices.profiles.displays import (
-    BoardStatus,
-    DisplayContent,
     LedBoardProfile,
     VmsProfile,
-    brightness_range,
-    check_content,
-    crc16,
-    decode_text,
     default_led_board_profile,
     default_vms_profile,
-    parse_content_payload,
-    status_payload,
 )
-from devices.protocols.registers import PointValueError, decode, pack_bits
 from edge.clock import Clock
-from edge.decode import Refusal, decode_json
-from edge.decode import decode as decode_payload
-from edge.tasks import close_task_group
-from simulators import fault_topic
-from simulators.lighting import MIN_REAL_TICK_S, free_port
+from edge.lifecycle import Service, ServiceState
+from edge.mqtt import BrokerAddress
+from simulators import MIN_REAL_TICK_S, fault_topic
+from simulators.displays_boards import BOARD_FAULTS, BoardFleet, SimBoard, _Board
+from simulators.displays_signs import SIGN_FAULTS, SignBank, SimSign, _Sign
+from simulators.mqtt import apply_fault_payload, run_fault_listener
+
+__all__ = [
+    "BOARD_FAULTS",
+    "FAULT_TOPIC",
+    "SIGN_FAULTS",
+    "DisplaySimulator",
+    "FaultMessage",
+    "SimBoard",
+    "SimSign",
+]
 
 log = structlog.get_logger(__name__)
 
-BOARD_FAULTS = frozenset({"pixel_fault", "comm_loss", "power_loss"})
-SIGN_FAULTS = BOARD_FAULTS | {"door_open", "comm_fault"}
 FAULT_TOPIC = fault_topic("displays")  # `edge simulate displays` (on its broker)
 _READY_TIMEOUT_S = 10.0
-_MQTT_TIMEOUT_S = 5.0
-_MAX_FAULT_PAYLOAD = 4096
 
 
 class FaultMessage(BaseModel):
@@ -74,68 +59,15 @@ class FaultMessage(BaseModel):
     pixels: int = Field(default=12, ge=0, le=100_000)
 
 
-@dataclass(frozen=True, slots=True)
-class SimBoard:
-    """One MQTT LED guidance board."""
-
-    display_id: str
-    brightness: int = 80
-
-
-@dataclass(frozen=True, slots=True)
-class SimSign:
-    """One Modbus variable message sign; port 0 picks a free port (see `sign_endpoints`)."""
-
-    display_id: str
-    host: str = "127.0.0.1"
-    port: int = 0
-    unit: int = 1
-    brightness: int = 80
-    failsafe_after_s: int = 300  # blank after this long without a request; 0: never
-
-
-@dataclass(slots=True)
-class _Board:
-    spec: SimBoard
-    brightness: int
-    content: DisplayContent | None = None  # what it shows; None: blank
-    pixel_faults: int = 0
-    faults: set[str] = field(default_factory=set)
-    reachable: asyncio.Event = field(default_factory=asyncio.Event)
-    lost: asyncio.Event = field(default_factory=asyncio.Event)
-    dirty: asyncio.Event = field(default_factory=asyncio.Event)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    sessions: int = 0
-    lost_since: float | None = None  # clock time the broker connection was lost
-    failsafe: bool = False  # blanked on comm loss: retained content is not new content
-
-
-@dataclass(slots=True)
-class _Sign:
-    spec: SimSign
-    port: int
-    regs: list[int] = field(default_factory=list)
-    start: int = 0
-    pixel_faults: int = 0
-    faults: set[str] = field(default_factory=set)
-    server: ModbusTcpServer | None = None
-    listening: bool = False
-    last_request: float = 0.0  # clock time, for the comm-loss fail-safe
-
-
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class DisplaySimulator:
+class DisplaySimulator(Service):
     """Runs boards (one aiomqtt client each, on `mqtt_url`) and signs until the context exits.
 
     `status_interval_s` overrides the board profile's status period (real seconds);
     expiry is checked every `tick_s` clock seconds (at least MIN_REAL_TICK_S real seconds apart).
     Entering waits until every board has subscribed and published its first status.
     """
+
+    service_name = "display_sim"
 
     def __init__(
         self,
@@ -151,41 +83,36 @@ class DisplaySimulator:
     ) -> None:
         if boards and mqtt_url is None:
             raise ValueError("boards need an mqtt_url")
+        super().__init__()
         self.clock = clock
         self.board_profile = board_profile or default_led_board_profile()
         self.vms_profile = vms_profile or default_vms_profile()
         self.status_interval_s = status_interval_s or self.board_profile.status_interval_s
         self.tick_s = tick_s
-        self._url = mqtt_url or ""
         self._boards: dict[str, _Board] = {}
-        self._signs: dict[str, _Sign] = {}
+        seen: set[str] = set()
+        for display_id in [*(b.display_id for b in boards), *(s.display_id for s in signs)]:
+            self._check_new(display_id, seen)
         for b in boards:
-            self._check_new(b.display_id)
             self._boards[b.display_id] = _Board(b, b.brightness)
-        used: set[tuple[str, int]] = set()
-        for s in signs:
-            self._check_new(s.display_id)
-            port = s.port
-            while not port or (s.port == 0 and (s.host, port) in used):
-                port = free_port(s.host)
-            if (s.host, port) in used:
-                raise ValueError(f"{s.display_id}: {s.host}:{port} already used by another sign")
-            used.add((s.host, port))
-            self._signs[s.display_id] = _Sign(s, port)
-        self._state = _State.UNOPENED
-        self._tg: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._reconcile = asyncio.Event()
-        self._token = uuid.uuid4().hex[:8]
-        v = self.vms_profile
-        self._slot_points = {p.name: p for p in v.slot.points}
-        self._ctl = {p.name: v.control.base + p.offset for p in v.control.points}
+        address = BrokerAddress.parse(mqtt_url) if mqtt_url else None
+        self._fleet = BoardFleet(
+            clock,
+            self.board_profile,
+            address,
+            self.status_interval_s,
+            lambda: self.state is ServiceState.OPENED,
+        )
+        self._bank = SignBank(clock, self.vms_profile, signs)
+        self._signs = self._bank.signs
 
-    def _check_new(self, display_id: str) -> None:
-        if display_id in self._boards or display_id in self._signs:
+    @staticmethod
+    def _check_new(display_id: str, seen: set[str]) -> None:
+        if display_id in seen:
             raise ValueError(f"duplicate display id {display_id!r}")
         if not display_id or any(c in display_id for c in "/+#"):
             raise ValueError(f"display id {display_id!r} cannot be part of a topic")
+        seen.add(display_id)
 
     # -- views -------------------------------------------------------------------
 
@@ -193,41 +120,29 @@ class DisplaySimulator:
         """The text the display shows now ("" when blank or dark)."""
         board = self._boards.get(display_id)
         if board is not None:
-            return "" if board.content is None or "power_loss" in board.faults else board.content.text
-        sign = self._sign(display_id)
-        slot = self._reg(sign, "active_slot")
-        if not slot or "power_loss" in sign.faults or not sign.regs:
-            return ""
-        v = self.vms_profile
-        return decode_text(v, sign.regs, v.slot_base(slot) + v.text_offset - sign.start)
+            return board.shown
+        return self._bank.shown(self._sign(display_id))
 
     def message_id(self, display_id: str) -> int:
         """Id of the message shown (0: blank)."""
         board = self._boards.get(display_id)
         if board is not None:
-            return 0 if board.content is None or "power_loss" in board.faults else board.content.message_id
-        sign = self._sign(display_id)
-        return self._reg(sign, "shown_message_id", 2)
+            return board.message_id
+        return self._bank.reg(self._sign(display_id), "shown_message_id", 2)
 
     def arrow(self, display_id: str) -> str:
         """Arrow shown ("none" when blank)."""
         board = self._boards.get(display_id)
         if board is not None:
-            return "none" if board.content is None or not self.shown(display_id) else board.content.arrow
-        sign = self._sign(display_id)
-        slot = self._reg(sign, "active_slot")
-        if not slot or "power_loss" in sign.faults:
-            return "none"
-        code = sign.regs[self.vms_profile.slot_base(slot) + self._slot_points["arrow"].offset - sign.start]
-        arrows = self.vms_profile.text.arrows
-        return arrows[code] if code < len(arrows) else "none"
+            return board.arrow
+        return self._bank.arrow(self._sign(display_id))
 
     def brightness(self, display_id: str) -> int:
         """Brightness in % the display is set to."""
         board = self._boards.get(display_id)
         if board is not None:
             return board.brightness
-        return self._reg(self._sign(display_id), "brightness")
+        return self._bank.reg(self._sign(display_id), "brightness")
 
     def faults(self, display_id: str) -> frozenset[str]:
         """Active faults of a display."""
@@ -254,12 +169,6 @@ class DisplaySimulator:
         except KeyError:
             raise KeyError(f"unknown display {display_id!r}") from None
 
-    def _reg(self, sign: _Sign, point: str, count: int = 1) -> int:
-        if not sign.regs:
-            return 0
-        i = self._ctl[point] - sign.start
-        return sign.regs[i] if count == 1 else sign.regs[i] << 16 | sign.regs[i + 1]
-
     # -- faults ------------------------------------------------------------------
 
     def inject(self, display_id: str, fault: str, *, pixels: int = 12) -> None:
@@ -284,362 +193,26 @@ class DisplaySimulator:
         else:
             faults.discard(fault)
         if board is not None:
-            if fault == "pixel_fault":
-                board.pixel_faults = pixels if active else 0
-            if faults & {"comm_loss", "power_loss"}:
-                if board.lost_since is None:
-                    board.lost_since = self.clock.now()
-                board.reachable.clear()
-                board.lost.set()
-            else:
-                board.lost.clear()
-                board.reachable.set()
-            board.dirty.set()
+            self._fleet.fault(board, fault, active=active, pixels=pixels)
         else:
-            sign = self._signs[display_id]
-            if fault == "pixel_fault":
-                sign.pixel_faults = pixels if active else 0
-            if fault == "comm_loss":
-                if active:
-                    self._silence(sign)
-                self._reconcile.set()
-            self._refresh_sign(sign)
+            self._bank.fault(self._signs[display_id], fault, active=active, pixels=pixels)
         log.info("sim_display_fault", display_id=display_id, fault=fault, active=active)
 
     # -- MQTT fault injection ------------------------------------------------------
 
     def apply_fault_payload(self, payload: bytes | str) -> bool:
         """Apply one JSON fault message; a bad one is refused with a log line, never raised."""
-        if len(payload) > _MAX_FAULT_PAYLOAD:
-            log.warning("sim_fault_refused", reason="oversized", size=len(payload))
-            return False
-        msg = decode_payload(payload, FaultMessage, max_bytes=_MAX_FAULT_PAYLOAD, max_depth=4)
-        if isinstance(msg, Refusal):
-            log.warning("sim_fault_refused", reason=str(msg).splitlines()[0][:200])
-            return False
-        try:
-            self._fault(msg.target, msg.fault, active=msg.active, pixels=msg.pixels if msg.active else 0)
-        except ValueError as exc:
-            log.warning("sim_fault_refused", reason=str(exc).splitlines()[0])
-            return False
-        return True
+        return apply_fault_payload(
+            payload,
+            FaultMessage,
+            lambda m: self._fault(m.target, m.fault, active=m.active, pixels=m.pixels if m.active else 0),
+        )
 
     async def run_mqtt_faults(self, url: str, topic: str = FAULT_TOPIC) -> None:
         """Take fault injections from MQTT until cancelled; reconnects with jittered backoff."""
-        parts = urlsplit(url)
-        host, port = parts.hostname or "localhost", parts.port or 1883
-        attempt = 0
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    host, port, username=parts.username, password=parts.password, timeout=_MQTT_TIMEOUT_S
-                ) as client:
-                    await client.subscribe(topic, qos=1, timeout=_MQTT_TIMEOUT_S)
-                    attempt = 0
-                    async for message in client.messages:
-                        if isinstance(message.payload, bytes | str):
-                            self.apply_fault_payload(message.payload)
-            except aiomqtt.MqttError as exc:
-                if attempt == 0:
-                    log.warning("sim_fault_mqtt_down", host=host, port=port, error=str(exc))
-                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
-                attempt = min(attempt + 1, 10)
-                await asyncio.sleep(delay)
+        await run_fault_listener(url, topic, self.apply_fault_payload, name="displays")
 
-    # -- boards ------------------------------------------------------------------
-
-    def _status(self, board: _Board) -> BoardStatus:
-        return BoardStatus(
-            online=True,
-            brightness=board.brightness,
-            pixel_faults=board.pixel_faults,
-            message_id=self.message_id(board.spec.display_id),
-            text=self.shown(board.spec.display_id),
-            arrow=self.arrow(board.spec.display_id),
-            ts=self.clock.now(),
-        )
-
-    def _client(self, board: _Board) -> aiomqtt.Client:
-        parts = urlsplit(self._url)
-        p = self.board_profile
-        will = aiomqtt.Will(
-            p.topic(p.status_topic, board.spec.display_id),
-            status_payload(p, BoardStatus(online=False)),
-            qos=p.qos,
-            retain=p.retain,
-        )
-        return aiomqtt.Client(
-            parts.hostname or "localhost",
-            parts.port or 1883,
-            username=parts.username,
-            password=parts.password,
-            identifier=f"sim-display-{board.spec.display_id}-{self._token}",
-            will=will,
-            timeout=_MQTT_TIMEOUT_S,
-        )
-
-    async def _board_main(self, board: _Board) -> None:
-        """Connect while reachable; reconnect after a broker outage with jittered backoff."""
-        attempt = 0
-        while self._state is _State.OPENED:
-            await board.reachable.wait()
-            try:
-                await self._board_session(board)
-                attempt = 0
-            except* (aiomqtt.MqttError, TimeoutError) as group:
-                if board.lost_since is None:
-                    board.lost_since = self.clock.now()
-                if attempt == 0:
-                    log.warning(
-                        "sim_display_mqtt_down",
-                        display_id=board.spec.display_id,
-                        error=str(group.exceptions[0]),
-                    )
-                delay = random.uniform(0, min(5.0, 0.1 * 2**attempt))
-                attempt = min(attempt + 1, 10)
-                await asyncio.sleep(delay)
-
-    async def _board_session(self, board: _Board) -> None:
-        p = self.board_profile
-        did = board.spec.display_id
-        async with self._client(board) as client:
-            board.sessions += 1
-            board.lost_since = None
-            await client.subscribe(
-                [(p.topic(p.content_topic, did), p.qos), (p.topic(p.brightness_topic, did), p.qos)],
-                timeout=_MQTT_TIMEOUT_S,
-            )
-            await self._publish_status(client, board)
-            board.ready.set()
-            async with asyncio.TaskGroup() as tg:
-                reader = tg.create_task(self._board_read(client, board), name=f"display_sim[{did}].read")
-                ticker = tg.create_task(self._board_status(client, board), name=f"display_sim[{did}].status")
-                await board.lost.wait()
-                reader.cancel()
-                ticker.cancel()
-        log.info("sim_display_board_offline", display_id=did)
-
-    async def _publish_status(self, client: aiomqtt.Client, board: _Board) -> None:
-        p = self.board_profile
-        await client.publish(
-            p.topic(p.status_topic, board.spec.display_id),
-            status_payload(p, self._status(board)),
-            qos=p.qos,
-            retain=p.retain,
-            timeout=_MQTT_TIMEOUT_S,
-        )
-
-    async def _board_status(self, client: aiomqtt.Client, board: _Board) -> None:
-        """Publish status on every change and every status period.
-
-        The loop tests the state because on 3.11 aiomqtt's `wait_for` can swallow the
-        cancellation of a publish; the nested task group would then wait for ever.
-        """
-        while self._state is _State.OPENED:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.status_interval_s):
-                    await board.dirty.wait()
-            board.dirty.clear()
-            await self._publish_status(client, board)
-
-    async def _board_read(self, client: aiomqtt.Client, board: _Board) -> None:
-        p = self.board_profile
-        did = board.spec.display_id
-        content_topic = p.topic(p.content_topic, did)
-        brightness_topic = p.topic(p.brightness_topic, did)
-        async for message in client.messages:
-            payload = message.payload
-            if not isinstance(payload, bytes | str):
-                continue
-            try:  # one bad message must not end the board's session
-                if message.topic.matches(content_topic):
-                    self._board_content(board, payload, retained=bool(message.retain))
-                elif message.topic.matches(brightness_topic):
-                    self._board_brightness(board, payload)
-                else:
-                    continue
-            except Exception:
-                log.exception("sim_display_message_failed", display_id=did)
-                continue
-            board.dirty.set()
-
-    def _board_content(self, board: _Board, payload: bytes | str, *, retained: bool) -> None:
-        if retained and board.failsafe:
-            return  # blanked on comm loss: stays blank until the controller sends anew
-        if not payload:  # a cleared retained message
-            board.content = None
-            return
-        try:
-            content = parse_content_payload(self.board_profile, payload)
-            check_content(self.board_profile, content, self.clock.now())
-        except PointValueError as exc:
-            # a real board ignores what it cannot show; its status keeps the old message id
-            log.warning("sim_display_content_refused", display_id=board.spec.display_id, error=str(exc))
-            return
-        board.content = content  # no lines: a blank message that still echoes its id
-        board.failsafe = False
-        if content.brightness is not None:
-            board.brightness = content.brightness
-
-    def _board_brightness(self, board: _Board, payload: bytes | str) -> None:
-        lo, hi = brightness_range(self.board_profile)
-        raw = decode_json(payload, max_bytes=1024, max_depth=2)
-        try:
-            value = None if isinstance(raw, Refusal) else raw[self.board_profile.content_keys["brightness"]]
-        except (TypeError, KeyError):
-            value = None
-        if value is None:
-            log.warning("sim_display_brightness_refused", display_id=board.spec.display_id)
-            return
-        if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
-            board.brightness = value
-
-    # -- signs -------------------------------------------------------------------
-
-    def _device(self, sign: _Sign) -> SimDevice:
-        v = self.vms_profile
-        data = [
-            SimData(
-                v.control.base + pt.offset,
-                values=[0] * pt.count,
-                datatype=DataType.REGISTERS,
-                readonly=not pt.writable,
-            )
-            for pt in v.control.points
-        ]
-        # slots are writable whole (points, text, padding): the action validates what is written
-        data.append(
-            SimData(
-                v.slot.base,
-                values=[0] * (v.slot_count * v.slot_stride),
-                datatype=DataType.REGISTERS,
-                readonly=False,
-            )
-        )
-        return SimDevice(sign.spec.unit, simdata=data, action=partial(self._action, sign))
-
-    def _bind(self, sign: _Sign, server: ModbusTcpServer) -> None:
-        core = server.context
-        if not isinstance(core, SimCore):  # pymodbus 3.16 builds a SimCore from SimDevices
-            raise TypeError(f"unexpected pymodbus datastore {type(core).__name__}")
-        start, _, regs, _ = core.devices[sign.spec.unit].block["x"]
-        sign.regs, sign.start = regs, start
-        regs[self._ctl["brightness"] - start] = sign.spec.brightness
-        if "failsafe_after_s" in self._ctl:
-            regs[self._ctl["failsafe_after_s"] - start] = sign.spec.failsafe_after_s
-        sign.last_request = self.clock.now()
-        self._refresh_sign(sign)
-
-    def _valid_write(self, address: int, scratch: list[int], start: int, n: int) -> bool:
-        """Whether the registers written at `address` hold values the sign accepts."""
-        v = self.vms_profile
-        for addr in range(address, address + n):
-            if v.control.base <= addr < v.control.base + v.control.span:
-                continue  # control points are checked as whole points below
-            if not v.slot.base <= addr < v.register_end:
-                return False
-            off = (addr - v.slot.base) % v.slot_stride
-            if v.text_offset <= off < v.slot_span:
-                reg = scratch[addr - start]
-                if any(b and not 0x20 <= b <= 0x7E for b in (reg >> 8, reg & 0xFF)):
-                    return False
-        for pt in v.control.points:
-            a = v.control.base + pt.offset
-            if a < address + n and address < a + pt.count:
-                try:
-                    decode(pt, scratch, a - start)
-                except PointValueError:
-                    return False
-        return True
-
-    async def _action(
-        self,
-        sign: _Sign,
-        func_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """Called by pymodbus before each request: validate writes and act on them at once."""
-        sign.last_request = self.clock.now()
-        if set_values is None:
-            return None
-        values = [int(x) for x in set_values]
-        scratch = list(registers)
-        scratch[address - start_address : address - start_address + len(values)] = values
-        if not self._valid_write(address, scratch, start_address, len(values)):
-            return ExcCodes.ILLEGAL_VALUE
-        registers[address - start_address : address - start_address + len(values)] = values
-        self._refresh_sign(sign)
-        return None
-
-    def _refresh_sign(self, sign: _Sign) -> None:
-        """Recompute what the sign shows (expiry, power) and its status registers."""
-        if not sign.regs:
-            return
-        v, regs, s = self.vms_profile, sign.regs, sign.start
-        active_at = self._ctl["active_slot"] - s
-        slot = regs[active_at]
-        if slot:
-            base = v.slot_base(slot) - s
-            expires_at = decode(
-                self._slot_points["expires_at"], regs, base + self._slot_points["expires_at"].offset
-            )
-            now = self.clock.now()
-            failsafe_at = self._ctl.get("failsafe_after_s")
-            failsafe_after = 0 if failsafe_at is None else regs[failsafe_at - s]
-            if expires_at and now >= expires_at:
-                regs[active_at] = slot = 0
-                log.info("sim_display_expired", display_id=sign.spec.display_id)
-            elif failsafe_after and now - sign.last_request >= failsafe_after:
-                regs[active_at] = slot = 0
-                log.info("sim_display_failsafe", display_id=sign.spec.display_id, after_s=failsafe_after)
-        dark = "power_loss" in sign.faults
-        if slot and not dark:
-            base = v.slot_base(slot) - s
-            mp = self._slot_points["message_id"]
-            message_id = regs[base + mp.offset] << 16 | regs[base + mp.offset + 1]
-            text = decode_text(v, regs, base + v.text_offset)
-        else:
-            message_id, text = 0, ""
-        shown = self._ctl["shown_message_id"] - s
-        regs[shown : shown + 2] = [message_id >> 16, message_id & 0xFFFF]
-        regs[self._ctl["shown_crc"] - s] = crc16(text)
-        regs[self._ctl["pixel_faults"] - s] = sign.pixel_faults
-        status = v.control.point("status")
-        flags = {
-            "pixel_fault": sign.pixel_faults > 0,
-            "power_loss": dark,
-            "door_open": "door_open" in sign.faults,
-            "comm_fault": "comm_fault" in sign.faults,
-        }
-        regs[self._ctl["status"] - s] = pack_bits(status, flags)
-
-    async def _listen(self, sign: _Sign) -> None:
-        if sign.server is None:
-            sign.server = ModbusTcpServer([self._device(sign)], address=(sign.spec.host, sign.port))
-            self._bind(sign, sign.server)
-        if not await sign.server.listen():
-            raise OSError(f"cannot listen on {sign.spec.host}:{sign.port}")
-        sign.listening = True
-
-    def _silence(self, sign: _Sign) -> None:
-        if sign.server is not None and sign.listening:
-            sign.server.close()  # stops listening and drops the open connections
-            sign.listening = False
-
-    async def _servers_loop(self) -> None:
-        """Listen again once a sign's communication loss ends."""
-        while True:
-            await self._reconcile.wait()
-            self._reconcile.clear()
-            for sign in self._signs.values():
-                if "comm_loss" not in sign.faults and not sign.listening:
-                    await self._listen(sign)
-
-    # -- time --------------------------------------------------------------------
+    # -- time and lifecycle --------------------------------------------------------
 
     async def _ticker(self) -> None:
         """Blank expired messages on the device side."""
@@ -647,64 +220,24 @@ class DisplaySimulator:
             await self.clock.sleep(max(self.tick_s, MIN_REAL_TICK_S * self.clock.speed))
             now = self.clock.now()
             for sign in self._signs.values():
-                self._refresh_sign(sign)
-            after = self.board_profile.failsafe_after_s
+                self._bank.refresh(sign)
             for board in self._boards.values():
-                c = board.content
-                if c is not None and c.expires_at is not None and now >= c.expires_at:
-                    board.content = None
-                    board.dirty.set()
-                    log.info("sim_display_expired", display_id=board.spec.display_id)
-                lost = board.lost_since
-                if board.content is not None and after and lost is not None and now - lost >= after:
-                    board.content = None
-                    board.failsafe = True
-                    log.info("sim_display_failsafe", display_id=board.spec.display_id, after_s=after)
+                self._fleet.tick(board, now)
 
-    # -- lifecycle ---------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise RuntimeError(f"simulator is {self._state.value}; it cannot be opened again")
-        self._state = _State.OPENED
-        try:
-            for sign in self._signs.values():
-                await self._listen(sign)
-        except BaseException:
-            for sign in self._signs.values():
-                self._silence(sign)
-            raise
-        tg = asyncio.TaskGroup()
-        await tg.__aenter__()
-        self._tg = tg
+    async def _start(self) -> None:
+        for sign in self._signs.values():
+            await self._bank.listen(sign)
         for board in self._boards.values():
             board.reachable.set()
-            name = f"display_sim[{board.spec.display_id}]"
-            self._tasks.append(tg.create_task(self._board_main(board), name=name))
-        self._tasks.append(tg.create_task(self._ticker(), name="display_sim.ticker"))
-        self._tasks.append(tg.create_task(self._servers_loop(), name="display_sim.servers"))
-        try:
-            async with asyncio.timeout(_READY_TIMEOUT_S):
-                for board in self._boards.values():
-                    await board.ready.wait()
-        except BaseException as exc:
-            await self.__aexit__(type(exc), exc, exc.__traceback__)
-            raise
+            self.spawn(self._fleet.run(board), f"board[{board.spec.display_id}]")
+        self.spawn(self._ticker(), "ticker")
+        self.spawn(self._bank.servers_loop(), "servers")
+        async with asyncio.timeout(_READY_TIMEOUT_S):
+            for board in self._boards.values():
+                await board.ready.wait()
         log.info("sim_displays_started", boards=len(self._boards), signs=len(self._signs))
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
-        try:
-            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
-        finally:
-            for sign in self._signs.values():
-                self._silence(sign)
-            await asyncio.sleep(0)  # let pymodbus finish its pending request handlers
+    async def _stop(self) -> None:
+        for sign in self._signs.values():
+            self._bank.silence(sign)
+        await asyncio.sleep(0)  # let pymodbus finish its pending request handlers

@@ -10,37 +10,31 @@ import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
-from functools import partial
-from types import MappingProxyType, TracebackType
-from typing import Literal, Self
-from urllib.parse import urlsplit
+from types import MappingProxyType
+from typing import Literal
 
-import aiomqtt
 import structlog
 from pydantic import BaseModel, ConfigDict
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from devices.lighting import ModbusEndpoint
 from devices.profiles.lighting import LampControllerProfile, default_profile
 from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode_into, pack_bits
-from edge.clock import Clock, SimClock, SystemClock
-from edge.decode import Refusal
-from edge.decode import decode as decode_payload
+from edge.clock import Clock
 from edge.events import Value
-from edge.net import free_port as free_port  # noqa: PLC0414 - re-exported for simulators.displays
-from edge.tasks import close_task_group
-from simulators import fault_topic
+from edge.lifecycle import Service
+from edge.net import free_port
+from simulators import fault_topic, parse_faults, sim_clock
+from simulators.modbus import Action, SimServer, write_action
+from simulators.mqtt import apply_fault_payload, run_fault_listener
 
 log = structlog.get_logger(__name__)
 
 LAMP_FAULTS = frozenset({"lamp_failure", "driver_failure", "power_high", "power_low", "comm_loss"})
 CONTROLLER_FAULTS = frozenset({"comm_loss", "power_loss"})
 FAULTS = LAMP_FAULTS | CONTROLLER_FAULTS
-MIN_REAL_TICK_S = 0.05  # physics never ticks faster than this in real time, whatever the clock speed
 # Lamp physics: 500 lamps x 4 encoded points per tick cost a fifth of a core at 20 Hz. The
 # daemon polls once a real second, so five ticks per poll show it every change; energy
 # and hours integrate over dt, so the totals do not depend on the tick.
@@ -48,7 +42,6 @@ LAMP_REAL_TICK_S = 0.2
 _NOISE = 0.01  # relative standard deviation of measured power
 _POWER_HIGH = 1.4  # factor a power-high fault puts on the draw (e.g. a failing driver)
 _POWER_LOW = 0.6  # factor for power-low (e.g. LED strings open)
-_MAX_FAULT_PAYLOAD = 4096
 FAULT_TOPIC = fault_topic("lights")  # `edge simulate lights --mqtt URL`
 
 
@@ -121,25 +114,18 @@ class _Controller:
 
 @dataclass(slots=True)
 class _Server:
-    host: str
-    port: int
+    endpoint: SimServer
     controllers: list[_Controller]
-    server: ModbusTcpServer | None = None
-    listening: bool = False
 
 
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
-class LightingSimulator:
+class LightingSimulator(Service):
     """Serves every controller on its host:port until the context exits.
 
     Physics runs every `tick_s` clock seconds (at least MIN_REAL_TICK_S real seconds
     apart, so a 100x clock still works); energy and hours integrate over clock time.
     """
+
+    service_name = "lighting_sim"
 
     def __init__(
         self,
@@ -149,6 +135,7 @@ class LightingSimulator:
         tick_s: float = 1.0,
         seed: int = 0,
     ) -> None:
+        super().__init__()
         self.profile = profile or default_profile()
         self.clock = clock
         self.tick_s = tick_s
@@ -165,9 +152,6 @@ class LightingSimulator:
         now = clock.now()
         for spec in controllers:
             self._add(spec, now)
-        self._state = _State.UNOPENED
-        self._tg: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._reconcile = asyncio.Event()
 
     def _add(self, spec: SimController, now: float) -> None:
@@ -198,7 +182,7 @@ class LightingSimulator:
             self._lamps[lamp.device_id] = (ctl, ctl.lamps[-1])
         self._controllers[spec.endpoint_id] = ctl
         key = (spec.host, port)
-        srv = self._servers.setdefault(key, _Server(spec.host, port, []))
+        srv = self._servers.setdefault(key, _Server(SimServer(spec.host, port), []))
         if any(c.spec.unit == spec.unit for c in srv.controllers):
             raise ValueError(f"{spec.endpoint_id}: unit {spec.unit} already served on {key}")
         srv.controllers.append(ctl)
@@ -240,13 +224,10 @@ class LightingSimulator:
                         readonly=True,
                     )
                 )
-        return SimDevice(ctl.spec.unit, simdata=data, action=partial(self._action, ctl))
+        return SimDevice(ctl.spec.unit, simdata=data, action=self._action(ctl))
 
-    def _bind(self, srv: _Server, server: ModbusTcpServer) -> None:
+    def _bind(self, srv: _Server, core: SimCore) -> None:
         """Take the live register lists pymodbus built, to run physics on them in place."""
-        core = server.context
-        if not isinstance(core, SimCore):  # pymodbus 3.16 builds a SimCore from SimDevices
-            raise TypeError(f"unexpected pymodbus datastore {type(core).__name__}")
         runtimes = core.devices
         for ctl in srv.controllers:
             start, _, regs, _ = runtimes[ctl.spec.unit].block["x"]
@@ -261,46 +242,38 @@ class LightingSimulator:
             for lamp in ctl.lamps:
                 self._update_lamp(ctl, lamp, 0.0)
 
-    async def _action(
-        self,
-        ctl: _Controller,
-        func_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        """Called by pymodbus before each request: refuse, validate writes, feed the watchdog."""
-        if ctl.silent:
-            return ExcCodes.GATEWAY_NO_RESPONSE  # a silent unit behind a shared gateway port
-        if set_values is None:
-            return None
-        values = [int(v) for v in set_values]
-        # validate every touched point as it would be after the write
-        scratch = list(registers)
-        scratch[address - start_address : address - start_address + len(values)] = values
-        touched: set[int | None] = set()
-        for addr in range(address, address + len(values)):
+    def _action(self, ctl: _Controller) -> Action:
+        """pymodbus's hook for one unit: refuse while silent, validate writes, feed the watchdog."""
+
+        def before() -> ExcCodes | None:
+            # a silent unit behind a shared gateway port
+            return ExcCodes.GATEWAY_NO_RESPONSE if ctl.silent else None
+
+        def after(address: int, n: int) -> None:
+            touched = {loc[0] for addr in range(address, address + n) if (loc := self.profile.locate(addr))}
+            ctl.last_write = self.clock.now()
+            if ctl.failsafe:
+                ctl.failsafe = False
+                log.info("sim_failsafe_cleared", endpoint=ctl.spec.endpoint_id)
+            for lamp in ctl.lamps:  # a controller acts on a command at once, not at the next tick
+                if lamp.spec.index in touched or None in touched:
+                    self._update_lamp(ctl, lamp, 0.0)
+            self._write_controller(ctl)
+
+        return write_action(before=before, check=self._check_write, after=after)
+
+    def _check_write(self, address: int, scratch: list[int], start: int, n: int) -> ExcCodes | None:
+        """Every point a write touches must decode as it would be after the write."""
+        for addr in range(address, address + n):
             loc = self.profile.locate(addr)
             if loc is None:
                 return ExcCodes.ILLEGAL_ADDRESS
             index, pt = loc
             block = self.profile.controller.base if index is None else self.profile.lamp_base(index)
             try:
-                decode(pt, scratch, block + pt.offset - start_address)
+                decode(pt, scratch, block + pt.offset - start)
             except PointValueError:
                 return ExcCodes.ILLEGAL_VALUE
-            touched.add(index)
-        registers[address - start_address : address - start_address + len(values)] = values
-        ctl.last_write = self.clock.now()
-        if ctl.failsafe:
-            ctl.failsafe = False
-            log.info("sim_failsafe_cleared", endpoint=ctl.spec.endpoint_id)
-        for lamp in ctl.lamps:  # a controller acts on a command at once, not at the next tick
-            if lamp.spec.index in touched or None in touched:
-                self._update_lamp(ctl, lamp, 0.0)
-        self._write_controller(ctl)
         return None
 
     def _write_controller(self, ctl: _Controller) -> None:
@@ -388,61 +361,33 @@ class LightingSimulator:
             self._reconcile.clear()
             for srv in self._servers.values():
                 want = not all(c.silent for c in srv.controllers)
-                if want and not srv.listening:
+                if want and not srv.endpoint.listening:
                     await self._listen(srv)
 
     async def _listen(self, srv: _Server) -> None:
-        if srv.server is None:
-            srv.server = ModbusTcpServer(
-                [self._device(c) for c in srv.controllers], address=(srv.host, srv.port)
-            )
-            self._bind(srv, srv.server)
-        if not await srv.server.listen():
-            raise OSError(f"cannot listen on {srv.host}:{srv.port}")
-        srv.listening = True
+        await srv.endpoint.listen(
+            lambda: [self._device(c) for c in srv.controllers], lambda core: self._bind(srv, core)
+        )
 
     def _silence(self, srv: _Server) -> None:
-        if srv.server is not None and srv.listening:
-            srv.server.close()  # stops listening and drops the open connections
-            srv.listening = False
+        srv.endpoint.silence()
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise RuntimeError(f"simulator is {self._state.value}; it cannot be opened again")
-        self._state = _State.OPENED
-        try:
-            for srv in self._servers.values():
-                await self._listen(srv)
-        except BaseException:
-            for srv in self._servers.values():
-                self._silence(srv)
-            raise
-        tg = asyncio.TaskGroup()
-        await tg.__aenter__()
-        self._tg = tg
-        self._tasks.append(tg.create_task(self._physics(), name="lighting_sim.physics"))
-        self._tasks.append(tg.create_task(self._servers_loop(), name="lighting_sim.servers"))
+    async def _start(self) -> None:
+        for srv in self._servers.values():
+            await self._listen(srv)
+        self.spawn(self._physics(), "physics")
+        self.spawn(self._servers_loop(), "servers")
         log.info(
             "sim_lighting_started",
             controllers=len(self._controllers),
             lamps=len(self._lamps),
             servers=len(self._servers),
         )
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._state = _State.CLOSED
-        try:
-            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
-        finally:
-            for srv in self._servers.values():
-                self._silence(srv)
-            await asyncio.sleep(0)  # let pymodbus finish its pending request handlers
+    async def _stop(self) -> None:
+        for srv in self._servers.values():
+            self._silence(srv)
+        await asyncio.sleep(0)  # let pymodbus finish its pending request handlers
 
     # -- faults and views --------------------------------------------------------
 
@@ -550,49 +495,13 @@ class LightingSimulator:
 
     def apply_fault_payload(self, payload: bytes | str) -> bool:
         """Apply one JSON fault message; a bad one is refused with a log line, never raised."""
-        if len(payload) > _MAX_FAULT_PAYLOAD:
-            log.warning("sim_fault_refused", reason="oversized", size=len(payload))
-            return False
-        msg = decode_payload(payload, FaultMessage, max_bytes=_MAX_FAULT_PAYLOAD, max_depth=4)
-        if isinstance(msg, Refusal):
-            log.warning("sim_fault_refused", reason=str(msg).splitlines()[0][:200])
-            return False
-        try:
-            self._fault(msg.target, msg.fault, active=msg.active)
-        except ValueError as exc:
-            log.warning("sim_fault_refused", reason=str(exc).splitlines()[0])
-            return False
-        return True
+        return apply_fault_payload(
+            payload, FaultMessage, lambda m: self._fault(m.target, m.fault, active=m.active)
+        )
 
     async def run_mqtt_faults(self, url: str, topic: str = FAULT_TOPIC) -> None:
         """Take fault injections from MQTT until cancelled; reconnects with jittered backoff."""
-        parts = urlsplit(url)
-        host, port = parts.hostname or "localhost", parts.port or 1883
-        attempt = 0
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    host, port, username=parts.username, password=parts.password, timeout=10
-                ) as client:
-                    await client.subscribe(topic, qos=1)
-                    if attempt:
-                        log.info("sim_fault_mqtt_connected", host=host, port=port)
-                    attempt = 0
-                    async for message in client.messages:
-                        payload = message.payload
-                        if not isinstance(payload, bytes | str):
-                            log.warning("sim_fault_refused", reason="payload is not bytes")
-                            continue
-                        try:  # one bad message must not end the fault session
-                            self.apply_fault_payload(payload)
-                        except Exception:
-                            log.exception("sim_fault_failed")
-            except aiomqtt.MqttError as exc:
-                if attempt == 0:
-                    log.warning("sim_fault_mqtt_down", host=host, port=port, error=str(exc))
-                delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
-                attempt = min(attempt + 1, 10)
-                await asyncio.sleep(delay)
+        await run_fault_listener(url, topic, self.apply_fault_payload, name="lights")
 
 
 def demo_controllers(
@@ -641,17 +550,8 @@ async def serve_lights(
     or "lc-002:comm_loss". `start` is the clock's epoch start (default: now), so a daemon
     given the same start and speed shares the simulated time.
     """
-    parsed: list[tuple[str, str]] = []
-    for item in faults:
-        target, sep, fault = item.rpartition(":")
-        if not sep or not target or fault not in FAULTS:
-            raise ValueError(f"fault {item!r}: expected target:fault, fault one of {sorted(FAULTS)}")
-        parsed.append((target, fault))
-    clock: Clock = (
-        SystemClock()
-        if clock_speed == 1.0 and start is None
-        else SimClock(start=start if start is not None else SystemClock().now(), speed=clock_speed)
-    )
+    parsed = parse_faults(faults, FAULTS)
+    clock = sim_clock(clock_speed, start)
     specs = demo_controllers(
         controllers, lamps_per_controller, base_port, host=host, unit=unit, watchdog_s=watchdog_s
     )

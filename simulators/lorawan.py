@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import enum
 import random
-import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiomqtt
@@ -31,7 +28,9 @@ import structlog
 from devices.profiles.lorawan import LorawanProfile, default_profiles
 from edge.clock import Clock
 from edge.events import Value
+from edge.lifecycle import Service, ServiceState
 from edge.mqtt import BrokerAddress
+from simulators.mqtt import bulk_client, open_client
 
 log = structlog.get_logger(__name__)
 
@@ -275,15 +274,10 @@ class SimStats:
     """(device_id, f_cnt, ts) of every distinct frame, in the order frames were made."""
 
 
-class SimState(enum.Enum):
-    """Lifecycle of the simulator's MQTT connection."""
-
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
+SimState = ServiceState  # the name this module exported before the shared lifecycle
 
 
-class LorawanSimulator:
+class LorawanSimulator(Service):
     """Sensors publishing uplinks; `frames()` is pure, `publish_round()` sends over MQTT.
 
     Per frame, with the seeded RNG: `duplicate_p` publishes it twice (same dedup id,
@@ -292,6 +286,8 @@ class LorawanSimulator:
     the network server's decoded object. Frame counters start at 0, so every sensor's
     first ChirpStack frame has no `fCnt` and its first TTS frame no `f_cnt`.
     """
+
+    service_name = "lorawan_sim"
 
     def __init__(
         self,
@@ -308,6 +304,7 @@ class LorawanSimulator:
         record: bool = True,
         app: str | None = None,
     ) -> None:
+        super().__init__()
         self.sensors = list(sensors)
         self._profiles = profiles if profiles is not None else default_profiles()
         for s in self.sensors:
@@ -328,7 +325,6 @@ class LorawanSimulator:
         self._last_ts = {s.dev_eui: 0.0 for s in self.sensors}
         self._ids = 0
         self.stats = SimStats()
-        self._state = SimState.UNOPENED
         self._client: aiomqtt.Client | None = None
         self._url = ""
         self._qos = 1
@@ -457,49 +453,24 @@ class LorawanSimulator:
 
     # -- MQTT --------------------------------------------------------------------
 
-    @property
-    def state(self) -> SimState:
-        """UNOPENED, OPENED (connected) or CLOSED."""
-        return self._state
-
     def connect_to(self, url: str, *, qos: int = 1) -> Self:
         """Set the broker (`mqtt://host:port`) and QoS for `async with`."""
         self._url = url
         self._qos = qos
         return self
 
-    async def __aenter__(self) -> Self:
-        if self._state is not SimState.UNOPENED:
-            raise RuntimeError(f"simulator is {self._state.value}, cannot open again")
+    async def _start(self) -> None:
         if not self._url:
             raise RuntimeError("call connect_to(url) before opening the simulator")
         address = BrokerAddress.parse(self._url)
-        client = aiomqtt.Client(
-            address.host,
-            address.port,
-            username=address.username,
-            password=address.password,
-            identifier=f"lorawan-sim-{self._seed}-{id(self):x}",
-            protocol=aiomqtt.ProtocolVersion.V311,  # the embedded broker speaks only 3.1.1
-            timeout=CONNECT_TIMEOUT_S,
-            max_inflight_messages=1000,
-            socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),),
-        )
-        # a round is published as a burst; aiomqtt would warn on each call past 10 pending
-        client.pending_calls_threshold = 1 << 20
-        async with asyncio.timeout(CONNECT_TIMEOUT_S + 1):
-            await client.__aenter__()
+        client = bulk_client(address, f"lorawan-sim-{self._seed}-{id(self):x}", timeout_s=CONNECT_TIMEOUT_S)
+        await open_client(client, CONNECT_TIMEOUT_S + 1)
         self._client = client
-        self._state = SimState.OPENED
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def _stop(self) -> None:
         client, self._client = self._client, None
-        self._state = SimState.CLOSED
         if client is not None:
-            await client.__aexit__(exc_type, exc, tb)
+            await client.__aexit__(None, None, None)
 
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Publish (topic, payload) pairs in order."""
