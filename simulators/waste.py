@@ -45,8 +45,6 @@ from simulators.waste_trucks import TRUCK_FAULTS, Status, TruckSim, TruckView, l
 from simulators.waste_wire import (
     MAX_MESSAGE_BYTES,
     RouteError,
-    RouteMessage,
-    StopMessage,
     event_message,
     parse_route,
     parse_truck_fault,
@@ -57,9 +55,7 @@ __all__ = [
     "FAULT_TOPIC",
     "FillModel",
     "Reading",
-    "RouteMessage",
     "SimState",
-    "StopMessage",
     "TruckSim",
     "TruckView",
     "UplinkEncoder",

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from devices.profiles.waste import Route, RouteStop
 from edge.geo import haversine_m
 from edge.settings import PlaceSettings, TruckSettings, WasteSettings
 from simulators.waste_bins import FillModel
-from simulators.waste_wire import RouteMessage, StopMessage, state_fields
+from simulators.waste_wire import state_fields
 
 TRUCK_FAULTS = ("breakdown", "repair")
 
@@ -88,7 +89,7 @@ class TruckSim:
         self.road = "main"
         self.status = Status.IDLE
         self.route_id: str | None = None
-        self.stops: list[StopMessage] = []
+        self.stops: list[RouteStop] = []
         self.stop_index = 0
         self.load_l = 0.0
         self.load_kg = 0.0
@@ -106,7 +107,7 @@ class TruckSim:
         self._leg_s = 0.0
         self._leg_done_s = 0.0
         self._leg_km_done = 0.0
-        self._target: StopMessage | None = None  # None while driving: the implicit way home
+        self._target: RouteStop | None = None  # None while driving: the implicit way home
         self._busy_until = now
         self.changed = True  # status or stop index changed since the last state message
 
@@ -125,7 +126,7 @@ class TruckSim:
 
     # -- commands ----------------------------------------------------------------
 
-    def take_route(self, route: RouteMessage, now: float) -> list[tuple[str, dict[str, Any]]]:
+    def take_route(self, route: Route, now: float) -> list[tuple[str, dict[str, Any]]]:
         """A new route replaces the old one; the truck goes on from where it is."""
         events = self.step(now)
         if self._phase is _Phase.BROKEN:
@@ -255,7 +256,7 @@ class TruckSim:
         self._busy_until = now + self._settings.service_s
         return []
 
-    def _skip(self, stop: StopMessage, reason: str, now: float) -> list[tuple[str, dict[str, Any]]]:
+    def _skip(self, stop: RouteStop, reason: str, now: float) -> list[tuple[str, dict[str, Any]]]:
         events = [("skipped", {"ts": now, "route_id": self.route_id, "bin": stop.id, "reason": reason})]
         self.stop_index += 1
         self.changed = True
@@ -293,11 +294,11 @@ class TruckSim:
             self.changed = True
         return events + self._next_leg(now)
 
-    def _stop_current(self, stop: StopMessage) -> bool:
+    def _stop_current(self, stop: RouteStop) -> bool:
         """Whether `stop` is still the route's next stop (a new route may have come meanwhile)."""
         return self.stop_index < len(self.stops) and self.stops[self.stop_index] is stop
 
-    def _skip_current(self, stop: StopMessage, reason: str, now: float) -> list[tuple[str, dict[str, Any]]]:
+    def _skip_current(self, stop: RouteStop, reason: str, now: float) -> list[tuple[str, dict[str, Any]]]:
         if self._stop_current(stop):
             return self._skip(stop, reason, now)
         return [("skipped", {"ts": now, "route_id": self.route_id, "bin": stop.id, "reason": reason})]

@@ -5,12 +5,10 @@ here and nowhere else: the route a truck takes (`fleet/{truck}/route`), the faul
 dispatcher sends it (`fleet/{truck}/fault`), the retained state it publishes
 (`fleet/{truck}/state`) and its events (`fleet/{truck}/event`).
 
-SWITCH POINT: when the shared pydantic models land in `devices/profiles/waste.py` (the
-driver and the controller speak them too), replace `StopMessage`/`RouteMessage` below by
-imports of those models (the state machine reads only `kind`, `id`, `lat`, `lon`, `window`
-of a stop and `route_id`, `start_ts`, `stops` of a route) and let `state_message` and
-`event_message` validate and dump the shared state and event models instead of
-`orjson.dumps`. The truck state machine (`simulators.waste_trucks`) hands events over as
+The messages are the protocol's shared pydantic models (`devices/profiles/waste.py`, which
+the fleet driver and the waste controller speak too): a state or an event is validated by its
+model before it is sent, and a route is read through the same one decode the driver uses to
+check what it sends. The truck state machine (`simulators.waste_trucks`) hands events over as
 (type, fields) pairs with the field names of docs/fleet-protocol.md; the simulator
 (`simulators.waste`) only calls the names defined here.
 """
@@ -20,13 +18,15 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from devices.profiles.waste import Route, decode_route
+from devices.profiles.waste import TruckEvent as WireEvent
+from devices.profiles.waste import TruckState as WireState
+from edge.decode import Refusal
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "RouteError",
-    "RouteMessage",
-    "StopMessage",
     "TruckState",
     "event_message",
     "parse_route",
@@ -35,31 +35,6 @@ __all__ = [
 ]
 
 MAX_MESSAGE_BYTES = 1 << 20  # a route of 5000 stops is about 700 kB
-
-
-class StopMessage(BaseModel):
-    """One stop of a route (docs/fleet-protocol.md)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    seq: int | None = None
-    kind: Literal["bin", "disposal", "depot"]
-    id: str = Field(min_length=1, max_length=128)
-    lat: float = Field(ge=-90, le=90)
-    lon: float = Field(ge=-180, le=180)
-    eta_ts: float | None = None
-    window: tuple[float, float] | None = None
-
-
-class RouteMessage(BaseModel):
-    """`fleet/{truck}/route`: the stops to drive, replacing any earlier route."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    route_id: str = Field(min_length=1, max_length=200)
-    issued_ts: float | None = None
-    start_ts: float | None = None  # do not start before (the shift start); absent: at once
-    stops: list[StopMessage] = Field(max_length=5000)
 
 
 class TruckState(Protocol):
@@ -111,21 +86,29 @@ def state_fields(truck: TruckState, ts: float) -> dict[str, Any]:
 
 
 def state_message(truck: TruckState, ts: float) -> bytes:
-    """The `fleet/{truck}/state` payload on the wire."""
-    return orjson.dumps(state_fields(truck, ts))
+    """The `fleet/{truck}/state` payload on the wire (checked against the protocol's model)."""
+    return orjson.dumps(WireState.model_validate(state_fields(truck, ts)).model_dump())
 
 
 def event_message(kind: str, fields: dict[str, Any], seq: int) -> bytes:
-    """A `fleet/{truck}/event` payload: its type, its fields (with `ts`) and the truck's `seq`."""
-    return orjson.dumps({"type": kind, **fields, "seq": seq})
+    """A `fleet/{truck}/event` payload: its type, its fields (with `ts`) and the truck's `seq`.
+
+    Checked against the protocol's model; a field the model does not know is an error here,
+    not a value the daemon silently never sees.
+    """
+    data = {"type": kind, **fields, "seq": seq}
+    unknown = set(data) - set(WireEvent.model_fields)
+    if unknown:
+        raise ValueError(f"event {kind}: fields not in the fleet protocol: {sorted(unknown)}")
+    return orjson.dumps(WireEvent.model_validate(data).model_dump(exclude_none=True))
 
 
-def parse_route(payload: bytes | bytearray | str) -> RouteMessage:
+def parse_route(payload: bytes | bytearray | str) -> Route:
     """A route, or RouteError saying why (and which route, for the `route_rejected` event)."""
-    try:
-        return RouteMessage.model_validate_json(payload)
-    except ValidationError as exc:
-        raise RouteError(f"malformed: {_first_error(exc)}", _route_id(payload)) from exc
+    got = decode_route(payload)
+    if isinstance(got, Refusal):
+        raise RouteError(f"malformed: {got.reason}: {got.detail}", _route_id(payload))
+    return got
 
 
 def parse_truck_fault(payload: bytes | bytearray | str) -> Literal["breakdown", "repair"]:
@@ -146,9 +129,3 @@ def _route_id(payload: bytes | bytearray | str) -> str | None:
         return None
     rid = data.get("route_id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str) and 0 < len(rid) <= 200 else None
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<root>"
-    return f"{loc}: {err['msg']}"
