@@ -89,6 +89,48 @@ NARROW = 110  # below this many columns the title names only the current view
 REFRESH_S = 0.2  # at most this often the visible view is redrawn from the model
 
 
+# The panes' sizes (each view module lays out its own pane; the ids are theirs).
+LAYOUT_CSS = """
+Screen { layout: vertical; }
+#title { height: 1; background: $primary-background; }
+ContentSwitcher { height: 1fr; }
+#lights, #alarms, #charging, #displays { height: 1fr; }
+#display-table { height: 2fr; }
+#parking-table { height: 1fr; }
+#warnings { height: auto; max-height: 6; border-top: solid $secondary; }
+#feeder-table { height: 1fr; }
+#session-table { height: 2fr; }
+#alarm-table { height: 1fr; }
+#alarm-history { height: 1fr; border-top: solid $secondary; }
+#waste { height: 1fr; }
+#waste-summary { height: auto; }
+#bin-table { height: 2fr; }
+#truck-table { height: 1fr; min-height: 7; border-top: solid $secondary; }
+#route { height: auto; max-height: 2; }
+#command { height: auto; max-height: 3; }
+"""
+
+KEYS: list[BindingType] = [
+    *(Binding(str(i + 1), f"view('{vid}')", name, show=False) for i, (vid, name) in enumerate(VIEWS)),
+    Binding("question_mark,f1", "help", "Help", key_display="?"),
+    Binding("slash", "filter", "Filter", key_display="/"),
+    Binding("s", "sort", "Sort"),
+    Binding("o", "override", "Override"),
+    Binding("r", "resume", "Resume"),
+    Binding("R", "replan", "Re-plan"),
+    Binding("p", "pause_charger", "Pause"),
+    Binding("l", "limit_charger", "Limit"),
+    Binding("u", "release_charger", "Release"),
+    Binding("m", "display_message", "Message"),
+    Binding("c", "clear_display", "Clear msg"),
+    Binding("a", "ack_alarm", "Ack"),
+    Binding("f", "force_bin", "Force"),
+    Binding("x", "exclude_bin", "Exclude"),
+    Binding("n", "auto_bin", "Automatic"),
+    Binding("q", "quit", "Quit"),
+]
+
+
 class MqttEvent(Message):
     """Something the MQTT worker saw: a connection change or a batch of messages."""
 
@@ -111,44 +153,8 @@ class DashboardApp(App[int]):
     COMMANDS: ClassVar[set[type[Provider] | Callable[[], type[Provider]]]] = App.COMMANDS | {
         DashboardCommands
     }
-    CSS = """
-    Screen { layout: vertical; }
-    #title { height: 1; background: $primary-background; }
-    ContentSwitcher { height: 1fr; }
-    #lights, #alarms, #charging, #displays { height: 1fr; }
-    #display-table { height: 2fr; }
-    #parking-table { height: 1fr; }
-    #warnings { height: auto; max-height: 6; border-top: solid $secondary; }
-    #feeder-table { height: 1fr; }
-    #session-table { height: 2fr; }
-    #alarm-table { height: 1fr; }
-    #alarm-history { height: 1fr; border-top: solid $secondary; }
-    #waste { height: 1fr; }
-    #waste-summary { height: auto; }
-    #bin-table { height: 2fr; }
-    #truck-table { height: 1fr; min-height: 7; border-top: solid $secondary; }
-    #route { height: auto; max-height: 2; }
-    #command { height: auto; max-height: 3; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        *(Binding(str(i + 1), f"view('{vid}')", name, show=False) for i, (vid, name) in enumerate(VIEWS)),
-        Binding("question_mark,f1", "help", "Help", key_display="?"),
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("s", "sort", "Sort"),
-        Binding("o", "override", "Override"),
-        Binding("r", "resume", "Resume"),
-        Binding("R", "replan", "Re-plan"),
-        Binding("p", "pause_charger", "Pause"),
-        Binding("l", "limit_charger", "Limit"),
-        Binding("u", "release_charger", "Release"),
-        Binding("m", "display_message", "Message"),
-        Binding("c", "clear_display", "Clear msg"),
-        Binding("a", "ack_alarm", "Ack"),
-        Binding("f", "force_bin", "Force"),
-        Binding("x", "exclude_bin", "Exclude"),
-        Binding("n", "auto_bin", "Automatic"),
-        Binding("q", "quit", "Quit"),
-    ]
+    CSS = LAYOUT_CSS
+    BINDINGS: ClassVar[list[BindingType]] = KEYS
 
     def __init__(
         self,

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import orjson
 from pydantic import ValidationError
 
-from edge.payloads import API_VERSION, CommandResultMessage, DaemonStatus, PlanMessage
+from edge.payloads import CommandResultMessage, DaemonStatus, PlanMessage
 from tui.views.alarms import AlarmsModel, alarm_event, alarm_event_ts, severity_rank
-from tui.views.base import Change
+from tui.views.base import PREFIX, Change
 from tui.views.charging import ChargingModel
 from tui.views.displays import DisplaysModel, shown_text
 from tui.views.lighting import LampStatus, LightingModel, lamp_status
@@ -37,7 +37,6 @@ __all__ = [
     "shown_text",
 ]
 
-PREFIX = f"dos/{API_VERSION}"
 MAX_RESULTS = 50
 
 Fold = Callable[[list[str], bytes], "Change | None"]

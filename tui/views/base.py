@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict
 
+from edge.payloads import API_VERSION
+
+PREFIX = f"dos/{API_VERSION}"  # every site's topics are under {PREFIX}/{site}/
+
 
 class Change(enum.StrEnum):
     """What a message changed, so the app refreshes only the views that show it."""
