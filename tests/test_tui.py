@@ -44,7 +44,6 @@ from tui.client import (
     Disconnected,
     Received,
     RequestError,
-    backoff_delay,
 )
 from tui.inventory import load_positions
 from tui.model import Change, LampStatus, SiteModel, alarm_event, alarm_event_ts, lamp_status, shown_text
@@ -801,7 +800,8 @@ def test_client_backoff_and_url() -> None:
     import random
 
     rng = random.Random(1)
-    delays = [backoff_delay(a, 30.0, rng) for a in range(1, 40)]
+    backoff = DashboardClient("mqtt://127.0.0.1:1", SITE, backoff_max_s=30.0, rng=rng)._backoff
+    delays = [backoff.next_delay() for _ in range(1, 40)]
     assert all(0 <= d <= 30.0 for d in delays)
     assert max(delays) > 5
     url = BrokerUrl.parse("mqtt://op:s%40cret@broker.example:1884")

@@ -2,9 +2,11 @@
 
 Data flows one way: the MQTT worker (`tui.client`) posts `MqttEvent` messages up to the
 app, the app folds them into its `SiteModel` and hands the visible view plain rows or a
-render function (attributes down). Commands go through a `Requester` (the client, or a
-fake in tests) in a worker, after a confirmation dialog; the answer lands on the command
-line above the footer.
+render function (attributes down). Each domain's view (`tui/views/{domain}.py`) lays out its
+pane, turns its slice of the model into rows, and words its commands as `Request`s; this
+class only routes: keys to views, changes to the visible view, requests through the
+confirmation dialog to a `Requester` (the client, or a fake in tests) in a worker. The answer
+lands on the command line above the footer.
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import Provider
-from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
 
-from edge.payloads import Ack, AlarmMessage, DisplayState, ParkingState
+from edge.payloads import Ack, DisplayState
 from tui import render
 from tui.client import (
     ClientEvent,
@@ -40,23 +41,7 @@ from tui.client import (
     RequestError,
 )
 from tui.inventory import Inventory
-from tui.model import (
-    FEEDER_SAMPLES,
-    ActiveWarning,
-    BinView,
-    Change,
-    ChargerRow,
-    FeederRow,
-    LampRow,
-    Recommendation,
-    SiteModel,
-    TruckRow,
-    WastePlanView,
-    alarm_event,
-    alarm_event_ts,
-    severity_rank,
-    shown_text,
-)
+from tui.model import SiteModel
 from tui.palette import DashboardCommands
 from tui.screens import (
     AckDialog,
@@ -69,34 +54,14 @@ from tui.screens import (
     MessageDialog,
     Override,
     OverrideDialog,
-    Target,
 )
-from tui.widgets import Banner, Column, FilterTable, Row, TextView, VirtualTable
+from tui.views import SHOWS, VIEWS, alarms, charging, displays, lighting, waste
+from tui.views.base import Change, Request
+from tui.widgets import Banner, FilterTable, TextView, VirtualTable
 
 DEFAULT_SITE_TZ = "Europe/Berlin"  # the default of a site's `timezone` (edge/settings.py)
 
 Role = Literal["operator", "viewer"]
-VIEWS: tuple[tuple[str, str], ...] = (
-    ("overview", "Overview"),
-    ("lights", "Lights"),
-    ("map", "Map"),
-    ("plan", "Plan"),
-    ("alarms", "Alarms"),
-    ("charging", "Charging"),
-    ("displays", "Displays"),
-    ("waste", "Waste"),
-)
-# Which views show what a kind of change touches.
-SHOWS: dict[str, frozenset[Change]] = {
-    "overview": frozenset(Change) - {Change.IGNORED},
-    "lights": frozenset({Change.LAMP}),
-    "map": frozenset({Change.LAMP}),
-    "plan": frozenset({Change.PLAN}),
-    "alarms": frozenset({Change.ALARM}),
-    "charging": frozenset({Change.CHARGING}),
-    "displays": frozenset({Change.DISPLAYS}),
-    "waste": frozenset({Change.WASTE}),
-}
 DISPLAY_ACTIONS = frozenset({"display_message", "clear_display"})
 CHARGER_ACTIONS = frozenset({"pause_charger", "limit_charger", "release_charger"})
 LAMP_ACTIONS = frozenset({"override", "resume"})
@@ -105,96 +70,65 @@ WASTE_ACTIONS = frozenset({"force_bin", "exclude_bin", "auto_bin"})
 COMMAND_ACTIONS = (
     frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS | ALARM_ACTIONS | WASTE_ACTIONS
 )
-TABLE_VIEWS = ("lights", "alarms", "charging", "displays", "waste")
+# The table the keys act on in each table view; the second table of a view, when it has the focus.
+TABLES = {
+    "lights": "#lights",
+    "alarms": "#alarm-table",
+    "charging": "#session-table",
+    "displays": "#display-table",
+    "waste": "#bin-table",
+}
+SECOND_TABLES = {
+    "alarms": "#alarm-history",
+    "charging": "#feeder-table",
+    "displays": "#parking-table",
+    "waste": "#truck-table",
+}
+TABLE_VIEWS = tuple(TABLES)
 NARROW = 110  # below this many columns the title names only the current view
 REFRESH_S = 0.2  # at most this often the visible view is redrawn from the model
-LAMP_COLUMNS = (
-    Column("Lamp", 7),
-    Column("Segment", 16),
-    Column("Class", 7),
-    Column("Cmd%", 4),
-    Column("Act%", 4),
-    Column("W", 5),
-    Column("Hours", 6),
-    Column("Status", 9),
-    Column("Alarms"),
-)
-ALARM_COLUMNS = (
-    Column("Severity", 8),
-    Column("Device", 9),
-    Column("Code", 16),
-    Column("Since", 5),
-    Column("Ack", 9),
-    Column("Detail / ack comment"),
-)
-HISTORY_COLUMNS = (
-    Column("Time", 8),
-    Column("Event", 7),
-    Column("Severity", 8),
-    Column("Device", 9),
-    Column("Code", 16),
-    Column("Detail / who and why"),
-)
-FEEDER_COLUMNS = (
-    Column("Feeder", 10),
-    Column("Limit A", 7),
-    Column("Light A", 7),
-    Column("Setp. A", 7),
-    Column("Meas. A", 7),
-    Column("Load", 22),
-    Column("Points", 6),
-    Column("Load, last 20 min (one block per 30 s; ! over the limit)"),
-)
-SESSION_COLUMNS = (
-    Column("Charger", 8),
-    Column("Status", 13),
-    Column("Car", 3),
-    Column("Set A", 5),
-    Column("Plan A", 6),
-    Column("kW", 5),
-    Column("Sess kWh", 8),
-    Column("Need kWh", 8),
-    Column("Departs", 7),
-    Column("Feeder", 10),
-    Column("Alarms"),
-)
-DISPLAY_COLUMNS = (
-    Column("Display", 8),
-    Column("Online", 7),
-    Column("Bright", 6),
-    Column("Pixel faults", 6),
-    Column("Shows now"),
-)
-BIN_COLUMNS = (
-    Column("Bin", 7),
-    Column("Zone", 6),
-    Column("Kind", 11),
-    Column("Fill", 13),
-    Column("%/h", 4),
-    Column("Full at", 12),
-    Column("Today", 16),
-    Column("Status", 6),
-    Column("Batt", 4),
-    Column("Alarms"),
-)
-TRUCK_COLUMNS = (
-    Column("Truck", 10),
-    Column("Status", 10),
-    Column("Route", 10),
-    Column("Stops done", 18),
-    Column("Bins", 7),
-    Column("Load", 5),
-    Column("km", 5),
-    Column("Next stop", 14),
-    Column("ETA"),
-)
-PARKING_COLUMNS = (
-    Column("Car park", 10),
-    Column("Name", 18),
-    Column("Free/cap.", 9),
-    Column("Open", 6),
-    Column("Number"),
-)
+
+
+# The panes' sizes (each view module lays out its own pane; the ids are theirs).
+LAYOUT_CSS = """
+Screen { layout: vertical; }
+#title { height: 1; background: $primary-background; }
+ContentSwitcher { height: 1fr; }
+#lights, #alarms, #charging, #displays { height: 1fr; }
+#display-table { height: 2fr; }
+#parking-table { height: 1fr; }
+#warnings { height: auto; max-height: 6; border-top: solid $secondary; }
+#feeder-table { height: 1fr; }
+#session-table { height: 2fr; }
+#alarm-table { height: 1fr; }
+#alarm-history { height: 1fr; border-top: solid $secondary; }
+#waste { height: 1fr; }
+#waste-summary { height: auto; }
+#bin-table { height: 2fr; }
+#truck-table { height: 1fr; min-height: 7; border-top: solid $secondary; }
+#route { height: auto; max-height: 2; }
+#command { height: auto; max-height: 3; }
+"""
+
+KEYS: list[BindingType] = [
+    *(Binding(str(i + 1), f"view('{vid}')", name, show=False) for i, (vid, name) in enumerate(VIEWS)),
+    Binding("question_mark,f1", "help", "Help", key_display="?"),
+    Binding("slash", "filter", "Filter", key_display="/"),
+    Binding("s", "sort", "Sort"),
+    Binding("o", "override", "Override"),
+    Binding("r", "resume", "Resume"),
+    Binding("R", "replan", "Re-plan"),
+    Binding("p", "pause_charger", "Pause"),
+    Binding("l", "limit_charger", "Limit"),
+    Binding("u", "release_charger", "Release"),
+    Binding("m", "display_message", "Message"),
+    Binding("c", "clear_display", "Clear msg"),
+    Binding("a", "ack_alarm", "Ack"),
+    Binding("f", "force_bin", "Force"),
+    Binding("x", "exclude_bin", "Exclude"),
+    Binding("n", "auto_bin", "Automatic"),
+    Binding("q", "quit", "Quit"),
+]
 
 
 class MqttEvent(Message):
@@ -219,44 +153,8 @@ class DashboardApp(App[int]):
     COMMANDS: ClassVar[set[type[Provider] | Callable[[], type[Provider]]]] = App.COMMANDS | {
         DashboardCommands
     }
-    CSS = """
-    Screen { layout: vertical; }
-    #title { height: 1; background: $primary-background; }
-    ContentSwitcher { height: 1fr; }
-    #lights, #alarms, #charging, #displays { height: 1fr; }
-    #display-table { height: 2fr; }
-    #parking-table { height: 1fr; }
-    #warnings { height: auto; max-height: 6; border-top: solid $secondary; }
-    #feeder-table { height: 1fr; }
-    #session-table { height: 2fr; }
-    #alarm-table { height: 1fr; }
-    #alarm-history { height: 1fr; border-top: solid $secondary; }
-    #waste { height: 1fr; }
-    #waste-summary { height: auto; }
-    #bin-table { height: 2fr; }
-    #truck-table { height: 1fr; min-height: 7; border-top: solid $secondary; }
-    #route { height: auto; max-height: 2; }
-    #command { height: auto; max-height: 3; }
-    """
-    BINDINGS: ClassVar[list[BindingType]] = [
-        *(Binding(str(i + 1), f"view('{vid}')", name, show=False) for i, (vid, name) in enumerate(VIEWS)),
-        Binding("question_mark,f1", "help", "Help", key_display="?"),
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("s", "sort", "Sort"),
-        Binding("o", "override", "Override"),
-        Binding("r", "resume", "Resume"),
-        Binding("R", "replan", "Re-plan"),
-        Binding("p", "pause_charger", "Pause"),
-        Binding("l", "limit_charger", "Limit"),
-        Binding("u", "release_charger", "Release"),
-        Binding("m", "display_message", "Message"),
-        Binding("c", "clear_display", "Clear msg"),
-        Binding("a", "ack_alarm", "Ack"),
-        Binding("f", "force_bin", "Force"),
-        Binding("x", "exclude_bin", "Exclude"),
-        Binding("n", "auto_bin", "Automatic"),
-        Binding("q", "quit", "Quit"),
-    ]
+    CSS = LAYOUT_CSS
+    BINDINGS: ClassVar[list[BindingType]] = KEYS
 
     def __init__(
         self,
@@ -288,8 +186,8 @@ class DashboardApp(App[int]):
         self._pending: set[Change] = set()
         self._refresh_timer: Timer | None = None
         self._last_refresh = 0.0
-        self._lights_seen = -1
-        self._bins_seen = -1
+        self._lights = lighting.LightsFeed()
+        self._waste = waste.WasteFeed()
 
     @property
     def tz(self) -> tzinfo:
@@ -309,28 +207,13 @@ class DashboardApp(App[int]):
         yield Banner(id="banner")
         with ContentSwitcher(initial="overview"):
             yield TextView(id="overview")
-            yield FilterTable(LAMP_COLUMNS, "lamps", id="lights")
+            yield from lighting.compose()
             yield TextView(id="map")
             yield TextView(id="plan")
-            with Vertical(id="alarms"):
-                yield FilterTable(ALARM_COLUMNS, "open alarms", id="alarm-table", hint="e.g. 'major unacked'")
-                yield FilterTable(
-                    HISTORY_COLUMNS, "alarm events", id="alarm-history", hint="e.g. 'acked alice'"
-                )
-            with Vertical(id="charging"):
-                yield FilterTable(FEEDER_COLUMNS, "feeders", id="feeder-table", hint="e.g. 'feeder-2 !'")
-                yield FilterTable(
-                    SESSION_COLUMNS, "charge points", id="session-table", hint="e.g. 'feeder-2 charging'"
-                )
-            with Vertical(id="displays"):
-                yield FilterTable(DISPLAY_COLUMNS, "displays", id="display-table", hint="e.g. 'offline'")
-                yield FilterTable(PARKING_COLUMNS, "car parks", id="parking-table", hint="e.g. 'STALE'")
-                yield Static("", id="warnings")
-            with Vertical(id="waste"):
-                yield Static("", id="waste-summary")
-                yield FilterTable(BIN_COLUMNS, "bins", id="bin-table", hint="e.g. 'mandatory z3'")
-                yield FilterTable(TRUCK_COLUMNS, "trucks", id="truck-table", hint="e.g. 'collecting'")
-                yield Static("", id="route")
+            yield from alarms.compose()
+            yield from charging.compose()
+            yield from displays.compose()
+            yield from waste.compose()
         yield Static("", id="command")
         yield Footer()
 
@@ -417,65 +300,23 @@ class DashboardApp(App[int]):
         if view == "overview":
             self.query_one("#overview", TextView).show(lambda w, h: render.overview(model, tz))
         elif view == "lights":
-            # Only the lamps that changed since the table last looked: 5,000 rows are not rebuilt.
-            changed, gone = model.lamps_since(self._lights_seen)
-            self._lights_seen = model.version
-            self._table("lights").update([lamp_row(model.lamp_row(k)) for k in changed], gone)
+            self._lights.show(self, model)
         elif view == "map":
-            self.query_one("#map", TextView).show(self._map_renderer())
+            self.query_one("#map", TextView).show(render.map_page(model, self.inventory))
         elif view == "plan":
             self.query_one("#plan", TextView).show(lambda w, h: render.plan_chart(model.plan, w, tz))
         elif view == "alarms":
-            self._table("alarms").show([alarm_row(a, tz) for a in model.alarms_sorted()])
-            self._history_table.show([history_row(i, a, tz) for i, a in enumerate(model.events)])
+            alarms.show(self, model, tz)
         elif view == "charging":
-            self._feeder_table.show([feeder_row(f) for f in model.feeder_rows()])
-            self._table("charging").show([charger_row(r, tz) for r in model.charger_rows()])
+            charging.show(self, model, tz)
         elif view == "displays":
-            self._table("displays").show(
-                [display_row(d, model.guidance_for(d.device_id)) for _, d in sorted(model.displays.items())]
-            )
-            self._parking_table.show([parking_row(p) for _, p in sorted(model.parking.items())])
-            self.query_one("#warnings", Static).update(warnings_text(model.warnings_sorted(), tz))
+            displays.show(self, model, tz)
         elif view == "waste":
-            summary = Text()
-            now = model.clock_ts() or time.time()
-            render.waste_lines(summary, model, tz, now)
-            self.query_one("#waste-summary", Static).update(summary)
-            changed, gone = model.bins_since(self._bins_seen)
-            self._bins_seen = model.version
-            self._table("waste").update([bin_row(model.bins[k], tz, now) for k in changed], gone)
-            self._truck_table.show([truck_row(r, tz) for r in model.truck_rows()])
-            self._show_route()
-
-    def _show_route(self) -> None:
-        """The stops of the truck under the cursor in the routes table."""
-        self.query_one("#route", Static).update(
-            route_text(self.model.waste_plan, self._truck_table.selected_key, self.tz)
-        )
+            self._waste.show(self, model, tz)
 
     def on_virtual_table_cursor_moved(self, event: VirtualTable.CursorMoved) -> None:
-        if self.view == "waste" and self._truck_table.table is event.table:
-            self._show_route()
-
-    def _map_renderer(self) -> Callable[[int, int], Text]:
-        model, inv = self.model, self.inventory
-        statuses = model.statuses()
-
-        def draw(width: int, height: int) -> Text:
-            out = render.legend()
-            out.append("\n")
-            if inv is None:
-                out.append("No inventory (--inventory FILE): lamps by segment, in id order.\n", "italic")
-                out.append_text(render.segment_map(model.segments(), statuses, width))
-            else:
-                out.append_text(render.district_map(statuses, inv.positions, width, max(4, height - 3)))
-                unplaced = len(set(statuses) - set(inv.positions))
-                if unplaced:
-                    out.append(f"{unplaced} lamp(s) not in the inventory are not drawn.\n", "italic")
-            return out
-
-        return draw
+        if self.view == "waste" and self._table("#truck-table").table is event.table:
+            waste.show_route(self, self.model, self.tz)
 
     # ----- navigation --------------------------------------------------------------------------
 
@@ -487,50 +328,23 @@ class DashboardApp(App[int]):
         self._refresh_view(force=True)
         self.refresh_bindings()
         if view in TABLE_VIEWS:
-            self._table(view).table.focus()
+            self._table(TABLES[view]).table.focus()
         else:
             self.query_one(f"#{view}", TextView).focus()
 
-    def _table(self, view: str) -> FilterTable:
-        """The table of a view (on the Charging view: the sessions table)."""
-        wid = {
-            "lights": "#lights",
-            "alarms": "#alarm-table",
-            "charging": "#session-table",
-            "displays": "#display-table",
-            "waste": "#bin-table",
-        }[view]
-        return self.query_one(wid, FilterTable)
+    def _table(self, selector: str) -> FilterTable:
+        return self.query_one(selector, FilterTable)
 
-    @property
-    def _feeder_table(self) -> FilterTable:
-        return self.query_one("#feeder-table", FilterTable)
-
-    @property
-    def _parking_table(self) -> FilterTable:
-        return self.query_one("#parking-table", FilterTable)
-
-    @property
-    def _truck_table(self) -> FilterTable:
-        return self.query_one("#truck-table", FilterTable)
-
-    @property
-    def _history_table(self) -> FilterTable:
-        return self.query_one("#alarm-history", FilterTable)
+    def _selected(self, view: str) -> str | None:
+        """The key under the cursor in a view's main table (on the Charging view: the sessions)."""
+        return self._table(TABLES[view]).selected_key
 
     def _active_table(self) -> FilterTable:
-        """The table the keys act on: on the Charging and Displays views, whichever has the focus."""
-        if self.view == "charging" and self._feeder_table.has_focus_within:
-            return self._feeder_table
-        if self.view == "displays" and self._parking_table.has_focus_within:
-            return self._parking_table
-        if self.view == "alarms" and self._history_table.has_focus_within:
-            return self._history_table
-        if self.view == "waste" and self._truck_table.has_focus_within:
-            return self._truck_table
-        return self._table(self.view)
-
-    # ----- the command palette -----------------------------------------------------------------
+        """The table the keys act on: on views with two tables, whichever has the focus."""
+        second = SECOND_TABLES.get(self.view)
+        if second is not None and self._table(second).has_focus_within:
+            return self._table(second)
+        return self._table(TABLES[self.view])
 
     def palette_run(self, action: str, view: str | None) -> None:
         """Run an action chosen in the palette, on the view it acts on."""
@@ -543,7 +357,7 @@ class DashboardApp(App[int]):
         """Open a device's view with the cursor on it (chosen in the palette)."""
         view = "waste" if where == "trucks" else where
         self.action_view(view)
-        table = self._truck_table if where == "trucks" else self._table(view)
+        table = self._table("#truck-table" if where == "trucks" else TABLES[view])
         if not table.select(key):
             self._say(Text(f"{key}: not in the table (any more)", "italic"))
 
@@ -579,24 +393,10 @@ class DashboardApp(App[int]):
             return None
         return True
 
-    # ----- commands ----------------------------------------------------------------------------
-
-    def _targets(self) -> list[Target]:
-        lamp_id = self._table("lights").selected_key
-        if lamp_id is None or lamp_id not in self.model.lamps:
-            lamp_id = min(self.model.lamps, default=None)
-        if lamp_id is None:
-            return []
-        state = self.model.lamps[lamp_id]
-        segs, groups = self.model.segments(), self.model.groups()
-        return [
-            Target("lights", lamp_id),
-            Target("segments", state.segment, len(segs.get(state.segment, ()))),
-            Target("groups", state.group, len(groups.get(state.group, ()))),
-        ]
+    # ----- commands: each view words them, the app asks, sends and shows the answer ------------
 
     def action_override(self, resume: bool = False) -> None:
-        targets = self._targets()
+        targets = lighting.targets(self.model, self._selected("lights"))
         if not targets:
             self._say(Text("No lamps known yet: nothing to override.", "italic"))
             return
@@ -605,242 +405,92 @@ class DashboardApp(App[int]):
     def action_resume(self) -> None:
         self.action_override(resume=True)
 
-    def action_replan(self) -> None:
-        if self.view == "waste":
-            topic = f"{self.model.base}/cmd/waste/replan"
-            what = (
-                "Re-plan today's waste collection now.\n"
-                "The daemon plans again from the trucks' positions, keeping what is done; "
-                "forced and excluded bins stay so.\n"
-                f"Request: {topic}"
-            )
-            self._confirm_then_send(what, topic, {"action": "replan"}, "re-plan waste")
-            return
-        what = (
-            "Re-plan tonight's lighting now.\n"
-            "The daemon computes a new plan from the current time and applies it; "
-            "operator overrides stay in force until they end.\n"
-            f"Request: {self.model.base}/cmd/lighting/replan"
-        )
-        self._confirm_then_send(
-            what, f"{self.model.base}/cmd/lighting/replan", {"action": "replan"}, "re-plan"
-        )
-
     def _overridden(self, result: Override | None) -> None:
-        if result is None:
-            return
-        t = result.target
-        topic = f"{self.model.base}/cmd/{t.scope}/{t.name}"
-        payload: dict[str, object]
-        if result.action == "resume_schedule":
-            payload = {"action": "resume_schedule", "reason": "operator dashboard"}
-            what = f"Resume the schedule for {t.describe()}.\nAny operator override ends now and the plan takes over."
-            short = f"resume {t.describe()}"
-        else:
-            level = result.level if result.level is not None else 0.0
-            payload = {"action": "set_level", "level": level, "reason": "operator dashboard"}
-            if result.duration_s is not None:
-                payload["duration_s"] = result.duration_s
-                until = f"for {result.duration_s / 60:g} min, then the plan takes over again"
-            else:
-                until = "until you resume the schedule (r)"
-            what = (
-                f"Set {t.describe()} to {level:g} % {until}.\n"
-                "Lighting floors still apply: the daemon may clamp the level or refuse it."
-            )
-            short = f"set {t.describe()} to {level:g} %"
-        self._confirm_then_send(f"{what}\nRequest: {topic}", topic, payload, short)
+        if result is not None:
+            self._confirm_then_send(lighting.override_request(self.model.base, result))
 
-    # charge points --------------------------------------------------------------------------
+    def action_replan(self) -> None:
+        view = waste if self.view == "waste" else lighting
+        self._confirm_then_send(view.replan_request(self.model.base))
 
-    def _selected_charger(self) -> ChargerRow | None:
-        rows = {r.id: r for r in self.model.charger_rows()}
-        cid = self._table("charging").selected_key
-        if cid is None or cid not in rows:
+    def _charger(self) -> charging.ChargerRow | None:
+        row = charging.selected_charger(self.model, self._selected("charging"))
+        if row is None:
             self._say(Text("No charge point selected: nothing to do.", "italic"))
-            return None
-        return rows[cid]
-
-    def _charger_topic(self, cid: str) -> str:
-        return f"{self.model.base}/cmd/chargers/{cid}"
+        return row
 
     def action_pause_charger(self) -> None:
-        row = self._selected_charger()
-        if row is None:
-            return
-        topic = self._charger_topic(row.id)
-        what = (
-            f"Pause charge point {row.id} ({describe_charger(row)}) until you release it (u).\n"
-            "The car stops charging; the plan gives its share to the other cars.\n"
-            f"Request: {topic}"
-        )
-        payload: dict[str, object] = {"action": "pause", "reason": "operator dashboard"}
-        self._confirm_then_send(what, topic, payload, f"pause {row.id}")
+        if (row := self._charger()) is not None:
+            self._confirm_then_send(charging.pause_request(self.model.base, row))
 
     def action_limit_charger(self) -> None:
-        row = self._selected_charger()
-        if row is None:
-            return
-        self.push_screen(LimitDialog(row.id, describe_charger(row)), self._limited)
+        if (row := self._charger()) is not None:
+            self.push_screen(LimitDialog(row.id, charging.describe_charger(row)), self._limited)
 
     def _limited(self, form: ChargerLimitForm | None) -> None:
         if form is None:
             self._say(Text("limit: cancelled, nothing sent", "dim"))
             return
-        topic = self._charger_topic(form.charger)
-        payload: dict[str, object] = {
-            "action": "limit",
-            "current_a": form.current_a,
-            "reason": "operator dashboard",
-        }
-        if form.duration_s is not None:
-            payload["duration_s"] = form.duration_s
-            until = f"for {form.duration_s / 60:g} min"
-        else:
-            until = "until you release it (u)"
-        what = (
-            f"Limit charge point {form.charger} to {form.current_a:g} A {until}.\n"
-            "The feeder interlock still applies: the daemon may clamp the current to what the "
-            "feeder has left, or refuse it; 0-6 A becomes 0 (IEC 61851).\n"
-            f"Request: {topic}"
-        )
-        self._confirm_then_send(what, topic, payload, f"limit {form.charger} to {form.current_a:g} A")
+        self._confirm_then_send(charging.limit_request(self.model.base, form))
 
     def action_release_charger(self) -> None:
-        row = self._selected_charger()
-        if row is None:
-            return
-        topic = self._charger_topic(row.id)
-        what = (
-            f"Release charge point {row.id} ({describe_charger(row)}).\n"
-            "Any operator pause or limit ends now and the charging plan takes over.\n"
-            f"Request: {topic}"
-        )
-        payload: dict[str, object] = {"action": "release", "reason": "operator dashboard"}
-        self._confirm_then_send(what, topic, payload, f"release {row.id}")
-
-    # displays ---------------------------------------------------------------------------------
+        if (row := self._charger()) is not None:
+            self._confirm_then_send(charging.release_request(self.model.base, row))
 
     def _selected_display(self) -> DisplayState | None:
-        did = self._table("displays").selected_key
+        did = self._selected("displays")
         if did is None or did not in self.model.displays:
             self._say(Text("No display selected: nothing to do.", "italic"))
             return None
         return self.model.displays[did]
 
-    def _display_topic(self, did: str) -> str:
-        return f"{self.model.base}/cmd/displays/{did}"
-
     def action_display_message(self) -> None:
-        d = self._selected_display()
-        if d is None:
-            return
-        self.push_screen(MessageDialog(d.device_id, describe_display(d)), self._messaged)
+        if (d := self._selected_display()) is not None:
+            self.push_screen(MessageDialog(d.device_id, displays.describe_display(d)), self._messaged)
 
     def _messaged(self, form: DisplayMessageForm | None) -> None:
         if form is None:
             self._say(Text("message: cancelled, nothing sent", "dim"))
             return
-        topic = self._display_topic(form.display)
-        payload: dict[str, object] = {"action": "message", "lines": list(form.lines)}
-        if form.duration_s is not None:
-            payload["duration_s"] = form.duration_s
-            until = f"for {form.duration_s / 60:g} min"
-        else:
-            until = "for 60 min (the daemon's default)"
-        text = " / ".join(form.lines)
-        what = (
-            f"Show on display {form.display} {until}:\n  {text}\n"
-            "An operator message outranks warnings and guidance until it ends or you clear it (c).\n"
-            f"Request: {topic}"
-        )
-        self._confirm_then_send(what, topic, payload, f"message on {form.display}")
+        self._confirm_then_send(displays.message_request(self.model.base, form))
 
     def action_clear_display(self) -> None:
-        d = self._selected_display()
-        if d is None:
-            return
-        topic = self._display_topic(d.device_id)
-        what = (
-            f"Clear the operator message on display {d.device_id}.\n"
-            "It goes back to warnings or guidance (or blank).\n"
-            f"Request: {topic}"
-        )
-        self._confirm_then_send(what, topic, {"action": "clear"}, f"clear {d.device_id}")
+        if (d := self._selected_display()) is not None:
+            self._confirm_then_send(displays.clear_request(self.model.base, d))
 
-    # waste ------------------------------------------------------------------------------------
-
-    def _selected_bin(self) -> BinView | None:
-        bid = self._table("waste").selected_key
+    def _bin_command(self, action: str) -> None:
+        bid = self._selected("waste")
         if bid is None or bid not in self.model.bins:
             self._say(Text("No bin selected: nothing to do.", "italic"))
-            return None
-        return self.model.bins[bid]
-
-    def _bin_command(self, action: str, what: str, short: str) -> None:
-        b = self._selected_bin()
-        if b is None:
             return
-        topic = f"{self.model.base}/cmd/waste/bins/{b.id}"
-        text = f"{what.format(bin=b.id)}\nNow: {describe_bin(b, self.tz, self.model.clock_ts())}.\nRequest: {topic}"
-        payload: dict[str, object] = {"action": action, "reason": "operator dashboard"}
-        self._confirm_then_send(text, topic, payload, f"{short} {b.id}")
+        b, now = self.model.bins[bid], self.model.clock_ts()
+        self._confirm_then_send(waste.bin_request(self.model.base, action, b, self.tz, now))
 
     def action_force_bin(self) -> None:
-        self._bin_command(
-            "force",
-            "Force bin {bin} into today's collection plan.\n"
-            "The daemon re-plans today's routes with it as a mandatory stop, or refuses "
-            "(an excluded bin: set it back to automatic first).",
-            "force",
-        )
+        self._bin_command("force")
 
     def action_exclude_bin(self) -> None:
-        self._bin_command(
-            "exclude",
-            "Exclude bin {bin} from every collection plan until you set it back to automatic (n).\n"
-            "Its fill is still watched and its alarms still raised.",
-            "exclude",
-        )
+        self._bin_command("exclude")
 
     def action_auto_bin(self) -> None:
-        self._bin_command(
-            "clear",
-            "Set bin {bin} back to automatic: planned by its fill and prediction, no longer forced or excluded.",
-            "automatic",
-        )
-
-    # alarms -----------------------------------------------------------------------------------
+        self._bin_command("clear")
 
     def action_ack_alarm(self) -> None:
-        key = self._table("alarms").selected_key
-        alarm = next((a for a in self.model.alarms_sorted() if f"{a.device_id}/{a.code}" == key), None)
+        alarm = alarms.selected_alarm(self.model, self._selected("alarms"))
         if alarm is None:
             self._say(Text("No open alarm selected: nothing to acknowledge.", "italic"))
             return
-        detail = f"{alarm.severity}, since {render.fmt_time(alarm.ts, self.tz)}: {alarm.detail or '-'}"
-        if alarm.acked:
-            detail += f"\nAlready acknowledged by {alarm.acked_by}: {alarm.ack_comment}"
+        detail = alarms.ack_detail(alarm, self.tz)
         self.push_screen(AckDialog(alarm.device_id, alarm.code, detail), self._acked)
 
     def _acked(self, form: AlarmAckForm | None) -> None:
         if form is None:
             self._say(Text("ack: cancelled, nothing sent", "dim"))
             return
-        topic = f"{self.model.base}/cmd/alarms/ack"
-        payload: dict[str, object] = {
-            "action": "ack",
-            "device": form.device,
-            "code": form.code,
-            "comment": form.comment,
-            "by": self.operator_name,
-        }
-        what = (
-            f"Acknowledge {form.code} on {form.device} as {self.operator_name}:\n  {form.comment}\n"
-            "The alarm stays open until its cause clears; everyone sees who acknowledged it and why.\n"
-            f"Request: {topic}"
+        request = alarms.ack_request(
+            self.model.base, form.device, form.code, form.comment, self.operator_name
         )
-        self._confirm_then_send(what, topic, payload, f"ack {form.code} on {form.device}")
+        self._confirm_then_send(request)
 
     @property
     def operator_name(self) -> str:
@@ -849,30 +499,30 @@ class DashboardApp(App[int]):
             return self.client.url.username or self.client.client_id
         return "dashboard"
 
-    def _confirm_then_send(self, what: str, topic: str, payload: dict[str, object], short: str) -> None:
+    def _confirm_then_send(self, request: Request) -> None:
         def answered(yes: bool | None) -> None:
             if yes:
-                self._say(Text(f"… {short}: sent, waiting for the answer", "italic"))
-                self._send(topic, payload, short)
+                self._say(Text(f"… {request.short}: sent, waiting for the answer", "italic"))
+                self._send(request)
             else:
-                self._say(Text(f"{short}: cancelled, nothing sent", "dim"))
+                self._say(Text(f"{request.short}: cancelled, nothing sent", "dim"))
 
-        self.push_screen(ConfirmDialog(what), answered)
+        self.push_screen(ConfirmDialog(request.what), answered)
 
     @work(group="commands", exit_on_error=False)
-    async def _send(self, topic: str, payload: dict[str, object], short: str) -> None:
+    async def _send(self, request: Request) -> None:
         """Send one request and show its answer (runs as a worker: network I/O)."""
         try:
-            ack = await self.requester.request(topic, payload)
+            ack = await self.requester.request(request.topic, request.payload)
         except RequestError as exc:
             self.last_error = exc
             line = Text()
             line.append(" NO ANSWER ", "bold red reverse")
-            line.append(f" {short}: {exc}")
+            line.append(f" {request.short}: {exc}")
             self._say(line)
             return
         self.last_ack = ack
-        line = Text(f"{short}: ")
+        line = Text(f"{request.short}: ")
         line.append_text(render.ack_text(ack))
         self._say(line)
         if not ack.ok:
@@ -882,37 +532,6 @@ class DashboardApp(App[int]):
         self.query_one("#command", Static).update(text)
 
 
-def lamp_row(r: LampRow) -> Row:
-    """A lamp as a lights table row."""
-    status = Text(f"{render.SYMBOL[r.status]} {r.status.value}", render.STYLE[r.status])
-    lighting_class = r.lighting_class
-    return Row(
-        key=r.id,
-        cells=(
-            r.id,
-            r.segment,
-            lighting_class,
-            render.fmt_num(r.level_cmd),
-            render.fmt_num(r.level_actual),
-            render.fmt_num(r.power_w),
-            render.fmt_num(r.hours),
-            status,
-            " ".join(r.alarms),
-        ),
-        sort=(
-            r.id,
-            r.segment,
-            lighting_class,
-            r.level_cmd,
-            r.level_actual,
-            r.power_w,
-            r.hours,
-            float(render.PRIORITY.index(r.status)),
-            " ".join(r.alarms) or None,
-        ),
-    )
-
-
 @functools.cache
 def _zone(name: str) -> tzinfo:
     """A zone by IANA name; an unknown name falls back to the sites' default (never this machine's)."""
@@ -920,316 +539,3 @@ def _zone(name: str) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         return ZoneInfo(DEFAULT_SITE_TZ)
-
-
-def alarm_row(a: AlarmMessage, tz: tzinfo | None) -> Row:
-    """An open alarm as an alarms table row; an unacknowledged one says so in words."""
-    acked = Text(a.acked_by or "?", "dim") if a.acked else Text("UNACKED", "bold")
-    note = f"{a.detail} · ack: {a.ack_comment}" if a.acked else a.detail
-    return Row(
-        key=f"{a.device_id}/{a.code}",
-        cells=(
-            Text(a.severity, render.SEVERITY_STYLE.get(a.severity, "")),
-            a.device_id,
-            a.code,
-            render.fmt_time(a.ts, tz),
-            acked,
-            note,
-        ),
-        sort=(float(severity_rank(a.severity)), a.device_id, a.code, a.ts, acked.plain, note or None),
-    )
-
-
-EVENT_WORD = {"raised": ("RAISED", "bold"), "acked": ("acked", ""), "cleared": ("cleared", "dim")}
-
-
-def history_row(index: int, a: AlarmMessage, tz: tzinfo | None) -> Row:
-    """One alarm event (raised, acknowledged, cleared) as a history table row."""
-    kind = alarm_event(a)
-    word, style = EVENT_WORD[kind]
-    ts = alarm_event_ts(a)
-    note = f"by {a.acked_by}: {a.ack_comment}" if kind == "acked" else a.detail
-    return Row(
-        key=str(index),
-        cells=(
-            render.fmt_time(ts, tz, seconds=True),
-            Text(word, style),
-            Text(a.severity, render.SEVERITY_STYLE.get(a.severity, "")),
-            a.device_id,
-            a.code,
-            note,
-        ),
-        sort=(-ts, kind, float(severity_rank(a.severity)), a.device_id, a.code, note or None),
-    )
-
-
-def describe_charger(r: ChargerRow) -> str:
-    """`Charging, car connected, 11.0 kW, feeder feeder-1` in one phrase."""
-    car = {True: "car connected", False: "no car", None: "car unknown"}[r.car_connected]
-    parts = [r.status_word, car]
-    if r.power_kw is not None:
-        parts.append(f"{r.power_kw:.1f} kW")
-    parts.append(f"feeder {r.feeder}")
-    return ", ".join(parts)
-
-
-def feeder_row(f: FeederRow) -> Row:
-    """A feeder as a feeders table row."""
-    load = f.load
-    return Row(
-        key=f.id,
-        cells=(
-            f"{f.id} TRIPPED" if f.tripped else f.id,
-            render.fmt_num(f.limit_a, 1),
-            render.fmt_num(f.lighting_a, 1),
-            render.fmt_num(f.setpoints_a, 1),
-            render.fmt_num(f.measured_a, 1),
-            render.load_bar(load),
-            str(f.chargers),
-            render.sparkline(f.history, FEEDER_SAMPLES),
-        ),
-        sort=(
-            f.id,
-            f.limit_a,
-            f.lighting_a,
-            f.setpoints_a,
-            f.measured_a,
-            load,
-            float(f.chargers),
-            max(f.history, default=None),
-        ),
-    )
-
-
-CHARGER_STYLE = {"offline": "bold magenta", "Faulted": "bold red reverse", "Charging": "bold green"}
-
-
-def charger_row(r: ChargerRow, tz: tzinfo | None) -> Row:
-    """A charge point as a sessions table row."""
-    word = r.status_word
-    car = {True: "yes", False: "no", None: "-"}[r.car_connected]
-    return Row(
-        key=r.id,
-        cells=(
-            r.id,
-            Text(word, CHARGER_STYLE.get(word, "")),
-            car,
-            render.fmt_num(r.setpoint_a, 1),
-            render.fmt_num(r.planned_a, 1),
-            render.fmt_num(r.power_kw, 1),
-            render.fmt_num(r.session_kwh, 1),
-            render.fmt_num(r.needed_kwh, 1),
-            render.fmt_time(r.departure_ts, tz),
-            r.feeder,
-            " ".join(r.alarms),
-        ),
-        sort=(
-            r.id,
-            word,
-            car,
-            r.setpoint_a,
-            r.planned_a,
-            r.power_kw,
-            r.session_kwh,
-            r.needed_kwh,
-            r.departure_ts,
-            r.feeder,
-            " ".join(r.alarms) or None,
-        ),
-    )
-
-
-def online_word(online: bool | None) -> Text:
-    if online is None:
-        return Text("unknown")
-    return Text("online") if online else Text("OFFLINE", "bold magenta")
-
-
-def describe_display(d: DisplayState) -> str:
-    """`online, shows: P1 FREI 42` in one phrase."""
-    word = {True: "online", False: "OFFLINE", None: "online unknown"}[d.online]
-    return f"{word}, shows: {shown_text(d.shown) or '(blank)'}"
-
-
-def display_row(d: DisplayState, rec: Recommendation | None) -> Row:
-    """A display as a displays table row (with the guidance behind it, if any)."""
-    shows = Text(shown_text(d.shown) or "(blank)", "" if d.shown.strip() else "dim")
-    if rec is not None and rec.car_park:
-        shows.append(f"  [guides to {rec.car_park}]", "dim")
-    faults = d.pixel_faults
-    return Row(
-        key=d.device_id,
-        cells=(
-            d.device_id,
-            online_word(d.online),
-            "-" if d.brightness is None else f"{d.brightness:.0f} %",
-            Text(render.fmt_num(faults), "bold red" if faults else ""),
-            shows,
-        ),
-        sort=(
-            d.device_id,
-            {True: "online", False: "OFFLINE", None: "unknown"}[d.online],
-            d.brightness,
-            None if faults is None else float(faults),
-            shown_text(d.shown) or None,
-        ),
-    )
-
-
-def parking_row(p: ParkingState) -> Row:
-    """A car park as a car parks table row; a stale number says so in words."""
-    free = "-" if p.free is None else str(p.free)
-    opened = {True: "open", False: "CLOSED", None: "-"}[p.open]
-    return Row(
-        key=p.car_park,
-        cells=(
-            p.car_park,
-            p.name,
-            f"{free}/{p.capacity}",
-            opened,
-            Text("fresh") if p.fresh else Text("STALE (not shown)", "bold red"),
-        ),
-        sort=(
-            p.car_park,
-            p.name,
-            None if p.free is None else float(p.free),
-            opened,
-            "fresh" if p.fresh else "STALE",
-        ),
-    )
-
-
-PLAN_WORD = {"mandatory": "mandatory", "optional": "optional", "none": "-"}
-
-
-def describe_bin(b: BinView, tz: tzinfo | None, now: float | None = None) -> str:
-    """`zone z3, 64 % full, full at 14:20, today: none` in one phrase."""
-    fill = "never heard" if b.fill is None else f"{b.fill * 100:.0f} % full"
-    parts = [f"zone {b.zone or '-'}", fill]
-    if b.full_ts is not None:
-        parts.append(f"full at {render.fmt_when(b.full_ts, tz, time.time() if now is None else now)}")
-    flags = " FORCED" if b.forced else " EXCLUDED" if b.excluded else ""
-    parts.append(f"today: {PLAN_WORD.get(b.plan, b.plan)}{flags}")
-    if b.alarms:
-        parts.append("alarms " + " ".join(b.alarms))
-    return ", ".join(parts)
-
-
-def bin_row(b: BinView, tz: tzinfo | None, now: float | None = None) -> Row:
-    """A bin as a bins table row: fill and prediction, today's plan, what is wrong."""
-    today = Text(PLAN_WORD.get(b.plan, b.plan), "bold" if b.plan == "mandatory" else "")
-    if b.forced:
-        today.append(" FORCED", "bold")
-    elif b.excluded:
-        today.append(" EXCLUDED", "bold")
-    full_at = (
-        "-"
-        if b.full_ts is None
-        else (
-            "FULL"
-            if b.fill is not None and b.fill >= 1
-            else render.fmt_when(b.full_ts, tz, time.time() if now is None else now)
-        )
-    )
-    status = Text(b.status, "" if b.status == "ok" else "bold red")
-    alarms = Text(" ".join(b.alarms), "bold red" if "fire" in b.alarms else "bold" if b.alarms else "")
-    return Row(
-        key=b.id,
-        cells=(
-            b.id,
-            b.zone,
-            b.kind,
-            render.fill_bar(b.fill),
-            render.fmt_num(None if b.rate_per_h is None else b.rate_per_h * 100, 1),
-            full_at,
-            today,
-            status,
-            render.fmt_num(b.battery),
-            alarms,
-        ),
-        sort=(
-            b.id,
-            b.zone,
-            b.kind,
-            b.fill,
-            b.rate_per_h,
-            b.full_ts,
-            f"{'0' if b.forced else '1' if b.plan == 'mandatory' else '2' if b.plan == 'optional' else '3'}{b.plan}",
-            b.status,
-            b.battery,
-            " ".join(b.alarms) or None,
-        ),
-    )
-
-
-def route_text(plan: WastePlanView | None, truck: str | None, tz: tzinfo | None) -> Text:
-    """One truck's stops in today's plan: done ones ticked, the next one marked, ETAs after it."""
-    out = Text()
-    route = plan.route_of(truck) if plan is not None and truck is not None else None
-    if route is None:
-        out.append(f"{truck}: no route in today's plan" if truck else "no truck selected", "italic")
-        return out
-    out.append(f"{truck} {route.route_id} ({route.distance_km:.1f} km): ", "bold")
-    next_seen = False
-    for stop in route.stops:
-        name = (
-            stop.id if stop.kind == "bin" else f"{stop.kind} {stop.id}" if stop.id != stop.kind else stop.kind
-        )
-        if stop.done:
-            out.append(f"✓{name} ", "dim")
-        elif not next_seen:
-            next_seen = True
-            out.append(f"→ {name} {render.fmt_time(stop.eta_ts, tz)}", "bold reverse")
-            out.append(" ")
-        else:
-            out.append(f"· {name} {render.fmt_time(stop.eta_ts, tz)} ")
-    return out
-
-
-TRUCK_STYLE = {"offline": "bold magenta", "broken": "bold red reverse", "collecting": "bold"}
-
-
-def truck_row(r: TruckRow, tz: tzinfo | None) -> Row:
-    """A truck as a routes table row: its route's progress."""
-    word = r.status_word
-    return Row(
-        key=r.id,
-        cells=(
-            r.id,
-            Text(word, TRUCK_STYLE.get(word, "")),
-            r.route_id or "-",
-            render.progress_bar(r.stops_done, r.stops_total),
-            f"{r.bins_done}/{r.bins_total}" if r.bins_total else "-",
-            "-" if r.load_pct is None else f"{r.load_pct:.0f} %",
-            render.fmt_num(r.km, 1),
-            r.next_stop or "-",
-            render.fmt_time(r.next_eta, tz),
-        ),
-        sort=(
-            r.id,
-            word,
-            r.route_id,
-            r.progress,
-            float(r.bins_done),
-            r.load_pct,
-            r.km,
-            r.next_stop,
-            r.next_eta,
-        ),
-    )
-
-
-def warnings_text(warnings: list[ActiveWarning], tz: tzinfo | None) -> Text:
-    """The warnings in force: severity, lines, until when."""
-    out = Text("Active warnings\n", "bold")
-    if not warnings:
-        out.append("none\n", "italic")
-    for w in warnings:
-        style = (
-            "bold red" if w.severity in ("extreme", "severe") else "bold" if w.severity == "warning" else ""
-        )
-        out.append(f"{w.severity.upper():<8}", style)
-        out.append(f" {' / '.join(w.lines)}  until {render.fmt_time(w.end, tz)}")
-        where = ", ".join(w.displays) if w.displays else "area/all"
-        out.append(f"  ({w.id}; {where})\n", "dim")
-    return out

@@ -1,10 +1,11 @@
 """The dashboard's MQTT client: subscribes to one site, reconnects, asks and waits for acks.
 
 `DashboardClient.run(sink)` is meant to run in a Textual worker: it connects, subscribes
-to `dos/v1/{site}/#` and hands the messages to `sink` in batches (one call per
-`flush_interval_s` at most, so a burst of retained state costs one screen refresh), and
-reports `Connected` / `Disconnected` transitions. After a lost connection it waits a
-capped, jittered exponential backoff and tries again, forever, until cancelled.
+to the site's topics (`subscriptions`, today `dos/v1/{site}/#`) and hands the messages to
+`sink` in batches (one call per `flush_interval_s` at most, so a burst of retained state
+costs one screen refresh), and reports `Connected` / `Disconnected` transitions. After a
+lost connection it waits a capped, jittered exponential backoff and tries again, forever,
+until cancelled.
 
 paho reads one MQTT packet per readable event, and on the app's event loop each turn also
 carries Textual's work, which caps the rate a busy dashboard reads at (measured: ~1,000
@@ -35,27 +36,30 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import orjson
 import structlog
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
+from paho.mqtt.client import topic_matches_sub
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
-from edge.mqtt import TlsFiles
+from edge.backoff import Backoff
+from edge.errors import ConfigError
+from edge.mqtt import BrokerAddress, TlsFiles
 from edge.payloads import Ack
 from edge.redact import redact_url
-from tui.model import PREFIX
+from tui.views.base import PREFIX
 
 log = structlog.get_logger(__name__)
 
 ProtocolName = Literal["5", "3.1.1"]
 # CONNACK "unsupported protocol version": 132 as an MQTT 5 reason code, 1 in 3.1.1.
 _UNSUPPORTED_PROTOCOL = (132, 1)
+BACKOFF_BASE_S = 0.5  # the first retry after a drop comes within half a second
 
 
 class Requester(Protocol):
@@ -102,41 +106,34 @@ ClientEvent = Connected | Disconnected | Received
 Sink = Callable[[ClientEvent], None]
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    """`mqtt://[user:pass@]host[:port]` (or `mqtts://`)."""
+class BrokerUrl(BrokerAddress):
+    """The kernel's broker address, as the dashboard takes it from its command line: a bad URL is
+    a ValueError naming it (without its password), and `safe()` shows it without credentials."""
 
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
+    __slots__ = ()
 
     @classmethod
-    def parse(cls, url: str) -> BrokerUrl:
+    def parse(cls, url: str, *, tls: TlsFiles | None = None, key: str = "--broker") -> BrokerUrl:
         """Parse a broker URL; ValueError names what is wrong."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("mqtt", "mqtts"):
-            raise ValueError(f"broker URL must start with mqtt:// or mqtts://: {redact_url(url)!r}")
-        if not parts.hostname:
-            raise ValueError(f"broker URL has no host: {redact_url(url)!r}")
-        tls = parts.scheme == "mqtts"
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (8883 if tls else 1883),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password else None,
-            tls=tls,
-        )
+        try:
+            addr = BrokerAddress.parse(url, tls=tls, key=key)
+        except ConfigError as exc:
+            raise ValueError(f"broker URL {exc.args[0]}: {redact_url(url)!r}") from None
+        return cls(addr.host, addr.port, addr.username, addr.password, addr.tls, addr.tls_files)
 
     def safe(self) -> str:
         """The URL without credentials, for display and logs."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def backoff_delay(attempt: int, cap_s: float, rng: random.Random) -> float:
-    """Capped, jittered exponential backoff (aiomqtt's recipe)."""
-    return min(cap_s, rng.uniform(0, 1.5 ** min(10, attempt)))
+def subscriptions(base: str) -> list[str]:
+    """The topic filters the dashboard subscribes to under a site's base: the one place they are listed.
+
+    Everything the daemon publishes for the site, and the replies. When the topic table lands
+    (`edge.topics.dashboard_subscriptions(base)`, which lists the published topics and
+    `{base}/replies/#`), this body becomes `return dashboard_subscriptions(base)`.
+    """
+    return [f"{base}/#"]
 
 
 class DashboardClient:
@@ -168,10 +165,9 @@ class DashboardClient:
         self._protocol: ProtocolName = protocol
         self._connect_timeout_s = connect_timeout_s
         self._request_timeout_s = request_timeout_s
-        self._backoff_max_s = backoff_max_s
+        self._backoff = Backoff(BACKOFF_BASE_S, backoff_max_s, rng=rng or random.Random())
         self._flush_interval_s = flush_interval_s
         self._keepalive_s = keepalive_s
-        self._rng = rng or random.Random()
         self._client: aiomqtt.Client | None = None
         self._pending: dict[str, asyncio.Future[Ack]] = {}
         self._buffer: list[tuple[str, bytes]] = []
@@ -187,6 +183,14 @@ class DashboardClient:
     @property
     def connected(self) -> bool:
         return self._client is not None
+
+    def filters(self) -> list[str]:
+        """What a session subscribes to: the site's `subscriptions`, and this client's reply topic
+        unless one of them already covers it."""
+        filters = subscriptions(self.base)
+        if not any(topic_matches_sub(f, self.reply_topic) for f in filters):
+            filters.append(self.reply_topic)
+        return filters
 
     # ----- the worker ------------------------------------------------------------------------
 
@@ -209,8 +213,10 @@ class DashboardClient:
                 was_up = self._client is not None
                 self._client = None
                 self._fail_pending()
+            if was_up:
+                self._backoff.reset()
             attempt = 1 if was_up else attempt + 1
-            delay = backoff_delay(attempt, self._backoff_max_s, self._rng)
+            delay = self._backoff.next_delay()
             if attempt == 1:
                 log.warning("tui_mqtt_disconnected", url=self.url.safe(), reason=reason)
             sink(Disconnected(reason=reason, attempt=attempt, retry_in_s=delay))
@@ -245,7 +251,8 @@ class DashboardClient:
                 # max_queued_messages (default 1,000) QoS 1 messages per client, so on
                 # subscribing to a site of 5,000 lamps at QoS 1 it silently dropped 4,000
                 # retained states (measured).
-                await client.subscribe(f"{self.base}/#", qos=0, timeout=self._connect_timeout_s)
+                filters = [(f, 0) for f in self.filters()]
+                await client.subscribe(filters, timeout=self._connect_timeout_s)
             self._client = client
             log.info("tui_mqtt_connected", url=self.url.safe(), protocol=self._protocol)
             sink(Connected(self._protocol))

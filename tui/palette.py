@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-if TYPE_CHECKING:
-    from tui.app import DashboardApp
+from tui.model import SiteModel
+from tui.views import VIEWS
 
 MIN_DEVICE_QUERY = 2  # characters before devices are searched (thousands of them)
 MAX_DEVICE_HITS = 50
@@ -63,21 +63,35 @@ ACTIONS: tuple[PaletteAction, ...] = (
 )
 
 
+@runtime_checkable
+class PaletteHost(Protocol):
+    """What the palette needs of the app it runs in (so it need not import the app: no import circle)."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def model(self) -> SiteModel: ...
+
+    def action_view(self, view: str) -> None: ...
+
+    def palette_run(self, action: str, view: str | None) -> None: ...
+
+    def palette_select(self, where: str, key: str) -> None: ...
+
+
 class DashboardCommands(Provider):
     """Actions and devices of the dashboard for the command palette."""
 
     @property
-    def _dashboard(self) -> DashboardApp:
-        from tui.app import DashboardApp
-
+    def _dashboard(self) -> PaletteHost:
         app = self.app
-        assert isinstance(app, DashboardApp)
+        if not isinstance(app, PaletteHost):
+            raise TypeError(f"the dashboard's palette runs in a PaletteHost, not in {type(app).__name__}")
         return app
 
     def _actions(self) -> Iterator[tuple[str, str, Callable[[], None]]]:
         app = self._dashboard
-        from tui.app import VIEWS
-
         for i, (vid, name) in enumerate(VIEWS):
             yield f"Show {name}", f"view {i + 1}", partial(app.action_view, vid)
         for a in ACTIONS:

@@ -1,85 +1,51 @@
-"""Pure text rendering of the model for the dashboard's views (Rich `Text`, no Textual).
+"""The dashboard's text pages (Overview, Plan, Map) and the command line's ack (Rich `Text`, no Textual).
 
 Every state has a symbol or a word, and colour only repeats it, so the views read the
-same on a monochrome terminal.
+same on a monochrome terminal. Each domain writes its own Overview lines
+(`tui/views/{domain}.py`); the formatting primitives live in `tui.format`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
 
 from rich.text import Text
 
 from edge.payloads import Ack
-from tui.inventory import Position
-from tui.model import FEEDER_HIGH, SEVERITIES, LampStatus, LightingPlan, SiteModel
+from tui.format import BLOCKS, fmt_num, fmt_time, fmt_when, is_today, sparkline
+from tui.inventory import Inventory, Position
+from tui.model import SiteModel
+from tui.views import charging, displays, waste
+from tui.views.alarms import SEVERITIES, SEVERITY_STYLE
+from tui.views.charging import load_bar
+from tui.views.lighting import PRIORITY, STYLE, SYMBOL, LampStatus, LightingModel, LightingPlan
+from tui.views.waste import fill_bar, progress_bar
 
-SYMBOL: dict[LampStatus, str] = {
-    LampStatus.ON: "●",
-    LampStatus.DIMMED: "◐",
-    LampStatus.OFF: "○",
-    LampStatus.FAILED: "X",
-    LampStatus.OFFLINE: "?",
-    LampStatus.UNKNOWN: "·",
-}
-STYLE: dict[LampStatus, str] = {
-    LampStatus.ON: "bold yellow",
-    LampStatus.DIMMED: "yellow",
-    LampStatus.OFF: "dim",
-    LampStatus.FAILED: "bold red reverse",
-    LampStatus.OFFLINE: "bold magenta",
-    LampStatus.UNKNOWN: "dim",
-}
-# What a map cell shows when several lamps share it: what needs attention first.
-PRIORITY = (
-    LampStatus.FAILED,
-    LampStatus.OFFLINE,
-    LampStatus.ON,
-    LampStatus.DIMMED,
-    LampStatus.OFF,
-    LampStatus.UNKNOWN,
-)
-SEVERITY_STYLE = {"critical": "bold red reverse", "major": "bold red", "minor": "yellow", "warning": "cyan"}
-BLOCKS = "·▁▂▃▄▅▆▇█"
-
-
-def fmt_time(ts: float | None, tz: tzinfo | None, seconds: bool = False) -> str:
-    """Local clock time of an epoch timestamp ('-' for none)."""
-    if ts is None or not math.isfinite(ts):
-        return "-"
-    return datetime.fromtimestamp(ts, tz).strftime("%H:%M:%S" if seconds else "%H:%M")
-
-
-def fmt_when(ts: float | None, tz: tzinfo | None, now: float) -> str:
-    """A time in the site's zone, with its day when it is not today there.
-
-    `14:05` today, `Fri 14:05` within the coming week, `09.12. 14:05` further off or in the
-    past: a forecast days ahead must not read as a time today.
-    """
-    if ts is None or not math.isfinite(ts):
-        return "-"
-    when, today = datetime.fromtimestamp(ts, tz), datetime.fromtimestamp(now, tz).date()
-    days = (when.date() - today).days
-    if days == 0:
-        return when.strftime("%H:%M")
-    if 0 < days < 7:
-        return when.strftime("%a %H:%M")
-    return when.strftime("%d.%m. %H:%M")
-
-
-def is_today(ts: float | None, tz: tzinfo | None, now: float) -> bool:
-    """Whether `ts` falls on the same calendar day as `now` in the site's zone."""
-    if ts is None or not math.isfinite(ts):
-        return False
-    return datetime.fromtimestamp(ts, tz).date() == datetime.fromtimestamp(now, tz).date()
-
-
-def fmt_num(value: float | None, digits: int = 0) -> str:
-    """A number or '-'."""
-    return "-" if value is None else f"{value:.{digits}f}"
+__all__ = [
+    "BLOCKS",
+    "PRIORITY",
+    "SEVERITY_STYLE",
+    "STYLE",
+    "SYMBOL",
+    "ack_text",
+    "district_map",
+    "fill_bar",
+    "fmt_num",
+    "fmt_time",
+    "fmt_when",
+    "is_today",
+    "legend",
+    "level_block",
+    "load_bar",
+    "map_page",
+    "overview",
+    "plan_chart",
+    "progress_bar",
+    "segment_map",
+    "sparkline",
+]
 
 
 def legend() -> Text:
@@ -94,15 +60,28 @@ def legend() -> Text:
 # ----- overview --------------------------------------------------------------------------------
 
 
+def _label(out: Text, name: str) -> None:
+    out.append(f"{name:<12}", "bold")
+
+
 def overview(model: SiteModel, tz: tzinfo | None) -> Text:
-    """The site's health in one screen."""
+    """The site's health in one screen: status, lighting, every domain's lines, energy, alarms."""
     out = Text()
+    _status_lines(out, model, tz)
+    _lighting_lines(out, model)
+    charging.overview_lines(out, model)
+    displays.overview_lines(out, model)
+    waste.overview_lines(out, model, tz)
+    _energy_lines(out, model.plan)
+    _alarm_lines(out, model)
+    _message_lines(out, model)
+    return out
 
-    def label(name: str) -> None:
-        out.append(f"{name:<12}", "bold")
 
+def _status_lines(out: Text, model: SiteModel, tz: tzinfo | None) -> None:
+    """The daemon's status and the last lighting plan."""
     d = model.daemon
-    label("Daemon")
+    _label(out, "Daemon")
     if d is None:
         out.append("no status received yet\n", "italic")
     else:
@@ -110,7 +89,7 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
         out.append(f" · {d.site} · version {d.version} · since {fmt_time(d.ts, tz, seconds=True)}\n")
 
     plan = model.plan
-    label("Last plan")
+    _label(out, "Last plan")
     if plan is None:
         out.append("none received\n", "italic")
     else:
@@ -120,8 +99,11 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
         if plan.reason:
             out.append(f"{'':12}{plan.reason}\n", "italic")
 
+
+def _lighting_lines(out: Text, model: LightingModel) -> None:
+    """Lamps and controllers by connectivity, lamps by status, the power they report."""
     counts = model.online_counts()
-    label("Devices")
+    _label(out, "Devices")
     first = True
     for kind, c in counts.items():
         if not first:
@@ -134,7 +116,7 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
     out.append("\n")
 
     lamps = model.lamp_counts()
-    label("Lamps")
+    _label(out, "Lamps")
     for i, status in enumerate(
         (LampStatus.ON, LampStatus.DIMMED, LampStatus.OFF, LampStatus.FAILED, LampStatus.OFFLINE)
     ):
@@ -145,14 +127,13 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
     if lamps[LampStatus.UNKNOWN]:
         out.append(f" · unknown {lamps[LampStatus.UNKNOWN]}")
     out.append("\n")
-    label("Power now")
+    _label(out, "Power now")
     out.append(f"{model.total_power_w() / 1000:.1f} kW reported by {len(model.lamps)} lamps\n")
 
-    charging_lines(out, model)
-    displays_lines(out, model)
-    waste_lines(out, model, tz)
 
-    label("Energy")
+def _energy_lines(out: Text, plan: LightingPlan | None) -> None:
+    """Tonight's planned energy against the baselines."""
+    _label(out, "Energy")
     if plan is None:
         out.append("tonight: no plan yet\n", "italic")
     else:
@@ -165,8 +146,11 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
             pct = "-" if saving is None else f"{-saving * 100:+.0f} %"
             out.append(f"{'':12}vs {name:<9}{base:8.1f} kWh  ({pct})\n")
 
+
+def _alarm_lines(out: Text, model: SiteModel) -> None:
+    """Open alarms by severity, and how many nobody acknowledged."""
     alarms = model.alarm_counts()
-    label("Alarms")
+    _label(out, "Alarms")
     total = sum(alarms.values())
     for i, sev in enumerate(SEVERITIES):
         if i:
@@ -181,146 +165,16 @@ def overview(model: SiteModel, tz: tzinfo | None) -> Text:
     out.append(f", {unacked} unacked" if unacked else "", "bold" if unacked else "")
     out.append(")\n")
 
-    label("Messages")
+
+def _message_lines(out: Text, model: SiteModel) -> None:
+    """Messages received, and the bad payloads among them by topic."""
+    _label(out, "Messages")
     out.append(f"{model.messages} received · ")
     bad = model.bad_total
     out.append(f"{bad} bad payload{'s' if bad != 1 else ''}", "bold red" if bad else "")
     if bad:
         out.append(" (" + ", ".join(f"{k} {v}" for k, v in sorted(model.bad_payloads.items())) + ")")
     out.append("\n")
-    return out
-
-
-def charging_lines(out: Text, model: SiteModel) -> None:
-    """The Overview's Charging line: points, cars, power against the limits, feeders near theirs."""
-    out.append(f"{'Charging':<12}", "bold")
-    if not model.chargers and not model.feeders:
-        out.append("no charge points or feeders reported\n", "italic")
-        return
-    c = model.charging_summary()
-    out.append(f"points {c.online} online, ")
-    out.append(f"{c.offline} offline", "bold red" if c.offline else "")
-    if c.unknown:
-        out.append(f", {c.unknown} unknown")
-    out.append(f" · {c.cars} car{'s' if c.cars != 1 else ''} connected · {c.charging} charging\n")
-    out.append(f"{'':12}{c.power_kw:.1f} kW now of {c.limit_kw:.0f} kW feeder limits")
-    out.append(f" ({c.measured_a:.0f} of {c.limit_a:.0f} A)\n")
-    if c.high:
-        out.append(f"{'':12}")
-        out.append("ABOVE 90 %", "bold red reverse")
-        high = ", ".join(f"{f.id} at {(f.load or 0) * 100:.1f} % of {f.limit_a:g} A" for f in c.high)
-        out.append(f" {high}\n", "bold")
-
-
-def displays_lines(out: Text, model: SiteModel) -> None:
-    """The Overview's Displays line: displays online, warnings in force, stale car parks."""
-    out.append(f"{'Displays':<12}", "bold")
-    if not model.displays and not model.parking and not model.warnings:
-        out.append("no displays or car parks reported\n", "italic")
-        return
-    d = model.displays_summary()
-    out.append(f"{d.online}/{d.total} online · ")
-    out.append(f"{d.warnings} warning{'s' if d.warnings != 1 else ''} active", "bold" if d.warnings else "")
-    out.append(f" · car parks {d.car_parks}, ")
-    out.append(f"{d.stale} STALE" if d.stale else "all fresh", "bold red" if d.stale else "")
-    out.append("\n")
-
-
-WASTE_THRESHOLD = 0.8  # for counting bins above it when the daemon sent no summary
-
-
-def waste_lines(out: Text, model: SiteModel, tz: tzinfo | None, now: float | None = None) -> None:
-    """The Overview's Waste lines: bins above the threshold, trucks on route, today's plan.
-
-    A plan made on another day (yesterday's, still retained after midnight) says so.
-    """
-    now = now if now is not None else (model.clock_ts() or time.time())
-    out.append(f"{'Waste':<12}", "bold")
-    summary = model.waste_summary
-    if summary is None and not model.bins and not model.trucks:
-        out.append("no bins or trucks reported\n", "italic")
-        return
-    if summary is not None:
-        above, alarms, bins, reporting = (
-            summary.above_threshold,
-            summary.alarms,
-            summary.bins,
-            summary.reporting,
-        )
-        on_route, trucks = summary.trucks_on_route, summary.trucks
-    else:
-        above, bins = model.bins_above(WASTE_THRESHOLD), len(model.bins)
-        alarms = sum(1 for b in model.bins.values() if b.alarms)
-        reporting = sum(1 for b in model.bins.values() if b.status == "ok")
-        on_route, trucks = sum(1 for t in model.trucks.values() if t.on_route), len(model.trucks)
-    out.append(f"bins {bins}, ")
-    out.append(f"{above} above threshold", "bold" if above else "")
-    out.append(", ")
-    out.append(f"{alarms} with alarms", "bold red" if alarms else "")
-    out.append(f" · trucks {on_route}/{trucks} on route\n")
-    plan = model.waste_plan
-    out.append(f"{'':12}")
-    if plan is None:
-        out.append("no collection plan yet\n", "italic")
-    else:
-        out.append(f"plan {plan.status or '?'} {fmt_when(plan.made_ts, tz, now)} ({plan.reason or '-'})")
-        if plan.made_ts is not None and not is_today(plan.made_ts, tz, now):
-            out.append(" NOT TODAY'S", "bold")
-        out.append(f" · {plan.mandatory} mandatory, {plan.optional} optional · {plan.distance_km:.1f} km\n")
-    out.append(f"{'':12}{reporting} reporting")
-    if summary is not None:
-        out.append(f" · {summary.emptied_today} emptied today")
-        if summary.overflows_today:
-            out.append(" · ")
-            out.append(f"{summary.overflows_today} OVERFLOWED", "bold red")
-    if plan is not None and plan.dropped:
-        out.append(" · ")
-        out.append(f"{len(plan.dropped)} left out", "bold")
-    out.append("\n")
-
-
-def fill_bar(fill: float | None, width: int = 5) -> Text:
-    """`[####..]  67 %`: a fill level in blocks and words (no colour needed)."""
-    if fill is None:
-        return Text("never heard", "dim")
-    n = max(0, min(width, round(fill * width)))
-    style = "bold red" if fill >= 1.0 else "bold" if fill >= WASTE_THRESHOLD else ""
-    return Text(f"[{'#' * n}{'.' * (width - n)}] {fill * 100:3.0f} %", style)
-
-
-def progress_bar(done: int, total: int, width: int = 10) -> Text:
-    """`[####......] 4/10`: stops of a route done."""
-    if total <= 0:
-        return Text("no route", "dim")
-    n = max(0, min(width, round(width * done / total)))
-    return Text(f"[{'#' * n}{'.' * (width - n)}] {done}/{total}")
-
-
-def sparkline(values: Sequence[float], width: int, top: float = 1.0) -> Text:
-    """Values from 0 to `top` as block heights, the latest at the right; above `top`: `!`."""
-    out = Text()
-    shown = list(values)[-width:]
-    out.append("·" * (width - len(shown)), "dim")
-    for v in shown:
-        if v > top:
-            out.append("!", "bold red")
-        else:
-            out.append(BLOCKS[max(0, min(len(BLOCKS) - 1, round(v / top * (len(BLOCKS) - 1))))])
-    return out
-
-
-def load_bar(load: float | None, width: int = 10) -> Text:
-    """`[#######...]  72.0 %`: a bar of `#` that reads without colour; `!` marks a feeder above 90 %."""
-    if load is None:
-        return Text("-")
-    filled = max(0, min(width, round(load * width)))
-    high = load > FEEDER_HIGH
-    style = "bold red" if load >= 1 else "yellow" if high else ""
-    out = Text("[")
-    out.append("#" * filled, style)
-    out.append("." * (width - filled), "dim")
-    out.append(f"] {load * 100:5.1f} %{' !' if high else ''}", "bold" if high else "")
-    return out
 
 
 # ----- plan ------------------------------------------------------------------------------------
@@ -487,3 +341,23 @@ def ack_text(ack: Ack) -> Text:
         out.append(" · reason: ")
         out.append(ack.reason, "bold")
     return out
+
+
+def map_page(model: LightingModel, inventory: Inventory | None) -> Callable[[int, int], Text]:
+    """The Map page, drawn to the view's size: the district if there is an inventory, else by segment."""
+    statuses = model.statuses()
+
+    def draw(width: int, height: int) -> Text:
+        out = legend()
+        out.append("\n")
+        if inventory is None:
+            out.append("No inventory (--inventory FILE): lamps by segment, in id order.\n", "italic")
+            out.append_text(segment_map(model.segments(), statuses, width))
+        else:
+            out.append_text(district_map(statuses, inventory.positions, width, max(4, height - 3)))
+            unplaced = len(set(statuses) - set(inventory.positions))
+            if unplaced:
+                out.append(f"{unplaced} lamp(s) not in the inventory are not drawn.\n", "italic")
+        return out
+
+    return draw

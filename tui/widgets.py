@@ -1,7 +1,7 @@
 """Dumb widgets of the dashboard: they show what the app hands them and post what the user does.
 
 Data goes down as method calls with plain values (`FilterTable.show(rows)`,
-`TextView.show(render)`, `Banner.state = ...`); nothing here knows MQTT or the model.
+`TextView.show(render)`, `Banner.message = ...`); nothing here knows MQTT or the model.
 """
 
 from __future__ import annotations

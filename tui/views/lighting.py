@@ -1,0 +1,376 @@
+"""Lighting: lamps and their controllers, the night's plan, overrides (the Lights view's data).
+
+The Map and Plan pages draw from this slice too (`tui.render`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.dom import DOMNode
+
+from edge.payloads import ControllerState, LampState, LampTelemetry, PlanMessage
+from tui.format import fmt_num
+from tui.screens import Override, Target
+from tui.views.base import Change, Request, Slice
+from tui.widgets import Column, FilterTable, Row
+
+
+class LampStatus(enum.StrEnum):
+    """A lamp's condition in words (the dashboard never relies on colour alone)."""
+
+    ON = "on"
+    DIMMED = "dimmed"
+    OFF = "off"
+    FAILED = "FAILED"
+    OFFLINE = "offline"
+    UNKNOWN = "unknown"
+
+
+def lamp_status(state: LampState) -> LampStatus:
+    """Offline beats failed beats the level: what an operator must act on comes first."""
+    if state.online is False:
+        return LampStatus.OFFLINE
+    if state.failures:
+        return LampStatus.FAILED
+    level = state.level_actual if state.level_actual is not None else state.level_cmd
+    if level is None:
+        return LampStatus.UNKNOWN
+    if level <= 0:
+        return LampStatus.OFF
+    if level < 100:
+        return LampStatus.DIMMED
+    return LampStatus.ON
+
+
+SYMBOL: dict[LampStatus, str] = {
+    LampStatus.ON: "●",
+    LampStatus.DIMMED: "◐",
+    LampStatus.OFF: "○",
+    LampStatus.FAILED: "X",
+    LampStatus.OFFLINE: "?",
+    LampStatus.UNKNOWN: "·",
+}
+STYLE: dict[LampStatus, str] = {
+    LampStatus.ON: "bold yellow",
+    LampStatus.DIMMED: "yellow",
+    LampStatus.OFF: "dim",
+    LampStatus.FAILED: "bold red reverse",
+    LampStatus.OFFLINE: "bold magenta",
+    LampStatus.UNKNOWN: "dim",
+}
+# What a map cell shows when several lamps share it: what needs attention first.
+PRIORITY = (
+    LampStatus.FAILED,
+    LampStatus.OFFLINE,
+    LampStatus.ON,
+    LampStatus.DIMMED,
+    LampStatus.OFF,
+    LampStatus.UNKNOWN,
+)
+
+
+class PlanGroup(BaseModel):
+    """One planning group's level per slot (`plan.groups[]` of a lighting PlanMessage)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: str
+    levels: list[int]
+    energy_kwh: float = 0.0
+
+
+class LightingPlan(BaseModel):
+    """The parts of the lighting plan body the dashboard shows (unknown keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: str = ""
+    reason: str = ""
+    groups: list[PlanGroup] = []
+    energy_kwh: float = 0.0
+    baseline_static_kwh: float = 0.0
+    baseline_dortmund_kwh: float = 0.0
+    slot_starts: list[float] = []
+    on: float | None = None
+    off: float | None = None
+    ts: float = 0.0
+
+    def saving(self, baseline_kwh: float) -> float | None:
+        """Fraction saved against a baseline (None without one)."""
+        if baseline_kwh <= 0:
+            return None
+        return 1.0 - self.energy_kwh / baseline_kwh
+
+
+@dataclass(frozen=True, slots=True)
+class LampRow:
+    """One lamp as the lights table shows it."""
+
+    id: str
+    segment: str
+    group: str
+    level_cmd: float | None
+    level_actual: float | None
+    power_w: float | None
+    hours: float | None
+    status: LampStatus
+    alarms: tuple[str, ...]
+    source: str
+
+    @property
+    def lighting_class(self) -> str:
+        """`M3 std` from the group id `{segment}:{class}:{std,nd,fs}`."""
+        parts = self.group.split(":")
+        return " ".join(parts[1:]) if len(parts) >= 3 else self.group
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineCount:
+    """Devices of one kind by connectivity."""
+
+    online: int = 0
+    offline: int = 0
+    unknown: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.online + self.offline + self.unknown
+
+
+# ----- the model slice ---------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class LightingModel(Slice):
+    """Lamps (state and telemetry), their controllers and tonight's plan."""
+
+    lamps: dict[str, LampState] = field(default_factory=dict)
+    telemetry: dict[str, LampTelemetry] = field(default_factory=dict)
+    controllers: dict[str, ControllerState] = field(default_factory=dict)
+    plan: LightingPlan | None = None
+    # The model version at which each lamp last changed (or went), so a big table can take
+    # just the lamps that changed since it last looked.
+    lamp_seq: dict[str, int] = field(default_factory=dict)
+    lamps_gone: dict[str, int] = field(default_factory=dict)
+
+    def _fold_lighting(self, parts: list[str], payload: bytes) -> Change | None:
+        """Fold a `lights/...` or `controllers/...` message (None: not one of those)."""
+        match parts:
+            case ["lights", lamp_id, "state"]:
+                if not payload:
+                    if self.lamps.pop(lamp_id, None) is not None:
+                        self.lamp_seq.pop(lamp_id, None)
+                        self.lamps_gone[lamp_id] = self.version + 1
+                else:
+                    self.lamps[lamp_id] = LampState.model_validate_json(payload)
+                    self.lamp_seq[lamp_id] = self.version + 1
+                    self.lamps_gone.pop(lamp_id, None)
+                return Change.LAMP
+            case ["lights", lamp_id, "telemetry"]:
+                self.telemetry[lamp_id] = LampTelemetry.model_validate_json(payload)
+                if lamp_id in self.lamps:
+                    self.lamp_seq[lamp_id] = self.version + 1
+                return Change.LAMP
+            case ["controllers", dev_id, "state"]:
+                if not payload:
+                    self.controllers.pop(dev_id, None)
+                else:
+                    self.controllers[dev_id] = ControllerState.model_validate_json(payload)
+                return Change.CONTROLLER
+        return None
+
+    def _plan_lighting(self, domain: str, msg: PlanMessage) -> Change | None:
+        """Take the lighting plan out of a `plans/{domain}` message (None: another domain's)."""
+        if domain != "lighting":
+            return None
+        self.plan = LightingPlan.model_validate({**msg.plan, "ts": msg.ts})
+        return Change.PLAN
+
+    def lamp_rows(self) -> list[LampRow]:
+        """Every lamp with its telemetry, sorted by id."""
+        return [self.lamp_row(lamp_id) for lamp_id in sorted(self.lamps)]
+
+    def lamp_row(self, lamp_id: str) -> LampRow:
+        """One lamp with its telemetry (KeyError for an unknown lamp)."""
+        s = self.lamps[lamp_id]
+        tel = self.telemetry.get(lamp_id)
+        return LampRow(
+            id=lamp_id,
+            segment=s.segment,
+            group=s.group,
+            level_cmd=s.level_cmd,
+            level_actual=s.level_actual,
+            power_w=s.power_w if s.power_w is not None else (tel.power_w if tel else None),
+            hours=tel.hours if tel else None,
+            status=lamp_status(s),
+            alarms=tuple(s.alarms),
+            source=s.source,
+        )
+
+    def lamps_since(self, version: int) -> tuple[list[str], list[str]]:
+        """Lamps changed and lamps gone after model version `version`."""
+        changed = [k for k, v in self.lamp_seq.items() if v > version]
+        gone = [k for k, v in self.lamps_gone.items() if v > version]
+        return changed, gone
+
+    def statuses(self) -> dict[str, LampStatus]:
+        """Each lamp's status by id."""
+        return {lamp_id: lamp_status(s) for lamp_id, s in self.lamps.items()}
+
+    def lamp_counts(self) -> Counter[LampStatus]:
+        """Lamps by status."""
+        return Counter(lamp_status(s) for s in self.lamps.values())
+
+    def online_counts(self) -> dict[str, OnlineCount]:
+        """Lamps and controllers by connectivity."""
+        out: dict[str, OnlineCount] = {}
+        for kind, states in (("lamps", self.lamps.values()), ("controllers", self.controllers.values())):
+            c = Counter(s.online for s in states)
+            out[kind] = OnlineCount(online=c[True], offline=c[False], unknown=c[None])
+        return out
+
+    def segments(self) -> dict[str, list[str]]:
+        """Lamp ids per road segment (from the lamps' own state)."""
+        out: dict[str, list[str]] = {}
+        for lamp_id in sorted(self.lamps):
+            out.setdefault(self.lamps[lamp_id].segment, []).append(lamp_id)
+        return out
+
+    def groups(self) -> dict[str, list[str]]:
+        """Lamp ids per planning group."""
+        out: dict[str, list[str]] = {}
+        for lamp_id in sorted(self.lamps):
+            out.setdefault(self.lamps[lamp_id].group, []).append(lamp_id)
+        return out
+
+    def total_power_w(self) -> float:
+        """Sum of the lamps' reported power."""
+        return sum(s.power_w or 0.0 for s in self.lamps.values())
+
+
+# ----- the table ---------------------------------------------------------------------------------
+
+LAMP_COLUMNS = (
+    Column("Lamp", 7),
+    Column("Segment", 16),
+    Column("Class", 7),
+    Column("Cmd%", 4),
+    Column("Act%", 4),
+    Column("W", 5),
+    Column("Hours", 6),
+    Column("Status", 9),
+    Column("Alarms"),
+)
+
+
+def lamp_row(r: LampRow) -> Row:
+    """A lamp as a lights table row."""
+    status = Text(f"{SYMBOL[r.status]} {r.status.value}", STYLE[r.status])
+    lighting_class = r.lighting_class
+    return Row(
+        key=r.id,
+        cells=(
+            r.id,
+            r.segment,
+            lighting_class,
+            fmt_num(r.level_cmd),
+            fmt_num(r.level_actual),
+            fmt_num(r.power_w),
+            fmt_num(r.hours),
+            status,
+            " ".join(r.alarms),
+        ),
+        sort=(
+            r.id,
+            r.segment,
+            lighting_class,
+            r.level_cmd,
+            r.level_actual,
+            r.power_w,
+            r.hours,
+            float(PRIORITY.index(r.status)),
+            " ".join(r.alarms) or None,
+        ),
+    )
+
+
+# ----- the pane ----------------------------------------------------------------------------------
+
+
+def compose() -> ComposeResult:
+    """The Lights view: one table of every lamp."""
+    yield FilterTable(LAMP_COLUMNS, "lamps", id="lights")
+
+
+class LightsFeed:
+    """Feeds the lights table only the lamps that changed since it last looked: 5,000 rows are not rebuilt."""
+
+    def __init__(self) -> None:
+        self.seen = -1
+
+    def show(self, root: DOMNode, model: LightingModel) -> None:
+        changed, gone = model.lamps_since(self.seen)
+        self.seen = model.version
+        root.query_one("#lights", FilterTable).update([lamp_row(model.lamp_row(k)) for k in changed], gone)
+
+
+# ----- commands ----------------------------------------------------------------------------------
+
+
+def targets(model: LightingModel, selected: str | None) -> list[Target]:
+    """What an override can address: the selected lamp (else the first), its segment, its group."""
+    lamp_id = selected
+    if lamp_id is None or lamp_id not in model.lamps:
+        lamp_id = min(model.lamps, default=None)
+    if lamp_id is None:
+        return []
+    state = model.lamps[lamp_id]
+    segs, groups = model.segments(), model.groups()
+    return [
+        Target("lights", lamp_id),
+        Target("segments", state.segment, len(segs.get(state.segment, ()))),
+        Target("groups", state.group, len(groups.get(state.group, ()))),
+    ]
+
+
+def override_request(base: str, result: Override) -> Request:
+    """Set a level (for a while) or resume the schedule, as filled in on the override form."""
+    t = result.target
+    topic = f"{base}/cmd/{t.scope}/{t.name}"
+    payload: dict[str, object]
+    if result.action == "resume_schedule":
+        payload = {"action": "resume_schedule", "reason": "operator dashboard"}
+        what = f"Resume the schedule for {t.describe()}.\nAny operator override ends now and the plan takes over."
+        short = f"resume {t.describe()}"
+    else:
+        level = result.level if result.level is not None else 0.0
+        payload = {"action": "set_level", "level": level, "reason": "operator dashboard"}
+        if result.duration_s is not None:
+            payload["duration_s"] = result.duration_s
+            until = f"for {result.duration_s / 60:g} min, then the plan takes over again"
+        else:
+            until = "until you resume the schedule (r)"
+        what = (
+            f"Set {t.describe()} to {level:g} % {until}.\n"
+            "Lighting floors still apply: the daemon may clamp the level or refuse it."
+        )
+        short = f"set {t.describe()} to {level:g} %"
+    return Request(f"{what}\nRequest: {topic}", topic, payload, short)
+
+
+def replan_request(base: str) -> Request:
+    """Re-plan tonight's lighting now."""
+    topic = f"{base}/cmd/lighting/replan"
+    what = (
+        "Re-plan tonight's lighting now.\n"
+        "The daemon computes a new plan from the current time and applies it; "
+        "operator overrides stay in force until they end.\n"
+        f"Request: {topic}"
+    )
+    return Request(what, topic, {"action": "replan"}, "re-plan")
