@@ -36,8 +36,8 @@ from devices.profiles.displays import (
     check_content,
     parse_content,
 )
-from devices.protocols.registers import PointValueError
 from edge.dispatcher import DispatcherView, Verdict, make_command
+from edge.errors import DeviceReplyError
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, Telemetry, Value
 from edge.geo import haversine_m
 from edge.kernel import Kernel
@@ -130,7 +130,7 @@ class DisplaySafety:
         try:
             content = parse_content(cmd.payload)
             check_content(profile, content, now)
-        except PointValueError as exc:
+        except DeviceReplyError as exc:  # content the sign cannot show (a PointValueError)
             return Verdict(Outcome.REFUSED, cmd.value, f"content_refused: {exc}")
         if content.message_id != int(cmd.value):
             return Verdict(
