@@ -23,6 +23,7 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 
 from devices.profiles.charging import ChargePointProfile, OpcUaPoint, default_profile
+from devices.protocols.link import LinkTiming, Presence
 from devices.protocols.opcua import (
     CLIENT_APPLICATION_URI,
     ClientSecurity,
@@ -31,10 +32,9 @@ from devices.protocols.opcua import (
     quiet_asyncua,
     string_node_id,
 )
-from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceUnavailable
-from edge.events import Availability, Event, Telemetry, Value
+from edge.events import Event, Telemetry, Value
 from edge.lifecycle import Service, ServiceState
 from edge.tasks import cancel_and_wait
 
@@ -84,15 +84,7 @@ class _Runner:
     def __init__(self, driver: OpcUaChargingDriver, ep: OpcUaEndpoint) -> None:
         self.driver = driver
         self.ep = ep
-        self.opc = OpcUaSession(
-            ep.endpoint_id,
-            ep.url,
-            timeout_s=driver.timeout_s,
-            backoff=Backoff(min(driver.backoff_base_s, driver.backoff_max_s), driver.backoff_max_s),
-            security=driver.security,
-        )
-        self.online: bool | None = None
-        self.up = asyncio.Event()
+        self.opc = OpcUaSession(ep.endpoint_id, ep.url, driver.timing, driver.security)
         self.nodes: dict[tuple[str, str], ua.NodeId] = {}
         self.routes: list[tuple[str, str]] = []
         self.max_current: dict[str, float] = {}
@@ -101,37 +93,21 @@ class _Runner:
         self.limit_read: dict[str, float] = {}
         self.heartbeat_seq = 0
         self.log = log.bind(endpoint=ep.endpoint_id)
+        self.presence = Presence(
+            ep.endpoint_id,
+            ep.charge_points,
+            driver.publish,
+            driver.clock,
+            kind="opcua_endpoint",
+            log=self.log,
+        )
 
     # -- availability ---------------------------------------------------------------
-
-    def set_online(self, online: bool, reason: str = "") -> None:
-        """Publish and log availability on transitions only."""
-        if online:
-            self.up.set()
-        else:
-            self.up.clear()
-        if self.online is online:
-            return
-        self.online = online
-        d = self.driver
-        d.publish(
-            Availability(
-                endpoint=self.ep.endpoint_id,
-                device_ids=self.ep.charge_points,
-                online=online,
-                ts=d.clock.now(),
-                reason=reason,
-            )
-        )
-        if online:
-            self.log.info("opcua_endpoint_up")
-        else:
-            self.log.warning("opcua_endpoint_down", reason=reason)
 
     def on_down(self, reason: str) -> None:
         """A session ended: count it and mark the endpoint down."""
         self.driver.stats.session_errors += 1
-        self.set_online(False, reason=reason)
+        self.presence.set(False, reason=reason)
 
     # -- telemetry ------------------------------------------------------------------
 
@@ -189,7 +165,7 @@ class _Runner:
             self.deliver,
         )
         opc.backoff.reset()
-        self.set_online(True)
+        self.presence.set(True)
         beat = asyncio.create_task(self.heartbeat_loop(), name=f"opcua[{self.ep.endpoint_id}].heartbeat")
         try:
             await opc.wait_lost()
@@ -294,7 +270,7 @@ class _Runner:
         """
         eid = self.ep.endpoint_id
         client = self.opc.client
-        if not self.online or client is None:
+        if not self.presence.online or client is None:
             raise DeviceUnavailable("endpoint down or in backoff", endpoint=eid)
         nodes = [self.nodes[(cp_id, pt.name)]]
         dvs = [ua.DataValue(ua.Variant(value, getattr(ua.VariantType, pt.type.value)))]
@@ -364,6 +340,7 @@ class OpcUaChargingDriver(Service):
         self.timeout_s = timeout_s
         self.backoff_max_s = backoff_max_s
         self.backoff_base_s = backoff_base_s
+        self.timing = LinkTiming(timeout_s, backoff_base_s, backoff_max_s)
         self.publishing_interval_ms = publishing_interval_ms
         self.heartbeat_every_s = heartbeat_every_s
         self.failsafe: Mapping[str, float] = dict(failsafe or {})
@@ -400,7 +377,7 @@ class OpcUaChargingDriver(Service):
     def online(self, endpoint_id: str) -> bool | None:
         """Last known availability of an endpoint (None before the first attempt ends)."""
         runner = self._runners.get(endpoint_id)
-        return None if runner is None else runner.online
+        return None if runner is None else runner.presence.online
 
     def failsafe_read_a(self, cp_id: str) -> float | None:
         """The charger's fail-safe current as last read back (None before the first read)."""

@@ -50,10 +50,10 @@ from devices.profiles.displays import (
     parse_content,
     parse_status_payload,
 )
+from devices.protocols.link import LinkTiming
 from devices.protocols.modbus import ModbusSession, quiet_pymodbus
 from devices.protocols.registers import PointValueError
 from devices.protocols.vms import VmsLink
-from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.decode import Refusal, Refusals, check_ts
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
@@ -207,14 +207,8 @@ class _Sign(_Display):
     def __init__(self, driver: DisplayDriver, ep: SignEndpoint) -> None:
         super().__init__(driver, ep.display_id, driver.poll_interval_s)
         self.ep = ep
-        self.session = ModbusSession(
-            ep.display_id,
-            ep.host,
-            ep.port,
-            ep.unit,
-            timeout_s=driver.timeout_s,
-            backoff=Backoff(min(driver.backoff_base_s, driver.backoff_max_s), driver.backoff_max_s),
-        )
+        timing = LinkTiming(driver.timeout_s, driver.backoff_base_s, driver.backoff_max_s)
+        self.session = ModbusSession(ep.display_id, ep.host, ep.port, ep.unit, timing)
         self.link = VmsLink(self.session, driver.vms_profile)
         self.log = self.log.bind(host=ep.host, port=ep.port, unit=ep.unit)
 

@@ -8,13 +8,13 @@ codec, the same the simulator serves.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from devices.profiles.lighting import LampControllerProfile, Point, default_profile
+from devices.protocols.link import LinkTiming, Presence
 from devices.protocols.modbus import (
     PRIO_COMMAND,
     PRIO_HEARTBEAT,
@@ -24,10 +24,9 @@ from devices.protocols.modbus import (
     quiet_pymodbus,
 )
 from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode
-from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.errors import DeviceError, DeviceUnavailable
-from edge.events import Availability, Event, Telemetry, Value
+from edge.events import Event, Telemetry, Value
 from edge.lifecycle import Service, ServiceState
 
 log = structlog.get_logger(__name__)
@@ -122,17 +121,7 @@ class _Endpoint:
     def __init__(self, driver: ModbusLightingDriver, ep: ModbusEndpoint) -> None:
         self.driver = driver
         self.ep = ep
-        self.session = ModbusSession(
-            ep.endpoint_id,
-            ep.host,
-            ep.port,
-            ep.unit,
-            timeout_s=driver.timeout_s,
-            backoff=Backoff(min(driver.backoff_base_s, driver.backoff_max_s), driver.backoff_max_s),
-            counters=driver.stats,
-        )
-        self.online: bool | None = None
-        self.up = asyncio.Event()
+        self.session = ModbusSession(ep.endpoint_id, ep.host, ep.port, ep.unit, driver.timing, driver.stats)
         self.watchdog_s: float | None = None
         self.heartbeat_seq = 0
         self.spans = plan_reads(driver.profile, ep.lamps)
@@ -141,34 +130,18 @@ class _Endpoint:
         self.last_values: dict[str, Mapping[str, Value]] = {}
         self.bad: set[str] = set()
         self.log = log.bind(endpoint=ep.endpoint_id, host=ep.host, port=ep.port, unit=ep.unit)
-
-    def set_online(self, online: bool, reason: str = "") -> None:
-        """Publish and log availability on transitions only."""
-        if online:
-            self.up.set()
-        else:
-            self.up.clear()
-        if self.online is online:
-            return
-        self.online = online
-        d = self.driver
-        d.publish(
-            Availability(
-                endpoint=self.ep.endpoint_id,
-                device_ids=self.device_ids,
-                online=online,
-                ts=d.clock.now(),
-                reason=reason,
-            )
+        self.presence = Presence(
+            ep.endpoint_id,
+            self.device_ids,
+            driver.publish,
+            driver.clock,
+            kind="modbus_endpoint",
+            log=self.log,
         )
-        if online:
-            self.log.info("modbus_endpoint_up")
-        else:
-            self.log.warning("modbus_endpoint_down", reason=reason)
 
     async def poll_loop(self) -> None:
         """Poll forever; the session reconnects with backoff after a failure."""
-        await self.session.run(self.poll_once, self.driver.poll_interval_s, self.set_online)
+        await self.session.run(self.poll_once, self.driver.poll_interval_s, self.presence.set)
 
     async def poll_once(self) -> None:
         """Read every span and publish telemetry; a bad lamp value skips only that lamp."""
@@ -223,7 +196,7 @@ class _Endpoint:
         d = self.driver
         address = d.profile.controller_address("heartbeat")
         while True:
-            await self.up.wait()
+            await self.presence.up.wait()
             interval = d.heartbeat_every_s
             if interval is None:
                 wd = self.watchdog_s
@@ -270,6 +243,7 @@ class ModbusLightingDriver(Service):
         self.backoff_max_s = backoff_max_s
         self.backoff_base_s = backoff_base_s
         self.heartbeat_every_s = heartbeat_every_s
+        self.timing = LinkTiming(timeout_s, backoff_base_s, backoff_max_s)
         self.stats = DriverStats()
         self.lamp_decoder = BlockDecoder(self.profile.lamp)
         self.controller_decoder = BlockDecoder(self.profile.controller)
@@ -306,7 +280,7 @@ class ModbusLightingDriver(Service):
     def online(self, endpoint_id: str) -> bool | None:
         """Last known availability of an endpoint (None before the first attempt ends)."""
         runner = self._runners.get(endpoint_id)
-        return None if runner is None else runner.online
+        return None if runner is None else runner.presence.online
 
     def _point(self, device_id: str, point: str, value: float) -> tuple[_Endpoint, Point, int]:
         try:
@@ -338,7 +312,7 @@ class ModbusLightingDriver(Service):
         runner, p, address = self._point(device_id, point, value)
         regs = encode(p, value)
         session = runner.session
-        if not runner.online or session.client is None:
+        if not runner.presence.online or session.client is None:
             self.stats.write_errors += 1
             raise DeviceUnavailable("endpoint down or in backoff", endpoint=session.name, unit=session.unit)
         back = await session.write_read(address, regs, PRIO_COMMAND, timeout)

@@ -22,7 +22,7 @@ from pymodbus import ModbusException
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from edge.backoff import Backoff
+from devices.protocols.link import LinkTiming
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 
 __all__ = [
@@ -116,7 +116,7 @@ class ModbusSession:
     """One Modbus TCP connection to one unit: requests, error translation and reconnects.
 
     `name` identifies the device in errors (their `endpoint`) and in the pymodbus client.
-    `timeout_s` bounds a connect; each request passes its own timeout.
+    The timing's timeout bounds a connect; each request passes its own timeout.
     """
 
     def __init__(
@@ -125,17 +125,15 @@ class ModbusSession:
         host: str,
         port: int,
         unit: int,
-        *,
-        timeout_s: float,
-        backoff: Backoff,
+        timing: LinkTiming,
         counters: ModbusCounters | None = None,
     ) -> None:
         self.name = name
         self.host = host
         self.port = port
         self.unit = unit
-        self.timeout_s = timeout_s
-        self.backoff = backoff
+        self.timeout_s = timing.timeout_s
+        self.backoff = timing.backoff()
         self.counters = counters or ModbusCounters()
         self.client: AsyncModbusTcpClient | None = None
         self.lock = PriorityLock()

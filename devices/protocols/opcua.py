@@ -26,7 +26,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from edge.backoff import Backoff
+from devices.protocols.link import LinkTiming
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Value
 
@@ -146,15 +146,13 @@ class OpcUaSession:
         self,
         name: str,
         url: str,
-        *,
-        timeout_s: float,
-        backoff: Backoff,
+        timing: LinkTiming,
         security: ClientSecurity | None,
     ) -> None:
         self.name = name
         self.url = url
-        self.timeout_s = timeout_s
-        self.backoff = backoff
+        self.timeout_s = timing.timeout_s
+        self.backoff = timing.backoff()
         self.security = security
         self.client: Client | None = None
         self.lost = asyncio.Event()
