@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from devices.profiles.lighting import LampControllerProfile, Point, default_profile
+from devices.profiles.lighting import LampControllerProfile, default_profile
+from devices.profiles.modbus_map import Point
 from devices.protocols.link import LinkTiming, Presence
 from devices.protocols.modbus import (
     PRIO_COMMAND,

@@ -15,9 +15,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from devices.profiles.lighting import read_profile_toml
 from edge.errors import ConfigError
 from edge.events import Value
+from edge.tomlfile import read_toml as read_profile_toml
 
 DEFAULT_PROFILE_PATH = Path(__file__).parent / "charge_point.toml"
 MIN_CHARGE_CURRENT_A = 6.0  # IEC 61851: a PWM duty below 6 A means "do not charge"

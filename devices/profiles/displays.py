@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,11 +23,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from devices.profiles.lighting import MODBUS_MAX_READ, Block, PointType
-from devices.profiles.lighting import _Loader as _RegisterLoader
+from devices.profiles.modbus_map import MODBUS_MAX_READ, Block, PointType, parse_block
 from devices.protocols.registers import PointValueError
 from edge.decode import Refusal, decode_json
 from edge.errors import ConfigError
+from edge.tomlfile import read_toml
 
 PROFILES_DIR = Path(__file__).parent
 LED_BOARD_PROFILE_PATH = PROFILES_DIR / "display_led_board.toml"
@@ -308,8 +307,44 @@ def decode_text(profile: VmsProfile, regs: Sequence[int], offset: int = 0) -> st
 # -- loading ---------------------------------------------------------------------
 
 
-class _Loader(_RegisterLoader):
-    """Validates raw TOML data; every error names the key and the file."""
+class _Loader:
+    """Validates raw TOML data; every error names the key and the file.
+
+    The register blocks go through the generic Modbus map validation (pydantic,
+    `devices.profiles.modbus_map`); the display-specific tables are still checked here.
+    """
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(message, key=key, file=self.file)
+
+    def table(self, data: Mapping[str, Any], key: str, path: str) -> Mapping[str, Any]:
+        value = data.get(key)
+        if not isinstance(value, dict):
+            raise self.fail(f"{path}{key}", "missing or not a table")
+        return value
+
+    def integer(self, data: Mapping[str, Any], key: str, path: str, *, lo: int, hi: int) -> int:
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"{path}{key}", f"must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            raise self.fail(f"{path}{key}", f"must be in {lo}..{hi}, got {value}")
+        return value
+
+    def number(self, data: Mapping[str, Any], key: str, path: str) -> float | None:
+        value = data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(f"{path}{key}", f"must be a number, got {value!r}")
+        return float(value)
+
+    def block(self, raw: Mapping[str, Any], name: str) -> Block:
+        """A register block (its base and points; the table's other keys are read by the caller)."""
+        return parse_block({k: v for k, v in raw.items() if k in ("base", "points")}, name, self.file)
 
     def string(self, data: Mapping[str, Any], key: str, path: str) -> str:
         value = data.get(key)
@@ -489,16 +524,6 @@ class _Loader(_RegisterLoader):
         return profile
 
 
-def _read_toml(path: str | Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read profile: {exc.strerror}", file=str(path)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=str(path)) from exc
-
-
 def parse_led_board_profile(data: Mapping[str, Any], file: str = "<memory>") -> LedBoardProfile:
     """Validate already-parsed TOML data of an LED board profile."""
     return _Loader(file).led_board(data)
@@ -511,7 +536,7 @@ def parse_vms_profile(data: Mapping[str, Any], file: str = "<memory>") -> VmsPro
 
 def load_display_profile(path: str | Path) -> DisplayProfile:
     """Read and validate a display profile of either kind (by its `profile.kind`)."""
-    data = _read_toml(path)
+    data = read_toml(path)
     head = data.get("profile")
     kind = head.get("kind") if isinstance(head, dict) else None
     if kind == DisplayKind.VMS.value:
@@ -525,13 +550,13 @@ def load_display_profile(path: str | Path) -> DisplayProfile:
 @functools.cache
 def default_led_board_profile() -> LedBoardProfile:
     """The shipped LED board profile, loaded once."""
-    return parse_led_board_profile(_read_toml(LED_BOARD_PROFILE_PATH), str(LED_BOARD_PROFILE_PATH))
+    return parse_led_board_profile(read_toml(LED_BOARD_PROFILE_PATH), str(LED_BOARD_PROFILE_PATH))
 
 
 @functools.cache
 def default_vms_profile() -> VmsProfile:
     """The shipped VMS profile, loaded once."""
-    return parse_vms_profile(_read_toml(VMS_PROFILE_PATH), str(VMS_PROFILE_PATH))
+    return parse_vms_profile(read_toml(VMS_PROFILE_PATH), str(VMS_PROFILE_PATH))
 
 
 # -- LED board JSON coding -------------------------------------------------------
