@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic import Field
 
+from devices.profiles import StrictModel
 from devices.profiles.modbus_map import (
     ADDRESS_SPACE,
     MODBUS_MAX_READ,
     Block,
     BlockSpec,
     Point,
-    StrictModel,
     build_block,
 )
 from edge.errors import ConfigError

@@ -15,8 +15,9 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator
 
+from devices.profiles import StrictModel
 from edge.errors import ConfigError
 from edge.tomlfile import parse_model
 
@@ -28,7 +29,6 @@ __all__ = [
     "Point",
     "PointSpec",
     "PointType",
-    "StrictModel",
     "build_block",
     "parse_block",
 ]
@@ -119,12 +119,6 @@ class Block:
             return self.by_name[name]
         except KeyError:
             raise KeyError(f"{self.name} has no point {name!r}") from None
-
-
-class StrictModel(BaseModel):
-    """A TOML table: no unknown keys, no silent coercion (a "5" is not 5), frozen."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class PointSpec(StrictModel):
