@@ -15,11 +15,10 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationInfo, create_model, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from devices.profiles import StrictModel
 from edge.errors import ConfigError
-from edge.tomlfile import parse_model
 
 __all__ = [
     "ADDRESS_SPACE",
@@ -30,7 +29,6 @@ __all__ = [
     "PointSpec",
     "PointType",
     "build_block",
-    "parse_block",
 ]
 
 MODBUS_MAX_READ = 125
@@ -182,13 +180,6 @@ class BlockSpec(StrictModel):
     points: list[PointSpec] = Field(min_length=1)
 
 
-def _parse_at(model: type[M], raw: Any, name: str, file: str) -> M:
-    """`parse_model` of a table nested at `name`, so error keys start with it."""
-    wrapper = create_model(f"_At_{name}", __base__=StrictModel, **{name: (model, ...)})  # type: ignore[call-overload]
-    value: M = getattr(parse_model(wrapper, {name: raw}, file), name)
-    return value
-
-
 def build_block(spec: BlockSpec, name: str, file: str) -> Block:
     """The frozen block; ConfigError (naming the key) for overlaps, duplicates and bad bits."""
 
@@ -221,8 +212,3 @@ def build_block(spec: BlockSpec, name: str, file: str) -> Block:
             if bit_name in names:  # bit names become telemetry keys beside the point names
                 raise fail(key, "clashes with a point")
     return Block(name, spec.base, points, MappingProxyType(by_name))
-
-
-def parse_block(raw: Mapping[str, Any], name: str, file: str) -> Block:
-    """A block table at `name`, validated in both steps."""
-    return build_block(_parse_at(BlockSpec, raw, name, file), name, file)
