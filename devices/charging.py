@@ -93,14 +93,7 @@ class _Runner:
         self.limit_read: dict[str, float] = {}
         self.heartbeat_seq = 0
         self.log = log.bind(endpoint=ep.endpoint_id)
-        self.presence = Presence(
-            ep.endpoint_id,
-            ep.charge_points,
-            driver.publish,
-            driver.clock,
-            kind="opcua_endpoint",
-            log=self.log,
-        )
+        self.presence = Presence(driver, ep.endpoint_id, ep.charge_points, "opcua_endpoint", self.log)
 
     # -- availability ---------------------------------------------------------------
 
@@ -337,9 +330,6 @@ class OpcUaChargingDriver(Service):
         self.publish = publish
         self.clock = clock
         self.security = security
-        self.timeout_s = timeout_s
-        self.backoff_max_s = backoff_max_s
-        self.backoff_base_s = backoff_base_s
         self.timing = LinkTiming(timeout_s, backoff_base_s, backoff_max_s)
         self.publishing_interval_ms = publishing_interval_ms
         self.heartbeat_every_s = heartbeat_every_s
@@ -361,10 +351,9 @@ class OpcUaChargingDriver(Service):
         quiet_asyncua()
 
     async def _start(self) -> None:
-        for ep in self._endpoints:
-            runner = _Runner(self, ep)
-            self._runners[ep.endpoint_id] = runner
-            self.spawn(runner.run(), f"session[{ep.endpoint_id}]")
+        self._runners.update({ep.endpoint_id: _Runner(self, ep) for ep in self._endpoints})
+        for endpoint_id, runner in self._runners.items():
+            self.spawn(runner.run(), f"session[{endpoint_id}]")
 
     async def _stop(self) -> None:
         for runner in self._runners.values():

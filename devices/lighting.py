@@ -8,14 +8,14 @@ codec, the same the simulator serves.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from devices.profiles.lighting import LampControllerProfile, default_profile
 from devices.profiles.modbus_map import Point
-from devices.protocols.link import LinkTiming, Presence
+from devices.protocols.link import LinkTiming, Presence, Publish
 from devices.protocols.modbus import (
     PRIO_COMMAND,
     PRIO_HEARTBEAT,
@@ -27,7 +27,7 @@ from devices.protocols.modbus import (
 from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode
 from edge.clock import Clock
 from edge.errors import DeviceError, DeviceUnavailable
-from edge.events import Event, Telemetry, Value
+from edge.events import Telemetry, Value
 from edge.lifecycle import Service, ServiceState
 
 log = structlog.get_logger(__name__)
@@ -131,14 +131,7 @@ class _Endpoint:
         self.last_values: dict[str, Mapping[str, Value]] = {}
         self.bad: set[str] = set()
         self.log = log.bind(endpoint=ep.endpoint_id, host=ep.host, port=ep.port, unit=ep.unit)
-        self.presence = Presence(
-            ep.endpoint_id,
-            self.device_ids,
-            driver.publish,
-            driver.clock,
-            kind="modbus_endpoint",
-            log=self.log,
-        )
+        self.presence = Presence(driver, ep.endpoint_id, self.device_ids, "modbus_endpoint", self.log)
 
     async def poll_loop(self) -> None:
         """Poll forever; the session reconnects with backoff after a failure."""
@@ -151,7 +144,7 @@ class _Endpoint:
         span = decoder.span
         publish = d.publish
         for rs in self.spans:
-            regs = await self.session.read(rs.address, rs.count, PRIO_POLL, d.timeout_s)
+            regs = await self.session.read(rs.address, rs.count, PRIO_POLL, d.timing.timeout_s)
             now = d.clock.now()
             if rs.controller is not None:
                 self.publish_controller(regs, rs.controller, now)
@@ -204,7 +197,9 @@ class _Endpoint:
                 interval = wd / 3 if wd else _WATCHDOG_FALLBACK_S
             self.heartbeat_seq = (self.heartbeat_seq + 1) & 0xFFFF
             try:
-                await self.session.write_read(address, [self.heartbeat_seq], PRIO_HEARTBEAT, d.timeout_s)
+                await self.session.write_read(
+                    address, [self.heartbeat_seq], PRIO_HEARTBEAT, d.timing.timeout_s
+                )
             except DeviceError as exc:
                 # the poll loop owns availability; a missed beat is retried next period
                 self.log.debug("modbus_heartbeat_failed", error=str(exc))
@@ -226,7 +221,7 @@ class ModbusLightingDriver(Service):
         self,
         endpoints: Sequence[ModbusEndpoint],
         profile: LampControllerProfile | None,
-        publish: Callable[[Event], None],
+        publish: Publish,
         clock: Clock,
         *,
         poll_interval_s: float = 1.0,
@@ -240,9 +235,6 @@ class ModbusLightingDriver(Service):
         self.publish = publish
         self.clock = clock
         self.poll_interval_s = poll_interval_s
-        self.timeout_s = timeout_s
-        self.backoff_max_s = backoff_max_s
-        self.backoff_base_s = backoff_base_s
         self.heartbeat_every_s = heartbeat_every_s
         self.timing = LinkTiming(timeout_s, backoff_base_s, backoff_max_s)
         self.stats = DriverStats()

@@ -16,9 +16,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from devices.profiles import StrictModel
+from devices.profiles import Identifier, NonEmpty, StrictModel, choice
 from edge.errors import ConfigError
 from edge.events import Value
 from edge.tomlfile import parse_model, read_toml
@@ -68,8 +68,8 @@ class OpcUaPoint:
     `subscribe` says whether the driver monitors it (False: read on connect only).
     """
 
-    name: str
-    type: VariantKind
+    name: Identifier
+    type: Annotated[VariantKind, choice(VariantKind)]
     unit: str = ""
     min: float | None = None
     max: float | None = None
@@ -149,35 +149,20 @@ _REQUIRED_POINTS = {
     "watchdog_s": VariantKind.DOUBLE,
     "heartbeat": VariantKind.INT32,
 }
-_NAME = Annotated[str, StringConstraints(min_length=1)]
 
 
 class _PointSpec(StrictModel):
     """One `[[points]]` table (field order matters: later checks read earlier fields)."""
 
-    name: str
-    type: VariantKind
+    name: Identifier
+    type: Annotated[VariantKind, choice(VariantKind)]
     unit: str = ""
     max: float | None = None
     min: float | None = None
     writable: bool = False
     subscribe: bool = True
-    values: list[_NAME] = Field(default_factory=list)
+    values: list[NonEmpty] = Field(default_factory=list)
     description: str = ""
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type(cls, v: Any) -> Any:
-        if isinstance(v, str) and v in {t.value for t in VariantKind}:
-            return VariantKind(v)
-        raise ValueError(f"must be one of {', '.join(t.value for t in VariantKind)}, got {v!r}")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not v.isidentifier():
-            raise ValueError(f"must be an identifier, got {v!r}")
-        return v
 
     @field_validator("max", "min")
     @classmethod
@@ -213,10 +198,10 @@ class _PointSpec(StrictModel):
 
 
 class _Head(StrictModel):
-    name: _NAME
+    name: NonEmpty
     version: int = Field(ge=1, le=1_000_000)
-    namespace: _NAME
-    folder: _NAME
+    namespace: NonEmpty
+    folder: Identifier
     connectors: int = Field(ge=1, le=1)
 
     @field_validator("namespace")
@@ -224,13 +209,6 @@ class _Head(StrictModel):
     def _uri(cls, v: str) -> str:
         if ":" not in v:
             raise ValueError(f"must be a URI, got {v!r}")
-        return v
-
-    @field_validator("folder")
-    @classmethod
-    def _folder(cls, v: str) -> str:
-        if not v.isidentifier():
-            raise ValueError(f"must be an identifier, got {v!r}")
         return v
 
 

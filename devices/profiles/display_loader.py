@@ -14,9 +14,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from devices.profiles import StrictModel
+from devices.profiles import NonEmpty, StrictModel, choice
 from devices.profiles.display_types import (
     ARROWS,
     DEFAULT_LEVELS,
@@ -53,12 +53,11 @@ __all__ = [
 ]
 
 
-_NAME = Annotated[str, StringConstraints(min_length=1)]
 _TOPIC_KEYS = ("content_topic", "brightness_topic", "status_topic")
 
 
 class _Head(StrictModel):
-    name: _NAME
+    name: NonEmpty
     kind: str
     version: int = Field(ge=1, le=1_000_000)
     max_read_registers: int | None = Field(default=None, ge=1, le=MODBUS_MAX_READ)
@@ -69,16 +68,9 @@ class _Text(StrictModel):
 
     lines: int = Field(ge=1, le=16)
     chars_per_line: int = Field(ge=1, le=128)
-    charset: Charset
+    charset: Annotated[Charset, choice(Charset)]
     arrows: list[str]
     offset: int | None = Field(default=None, ge=0, le=MODBUS_MAX_READ)  # a sign's slot: where text starts
-
-    @field_validator("charset", mode="before")
-    @classmethod
-    def _charset(cls, v: Any) -> Any:
-        if isinstance(v, str) and v in {c.value for c in Charset}:
-            return Charset(v)
-        raise ValueError(f"must be one of {', '.join(c.value for c in Charset)}, got {v!r}")
 
     @field_validator("arrows")
     @classmethod
@@ -117,21 +109,21 @@ class _Mqtt(StrictModel):
 
 
 class _ContentKeys(StrictModel):
-    message_id: _NAME
-    lines: _NAME
-    arrow: _NAME
-    brightness: _NAME
-    expires_at: _NAME
+    message_id: NonEmpty
+    lines: NonEmpty
+    arrow: NonEmpty
+    brightness: NonEmpty
+    expires_at: NonEmpty
 
 
 class _StatusKeys(StrictModel):
-    online: _NAME
-    brightness: _NAME
-    pixel_faults: _NAME
-    message_id: _NAME
-    text: _NAME
-    arrow: _NAME
-    ts: _NAME
+    online: NonEmpty
+    brightness: NonEmpty
+    pixel_faults: NonEmpty
+    message_id: NonEmpty
+    text: NonEmpty
+    arrow: NonEmpty
+    ts: NonEmpty
 
 
 class _ContentTable(StrictModel):

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from devices.profiles import StrictModel
+from devices.profiles import Identifier, StrictModel, choice
 from edge.errors import ConfigError
 
 __all__ = [
@@ -122,30 +122,15 @@ class Block:
 class PointSpec(StrictModel):
     """One `[[block.points]]` table (field order matters: later checks read earlier fields)."""
 
-    name: str
+    name: Identifier
     offset: Address
-    type: PointType
+    type: Annotated[PointType, choice(PointType)]
     scale: float = Field(default=1.0, gt=0)
     unit: str = ""
     max: float | None = None
     min: float | None = None
     writable: bool = False
     bits: dict[str, int] = Field(default_factory=dict)
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type(cls, v: Any) -> Any:
-        if isinstance(v, str) and v in {t.value for t in PointType}:
-            return PointType(v)
-        choices = ", ".join(t.value for t in PointType)
-        raise ValueError(f"must be one of {choices}, got {v!r}")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not v.isidentifier():
-            raise ValueError(f"must be an identifier, got {v!r}")
-        return v
 
     @field_validator("max")
     @classmethod

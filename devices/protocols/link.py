@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.events import Availability, Event
 
-__all__ = ["LinkTiming", "Presence"]
+__all__ = ["EventSource", "LinkTiming", "Presence", "Publish"]
+
+Publish = Callable[[Event], None]  # where a driver hands its events (the bus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,13 @@ class LinkTiming:
         return Backoff(min(self.backoff_base_s, self.backoff_max_s), self.backoff_max_s)
 
 
+class EventSource(Protocol):
+    """A driver as its links see it: where events go and what time it is."""
+
+    publish: Publish
+    clock: Clock
+
+
 class Presence:
     """Availability of one endpoint, published and logged on transitions only.
 
@@ -40,19 +49,12 @@ class Presence:
     """
 
     def __init__(
-        self,
-        endpoint: str,
-        device_ids: tuple[str, ...],
-        publish: Callable[[Event], None],
-        clock: Clock,
-        *,
-        kind: str,
-        log: Any,
+        self, driver: EventSource, endpoint: str, device_ids: tuple[str, ...], kind: str, log: Any
     ) -> None:
         self.endpoint = endpoint
         self.device_ids = device_ids
-        self.publish = publish
-        self.clock = clock
+        self.publish = driver.publish
+        self.clock = driver.clock
         self.kind = kind
         self.log = log
         self.online: bool | None = None
