@@ -189,6 +189,7 @@ class _Endpoint:
         """Write the heartbeat register so the controller's watchdog keeps its fail-safe off."""
         d = self.driver
         address = d.profile.controller_address("heartbeat")
+        retry = d.timing.backoff()
         while True:
             await self.presence.up.wait()
             interval = d.heartbeat_every_s
@@ -201,8 +202,13 @@ class _Endpoint:
                     address, [self.heartbeat_seq], PRIO_HEARTBEAT, d.timing.timeout_s
                 )
             except DeviceError as exc:
-                # the poll loop owns availability; a missed beat is retried next period
+                # the poll loop owns availability; a missed beat is retried after a short
+                # backoff, not a whole period later (a slow answer on a busy link must not
+                # bring the watchdog a period closer to its fail-safe)
                 self.log.debug("modbus_heartbeat_failed", error=str(exc))
+                await retry.wait()
+                continue
+            retry.reset()
             await d.clock.sleep(interval)
 
 
