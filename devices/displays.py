@@ -27,20 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING
 
 import structlog
-from pymodbus import ModbusException
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from devices.lighting import _quiet_pymodbus
 from devices.profiles.displays import (
     BoardStatus,
     DisplayContent,
@@ -50,22 +43,22 @@ from devices.profiles.displays import (
     brightness_range,
     check_content,
     content_payload,
-    crc16,
-    decode_text,
     default_led_board_profile,
     default_vms_profile,
-    encode_text,
     parse_content,
     parse_status_payload,
 )
+from devices.protocols.link import LinkTiming
+from devices.protocols.modbus import ModbusSession, quiet_pymodbus
 from devices.protocols.mqtt import MqttDeviceClient
-from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode
+from devices.protocols.registers import PointValueError
+from devices.protocols.vms import VmsLink
 from edge.clock import Clock
 from edge.decode import Refusal, Refusals, check_ts
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Availability, Event, Telemetry, Value
+from edge.lifecycle import Service, ServiceState
 from edge.mqtt import TlsFiles
-from edge.tasks import close_task_group
 
 if TYPE_CHECKING:
     from edge.driver import Driver
@@ -115,12 +108,6 @@ class DisplayDriverStats:
     writes: int = 0
     write_errors: int = 0
     refused: int = 0  # writes refused before anything was sent
-
-
-class _State(Enum):
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
 
 
 class _Display:
@@ -212,241 +199,44 @@ class _Board(_Display):
 
 
 class _Sign(_Display):
-    """A variable message sign: its Modbus connection and poll loop."""
+    """A variable message sign: its Modbus session, register protocol and poll loop."""
 
     def __init__(self, driver: DisplayDriver, ep: SignEndpoint) -> None:
         super().__init__(driver, ep.display_id, driver.poll_interval_s)
         self.ep = ep
-        self.client: AsyncModbusTcpClient | None = None
-        self.attempt = 0
-        self.shown_key: tuple[int, int, int] | None = None  # (slot, message id, crc) of `shown`
-        self.shown: tuple[str, str] = ("", "none")  # text, arrow
+        timing = LinkTiming(driver.timeout_s, driver.backoff_base_s, driver.backoff_max_s)
+        self.session = ModbusSession(ep.display_id, ep.host, ep.port, ep.unit, timing)
+        self.link = VmsLink(self.session, driver.vms_profile)
         self.log = self.log.bind(host=ep.host, port=ep.port, unit=ep.unit)
 
-    async def connect(self) -> None:
-        """Open a fresh client; a new one per attempt so no stale reply can be matched."""
-        d = self.driver
-        client = AsyncModbusTcpClient(
-            self.ep.host,
-            port=self.ep.port,
-            name=self.display_id,
-            reconnect_delay=0,  # we reconnect ourselves, with jittered backoff
-            timeout=d.timeout_s + 1.0,  # our asyncio.timeout fires first
-            retries=0,
-        )
-        try:
-            async with asyncio.timeout(d.timeout_s):
-                ok = await client.connect()
-        except TimeoutError as exc:
-            client.close()
-            raise DeviceTimeout("connect timed out", endpoint=self.display_id) from exc
-        if not ok:
-            client.close()
-            raise DeviceUnavailable("connect failed", endpoint=self.display_id)
-        self.client = client
-
-    def drop(self) -> None:
-        """Close the connection; after a timeout a late reply must not meet a new request."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-    async def call(self, timeout_s: float, requests: Callable[[AsyncModbusTcpClient], Awaitable[Any]]) -> Any:
-        """Run `requests` alone on the connection within `timeout_s` (queue wait included).
-
-        Library errors are translated here; a timeout or I/O error drops the connection.
-        """
-        eid, unit = self.display_id, self.ep.unit
-        in_flight = False
-        try:
-            async with asyncio.timeout(timeout_s), self.lock:
-                client = self.client
-                if client is None:
-                    raise DeviceUnavailable("not connected", endpoint=eid, unit=unit)
-                in_flight = True
-                return await requests(client)
-        except TimeoutError as exc:
-            if in_flight:
-                self.drop()
-            raise DeviceTimeout(f"no answer within {timeout_s} s", endpoint=eid, unit=unit) from exc
-        except ConnectionException as exc:
-            self.drop()
-            raise DeviceUnavailable(str(exc), endpoint=eid, unit=unit) from exc
-        except ModbusIOException as exc:
-            self.drop()
-            raise DeviceTimeout(str(exc), endpoint=eid, unit=unit) from exc
-        except ModbusException as exc:
-            raise DeviceReplyError(str(exc), endpoint=eid, unit=unit) from exc
-
-    async def read(self, client: AsyncModbusTcpClient, address: int, count: int) -> list[int]:
-        result = await client.read_holding_registers(address, count=count, device_id=self.ep.unit)
-        regs: list[int] = self.checked(result, f"read {address}+{count}").registers
-        if len(regs) != count:
-            raise self.reply_error(f"read {address}+{count}: {len(regs)} registers")
-        return regs
-
-    async def write_regs(self, client: AsyncModbusTcpClient, address: int, regs: list[int]) -> None:
-        unit = self.ep.unit
-        if len(regs) == 1:
-            result = await client.write_register(address, regs[0], device_id=unit)
+    def on_state(self, online: bool, reason: str) -> None:
+        """The session's verdict after each poll: count failures, note signs of life."""
+        if online:
+            self.seen()
         else:
-            result = await client.write_registers(address, regs, device_id=unit)
-        self.checked(result, f"write {address}+{len(regs)}")
-
-    def checked(self, result: Any, what: str) -> Any:
-        """The reply, or DeviceReplyError if it is a Modbus exception response."""
-        if result.isError():
-            raise self.reply_error(f"{what}: exception code {getattr(result, 'exception_code', 0)}")
-        return result
-
-    def reply_error(self, message: str) -> DeviceReplyError:
-        return DeviceReplyError(message, endpoint=self.display_id, unit=self.ep.unit)
+            self.driver.stats.poll_errors += 1
+        self.set_online(online, reason)
 
     async def poll_loop(self) -> None:
-        """Poll forever; on failure mark down, back off with jitter, reconnect."""
-        d = self.driver
-        while True:
-            try:
-                if self.client is None:
-                    await self.connect()
-                await self.poll_once()
-            except DeviceError as exc:
-                d.stats.poll_errors += 1
-                if not isinstance(exc, DeviceReplyError):
-                    self.drop()
-                self.set_online(False, reason=f"{type(exc).__name__}: {exc}")
-                cap = min(d.backoff_max_s, d.backoff_base_s * 2**self.attempt)
-                self.attempt = min(self.attempt + 1, 30)
-                await asyncio.sleep(random.uniform(0, cap))
-                continue
-            self.attempt = 0
-            self.seen()
-            self.set_online(True)
-            await asyncio.sleep(d.poll_interval_s)
+        """Poll forever; the session reconnects with backoff after a failure."""
+        await self.session.run(self.poll_once, self.driver.poll_interval_s, self.on_state)
 
     async def poll_once(self) -> None:
-        """Read the control block (and the shown slot when it changed); publish telemetry."""
+        """One poll of the sign, published as telemetry."""
         d = self.driver
-        v = d.vms_profile
         d.stats.polls += 1
-
-        async def go(client: AsyncModbusTcpClient) -> tuple[dict[str, Value], str, str]:
-            regs = await self.read(client, v.control.base, v.control.span)
-            try:
-                values = d.control_decoder.decode(regs)
-            except PointValueError as exc:
-                raise self.reply_error(f"control block: {exc}") from exc
-            slot, shown_id, crc = (
-                int(values["active_slot"]),
-                int(values["shown_message_id"]),
-                int(values["shown_crc"]),
-            )
-            if not shown_id or not slot:
-                return values, "", "none"
-            key = (slot, shown_id, crc)
-            if key == self.shown_key:
-                return values, *self.shown
-            text, arrow = await self.read_slot(client, slot)
-            if crc16(text) != crc:
-                raise self.reply_error(f"slot {slot} text does not match shown_crc {crc}")
-            self.shown_key, self.shown = key, (text, arrow)
-            return values, text, arrow
-
-        values, text, arrow = await self.call(d.timeout_s, go)
-        telemetry: dict[str, Value] = {
-            "online": True,
-            "brightness": values["brightness"],
-            "pixel_faults": values["pixel_faults"],
-            "shown": text,
-            "message_id": values["shown_message_id"],
-            "arrow": arrow,
-            "active_slot": values["active_slot"],
-        }
-        for bit, _ in v.control.point("status").bits:
-            telemetry[bit] = values[bit]
+        telemetry = await self.link.poll(d.timeout_s)
         d.publish(Telemetry(self.display_id, d.clock.now(), telemetry))
 
-    async def read_slot(self, client: AsyncModbusTcpClient, slot: int) -> tuple[str, str]:
-        """Text and arrow held in `slot`."""
-        v = self.driver.vms_profile
-        regs = await self.read(client, v.slot_base(slot), v.slot_span)
-        arrow_point = v.slot.point("arrow")
-        try:
-            code = int(decode(arrow_point, regs, arrow_point.offset))
-        except PointValueError as exc:
-            raise self.reply_error(f"slot {slot}: {exc}") from exc
-        arrows = v.text.arrows
-        return decode_text(v, regs, v.text_offset), arrows[code] if code < len(arrows) else "none"
 
-    def slot_registers(self, content: DisplayContent) -> list[int]:
-        """Registers of a whole slot (points, padding, text) for `content`."""
-        v = self.driver.vms_profile
-        regs = [0] * v.slot_span
-        values = {
-            "message_id": content.message_id,
-            "arrow": v.text.arrows.index(content.arrow),
-            "expires_at": 0 if content.expires_at is None else math.ceil(content.expires_at),
-        }
-        for name, value in values.items():
-            point = v.slot.point(name)
-            regs[point.offset : point.offset + point.count] = encode(point, value)
-        regs[v.text_offset :] = encode_text(v, content.lines)
-        return regs
-
-    async def write_content(self, content: DisplayContent, timeout_s: float) -> float:
-        """Fill a slot that is not shown, activate it, confirm by shown id and CRC."""
-        v = self.driver.vms_profile
-        slot_regs = self.slot_registers(content)
-        brightness = self.brightness_regs(content.brightness) if content.brightness is not None else None
-        want_crc = crc16(content.text)
-
-        async def go(client: AsyncModbusTcpClient) -> float:
-            ctl = self.driver.control_decoder.decode(await self.read(client, v.control.base, v.control.span))
-            active = int(ctl["active_slot"])
-            slot = active % v.slot_count + 1  # never the shown slot (unless there is only one)
-            base = v.slot_base(slot)
-            await self.write_regs(client, base, slot_regs)
-            if await self.read(client, base, len(slot_regs)) != slot_regs:
-                raise self.reply_error(f"slot {slot} read back differs from what was written")
-            if brightness is not None:
-                await self.write_regs(client, v.control_address("brightness"), brightness)
-            await self.write_regs(client, v.control_address("active_slot"), [slot])
-            back = self.driver.control_decoder.decode(await self.read(client, v.control.base, v.control.span))
-            shown_id, crc = int(back["shown_message_id"]), int(back["shown_crc"])
-            if shown_id != content.message_id or crc != want_crc:
-                raise self.reply_error(
-                    f"sign shows message {shown_id} (crc {crc:#06x}), expected {content.message_id} "
-                    f"(crc {want_crc:#06x}); status {back['status']:#06x}"
-                )
-            self.shown_key, self.shown = (slot, shown_id, crc), (content.text, content.arrow)
-            return float(shown_id)
-
-        return float(await self.call(timeout_s, go))
-
-    def brightness_regs(self, value: float) -> list[int]:
-        return encode(self.driver.vms_profile.control.point("brightness"), value)
-
-    async def write_brightness(self, value: float, timeout_s: float) -> float:
-        point = self.driver.vms_profile.control.point("brightness")
-        regs = self.brightness_regs(value)
-        address = self.driver.vms_profile.control_address("brightness")
-
-        async def go(client: AsyncModbusTcpClient) -> float:
-            await self.write_regs(client, address, regs)
-            try:
-                return float(decode(point, await self.read(client, address, 1)))
-            except PointValueError as exc:
-                raise self.reply_error(f"read-back of brightness: {exc}") from exc
-
-        return float(await self.call(timeout_s, go))
-
-
-class DisplayDriver:
+class DisplayDriver(Service):
     """Driver for LED boards (one MQTT session at `mqtt_url`) and Modbus signs; an async CM.
 
     `poll_interval_s`, `status_interval_s` (default: the board profile's), timeouts and
     backoff are real seconds; `alarm_after_s` is clock seconds.
     """
+
+    service_name = "displays"
 
     def __init__(
         self,
@@ -469,6 +259,7 @@ class DisplayDriver:
         max_clock_skew_s: float = 300.0,
     ) -> None:
         """`max_clock_skew_s` (real seconds): a status stamped further ahead of our clock is refused."""
+        super().__init__()
         if boards and mqtt_url is None:
             raise ValueError("boards need an mqtt_url")
         self.publish = publish
@@ -485,7 +276,6 @@ class DisplayDriver:
         self.stats = DisplayDriverStats()
         self.refusals = Refusals("displays")
         self.max_ahead_s = max_clock_skew_s * max(1.0, clock.speed)
-        self.control_decoder = BlockDecoder(self.vms_profile.control)
         # One session for every board's status (the MQTT device client every MQTT driver shares).
         p = self.board_profile
         self._board_link: MqttDeviceClient | None = None
@@ -518,43 +308,24 @@ class DisplayDriver:
         self._boards: dict[str, _Board] = {}
         self._signs: dict[str, _Sign] = {}
         self._by_topic: dict[str, _Board] = {}
-        self._state = _State.UNOPENED
-        self._tg: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        _quiet_pymodbus()
+        quiet_pymodbus()
 
-    async def __aenter__(self) -> Self:
-        if self._state is not _State.UNOPENED:
-            raise RuntimeError(f"driver is {self._state.value}; it cannot be opened again")
-        self._state = _State.OPENED
+    async def _start(self) -> None:
         for display_id in self._board_ids:
             board = _Board(self, display_id)
             self._boards[display_id] = board
             self._by_topic[board.status_topic] = board
         for ep in self._sign_eps:
             self._signs[ep.display_id] = _Sign(self, ep)
-        tg = asyncio.TaskGroup()
-        await tg.__aenter__()
-        self._tg = tg
         if self._boards:
-            self._tasks.append(tg.create_task(self._mqtt_loop(), name="displays.mqtt"))
-            self._tasks.append(tg.create_task(self._watch_boards(), name="displays.boards.watch"))
+            self.spawn(self._mqtt_loop(), "mqtt")
+            self.spawn(self._watch_boards(), "boards.watch")
         for sign in self._signs.values():
-            self._tasks.append(tg.create_task(sign.poll_loop(), name=f"vms[{sign.display_id}].poll"))
-        return self
+            self.spawn(sign.poll_loop(), f"vms[{sign.display_id}].poll")
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._state = _State.CLOSED
-        try:
-            await close_task_group(self._tg, self._tasks, exc_type, exc, tb)
-        finally:
-            for sign in self._signs.values():
-                sign.drop()
+    async def _stop(self) -> None:
+        for sign in self._signs.values():
+            sign.session.drop()
 
     # -- boards ------------------------------------------------------------------
 
@@ -650,7 +421,7 @@ class DisplayDriver:
         except PointValueError:
             self.stats.refused += 1
             raise
-        if self._state is not _State.OPENED:
+        if self.state is not ServiceState.OPENED:
             raise DeviceUnavailable("driver is not running", endpoint=device_id)
         if not display.online:
             self.stats.write_errors += 1
@@ -659,8 +430,8 @@ class DisplayDriver:
         try:
             if isinstance(display, _Sign):
                 if isinstance(request, DisplayContent):
-                    return await display.write_content(request, timeout)
-                return await display.write_brightness(request, timeout)
+                    return await display.link.write_content(request, timeout)
+                return await display.link.write_brightness(request, timeout)
             return await self._board_write(display, request, timeout)
         except DeviceError:
             self.stats.write_errors += 1

@@ -1,8 +1,17 @@
-"""Site inventory: thousands of devices from one CSV or GeoJSON file, not per-device config.
+"""Site inventory: thousands of devices from CSV or GeoJSON files, not per-device config.
+
+The one inventory module: lamps and chargers (one file), waste bins (their own CSV) and
+the lenient position reader the dashboard's map uses all go through one row reader and
+one row validation (`Row`), and every bad row is listed with its line and column.
 
 A lamp row names its position, road segment (and its order along it), EN 13201
 lighting class, cabinet and feeder, flags (never_dim, fear_space, bike_path) and
 how to reach it (controller endpoint, unit id, lamp index behind the controller).
+A charger row (kind=charger) names its post, feeder and OPC UA server. A bin row names
+the bin, the LoRaWAN sensor under its lid (DevEUI), its position, the kind of place it
+stands in (which drives how fast it fills), its volume, the sensor geometry that turns a
+distance into a fill level, the road class trucks reach it by, and an optional
+restricted zone (pedestrian zone) whose time window it may only be served in.
 """
 
 from __future__ import annotations
@@ -11,10 +20,10 @@ import csv
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from edge.decode import ID_PATTERN
 from edge.errors import ConfigError
@@ -28,6 +37,25 @@ LIGHTING_CLASSES: dict[str, float] = {
 FLAGS = frozenset({"never_dim", "fear_space", "bike_path"})
 _ID = re.compile(rf"^{ID_PATTERN}$")  # the one id grammar, as the API checks it
 MAX_ERRORS = 50
+BinKind = Literal["residential", "shopping", "park"]
+RoadClass = Literal["main", "residential", "pedestrian"]
+BIN_KINDS: tuple[BinKind, ...] = ("residential", "shopping", "park")
+ROAD_CLASSES: tuple[RoadClass, ...] = ("main", "residential", "pedestrian")
+BIN_COLUMNS = (
+    "id",
+    "dev_eui",
+    "lat",
+    "lon",
+    "kind",
+    "volume_l",
+    "height_mm",
+    "blind_zone_mm",
+    "density_kg_l",
+    "road_class",
+    "zone",
+)
+Rows = Iterable[tuple[str, Mapping[str, Any]]]
+_D = TypeVar("_D")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +102,38 @@ class Charger:
     max_current_a: float
     phases: int
     failsafe_current_a: float | None = None  # None: the site's [charging] failsafe_current_a
+
+
+@dataclass(frozen=True, slots=True)
+class Bin:
+    """One waste bin and the sensor that measures it."""
+
+    id: str
+    dev_eui: str  # 16 lower-case hex digits
+    lat: float
+    lon: float
+    kind: BinKind
+    volume_l: float
+    height_mm: float  # sensor to the bin's floor
+    blind_zone_mm: float  # nearest distance the sensor can measure: "full" is this far away
+    density_kg_l: float  # of the loose waste, for the truck's weight capacity
+    road_class: RoadClass
+    zone: str  # "" or the id of a [[waste.zones]] entry
+
+    def fill_of(self, distance_mm: float) -> float:
+        """Fill fraction 0..1 from the sensor's distance to the waste surface.
+
+        The blind zone is the top of the usable height: a reading at or inside it
+        means full (or overflowing), a reading at the floor means empty.
+        """
+        usable = self.height_mm - self.blind_zone_mm
+        f = (self.height_mm - distance_mm) / usable
+        return min(1.0, max(0.0, f))
+
+    def distance_of(self, fill: float) -> float:
+        """The distance a sensor reads at fill fraction `fill` (the inverse of fill_of)."""
+        usable = self.height_mm - self.blind_zone_mm
+        return self.height_mm - min(1.0, max(0.0, fill)) * usable
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +202,9 @@ class Inventory:
         )
 
 
-class _Errors:
+class RowErrors:
+    """Every bad row of one file (up to MAX_ERRORS), raised together as one ConfigError."""
+
     def __init__(self, file: str) -> None:
         self.file = file
         self.lines: list[str] = []
@@ -158,8 +220,8 @@ class _Errors:
             raise err
 
 
-class _Row:
-    """Typed access to one inventory row; errors name the column."""
+class Row:
+    """Typed access to one inventory row; a ValueError names the column."""
 
     def __init__(self, row: Mapping[str, Any]) -> None:
         self.row = row
@@ -182,39 +244,63 @@ class _Row:
             raise ValueError(f"{key}: {v:g} is outside {lo:g}..{hi:g}")
         return v
 
+    def ident(self, key: str = "id") -> str:
+        """An id in the one id grammar."""
+        v = self.text(key)
+        if not _ID.match(v):
+            raise ValueError(f"{key}: {v!r} is not a valid id (letters, digits, _.:-)")
+        return v
 
-def _charger_from(row: Mapping[str, Any], where: str, errors: _Errors) -> Charger | None:
-    r = _Row(row)
-    try:
-        cid = r.text("id")
-        if not _ID.match(cid):
-            raise ValueError(f"id: {cid!r} is not a valid id (letters, digits, _.:-)")
-        url = r.text("url")
-        if not url.startswith("opc.tcp://"):
-            raise ValueError(f"url: {url!r} must start with opc.tcp://")
-        phases = int(r.num("phases", 1, 3, 3))
-        if phases not in (1, 3):
-            raise ValueError(f"phases: {phases} must be 1 or 3")
-        return Charger(
-            id=cid,
-            lat=r.num("lat", -90, 90),
-            lon=r.num("lon", -180, 180),
-            segment=r.text("segment", ""),
-            cabinet=r.text("cabinet"),
-            feeder=r.text("feeder"),
-            post=r.text("post", cid),
-            server=r.text("controller"),
-            url=url,
-            max_current_a=r.num("max_current_a", 6, 63, 16),
-            phases=phases,
-            failsafe_current_a=_failsafe(r),
-        )
-    except ValueError as exc:
-        errors.add(where, str(exc))
-        return None
+    def position(self) -> tuple[float, float]:
+        """(lat, lon) in degrees."""
+        return self.num("lat", -90, 90), self.num("lon", -180, 180)
 
 
-def _failsafe(r: _Row) -> float | None:
+class _Claims:
+    """First row to claim each key; a second claim is an error naming the first row."""
+
+    def __init__(self, column: str, errors: RowErrors, say: str = "already used at") -> None:
+        self.column, self.errors, self.say = column, errors, say
+        self.seen: dict[str, str] = {}
+
+    def taken(self, key: str, where: str, shown: str | None = None) -> bool:
+        """Whether `key` is already claimed (then the error is added); claims it otherwise."""
+        first = self.seen.get(key)
+        if first is None:
+            return False
+        self.errors.add(where, f"{self.column}: {shown or repr(key)} {self.say} {first}")
+        return True
+
+    def claim(self, key: str, where: str) -> None:
+        self.seen[key] = where
+
+
+def _charger_from(r: Row) -> Charger:
+    cid = r.ident()
+    url = r.text("url")
+    if not url.startswith("opc.tcp://"):
+        raise ValueError(f"url: {url!r} must start with opc.tcp://")
+    phases = int(r.num("phases", 1, 3, 3))
+    if phases not in (1, 3):
+        raise ValueError(f"phases: {phases} must be 1 or 3")
+    lat, lon = r.position()
+    return Charger(
+        id=cid,
+        lat=lat,
+        lon=lon,
+        segment=r.text("segment", ""),
+        cabinet=r.text("cabinet"),
+        feeder=r.text("feeder"),
+        post=r.text("post", cid),
+        server=r.text("controller"),
+        url=url,
+        max_current_a=r.num("max_current_a", 6, 63, 16),
+        phases=phases,
+        failsafe_current_a=_failsafe(r),
+    )
+
+
+def _failsafe(r: Row) -> float | None:
     """The optional `failsafe_current_a` column: 0 (stop charging) or 6..63 A; blank is the site's."""
     if str(r.row.get("failsafe_current_a") or "").strip() == "":
         return None
@@ -224,73 +310,90 @@ def _failsafe(r: _Row) -> float | None:
     return v
 
 
-def _lamp_from(row: Mapping[str, Any], where: str, errors: _Errors) -> Lamp | None:
-    def text(key: str, default: str | None = None) -> str:
-        v = row.get(key)
-        if v is None or str(v).strip() == "":
-            if default is None:
-                raise ValueError(f"{key}: missing")
-            return default
-        return str(v).strip()
+def _lamp_from(r: Row) -> Lamp:
+    lamp_id = r.ident()
+    kind = r.text("kind", "lamp")
+    if kind != "lamp":
+        raise ValueError(f"kind: {kind!r} is not a known device kind (lamp, charger)")
+    cls_name = r.text("lighting_class").upper()
+    if cls_name not in LIGHTING_CLASSES:
+        raise ValueError(f"lighting_class: {cls_name!r} is not an EN 13201 class (M1-M6, C0-C5, P1-P6)")
+    flags = frozenset(f.strip() for f in re.split(r"[;|,\s]+", r.text("flags", "")) if f.strip())
+    if unknown := flags - FLAGS:
+        raise ValueError(f"flags: unknown {sorted(unknown)} (known: {sorted(FLAGS)})")
+    p_max = r.num("p_max_w", 1, 2000, 38.0)
+    p_min = r.num("p_min_w", 0, 2000, round(p_max * 0.1, 1))
+    if p_min > p_max:
+        raise ValueError(f"p_min_w: {p_min:g} is above p_max_w {p_max:g}")
+    lat, lon = r.position()
+    return Lamp(
+        id=lamp_id,
+        lat=lat,
+        lon=lon,
+        segment=r.text("segment"),
+        order=int(r.num("order", 0, 1e9, 0)),
+        lighting_class=cls_name,
+        cabinet=r.text("cabinet", ""),
+        feeder=r.text("feeder", ""),
+        flags=flags,
+        controller=r.text("controller"),
+        host=r.text("host", "127.0.0.1"),
+        port=int(r.num("port", 1, 65535)),
+        unit=int(r.num("unit", 0, 247, 1)),
+        index=int(r.num("index", 0, 65535)),
+        p_max_w=p_max,
+        p_min_w=p_min,
+    )
 
-    def num(key: str, lo: float, hi: float, default: float | None = None) -> float:
-        raw = text(key, None if default is None else str(default))
+
+def _bin_from(r: Row) -> Bin:
+    bid = r.ident()
+    eui = r.text("dev_eui").lower()
+    if len(eui) != 16 or any(c not in "0123456789abcdef" for c in eui):
+        raise ValueError(f"dev_eui: {eui!r} is not 16 hex digits")
+    kind = r.text("kind", "residential")
+    if kind not in BIN_KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(BIN_KINDS)}")
+    road = r.text("road_class", "residential")
+    if road not in ROAD_CLASSES:
+        raise ValueError(f"road_class: {road!r} is not one of {', '.join(ROAD_CLASSES)}")
+    height = r.num("height_mm", 200, 5000, 1200)
+    blind = r.num("blind_zone_mm", 0, 1000, 250)
+    if blind >= height - 100:
+        raise ValueError(f"blind_zone_mm: {blind:g} leaves less than 100 mm of the {height:g} mm height")
+    lat, lon = r.position()
+    return Bin(
+        id=bid,
+        dev_eui=eui,
+        lat=lat,
+        lon=lon,
+        kind=kind,
+        volume_l=r.num("volume_l", 10, 10_000, 1100),
+        height_mm=height,
+        blind_zone_mm=blind,
+        density_kg_l=r.num("density_kg_l", 0.01, 1.5, 0.12),
+        road_class=road,
+        zone=r.text("zone", ""),
+    )
+
+
+def _validated(rows: Rows, parse: Callable[[Row], _D], errors: RowErrors) -> Iterator[tuple[str, _D]]:
+    """The rows `parse` accepts; each one it refuses is an error naming the row and column."""
+    for where, row in rows:
         try:
-            v = float(raw)
-        except ValueError:
-            raise ValueError(f"{key}: {raw!r} is not a number") from None
-        if not lo <= v <= hi:
-            raise ValueError(f"{key}: {v:g} is outside {lo:g}..{hi:g}")
-        return v
-
-    try:
-        lamp_id = text("id")
-        if not _ID.match(lamp_id):
-            raise ValueError(f"id: {lamp_id!r} is not a valid id (letters, digits, _.:-)")
-        kind = text("kind", "lamp")
-        if kind != "lamp":
-            raise ValueError(f"kind: {kind!r} is not a known device kind (lamp, charger)")
-        cls_name = text("lighting_class").upper()
-        if cls_name not in LIGHTING_CLASSES:
-            raise ValueError(f"lighting_class: {cls_name!r} is not an EN 13201 class (M1-M6, C0-C5, P1-P6)")
-        flags = frozenset(f.strip() for f in re.split(r"[;|,\s]+", text("flags", "")) if f.strip())
-        if unknown := flags - FLAGS:
-            raise ValueError(f"flags: unknown {sorted(unknown)} (known: {sorted(FLAGS)})")
-        p_max = num("p_max_w", 1, 2000, 38.0)
-        p_min = num("p_min_w", 0, 2000, round(p_max * 0.1, 1))
-        if p_min > p_max:
-            raise ValueError(f"p_min_w: {p_min:g} is above p_max_w {p_max:g}")
-        return Lamp(
-            id=lamp_id,
-            lat=num("lat", -90, 90),
-            lon=num("lon", -180, 180),
-            segment=text("segment"),
-            order=int(num("order", 0, 1e9, 0)),
-            lighting_class=cls_name,
-            cabinet=text("cabinet", ""),
-            feeder=text("feeder", ""),
-            flags=flags,
-            controller=text("controller"),
-            host=text("host", "127.0.0.1"),
-            port=int(num("port", 1, 65535)),
-            unit=int(num("unit", 0, 247, 1)),
-            index=int(num("index", 0, 65535)),
-            p_max_w=p_max,
-            p_min_w=p_min,
-        )
-    except ValueError as exc:
-        errors.add(where, str(exc))
-        return None
+            yield where, parse(Row(row))
+        except ValueError as exc:
+            errors.add(where, str(exc))
 
 
-def _rows_csv(path: Path) -> Iterable[tuple[str, Mapping[str, Any]]]:
+def _rows_csv(path: Path) -> Rows:
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         for i, row in enumerate(reader, start=2):
             yield f"line {i}", row
 
 
-def _rows_geojson(path: Path, errors: _Errors) -> Iterable[tuple[str, Mapping[str, Any]]]:
+def _rows_geojson(path: Path, errors: RowErrors) -> Rows:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -319,54 +422,120 @@ def _rows_geojson(path: Path, errors: _Errors) -> Iterable[tuple[str, Mapping[st
         yield where, props
 
 
-def load_inventory(path: Path | str) -> Inventory:
-    """Read a CSV or GeoJSON inventory; raise ConfigError listing every bad row."""
+def read_rows(path: Path | str, errors: RowErrors) -> Rows:
+    """The rows of a CSV or GeoJSON inventory file, each with where it stands (line or feature)."""
     p = Path(path)
-    errors = _Errors(str(p))
     if not p.exists():
         errors.add("file", "not found")
         errors.raise_if_any()
     suffix = p.suffix.lower()
     if suffix == ".csv":
-        rows: Iterable[tuple[str, Mapping[str, Any]]] = _rows_csv(p)
-    elif suffix in {".geojson", ".json"}:
-        rows = _rows_geojson(p, errors)
-    else:
-        errors.add("file", f"unknown inventory format {suffix!r} (use .csv or .geojson)")
-        errors.raise_if_any()
-        rows = ()
+        return _rows_csv(p)
+    if suffix in {".geojson", ".json"}:
+        return _rows_geojson(p, errors)
+    errors.add("file", f"unknown inventory format {suffix!r} (use .csv or .geojson)")
+    errors.raise_if_any()
+    return ()
+
+
+def _device_from(r: Row) -> Lamp | Charger:
+    """A lamp row, or a charger row (kind=charger)."""
+    return _charger_from(r) if str(r.row.get("kind") or "lamp").strip() == "charger" else _lamp_from(r)
+
+
+def load_inventory(path: Path | str) -> Inventory:
+    """Read a CSV or GeoJSON inventory of lamps and chargers; raise ConfigError listing every bad row."""
+    errors = RowErrors(str(Path(path)))
+    ids = _Claims("id", errors)
     lamps: list[Lamp] = []
-    seen: dict[str, str] = {}
+    chargers: list[Charger] = []
     slots: dict[tuple[str, int], str] = {}
     endpoints: dict[str, tuple[str, int, int]] = {}
-    chargers: list[Charger] = []
-    for where, row in rows:
-        if str(row.get("kind") or "lamp").strip() == "charger":
-            charger = _charger_from(row, where, errors)
-            if charger is not None:
-                if charger.id in seen:
-                    errors.add(where, f"id: {charger.id!r} already used at {seen[charger.id]}")
-                    continue
-                seen[charger.id] = where
-                chargers.append(charger)
+    for where, device in _validated(read_rows(path, errors), _device_from, errors):
+        if ids.taken(device.id, where):
             continue
-        lamp = _lamp_from(row, where, errors)
-        if lamp is None:
-            continue
-        if lamp.id in seen:
-            errors.add(where, f"id: {lamp.id!r} already used at {seen[lamp.id]}")
-            continue
-        ep = (lamp.host, lamp.port, lamp.unit)
-        if endpoints.setdefault(lamp.controller, ep) != ep:
-            errors.add(where, f"controller: {lamp.controller!r} has two different endpoints")
-            continue
-        if (other := slots.setdefault((lamp.controller, lamp.index), lamp.id)) != lamp.id:
-            errors.add(where, f"index: {lamp.index} of {lamp.controller!r} is already lamp {other!r}")
-            continue
-        seen[lamp.id] = where
-        lamps.append(lamp)
+        if isinstance(device, Lamp):
+            ep = (device.host, device.port, device.unit)
+            if endpoints.setdefault(device.controller, ep) != ep:
+                errors.add(where, f"controller: {device.controller!r} has two different endpoints")
+                continue
+            if (other := slots.setdefault((device.controller, device.index), device.id)) != device.id:
+                errors.add(where, f"index: {device.index} of {device.controller!r} is already lamp {other!r}")
+                continue
+            lamps.append(device)
+        else:
+            chargers.append(device)
+        ids.claim(device.id, where)
     if not lamps and not chargers and not errors.lines:
         errors.add("file", "no devices")
     errors.raise_if_any()
     inv = Inventory.build(lamps)
     return inv.with_chargers(chargers) if chargers else inv
+
+
+def parse_bins(rows: Iterable[Mapping[str, Any]], file: str, zones: Iterable[str] = ()) -> list[Bin]:
+    """Bins from CSV rows; raise one ConfigError listing every bad row (line and column)."""
+    errors = RowErrors(file)
+    known_zones = set(zones)
+    out: list[Bin] = []
+    ids = _Claims("id", errors, "already on")
+    euis = _Claims("dev_eui", errors, "already on")
+    numbered = ((f"line {n}", row) for n, row in enumerate(rows, start=2))
+    for where, b in _validated(numbered, _bin_from, errors):
+        if ids.taken(b.id, where) or euis.taken(b.dev_eui, where, b.dev_eui):
+            continue
+        if b.zone and b.zone not in known_zones:
+            errors.add(where, f"zone: {b.zone!r} is not a configured waste zone")
+            continue
+        ids.claim(b.id, where)
+        euis.claim(b.dev_eui, where)
+        out.append(b)
+    errors.raise_if_any()
+    return out
+
+
+def load_bins(path: Path, zones: Iterable[str] = ()) -> list[Bin]:
+    """Read the bin inventory CSV; errors name the file, line and column."""
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            return parse_bins(csv.DictReader(f), str(path), zones)
+    except FileNotFoundError as exc:
+        raise ConfigError("file not found", file=str(path)) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(path)) from exc
+
+
+def write_bins(path: Path, bins: Iterable[Bin]) -> None:
+    """Write a bin inventory CSV (for generated sites)."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(BIN_COLUMNS)
+        for b in bins:
+            w.writerow([getattr(b, c) for c in BIN_COLUMNS])
+
+
+def read_positions(path: Path | str) -> tuple[dict[str, tuple[float, float, str, int]], int]:
+    """Lamp positions (lat, lon, segment, order) by id, leniently: rows without a usable
+    position are skipped and counted, not refused (the dashboard's map, not the daemon).
+
+    ValueError when a CSV file has no `id`, `lat` and `lon` columns.
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        with p.open(newline="", encoding="utf-8") as fh:
+            missing = {"id", "lat", "lon"} - set(csv.DictReader(fh).fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: inventory has no column(s) {', '.join(sorted(missing))}")
+    errors = RowErrors(str(p))
+    positions: dict[str, tuple[float, float, str, int]] = {}
+    skipped = 0
+    for _where, row in read_rows(p, errors):
+        if str(row.get("kind") or "lamp").strip() != "lamp":
+            continue
+        r = Row(row)
+        try:
+            lat, lon = r.position()
+            positions[r.text("id")] = (lat, lon, r.text("segment", ""), int(r.num("order", -1e9, 1e9, 0)))
+        except ValueError:
+            skipped += 1
+    return positions, skipped

@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devices.profiles.lighting import (
-    DEFAULT_PROFILE_PATH,
-    Point,
-    PointType,
-    default_profile,
-    load_profile,
-    parse_profile,
-)
+from devices.profiles.lighting import DEFAULT_PROFILE_PATH, default_profile, load_profile, parse_profile
+from devices.profiles.modbus_map import Point, PointType
 from devices.protocols.registers import (
     BlockDecoder,
     PointValueError,
@@ -164,16 +158,16 @@ def _set(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
 @pytest.mark.parametrize(
     ("path", "value", "key"),
     [
-        (("lamp", "points", 1, "type"), "u64", "lamp.points[1].type"),
-        (("lamp", "points", 1, "offset"), 0, "lamp.points[1].offset"),
-        (("lamp", "points", 1, "colour"), "red", "lamp.points[1].colour"),
-        (("lamp", "points", 0, "min"), 200, "lamp.points[0].min"),
-        (("lamp", "points", 0, "max"), 70000, "lamp.points[0].max"),
+        (("lamp", "points", 1, "type"), "u64", "lamp.points.1.type"),
+        (("lamp", "points", 1, "offset"), 0, "lamp.points.1.offset"),
+        (("lamp", "points", 1, "colour"), "red", "lamp.points.1.colour"),
+        (("lamp", "points", 0, "min"), 200, "lamp.points.0.min"),
+        (("lamp", "points", 0, "max"), 70000, "lamp.points.0.max"),
         (("lamp", "stride"), 4, "lamp.stride"),
         (("lamp", "base"), 2, "lamp.base"),
         (("profile", "max_read_registers"), 126, "profile.max_read_registers"),
-        (("lamp", "points", 6, "bits", "lamp_failure"), 16, "lamp.points[6].bits.lamp_failure"),
-        (("lamp", "points", 6, "bits", "comm_loss"), 0, "lamp.points[6].bits.comm_loss"),
+        (("lamp", "points", 6, "bits", "lamp_failure"), 16, "lamp.points.6.bits.lamp_failure"),
+        (("lamp", "points", 6, "bits", "comm_loss"), 0, "lamp.points.6.bits.comm_loss"),
         (("controller",), None, "controller"),
     ],
 )
@@ -189,7 +183,7 @@ def test_bad_profile_names_the_key(path: tuple[Any, ...], value: Any, key: str) 
 
 def test_load_profile_reports_unreadable_file(tmp_path: Any) -> None:
     """A missing or broken file is a ConfigError naming the file."""
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="file not found"):
         load_profile(tmp_path / "missing.toml")
     broken = tmp_path / "broken.toml"
     broken.write_text("[profile\n")

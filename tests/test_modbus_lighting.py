@@ -12,15 +12,9 @@ import pytest
 from conftest_modbus import Recorder
 from waiting import wait_until
 
-from devices.lighting import (
-    PRIO_COMMAND,
-    PRIO_POLL,
-    ModbusEndpoint,
-    ModbusLightingDriver,
-    _PriorityLock,
-    plan_reads,
-)
+from devices.lighting import ModbusEndpoint, ModbusLightingDriver, plan_reads
 from devices.profiles.lighting import default_profile
+from devices.protocols.modbus import PRIO_COMMAND, PRIO_POLL, PriorityLock
 from devices.protocols.registers import PointValueError
 from edge.clock import ManualClock
 from edge.errors import DeviceReplyError, DeviceUnavailable
@@ -279,7 +273,7 @@ def test_reads_are_coalesced_within_the_modbus_limit() -> None:
 
 async def test_commands_go_ahead_of_polls() -> None:
     """Queued on a busy connection, a command is served before polls that queued earlier."""
-    lock = _PriorityLock()
+    lock = PriorityLock()
     await lock.acquire(PRIO_POLL)
     order: list[str] = []
 

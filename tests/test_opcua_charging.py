@@ -308,7 +308,7 @@ def test_profile_errors_name_the_key() -> None:
     with pytest.raises(ConfigError) as err:
         parse_profile({"profile": {"name": "x", "version": 1, "namespace": "urn:x", "folder": "F", "connectors": 1},
                        "points": [{"name": "status", "type": "Float"}]})  # fmt: skip
-    assert err.value.key == "points[0].type"
+    assert err.value.key == "points.0.type"
     assert [p.name for p in default_profile().writable] == [
         "current_limit_a",
         "failsafe_current_a",

@@ -1,7 +1,8 @@
 """Charge point OPC UA information model, loaded from TOML into frozen dataclasses.
 
 The model is data (devices/profiles/charge_point.toml) so that the driver and the
-simulator build and read the same address space; a bad profile fails at load with a
+simulator build and read the same address space. It is validated by pydantic models
+through the one TOML loader (`edge.tomlfile`); a bad profile fails at load with a
 `ConfigError` that names the key and the file.
 """
 
@@ -13,11 +14,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
-from devices.profiles.lighting import read_profile_toml
+from pydantic import Field, ValidationInfo, field_validator
+
+from devices.profiles import Identifier, NonEmpty, StrictModel, choice
 from edge.errors import ConfigError
 from edge.events import Value
+from edge.tomlfile import parse_model, read_toml
 
 DEFAULT_PROFILE_PATH = Path(__file__).parent / "charge_point.toml"
 MIN_CHARGE_CURRENT_A = 6.0  # IEC 61851: a PWM duty below 6 A means "do not charge"
@@ -64,8 +68,8 @@ class OpcUaPoint:
     `subscribe` says whether the driver monitors it (False: read on connect only).
     """
 
-    name: str
-    type: VariantKind
+    name: Identifier
+    type: Annotated[VariantKind, choice(VariantKind)]
     unit: str = ""
     min: float | None = None
     max: float | None = None
@@ -137,9 +141,6 @@ class ChargePointProfile:
         return tuple(p for p in self.points if p.subscribe)
 
 
-_POINT_KEYS = frozenset(
-    {"name", "type", "unit", "min", "max", "writable", "subscribe", "values", "description"}
-)
 _REQUIRED_POINTS = {
     "status": VariantKind.STRING,
     "current_limit_a": VariantKind.DOUBLE,
@@ -150,136 +151,116 @@ _REQUIRED_POINTS = {
 }
 
 
-class _Loader:
-    """Validates raw TOML data; every error names the key and the file."""
+class _PointSpec(StrictModel):
+    """One `[[points]]` table (field order matters: later checks read earlier fields)."""
 
-    def __init__(self, file: str) -> None:
-        self.file = file
+    name: Identifier
+    type: Annotated[VariantKind, choice(VariantKind)]
+    unit: str = ""
+    max: float | None = None
+    min: float | None = None
+    writable: bool = False
+    subscribe: bool = True
+    values: list[NonEmpty] = Field(default_factory=list)
+    description: str = ""
 
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, key=key, file=self.file)
+    @field_validator("max", "min")
+    @classmethod
+    def _range(cls, v: float | None, info: ValidationInfo) -> float | None:
+        kind, hi = info.data.get("type"), info.data.get("max")
+        if v is not None and kind not in (VariantKind.DOUBLE, VariantKind.INT32, None):
+            raise ValueError(f"a {kind} has no range")
+        if info.field_name == "min" and v is not None and hi is not None and v > hi:
+            raise ValueError(f"min {v} is above max {hi}")
+        return v
 
-    def string(self, data: Mapping[str, Any], key: str, path: str, *, default: str | None = None) -> str:
-        value = data.get(key, default)
-        if not isinstance(value, str) or (default is None and not value):
-            raise self.fail(f"{path}{key}", f"must be a non-empty string, got {value!r}")
-        return value
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if v and info.data.get("type") is not VariantKind.STRING:
+            raise ValueError("only a String point can list values")
+        if len(set(v)) != len(v):
+            raise ValueError("has duplicates")
+        return v
 
-    def integer(self, data: Mapping[str, Any], key: str, path: str, *, lo: int, hi: int) -> int:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{path}{key}", f"must be an integer, got {value!r}")
-        if not lo <= value <= hi:
-            raise self.fail(f"{path}{key}", f"must be in {lo}..{hi}, got {value}")
-        return value
-
-    def number(self, data: Mapping[str, Any], key: str, path: str) -> float | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(f"{path}{key}", f"must be a number, got {value!r}")
-        return float(value)
-
-    def flag(self, data: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
-        value = data.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(f"{path}{key}", "must be true or false")
-        return value
-
-    def point(self, raw: Any, path: str) -> OpcUaPoint:
-        if not isinstance(raw, dict):
-            raise self.fail(path, "must be a table")
-        unknown = sorted(set(raw) - _POINT_KEYS)
-        if unknown:
-            raise self.fail(f"{path}.{unknown[0]}", "unknown key")
-        name = raw.get("name")
-        if not isinstance(name, str) or not name.isidentifier():
-            raise self.fail(f"{path}.name", f"must be an identifier, got {name!r}")
-        try:
-            kind = VariantKind(str(raw.get("type")))
-        except ValueError:
-            choices = ", ".join(t.value for t in VariantKind)
-            raise self.fail(f"{path}.type", f"must be one of {choices}, got {raw.get('type')!r}") from None
-        lo = self.number(raw, "min", f"{path}.")
-        hi = self.number(raw, "max", f"{path}.")
-        numeric = kind in (VariantKind.DOUBLE, VariantKind.INT32)
-        if (lo is not None or hi is not None) and not numeric:
-            raise self.fail(f"{path}.{'min' if lo is not None else 'max'}", f"a {kind.value} has no range")
-        if lo is not None and hi is not None and lo > hi:
-            raise self.fail(f"{path}.min", f"min {lo} is above max {hi}")
-        values = raw.get("values", [])
-        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
-            raise self.fail(f"{path}.values", "must be an array of non-empty strings")
-        if values and kind is not VariantKind.STRING:
-            raise self.fail(f"{path}.values", "only a String point can list values")
-        if len(set(values)) != len(values):
-            raise self.fail(f"{path}.values", "has duplicates")
+    def to_point(self) -> OpcUaPoint:
         return OpcUaPoint(
-            name=name,
-            type=kind,
-            unit=self.string(raw, "unit", f"{path}.", default=""),
-            min=lo,
-            max=hi,
-            writable=self.flag(raw, "writable", f"{path}.", False),
-            subscribe=self.flag(raw, "subscribe", f"{path}.", True),
-            values=tuple(values),
-            description=self.string(raw, "description", f"{path}.", default=""),
+            name=self.name,
+            type=self.type,
+            unit=self.unit,
+            min=self.min,
+            max=self.max,
+            writable=self.writable,
+            subscribe=self.subscribe,
+            values=tuple(self.values),
+            description=self.description,
         )
 
-    def profile(self, data: Mapping[str, Any]) -> ChargePointProfile:
-        head = data.get("profile")
-        if not isinstance(head, dict):
-            raise self.fail("profile", "missing or not a table")
-        name = self.string(head, "name", "profile.")
-        version = self.integer(head, "version", "profile.", lo=1, hi=1_000_000)
-        namespace = self.string(head, "namespace", "profile.")
-        if ":" not in namespace:
-            raise self.fail("profile.namespace", f"must be a URI, got {namespace!r}")
-        folder = self.string(head, "folder", "profile.")
-        if not folder.isidentifier():
-            raise self.fail("profile.folder", f"must be an identifier, got {folder!r}")
-        connectors = self.integer(head, "connectors", "profile.", lo=1, hi=1)
-        raw_points = data.get("points")
-        if not isinstance(raw_points, list) or not raw_points:
-            raise self.fail("points", "must be a non-empty array of tables")
-        points = tuple(self.point(p, f"points[{i}]") for i, p in enumerate(raw_points))
-        by_name: dict[str, OpcUaPoint] = {}
-        for i, p in enumerate(points):
-            if p.name in by_name:
-                raise self.fail(f"points[{i}].name", f"duplicate point {p.name!r}")
-            by_name[p.name] = p
-        for required, kind in _REQUIRED_POINTS.items():
-            p_or_none = by_name.get(required)
-            if p_or_none is None:
-                raise self.fail("points", f"the model needs a point {required!r}")
-            if p_or_none.type is not kind:
-                i = points.index(p_or_none)
-                raise self.fail(f"points[{i}].type", f"{required} must be {kind.value}")
-        for required in ("current_limit_a", "heartbeat", "failsafe_current_a"):
-            if not by_name[required].writable:
-                i = points.index(by_name[required])
-                raise self.fail(f"points[{i}].writable", f"{required} must be writable")
-        return ChargePointProfile(
-            name=name,
-            version=version,
-            namespace=namespace,
-            folder=folder,
-            connectors=connectors,
-            points=points,
-            by_name=MappingProxyType(by_name),
-            source=self.file,
-        )
+
+class _Head(StrictModel):
+    name: NonEmpty
+    version: int = Field(ge=1, le=1_000_000)
+    namespace: NonEmpty
+    folder: Identifier
+    connectors: int = Field(ge=1, le=1)
+
+    @field_validator("namespace")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if ":" not in v:
+            raise ValueError(f"must be a URI, got {v!r}")
+        return v
+
+
+class _ProfileSpec(StrictModel):
+    """The profile file: `[profile]` and the `[[points]]` of one charge point."""
+
+    profile: _Head
+    points: list[_PointSpec] = Field(min_length=1)
 
 
 def parse_profile(data: Mapping[str, Any], file: str = "<memory>") -> ChargePointProfile:
-    """Validate already-parsed TOML data (tests build variants of the profile this way)."""
-    return _Loader(file).profile(data)
+    """Validate already-parsed TOML data (tests build variants of the profile this way).
+
+    The shape goes through pydantic (`edge.tomlfile`); what the driver needs of the model
+    (required points, their types, writability) is checked here, naming the point's key.
+    """
+    spec = parse_model(_ProfileSpec, data, file)
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(message, key=key, file=file)
+
+    points = tuple(p.to_point() for p in spec.points)
+    by_name: dict[str, OpcUaPoint] = {}
+    for i, p in enumerate(points):
+        if p.name in by_name:
+            raise fail(f"points.{i}.name", f"duplicate point {p.name!r}")
+        by_name[p.name] = p
+    for required, kind in _REQUIRED_POINTS.items():
+        p_or_none = by_name.get(required)
+        if p_or_none is None:
+            raise fail("points", f"the model needs a point {required!r}")
+        if p_or_none.type is not kind:
+            raise fail(f"points.{points.index(p_or_none)}.type", f"{required} must be {kind.value}")
+    for required in ("current_limit_a", "heartbeat", "failsafe_current_a"):
+        if not by_name[required].writable:
+            raise fail(f"points.{points.index(by_name[required])}.writable", f"{required} must be writable")
+    head = spec.profile
+    return ChargePointProfile(
+        name=head.name,
+        version=head.version,
+        namespace=head.namespace,
+        folder=head.folder,
+        connectors=head.connectors,
+        points=points,
+        by_name=MappingProxyType(by_name),
+        source=file,
+    )
 
 
 def load_profile(path: str | Path = DEFAULT_PROFILE_PATH) -> ChargePointProfile:
     """Read and validate a charge point profile from a TOML file."""
-    return parse_profile(read_profile_toml(path), str(path))
+    return parse_profile(read_toml(path), str(path))
 
 
 @functools.cache

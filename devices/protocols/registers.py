@@ -11,7 +11,7 @@ import math
 from collections.abc import MutableSequence, Sequence
 from decimal import Decimal
 
-from devices.profiles.lighting import Block, Point, PointType
+from devices.profiles.modbus_map import Block, Point, PointType
 from edge.errors import DeviceReplyError
 from edge.events import Value
 

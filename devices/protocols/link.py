@@ -1,0 +1,84 @@
+"""What every field link shares, whatever its protocol: its timing and its availability.
+
+Lamp controllers (Modbus), charge-point servers (OPC UA) and message signs (Modbus) each
+used to carry their own copy of "timeout plus backoff" settings and of "publish
+Availability and log it on transitions only". Both live here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edge.backoff import Backoff
+from edge.clock import Clock
+from edge.events import Availability, Event
+
+__all__ = ["EventSource", "LinkTiming", "Presence", "Publish"]
+
+Publish = Callable[[Event], None]  # where a driver hands its events (the bus)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkTiming:
+    """A link's request timeout and reconnect backoff, in real seconds."""
+
+    timeout_s: float
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def backoff(self) -> Backoff:
+        """A fresh backoff; a base above the cap waits up to the cap (as the drivers always did)."""
+        return Backoff(min(self.backoff_base_s, self.backoff_max_s), self.backoff_max_s)
+
+
+class EventSource(Protocol):
+    """A driver as its links see it: where events go and what time it is."""
+
+    publish: Publish
+    clock: Clock
+
+
+class Presence:
+    """Availability of one endpoint, published and logged on transitions only.
+
+    `up` is set while the endpoint is online, so loops that need it (heartbeats) can wait.
+    Log events are `{kind}_up` and `{kind}_down` (e.g. "modbus_endpoint_up").
+    """
+
+    def __init__(
+        self, driver: EventSource, endpoint: str, device_ids: tuple[str, ...], kind: str, log: Any
+    ) -> None:
+        self.endpoint = endpoint
+        self.device_ids = device_ids
+        self.publish = driver.publish
+        self.clock = driver.clock
+        self.kind = kind
+        self.log = log
+        self.online: bool | None = None
+        self.up = asyncio.Event()
+
+    def set(self, online: bool, reason: str = "") -> None:
+        """Record the verdict of the last attempt; publish only when it changed."""
+        if online:
+            self.up.set()
+        else:
+            self.up.clear()
+        if self.online is online:
+            return
+        self.online = online
+        self.publish(
+            Availability(
+                endpoint=self.endpoint,
+                device_ids=self.device_ids,
+                online=online,
+                ts=self.clock.now(),
+                reason=reason,
+            )
+        )
+        if online:
+            self.log.info(f"{self.kind}_up")
+        else:
+            self.log.warning(f"{self.kind}_down", reason=reason)

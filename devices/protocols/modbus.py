@@ -1,0 +1,286 @@
+"""One Modbus TCP client session, shared by the lamp controllers and the message signs.
+
+A session is one connection to one unit with one request in flight: commands go ahead of
+heartbeats ahead of polls (a priority lock), every request runs under a timeout that
+includes its wait in the queue, and pymodbus errors (both raised `ModbusException`s and
+`isError()` replies) become `edge.errors` at this boundary. A fresh pymodbus client per
+connect, so a late reply to a request we gave up on can never meet a new one. `run` is
+the reconnect loop: poll, and after a failure drop, mark down, wait an `edge.backoff`
+delay and connect again, so a dead device only costs its own backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from pymodbus import ModbusException
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+
+from devices.protocols.link import LinkTiming
+from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
+
+__all__ = [
+    "PRIO_COMMAND",
+    "PRIO_HEARTBEAT",
+    "PRIO_POLL",
+    "ModbusCounters",
+    "ModbusSession",
+    "PriorityLock",
+    "quiet_pymodbus",
+]
+
+# Request priorities on one connection: lower goes first.
+PRIO_COMMAND = 0
+PRIO_HEARTBEAT = 1
+PRIO_POLL = 2
+
+Requests = Callable[[AsyncModbusTcpClient], Awaitable[Any]]
+
+
+@dataclass(slots=True)
+class ModbusCounters:
+    """Request counters (requests, not points); a driver shares one among its sessions."""
+
+    reads: int = 0
+    read_errors: int = 0
+    writes: int = 0
+    write_errors: int = 0
+    connects: int = 0
+    connect_errors: int = 0
+
+
+class _RepetitionFilter(logging.Filter):
+    """Drops pymodbus's per-attempt connect and timeout lines: the drivers log transitions."""
+
+    _PREFIXES = (
+        "Failed to connect",
+        "Not connected, trying to connect",
+        "No response received",
+        "ERROR: received pdu without a corresponding request",  # a reply after we gave up
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._PREFIXES)
+
+
+def quiet_pymodbus() -> None:
+    """pymodbus at WARNING or quieter (never louder than the operator set it), without repeats."""
+    root = logging.getLogger("pymodbus")
+    if root.level < logging.WARNING:
+        root.setLevel(logging.WARNING)
+    inner = logging.getLogger("pymodbus.logging")  # where pymodbus's Log class writes
+    if not any(isinstance(f, _RepetitionFilter) for f in inner.filters):
+        inner.addFilter(_RepetitionFilter())
+
+
+class PriorityLock:
+    """A lock handed to the waiter with the lowest priority number, FIFO within a priority."""
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = 0
+
+    async def acquire(self, priority: int) -> None:
+        """Wait for the lock; a cancelled waiter that was just handed the lock passes it on."""
+        if not self._locked and not self._waiters:
+            self._locked = True
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._waiters, (priority, self._seq, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Hand the lock to the next waiter (it stays locked), or unlock."""
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._locked = False
+
+
+class ModbusSession:
+    """One Modbus TCP connection to one unit: requests, error translation and reconnects.
+
+    `name` identifies the device in errors (their `endpoint`) and in the pymodbus client.
+    The timing's timeout bounds a connect; each request passes its own timeout.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        unit: int,
+        timing: LinkTiming,
+        counters: ModbusCounters | None = None,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.unit = unit
+        self.timeout_s = timing.timeout_s
+        self.backoff = timing.backoff()
+        self.counters = counters or ModbusCounters()
+        self.client: AsyncModbusTcpClient | None = None
+        self.lock = PriorityLock()
+
+    # -- connection --------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open a fresh client within `timeout_s`."""
+        client = AsyncModbusTcpClient(
+            self.host,
+            port=self.port,
+            name=self.name,
+            reconnect_delay=0,  # we reconnect ourselves, with jittered backoff
+            timeout=self.timeout_s + 1.0,  # our asyncio.timeout fires first
+            retries=0,
+        )
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                ok = await client.connect()
+        except TimeoutError as exc:
+            client.close()
+            self.counters.connect_errors += 1
+            raise DeviceTimeout("connect timed out", endpoint=self.name) from exc
+        if not ok:
+            client.close()
+            self.counters.connect_errors += 1
+            raise DeviceUnavailable("connect failed", endpoint=self.name)
+        self.counters.connects += 1
+        self.client = client
+
+    def drop(self) -> None:
+        """Close the connection; after a timeout a late reply must not meet a new request."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    async def run(
+        self,
+        poll: Callable[[], Awaitable[None]],
+        interval_s: float,
+        on_state: Callable[[bool, str], None],
+    ) -> NoReturn:
+        """Connect and `poll` every `interval_s` real seconds, forever.
+
+        After a DeviceError: drop the connection (unless the device only refused a
+        request), report `on_state(False, reason)`, wait a backoff delay, reconnect.
+        After a good poll: reset the backoff and report `on_state(True, "")`.
+        """
+        while True:
+            try:
+                if self.client is None:
+                    await self.connect()
+                await poll()
+            except DeviceError as exc:
+                if not isinstance(exc, DeviceReplyError):
+                    self.drop()
+                on_state(False, f"{type(exc).__name__}: {exc}")
+                await self.backoff.wait()
+                continue
+            self.backoff.reset()
+            on_state(True, "")
+            await asyncio.sleep(interval_s)
+
+    # -- requests ----------------------------------------------------------------
+
+    async def call(self, priority: int, timeout_s: float, requests: Requests) -> Any:
+        """Run `requests` alone on the connection, within `timeout_s` including the queue wait.
+
+        Library errors are translated here; a timeout in flight or an I/O error drops the
+        connection.
+        """
+        in_flight = False
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.lock.acquire(priority)
+                try:
+                    client = self.client
+                    if client is None:
+                        raise DeviceUnavailable("not connected", endpoint=self.name, unit=self.unit)
+                    in_flight = True
+                    return await requests(client)
+                finally:
+                    self.lock.release()
+        except TimeoutError as exc:
+            if in_flight:
+                self.drop()
+            raise DeviceTimeout(
+                f"no answer within {timeout_s} s", endpoint=self.name, unit=self.unit
+            ) from exc
+        except ConnectionException as exc:
+            self.drop()
+            raise DeviceUnavailable(str(exc), endpoint=self.name, unit=self.unit) from exc
+        except ModbusIOException as exc:
+            self.drop()
+            raise DeviceTimeout(str(exc), endpoint=self.name, unit=self.unit) from exc
+        except ModbusException as exc:
+            raise DeviceReplyError(str(exc), endpoint=self.name, unit=self.unit) from exc
+
+    def reply_error(self, message: str) -> DeviceReplyError:
+        """A DeviceReplyError naming this session's device."""
+        return DeviceReplyError(message, endpoint=self.name, unit=self.unit)
+
+    def checked(self, result: Any, what: str) -> Any:
+        """The reply, or DeviceReplyError if it is a Modbus exception response."""
+        if result.isError():
+            raise self.reply_error(f"{what}: exception code {getattr(result, 'exception_code', 0)}")
+        return result
+
+    async def read_regs(self, client: AsyncModbusTcpClient, address: int, count: int) -> list[int]:
+        """Inside `call`: read `count` holding registers, exactly that many."""
+        result = await client.read_holding_registers(address, count=count, device_id=self.unit)
+        regs: list[int] = self.checked(result, f"read {address}+{count}").registers
+        if len(regs) != count:
+            raise self.reply_error(f"read {address}+{count}: {len(regs)} registers")
+        return regs
+
+    async def write_regs(self, client: AsyncModbusTcpClient, address: int, regs: list[int]) -> None:
+        """Inside `call`: write one register (function 6) or several (function 16)."""
+        if len(regs) == 1:
+            result = await client.write_register(address, regs[0], device_id=self.unit)
+        else:
+            result = await client.write_registers(address, regs, device_id=self.unit)
+        self.checked(result, f"write {address}+{len(regs)}")
+
+    async def read(self, address: int, count: int, priority: int, timeout_s: float) -> list[int]:
+        """One read request on its own (counted)."""
+        self.counters.reads += 1
+        try:
+            regs: list[int] = await self.call(
+                priority, timeout_s, lambda client: self.read_regs(client, address, count)
+            )
+        except DeviceError:
+            self.counters.read_errors += 1
+            raise
+        return regs
+
+    async def write_read(self, address: int, regs: list[int], priority: int, timeout_s: float) -> list[int]:
+        """Write registers and read them back, with nothing else in between (counted)."""
+
+        async def go(client: AsyncModbusTcpClient) -> list[int]:
+            await self.write_regs(client, address, regs)
+            return await self.read_regs(client, address, len(regs))
+
+        self.counters.writes += 1
+        try:
+            back: list[int] = await self.call(priority, timeout_s, go)
+        except DeviceError:
+            self.counters.write_errors += 1
+            raise
+        return back
