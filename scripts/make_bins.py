@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devices.bins import Bin, BinKind, RoadClass, write_bins  # noqa: E402
+from devices.inventory import Bin, BinKind, RoadClass, write_bins  # noqa: E402
 
 # container volume (L) -> (sensor height to the floor, blind zone), mm
 GEOMETRY: dict[int, tuple[int, int]] = {

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devices.charging import quiet_asyncua, string_node_id
 from devices.profiles.charging import ChargePointProfile
+from devices.protocols.opcua import quiet_asyncua, string_node_id
 from edge.events import Value
 from edge.tasks import cancel_and_wait
 
@@ -236,7 +236,7 @@ def make_test_certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
     Returns (server_cert, server_key, client_cert, client_key). The client certificate
     carries the driver's application URI (devices.charging.CLIENT_APPLICATION_URI).
     """
-    from devices.charging import CLIENT_APPLICATION_URI
+    from devices.protocols.opcua import CLIENT_APPLICATION_URI
 
     directory.mkdir(parents=True, exist_ok=True)
     out: list[Path] = []

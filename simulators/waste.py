@@ -32,7 +32,7 @@ import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from devices.bins import Bin, load_bins
+from devices.inventory import Bin, load_bins
 from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.lifecycle import Service, ServiceState

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from devices.bins import Bin, BinKind
+from devices.inventory import Bin, BinKind
 from devices.profiles.lorawan import LorawanProfile, default_profiles
 from simulators.lorawan import (
     APPLICATION_ID,

@@ -23,8 +23,7 @@ from typing import Any
 import aiomqtt
 
 from controllers.lighting import floor_level
-from devices.bins import Bin, write_bins
-from devices.inventory import Inventory, load_inventory
+from devices.inventory import Bin, Inventory, load_inventory, write_bins
 from edge.app.daemon import Daemon, running
 from edge.app.demo import sim_chargers, sim_controllers
 from edge.clock import SimClock

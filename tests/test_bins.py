@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devices.bins import load_bins, parse_bins, write_bins
+from devices.inventory import load_bins, parse_bins, write_bins
 from edge.app.validation import check_file
 from edge.errors import ConfigError
 from edge.settings import load_settings, window_s

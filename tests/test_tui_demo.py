@@ -24,8 +24,7 @@ from harness import wait_for
 from textual.pilot import Pilot
 
 from controllers.lighting import night_window
-from devices.bins import Bin
-from devices.inventory import load_inventory
+from devices.inventory import Bin, load_inventory
 from edge.app.daemon import Daemon, running, site_bins
 from edge.app.demo import SITE_DIR, demo_waste, remap_ports, sim_chargers, sim_controllers
 from edge.clock import SimClock

@@ -19,7 +19,7 @@ import pytest_asyncio
 from waiting import wait_until
 
 from controllers.waste import ROUTE_POINT, WasteController, WastePorts, WasteSafety
-from devices.bins import Bin
+from devices.inventory import Bin
 from devices.profiles.waste import route_number
 from edge.alarms import Alarms
 from edge.app.daemon import restore_waste

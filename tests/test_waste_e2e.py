@@ -23,8 +23,7 @@ import orjson
 import pytest
 from harness import Site, wait_for
 
-from devices.bins import Bin, write_bins
-from devices.inventory import load_inventory
+from devices.inventory import Bin, load_inventory, write_bins
 from edge.app.daemon import running
 from edge.app.demo import sim_controllers
 from edge.clock import SimClock

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controllers.waste import BinReading, FillEstimator, bin_alarms, theil_sen
-from devices.bins import Bin
+from devices.inventory import Bin
 
 TZ = ZoneInfo("Europe/Berlin")
 MONDAY = datetime(2026, 11, 2, 0, 0, tzinfo=TZ).timestamp()

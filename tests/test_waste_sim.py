@@ -15,7 +15,7 @@ import orjson
 import pytest
 from harness import wait_for
 
-from devices.bins import Bin
+from devices.inventory import Bin
 from devices.profiles.lorawan import default_profiles
 from devices.profiles.waste import Route, RouteStop
 from devices.protocols.lorawan import UplinkIngest

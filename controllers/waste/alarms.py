@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from devices.bins import Bin
+from devices.inventory import Bin
 from edge.events import Severity
 
 from .fill import HOUR, FillEstimator

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import structlog
 
-from devices.bins import Bin
+from devices.inventory import Bin
 from edge.alarms import Alarms
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock

@@ -18,7 +18,7 @@ from datetime import date, datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from devices.bins import BinKind
+from devices.inventory import BinKind
 
 HOUR = 3600.0
 BLOCK_H = 6  # pattern cells: 4 blocks of 6 hours per weekday

@@ -24,7 +24,7 @@ from typing import Literal
 
 import structlog
 
-from devices.bins import Bin
+from devices.inventory import Bin
 from devices.profiles.waste import route_number
 from edge.dispatcher import DispatcherView, Verdict, make_command
 from edge.events import Command, Outcome, PlanEvent, Priority

@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from devices.bins import Bin
+from devices.inventory import Bin
 from edge.alarms import Alarms
 from edge.bus import EventBus
 from edge.clock import Clock
