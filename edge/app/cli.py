@@ -346,78 +346,85 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _simulate(args: argparse.Namespace) -> int:
-    from devices.inventory import load_inventory
+    """`edge simulate {domain}`: one domain's simulated devices until interrupted."""
     from edge import logs
-    from edge.app.demo import sim_controllers
-    from edge.clock import SimClock, SystemClock
-    from edge.settings import load_settings
-    from simulators.lighting import LightingSimulator, SimController, SimLamp
 
     logs.configure("info", "auto")
-    if args.domain == "chargers":
-        from simulators.charging import serve_chargers
+    run = {
+        "chargers": _simulate_chargers,
+        "waste": _simulate_waste,
+        "displays": _simulate_displays,
+    }.get(args.domain, _simulate_lights)
+    return await run(args)
 
-        port = args.port if args.port != 15020 else 4840
-        print(f"serving {args.count} charge points at opc.tcp://127.0.0.1:{port}", file=sys.stderr)
-        await serve_chargers(args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders)
-        return 0
-    if args.domain == "waste":
-        return await _simulate_waste(args)
-    if args.domain == "displays":
-        from simulators.displays import DisplaySimulator, SimBoard, SimSign
-        from simulators.parking import ParkingSimulator, SimCarPark
 
-        if not args.config:
-            print(
-                "edge simulate displays: --config site.toml is required (it lists the displays)",
-                file=sys.stderr,
-            )
-            return EXIT_CONFIG
-        site = load_settings(args.config)
-        dcfg = site.displays
-        if not dcfg.displays:
-            print(f"{args.config}: no [displays] configured", file=sys.stderr)
-            return EXIT_CONFIG
-        url = args.mqtt or dcfg.board_mqtt_url or site.mqtt.url
-        import time as _time
+async def _simulate_chargers(args: argparse.Namespace) -> int:
+    """`edge simulate chargers`: charge points on one OPC UA server."""
+    from simulators.charging import serve_chargers
 
-        dclock = SystemClock() if args.speed == 1.0 else SimClock(_time.time(), args.speed)
-        parking = ParkingSimulator(
-            [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in dcfg.car_parks],
-            dclock,
-            base_topic=f"{site.mqtt.topic_prefix}/{site.site.id}",
-            seed=args.seed,
+    port = args.port if args.port != 15020 else 4840
+    print(f"serving {args.count} charge points at opc.tcp://127.0.0.1:{port}", file=sys.stderr)
+    await serve_chargers(args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders)
+    return 0
+
+
+async def _simulate_displays(args: argparse.Namespace) -> int:
+    """`edge simulate displays`: the site's LED boards (MQTT), VMS signs (Modbus) and car parks."""
+    from edge.mqtt import BrokerAddress
+    from edge.settings import load_settings
+    from simulators import sim_clock
+    from simulators.displays import DisplaySimulator, SimBoard, SimSign
+    from simulators.parking import ParkingSimulator, SimCarPark
+
+    if not args.config:
+        print(
+            "edge simulate displays: --config site.toml is required (it lists the displays)", file=sys.stderr
         )
-        from edge.mqtt import BrokerAddress
+        return EXIT_CONFIG
+    site = load_settings(args.config)
+    dcfg = site.displays
+    if not dcfg.displays:
+        print(f"{args.config}: no [displays] configured", file=sys.stderr)
+        return EXIT_CONFIG
+    url = args.mqtt or dcfg.board_mqtt_url or site.mqtt.url
+    clock = sim_clock(args.speed, None)
+    parking = ParkingSimulator(
+        [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in dcfg.car_parks],
+        clock,
+        base_topic=f"{site.mqtt.topic_prefix}/{site.site.id}",
+        seed=args.seed,
+    )
+    # Credentials and TLS as in the URL (the site's [mqtt.tls] when it is the site's broker).
+    address = BrokerAddress.parse(url, tls=site.mqtt_link().files() if url == site.mqtt.url else None)
+    boards = [SimBoard(x.id) for x in dcfg.displays if x.kind == "board"]
+    signs = [SimSign(x.id, host=x.host, port=x.port, unit=x.unit) for x in dcfg.displays if x.kind == "sign"]
+    async with (
+        DisplaySimulator(clock, boards=boards, signs=signs, mqtt_url=url) as dsim,
+        address.client(f"sim-parking-{site.site.id}", timeout_s=10.0, pending=64) as client,
+    ):
+        for spec in args.fault:
+            target, _, fault = spec.partition(":")
+            dsim.inject(target, fault)
+        print(
+            f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {redact_url(url)}",
+            file=sys.stderr,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(dsim.run_mqtt_faults(url), name="sim.displays.faults")
+            await parking.run(client, every_s=300.0)
+    return 0
 
-        # Credentials and TLS as in the URL (the site's [mqtt.tls] when it is the site's broker).
-        address = BrokerAddress.parse(url, tls=site.mqtt_link().files() if url == site.mqtt.url else None)
-        signs = [
-            SimSign(x.id, host=x.host, port=x.port, unit=x.unit) for x in dcfg.displays if x.kind == "sign"
-        ]
-        async with (
-            DisplaySimulator(
-                dclock,
-                boards=[SimBoard(x.id) for x in dcfg.displays if x.kind == "board"],
-                signs=signs,
-                mqtt_url=url,
-            ) as dsim,
-            address.client(f"sim-parking-{site.site.id}", timeout_s=10.0, pending=64) as client,
-        ):
-            for spec in args.fault:
-                target, _, fault = spec.partition(":")
-                dsim.inject(target, fault)
-            print(
-                f"serving {len(dcfg.displays)} displays and {len(dcfg.car_parks)} car parks on {redact_url(url)}",
-                file=sys.stderr,
-            )
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(dsim.run_mqtt_faults(url), name="sim.displays.faults")
-                await parking.run(client, every_s=300.0)
-        return 0
+
+async def _simulate_lights(args: argparse.Namespace) -> int:
+    """`edge simulate lights`: lamp controllers over Modbus TCP (the site's, or a made-up set)."""
+    from devices.inventory import load_inventory
+    from edge.app.demo import sim_controllers
+    from edge.settings import load_settings
+    from simulators import sim_clock
+    from simulators.lighting import LightingSimulator, SimController, SimLamp
+
     if args.config:
-        settings = load_settings(args.config)
-        controllers = sim_controllers(load_inventory(settings.inventory_path()))
+        controllers = sim_controllers(load_inventory(load_settings(args.config).inventory_path()))
     else:
         controllers = [
             SimController(
@@ -429,10 +436,7 @@ async def _simulate(args: argparse.Namespace) -> int:
             )
             for c in range(args.controllers)
         ]
-    import time
-
-    clock = SystemClock() if args.speed == 1.0 else SimClock(time.time(), args.speed)
-    async with LightingSimulator(controllers, clock) as sim:
+    async with LightingSimulator(controllers, sim_clock(args.speed, None)) as sim:
         for spec in args.fault:
             target, _, fault = spec.partition(":")
             sim.inject(target, fault)
