@@ -107,17 +107,7 @@ class ChargingSimulator(Service):
         now = clock.now()
         self._cps: dict[str, _Cp] = self._world.cps
         for spec in charge_points:
-            self.profile.check_cp_id(spec.cp_id)
-            if spec.cp_id in self._cps:
-                raise ValueError(f"duplicate charge point {spec.cp_id!r}")
-            if spec.phases not in (1, 3):
-                raise ValueError(f"{spec.cp_id}: phases must be 1 or 3")
-            if not MIN_CHARGE_CURRENT_A <= spec.max_current_a <= 80:
-                raise ValueError(f"{spec.cp_id}: max_current_a outside 6..80 A")
-            if not 0 <= spec.failsafe_current_a <= spec.max_current_a:
-                raise ValueError(f"{spec.cp_id}: failsafe_current_a outside 0..max_current_a")
-            if spec.feeder is not None and spec.feeder not in self._feeders:
-                raise ValueError(f"{spec.cp_id}: unknown feeder {spec.feeder!r}")
+            _check_spec(spec, self.profile, self._cps, self._feeders)
             self._cps[spec.cp_id] = _Cp(
                 spec,
                 limit_a=spec.max_current_a,
@@ -550,3 +540,23 @@ __all__ = [
     "make_test_certificates",
     "serve_chargers",
 ]
+
+
+def _check_spec(
+    spec: SimChargePoint,
+    profile: ChargePointProfile,
+    cps: Mapping[str, object],
+    feeders: Mapping[str, object],
+) -> None:
+    """A charge point the simulator can serve, or ValueError naming what is wrong."""
+    profile.check_cp_id(spec.cp_id)
+    if spec.cp_id in cps:
+        raise ValueError(f"duplicate charge point {spec.cp_id!r}")
+    if spec.phases not in (1, 3):
+        raise ValueError(f"{spec.cp_id}: phases must be 1 or 3")
+    if not MIN_CHARGE_CURRENT_A <= spec.max_current_a <= 80:
+        raise ValueError(f"{spec.cp_id}: max_current_a outside 6..80 A")
+    if not 0 <= spec.failsafe_current_a <= spec.max_current_a:
+        raise ValueError(f"{spec.cp_id}: failsafe_current_a outside 0..max_current_a")
+    if spec.feeder is not None and spec.feeder not in feeders:
+        raise ValueError(f"{spec.cp_id}: unknown feeder {spec.feeder!r}")
