@@ -46,7 +46,7 @@ from tui.model import SLICES, SiteModel
 from tui.palette import DashboardCommands
 from tui.screens import ConfirmDialog, HelpScreen
 from tui.views import REGISTRY
-from tui.views.base import Change, DomainView, Request, ShowContext
+from tui.views.base import Change, Command, DomainView, Request, ShowContext
 from tui.widgets import Banner, FilterTable, VirtualTable
 
 DEFAULT_SITE_TZ = "Europe/Berlin"  # the default of a site's `timezone` (edge/settings.py)
@@ -56,18 +56,19 @@ T = TypeVar("T")
 NARROW = 110  # below this many columns the title names only the current view
 REFRESH_S = 0.2  # at most this often the visible view is redrawn from the model
 
+FIRST_VIEW = REGISTRY[0].id  # shown at start
+
 _missing = {v.slice for v in REGISTRY if v.slice is not None} - set(SLICES)
 if _missing:  # a registered view whose slice `SiteModel` does not mix in would never see its topics
     raise TypeError(f"SiteModel lacks the slices of registered views: {sorted(c.__name__ for c in _missing)}")
 
-# Every view's commands by action name (an action two views share, like "replan", is bound once).
-COMMANDS: dict[str, str] = {}  # action -> key
-for _view in REGISTRY:
-    for _cmd in _view.commands:
-        COMMANDS.setdefault(_cmd.action, _cmd.key)
-SITE_WIDE: dict[str, type[DomainView]] = {
-    c.action: v for v in REGISTRY for c in v.commands if c.site_wide
-}  # action -> the view that runs it wherever the visible view does not claim the keys
+# Every view's command keys by action, in registry order; an action two views share ("replan":
+# the lighting's site-wide, the Waste view's own) is bound once, with the first view's label.
+COMMAND_KEYS: dict[str, Command] = {}
+for _cmd in (c for v in REGISTRY for c in v.commands):
+    COMMAND_KEYS.setdefault(_cmd.action, _cmd)
+# action -> the view that runs it wherever the visible view does not claim the keys
+SITE_WIDE: dict[str, str] = {c.action: v.id for v in REGISTRY for c in v.commands if c.site_wide}
 
 
 # The screen's frame; each view adds its own pane's sizes (`DomainView.css`).
@@ -81,13 +82,12 @@ ContentSwitcher { height: 1fr; }
 
 def _keys() -> list[BindingType]:
     """The number key of each view, the table keys, every view's command keys (each once), quit."""
-    labels = {c.action: c.label for v in reversed(REGISTRY) for c in v.commands}
     return [
         *(Binding(str(i + 1), f"view('{v.id}')", v.title, show=False) for i, v in enumerate(REGISTRY)),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
-        *(Binding(key, action, labels[action]) for action, key in COMMANDS.items()),
+        *(Binding(c.key, c.action, c.label) for c in COMMAND_KEYS.values()),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -146,7 +146,7 @@ class DashboardApp(App[int]):
         self.connected = False
         self.last_ack: Ack | None = None
         self.last_error: RequestError | None = None
-        self.view = "overview"
+        self.view = FIRST_VIEW
         self._pending: set[Change] = set()
         self._refresh_timer: Timer | None = None
         self._last_refresh = 0.0
@@ -168,7 +168,7 @@ class DashboardApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Static(self._title_text(), id="title")
         yield Banner(id="banner")
-        with ContentSwitcher(initial="overview"):
+        with ContentSwitcher(initial=FIRST_VIEW):
             for view in self.views.values():
                 yield from view.compose()
         yield Static("", id="command")
@@ -196,7 +196,7 @@ class DashboardApp(App[int]):
         out.append(f" {self.site} ", "bold reverse")
         for i, v in enumerate(REGISTRY):
             name = v.title
-            if v.id == getattr(self, "view", "overview"):
+            if v.id == getattr(self, "view", FIRST_VIEW):
                 out.append(" ")
                 out.append(f"[{i + 1} {name}]", "bold reverse")
             else:
@@ -311,7 +311,7 @@ class DashboardApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """A viewer does not see (or run) the command actions; a command shows where it applies."""
-        if action in COMMANDS:
+        if action in COMMAND_KEYS:
             return self.role == "operator" and self._command_view(action) is not None
         if action == "sort" and not self.views[self.view].tables:
             return None
@@ -330,7 +330,7 @@ class DashboardApp(App[int]):
         owner = SITE_WIDE.get(action)
         if owner is None or view.exclusive:
             return None
-        return self.views[owner.id]
+        return self.views[owner]
 
     def run_command(self, action: str) -> None:
         """A command key: the view it applies to runs it (bound as `action_{action}` below)."""
@@ -401,7 +401,7 @@ def _command_action(action: str) -> Callable[[DashboardApp], None]:
 
 
 # Textual runs a key's action as the app's `action_{name}`: one per registered command.
-for _action in COMMANDS:
+for _action in COMMAND_KEYS:
     setattr(DashboardApp, f"action_{_action}", _command_action(_action))
 
 

@@ -1,9 +1,11 @@
-"""What every domain view builds on: the kinds of change, the lenient payload reading, a request.
+"""What every view builds on: the kinds of change, the lenient payload reading, the model slice,
+a request, and the shape the app drives (`DomainView`, its `Command`s, `ShowContext`, `Host`).
 
 A domain's view module (`tui/views/{domain}.py`) holds the same parts: its payload readings,
 its slice of the site model (state, queries, and the fold of its own topics), its table
-columns and rows, its Overview lines, its pane (layout and `show`), and its commands as
-`Request`s. Nothing here knows Textual's app or the network.
+columns and rows, its Overview lines, its pane (a `DomainView`: layout, `show`, commands),
+its forms, and its commands as `Request`s. Nothing here knows the app or the network: a view
+reaches the app only through `Host`.
 """
 
 from __future__ import annotations
