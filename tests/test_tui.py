@@ -47,17 +47,11 @@ from tui.client import (
 )
 from tui.inventory import load_positions
 from tui.model import Change, LampStatus, SiteModel, alarm_event, alarm_event_ts, lamp_status, shown_text
-from tui.screens import (
-    AckDialog,
-    ConfirmDialog,
-    HelpScreen,
-    LimitDialog,
-    MessageDialog,
-    OverrideDialog,
-    parse_amps,
-    parse_duration_min,
-    parse_level,
-)
+from tui.screens import ConfirmDialog, HelpScreen, parse_duration_min
+from tui.views.alarms import AckDialog
+from tui.views.charging import LimitDialog, parse_amps
+from tui.views.displays import MessageDialog
+from tui.views.lighting import OverrideDialog, parse_level
 from tui.widgets import Banner, FilterTable, VirtualTable, matches
 
 # ----- a recorded site ---------------------------------------------------------------------------

@@ -36,7 +36,9 @@ from simulators.lighting import LightingSimulator
 from simulators.waste import WasteSimulator
 from tui.app import DashboardApp
 from tui.client import DashboardClient
-from tui.screens import AckDialog, ConfirmDialog, OverrideDialog
+from tui.screens import ConfirmDialog
+from tui.views.alarms import AckDialog
+from tui.views.lighting import OverrideDialog
 from tui.widgets import FilterTable
 
 pytestmark = pytest.mark.slow

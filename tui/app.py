@@ -1,10 +1,10 @@
 """The operator dashboard (Textual): a client of the MQTT API, for one site.
 
 Data flows one way: the MQTT worker (`tui.client`) posts `MqttEvent` messages up to the
-app, the app folds them into its `SiteModel` and hands the visible view plain rows or a
-render function (attributes down). Each domain's view (`tui/views/{domain}.py`) lays out its
-pane, turns its slice of the model into rows, and words its commands as `Request`s; this
-class only routes: keys to views, changes to the visible view, requests through the
+app, the app folds them into its `SiteModel` and asks the visible view to show it. The app
+knows no view by name: it is built from `tui.views.REGISTRY` (panes, title, keys, CSS), and
+each view (`tui/views/{domain}.py`) lays out its pane, turns its slice of the model into rows,
+and runs its commands: its forms, then `Request`s that the app passes through the
 confirmation dialog to a `Requester` (the client, or a fake in tests) in a worker. The answer
 lands on the command line above the footer.
 """
@@ -16,7 +16,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from datetime import tzinfo
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from rich.text import Text
@@ -26,10 +26,11 @@ from textual.binding import Binding, BindingType
 from textual.command import Provider
 from textual.css.query import NoMatches
 from textual.message import Message
+from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import ContentSwitcher, Footer, Static
 
-from edge.payloads import Ack, DisplayState
+from edge.payloads import Ack
 from tui import render
 from tui.client import (
     ClientEvent,
@@ -41,94 +42,57 @@ from tui.client import (
     RequestError,
 )
 from tui.inventory import Inventory
-from tui.model import SiteModel
+from tui.model import SLICES, SiteModel
 from tui.palette import DashboardCommands
-from tui.screens import (
-    AckDialog,
-    AlarmAckForm,
-    ChargerLimitForm,
-    ConfirmDialog,
-    DisplayMessageForm,
-    HelpScreen,
-    LimitDialog,
-    MessageDialog,
-    Override,
-    OverrideDialog,
-)
-from tui.views import SHOWS, VIEWS, alarms, charging, displays, lighting, waste
-from tui.views.base import Change, Request
-from tui.widgets import Banner, FilterTable, TextView, VirtualTable
+from tui.screens import ConfirmDialog, HelpScreen
+from tui.views import REGISTRY
+from tui.views.base import Change, Command, DomainView, Request, ShowContext
+from tui.widgets import Banner, FilterTable, VirtualTable
 
 DEFAULT_SITE_TZ = "Europe/Berlin"  # the default of a site's `timezone` (edge/settings.py)
 
 Role = Literal["operator", "viewer"]
-DISPLAY_ACTIONS = frozenset({"display_message", "clear_display"})
-CHARGER_ACTIONS = frozenset({"pause_charger", "limit_charger", "release_charger"})
-LAMP_ACTIONS = frozenset({"override", "resume"})
-ALARM_ACTIONS = frozenset({"ack_alarm"})
-WASTE_ACTIONS = frozenset({"force_bin", "exclude_bin", "auto_bin"})
-COMMAND_ACTIONS = (
-    frozenset({"replan"}) | LAMP_ACTIONS | CHARGER_ACTIONS | DISPLAY_ACTIONS | ALARM_ACTIONS | WASTE_ACTIONS
-)
-# The table the keys act on in each table view; the second table of a view, when it has the focus.
-TABLES = {
-    "lights": "#lights",
-    "alarms": "#alarm-table",
-    "charging": "#session-table",
-    "displays": "#display-table",
-    "waste": "#bin-table",
-}
-SECOND_TABLES = {
-    "alarms": "#alarm-history",
-    "charging": "#feeder-table",
-    "displays": "#parking-table",
-    "waste": "#truck-table",
-}
-TABLE_VIEWS = tuple(TABLES)
+T = TypeVar("T")
 NARROW = 110  # below this many columns the title names only the current view
 REFRESH_S = 0.2  # at most this often the visible view is redrawn from the model
 
+FIRST_VIEW = REGISTRY[0].id  # shown at start
 
-# The panes' sizes (each view module lays out its own pane; the ids are theirs).
+_missing = {v.slice for v in REGISTRY if v.slice is not None} - set(SLICES)
+if _missing:  # a registered view whose slice `SiteModel` does not mix in would never see its topics
+    raise TypeError(f"SiteModel lacks the slices of registered views: {sorted(c.__name__ for c in _missing)}")
+
+# Every view's command keys by action, in registry order; an action two views share ("replan":
+# the lighting's site-wide, the Waste view's own) is bound once, with the first view's label.
+COMMAND_KEYS: dict[str, Command] = {}
+for _cmd in (c for v in REGISTRY for c in v.commands):
+    COMMAND_KEYS.setdefault(_cmd.action, _cmd)
+# action -> the view that runs it wherever the visible view does not claim the keys
+SITE_WIDE: dict[str, str] = {c.action: v.id for v in REGISTRY for c in v.commands if c.site_wide}
+
+
+# The screen's frame; each view adds its own pane's sizes (`DomainView.css`).
 LAYOUT_CSS = """
 Screen { layout: vertical; }
 #title { height: 1; background: $primary-background; }
 ContentSwitcher { height: 1fr; }
-#lights, #alarms, #charging, #displays { height: 1fr; }
-#display-table { height: 2fr; }
-#parking-table { height: 1fr; }
-#warnings { height: auto; max-height: 6; border-top: solid $secondary; }
-#feeder-table { height: 1fr; }
-#session-table { height: 2fr; }
-#alarm-table { height: 1fr; }
-#alarm-history { height: 1fr; border-top: solid $secondary; }
-#waste { height: 1fr; }
-#waste-summary { height: auto; }
-#bin-table { height: 2fr; }
-#truck-table { height: 1fr; min-height: 7; border-top: solid $secondary; }
-#route { height: auto; max-height: 2; }
 #command { height: auto; max-height: 3; }
-"""
+""" + "".join(v.css for v in REGISTRY)
 
-KEYS: list[BindingType] = [
-    *(Binding(str(i + 1), f"view('{vid}')", name, show=False) for i, (vid, name) in enumerate(VIEWS)),
-    Binding("question_mark,f1", "help", "Help", key_display="?"),
-    Binding("slash", "filter", "Filter", key_display="/"),
-    Binding("s", "sort", "Sort"),
-    Binding("o", "override", "Override"),
-    Binding("r", "resume", "Resume"),
-    Binding("R", "replan", "Re-plan"),
-    Binding("p", "pause_charger", "Pause"),
-    Binding("l", "limit_charger", "Limit"),
-    Binding("u", "release_charger", "Release"),
-    Binding("m", "display_message", "Message"),
-    Binding("c", "clear_display", "Clear msg"),
-    Binding("a", "ack_alarm", "Ack"),
-    Binding("f", "force_bin", "Force"),
-    Binding("x", "exclude_bin", "Exclude"),
-    Binding("n", "auto_bin", "Automatic"),
-    Binding("q", "quit", "Quit"),
-]
+
+def _keys() -> list[BindingType]:
+    """The number key of each view, the table keys, every view's command keys (each once), quit."""
+    return [
+        *(Binding(str(i + 1), f"view('{v.id}')", v.title, show=False) for i, v in enumerate(REGISTRY)),
+        Binding("question_mark,f1", "help", "Help", key_display="?"),
+        Binding("slash", "filter", "Filter", key_display="/"),
+        Binding("s", "sort", "Sort"),
+        *(Binding(c.key, c.action, c.label) for c in COMMAND_KEYS.values()),
+        Binding("q", "quit", "Quit"),
+    ]
+
+
+KEYS = _keys()
 
 
 class MqttEvent(Message):
@@ -182,12 +146,11 @@ class DashboardApp(App[int]):
         self.connected = False
         self.last_ack: Ack | None = None
         self.last_error: RequestError | None = None
-        self.view = "overview"
+        self.view = FIRST_VIEW
         self._pending: set[Change] = set()
         self._refresh_timer: Timer | None = None
         self._last_refresh = 0.0
-        self._lights = lighting.LightsFeed()
-        self._waste = waste.WasteFeed()
+        self.views: dict[str, DomainView] = {v.id: v() for v in REGISTRY}
 
     @property
     def tz(self) -> tzinfo:
@@ -205,15 +168,9 @@ class DashboardApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Static(self._title_text(), id="title")
         yield Banner(id="banner")
-        with ContentSwitcher(initial="overview"):
-            yield TextView(id="overview")
-            yield from lighting.compose()
-            yield TextView(id="map")
-            yield TextView(id="plan")
-            yield from alarms.compose()
-            yield from charging.compose()
-            yield from displays.compose()
-            yield from waste.compose()
+        with ContentSwitcher(initial=FIRST_VIEW):
+            for view in self.views.values():
+                yield from view.compose()
         yield Static("", id="command")
         yield Footer()
 
@@ -237,8 +194,9 @@ class DashboardApp(App[int]):
         narrow = self.size.width < NARROW
         out = Text()
         out.append(f" {self.site} ", "bold reverse")
-        for i, (vid, name) in enumerate(VIEWS):
-            if vid == getattr(self, "view", "overview"):
+        for i, v in enumerate(REGISTRY):
+            name = v.title
+            if v.id == getattr(self, "view", FIRST_VIEW):
                 out.append(" ")
                 out.append(f"[{i + 1} {name}]", "bold reverse")
             else:
@@ -293,30 +251,16 @@ class DashboardApp(App[int]):
 
     def _refresh_view(self, changes: set[Change] | None = None, *, force: bool = False) -> None:
         """Hand the visible view fresh data if what changed is something it shows."""
-        view = self.view
-        if not force and (changes is None or not (changes & SHOWS[view])):
+        view = self.views[self.view]
+        if not force and (changes is None or not (changes & view.shows)):
             return
-        model, tz = self.model, self.tz
-        if view == "overview":
-            self.query_one("#overview", TextView).show(lambda w, h: render.overview(model, tz))
-        elif view == "lights":
-            self._lights.show(self, model)
-        elif view == "map":
-            self.query_one("#map", TextView).show(render.map_page(model, self.inventory))
-        elif view == "plan":
-            self.query_one("#plan", TextView).show(lambda w, h: render.plan_chart(model.plan, w, tz))
-        elif view == "alarms":
-            alarms.show(self, model, tz)
-        elif view == "charging":
-            charging.show(self, model, tz)
-        elif view == "displays":
-            displays.show(self, model, tz)
-        elif view == "waste":
-            self._waste.show(self, model, tz)
+        view.show(self._show_context())
+
+    def _show_context(self) -> ShowContext:
+        return ShowContext(self, self.model, self.tz, self.inventory)
 
     def on_virtual_table_cursor_moved(self, event: VirtualTable.CursorMoved) -> None:
-        if self.view == "waste" and self._table("#truck-table").table is event.table:
-            waste.show_route(self, self.model, self.tz)
+        self.views[self.view].cursor_moved(self._show_context(), event.table)
 
     # ----- navigation --------------------------------------------------------------------------
 
@@ -327,24 +271,18 @@ class DashboardApp(App[int]):
         self.query_one("#title", Static).update(self._title_text())
         self._refresh_view(force=True)
         self.refresh_bindings()
-        if view in TABLE_VIEWS:
-            self._table(TABLES[view]).table.focus()
-        else:
-            self.query_one(f"#{view}", TextView).focus()
+        self.views[view].focus(self)
 
     def _table(self, selector: str) -> FilterTable:
         return self.query_one(selector, FilterTable)
 
-    def _selected(self, view: str) -> str | None:
-        """The key under the cursor in a view's main table (on the Charging view: the sessions)."""
-        return self._table(TABLES[view]).selected_key
-
     def _active_table(self) -> FilterTable:
         """The table the keys act on: on views with two tables, whichever has the focus."""
-        second = SECOND_TABLES.get(self.view)
-        if second is not None and self._table(second).has_focus_within:
-            return self._table(second)
-        return self._table(TABLES[self.view])
+        tables = self.views[self.view].tables
+        for selector in tables[1:]:
+            if self._table(selector).has_focus_within:
+                return self._table(selector)
+        return self._table(tables[0])
 
     def palette_run(self, action: str, view: str | None) -> None:
         """Run an action chosen in the palette, on the view it acts on."""
@@ -353,144 +291,62 @@ class DashboardApp(App[int]):
         if self.check_action(action, ()):
             getattr(self, f"action_{action}")()
 
-    def palette_select(self, where: str, key: str) -> None:
-        """Open a device's view with the cursor on it (chosen in the palette)."""
-        view = "waste" if where == "trucks" else where
+    def palette_select(self, view: str, key: str, table: str | None = None) -> None:
+        """Open a view with the cursor on a device (chosen in the palette); `table`: not its main one."""
         self.action_view(view)
-        table = self._table("#truck-table" if where == "trucks" else TABLES[view])
-        if not table.select(key):
-            self._say(Text(f"{key}: not in the table (any more)", "italic"))
+        if not self._table(table or self.views[view].tables[0]).select(key):
+            self.say(Text(f"{key}: not in the table (any more)", "italic"))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.role))
 
     def action_filter(self) -> None:
-        if self.view not in TABLE_VIEWS:
-            self.action_view("lights")
+        if not self.views[self.view].tables:
+            self.action_view(next(v.id for v in REGISTRY if v.tables))
         self._active_table().filter_input.focus()
 
     def action_sort(self) -> None:
-        if self.view in TABLE_VIEWS:
+        if self.views[self.view].tables:
             self._active_table().next_sort()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """A viewer does not see (or run) the command actions."""
-        if action in COMMAND_ACTIONS and self.role != "operator":
-            return False
-        if action in CHARGER_ACTIONS and self.view != "charging":
-            return False
-        if action in DISPLAY_ACTIONS and self.view != "displays":
-            return False
-        if action in ALARM_ACTIONS and self.view != "alarms":
-            return False
-        if action in WASTE_ACTIONS and self.view != "waste":
-            return False
-        if action in LAMP_ACTIONS and self.view in ("charging", "displays", "waste"):
-            return False  # those views act on their own devices; lamps from the other views
-        if action == "replan" and self.view in ("charging", "displays"):
-            return False  # R re-plans the lighting, or the waste collection on the Waste view
-        if action in ("sort",) and self.view not in TABLE_VIEWS:
+        """A viewer does not see (or run) the command actions; a command shows where it applies."""
+        if action in COMMAND_KEYS:
+            return self.role == "operator" and self._command_view(action) is not None
+        if action == "sort" and not self.views[self.view].tables:
             return None
         return True
 
     # ----- commands: each view words them, the app asks, sends and shows the answer ------------
 
-    def action_override(self, resume: bool = False) -> None:
-        targets = lighting.targets(self.model, self._selected("lights"))
-        if not targets:
-            self._say(Text("No lamps known yet: nothing to override.", "italic"))
-            return
-        self.push_screen(OverrideDialog(targets, resume=resume), self._overridden)
+    def _command_view(self, action: str) -> DomainView | None:
+        """The view that runs a command here: the visible view's own, else a site-wide one's.
 
-    def action_resume(self) -> None:
-        self.action_override(resume=True)
-
-    def _overridden(self, result: Override | None) -> None:
-        if result is not None:
-            self._confirm_then_send(lighting.override_request(self.model.base, result))
-
-    def action_replan(self) -> None:
-        view = waste if self.view == "waste" else lighting
-        self._confirm_then_send(view.replan_request(self.model.base))
-
-    def _charger(self) -> charging.ChargerRow | None:
-        row = charging.selected_charger(self.model, self._selected("charging"))
-        if row is None:
-            self._say(Text("No charge point selected: nothing to do.", "italic"))
-        return row
-
-    def action_pause_charger(self) -> None:
-        if (row := self._charger()) is not None:
-            self._confirm_then_send(charging.pause_request(self.model.base, row))
-
-    def action_limit_charger(self) -> None:
-        if (row := self._charger()) is not None:
-            self.push_screen(LimitDialog(row.id, charging.describe_charger(row)), self._limited)
-
-    def _limited(self, form: ChargerLimitForm | None) -> None:
-        if form is None:
-            self._say(Text("limit: cancelled, nothing sent", "dim"))
-            return
-        self._confirm_then_send(charging.limit_request(self.model.base, form))
-
-    def action_release_charger(self) -> None:
-        if (row := self._charger()) is not None:
-            self._confirm_then_send(charging.release_request(self.model.base, row))
-
-    def _selected_display(self) -> DisplayState | None:
-        did = self._selected("displays")
-        if did is None or did not in self.model.displays:
-            self._say(Text("No display selected: nothing to do.", "italic"))
+        A view that is `exclusive` (it acts on its own devices) offers only its own commands.
+        """
+        view = self.views[self.view]
+        if any(c.action == action for c in view.commands):
+            return view
+        owner = SITE_WIDE.get(action)
+        if owner is None or view.exclusive:
             return None
-        return self.model.displays[did]
+        return self.views[owner]
 
-    def action_display_message(self) -> None:
-        if (d := self._selected_display()) is not None:
-            self.push_screen(MessageDialog(d.device_id, displays.describe_display(d)), self._messaged)
-
-    def _messaged(self, form: DisplayMessageForm | None) -> None:
-        if form is None:
-            self._say(Text("message: cancelled, nothing sent", "dim"))
+    def run_command(self, action: str) -> None:
+        """A command key: the view it applies to runs it (bound as `action_{action}` below)."""
+        if not self.check_action(action, ()):
             return
-        self._confirm_then_send(displays.message_request(self.model.base, form))
+        view = self._command_view(action)
+        if view is not None:
+            view.command(action, self)
 
-    def action_clear_display(self) -> None:
-        if (d := self._selected_display()) is not None:
-            self._confirm_then_send(displays.clear_request(self.model.base, d))
+    def selected(self, table: str) -> str | None:
+        """The key under the cursor in a table (by selector)."""
+        return self._table(table).selected_key
 
-    def _bin_command(self, action: str) -> None:
-        bid = self._selected("waste")
-        if bid is None or bid not in self.model.bins:
-            self._say(Text("No bin selected: nothing to do.", "italic"))
-            return
-        b, now = self.model.bins[bid], self.model.clock_ts()
-        self._confirm_then_send(waste.bin_request(self.model.base, action, b, self.tz, now))
-
-    def action_force_bin(self) -> None:
-        self._bin_command("force")
-
-    def action_exclude_bin(self) -> None:
-        self._bin_command("exclude")
-
-    def action_auto_bin(self) -> None:
-        self._bin_command("clear")
-
-    def action_ack_alarm(self) -> None:
-        alarm = alarms.selected_alarm(self.model, self._selected("alarms"))
-        if alarm is None:
-            self._say(Text("No open alarm selected: nothing to acknowledge.", "italic"))
-            return
-        detail = alarms.ack_detail(alarm, self.tz)
-        self.push_screen(AckDialog(alarm.device_id, alarm.code, detail), self._acked)
-
-    def _acked(self, form: AlarmAckForm | None) -> None:
-        if form is None:
-            self._say(Text("ack: cancelled, nothing sent", "dim"))
-            return
-        request = alarms.ack_request(
-            self.model.base, form.device, form.code, form.comment, self.operator_name
-        )
-        self._confirm_then_send(request)
+    def ask(self, screen: ModalScreen[T], then: Callable[[T | None], None]) -> None:
+        """Open a view's form; `then` gets what was filled in (None: cancelled)."""
+        self.push_screen(screen, then)
 
     @property
     def operator_name(self) -> str:
@@ -499,13 +355,15 @@ class DashboardApp(App[int]):
             return self.client.url.username or self.client.client_id
         return "dashboard"
 
-    def _confirm_then_send(self, request: Request) -> None:
+    def confirm_then_send(self, request: Request) -> None:
+        """Show what a request will do; send it only on yes."""
+
         def answered(yes: bool | None) -> None:
             if yes:
-                self._say(Text(f"… {request.short}: sent, waiting for the answer", "italic"))
+                self.say(Text(f"… {request.short}: sent, waiting for the answer", "italic"))
                 self._send(request)
             else:
-                self._say(Text(f"{request.short}: cancelled, nothing sent", "dim"))
+                self.say(Text(f"{request.short}: cancelled, nothing sent", "dim"))
 
         self.push_screen(ConfirmDialog(request.what), answered)
 
@@ -519,17 +377,32 @@ class DashboardApp(App[int]):
             line = Text()
             line.append(" NO ANSWER ", "bold red reverse")
             line.append(f" {request.short}: {exc}")
-            self._say(line)
+            self.say(line)
             return
         self.last_ack = ack
         line = Text(f"{request.short}: ")
         line.append_text(render.ack_text(ack))
-        self._say(line)
+        self.say(line)
         if not ack.ok:
             self.bell()
 
-    def _say(self, text: Text) -> None:
+    def say(self, text: Text) -> None:
+        """Show a line on the command line above the footer."""
         self.query_one("#command", Static).update(text)
+
+
+def _command_action(action: str) -> Callable[[DashboardApp], None]:
+    def run(app: DashboardApp) -> None:
+        app.run_command(action)
+
+    run.__name__ = run.__qualname__ = f"action_{action}"
+    run.__doc__ = f"The {action!r} key of the views that declare it."
+    return run
+
+
+# Textual runs a key's action as the app's `action_{name}`: one per registered command.
+for _action in COMMAND_KEYS:
+    setattr(DashboardApp, f"action_{_action}", _command_action(_action))
 
 
 @functools.cache

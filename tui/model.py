@@ -2,7 +2,8 @@
 
 `SiteModel.apply(topic, payload)` takes every message published under `dos/v1/{site}/`.
 Each domain keeps its own slice (`tui/views/{domain}.py`: its state, its queries, the fold of
-its own topics); the model is the sum of the slices plus the site's status: the daemon's
+its own topics); the model is the sum of the slices (the slices of the registered views,
+`tui.views.REGISTRY`, mixed in) plus the site's status: the daemon's
 status, command results, plans and message counters. The payloads are parsed with the API's
 own pydantic models (`edge.payloads`); a payload that does not parse is counted in
 `bad_payloads` and otherwise ignored, so nothing a broker delivers can crash the dashboard.
@@ -11,7 +12,7 @@ own pydantic models (`edge.payloads`); a payload that does not parse is counted 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import orjson
@@ -19,7 +20,7 @@ from pydantic import ValidationError
 
 from edge.payloads import CommandResultMessage, DaemonStatus, PlanMessage
 from tui.views.alarms import AlarmsModel, alarm_event, alarm_event_ts, severity_rank
-from tui.views.base import PREFIX, Change
+from tui.views.base import PREFIX, Change, Slice
 from tui.views.charging import ChargingModel
 from tui.views.displays import DisplaysModel, shown_text
 from tui.views.lighting import LampStatus, LightingModel, lamp_status
@@ -39,9 +40,6 @@ __all__ = [
 
 MAX_RESULTS = 50
 
-Fold = Callable[[list[str], bytes], "Change | None"]
-PlanFold = Callable[[str, PlanMessage], "Change | None"]
-
 
 @dataclass
 class SiteModel(LightingModel, ChargingModel, DisplaysModel, WasteModel, AlarmsModel):
@@ -58,20 +56,6 @@ class SiteModel(LightingModel, ChargingModel, DisplaysModel, WasteModel, AlarmsM
     def base(self) -> str:
         """The topic prefix of this site, without the trailing slash."""
         return f"{PREFIX}/{self.site}"
-
-    def _folds(self) -> tuple[Fold, ...]:
-        """Each slice's fold of its own topics; the first that knows a topic takes it."""
-        return (
-            self._fold_lighting,
-            self._fold_alarms,
-            self._fold_charging,
-            self._fold_displays,
-            self._fold_waste,
-        )
-
-    def _plan_folds(self) -> tuple[PlanFold, ...]:
-        """Each slice's reading of its own domain's plan."""
-        return (self._plan_lighting, self._plan_charging)
 
     def apply(self, topic: str, payload: bytes) -> Change:
         """Fold one message into the model; never raises for a bad payload or topic."""
@@ -103,16 +87,22 @@ class SiteModel(LightingModel, ChargingModel, DisplaysModel, WasteModel, AlarmsM
                 return Change.STATUS
             case ["plans", domain]:
                 msg = PlanMessage.model_validate_json(payload)
-                change = next(
-                    (c for fold in self._plan_folds() if (c := fold(domain, msg)) is not None), None
-                )
+                change = next((c for s in SLICES if (c := s.fold_plan(self, domain, msg)) is not None), None)
                 self.plans[domain] = msg
                 return change or Change.PLAN
             case ["commands", "results"]:
                 self.results.appendleft(CommandResultMessage.model_validate_json(payload))
                 return Change.RESULT
-        for fold in self._folds():
-            change = fold(parts, payload)
+        # Each slice's fold of its own topics, called by class (they share the name `fold`);
+        # the first that knows a topic takes it.
+        for s in SLICES:
+            change = s.fold(self, parts, payload)
             if change is not None:
                 return change
         return Change.IGNORED
+
+
+SLICES: tuple[type[Slice], ...] = tuple(
+    c for c in SiteModel.__mro__[1:] if issubclass(c, Slice) and c is not Slice
+)
+"""The domains' slices `SiteModel` is made of (checked against the registered views by the app)."""

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from tui.model import SiteModel
-from tui.views import VIEWS
+from tui.views import REGISTRY
 
 MIN_DEVICE_QUERY = 2  # characters before devices are searched (thousands of them)
 MAX_DEVICE_HITS = 50
@@ -77,7 +77,7 @@ class PaletteHost(Protocol):
 
     def palette_run(self, action: str, view: str | None) -> None: ...
 
-    def palette_select(self, where: str, key: str) -> None: ...
+    def palette_select(self, view: str, key: str, table: str | None = None) -> None: ...
 
 
 class DashboardCommands(Provider):
@@ -92,8 +92,8 @@ class DashboardCommands(Provider):
 
     def _actions(self) -> Iterator[tuple[str, str, Callable[[], None]]]:
         app = self._dashboard
-        for i, (vid, name) in enumerate(VIEWS):
-            yield f"Show {name}", f"view {i + 1}", partial(app.action_view, vid)
+        for i, v in enumerate(REGISTRY):
+            yield f"Show {v.title}", f"view {i + 1}", partial(app.action_view, v.id)
         for a in ACTIONS:
             if a.operator and app.role != "operator":
                 continue
@@ -115,7 +115,11 @@ class DashboardCommands(Provider):
         for bid, b in m.bins.items():
             yield f"Bin {bid}", f"zone {b.zone or '-'} · {b.kind}", partial(app.palette_select, "waste", bid)
         for tid in m.trucks:
-            yield f"Truck {tid}", "its route's progress", partial(app.palette_select, "trucks", tid)
+            yield (
+                f"Truck {tid}",
+                "its route's progress",
+                partial(app.palette_select, "waste", tid, "#truck-table"),
+            )
         for (dev, code), a in m.active_alarms.items():
             key = f"{dev}/{code}"
             yield f"Alarm {code} on {dev}", a.severity, partial(app.palette_select, "alarms", key)

@@ -10,18 +10,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
 from edge.payloads import Ack
 from tui.format import BLOCKS, fmt_num, fmt_time, fmt_when, is_today, sparkline
 from tui.inventory import Inventory, Position
-from tui.model import SiteModel
 from tui.views import charging, displays, waste
 from tui.views.alarms import SEVERITIES, SEVERITY_STYLE
 from tui.views.charging import load_bar
 from tui.views.lighting import PRIORITY, STYLE, SYMBOL, LampStatus, LightingModel, LightingPlan
 from tui.views.waste import fill_bar, progress_bar
+
+if TYPE_CHECKING:
+    from tui.model import SiteModel
 
 __all__ = [
     "BLOCKS",

@@ -1,35 +1,41 @@
-"""The dashboard's views: one module per domain (lighting, charging, displays, waste) and the
-shared alarms, each of the same shape (see `tui.views.base`), and the list of views by key.
+"""The dashboard's views, and the registry the app is built from.
 
-A fifth domain's view is `tui/views/{domain}.py` with the parts the others have: its readings
-of its payloads, a `Slice` mixin with a `_fold_{domain}` (added to `SiteModel` and its
-`_folds()`), rows and columns, `overview_lines` (called from `tui.render.overview`),
-`compose()` and `show()` (called from the app's `compose` and `_refresh_view`), and its
-commands as `Request`s; then an entry in `VIEWS` and `SHOWS` below.
+`REGISTRY` lists every pane in title-bar order (its position is its number key). The app
+knows no view by name: it composes each view's pane, redraws the visible one when a change it
+`shows` arrives, binds every view's `commands` to keys, offers a command where it applies
+(the visible view's own, else a `site_wide` one unless the view is `exclusive`), and routes the
+key to the view that declared it. `SiteModel` folds each view's `slice` (see `tui.model`).
+
+A new domain's view is one module, `tui/views/{domain}.py`, holding:
+- its readings of its payloads (`Reading` subclasses or the API's models);
+- its model slice: a `Slice` dataclass with its state, its queries, `fold(parts, payload)`
+  for its own topics and, if it has a plan, `fold_plan(domain, msg)`;
+- its table columns and rows, and `overview_lines` if the Overview should show it;
+- its commands as `Request`s, and its forms on `tui.screens.FormDialog`;
+- one `DomainView` subclass: `id`, `title`, `shows` (its `Change` kinds), `tables` (the one
+  the keys act on first), `commands` (`Command(key, action, label)`), `exclusive`, `slice`,
+  `css` (its pane's sizes), and `compose()`, `show(ctx)`, `command(action, host)`.
+Then one line in `REGISTRY` below, and its slice among `SiteModel`'s bases (static, so that
+type checking knows `model.{field}`; the app refuses to start if a registered slice is missing).
 """
 
 from __future__ import annotations
 
-from tui.views.base import Change
+from tui.views.alarms import AlarmsView
+from tui.views.base import DomainView
+from tui.views.charging import ChargingView
+from tui.views.displays import DisplaysView
+from tui.views.lighting import LightsView
+from tui.views.pages import MapPage, OverviewPage, PlanPage
+from tui.views.waste import WasteView
 
-VIEWS: tuple[tuple[str, str], ...] = (
-    ("overview", "Overview"),
-    ("lights", "Lights"),
-    ("map", "Map"),
-    ("plan", "Plan"),
-    ("alarms", "Alarms"),
-    ("charging", "Charging"),
-    ("displays", "Displays"),
-    ("waste", "Waste"),
+REGISTRY: tuple[type[DomainView], ...] = (
+    OverviewPage,
+    LightsView,
+    MapPage,
+    PlanPage,
+    AlarmsView,
+    ChargingView,
+    DisplaysView,
+    WasteView,
 )
-# Which views show what a kind of change touches.
-SHOWS: dict[str, frozenset[Change]] = {
-    "overview": frozenset(Change) - {Change.IGNORED},
-    "lights": frozenset({Change.LAMP}),
-    "map": frozenset({Change.LAMP}),
-    "plan": frozenset({Change.PLAN}),
-    "alarms": frozenset({Change.ALARM}),
-    "charging": frozenset({Change.CHARGING}),
-    "displays": frozenset({Change.DISPLAYS}),
-    "waste": frozenset({Change.WASTE}),
-}

@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.dom import DOMNode
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Input, Label, Static
 
 from edge.payloads import AlarmHistory, AlarmMessage
 from tui.format import fmt_time
-from tui.views.base import Change, Request, Slice
+from tui.screens import FormDialog
+from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
 from tui.widgets import Column, FilterTable, Row
 
 SEVERITIES = ("critical", "major", "minor", "warning")
@@ -57,7 +59,7 @@ class AlarmsModel(Slice):
     active_alarms: dict[tuple[str, str], AlarmMessage] = field(default_factory=dict)
     events: deque[AlarmMessage] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS))
 
-    def _fold_alarms(self, parts: list[str], payload: bytes) -> Change | None:
+    def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold an `alarms/...` message (None: not an alarm topic)."""
         match parts:
             case ["alarms", "events"]:
@@ -166,19 +168,113 @@ def history_row(index: int, a: AlarmMessage, tz: tzinfo | None) -> Row:
 # ----- the pane ----------------------------------------------------------------------------------
 
 
-def compose() -> ComposeResult:
-    """The Alarms view: open alarms above, the history below."""
-    with Vertical(id="alarms"):
-        yield FilterTable(ALARM_COLUMNS, "open alarms", id="alarm-table", hint="e.g. 'major unacked'")
-        yield FilterTable(HISTORY_COLUMNS, "alarm events", id="alarm-history", hint="e.g. 'acked alice'")
+class AlarmsView(DomainView):
+    """The Alarms view: open alarms above, the history below; a acknowledges the open alarm."""
+
+    id = "alarms"
+    title = "Alarms"
+    shows = frozenset({Change.ALARM})
+    tables = ("#alarm-table", "#alarm-history")
+    commands = (Command("a", "ack_alarm", "Ack"),)
+    slice = AlarmsModel
+    css = """
+#alarms { height: 1fr; }
+#alarm-table { height: 1fr; }
+#alarm-history { height: 1fr; border-top: solid $secondary; }
+"""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="alarms"):
+            yield FilterTable(ALARM_COLUMNS, "open alarms", id="alarm-table", hint="e.g. 'major unacked'")
+            yield FilterTable(HISTORY_COLUMNS, "alarm events", id="alarm-history", hint="e.g. 'acked alice'")
+
+    def show(self, ctx: ShowContext) -> None:
+        """Hand both tables their rows."""
+        model, root, tz = ctx.model, ctx.root, ctx.tz
+        root.query_one("#alarm-table", FilterTable).show([alarm_row(a, tz) for a in model.alarms_sorted()])
+        root.query_one("#alarm-history", FilterTable).show(
+            [history_row(i, a, tz) for i, a in enumerate(model.events)]
+        )
+
+    def command(self, action: str, host: Host) -> None:
+        alarm = selected_alarm(host.model, host.selected(self.tables[0]))
+        if alarm is None:
+            host.say(Text("No open alarm selected: nothing to acknowledge.", "italic"))
+            return
+
+        def acked(form: AlarmAckForm | None) -> None:
+            if form is None:
+                host.say(Text("ack: cancelled, nothing sent", "dim"))
+                return
+            request = ack_request(host.model.base, form.device, form.code, form.comment, host.operator_name)
+            host.confirm_then_send(request)
+
+        host.ask(AckDialog(alarm.device_id, alarm.code, ack_detail(alarm, host.tz)), acked)
 
 
-def show(root: DOMNode, model: AlarmsModel, tz: tzinfo | None) -> None:
-    """Hand both tables their rows."""
-    root.query_one("#alarm-table", FilterTable).show([alarm_row(a, tz) for a in model.alarms_sorted()])
-    root.query_one("#alarm-history", FilterTable).show(
-        [history_row(i, a, tz) for i, a in enumerate(model.events)]
-    )
+# ----- the ack form ------------------------------------------------------------------------------
+
+MAX_COMMENT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmAckForm:
+    """What the operator filled in to acknowledge an alarm."""
+
+    device: str
+    code: str
+    comment: str
+
+
+def parse_comment(text: str) -> str:
+    """The ack comment from the form; ValueError says what is wrong."""
+    comment = " ".join(text.split())
+    if not comment:
+        raise ValueError("comment: say what is being done about it")
+    if len(comment) > MAX_COMMENT:
+        raise ValueError(f"comment: at most {MAX_COMMENT} characters")
+    return comment
+
+
+class AckDialog(FormDialog[AlarmAckForm | None]):
+    """Ask for the comment that goes with acknowledging one alarm."""
+
+    DEFAULT_CSS = """
+    AckDialog .field Label { width: 10; }
+    """
+
+    def __init__(self, device: str, code: str, detail: str = "") -> None:
+        super().__init__()
+        self._device = device
+        self._code = code
+        self._detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            title = Text.assemble((f"Acknowledge {self._code} on {self._device}", "bold"), " (Esc: cancel)")
+            yield Label(title)
+            if self._detail:
+                yield Static(self._detail, markup=False)
+            with Horizontal(classes="field"):
+                yield Label("Comment:")
+                yield Input(placeholder="what is being done, e.g. crew sent", id="comment")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Acknowledge…", id="set", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#comment", Input).focus()
+
+    @on(Input.Submitted, "#comment")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            comment = parse_comment(self.query_one("#comment", Input).value)
+        except ValueError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(AlarmAckForm(self._device, self._code, comment))
 
 
 # ----- commands ----------------------------------------------------------------------------------

@@ -1,19 +1,35 @@
-"""What every domain view builds on: the kinds of change, the lenient payload reading, a request.
+"""What every view builds on: the kinds of change, the lenient payload reading, the model slice,
+a request, and the shape the app drives (`DomainView`, its `Command`s, `ShowContext`, `Host`).
 
 A domain's view module (`tui/views/{domain}.py`) holds the same parts: its payload readings,
 its slice of the site model (state, queries, and the fold of its own topics), its table
-columns and rows, its Overview lines, its pane (layout and `show`), and its commands as
-`Request`s. Nothing here knows Textual's app or the network.
+columns and rows, its Overview lines, its pane (a `DomainView`: layout, `show`, commands),
+its forms, and its commands as `Request`s. Nothing here knows the app or the network: a view
+reaches the app only through `Host`.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import tzinfo
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.dom import DOMNode
+from textual.screen import ModalScreen
 
-from edge.payloads import API_VERSION
+from edge.payloads import API_VERSION, PlanMessage
+from tui.widgets import FilterTable, VirtualTable
+
+if TYPE_CHECKING:
+    from tui.inventory import Inventory
+    from tui.model import SiteModel
+
+T = TypeVar("T")
 
 PREFIX = f"dos/{API_VERSION}"  # every site's topics are under {PREFIX}/{site}/
 
@@ -56,6 +72,18 @@ class Slice:
 
     version: int = 0
 
+    def fold(self, parts: list[str], payload: bytes) -> Change | None:
+        """Fold a message on one of this slice's topics (`parts`: the topic under the site's base).
+
+        None: not one of its topics. `SiteModel` calls every slice's own `fold` in turn (each
+        mixin defines this name; the model calls them by class, not through the MRO).
+        """
+        return None
+
+    def fold_plan(self, domain: str, msg: PlanMessage) -> Change | None:
+        """Take this slice's plan out of a `plans/{domain}` message (None: another domain's)."""
+        return None
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -65,3 +93,99 @@ class Request:
     topic: str
     payload: dict[str, object]
     short: str  # the command in a few words, for the command line ("pause CP-01")
+
+
+# ----- the shape of a view, as the app drives it -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One operator key of a view: the key, the app action it runs, its footer label.
+
+    A `site_wide` command is also offered on every view that is not `exclusive` (the lighting
+    override works from the Overview, the Map, the Plan and the Alarms view).
+    """
+
+    key: str
+    action: str
+    label: str
+    site_wide: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ShowContext:
+    """What a view draws from: the app's widget tree, the model, the site's zone, the inventory."""
+
+    root: DOMNode
+    model: SiteModel
+    tz: tzinfo
+    inventory: Inventory | None = None
+
+
+class Host(Protocol):
+    """What a view's commands need of the app (so views never import it: no import circle)."""
+
+    @property
+    def model(self) -> SiteModel: ...
+
+    @property
+    def tz(self) -> tzinfo: ...
+
+    @property
+    def operator_name(self) -> str: ...
+
+    def selected(self, table: str) -> str | None:
+        """The key under the cursor in a table (by selector)."""
+        ...
+
+    def say(self, text: Text) -> None:
+        """Show a line on the command line above the footer."""
+        ...
+
+    def ask(self, screen: ModalScreen[T], then: Callable[[T | None], None]) -> None:
+        """Open a form; `then` gets what was filled in (None: cancelled)."""
+        ...
+
+    def confirm_then_send(self, request: Request) -> None:
+        """Show what a request will do, and send it if the operator says yes."""
+        ...
+
+
+class DomainView:
+    """One pane of the dashboard, registered in `tui.views.REGISTRY`; the app only iterates these.
+
+    A subclass sets the class attributes (the app reads them for its title, keys and CSS before
+    any instance exists) and overrides `compose`, `show` and, if it has commands, `command`.
+    The app makes one instance per app, so a view may keep state (what its tables last saw).
+    """
+
+    id: ClassVar[str]  # the pane's widget id and the view's name in `action_view`
+    title: ClassVar[str]  # in the title bar and the palette
+    shows: ClassVar[frozenset[Change]]  # the kinds of change that redraw it
+    tables: ClassVar[tuple[str, ...]] = ()  # selectors: the table keys act on, then the others
+    commands: ClassVar[tuple[Command, ...]] = ()
+    exclusive: ClassVar[bool] = False  # its own commands replace the site-wide ones here
+    slice: ClassVar[type[Slice] | None] = None  # its part of `SiteModel`, if any
+    css: ClassVar[str] = ""  # the sizes of its pane's parts (ids are its own)
+
+    def compose(self) -> ComposeResult:
+        """The pane: one widget with `id == self.id` (the app puts it in its ContentSwitcher)."""
+        raise NotImplementedError
+
+    def show(self, ctx: ShowContext) -> None:
+        """Hand the pane's widgets fresh data."""
+        raise NotImplementedError
+
+    def command(self, action: str, host: Host) -> None:
+        """Run one of `commands` (the app has checked the role and that it applies here)."""
+        raise NotImplementedError(action)
+
+    def focus(self, root: DOMNode) -> None:
+        """Give the pane the focus when it is shown: its main table, else the pane itself."""
+        if self.tables:
+            root.query_one(self.tables[0], FilterTable).table.focus()
+        else:
+            root.query_one(f"#{self.id}").focus()
+
+    def cursor_moved(self, ctx: ShowContext, table: VirtualTable) -> None:
+        """The cursor moved in one of the pane's tables (default: nothing depends on it)."""

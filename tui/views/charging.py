@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
 from pydantic import BaseModel, ConfigDict
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.dom import DOMNode
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Input, Label, Static
 
 from edge.payloads import ChargerState, FeederState, PlanMessage
 from tui.format import fmt_num, fmt_time, sparkline
-from tui.screens import ChargerLimitForm
-from tui.views.base import Change, Request, Slice
+from tui.screens import FormDialog, parse_duration_min
+from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
 from tui.widgets import Column, FilterTable, Row
 
 VOLTS = 230.0  # phase voltage: charging power against a feeder limit assumes three phases
@@ -152,7 +154,7 @@ class ChargingModel(Slice):
     feeder_history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
     charging_plan: ChargingPlan | None = None
 
-    def _fold_charging(self, parts: list[str], payload: bytes) -> Change | None:
+    def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a `chargers/...` or `feeders/...` message (None: not one of those)."""
         match parts:
             case ["chargers", dev_id, "state"]:
@@ -170,7 +172,7 @@ class ChargingModel(Slice):
                 return Change.CHARGING
         return None
 
-    def _plan_charging(self, domain: str, msg: PlanMessage) -> Change | None:
+    def fold_plan(self, domain: str, msg: PlanMessage) -> Change | None:
         """Take the charging plan out of a `plans/{domain}` message (None: another domain's)."""
         if domain != "charging":
             return None
@@ -396,19 +398,132 @@ def overview_lines(out: Text, model: ChargingModel) -> None:
 # ----- the pane ----------------------------------------------------------------------------------
 
 
-def compose() -> ComposeResult:
-    """The Charging view: feeders above, charge points below."""
-    with Vertical(id="charging"):
-        yield FilterTable(FEEDER_COLUMNS, "feeders", id="feeder-table", hint="e.g. 'feeder-2 !'")
-        yield FilterTable(
-            SESSION_COLUMNS, "charge points", id="session-table", hint="e.g. 'feeder-2 charging'"
+class ChargingView(DomainView):
+    """The Charging view: feeders above, charge points below; p, l and u act on the charge point."""
+
+    id = "charging"
+    title = "Charging"
+    shows = frozenset({Change.CHARGING})
+    tables = ("#session-table", "#feeder-table")
+    commands = (
+        Command("p", "pause_charger", "Pause"),
+        Command("l", "limit_charger", "Limit"),
+        Command("u", "release_charger", "Release"),
+    )
+    exclusive = True
+    slice = ChargingModel
+    css = """
+#charging { height: 1fr; }
+#feeder-table { height: 1fr; }
+#session-table { height: 2fr; }
+"""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="charging"):
+            yield FilterTable(FEEDER_COLUMNS, "feeders", id="feeder-table", hint="e.g. 'feeder-2 !'")
+            yield FilterTable(
+                SESSION_COLUMNS, "charge points", id="session-table", hint="e.g. 'feeder-2 charging'"
+            )
+
+    def show(self, ctx: ShowContext) -> None:
+        """Hand both tables their rows."""
+        model, root = ctx.model, ctx.root
+        root.query_one("#feeder-table", FilterTable).show([feeder_row(f) for f in model.feeder_rows()])
+        root.query_one("#session-table", FilterTable).show(
+            [charger_row(r, ctx.tz) for r in model.charger_rows()]
         )
 
+    def command(self, action: str, host: Host) -> None:
+        row = selected_charger(host.model, host.selected(self.tables[0]))
+        if row is None:
+            host.say(Text("No charge point selected: nothing to do.", "italic"))
+            return
+        base = host.model.base
+        if action == "pause_charger":
+            host.confirm_then_send(pause_request(base, row))
+        elif action == "release_charger":
+            host.confirm_then_send(release_request(base, row))
+        else:
 
-def show(root: DOMNode, model: ChargingModel, tz: tzinfo | None) -> None:
-    """Hand both tables their rows."""
-    root.query_one("#feeder-table", FilterTable).show([feeder_row(f) for f in model.feeder_rows()])
-    root.query_one("#session-table", FilterTable).show([charger_row(r, tz) for r in model.charger_rows()])
+            def limited(form: ChargerLimitForm | None) -> None:
+                if form is None:
+                    host.say(Text("limit: cancelled, nothing sent", "dim"))
+                    return
+                host.confirm_then_send(limit_request(base, form))
+
+            host.ask(LimitDialog(row.id, describe_charger(row)), limited)
+
+
+# ----- the limit form ----------------------------------------------------------------------------
+
+MAX_LIMIT_A = 1000.0
+
+
+def parse_amps(text: str) -> float:
+    """A charging current in A from the form; ValueError says what is wrong.
+
+    Only nonsense is refused here: the daemon's interlock decides what a feeder allows
+    (it clamps, turns 0-6 A into 0, or refuses with its reason).
+    """
+    try:
+        amps = float(text.strip().upper().rstrip("A").strip())
+    except ValueError:
+        raise ValueError("current: enter amperes, e.g. 16") from None
+    if not math.isfinite(amps) or not 0 <= amps <= MAX_LIMIT_A:
+        raise ValueError(f"current: from 0 to {MAX_LIMIT_A:g} A")
+    return amps
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerLimitForm:
+    """What the operator filled in to limit a charge point."""
+
+    charger: str
+    current_a: float
+    duration_s: float | None = None
+
+
+class LimitDialog(FormDialog[ChargerLimitForm | None]):
+    """Ask for the current (A) and an optional duration to limit one charge point."""
+
+    def __init__(self, charger: str, detail: str = "") -> None:
+        super().__init__()
+        self._charger = charger
+        self._detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"[b]Limit charge point {self._charger}[/b] (Esc: cancel)")
+            if self._detail:
+                yield Static(self._detail, markup=False)
+            with Horizontal(classes="field"):
+                yield Label("Current (A):")
+                yield Input(placeholder="e.g. 10 (0-6 A becomes 0)", id="amps")
+            with Horizontal(classes="field"):
+                yield Label("Duration (minutes):")
+                yield Input(placeholder="empty: until released", id="duration")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Limit…", id="set", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#amps", Input).focus()
+
+    @on(Input.Submitted, "#amps")
+    def _amps_done(self) -> None:
+        self.query_one("#duration", Input).focus()
+
+    @on(Input.Submitted, "#duration")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            amps = parse_amps(self.query_one("#amps", Input).value)
+            duration = parse_duration_min(self.query_one("#duration", Input).value)
+        except ValueError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(ChargerLimitForm(self._charger, amps, duration))
 
 
 # ----- commands ----------------------------------------------------------------------------------

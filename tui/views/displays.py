@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.dom import DOMNode
-from textual.widgets import Static
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Input, Label, Static
 
 from edge.payloads import DisplayState, ParkingState
 from tui.format import fmt_num, fmt_time
-from tui.screens import DisplayMessageForm
-from tui.views.base import Change, Request, Slice
+from tui.screens import FormDialog, parse_duration_min
+from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
 from tui.widgets import Column, FilterTable, Row
 
 WARNING_SEVERITIES = ("extreme", "severe", "warning", "info")
@@ -84,7 +85,7 @@ class DisplaysModel(Slice):
     guidance: GuidancePlan | None = None
     warnings: list[ActiveWarning] = field(default_factory=list)
 
-    def _fold_displays(self, parts: list[str], payload: bytes) -> Change | None:
+    def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a displays, parking, guidance or warnings message (None: not one of those)."""
         match parts:
             case ["displays", dev_id, "state"]:
@@ -247,23 +248,137 @@ def overview_lines(out: Text, model: DisplaysModel) -> None:
 # ----- the pane ----------------------------------------------------------------------------------
 
 
-def compose() -> ComposeResult:
-    """The Displays view: displays, car parks, the warnings in force."""
-    with Vertical(id="displays"):
-        yield FilterTable(DISPLAY_COLUMNS, "displays", id="display-table", hint="e.g. 'offline'")
-        yield FilterTable(PARKING_COLUMNS, "car parks", id="parking-table", hint="e.g. 'STALE'")
-        yield Static("", id="warnings")
+class DisplaysView(DomainView):
+    """The Displays view: displays, car parks, the warnings in force; m and c act on the display."""
+
+    id = "displays"
+    title = "Displays"
+    shows = frozenset({Change.DISPLAYS})
+    tables = ("#display-table", "#parking-table")
+    commands = (
+        Command("m", "display_message", "Message"),
+        Command("c", "clear_display", "Clear msg"),
+    )
+    exclusive = True
+    slice = DisplaysModel
+    css = """
+#displays { height: 1fr; }
+#display-table { height: 2fr; }
+#parking-table { height: 1fr; }
+#warnings { height: auto; max-height: 6; border-top: solid $secondary; }
+"""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="displays"):
+            yield FilterTable(DISPLAY_COLUMNS, "displays", id="display-table", hint="e.g. 'offline'")
+            yield FilterTable(PARKING_COLUMNS, "car parks", id="parking-table", hint="e.g. 'STALE'")
+            yield Static("", id="warnings")
+
+    def show(self, ctx: ShowContext) -> None:
+        """Hand both tables their rows and the warnings line its text."""
+        model, root = ctx.model, ctx.root
+        root.query_one("#display-table", FilterTable).show(
+            [display_row(d, model.guidance_for(d.device_id)) for _, d in sorted(model.displays.items())]
+        )
+        root.query_one("#parking-table", FilterTable).show(
+            [parking_row(p) for _, p in sorted(model.parking.items())]
+        )
+        root.query_one("#warnings", Static).update(warnings_text(model.warnings_sorted(), ctx.tz))
+
+    def command(self, action: str, host: Host) -> None:
+        did = host.selected(self.tables[0])
+        if did is None or did not in host.model.displays:
+            host.say(Text("No display selected: nothing to do.", "italic"))
+            return
+        d, base = host.model.displays[did], host.model.base
+        if action == "clear_display":
+            host.confirm_then_send(clear_request(base, d))
+            return
+
+        def messaged(form: DisplayMessageForm | None) -> None:
+            if form is None:
+                host.say(Text("message: cancelled, nothing sent", "dim"))
+                return
+            host.confirm_then_send(message_request(base, form))
+
+        host.ask(MessageDialog(d.device_id, describe_display(d)), messaged)
 
 
-def show(root: DOMNode, model: DisplaysModel, tz: tzinfo | None) -> None:
-    """Hand both tables their rows and the warnings line its text."""
-    root.query_one("#display-table", FilterTable).show(
-        [display_row(d, model.guidance_for(d.device_id)) for _, d in sorted(model.displays.items())]
-    )
-    root.query_one("#parking-table", FilterTable).show(
-        [parking_row(p) for _, p in sorted(model.parking.items())]
-    )
-    root.query_one("#warnings", Static).update(warnings_text(model.warnings_sorted(), tz))
+# ----- the message form --------------------------------------------------------------------------
+
+MAX_LINE = 40
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayMessageForm:
+    """What the operator filled in to put a message on a display."""
+
+    display: str
+    lines: tuple[str, ...]
+    duration_s: float | None = None
+
+
+def parse_lines(texts: Sequence[str]) -> tuple[str, ...]:
+    """The message lines from the form (empty lines dropped); ValueError says what is wrong."""
+    lines = tuple(t.strip() for t in texts if t.strip())
+    if not lines:
+        raise ValueError("message: enter at least one line")
+    for i, line in enumerate(lines, 1):
+        if len(line) > MAX_LINE:
+            raise ValueError(f"line {i}: at most {MAX_LINE} characters")
+    return lines
+
+
+class MessageDialog(FormDialog[DisplayMessageForm | None]):
+    """Ask for up to three lines and a duration for one display."""
+
+    def __init__(self, display: str, detail: str = "") -> None:
+        super().__init__()
+        self._display = display
+        self._detail = detail
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(f"[b]Message on display {self._display}[/b] (Esc: cancel)")
+            if self._detail:
+                yield Static(self._detail, markup=False)
+            for i in range(1, 4):
+                with Horizontal(classes="field"):
+                    yield Label(f"Line {i}:")
+                    yield Input(placeholder=f"up to {MAX_LINE} characters", id=f"line{i}")
+            with Horizontal(classes="field"):
+                yield Label("Duration (minutes):")
+                yield Input(placeholder="empty: 60 min", id="duration")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Show…", id="set", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#line1", Input).focus()
+
+    @on(Input.Submitted, "#line1")
+    def _line1_done(self) -> None:
+        self.query_one("#line2", Input).focus()
+
+    @on(Input.Submitted, "#line2")
+    def _line2_done(self) -> None:
+        self.query_one("#line3", Input).focus()
+
+    @on(Input.Submitted, "#line3")
+    def _line3_done(self) -> None:
+        self.query_one("#duration", Input).focus()
+
+    @on(Input.Submitted, "#duration")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            lines = parse_lines([self.query_one(f"#line{i}", Input).value for i in range(1, 4)])
+            duration = parse_duration_min(self.query_one("#duration", Input).value)
+        except ValueError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(DisplayMessageForm(self._display, lines, duration))
 
 
 # ----- commands ----------------------------------------------------------------------------------

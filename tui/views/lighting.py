@@ -6,18 +6,23 @@ The Map and Plan pages draw from this slice too (`tui.render`).
 from __future__ import annotations
 
 import enum
+import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
-from textual.dom import DOMNode
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Input, Label, RadioSet, Static
 
 from edge.payloads import ControllerState, LampState, LampTelemetry, PlanMessage
 from tui.format import fmt_num
-from tui.screens import Override, Target
-from tui.views.base import Change, Request, Slice
+from tui.screens import ChoiceButton, FormDialog, parse_duration_min
+from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
 from tui.widgets import Column, FilterTable, Row
 
 
@@ -159,7 +164,7 @@ class LightingModel(Slice):
     lamp_seq: dict[str, int] = field(default_factory=dict)
     lamps_gone: dict[str, int] = field(default_factory=dict)
 
-    def _fold_lighting(self, parts: list[str], payload: bytes) -> Change | None:
+    def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a `lights/...` or `controllers/...` message (None: not one of those)."""
         match parts:
             case ["lights", lamp_id, "state"]:
@@ -185,7 +190,7 @@ class LightingModel(Slice):
                 return Change.CONTROLLER
         return None
 
-    def _plan_lighting(self, domain: str, msg: PlanMessage) -> Change | None:
+    def fold_plan(self, domain: str, msg: PlanMessage) -> Change | None:
         """Take the lighting plan out of a `plans/{domain}` message (None: another domain's)."""
         if domain != "lighting":
             return None
@@ -303,21 +308,157 @@ def lamp_row(r: LampRow) -> Row:
 # ----- the pane ----------------------------------------------------------------------------------
 
 
-def compose() -> ComposeResult:
-    """The Lights view: one table of every lamp."""
-    yield FilterTable(LAMP_COLUMNS, "lamps", id="lights")
+class LightsView(DomainView):
+    """The Lights view: one table of every lamp; its override, resume and re-plan work site-wide.
 
+    The table is fed only the lamps that changed since it last looked: 5,000 rows are not rebuilt.
+    """
 
-class LightsFeed:
-    """Feeds the lights table only the lamps that changed since it last looked: 5,000 rows are not rebuilt."""
+    id = "lights"
+    title = "Lights"
+    shows = frozenset({Change.LAMP})
+    tables = ("#lights",)
+    commands = (
+        Command("o", "override", "Override", site_wide=True),
+        Command("r", "resume", "Resume", site_wide=True),
+        Command("R", "replan", "Re-plan", site_wide=True),
+    )
+    slice = LightingModel
+    css = "#lights { height: 1fr; }"
 
     def __init__(self) -> None:
         self.seen = -1
 
-    def show(self, root: DOMNode, model: LightingModel) -> None:
+    def compose(self) -> ComposeResult:
+        yield FilterTable(LAMP_COLUMNS, "lamps", id="lights")
+
+    def show(self, ctx: ShowContext) -> None:
+        model = ctx.model
         changed, gone = model.lamps_since(self.seen)
         self.seen = model.version
-        root.query_one("#lights", FilterTable).update([lamp_row(model.lamp_row(k)) for k in changed], gone)
+        ctx.root.query_one("#lights", FilterTable).update(
+            [lamp_row(model.lamp_row(k)) for k in changed], gone
+        )
+
+    def command(self, action: str, host: Host) -> None:
+        base = host.model.base
+        if action == "replan":
+            host.confirm_then_send(replan_request(base))
+            return
+        found = targets(host.model, host.selected(self.tables[0]))
+        if not found:
+            host.say(Text("No lamps known yet: nothing to override.", "italic"))
+            return
+
+        def overridden(result: Override | None) -> None:
+            if result is not None:
+                host.confirm_then_send(override_request(base, result))
+
+        host.ask(OverrideDialog(found, resume=action == "resume"), overridden)
+
+
+# ----- the override form -------------------------------------------------------------------------
+
+Scope = Literal["lights", "segments", "groups"]
+SCOPE_WORD: dict[Scope, str] = {"lights": "lamp", "segments": "segment", "groups": "group"}
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a lighting command addresses: one lamp, a road segment or a planning group."""
+
+    scope: Scope
+    name: str
+    lamps: int = 1
+
+    def describe(self) -> str:
+        word = SCOPE_WORD[self.scope]
+        if self.scope == "lights":
+            return f"{word} {self.name}"
+        return f"{word} {self.name} ({self.lamps} lamp{'s' if self.lamps != 1 else ''})"
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """What the operator filled in: set a level (for a while) or resume the schedule."""
+
+    target: Target
+    action: Literal["set_level", "resume_schedule"]
+    level: float | None = None
+    duration_s: float | None = None
+
+
+def parse_level(text: str) -> float:
+    """A level 0..100 from the form; ValueError says what is wrong."""
+    try:
+        level = float(text.strip().rstrip("%"))
+    except ValueError:
+        raise ValueError("level: enter a number from 0 to 100") from None
+    if not math.isfinite(level) or not 0 <= level <= 100:
+        raise ValueError("level: must be from 0 to 100")
+    return level
+
+
+class OverrideDialog(FormDialog[Override | None]):
+    """Choose the target, a level and a duration (or resume the schedule)."""
+
+    DEFAULT_CSS = """
+    OverrideDialog RadioSet { width: 100%; height: auto; }
+    OverrideDialog .field Input { border: none; height: 1; padding: 0; width: 12; }
+    """
+
+    def __init__(self, targets: Sequence[Target], *, resume: bool = False) -> None:
+        super().__init__()
+        self._targets = tuple(targets)
+        self._resume = resume
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("[b]Lighting override[/b] (Esc: cancel)")
+            with RadioSet(id="target"):
+                for i, t in enumerate(self._targets):
+                    yield ChoiceButton(t.describe(), value=i == 0, id=f"scope-{t.scope}")
+            with Horizontal(classes="field"):
+                yield Label("Level 0-100 %:")
+                yield Input(placeholder="e.g. 40", id="level")
+            with Horizontal(classes="field"):
+                yield Label("Duration (minutes):")
+                yield Input(placeholder="empty: until resumed", id="duration")
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button("Set level…", id="set", variant="primary")
+                yield Button("Resume schedule…", id="resume")
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        (self.query_one("#resume", Button) if self._resume else self.query_one("#level", Input)).focus()
+
+    @property
+    def target(self) -> Target:
+        index = self.query_one(RadioSet).pressed_index
+        return self._targets[index if index >= 0 else 0]
+
+    def _error(self, text: str) -> None:
+        self.query_one("#error", Static).update(text)
+
+    @on(Input.Submitted, "#level")
+    def _level_done(self) -> None:
+        self.query_one("#duration", Input).focus()
+
+    @on(Input.Submitted, "#duration")
+    @on(Button.Pressed, "#set")
+    def _set(self) -> None:
+        try:
+            level = parse_level(self.query_one("#level", Input).value)
+            duration = parse_duration_min(self.query_one("#duration", Input).value)
+        except ValueError as exc:
+            self._error(str(exc))
+            return
+        self.dismiss(Override(self.target, "set_level", level, duration))
+
+    @on(Button.Pressed, "#resume")
+    def _resume_pressed(self) -> None:
+        self.dismiss(Override(self.target, "resume_schedule"))
 
 
 # ----- commands ----------------------------------------------------------------------------------

@@ -9,12 +9,11 @@ from datetime import tzinfo
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.dom import DOMNode
 from textual.widgets import Static
 
 from tui.format import fmt_num, fmt_time, fmt_when, is_today
-from tui.views.base import Change, Reading, Request, Slice
-from tui.widgets import Column, FilterTable, Row
+from tui.views.base import Change, Command, DomainView, Host, Reading, Request, ShowContext, Slice
+from tui.widgets import Column, FilterTable, Row, VirtualTable
 
 WASTE_THRESHOLD = 0.8  # for counting bins above it when the daemon sent no summary
 
@@ -185,7 +184,7 @@ class WasteModel(Slice):
     bin_seq: dict[str, int] = field(default_factory=dict)
     bins_gone: dict[str, int] = field(default_factory=dict)
 
-    def _fold_waste(self, parts: list[str], payload: bytes) -> Change | None:
+    def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a `waste/...` message (None: not a waste topic)."""
         match parts:
             case ["waste", "bins", bin_id, "state"]:
@@ -477,29 +476,48 @@ def overview_lines(out: Text, model: WasteModel, tz: tzinfo | None, now: float |
 
 # ----- the pane ----------------------------------------------------------------------------------
 
-
-def compose() -> ComposeResult:
-    """The Waste view: the day's summary, bins, trucks, the selected truck's route."""
-    with Vertical(id="waste"):
-        yield Static("", id="waste-summary")
-        yield FilterTable(BIN_COLUMNS, "bins", id="bin-table", hint="e.g. 'mandatory z3'")
-        yield FilterTable(TRUCK_COLUMNS, "trucks", id="truck-table", hint="e.g. 'collecting'")
-        yield Static("", id="route")
+BIN_ACTIONS = {"force_bin": "force", "exclude_bin": "exclude", "auto_bin": "clear"}
 
 
-def show_route(root: DOMNode, model: WasteModel, tz: tzinfo | None) -> None:
-    """The stops of the truck under the cursor in the routes table."""
-    truck = root.query_one("#truck-table", FilterTable).selected_key
-    root.query_one("#route", Static).update(route_text(model.waste_plan, truck, tz))
+class WasteView(DomainView):
+    """The Waste view: the day's summary, bins, trucks, the selected truck's route.
 
+    The bins table gets only the bins that changed since it last looked. R re-plans the
+    collection here (the lighting elsewhere); f, x and n act on the bin under the cursor.
+    """
 
-class WasteFeed:
-    """Feeds the Waste view; the bins table gets only the bins that changed since it last looked."""
+    id = "waste"
+    title = "Waste"
+    shows = frozenset({Change.WASTE})
+    tables = ("#bin-table", "#truck-table")
+    commands = (
+        Command("R", "replan", "Re-plan"),
+        Command("f", "force_bin", "Force"),
+        Command("x", "exclude_bin", "Exclude"),
+        Command("n", "auto_bin", "Automatic"),
+    )
+    exclusive = True
+    slice = WasteModel
+    css = """
+#waste { height: 1fr; }
+#waste-summary { height: auto; }
+#bin-table { height: 2fr; }
+#truck-table { height: 1fr; min-height: 7; border-top: solid $secondary; }
+#route { height: auto; max-height: 2; }
+"""
 
     def __init__(self) -> None:
         self.seen = -1
 
-    def show(self, root: DOMNode, model: WasteModel, tz: tzinfo | None) -> None:
+    def compose(self) -> ComposeResult:
+        with Vertical(id="waste"):
+            yield Static("", id="waste-summary")
+            yield FilterTable(BIN_COLUMNS, "bins", id="bin-table", hint="e.g. 'mandatory z3'")
+            yield FilterTable(TRUCK_COLUMNS, "trucks", id="truck-table", hint="e.g. 'collecting'")
+            yield Static("", id="route")
+
+    def show(self, ctx: ShowContext) -> None:
+        model, root, tz = ctx.model, ctx.root, ctx.tz
         summary = Text()
         now = model.clock_ts() or time.time()
         overview_lines(summary, model, tz, now)
@@ -510,7 +528,28 @@ class WasteFeed:
             [bin_row(model.bins[k], tz, now) for k in changed], gone
         )
         root.query_one("#truck-table", FilterTable).show([truck_row(r, tz) for r in model.truck_rows()])
-        show_route(root, model, tz)
+        self._show_route(ctx)
+
+    def cursor_moved(self, ctx: ShowContext, table: VirtualTable) -> None:
+        if ctx.root.query_one("#truck-table", FilterTable).table is table:
+            self._show_route(ctx)
+
+    def _show_route(self, ctx: ShowContext) -> None:
+        """The stops of the truck under the cursor in the routes table."""
+        truck = ctx.root.query_one("#truck-table", FilterTable).selected_key
+        ctx.root.query_one("#route", Static).update(route_text(ctx.model.waste_plan, truck, ctx.tz))
+
+    def command(self, action: str, host: Host) -> None:
+        model = host.model
+        if action == "replan":
+            host.confirm_then_send(replan_request(model.base))
+            return
+        bid = host.selected(self.tables[0])
+        if bid is None or bid not in model.bins:
+            host.say(Text("No bin selected: nothing to do.", "italic"))
+            return
+        b, now = model.bins[bid], model.clock_ts()
+        host.confirm_then_send(bin_request(model.base, BIN_ACTIONS[action], b, host.tz, now))
 
 
 # ----- commands ----------------------------------------------------------------------------------

@@ -1,0 +1,57 @@
+"""The site's pages that are no one domain's: the Overview, the Map and the Plan.
+
+They draw text from the whole model (`tui.render`) and have no commands of their own: the
+site-wide commands (the lighting override, resume and re-plan) work on them.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+
+from tui import render
+from tui.views.base import Change, DomainView, ShowContext
+from tui.widgets import TextView
+
+
+class OverviewPage(DomainView):
+    """The site's health in one screen; anything that changes redraws it."""
+
+    id = "overview"
+    title = "Overview"
+    shows = frozenset(Change) - {Change.IGNORED}
+
+    def compose(self) -> ComposeResult:
+        yield TextView(id=self.id)
+
+    def show(self, ctx: ShowContext) -> None:
+        model, tz = ctx.model, ctx.tz
+        ctx.root.query_one("#overview", TextView).show(lambda w, h: render.overview(model, tz))
+
+
+class MapPage(DomainView):
+    """The district by the inventory's positions (or the lamps by segment without one)."""
+
+    id = "map"
+    title = "Map"
+    shows = frozenset({Change.LAMP})
+
+    def compose(self) -> ComposeResult:
+        yield TextView(id=self.id)
+
+    def show(self, ctx: ShowContext) -> None:
+        ctx.root.query_one("#map", TextView).show(render.map_page(ctx.model, ctx.inventory))
+
+
+class PlanPage(DomainView):
+    """Tonight's dimming plan per group, as wide as the terminal."""
+
+    id = "plan"
+    title = "Plan"
+    shows = frozenset({Change.PLAN})
+
+    def compose(self) -> ComposeResult:
+        yield TextView(id=self.id)
+
+    def show(self, ctx: ShowContext) -> None:
+        model, tz = ctx.model, ctx.tz
+        ctx.root.query_one("#plan", TextView).show(lambda w, h: render.plan_chart(model.plan, w, tz))
