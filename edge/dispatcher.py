@@ -24,8 +24,8 @@ from edge.clock import Clock
 from edge.driver import Driver, PayloadDriver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority, Value
+from edge.lifecycle import Service, ServiceState
 from edge.state import StateStore
-from edge.tasks import close_task_group
 
 log = structlog.get_logger(__name__)
 
@@ -88,11 +88,11 @@ class SafetyPolicy(Protocol):
 class _View:
     """The dispatcher's read-only view (see `DispatcherView`)."""
 
-    __slots__ = ("_dispatcher", "_state")
+    __slots__ = ("_dispatcher", "_store")
 
     def __init__(self, dispatcher: Dispatcher, state: StateStore) -> None:
         self._dispatcher = dispatcher
-        self._state = state
+        self._store = state
 
     def effective_value(self, device_id: str, point: str) -> float | None:
         eff = self._dispatcher.effective(device_id, point)
@@ -102,14 +102,14 @@ class _View:
         return self._dispatcher.in_flight_value(device_id, point)
 
     def value(self, device_id: str, point: str) -> Value | None:
-        return self._state.value(device_id, point)
+        return self._store.value(device_id, point)
 
     def online(self, device_id: str) -> bool | None:
-        dev = self._state.get(device_id)
+        dev = self._store.get(device_id)
         return None if dev is None else dev.online
 
     def updated_at(self, device_id: str) -> float | None:
-        dev = self._state.get(device_id)
+        dev = self._store.get(device_id)
         return None if dev is None else dev.updated_at
 
 
@@ -135,6 +135,21 @@ class _Point:
     in_flight: Command | None = None  # one writer per point: others wait for it
     again: bool = False  # something changed while a write was in flight
 
+    def effective(self, now: float) -> Command | None:
+        """The winning layer: the highest priority whose hold has not ended."""
+        for prio in sorted(self.layers, reverse=True):
+            cmd = self.layers[prio]
+            if cmd.hold_until is None or cmd.hold_until > now:
+                return cmd
+        return None
+
+    def rearm(self, now: float) -> None:
+        """A layer that surfaces again after a hold is a standing intent: give it a fresh TTL."""
+        top = self.effective(now)
+        if top is not None and top.expires_at <= now:
+            ttl = max(1.0, top.expires_at - top.issued_at)
+            self.layers[top.priority] = replace(top, issued_at=now, expires_at=now + ttl)
+
 
 @dataclass(slots=True)
 class DispatcherStats:
@@ -147,6 +162,13 @@ class DispatcherStats:
     failed: int = 0
     expired: int = 0
     superseded: int = 0
+
+    def count(self, outcome: Outcome) -> None:
+        """Count a final result (refusals are counted where they are decided)."""
+        name = {Outcome.CONFIRMED: "confirmed", Outcome.FAILED: "failed",
+                Outcome.EXPIRED: "expired", Outcome.SUPERSEDED: "superseded"}.get(outcome)  # fmt: skip
+        if name is not None:
+            setattr(self, name, getattr(self, name) + 1)
 
 
 def new_command_id() -> str:
@@ -182,8 +204,10 @@ def make_command(
     )
 
 
-class Dispatcher:
+class Dispatcher(Service):
     """Arbitrates, validates, writes and confirms commands; async context manager."""
+
+    service_name = "dispatcher"
 
     def __init__(
         self,
@@ -198,9 +222,10 @@ class Dispatcher:
         workers: int = 32,
         reconcile_interval_s: float = 30.0,
     ) -> None:
+        super().__init__()
         self._bus = bus
         self._clock = clock
-        self._state = state
+        self._store = state
         self._drivers = list(drivers)
         self._policies = dict(policies)
         self._audit = audit
@@ -212,8 +237,6 @@ class Dispatcher:
         self._queued: set[Key] = set()
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
         self._driver_of: dict[str, Driver | None] = {}
-        self._tg: asyncio.TaskGroup | None = None
-        self._tasks: list[asyncio.Task[None]] = []
         self._last_error: dict[str, str] = {}
         self.stats = DispatcherStats()
         self.view: DispatcherView = _View(self, state)
@@ -224,26 +247,17 @@ class Dispatcher:
         A domain builds its policy after the kernel (and so this dispatcher) exists, from parts
         that need the kernel; the policy is complete when registered, never bound later.
         """
-        if self._tg is not None:
+        if self.state is not ServiceState.UNOPENED:
             raise RuntimeError(f"policy for {kind!r} registered after the dispatcher started")
         if kind in self._policies:
             raise ValueError(f"a safety policy for {kind!r} is registered already")
         self._policies[kind] = policy
 
-    async def __aenter__(self) -> Dispatcher:
-        self._tg = asyncio.TaskGroup()
-        await self._tg.__aenter__()
-        self._tasks = [
-            self._tg.create_task(self._worker(), name=f"dispatcher.worker[{i}]")
-            for i in range(self._n_workers)
-        ]
-        self._tasks.append(self._tg.create_task(self._hold_loop(), name="dispatcher.holds"))
-        self._tasks.append(self._tg.create_task(self._reconcile_loop(), name="dispatcher.reconcile"))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await close_task_group(self._tg, self._tasks)
-        self._tg = None
+    async def _start(self) -> None:
+        for i in range(self._n_workers):
+            self.spawn(self._worker(), f"worker[{i}]")
+        self.spawn(self._hold_loop(), "holds")
+        self.spawn(self._reconcile_loop(), "reconcile")
 
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
         """Wait until no write is queued or in flight (graceful shutdown)."""
@@ -281,7 +295,7 @@ class Dispatcher:
         point.layers[cmd.priority] = cmd
         if old is not None and old is not point.in_flight and old.id in self._waiters:
             self._finish(CommandResult(old, Outcome.SUPERSEDED, None, f"replaced by {cmd.id}", now))
-        top = self._effective(point, now)
+        top = point.effective(now)
         if top is not None and top.id != cmd.id:
             held = f"held by {top.source} ({top.priority.name.lower()})"
             self._finish(CommandResult(cmd, Outcome.SUPERSEDED, None, held, now))
@@ -312,14 +326,14 @@ class Dispatcher:
         cmd = p.layers.pop(priority)
         now = self._clock.now()
         self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, f"released by {source}", now))
-        self._rearm(p, now)
+        p.rearm(now)
         self._enqueue((device_id, point))
         return True
 
     def effective(self, device_id: str, point: str) -> Command | None:
         """The command that currently wins on a point, if any."""
         p = self._points.get((device_id, point))
-        return None if p is None else self._effective(p, self._clock.now())
+        return None if p is None else p.effective(self._clock.now())
 
     def pending(self) -> int:
         return len(self._queued)
@@ -328,7 +342,7 @@ class Dispatcher:
         """The policy's verdict on a command (the TTL is checked by whoever delivers it)."""
         if not math.isfinite(cmd.value):
             return Verdict(Outcome.REFUSED, cmd.value, "value_not_finite")
-        dev = self._state.get(cmd.device_id)
+        dev = self._store.get(cmd.device_id)
         if dev is None:
             return Verdict(Outcome.REFUSED, cmd.value, "unknown_device")
         if self._driver(cmd.device_id) is None:
@@ -343,14 +357,6 @@ class Dispatcher:
             self._driver_of[device_id] = next((d for d in self._drivers if d.handles(device_id)), None)
         return self._driver_of[device_id]
 
-    @staticmethod
-    def _effective(point: _Point, now: float) -> Command | None:
-        for prio in sorted(point.layers, reverse=True):
-            cmd = point.layers[prio]
-            if cmd.hold_until is None or cmd.hold_until > now:
-                return cmd
-        return None
-
     def _enqueue(self, key: Key) -> None:
         if key not in self._queued:
             self._queued.add(key)
@@ -358,17 +364,7 @@ class Dispatcher:
 
     def _finish(self, result: CommandResult, *, count: bool = True) -> None:
         if count:
-            match result.outcome:
-                case Outcome.CONFIRMED:
-                    self.stats.confirmed += 1
-                case Outcome.FAILED:
-                    self.stats.failed += 1
-                case Outcome.EXPIRED:
-                    self.stats.expired += 1
-                case Outcome.SUPERSEDED:
-                    self.stats.superseded += 1
-                case _:
-                    pass
+            self.stats.count(result.outcome)
         if result.outcome is not Outcome.REFUSED:
             self._audit(
                 AuditRecord(result.command, result.outcome, result.applied_value, result.reason, result.ts)
@@ -401,7 +397,7 @@ class Dispatcher:
                 continue
             now = self._clock.now()
             self._drop_expired_holds(point, now)
-            cmd = self._effective(point, now)
+            cmd = point.effective(now)
             if cmd is None or point.confirmed_id == cmd.id:
                 continue  # nothing to do, or already in force
             if cmd.expires_at <= now:
@@ -411,7 +407,7 @@ class Dispatcher:
                 continue
             checked = self._recheck(point, cmd, now)
             if checked is None:
-                self._rearm(point, now)
+                point.rearm(now)
                 self._enqueue(key)  # refused now: the next layer down takes over
                 continue
             await self._write(key, point, checked)
@@ -452,7 +448,7 @@ class Dispatcher:
                 cmd, Outcome.SUPERSEDED, None, f"replaced while writing ({result.reason})", result.ts
             )
         self._finish(result)
-        if point.again or self._effective(point, self._clock.now()) is not cmd:
+        if point.again or point.effective(self._clock.now()) is not cmd:
             point.again = False
             self._enqueue(key)  # a newer command arrived while this one was written
         if result.outcome is Outcome.FAILED:
@@ -502,14 +498,14 @@ class Dispatcher:
                 continue
             if self._drop_expired_holds(point, now):
                 self._enqueue(key)
-            cmd = self._effective(point, now)
+            cmd = point.effective(now)
             if cmd is None:
                 continue
             verdict = self._validate(cmd, now)
             if verdict.outcome is Outcome.REFUSED:
                 point.layers.pop(cmd.priority, None)
                 self._audit(AuditRecord(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now))
-                self._rearm(point, now)
+                point.rearm(now)
             elif not math.isclose(verdict.value, cmd.value, abs_tol=1e-9):
                 ttl = max(1.0, cmd.expires_at - cmd.issued_at)
                 asked = cmd.requested if cmd.requested is not None else cmd.value
@@ -542,16 +538,8 @@ class Dispatcher:
                 dropped = True
                 self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, "hold ended", now))
         if dropped:
-            self._rearm(point, now)
+            point.rearm(now)
         return dropped
-
-    @staticmethod
-    def _rearm(point: _Point, now: float) -> None:
-        """A layer that surfaces again after a hold is a standing intent: give it a fresh TTL."""
-        top = Dispatcher._effective(point, now)
-        if top is not None and top.expires_at <= now:
-            ttl = max(1.0, top.expires_at - top.issued_at)
-            point.layers[top.priority] = replace(top, issued_at=now, expires_at=now + ttl)
 
     async def _hold_loop(self) -> None:
         """Hand a point back to the next layer when a hold (override, motion) ends."""
@@ -575,12 +563,12 @@ class Dispatcher:
             await self.recheck_all()
             now = self._clock.now()
             for key, point in self._points.items():
-                cmd = self._effective(point, now)
+                cmd = point.effective(now)
                 if cmd is None or point.in_flight is not None or key in self._queued:
                     continue
                 if point.confirmed_id != cmd.id:
                     continue  # not applied yet: the write path (with its TTL) owns it
-                reported = self._state.value(*key)
+                reported = self._store.value(*key)
                 if isinstance(reported, int | float) and not math.isclose(reported, cmd.value, abs_tol=0.5):
                     # Suffix the original id, not the last re-write's: a device that keeps
                     # drifting must not grow the id past the audit column (64 characters).

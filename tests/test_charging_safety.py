@@ -174,7 +174,7 @@ def test_stale_measurements_allow_only_less_load() -> None:
     """A charger on the feeder that no longer answers: cp0 may go down, not up."""
     _clock, disp, _safety, _ = rig({})
     disp.submit(Command("a", "cp0", POINT, 10, Priority.PLAN, "plan", T0, T0 + 60))
-    disp._state.apply(Availability("srv", ("cp3",), False, T0))  # cp3 shares feeder f1 with cp0
+    disp._store.apply(Availability("srv", ("cp3",), False, T0))  # cp3 shares feeder f1 with cp0
     up = disp.submit(Command("b", "cp0", POINT, 16, Priority.PLAN, "plan", T0, T0 + 60))
     assert up.outcome is Outcome.REFUSED
     assert up.reason.startswith("stale_measurements")
@@ -263,7 +263,7 @@ def test_derived_state_never_makes_an_unreachable_charger_look_reachable() -> No
     """A planned current published for a charger that went offline leaves it offline: its
     feeder stays decreases-only."""
     _clock, disp, _safety, _ = rig({})
-    state = disp._state
+    state = disp._store
     state.apply(Availability("srv", ("cp3",), False, T0))
     state.apply(Telemetry("cp3", T0 + 1, {"planned_a": 16.0}, derived=True))
     assert state.value("cp3", "planned_a") == 16.0
@@ -284,7 +284,7 @@ def test_every_controller_has_the_one_controller_shape() -> None:
     from edge.settings import DisplaysSettings, LightingSettings
 
     clock, disp, _safety, charging = rig({})
-    kernel = make_kernel(clock, disp._bus, disp._state, disp)
+    kernel = make_kernel(clock, disp._bus, disp._store, disp)
     lighting = LightingController(kernel, LightingSettings(), inv=Inventory(lamps={}))
     displays = DisplayController(kernel, DisplaysSettings(), lighting=lighting)
     for ctl in (lighting, charging, displays):
