@@ -46,6 +46,7 @@ from typing import Any, Self
 
 from amqtt.broker import Broker
 
+from edge.lifecycle import Service
 from edge.net import free_port
 
 # amqtt and its state machine library log every connection at INFO and a v5 probe at
@@ -214,7 +215,7 @@ def _in_use(exc: BaseException | None) -> bool:
     return False
 
 
-class BrokerProcess:
+class BrokerProcess(Service):
     """`EmbeddedBroker` in a child process (spawned), as an async context manager.
 
     The child exits on `__aexit__` (SIGTERM, then a kill after a few seconds) and by itself
@@ -222,6 +223,7 @@ class BrokerProcess:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, log_level: int = logging.ERROR) -> None:
+        super().__init__()
         self._host = host
         self._port = port or free_port(host)
         self._log_level = log_level
@@ -237,7 +239,9 @@ class BrokerProcess:
         """The child's process id while it runs."""
         return None if self._proc is None else self._proc.pid
 
-    async def __aenter__(self) -> Self:
+    service_name = "broker"
+
+    async def _start(self) -> None:
         _check_free(self._host, self._port)
         ctx = multiprocessing.get_context("spawn")
         ready = ctx.Event()
@@ -249,30 +253,17 @@ class BrokerProcess:
         )
         proc.start()
         self._proc = proc
-        try:
-            # A readiness flag, not a probe connection: amqtt logs an error for a client
-            # that connects and leaves without a CONNECT. Checked in short waits, so a child
-            # that failed to start is seen at once, not after the whole timeout.
-            async with asyncio.timeout(_START_TIMEOUT_S):
-                while not await asyncio.to_thread(ready.wait, 0.2):
-                    if proc.exitcode == _EXIT_IN_USE:
-                        raise OSError(
-                            errno.EADDRINUSE, f"embedded broker: port {self._port} on {self._host} is in use"
-                        )
-                    if proc.exitcode is not None:
-                        raise RuntimeError(f"embedded broker exited with code {proc.exitcode} at start")
-        except BaseException:
-            await self._stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._stop()
+        # A readiness flag, not a probe connection: amqtt logs an error for a client
+        # that connects and leaves without a CONNECT. Checked in short waits, so a child
+        # that failed to start is seen at once, not after the whole timeout.
+        async with asyncio.timeout(_START_TIMEOUT_S):
+            while not await asyncio.to_thread(ready.wait, 0.2):
+                if proc.exitcode == _EXIT_IN_USE:
+                    raise OSError(
+                        errno.EADDRINUSE, f"embedded broker: port {self._port} on {self._host} is in use"
+                    )
+                if proc.exitcode is not None:
+                    raise RuntimeError(f"embedded broker exited with code {proc.exitcode} at start")
 
     async def _stop(self) -> None:
         proc, self._proc = self._proc, None

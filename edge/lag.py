@@ -13,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from types import TracebackType
-from typing import Self
 
 import structlog
 
-from edge.tasks import cancel_and_wait
+from edge.lifecycle import Service
 
 log = structlog.get_logger(__name__)
 
 
-class LagMonitor:
+class LagMonitor(Service):
     """Measures event-loop delay; an async context manager that owns its probe task."""
+
+    service_name = "kernel.lag"
 
     def __init__(
         self,
@@ -36,6 +36,7 @@ class LagMonitor:
     ) -> None:
         if limit_s <= 0 or interval_s <= 0 or hold_s < 0:
             raise ValueError("limit_s and interval_s must be positive, hold_s not negative")
+        super().__init__()
         self.limit_s = limit_s
         self.hold_s = hold_s
         self.interval_s = interval_s
@@ -45,20 +46,11 @@ class LagMonitor:
         self.last_lag_s = 0.0
         self.max_lag_s = 0.0
         self.episodes = 0  # how often the loop went over the limit
-        self._task: asyncio.Task[None] | None = None
         self._was = False
 
-    async def __aenter__(self) -> Self:
+    async def _start(self) -> None:
         self._expected = self._mono() + self.interval_s
-        self._task = asyncio.create_task(self._probe(), name="kernel.lag_monitor")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
+        self.spawn(self._probe(), "probe")
 
     def record(self, lag_s: float) -> None:
         """Note a measured delay (the probe does this; so can a late heartbeat)."""

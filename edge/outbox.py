@@ -21,13 +21,12 @@ valve for a very long outage, not a routine path.
 from __future__ import annotations
 
 import asyncio
-import enum
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import structlog
 from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, func
@@ -36,6 +35,7 @@ from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Field, Session, SQLModel, select
 
+from edge.lifecycle import Service, ServiceState
 from edge.records import make_engine
 
 log = structlog.get_logger(__name__)
@@ -70,33 +70,27 @@ class OutboxMessage(SQLModel, table=True):
 _TABLE = OutboxMessage.__table__  # type: ignore[attr-defined]
 
 
-class OutboxState(enum.Enum):
-    """Lifecycle of an `Outbox` (httpx-style: usable once, between enter and exit)."""
-
-    UNOPENED = "unopened"
-    OPENED = "opened"
-    CLOSED = "closed"
-
-
 @dataclass(slots=True)
 class _Pending:
     row: dict[str, Any]
     done: asyncio.Future[None]
 
 
-class Outbox:
+class Outbox(Service):
     """Reliable messages in a database table, oldest first, deleted on ack.
 
     Use as `async with Outbox(url) as outbox:`; the table is created if missing.
     """
 
+    service_name = "outbox"
+
     def __init__(self, url: str, *, max_rows: int = 1_000_000, batch_max: int = 1000) -> None:
         if max_rows < 1:
             raise ValueError("max_rows must be positive")
+        super().__init__()
         self._url = url
         self._max_rows = max_rows
         self._batch_max = batch_max
-        self._state = OutboxState.UNOPENED
         self._engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
@@ -108,26 +102,13 @@ class Outbox:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    @property
-    def state(self) -> OutboxState:
-        """UNOPENED, OPENED or CLOSED."""
-        return self._state
-
-    async def __aenter__(self) -> Self:
-        if self._state is not OutboxState.UNOPENED:
-            raise RuntimeError(f"outbox cannot be opened in state {self._state.value}")
+    async def _start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._engine = make_engine(self._url, durable=True)
-        try:
-            self._rows = await self._run(self._open_sync)
-        except BaseException:
-            await self._dispose()
-            raise
-        self._writer = asyncio.create_task(self._write_loop(), name="outbox.writer")
-        self._state = OutboxState.OPENED
+        self._rows = await self._run(self._open_sync)
+        self._writer = self.spawn(self._write_loop(), "writer")
         if self._rows:
             log.info("outbox_opened", backlog=self._rows)
-        return self
 
     async def __aexit__(
         self,
@@ -135,19 +116,18 @@ class Outbox:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._state is not OutboxState.OPENED:
-            return
-        self._state = OutboxState.CLOSED
+        """Let the writer commit what is queued, then close (a clean shutdown loses no append)."""
         writer, self._writer = self._writer, None
-        if writer is not None:
-            # The writer commits what is queued before it stops, so no append that is
-            # waiting for its commit is lost on a clean shutdown.
+        if writer is not None and self.state is ServiceState.OPENED:
             self._queue.put_nowait(None)
             try:
                 await writer
             except asyncio.CancelledError:
                 writer.cancel()
                 raise
+        await super().__aexit__(exc_type, exc, tb)
+
+    async def _stop(self) -> None:
         await self._dispose()
 
     async def _dispose(self) -> None:
@@ -221,8 +201,8 @@ class Outbox:
     # -- internals ---------------------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._state is not OutboxState.OPENED:
-            raise RuntimeError(f"outbox is {self._state.value}")
+        if self.state is not ServiceState.OPENED:
+            raise RuntimeError(f"outbox is {self.state.value}")
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         assert self._executor is not None

@@ -37,6 +37,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -48,6 +49,7 @@ from sqlmodel import SQLModel
 
 from edge.backoff import Backoff
 from edge.events import Severity
+from edge.lifecycle import Service
 from edge.records import (
     DEAD_LETTER_DATA_CHARS,
     DEAD_LETTER_ERROR_CHARS,
@@ -97,8 +99,10 @@ class _Outcome:
     down: BaseException | None = None
 
 
-class Storage(RecordQueries):
+class Storage(Service, RecordQueries):
     """Batched, non-blocking writes and simple queries; an async context manager."""
+
+    service_name = "storage"
 
     def __init__(
         self,
@@ -112,6 +116,7 @@ class Storage(RecordQueries):
         close_timeout_s: float = 10.0,
         on_alarm: AlarmCallback | None = None,
     ) -> None:
+        super().__init__()
         self.url = url
         self._flush_interval = flush_interval_s
         self._retention = retention_s
@@ -154,26 +159,26 @@ class Storage(RecordQueries):
         """Rows queued or being written."""
         return sum(len(q) for q in self._lanes.values()) + self._in_flight
 
-    async def __aenter__(self) -> Storage:
+    async def _start(self) -> None:
         self._engine = make_engine(self.url)
         self.revision = await asyncio.to_thread(migrate, self._engine)
         self._closing = False
-        self._task = asyncio.create_task(self._writer(), name="storage.writer")
-        return self
+        self._task = self.spawn(self._writer(), "writer")
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         """Write what is queued (bounded by `close_timeout_s`), then close the engine."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             done, _ = await asyncio.wait([self._task], timeout=self._close_timeout)
-            if not done:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-            elif not self._task.cancelled() and (err := self._task.exception()) is not None:
+            if done and not self._task.cancelled() and (err := self._task.exception()) is not None:
                 log.error("storage_writer_failed", error=str(err))
             self._task = None
+        await super().__aexit__(exc_type, exc, tb)  # cancels a writer still running
+
+    async def _stop(self) -> None:
         if self.backlog:
             log.error("storage_unwritten_at_exit", rows=self.backlog, by_table=self._counts())
         if self._engine is not None:
