@@ -30,7 +30,8 @@ from controllers.charging import POINT, ChargingSafety, failsafe_problems, worst
 from devices.inventory import Charger, Inventory, Lamp, load_inventory
 from edge.app.cli import main as cli_main
 from edge.app.daemon import opcua_driver, running
-from edge.app.demo import SITE_DIR, charging_summary, sim_chargers, sim_controllers
+from edge.app.demo import SITE_DIR, sim_chargers, sim_controllers
+from edge.app.demo_summary import charging_summary
 from edge.app.validation import check_file
 from edge.clock import ManualClock, SimClock
 from edge.dispatcher import DispatcherView

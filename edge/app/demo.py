@@ -18,8 +18,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import structlog
 from controllers.lighting import night_window
 from devices.inventory import Inventory, load_inventory
 from edge.app.daemon import Daemon, running, site_bins
+from edge.app.demo_summary import charging_summary, displays_summary, summary, waste_summary
 from edge.broker import BrokerProcess
 from edge.clock import SimClock
 from edge.net import free_port
@@ -243,61 +244,6 @@ def _host_port(url: str) -> tuple[str, int]:
     return host, int(port or 1883)
 
 
-def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
-    """The headless demo's one JSON object: a section per domain."""
-    lamps = list(d.state.devices("lamp"))
-    failed = [
-        x
-        for x in lamps
-        if any(x.values.get(b) for b in ("lamp_failure", "driver_failure", "power_high", "power_low"))
-    ]
-    lit = [x for x in lamps if _level(x.values.get("level_actual")) > 0]
-    st = d.dispatcher.stats
-    ls = d.lighting.stats
-    return {
-        "site": d.settings.site.id,
-        "clock": {"speed": d.clock.speed, "now": round(d.clock.now())},
-        "lamps": {
-            "total": len(lamps),
-            "online": sum(1 for x in lamps if x.online),
-            "failed": len(failed),
-            "lit": len(lit),
-            "dimmed": sum(1 for x in lit if _level(x.values.get("level_actual")) < 100),
-            "by_level": dict(
-                sorted(Counter(str(round(_level(x.values.get("level_actual")))) for x in lamps).items())
-            ),
-        },
-        "commands": {
-            "submitted": st.submitted,
-            "sent": st.sent,
-            "confirmed": st.confirmed,
-            "clamped": st.clamped,
-            "refused": st.refused,
-            "failed": st.failed,
-            "expired": st.expired,
-        },
-        "alarms": {"raised": d.alarms.raised, "cleared": d.alarms.cleared, "active": len(d.alarms.active())},
-        "lighting_plan": {
-            "plans": ls.plans,
-            "fallbacks": ls.fallbacks,
-            "energy_kwh": round(ls.energy_kwh, 2),
-            "baseline_static_kwh": round(ls.baseline_static_kwh, 2),
-            "baseline_dortmund_kwh": round(ls.baseline_dortmund_kwh, 2),
-            "saving_vs_static_pct": _pct(ls.energy_kwh, ls.baseline_static_kwh),
-            "saving_vs_dortmund_pct": _pct(ls.energy_kwh, ls.baseline_dortmund_kwh),
-            "motion_events": ls.motion_events,
-        },
-        "mqtt": {
-            "requests": d.api.requests,
-            "acks": d.api.acks,
-            "nacks": d.api.nacks,
-            "refused_payloads": dict(d.api.refused),
-            **{k: v for k, v in d.link.stats.items() if isinstance(v, int | float | bool)},
-        },
-        "storage": {"rows_written": d.storage.written, "write_errors": d.storage.write_errors},
-    }
-
-
 async def _car_parks(d: Daemon, url: str, seed: int) -> None:
     """Car parks through the evening (arrivals and departures), reported by counters and bay sensors."""
     cfg = d.settings.displays
@@ -312,35 +258,6 @@ async def _car_parks(d: Daemon, url: str, seed: int) -> None:
     )
     async with aiomqtt.Client(host, port, identifier="demo-car-parks", timeout=5) as client:
         await sim.run(client, every_s=300.0)
-
-
-def displays_summary(d: Daemon, dsim: DisplaySimulator) -> dict[str, Any]:
-    """The demo's displays section: what every display shows, updates, fallbacks and warnings."""
-    ctl = d.displays
-    if ctl is None:
-        return {}
-    return {
-        "displays": len(ctl.displays),
-        "online": sum(1 for x in ctl.displays if (dev := d.state.get(x)) is not None and dev.online),
-        "shown": {x: dsim.shown(x) for x in ctl.displays},
-        "updates": ctl.stats.updates,
-        "held_back_by_rate_limit": ctl.stats.held_back,
-        "stale_fallbacks": ctl.stats.stale_fallbacks,
-        "warnings_shown": ctl.stats.warnings_shown,
-        "car_parks": {
-            cp: {"free": o.free, "age_s": round(d.clock.now() - o.ts)} for cp, o in ctl.occupancy.items()
-        },
-        "uplinks": (
-            {
-                "received": d.ingest.stats.received,
-                "duplicates": d.ingest.stats.duplicates,
-                "late": d.ingest.stats.late,
-                "refused": d.ingest.stats.refused_total,
-            }
-            if d.ingest is not None
-            else {}
-        ),
-    }
 
 
 def demo_waste(settings: Settings, start: float) -> WasteSettings:
@@ -369,93 +286,86 @@ def demo_waste(settings: Settings, start: float) -> WasteSettings:
     )
 
 
-def waste_summary(d: Daemon, wsim: WasteSimulator | None) -> dict[str, Any]:
-    """The demo's waste section: bins emptied (sensor-confirmed), overflows, kilometres driven."""
-    ctl = d.waste
-    if ctl is None or wsim is None:
-        return {}
-    now = d.clock.now()
-    s = ctl.summary(now)
-    plan = ctl.active
-    return {
-        "bins": s["bins"],
-        "reporting": s["reporting"],
-        "above_threshold": s["above_threshold"],
-        "plans": ctl.plans_made,
-        "plan": None
-        if plan is None
-        else {
-            "reason": plan.reason,
-            "status": plan.plan.status,
-            "solver": plan.plan.solver,
-            "bins_planned": sum(len(r.bins) for r in plan.plan.routes),
-            "distance_km": round(plan.plan.distance_m / 1000, 2),
-        },
-        "routes_sent": ctl.routes_sent,
-        "bins_emptied": s["emptied_today"],
-        "emptied_unconfirmed": ctl.counters.reported,
-        "overflows": s["overflows_today"],
-        "km_driven": s["km_today"],
-        "trucks_on_route": s["trucks_on_route"],
-        "alarms": dict(
-            Counter(a.code for a in d.alarms.active() if a.device_id in ctl.bins or a.device_id in ctl.trucks)
-        ),
-        "fleet": dataclasses.asdict(d.fleet.stats) if d.fleet is not None else {},
-        "simulator": {
-            "uplinks": wsim.stats.uplinks,
-            "truck_events": wsim.stats.events,
-            "bins_emptied": wsim.emptied,
-            "overflow_events": wsim.overflow_events,
-            "km_driven": round(wsim.km_driven, 2),
-        },
-    }
+@dataclass(frozen=True, slots=True)
+class _District:
+    """The demo district before anything runs: settings, inventory, clock and simulated parts."""
+
+    settings: Settings
+    inv: Inventory
+    clock: SimClock
+    cps: list[SimChargePoint]
+    feeders: list[SimFeeder]
+    opc_port: int
 
 
-def charging_summary(d: Daemon, csim: ChargingSimulator) -> dict[str, Any]:
-    """The demo's charging section: energy delivered and requested, and the grid's ground truth
-    from the simulator's own records (every physics tick, not samples): the peak feeder load,
-    every overload episode (`limit_violations`) and every fuse trip, with when and where."""
-    chargers = list(d.state.devices("charger"))
-    delivered = sum(_level(x.values.get("session_energy_kwh")) for x in chargers)
-    cs = d.charging.stats if d.charging is not None else None
-    peak_pct, peak_feeder = 0.0, ""
-    for f in d.settings.charging.feeders:
-        view = csim.feeder(f.id)
-        pct = 100 * _level(view["peak_a"]) / f.limit_a
-        if pct > peak_pct:
-            peak_pct, peak_feeder = pct, f.id
-    events = list(csim.events)
-    return {
-        "charge_points": len(chargers),
-        "online": sum(1 for x in chargers if x.online),
-        "cars_connected": sum(1 for x in chargers if x.values.get("car_connected")),
-        "charging_now": sum(1 for x in chargers if x.values.get("status") == "Charging"),
-        "sessions": sum(csim.sessions(x.device_id) for x in chargers),
-        "energy_delivered_kwh": round(delivered, 2),
-        "energy_requested_kwh": round(cs.requested_kwh, 2) if cs else 0.0,
-        "plans": cs.plans if cs else 0,
-        "fallbacks": cs.fallbacks if cs else 0,
-        "clamped_commands": cs.clamped if cs else 0,
-        "peak_feeder_load_pct": round(peak_pct, 1),
-        "peak_feeder": peak_feeder,
-        "limit_violations": csim.overloads,
-        "feeder_trips": csim.trips,
-        "tripped_feeders": sorted({e.feeder for e in events if e.kind == "trip"}),
-        "trips_alarmed": cs.trips if cs else 0,
-        "grid_events": [
-            {"feeder": e.feeder, "kind": e.kind, "ts": round(e.ts), "load_a": e.load_a, "limit_a": e.limit_a}
-            for e in events[:20]
-        ],
-        "utility_signals": cs.signals if cs else 0,
-    }
+def _prepare(database_url: str, tmp: Path, speed: float) -> _District:
+    """The demo site with free ports for the OPC UA server and the signs, its clock at dusk."""
+    settings = load_settings(
+        SITE_DIR / "site.toml", storage__url=database_url or f"sqlite:///{tmp / 'demo.db'}"
+    )
+    opc_port = free_port()
+    inv = remap_ports(
+        load_inventory(settings.inventory_path()), f"opc.tcp://127.0.0.1:{opc_port}/dos-edge/chargers"
+    )
+    on, _ = night_window(settings.site, settings.lighting, _now())
+    clock = SimClock(start=on - 120.0, speed=speed)
+    cps, feeders = sim_chargers(inv, settings, speed)
+    signs = [
+        x.model_copy(update={"port": free_port()}) if x.kind == "sign" else x
+        for x in settings.displays.displays
+    ]
+    settings = settings.model_copy(
+        update={
+            "displays": settings.displays.model_copy(update={"displays": signs}),
+            "waste": demo_waste(settings, clock.now()),
+        }
+    )
+    return _District(settings, inv, clock, cps, feeders, opc_port)
 
 
-def _level(v: object) -> float:
-    return float(v) if isinstance(v, int | float) else 0.0
-
-
-def _pct(x: float, base: float) -> float:
-    return round(100 * (1 - x / base), 1) if base > 0 else 0.0
+@contextlib.asynccontextmanager
+async def _simulators(
+    district: _District, url: str, seed: int, speed: float
+) -> AsyncIterator[tuple[LightingSimulator, ChargingSimulator, DisplaySimulator, WasteSimulator | None]]:
+    """Every simulated device of the district, running on the demo broker."""
+    settings, clock = district.settings, district.clock
+    signs = settings.displays.displays
+    bins = site_bins(settings)
+    async with (
+        LightingSimulator(sim_controllers(district.inv), clock, seed=seed) as sim,
+        ChargingSimulator(
+            district.cps, clock, feeders=district.feeders, port=district.opc_port, seed=seed
+        ) as csim,
+        DisplaySimulator(
+            clock,
+            boards=[SimBoard(x.id) for x in signs if x.kind == "board"],
+            # The fail-safe counts clock time: at 300x, 300 s would be one real second.
+            signs=[
+                SimSign(x.id, port=x.port, failsafe_after_s=int(60 * speed))
+                for x in signs
+                if x.kind == "sign"
+            ],
+            mqtt_url=url,
+        ) as dsim,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        wsim = None
+        if bins:
+            wsim = await stack.enter_async_context(
+                WasteSimulator(
+                    settings.waste,
+                    bins,
+                    clock,
+                    mqtt_url=url,
+                    seed=seed,
+                    timezone=settings.site.timezone,
+                    # at most five positions per truck and real second: the embedded broker
+                    # is the bottleneck of a fast demo
+                    state_every_s=max(20.0, speed / 5),
+                    uplink_qos=0,  # as a network server forwards them; the ingest dedups
+                )
+            )
+        yield sim, csim, dsim, wsim
 
 
 async def run_demo(
@@ -481,66 +391,16 @@ async def run_demo(
         pymodbus_log.addFilter(_ModbusSendCancelled())
     tmp = Path(tempfile.mkdtemp(prefix="dos-edge-demo-"))
     try:
-        settings = load_settings(
-            SITE_DIR / "site.toml",
-            storage__url=database_url or f"sqlite:///{tmp / 'demo.db'}",
-        )
-        opc_port = free_port()
-        inv = remap_ports(
-            load_inventory(settings.inventory_path()), f"opc.tcp://127.0.0.1:{opc_port}/dos-edge/chargers"
-        )
-        on, _ = night_window(settings.site, settings.lighting, _now())
-        clock = SimClock(start=on - 120.0, speed=speed)
-        cps, feeders = sim_chargers(inv, settings, speed)
-        signs = [
-            x.model_copy(update={"port": free_port()}) if x.kind == "sign" else x
-            for x in settings.displays.displays
-        ]
-        settings = settings.model_copy(
-            update={
-                "displays": settings.displays.model_copy(update={"displays": signs}),
-                "waste": demo_waste(settings, clock.now()),
-            }
-        )
-        bins = site_bins(settings)
+        district = _prepare(database_url, tmp, speed)
         async with _broker(broker_url, broker_port) as url:
             # amqtt speaks 3.1.1 only: no v5 probe (it costs a connect timeout on every start)
-            settings = _with_mqtt(settings, url, "5" if broker_url else "3.1.1")
+            settings = _with_mqtt(district.settings, url, "5" if broker_url else "3.1.1")
             async with (
-                LightingSimulator(sim_controllers(inv), clock, seed=seed) as sim,
-                ChargingSimulator(cps, clock, feeders=feeders, port=opc_port, seed=seed) as csim,
-                DisplaySimulator(
-                    clock,
-                    boards=[SimBoard(x.id) for x in signs if x.kind == "board"],
-                    # The fail-safe counts clock time: at 300x, 300 s would be one real second.
-                    signs=[
-                        SimSign(x.id, port=x.port, failsafe_after_s=int(60 * speed))
-                        for x in signs
-                        if x.kind == "sign"
-                    ],
-                    mqtt_url=url,
-                ) as dsim,
-                contextlib.AsyncExitStack() as stack,
+                _simulators(district, url, seed, speed) as (sim, csim, dsim, wsim),
                 # the summary is taken by then: a short drain keeps `--for N` near N seconds
-                running(settings, inv, clock, drain_s=1.5) as d,
+                running(settings, district.inv, district.clock, drain_s=1.5) as d,
                 asyncio.TaskGroup() as tg,
             ):
-                wsim = None
-                if bins:
-                    wsim = await stack.enter_async_context(
-                        WasteSimulator(
-                            settings.waste,
-                            bins,
-                            clock,
-                            mqtt_url=url,
-                            seed=seed,
-                            timezone=settings.site.timezone,
-                            # at most five positions per truck and real second: the embedded broker
-                            # is the bottleneck of a fast demo
-                            state_every_s=max(20.0, speed / 5),
-                            uplink_qos=0,  # as a network server forwards them; the ingest dedups
-                        )
-                    )
                 horizon = None if seconds is None else seconds * speed
                 tasks = [
                     tg.create_task(_couple(d, csim), name="demo.grid"),
