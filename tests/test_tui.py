@@ -48,6 +48,7 @@ from tui.client import (
 from tui.inventory import load_positions
 from tui.model import Change, LampStatus, SiteModel, alarm_event, alarm_event_ts, lamp_status, shown_text
 from tui.screens import ConfirmDialog, HelpScreen, parse_duration_min
+from tui.views import REGISTRY
 from tui.views.alarms import AckDialog
 from tui.views.charging import LimitDialog, parse_amps
 from tui.views.displays import MessageDialog
@@ -601,7 +602,7 @@ def test_model_shows_last_will() -> None:
     model.apply(f"{BASE}/status", dump(DaemonStatus(online=False, site=SITE, version="0.1.0")))
     assert model.daemon is not None
     assert not model.daemon.online
-    assert "OFFLINE" in render.overview(model, UTC).plain
+    assert "OFFLINE" in render.overview(model, UTC, REGISTRY).plain
 
 
 def test_model_folds_charging() -> None:
@@ -630,7 +631,7 @@ def test_model_folds_charging() -> None:
     assert summary.power_kw == pytest.approx(17.9)
     assert summary.limit_a == 52
     assert [f.id for f in summary.high] == ["feeder-2"]
-    text = render.overview(model, UTC).plain
+    text = render.overview(model, UTC, REGISTRY).plain
     assert "Charging    points 4 online, 1 offline · 3 cars connected · 2 charging" in text
     assert "17.9 kW now of 36 kW feeder limits (26 of 52 A)" in text
     assert "ABOVE 90 % feeder-2 at 90.5 % of 20 A" in text
@@ -662,7 +663,7 @@ def test_model_charging_bad_payloads_and_removal() -> None:
     assert "feeder-2" not in model.feeders
     assert model.charging_summary().high == ()
     empty = SiteModel(SITE)
-    assert "no charge points" in render.overview(empty, UTC).plain
+    assert "no charge points" in render.overview(empty, UTC, REGISTRY).plain
 
 
 def test_model_folds_displays_parking_guidance_warnings() -> None:
@@ -688,13 +689,13 @@ def test_model_folds_displays_parking_guidance_warnings() -> None:
         3,
         1,
     )
-    text = render.overview(model, UTC).plain
+    text = render.overview(model, UTC, REGISTRY).plain
     assert "Displays    2/3 online · 1 warning active · car parks 3, 1 STALE" in text
     assert model.apply(f"{BASE}/warnings/active", b"[]") is Change.DISPLAYS
     assert model.warnings == []
     assert model.apply(f"{BASE}/displays/sign-1/state", b"") is Change.DISPLAYS
     assert "sign-1" not in model.displays
-    assert "no displays or car parks" in render.overview(SiteModel(SITE), UTC).plain
+    assert "no displays or car parks" in render.overview(SiteModel(SITE), UTC, REGISTRY).plain
 
 
 def test_model_display_bad_payloads_are_counted() -> None:

@@ -257,7 +257,7 @@ class DashboardApp(App[int]):
         view.show(self._show_context())
 
     def _show_context(self) -> ShowContext:
-        return ShowContext(self, self.model, self.tz, self.inventory)
+        return ShowContext(self, self.model, self.tz, self.inventory, REGISTRY)
 
     def on_virtual_table_cursor_moved(self, event: VirtualTable.CursorMoved) -> None:
         self.views[self.view].cursor_moved(self._show_context(), event.table)

@@ -17,8 +17,8 @@ from rich.text import Text
 from edge.payloads import Ack
 from tui.format import BLOCKS, fmt_num, fmt_time, fmt_when, is_today, sparkline
 from tui.inventory import Inventory, Position
-from tui.views import charging, displays, waste
 from tui.views.alarms import SEVERITIES, SEVERITY_STYLE
+from tui.views.base import DomainView
 from tui.views.charging import load_bar
 from tui.views.lighting import PRIORITY, STYLE, SYMBOL, LampStatus, LightingModel, LightingPlan
 from tui.views.waste import fill_bar, progress_bar
@@ -67,14 +67,13 @@ def _label(out: Text, name: str) -> None:
     out.append(f"{name:<12}", "bold")
 
 
-def overview(model: SiteModel, tz: tzinfo | None) -> Text:
-    """The site's health in one screen: status, lighting, every domain's lines, energy, alarms."""
+def overview(model: SiteModel, tz: tzinfo | None, views: Sequence[type[DomainView]]) -> Text:
+    """The site's health in one screen: status, every view's lines (`tui.views.REGISTRY` order),
+    tonight's energy, alarms, messages."""
     out = Text()
     _status_lines(out, model, tz)
-    _lighting_lines(out, model)
-    charging.overview_lines(out, model)
-    displays.overview_lines(out, model)
-    waste.overview_lines(out, model, tz)
+    for view in views:
+        view.overview_lines(out, model, tz)
     _energy_lines(out, model.plan)
     _alarm_lines(out, model)
     _message_lines(out, model)
@@ -101,37 +100,6 @@ def _status_lines(out: Text, model: SiteModel, tz: tzinfo | None) -> None:
         out.append(f" · {len(plan.groups)} groups\n")
         if plan.reason:
             out.append(f"{'':12}{plan.reason}\n", "italic")
-
-
-def _lighting_lines(out: Text, model: LightingModel) -> None:
-    """Lamps and controllers by connectivity, lamps by status, the power they report."""
-    counts = model.online_counts()
-    _label(out, "Devices")
-    first = True
-    for kind, c in counts.items():
-        if not first:
-            out.append(" · ")
-        first = False
-        out.append(f"{kind} {c.online} online, ")
-        out.append(f"{c.offline} offline", "bold red" if c.offline else "")
-        if c.unknown:
-            out.append(f", {c.unknown} unknown")
-    out.append("\n")
-
-    lamps = model.lamp_counts()
-    _label(out, "Lamps")
-    for i, status in enumerate(
-        (LampStatus.ON, LampStatus.DIMMED, LampStatus.OFF, LampStatus.FAILED, LampStatus.OFFLINE)
-    ):
-        if i:
-            out.append(" · ")
-        n = lamps[status]
-        out.append(f"{SYMBOL[status]} {status.value} {n}", STYLE[status] if n else "")
-    if lamps[LampStatus.UNKNOWN]:
-        out.append(f" · unknown {lamps[LampStatus.UNKNOWN]}")
-    out.append("\n")
-    _label(out, "Power now")
-    out.append(f"{model.total_power_w() / 1000:.1f} kW reported by {len(model.lamps)} lamps\n")
 
 
 def _energy_lines(out: Text, plan: LightingPlan | None) -> None:

@@ -1,7 +1,7 @@
 """The dashboard's views, and the registry the app is built from.
 
 `REGISTRY` lists every pane in title-bar order (its position is its number key). The app
-knows no view by name: it composes each view's pane, redraws the visible one when a change it
+knows no view by name, nor do the Overview and the palette: it composes each view's pane, redraws the visible one when a change it
 `shows` arrives, binds every view's `commands` to keys, offers a command where it applies
 (the visible view's own, else a `site_wide` one unless the view is `exclusive`), and routes the
 key to the view that declared it. `SiteModel` folds each view's `slice` (see `tui.model`).
@@ -10,11 +10,13 @@ A new domain's view is one module, `tui/views/{domain}.py`, holding:
 - its readings of its payloads (`Reading` subclasses or the API's models);
 - its model slice: a `Slice` dataclass with its state, its queries, `fold(parts, payload)`
   for its own topics and, if it has a plan, `fold_plan(domain, msg)`;
-- its table columns and rows, and `overview_lines` if the Overview should show it;
+- its table columns and rows;
 - its commands as `Request`s, and its forms on `tui.screens.FormDialog`;
 - one `DomainView` subclass: `id`, `title`, `shows` (its `Change` kinds), `tables` (the one
   the keys act on first), `commands` (`Command(key, action, label)`), `exclusive`, `slice`,
-  `css` (its pane's sizes), and `compose()`, `show(ctx)`, `command(action, host)`.
+  `css` (its pane's sizes), `palette` (its commands as the ctrl+p palette lists them), and
+  `compose()`, `show(ctx)`, `command(action, host)`; `overview_lines` (its lines on the
+  Overview) and `palette_devices` (the devices the palette finds) if it has any.
 Then one line in `REGISTRY` below, and its slice among `SiteModel`'s bases (static, so that
 type checking knows `model.{field}`; the app refuses to start if a registered slice is missing).
 """

@@ -7,8 +7,10 @@ Every domain raises alarms through the same topics (`alarms/active/...`, `alarms
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual import on
@@ -19,12 +21,25 @@ from textual.widgets import Button, Input, Label, Static
 from edge.payloads import AlarmHistory, AlarmMessage
 from tui.format import fmt_time
 from tui.screens import FormDialog
-from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
+from tui.views.base import (
+    Change,
+    Command,
+    DomainView,
+    Host,
+    PaletteAction,
+    PaletteDevice,
+    Request,
+    ShowContext,
+    Slice,
+)
 from tui.widgets import Column, FilterTable, Row
 
 SEVERITIES = ("critical", "major", "minor", "warning")
 SEVERITY_STYLE = {"critical": "bold red reverse", "major": "bold red", "minor": "yellow", "warning": "cyan"}
 MAX_EVENTS = 200
+
+if TYPE_CHECKING:
+    from tui.model import SiteModel
 
 
 def alarm_event(alarm: AlarmMessage) -> str:
@@ -174,6 +189,17 @@ class AlarmsView(DomainView):
     id = "alarms"
     title = "Alarms"
     shows = frozenset({Change.ALARM})
+    palette = (
+        PaletteAction(
+            "Acknowledge an alarm", "the selected open alarm, with a comment (a)", "ack_alarm", "alarms"
+        ),
+    )
+
+    @classmethod
+    def palette_devices(cls, model: SiteModel) -> Iterator[PaletteDevice]:
+        for (dev, code), a in model.active_alarms.items():
+            yield PaletteDevice(f"Alarm {code} on {dev}", a.severity, cls.id, f"{dev}/{code}")
+
     tables = ("#alarm-table", "#alarm-history")
     commands = (Command("a", "ack_alarm", "Ack"),)
     slice = AlarmsModel

@@ -11,7 +11,7 @@ reaches the app only through `Host`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import tzinfo
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -113,6 +113,28 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
+class PaletteAction:
+    """One action of the command palette: what it is called, the view it needs, the app action it runs."""
+
+    title: str
+    help: str
+    action: str
+    view: str | None = None
+    operator: bool = True  # needs the operator role
+
+
+@dataclass(frozen=True, slots=True)
+class PaletteDevice:
+    """One device the palette finds: choosing it opens `view` with the cursor on `key` in `table`."""
+
+    title: str
+    help: str
+    view: str
+    key: str
+    table: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ShowContext:
     """What a view draws from: the app's widget tree, the model, the site's zone, the inventory."""
 
@@ -120,6 +142,7 @@ class ShowContext:
     model: SiteModel
     tz: tzinfo
     inventory: Inventory | None = None
+    views: tuple[type[DomainView], ...] = ()  # the registry, for the pages that draw every domain
 
 
 class Host(Protocol):
@@ -167,6 +190,16 @@ class DomainView:
     exclusive: ClassVar[bool] = False  # its own commands replace the site-wide ones here
     slice: ClassVar[type[Slice] | None] = None  # its part of `SiteModel`, if any
     css: ClassVar[str] = ""  # the sizes of its pane's parts (ids are its own)
+    palette: ClassVar[tuple[PaletteAction, ...]] = ()  # its commands, as the palette lists them
+
+    @classmethod
+    def overview_lines(cls, out: Text, model: SiteModel, tz: tzinfo | None) -> None:
+        """Its lines on the Overview page, in registry order (default: none)."""
+
+    @classmethod
+    def palette_devices(cls, model: SiteModel) -> Iterator[PaletteDevice]:
+        """The devices it shows, for the palette to find (default: none)."""
+        return iter(())
 
     def compose(self) -> ComposeResult:
         """The pane: one widget with `id == self.id` (the app puts it in its ContentSwitcher)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 from rich.text import Text
@@ -17,13 +19,26 @@ from textual.widgets import Button, Input, Label, Static
 from edge.payloads import ChargerState, FeederState, PlanMessage
 from tui.format import fmt_num, fmt_time, sparkline
 from tui.screens import FormDialog, parse_duration_min
-from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
+from tui.views.base import (
+    Change,
+    Command,
+    DomainView,
+    Host,
+    PaletteAction,
+    PaletteDevice,
+    Request,
+    ShowContext,
+    Slice,
+)
 from tui.widgets import Column, FilterTable, Row
 
 VOLTS = 230.0  # phase voltage: charging power against a feeder limit assumes three phases
 FEEDER_HIGH = 0.9  # a feeder above this fraction of its limit is flagged
 FEEDER_SAMPLE_S = 30.0  # one load sample per feeder per this many seconds (clock time) ...
 FEEDER_SAMPLES = 40  # ... kept for the load-over-time chart: 20 minutes
+
+if TYPE_CHECKING:
+    from tui.model import SiteModel
 
 
 class PlanSession(BaseModel):
@@ -404,6 +419,25 @@ class ChargingView(DomainView):
     id = "charging"
     title = "Charging"
     shows = frozenset({Change.CHARGING})
+    palette = (
+        PaletteAction(
+            "Pause a charge point", "the selected one, until released (p)", "pause_charger", "charging"
+        ),
+        PaletteAction("Limit a charge point", "to a current in A (l)", "limit_charger", "charging"),
+        PaletteAction(
+            "Release a charge point", "back to the charging plan (u)", "release_charger", "charging"
+        ),
+    )
+
+    @classmethod
+    def overview_lines(cls, out: Text, model: SiteModel, tz: tzinfo | None) -> None:
+        overview_lines(out, model)
+
+    @classmethod
+    def palette_devices(cls, model: SiteModel) -> Iterator[PaletteDevice]:
+        for cid, c in model.chargers.items():
+            yield PaletteDevice(f"Charge point {cid}", f"feeder {c.feeder}", cls.id, cid)
+
     tables = ("#session-table", "#feeder-table")
     commands = (
         Command("p", "pause_charger", "Pause"),

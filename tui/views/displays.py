@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -17,10 +18,23 @@ from textual.widgets import Button, Input, Label, Static
 from edge.payloads import DisplayState, ParkingState
 from tui.format import fmt_num, fmt_time
 from tui.screens import FormDialog, parse_duration_min
-from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
+from tui.views.base import (
+    Change,
+    Command,
+    DomainView,
+    Host,
+    PaletteAction,
+    PaletteDevice,
+    Request,
+    ShowContext,
+    Slice,
+)
 from tui.widgets import Column, FilterTable, Row
 
 WARNING_SEVERITIES = ("extreme", "severe", "warning", "info")
+
+if TYPE_CHECKING:
+    from tui.model import SiteModel
 
 
 class Recommendation(BaseModel):
@@ -254,6 +268,24 @@ class DisplaysView(DomainView):
     id = "displays"
     title = "Displays"
     shows = frozenset({Change.DISPLAYS})
+    palette = (
+        PaletteAction(
+            "Put a message on a display", "up to 3 lines, for a while (m)", "display_message", "displays"
+        ),
+        PaletteAction(
+            "Clear a display's message", "back to warnings or guidance (c)", "clear_display", "displays"
+        ),
+    )
+
+    @classmethod
+    def overview_lines(cls, out: Text, model: SiteModel, tz: tzinfo | None) -> None:
+        overview_lines(out, model)
+
+    @classmethod
+    def palette_devices(cls, model: SiteModel) -> Iterator[PaletteDevice]:
+        for did in model.displays:
+            yield PaletteDevice(f"Display {did}", "what it shows now", cls.id, did)
+
     tables = ("#display-table", "#parking-table")
     commands = (
         Command("m", "display_message", "Message"),

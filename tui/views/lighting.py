@@ -8,9 +8,10 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from datetime import tzinfo
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 from rich.text import Text
@@ -22,8 +23,21 @@ from textual.widgets import Button, Input, Label, RadioSet, Static
 from edge.payloads import ControllerState, LampState, LampTelemetry, PlanMessage
 from tui.format import fmt_num
 from tui.screens import ChoiceButton, FormDialog, parse_duration_min
-from tui.views.base import Change, Command, DomainView, Host, Request, ShowContext, Slice
+from tui.views.base import (
+    Change,
+    Command,
+    DomainView,
+    Host,
+    PaletteAction,
+    PaletteDevice,
+    Request,
+    ShowContext,
+    Slice,
+)
 from tui.widgets import Column, FilterTable, Row
+
+if TYPE_CHECKING:
+    from tui.model import SiteModel
 
 
 class LampStatus(enum.StrEnum):
@@ -308,6 +322,37 @@ def lamp_row(r: LampRow) -> Row:
 # ----- the pane ----------------------------------------------------------------------------------
 
 
+def overview_lines(out: Text, model: LightingModel) -> None:
+    """The Overview's lighting lines: devices by connectivity, lamps by status, the power they report."""
+    counts = model.online_counts()
+    out.append(f"{'Devices':<12}", "bold")
+    first = True
+    for kind, c in counts.items():
+        if not first:
+            out.append(" · ")
+        first = False
+        out.append(f"{kind} {c.online} online, ")
+        out.append(f"{c.offline} offline", "bold red" if c.offline else "")
+        if c.unknown:
+            out.append(f", {c.unknown} unknown")
+    out.append("\n")
+
+    lamps = model.lamp_counts()
+    out.append(f"{'Lamps':<12}", "bold")
+    for i, status in enumerate(
+        (LampStatus.ON, LampStatus.DIMMED, LampStatus.OFF, LampStatus.FAILED, LampStatus.OFFLINE)
+    ):
+        if i:
+            out.append(" · ")
+        n = lamps[status]
+        out.append(f"{SYMBOL[status]} {status.value} {n}", STYLE[status] if n else "")
+    if lamps[LampStatus.UNKNOWN]:
+        out.append(f" · unknown {lamps[LampStatus.UNKNOWN]}")
+    out.append("\n")
+    out.append(f"{'Power now':<12}", "bold")
+    out.append(f"{model.total_power_w() / 1000:.1f} kW reported by {len(model.lamps)} lamps\n")
+
+
 class LightsView(DomainView):
     """The Lights view: one table of every lamp; its override, resume and re-plan work site-wide.
 
@@ -318,6 +363,22 @@ class LightsView(DomainView):
     title = "Lights"
     shows = frozenset({Change.LAMP})
     tables = ("#lights",)
+    palette = (
+        PaletteAction(
+            "Override a lamp, segment or group", "set a level for a while (o)", "override", "lights"
+        ),
+        PaletteAction("Resume the schedule", "for a lamp, segment or group (r)", "resume", "lights"),
+    )
+
+    @classmethod
+    def overview_lines(cls, out: Text, model: SiteModel, tz: tzinfo | None) -> None:
+        overview_lines(out, model)
+
+    @classmethod
+    def palette_devices(cls, model: SiteModel) -> Iterator[PaletteDevice]:
+        for lamp_id, s in model.lamps.items():
+            yield PaletteDevice(f"Lamp {lamp_id}", f"{s.segment} · {s.group}", cls.id, lamp_id)
+
     commands = (
         Command("o", "override", "Override", site_wide=True),
         Command("r", "resume", "Resume", site_wide=True),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 
 from tui import render
-from tui.views.base import Change, DomainView, ShowContext
+from tui.views.base import Change, DomainView, PaletteAction, ShowContext
 from tui.widgets import TextView
 
 
@@ -24,8 +24,8 @@ class OverviewPage(DomainView):
         yield TextView(id=self.id)
 
     def show(self, ctx: ShowContext) -> None:
-        model, tz = ctx.model, ctx.tz
-        ctx.root.query_one("#overview", TextView).show(lambda w, h: render.overview(model, tz))
+        model, tz, views = ctx.model, ctx.tz, ctx.views
+        ctx.root.query_one("#overview", TextView).show(lambda w, h: render.overview(model, tz, views))
 
 
 class MapPage(DomainView):
@@ -48,6 +48,11 @@ class PlanPage(DomainView):
     id = "plan"
     title = "Plan"
     shows = frozenset({Change.PLAN})
+    palette = (
+        PaletteAction(
+            "Re-plan tonight's lighting", "compute the night's dimming plan now (R)", "replan", "plan"
+        ),
+    )
 
     def compose(self) -> ComposeResult:
         yield TextView(id=self.id)

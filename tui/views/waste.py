@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -12,10 +14,24 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from tui.format import fmt_num, fmt_time, fmt_when, is_today
-from tui.views.base import Change, Command, DomainView, Host, Reading, Request, ShowContext, Slice
+from tui.views.base import (
+    Change,
+    Command,
+    DomainView,
+    Host,
+    PaletteAction,
+    PaletteDevice,
+    Reading,
+    Request,
+    ShowContext,
+    Slice,
+)
 from tui.widgets import Column, FilterTable, Row, VirtualTable
 
 WASTE_THRESHOLD = 0.8  # for counting bins above it when the daemon sent no summary
+
+if TYPE_CHECKING:
+    from tui.model import SiteModel
 
 
 class BinView(Reading):
@@ -489,6 +505,30 @@ class WasteView(DomainView):
     id = "waste"
     title = "Waste"
     shows = frozenset({Change.WASTE})
+    palette = (
+        PaletteAction(
+            "Force a bin into today's plan", "the selected bin: collect it today (f)", "force_bin", "waste"
+        ),
+        PaletteAction(
+            "Exclude a bin", "from every plan until set back to automatic (x)", "exclude_bin", "waste"
+        ),
+        PaletteAction(
+            "Set a bin back to automatic", "planned by its fill and prediction (n)", "auto_bin", "waste"
+        ),
+        PaletteAction("Re-plan today's waste collection", "plan the routes again now (R)", "replan", "waste"),
+    )
+
+    @classmethod
+    def overview_lines(cls, out: Text, model: SiteModel, tz: tzinfo | None) -> None:
+        overview_lines(out, model, tz)
+
+    @classmethod
+    def palette_devices(cls, model: SiteModel) -> Iterator[PaletteDevice]:
+        for bid, b in model.bins.items():
+            yield PaletteDevice(f"Bin {bid}", f"zone {b.zone or '-'} · {b.kind}", cls.id, bid)
+        for tid in model.trucks:
+            yield PaletteDevice(f"Truck {tid}", "its route's progress", cls.id, tid, "#truck-table")
+
     tables = ("#bin-table", "#truck-table")
     commands = (
         Command("R", "replan", "Re-plan"),
