@@ -4,7 +4,8 @@ One TOML file per sensor model (devices/profiles/lorawan_*.toml) lists the field
 application payload: byte offset, wire type (u8/i8/u16/i16/u32/i32), byte order, scale,
 unit, plausible range, and named bit flags. The ingest (devices/protocols/lorawan.py) decodes with
 it and the simulator (simulators/lorawan.py) encodes with it, so the two cannot drift.
-A bad profile fails at load with a `ConfigError` that names the key and the file.
+The profile is validated by pydantic models through the one TOML loader (`edge.tomlfile`);
+a bad profile fails at load with a `ConfigError` that names the key and the file.
 
 A network server may have decoded the payload already (ChirpStack `object`, TTS
 `decoded_payload`); that result is used only when the profile says `[decoded] use = true`,
@@ -17,17 +18,21 @@ from __future__ import annotations
 import functools
 import math
 import struct
-import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field as PydField
+from pydantic import ValidationInfo, field_validator
+
+from devices.profiles import Identifier, NonEmpty, StrictModel, choice
 from edge.errors import ConfigError, PayloadError
 from edge.events import Value
+from edge.tomlfile import parse_model, read_toml
 
 PROFILE_DIR = Path(__file__).parent
 PROFILE_GLOB = "lorawan_*.toml"
@@ -248,173 +253,140 @@ def _ndigits(scale: float) -> int:
     return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
-_PROFILE_KEYS = frozenset({"name", "version", "f_ports", "endian"})
-_FIELD_KEYS = frozenset({"name", "offset", "type", "endian", "scale", "unit", "min", "max", "bits"})
-_DECODED_KEYS = frozenset({"use", "keys"})
-_TOP_KEYS = frozenset({"profile", "fields", "decoded"})
+Port = Annotated[int, PydField(ge=1, le=223)]  # LoRaWAN application ports
+Number = Annotated[float, PydField(allow_inf_nan=False)]
 
 
-class _Loader:
-    """Validates raw TOML data; every error names the key and the file."""
+class Endian(StrEnum):
+    """Byte order of multi-byte fields."""
 
-    def __init__(self, file: str) -> None:
-        self.file = file
+    BIG = "big"
+    LITTLE = "little"
 
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(message, key=key, file=self.file)
 
-    def unknown(self, raw: Mapping[str, Any], allowed: frozenset[str], path: str) -> None:
-        extra = sorted(set(raw) - allowed)
-        if extra:
-            raise self.fail(f"{path}{extra[0]}", "unknown key")
+class _Head(StrictModel):
+    name: NonEmpty
+    version: int = PydField(ge=1, le=1_000_000)
+    f_ports: list[Port] = PydField(min_length=1)
+    endian: Annotated[Endian, choice(Endian)] = Endian.BIG
 
-    def integer(self, raw: Mapping[str, Any], key: str, path: str, *, lo: int, hi: int) -> int:
-        value = raw.get(key)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"{path}{key}", f"must be an integer, got {value!r}")
-        if not lo <= value <= hi:
-            raise self.fail(f"{path}{key}", f"must be in {lo}..{hi}, got {value}")
-        return value
 
-    def number(self, raw: Mapping[str, Any], key: str, path: str) -> float | None:
-        value = raw.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise self.fail(f"{path}{key}", f"must be a number, got {value!r}")
-        return float(value)
+class _FieldSpec(StrictModel):
+    """One `[[fields]]` table (field order matters: later checks read earlier fields)."""
 
-    def endian(self, raw: Mapping[str, Any], path: str, default: bool) -> bool:
-        value = raw.get("endian")
-        if value is None:
-            return default
-        if value not in ("big", "little"):
-            raise self.fail(f"{path}endian", f"must be big or little, got {value!r}")
-        return bool(value == "little")
+    name: Identifier
+    type: Annotated[FieldType, choice(FieldType)]
+    offset: int = PydField(ge=0, le=MAX_PAYLOAD - 1)
+    endian: Annotated[Endian, choice(Endian)] | None = None  # None: the profile's
+    scale: Number = PydField(default=1.0, gt=0)
+    unit: str = ""
+    max: Number | None = None
+    min: Number | None = None
+    bits: dict[str, int] = PydField(default_factory=dict)
 
-    def field(self, raw: Any, path: str, little_default: bool) -> Field:
-        if not isinstance(raw, dict):
-            raise self.fail(path, "must be a table")
-        self.unknown(raw, _FIELD_KEYS, f"{path}.")
-        name = raw.get("name")
-        if not isinstance(name, str) or not name.isidentifier():
-            raise self.fail(f"{path}.name", f"must be an identifier, got {name!r}")
-        offset = self.integer(raw, "offset", f"{path}.", lo=0, hi=MAX_PAYLOAD - 1)
-        try:
-            ftype = FieldType(str(raw.get("type")))
-        except ValueError:
-            choices = ", ".join(t.value for t in FieldType)
-            raise self.fail(f"{path}.type", f"must be one of {choices}, got {raw.get('type')!r}") from None
-        if offset + ftype.size > MAX_PAYLOAD:
-            raise self.fail(f"{path}.offset", f"field ends past byte {MAX_PAYLOAD}")
-        little = self.endian(raw, f"{path}.", little_default)
-        scale = self.number(raw, "scale", f"{path}.")
-        if scale is None:
-            scale = 1.0
-        if scale <= 0:
-            raise self.fail(f"{path}.scale", f"must be positive, got {scale}")
-        unit = raw.get("unit", "")
-        if not isinstance(unit, str):
-            raise self.fail(f"{path}.unit", "must be a string")
-        lo = self.number(raw, "min", f"{path}.")
-        hi = self.number(raw, "max", f"{path}.")
-        if lo is not None and hi is not None and lo > hi:
-            raise self.fail(f"{path}.min", f"min {lo} is above max {hi}")
-        bits = self.bits(raw.get("bits", {}), f"{path}.bits", ftype)
-        if bits and (scale != 1.0 or lo is not None or hi is not None or unit):
-            raise self.fail(f"{path}.bits", "a flag field has no scale, unit, min or max")
-        return Field(name, offset, ftype, little, scale, unit, lo, hi, bits)
+    @field_validator("offset")
+    @classmethod
+    def _offset(cls, v: int, info: ValidationInfo) -> int:
+        t = info.data.get("type")
+        if isinstance(t, FieldType) and v + t.size > MAX_PAYLOAD:
+            raise ValueError(f"field ends past byte {MAX_PAYLOAD}")
+        return v
 
-    def bits(self, raw: Any, path: str, ftype: FieldType) -> tuple[tuple[str, int], ...]:
-        if not isinstance(raw, dict):
-            raise self.fail(path, "must be a table of name = bit number")
-        seen: dict[int, str] = {}
-        for name in raw:
-            if not name.isidentifier():
-                raise self.fail(f"{path}.{name}", "must be an identifier")
-            bit = self.integer(raw, name, f"{path}.", lo=0, hi=8 * ftype.size - 1)
-            if bit in seen:
-                raise self.fail(f"{path}.{name}", f"bit {bit} already used by {seen[bit]}")
-            seen[bit] = name
-        return tuple(sorted(((n, b) for b, n in seen.items()), key=lambda nb: nb[1]))
+    @field_validator("min")
+    @classmethod
+    def _min(cls, v: float | None, info: ValidationInfo) -> float | None:
+        hi = info.data.get("max")
+        if v is not None and hi is not None and v > hi:
+            raise ValueError(f"min {v} is above max {hi}")
+        return v
 
-    def f_ports(self, raw: Any) -> tuple[int, ...]:
-        if not isinstance(raw, list) or not raw:
-            raise self.fail("profile.f_ports", "must be a non-empty array of ports 1..223")
-        ports = []
-        for i, p in enumerate(raw):
-            if isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= 223:
-                raise self.fail(f"profile.f_ports[{i}]", f"must be an application port 1..223, got {p!r}")
-            ports.append(p)
-        return tuple(ports)
+    @field_validator("bits")
+    @classmethod
+    def _flags(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        d = info.data
+        plain = (
+            d.get("scale", 1.0) == 1.0 and not d.get("unit") and d.get("min") is None and d.get("max") is None
+        )
+        if v and not plain:
+            raise ValueError("a flag field has no scale, unit, min or max")
+        return v
 
-    def decoded(self, raw: Any, names: Iterable[str]) -> tuple[bool, Mapping[str, str]]:
-        if raw is None:
-            return False, MappingProxyType({})
-        if not isinstance(raw, dict):
-            raise self.fail("decoded", "must be a table")
-        self.unknown(raw, _DECODED_KEYS, "decoded.")
-        use = raw.get("use", False)
-        if not isinstance(use, bool):
-            raise self.fail("decoded.use", "must be true or false")
-        keys = raw.get("keys", {})
-        if not isinstance(keys, dict):
-            raise self.fail("decoded.keys", "must be a table of value name = decoder key")
-        known = set(names)
-        for name, key in keys.items():
-            if name not in known:
-                raise self.fail(f"decoded.keys.{name}", "is not a value of this profile")
-            if not isinstance(key, str) or not key:
-                raise self.fail(f"decoded.keys.{name}", "must be a non-empty string")
-        return use, MappingProxyType(dict(keys))
 
-    def profile(self, data: Mapping[str, Any]) -> LorawanProfile:
-        self.unknown(data, _TOP_KEYS, "")
-        head = data.get("profile")
-        if not isinstance(head, dict):
-            raise self.fail("profile", "missing or not a table")
-        self.unknown(head, _PROFILE_KEYS, "profile.")
-        pname = head.get("name")
-        if not isinstance(pname, str) or not pname:
-            raise self.fail("profile.name", "must be a non-empty string")
-        version = self.integer(head, "version", "profile.", lo=1, hi=1_000_000)
-        ports = self.f_ports(head.get("f_ports"))
-        little = self.endian(head, "profile.", False)
-        raw_fields = data.get("fields")
-        if not isinstance(raw_fields, list) or not raw_fields:
-            raise self.fail("fields", "must be a non-empty array of tables")
-        fields = tuple(self.field(f, f"fields[{i}]", little) for i, f in enumerate(raw_fields))
-        used: dict[int, str] = {}
-        names: dict[str, int] = {}
-        for i, f in enumerate(fields):
-            for byte in range(f.offset, f.end):
-                if byte in used:
-                    raise self.fail(f"fields[{i}].offset", f"byte {byte} overlaps field {used[byte]!r}")
-                used[byte] = f.name
-            for n in (f.name, *f.value_names):
-                if n in names and names[n] != i:
-                    raise self.fail(f"fields[{i}].name", f"value name {n!r} is used twice")
-                names[n] = i
-        use, keys = self.decoded(data.get("decoded"), (n for f in fields for n in f.value_names))
-        return LorawanProfile(pname, version, ports, fields, use, keys, self.file)
+class _Decoded(StrictModel):
+    """`[decoded]`: whether to trust the network server's decoder, and its key names."""
+
+    use: bool = False
+    keys: dict[str, NonEmpty] = PydField(default_factory=dict)
+
+
+class _ProfileSpec(StrictModel):
+    """The profile file: `[profile]`, one `[[fields]]` table per field and `[decoded]`."""
+
+    profile: _Head
+    fields: list[_FieldSpec] = PydField(min_length=1)
+    decoded: _Decoded = PydField(default_factory=_Decoded)
+
+
+def _build_field(spec: _FieldSpec, key: str, little_default: bool, file: str) -> Field:
+    """The runtime field; ConfigError (naming the bit's key) for bad bit names and numbers."""
+    width = 8 * spec.type.size
+    seen: dict[int, str] = {}
+    for name, bit in spec.bits.items():
+        bit_key = f"{key}.bits.{name}"
+        if not name.isidentifier():
+            raise ConfigError("must be an identifier", key=bit_key, file=file)
+        if not 0 <= bit < width:
+            raise ConfigError(f"must be in 0..{width - 1}, got {bit}", key=bit_key, file=file)
+        if bit in seen:
+            raise ConfigError(f"bit {bit} already used by {seen[bit]}", key=bit_key, file=file)
+        seen[bit] = name
+    little = little_default if spec.endian is None else spec.endian is Endian.LITTLE
+    bits = tuple(sorted(spec.bits.items(), key=lambda nb: nb[1]))
+    return Field(spec.name, spec.offset, spec.type, little, spec.scale, spec.unit, spec.min, spec.max, bits)
 
 
 def parse_profile(data: Mapping[str, Any], file: str = "<memory>") -> LorawanProfile:
-    """Validate already-parsed TOML data (tests build variants of a profile this way)."""
-    return _Loader(file).profile(data)
+    """Validate already-parsed TOML data (tests build variants of a profile this way).
+
+    Pydantic checks each table's shape; the relations between fields that pydantic cannot
+    name one key for (overlapping bytes, a value name used twice, bits, `decoded.keys`)
+    are checked here, and their errors name the exact key the same way ("fields.1.offset").
+    """
+    spec = parse_model(_ProfileSpec, data, file)
+    little = spec.profile.endian is Endian.LITTLE
+    fields = tuple(_build_field(f, f"fields.{i}", little, file) for i, f in enumerate(spec.fields))
+    used: dict[int, str] = {}
+    names: dict[str, int] = {}
+    for i, f in enumerate(fields):
+        for byte in range(f.offset, f.end):
+            if byte in used:
+                raise ConfigError(
+                    f"byte {byte} overlaps field {used[byte]!r}", key=f"fields.{i}.offset", file=file
+                )
+            used[byte] = f.name
+        for n in (f.name, *f.value_names):
+            if n in names and names[n] != i:
+                raise ConfigError(f"value name {n!r} is used twice", key=f"fields.{i}.name", file=file)
+            names[n] = i
+    values = {n for f in fields for n in f.value_names}
+    for name in spec.decoded.keys:
+        if name not in values:
+            raise ConfigError("is not a value of this profile", key=f"decoded.keys.{name}", file=file)
+    keys = MappingProxyType(dict(spec.decoded.keys))
+    return LorawanProfile(
+        spec.profile.name,
+        spec.profile.version,
+        tuple(spec.profile.f_ports),
+        fields,
+        spec.decoded.use,
+        keys,
+        file,
+    )
 
 
 def load_profile(path: str | Path) -> LorawanProfile:
     """Read and validate one LoRaWAN profile from a TOML file."""
-    file = str(path)
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read profile: {exc.strerror}", file=file) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", file=file) from exc
-    return parse_profile(data, file)
+    return parse_profile(read_toml(path), str(path))
 
 
 def load_profiles(directory: str | Path = PROFILE_DIR) -> Mapping[str, LorawanProfile]:
