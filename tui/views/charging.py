@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -30,6 +29,7 @@ from tui.views.base import (
     ShowContext,
     Slice,
 )
+from tui.views.charging_readings import ChargingPlan
 from tui.widgets import Column, FilterTable, Row
 
 VOLTS = 230.0  # phase voltage: charging power against a feeder limit assumes three phases
@@ -39,45 +39,6 @@ FEEDER_SAMPLES = 40  # ... kept for the load-over-time chart: 20 minutes
 
 if TYPE_CHECKING:
     from tui.model import SiteModel
-
-
-class PlanSession(BaseModel):
-    """One car's current per slot (`plan.sessions[]` of a charging PlanMessage)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    id: str
-    current_a: list[float] = []
-    energy_kwh: float = 0.0
-    unmet_kwh: float = 0.0
-
-
-class ChargingPlan(BaseModel):
-    """The parts of the charging plan body the dashboard shows (unknown keys are ignored)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    status: str = ""
-    reason: str = ""
-    sessions: list[PlanSession] = []
-    delivered_kwh: float = 0.0
-    requested_kwh: float = 0.0
-    start: float = 0.0
-    slot_s: float = 900.0
-    ts: float = 0.0
-
-    def current_at(self, session_id: str, ts: float) -> float | None:
-        """The planned current of a session in the slot holding `ts` (None: not planned)."""
-        if self.slot_s <= 0:
-            return None
-        i = int((ts - self.start) // self.slot_s)
-        for s in self.sessions:
-            if s.id == session_id:
-                return s.current_a[i] if 0 <= i < len(s.current_a) else 0.0
-        return None
-
-    def session(self, session_id: str) -> PlanSession | None:
-        return next((s for s in self.sessions if s.id == session_id), None)
 
 
 @dataclass(frozen=True, slots=True)
