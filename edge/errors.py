@@ -28,6 +28,8 @@ class ConfigError(EdgeError):
         self.lines: list[str] = []
 
     def __str__(self) -> str:
+        if self.lines:  # from `edge.tomlfile.config_error`: each line names its own file and key
+            return "\n".join(self.lines)
         where = f"{self.file}: " if self.file else ""
         key = f"{self.key}: " if self.key else ""
         return f"{where}{key}{self.args[0]}"

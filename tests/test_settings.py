@@ -150,3 +150,23 @@ def test_a_section_variable_that_is_not_json_is_named(
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "EDGE_MQTT" in r.stderr
+
+
+def test_a_validation_error_names_file_and_key_once(tmp_path: Path) -> None:
+    """The message of a pydantic-made ConfigError is its lines: file and key appear once each."""
+    from pydantic import BaseModel, ConfigDict
+
+    from edge.tomlfile import load_model
+
+    class Small(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        limit_a: float
+
+    path = tmp_path / "small.toml"
+    path.write_text('limit_a = "lots"\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_model(Small, path)
+    text = str(info.value)
+    assert text.count(str(path)) == 1
+    assert text.count("limit_a") == 1
+    assert info.value.key == "limit_a"
