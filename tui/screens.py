@@ -7,15 +7,19 @@ alarm ack) live in its view module (`tui/views/{domain}.py`) on `FormDialog`.
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Label, RadioButton, Static
+from textual.widget import Widget
+from textual.widgets import Button, Input, Label, RadioButton, Static
 
 from edge.payloads import MAX_DURATION_S
 
@@ -103,9 +107,26 @@ class ChoiceButton(RadioButton):
 T = TypeVar("T")
 
 
-class FormDialog(ModalScreen[T]):
-    """A centred form with labelled one-line fields, an error line and buttons; Esc cancels."""
+@dataclass(frozen=True, slots=True)
+class FormField:
+    """One labelled one-line input of a form: its widget id, its label and its hint."""
 
+    id: str
+    label: str
+    placeholder: str = ""
+
+
+class FormDialog(ModalScreen[T | None]):
+    """A centred form with labelled one-line fields, an error line and buttons; Esc cancels.
+
+    A subclass declares `FIELDS` and `SET_LABEL` and implements `parse`; the base composes
+    the widgets, focuses the first input, moves to the next input on Enter, submits on the
+    last one (or `#set`) and shows a `ValueError` from `parse` on the `#error` line, so each
+    form says only what it asks and how to read the answer.
+    """
+
+    FIELDS: ClassVar[tuple[FormField, ...]] = ()
+    SET_LABEL: ClassVar[str] = "Set…"
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
     FormDialog { align: center middle; }
@@ -120,6 +141,68 @@ class FormDialog(ModalScreen[T]):
     FormDialog Button { min-width: 10; margin-right: 1; }
     FormDialog .buttons { margin-top: 1; }
     """
+
+    def __init__(self, title: str, detail: str = "") -> None:
+        """`title` and `detail` are shown as plain text (a device id is never read as markup)."""
+        super().__init__()
+        self._title = title
+        self._detail = detail
+
+    @abstractmethod
+    def parse(self, values: dict[str, str]) -> T:
+        """The form's result from the inputs' text by field id; ValueError says what is wrong."""
+
+    def compose_choices(self) -> ComposeResult:
+        """Widgets between the title and the fields (none unless a form has choices)."""
+        yield from ()
+
+    def compose_buttons(self) -> ComposeResult:
+        """Buttons between `#set` and `#cancel` (none unless a form has another outcome)."""
+        yield from ()
+
+    def initial_focus(self) -> Widget:
+        """What has the focus when the form opens: the first input."""
+        return self.query_one(f"#{self.FIELDS[0].id}", Input)
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(Text.assemble((self._title, "bold"), " (Esc: cancel)"))
+            if self._detail:
+                yield Static(self._detail, markup=False)
+            yield from self.compose_choices()
+            for f in self.FIELDS:
+                with Horizontal(classes="field"):
+                    yield Label(f.label)
+                    yield Input(placeholder=f.placeholder, id=f.id)
+            yield Static("", id="error")
+            with Horizontal(classes="buttons"):
+                yield Button(self.SET_LABEL, id="set", variant="primary")
+                yield from self.compose_buttons()
+                yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        self.initial_focus().focus()
+
+    @on(Input.Submitted)
+    def _next_or_submit(self, event: Input.Submitted) -> None:
+        ids = [f.id for f in self.FIELDS]
+        if event.input.id not in ids:
+            return
+        at = ids.index(event.input.id)
+        if at + 1 < len(ids):
+            self.query_one(f"#{ids[at + 1]}", Input).focus()
+        else:
+            self._submit()
+
+    @on(Button.Pressed, "#set")
+    def _submit(self) -> None:
+        values = {f.id: self.query_one(f"#{f.id}", Input).value for f in self.FIELDS}
+        try:
+            result = self.parse(values)
+        except ValueError as exc:
+            self.query_one("#error", Static).update(str(exc))
+            return
+        self.dismiss(result)
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:

@@ -13,14 +13,12 @@ from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, Label, Static
+from textual.containers import Vertical
 
 from edge.payloads import AlarmHistory, AlarmMessage
 from tui.format import fmt_time
-from tui.screens import FormDialog
+from tui.screens import FormDialog, FormField
 from tui.views.base import (
     Change,
     Command,
@@ -262,45 +260,22 @@ def parse_comment(text: str) -> str:
     return comment
 
 
-class AckDialog(FormDialog[AlarmAckForm | None]):
+class AckDialog(FormDialog[AlarmAckForm]):
     """Ask for the comment that goes with acknowledging one alarm."""
 
     DEFAULT_CSS = """
     AckDialog .field Label { width: 10; }
     """
+    FIELDS = (FormField("comment", "Comment:", "what is being done, e.g. crew sent"),)
+    SET_LABEL = "Acknowledge…"
 
     def __init__(self, device: str, code: str, detail: str = "") -> None:
-        super().__init__()
+        super().__init__(f"Acknowledge {code} on {device}", detail)
         self._device = device
         self._code = code
-        self._detail = detail
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            title = Text.assemble((f"Acknowledge {self._code} on {self._device}", "bold"), " (Esc: cancel)")
-            yield Label(title)
-            if self._detail:
-                yield Static(self._detail, markup=False)
-            with Horizontal(classes="field"):
-                yield Label("Comment:")
-                yield Input(placeholder="what is being done, e.g. crew sent", id="comment")
-            yield Static("", id="error")
-            with Horizontal(classes="buttons"):
-                yield Button("Acknowledge…", id="set", variant="primary")
-                yield Button("Cancel", id="cancel")
-
-    def on_mount(self) -> None:
-        self.query_one("#comment", Input).focus()
-
-    @on(Input.Submitted, "#comment")
-    @on(Button.Pressed, "#set")
-    def _set(self) -> None:
-        try:
-            comment = parse_comment(self.query_one("#comment", Input).value)
-        except ValueError as exc:
-            self.query_one("#error", Static).update(str(exc))
-            return
-        self.dismiss(AlarmAckForm(self._device, self._code, comment))
+    def parse(self, values: dict[str, str]) -> AlarmAckForm:
+        return AlarmAckForm(self._device, self._code, parse_comment(values["comment"]))
 
 
 # ----- commands ----------------------------------------------------------------------------------

@@ -10,14 +10,12 @@ from datetime import tzinfo
 from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, Label, Static
+from textual.containers import Vertical
 
 from edge.payloads import ChargerState, FeederState, PlanMessage
 from tui.format import fmt_num, fmt_time, sparkline
-from tui.screens import FormDialog, parse_duration_min
+from tui.screens import FormDialog, FormField, parse_duration_min
 from tui.views.base import (
     Change,
     Command,
@@ -478,47 +476,22 @@ class ChargerLimitForm:
     duration_s: float | None = None
 
 
-class LimitDialog(FormDialog[ChargerLimitForm | None]):
+class LimitDialog(FormDialog[ChargerLimitForm]):
     """Ask for the current (A) and an optional duration to limit one charge point."""
 
+    FIELDS = (
+        FormField("amps", "Current (A):", "e.g. 10 (0-6 A becomes 0)"),
+        FormField("duration", "Duration (minutes):", "empty: until released"),
+    )
+    SET_LABEL = "Limit…"
+
     def __init__(self, charger: str, detail: str = "") -> None:
-        super().__init__()
+        super().__init__(f"Limit charge point {charger}", detail)
         self._charger = charger
-        self._detail = detail
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Label(f"[b]Limit charge point {self._charger}[/b] (Esc: cancel)")
-            if self._detail:
-                yield Static(self._detail, markup=False)
-            with Horizontal(classes="field"):
-                yield Label("Current (A):")
-                yield Input(placeholder="e.g. 10 (0-6 A becomes 0)", id="amps")
-            with Horizontal(classes="field"):
-                yield Label("Duration (minutes):")
-                yield Input(placeholder="empty: until released", id="duration")
-            yield Static("", id="error")
-            with Horizontal(classes="buttons"):
-                yield Button("Limit…", id="set", variant="primary")
-                yield Button("Cancel", id="cancel")
-
-    def on_mount(self) -> None:
-        self.query_one("#amps", Input).focus()
-
-    @on(Input.Submitted, "#amps")
-    def _amps_done(self) -> None:
-        self.query_one("#duration", Input).focus()
-
-    @on(Input.Submitted, "#duration")
-    @on(Button.Pressed, "#set")
-    def _set(self) -> None:
-        try:
-            amps = parse_amps(self.query_one("#amps", Input).value)
-            duration = parse_duration_min(self.query_one("#duration", Input).value)
-        except ValueError as exc:
-            self.query_one("#error", Static).update(str(exc))
-            return
-        self.dismiss(ChargerLimitForm(self._charger, amps, duration))
+    def parse(self, values: dict[str, str]) -> ChargerLimitForm:
+        amps = parse_amps(values["amps"])
+        return ChargerLimitForm(self._charger, amps, parse_duration_min(values["duration"]))
 
 
 # ----- commands ----------------------------------------------------------------------------------

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import BaseModel, ConfigDict
 from rich.text import Text
-from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, Label, Static
+from textual.containers import Vertical
+from textual.widgets import Static
 
 from edge.payloads import DisplayState, ParkingState
 from tui.format import fmt_num, fmt_time
-from tui.screens import FormDialog, parse_duration_min
+from tui.screens import FormDialog, FormField, parse_duration_min
 from tui.views.base import (
     Change,
     Command,
@@ -361,56 +360,22 @@ def parse_lines(texts: Sequence[str]) -> tuple[str, ...]:
     return lines
 
 
-class MessageDialog(FormDialog[DisplayMessageForm | None]):
+class MessageDialog(FormDialog[DisplayMessageForm]):
     """Ask for up to three lines and a duration for one display."""
 
+    FIELDS = (
+        *(FormField(f"line{i}", f"Line {i}:", f"up to {MAX_LINE} characters") for i in range(1, 4)),
+        FormField("duration", "Duration (minutes):", "empty: 60 min"),
+    )
+    SET_LABEL = "Show…"
+
     def __init__(self, display: str, detail: str = "") -> None:
-        super().__init__()
+        super().__init__(f"Message on display {display}", detail)
         self._display = display
-        self._detail = detail
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Label(f"[b]Message on display {self._display}[/b] (Esc: cancel)")
-            if self._detail:
-                yield Static(self._detail, markup=False)
-            for i in range(1, 4):
-                with Horizontal(classes="field"):
-                    yield Label(f"Line {i}:")
-                    yield Input(placeholder=f"up to {MAX_LINE} characters", id=f"line{i}")
-            with Horizontal(classes="field"):
-                yield Label("Duration (minutes):")
-                yield Input(placeholder="empty: 60 min", id="duration")
-            yield Static("", id="error")
-            with Horizontal(classes="buttons"):
-                yield Button("Show…", id="set", variant="primary")
-                yield Button("Cancel", id="cancel")
-
-    def on_mount(self) -> None:
-        self.query_one("#line1", Input).focus()
-
-    @on(Input.Submitted, "#line1")
-    def _line1_done(self) -> None:
-        self.query_one("#line2", Input).focus()
-
-    @on(Input.Submitted, "#line2")
-    def _line2_done(self) -> None:
-        self.query_one("#line3", Input).focus()
-
-    @on(Input.Submitted, "#line3")
-    def _line3_done(self) -> None:
-        self.query_one("#duration", Input).focus()
-
-    @on(Input.Submitted, "#duration")
-    @on(Button.Pressed, "#set")
-    def _set(self) -> None:
-        try:
-            lines = parse_lines([self.query_one(f"#line{i}", Input).value for i in range(1, 4)])
-            duration = parse_duration_min(self.query_one("#duration", Input).value)
-        except ValueError as exc:
-            self.query_one("#error", Static).update(str(exc))
-            return
-        self.dismiss(DisplayMessageForm(self._display, lines, duration))
+    def parse(self, values: dict[str, str]) -> DisplayMessageForm:
+        lines = parse_lines([values[f"line{i}"] for i in range(1, 4)])
+        return DisplayMessageForm(self._display, lines, parse_duration_min(values["duration"]))
 
 
 # ----- commands ----------------------------------------------------------------------------------

@@ -17,12 +17,11 @@ from pydantic import BaseModel, ConfigDict
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
-from textual.widgets import Button, Input, Label, RadioSet, Static
+from textual.widgets import Button, RadioSet
 
 from edge.payloads import ControllerState, LampState, LampTelemetry, PlanMessage
 from tui.format import fmt_num
-from tui.screens import ChoiceButton, FormDialog, parse_duration_min
+from tui.screens import ChoiceButton, FormDialog, FormField, parse_duration_min
 from tui.views.base import (
     Change,
     Command,
@@ -37,6 +36,8 @@ from tui.views.base import (
 from tui.widgets import Column, FilterTable, Row
 
 if TYPE_CHECKING:
+    from textual.widget import Widget
+
     from tui.model import SiteModel
 
 
@@ -460,62 +461,43 @@ def parse_level(text: str) -> float:
     return level
 
 
-class OverrideDialog(FormDialog[Override | None]):
+class OverrideDialog(FormDialog[Override]):
     """Choose the target, a level and a duration (or resume the schedule)."""
 
     DEFAULT_CSS = """
     OverrideDialog RadioSet { width: 100%; height: auto; }
     OverrideDialog .field Input { border: none; height: 1; padding: 0; width: 12; }
     """
+    FIELDS = (
+        FormField("level", "Level 0-100 %:", "e.g. 40"),
+        FormField("duration", "Duration (minutes):", "empty: until resumed"),
+    )
+    SET_LABEL = "Set level…"
 
     def __init__(self, targets: Sequence[Target], *, resume: bool = False) -> None:
-        super().__init__()
+        super().__init__("Lighting override")
         self._targets = tuple(targets)
         self._resume = resume
 
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Label("[b]Lighting override[/b] (Esc: cancel)")
-            with RadioSet(id="target"):
-                for i, t in enumerate(self._targets):
-                    yield ChoiceButton(t.describe(), value=i == 0, id=f"scope-{t.scope}")
-            with Horizontal(classes="field"):
-                yield Label("Level 0-100 %:")
-                yield Input(placeholder="e.g. 40", id="level")
-            with Horizontal(classes="field"):
-                yield Label("Duration (minutes):")
-                yield Input(placeholder="empty: until resumed", id="duration")
-            yield Static("", id="error")
-            with Horizontal(classes="buttons"):
-                yield Button("Set level…", id="set", variant="primary")
-                yield Button("Resume schedule…", id="resume")
-                yield Button("Cancel", id="cancel")
+    def compose_choices(self) -> ComposeResult:
+        with RadioSet(id="target"):
+            for i, t in enumerate(self._targets):
+                yield ChoiceButton(t.describe(), value=i == 0, id=f"scope-{t.scope}")
 
-    def on_mount(self) -> None:
-        (self.query_one("#resume", Button) if self._resume else self.query_one("#level", Input)).focus()
+    def compose_buttons(self) -> ComposeResult:
+        yield Button("Resume schedule…", id="resume")
+
+    def initial_focus(self) -> Widget:
+        return self.query_one("#resume", Button) if self._resume else super().initial_focus()
 
     @property
     def target(self) -> Target:
         index = self.query_one(RadioSet).pressed_index
         return self._targets[index if index >= 0 else 0]
 
-    def _error(self, text: str) -> None:
-        self.query_one("#error", Static).update(text)
-
-    @on(Input.Submitted, "#level")
-    def _level_done(self) -> None:
-        self.query_one("#duration", Input).focus()
-
-    @on(Input.Submitted, "#duration")
-    @on(Button.Pressed, "#set")
-    def _set(self) -> None:
-        try:
-            level = parse_level(self.query_one("#level", Input).value)
-            duration = parse_duration_min(self.query_one("#duration", Input).value)
-        except ValueError as exc:
-            self._error(str(exc))
-            return
-        self.dismiss(Override(self.target, "set_level", level, duration))
+    def parse(self, values: dict[str, str]) -> Override:
+        level = parse_level(values["level"])
+        return Override(self.target, "set_level", level, parse_duration_min(values["duration"]))
 
     @on(Button.Pressed, "#resume")
     def _resume_pressed(self) -> None:
