@@ -432,10 +432,8 @@ class ChargingView(DomainView):
             host.say(Text("No charge point selected: nothing to do.", "italic"))
             return
         base = host.model.base
-        if action == "pause_charger":
-            host.confirm_then_send(pause_request(base, row))
-        elif action == "release_charger":
-            host.confirm_then_send(release_request(base, row))
+        if action in ("pause_charger", "release_charger"):
+            host.confirm_then_send(charger_request(base, action.removesuffix("_charger"), row))
         else:
 
             def limited(form: ChargerLimitForm | None) -> None:
@@ -506,16 +504,24 @@ def _topic(base: str, cid: str) -> str:
     return f"{base}/cmd/chargers/{cid}"
 
 
-def pause_request(base: str, row: ChargerRow) -> Request:
-    """Pause a charge point until released."""
+CHARGER_COMMANDS: dict[str, str] = {
+    "pause": (
+        "Pause charge point {id} ({row}) until you release it (u).\n"
+        "The car stops charging; the plan gives its share to the other cars."
+    ),
+    "release": (
+        "Release charge point {id} ({row}).\n"
+        "Any operator pause or limit ends now and the charging plan takes over."
+    ),
+}
+
+
+def charger_request(base: str, action: str, row: ChargerRow) -> Request:
+    """Pause a charge point until released, or release it to the plan (`action` a key of CHARGER_COMMANDS)."""
     topic = _topic(base, row.id)
-    what = (
-        f"Pause charge point {row.id} ({describe_charger(row)}) until you release it (u).\n"
-        "The car stops charging; the plan gives its share to the other cars.\n"
-        f"Request: {topic}"
-    )
-    payload: dict[str, object] = {"action": "pause", "reason": "operator dashboard"}
-    return Request(what, topic, payload, f"pause {row.id}")
+    what = f"{CHARGER_COMMANDS[action].format(id=row.id, row=describe_charger(row))}\nRequest: {topic}"
+    payload: dict[str, object] = {"action": action, "reason": "operator dashboard"}
+    return Request(what, topic, payload, f"{action} {row.id}")
 
 
 def limit_request(base: str, form: ChargerLimitForm) -> Request:
@@ -538,15 +544,3 @@ def limit_request(base: str, form: ChargerLimitForm) -> Request:
         f"Request: {topic}"
     )
     return Request(what, topic, payload, f"limit {form.charger} to {form.current_a:g} A")
-
-
-def release_request(base: str, row: ChargerRow) -> Request:
-    """Hand a charge point back to the charging plan."""
-    topic = _topic(base, row.id)
-    what = (
-        f"Release charge point {row.id} ({describe_charger(row)}).\n"
-        "Any operator pause or limit ends now and the charging plan takes over.\n"
-        f"Request: {topic}"
-    )
-    payload: dict[str, object] = {"action": "release", "reason": "operator dashboard"}
-    return Request(what, topic, payload, f"release {row.id}")
