@@ -29,6 +29,7 @@ from tui.views.base import (
     Request,
     ShowContext,
     Slice,
+    ask_then_send,
 )
 from tui.widgets import Column, FilterTable, Row
 
@@ -226,14 +227,14 @@ class AlarmsView(DomainView):
             host.say(Text("No open alarm selected: nothing to acknowledge.", "italic"))
             return
 
-        def acked(form: AlarmAckForm | None) -> None:
-            if form is None:
-                host.say(Text("ack: cancelled, nothing sent", "dim"))
-                return
-            request = ack_request(host.model.base, form.device, form.code, form.comment, host.operator_name)
-            host.confirm_then_send(request)
-
-        host.ask(AckDialog(alarm.device_id, alarm.code, ack_detail(alarm, host.tz)), acked)
+        ask_then_send(
+            host,
+            AckDialog(alarm.device_id, alarm.code, ack_detail(alarm, host.tz)),
+            lambda form: ack_request(
+                host.model.base, form.device, form.code, form.comment, host.operator_name
+            ),
+            "ack",
+        )
 
 
 # ----- the ack form ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from tui.model import SiteModel
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 PREFIX = f"dos/{API_VERSION}"  # every site's topics are under {PREFIX}/{site}/
 
@@ -83,6 +84,16 @@ class Slice:
     def fold_plan(self, domain: str, msg: PlanMessage) -> Change | None:
         """Take this slice's plan out of a `plans/{domain}` message (None: another domain's)."""
         return None
+
+
+def fold_state(states: dict[str, M], key: str, payload: bytes, model: type[M]) -> M | None:
+    """Fold a retained `.../{key}/state` message into `states`: the state read, or None when the
+    payload is empty (the daemon cleared the retained message, so the device is gone)."""
+    if not payload:
+        states.pop(key, None)
+        return None
+    state = states[key] = model.model_validate_json(payload)
+    return state
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +183,21 @@ class Host(Protocol):
     def confirm_then_send(self, request: Request) -> None:
         """Show what a request will do, and send it if the operator says yes."""
         ...
+
+
+def ask_then_send(
+    host: Host, form: ModalScreen[T | None], request: Callable[[T], Request], name: str
+) -> None:
+    """Open a command's form; what is filled in goes to the confirmation as `request(...)`,
+    and a cancelled form says so on the command line (`name: cancelled, nothing sent`)."""
+
+    def answered(filled: T | None) -> None:
+        if filled is None:
+            host.say(Text(f"{name}: cancelled, nothing sent", "dim"))
+            return
+        host.confirm_then_send(request(filled))
+
+    host.ask(form, answered)
 
 
 class DomainView:

@@ -7,6 +7,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from functools import partial
 from typing import TYPE_CHECKING
 
 from rich.text import Text
@@ -26,6 +27,8 @@ from tui.views.base import (
     Request,
     ShowContext,
     Slice,
+    ask_then_send,
+    fold_state,
 )
 from tui.views.charging_readings import ChargingPlan
 from tui.widgets import Column, FilterTable, Row
@@ -132,16 +135,10 @@ class ChargingModel(Slice):
         """Fold a `chargers/...` or `feeders/...` message (None: not one of those)."""
         match parts:
             case ["chargers", dev_id, "state"]:
-                if not payload:
-                    self.chargers.pop(dev_id, None)
-                else:
-                    self.chargers[dev_id] = ChargerState.model_validate_json(payload)
+                fold_state(self.chargers, dev_id, payload, ChargerState)
                 return Change.CHARGING
             case ["feeders", feeder_id, "state"]:
-                if not payload:
-                    self.feeders.pop(feeder_id, None)
-                else:
-                    f = self.feeders[feeder_id] = FeederState.model_validate_json(payload)
+                if (f := fold_state(self.feeders, feeder_id, payload, FeederState)) is not None:
                     self._sample_feeder(f)
                 return Change.CHARGING
         return None
@@ -435,14 +432,9 @@ class ChargingView(DomainView):
         if action in ("pause_charger", "release_charger"):
             host.confirm_then_send(charger_request(base, action.removesuffix("_charger"), row))
         else:
-
-            def limited(form: ChargerLimitForm | None) -> None:
-                if form is None:
-                    host.say(Text("limit: cancelled, nothing sent", "dim"))
-                    return
-                host.confirm_then_send(limit_request(base, form))
-
-            host.ask(LimitDialog(row.id, describe_charger(row)), limited)
+            ask_then_send(
+                host, LimitDialog(row.id, describe_charger(row)), partial(limit_request, base), "limit"
+            )
 
 
 # ----- the limit form ----------------------------------------------------------------------------

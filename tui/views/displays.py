@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from functools import partial
 from typing import TYPE_CHECKING
 
 import orjson
@@ -27,6 +28,8 @@ from tui.views.base import (
     Request,
     ShowContext,
     Slice,
+    ask_then_send,
+    fold_state,
 )
 from tui.widgets import Column, FilterTable, Row
 
@@ -102,16 +105,10 @@ class DisplaysModel(Slice):
         """Fold a displays, parking, guidance or warnings message (None: not one of those)."""
         match parts:
             case ["displays", dev_id, "state"]:
-                if not payload:
-                    self.displays.pop(dev_id, None)
-                else:
-                    self.displays[dev_id] = DisplayState.model_validate_json(payload)
+                fold_state(self.displays, dev_id, payload, DisplayState)
                 return Change.DISPLAYS
             case ["parking", park_id, "state"]:
-                if not payload:
-                    self.parking.pop(park_id, None)
-                else:
-                    self.parking[park_id] = ParkingState.model_validate_json(payload)
+                fold_state(self.parking, park_id, payload, ParkingState)
                 return Change.DISPLAYS
             case ["guidance"]:
                 self.guidance = GuidancePlan.model_validate_json(payload) if payload else None
@@ -325,14 +322,9 @@ class DisplaysView(DomainView):
         if action == "clear_display":
             host.confirm_then_send(clear_request(base, d))
             return
-
-        def messaged(form: DisplayMessageForm | None) -> None:
-            if form is None:
-                host.say(Text("message: cancelled, nothing sent", "dim"))
-                return
-            host.confirm_then_send(message_request(base, form))
-
-        host.ask(MessageDialog(d.device_id, describe_display(d)), messaged)
+        ask_then_send(
+            host, MessageDialog(d.device_id, describe_display(d)), partial(message_request, base), "message"
+        )
 
 
 # ----- the message form --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
+from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -32,6 +33,8 @@ from tui.views.base import (
     Request,
     ShowContext,
     Slice,
+    ask_then_send,
+    fold_state,
 )
 from tui.widgets import Column, FilterTable, Row
 
@@ -198,10 +201,7 @@ class LightingModel(Slice):
                     self.lamp_seq[lamp_id] = self.version + 1
                 return Change.LAMP
             case ["controllers", dev_id, "state"]:
-                if not payload:
-                    self.controllers.pop(dev_id, None)
-                else:
-                    self.controllers[dev_id] = ControllerState.model_validate_json(payload)
+                fold_state(self.controllers, dev_id, payload, ControllerState)
                 return Change.CONTROLLER
         return None
 
@@ -411,12 +411,12 @@ class LightsView(DomainView):
         if not found:
             host.say(Text("No lamps known yet: nothing to override.", "italic"))
             return
-
-        def overridden(result: Override | None) -> None:
-            if result is not None:
-                host.confirm_then_send(override_request(base, result))
-
-        host.ask(OverrideDialog(found, resume=action == "resume"), overridden)
+        ask_then_send(
+            host,
+            OverrideDialog(found, resume=action == "resume"),
+            partial(override_request, base),
+            "override",
+        )
 
 
 # ----- the override form -------------------------------------------------------------------------

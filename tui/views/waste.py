@@ -24,6 +24,7 @@ from tui.views.base import (
     Request,
     ShowContext,
     Slice,
+    fold_state,
 )
 from tui.views.waste_readings import BinView, RouteView, TruckView, WastePlanView, WasteSummaryView
 from tui.widgets import Column, FilterTable, Row, VirtualTable
@@ -112,10 +113,7 @@ class WasteModel(Slice):
                     self.bins_gone.pop(bin_id, None)
                 return Change.WASTE
             case ["waste", "trucks", truck_id, "state"]:
-                if not payload:
-                    self.trucks.pop(truck_id, None)
-                else:
-                    self.trucks[truck_id] = TruckView.model_validate_json(payload)
+                fold_state(self.trucks, truck_id, payload, TruckView)
                 return Change.WASTE
             case ["waste", "plan"]:
                 self.waste_plan = WastePlanView.model_validate_json(payload) if payload else None
