@@ -9,9 +9,11 @@ key to the view that declared it. `SiteModel` folds each view's `slice` (see `tu
 A new domain's view is one module, `tui/views/{domain}.py`, holding:
 - its readings of its payloads (`Reading` subclasses or the API's models);
 - its model slice: a `Slice` dataclass with its state, its queries, `fold(parts, payload)`
-  for its own topics and, if it has a plan, `fold_plan(domain, msg)`;
+  for its own topics (`fold_state` for a retained `.../state` topic, `Stamps` for a table too
+  big to rebuild) and, if it has a plan, `fold_plan(domain, msg)`;
 - its table columns and rows;
-- its commands as `Request`s, and its forms on `tui.screens.FormDialog`;
+- its commands as `Request`s, and its forms on `tui.screens.FormDialog` (declared `FIELDS`,
+  `SET_LABEL` and one `parse`), opened with `ask_then_send`;
 - one `DomainView` subclass: `id`, `title`, `shows` (its `Change` kinds), `tables` (the one
   the keys act on first), `commands` (`Command(key, action, label)`), `exclusive`, `slice`,
   `css` (its pane's sizes), `palette` (its commands as the ctrl+p palette lists them), and

@@ -33,6 +33,7 @@ from tui.views.base import (
     Request,
     ShowContext,
     Slice,
+    Stamps,
     ask_then_send,
     fold_state,
 )
@@ -179,26 +180,22 @@ class LightingModel(Slice):
     plan: LightingPlan | None = None
     # The model version at which each lamp last changed (or went), so a big table can take
     # just the lamps that changed since it last looked.
-    lamp_seq: dict[str, int] = field(default_factory=dict)
-    lamps_gone: dict[str, int] = field(default_factory=dict)
+    lamp_stamps: Stamps = field(default_factory=Stamps)
 
     def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a `lights/...` or `controllers/...` message (None: not one of those)."""
         match parts:
             case ["lights", lamp_id, "state"]:
-                if not payload:
-                    if self.lamps.pop(lamp_id, None) is not None:
-                        self.lamp_seq.pop(lamp_id, None)
-                        self.lamps_gone[lamp_id] = self.version + 1
-                else:
-                    self.lamps[lamp_id] = LampState.model_validate_json(payload)
-                    self.lamp_seq[lamp_id] = self.version + 1
-                    self.lamps_gone.pop(lamp_id, None)
+                known = lamp_id in self.lamps
+                if fold_state(self.lamps, lamp_id, payload, LampState) is not None:
+                    self.lamp_stamps.touch(lamp_id, self.version + 1)
+                elif known:
+                    self.lamp_stamps.drop(lamp_id, self.version + 1)
                 return Change.LAMP
             case ["lights", lamp_id, "telemetry"]:
                 self.telemetry[lamp_id] = LampTelemetry.model_validate_json(payload)
                 if lamp_id in self.lamps:
-                    self.lamp_seq[lamp_id] = self.version + 1
+                    self.lamp_stamps.touch(lamp_id, self.version + 1)
                 return Change.LAMP
             case ["controllers", dev_id, "state"]:
                 fold_state(self.controllers, dev_id, payload, ControllerState)
@@ -235,9 +232,7 @@ class LightingModel(Slice):
 
     def lamps_since(self, version: int) -> tuple[list[str], list[str]]:
         """Lamps changed and lamps gone after model version `version`."""
-        changed = [k for k, v in self.lamp_seq.items() if v > version]
-        gone = [k for k, v in self.lamps_gone.items() if v > version]
-        return changed, gone
+        return self.lamp_stamps.since(version)
 
     def statuses(self) -> dict[str, LampStatus]:
         """Each lamp's status by id."""

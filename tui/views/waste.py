@@ -24,6 +24,7 @@ from tui.views.base import (
     Request,
     ShowContext,
     Slice,
+    Stamps,
     fold_state,
 )
 from tui.views.waste_readings import BinView, RouteView, TruckView, WastePlanView, WasteSummaryView
@@ -96,21 +97,17 @@ class WasteModel(Slice):
     trucks: dict[str, TruckView] = field(default_factory=dict)
     waste_plan: WastePlanView | None = None
     waste_summary: WasteSummaryView | None = None
-    bin_seq: dict[str, int] = field(default_factory=dict)
-    bins_gone: dict[str, int] = field(default_factory=dict)
+    bin_stamps: Stamps = field(default_factory=Stamps)
 
     def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a `waste/...` message (None: not a waste topic)."""
         match parts:
             case ["waste", "bins", bin_id, "state"]:
-                if not payload:
-                    if self.bins.pop(bin_id, None) is not None:
-                        self.bin_seq.pop(bin_id, None)
-                        self.bins_gone[bin_id] = self.version + 1
-                else:
-                    self.bins[bin_id] = BinView.model_validate_json(payload)
-                    self.bin_seq[bin_id] = self.version + 1
-                    self.bins_gone.pop(bin_id, None)
+                known = bin_id in self.bins
+                if fold_state(self.bins, bin_id, payload, BinView) is not None:
+                    self.bin_stamps.touch(bin_id, self.version + 1)
+                elif known:
+                    self.bin_stamps.drop(bin_id, self.version + 1)
                 return Change.WASTE
             case ["waste", "trucks", truck_id, "state"]:
                 fold_state(self.trucks, truck_id, payload, TruckView)
@@ -167,9 +164,7 @@ class WasteModel(Slice):
 
     def bins_since(self, version: int) -> tuple[list[str], list[str]]:
         """Bins changed and bins gone after model version `version`."""
-        changed = [k for k, v in self.bin_seq.items() if v > version]
-        gone = [k for k, v in self.bins_gone.items() if v > version]
-        return changed, gone
+        return self.bin_stamps.since(version)
 
     def bins_above(self, threshold: float) -> int:
         """Bins at or above a fill (as the daemon's summary does when it has none)."""
