@@ -14,11 +14,13 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 from test_tui import BASE, SITE, T0, bin_state, recorded
-from textual.widgets import Static
+from textual.app import App
+from textual.widgets import Label, Static
 
 from edge.payloads import AlarmMessage, DaemonStatus, new_event_id
 from tui.app import DashboardApp
 from tui.model import Change, SiteModel
+from tui.views.charging import ChargerLimitForm, LimitDialog
 from tui.widgets import FilterTable
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -165,3 +167,20 @@ def test_a_redelivered_alarm_event_is_shown_once() -> None:
     clear = raise_.model_copy(update={"active": False, "ts": T0 + 60, "event_id": new_event_id()})
     model.apply(f"{BASE}/alarms/events", orjson.dumps(clear.model_dump()))
     assert [e.active for e in model.events] == [False, True]
+
+
+async def test_a_form_shows_a_device_id_as_written_not_as_markup() -> None:
+    """A form's title shows an id like `[b]CP-1` as typed; Enter on the last field sends the form."""
+    got: list[ChargerLimitForm | None] = []
+
+    class Host(App[None]):
+        def on_mount(self) -> None:
+            self.push_screen(LimitDialog("[b]CP-1"), got.append)
+
+    app = Host()
+    async with app.run_test() as pilot:
+        title = str(app.screen.query(Label).first().render())
+        assert title == "Limit charge point [b]CP-1 (Esc: cancel)"
+        await pilot.press("1", "6", "enter", "enter")
+        await pilot.pause()
+    assert got == [ChargerLimitForm("[b]CP-1", 16.0, None)]
