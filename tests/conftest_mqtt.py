@@ -1,4 +1,4 @@
-"""pytest plugin: MQTT brokers, databases and a task-leak check for integration tests.
+"""pytest plugin: MQTT brokers and databases for integration tests (the task-leak check is in conftest.py).
 
 Register in tests/conftest.py with `pytest_plugins = ["conftest_mqtt"]` (tests/ is on
 sys.path under pytest's default "prepend" import mode), or with

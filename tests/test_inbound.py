@@ -186,7 +186,6 @@ async def publisher(mqtt_url: str) -> AsyncIterator[aiomqtt.Client]:
 
 
 async def test_deep_retained_board_status_leaves_the_driver_running(
-    no_leaked_tasks: None,
     display_sim: DisplaySimulator,
     mqtt_url: str,
     manual_clock: ManualClock,
@@ -234,9 +233,7 @@ async def test_deep_retained_board_status_leaves_the_driver_running(
 # -- the fleet driver on a real broker ---------------------------------------------------------
 
 
-async def test_poison_on_truck_topics_leaves_the_fleet_driver_running(
-    no_leaked_tasks: None, mqtt_url: str
-) -> None:
+async def test_poison_on_truck_topics_leaves_the_fleet_driver_running(mqtt_url: str) -> None:
     """Deep, huge, non-UTF-8 and future-stamped truck messages (and wild truck ids) are counted by
     reason; the loop goes on and the next good state is taken."""
     now = 1_800_000_000.0

@@ -763,7 +763,6 @@ def test_deeply_nested_uplinks_are_refused_without_recursion() -> None:
     assert sink.published == []
 
 
-@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_the_ingest_subscribes_its_uplink_topics_itself(mqtt_url: str) -> None:
     """`UplinkSubscriber`: the ingest's own session on the broker (not the northbound API) takes
     every sensor exactly once, duplicates dropped, from both network-server formats."""
