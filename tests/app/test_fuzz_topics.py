@@ -20,7 +20,7 @@ expected answer, so no shrinking is needed, and none is done: the daemon's state
 between batches, so a replayed batch is not the same experiment).
 
 Short variant in `make test`: EDGE_FUZZ_EXAMPLES messages (default 240, a fixed seed).
-Long variant: `EDGE_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_topics.py -k every` or
+Long variant: `EDGE_FUZZ_EXAMPLES=5000 pytest tests/app/test_fuzz_topics.py -k every` or
 `make bench ARGS=fuzz`; EDGE_FUZZ_RANDOM=1 draws a fresh seed. The figures (sent, answered,
 refused by reason, unanswered, misrouted, crashes) are printed, attached to the junit report
 as properties, and written with examples per failure to `fuzz_summary.json` in the test's

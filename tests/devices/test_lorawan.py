@@ -39,7 +39,7 @@ from simulators.lorawan import (
     tts_uplink,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lorawan"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "lorawan"
 T0 = 1_742_300_000.0
 NOW = T0 + 30 * 86400  # the daemon's clock: after every frame of these tests (none comes from the future)
 
