@@ -1,4 +1,4 @@
-"""The long variant of the topic fuzzer: tests/test_fuzz_topics.py with 5,000 messages.
+"""The long variant of the topic fuzzer: tests/app/test_fuzz_topics.py with 5,000 messages.
 
 `make test` runs the short variant (EDGE_FUZZ_EXAMPLES, 240 by default). This runs the same
 test in a child pytest with EDGE_FUZZ_EXAMPLES=5000 (600 with --quick) against the broker and
@@ -26,7 +26,7 @@ def run(quick: bool) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-fuzz-") as tmp:
         env = os.environ | {"EDGE_FUZZ_EXAMPLES": str(examples)}
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "pytest", "tests/test_fuzz_topics.py", "-q", "-k", "every"]
+        cmd = [sys.executable, "-m", "pytest", "tests/app/test_fuzz_topics.py", "-q", "-k", "every"]
         cmd += ["-p", "no:cacheprovider", f"--basetemp={tmp}"]
         proc = subprocess.run(
             cmd,

@@ -1,6 +1,6 @@
 """An embedded MQTT broker (amqtt) so a demo or a test runs without Mosquitto.
 
-What amqtt 0.12.1 can and cannot do, measured on this machine (see tests/test_mqtt_link.py):
+What amqtt 0.12.1 can and cannot do, measured on this machine (see tests/edge/test_mqtt.py):
 
 - MQTT 3.1.1 only. A bare v5 CONNECT is answered with CONNACK "unacceptable protocol
   version" (`_MQTT_PROTOCOL_LEVEL_SUPPORTED = 4` in `amqtt/mqtt/protocol/broker_handler.py`);

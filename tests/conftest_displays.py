@@ -1,7 +1,6 @@
 """pytest plugin: display simulators and drivers against a real broker and real pymodbus servers.
 
-Register in tests/conftest.py with `pytest_plugins = [..., "conftest_displays"]`; until
-then a test module imports the fixtures (`from conftest_displays import *`). Builds on
+Registered in tests/conftest.py (`pytest_plugins`; tests/ is on sys.path). Builds on
 `mqtt_url` (conftest_mqtt) and `manual_clock` / `recorder` (conftest_modbus).
 
 Fixtures:

@@ -1,6 +1,6 @@
 """pytest plugin: a real lighting simulator over TCP, a driver on it.
 
-Register with `pytest_plugins = ["tests.conftest_modbus"]` in tests/conftest.py.
+Registered in tests/conftest.py (`pytest_plugins`; tests/ is on sys.path, see pyproject.toml).
 
 Fixtures:
 - `manual_clock`: a ManualClock shared by simulator and driver (time moves when told).

@@ -1,8 +1,6 @@
-"""pytest plugin: MQTT brokers, databases and a task-leak check for integration tests.
+"""pytest plugin: MQTT brokers and databases for integration tests (the task-leak check is in conftest.py).
 
-Register in tests/conftest.py with `pytest_plugins = ["conftest_mqtt"]` (tests/ is on
-sys.path under pytest's default "prepend" import mode), or with
-`["tests.conftest_mqtt"]` once `pythonpath = ["."]` is in the pytest settings.
+Registered in tests/conftest.py (`pytest_plugins`; tests/ is on sys.path, see pyproject.toml).
 
 Fixtures:
 - `mqtt_url`: the shared broker from `EDGE_TEST_MQTT_URL` (CI: Mosquitto), else an

@@ -1,6 +1,6 @@
 """pytest plugin: a real charging simulator over OPC UA/TCP, a driver on it, certificates.
 
-Register with `pytest_plugins = ["conftest_opcua"]` in tests/conftest.py.
+Registered in tests/conftest.py (`pytest_plugins`; tests/ is on sys.path, see pyproject.toml).
 
 Fixtures:
 - `charging_clock`: a ManualClock shared by simulator and driver (time moves when told).

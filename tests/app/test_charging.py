@@ -124,15 +124,16 @@ async def test_car_charges_within_the_circuit_limit_as_lights_come_on(
             "lights on and the car charging",
             timeout_s=30,
         )
-        for _ in range(100):  # watch a while: the lamps and two cars share 25 A
-            step()
-            await asyncio.sleep(0.02)
-        assert peak > 6  # the cars really drew current
+        # The lamps and two cars share 25 A: every step checks the circuit until the cars draw current.
+        await wait_for(lambda: step() and peak > 6, "the cars drawing current", timeout_s=30)
         setpoint = float(csim.cp("CP0")["current_limit_a"])  # type: ignore[arg-type]
         assert 6 <= setpoint <= LIMIT_A
-        rows = await asyncio.to_thread(d.storage.plans, "charging")
-        assert rows
-        assert rows[-1].body["sessions"]
+
+        def planned_sessions() -> bool:  # the planner has seen the cars (a plan is stored with sessions)
+            rows = d.storage.plans("charging")
+            return step() and bool(rows) and bool(rows[-1].body["sessions"])
+
+        await wait_for(planned_sessions, "a stored plan with the cars' sessions", timeout_s=30)
         # The operator and the utility speak over MQTT; both are answered, and the limit still holds.
         host, port = mqtt_url.split("://")[1].split(":")
         v5 = d.link.protocol == "5"

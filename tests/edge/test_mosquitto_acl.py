@@ -28,7 +28,7 @@ import pytest
 
 from edge.net import free_port
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "mosquitto"
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "mosquitto"
 HOST = "127.0.0.1"
 SITE = "acltest"
 BASE = f"dos/v1/{SITE}"

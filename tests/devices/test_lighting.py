@@ -106,7 +106,10 @@ async def test_watchdog_goes_to_failsafe_when_heartbeat_stops(
 
 
 async def test_heartbeat_keeps_the_watchdog_quiet(
-    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, manual_clock: ManualClock
+    lighting_sim: LightingSimulator,
+    lighting_driver: ModbusLightingDriver,
+    manual_clock: ManualClock,
+    recorder: Recorder,
 ) -> None:
     """While the driver runs, advancing time well past watchdog_s never trips the fail-safe."""
     ids = ("lc-001", "lc-002")
@@ -117,6 +120,15 @@ async def test_heartbeat_keeps_the_watchdog_quiet(
             return all(manual_clock.now() - lighting_sim.last_write(e) <= 160 for e in ids)
 
         await wait_until(fed, timeout_s=15.0, what="heartbeats keeping up")  # a loaded box is slow
+        # The simulator sees a beat at its write; the driver starts its next period only after the
+        # read-back. Two more polls of each controller (they queue behind the beat on its link)
+        # show the beat finished, so the next step cannot move the clock under a beat in flight.
+        seen = {e: len(recorder.telemetry(e)) for e in ids}
+        await wait_until(
+            lambda: all(len(recorder.telemetry(e)) >= seen[e] + 2 for e in ids),  # noqa: B023
+            timeout_s=15.0,
+            what="two polls of each controller after the beat",
+        )
         for e in ids:
             assert lighting_sim.controller(e)["failsafe_active"] == 0
     assert lighting_driver.stats.writes >= 2 * 4  # 720 s / at most 160 s between beats

@@ -22,7 +22,7 @@ from edge.app.cli import _parser
 from simulators.displays import DisplaySimulator
 from simulators.lighting import LightingSimulator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "devices.md"
 # `edge simulate {domain}` -> the simulator module behind it
 SIMULATORS = {

@@ -186,7 +186,6 @@ async def publisher(mqtt_url: str) -> AsyncIterator[aiomqtt.Client]:
 
 
 async def test_deep_retained_board_status_leaves_the_driver_running(
-    no_leaked_tasks: None,
     display_sim: DisplaySimulator,
     mqtt_url: str,
     manual_clock: ManualClock,
@@ -234,9 +233,7 @@ async def test_deep_retained_board_status_leaves_the_driver_running(
 # -- the fleet driver on a real broker ---------------------------------------------------------
 
 
-async def test_poison_on_truck_topics_leaves_the_fleet_driver_running(
-    no_leaked_tasks: None, mqtt_url: str
-) -> None:
+async def test_poison_on_truck_topics_leaves_the_fleet_driver_running(mqtt_url: str) -> None:
     """Deep, huge, non-UTF-8 and future-stamped truck messages (and wild truck ids) are counted by
     reason; the loop goes on and the next good state is taken."""
     now = 1_800_000_000.0
@@ -450,11 +447,10 @@ async def test_poison_on_device_topics_leaves_the_daemon_running(
     """The 2,000-deep array retained on a board's status (there at start), on an uplink topic and on a
     car-park counter, and a car-park count stamped ten years ahead: each is refused and counted; the
     daemon keeps running and guides to the car park whose count is real."""
-    from test_displays_e2e import write_site as write_display_site
-
     from devices.profiles.lorawan import default_profiles
     from simulators.displays import SimBoard, SimSign
     from simulators.lorawan import chirpstack_event
+    from tests.app.test_displays import write_site as write_display_site
 
     token = uuid.uuid4().hex[:8]
     board, sign = f"led-{token}", f"vms-{token}"
@@ -527,12 +523,12 @@ async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
     (it was `accepted` with no note); a limit at the rating is `accepted` with requested == effective;
     a curtailment to 0 A with no car charging is `accepted` as asked (the §14a floor protects cars)."""
     from harness import Site
-    from test_charging_e2e import LIMIT_A
-    from test_charging_e2e import write_site as write_charging_site
 
     from controllers.lighting import night_window
     from edge.app.demo import sim_chargers
     from simulators.charging import ChargingSimulator
+    from tests.app.test_charging import LIMIT_A
+    from tests.app.test_charging import write_site as write_charging_site
 
     opc_port = free_port()
     cfg = write_charging_site(tmp_path, "ack" + uuid.uuid4().hex[:6], mqtt_url, database_url, opc_port)
@@ -571,7 +567,7 @@ async def test_limit_acks_say_the_rating_applies_and_the_effective_value(
             {"action": "curtail", "target": "lc", "limit_a": 0, "start": now, "end": now + 600},
         )
         # No car is charging, so §14a protects nobody: the curtailment stands as asked (the floor
-        # with a charging car is `test_charging_e2e`'s); the ack says so without a note.
+        # with a charging car is `tests/app/test_charging.py`'s); the ack says so without a note.
         assert ack["status"] == "accepted", repr(ack)
         assert (ack["requested"], ack["effective"], ack["note"]) == (0, 0, "")
 

@@ -25,7 +25,7 @@ from edge.settings import LightingSettings, SiteSettings, TrafficStep, load_sett
 from edge.state import StateStore
 from optimizer.lighting import check_plan, solve
 
-SITE = Path(__file__).parent.parent / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
+SITE = Path(__file__).parents[2] / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
 TZ = ZoneInfo("Europe/Berlin")
 
 

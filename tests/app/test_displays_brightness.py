@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from harness import NIGHT, wait_for
-from test_displays_e2e import write_site
 
 from devices.inventory import load_inventory
 from devices.profiles.displays import default_led_board_profile, default_vms_profile
@@ -23,6 +22,7 @@ from edge.net import free_port
 from edge.settings import load_settings
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator
+from tests.app.test_displays import write_site
 
 
 @pytest.mark.parametrize("speed", [1.0, 300.0])

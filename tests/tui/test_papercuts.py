@@ -1,6 +1,6 @@
 """What a new user tripped over on the dashboard (issue 10, 13): the Waste screen and time zones.
 
-Pilot tests on the recorded site of test_tui.py, with the messages a user saw changed.
+Pilot tests on the recorded site of tests/tui/test_app.py, with the messages a user saw changed.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
-from test_tui import BASE, SITE, T0, bin_state, recorded
 from textual.app import App
 from textual.widgets import Label, Static
 
 from edge.payloads import AlarmMessage, DaemonStatus, new_event_id
+from tests.tui.test_app import BASE, SITE, T0, bin_state, recorded
 from tui.app import DashboardApp
 from tui.model import Change, SiteModel
 from tui.views.charging import ChargerLimitForm, LimitDialog

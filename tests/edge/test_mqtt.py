@@ -28,13 +28,13 @@ from edge.net import free_port
 from edge.outbox import Outbox
 
 if TYPE_CHECKING:
-    # Only a type: the plugin module is loaded by pytest (as `conftest_mqtt` or
-    # `tests.conftest_mqtt`), and importing it again here would load it twice.
-    from tests.conftest_mqtt import PrivateBroker
+    # Only a type: the plugin module is loaded by pytest (as `conftest_mqtt`, tests/ is on
+    # sys.path), and importing it again here under another name would load it twice.
+    from conftest_mqtt import PrivateBroker
 
 
 WAIT_S = 10.0
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Collector:

@@ -11,8 +11,6 @@ from devices.protocols.mqtt import MqttDeviceClient
 from edge.errors import ConfigError, DeviceUnavailable
 from edge.mqtt import BrokerAddress
 
-pytestmark = pytest.mark.usefixtures("no_leaked_tasks")
-
 
 def test_a_bad_url_names_its_settings_key() -> None:
     with pytest.raises(ConfigError) as err:

@@ -29,7 +29,7 @@ from optimizer.routing import (
     unservable,
 )
 
-DATA = Path(__file__).resolve().parent.parent / "bench" / "data" / "vrp"
+DATA = Path(__file__).resolve().parents[2] / "bench" / "data" / "vrp"
 DEPOT, DUMP = 0, 1  # node 0 is the depot, node 1 the disposal site in the generated instances
 
 # Quality never rests on a short wall-clock budget: each engine stops after a fixed number of

@@ -35,7 +35,9 @@ WAIT_S = 60.0
 
 def _require_postgres(database_url: str) -> None:
     if not database_url.startswith("postgresql"):
-        pytest.skip("needs PostgreSQL (EDGE_TEST_DATABASE_URL); the SQLite poison row is in test_storage")
+        pytest.skip(
+            "needs PostgreSQL (EDGE_TEST_DATABASE_URL); the SQLite poison row is in tests/edge/test_storage.py"
+        )
 
 
 class Producer:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import secrets
 
 import orjson
-import pytest
 from waiting import Recorder
 
 from devices.field import car_park_counters, motion_sensors
@@ -92,7 +91,6 @@ def test_bad_car_park_counts_are_refused_and_counted() -> None:
     assert rec.events == []
 
 
-@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_field_drivers_subscribe_the_site_broker(mqtt_url: str) -> None:
     """Over a real broker: each driver takes its own topics and publishes Telemetry."""
     base = f"dos/field-{secrets.token_hex(4)}"  # a broker shared with other tests

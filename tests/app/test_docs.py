@@ -6,7 +6,7 @@ from pathlib import Path
 
 from edge.app.docs import write_docs
 
-DOCS = Path(__file__).parent.parent / "docs"
+DOCS = Path(__file__).parents[2] / "docs"
 
 
 def test_generated_contract_matches_the_committed_docs(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from edge.app.validation import check_file
 from edge.errors import ConfigError
 from edge.settings import load_settings
 
-SITE = Path(__file__).parent.parent / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
+SITE = Path(__file__).parents[2] / "edge" / "app" / "sites" / "kreuzviertel" / "site.toml"
 HEADER = "id,lat,lon,segment,order,lighting_class,flags,controller,host,port,unit,index,p_max_w\n"
 
 

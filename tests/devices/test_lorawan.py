@@ -39,7 +39,7 @@ from simulators.lorawan import (
     tts_uplink,
 )
 
-FIXTURES = Path(__file__).parent / "fixtures" / "lorawan"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "lorawan"
 T0 = 1_742_300_000.0
 NOW = T0 + 30 * 86400  # the daemon's clock: after every frame of these tests (none comes from the future)
 
@@ -773,7 +773,6 @@ def test_deeply_nested_uplinks_are_refused_without_recursion() -> None:
     assert sink.published == []
 
 
-@pytest.mark.usefixtures("no_leaked_tasks")
 async def test_the_ingest_subscribes_its_uplink_topics_itself(mqtt_url: str) -> None:
     """`UplinkSubscriber`: the ingest's own session on the broker (not the northbound API) takes
     every sensor exactly once, duplicates dropped, from both network-server formats."""

@@ -38,7 +38,7 @@ from edge.net import free_port
 from tui.client import Connected, DashboardClient
 
 HOST = "127.0.0.1"
-OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 KEY_SECRET = "Tls-key-pass-5e2b"
 START_TIMEOUT_S = 10.0
 WAIT_S = 15.0

@@ -74,7 +74,7 @@ def test_migration_down_and_up_again(database_url: str) -> None:
     try:
         assert migrate(engine) == SCHEMA_HEAD
         cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "edge" / "migrations"))
+        cfg.set_main_option("script_location", str(Path(__file__).parents[2] / "edge" / "migrations"))
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.downgrade(cfg, "base")
@@ -234,7 +234,7 @@ def test_migration_closes_duplicate_open_alarms(database_url: str) -> None:
     engine = make_engine(database_url)
     try:
         cfg = Config()
-        cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "edge" / "migrations"))
+        cfg.set_main_option("script_location", str(Path(__file__).parents[2] / "edge" / "migrations"))
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "0001")

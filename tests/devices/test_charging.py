@@ -332,7 +332,10 @@ async def test_failsafe_written_at_connect_and_read_back(
             assert charging_sim.cp(cp)["failsafe_current_a"] == amps
             assert driver.failsafe_read_a(cp) == amps
             assert opcua_recorder.value(cp, "failsafe_current_a") == amps
-        assert driver.stats.failsafe_written == 3
+        # One batch of three per session that got that far: on a loaded machine a session can time
+        # out after it (create_monitored_items) and the reconnect writes all three again.
+        stats = driver.stats
+        assert stats.failsafe_written in {3 * n for n in range(1, stats.sessions + 1)}, stats
         assert driver.stats.failsafe_mismatches == 0
         # with every setpoint the fail-safe goes along, never above it: a watchdog never raises a draw
         assert await driver.write("cp-003", "current_limit_a", 0.0, 1.0) == 0.0

@@ -6,9 +6,9 @@ from `tui.views.REGISTRY`, and a command applies where its view's declaration sa
 
 from __future__ import annotations
 
-from test_tui import make_app
 from textual.widgets import ContentSwitcher
 
+from tests.tui.test_app import make_app
 from tui.app import DashboardApp
 from tui.model import SLICES
 from tui.views import REGISTRY
