@@ -32,7 +32,9 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     # A simulator is a device: it shares profiles, protocols and endpoint descriptions with the
     # drivers, and never sees the daemon (controllers, optimizer, the application, the TUI).
     "simulators": ("edge", "simulators", "devices"),
-    "tui": ("edge", "tui"),
+    # The dashboard reads the operator's inventory file for lamp positions in the daemon's own
+    # format (the MQTT API carries no coordinates); nothing else of the south side.
+    "tui": ("edge", "tui", "devices.inventory"),
     "edge.app": PACKAGES,
 }
 
