@@ -230,6 +230,12 @@ class Dispatcher:
             raise ValueError(f"a safety policy for {kind!r} is registered already")
         self._policies[kind] = policy
 
+    def add_driver(self, driver: Driver) -> None:
+        """Add a domain's driver before the dispatcher starts (its `build` makes it)."""
+        if self._tg is not None:
+            raise RuntimeError("driver added after the dispatcher started")
+        self._drivers.append(driver)
+
     async def __aenter__(self) -> Dispatcher:
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
@@ -250,8 +256,6 @@ class Dispatcher:
         async with asyncio.timeout(timeout):
             while self._queued or any(p.in_flight for p in self._points.values()):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-
-    # ----- submitting -------------------------------------------------------------------
 
     def submit(self, cmd: Command) -> Verdict:
         """Validate and record a command; the write happens in the background."""

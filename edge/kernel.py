@@ -67,3 +67,5 @@ class Domain:
     services: Sequence[AbstractAsyncContextManager[Any]] = ()
     controllers: Sequence[Controller] = ()
     routes: Sequence[Any] = field(default_factory=tuple)
+    # Its parts by name (the drivers, the ingest), for the demo, the TUI and tests to look at.
+    handles: Mapping[str, object] = field(default_factory=dict)

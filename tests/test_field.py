@@ -27,10 +27,12 @@ def test_motion_becomes_telemetry_of_the_lamp() -> None:
     rec = Recorder()
     drv = motion_sensors(rec, ManualClock(NOW), ["B1", "B2"], mqtt_url=URL, base=BASE)
     ev = drv.on_message(f"{BASE}/field/motion/B2", b'{"detected": true}', False)
-    assert ev == Telemetry("B2", NOW, {"motion": True})
-    assert drv.on_message(f"{BASE}/field/motion/B1", b"", False) == Telemetry("B1", NOW, {"motion": True})
+    assert ev == Telemetry("B2", NOW, {"motion": True}, derived=True)
+    assert drv.on_message(f"{BASE}/field/motion/B1", b"", False) == Telemetry(
+        "B1", NOW, {"motion": True}, derived=True
+    )
     assert drv.on_message(f"{BASE}/field/motion/B1", orjson.dumps({"ts": NOW - 5}), False) == Telemetry(
-        "B1", NOW - 5, {"motion": True}
+        "B1", NOW - 5, {"motion": True}, derived=True
     )
     assert drv.on_message(f"{BASE}/field/motion/B1", b'{"detected": false}', False) is None
     assert rec.telemetry("B2") == [ev]
@@ -110,5 +112,5 @@ async def test_field_drivers_subscribe_the_site_broker(mqtt_url: str) -> None:
         await pub.publish(f"{base}/field/motion/B1", b'{"detected": true}', qos=1)
         await pub.publish(f"{base}/field/carparks/p1", b'{"free": 12}', qos=1)
         await rec.wait(lambda: bool(rec.telemetry("B1")) and bool(rec.telemetry("p1")), what="both readings")
-    assert rec.telemetry("B1") == [Telemetry("B1", NOW, {"motion": True})]
+    assert rec.telemetry("B1") == [Telemetry("B1", NOW, {"motion": True}, derived=True)]
     assert rec.telemetry("p1") == [Telemetry("p1", NOW, {"free": 12, "open": True})]

@@ -288,9 +288,9 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
             "motion_events": ls.motion_events,
         },
         "mqtt": {
-            "requests": d.api.requests,
-            "acks": d.api.acks,
-            "nacks": d.api.nacks,
+            "requests": d.api.router.requests,
+            "acks": d.api.router.acks,
+            "nacks": d.api.router.nacks,
             "refused_payloads": dict(d.api.refused),
             **{k: v for k, v in d.link.stats.items() if isinstance(v, int | float | bool)},
         },
