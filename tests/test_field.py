@@ -14,9 +14,11 @@ import pytest
 from waiting import Recorder
 
 from devices.field import car_park_counters, motion_sensors
+from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.events import Telemetry
 from edge.mqtt import BrokerAddress
+from edge.state import StateStore
 
 NOW = 1_795_000_000.0
 BASE = "dos/test-site"
@@ -38,6 +40,20 @@ def test_motion_becomes_telemetry_of_the_lamp() -> None:
     assert rec.telemetry("B2") == [ev]
     assert len(rec.events) == 3
     assert drv.refused == {}
+
+
+def test_motion_does_not_make_a_silent_lamp_online() -> None:
+    """A motion sensor stands by the lamp, it is not the lamp: its reading reaches the store as
+    derived, so a lamp whose controller has not answered stays not-online (as through the API)."""
+    store = StateStore(EventBus(), {"B1": "lamp"})
+    drv = motion_sensors(store.apply, ManualClock(NOW), ["B1"], mqtt_url=URL, base=BASE)
+    drv.on_message(f"{BASE}/field/motion/B1", b"{}", False)
+    dev = store.get("B1")
+    assert dev is not None
+    assert dev.values["motion"] is True
+    assert dev.online is None
+    assert dev.updated_at == 0.0  # never heard from itself; the motion is kept as derived_at
+    assert dev.derived_at == NOW
 
 
 def test_bad_motion_is_refused_and_counted_by_reason() -> None:
