@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import structlog
@@ -24,6 +23,7 @@ from edge import __version__
 from edge.alarms import DAEMON_DEVICE, Alarms, sweep_retained
 from edge.app.api import MqttApi
 from edge.app.domains import Site, build_all, device_kinds, site_bins, wait_ready
+from edge.app.domains.handles import DomainHandles
 from edge.app.routes.base import audit_row
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
@@ -41,25 +41,15 @@ from edge.state import StateStore
 from edge.storage import Storage
 from edge.tasks import cancel_and_wait
 
-if TYPE_CHECKING:  # the types of the handles below; the daemon builds none of them
-    from controllers.charging import ChargingController
-    from controllers.displays import DisplayController
-    from controllers.lighting import LightingController
-    from controllers.waste import WasteController
-    from devices.displays import DisplayDriver
-    from devices.field import FieldInput
-    from devices.lighting import ModbusLightingDriver
-    from devices.protocols.lorawan import UplinkIngest
-    from devices.waste import FleetDriver
-
 __all__ = ["Daemon", "device_kinds", "running", "site_bins"]
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(slots=True)
-class Daemon:
-    """Handles to the running parts, for the demo summary and for tests."""
+class Daemon(DomainHandles):
+    """Handles to the running parts, for the demo summary and for tests (each domain's
+    controller and drivers through `DomainHandles`: `d.lighting`, `d.fleet`, ...)."""
 
     settings: Settings
     inventory: Inventory
@@ -73,55 +63,6 @@ class Daemon:
     link: MqttLink
     domains: dict[str, Domain]
     started: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def handle(self, domain: str, name: str) -> Any:
-        """A built domain's part by name (None if the site does not have the domain)."""
-        dom = self.domains.get(domain)
-        return None if dom is None else dom.handles.get(name)
-
-    def controller(self, domain: str) -> Any:
-        dom = self.domains.get(domain)
-        return None if dom is None or not dom.controllers else dom.controllers[0]
-
-    @property
-    def lighting(self) -> LightingController:
-        return cast("LightingController", self.controller("lighting"))
-
-    @property
-    def driver(self) -> ModbusLightingDriver:
-        return cast("ModbusLightingDriver", self.handle("lighting", "driver"))
-
-    @property
-    def motion(self) -> FieldInput:
-        return cast("FieldInput", self.handle("lighting", "motion"))
-
-    @property
-    def charging(self) -> ChargingController | None:
-        return cast("ChargingController | None", self.controller("charging"))
-
-    @property
-    def displays(self) -> DisplayController | None:
-        return cast("DisplayController | None", self.controller("displays"))
-
-    @property
-    def display_driver(self) -> DisplayDriver | None:
-        return cast("DisplayDriver | None", self.handle("displays", "driver"))
-
-    @property
-    def car_parks(self) -> FieldInput | None:
-        return cast("FieldInput | None", self.handle("displays", "car_parks"))
-
-    @property
-    def ingest(self) -> UplinkIngest | None:
-        return cast("UplinkIngest | None", self.handle("lorawan", "ingest"))
-
-    @property
-    def waste(self) -> WasteController | None:
-        return cast("WasteController | None", self.controller("waste"))
-
-    @property
-    def fleet(self) -> FleetDriver | None:
-        return cast("FleetDriver | None", self.handle("waste", "driver"))
 
 
 async def _record(d: Daemon, sub: Subscription) -> None:

@@ -292,10 +292,9 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
             "acks": d.api.router.acks,
             "nacks": d.api.router.nacks,
             "refused_payloads": dict(d.api.refused),
-            # Field input (motion, car-park counters) is refused by its drivers now, not the API.
-            "refused_field": dict(
-                sum((f.refused for f in (d.motion, d.car_parks) if f is not None), Counter())
-            ),
+            "refused_field": {
+                f.service_name: dict(f.refused) for f in (d.motion, d.car_parks) if f is not None
+            },
             **{k: v for k, v in d.link.stats.items() if isinstance(v, int | float | bool)},
         },
         "storage": {"rows_written": d.storage.written, "write_errors": d.storage.write_errors},
