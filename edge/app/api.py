@@ -108,6 +108,7 @@ def dump(model: BaseModel) -> bytes:
 
 
 def _one(controllers: Mapping[str, Controller], name: str, cls: type[Any]) -> Any:
+    """The domain's controller if the site built that domain (the retained views read it)."""
     c = controllers.get(name)
     return c if isinstance(c, cls) else None
 
