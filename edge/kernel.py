@@ -3,8 +3,8 @@
 The application (`edge.app`) makes one `Kernel`, then calls each domain's
 `build(kernel, site) -> Domain | None` (`edge.app.domains.BUILDS`). A domain registers its
 device ids with the state store and its drivers and safety policies with the dispatcher
-(both before they start), and returns its services (drivers, ingests: entered in order), its controllers and its API
-routes. The daemon then loops over the domains; it names none of them.
+(both before they start), and returns its services (drivers, ingests: entered in order),
+its controllers and its API routes. The daemon then loops over the domains; it names none of them.
 """
 
 from __future__ import annotations
