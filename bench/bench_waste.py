@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from bench.common import Row
 from controllers.waste import BinReading, FillEstimator, bin_alarms, planner_bin
-from devices.bins import Bin, BinKind, load_bins
+from devices.inventory import Bin, BinKind, load_bins
 from edge.settings import Settings, WasteSettings, load_settings, window_s
 from optimizer.waste import (
     BinInput,

@@ -392,6 +392,10 @@ class ChargingController:
         """A utility's power limit on a feeder or cabinet in amps per phase (what `set_limit` takes)."""
         return self.safety.amps_for_kw(target, kw)
 
+    def curtailment_a(self, target: str, limit_a: float | None, limit_kw: float | None) -> float:
+        """A utility's curtailment in amps per phase: its own amps, else its kW converted."""
+        return limit_a if limit_a is not None else self.amps_for_kw(target, limit_kw or 0.0)
+
     def set_limit(
         self, target: str, limit_a: float, start: float, end: float, source: str
     ) -> tuple[float, str]:

@@ -170,7 +170,9 @@ class DisplayController:
         lighting: NightPlanSource,
         profiles: Mapping[str, DisplayProfile] | None = None,
         silent: Callable[[str], bool] | None = None,
+        raise_lamps: Callable[[str, float, tuple[float, float, float] | None], int] | None = None,
     ) -> None:
+        """`raise_lamps(warning, end, area)`: the lighting domain's way to raise lamps for a warning."""
         self.car_parks = {c.id: CarParkSpec(c.id, c.name, c.capacity, c.lat, c.lon) for c in cfg.car_parks}
         self.approaches = [ApproachSpec(a.id, a.lat, a.lon, a.demand, tuple(a.signs)) for a in cfg.approaches]
         self.displays = [d.id for d in cfg.displays]
@@ -186,6 +188,7 @@ class DisplayController:
         self._step_s = cfg.step_s
         self._lighting = lighting
         self._silent = silent
+        self._raise_lamps = raise_lamps
         self.occupancy: dict[str, Occupancy] = {}
         self.warnings: dict[str, Warning] = {}
         self._shown: dict[str, _Shown] = {d: _Shown() for d in self.displays}
@@ -298,9 +301,16 @@ class DisplayController:
             if minutes_between(lat, lon, dlat, dlon, kmh=60.0, detour=1.0) * 1000 <= radius_m
         }
 
-    def warn(self, warning: Warning) -> None:
+    def warn(
+        self, warning: Warning, *, raise_lamps: bool = False, area: tuple[float, float, float] | None = None
+    ) -> int:
+        """Show a warning; with `raise_lamps` the lamps in `area` (lat, lon, radius_m; None: every
+        lamp) go to full for it, through the lighting domain. Returns how many lamps were raised."""
         self.warnings[warning.id] = warning
         self._replan.set()
+        if not raise_lamps or self._raise_lamps is None:
+            return 0
+        return self._raise_lamps(warning.id, warning.end, area)
 
     def clear_warning(self, warning_id: str) -> bool:
         found = self.warnings.pop(warning_id, None) is not None

@@ -5,8 +5,8 @@ skipped the state store and history. Now each is a driver like any other (contra
 it keeps its own session on the site broker (`devices.protocols.mqtt`), checks every
 message at the trust boundary and publishes `Telemetry` on the bus:
 
-- `motion_sensors`: `{base}/field/motion/{lamp}` -> `Telemetry(lamp, ts, {"motion": True})`
-  for `{"detected": true, "ts": ...}` (both optional; `detected: false` publishes nothing).
+- `motion_sensors`: `{base}/field/motion/{lamp}` -> `Telemetry(lamp, ts, {"motion": True},
+  derived=True)` (the sensor stands by the lamp; it does not make the lamp online) for `{"detected": true, "ts": ...}` (both optional; `detected: false` publishes nothing).
   A retained motion is refused: it is a replay, not someone on the path now.
 - `car_park_counters`: `{base}/field/carparks/{id}` -> `Telemetry(id, ts, {"free": n,
   "open": bool})`. A retained count is taken only with its own `ts`: without it, a count
@@ -48,6 +48,9 @@ class FieldKind:
     unknown: str  # the refusal reason for an id not in the inventory
     values: Callable[[Any], dict[str, Value] | None]  # None: nothing to publish
     retained: Callable[[Any], Refusal | None]  # why a retained message is refused, if it is
+    # A reading about the device, not from it (a motion sensor by a lamp): it says nothing of
+    # whether the device itself is online (`Telemetry.derived`).
+    derived: bool = False
 
 
 def _motion_values(m: Motion) -> dict[str, Value] | None:
@@ -64,6 +67,7 @@ MOTION = FieldKind(
     "unknown_device",
     _motion_values,
     lambda _m: Refusal("retained_request", "a retained motion is a replay, not someone on the path now"),
+    derived=True,
 )
 CAR_PARKS = FieldKind(
     "carparks",
@@ -134,7 +138,9 @@ class FieldInput(MqttDriver):
         if values is None:
             return None
         ts = getattr(reading, "ts", None)
-        event = Telemetry(device, ts if ts is not None else self.clock.now(), values)
+        event = Telemetry(
+            device, ts if ts is not None else self.clock.now(), values, derived=self.kind.derived
+        )
         self.accepted += 1
         self.publish(event)
         return event

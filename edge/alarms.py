@@ -62,6 +62,11 @@ class Alarms:
         self.restored = 0
         self.reconciled = 0
 
+    def confirm_after(self, device_ids: Iterable[str], readings: int) -> None:
+        """Devices whose restored alarms settle after `readings` fresh readings (a domain's
+        `build`: LoRaWAN sensors report every 10-60 minutes, so 2, not the default)."""
+        self._confirm_of |= dict.fromkeys(device_ids, max(1, readings))
+
     def set(self, device_id: str, code: str, active: bool, severity: Severity, detail: str = "") -> None:
         """Raise (active=True) or clear an alarm; repeated calls in the same state do nothing.
 

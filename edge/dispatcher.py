@@ -253,6 +253,12 @@ class Dispatcher(Service):
             raise ValueError(f"a safety policy for {kind!r} is registered already")
         self._policies[kind] = policy
 
+    def add_driver(self, driver: Driver) -> None:
+        """Add a domain's driver before the dispatcher starts (its `build` makes it)."""
+        if self.state is not ServiceState.UNOPENED:
+            raise RuntimeError("driver added after the dispatcher started")
+        self._drivers.append(driver)
+
     async def _start(self) -> None:
         for i in range(self._n_workers):
             self.spawn(self._worker(), f"worker[{i}]")
@@ -264,8 +270,6 @@ class Dispatcher(Service):
         async with asyncio.timeout(timeout):
             while self._queued or any(p.in_flight for p in self._points.values()):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
-
-    # ----- submitting -------------------------------------------------------------------
 
     def submit(self, cmd: Command) -> Verdict:
         """Validate and record a command; the write happens in the background."""

@@ -1,10 +1,10 @@
 """What every domain builds on: the kernel's running parts, and the shape of a domain.
 
-The application (`edge.app`) makes one `Kernel`, then calls each enabled domain's
-`build(kernel) -> Domain | None`. A domain registers its device ids with the state store
-and its drivers and safety policies with the dispatcher (both before they start), and
-returns its services (drivers, ingests: entered in order), its controllers and its API
-routes. The daemon then loops over the domains; it names none of them.
+The application (`edge.app`) makes one `Kernel`, then calls each domain's
+`build(kernel, site) -> Domain | None` (`edge.app.domains.BUILDS`). A domain registers its
+device ids with the state store and its drivers and safety policies with the dispatcher
+(both before they start), and returns its services (drivers, ingests: entered in order),
+its controllers and its API routes. The daemon then loops over the domains; it names none of them.
 """
 
 from __future__ import annotations
@@ -67,3 +67,5 @@ class Domain:
     services: Sequence[AbstractAsyncContextManager[Any]] = ()
     controllers: Sequence[Controller] = ()
     routes: Sequence[Any] = field(default_factory=tuple)
+    # Its parts by name (the drivers, the ingest), for the demo, the TUI and tests to look at.
+    handles: Mapping[str, object] = field(default_factory=dict)

@@ -3,14 +3,14 @@
 Drivers publish telemetry and availability, controllers publish alarms, the
 dispatcher publishes command results; the store folds them into one `DeviceState`
 per device and announces what changed with `StateChanged`. Everyone else reads.
-The composition root registers every configured device with its kind up front (see
-`edge.app.daemon.device_kinds`); an event about any other id is logged as
+Each domain's `build` registers its configured devices with their kinds before anything
+runs (`StateStore.register`); an event about any other id is logged as
 `state_unknown_device`, once per id.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -71,6 +71,13 @@ class StateStore:
         self._sub = bus.subscribe("state", Telemetry, Availability, AlarmEvent, CommandResult)
         self.unknown_devices = 0  # events about ids that no configuration registered
         self._unknown_ids: set[str] = set()
+
+    def register(self, kinds: Mapping[str, str]) -> None:
+        """Add configured devices with their kinds (a domain's `build`, before anything runs);
+        a device registered already keeps its state."""
+        for dev, kind in kinds.items():
+            if dev not in self._devices:
+                self._devices[dev] = DeviceState(dev, kind)
 
     def get(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)

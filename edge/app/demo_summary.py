@@ -62,10 +62,13 @@ def summary(d: Daemon, sim: LightingSimulator) -> dict[str, Any]:
             "motion_events": ls.motion_events,
         },
         "mqtt": {
-            "requests": d.api.requests,
-            "acks": d.api.acks,
-            "nacks": d.api.nacks,
+            "requests": d.api.router.requests,
+            "acks": d.api.router.acks,
+            "nacks": d.api.router.nacks,
             "refused_payloads": dict(d.api.refused),
+            "refused_field": {
+                f.service_name: dict(f.refused) for f in (d.motion, d.car_parks) if f is not None
+            },
             **{k: v for k, v in d.link.stats.items() if isinstance(v, int | float | bool)},
         },
         "storage": {"rows_written": d.storage.written, "write_errors": d.storage.write_errors},

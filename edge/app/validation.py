@@ -28,8 +28,7 @@ from edge.errors import ConfigError
 from edge.redact import redact_text, redact_url, remember_url
 
 if TYPE_CHECKING:
-    from devices.bins import Bin
-    from devices.inventory import Inventory
+    from devices.inventory import Bin, Inventory
     from edge.mqtt import BrokerAddress
     from edge.settings import BrokerLink, Settings
 
@@ -47,8 +46,7 @@ class Site:
 
 def load_site(path: Path | str) -> Site:
     """Load and cross-check a site; raise ConfigError whose `lines` name every problem."""
-    from devices.bins import load_bins
-    from devices.inventory import load_inventory
+    from devices.inventory import load_bins, load_inventory
     from edge.settings import load_settings
 
     settings = load_settings(path)

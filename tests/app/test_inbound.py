@@ -474,7 +474,8 @@ async def test_poison_on_device_topics_leaves_the_daemon_running(
                     base = d.api.base
                     assert d.display_driver is not None
                     assert d.ingest is not None
-                    dd, ingest = d.display_driver, d.ingest
+                    assert d.car_parks is not None
+                    dd, ingest, counters = d.display_driver, d.ingest, d.car_parks
                     await wait_for(
                         lambda: dd.refusals.by_reason["too_deep"] >= 1, "the retained status refused"
                     )
@@ -492,8 +493,8 @@ async def test_poison_on_device_topics_leaves_the_daemon_running(
                     await wait_for(
                         lambda: (
                             ingest.stats.refused.get("future_ts", 0) >= 1
-                            and d.api.refused["future_ts"] == 1
-                            and d.api.refused["too_deep"] == 1
+                            and counters.refused["future_ts"] == 1
+                            and counters.refused["too_deep"] == 1
                         ),
                         "every poison counted",
                     )
@@ -576,7 +577,7 @@ def test_summarize_tells_clamped_from_data_not_reason_text() -> None:
     """A command a policy clamped carries the asked value (`requested`): the ack is `clamped` with
     requested, effective and the policy's note, whatever the reason text says; an unclamped one with
     a reason that merely looks like a clamp is `confirmed`."""
-    from edge.app.api import summarize
+    from edge.app.routes.base import summarize
     from edge.events import Command, CommandResult, Outcome, Priority
 
     def result(value: float, reason: str, requested: float | None) -> CommandResult:

@@ -29,9 +29,10 @@ from harness import wait_for
 from controllers.charging import POINT, ChargingSafety, failsafe_problems, worst_lighting_a
 from devices.inventory import Charger, Inventory, Lamp, load_inventory
 from edge.app.cli import main as cli_main
-from edge.app.daemon import opcua_driver, running
+from edge.app.daemon import running
 from edge.app.demo import SITE_DIR, sim_chargers, sim_controllers
 from edge.app.demo_summary import charging_summary
+from edge.app.domains.charging import opcua_driver
 from edge.app.validation import check_file
 from edge.clock import ManualClock, SimClock
 from edge.dispatcher import DispatcherView

@@ -22,7 +22,7 @@ from controllers.waste import ROUTE_POINT, WasteController, WastePorts, WasteSaf
 from devices.inventory import Bin
 from devices.profiles.waste import route_number
 from edge.alarms import Alarms
-from edge.app.daemon import restore_waste
+from edge.app.domains.waste import restore_waste
 from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.dispatcher import AuditRecord, Dispatcher, make_command

@@ -13,9 +13,11 @@ import orjson
 from waiting import Recorder
 
 from devices.field import car_park_counters, motion_sensors
+from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.events import Telemetry
 from edge.mqtt import BrokerAddress
+from edge.state import StateStore
 
 NOW = 1_795_000_000.0
 BASE = "dos/test-site"
@@ -26,15 +28,31 @@ def test_motion_becomes_telemetry_of_the_lamp() -> None:
     rec = Recorder()
     drv = motion_sensors(rec, ManualClock(NOW), ["B1", "B2"], mqtt_url=URL, base=BASE)
     ev = drv.on_message(f"{BASE}/field/motion/B2", b'{"detected": true}', False)
-    assert ev == Telemetry("B2", NOW, {"motion": True})
-    assert drv.on_message(f"{BASE}/field/motion/B1", b"", False) == Telemetry("B1", NOW, {"motion": True})
+    assert ev == Telemetry("B2", NOW, {"motion": True}, derived=True)
+    assert drv.on_message(f"{BASE}/field/motion/B1", b"", False) == Telemetry(
+        "B1", NOW, {"motion": True}, derived=True
+    )
     assert drv.on_message(f"{BASE}/field/motion/B1", orjson.dumps({"ts": NOW - 5}), False) == Telemetry(
-        "B1", NOW - 5, {"motion": True}
+        "B1", NOW - 5, {"motion": True}, derived=True
     )
     assert drv.on_message(f"{BASE}/field/motion/B1", b'{"detected": false}', False) is None
     assert rec.telemetry("B2") == [ev]
     assert len(rec.events) == 3
     assert drv.refused == {}
+
+
+def test_motion_does_not_make_a_silent_lamp_online() -> None:
+    """A motion sensor stands by the lamp, it is not the lamp: its reading reaches the store as
+    derived, so a lamp whose controller has not answered stays not-online (as through the API)."""
+    store = StateStore(EventBus(), {"B1": "lamp"})
+    drv = motion_sensors(store.apply, ManualClock(NOW), ["B1"], mqtt_url=URL, base=BASE)
+    drv.on_message(f"{BASE}/field/motion/B1", b"{}", False)
+    dev = store.get("B1")
+    assert dev is not None
+    assert dev.values["motion"] is True
+    assert dev.online is None
+    assert dev.updated_at == 0.0  # never heard from itself; the motion is kept as derived_at
+    assert dev.derived_at == NOW
 
 
 def test_bad_motion_is_refused_and_counted_by_reason() -> None:
@@ -108,5 +126,5 @@ async def test_field_drivers_subscribe_the_site_broker(mqtt_url: str) -> None:
         await pub.publish(f"{base}/field/motion/B1", b'{"detected": true}', qos=1)
         await pub.publish(f"{base}/field/carparks/p1", b'{"free": 12}', qos=1)
         await rec.wait(lambda: bool(rec.telemetry("B1")) and bool(rec.telemetry("p1")), what="both readings")
-    assert rec.telemetry("B1") == [Telemetry("B1", NOW, {"motion": True})]
+    assert rec.telemetry("B1") == [Telemetry("B1", NOW, {"motion": True}, derived=True)]
     assert rec.telemetry("p1") == [Telemetry("p1", NOW, {"free": 12, "open": True})]
