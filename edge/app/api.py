@@ -1,22 +1,8 @@
 """Northbound MQTT API: retained state, telemetry, alarms, plans, and acknowledged commands.
 
-Topic tree (`{prefix}` = `dos/v1`, `{site}` = the site id), documented in docs/asyncapi.yaml:
-
-    {prefix}/{site}/status                          retained DaemonStatus (last will: offline)
-    {prefix}/{site}/lights/{id}/state               retained LampState (QoS 1, via the outbox)
-    {prefix}/{site}/lights/{id}/telemetry           LampTelemetry (QoS 0, periodic)
-    {prefix}/{site}/controllers/{id}/state          retained ControllerState
-    {prefix}/{site}/alarms/events                   AlarmMessage, raised and cleared
-    {prefix}/{site}/alarms/active/{device}/{code}   retained while active (with the ack, once acked)
-    {prefix}/{site}/alarms/history                  retained AlarmHistory: the latest raises, acks, clears
-    {prefix}/{site}/plans/lighting                  retained PlanMessage
-    {prefix}/{site}/commands/results                CommandResultMessage (operator, motion, failures)
-    {prefix}/{site}/cmd/lights/{id}                 request: SetLevel | ResumeSchedule
-    {prefix}/{site}/cmd/groups/{group}              request, every lamp of a group
-    {prefix}/{site}/cmd/segments/{segment}          request, every lamp of a road segment
-    {prefix}/{site}/cmd/lighting/replan             request: Replan
-    {prefix}/{site}/cmd/alarms/ack                  request: AlarmAck (an active alarm, with a comment)
-    {prefix}/{site}/field/motion/{lamp}             Motion from bike-path sensors
+The topic tree (`{prefix}` = `dos/v1`, `{site}` = the site id) is `edge.topics.TOPICS`, the one
+table the AsyncAPI document (docs/asyncapi.json), these subscriptions and the dashboard's come from.
+What the daemon publishes goes out through `edge.app.north.North`, from the state store.
 
 Requests are answered on the MQTT 5 response topic with the correlation data (or,
 for MQTT 3.1.1 clients, `response_topic`/`correlation_id` inside the JSON), else on
@@ -105,6 +91,7 @@ from edge.payloads import (
     new_event_id,
 )
 from edge.state import StateStore
+from edge.topics import request_filters
 
 log = structlog.get_logger(__name__)
 
@@ -230,9 +217,7 @@ class MqttApi:
 
     @property
     def subscriptions(self) -> list[str]:
-        subs = [f"{self.base}/cmd/#", f"{self.base}/field/motion/+", f"{self.base}/utility/+/+"]
-        if self._displays is not None:
-            subs.append(f"{self.base}/field/carparks/+")
+        subs = request_filters(self.base, ["displays"] if self._displays is not None else [])
         if self._uplinks is not None:  # LoRaWAN sensors: parking bays, waste bins
             subs.extend(self._uplink_topics)
         return subs
