@@ -142,11 +142,17 @@ class PlanEvent:
 
 @dataclass(frozen=True, slots=True)
 class StateChanged:
-    """The state store changed a device: `changed` holds the new values of changed keys."""
+    """The state store changed a device: `changed` holds the new values of changed keys.
+
+    `derived`: the change came from derived `Telemetry` (a controller's view of the device), so
+    the northbound publisher sends that view when the controller made it, not on a raw reading
+    that shares its keys (a truck's own status, a counter's free spaces).
+    """
 
     device_id: str
     ts: float
     changed: Mapping[str, Value | None]
+    derived: bool = False
 
 
 Event = Telemetry | Availability | CommandResult | AlarmEvent | PlanEvent | StateChanged

@@ -154,7 +154,7 @@ class StateStore:
                 dev.online = True
                 changed["online"] = True
         if changed:
-            self._bus.publish(StateChanged(dev.device_id, event.ts, changed))
+            self._bus.publish(StateChanged(dev.device_id, event.ts, changed, event.derived))
 
     def _set_online(self, device_id: str, online: bool, ts: float) -> None:
         dev = self._tracked(device_id)

@@ -1,7 +1,7 @@
 """The dashboard's MQTT client: subscribes to one site, reconnects, asks and waits for acks.
 
 `DashboardClient.run(sink)` is meant to run in a Textual worker: it connects, subscribes
-to the site's topics (`subscriptions`, today `dos/v1/{site}/#`) and hands the messages to
+to the topics the daemon publishes for the site (`subscriptions`, from `edge.topics`) and hands the messages to
 `sink` in batches (one call per `flush_interval_s` at most, so a burst of retained state
 costs one screen refresh), and reports `Connected` / `Disconnected` transitions. After a
 lost connection it waits a capped, jittered exponential backoff and tries again, forever,
@@ -52,6 +52,7 @@ from edge.errors import ConfigError
 from edge.mqtt import BrokerAddress, TlsFiles
 from edge.payloads import Ack
 from edge.redact import redact_url
+from edge.topics import dashboard_subscriptions
 from tui.views.base import PREFIX
 
 log = structlog.get_logger(__name__)
@@ -127,13 +128,9 @@ class BrokerUrl(BrokerAddress):
 
 
 def subscriptions(base: str) -> list[str]:
-    """The topic filters the dashboard subscribes to under a site's base: the one place they are listed.
-
-    Everything the daemon publishes for the site, and the replies. When the topic table lands
-    (`edge.topics.dashboard_subscriptions(base)`, which lists the published topics and
-    `{base}/replies/#`), this body becomes `return dashboard_subscriptions(base)`.
-    """
-    return [f"{base}/#"]
+    """The topic filters the dashboard subscribes to under a site's base: every topic the daemon
+    publishes, from the one topic table (`edge.topics`); the client adds its own reply topic."""
+    return dashboard_subscriptions(base)
 
 
 class DashboardClient:

@@ -18,9 +18,9 @@ from __future__ import annotations
 from .alarms import SEVERITY, BinReading, bin_alarms
 from .controller import OPERATOR_DOMAIN, WasteController, WastePorts
 from .fill import FillEstimator, WeekPattern, net_rate, theil_sen
-from .planning import INPUT_CHUNK, PLANNER_ID, RISK_Z, WasteSafety, planner_bin
+from .planning import INPUT_CHUNK, RISK_Z, WasteSafety, planner_bin
 from .state import ActivePlan, BinTrack, DayCounters, PlanReason, TruckTrack
-from .views import SUMMARY_ID
+from .views import PLANNER_ID, SUMMARY_ID
 from .wire import ROUTE_POINT
 
 __all__ = [

@@ -140,31 +140,6 @@ class WasteController:
     def rejected(self) -> int:
         return self.tracker.rejected
 
-    # The API's dirty-set loop (until it publishes bins and trucks from the state store).
-    @property
-    def dirty_bins(self) -> set[str]:
-        return self.st.legacy.bins
-
-    @dirty_bins.setter
-    def dirty_bins(self, ids: set[str]) -> None:
-        self.st.legacy.bins = ids
-
-    @property
-    def dirty_trucks(self) -> set[str]:
-        return self.st.legacy.trucks
-
-    @dirty_trucks.setter
-    def dirty_trucks(self, ids: set[str]) -> None:
-        self.st.legacy.trucks = ids
-
-    @property
-    def dirty_plan(self) -> bool:
-        return self.st.legacy.plan
-
-    @dirty_plan.setter
-    def dirty_plan(self, dirty: bool) -> None:
-        self.st.legacy.plan = dirty
-
     def run_day(self, now: float) -> date:
         return self.st.calendar.run_day(now)
 

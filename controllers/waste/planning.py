@@ -46,11 +46,10 @@ from .alarms import SEVERITY
 from .fill import FillEstimator
 from .restore import plan_from_body
 from .state import ActivePlan, PlanReason, TruckTrack, WasteState
-from .views import plan_message
+from .views import PLANNER_ID, plan_message
 
 log = structlog.get_logger(__name__)
 
-PLANNER_ID = "waste"  # the device id of alarms about the plan as a whole (plan_failed)
 INPUT_CHUNK = 200  # bins per event-loop turn when building the planner's inputs
 RISK_Z = 1.5
 """How many spreads above its forecast a bin's fill at the next run is planned for (`fill_upper`):

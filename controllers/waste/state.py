@@ -195,21 +195,16 @@ class WasteState:
         self.counters = DayCounters(self.calendar.day(clock.now()))
         self.active: ActivePlan | None = None
         self.truck_offline_s = 300.0
-        # Two sets of marks: `north` for the state-store publisher, `legacy` for the API's
-        # dirty-set loop (kept until the API publishes from the state store).
-        self.north = Marks()
-        self.legacy = Marks()
+        self.north = Marks()  # what changed since `views.North` last put it into the state store
 
     def touch_bin(self, bin_id: str) -> None:
         self.north.bins.add(bin_id)
-        self.legacy.bins.add(bin_id)
 
     def touch_truck(self, truck: str) -> None:
         self.north.trucks.add(truck)
-        self.legacy.trucks.add(truck)
 
     def touch_plan(self) -> None:
-        self.north.plan = self.legacy.plan = True
+        self.north.plan = True
 
     def day(self, ts: float) -> date:
         return self.calendar.day(ts)

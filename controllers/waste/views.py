@@ -4,7 +4,7 @@
 docs/mqtt-api.md (BinState, TruckState, WastePlanMessage, WasteSummary) from the
 controller's state. `North` publishes the changed ones into the state store as
 `Telemetry` (contract C-north: value keys are the payload's field names, a list goes as a
-JSON string; the day's summary on device `waste-planner`).
+JSON string; the plan in force on device `waste`, the day's summary on `waste-planner`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ from .state import ON_ROUTE, ActivePlan, WasteState
 
 SUMMARY_ID = "waste-planner"
 """The state-store device that carries the day's WasteSummary."""
+PLANNER_ID = "waste"
+"""The device of alarms about the plan as a whole (plan_failed), and of the plan in force
+(WastePlanMessage) in the state store."""
 YIELD_EVERY = 200  # bins per event-loop turn when publishing (a forecast is ~0.4 ms the first time)
 
 StopState = Literal["pending", "reported", "done"]
@@ -192,7 +195,8 @@ def telemetry_values(payload: Mapping[str, object]) -> dict[str, Value]:
 
 
 class North:
-    """Publishes changed bins, trucks and the day's summary into the state store (C-north)."""
+    """Publishes changed bins, trucks, the plan in force and the day's summary into the state
+    store (C-north)."""
 
     def __init__(self, st: WasteState) -> None:
         self.st = st
@@ -200,6 +204,7 @@ class North:
         self._summary_at = -math.inf
         st.north.bins.update(st.bins)  # everything once at the start
         st.north.trucks.update(st.trucks)
+        st.north.plan = True
 
     async def flush(self, now: float) -> None:
         """Publish what changed since the last flush (yielding to the loop every YIELD_EVERY bins)."""
@@ -209,13 +214,16 @@ class North:
             return
         bins, st.north.bins = st.north.bins, set()
         trucks, st.north.trucks = st.north.trucks, set()
-        st.north.plan = False  # the plan goes north as PlanEvent from the planner
+        plan, st.north.plan = st.north.plan, False
         for i, b in enumerate(sorted(bins)):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             bus.publish(Telemetry(b, now, telemetry_values(bin_state(st, b, now)), derived=True))
         for t in sorted(trucks):
             bus.publish(Telemetry(t, now, telemetry_values(truck_state(st, t, now)), derived=True))
+        # The plan in force with its stops' progress (the planner's PlanEvent is the stored record).
+        if plan and (msg := plan_message(st, st.active)) is not None:
+            bus.publish(Telemetry(PLANNER_ID, now, telemetry_values(msg), derived=True))
         s = summary(st, now)
         key = {k: v for k, v in s.items() if k != "ts"}
         if key != self._summary or st.clock.now() - self._summary_at >= 60 * st.clock.speed:

@@ -193,7 +193,7 @@ async def test_persistent_subscriber_gets_every_alarm_transition_exactly_once(
                 await wait_for(lambda: SENTINEL in witness.payloads, "the end marker")
             finally:
                 task.cancel()
-        published = [a for a in d.api.alarm_history().events if a.code == code]
+        published = [a for a in d.api.north.alarm_history().events if a.code == code]
     received = witness.alarms(code)
     assert witness.connects >= 2, "the witness reconnected to its kept session"
     by_id: dict[str, bytes] = {}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from edge.app.docs import write_docs
+from edge.topics import TOPICS
 
 DOCS = Path(__file__).parents[2] / "docs"
 
@@ -17,13 +19,20 @@ def test_generated_contract_matches_the_committed_docs(tmp_path: Path) -> None:
         assert committed.read_text() == path.read_text(), f"{committed} is out of date"
 
 
-def test_every_request_channel_has_a_reply() -> None:
-    import json
-
+def test_every_request_is_answered_on_acks_and_sensor_input_is_not() -> None:
+    """Each request channel of the table has the ack reply (on the acks channel); motion and
+    car-park counters (sensor input) have none."""
     doc = json.loads((DOCS / "asyncapi.json").read_text())
-    receive = [op for op in doc["operations"].values() if op["action"] == "receive"]
+    ops = {op["channel"]["$ref"]: op for op in doc["operations"].values()}
+    receive = [t for t in TOPICS if t.direction == "receive"]
     assert receive
-    for op in receive:
-        if "motion" in op["summary"].lower():
+    for i, t in enumerate(TOPICS):
+        if t.direction != "receive":
             continue
-        assert op["reply"]["messages"] == [{"$ref": "#/components/messages/ack"}]
+        op = next(o for ref, o in ops.items() if ref.startswith(f"#/channels/ch{i}_"))
+        if not t.reply:
+            assert "reply" not in op, t.pattern
+            continue
+        assert op["reply"]["messages"] == [{"$ref": "#/components/messages/ack"}], t.pattern
+        assert op["reply"]["channel"] == {"$ref": "#/channels/ch10_acks"}, t.pattern
+    assert {t.pattern for t in receive if not t.reply} == {"field/motion/{lamp}", "field/carparks/{car_park}"}

@@ -499,7 +499,7 @@ async def test_poison_on_device_topics_leaves_the_daemon_running(
                         "every poison counted",
                     )
                     assert ingest.stats.refused.get("too_deep", 0) >= 1
-                    states = dict(d.api.parking_messages())
+                    states = {topic: body for _, topic, body in d.api.north.messages("p1")}
                     p1 = orjson.loads(states[f"{base}/parking/p1/state"])
                     assert p1["free"] is None  # the future count was never taken, so never "fresh"
                     assert p1["fresh"] is False

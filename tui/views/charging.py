@@ -185,7 +185,7 @@ class ChargingModel(Slice):
         return rows
 
     def _sample_feeder(self, f: FeederState) -> None:
-        """Keep one load sample per FEEDER_SAMPLE_S of the feeder's own clock (it reports every 2 s)."""
+        """Keep one load sample per FEEDER_SAMPLE_S of the feeder's own clock (it reports on change)."""
         samples = self.feeder_history.setdefault(f.feeder, deque(maxlen=FEEDER_SAMPLES))
         if f.limit_a <= 0:
             return
