@@ -16,8 +16,8 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from edge.app.north import requester
 from edge.clock import Clock
-from edge.decode import check_id
 from edge.dispatcher import AuditRecord, Dispatcher, new_command_id
 from edge.errors import PayloadError
 from edge.events import Command, CommandResult, Outcome, Priority
@@ -73,13 +73,8 @@ class Request:
         return self.msg.topic
 
     def who(self) -> str:
-        """The broker user named in the MQTT 5 user property `user`, checked like any id ('mqtt' if none)."""
-        user = dict(self.msg.user_properties).get("user")
-        if not user:
-            return "mqtt"
-        if (bad := check_id(user, "user property")) is not None:
-            raise PayloadError(bad.reason, bad.detail)
-        return user
+        """The broker user named in the MQTT 5 user property `user` (`edge.app.north.requester`)."""
+        return requester(self.msg)
 
 
 Handler = Callable[[Request], Awaitable[Ack]]
