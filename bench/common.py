@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -27,3 +31,23 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
+
+RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))
+"""How many times a bench repeats its measurement (env BENCH_RUNS, default 3): one run on a
+shared 2-core machine says little, so every headline is a median with its spread."""
+
+
+def median_spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
+    """`median [min-max] n=K` of repeated runs: the reader sees how much one run can be trusted."""
+    if not values:
+        return "no runs"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{fmt.format(med)} n=1"
+    return f"{fmt.format(med)} [{fmt.format(min(values))}-{fmt.format(max(values))}] n={len(values)}"
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of repeated runs (nan when there are none), for ratios and verdicts."""
+    return float(statistics.median(values)) if values else math.nan
