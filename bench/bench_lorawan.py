@@ -324,7 +324,7 @@ def _rows(
         Row(name, "lost uplinks (QoS 0) / refused by ingest", f"{lost:,} / {refused:,}",
             f"of {count:,} x {len(ours + bare)} phases", target="0 / 0",
             verdict="ok" if lost == 0 and refused == 0 else "FAIL"),
-        Row(name, "failed phases", f"{phases - len(ours + bare)}", f"of {phases}", error, "0",
+        Row(name, "failed phases", f"{phases - len(ours + bare)}", f"of {phases} {error}".rstrip(), "", "0",
             "ok" if not error and len(ours + bare) == phases else "FAIL"),
         Row(name, "telemetry / duplicates / late (all ingest phases)",
             f"{sum(s.published for s in stats):,} / {sum(s.duplicates for s in stats):,} / "

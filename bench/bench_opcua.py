@@ -272,6 +272,6 @@ def _rows(name: str, count: int, seconds: float, pairs: list[tuple[_Window, _Win
             f"{count:,} cp x 1 tick/s"),
         Row(name, "client CPU % of one core", median_spread([w.cpu_pct for w in ours], "{:.0f}"),
             f"{median_spread([w.cpu_pct for w in bare], '{:.0f}')} bare"),
-        Row(name, "failed runs / lost sessions", f"{failed} / {lost}", f"of {2 * len(pairs)} runs",
-            errors, "0 / 0", "ok" if failed == 0 and lost == 0 else "FAIL"),
+        Row(name, "failed runs / lost sessions", f"{failed} / {lost}", f"of {2 * len(pairs)} runs {errors}".rstrip(),
+            "", "0 / 0", "ok" if failed == 0 and lost == 0 else "FAIL"),
     ]  # fmt: skip
