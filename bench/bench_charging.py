@@ -229,27 +229,30 @@ def _pct(a: float, b: float) -> str:
     return f"{100 * a / b:.2f} %" if b else "n/a"
 
 
-def _solve_runs(inst: ChargingInstance) -> tuple[ChargingPlan, list[float], list[float], int]:
-    """Solve `RUNS` times: (the plan of the median run by delivered energy, walls, gaps, violations)."""
+def _solve_runs(inst: ChargingInstance) -> tuple[ChargingPlan, list[float], list[float], list[float], int]:
+    """Solve `RUNS` times: (the plan of the median run by gap, CPU s, wall s, gaps, violations)."""
     runs: list[tuple[float, ChargingPlan]] = []
+    cpus: list[float] = []
     walls: list[float] = []
     bad = 0
     for _ in range(RUNS):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         plan = solve(inst)
+        cpus.append(time.process_time() - c)
         walls.append(time.perf_counter() - t)
         bad += len(check_plan(inst, plan))
         gap = 1 - plan.delivered_kwh / plan.upper_bound_kwh if plan.upper_bound_kwh else 1.0
         runs.append((gap, plan))
     runs.sort(key=lambda r: r[0])
-    return runs[len(runs) // 2][1], walls, [g for g, _ in runs], bad
+    return runs[len(runs) // 2][1], cpus, walls, [g for g, _ in runs], bad
 
 
 def run(quick: bool) -> list[Row]:
     """Per day's 17:00 re-plan, `RUNS` solves each: solve time, energy vs LP bound and baselines, violations.
 
-    Solve times and gaps are the median and spread of the runs; the worst day is judged by
-    its median. Limit violations are counted over every run's plan and both baselines.
+    Solve times (process CPU, the verdict: GLOP runs on one thread and a shared machine
+    stretches wall time; wall beside it) and gaps are the median and spread of the runs; the
+    worst day is judged by its median. Limit violations are counted over every run's plan and both baselines.
     """
     bench = "charging"
     try:
@@ -268,19 +271,19 @@ def run(quick: bool) -> list[Row]:
     if not quick:  # stress: nobody charged before 17:00 (e.g. after an outage), every car needs energy
         cases.append(("stress", instance(cars, 0, max_sessions, had_kw={1: 0.0, 3: 0.0})))
     for label, inst in cases:
-        plan, walls, gaps, bad_runs = _solve_runs(inst)
+        plan, cpus, walls, gaps, bad_runs = _solve_runs(inst)
         fcfs, equal = baseline_fcfs(inst), baseline_equal_share(inst)
         bad = [bad_runs] + [len(check_plan(inst, p)) for p in (fcfs, equal)]
         violations += sum(bad)
-        medians_s.append(median(walls))
+        medians_s.append(median(cpus))
         medians_gap.append(median(gaps))
         tag = f"{label} ({len(inst.sessions)} cars)"
-        rows += _day_rows(bench, tag, inst, plan, fcfs, equal, walls, gaps, bad)
+        rows += _day_rows(bench, tag, inst, plan, fcfs, equal, (cpus, walls), gaps, bad)
     worst_s, worst_gap = max(medians_s), max(medians_gap)
     rows.append(
         Row(
             bench,
-            "worst day's median solve time",
+            "worst day's median solve CPU time",
             f"{worst_s:.2f} s",
             f"days' medians {median_spread(medians_s, '{:.2f}')}",
             target=f"< {TARGET_S:.0f} s",
@@ -316,19 +319,21 @@ def _day_rows(
     plan: ChargingPlan,
     fcfs: ChargingPlan,
     equal: ChargingPlan,
-    walls: list[float],
+    times: tuple[list[float], list[float]],
     gaps: list[float],
     bad: list[int],
 ) -> list[Row]:
     req = plan.requested_kwh
-    wall, gap = median(walls), median(gaps)
+    cpus, walls = times
+    cpu, gap = median(cpus), median(gaps)
     return [
         Row(
             bench,
-            f"{tag} solve s [{plan.status}]",
-            median_spread(walls, "{:.2f}"),
+            f"{tag} solve CPU s [{plan.status}]",
+            median_spread(cpus, "{:.2f}"),
+            f"wall {median_spread(walls, '{:.2f}')}",
             target=f"< {TARGET_S:.0f} s",
-            verdict="OK" if wall < TARGET_S else "FAIL",
+            verdict="OK" if cpu < TARGET_S else "FAIL",
         ),
         Row(
             bench,
