@@ -141,7 +141,7 @@ def _measure(body: Body, warmup_s: float, seconds: float) -> _Window:
     import uvloop
 
     async def main() -> _Window:
-        async with asyncio.timeout(warmup_s + seconds + 60):
+        async with asyncio.timeout(warmup_s + seconds + START_S):  # connect and subscribe, loaded
             return await body(_Snap(warmup_s, seconds))
 
     try:
