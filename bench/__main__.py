@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 import sys
 import time
+import traceback
 
 import bench
 from bench.common import Row, print_table
@@ -29,14 +30,23 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(mods)}")
         mods = [m for m in mods if m in args.names or m.removeprefix("bench_") in args.names]
     rows: list[Row] = []
+    crashed = 0
     for name in mods:
         t0 = time.perf_counter()
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        module = importlib.import_module(f"bench.{name}")
-        rows.extend(module.run(args.quick))
+        try:
+            module = importlib.import_module(f"bench.{name}")
+            rows.extend(module.run(args.quick))
+        except Exception as exc:  # a bench that crashes is a row of the table, not only a traceback
+            traceback.print_exc()
+            crashed += 1
+            why = f"{type(exc).__name__}: {exc}"
+            rows.append(
+                Row(name.removeprefix("bench_"), "run", "crashed", why, target="no crash", verdict="FAIL")
+            )
         print(f"  {name} took {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     print_table(rows)
-    return 0
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":

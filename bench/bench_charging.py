@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import Row
+from bench.common import RUNS, Row, median, median_spread
 from optimizer.charging import (
     ChargingInstance,
     ChargingPlan,
@@ -229,8 +229,31 @@ def _pct(a: float, b: float) -> str:
     return f"{100 * a / b:.2f} %" if b else "n/a"
 
 
+def _solve_runs(inst: ChargingInstance) -> tuple[ChargingPlan, list[float], list[float], list[float], int]:
+    """Solve `RUNS` times: (the plan of the median run by gap, CPU s, wall s, gaps, violations)."""
+    runs: list[tuple[float, ChargingPlan]] = []
+    cpus: list[float] = []
+    walls: list[float] = []
+    bad = 0
+    for _ in range(RUNS):
+        t, c = time.perf_counter(), time.process_time()
+        plan = solve(inst)
+        cpus.append(time.process_time() - c)
+        walls.append(time.perf_counter() - t)
+        bad += len(check_plan(inst, plan))
+        gap = 1 - plan.delivered_kwh / plan.upper_bound_kwh if plan.upper_bound_kwh else 1.0
+        runs.append((gap, plan))
+    runs.sort(key=lambda r: r[0])
+    return runs[len(runs) // 2][1], cpus, walls, [g for g, _ in runs], bad
+
+
 def run(quick: bool) -> list[Row]:
-    """Per day's 17:00 re-plan: solve time, energy vs LP bound and baselines, violations."""
+    """Per day's 17:00 re-plan, `RUNS` solves each: solve time, energy vs LP bound and baselines, violations.
+
+    Solve times (process CPU, the verdict: GLOP runs on one thread and a shared machine
+    stretches wall time; wall beside it) and gaps are the median and spread of the runs; the
+    worst day is judged by its median. Limit violations are counted over every run's plan and both baselines.
+    """
     bench = "charging"
     try:
         stats = load_stats()
@@ -241,42 +264,28 @@ def run(quick: bool) -> list[Row]:
     posts = CABINETS * FEEDERS_PER_CABINET * POSTS_PER_FEEDER
     cars = simulate_week(stats, posts, days)
     rows: list[Row] = []
-    worst_s = 0.0
-    worst_gap = 0.0
+    medians_s: list[float] = []
+    medians_gap: list[float] = []
     violations = 0
-    for day in range(days):
-        inst = instance(cars, day, max_sessions)
-        t = time.perf_counter()
-        plan = solve(inst)
-        wall = time.perf_counter() - t
-        fcfs = baseline_fcfs(inst)
-        equal = baseline_equal_share(inst)
-        bad = [len(check_plan(inst, p)) for p in (plan, fcfs, equal)]
-        violations += sum(bad)
-        gap = 1 - plan.delivered_kwh / plan.upper_bound_kwh if plan.upper_bound_kwh else 1.0
-        worst_s = max(worst_s, wall)
-        worst_gap = max(worst_gap, gap)
-        tag = f"day {day} ({len(inst.sessions)} cars)"
-        rows += _day_rows(bench, tag, inst, plan, fcfs, equal, wall, gap, bad)
+    cases = [(f"day {day}", instance(cars, day, max_sessions)) for day in range(days)]
     if not quick:  # stress: nobody charged before 17:00 (e.g. after an outage), every car needs energy
-        inst = instance(cars, 0, max_sessions, had_kw={1: 0.0, 3: 0.0})
-        t = time.perf_counter()
-        plan = solve(inst)
-        wall = time.perf_counter() - t
+        cases.append(("stress", instance(cars, 0, max_sessions, had_kw={1: 0.0, 3: 0.0})))
+    for label, inst in cases:
+        plan, cpus, walls, gaps, bad_runs = _solve_runs(inst)
         fcfs, equal = baseline_fcfs(inst), baseline_equal_share(inst)
-        bad = [len(check_plan(inst, p)) for p in (plan, fcfs, equal)]
+        bad = [bad_runs] + [len(check_plan(inst, p)) for p in (fcfs, equal)]
         violations += sum(bad)
-        gap = 1 - plan.delivered_kwh / plan.upper_bound_kwh if plan.upper_bound_kwh else 1.0
-        worst_s = max(worst_s, wall)
-        worst_gap = max(worst_gap, gap)
-        rows += _day_rows(
-            bench, f"stress ({len(inst.sessions)} cars)", inst, plan, fcfs, equal, wall, gap, bad
-        )
+        medians_s.append(median(cpus))
+        medians_gap.append(median(gaps))
+        tag = f"{label} ({len(inst.sessions)} cars)"
+        rows += _day_rows(bench, tag, inst, plan, fcfs, equal, (cpus, walls), gaps, bad)
+    worst_s, worst_gap = max(medians_s), max(medians_gap)
     rows.append(
         Row(
             bench,
-            "worst solve time",
+            "worst day's median solve CPU time",
             f"{worst_s:.2f} s",
+            f"days' medians {median_spread(medians_s, '{:.2f}')}",
             target=f"< {TARGET_S:.0f} s",
             verdict="OK" if worst_s < TARGET_S else "FAIL",
         )
@@ -284,8 +293,9 @@ def run(quick: bool) -> list[Row]:
     rows.append(
         Row(
             bench,
-            "worst gap to LP bound",
+            "worst day's median gap to LP bound",
             f"{100 * worst_gap:.2f} %",
+            f"days' medians {median_spread([100 * g for g in medians_gap], '{:.2f}')} %",
             target=f"<= {100 * TARGET_GAP:.0f} %",
             verdict="OK" if worst_gap <= TARGET_GAP else "FAIL",
         )
@@ -293,7 +303,7 @@ def run(quick: bool) -> list[Row]:
     rows.append(
         Row(
             bench,
-            "limit violations (plan + baselines)",
+            "limit violations (all runs + baselines)",
             str(violations),
             target="0",
             verdict="OK" if violations == 0 else "FAIL",
@@ -309,24 +319,27 @@ def _day_rows(
     plan: ChargingPlan,
     fcfs: ChargingPlan,
     equal: ChargingPlan,
-    wall: float,
-    gap: float,
+    times: tuple[list[float], list[float]],
+    gaps: list[float],
     bad: list[int],
 ) -> list[Row]:
     req = plan.requested_kwh
+    cpus, walls = times
+    cpu, gap = median(cpus), median(gaps)
     return [
         Row(
             bench,
-            f"{tag} solve [{plan.status}]",
-            f"{wall:.2f} s",
+            f"{tag} solve CPU s [{plan.status}]",
+            median_spread(cpus, "{:.2f}"),
+            f"wall {median_spread(walls, '{:.2f}')}",
             target=f"< {TARGET_S:.0f} s",
-            verdict="OK" if wall < TARGET_S else "FAIL",
+            verdict="OK" if cpu < TARGET_S else "FAIL",
         ),
         Row(
             bench,
-            f"{tag} delivered vs LP bound",
+            f"{tag} delivered vs LP bound (gap % of runs)",
             f"{plan.delivered_kwh:.0f} kWh",
-            f"{plan.upper_bound_kwh:.0f} kWh",
+            f"{plan.upper_bound_kwh:.0f} kWh, gap {median_spread([100 * g for g in gaps], '{:.2f}')}",
             _pct(plan.delivered_kwh, plan.upper_bound_kwh),
             f">= {100 * (1 - TARGET_GAP):.0f} %",
             "OK" if gap <= TARGET_GAP else "FAIL",

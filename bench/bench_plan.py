@@ -6,7 +6,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from bench.common import Row
+from bench.common import RUNS, Row, median, median_spread
 from optimizer.lighting import DimmingInstance, LampGroup, check_plan, fallback_plan, solve
 
 SEED = 20240521
@@ -101,31 +101,50 @@ def _pct(part: float, whole: float) -> str:
 
 
 def run(quick: bool) -> list[Row]:
-    """Plan one night for the city (quick: ~2,000 lamps) and report time, energy and checks."""
+    """Plan one night for the city (quick: ~2,000 lamps) `RUNS` times; report time, energy and checks.
+
+    Solve and check times are the median and spread of the runs; the energy rows give the
+    median plan (the spread row shows whether the runs found different plans).
+    """
     lamps = QUICK_LAMPS if quick else CITY_LAMPS
     name = f"plan[{lamps} lamps]"
     inst = make_city(lamps)
-    t0 = time.perf_counter()
-    plan = solve(inst)
-    took = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    violations = check_plan(inst, plan)
-    check_s = time.perf_counter() - t1
+    took: list[float] = []
+    cpus: list[float] = []
+    checks: list[float] = []
+    plans = []
+    violations = 0
+    for _ in range(RUNS):
+        t0, c0 = time.perf_counter(), time.process_time()
+        plan = solve(inst)
+        took.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+        t1 = time.perf_counter()
+        violations += len(check_plan(inst, plan))
+        checks.append(time.perf_counter() - t1)
+        plans.append(plan)
+    plans.sort(key=lambda p: p.energy_kwh)
+    plan = plans[len(plans) // 2]  # the median plan by energy
+    energies = [p.energy_kwh for p in plans]
+    optimal = sum(1 for p in plans if p.status == "optimal")
     safe = fallback_plan(inst, "reference")
     st = plan.stats
     n_lamps = sum(g.lamp_count for g in inst.groups)
     gap = plan.energy_kwh - plan.lower_bound_kwh
+    t_med = median(took)
     return [
         Row(name, "groups / components", f"{len(inst.groups)} / {st.get('components', 0)}",
             reference=f"{n_lamps} lamps, {len(inst.slot_start_local_minute)} slots"),
-        Row(name, "solve time (s)", f"{took:.2f}", reference=f"budget {inst.time_limit_s:.0f}",
-            ratio=f"{took / TARGET_S:.2f}", target=f"< {TARGET_S:.0f}",
-            verdict="ok" if took < TARGET_S else "FAIL"),
-        Row(name, "status", plan.status, reference=plan.reason or "-",
-            verdict="ok" if plan.status == "optimal" else "check"),
-        Row(name, "components by method",
+        Row(name, "solve wall time (s)", median_spread(took, "{:.2f}"), reference=f"budget {inst.time_limit_s:.0f}",
+            ratio=f"{t_med / TARGET_S:.2f}", target=f"< {TARGET_S:.0f}",
+            verdict="ok" if max(took) < TARGET_S else "FAIL"),
+        Row(name, "solve CPU time (s)", median_spread(cpus, "{:.2f}"), reference="process CPU, all threads"),
+        Row(name, "status: optimal runs", f"{optimal} / {len(plans)}", reference=plan.reason or "-",
+            verdict="ok" if optimal == len(plans) else "check"),
+        Row(name, "components by method (median plan)",
             f"dp {st.get('dp_optimal', 0)}, cp-sat {st.get('cpsat_optimal', 0)}"
             f"+{st.get('cpsat_feasible', 0)}, fallback {st.get('fallback', 0)}"),
+        Row(name, "energy of the runs' plans (kWh)", median_spread(energies, "{:.1f}")),
         Row(name, "energy vs static 100 % (kWh)", f"{plan.energy_kwh:.1f}",
             reference=f"{plan.baseline_static_kwh:.1f}",
             ratio=_pct(plan.energy_kwh, plan.baseline_static_kwh), target="< 100 %",
@@ -136,11 +155,11 @@ def run(quick: bool) -> list[Row]:
             verdict="ok" if plan.energy_kwh < plan.baseline_dortmund_kwh else "FAIL"),
         Row(name, "energy vs safe fallback (kWh)", f"{plan.energy_kwh:.1f}",
             reference=f"{safe.energy_kwh:.1f}", ratio=_pct(plan.energy_kwh, safe.energy_kwh),
-            target="<= 100 %", verdict="ok" if plan.energy_kwh <= safe.energy_kwh + 1e-6 else "FAIL"),
+            target="<= 100 %", verdict="ok" if max(energies) <= safe.energy_kwh + 1e-6 else "FAIL"),
         Row(name, "gap to lower bound (kWh)", f"{gap:.3f}",
             reference=f"bound {plan.lower_bound_kwh:.1f}",
             ratio=_pct(gap, plan.energy_kwh), target="~0 if optimal"),
-        Row(name, "check_plan violations", str(len(violations)),
-            reference=f"check {check_s:.2f} s", target="0",
+        Row(name, "check_plan violations (all runs)", str(violations),
+            reference=f"check {median_spread(checks, '{:.2f}')} s", target="0",
             verdict="ok" if not violations else "FAIL"),
     ]  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,15 +23,45 @@ class Row:
     verdict: str = ""
 
 
+CELL_MAX = 48
+"""Widest a table column gets: longer cells wrap onto continuation lines."""
+FOOTNOTE_MIN = 3 * CELL_MAX
+"""A cell longer than this (an error tail, a long note) moves under the table as a footnote."""
+
+
+def _lines(cell: str, width: int) -> list[str]:
+    return textwrap.wrap(cell, width, break_on_hyphens=False) or [""]
+
+
 def print_table(rows: list[Row]) -> None:
-    """Print rows as an aligned plain-text table."""
+    """Print rows as an aligned plain-text table, no column wider than `CELL_MAX`.
+
+    Long cells wrap onto continuation lines of their row; very long ones (error output) are
+    replaced by a `[n]` mark and printed in full as footnotes under the table.
+    """
     head = ("bench", "metric", "ours", "reference", "ratio", "target", "ok")
-    data = [head] + [(r.bench, r.metric, r.ours, r.reference, r.ratio, r.target, r.verdict) for r in rows]
-    widths = [max(len(row[i]) for row in data) for i in range(len(head))]
+    notes: list[str] = []
+
+    def cell(text: str) -> str:
+        if len(text) <= FOOTNOTE_MIN:
+            return text
+        notes.append(text)
+        return f"[{len(notes)}] see below"
+
+    data = [head] + [
+        tuple(cell(c) for c in (r.bench, r.metric, r.ours, r.reference, r.ratio, r.target, r.verdict))
+        for r in rows
+    ]
+    widths = [min(CELL_MAX, max(len(row[i]) for row in data)) for i in range(len(head))]
     for i, row in enumerate(data):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        wrapped = [_lines(c, w) for c, w in zip(row, widths, strict=True)]
+        for k in range(max(len(x) for x in wrapped)):
+            parts = [(x[k] if k < len(x) else "").ljust(w) for x, w in zip(wrapped, widths, strict=True)]
+            print("  ".join(parts).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    for n, text in enumerate(notes, 1):
+        print(f"[{n}] {text}")
 
 
 RUNS = max(1, int(os.environ.get("BENCH_RUNS", "3")))

@@ -35,10 +35,11 @@ neighbour at full power. A top-up pass fills what is still missing into spare ca
 slots first, and a polish LP keeps the rounded on/off pattern (on: [min_a, ub], off: 0) and
 re-optimises the amounts (most energy, each car keeping at least its rounded energy, then cost).
 
-Measured on `bench/bench_charging.py` (2 cores, one used; 480-663 cars on 680 posts, 96 slots,
-8 cabinets / 40 feeders): 0.4-0.8 s a re-plan, 99.1-99.5 % of the LP bound, 3-6 % more energy
-than first come first served and 7-15 % more than equal share, and no car left at 0 that could
-charge. Measured alternative: CP-SAT on integer amperes with a Boolean per car and slot (one
+Measured on `python -m bench charging` (2 cores, one used; 480-663 cars on 680 posts, 96 slots,
+8 cabinets / 40 feeders): 0.3-0.6 s of CPU a re-plan (medians of 3 runs), 99.1-99.5 % of the
+LP bound, 3-6 % more energy than first come first served and 7-15 % more than equal share, and
+no car left at 0 that could charge. On a machine at load 10 the 2 s wall budget ran out on one
+re-plan of eight (it fell back to the safe plan: the bench counts it as a FAIL). Measured alternative: CP-SAT on integer amperes with a Boolean per car and slot (one
 worker, 1.5 s, with or without our plan as hint) reached 4,434-4,436 kWh on the 663-car stress
 re-plan against our 4,450 kWh in 0.42 s, and optimised energy only. So: LP and rounding.
 

@@ -31,9 +31,10 @@ unplaced) points to its nearest guidable car park with room left after the plan,
 each unplaced car, so plans that place different numbers of cars compare fairly.
 
 Time limit: `SimpleMinCostFlow` offers none, and none is needed: the solve is polynomial, and
-`bench/bench_guidance.py` (200 car parks, 1,000 approaches, 30,000 pairs, 2 cores) measures
-0.09-0.12 s a solve against its 1 s target, of which the flow itself is ~10 ms and the rest
-preparing, assembling and checking the plan in Python (the greedy fallback alone takes ~0.08 s).
+`python -m bench guidance` (200 car parks, 1,000 approaches, 30,000 pairs, 2 cores) measures
+0.15-0.20 s of CPU a solve (medians of 3 runs, normal and tight load, on a shared machine)
+against its 1 s target, of which the flow itself is ~10 ms and the rest preparing, assembling
+and checking the plan in Python (the greedy fallback alone takes 0.12-0.13 s).
 The flow's total minutes are 8-16 % below the greedy fallback's (more below when car parks run
 full, where greedy order strands cars).
 

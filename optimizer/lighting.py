@@ -23,7 +23,9 @@ How a city-sized night is solved fast, and why (measured on 2 cores, see `bench/
    exception, or the budget spent): see `fallback_plan`.
 
 Measured limits: the stepped nights the controllers produce (requirements change a few times a
-night) solve to proven optimality for 54,000 lamps in ~2 s. If requirements jitter slot by slot
+night) solve to proven optimality for 54,000 lamps in ~3 s of CPU (`python -m bench plan`: 2.9-3.3 s
+in 3 runs; on a machine at load 10 the wall time stretched to 15-22 s, and in 2 of 3 runs one of
+568 components got no CP-SAT solution in its time share and fell back). If requirements jitter slot by slot
 (e.g. traffic-adaptive classes), blocks do not merge, some components stay "feasible" at their
 time share and the plan is within ~2 % of the lower bound; a larger `time_limit_s` narrows it.
 Running CP-SAT with 2 workers per small component was measured worse than 1, so `workers` is
