@@ -29,13 +29,19 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(mods)}")
         mods = [m for m in mods if m in args.names or m.removeprefix("bench_") in args.names]
     rows: list[Row] = []
+    tails: list[str] = []
     for name in mods:
         t0 = time.perf_counter()
         print(f"running {name} ...", file=sys.stderr, flush=True)
         module = importlib.import_module(f"bench.{name}")
         rows.extend(module.run(args.quick))
+        tail = getattr(module, "json_tail", None)  # a bench whose last line must be its JSON
+        if callable(tail) and (line := tail()):
+            tails.append(str(line))
         print(f"  {name} took {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     print_table(rows)
+    for line in tails:
+        print(line)
     return 0
 
 
