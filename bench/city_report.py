@@ -41,7 +41,7 @@ def _startup_failures(r: dict[str, Any]) -> dict[str, int]:
     )
     lamps = ready["online"].get("lamp")
     out["lamps without the first plan"] = max(0, lamps[1] - ready["lamps_applied"]) if lamps else 0
-    out["start-up timeout"] = 0 if r["started"] else 1
+    out["start-up never complete (timed out or stalled)"] = 0 if r["started"] else 1
     return out
 
 
@@ -85,6 +85,7 @@ def per_run(r: dict[str, Any]) -> dict[str, Any]:
         "rss_mb": r["rss_mb"],
         "startup_s": r["startup_s"],
         "startup_cpu_s": r["startup_cpu_s"],
+        "startup_complete": bool(r["started"]),
         "startup_failures": sum(su.values()),
         "steady_failures": sum(st.values()),
         "startup_failure_kinds": su,
@@ -127,6 +128,22 @@ def _ok(good: bool) -> str:
     return "ok" if good else "MISS"
 
 
+def _waste_rows(what: str, plans: list[dict[str, Any]], k: Knobs) -> list[Row]:
+    secs = [float(p.get("plan_s", float("nan"))) for p in plans]
+    limit = k.waste_solver_s
+    bins = plans[0].get("bins", 0)
+    brief = " ".join(
+        f"{p.get('status')}/{p.get('routes')}/{p.get('mandatory')}/{p.get('violations')}" for p in plans
+    )
+    return [
+        Row("city plans", f"{what}: {bins} bins / {k.trucks} trucks, s (asked to in force)",
+            median_spread(secs, "{:.2f}"), f"limit {limit:g} s", "", f"<= {limit * 1.1 + 1:.0f}",
+            _ok(median(secs) <= limit * 1.1 + 1)),
+        Row("city plans", f"{what}: status / routes / mandatory / violations", brief,
+            verdict=_ok(all(p.get("violations", 1) == 0 for p in plans))),
+    ]  # fmt: skip
+
+
 def _plan_rows(runs: list[dict[str, Any]], k: Knobs) -> list[Row]:
     rows: list[Row] = []
     for domain, what in (
@@ -139,17 +156,12 @@ def _plan_rows(runs: list[dict[str, Any]], k: Knobs) -> list[Row]:
         if not any(made):
             continue
         first = [p[0] for p in plans if p]
+        if domain == "waste" and any(len(p) > 1 for p in plans):
+            rows += _waste_rows(f"{what} at start-up (worker process spawned)", first, k)
+            rows += _waste_rows(f"{what} again in the window", [p[-1] for p in plans if len(p) > 1], k)
+            continue
         if domain == "waste":
-            secs = [float(p.get("plan_s", float("nan"))) for p in first]
-            limit = k.waste_solver_s
-            bins = first[0].get("bins", 0)
-            rows.append(Row("city plans", f"{what}: {bins} bins / {k.trucks} trucks, s (made to in force)",
-                            median_spread(secs, "{:.2f}"), f"limit {limit:g} s", "",
-                            f"<= {limit * 1.1 + 1:.0f}", _ok(median(secs) <= limit * 1.1 + 1)))  # fmt: skip
-            rows.append(Row("city plans", f"{what}: status / routes / mandatory / violations",
-                            " ".join(f"{p.get('status')}/{p.get('routes')}/{p.get('mandatory')}/{p.get('violations')}"
-                                     for p in first),
-                            verdict=_ok(all(p.get("violations", 1) == 0 for p in first))))  # fmt: skip
+            rows += _waste_rows(what, first, k)
             continue
         solve = [float(p.get("solve_seconds", float("nan"))) for p in first]
         size = (
@@ -183,6 +195,7 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
     cores = runs[0]["cores"]
     cpu = median(vals("daemon_cpu_pct_of_core"))
     su, st = vals("startup_failures"), vals("steady_failures")
+    incomplete = sum(1 for r in runs if not r["startup_complete"])
     rows = [
         Row(name, "daemon CPU % of one core (steady)", ms("daemon_cpu_pct_of_core"), target=f"< {TARGET_CPU_CORE:.0f}",
             verdict=_ok(cpu < TARGET_CPU_CORE)),
@@ -191,8 +204,8 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
         Row(name, "daemon RSS MB (max in the window)", ms("rss_mb", "{:.0f}"), target=f"< {TARGET_RSS_MB:.0f}",
             verdict=_ok(median(vals("rss_mb")) < TARGET_RSS_MB)),
         Row(name, "start-up s (process start to all online + first plans applied)", ms("startup_s"),
-            f"{ms('startup_cpu_s')} CPU s", target=f"< {TARGET_STARTUP_S:.0f}",
-            verdict=_ok(median(vals("startup_s")) < TARGET_STARTUP_S)),
+            f"{ms('startup_cpu_s')} CPU s; {incomplete} runs never complete", target=f"< {TARGET_STARTUP_S:.0f}",
+            verdict=_ok(median(vals("startup_s")) < TARGET_STARTUP_S and not incomplete)),
         Row(name, "start-up failures (sum of the rows below)", f"{sum(su):.0f} in {len(runs)} runs", target="0",
             verdict=_ok(sum(su) == 0)),
     ]  # fmt: skip
@@ -255,6 +268,6 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
         "daemon_cpu_pct_of_core", "daemon_cpu_pct_of_node", "rss_mb", "startup_s", "loop_lag_p50_ms",
         "loop_lag_p99_ms", "command_p50_ms", "command_p99_ms", "mqtt_out_per_s", "lamp_reads_per_s",
         "daemon_cpu_us_per_lamp_read", "lamp_cpu_us_per_read")}  # fmt: skip
-    summary |= {"startup_failures": int(sum(su)), "steady_failures": int(sum(st)), "runs": len(runs),
+    summary |= {"startup_incomplete_runs": incomplete, "startup_failures": int(sum(su)), "steady_failures": int(sum(st)), "runs": len(runs),
                 "lamps": k.lamps, "window_s": k.window_s, "devices": runs[0]["devices"]}  # fmt: skip
     return rows, summary

@@ -53,7 +53,7 @@ class Knobs:
     uplink_max_s: float = 3_600.0  # BENCH_CITY_UPLINK_MAX_S
     trucks: int = 20  # BENCH_CITY_TRUCKS
     truck_s: float = 5.0  # BENCH_CITY_TRUCK_S: truck state interval
-    waste_solver_s: float = 30.0  # BENCH_CITY_WASTE_SOLVER_S: the collection plan's time limit
+    waste_solver_s: float = 10.0  # BENCH_CITY_WASTE_SOLVER_S: the collection plan's time limit (site default)
     window_s: float = 600.0  # BENCH_CITY_WINDOW_S: steady-state window
     cmd_s: float = 3.0  # BENCH_CITY_CMD_S: one operator set_level every this many seconds
     utility_s: float = 60.0  # BENCH_CITY_UTILITY_S: one utility curtailment every this many seconds
