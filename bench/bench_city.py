@@ -97,9 +97,11 @@ def _children_cpu(p: Any) -> float:
 
 
 def _start_lamps(ctx: Any, stop: Any, k: Knobs, t0: float, procs: list[SpawnProcess]) -> list[Any]:
+    """The lamp simulator processes, one after the other: each picks free ports for its controllers,
+    and two picking at once collide (a port free for one is taken by the other)."""
     n = k.controllers
     parts = max(1, min(k.lamp_sim_procs, n))
-    conns = []
+    endpoints: list[Any] = []
     for i in range(parts):
         lo, hi = i * n // parts, (i + 1) * n // parts
         parent, child = ctx.Pipe()
@@ -107,9 +109,6 @@ def _start_lamps(ctx: Any, stop: Any, k: Knobs, t0: float, procs: list[SpawnProc
                         name=f"bench-city-lamps-{i}")  # fmt: skip
         p.start()
         procs.append(p)
-        conns.append((parent, p))
-    endpoints: list[Any] = []
-    for parent, p in conns:
         endpoints += _wait_recv(parent, p, 300, "lamp simulator")
     return endpoints
 

@@ -138,6 +138,7 @@ class Probes:
         self.milestones: dict[str, float] = {}
         self.waste_started: float | None = None
         self._sub = d.bus.subscribe("bench.plans", PlanEvent, CommandResult)
+        self.shown: set[str] = set()  # displays with content confirmed by read-back
         self.failed: Counter[str] = Counter()  # failed / expired commands by point and reason
         self._tasks: list[asyncio.Task[None]] = []
         self.applied = 0
@@ -170,6 +171,8 @@ class Probes:
     async def _plans(self) -> None:
         async for ev in self._sub:
             if isinstance(ev, CommandResult):
+                if ev.outcome == Outcome.CONFIRMED and ev.command.point == "content":
+                    self.shown.add(ev.command.device_id)
                 if ev.outcome in (Outcome.FAILED, Outcome.EXPIRED):
                     reason = "".join(c if not c.isdigit() else "#" for c in ev.reason)[:90]
                     self.failed[f"{ev.outcome} {ev.command.point}: {reason}"] += 1
@@ -235,8 +238,8 @@ class Probes:
         if d.charging is not None:
             ok &= self._mark("charging plan made", d.charging.stats.plans >= 1)
         if d.displays is not None:
-            n = sum(1 for x in d.settings.displays.displays)
-            ok &= self._mark("every display showing", d.displays.stats.updates >= n)
+            n = len(d.settings.displays.displays)
+            ok &= self._mark("every display showing (content confirmed)", len(self.shown) >= n)
         if d.waste is not None:
             ok &= self._mark("waste plan made", d.waste.plans_made >= 1)
         return ok

@@ -49,9 +49,19 @@ def serve_lamps(conn: Connection, stop: MpEvent, total: int, per: int, lo: int, 
     async def main() -> None:
         specs = demo_controllers(total, per, 0)[lo:hi]
         clock = SimClock(start=clock_at(t0_wall, time.time()))
-        async with LightingSimulator(specs, clock, tick_s=tick_s, seed=7 + lo) as sim:
-            conn.send([(e.endpoint_id, e.host, e.port, e.unit, e.lamps) for e in sim.endpoints()])
-            await asyncio.to_thread(stop.wait)
+        for attempt in range(5):  # free ports are picked per process: another may take one first
+            try:
+                sim = await LightingSimulator(specs, clock, tick_s=tick_s, seed=7 + lo).__aenter__()
+            except (OSError, ExceptionGroup):  # "cannot listen on 127.0.0.1:PORT", from its task group
+                if attempt == 4:
+                    raise
+                continue
+            try:
+                conn.send([(e.endpoint_id, e.host, e.port, e.unit, e.lamps) for e in sim.endpoints()])
+                await asyncio.to_thread(stop.wait)
+            finally:
+                await sim.__aexit__(None, None, None)
+            return
 
     uvloop.run(main())
 
