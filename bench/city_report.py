@@ -8,6 +8,7 @@ costs divide an area's CPU by what that area handled in the window (lamp reads, 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -122,6 +123,11 @@ def per_run(r: dict[str, Any]) -> dict[str, Any]:
         "cores": cores,
         "lamps": k.lamps,
     }
+
+
+def _finite(x: float) -> float | None:
+    """A number for the JSON line (strict JSON has no NaN: a metric with no samples is null)."""
+    return x if math.isfinite(x) else None
 
 
 def _ok(good: bool) -> str:
@@ -264,7 +270,7 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
                 median_spread([r["milestones"].get(m, float("nan")) for r in runs]),
             )
         )
-    summary = {key: median(vals(key)) for key in (
+    summary: dict[str, Any] = {key: _finite(median(vals(key))) for key in (
         "daemon_cpu_pct_of_core", "daemon_cpu_pct_of_node", "rss_mb", "startup_s", "loop_lag_p50_ms",
         "loop_lag_p99_ms", "command_p50_ms", "command_p99_ms", "mqtt_out_per_s", "lamp_reads_per_s",
         "daemon_cpu_us_per_lamp_read", "lamp_cpu_us_per_read")}  # fmt: skip
