@@ -275,5 +275,5 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
         "loop_lag_p99_ms", "command_p50_ms", "command_p99_ms", "mqtt_out_per_s", "lamp_reads_per_s",
         "daemon_cpu_us_per_lamp_read", "lamp_cpu_us_per_read")}  # fmt: skip
     summary |= {"startup_incomplete_runs": incomplete, "startup_failures": int(sum(su)), "steady_failures": int(sum(st)), "runs": len(runs),
-                "lamps": k.lamps, "window_s": k.window_s, "devices": runs[0]["devices"]}  # fmt: skip
+                "lamps": runs[0]["devices"].get("lamp", k.lamps), "window_s": k.window_s, "devices": runs[0]["devices"]}  # fmt: skip
     return rows, summary
