@@ -54,7 +54,10 @@ async def trickle(
     sample: Callable[[], float],
     seed: int,
 ) -> Trickle:
-    """Run the trickle for `window_s`; `sample()` is called every 5 s (the daemon's RSS)."""
+    """Run the trickle for `window_s`; `sample()` is called every 5 s (the daemon's RSS).
+
+    Size exception: the closures share one client, its waiting table and the results.
+    """
     import aiomqtt
     import orjson
     from paho.mqtt.packettypes import PacketTypes

@@ -71,7 +71,6 @@ def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, kn
     import asyncio
     import contextlib
 
-    import aiomqtt
     import uvloop
 
     import simulators.waste_bins as wb
@@ -83,7 +82,6 @@ def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, kn
     from edge.settings import load_settings
     from simulators.charging import ChargingSimulator
     from simulators.displays import DisplaySimulator, SimBoard, SimSign
-    from simulators.parking import ParkingSimulator, SimCarPark
     from simulators.waste import WasteSimulator
 
     quiet()
@@ -95,7 +93,6 @@ def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, kn
     settings = load_settings(Path(config))
     inv = load_inventory(settings.inventory_path())
     url = settings.mqtt.url
-    host, _, port = url.split("://", 1)[1].partition(":")
 
     async def main() -> None:
         clock = SimClock(start=clock_at(t0_wall, time.time()))
@@ -130,22 +127,7 @@ def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, kn
                         uplink_qos=0,
                     )
                 )
-            tasks = []
-            if settings.displays.car_parks:
-                sim = ParkingSimulator(
-                    [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in settings.displays.car_parks],
-                    clock,
-                    base_topic=f"{settings.mqtt.topic_prefix}/{settings.site.id}",
-                    seed=9,
-                )
-                client = await stack.enter_async_context(
-                    aiomqtt.Client(
-                        host, int(port or 1883), identifier=f"{settings.site.id}-parks", timeout=10
-                    )
-                )
-                tasks.append(
-                    asyncio.create_task(sim.run(client, every_s=knobs["carpark_s"]), name="bench.parks")
-                )
+            tasks = await _car_parks(stack, settings, clock, knobs["carpark_s"])
             conn.send("ready")
             await asyncio.to_thread(stop.wait)
             for t in tasks:
@@ -153,6 +135,30 @@ def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, kn
             await asyncio.gather(*tasks, return_exceptions=True)
 
     uvloop.run(main())
+
+
+async def _car_parks(stack: Any, settings: Any, clock: Any, every_s: float) -> list[Any]:
+    """The car-park counters (`ParkingSimulator`) on their own MQTT client, as the demo runs them."""
+    import asyncio
+
+    import aiomqtt
+
+    from simulators.parking import ParkingSimulator, SimCarPark
+
+    host, _, port = settings.mqtt.url.split("://", 1)[1].partition(":")
+    tasks: list[asyncio.Task[None]] = []
+    if settings.displays.car_parks:
+        sim = ParkingSimulator(
+            [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in settings.displays.car_parks],
+            clock,
+            base_topic=f"{settings.mqtt.topic_prefix}/{settings.site.id}",
+            seed=9,
+        )
+        client = await stack.enter_async_context(
+            aiomqtt.Client(host, int(port or 1883), identifier=f"{settings.site.id}-parks", timeout=10)
+        )
+        tasks.append(asyncio.create_task(sim.run(client, every_s=every_s), name="bench.parks"))
+    return tasks
 
 
 def run_daemon(

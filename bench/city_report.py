@@ -188,7 +188,10 @@ def _plan_rows(runs: list[dict[str, Any]], k: Knobs) -> list[Row]:
 
 
 def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[str, Any]]:
-    """The table's rows and the JSON summary (medians) of the runs."""
+    """The table's rows and the JSON summary (medians) of the runs.
+
+    Size exception: the table's rows in the order they print, one statement each.
+    """
     runs = [per_run(r) for r in results]
     name = f"city {runs[0]['devices'].get('lamp', k.lamps)} lamps"
 

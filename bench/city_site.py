@@ -170,16 +170,8 @@ def _hhmm(ts: float) -> str:
     return f"{datetime.fromtimestamp(ts, TZ):%H:%M}"
 
 
-def write_site(
-    tmp: Path, k: Knobs, site_id: str, mqtt_url: str, opc_port: int, sign_ports: Sequence[int]
-) -> Path:
-    """site.toml for the run (bins.csv and inventory.csv are written beside it by the caller)."""
-    n_feeders = CABINETS * FEEDERS_PER_CABINET
-    feeders = ",\n  ".join(
-        f'{{ id = "cf-{f + 1:02d}", cabinet = "cab-{f // FEEDERS_PER_CABINET + 1}", limit_a = {FEEDER_LIMIT_A} }}'
-        for f in range(n_feeders)
-    )
-    cabinets = ",\n  ".join(f'{{ id = "cab-{c + 1}", limit_a = {CABINET_LIMIT_A} }}' for c in range(CABINETS))
+def _displays(k: Knobs, sign_ports: Sequence[int]) -> tuple[list[str], list[str], list[str]]:
+    """[displays] entries: displays (signs first), approaches of four displays each, car parks."""
     displays, approaches = [], []
     for i in range(k.boards):
         lat, lon = _grid(i, max(1, k.boards))
@@ -202,6 +194,20 @@ def write_site(
         parks.append(
             f'{{ id = "p-{i + 1:02d}", name = "P {i + 1}", capacity = {150 + 50 * (i % 8)}, lat = {lat:.5f}, lon = {lon:.5f} }}'
         )
+    return displays, approaches, parks
+
+
+def write_site(
+    tmp: Path, k: Knobs, site_id: str, mqtt_url: str, opc_port: int, sign_ports: Sequence[int]
+) -> Path:
+    """site.toml for the run (bins.csv and inventory.csv are written beside it by the caller)."""
+    n_feeders = CABINETS * FEEDERS_PER_CABINET
+    feeders = ",\n  ".join(
+        f'{{ id = "cf-{f + 1:02d}", cabinet = "cab-{f // FEEDERS_PER_CABINET + 1}", limit_a = {FEEDER_LIMIT_A} }}'
+        for f in range(n_feeders)
+    )
+    cabinets = ",\n  ".join(f'{{ id = "cab-{c + 1}", limit_a = {CABINET_LIMIT_A} }}' for c in range(CABINETS))
+    displays, approaches, parks = _displays(k, sign_ports)
     trucks = ",\n  ".join(
         f'{{ id = "truck-{t + 1:02d}", volume_l = 60000, weight_kg = 9500, shift = "{_hhmm(START + 60)}-13:00" }}'
         for t in range(k.trucks)
