@@ -1,0 +1,214 @@
+"""The city bench's child processes (all `spawn`): lamp simulators, the field simulators, the daemon.
+
+- `serve_lamps`: a slice of the lamp controllers (`simulators.lighting.LightingSimulator`,
+  physics every poll interval), sends their endpoints back, serves until `stop`.
+- `serve_field`: every other simulated device of the site, from the run's site.toml and
+  inventory, as the demo builds them (edge/app/demo.py): the charge points over OPC UA
+  (`sim_chargers`), LED boards over MQTT and VMS signs over Modbus (`DisplaySimulator`), car-park
+  counters (`ParkingSimulator`), bins with LoRaWAN uplinks and trucks (`WasteSimulator`, truck
+  state every BENCH_CITY_TRUCK_S, uplink intervals spread between BENCH_CITY_UPLINK_MIN_S and
+  _MAX_S).
+- `run_daemon`: `edge.app.daemon.running` with a `SimClock` at the run's clock, and in the same
+  process the bench's probes (city_probes.Probes): event-loop lag samples, plan events and
+  timings, milestones of the start-up, and stack samples for CPU by area. Answers "stats" over
+  the pipe until "stop".
+"""
+
+from __future__ import annotations
+
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as MpEvent
+from pathlib import Path
+from typing import Any
+
+
+def quiet() -> None:
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncua").setLevel(logging.ERROR)
+
+
+def serve_lamps(conn: Connection, stop: MpEvent, total: int, per: int, lo: int, hi: int, tick_s: float,
+                t0_wall: float) -> None:  # fmt: skip
+    """Controllers [lo, hi) of `demo_controllers(total, per)` on free ports."""
+    import asyncio
+
+    import uvloop
+
+    from bench.city_site import clock_at
+    from edge.clock import SimClock
+    from simulators.lighting import LightingSimulator, demo_controllers
+
+    quiet()
+
+    async def main() -> None:
+        specs = demo_controllers(total, per, 0)[lo:hi]
+        clock = SimClock(start=clock_at(t0_wall, time.time()))
+        for attempt in range(5):  # free ports are picked per process: another may take one first
+            try:
+                sim = await LightingSimulator(specs, clock, tick_s=tick_s, seed=7 + lo).__aenter__()
+            except (OSError, ExceptionGroup):  # "cannot listen on 127.0.0.1:PORT", from its task group
+                if attempt == 4:
+                    raise
+                continue
+            try:
+                conn.send([(e.endpoint_id, e.host, e.port, e.unit, e.lamps) for e in sim.endpoints()])
+                await asyncio.to_thread(stop.wait)
+            finally:
+                await sim.__aexit__(None, None, None)
+            return
+
+    uvloop.run(main())
+
+
+def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, knobs: dict[str, Any]) -> None:
+    """Charge points, displays, car parks, bins and trucks of the site, until `stop`."""
+    import asyncio
+    import contextlib
+
+    import uvloop
+
+    import simulators.waste_bins as wb
+    from bench.city_site import clock_at
+    from devices.inventory import load_inventory
+    from edge.app.daemon import site_bins
+    from edge.app.demo import sim_chargers
+    from edge.clock import SimClock
+    from edge.settings import load_settings
+    from simulators.charging import ChargingSimulator
+    from simulators.displays import DisplaySimulator, SimBoard, SimSign
+    from simulators.waste import WasteSimulator
+
+    quiet()
+    lo, hi = knobs["uplink_min_s"], knobs["uplink_max_s"]
+    # the bench's uplink intervals: five steps from min to max, equally likely (module constants
+    # FillModel reads when it draws each sensor's interval)
+    wb.UPLINK_INTERVALS_S = tuple(lo + (hi - lo) * i / 4 for i in range(5))
+    wb.UPLINK_WEIGHTS = (1, 1, 1, 1, 1)
+    settings = load_settings(Path(config))
+    inv = load_inventory(settings.inventory_path())
+    url = settings.mqtt.url
+
+    async def main() -> None:
+        clock = SimClock(start=clock_at(t0_wall, time.time()))
+        disp = settings.displays.displays
+        async with contextlib.AsyncExitStack() as stack:
+            if inv.chargers:
+                cps, feeders = sim_chargers(inv, settings)
+                opc_port = int(next(iter(inv.charger_servers.values()))[0].rsplit(":", 1)[1].split("/")[0])
+                await stack.enter_async_context(
+                    ChargingSimulator(cps, clock, feeders=feeders, port=opc_port, seed=3)
+                )
+            if disp:
+                await stack.enter_async_context(
+                    DisplaySimulator(
+                        clock,
+                        boards=[SimBoard(x.id) for x in disp if x.kind == "board"],
+                        signs=[SimSign(x.id, port=x.port) for x in disp if x.kind == "sign"],
+                        mqtt_url=url,
+                    )
+                )
+            bins = site_bins(settings)
+            if bins and settings.waste.trucks:
+                await stack.enter_async_context(
+                    WasteSimulator(
+                        settings.waste,
+                        bins,
+                        clock,
+                        mqtt_url=url,
+                        seed=5,
+                        timezone=settings.site.timezone,
+                        state_every_s=knobs["truck_s"],
+                        uplink_qos=0,
+                    )
+                )
+            tasks = await _car_parks(stack, settings, clock, knobs["carpark_s"])
+            conn.send("ready")
+            await asyncio.to_thread(stop.wait)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    uvloop.run(main())
+
+
+async def _car_parks(stack: Any, settings: Any, clock: Any, every_s: float) -> list[Any]:
+    """The car-park counters (`ParkingSimulator`) on their own MQTT client, as the demo runs them."""
+    import asyncio
+
+    import aiomqtt
+
+    from simulators.parking import ParkingSimulator, SimCarPark
+
+    host, _, port = settings.mqtt.url.split("://", 1)[1].partition(":")
+    tasks: list[asyncio.Task[None]] = []
+    if settings.displays.car_parks:
+        sim = ParkingSimulator(
+            [SimCarPark(c.id, c.capacity, tuple(c.sensors)) for c in settings.displays.car_parks],
+            clock,
+            base_topic=f"{settings.mqtt.topic_prefix}/{settings.site.id}",
+            seed=9,
+        )
+        client = await stack.enter_async_context(
+            aiomqtt.Client(host, int(port or 1883), identifier=f"{settings.site.id}-parks", timeout=10)
+        )
+        tasks.append(asyncio.create_task(sim.run(client, every_s=every_s), name="bench.parks"))
+    return tasks
+
+
+def run_daemon(
+    conn: Connection, config: str, t0_wall: float, start_timeout_s: float, sample_hz: float
+) -> None:
+    """Daemon child: start the daemon and the probes, report the start-up, answer 'stats' until 'stop'."""
+    import asyncio
+
+    import uvloop
+
+    from bench.city_probes import Probes, StackSampler
+    from bench.city_site import clock_at
+    from devices.inventory import load_inventory
+    from edge import logs
+    from edge.app.daemon import running
+    from edge.clock import SimClock
+    from edge.settings import load_settings
+
+    t_proc = time.time()
+    settings = load_settings(Path(config))
+    logs.configure(settings.logging.level, "json")
+    inv = load_inventory(settings.inventory_path())
+    sampler = StackSampler(sample_hz) if sample_hz > 0 else None
+
+    async def main() -> None:
+        clock = SimClock(start=clock_at(t0_wall, time.time()))
+        if sampler is not None:
+            sampler.start()
+        async with running(settings, inv, clock) as d:
+            probes = Probes(d, sampler)
+            async with asyncio.TaskGroup() as tg:
+                probes.start(tg)
+                ok = await probes.wait_started(start_timeout_s)
+                conn.send(("ready" if ok else "timeout", {"t_proc": t_proc, **probes.stats()}))
+                while True:
+                    try:
+                        msg = await asyncio.to_thread(conn.recv)
+                    except EOFError:
+                        break  # the parent is gone
+                    if msg == "stats":
+                        conn.send(probes.stats())
+                    elif msg == "replan_waste":
+                        if d.waste is not None:
+                            d.waste.request_replan()
+                        conn.send("ok")
+                    else:
+                        break
+                probes.stop()
+        if sampler is not None:
+            sampler.stop()
+        conn.send(("stopped", None))
+
+    uvloop.run(main())
