@@ -17,7 +17,6 @@ import traceback
 import bench
 from bench.common import Row, print_table
 
-
 ONLY_WHEN_NAMED = frozenset({"bench_city"})
 """Left out of the all-benches run: the city bench takes about 20 minutes per repeat."""
 
