@@ -219,8 +219,11 @@ class DisplayController:
                 self.count_bays()
                 self.step(now)
                 self.publish_state(now)
+                # Until every display has answered once, look again each second: a display
+                # that comes online gets its content then, not a whole step later.
+                wait = self._step_s if not self._unseen() else min(self._step_s, 1.0)
                 try:
-                    async with asyncio.timeout(self._step_s):
+                    async with asyncio.timeout(wait):
                         await self._replan.wait()
                 except TimeoutError:
                     pass
@@ -394,7 +397,10 @@ class DisplayController:
         for cp in self.car_parks:
             self._alarms.set(cp, "occupancy_stale", cp in stale and cp in self.occupancy, Severity.MINOR)
         updated = 0
+        unseen = self._unseen()
         for d in self.displays:
+            if d in unseen:
+                continue  # never answered yet: a write now could only fail; sent once it is online
             kind, lines, arrow, expires = self.desired(d, now, plan)
             shown = self._shown[d]
             if (kind, lines, arrow) == (shown.kind, shown.lines, shown.arrow):
@@ -441,7 +447,10 @@ class DisplayController:
         """
         dark = lights_on(self._lighting, now)
         retry_s = max(self._min_update, 60.0)
+        unseen = self._unseen()
         for d in self.displays:
+            if d in unseen:
+                continue
             levels = self._levels.get(d, DEFAULT_LEVELS)
             level = levels.night if dark else levels.day
             last = self._brightness.get(d)
@@ -455,6 +464,10 @@ class DisplayController:
             )  # fmt: skip
             if self._dispatcher.submit(cmd).outcome is not Outcome.REFUSED:
                 self._brightness[d] = (level, now)
+
+    def _unseen(self) -> set[str]:
+        """Displays the driver has never reached (no online state yet)."""
+        return {d for d in self.displays if (dev := self._state.get(d)) is None or dev.online is None}
 
     def _health_step(self) -> None:
         if self._silent is None:

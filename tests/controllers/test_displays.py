@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pytest_asyncio
 from conftest_displays import DisplayIds
 from kernel_kit import make_kernel
-from waiting import wait_until
+from waiting import Recorder, wait_until
 
 from controllers.displays import DisplayController, DisplaySafety, Warning
 from controllers.lighting import NightPlan
@@ -55,10 +55,13 @@ async def rig(
     display_driver: DisplayDriver,
     display_ids: DisplayIds,
     manual_clock: ManualClock,
+    recorder: Recorder,
 ) -> AsyncIterator[Rig]:
     board, sign = display_ids.boards[0], display_ids.signs[0]
     bus = EventBus()
     state = StateStore(bus, {board: "display", sign: "display"})
+    for event in recorder.events:  # what the driver saw so far (the displays online), as in the daemon
+        state.apply(event)
     safety = DisplaySafety({board: default_led_board_profile(), sign: default_vms_profile()})
     async with Dispatcher(
         bus=bus, clock=manual_clock, state=state, drivers=[display_driver], policies={"display": safety},
@@ -194,3 +197,34 @@ async def test_counters_arrive_as_telemetry_and_state_goes_out_as_telemetry_and_
             "open": True, "ts": now} in derived  # fmt: skip
     assert plans == {"guidance", "warnings"}
     assert rig.ctl.views()["guidance"] is not None
+
+
+async def test_a_display_never_seen_gets_its_content_once_it_answers(
+    display_sim: DisplaySimulator,
+    display_driver: DisplayDriver,
+    display_ids: DisplayIds,
+    manual_clock: ManualClock,
+    recorder: Recorder,
+) -> None:
+    """Nothing is sent to a display before it has answered once (the write could only fail);
+    it gets its content as soon as the driver reports it online."""
+    board = display_ids.boards[0]
+    bus = EventBus()
+    state = StateStore(bus, {board: "display"})
+    async with Dispatcher(
+        bus=bus, clock=manual_clock, state=state, drivers=[display_driver],
+        policies={"display": DisplaySafety({board: default_led_board_profile()})}, audit=lambda _r: None, write_timeout_s=2.0,
+    ) as disp:  # fmt: skip
+        cfg = DisplaysSettings(
+            displays=[DisplaySettings(id=board, kind="board")], car_parks=PARKS,
+            approaches=[ApproachSettings(id="north", lat=51.509, lon=7.454, demand=20, signs=[board])],
+        )  # fmt: skip
+        ctl = DisplayController(make_kernel(manual_clock, bus, state, disp), cfg, lighting=Daylight())
+        now = manual_clock.now()
+        ctl.report("near", 50, True, now)
+        assert ctl.step(now) == 0
+        assert disp.stats.sent == 0 and disp.pending() == 0
+        for event in recorder.events:
+            state.apply(event)
+        assert ctl.step(now) == 1
+        await wait_until(lambda: "P Near" in display_sim.shown(board), timeout_s=5, what="content")
