@@ -223,7 +223,8 @@ async def test_a_display_never_seen_gets_its_content_once_it_answers(
         now = manual_clock.now()
         ctl.report("near", 50, True, now)
         assert ctl.step(now) == 0
-        assert disp.stats.sent == 0 and disp.pending() == 0
+        assert disp.stats.sent == 0
+        assert disp.pending() == 0
         for event in recorder.events:
             state.apply(event)
         assert ctl.step(now) == 1
