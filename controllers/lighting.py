@@ -264,6 +264,9 @@ class LightingController:
         self._ttl = kernel.settings.dispatcher.command_ttl_s
         self.plan: NightPlan | None = None
         self._applied: dict[str, int] = {}
+        # group -> the level every lamp of it was sent: a group done is skipped until its
+        # level changes (the loop runs four times a second over a city's groups, not its lamps)
+        self._group_done: dict[str, int] = {}
         self._replan = asyncio.Event()
         self._power_strikes: dict[str, int] = {}
         self._was_night = False
@@ -318,6 +321,7 @@ class LightingController:
         self.stats.baseline_dortmund_kwh = plan.baseline_dortmund_kwh
         self.plan = NightPlan(on, off, starts, plan, {g.id: list(g.levels) for g in plan.groups})
         self._applied.clear()
+        self._group_done.clear()
         log.info(
             "lighting_plan_ready",
             status=plan.status,
@@ -336,18 +340,25 @@ class LightingController:
         if self.plan is None:
             return
         sent = 0
+        done, applied, state = self._group_done, self._applied, self._state
         for gid, lamp_ids in self.inv.groups.items():
             level = self.plan.level_at(gid, now)
+            if done.get(gid) == level:
+                continue
+            complete = True
             for lamp_id in lamp_ids:
-                dev = self._state.get(lamp_id)
+                dev = state.get(lamp_id)
                 if dev is None or dev.online is not True:
+                    complete = False
                     continue  # not reachable yet: applied once its controller answers
-                if self._applied.get(lamp_id) != level:
-                    self._applied[lamp_id] = level
+                if applied.get(lamp_id) != level:
+                    applied[lamp_id] = level
                     self.submit(lamp_id, level, Priority.PLAN, "plan", reason="schedule")
                     sent += 1
                     if sent % 200 == 0:
                         await asyncio.sleep(0)  # a city switches at once: let operator commands through
+            if complete:
+                done[gid] = level
 
     def submit(
         self,

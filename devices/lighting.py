@@ -8,6 +8,7 @@ codec, the same the simulator serves.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import structlog
 
 from devices.profiles.lighting import LampControllerProfile, default_profile
 from devices.profiles.modbus_map import Point
-from devices.protocols.link import LinkTiming, Presence, Publish
+from devices.protocols.link import LinkTiming, Presence, Publish, poll_phases
 from devices.protocols.modbus import (
     PRIO_COMMAND,
     PRIO_HEARTBEAT,
@@ -32,7 +33,8 @@ from edge.lifecycle import Service, ServiceState
 
 log = structlog.get_logger(__name__)
 
-_WATCHDOG_FALLBACK_S = 60.0  # heartbeat period while the device's watchdog_s is unknown or 0
+_WATCHDOG_FALLBACK_S = 60.0
+STARTUP_SPREAD_S = 2.0  # the first polls of all controllers are spread over this (real s)  # heartbeat period while the device's watchdog_s is unknown or 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +121,10 @@ def plan_reads(
 class _Endpoint:
     """Poll loop, heartbeat and availability of one lamp controller, on its Modbus session."""
 
-    def __init__(self, driver: ModbusLightingDriver, ep: ModbusEndpoint) -> None:
+    def __init__(self, driver: ModbusLightingDriver, ep: ModbusEndpoint, phase_s: float = 0.0) -> None:
         self.driver = driver
         self.ep = ep
+        self.phase_s = phase_s  # where in the poll interval this controller is polled
         self.session = ModbusSession(ep.endpoint_id, ep.host, ep.port, ep.unit, driver.timing, driver.stats)
         self.watchdog_s: float | None = None
         self.heartbeat_seq = 0
@@ -135,7 +138,13 @@ class _Endpoint:
 
     async def poll_loop(self) -> None:
         """Poll forever; the session reconnects with backoff after a failure."""
-        await self.session.run(self.poll_once, self.driver.poll_interval_s, self.presence.set)
+        d = self.driver
+        # The first polls (connects) are spread over at most STARTUP_SPREAD_S, so a city is
+        # online in a second or two; after them each keeps its own phase of the interval.
+        first = self.phase_s * min(1.0, STARTUP_SPREAD_S / d.poll_interval_s)
+        await self.session.run(
+            self.poll_once, d.poll_interval_s, self.presence.set, phase_s=self.phase_s, first_s=first
+        )
 
     async def poll_once(self) -> None:
         """Read every span and publish telemetry; a bad lamp value skips only that lamp."""
@@ -235,8 +244,10 @@ class ModbusLightingDriver(Service):
         backoff_max_s: float = 30.0,
         heartbeat_every_s: float | None = None,
         backoff_base_s: float = 0.5,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
+        self._rng = random.Random(seed)  # the poll phases' jitter
         self.profile = profile or default_profile()
         self.publish = publish
         self.clock = clock
@@ -262,8 +273,9 @@ class ModbusLightingDriver(Service):
         quiet_pymodbus()
 
     async def _start(self) -> None:
-        for ep in self._endpoints:
-            runner = _Endpoint(self, ep)
+        phases = poll_phases(len(self._endpoints), self.poll_interval_s, self._rng)
+        for ep, phase in zip(self._endpoints, phases, strict=True):
+            runner = _Endpoint(self, ep, phase)
             self._runners[ep.endpoint_id] = runner
             self.spawn(runner.poll_loop(), f"poll[{ep.endpoint_id}]")
             self.spawn(runner.heartbeat_loop(), f"heartbeat[{ep.endpoint_id}]")
@@ -275,6 +287,10 @@ class ModbusLightingDriver(Service):
     def handles(self, device_id: str) -> bool:
         """Whether `device_id` is a lamp or controller behind one of our endpoints."""
         return device_id in self._routes
+
+    def phases(self) -> dict[str, float]:
+        """Each running endpoint's poll phase (real s into the interval)."""
+        return {eid: r.phase_s for eid, r in self._runners.items()}
 
     def online(self, endpoint_id: str) -> bool | None:
         """Last known availability of an endpoint (None before the first attempt ends)."""

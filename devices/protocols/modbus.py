@@ -175,13 +175,22 @@ class ModbusSession:
         poll: Callable[[], Awaitable[None]],
         interval_s: float,
         on_state: Callable[[bool, str], None],
+        *,
+        phase_s: float = 0.0,
+        first_s: float = 0.0,
     ) -> NoReturn:
         """Connect and `poll` every `interval_s` real seconds, forever.
 
+        The first attempt waits `first_s`; after it, polls keep to a grid `phase_s` into each
+        interval (whatever a poll took), so links given different phases stay spread.
         After a DeviceError: drop the connection (unless the device only refused a
         request), report `on_state(False, reason)`, wait a backoff delay, reconnect.
         After a good poll: reset the backoff and report `on_state(True, "")`.
         """
+        loop = asyncio.get_running_loop()
+        if first_s > 0:
+            await asyncio.sleep(first_s)
+        grid = loop.time() - first_s + phase_s  # poll times: grid + k * interval_s
         while True:
             try:
                 if self.client is None:
@@ -195,7 +204,7 @@ class ModbusSession:
                 continue
             self.backoff.reset()
             on_state(True, "")
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s - (loop.time() - grid) % interval_s)
 
     # -- requests ----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -14,12 +15,13 @@ from waiting import wait_until
 
 from devices.lighting import ModbusEndpoint, ModbusLightingDriver, plan_reads
 from devices.profiles.lighting import default_profile
+from devices.protocols.link import poll_phases
 from devices.protocols.modbus import PRIO_COMMAND, PRIO_POLL, PriorityLock
 from devices.protocols.registers import PointValueError
 from edge.clock import ManualClock
 from edge.errors import DeviceReplyError, DeviceUnavailable
 from edge.net import free_port
-from simulators.lighting import LightingSimulator
+from simulators.lighting import LightingSimulator, demo_controllers
 
 LAMP = "lc-001-002"
 
@@ -322,3 +324,31 @@ async def test_faults_over_mqtt(lighting_sim: LightingSimulator, mqtt_url: str) 
             await wait_until(lambda: not lighting_sim.faults("lc-001-001"), what="fault cleared")
             await client.publish(topic, b"", retain=True)  # leave no retained message behind
         task.cancel()
+
+
+def test_poll_phases_spread_over_the_interval() -> None:
+    """Each of n links gets its own 1/n of the interval, jittered within it: no two line up."""
+    n, interval = 538, 10.0
+    phases = poll_phases(n, interval, random.Random(3))
+    assert len(phases) == n
+    for k, phase in enumerate(phases):
+        assert k * interval / n <= phase < (k + 1) * interval / n
+    again = poll_phases(n, interval, random.Random(4))
+    assert phases != again  # jitter, not a fixed grid shared by every daemon
+
+
+async def test_controllers_poll_at_spread_phases(manual_clock: ManualClock, recorder: Recorder) -> None:
+    """A driver of 8 controllers polls each at its own phase: every controller answers (so
+    the spread costs no availability), and the phases cover the interval, one per eighth."""
+    async with LightingSimulator(demo_controllers(8, 2, 0), manual_clock, seed=1) as sim:
+        driver = ModbusLightingDriver(
+            sim.endpoints(), None, recorder, manual_clock, poll_interval_s=0.4, timeout_s=0.5, seed=5
+        )
+        async with driver:
+            await recorder.wait(
+                lambda: all(driver.online(e.endpoint_id) for e in sim.endpoints()), "every endpoint online"
+            )
+            phases = driver.phases()
+    assert sorted(phases) == [e.endpoint_id for e in sim.endpoints()]
+    for k, eid in enumerate(sorted(phases)):
+        assert k * 0.05 <= phases[eid] < (k + 1) * 0.05
