@@ -61,6 +61,7 @@ class DriverStats(ModbusCounters):
     """Counters for benchmarks and health checks (read requests, not lamps, unless named)."""
 
     lamp_reads: int = 0
+    write_batches: int = 0  # holds of a link for batched lamp writes (each: writes, then read-backs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,7 @@ class _WriteBatcher:
             return got
 
         stats.writes += len(batch)
+        stats.write_batches += 1
         timeout = max(0.0, min(w.deadline for w in batch) - asyncio.get_running_loop().time())
         try:
             got = await session.call(PRIO_COMMAND, timeout, go)
