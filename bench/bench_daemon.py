@@ -647,6 +647,9 @@ class _Measured:
     echo: list[float] = field(default_factory=list)
     echo_nd: list[float] = field(default_factory=list)
     rss_imports_mb: float = 0.0
+    startup_cpu_s: float = 0.0
+    load_start: float = 0.0  # the node's 1-min load average when the daemon had settled
+    load_end: float = 0.0
     notes: list[str] = field(default_factory=list)
 
 
@@ -714,6 +717,8 @@ def _measure(quick: bool) -> _Measured:
             v5 = ready["protocol"] == "5"
             base = f"dos/v1/{site_id}"
             dp = psutil.Process(daemon.pid)
+            m.startup_cpu_s = _cpu_s(dp)  # from spawn until settled: imports, connects, first plan
+            m.load_start = os.getloadavg()[0]
 
             def stats() -> dict[str, Any]:
                 assert daemon_conn is not None
@@ -738,6 +743,7 @@ def _measure(quick: bool) -> _Measured:
             _spy_stop(spy)
             spy = None
             m.steady_failures = _failures(stats(), first)
+            m.load_end = os.getloadavg()[0]
 
             # 2. commands through the daemon, RUNS batches on distinct lamps
             rnd = random.Random(1)
@@ -810,12 +816,14 @@ def _rows(m: _Measured, quick: bool) -> list[Row]:
         Row(name, "start-up s (until online, first plan applied, settled; n=1)", f"{ready['startup_s']:.1f}",
             f"online {ready['online_s']:.1f}, applied {ready['applied_s']:.1f}", "",
             f"< {TARGET_STARTUP_S:.0f}", "ok" if ready["startup_s"] < TARGET_STARTUP_S else "MISS"),
+        Row(name, "start-up daemon CPU s (spawn to settled; n=1)", f"{m.startup_cpu_s:.1f}",
+            f"node load {m.load_start:.1f} on {os.cpu_count()} cores"),
         Row(name, "start-up failures", str(n_start_fail), _fail_str(start_fail), "", "0",
             "ok" if not n_start_fail else "MISS"),
         Row(name, f"steady failures ({RUNS} windows)", str(n_steady_fail), _fail_str(m.steady_failures),
             "", "0", "ok" if not n_steady_fail else "MISS"),
         Row(name, "daemon CPU % of a core, steady", median_spread(m.cpu_pct),
-            f"sim {median_spread(m.sim_cpu_pct)}"),
+            f"sim {median_spread(m.sim_cpu_pct)}; node load {m.load_end:.1f}"),
         Row(name, "daemon CPU us per lamp read", median_spread(m.us_per_read)),
         Row(name, "lamp reads/s", median_spread(m.read_rate, "{:,.0f}"),
             f"{CONTROLLERS * LAMPS / POLL_INTERVAL_S:,.0f} nominal",
