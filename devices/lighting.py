@@ -37,6 +37,7 @@ from edge.lifecycle import Service, ServiceState
 log = structlog.get_logger(__name__)
 
 _WATCHDOG_FALLBACK_S = 60.0
+DOWN_AFTER = 2  # failed polls in a row before a controller (and its lamps) is reported down
 MAX_WRITE_BATCH = 32  # lamp writes to one controller sent under one hold of its link
 _BATCH_GRACE_S = 0.1  # a batch fails its writes at their deadline; the caller waits this longer
 STARTUP_SPREAD_S = 2.0  # the first polls of all controllers are spread over this (real s)  # heartbeat period while the device's watchdog_s is unknown or 0
@@ -257,7 +258,12 @@ class _Endpoint:
         # online in a second or two; after them each keeps its own phase of the interval.
         first = self.phase_s * min(1.0, STARTUP_SPREAD_S / d.poll_interval_s)
         await self.session.run(
-            self.poll_once, d.poll_interval_s, self.presence.set, phase_s=self.phase_s, first_s=first
+            self.poll_once,
+            d.poll_interval_s,
+            self.presence.set,
+            phase_s=self.phase_s,
+            first_s=first,
+            down_after=DOWN_AFTER,
         )
 
     async def poll_once(self) -> None:

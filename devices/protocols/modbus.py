@@ -185,6 +185,7 @@ class ModbusSession:
         *,
         phase_s: float = 0.0,
         first_s: float = 0.0,
+        down_after: int = 1,
     ) -> NoReturn:
         """Connect and `poll` every `interval_s` real seconds, forever.
 
@@ -192,9 +193,12 @@ class ModbusSession:
         interval (whatever a poll took), so links given different phases stay spread.
         After a DeviceError: drop the connection (unless the device only refused a
         request), report `on_state(False, reason)`, wait a backoff delay, reconnect.
-        After a good poll: reset the backoff and report `on_state(True, "")`.
+        After a good poll: reset the backoff and report `on_state(True, "")`. A link that
+        was up is reported down only after `down_after` failed attempts in a row (one late
+        answer on a busy node is not a lost controller); the connection is dropped at once.
         """
         loop = asyncio.get_running_loop()
+        failures, was_up = 0, False
         if first_s > 0:
             await asyncio.sleep(first_s)
         grid = loop.time() - first_s + phase_s  # poll times: grid + k * interval_s
@@ -208,10 +212,13 @@ class ModbusSession:
             except DeviceError as exc:
                 if not isinstance(exc, DeviceReplyError):
                     self.drop()
-                on_state(False, f"{type(exc).__name__}: {exc}")
+                failures += 1
+                if failures >= down_after or not was_up:
+                    on_state(False, f"{type(exc).__name__}: {exc}")
                 await self.backoff.wait()
                 continue
             else:
+                failures, was_up = 0, True
                 self.backoff.reset()
                 on_state(True, "")
             await asyncio.sleep(interval_s - (loop.time() - grid) % interval_s)
