@@ -169,42 +169,62 @@ def _run_daemon(conn: Connection, config: str) -> None:
             n += sum(1 for lamp_id in lamp_ids if value(lamp_id, "level_cmd") != level)
         return n
 
+    def progress(d: Any) -> str:
+        s = d.dispatcher.stats
+        return (
+            f"t={time.perf_counter() - t0:.0f}s controllers online "
+            f"{sum(bool(d.driver.online(c)) for c in inv.controllers)}/{len(inv.controllers)}, lamps online "
+            f"{sum(dev.online is True for dev in d.state.devices('lamp'))}/{len(inv.lamps)}, plans "
+            f"{d.lighting.stats.plans}, confirmed {s.confirmed}, failed {s.failed}, pending "
+            f"{d.dispatcher.pending()}, outbox {d.link.stats['outbox_backlog']}"
+        )
+
+    async def settle(d: Any, marks: dict[str, float]) -> None:
+        """Until every device is online, every first plan applied (read back), and nothing is
+        published for a second; progress on stderr every 10 s."""
+        n_ctl, n_lamps, shown = len(inv.controllers), len(inv.lamps), time.monotonic()
+        while "applied_s" not in marks:
+            if time.monotonic() - shown >= 10:
+                print(f"  {progress(d)}", file=sys.stderr, flush=True)
+                shown = time.monotonic()
+            if "online_s" not in marks and (
+                sum(bool(d.driver.online(c)) for c in inv.controllers) == n_ctl
+                and sum(dev.online is True for dev in d.state.devices("lamp")) == n_lamps
+            ):
+                marks["online_s"] = time.perf_counter() - t0
+            # Applied: every lamp's first plan command confirmed by the write's read-back, and
+            # a poll since shows the planned level in the state store.
+            if (
+                "online_s" in marks
+                and d.lighting.stats.plans >= 1
+                and d.dispatcher.stats.confirmed >= n_lamps
+                and not d.dispatcher.pending()
+                and not unapplied(d)
+            ):
+                marks["applied_s"] = time.perf_counter() - t0
+            await asyncio.sleep(0.5)
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < 1.0:
+            now_pub = d.link.stats["published"]
+            if now_pub != last or d.link.stats["outbox_backlog"] or d.dispatcher.pending():
+                last, quiet_since = now_pub, time.monotonic()
+            await asyncio.sleep(0.1)
+
     async def main() -> None:
         clock = SimClock(start=NIGHT, speed=1.0)
         marks: dict[str, float] = {}
         async with running(settings, inv, clock) as d:
+            settled = True
             try:
                 async with asyncio.timeout(START_TIMEOUT_S):
                     await d.link.wait_connected(START_TIMEOUT_S)
-                    while sum(bool(d.driver.online(c)) for c in inv.controllers) < len(inv.controllers):  # noqa: ASYNC110
-                        await asyncio.sleep(0.1)
-                    while sum(dev.online is True for dev in d.state.devices("lamp")) < len(inv.lamps):  # noqa: ASYNC110
-                        await asyncio.sleep(0.5)
-                    marks["online_s"] = time.perf_counter() - t0
-                    # Applied: every lamp's first plan command confirmed by the write's read-back,
-                    # and the next poll shows the planned level in the state store.
-                    while (  # noqa: ASYNC110
-                        d.lighting.stats.plans < 1
-                        or d.dispatcher.stats.confirmed < len(inv.lamps)
-                        or d.dispatcher.pending()
-                        or unapplied(d)
-                    ):
-                        await asyncio.sleep(0.5)
-                    marks["applied_s"] = time.perf_counter() - t0
-                    # Settled: nothing published for a second and nothing in the outbox.
-                    last, quiet_since = -1, time.monotonic()
-                    while time.monotonic() - quiet_since < 1.0:
-                        now_pub = d.link.stats["published"]
-                        if now_pub != last or d.link.stats["outbox_backlog"] or d.dispatcher.pending():
-                            last, quiet_since = now_pub, time.monotonic()
-                        await asyncio.sleep(0.1)
+                    await settle(d, marks)
             except TimeoutError:
-                conn.send(("error", f"daemon not settled after {START_TIMEOUT_S} s: {marks} {stats(d)}"))
-                return
+                settled = False  # measured anyway: the table says MISS with what did not finish
+                print(f"  daemon not settled after {START_TIMEOUT_S} s: {progress(d)}", file=sys.stderr)
             mods = sorted(m for m in sys.modules if not m.startswith("__"))
-            conn.send(
-                ("ready", {"startup_s": time.perf_counter() - t0, **marks, "modules": mods, **stats(d)})
-            )
+            ready = {"startup_s": time.perf_counter() - t0, "settled": settled, **marks}
+            conn.send(("ready", {**ready, "modules": mods, **stats(d)}))
             while True:
                 try:
                     msg = await asyncio.to_thread(conn.recv)
@@ -796,8 +816,8 @@ def _measure(quick: bool) -> _Measured:
                 private[0].terminate()
                 private[0].wait(10)
     print(
-        f"  daemon: start-up {ready['startup_s']:.1f} s (online {ready['online_s']:.1f} s, first plan "
-        f"applied {ready['applied_s']:.1f} s), broker {broker_name} (MQTT {'5' if v5 else '3.1.1'}), "
+        f"  daemon: start-up {ready['startup_s']:.1f} s (online {ready.get('online_s', math.nan):.1f} s, first "
+        f"plan applied {ready.get('applied_s', math.nan):.1f} s), broker {broker_name} (MQTT {'5' if v5 else '3.1.1'}), "
         f"{cleared} retained topics cleared; windows of {window_s:.0f} s",
         file=sys.stderr,
     )
@@ -813,9 +833,10 @@ def _rows(m: _Measured, quick: bool) -> list[Row]:
     n_start_fail = sum(start_fail.values())
     n_steady_fail = sum(m.steady_failures.values())
     rows = [
-        Row(name, "start-up s (until online, first plan applied, settled; n=1)", f"{ready['startup_s']:.1f}",
-            f"online {ready['online_s']:.1f}, applied {ready['applied_s']:.1f}", "",
-            f"< {TARGET_STARTUP_S:.0f}", "ok" if ready["startup_s"] < TARGET_STARTUP_S else "MISS"),
+        Row(name, "start-up s (until online, first plan applied, settled; n=1)",
+            f"{ready['startup_s']:.1f}" + ("" if ready["settled"] else " NOT SETTLED"),
+            f"online {ready.get('online_s', math.nan):.1f}, applied {ready.get('applied_s', math.nan):.1f}", "",
+            f"< {TARGET_STARTUP_S:.0f}", "ok" if ready["settled"] and ready["startup_s"] < TARGET_STARTUP_S else "MISS"),
         Row(name, "start-up daemon CPU s (spawn to settled; n=1)", f"{m.startup_cpu_s:.1f}",
             f"node load {m.load_start:.1f} on {os.cpu_count()} cores"),
         Row(name, "start-up failures", str(n_start_fail), _fail_str(start_fail), "", "0",
