@@ -51,7 +51,6 @@ import aiomqtt
 import orjson
 import structlog
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -66,6 +65,7 @@ from edge.mqtt_session import (
     TlsFiles,
     is_link_error,
     payload_bytes,
+    publish_properties,
     rc_int,
 )
 from edge.outbox import Outbox, OutboxMessage
@@ -476,13 +476,7 @@ class MqttLink(MqttSession):
         payload = row.payload
         properties = None
         if self._protocol == "5":
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if row.response_topic is not None:
-                properties.ResponseTopic = row.response_topic
-            if row.correlation_data is not None:
-                properties.CorrelationData = row.correlation_data
-            if row.content_type is not None:
-                properties.ContentType = row.content_type
+            properties = publish_properties(row.response_topic, row.correlation_data, row.content_type)
         elif row.response_topic is not None or row.correlation_data is not None:
             payload = _metadata_into_json(payload, row.response_topic, row.correlation_data)
         await client.publish(
