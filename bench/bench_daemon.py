@@ -728,7 +728,9 @@ def _measure(quick: bool) -> _Measured:
             daemon.start()
             assert daemon.pid is not None
             spy = _py_spy(daemon.pid, "startup")
-            kind, ready = _wait_recv(daemon_conn, daemon, START_TIMEOUT_S + 30, "daemon")
+            kind, ready = _wait_recv(
+                daemon_conn, daemon, START_TIMEOUT_S + 180, "daemon"
+            )  # + imports, inventory
             _spy_stop(spy)
             spy = None
             if kind != "ready":
