@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import multiprocessing as mp
+import os
 import random
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -41,18 +43,23 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bench.common import Row
+from bench.common import RUNS, Row, median, median_spread
 
-CONTROLLERS = 50
-LAMPS = 100
-POLL_INTERVAL_S = 1.0
+# Sizes and intervals (environment knobs; the defaults are the 5,000-lamp bench at 1 s polls).
+# City size: BENCH_DAEMON_CONTROLLERS=538 BENCH_DAEMON_LAMPS=100 BENCH_DAEMON_POLL_S=10.
+CONTROLLERS = int(os.environ.get("BENCH_DAEMON_CONTROLLERS", "50"))
+LAMPS = int(os.environ.get("BENCH_DAEMON_LAMPS", "100"))
+POLL_INTERVAL_S = float(os.environ.get("BENCH_DAEMON_POLL_S", "1.0"))
+WINDOW_S = float(os.environ.get("BENCH_DAEMON_WINDOW_S", "0"))  # 0: max(10 s, 3 polls)
+PROFILE_DIR = os.environ.get("BENCH_DAEMON_PROFILE", "")  # py-spy the daemon into this folder
+TARGET_STARTUP_S = 30.0
 TARGET_P99_MS = 100.0
 TARGET_RSS_MB = 300.0
 LEVELS = (37, 63)  # odd levels no plan step produces, alternating: every command changes the register
 MOSQUITTO = ("127.0.0.1", 1883)
 NIGHT = datetime(2026, 11, 26, 23, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()  # lamps on, dimmed
 REQUEST_TIMEOUT_S = 5.0
-START_TIMEOUT_S = 90.0
+START_TIMEOUT_S = float(os.environ.get("BENCH_DAEMON_START_TIMEOUT_S", "600"))
 
 
 # ----- child processes ------------------------------------------------------------------------
@@ -80,7 +87,10 @@ def _serve_sims(conn: Connection, stop: MpEvent) -> None:
 
     async def main() -> None:
         specs = demo_controllers(CONTROLLERS, LAMPS, 0)
-        async with LightingSimulator(specs, SystemClock(), tick_s=1.0, seed=7) as sim:
+        # physics once per poll: a tick of 54,000 lamps every second would load the simulator
+        # process (and delay its answers) for nothing the daemon reads
+        tick = max(1.0, POLL_INTERVAL_S)
+        async with LightingSimulator(specs, SystemClock(), tick_s=tick, seed=7) as sim:
             conn.send([(e.endpoint_id, e.host, e.port, e.unit, e.lamps) for e in sim.endpoints()])
             await asyncio.to_thread(stop.wait)
 
@@ -115,6 +125,7 @@ def _run_daemon(conn: Connection, config: str) -> None:
     from edge.clock import SimClock
     from edge.settings import load_settings
 
+    t0 = time.perf_counter()  # start-up counts loading the inventory too
     settings = load_settings(Path(config))
     logs.configure(settings.logging.level, "json")
     inv = load_inventory(settings.inventory_path())
@@ -132,11 +143,13 @@ def _run_daemon(conn: Connection, config: str) -> None:
             "cmd_sent": d.dispatcher.stats.sent,
             "cmd_confirmed": d.dispatcher.stats.confirmed,
             "cmd_failed": d.dispatcher.stats.failed,
+            "cmd_expired": d.dispatcher.stats.expired,
+            "connect_errors": s.connect_errors,
             "pending": d.dispatcher.pending(),
             "plans": d.lighting.stats.plans,
-            "api_requests": d.api.requests,
-            "api_acks": d.api.acks,
-            "api_nacks": d.api.nacks,
+            "api_requests": d.api.router.requests,
+            "api_acks": d.api.router.acks,
+            "api_nacks": d.api.router.nacks,
             "outbox_backlog": d.link.stats["outbox_backlog"],
             "published": d.link.stats["published"],
             "published_fast": d.link.stats["published_fast"],
@@ -145,31 +158,73 @@ def _run_daemon(conn: Connection, config: str) -> None:
             "online": sum(bool(d.driver.online(c)) for c in inv.controllers),
         }
 
+    def unapplied(d: Any) -> int:
+        """Lamps whose polled level_cmd is not the plan's level yet (read back from the device)."""
+        plan = d.lighting.plan
+        if plan is None:
+            return len(inv.lamps)
+        now, value, n = d.clock.now(), d.state.value, 0
+        for gid, lamp_ids in inv.groups.items():
+            level = plan.level_at(gid, now)
+            n += sum(1 for lamp_id in lamp_ids if value(lamp_id, "level_cmd") != level)
+        return n
+
+    def progress(d: Any) -> str:
+        s = d.dispatcher.stats
+        return (
+            f"t={time.perf_counter() - t0:.0f}s controllers online "
+            f"{sum(bool(d.driver.online(c)) for c in inv.controllers)}/{len(inv.controllers)}, lamps online "
+            f"{sum(dev.online is True for dev in d.state.devices('lamp'))}/{len(inv.lamps)}, plans "
+            f"{d.lighting.stats.plans}, confirmed {s.confirmed}, failed {s.failed}, pending "
+            f"{d.dispatcher.pending()}, outbox {d.link.stats['outbox_backlog']}"
+        )
+
+    async def settle(d: Any, marks: dict[str, float]) -> None:
+        """Until every device is online, every first plan applied (read back), and nothing is
+        published for a second; progress on stderr every 10 s."""
+        n_ctl, n_lamps, shown = len(inv.controllers), len(inv.lamps), time.monotonic()
+        while "applied_s" not in marks:
+            if time.monotonic() - shown >= 10:
+                print(f"  {progress(d)}", file=sys.stderr, flush=True)
+                shown = time.monotonic()
+            if "online_s" not in marks and (
+                sum(bool(d.driver.online(c)) for c in inv.controllers) == n_ctl
+                and sum(dev.online is True for dev in d.state.devices("lamp")) == n_lamps
+            ):
+                marks["online_s"] = time.perf_counter() - t0
+            # Applied: every lamp's first plan command confirmed by the write's read-back, and
+            # a poll since shows the planned level in the state store.
+            if (
+                "online_s" in marks
+                and d.lighting.stats.plans >= 1
+                and d.dispatcher.stats.confirmed >= n_lamps
+                and not d.dispatcher.pending()
+                and not unapplied(d)
+            ):
+                marks["applied_s"] = time.perf_counter() - t0
+            await asyncio.sleep(0.5)
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() - quiet_since < 1.0:
+            now_pub = d.link.stats["published"]
+            if now_pub != last or d.link.stats["outbox_backlog"] or d.dispatcher.pending():
+                last, quiet_since = now_pub, time.monotonic()
+            await asyncio.sleep(0.1)
+
     async def main() -> None:
-        t0 = time.perf_counter()
         clock = SimClock(start=NIGHT, speed=1.0)
+        marks: dict[str, float] = {}
         async with running(settings, inv, clock) as d:
+            settled = True
             try:
                 async with asyncio.timeout(START_TIMEOUT_S):
                     await d.link.wait_connected(START_TIMEOUT_S)
-                    while d.lighting.stats.plans < 1 or stats(d)["online"] < len(inv.controllers):  # noqa: ASYNC110
-                        await asyncio.sleep(0.05)
-                    await asyncio.sleep(0.5)  # the controller applies the plan on its next tick
-                    await d.dispatcher.drain(START_TIMEOUT_S)
-                    # Settled: nothing published for a second and nothing in the outbox. (The
-                    # link's "drained" flag is not enough: the API feeds the retained state of
-                    # 5,000 lamps into the outbox one committed row at a time, for ~15 s.)
-                    last, quiet_since = -1, time.monotonic()
-                    while time.monotonic() - quiet_since < 1.0:
-                        now_pub = d.link.stats["published"]
-                        if now_pub != last or d.link.stats["outbox_backlog"] or d.dispatcher.pending():
-                            last, quiet_since = now_pub, time.monotonic()
-                        await asyncio.sleep(0.1)
+                    await settle(d, marks)
             except TimeoutError:
-                conn.send(("error", f"daemon not settled after {START_TIMEOUT_S} s: {stats(d)}"))
-                return
+                settled = False  # measured anyway: the table says MISS with what did not finish
+                print(f"  daemon not settled after {START_TIMEOUT_S} s: {progress(d)}", file=sys.stderr)
             mods = sorted(m for m in sys.modules if not m.startswith("__"))
-            conn.send(("ready", {"startup_s": time.perf_counter() - t0, "modules": mods, **stats(d)}))
+            ready = {"startup_s": time.perf_counter() - t0, "settled": settled, **marks}
+            conn.send(("ready", {**ready, "modules": mods, **stats(d)}))
             while True:
                 try:
                     msg = await asyncio.to_thread(conn.recv)
@@ -382,12 +437,12 @@ async def _requests(
 
 
 def _daemon_commands(
-    url: str, v5: bool, base: str, lamp_ids: list[str], n: int, run_id: str, seed: int
+    url: str, v5: bool, base: str, targets: list[str], run_id: str
 ) -> tuple[list[float], list[str], list[tuple[int, float, str]]]:
+    """One set_level per lamp in `targets` (each lamp once: no command repeats a lamp's level)."""
     import uvloop
 
-    rnd = random.Random(seed)
-    targets = rnd.sample(lamp_ids, n)  # each lamp once: no command repeats a lamp's level
+    n = len(targets)
 
     def make(i: int) -> tuple[str, dict[str, Any]]:
         return f"{base}/cmd/lights/{targets[i]}", {"action": "set_level", "level": LEVELS[i % 2]}
@@ -561,12 +616,82 @@ def _cpu_s(p: Any) -> float:
     return float(t.user + t.system)
 
 
+FAILURE_KEYS = ("write_errors", "read_errors", "connect_errors", "cmd_failed", "cmd_expired")
+
+
+def _failures(a: dict[str, Any], b: dict[str, Any] | None = None) -> dict[str, int]:
+    """Failure counters in `a` (or their growth from `b` to `a`)."""
+    return {k: int(a[k]) - (int(b[k]) if b is not None else 0) for k in FAILURE_KEYS}
+
+
+def _fail_str(f: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in f.items())
+
+
+def _py_spy(pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of the daemon into BENCH_DAEMON_PROFILE/{name}.txt (collapsed stacks)."""
+    if not PROFILE_DIR:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = Path(PROFILE_DIR) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--nonblocking",
+           "-o", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _spy_stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)
+
+
+@dataclass(slots=True)
+class _Measured:
+    """What one bench run measured, for the table."""
+
+    ready: dict[str, Any] = field(default_factory=dict)
+    cpu_pct: list[float] = field(default_factory=list)  # per steady window
+    sim_cpu_pct: list[float] = field(default_factory=list)
+    read_rate: list[float] = field(default_factory=list)
+    us_per_read: list[float] = field(default_factory=list)
+    steady_failures: dict[str, int] = field(default_factory=dict)
+    rss_mb: list[float] = field(default_factory=list)
+    cmd_p50: list[float] = field(default_factory=list)  # per command batch
+    cmd_p99: list[float] = field(default_factory=list)
+    cmd_cpu_pct: list[float] = field(default_factory=list)
+    cmd_failures: list[str] = field(default_factory=list)
+    n_cmd: int = 0
+    bare: list[float] = field(default_factory=list)
+    echo: list[float] = field(default_factory=list)
+    echo_nd: list[float] = field(default_factory=list)
+    rss_imports_mb: float = 0.0
+    startup_cpu_s: float = 0.0
+    load_start: float = 0.0  # the node's 1-min load average when the daemon had settled
+    load_end: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
 def run(quick: bool) -> list[Row]:
-    """Daemon command p99 (target < 100 ms) and RSS (target < 300 MB) on 50 x 100 lamps."""
+    """The daemon on CONTROLLERS x LAMPS lamps: start-up, failures, CPU, RSS, command p99.
+
+    One daemon per run (at city size a start takes long enough); its steady window and its
+    command batch are repeated `RUNS` times within the run, and the table gives their median
+    and spread. Start-up is measured once per run (n=1): run the bench again for more.
+    """
+    m = _measure(quick)
+    return _rows(m, quick)
+
+
+def _measure(quick: bool) -> _Measured:
     import psutil
 
+    m = _Measured()
     n_cmd = 40 if quick else 200
-    window_s = 3.0 if quick else 10.0
+    n_cmd = min(n_cmd, CONTROLLERS * LAMPS // (RUNS + 1))
+    m.n_cmd = n_cmd
+    window_s = WINDOW_S or (3.0 if quick else max(10.0, 3 * POLL_INTERVAL_S))
     run_id = uuid.uuid4().hex[:8]
     site_id = f"bench-{run_id}"
     ctx = mp.get_context("spawn")
@@ -574,7 +699,7 @@ def run(quick: bool) -> list[Row]:
     procs: list[SpawnProcess] = []
     daemon_conn: Connection | None = None
     daemon: SpawnProcess | None = None
-    notes: list[str] = []
+    spy: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="bench-daemon-") as tmp_s:
         tmp = Path(tmp_s)
         private = _private_mosquitto(tmp)
@@ -593,21 +718,29 @@ def run(quick: bool) -> list[Row]:
             sim = ctx.Process(target=_serve_sims, args=(schild, stop), name="bench-daemon-sim")
             sim.start()
             procs.append(sim)
-            endpoints = _wait_recv(sparent, sim, 120, "simulator")
+            endpoints = _wait_recv(sparent, sim, 600, "simulator")
+            sp = psutil.Process(sim.pid)
             config = _write_site(tmp, endpoints, site_id, url)
             lamp_ids = [lamp_id for *_, lamps in endpoints for _, lamp_id in lamps]
 
             daemon_conn, dchild = ctx.Pipe()
             daemon = ctx.Process(target=_run_daemon, args=(dchild, str(config)), name="bench-daemon")
-            t_start = time.perf_counter()
             daemon.start()
-            kind, ready = _wait_recv(daemon_conn, daemon, START_TIMEOUT_S + 30, "daemon")
+            assert daemon.pid is not None
+            spy = _py_spy(daemon.pid, "startup")
+            kind, ready = _wait_recv(
+                daemon_conn, daemon, START_TIMEOUT_S + 180, "daemon"
+            )  # + imports, inventory
+            _spy_stop(spy)
+            spy = None
             if kind != "ready":
                 raise RuntimeError(str(ready))
-            ready_s = time.perf_counter() - t_start
+            m.ready = ready
             v5 = ready["protocol"] == "5"
             base = f"dos/v1/{site_id}"
             dp = psutil.Process(daemon.pid)
+            m.startup_cpu_s = _cpu_s(dp)  # from spawn until settled: imports, connects, first plan
+            m.load_start = os.getloadavg()[0]
 
             def stats() -> dict[str, Any]:
                 assert daemon_conn is not None
@@ -616,36 +749,51 @@ def run(quick: bool) -> list[Row]:
                 s: dict[str, Any] = _wait_recv(daemon_conn, daemon, 30, "daemon stats")
                 return s
 
-            # 1. steady polling: rate and CPU over the window, then RSS
-            s0, c0, w0 = stats(), _cpu_s(dp), time.perf_counter()
-            time.sleep(window_s)
-            s1, c1, w1 = stats(), _cpu_s(dp), time.perf_counter()
-            rss_daemon = dp.memory_info().rss
-            poll_rate = (s1["lamp_reads"] - s0["lamp_reads"]) / (s1["t"] - s0["t"])
-            poll_cpu = 100 * (c1 - c0) / (w1 - w0)
+            # 1. steady polling, RUNS windows: CPU, lamp reads, failures; then RSS
+            first = stats()
+            spy = _py_spy(daemon.pid, "steady")
+            for _ in range(RUNS):
+                s0, c0, sc0, w0 = stats(), _cpu_s(dp), _cpu_s(sp), time.perf_counter()
+                time.sleep(window_s)
+                s1, c1, sc1, w1 = stats(), _cpu_s(dp), _cpu_s(sp), time.perf_counter()
+                reads = s1["lamp_reads"] - s0["lamp_reads"]
+                m.cpu_pct.append(100 * (c1 - c0) / (w1 - w0))
+                m.sim_cpu_pct.append(100 * (sc1 - sc0) / (w1 - w0))
+                m.read_rate.append(reads / (s1["t"] - s0["t"]))
+                m.us_per_read.append(1e6 * (c1 - c0) / reads if reads else math.nan)
+                m.rss_mb.append(dp.memory_info().rss / 2**20)
+            _spy_stop(spy)
+            spy = None
+            m.steady_failures = _failures(stats(), first)
+            m.load_end = os.getloadavg()[0]
 
-            # 2. commands through the daemon
-            c2, w2 = _cpu_s(dp), time.perf_counter()
-            durations, failures, trace = _daemon_commands(url, v5, base, lamp_ids, n_cmd, run_id, seed=1)
-            c3, w3 = _cpu_s(dp), time.perf_counter()
-            s3 = stats()
-            cmd_cpu = 100 * (c3 - c2) / (w3 - w2)
-            cmd_poll_rate = (s3["lamp_reads"] - s1["lamp_reads"]) / (s3["t"] - s1["t"])
+            # 2. commands through the daemon, RUNS batches on distinct lamps
+            rnd = random.Random(1)
+            targets = rnd.sample(lamp_ids, n_cmd * RUNS)
+            for k in range(RUNS):
+                c2, w2 = _cpu_s(dp), time.perf_counter()
+                batch = targets[k * n_cmd : (k + 1) * n_cmd]
+                durations, failures, _ = _daemon_commands(url, v5, base, batch, f"{run_id}{k}")
+                m.cmd_cpu_pct.append(100 * (_cpu_s(dp) - c2) / (time.perf_counter() - w2))
+                m.cmd_failures += failures
+                if durations:
+                    m.cmd_p50.append(_pct(durations, 0.5))
+                    m.cmd_p99.append(_pct(durations, 0.99))
 
             # 3. references, with the daemon still polling the same simulators
-            bare = _bare_modbus(endpoints, n_cmd, seed=2)
+            m.bare = _bare_modbus(endpoints, n_cmd, seed=2)
             n_echo = n_cmd // 2 if quick else n_cmd
-            echo = _mqtt_echo(url, v5, n_echo, run_id + "e")
-            echo_nd = _mqtt_echo(url, v5, n_echo, run_id + "n", nodelay_responder=True)
-            s4 = stats()
-            rss_after = dp.memory_info().rss
+            m.echo = _mqtt_echo(url, v5, n_echo, run_id + "e")
+            m.echo_nd = _mqtt_echo(url, v5, n_echo, run_id + "n", nodelay_responder=True)
+            end = stats()
+            print(f"  daemon counters at the end: {_brief(end)}", file=sys.stderr)
 
             daemon_conn.send("stop")
             with contextlib.suppress(RuntimeError):
                 _wait_recv(daemon_conn, daemon, 30, "daemon stop")
             _stop(daemon)
             if daemon.exitcode not in (0, None):
-                notes.append(f"daemon exit code {daemon.exitcode}")
+                m.notes.append(f"daemon exit code {daemon.exitcode}")
             cleared = _clear_retained(url, base, run_id) if broker_name == "mosquitto" else 0
 
             # 4. memory baseline: a fresh process with the same modules imported
@@ -655,9 +803,10 @@ def run(quick: bool) -> list[Row]:
             )
             base_proc.start()
             procs.append(base_proc)
-            imported = _wait_recv(mparent, base_proc, 60, "imports-only process")
-            rss_imports = psutil.Process(base_proc.pid).memory_info().rss
+            _wait_recv(mparent, base_proc, 60, "imports-only process")
+            m.rss_imports_mb = psutil.Process(base_proc.pid).memory_info().rss / 2**20
         finally:
+            _spy_stop(spy)
             stop.set()
             if daemon is not None and daemon.is_alive() and daemon_conn is not None:
                 with contextlib.suppress(OSError, ValueError):
@@ -668,73 +817,71 @@ def run(quick: bool) -> list[Row]:
             if private is not None:
                 private[0].terminate()
                 private[0].wait(10)
+    print(
+        f"  daemon: start-up {ready['startup_s']:.1f} s (online {ready.get('online_s', math.nan):.1f} s, first "
+        f"plan applied {ready.get('applied_s', math.nan):.1f} s), broker {broker_name} (MQTT {'5' if v5 else '3.1.1'}), "
+        f"{cleared} retained topics cleared; windows of {window_s:.0f} s",
+        file=sys.stderr,
+    )
+    if m.cmd_failures:
+        print(f"  command failures: {len(m.cmd_failures)}: {m.cmd_failures[:5]}", file=sys.stderr)
+    return m
 
-    slow = sorted(trace, key=lambda x: -x[1])[:5]
-    print(
-        f"  daemon: ready in {ready_s:.1f} s (startup {ready['startup_s']:.1f} s in the child), "
-        f"broker {broker_name} (MQTT {'5' if v5 else '3.1.1'}), {len(ready['modules'])} modules "
-        f"({imported} re-imported in the baseline), {cleared} retained topics cleared",
-        file=sys.stderr,
-    )
-    print(
-        f"  daemon counters: before {_brief(s0)}; after commands {_brief(s3)}; end {_brief(s4)}",
-        file=sys.stderr,
-    )
-    print(
-        "  slowest commands (i, ms, status): "
-        + ", ".join(f"({i}, {1000 * d:.1f}, {st})" for i, d, st in slow),
-        file=sys.stderr,
-    )
-    if failures:
-        print(f"  command failures: {len(failures)}: {failures[:5]}", file=sys.stderr)
 
-    name = f"daemon {CONTROLLERS}x{LAMPS} lamps"
-    rows: list[Row] = []
-    if durations:
-        # the floor: the daemon's own paho socket does not pay the responder-side Nagle
-        # stall the plain echo pays (see the two echo rows), so hold it to the faster echo
-        floor = echo_nd if _pct(echo_nd, 0.5) < _pct(echo, 0.5) else echo
-        ref50 = _pct(bare, 0.5) + _pct(floor, 0.5)
-        ref99 = _pct(bare, 0.99) + _pct(floor, 0.99)
-        p50, p99, mx = _pct(durations, 0.5), _pct(durations, 0.99), 1000 * max(durations)
-        rows += [
-            Row(name, f"cmd round trip p50 ms (n={len(durations)})", f"{p50:.1f}",
-                f"{ref50:.1f} modbus+echo", f"{p50 / ref50:.1f}" if ref50 else ""),
-            Row(name, "cmd round trip p99 ms", f"{p99:.1f}", f"{ref99:.1f} modbus+echo",
-                f"{p99 / ref99:.1f}" if ref99 else "", f"< {TARGET_P99_MS:.0f}",
-                "ok" if p99 < TARGET_P99_MS and not failures else "MISS"),
-            Row(name, "cmd round trip max ms", f"{mx:.1f}", f"{1000 * statistics.mean(durations):.1f} mean"),
-        ]  # fmt: skip
-    rows += [
-        Row(name, "cmd failures", f"{len(failures)}/{n_cmd}", target="0", verdict="ok" if not failures else "MISS"),
-        Row(name, "ref: bare modbus write+read-back p50/p99 ms", f"{_pct(bare, 0.5):.2f}/{_pct(bare, 0.99):.2f}"),
-        Row(name, "ref: bare mqtt echo p50/p99 ms", f"{_pct(echo, 0.5):.2f}/{_pct(echo, 0.99):.2f}"),
-        Row(name, "ref: mqtt echo, responder TCP_NODELAY p50/p99 ms",
-            f"{_pct(echo_nd, 0.5):.2f}/{_pct(echo_nd, 0.99):.2f}"),
-        Row(name, "daemon RSS MB after polling", f"{rss_daemon / 2**20:.0f}",
-            f"{rss_imports / 2**20:.0f} imports only", f"{rss_daemon / rss_imports:.1f}",
-            f"< {TARGET_RSS_MB:.0f}", "ok" if rss_daemon / 2**20 < TARGET_RSS_MB else "MISS"),
-        Row(name, "daemon RSS MB at the end", f"{rss_after / 2**20:.0f}"),
-        Row(name, "lamp reads/s while polling", f"{poll_rate:,.0f}",
-            f"{CONTROLLERS * LAMPS / POLL_INTERVAL_S:,.0f} nominal", f"{poll_rate * POLL_INTERVAL_S / (CONTROLLERS * LAMPS):.2f}"),
-        Row(name, "lamp reads/s during commands", f"{cmd_poll_rate:,.0f}"),
-        Row(name, "daemon CPU % polling", f"{poll_cpu:.0f}"),
-        Row(name, "daemon CPU % during commands", f"{cmd_cpu:.0f}"),
+def _rows(m: _Measured, quick: bool) -> list[Row]:
+    name = f"daemon {CONTROLLERS}x{LAMPS} lamps, poll {POLL_INTERVAL_S:g} s"
+    ready = m.ready
+    start_fail = _failures(ready)
+    n_start_fail = sum(start_fail.values())
+    n_steady_fail = sum(m.steady_failures.values())
+    rows = [
+        Row(name, "start-up s (until online, first plan applied, settled; n=1)",
+            f"{ready['startup_s']:.1f}" + ("" if ready["settled"] else " NOT SETTLED"),
+            f"online {ready.get('online_s', math.nan):.1f}, applied {ready.get('applied_s', math.nan):.1f}", "",
+            f"< {TARGET_STARTUP_S:.0f}", "ok" if ready["settled"] and ready["startup_s"] < TARGET_STARTUP_S else "MISS"),
+        Row(name, "start-up daemon CPU s (spawn to settled; n=1)", f"{m.startup_cpu_s:.1f}",
+            f"node load {m.load_start:.1f} on {os.cpu_count()} cores"),
+        Row(name, "start-up failures", str(n_start_fail), _fail_str(start_fail), "", "0",
+            "ok" if not n_start_fail else "MISS"),
+        Row(name, f"steady failures ({RUNS} windows)", str(n_steady_fail), _fail_str(m.steady_failures),
+            "", "0", "ok" if not n_steady_fail else "MISS"),
+        Row(name, "daemon CPU % of a core, steady", median_spread(m.cpu_pct),
+            f"sim {median_spread(m.sim_cpu_pct)}; node load {m.load_end:.1f}"),
+        Row(name, "daemon CPU us per lamp read", median_spread(m.us_per_read)),
+        Row(name, "lamp reads/s", median_spread(m.read_rate, "{:,.0f}"),
+            f"{CONTROLLERS * LAMPS / POLL_INTERVAL_S:,.0f} nominal",
+            f"{median(m.read_rate) * POLL_INTERVAL_S / (CONTROLLERS * LAMPS):.2f}"),
+        Row(name, "daemon RSS MB, steady", median_spread(m.rss_mb, "{:.0f}"),
+            f"{m.rss_imports_mb:.0f} imports only", f"{median(m.rss_mb) / m.rss_imports_mb:.1f}",
+            f"< {TARGET_RSS_MB:.0f}", "ok" if median(m.rss_mb) < TARGET_RSS_MB else "MISS"),
     ]  # fmt: skip
-    if notes:
-        rows.append(Row(name, "notes", "; ".join(notes)))
+    if m.cmd_p99:
+        floor = m.echo_nd if _pct(m.echo_nd, 0.5) < _pct(m.echo, 0.5) else m.echo
+        ref50 = _pct(m.bare, 0.5) + _pct(floor, 0.5)
+        ref99 = _pct(m.bare, 0.99) + _pct(floor, 0.99)
+        p50, p99 = median(m.cmd_p50), median(m.cmd_p99)
+        rows += [
+            Row(name, f"cmd round trip p50 ms ({len(m.cmd_p50)} batches of {m.n_cmd})",
+                median_spread(m.cmd_p50), f"{ref50:.1f} modbus+echo", f"{p50 / ref50:.1f}" if ref50 else ""),
+            Row(name, "cmd round trip p99 ms", median_spread(m.cmd_p99), f"{ref99:.1f} modbus+echo",
+                f"{p99 / ref99:.1f}" if ref99 else "", f"< {TARGET_P99_MS:.0f}",
+                "ok" if p99 < TARGET_P99_MS and not m.cmd_failures else "MISS"),
+            Row(name, "daemon CPU % during commands", median_spread(m.cmd_cpu_pct)),
+        ]  # fmt: skip
+    n_total = m.n_cmd * RUNS
+    rows += [
+        Row(name, "cmd failures", f"{len(m.cmd_failures)}/{n_total}", target="0",
+            verdict="ok" if not m.cmd_failures else "MISS"),
+        Row(name, "ref: bare modbus write+read-back p50/p99 ms", f"{_pct(m.bare, 0.5):.2f}/{_pct(m.bare, 0.99):.2f}"),
+        Row(name, "ref: bare mqtt echo p50/p99 ms", f"{_pct(m.echo, 0.5):.2f}/{_pct(m.echo, 0.99):.2f}"),
+        Row(name, "ref: mqtt echo, responder TCP_NODELAY p50/p99 ms",
+            f"{_pct(m.echo_nd, 0.5):.2f}/{_pct(m.echo_nd, 0.99):.2f}"),
+    ]  # fmt: skip
+    if m.notes:
+        rows.append(Row(name, "notes", "; ".join(m.notes)))
     return rows
 
 
 def _brief(s: dict[str, Any]) -> str:
-    keys = (
-        "lamp_reads",
-        "read_errors",
-        "writes",
-        "write_errors",
-        "cmd_failed",
-        "pending",
-        "outbox_backlog",
-        "reconnects",
-    )
-    return " ".join(f"{k}={s[k]}" for k in keys)  # fmt: skip
+    keys = ("lamp_reads", "writes", *FAILURE_KEYS, "pending", "outbox_backlog", "reconnects")
+    return " ".join(f"{k}={s[k]}" for k in keys)

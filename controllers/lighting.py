@@ -22,7 +22,16 @@ from astral.sun import sunrise, sunset
 
 from devices.inventory import LIGHTING_CLASSES, Inventory, Lamp
 from edge.dispatcher import DispatcherView, Verdict, make_command
-from edge.events import Command, Outcome, PlanEvent, Priority, Severity, StateChanged, Telemetry
+from edge.events import (
+    Command,
+    CommandResult,
+    Outcome,
+    PlanEvent,
+    Priority,
+    Severity,
+    StateChanged,
+    Telemetry,
+)
 from edge.geo import haversine_m
 from edge.kernel import Kernel
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
@@ -32,6 +41,7 @@ log = structlog.get_logger(__name__)
 
 SLOT_S = 15 * 60
 LEVEL_POINT = "level_cmd"
+PLAN_WINDOW = 2000  # plan commands submitted and not finished, at most
 FLOOR_LIMIT = "lighting_floor"  # the binding limit's name when a floor clamps or refuses a level
 _SERIES = {"M": ["M1", "M2", "M3", "M4", "M5", "M6"],
            "C": ["C0", "C1", "C2", "C3", "C4", "C5"],
@@ -264,10 +274,18 @@ class LightingController:
         self._ttl = kernel.settings.dispatcher.command_ttl_s
         self.plan: NightPlan | None = None
         self._applied: dict[str, int] = {}
+        # group -> the level every lamp of it was sent: a group done is skipped until its
+        # level changes (the loop runs four times a second over a city's groups, not its lamps)
+        self._group_done: dict[str, int] = {}
+        # Plan commands not finished yet (command id -> lamp, lamp -> command id): at most
+        # PLAN_WINDOW at once, so a city's first plan goes out paced, each command well within
+        # its time to live, and an operator's command never queues behind 54,000 of them.
+        self._open: dict[str, str] = {}
+        self._open_of: dict[str, str] = {}
         self._replan = asyncio.Event()
         self._power_strikes: dict[str, int] = {}
         self._was_night = False
-        self._sub = kernel.bus.subscribe("lighting", StateChanged, Telemetry)
+        self._sub = kernel.bus.subscribe("lighting", StateChanged, Telemetry, CommandResult)
         self.stats = LightingStats()
 
     def views(self) -> Mapping[str, Any]:
@@ -318,6 +336,9 @@ class LightingController:
         self.stats.baseline_dortmund_kwh = plan.baseline_dortmund_kwh
         self.plan = NightPlan(on, off, starts, plan, {g.id: list(g.levels) for g in plan.groups})
         self._applied.clear()
+        self._group_done.clear()
+        self._open.clear()
+        self._open_of.clear()
         log.info(
             "lighting_plan_ready",
             status=plan.status,
@@ -336,18 +357,50 @@ class LightingController:
         if self.plan is None:
             return
         sent = 0
+        done, applied, state = self._group_done, self._applied, self._state
         for gid, lamp_ids in self.inv.groups.items():
             level = self.plan.level_at(gid, now)
+            if done.get(gid) == level:
+                continue
+            complete = True
             for lamp_id in lamp_ids:
-                dev = self._state.get(lamp_id)
+                dev = state.get(lamp_id)
                 if dev is None or dev.online is not True:
+                    complete = False
                     continue  # not reachable yet: applied once its controller answers
-                if self._applied.get(lamp_id) != level:
-                    self._applied[lamp_id] = level
-                    self.submit(lamp_id, level, Priority.PLAN, "plan", reason="schedule")
+                if applied.get(lamp_id) != level:
+                    if len(self._open) >= PLAN_WINDOW:
+                        return  # the rest on a later turn, as earlier ones finish
+                    applied[lamp_id] = level
+                    self._submit_plan(lamp_id, level)
                     sent += 1
                     if sent % 200 == 0:
                         await asyncio.sleep(0)  # a city switches at once: let operator commands through
+            if complete:
+                done[gid] = level
+
+    def _submit_plan(self, lamp_id: str, level: int) -> None:
+        now = self._clock.now()
+        cmd = make_command(lamp_id, LEVEL_POINT, level, Priority.PLAN, "plan", now=now,
+                           ttl_s=self._ttl * self._clock.speed, reason="schedule")  # fmt: skip
+        if (old := self._open_of.pop(lamp_id, None)) is not None:
+            self._open.pop(old, None)  # replaced: the dispatcher reports no result for it
+        self._open[cmd.id] = lamp_id
+        self._open_of[lamp_id] = cmd.id
+        self.stats.commands += 1
+        self._dispatcher.submit(cmd)
+
+    def _plan_result(self, ev: CommandResult) -> None:
+        """A plan command finished: it leaves the window; one that expired unapplied is sent
+        again (with a fresh time to live) on the next turn instead of never."""
+        lamp_id = self._open.get(ev.command.id)
+        if lamp_id is None or ev.outcome in (Outcome.ACCEPTED, Outcome.CLAMPED, Outcome.FAILED):
+            return  # not ours, or not final (a failed write is retried until its TTL)
+        del self._open[ev.command.id]
+        self._open_of.pop(lamp_id, None)
+        if ev.outcome is Outcome.EXPIRED:
+            self._applied.pop(lamp_id, None)
+            self._group_done.pop(self.inv.lamps[lamp_id].group, None)
 
     def submit(
         self,
@@ -416,6 +469,8 @@ class LightingController:
                 self._check(ev)
             elif isinstance(ev, Telemetry) and ev.values.get("motion") is True:
                 self.on_motion(ev.device_id)
+            elif isinstance(ev, CommandResult) and ev.command.source == "plan":
+                self._plan_result(ev)
 
     def _check(self, ev: StateChanged) -> None:
         dev_id = ev.device_id

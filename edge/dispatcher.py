@@ -235,6 +235,7 @@ class Dispatcher(Service):
         self._points: dict[Key, _Point] = {}
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
+        self._held: set[Key] = set()  # points with a layer that holds until a time (the hold loop's)
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
         self._driver_of: dict[str, Driver | None] = {}
         self._last_error: dict[str, str] = {}
@@ -295,6 +296,8 @@ class Dispatcher(Service):
         else:
             self.stats.accepted += 1
         point = self._points.setdefault((cmd.device_id, cmd.point), _Point())
+        if cmd.hold_until is not None:
+            self._held.add((cmd.device_id, cmd.point))
         old = point.layers.get(cmd.priority)
         point.layers[cmd.priority] = cmd
         if old is not None and old is not point.in_flight and old.id in self._waiters:
@@ -550,8 +553,12 @@ class Dispatcher(Service):
         while True:
             await asyncio.sleep(0.2)
             now = self._clock.now()
-            for key, point in self._points.items():
-                if any(c.hold_until is not None and c.hold_until <= now for c in point.layers.values()):
+            for key in list(self._held):  # only points with a hold: not every lamp of a city
+                point = self._points.get(key)
+                holds = [] if point is None else [c.hold_until for c in point.layers.values()]
+                if not any(h is not None for h in holds):
+                    self._held.discard(key)
+                elif point is not None and any(h is not None and h <= now for h in holds):
                     self._drop_expired_holds(point, now)
                     self._enqueue(key)
 
@@ -566,7 +573,9 @@ class Dispatcher(Service):
             await asyncio.sleep(self._reconcile_interval)
             await self.recheck_all()
             now = self._clock.now()
-            for key, point in self._points.items():
+            for i, (key, point) in enumerate(list(self._points.items())):
+                if i % 500 == 499:
+                    await asyncio.sleep(0)  # a city's points: keep command latency low
                 cmd = point.effective(now)
                 if cmd is None or point.in_flight is not None or key in self._queued:
                     continue

@@ -1,44 +1,40 @@
 """The daemon's one connection to the northbound broker: reconnects, restores, never loses an alarm.
 
-`MqttLink` is the one MQTT session (`edge.mqtt_session.MqttSession`: a fresh client per
-connection, subscriptions restored, `edge.backoff.Backoff` between attempts, the
-per-message boundary) shaped for the northbound broker: it probes for MQTT 5, publishes
-the retained online message once subscribed, then runs three tasks until the connection
-drops: a reader that hands messages to `on_message`, a drainer that sends the persistent
-outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry. Its tuning is
-`LinkOptions`. `BrokerAddress` and `TlsFiles` live in `edge.mqtt_session` and are
-re-exported here.
+`MqttLink` is the one MQTT session (`edge.mqtt_session.MqttSession`: a fresh client per connection,
+subscriptions restored, `edge.backoff.Backoff` between attempts, the per-message boundary) shaped for the
+northbound broker: it probes for MQTT 5, publishes the retained online message once subscribed, then runs
+three tasks until the connection drops: a reader that hands messages to `on_message`, a drainer that sends
+the persistent outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry. Its tuning is
+`LinkOptions`. `BrokerAddress` and `TlsFiles` live in `edge.mqtt_session` and are re-exported here.
 
 Delivery guarantees:
-- `publish_reliable`: at least once, in order. The message is committed to the outbox
-  before the call returns; a row is deleted only after the broker's PUBACK (a
-  connection lost mid-drain may resend up to two windows: duplicates, possibly after
-  later messages). The v5 probe and the amqtt findings are in `edge.broker`. aiomqtt 2.5
-  `Client.publish(qos=1)` returns when paho's `on_publish` fires, which for QoS 1 is on
-  PUBACK (`_handle_pubackcomp`); a message paho could not send raises `MqttCodeError`.
-  aiomqtt ignores the PUBACK reason code, so an MQTT 5 broker's negative PUBACK (e.g.
-  "not authorized") counts as delivered and is not retried forever.
-- `publish_fast`: at most once. Dropped (and counted) while disconnected or when the
-  small in-memory queue is full; never blocks.
+- `publish_reliable`: at least once, in order. The message is committed to the outbox before the call
+  returns; a row is deleted only after the broker's PUBACK (a connection lost mid-drain may resend up to
+  two windows: duplicates, possibly after later messages). The v5 probe and the amqtt findings are in
+  `edge.broker`. aiomqtt 2.5 `Client.publish(qos=1)` returns when paho's `on_publish` fires, which for QoS
+  1 is on PUBACK (`_handle_pubackcomp`); a message paho could not send raises `MqttCodeError`. aiomqtt
+  ignores the PUBACK reason code, so an MQTT 5 broker's negative PUBACK (e.g. "not authorized") counts as
+  delivered and is not retried forever.
+- `publish_fast`: at most once. Dropped (and counted) while disconnected or when the small in-memory queue
+  is full; never blocks.
 
-Protocol: MQTT 5 is preferred. A broker that answers CONNACK "unsupported protocol
-version" (amqtt, see `edge.broker`) makes the link fall back to 3.1.1 for its lifetime;
-`LinkOptions(protocol="3.1.1")` starts there. Under 3.1.1 there are no properties, so request/response
-metadata travels in the JSON payload: outgoing JSON objects get `response_topic` and
-`correlation_id` (UTF-8 text of the correlation data) added, and incoming JSON objects
-with those keys fill `IncomingMessage.response_topic` / `correlation_data`. That JSON
-fallback is also read under MQTT 5 when a request carries no properties (a 3.1.1
-client behind a v5 broker).
+Protocol: MQTT 5 is preferred. A broker that answers CONNACK "unsupported protocol version" (amqtt, see
+`edge.broker`) makes the link fall back to 3.1.1 for its lifetime; `LinkOptions(protocol="3.1.1")` starts
+there. Under 3.1.1 there are no properties, so request/response metadata travels in the JSON payload:
+outgoing JSON objects get `response_topic` and `correlation_id` (UTF-8 text of the correlation data)
+added, and incoming JSON objects with those keys fill `IncomingMessage.response_topic` /
+`correlation_data`. That JSON fallback is also read under MQTT 5 when a request carries no properties (a
+3.1.1 client behind a v5 broker).
 
-Sessions are clean: commands sent while the daemon is offline are not queued by the
-broker to be applied late; their senders time out and may retry.
+Sessions are clean: commands sent while the daemon is offline are not queued by the broker to be applied
+late; their senders time out and may retry.
 
-Incoming: every message the broker delivers reaches the handler, oversized ones included
-(counted as `refused_oversize`): the API owes the sender a `payload_too_large` answer, and
-paho has read the message into memory anyway. (Dropping them here is why 1 MB and 10 MB
-requests once went unanswered; neither Mosquitto's default `message_size_limit` nor paho
-limits what is delivered.) MQTT 5 subscriptions are retain-as-published, so the handler
-sees the retain flag of a retained request even on its first, live delivery.
+Incoming: every message the broker delivers reaches the handler, oversized ones included (counted as
+`refused_oversize`): the API owes the sender a `payload_too_large` answer, and paho has read the message
+into memory anyway. (Dropping them here is why 1 MB and 10 MB requests once went unanswered; neither
+Mosquitto's default `message_size_limit` nor paho limits what is delivered.) MQTT 5 subscriptions are
+retain-as-published, so the handler sees the retain flag of a retained request even on its first, live
+delivery.
 """
 
 from __future__ import annotations
@@ -55,7 +51,6 @@ import aiomqtt
 import orjson
 import structlog
 from aiomqtt.exceptions import MqttConnectError
-from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -70,6 +65,7 @@ from edge.mqtt_session import (
     TlsFiles,
     is_link_error,
     payload_bytes,
+    publish_properties,
     rc_int,
 )
 from edge.outbox import Outbox, OutboxMessage
@@ -248,22 +244,27 @@ class MqttLink(MqttSession):
         Raises PayloadError("invalid_topic" | "oversized") for a message no broker would
         take: stored, it would block the outbox behind it.
         """
+        self._check_out([(topic, payload, retain)])
+        await self._outbox.append(topic, payload, qos=1, retain=retain, response_topic=response_topic,
+                                  correlation_data=correlation_data, content_type=content_type)  # fmt: skip
+        self._appended(1)
+
+    async def publish_reliable_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
+        """`publish_reliable` of (topic, payload, retain) JSON messages, committed together."""
+        self._check_out(messages)
+        await self._outbox.append_many(messages, qos=1, content_type="application/json")
+        self._appended(len(messages))
+
+    def _check_out(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
         if self.state is not ServiceState.OPENED:
             raise RuntimeError(f"MqttLink is {self.state.value}")
-        problem = _publish_problem(topic, payload)
-        if problem is not None:
-            self._refused_out += 1
-            raise PayloadError(problem, f"{len(payload)} bytes to {topic!r}")
-        await self._outbox.append(
-            topic,
-            payload,
-            qos=1,
-            retain=retain,
-            response_topic=response_topic,
-            correlation_data=correlation_data,
-            content_type=content_type,
-        )
-        self._appends += 1
+        for topic, payload, _ in messages:
+            if (problem := _publish_problem(topic, payload)) is not None:
+                self._refused_out += 1
+                raise PayloadError(problem, f"{len(payload)} bytes to {topic!r}")
+
+    def _appended(self, n: int) -> None:
+        self._appends += n
         self._drained.clear()
         self._outbox_wake.set()
 
@@ -475,13 +476,7 @@ class MqttLink(MqttSession):
         payload = row.payload
         properties = None
         if self._protocol == "5":
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            if row.response_topic is not None:
-                properties.ResponseTopic = row.response_topic
-            if row.correlation_data is not None:
-                properties.CorrelationData = row.correlation_data
-            if row.content_type is not None:
-                properties.ContentType = row.content_type
+            properties = publish_properties(row.response_topic, row.correlation_data, row.content_type)
         elif row.response_topic is not None or row.correlation_data is not None:
             payload = _metadata_into_json(payload, row.response_topic, row.correlation_data)
         await client.publish(

@@ -185,6 +185,24 @@ class Outbox(Service):
         self._queue.put_nowait(_Pending(row, done))
         await done
 
+    async def append_many(
+        self, messages: Sequence[tuple[str, bytes, bool]], *, qos: int = 1, content_type: str | None = None
+    ) -> None:
+        """Store (topic, payload, retain) messages; returns once all are committed (in the same
+        batches as `append`, without a task per message: a city's retained states at once)."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        now = time.time()
+        futures: list[asyncio.Future[None]] = []
+        for topic, payload, retain in messages:
+            row = {"topic": topic, "payload": payload, "qos": qos, "retain": retain,
+                   "response_topic": None, "correlation_data": None, "content_type": content_type,
+                   "created_at": now}  # fmt: skip
+            done: asyncio.Future[None] = loop.create_future()
+            self._queue.put_nowait(_Pending(row, done))
+            futures.append(done)
+        await asyncio.gather(*futures)
+
     async def peek(self, n: int, *, after_id: int | None = None) -> list[OutboxMessage]:
         """The `n` oldest rows (with id > `after_id` if given), oldest first, detached."""
         self._check_open()

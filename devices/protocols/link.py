@@ -8,6 +8,7 @@ Availability and log it on transitions only". Both live here once.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -16,7 +17,7 @@ from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.events import Availability, Event
 
-__all__ = ["EventSource", "LinkTiming", "Presence", "Publish"]
+__all__ = ["EventSource", "LinkTiming", "Presence", "Publish", "poll_phases"]
 
 Publish = Callable[[Event], None]  # where a driver hands its events (the bus)
 
@@ -32,6 +33,17 @@ class LinkTiming:
     def backoff(self) -> Backoff:
         """A fresh backoff; a base above the cap waits up to the cap (as the drivers always did)."""
         return Backoff(min(self.backoff_base_s, self.backoff_max_s), self.backoff_max_s)
+
+
+def poll_phases(n: int, interval_s: float, rng: random.Random | None = None) -> list[float]:
+    """Where in the poll interval each of `n` links polls: one per 1/n of it, jittered within it.
+
+    Links that all poll at the start of the interval make a burst every interval (a city's 538
+    controllers answering in the same few milliseconds) and a quiet rest; spread, the load is
+    flat. The jitter keeps links of several daemons or drivers from lining up by their index.
+    """
+    rng = rng or random.Random()
+    return [interval_s * (k + rng.random()) / n for k in range(n)]
 
 
 class EventSource(Protocol):

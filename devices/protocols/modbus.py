@@ -29,6 +29,7 @@ __all__ = [
     "PRIO_COMMAND",
     "PRIO_HEARTBEAT",
     "PRIO_POLL",
+    "LinkBusy",
     "ModbusCounters",
     "ModbusSession",
     "PriorityLock",
@@ -53,6 +54,12 @@ class ModbusCounters:
     write_errors: int = 0
     connects: int = 0
     connect_errors: int = 0
+    polls_skipped: int = 0  # polls that found the link busy with commands for a whole interval
+
+
+class LinkBusy(DeviceTimeout):
+    """The request never went out: the link was busy with higher-priority requests (commands)
+    for as long as the caller would wait. The device answers; it is not a sign it is down."""
 
 
 class _RepetitionFilter(logging.Filter):
@@ -175,41 +182,66 @@ class ModbusSession:
         poll: Callable[[], Awaitable[None]],
         interval_s: float,
         on_state: Callable[[bool, str], None],
+        *,
+        phase_s: float = 0.0,
+        first_s: float = 0.0,
+        down_after: int = 1,
     ) -> NoReturn:
         """Connect and `poll` every `interval_s` real seconds, forever.
 
+        The first attempt waits `first_s`; after it, polls keep to a grid `phase_s` into each
+        interval (whatever a poll took), so links given different phases stay spread.
         After a DeviceError: drop the connection (unless the device only refused a
         request), report `on_state(False, reason)`, wait a backoff delay, reconnect.
-        After a good poll: reset the backoff and report `on_state(True, "")`.
+        After a good poll: reset the backoff and report `on_state(True, "")`. A link that
+        was up is reported down only after `down_after` failed attempts in a row (one late
+        answer on a busy node is not a lost controller); the connection is dropped at once.
         """
+        loop = asyncio.get_running_loop()
+        failures, was_up = 0, False
+        if first_s > 0:
+            await asyncio.sleep(first_s)
+        grid = loop.time() - first_s + phase_s  # poll times: grid + k * interval_s
         while True:
             try:
                 if self.client is None:
                     await self.connect()
                 await poll()
+            except LinkBusy:
+                pass  # commands held the link for a whole interval: the device answers them
             except DeviceError as exc:
                 if not isinstance(exc, DeviceReplyError):
                     self.drop()
-                on_state(False, f"{type(exc).__name__}: {exc}")
+                failures += 1
+                if failures >= down_after or not was_up:
+                    on_state(False, f"{type(exc).__name__}: {exc}")
                 await self.backoff.wait()
                 continue
-            self.backoff.reset()
-            on_state(True, "")
-            await asyncio.sleep(interval_s)
+            else:
+                failures, was_up = 0, True
+                self.backoff.reset()
+                on_state(True, "")
+            await asyncio.sleep(interval_s - (loop.time() - grid) % interval_s)
 
     # -- requests ----------------------------------------------------------------
 
-    async def call(self, priority: int, timeout_s: float, requests: Requests) -> Any:
+    async def call(
+        self, priority: int, timeout_s: float, requests: Requests, *, wait_s: float | None = None
+    ) -> Any:
         """Run `requests` alone on the connection, within `timeout_s` including the queue wait.
 
-        Library errors are translated here; a timeout in flight or an I/O error drops the
-        connection.
+        With `wait_s`, the queue wait is bounded by `wait_s` instead (LinkBusy when it passes)
+        and `timeout_s` bounds the request alone: a poll that waits behind a city's first plan
+        is late, not a dead device. Library errors are translated here; a timeout in flight or
+        an I/O error drops the connection.
         """
         in_flight = False
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(timeout_s if wait_s is None else wait_s) as scope:
                 await self.lock.acquire(priority)
                 try:
+                    if wait_s is not None:
+                        scope.reschedule(asyncio.get_running_loop().time() + timeout_s)
                     client = self.client
                     if client is None:
                         raise DeviceUnavailable("not connected", endpoint=self.name, unit=self.unit)
@@ -220,6 +252,8 @@ class ModbusSession:
         except TimeoutError as exc:
             if in_flight:
                 self.drop()
+            elif wait_s is not None:
+                raise LinkBusy(f"link busy for {wait_s} s", endpoint=self.name, unit=self.unit) from exc
             raise DeviceTimeout(
                 f"no answer within {timeout_s} s", endpoint=self.name, unit=self.unit
             ) from exc
@@ -258,13 +292,19 @@ class ModbusSession:
             result = await client.write_registers(address, regs, device_id=self.unit)
         self.checked(result, f"write {address}+{len(regs)}")
 
-    async def read(self, address: int, count: int, priority: int, timeout_s: float) -> list[int]:
-        """One read request on its own (counted)."""
+    async def read(
+        self, address: int, count: int, priority: int, timeout_s: float, *, wait_s: float | None = None
+    ) -> list[int]:
+        """One read request on its own (counted; a read that never went out, LinkBusy, is not)."""
         self.counters.reads += 1
         try:
             regs: list[int] = await self.call(
-                priority, timeout_s, lambda client: self.read_regs(client, address, count)
+                priority, timeout_s, lambda client: self.read_regs(client, address, count), wait_s=wait_s
             )
+        except LinkBusy:
+            self.counters.reads -= 1
+            self.counters.polls_skipped += 1
+            raise
         except DeviceError:
             self.counters.read_errors += 1
             raise

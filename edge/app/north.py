@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, get_args, get_origin
 
 import orjson
@@ -94,6 +94,10 @@ class Publisher(Protocol):
         correlation_data: bytes | None = None,
         content_type: str | None = "application/json",
     ) -> None: ...
+
+    async def publish_reliable_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
+        """(topic, payload, retain) JSON messages at QoS 1, committed together."""
+        ...
 
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
 
@@ -383,11 +387,10 @@ class North:
                 pub.publish_fast(topic, payload, retain=t.retained)
             else:
                 reliable.append((topic, payload, t.retained))
-        # Appended concurrently, so the outbox commits them as one batch (one disk sync).
+        # Appended together, so the outbox commits them as one batch (one disk sync), and
+        # without a task per message.
         for i in range(0, len(reliable), RELIABLE_BATCH):
-            await asyncio.gather(
-                *(pub.publish_reliable(t, p, retain=r) for t, p, r in reliable[i : i + RELIABLE_BATCH])
-            )
+            await pub.publish_reliable_many(reliable[i : i + RELIABLE_BATCH])
 
     async def _send(self, name: str, payload: bytes, **params: str) -> None:
         """One message on a table topic, with its retain flag and QoS."""

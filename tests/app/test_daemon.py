@@ -188,3 +188,26 @@ async def test_controller_loss_alarm_and_recovery(tmp_path: Path, mqtt_url: str,
         s.sim.clear("c2", "comm_loss")
         await wait_for(lambda: not s.daemon.alarms.is_active("c2", "controller_offline"), "recovery")
         assert s.daemon.alarms.raised >= 1
+
+
+async def test_first_plan_goes_out_paced_and_reaches_every_lamp(
+    tmp_path: Path, mqtt_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a window of 2 open plan commands, the first plan still reaches every lamp (the
+    harness waits for each lamp's register), never more than 2 at once, with no failed write."""
+    from controllers import lighting
+
+    monkeypatch.setattr(lighting, "PLAN_WINDOW", 2)
+    open_at_submit: list[int] = []
+    submit = lighting.LightingController._submit_plan
+
+    def counting(self: lighting.LightingController, lamp_id: str, level: int) -> None:
+        open_at_submit.append(len(self._open))
+        submit(self, lamp_id, level)
+
+    monkeypatch.setattr(lighting.LightingController, "_submit_plan", counting)
+    async with site(tmp_path, mqtt_url, database_url) as s:
+        assert len(open_at_submit) >= len(s.inventory.lamps)
+        assert max(open_at_submit) < 2
+        assert s.daemon.dispatcher.stats.failed == 0
+        assert s.daemon.dispatcher.stats.expired == 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -58,6 +58,9 @@ class Recorder:
         content_type: str | None = "application/json",
     ) -> None:
         self.sent.append((topic, payload, retain, 1))
+
+    async def publish_reliable_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
+        self.sent += [(topic, payload, retain, 1) for topic, payload, retain in messages]
 
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.sent.append((topic, payload, retain, 0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -14,12 +15,14 @@ from waiting import wait_until
 
 from devices.lighting import ModbusEndpoint, ModbusLightingDriver, plan_reads
 from devices.profiles.lighting import default_profile
+from devices.protocols.link import poll_phases
 from devices.protocols.modbus import PRIO_COMMAND, PRIO_POLL, PriorityLock
 from devices.protocols.registers import PointValueError
 from edge.clock import ManualClock
 from edge.errors import DeviceReplyError, DeviceUnavailable
+from edge.events import Availability
 from edge.net import free_port
-from simulators.lighting import LightingSimulator
+from simulators.lighting import LightingSimulator, demo_controllers
 
 LAMP = "lc-001-002"
 
@@ -322,3 +325,82 @@ async def test_faults_over_mqtt(lighting_sim: LightingSimulator, mqtt_url: str) 
             await wait_until(lambda: not lighting_sim.faults("lc-001-001"), what="fault cleared")
             await client.publish(topic, b"", retain=True)  # leave no retained message behind
         task.cancel()
+
+
+def test_poll_phases_spread_over_the_interval() -> None:
+    """Each of n links gets its own 1/n of the interval, jittered within it: no two line up."""
+    n, interval = 538, 10.0
+    phases = poll_phases(n, interval, random.Random(3))
+    assert len(phases) == n
+    for k, phase in enumerate(phases):
+        assert k * interval / n <= phase < (k + 1) * interval / n
+    again = poll_phases(n, interval, random.Random(4))
+    assert phases != again  # jitter, not a fixed grid shared by every daemon
+
+
+async def test_controllers_poll_at_spread_phases(manual_clock: ManualClock, recorder: Recorder) -> None:
+    """A driver of 8 controllers polls each at its own phase: every controller answers (so
+    the spread costs no availability), and the phases cover the interval, one per eighth."""
+    async with LightingSimulator(demo_controllers(8, 2, 0), manual_clock, seed=1) as sim:
+        driver = ModbusLightingDriver(
+            sim.endpoints(), None, recorder, manual_clock, poll_interval_s=0.4, timeout_s=0.5, seed=5
+        )
+        async with driver:
+            await recorder.wait(
+                lambda: all(driver.online(e.endpoint_id) for e in sim.endpoints()), "every endpoint online"
+            )
+            phases = driver.phases()
+    assert sorted(phases) == [e.endpoint_id for e in sim.endpoints()]
+    for k, eid in enumerate(sorted(phases)):
+        assert k * 0.05 <= phases[eid] < (k + 1) * 0.05
+
+
+async def test_a_city_plan_burst_is_written_in_batches_and_confirmed(
+    manual_clock: ManualClock, recorder: Recorder
+) -> None:
+    """600 lamp writes at once, as a first plan sends them (the dispatcher's 32 workers): every
+    lamp holds its level in the simulator, every write returns its read-back, none fails, and
+    they went out in batches (one hold of a link: writes, then a few block read-backs)."""
+    async with LightingSimulator(demo_controllers(6, 100, 0), manual_clock, seed=1) as sim:
+        driver = ModbusLightingDriver(
+            sim.endpoints(), None, recorder, manual_clock, poll_interval_s=0.2, timeout_s=2.0, seed=1
+        )
+        async with driver:
+            await recorder.wait(
+                lambda: all(driver.online(e.endpoint_id) for e in sim.endpoints()), "every endpoint online"
+            )
+            lamps = [d for ep in sim.endpoints() for _, d in ep.lamps]
+            want = {d: 10 + i % 80 for i, d in enumerate(lamps)}
+            workers = asyncio.Semaphore(32)
+
+            async def one(device_id: str) -> float:
+                async with workers:
+                    return await driver.write(device_id, "level_cmd", want[device_id], timeout=5.0)
+
+            got = await asyncio.gather(*(one(d) for d in lamps))
+            stats = driver.stats
+    assert got == [float(want[d]) for d in lamps]
+    assert all(sim.lamp(d)["level_cmd"] == want[d] for d in lamps)
+    assert stats.writes >= len(lamps)  # and the controllers' heartbeats
+    assert stats.write_errors == 0
+    assert stats.write_batches < len(lamps) // 4  # batched, not one hold per lamp
+
+
+async def test_a_poll_behind_commands_is_skipped_not_down(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, recorder: Recorder
+) -> None:
+    """Commands holding a link for longer than a poll interval delay its polls; the controller
+    answers them, so it stays online and no poll counts as a failed read."""
+    runner = lighting_driver._runners["lc-001"]
+    errors = lighting_driver.stats.read_errors
+    await runner.session.lock.acquire(PRIO_COMMAND)  # a command's hold on the link
+    try:
+        skipped = lighting_driver.stats.polls_skipped
+        await wait_until(lambda: lighting_driver.stats.polls_skipped >= skipped + 3, 3.0, "skipped polls")
+    finally:
+        runner.session.lock.release()
+    reads = lighting_driver.stats.reads
+    await wait_until(lambda: lighting_driver.stats.reads > reads + 2, 3.0, "polls again")
+    assert not [e for e in recorder.events if isinstance(e, Availability) and not e.online]
+    assert lighting_driver.online("lc-001") is True
+    assert lighting_driver.stats.read_errors == errors

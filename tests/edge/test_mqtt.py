@@ -130,6 +130,31 @@ async def test_reliable_publish_arrives_with_qos1_and_metadata(mqtt_url: str, da
         assert body == {"ok": True, "response_topic": "r/t", "correlation_id": "abc-1"}
 
 
+async def test_reliable_batch_arrives_in_order_and_a_bad_one_stores_none(
+    mqtt_url: str, database_url: str
+) -> None:
+    """`publish_reliable_many` (North's retained states in one outbox commit): every message
+    arrives at QoS 1, in order, and the outbox empties; a batch with one message no broker
+    would take is refused whole, before anything is stored."""
+    topic = f"{_prefix()}/many"
+    async with (
+        observer(mqtt_url, f"{topic}/#") as sub,
+        Outbox(database_url) as outbox,
+        link(mqtt_url, outbox) as mq,
+    ):
+        await mq.wait_connected(WAIT_S)
+        batch = [(f"{topic}/{i}", orjson.dumps({"i": i}), False) for i in range(300)]
+        await mq.publish_reliable_many(batch)
+        got = [await next_message(sub) for _ in batch]
+        await mq.wait_drained(WAIT_S)
+        assert outbox.backlog == 0
+        with pytest.raises(PayloadError):
+            await mq.publish_reliable_many([(f"{topic}/ok", b"{}", False), (f"{topic}/+", b"{}", False)])
+        assert outbox.backlog == 0
+    assert [str(m.topic) for m in got] == [t for t, _, _ in batch]
+    assert all(m.qos == 1 for m in got)
+
+
 async def test_correlation_fills_a_null_correlation_id_under_3_1_1(mqtt_url: str, database_url: str) -> None:
     """An ack written before its request's body was read has `"correlation_id": null`; under MQTT
     3.1.1 the link puts the request's correlation there (it was kept, and the client got no way to

@@ -58,6 +58,32 @@ async def test_rows_queued_at_shutdown_are_written(database_url: str) -> None:
         assert len(await asyncio.to_thread(st2.history, "L1")) == 500
 
 
+async def test_history_snapshot_given_as_column_values_lands_whole(database_url: str) -> None:
+    """A city's history round (rows queued as column values, `add_data`) is written in batches,
+    every row of it, with audit rows queued the same way beside it; no ORM row per device."""
+    n = 5000  # more than one batch (MAX_BATCH)
+    async with Storage(database_url, flush_interval_s=60) as st:
+        for i in range(n):
+            st.add_data(
+                "state_sample",
+                {"device_id": f"L{i % 50}", "ts": float(i), "online": True, "values": {"level": i}},
+            )
+        st.add_data(
+            "command_audit",
+            {"command_id": "c9", "device_id": "L1", "point": "level_cmd", "requested": 40.0,
+             "applied": 40.0, "priority": "plan", "source": "plan", "outcome": "confirmed",
+             "reason": "", "ts": 1.0},
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="not an insert-only table"):
+            st.add_data("alarm", {"device_id": "L1"})
+        await st.flush()
+        assert st.written == n + 1
+        rows = await asyncio.to_thread(st.history, "L7")
+        assert len(rows) == n // 50
+        assert sorted(r.values["level"] for r in rows) == list(range(7, n, 50))
+        assert [r.outcome for r in await asyncio.to_thread(st.audit, "c9")] == ["confirmed"]
+
+
 async def test_retention_deletes_old_history_only(database_url: str) -> None:
     async with Storage(database_url) as st:
         for ts in (10.0, 20.0, 30.0):
