@@ -467,8 +467,11 @@ class LightingController:
         async for ev in self._sub:
             if isinstance(ev, StateChanged):
                 self._check(ev)
-            elif isinstance(ev, Telemetry) and ev.values.get("motion") is True:
-                self.on_motion(ev.device_id)
+            elif isinstance(ev, Telemetry):
+                if ev.values.get("motion") is True:
+                    self.on_motion(ev.device_id)
+                elif not ev.derived and (lamp := self.inv.lamps.get(ev.device_id)) is not None:
+                    self._reading(lamp, ev)
             elif isinstance(ev, CommandResult) and ev.command.source == "plan":
                 self._plan_result(ev)
 
@@ -485,7 +488,14 @@ class LightingController:
         for bit, sev in STATUS_ALARMS.items():
             if bit in ev.changed:
                 self._alarms.set(dev_id, bit, bool(ev.changed[bit]), sev)
-        if "power_w" in ev.changed or "level_actual" in ev.changed or "level_cmd" in ev.changed:
+
+    def _reading(self, lamp: Lamp, ev: Telemetry) -> None:
+        """Every reading counts toward the power checks, a value-less one ("nothing moved
+        beyond the dead band") with the values last known: a lamp stuck at a wrong power
+        draw is found although its readings no longer change."""
+        if ev.values:
+            self._check_power(lamp, ev.values)
+        elif (dev := self._state.get(lamp.id)) is not None:
             self._check_power(lamp, dev.values)
 
     def _strike(self, lamp_id: str, code: str, bad: bool, needed: int = 3) -> bool | None:

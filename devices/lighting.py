@@ -62,6 +62,8 @@ class DriverStats(ModbusCounters):
     """Counters for benchmarks and health checks (read requests, not lamps, unless named)."""
 
     lamp_reads: int = 0
+    lamp_reports: int = 0  # lamp readings published with values (a change beyond the dead band)
+    lamp_quiet: int = 0  # readings within the dead band: a value-less "still here" or nothing
     write_batches: int = 0  # holds of a link for batched lamp writes (each: writes, then read-backs)
 
 
@@ -232,6 +234,23 @@ class _WriteBatcher:
                 w.future.set_result(got[w.address])
 
 
+def within_deadband(old: Mapping[str, Value], new: Mapping[str, Value], bands: Mapping[str, float]) -> bool:
+    """Whether `new` differs from `old` nowhere, or only by at most each point's dead band."""
+    for key, value in new.items():
+        was = old.get(key)
+        if was == value:
+            continue
+        band = bands.get(key)
+        if (
+            band is None
+            or not isinstance(was, int | float)
+            or not isinstance(value, int | float)
+            or abs(value - was) > band
+        ):
+            return False
+    return True
+
+
 class _Endpoint:
     """Poll loop, heartbeat and availability of one lamp controller, on its Modbus session."""
 
@@ -245,7 +264,11 @@ class _Endpoint:
         self.spans = plan_reads(driver.profile, ep.lamps)
         self.device_ids = (ep.endpoint_id, *(d for _, d in ep.lamps))
         self.last_raw: dict[str, tuple[int, ...]] = {}
-        self.last_values: dict[str, Mapping[str, Value]] = {}
+        self.reported: dict[str, Mapping[str, Value]] = {}  # the values last published
+        # Polls since the last publish, started spread so the "still here" readings of a
+        # controller's lamps do not all fall on the same poll.
+        every = driver.report_every_polls
+        self.quiet: dict[str, int] = {d: i % every for i, (_, d) in enumerate(ep.lamps)}
         self.bad: set[str] = set()
         self.log = log.bind(endpoint=ep.endpoint_id, host=ep.host, port=ep.port, unit=ep.unit)
         self.presence = Presence(driver, ep.endpoint_id, self.device_ids, "modbus_endpoint", self.log)
@@ -281,23 +304,34 @@ class _Endpoint:
             now = d.clock.now()
             if rs.controller is not None:
                 self.publish_controller(regs, rs.controller, now)
-            last_raw, last_values = self.last_raw, self.last_values
+            last_raw, reported, quiet = self.last_raw, self.reported, self.quiet
+            every = d.report_every_polls
             for device_id, off in rs.lamps:
                 raw = tuple(regs[off : off + span])
-                if last_raw.get(device_id) == raw:
-                    values = last_values[device_id]
-                else:
+                if last_raw.get(device_id) != raw:
                     try:
                         values = decoder.decode(raw)
                     except PointValueError as exc:
                         self.mark_bad(device_id, exc)
                         continue
                     last_raw[device_id] = raw
-                    last_values[device_id] = values
                     if device_id in self.bad:
                         self.bad.discard(device_id)
                         self.log.info("modbus_value_recovered", device_id=device_id)
-                publish(Telemetry(device_id, now, values))
+                    old = reported.get(device_id)
+                    if old is None or not within_deadband(old, values, d.deadbands):
+                        reported[device_id] = values
+                        quiet[device_id] = 0
+                        d.stats.lamp_reports += 1
+                        publish(Telemetry(device_id, now, values))
+                        continue
+                d.stats.lamp_quiet += 1
+                # Nothing beyond the dead band: a value-less reading keeps the lamp fresh
+                # every `report_every_polls` polls (the state store and the checks see it).
+                n = quiet.get(device_id, 0) + 1
+                quiet[device_id] = 0 if n >= every else n
+                if n >= every:
+                    publish(Telemetry(device_id, now, {} if d.deadbands else reported[device_id]))
             d.stats.lamp_reads += len(rs.lamps)
 
     def publish_controller(self, regs: list[int], off: int, now: float) -> None:
@@ -314,6 +348,7 @@ class _Endpoint:
 
     def mark_bad(self, device_id: str, exc: PointValueError) -> None:
         self.last_raw.pop(device_id, None)
+        self.reported.pop(device_id, None)
         if device_id not in self.bad:
             self.bad.add(device_id)
             self.log.warning("modbus_bad_value", device_id=device_id, point=exc.point, error=str(exc))
@@ -369,7 +404,11 @@ class ModbusLightingDriver(Service):
         heartbeat_every_s: float | None = None,
         backoff_base_s: float = 0.5,
         seed: int | None = None,
+        report_every_s: float | None = None,
     ) -> None:
+        """`report_every_s`: a lamp whose readings stay within the profile's dead bands is
+        still reported (value-less) this often, so the state store knows it fresh; None:
+        every poll reports its values, as without dead bands."""
         super().__init__()
         self._rng = random.Random(seed)  # the poll phases' jitter
         self.profile = profile or default_profile()
@@ -377,6 +416,10 @@ class ModbusLightingDriver(Service):
         self.clock = clock
         self.poll_interval_s = poll_interval_s
         self.heartbeat_every_s = heartbeat_every_s
+        self.deadbands = {p.name: p.deadband for p in self.profile.lamp.points if p.deadband > 0}
+        if report_every_s is None:
+            self.deadbands = {}
+        self.report_every_polls = max(1, round((report_every_s or 0.0) / poll_interval_s))
         self.timing = LinkTiming(timeout_s, backoff_base_s, backoff_max_s)
         self.stats = DriverStats()
         self.lamp_decoder = BlockDecoder(self.profile.lamp)

@@ -154,6 +154,10 @@ class LightingSettings(Section):
     power_tolerance: Annotated[float, Field(gt=0, lt=1)] = 0.3
     power_tolerance_w: Annotated[float, Field(ge=0)] = 3.0
     poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    # A lamp whose readings stay within its profile's dead bands (power noise, slow counters)
+    # is reported value-less this often (s), not every poll: what makes 54,000 lamps cheap.
+    # Keep it below charging.stale_after_s, else lamps count at full power on their feeders.
+    report_every_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 

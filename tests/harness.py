@@ -76,6 +76,7 @@ client_id = "edge-{site_id}"
 telemetry_interval_s = 3600
 [lighting]
 poll_interval_s = 0.05
+report_every_s = 0.25
 timeout_s = 0.5
 backoff_max_s = 0.3
 motion_hold_s = 600

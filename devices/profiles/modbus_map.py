@@ -73,7 +73,8 @@ class Point:
 
     `min`/`max` are in engineering units (after scaling); a decoded value outside them
     is a device fault, an encoded one a caller's mistake. `bits` names single bits of a
-    status register (name, bit number).
+    status register (name, bit number). `deadband` (engineering units, 0 = none): a change
+    no larger is not reported, so sensor noise and slow counters do not cost an event a poll.
     """
 
     name: str
@@ -85,6 +86,7 @@ class Point:
     max: float | None = None
     writable: bool = False
     bits: tuple[tuple[str, int], ...] = ()
+    deadband: float = 0.0
 
     @property
     def count(self) -> int:
@@ -131,6 +133,7 @@ class PointSpec(StrictModel):
     min: float | None = None
     writable: bool = False
     bits: dict[str, int] = Field(default_factory=dict)
+    deadband: float = Field(default=0.0, ge=0)
 
     @field_validator("max")
     @classmethod
@@ -154,7 +157,16 @@ class PointSpec(StrictModel):
         """The frozen point the codec uses (bits sorted by bit number)."""
         bits = tuple(sorted(self.bits.items(), key=lambda nb: nb[1]))
         return Point(
-            self.name, self.offset, self.type, self.scale, self.unit, self.min, self.max, self.writable, bits
+            self.name,
+            self.offset,
+            self.type,
+            self.scale,
+            self.unit,
+            self.min,
+            self.max,
+            self.writable,
+            bits,
+            self.deadband,
         )
 
 

@@ -71,6 +71,11 @@ def site_problems(site: Site) -> list[str]:
     if not s.mqtt.url:
         problems.append("mqtt.url: empty; `edge run` needs a broker URL (only the demo starts its own)")
     cs = s.charging
+    if inv.chargers and s.lighting.report_every_s >= cs.stale_after_s:
+        problems.append(
+            f"lighting.report_every_s: {s.lighting.report_every_s:g} s is not below "
+            f"charging.stale_after_s ({cs.stale_after_s:g} s): quiet lamps would count at full power"
+        )
     if inv.chargers:
         if not cs.client_cert and not cs.allow_no_security:
             problems.append(

@@ -146,6 +146,24 @@ async def test_failures_raise_and_clear_alarms_over_mqtt(
         assert row.cleared_at >= row.raised_at
 
 
+async def test_a_lamp_stuck_at_a_wrong_draw_is_found_although_its_readings_stop_changing(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
+    """With dead bands, a lamp at a steady wrong power draw sends no new values; its
+    value-less readings still count toward the power check, so the alarm is raised."""
+    async with site(tmp_path, mqtt_url, database_url) as s:
+        await s.client.subscribe(f"{s.base}/alarms/events", qos=1)
+        ack = await s.request("cmd/lights/A3", {"action": "set_level", "level": 100, "reason": "test"})
+        assert ack["ok"] is True, ack
+        s.sim.inject("A3", "power_low")
+        async with asyncio.timeout(WAIT_S):
+            async for msg in s.client.messages:
+                ev = orjson.loads(msg.payload)
+                if ev["device_id"] == "A3" and ev["code"] == "power_out_of_band" and ev["active"]:
+                    break
+        assert s.daemon.driver.stats.lamp_quiet > 0  # the readings had stopped changing
+
+
 async def test_retained_state_and_plan_are_published(
     tmp_path: Path, mqtt_url: str, database_url: str
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import pytest
 from conftest_modbus import Recorder
 from waiting import wait_until
 
-from devices.lighting import ModbusEndpoint, ModbusLightingDriver, plan_reads
+from devices.lighting import ModbusEndpoint, ModbusLightingDriver, plan_reads, within_deadband
 from devices.profiles.lighting import default_profile
 from devices.protocols.link import poll_phases
 from devices.protocols.modbus import PRIO_COMMAND, PRIO_POLL, PriorityLock
@@ -404,3 +405,47 @@ async def test_a_poll_behind_commands_is_skipped_not_down(
     assert not [e for e in recorder.events if isinstance(e, Availability) and not e.online]
     assert lighting_driver.online("lc-001") is True
     assert lighting_driver.stats.read_errors == errors
+
+
+def test_deadband_ignores_noise_and_counters_within_their_band() -> None:
+    """Power noise and slow counters within the profile's bands are no change; anything else is."""
+    bands = {p.name: p.deadband for p in default_profile().lamp.points if p.deadband > 0}
+    assert set(bands) == {"power_w", "energy_kwh", "hours"}
+    old = {"level_actual": 50, "power_w": 20.0, "energy_kwh": 1.000, "hours": 10.0, "lamp_failure": False}
+    assert within_deadband(old, {**old, "power_w": 21.5, "energy_kwh": 1.005, "hours": 10.05}, bands)
+    assert not within_deadband(old, {**old, "power_w": 22.5}, bands)
+    assert not within_deadband(old, {**old, "level_actual": 51}, bands)
+    assert not within_deadband(old, {**old, "lamp_failure": True}, bands)
+
+
+async def test_quiet_lamps_report_value_less_and_changes_at_once(
+    manual_clock: ManualClock, recorder: Recorder
+) -> None:
+    """With dead bands on, a lamp whose readings do not move is reported without values every
+    `report_every_s`, each published set of values differs beyond a band from the one before,
+    and a level change is reported at the next poll."""
+    async with LightingSimulator(demo_controllers(1, 4, 0), manual_clock, seed=3) as sim:
+        driver = ModbusLightingDriver(
+            sim.endpoints(),
+            None,
+            recorder,
+            manual_clock,
+            poll_interval_s=0.05,
+            timeout_s=0.5,
+            report_every_s=0.2,
+        )
+        lamp = sim.endpoints()[0].lamps[0][1]
+        async with driver:
+            await recorder.wait(
+                lambda: sum(not t.values for t in recorder.telemetry(lamp)) >= 3, "three value-less readings"
+            )
+            assert await driver.write(lamp, "level_cmd", 37, timeout=1.0) == 37.0
+            await recorder.wait(
+                lambda: any(t.values.get("level_actual") == 37 for t in recorder.telemetry(lamp)),
+                "the new level",
+            )
+    full = [t.values for t in recorder.telemetry(lamp) if t.values]
+    assert set(full[0]) >= {"level_cmd", "level_actual", "power_w", "energy_kwh", "hours"}
+    for before, after in itertools.pairwise(full):
+        assert not within_deadband(before, after, driver.deadbands)
+    assert driver.stats.lamp_quiet > 0

@@ -64,6 +64,7 @@ async def build(kernel: Kernel, site: Site) -> Domain:
         kernel.bus.publish,
         clock,
         poll_interval_s=lc.poll_interval_s,
+        report_every_s=lc.report_every_s,
         timeout_s=lc.timeout_s,
         backoff_max_s=lc.backoff_max_s,
     )
