@@ -2,9 +2,8 @@
 
 Every command passes a safety policy (refuse or clamp, with a reason), lands in a
 per-point priority array (operator override > safety > plan, each with an optional
-hold time), and the winning value is written by a worker with a timeout and
-confirmed by read-back. Every verdict and every final result is audited and
-published as a `CommandResult`.
+hold time), and the winning value is written by a worker with a timeout and confirmed
+by read-back. Every verdict, final result and distinct failed attempt is audited and published.
 """
 
 from __future__ import annotations
@@ -162,6 +161,7 @@ class DispatcherStats:
     failed: int = 0
     expired: int = 0
     superseded: int = 0
+    repeated_failures: int = 0  # retries that failed as the attempt before (not audited again)
 
     def count(self, outcome: Outcome) -> None:
         """Count a final result (refusals are counted where they are decided)."""
@@ -370,6 +370,10 @@ class Dispatcher(Service):
             self._queue.put_nowait(key)
 
     def _finish(self, result: CommandResult, *, count: bool = True) -> None:
+        retrying = result.outcome is Outcome.FAILED and result.command.expires_at > result.ts
+        if retrying and self._last_error.get(result.command.id) == result.reason:
+            self.stats.repeated_failures += 1  # a device down, retried to the TTL: recorded once
+            return
         if count:
             self.stats.count(result.outcome)
         if result.outcome is not Outcome.REFUSED:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -148,6 +149,26 @@ async def test_command_expires_when_the_controller_is_silent(rig: Rig) -> None:
     )
     rig.sim.clear("lc-001", "comm_loss")
     assert any(a.command.id == cmd.id and a.outcome is Outcome.EXPIRED for a in rig.audit)
+
+
+async def test_a_retry_failing_as_before_is_counted_not_recorded_again(rig: Rig) -> None:
+    """A command to a silent controller is retried until its TTL; a failure is audited and
+    published when its reason changes, the repeats only counted (no audit row a second per point)."""
+    rig.sim.inject("lc-001", "comm_loss")
+    cmd = rig.cmd(60, Priority.OPERATOR, ttl_s=10)
+    rig.dispatcher.submit(cmd)
+    await wait_until(lambda: rig.dispatcher.stats.repeated_failures >= 3, what="three repeated failures")
+    rig.clock.advance(11)
+    await wait_until(
+        lambda: any(r.command.id == cmd.id and r.outcome is Outcome.EXPIRED for r in rig.results),
+        what="expiry",
+    )
+    rig.sim.clear("lc-001", "comm_loss")
+    failed = [a.reason for a in rig.audit if a.command.id == cmd.id and a.outcome is Outcome.FAILED]
+    assert failed
+    assert all(a != b for a, b in itertools.pairwise(failed))  # a repeat is never a second row
+    published = [r.reason for r in rig.results if r.command.id == cmd.id and r.outcome is Outcome.FAILED]
+    assert published == failed
 
 
 async def test_reconcile_restores_a_value_changed_behind_our_back(rig: Rig) -> None:
