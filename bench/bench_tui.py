@@ -110,13 +110,15 @@ def _one(
     import threading
 
     ctx = mp.get_context("spawn")
-    loaded = ctx.Event()
+    loaded, done = ctx.Event(), ctx.Event()
     probe = dashboard_probe if kind == "dashboard" else reference_probe
     box: dict[str, object] = {}
 
     def go() -> None:
         try:
-            box["result"] = probe(url, site, window_s=window_s, expect_retained=retained, loaded=loaded)
+            box["result"] = probe(
+                url, site, window_s=window_s, expect_retained=retained, loaded=loaded, traffic_done=done
+            )
         except (RuntimeError, TimeoutError) as exc:
             box["error"] = str(exc)
 
@@ -129,6 +131,7 @@ def _one(
     if loaded.is_set():
         conn.send(window_s + (KEYS_S if kind == "dashboard" else 0.0) - 1.0)
         published = int(conn.recv()[1])
+    done.set()
     thread.join()
     result = box.get("result")
     if not isinstance(result, dict):

@@ -40,6 +40,9 @@ KEYS = (
 )  # fmt: skip
 
 
+_Events = tuple[Event | None, Event | None]  # (loaded, traffic_done)
+
+
 @dataclass
 class Markers:
     """Markers sent (seq -> publish time) and seen (seq -> first time visible)."""
@@ -123,8 +126,16 @@ async def _loaded(
     raise TimeoutError(f"initial load: {count()} of {expect} messages in {timeout_s:g} s")
 
 
+async def _traffic_over(done: Event | None, pause: Callable[[float], Awaitable[None]]) -> None:
+    """Until the caller's traffic is over (if it said when), then a drain of 2 s."""
+    deadline = time.monotonic() + 120
+    while done is not None and not done.is_set() and time.monotonic() < deadline:
+        await pause(0.1)
+    await pause(2.0)
+
+
 async def _dashboard(
-    url: str, site: str, window_s: float, expect: int | None, loaded: Event | None
+    url: str, site: str, window_s: float, expect: int | None, events: _Events
 ) -> dict[str, float]:
     """(in the probe's process) Load, measure the window, press the keys, count what came in."""
     from tui.app import DashboardApp
@@ -148,8 +159,8 @@ async def _dashboard(
         await _loaded(count, expect, 300, pilot.pause)
         out["initial_load_s"], out["initial_load_cpu_s"] = time.monotonic() - t0, time.process_time() - c0
         out["retained_count"] = app.model.messages
-        if loaded is not None:
-            loaded.set()
+        if events[0] is not None:
+            events[0].set()
         received0 = client.received
         stop = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
@@ -162,6 +173,7 @@ async def _dashboard(
         keys_end = time.monotonic() + KEYS_S
         out.update(await _keys(app, writes, frame))
         await pilot.pause(max(0.0, keys_end - time.monotonic()))
+        await _traffic_over(events[1], pilot.pause)
         out["live_received"] = client.received - received0 - len(markers.sent)
     lat = markers.latencies_ms()
     out["visible_p50_ms"], out["visible_p95_ms"] = pct(lat, 0.5), pct(lat, 0.95)
@@ -196,7 +208,7 @@ async def _keys(app: Any, writes: list[float], frame: asyncio.Event) -> dict[str
 
 
 async def _bare(
-    url: str, site: str, window_s: float, expect: int | None, loaded: Event | None
+    url: str, site: str, window_s: float, expect: int | None, events: _Events
 ) -> dict[str, float]:
     """(in the probe's process) The reference: a bare subscriber that parses every payload."""
     from tui.client import BrokerUrl
@@ -231,8 +243,8 @@ async def _bare(
             await _loaded(lambda: received[0], expect, 300, asyncio.sleep)
             out["initial_load_s"], out["initial_load_cpu_s"] = time.monotonic() - t0, time.process_time() - c0
             out["retained_count"] = received[0]
-            if loaded is not None:
-                loaded.set()
+            if events[0] is not None:
+                events[0].set()
             received0, stop = received[0], asyncio.Event()
             marking = tg.create_task(_send_markers(url, base, markers, stop), name="bench.tui.bare.markers")
             c1, t1 = time.process_time(), time.monotonic()
@@ -240,7 +252,7 @@ async def _bare(
             out["cpu_pct_of_core"] = 100 * (time.process_time() - c1) / (time.monotonic() - t1)
             stop.set()
             await marking
-            await asyncio.sleep(1.0)
+            await _traffic_over(events[1], asyncio.sleep)
             out["live_received"] = received[0] - received0 - len(markers.sent)
             reader.cancel()
     lat = markers.latencies_ms()
@@ -256,7 +268,7 @@ def _child(
     site: str,
     window_s: float,
     expect: int | None,
-    loaded: Event | None,
+    events: _Events,
 ) -> None:
     import logging
 
@@ -265,18 +277,18 @@ def _child(
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     run = _dashboard if kind == "dashboard" else _bare
     try:
-        conn.send(("ok", asyncio.run(run(url, site, window_s, expect, loaded))))
+        conn.send(("ok", asyncio.run(run(url, site, window_s, expect, events))))
     except BaseException as exc:  # reported to the parent, which counts it
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 def _spawn(
-    kind: str, url: str, site: str, window_s: float, expect: int | None, loaded: Event | None
+    kind: str, url: str, site: str, window_s: float, expect: int | None, events: _Events
 ) -> dict[str, float]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(
-        target=_child, args=(child, kind, url, site, window_s, expect, loaded), name=f"bench-tui-{kind}"
+        target=_child, args=(child, kind, url, site, window_s, expect, events), name=f"bench-tui-{kind}"
     )
     proc.start()
     try:
@@ -300,6 +312,7 @@ def dashboard_probe(
     window_s: float,
     expect_retained: int | None = None,
     loaded: Event | None = None,
+    traffic_done: Event | None = None,
 ) -> dict[str, float]:
     """Run the operator dashboard headless in its own (spawned) process against the broker at `url`
     (`mqtt://[user:pass@]host:port`) for site `site_id`, and return what it measured.
@@ -310,7 +323,9 @@ def dashboard_probe(
     `window_s` seconds publishes a probe lamp's state twice a second (`lights/0probe/state`, not
     retained: the probe lamp stays in this dashboard only) and notes when each marker is in a
     rendered frame; then presses `KEYS` (paging, filtering, sorting, Map and back). `loaded` (a
-    multiprocessing Event) is set when the load is done, so a caller can start its traffic then.
+    multiprocessing Event) is set when the load is done, so a caller can start its traffic then;
+    if the caller sets `traffic_done` when its traffic is over, the probe waits for it (at most
+    120 s) and 2 s more before it counts what came in (`live_received`).
 
     Returns (floats): `initial_load_s`, `initial_load_cpu_s`, `retained_count` (messages folded by
     then), `cpu_pct_of_core` (the process over the window), `visible_p50_ms`, `visible_p95_ms`
@@ -319,7 +334,7 @@ def dashboard_probe(
     `key_cpu_mean_ms`, `live_received` (messages after the load, the probe's own not counted),
     `bad_payloads`. Raises RuntimeError or TimeoutError if the dashboard failed or hung.
     """
-    return _spawn("dashboard", url, site_id, window_s, expect_retained, loaded)
+    return _spawn("dashboard", url, site_id, window_s, expect_retained, (loaded, traffic_done))
 
 
 def reference_probe(
@@ -329,6 +344,7 @@ def reference_probe(
     window_s: float,
     expect_retained: int | None = None,
     loaded: Event | None = None,
+    traffic_done: Event | None = None,
 ) -> dict[str, float]:
     """The same measurement through a bare aiomqtt subscriber that parses every payload (no key numbers)."""
-    return _spawn("bare", url, site_id, window_s, expect_retained, loaded)
+    return _spawn("bare", url, site_id, window_s, expect_retained, (loaded, traffic_done))

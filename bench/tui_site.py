@@ -7,7 +7,8 @@ the daemon publishes. Rates per kind (`Site.rates`): lamp states at what a 10 s 
 power dead band produces (`lamp_changes_per_poll` of the lamps per poll), lamp telemetry every
 60 s (North's default), chargers every few seconds, feeders every 2 s, trucks every 5 s, bins
 about once a second, displays every minute, car parks every 5 s, controllers every 10 min, an
-alarm now and then; and, once per live phase, every lamp's state at once (a plan slot starting).
+alarm now and then; and, once per live phase, every lamp's state within one poll round (a plan
+slot starting: the daemon sees the new levels as its 10 s polls come round, `SWITCH_S`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from edge.payloads import (
 from edge.topics import by_name
 
 TICK_S = 0.05
+SWITCH_S = 10.0  # a plan slot's new level reaches every lamp's state within one poll round
 
 
 @dataclass(frozen=True)
@@ -267,14 +269,16 @@ def publisher(conn: Connection, url: str, base: str, site: Site) -> None:
 
 
 async def live(client: aiomqtt.Client, maker: Maker, seconds: float) -> int:
-    """One live phase: every kind at its rate, every lamp at once a quarter in; returns the count published."""
+    """One live phase: every kind at its rate, and a quarter in every lamp's state within SWITCH_S;
+    returns the count published."""
     rates = maker.site.rates()
     due = dict.fromkeys(rates, 0.0)
     cursor = dict.fromkeys(rates, 0)
     published = 0
     t0 = time.monotonic()
-    burst_at = t0 + seconds / 4
-    burst: list[tuple[str, bytes]] | None = [lamp_state(maker.base, i, 60.0) for i in range(maker.site.lamps)]
+    switch_at = t0 + seconds / 4
+    switch = [lamp_state(maker.base, i, 60.0) for i in range(maker.site.lamps)]  # built before: no stall
+    switched = 0
     while (now := time.monotonic()) < t0 + seconds:
         batch: list[tuple[str, bytes, int]] = []
         for kind, rate in rates.items():
@@ -286,9 +290,10 @@ async def live(client: aiomqtt.Client, maker: Maker, seconds: float) -> int:
                 count = maker.counts[kind]
                 qos = 0 if kind in {"lamp_telemetry", "feeder", "parking"} else 1
                 batch += [(t, p, qos) for t, p in maker.make(kind, k % count, k // count + 1)]
-        if burst is not None and now >= burst_at:
-            batch += [(t, p, 1) for t, p in burst]
-            burst = None
+        if now >= switch_at and switched < len(switch):
+            upto = min(len(switch), round(len(switch) * (now - switch_at + TICK_S) / SWITCH_S))
+            batch += [(t, p, 1) for t, p in switch[switched:upto]]
+            switched = upto
         for i in range(0, len(batch), 1000):
             await asyncio.gather(*(client.publish(t, p, qos=q) for t, p, q in batch[i : i + 1000]))
         published += len(batch)

@@ -89,25 +89,40 @@ class Slice:
 @dataclass
 class Stamps:
     """The model version at which each key of a big table last changed or went away, so that
-    its view takes only the rows changed since it last looked (5,000 lamps are not rebuilt)."""
+    its view takes only the rows changed since it last looked (53,800 lamps are not rebuilt).
+
+    Each dict is kept in version order (a touched key moves to the end), so `since` reads
+    only the keys changed after the version asked for, from the end.
+    """
 
     changed: dict[str, int] = field(default_factory=dict)
     gone: dict[str, int] = field(default_factory=dict)
 
     def touch(self, key: str, version: int) -> None:
         """`key` is (again) in the table as of `version`."""
+        self.changed.pop(key, None)
         self.changed[key] = version
         self.gone.pop(key, None)
 
     def drop(self, key: str, version: int) -> None:
         """`key` left the table at `version`."""
         self.changed.pop(key, None)
+        self.gone.pop(key, None)
         self.gone[key] = version
 
     def since(self, version: int) -> tuple[list[str], list[str]]:
-        """The keys changed and the keys gone after `version`."""
-        changed = [k for k, v in self.changed.items() if v > version]
-        return changed, [k for k, v in self.gone.items() if v > version]
+        """The keys changed and the keys gone after `version` (each in the order they changed)."""
+        return _after(self.changed, version), _after(self.gone, version)
+
+
+def _after(stamps: dict[str, int], version: int) -> list[str]:
+    out = []
+    for key, v in reversed(stamps.items()):
+        if v <= version:
+            break
+        out.append(key)
+    out.reverse()
+    return out
 
 
 def fold_state(states: dict[str, M], key: str, payload: bytes, model: type[M]) -> M | None:
