@@ -285,6 +285,7 @@ class FilterTable(Vertical):
         self._columns = tuple(columns)
         self._noun = noun
         self._order = RowOrder()
+        self._info = ""
         self._cells: dict[str, tuple[Cell, ...]] = {}  # every row's cells, for the table to draw from
 
     def compose(self) -> ComposeResult:
@@ -411,7 +412,9 @@ class FilterTable(Vertical):
         label = self._columns[self._sort_col].label
         arrow = "descending" if self._sort_reverse else "ascending"
         text = f"{len(self._shown)} of {len(self._rows)} {self._noun} · sorted by {label} {arrow} (s: next column)"
-        self.query_one(".info", Static).update(text)
+        if text != self._info:  # an update lays the screen out again: not on every refresh
+            self._info = text
+            self.query_one(".info", Static).update(text)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self) -> None:
@@ -429,31 +432,41 @@ class FilterTable(Vertical):
 
 
 class TextView(VerticalScroll, can_focus=True):
-    """A scrolling page of text, re-rendered to its width by a function the app provides."""
+    """A scrolling page of text, re-rendered to its width by a function the app provides, at most
+    every `min_interval_s` (a newer drawing waits for the next turn; the last one wins)."""
 
     DEFAULT_CSS = """
     TextView { height: 1fr; scrollbar-gutter: stable; scrollbar-size-vertical: 1; }
     TextView > Static { width: 100%; }
     """
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, id: str | None = None, min_interval_s: float = 0.0) -> None:
         super().__init__(id=id)
         self._render_fn: Callable[[int, int], Text] | None = None
+        self._interval = min_interval_s
+        self._last = -1e9
+        self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="body")
 
     def show(self, render: Callable[[int, int], Text]) -> None:
-        """Render with `render(width, height)` now and whenever the size changes."""
+        """Render with `render(width, height)` now (or at the next turn) and whenever the size changes."""
         self._render_fn = render
-        self._redraw()
+        wait = self._last + self._interval - monotonic()
+        if wait <= 0:
+            self._redraw()
+        elif self._timer is None:
+            self._timer = self.set_timer(wait, self._redraw, name="text-redraw")
 
     def on_resize(self) -> None:
         self._redraw()
 
     def _redraw(self) -> None:
+        self._timer = None
         if self._render_fn is None or not self.is_mounted:
             return
+        self._last = monotonic()
         region = self.scrollable_content_region
         width = region.width or 80
         height = region.height or 20

@@ -11,7 +11,7 @@ reaches the app only through `Host`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -122,6 +122,14 @@ def _after(stamps: dict[str, int], version: int) -> list[str]:
             break
         out.append(key)
     out.reverse()
+    return out
+
+
+def index_by(states: Mapping[str, M], key: Callable[[M], str]) -> dict[str, list[str]]:
+    """The ids of `states` grouped by `key(state)`, each group in id order."""
+    out: dict[str, list[str]] = {}
+    for dev_id in sorted(states):
+        out.setdefault(key(states[dev_id]), []).append(dev_id)
     return out
 
 

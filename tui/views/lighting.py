@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from functools import partial
@@ -36,6 +36,7 @@ from tui.views.base import (
     Stamps,
     ask_then_send,
     fold_state,
+    index_by,
 )
 from tui.widgets import Column, FilterTable, Row
 
@@ -206,7 +207,10 @@ class LightingModel(Slice):
                 tel = LampTelemetry.model_validate_json(payload)
                 old_tel = self.telemetry.get(lamp_id)
                 self.telemetry[lamp_id] = tel
-                if lamp_id in self.lamps and _shown_differs(old_tel, tel):
+                state = self.lamps.get(lamp_id)
+                if state is not None and _shown_differs(
+                    old_tel, tel, power_from_state=state.power_w is not None
+                ):
                     self.lamp_stamps.touch(lamp_id, self.version + 1)
                     return Change.LAMP
                 return Change.IGNORED  # nothing a view shows changed (the hours to the hour, the power)
@@ -230,8 +234,7 @@ class LightingModel(Slice):
             self._by_segment = None
         if old is None or new is None or old.group != new.group:
             self._by_group = None
-        if not self.lamps:
-            self._power_w = 0.0  # no drift of float sums once the site is empty
+        self._power_w = self._power_w if self.lamps else 0.0  # no float drift once the site is empty
 
     def fold_plan(self, domain: str, msg: PlanMessage) -> Change | None:
         """Take the lighting plan out of a `plans/{domain}` message (None: another domain's)."""
@@ -284,13 +287,13 @@ class LightingModel(Slice):
     def segments(self) -> Mapping[str, Sequence[str]]:
         """Lamp ids per road segment (from the lamps' own state), each in id order."""
         if self._by_segment is None:
-            self._by_segment = _index(self.lamps, lambda s: s.segment)
+            self._by_segment = index_by(self.lamps, lambda s: s.segment)
         return self._by_segment
 
     def groups(self) -> Mapping[str, Sequence[str]]:
         """Lamp ids per planning group, each in id order."""
         if self._by_group is None:
-            self._by_group = _index(self.lamps, lambda s: s.group)
+            self._by_group = index_by(self.lamps, lambda s: s.group)
         return self._by_group
 
     def total_power_w(self) -> float:
@@ -298,19 +301,13 @@ class LightingModel(Slice):
         return self._power_w
 
 
-def _index(lamps: Mapping[str, LampState], key: Callable[[LampState], str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for lamp_id in sorted(lamps):
-        out.setdefault(key(lamps[lamp_id]), []).append(lamp_id)
-    return out
-
-
-def _shown_differs(old: LampTelemetry | None, new: LampTelemetry) -> bool:
-    """Whether the lights table would show a lamp's new telemetry differently (hours to the hour, power)."""
+def _shown_differs(old: LampTelemetry | None, new: LampTelemetry, *, power_from_state: bool) -> bool:
+    """Whether the lights table would show a lamp's new telemetry differently: its hours (to the
+    hour), its power unless the state's power is shown."""
     if old is None:
         return True
     hours = None if old.hours is None else round(old.hours), None if new.hours is None else round(new.hours)
-    return hours[0] != hours[1] or old.power_w != new.power_w
+    return hours[0] != hours[1] or (not power_from_state and old.power_w != new.power_w)
 
 
 # ----- the table ---------------------------------------------------------------------------------
@@ -328,9 +325,13 @@ LAMP_COLUMNS = (
 )
 
 
+# One cell per status, shared by every row (the table copies a cell before it draws it).
+STATUS_TEXT = {s: Text(f"{SYMBOL[s]} {s.value}", STYLE[s]) for s in LampStatus}
+
+
 def lamp_row(r: LampRow) -> Row:
     """A lamp as a lights table row."""
-    status = Text(f"{SYMBOL[r.status]} {r.status.value}", STYLE[r.status])
+    status = STATUS_TEXT[r.status]
     lighting_class = r.lighting_class
     return Row(
         key=r.id,

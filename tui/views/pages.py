@@ -13,6 +13,7 @@ from tui.views.base import Change, DomainView, PaletteAction, ShowContext
 from tui.widgets import LinesView, TextView
 
 MAP_REDRAW_S = 1.0  # the Map follows the lamps at most this often
+OVERVIEW_REDRAW_S = 1.0  # and the Overview the site
 
 
 class OverviewPage(DomainView):
@@ -23,7 +24,8 @@ class OverviewPage(DomainView):
     shows = frozenset(Change) - {Change.IGNORED}
 
     def compose(self) -> ComposeResult:
-        yield TextView(id=self.id)
+        # Every message changes it (the message count): redrawn at most once a second.
+        yield TextView(id=self.id, min_interval_s=OVERVIEW_REDRAW_S)
 
     def show(self, ctx: ShowContext) -> None:
         model, tz, views = ctx.model, ctx.tz, ctx.views
