@@ -7,6 +7,7 @@ same on a monochrome terminal. Each domain writes its own Overview lines
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, tzinfo
@@ -33,6 +34,7 @@ __all__ = [
     "STYLE",
     "SYMBOL",
     "ack_text",
+    "district_lines",
     "district_map",
     "fill_bar",
     "fmt_num",
@@ -46,6 +48,7 @@ __all__ = [
     "overview",
     "plan_chart",
     "progress_bar",
+    "segment_lines",
     "segment_map",
     "sparkline",
 ]
@@ -232,6 +235,14 @@ def _worst(statuses: Sequence[LampStatus]) -> LampStatus:
     return min(statuses, key=PRIORITY.index)
 
 
+def _joined(lines: Sequence[Text]) -> Text:
+    out = Text()
+    for line in lines:
+        out.append_text(line)
+        out.append("\n")
+    return out
+
+
 def district_map(
     statuses: Mapping[str, LampStatus],
     positions: Mapping[str, Position],
@@ -239,16 +250,20 @@ def district_map(
     height: int,
 ) -> Text:
     """Lamps at their positions, one character per cell (north up), fitted to the area."""
-    placed = dict(positions)
-    out = Text()
-    if not placed:
-        out.append("The inventory has no lamp positions.", "italic")
-        return out
+    if not positions:
+        return Text("The inventory has no lamp positions.", "italic")
+    return _joined(district_lines(statuses, positions, width, height))
+
+
+@functools.lru_cache(maxsize=4)
+def _cells(
+    positions: _Frozen, width: int, height: int
+) -> tuple[int, tuple[tuple[tuple[int, int], tuple[str, ...]], ...]]:
+    """(rows, ((row, col), lamp ids) per occupied cell): where each lamp falls, for one area size."""
+    placed = positions.items
     width, height = max(width, 4), max(height, 2)
-    lat0 = min(p.lat for p in placed.values())
-    lat1 = max(p.lat for p in placed.values())
-    lon0 = min(p.lon for p in placed.values())
-    lon1 = max(p.lon for p in placed.values())
+    lat0, lat1 = min(p.lat for _, p in placed), max(p.lat for _, p in placed)
+    lon0, lon1 = min(p.lon for _, p in placed), max(p.lon for _, p in placed)
     ky = 111.32  # km per degree of latitude
     kx = ky * math.cos(math.radians((lat0 + lat1) / 2))
     w_km, h_km = max((lon1 - lon0) * kx, 1e-6), max((lat1 - lat0) * ky, 1e-6)
@@ -256,38 +271,79 @@ def district_map(
     cell_km = max(w_km / (width - 1), h_km / (2 * (height - 1)), 1e-9)
     cols = min(width, int(w_km / cell_km) + 1)
     rows = min(height, int(h_km / (2 * cell_km)) + 1)
-    grid: dict[tuple[int, int], list[LampStatus]] = {}
-    for lid, p in placed.items():
+    grid: dict[tuple[int, int], list[str]] = {}
+    for lid, p in placed:
         c = round((p.lon - lon0) * kx / cell_km)
         r = round((lat1 - p.lat) * ky / (2 * cell_km))
-        c, r = min(max(c, 0), cols - 1), min(max(r, 0), rows - 1)
-        grid.setdefault((r, c), []).append(statuses.get(lid, LampStatus.UNKNOWN))
+        grid.setdefault((min(max(r, 0), rows - 1), min(max(c, 0), cols - 1)), []).append(lid)
+    return rows, tuple((rc, tuple(ids)) for rc, ids in grid.items())
+
+
+class _Frozen:
+    """Positions as a hashable value, by identity of the mapping (an inventory is loaded once)."""
+
+    def __init__(self, positions: Mapping[str, Position]) -> None:
+        self.items = tuple(positions.items())
+        self._id = id(positions)
+
+    def __hash__(self) -> int:
+        return self._id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Frozen) and other._id == self._id and other.items == self.items
+
+
+_frozen: dict[int, _Frozen] = {}
+
+
+def district_lines(
+    statuses: Mapping[str, LampStatus], positions: Mapping[str, Position], width: int, height: int
+) -> list[Text]:
+    """The district map as lines; where each lamp falls is worked out once per area size."""
+    frozen = _frozen.get(id(positions))
+    if frozen is None or len(frozen.items) != len(positions):
+        frozen = _frozen[id(positions)] = _Frozen(positions)
+    rows, cells = _cells(frozen, width, height)
+    worst: dict[tuple[int, int], LampStatus] = {}
+    unknown = LampStatus.UNKNOWN
+    for rc, ids in cells:
+        worst[rc] = _worst([statuses.get(lid, unknown) for lid in ids])
+    cols = max((c for _, c in worst), default=0) + 1
+    lines = []
     for r in range(rows):
-        line = [grid.get((r, c)) for c in range(cols)]
-        _symbols(out, [_worst(cell) if cell else None for cell in line])
-        out.append("\n")
-    return out
+        line = Text()
+        _symbols(line, [worst.get((r, c)) for c in range(cols)])
+        lines.append(line)
+    return lines
 
 
 def segment_map(
     segments: Mapping[str, Sequence[str]], statuses: Mapping[str, LampStatus], width: int
 ) -> Text:
     """Without positions: one line (or more) of lamp symbols per road segment."""
-    out = Text()
     if not segments:
-        out.append("No lamps received yet.", "italic")
-        return out
+        return Text("No lamps received yet.", "italic")
+    return _joined(segment_lines(segments, statuses, width))
+
+
+def segment_lines(
+    segments: Mapping[str, Sequence[str]], statuses: Mapping[str, LampStatus], width: int
+) -> list[Text]:
+    """The segment map as lines."""
     name_w = min(max(len(s) for s in segments) + 5, max(10, width // 3))
     avail = max(4, width - name_w - 1)
+    unknown = LampStatus.UNKNOWN
+    lines = []
     for seg in sorted(segments):
         lamps = segments[seg]
         head = f"{seg} ({len(lamps)})"
         head = head if len(head) <= name_w else head[: name_w - 1] + "…"
         for start in range(0, len(lamps), avail):
-            out.append(f"{head if start == 0 else '':<{name_w}} ", "bold" if start == 0 else "")
-            _symbols(out, [statuses.get(lid, LampStatus.UNKNOWN) for lid in lamps[start : start + avail]])
-            out.append("\n")
-    return out
+            line = Text()
+            line.append(f"{head if start == 0 else '':<{name_w}} ", "bold" if start == 0 else "")
+            _symbols(line, [statuses.get(lid, unknown) for lid in lamps[start : start + avail]])
+            lines.append(line)
+    return lines
 
 
 # ----- commands --------------------------------------------------------------------------------
@@ -314,21 +370,27 @@ def ack_text(ack: Ack) -> Text:
     return out
 
 
-def map_page(model: LightingModel, inventory: Inventory | None) -> Callable[[int, int], Text]:
-    """The Map page, drawn to the view's size: the district if there is an inventory, else by segment."""
+def map_page(model: LightingModel, inventory: Inventory | None) -> Callable[[int, int], list[Text]]:
+    """The Map page as lines, drawn to the view's size: the district if there is an inventory, else by segment."""
     statuses = model.statuses()
 
-    def draw(width: int, height: int) -> Text:
-        out = legend()
-        out.append("\n")
+    def draw(width: int, height: int) -> list[Text]:
+        lines = [legend()]
         if inventory is None:
-            out.append("No inventory (--inventory FILE): lamps by segment, in id order.\n", "italic")
-            out.append_text(segment_map(model.segments(), statuses, width))
+            lines.append(Text("No inventory (--inventory FILE): lamps by segment, in id order.", "italic"))
+            segments = model.segments()
+            lines += (
+                segment_lines(segments, statuses, width)
+                if segments
+                else [Text("No lamps received yet.", "italic")]
+            )
+        elif not inventory.positions:
+            lines.append(Text("The inventory has no lamp positions.", "italic"))
         else:
-            out.append_text(district_map(statuses, inventory.positions, width, max(4, height - 3)))
-            unplaced = len(set(statuses) - set(inventory.positions))
+            lines += district_lines(statuses, inventory.positions, width, max(4, height - 3))
+            unplaced = sum(1 for lid in statuses if lid not in inventory.positions)
             if unplaced:
-                out.append(f"{unplaced} lamp(s) not in the inventory are not drawn.\n", "italic")
-        return out
+                lines.append(Text(f"{unplaced} lamp(s) not in the inventory are not drawn.", "italic"))
+        return lines
 
     return draw

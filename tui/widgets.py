@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from time import monotonic
 from typing import ClassVar
 
 from rich.segment import Segment
@@ -21,23 +22,22 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.timer import Timer
 from textual.widgets import Input, Label, Static
 
-SortValue = float | str
-Cell = str | Text
+from tui.table_order import Cell, Row, RowOrder, SortValue, matches
 
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One table row: its key, what it shows, and a sort value per column."""
-
-    key: str
-    cells: tuple[Cell, ...]
-    sort: tuple[SortValue | None, ...]
-
-    def text(self) -> str:
-        """All cells as lower-case text, for filtering."""
-        return " ".join(c.plain if isinstance(c, Text) else c for c in self.cells).lower()
+__all__ = [
+    "Banner",
+    "Cell",
+    "Column",
+    "FilterTable",
+    "Row",
+    "SortValue",
+    "TextView",
+    "VirtualTable",
+    "matches",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,11 +46,6 @@ class Column:
 
     label: str
     width: int | None = None
-
-
-def matches(row_text: str, query: str) -> bool:
-    """Every word of the query occurs somewhere in the row (case-insensitive)."""
-    return all(word in row_text for word in query.lower().split())
 
 
 class VirtualTable(ScrollView, can_focus=True):
@@ -110,18 +105,35 @@ class VirtualTable(ScrollView, can_focus=True):
     def cursor_row(self) -> int:
         return self._cursor
 
-    def set_rows(self, keys: Sequence[str], cells: Mapping[str, tuple[Cell, ...]]) -> None:
-        """Show these rows in this order (the cached drawing of unchanged rows is kept)."""
-        for key in keys:
-            new = cells[key]
-            if self._cells.get(key) != new:
-                self._cache.pop(key, None)
-            self._cells[key] = new
+    def set_rows(
+        self,
+        keys: Sequence[str],
+        cells: Mapping[str, tuple[Cell, ...]],
+        *,
+        changed: Iterable[str] | None = None,
+    ) -> None:
+        """Show these rows in this order (the cached drawing of unchanged rows is kept).
+
+        `changed`: the only keys whose cells may differ from what the table has (None: any), so a
+        big table that only moved a few rows does not look at every row's cells.
+        """
         self._keys = list(keys)
         self._index = {k: i for i, k in enumerate(self._keys)}
-        for key in set(self._cells) - self._index.keys():
-            del self._cells[key]
-            self._cache.pop(key, None)
+        for key in self._keys if changed is None else changed:
+            new = cells.get(key)
+            old = self._cells.get(key)
+            if new is not None and old is not new and key in self._index:
+                if old != new:
+                    self._cache.pop(key, None)
+                self._cells[key] = new
+        for key in self._keys:
+            if key not in self._cells:  # shown again (a filter let it through)
+                self._cells[key] = cells[key]
+                self._cache.pop(key, None)
+        if len(self._cells) > len(self._keys):
+            for key in self._cells.keys() - self._index.keys():
+                del self._cells[key]
+                self._cache.pop(key, None)
         self.virtual_size = Size(self.size.width, len(self._keys) + 1)
         self._cursor = min(self._cursor, max(0, len(self._keys) - 1))
         self.refresh()
@@ -139,6 +151,10 @@ class VirtualTable(ScrollView, can_focus=True):
             visible = visible or top <= i < top + self.size.height
         if visible:
             self.refresh()
+
+    def key_at(self, row: int) -> str | None:
+        """The key of a row number (None: no such row)."""
+        return self._keys[row] if 0 <= row < len(self._keys) else None
 
     def index_of(self, key: str) -> int | None:
         """The row number of a key (None: not shown)."""
@@ -268,11 +284,9 @@ class FilterTable(Vertical):
         self._hint = hint
         self._columns = tuple(columns)
         self._noun = noun
-        self._rows: dict[str, Row] = {}
-        self._texts: dict[str, tuple[Row, str]] = {}
-        self._shown: list[str] = []
-        self._sort_col: int = 0
-        self._sort_reverse = False
+        self._order = RowOrder()
+        self._info = ""
+        self._cells: dict[str, tuple[Cell, ...]] = {}  # every row's cells, for the table to draw from
 
     def compose(self) -> ComposeResult:
         with Horizontal():
@@ -282,6 +296,7 @@ class FilterTable(Vertical):
         yield VirtualTable(self._columns)
 
     def on_mount(self) -> None:
+        self._order.set_query(self.filter_text)
         self._render_rows()
 
     @property
@@ -295,6 +310,22 @@ class FilterTable(Vertical):
     @property
     def filter_text(self) -> str:
         return self.filter_input.value if self.is_mounted else ""
+
+    @property
+    def _rows(self) -> dict[str, Row]:
+        return self._order.rows
+
+    @property
+    def _shown(self) -> list[str]:
+        return self._order.shown
+
+    @property
+    def _sort_col(self) -> int:
+        return self._order.col
+
+    @property
+    def _sort_reverse(self) -> bool:
+        return self._order.reverse
 
     @property
     def shown_keys(self) -> list[str]:
@@ -322,41 +353,21 @@ class FilterTable(Vertical):
             self.update(changed, removed)
 
     def update(self, rows: Sequence[Row], removed: Iterable[str] = ()) -> None:
-        """Add or change some rows and drop others; the rest stay as they are (cheap for big tables)."""
-        reorder = False
-        col = self._sort_col
-        query = self.filter_text.lower()
+        """Add or change some rows and drop others; the rest stay as they are (cheap for big tables:
+        the order is kept incrementally and the table redraws only the changed rows on screen)."""
+        removed = list(removed)
         for key in removed:
-            if self._rows.pop(key, None) is not None:
-                self._texts.pop(key, None)
-                reorder = True
+            self._cells.pop(key, None)
         for r in rows:
-            old = self._rows.get(r.key)
-            self._rows[r.key] = r
-            if reorder:
-                continue
-            # The order changes with a new row, a new sort value, or a row crossing the filter.
-            reorder = old is None or (col < len(r.sort) and old.sort[col] != r.sort[col])
-            if not reorder and query:
-                reorder = matches(self._text(old), query) != matches(self._text(r), query)
+            self._cells[r.key] = r.cells
+        reorder = self._order.update(rows, removed)
         if not self.is_mounted:
             return
         if reorder:
-            self._render_rows()
+            self._render_rows(changed=[r.key for r in rows])
             return
         self.table.update_rows({r.key: r.cells for r in rows})
         self._update_info()
-
-    def _text(self, row: Row | None) -> str:
-        """A row's filter text, computed once per row version."""
-        if row is None:
-            return ""
-        cached = self._texts.get(row.key)
-        if cached is not None and cached[0] is row:
-            return cached[1]
-        text = row.text()
-        self._texts[row.key] = (row, text)
-        return text
 
     def select(self, key: str) -> bool:
         """Put the cursor on a row (clearing the filter if it hides it) and focus the table."""
@@ -366,6 +377,7 @@ class FilterTable(Vertical):
         if table.index_of(key) is None:
             with self.filter_input.prevent(Input.Changed):
                 self.filter_input.value = ""
+            self._order.set_query("")
             self._render_rows()
         row = table.index_of(key)
         if row is None:
@@ -378,36 +390,20 @@ class FilterTable(Vertical):
         """Sort by a column; the same column again flips the direction."""
         if reverse is None:
             reverse = not self._sort_reverse if column == self._sort_col else False
-        self._sort_col = column % len(self._columns)
-        self._sort_reverse = reverse
+        self._order.set_sort(column % len(self._columns), reverse)
         self._render_rows()
 
     def next_sort(self) -> None:
         """Sort by the next column, ascending."""
         self.sort_by((self._sort_col + 1) % len(self._columns), reverse=False)
 
-    def _ordered_keys(self) -> list[str]:
-        query = self.filter_text
-        rows = [r for r in self._rows.values() if not query or matches(self._text(r), query)]
-        col = self._sort_col
-
-        def value(r: Row) -> SortValue | None:
-            return r.sort[col] if col < len(r.sort) else None
-
-        # Rows without a value (never heard, no route) go last in either direction.
-        known = [r for r in rows if value(r) is not None]
-        known.sort(key=lambda r: (value(r), r.key), reverse=self._sort_reverse)
-        unknown = sorted((r for r in rows if value(r) is None), key=lambda r: r.key)
-        return [r.key for r in known] + [r.key for r in unknown]
-
-    def _render_rows(self) -> None:
+    def _render_rows(self, changed: Iterable[str] | None = None) -> None:
+        """Hand the table the shown order (`changed`: the only rows whose cells changed; None: any)."""
         if not self.is_mounted:
             return
-        keys = self._ordered_keys()
         table = self.table
-        selected = self.selected_key
-        table.set_rows(keys, {k: self._rows[k].cells for k in keys})
-        self._shown = keys
+        selected = table.key_at(table.cursor_row)
+        table.set_rows(self._order.shown, self._cells, changed=changed)
         if selected is not None and (row := table.index_of(selected)) is not None:
             table.move_cursor(row=row)
         self._update_info()
@@ -416,11 +412,14 @@ class FilterTable(Vertical):
         label = self._columns[self._sort_col].label
         arrow = "descending" if self._sort_reverse else "ascending"
         text = f"{len(self._shown)} of {len(self._rows)} {self._noun} · sorted by {label} {arrow} (s: next column)"
-        self.query_one(".info", Static).update(text)
+        if text != self._info:  # an update lays the screen out again: not on every refresh
+            self._info = text
+            self.query_one(".info", Static).update(text)
 
     @on(Input.Changed, "#filter")
     def _filter_changed(self) -> None:
-        self._render_rows()
+        self._order.set_query(self.filter_text)
+        self._render_rows(changed=())
 
     @on(Input.Submitted, "#filter")
     def action_leave_filter(self) -> None:
@@ -433,35 +432,114 @@ class FilterTable(Vertical):
 
 
 class TextView(VerticalScroll, can_focus=True):
-    """A scrolling page of text, re-rendered to its width by a function the app provides."""
+    """A scrolling page of text, re-rendered to its width by a function the app provides, at most
+    every `min_interval_s` (a newer drawing waits for the next turn; the last one wins)."""
 
     DEFAULT_CSS = """
     TextView { height: 1fr; scrollbar-gutter: stable; scrollbar-size-vertical: 1; }
     TextView > Static { width: 100%; }
     """
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, id: str | None = None, min_interval_s: float = 0.0) -> None:
         super().__init__(id=id)
         self._render_fn: Callable[[int, int], Text] | None = None
+        self._interval = min_interval_s
+        self._last = -1e9
+        self._timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="body")
 
     def show(self, render: Callable[[int, int], Text]) -> None:
-        """Render with `render(width, height)` now and whenever the size changes."""
+        """Render with `render(width, height)` now (or at the next turn) and whenever the size changes."""
         self._render_fn = render
-        self._redraw()
+        wait = self._last + self._interval - monotonic()
+        if wait <= 0:
+            self._redraw()
+        elif self._timer is None:
+            self._timer = self.set_timer(wait, self._redraw, name="text-redraw")
 
     def on_resize(self) -> None:
         self._redraw()
 
     def _redraw(self) -> None:
+        self._timer = None
         if self._render_fn is None or not self.is_mounted:
             return
+        self._last = monotonic()
         region = self.scrollable_content_region
         width = region.width or 80
         height = region.height or 20
         self.query_one(".body", Static).update(self._render_fn(width, height))
+
+
+class LinesView(ScrollView, can_focus=True):
+    """A long page of text drawn to the view's width (no wrapping), of which only the lines on
+    screen are rendered; redrawn at most every `min_interval_s` (a newer drawing waits for the next
+    turn, the last one wins), so a page of 53,800 symbols costs a few lines per frame."""
+
+    DEFAULT_CSS = """
+    LinesView { height: 1fr; scrollbar-gutter: stable; scrollbar-size-vertical: 1; }
+    """
+
+    def __init__(self, *, id: str | None = None, min_interval_s: float = 0.0) -> None:
+        super().__init__(id=id)
+        self._render_fn: Callable[[int, int], Text | Sequence[Text]] | None = None
+        self._lines: list[Text] = []
+        self._cache: dict[int, Strip] = {}
+        self._interval = min_interval_s
+        self._last = -1e9
+        self._timer: Timer | None = None
+        self.redraws = 0
+
+    def show(self, render: Callable[[int, int], Text | Sequence[Text]]) -> None:
+        """Render with `render(width, height)` (a text, or its lines) now (or at the next turn) and
+        whenever the size changes."""
+        self._render_fn = render
+        wait = self._last + self._interval - monotonic()
+        if wait <= 0:
+            self._redraw()
+        elif self._timer is None:
+            self._timer = self.set_timer(wait, self._redraw, name="lines-redraw")
+
+    @property
+    def plain(self) -> str:
+        """What the page shows, as text."""
+        return "\n".join(line.plain for line in self._lines)
+
+    def on_resize(self) -> None:
+        self._redraw()
+
+    def _redraw(self) -> None:
+        self._timer = None
+        if self._render_fn is None or not self.is_mounted:
+            return
+        self._last = monotonic()
+        self.redraws += 1
+        region = self.scrollable_content_region
+        drawn = self._render_fn(region.width or 80, region.height or 20)
+        if isinstance(drawn, Text):
+            self._lines = list(drawn.split("\n", allow_blank=True))
+            if self._lines and not self._lines[-1].plain:
+                self._lines.pop()  # the text's closing newline
+        else:
+            self._lines = list(drawn)
+        self._cache.clear()
+        self.virtual_size = Size(region.width, len(self._lines))
+        self.refresh()
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        i = self.scroll_offset.y + y
+        if i >= len(self._lines):
+            return Strip.blank(width, self.rich_style)
+        strip = self._cache.get(i)
+        if strip is None:
+            line = self._lines[i]
+            line.end = ""
+            segments = list(line.render(self.app.console, end=""))
+            strip = self._cache[i] = Strip(segments, line.cell_len).crop_extend(0, width, None)
+        return strip.apply_style(self.rich_style)
 
 
 class Banner(Static):

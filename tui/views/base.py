@@ -11,7 +11,7 @@ reaches the app only through `Host`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -89,25 +89,48 @@ class Slice:
 @dataclass
 class Stamps:
     """The model version at which each key of a big table last changed or went away, so that
-    its view takes only the rows changed since it last looked (5,000 lamps are not rebuilt)."""
+    its view takes only the rows changed since it last looked (53,800 lamps are not rebuilt).
+
+    Each dict is kept in version order (a touched key moves to the end), so `since` reads
+    only the keys changed after the version asked for, from the end.
+    """
 
     changed: dict[str, int] = field(default_factory=dict)
     gone: dict[str, int] = field(default_factory=dict)
 
     def touch(self, key: str, version: int) -> None:
         """`key` is (again) in the table as of `version`."""
+        self.changed.pop(key, None)
         self.changed[key] = version
         self.gone.pop(key, None)
 
     def drop(self, key: str, version: int) -> None:
         """`key` left the table at `version`."""
         self.changed.pop(key, None)
+        self.gone.pop(key, None)
         self.gone[key] = version
 
     def since(self, version: int) -> tuple[list[str], list[str]]:
-        """The keys changed and the keys gone after `version`."""
-        changed = [k for k, v in self.changed.items() if v > version]
-        return changed, [k for k, v in self.gone.items() if v > version]
+        """The keys changed and the keys gone after `version` (each in the order they changed)."""
+        return _after(self.changed, version), _after(self.gone, version)
+
+
+def _after(stamps: dict[str, int], version: int) -> list[str]:
+    out = []
+    for key, v in reversed(stamps.items()):
+        if v <= version:
+            break
+        out.append(key)
+    out.reverse()
+    return out
+
+
+def index_by(states: Mapping[str, M], key: Callable[[M], str]) -> dict[str, list[str]]:
+    """The ids of `states` grouped by `key(state)`, each group in id order."""
+    out: dict[str, list[str]] = {}
+    for dev_id in sorted(states):
+        out.setdefault(key(states[dev_id]), []).append(dev_id)
+    return out
 
 
 def fold_state(states: dict[str, M], key: str, payload: bytes, model: type[M]) -> M | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from functools import partial
@@ -36,6 +36,7 @@ from tui.views.base import (
     Stamps,
     ask_then_send,
     fold_state,
+    index_by,
 )
 from tui.widgets import Column, FilterTable, Row
 
@@ -182,25 +183,58 @@ class LightingModel(Slice):
     # just the lamps that changed since it last looked.
     lamp_stamps: Stamps = field(default_factory=Stamps)
 
+    # Kept as lamps come and go, so the Overview and the Map cost nothing per lamp per refresh.
+    lamp_status_of: dict[str, LampStatus] = field(default_factory=dict)
+    _status_counts: Counter[LampStatus] = field(default_factory=Counter)
+    _online: Counter[bool | None] = field(default_factory=Counter)
+    _power_w: float = 0.0
+    _by_segment: dict[str, list[str]] | None = None  # None: to be rebuilt (a lamp came, went or moved)
+    _by_group: dict[str, list[str]] | None = None
+
     def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a `lights/...` or `controllers/...` message (None: not one of those)."""
         match parts:
             case ["lights", lamp_id, "state"]:
-                known = lamp_id in self.lamps
-                if fold_state(self.lamps, lamp_id, payload, LampState) is not None:
+                old = self.lamps.get(lamp_id)
+                new = fold_state(self.lamps, lamp_id, payload, LampState)
+                self._count(lamp_id, old, new)
+                if new is not None:
                     self.lamp_stamps.touch(lamp_id, self.version + 1)
-                elif known:
+                elif old is not None:
                     self.lamp_stamps.drop(lamp_id, self.version + 1)
                 return Change.LAMP
             case ["lights", lamp_id, "telemetry"]:
-                self.telemetry[lamp_id] = LampTelemetry.model_validate_json(payload)
-                if lamp_id in self.lamps:
+                tel = LampTelemetry.model_validate_json(payload)
+                old_tel = self.telemetry.get(lamp_id)
+                self.telemetry[lamp_id] = tel
+                state = self.lamps.get(lamp_id)
+                if state is not None and _shown_differs(
+                    old_tel, tel, power_from_state=state.power_w is not None
+                ):
                     self.lamp_stamps.touch(lamp_id, self.version + 1)
-                return Change.LAMP
+                    return Change.LAMP
+                return Change.IGNORED  # nothing a view shows changed (the hours to the hour, the power)
             case ["controllers", dev_id, "state"]:
                 fold_state(self.controllers, dev_id, payload, ControllerState)
                 return Change.CONTROLLER
         return None
+
+    def _count(self, lamp_id: str, old: LampState | None, new: LampState | None) -> None:
+        """Move a lamp's share of the aggregates from its old state to its new one."""
+        if old is not None:
+            self._status_counts[self.lamp_status_of.pop(lamp_id)] -= 1
+            self._online[old.online] -= 1
+            self._power_w -= old.power_w or 0.0
+        if new is not None:
+            status = self.lamp_status_of[lamp_id] = lamp_status(new)
+            self._status_counts[status] += 1
+            self._online[new.online] += 1
+            self._power_w += new.power_w or 0.0
+        if old is None or new is None or old.segment != new.segment:
+            self._by_segment = None
+        if old is None or new is None or old.group != new.group:
+            self._by_group = None
+        self._power_w = self._power_w if self.lamps else 0.0  # no float drift once the site is empty
 
     def fold_plan(self, domain: str, msg: PlanMessage) -> Change | None:
         """Take the lighting plan out of a `plans/{domain}` message (None: another domain's)."""
@@ -234,39 +268,46 @@ class LightingModel(Slice):
         """Lamps changed and lamps gone after model version `version`."""
         return self.lamp_stamps.since(version)
 
-    def statuses(self) -> dict[str, LampStatus]:
-        """Each lamp's status by id."""
-        return {lamp_id: lamp_status(s) for lamp_id, s in self.lamps.items()}
+    def statuses(self) -> Mapping[str, LampStatus]:
+        """Each lamp's status by id (kept up to date as lamps change: do not modify)."""
+        return self.lamp_status_of
 
     def lamp_counts(self) -> Counter[LampStatus]:
         """Lamps by status."""
-        return Counter(lamp_status(s) for s in self.lamps.values())
+        return +self._status_counts
 
     def online_counts(self) -> dict[str, OnlineCount]:
         """Lamps and controllers by connectivity."""
-        out: dict[str, OnlineCount] = {}
-        for kind, states in (("lamps", self.lamps.values()), ("controllers", self.controllers.values())):
-            c = Counter(s.online for s in states)
-            out[kind] = OnlineCount(online=c[True], offline=c[False], unknown=c[None])
+        c = self._online
+        out = {"lamps": OnlineCount(online=c[True], offline=c[False], unknown=c[None])}
+        ctl = Counter(s.online for s in self.controllers.values())
+        out["controllers"] = OnlineCount(online=ctl[True], offline=ctl[False], unknown=ctl[None])
         return out
 
-    def segments(self) -> dict[str, list[str]]:
-        """Lamp ids per road segment (from the lamps' own state)."""
-        out: dict[str, list[str]] = {}
-        for lamp_id in sorted(self.lamps):
-            out.setdefault(self.lamps[lamp_id].segment, []).append(lamp_id)
-        return out
+    def segments(self) -> Mapping[str, Sequence[str]]:
+        """Lamp ids per road segment (from the lamps' own state), each in id order."""
+        if self._by_segment is None:
+            self._by_segment = index_by(self.lamps, lambda s: s.segment)
+        return self._by_segment
 
-    def groups(self) -> dict[str, list[str]]:
-        """Lamp ids per planning group."""
-        out: dict[str, list[str]] = {}
-        for lamp_id in sorted(self.lamps):
-            out.setdefault(self.lamps[lamp_id].group, []).append(lamp_id)
-        return out
+    def groups(self) -> Mapping[str, Sequence[str]]:
+        """Lamp ids per planning group, each in id order."""
+        if self._by_group is None:
+            self._by_group = index_by(self.lamps, lambda s: s.group)
+        return self._by_group
 
     def total_power_w(self) -> float:
         """Sum of the lamps' reported power."""
-        return sum(s.power_w or 0.0 for s in self.lamps.values())
+        return self._power_w
+
+
+def _shown_differs(old: LampTelemetry | None, new: LampTelemetry, *, power_from_state: bool) -> bool:
+    """Whether the lights table would show a lamp's new telemetry differently: its hours (to the
+    hour), its power unless the state's power is shown."""
+    if old is None:
+        return True
+    hours = None if old.hours is None else round(old.hours), None if new.hours is None else round(new.hours)
+    return hours[0] != hours[1] or (not power_from_state and old.power_w != new.power_w)
 
 
 # ----- the table ---------------------------------------------------------------------------------
@@ -284,9 +325,13 @@ LAMP_COLUMNS = (
 )
 
 
+# One cell per status, shared by every row (the table copies a cell before it draws it).
+STATUS_TEXT = {s: Text(f"{SYMBOL[s]} {s.value}", STYLE[s]) for s in LampStatus}
+
+
 def lamp_row(r: LampRow) -> Row:
     """A lamp as a lights table row."""
-    status = Text(f"{SYMBOL[r.status]} {r.status.value}", STYLE[r.status])
+    status = STATUS_TEXT[r.status]
     lighting_class = r.lighting_class
     return Row(
         key=r.id,

@@ -10,7 +10,10 @@ from textual.app import ComposeResult
 
 from tui import render
 from tui.views.base import Change, DomainView, PaletteAction, ShowContext
-from tui.widgets import TextView
+from tui.widgets import LinesView, TextView
+
+MAP_REDRAW_S = 1.0  # the Map follows the lamps at most this often
+OVERVIEW_REDRAW_S = 1.0  # and the Overview the site
 
 
 class OverviewPage(DomainView):
@@ -21,7 +24,8 @@ class OverviewPage(DomainView):
     shows = frozenset(Change) - {Change.IGNORED}
 
     def compose(self) -> ComposeResult:
-        yield TextView(id=self.id)
+        # Every message changes it (the message count): redrawn at most once a second.
+        yield TextView(id=self.id, min_interval_s=OVERVIEW_REDRAW_S)
 
     def show(self, ctx: ShowContext) -> None:
         model, tz, views = ctx.model, ctx.tz, ctx.views
@@ -36,10 +40,11 @@ class MapPage(DomainView):
     shows = frozenset({Change.LAMP})
 
     def compose(self) -> ComposeResult:
-        yield TextView(id=self.id)
+        # 53,800 lamps are a page of 1,100 lines: only those on screen are drawn, at most once a second.
+        yield LinesView(id=self.id, min_interval_s=MAP_REDRAW_S)
 
     def show(self, ctx: ShowContext) -> None:
-        ctx.root.query_one("#map", TextView).show(render.map_page(ctx.model, ctx.inventory))
+        ctx.root.query_one("#map", LinesView).show(render.map_page(ctx.model, ctx.inventory))
 
 
 class PlanPage(DomainView):
