@@ -2,7 +2,7 @@
 
 PyVRP holds the GIL while it searches (two threads get no more iterations than one), so a second
 core helps only from a second process. `Helpers` starts one process per job, hands it the
-instance and PyVRP's data through a pipe from a background thread (the caller's own search is not
+instance through a pipe from a background thread (the caller's own search is not
 held up by the copy), and collects what each sends back until a deadline. Every helper stops its
 search by that deadline (`time.monotonic()`, one clock for all processes on the machine); one that
 has not answered in time is terminated, and every helper is ended and reaped when the `with`
@@ -33,7 +33,7 @@ from optimizer.common import PlanStatus
 from optimizer.routing_check import make_plan
 from optimizer.routing_greedy import repair
 from optimizer.routing_model import RoutingInstance
-from optimizer.routing_pyvrp import PyvrpModel, finish_routes, pyvrp_search
+from optimizer.routing_pyvrp import finish_routes, pyvrp_model, pyvrp_search
 
 GRACE_S = 0.25  # how long after the deadline a helper's answer is still awaited
 _MIN_SEARCH_S = 0.05  # a helper that starts with less than this left does not search
@@ -45,8 +45,7 @@ _HARD_STOP_S = 5.0  # a helper still running this long after its deadline ends i
 class HelperJob:
     """One helper's search: a seed, a deadline on `time.monotonic()`, an optional polish."""
 
-    instance: RoutingInstance
-    model: PyvrpModel
+    instance: RoutingInstance  # the helper builds PyVRP's data itself: half the bytes, off the caller's GIL
     seed: int
     deadline: float
     iterations: int | None = None  # also stop PyVRP after so many iterations (deterministic)
@@ -78,8 +77,10 @@ def run_job(job: HelperJob, send: Callable[[Candidate], None]) -> None:
     left = job.deadline - time.monotonic()
     if left < _MIN_SEARCH_S:
         return
-    body, ok = pyvrp_search(job.model, left - job.polish_s, job.seed, iterations=job.iterations)
-    routes = finish_routes(job.instance, job.model, body)
+    model = pyvrp_model(job.instance)
+    left = job.deadline - time.monotonic()
+    body, ok = pyvrp_search(model, left - job.polish_s, job.seed, iterations=job.iterations)
+    routes = finish_routes(job.instance, model, body)
     label = f"pyvrp-ils:seed{job.seed}"
     send(Candidate(routes, ok, label))
     clean = ok and not make_plan(job.instance, routes, PlanStatus.FEASIBLE, label, 0.0).violations
@@ -88,11 +89,11 @@ def run_job(job: HelperJob, send: Callable[[Candidate], None]) -> None:
     from optimizer.routing_ortools import FIRST, META, OrToolsModel
 
     start = routes if clean else repair(job.instance, routes)
-    model = OrToolsModel(job.instance)
+    ortools = OrToolsModel(job.instance)
     left = job.deadline - time.monotonic()
     if left < _MIN_SEARCH_S:
         return
-    polished, status = model.search(
+    polished, status = ortools.search(
         left, FIRST.AUTOMATIC, META.GUIDED_LOCAL_SEARCH, start=start, solution_limit=job.iterations
     )
     if polished is not None:
