@@ -18,10 +18,11 @@ committed (`fixed`) stops first, and a disjunction per customer: the penalty for
 a huge one for required ones so the solver always has something to return and we can name
 what it had to drop.
 
-`solve(strategy="auto")` lets PyVRP's iterated local search (same constraints, translated by
-`pyvrp_model`) find the routes for most of the time limit, because it is far better than
-OR-Tools' own search on these problems at the same time, then OR-Tools reads them into its model
-and polishes them with guided local search. See docs/routing.md for strategies and measurements.
+`solve(strategy="auto")` runs PyVRP's iterated local search (same constraints, translated by
+`pyvrp_model`) here for the whole limit and, on a second core, in helper processes with other
+seeds (optimizer/routing_parallel.py); one helper polishes with OR-Tools' guided local search only
+where that pays (tight windows, or routes that needed a repair). Every candidate is checked; the
+best clean one is the plan. See docs/routing.md for strategies and measurements.
 """
 
 from __future__ import annotations
