@@ -160,6 +160,7 @@ def _solve_auto(instance: RoutingInstance, run: _Budget) -> RoutingPlan:
         plan = _solve_ortools(instance, run)
         return replace(plan, solver=f"pyvrp-error:{type(exc).__name__}+{plan.solver}")
     small = len(instance.customers) <= _POLISH_MAX_CUSTOMERS
+    tiny = len(instance.customers) < _PARALLEL_MIN_CUSTOMERS
     polish = small and _windowed(instance)
     left = run.left()
     polish_s = min(_POLISH_SHARE_WINDOWS * left, _POLISH_MAX_WINDOWS_S) if polish else _RESCUE_SHARE * left
@@ -173,8 +174,12 @@ def _solve_auto(instance: RoutingInstance, run: _Budget) -> RoutingPlan:
     ]  # fmt: skip
     found: list[Candidate] = []
     with Helpers(jobs) as helpers:
-        # alone, keep time to re-insert what a repair drops; with helpers, one of them does that
-        own = left if helpers.helpers or not small else left - _RESCUE_SHARE * left
+        # With helpers, PyVRP here has the whole limit (a helper polishes). Alone: a tiny instance
+        # (PyVRP converges within a second) is polished here; otherwise OR-Tools' time is kept
+        # only to re-insert what a repair drops.
+        own = left
+        if not helpers.helpers:
+            own -= polish_s if tiny else (_RESCUE_SHARE * left if small else 0.0)
         try:
             body, ok = pyvrp_search(model, own, timer.seed, iterations=timer.solution_limit)
             found.append(Candidate(finish_routes(instance, model, body), ok, "pyvrp-ils"))
@@ -182,20 +187,26 @@ def _solve_auto(instance: RoutingInstance, run: _Budget) -> RoutingPlan:
             found.append(Candidate({}, False, f"pyvrp-error:{type(exc).__name__}"))
         found += helpers.collect(until=deadline + _HELPER_EARLY_S)
     plans = [_candidate_plan(instance, c, run) for c in found]
-    if all(p.violations for p in plans) and small and run.left() > 0.05:
-        best = min(plans, key=_objective)  # OR-Tools tries to re-insert what the repair dropped
-        start = {r.vehicle: [s.node for s in r.stops] for r in best.routes}
-        routes, status = OrToolsModel(instance).search(
-            run.left(), FIRST.AUTOMATIC, META.GUIDED_LOCAL_SEARCH, start=start,
-            solution_limit=timer.solution_limit,
-        )  # fmt: skip
-        if routes is not None:
-            label = f"{best.solver}+ortools-gls:{status}"
-            plans.append(make_plan(instance, routes, PlanStatus.FEASIBLE, label, run.elapsed()))
+    if small and run.left() > 0.01 and ((tiny and not jobs) or all(p.violations for p in plans)):
+        plans += _polished(instance, min(plans, key=_objective), run)
     if all(p.violations for p in plans):
         plans.append(fallback_plan(instance, wall_s=run.elapsed(), timer=timer))
     best = min(plans, key=_objective)
     return replace(best, wall_s=run.elapsed())
+
+
+def _polished(instance: RoutingInstance, best: RoutingPlan, run: _Budget) -> list[RoutingPlan]:
+    """OR-Tools' guided local search from `best`'s routes for the time left (re-inserting what a
+    repair dropped, if anything): its plan, or nothing."""
+    start = {r.vehicle: [s.node for s in r.stops] for r in best.routes}
+    routes, status = OrToolsModel(instance).search(
+        run.left(), FIRST.AUTOMATIC, META.GUIDED_LOCAL_SEARCH, start=start,
+        solution_limit=run.timer.solution_limit,
+    )  # fmt: skip
+    if routes is None:
+        return []
+    label = f"{best.solver}+ortools-gls:{status}"
+    return [make_plan(instance, routes, PlanStatus.FEASIBLE, label, run.elapsed())]
 
 
 def _helper_count(instance: RoutingInstance, run: _Budget) -> int:
