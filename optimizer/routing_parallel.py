@@ -140,7 +140,12 @@ class Helpers:
 
     Each is a fresh interpreter (`python -m optimizer.routing_parallel`) with two pipes, not a
     multiprocessing child: spawn would first re-run the caller's main module in it (the daemon's,
-    a script's), which costs time and is unsafe for a script without a main guard.
+    a script's), which costs time and is unsafe for a script without a main guard. It runs in a
+    session of its own: with the kernel's autogroup scheduling (sched_autogroup_enabled=1), a
+    busy machine shares CPU between sessions first, so in the caller's session a helper would
+    take its CPU from the caller's own search (and from the daemon's event loop), not from the
+    idle or the other core. Measured on a loaded 2-core machine: auto's search here and its
+    helper together got the CPU time PyVRP alone got (docs/routing.md).
     """
 
     def __init__(self, jobs: list[HelperJob]) -> None:
@@ -159,6 +164,7 @@ class Helpers:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "optimizer.routing_parallel", str(job_r), str(res_w)],
                     pass_fds=(job_r, res_w), cwd=root, env=env, stdin=subprocess.DEVNULL,
+                    start_new_session=True,
                 )  # fmt: skip
             except OSError as exc:  # no processes to be had: the caller searches alone
                 self.errors.append(f"{type(exc).__name__}: {exc}")
