@@ -21,7 +21,9 @@ set-up included, the plan checked as any other), "auto" is `solve(strategy="auto
 default workers (two on this machine). Cost is distance plus the penalties of dropped optional
 customers; a run without a clean plan is a failure, counted in its row and as a 100 % gap.
 Noise is the spread (max - min) of PyVRP alone's own gaps over the seeds: "auto" passes an
-instance when its median gap is at most PyVRP's median plus that spread. Limits: 10 s
+instance when its median gap is at most PyVRP's median plus that spread and it failed no more
+often. Wall time (the longest run) and CPU seconds (median, this process and its helpers) are in
+each cell; runs more than 1 s over the limit are counted in a row of their own. Limits: 10 s
 (--quick: three instances, 2 s); `BENCH_VRP_LIMITS=10,60` (seconds) chooses them.
 `BENCH_VRP_ORTOOLS=1` adds OR-Tools alone (seed 0), the issue's first baseline.
 """
@@ -64,6 +66,7 @@ GENERATED: tuple[tuple[GenParams, int], ...] = (
 )
 QUICK = ("X-n101-k25.vrp", "RC208.100.4.vrptw", "gen-200b4t-s0")
 TARGET_FROM_S = 10.0  # the issue's targets are for 10 s and more; shorter runs are smoke tests
+_OVER_S = 1.0  # a run this much over its limit is counted as over it
 FAILED = 100.0  # the gap a run without a clean plan counts as
 LAST_CPU = [0.0]  # CPU seconds of the last `ours` call (process and helpers)
 
@@ -186,14 +189,17 @@ def run(quick: bool) -> list[Row]:
     for limit in limits:
         tag = f"vrp {limit:g} s"
         means: dict[str, list[float]] = {"auto": [], "pyvrp": []}
+        over = {"auto": 0, "pyvrp": 0}
         passed = 0
         for case in loaded:
             pg, pf, pw, pc = _gaps(case, limit, _pyvrp)
             ag, af, aw, ac = _gaps(case, limit, _auto)
             noise = max(pg) - min(pg)
             diff = median(ag) - median(pg)
-            ok = diff <= noise + 1e-9 and af <= pf and aw <= limit + max(1.0, 0.1 * limit)
+            ok = diff <= noise + 1e-9 and af <= pf
             passed += ok
+            over["auto"] += aw > limit + _OVER_S
+            over["pyvrp"] += pw > limit + _OVER_S
             means["auto"].append(median(ag))
             means["pyvrp"].append(median(pg))
             rows.append(
@@ -222,6 +228,16 @@ def run(quick: bool) -> list[Row]:
                 ratio=f"{am - pm:+.2f} pt",
                 target="< PyVRP" if target else "smoke only",
                 verdict=("ok" if am < pm else "FAIL") if target else "-",
+            )
+        )
+        rows.append(
+            Row(
+                tag,
+                f"instances with a run over the limit + {_OVER_S:g} s",
+                f"auto {over['auto']}/{len(loaded)}",
+                reference=f"PyVRP alone {over['pyvrp']}/{len(loaded)}",
+                target="0",
+                verdict="ok" if over["auto"] == 0 else "FAIL",
             )
         )
         rows.append(

@@ -38,6 +38,7 @@ from optimizer.routing_pyvrp import finish_routes, pyvrp_model, pyvrp_search
 GRACE_S = 0.25  # how long after the deadline a helper's answer is still awaited
 _MIN_SEARCH_S = 0.05  # a helper that starts with less than this left does not search
 _WATCH_S = 0.2  # how often a helper checks that its parent lives
+_NICE = 10  # a helper's niceness (and its autogroup's): it takes only CPU that others leave
 _HARD_STOP_S = 5.0  # a helper still running this long after its deadline ends itself
 
 
@@ -103,6 +104,7 @@ def run_job(job: HelperJob, send: Callable[[Candidate], None]) -> None:
 def _helper_main(job_fd: int, result_fd: int) -> None:
     """A helper process: one job in, candidates out, then None. It ends when the caller closes the
     job pipe (done waiting, or dead), or well after its deadline, whatever it is doing then."""
+    _yield_to_others()
     jobs = Connection(job_fd, writable=False)
     results = Connection(result_fd, readable=False)
     try:
@@ -121,6 +123,16 @@ def _helper_main(job_fd: int, result_fd: int) -> None:
     with contextlib.suppress(OSError):  # the caller closed the pipe: it no longer waits for us
         run_job(job, results.send)
         results.send(None)
+
+
+def _yield_to_others() -> None:
+    """Run at a low priority: the helper should use a core nobody else wants (on a quiet machine,
+    the whole second core), never take CPU from the caller's own search or the daemon's loop.
+    Both the process and its session's autogroup (the share the kernel gives a session first)."""
+    with contextlib.suppress(OSError):
+        os.nice(_NICE)
+    with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+        f.write(str(_NICE))
 
 
 def _feed(conn: Connection, job: HelperJob) -> None:
@@ -145,7 +157,8 @@ class Helpers:
     busy machine shares CPU between sessions first, so in the caller's session a helper would
     take its CPU from the caller's own search (and from the daemon's event loop), not from the
     idle or the other core. Measured on a loaded 2-core machine: auto's search here and its
-    helper together got the CPU time PyVRP alone got (docs/routing.md).
+    helper together got the CPU time PyVRP alone got (docs/routing.md). In its own session it
+    lowers its priority (`_yield_to_others`), so on a busy machine it does not slow the caller.
     """
 
     def __init__(self, jobs: list[HelperJob]) -> None:
