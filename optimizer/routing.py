@@ -81,9 +81,6 @@ _RESCUE_SHARE = 0.02  # kept for OR-Tools to re-insert what a repair of PyVRP's 
 _POLISH_MAX_CUSTOMERS = 500  # above this, building the OR-Tools model alone takes seconds
 _PARALLEL_MIN_CUSTOMERS = 20  # below this PyVRP converges within a second: a helper costs more than it wins
 _PARALLEL_MIN_S = 1.0  # a helper needs about half a second to start (spawn, imports, the data)
-# ... and then PyVRP's first local search, which cannot be interrupted: ~5 s of CPU at 2,000
-# clients. A helper that cannot finish it well within the limit only slows the caller down.
-_PARALLEL_S_PER_CUSTOMER = 0.01
 _HELPER_EARLY_S = 0.1  # helpers stop searching this much before the caller, to answer in time
 _TIGHT_WINDOW = 0.25  # a window shorter than this share of the planning horizon binds the search
 _WINDOWED = 0.25  # share of customers with binding windows that makes an instance "time-windowed"
