@@ -370,6 +370,9 @@ class WasteSettings(Section):
         default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
     )
     solver_time_s: Annotated[float, Field(gt=0, le=600)] = 10.0
+    # processes one collection plan may keep busy (PyVRP with further seeds in helper processes);
+    # None: as many as the machine has, at most two; 1 on a node whose second core is spoken for
+    solver_workers: Annotated[int, Field(ge=1, le=16)] | None = None
 
     @field_validator("fleet_mqtt_url")
     @classmethod

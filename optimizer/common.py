@@ -37,12 +37,15 @@ class Timer:
     `solution_limit` stops a search engine after that many improving solutions (OR-Tools
     routing) or iterations (PyVRP): with `seed` such a run is the same on any machine. Engines
     without such a notion (LP, min-cost flow, CP-SAT on small components) ignore it.
+    `workers` is how many processes one solve may keep busy (routing runs PyVRP with further
+    seeds in helper processes); None: as many as the machine has, at most two. 1: this process only.
     """
 
     clock: Callable[[], float] = time.perf_counter
     time_limit_s: float | None = None
     solution_limit: int | None = None
     seed: int = 0
+    workers: int | None = None
 
     def __call__(self) -> float:
         return self.clock()

@@ -18,14 +18,16 @@ committed (`fixed`) stops first, and a disjunction per customer: the penalty for
 a huge one for required ones so the solver always has something to return and we can name
 what it had to drop.
 
-`solve(strategy="auto")` lets PyVRP's iterated local search (same constraints, translated by
-`pyvrp_model`) find the routes for most of the time limit, because it is far better than
-OR-Tools' own search on these problems at the same time, then OR-Tools reads them into its model
-and polishes them with guided local search. See docs/routing.md for strategies and measurements.
+`solve(strategy="auto")` runs PyVRP's iterated local search (same constraints, translated by
+`pyvrp_model`) here for the whole limit and, on a second core, in helper processes with other
+seeds (optimizer/routing_parallel.py); one helper polishes with OR-Tools' guided local search only
+where that pays (tight windows, or routes that needed a repair). Every candidate is checked; the
+best clean one is the plan. See docs/routing.md for strategies and measurements.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 from optimizer.common import PlanStatus, Timer
@@ -42,7 +44,8 @@ from optimizer.routing_model import (
     validate,
 )
 from optimizer.routing_ortools import FIRST, META, OrToolsModel
-from optimizer.routing_pyvrp import PyvrpModel, pyvrp_model, pyvrp_solve
+from optimizer.routing_parallel import Candidate, HelperJob, Helpers, default_workers
+from optimizer.routing_pyvrp import PyvrpModel, finish_routes, pyvrp_model, pyvrp_search, pyvrp_solve
 
 __all__ = [
     "STRATEGIES",
@@ -69,12 +72,16 @@ __all__ = [
 Status = PlanStatus  # the name routing used before the status was shared
 
 STRATEGIES = ("auto", "ortools", "pyvrp", "fallback")
-# Time for OR-Tools' guided local search after PyVRP in "auto" (PyVRP gets the rest). Measured
+# Time for OR-Tools' guided local search after PyVRP in a helper of "auto". Measured
 # (docs/routing.md): from PyVRP's routes GLS gains much within seconds on tight time windows, and
 # little on capacity-dominated problems or once PyVRP has had a minute to converge by itself.
 _POLISH_SHARE_WINDOWS = 0.4
 _POLISH_MAX_WINDOWS_S = 4.0
-_POLISH_SHARE = 0.02
+_RESCUE_SHARE = 0.02  # kept for OR-Tools to re-insert what a repair of PyVRP's routes dropped
+_POLISH_MAX_CUSTOMERS = 500  # above this, building the OR-Tools model alone takes seconds
+_PARALLEL_MIN_CUSTOMERS = 20  # below this PyVRP converges within a second: a helper costs more than it wins
+_PARALLEL_MIN_S = 1.0  # a helper needs about half a second to start (spawn, imports, the data)
+_HELPER_EARLY_S = 0.1  # helpers stop searching this much before the caller, to answer in time
 _TIGHT_WINDOW = 0.25  # a window shorter than this share of the planning horizon binds the search
 _WINDOWED = 0.25  # share of customers with binding windows that makes an instance "time-windowed"
 _BUILD_RESERVE_S = 0.03  # of the time limit kept for extracting and checking the plan
@@ -118,45 +125,19 @@ def solve(instance: RoutingInstance, *, timer: Timer, strategy: str = "auto") ->
         return fallback_plan(instance, timer=timer)
     if strategy == "ortools":
         return _solve_ortools(instance, run)
-    start, note = _pyvrp_start(instance, run, strategy)
     if strategy == "pyvrp":
+        start, note = _pyvrp_start(instance, run)
         return _finish(instance, start, "PYVRP", note, run)
-    if start is None:  # OR-Tools alone in the time left
-        plan = _solve_ortools(instance, run)
-        return replace(plan, solver=f"{note}+{plan.solver}")
-    plans = [make_plan(instance, start, PlanStatus.FEASIBLE, note, run.elapsed())]
-    polished, status = OrToolsModel(instance).search(
-        run.left(),
-        FIRST.AUTOMATIC,
-        META.GUIDED_LOCAL_SEARCH,
-        start=start,
-        solution_limit=timer.solution_limit,
-    )
-    if polished is not None:
-        label = f"{note}+ortools-gls:{status}"
-        plans.append(make_plan(instance, polished, PlanStatus.FEASIBLE, label, run.elapsed()))
-    if all(p.violations for p in plans):
-        plans.append(fallback_plan(instance, wall_s=run.elapsed(), timer=timer))
-    best = min(plans, key=_objective)
-    return replace(best, wall_s=run.elapsed())
+    return _solve_auto(instance, run)
 
 
-def _pyvrp_start(
-    instance: RoutingInstance, run: _Budget, strategy: str
-) -> tuple[dict[str, list[int]] | None, str]:
-    """PyVRP's routes for most of the time left (all of it for strategy "pyvrp"), repaired if
-    they break anything; None (and why) if PyVRP failed."""
+def _pyvrp_start(instance: RoutingInstance, run: _Budget) -> tuple[dict[str, list[int]] | None, str]:
+    """PyVRP's routes for all the time left, repaired if they break anything; None (and why) if
+    PyVRP failed."""
     try:
         model = pyvrp_model(instance)
-        left = run.left()
-        if strategy == "pyvrp":
-            polish = 0.0
-        elif _windowed(instance):
-            polish = min(_POLISH_SHARE_WINDOWS * left, _POLISH_MAX_WINDOWS_S)
-        else:
-            polish = _POLISH_SHARE * left
         start, ok = pyvrp_solve(
-            instance, model, left - polish, run.timer.seed, iterations=run.timer.solution_limit
+            instance, model, run.left(), run.timer.seed, iterations=run.timer.solution_limit
         )
         note = "pyvrp-ils"
         if not ok or make_plan(instance, start, PlanStatus.FEASIBLE, note, 0.0).violations:
@@ -164,6 +145,83 @@ def _pyvrp_start(
     except Exception as exc:  # a second engine failing must never cost us the plan
         return None, f"pyvrp-error:{type(exc).__name__}"
     return start, note
+
+
+def _solve_auto(instance: RoutingInstance, run: _Budget) -> RoutingPlan:
+    """PyVRP here for the whole limit, the same search with other seeds in helper processes (one
+    polishing with OR-Tools where that pays), the best clean plan of all; see docs/routing.md."""
+    timer = run.timer
+    try:
+        model = pyvrp_model(instance)
+    except Exception as exc:  # a second engine failing must never cost us the plan
+        plan = _solve_ortools(instance, run)
+        return replace(plan, solver=f"pyvrp-error:{type(exc).__name__}+{plan.solver}")
+    small = len(instance.customers) <= _POLISH_MAX_CUSTOMERS
+    tiny = len(instance.customers) < _PARALLEL_MIN_CUSTOMERS
+    polish = small and _windowed(instance)
+    left = run.left()
+    polish_s = min(_POLISH_SHARE_WINDOWS * left, _POLISH_MAX_WINDOWS_S) if polish else _RESCUE_SHARE * left
+    deadline = time.monotonic() + left
+    jobs = [
+        HelperJob(
+            instance, timer.seed + k, deadline - _HELPER_EARLY_S, timer.solution_limit,
+            polish_s=polish_s if k == 1 and small else 0.0, polish=polish,
+        )
+        for k in range(1, _helper_count(instance, run) + 1)
+    ]  # fmt: skip
+    found: list[Candidate] = []
+    with Helpers(jobs) as helpers:
+        # With helpers, PyVRP here has the whole limit (a helper polishes). Alone: a tiny instance
+        # (PyVRP converges within a second) is polished here; otherwise OR-Tools' time is kept
+        # only to re-insert what a repair drops.
+        own = left
+        if not helpers.helpers:
+            own -= polish_s if tiny else (_RESCUE_SHARE * left if small else 0.0)
+        try:
+            body, ok = pyvrp_search(model, own, timer.seed, iterations=timer.solution_limit)
+            found.append(Candidate(finish_routes(instance, model, body), ok, "pyvrp-ils"))
+        except Exception as exc:  # the helpers' plans or OR-Tools still serve
+            found.append(Candidate({}, False, f"pyvrp-error:{type(exc).__name__}"))
+        found += helpers.collect(until=deadline + _HELPER_EARLY_S)
+    plans = [_candidate_plan(instance, c, run) for c in found]
+    if small and run.left() > 0.01 and ((tiny and not jobs) or all(p.violations for p in plans)):
+        plans += _polished(instance, min(plans, key=_objective), run)
+    if all(p.violations for p in plans):
+        plans.append(fallback_plan(instance, wall_s=run.elapsed(), timer=timer))
+    best = min(plans, key=_objective)
+    return replace(best, wall_s=run.elapsed())
+
+
+def _polished(instance: RoutingInstance, best: RoutingPlan, run: _Budget) -> list[RoutingPlan]:
+    """OR-Tools' guided local search from `best`'s routes for the time left (re-inserting what a
+    repair dropped, if anything): its plan, or nothing."""
+    start = {r.vehicle: [s.node for s in r.stops] for r in best.routes}
+    routes, status = OrToolsModel(instance).search(
+        run.left(), FIRST.AUTOMATIC, META.GUIDED_LOCAL_SEARCH, start=start,
+        solution_limit=run.timer.solution_limit,
+    )  # fmt: skip
+    if routes is None:
+        return []
+    label = f"{best.solver}+ortools-gls:{status}"
+    return [make_plan(instance, routes, PlanStatus.FEASIBLE, label, run.elapsed())]
+
+
+def _helper_count(instance: RoutingInstance, run: _Budget) -> int:
+    """Helper processes for this solve: none when there is one worker, the instance is small or
+    the time short."""
+    workers = run.timer.workers if run.timer.workers is not None else default_workers()
+    if workers <= 1 or len(instance.customers) < _PARALLEL_MIN_CUSTOMERS or run.left() < _PARALLEL_MIN_S:
+        return 0
+    return workers - 1
+
+
+def _candidate_plan(instance: RoutingInstance, c: Candidate, run: _Budget) -> RoutingPlan:
+    """The checked plan of one engine's routes; repaired (what breaks them dropped) if needed."""
+    plan = make_plan(instance, c.routes, PlanStatus.FEASIBLE, c.label, run.elapsed())
+    if c.feasible and not plan.violations:
+        return plan
+    fixed = repair(instance, c.routes)
+    return make_plan(instance, fixed, PlanStatus.FEASIBLE, f"{c.label}-repaired", run.elapsed())
 
 
 def _windowed(instance: RoutingInstance) -> bool:

@@ -188,14 +188,19 @@ def solve(
 ) -> WastePlan:
     """Solve the prepared instance and map the routes back to stops with ETAs.
 
-    `timer` defaults to the wall clock with the context's `solver_time_s`, `solution_limit` and `seed`. When the
-    mandatory bins cannot all be served (too little truck time or capacity), the instance is
-    solved again with them optional at a very high penalty, so the trucks still collect as many
-    of them as they can; the plan's status is then "infeasible" and the bins left out are listed
+    `timer` defaults to the wall clock with the context's `solver_time_s`, `solution_limit`, `seed`
+    and `solver_workers`. When the mandatory bins cannot all be served (too little truck time or
+    capacity), the instance is solved again with them optional at a very high penalty, so the
+    trucks still collect as many of them as they can; the plan's status is then "infeasible" and the bins left out are listed
     in `missed_mandatory`. The time limit covers both solves.
     """
     built, ctx = instance, instance.ctx
-    timer = timer or Timer(time_limit_s=ctx.solver_time_s, solution_limit=ctx.solution_limit, seed=ctx.seed)
+    timer = timer or Timer(
+        time_limit_s=ctx.solver_time_s,
+        solution_limit=ctx.solution_limit,
+        seed=ctx.seed,
+        workers=ctx.solver_workers,
+    )
     inst = built.instance
     if not inst.vehicles:  # no truck with shift time left: nothing can be collected
         return _no_trucks(built)

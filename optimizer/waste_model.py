@@ -119,6 +119,7 @@ class PlanContext:
     service_s: float
     zones: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # Unix window per zone
     solver_time_s: float = 10.0
+    solver_workers: int | None = None  # processes the router may use (Timer.workers); None: up to two
     seed: int = 0
     solution_limit: int | None = None  # also stop the router after so many solutions (deterministic)
     # What collecting a bin at the threshold is worth, in metres of driving. Below the default

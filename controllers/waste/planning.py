@@ -199,6 +199,7 @@ class Planner:
             service_s=cfg.service_s,
             zones=cal.zone_windows(day),
             solver_time_s=cfg.solver_time_s,
+            solver_workers=cfg.solver_workers,
         )
         return bins, trucks, ctx, day
 
