@@ -197,6 +197,7 @@ def one_run(k: Knobs, seed: int) -> dict[str, Any]:
             feeders = sorted({str(r["feeder"]) for r in rows if r["kind"] == "charger"})
             _steady(res, k, url, f"dos/v1/{site_id}", dconn, daemon, dp, sims, mosq, lamp_ids, feeders, t0, seed,
                     n_lamp_procs)  # fmt: skip
+            res["dashboard"] = _dashboard(url, site_id, k)
             dconn.send("stop")
             with contextlib.suppress(RuntimeError):
                 _wait_recv(dconn, daemon, 60, "daemon stop")
@@ -217,6 +218,20 @@ def one_run(k: Knobs, seed: int) -> dict[str, Any]:
                 mosq.terminate()
                 mosq.wait(10)
     return res
+
+
+def _dashboard(url: str, site_id: str, k: Knobs) -> dict[str, float] | str | None:
+    """The operator dashboard against this daemon, after the steady window (so it does not
+    load the daemon's numbers): retained load, publish -> visible, its CPU, key response.
+    A failure is the run's result (a string), never only a traceback."""
+    if k.dashboard_s <= 0:
+        return None
+    from bench.bench_tui import dashboard_probe
+
+    try:
+        return dashboard_probe(url, site_id, window_s=k.dashboard_s)
+    except Exception as exc:  # the probe's own failure is a row of the table
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _knob_dict(k: Knobs) -> dict[str, Any]:

@@ -125,6 +125,50 @@ def per_run(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _dashboard_rows(results: list[dict[str, Any]]) -> list[Row]:
+    """The dashboard probe of each run: targets from the issue (load < 5 s, p95 < 500 ms, CPU < 15 %)."""
+    got = [r["dashboard"] for r in results if isinstance(r.get("dashboard"), dict)]
+    failed = [str(r["dashboard"]) for r in results if isinstance(r.get("dashboard"), str)]
+    rows: list[Row] = []
+    if failed:
+        rows.append(
+            Row(
+                "city dashboard",
+                "probe failures",
+                f"{len(failed)}: {failed[0][:100]}",
+                target="0",
+                verdict="MISS",
+            )
+        )
+    if not got:
+        return rows
+
+    def col(key: str) -> list[float]:
+        return [float(g[key]) for g in got if key in g]
+
+    def row(metric: str, key: str, target: float | None = None, fmt: str = "{:.1f}") -> Row:
+        vals = col(key)
+        ok = "" if target is None or not vals else _ok(median(vals) < target)
+        return Row(
+            "city dashboard",
+            metric,
+            median_spread(vals, fmt),
+            target=f"< {target:g}" if target else "",
+            verdict=ok,
+        )
+
+    lost = sum(col("markers_lost"))
+    rows += [
+        row("initial load of the retained state, s", "initial_load_s", 5.0, "{:.2f}"),
+        row("retained messages loaded", "retained_count", None, "{:.0f}"),
+        row("publish -> visible p95 ms", "visible_p95_ms", 500.0),
+        row("dashboard CPU % of a core (probe window)", "cpu_pct_of_core", 15.0),
+        row("key -> screen updated p95 ms", "key_p95_ms"),
+        Row("city dashboard", "markers lost", f"{lost:.0f} of {sum(col('markers_sent')):.0f}", target="0", verdict=_ok(lost == 0)),
+    ]  # fmt: skip
+    return rows
+
+
 def _finite(x: float) -> float | None:
     """A number for the JSON line (strict JSON has no NaN: a metric with no samples is null)."""
     return x if math.isfinite(x) else None
@@ -265,6 +309,7 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
             f"{median(vals('lamp_sims_pct')):.0f} / {median(vals('field_sim_pct')):.0f} / {median(vals('broker_pct')):.0f}"),
     ]  # fmt: skip
     rows += _plan_rows(runs, k)
+    rows += _dashboard_rows(results)
     for m in runs[0]["milestones"]:
         rows.append(
             Row(
@@ -279,4 +324,7 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
         "daemon_cpu_us_per_lamp_read", "lamp_cpu_us_per_read")}  # fmt: skip
     summary |= {"startup_incomplete_runs": incomplete, "startup_failures": int(sum(su)), "steady_failures": int(sum(st)), "runs": len(runs),
                 "lamps": runs[0]["devices"].get("lamp", k.lamps), "window_s": k.window_s, "devices": runs[0]["devices"]}  # fmt: skip
+    dash = [r["dashboard"] for r in results if isinstance(r.get("dashboard"), dict)]
+    for key in ("initial_load_s", "visible_p95_ms", "cpu_pct_of_core"):
+        summary[f"dashboard_{key}"] = _finite(median([float(d[key]) for d in dash if key in d]))
     return rows, summary

@@ -62,6 +62,9 @@ class Knobs:
     lamp_sim_procs: int = 2  # BENCH_CITY_LAMP_SIM_PROCS: processes serving the lamp controllers
     sample_hz: float = 50.0  # BENCH_CITY_SAMPLE_HZ: stack samples per second for CPU by area (0: off)
     start_timeout_s: float = 300.0  # BENCH_CITY_START_TIMEOUT_S
+    dashboard_s: float = (
+        60.0  # BENCH_CITY_DASHBOARD_S: the dashboard probe's window after the steady one (0: off)
+    )
     runs: int = RUNS  # BENCH_CITY_RUNS (default BENCH_RUNS, 3)
 
     @classmethod
@@ -86,6 +89,7 @@ class Knobs:
                 history_s=30.0,
                 lamp_sim_procs=1,
                 start_timeout_s=120.0,
+                dashboard_s=20.0,
             )
         updates: dict[str, Any] = {}
         for f in fields(cls):
