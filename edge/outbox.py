@@ -33,14 +33,17 @@ from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, func
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, select
 
+from edge.backoff import Backoff
 from edge.lifecycle import Service, ServiceState
 from edge.records import make_engine
 
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+WRITE_TRIES = 12  # a busy database is waited out this many tries (about 15 s with backoff)
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -99,6 +102,7 @@ class Outbox(Service):
         self._dropped = 0
         self._dropping = False
         self._appended = 0
+        self._write_retries = 0  # batches written again after the database was busy
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -144,6 +148,11 @@ class Outbox(Service):
     def backlog(self) -> int:
         """Rows committed and not yet acked."""
         return self._rows
+
+    @property
+    def write_retries(self) -> int:
+        """Inserts tried again because the database was busy (locked)."""
+        return self._write_retries
 
     @property
     def dropped(self) -> int:
@@ -245,7 +254,7 @@ class Outbox(Service):
             if not batch:
                 continue
             try:
-                await self._run(self._insert_sync, [p.row for p in batch])
+                await self._insert_retrying([p.row for p in batch])
             except asyncio.CancelledError:
                 for p in batch:
                     if not p.done.done():
@@ -260,6 +269,24 @@ class Outbox(Service):
             for p in batch:
                 if not p.done.done():
                     p.done.set_result(None)
+
+    async def _insert_retrying(self, rows: list[dict[str, Any]]) -> None:
+        """Insert a batch; a busy database (SQLite locked by the history writer on a loaded
+        node) is waited out with backoff, up to WRITE_TRIES, instead of failing the publishers."""
+        backoff = Backoff(base_s=0.05, max_s=2.0, floor=0.5)
+        while True:
+            try:
+                await self._run(self._insert_sync, rows)
+            except OperationalError as exc:
+                if backoff.attempt + 1 >= WRITE_TRIES:
+                    raise
+                self._write_retries += 1
+                log.warning(
+                    "outbox_write_retry", rows=len(rows), attempt=backoff.attempt + 1, error=str(exc.orig)
+                )
+                await backoff.wait()
+            else:
+                return
 
     # The *_sync methods run on the outbox thread only, one at a time.
 

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, get_args, get_origin
 
 import orjson
+import structlog
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from controllers.waste import OPERATOR_DOMAIN, PLANNER_ID, SUMMARY_ID
 from devices.inventory import Inventory
@@ -51,6 +53,10 @@ from edge.payloads import (
 )
 from edge.state import DeviceState, StateStore
 from edge.topics import TOPICS, Topic
+
+log = structlog.get_logger(__name__)
+# What a publish can fail with (outbox closing or giving up on a busy database, a refused topic).
+_PUBLISH_ERRORS = (RuntimeError, OSError, PayloadError, SQLAlchemyError)
 
 FAILURE_BITS = ("lamp_failure", "driver_failure", "power_high", "power_low", "comm_loss")
 STATE_KEYS = frozenset(
@@ -279,6 +285,7 @@ class North:
         self._sub = bus.subscribe("north", StateChanged, AlarmEvent, PlanEvent, CommandResult)
         self._dirty: set[str] = set()  # devices whose retained state is to be published
         self._derived: set[str] = set()  # devices whose derived view is to be published
+        self.failed_events = 0  # events or flushes whose messages could not be handed to the link
         self._power: dict[str, float | None] = {}  # a lamp's power as last published
         self._alarms: dict[tuple[str, str], AlarmMessage] = {}
         self._history: deque[AlarmMessage] = deque(maxlen=ALARM_HISTORY)
@@ -311,6 +318,15 @@ class North:
         await self.flush()
 
     async def on_event(self, ev: object) -> None:
+        """One event north; a failure (the outbox gave up on a busy database) costs this event's
+        messages, logged and counted, never the publisher and with it the daemon."""
+        try:
+            await self._on_event(ev)
+        except _PUBLISH_ERRORS:
+            self.failed_events += 1
+            log.exception("north_event_failed", event=type(ev).__name__)
+
+    async def _on_event(self, ev: object) -> None:
         if isinstance(ev, StateChanged):
             self._changed(ev)
         elif isinstance(ev, AlarmEvent):
@@ -348,7 +364,13 @@ class North:
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             messages += self.messages(dev_id, derived=dev_id in derived, state=dev_id in dirty)
-        await self._publish_all(messages)
+        try:
+            await self._publish_all(messages)
+        except _PUBLISH_ERRORS:  # kept dirty: the next flush sends the states again
+            self._dirty |= dirty
+            self._derived |= derived
+            self.failed_events += 1
+            log.exception("north_flush_failed", messages=len(messages))
 
     async def _flush_history(self) -> None:
         if self._history_dirty:

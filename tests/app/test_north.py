@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from controllers.waste import PLANNER_ID, SUMMARY_ID
 from controllers.waste.views import telemetry_values
@@ -46,6 +48,7 @@ class Recorder:
     """A publisher that keeps what it was given: (topic, payload, retained, qos)."""
 
     sent: list[tuple[str, bytes, bool, int]] = field(default_factory=list)
+    busy: int = 0  # batches to refuse first, as an outbox that gave up on a busy database
 
     async def publish_reliable(
         self,
@@ -60,6 +63,9 @@ class Recorder:
         self.sent.append((topic, payload, retain, 1))
 
     async def publish_reliable_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
+        if self.busy:
+            self.busy -= 1
+            raise OperationalError("INSERT", {}, sqlite3.OperationalError("database is locked"))
         self.sent += [(topic, payload, retain, 1) for topic, payload, retain in messages]
 
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -167,6 +173,21 @@ async def test_a_lamp_power_change_republishes_its_retained_state(rig: Rig) -> N
     [(again, _, _)] = rig.pub.on(topic)
     state = LampState.model_validate_json(again)
     assert (state.power_w, state.level_actual, state.segment) == (26.0, 50.0, "s1")
+
+
+async def test_a_failed_publish_keeps_the_state_for_the_next_flush(rig: Rig) -> None:
+    """The link refusing a batch costs neither the publisher nor the lamp's state: it is counted,
+    and the state goes out with the next change (North is still running)."""
+    topic = f"{BASE}/lights/L1/state"
+    rig.pub.busy = 1
+    rig.publish("L1", {"level_actual": 50, "power_w": 20.0}, derived=False)
+    await rig.settle()
+    assert rig.pub.on(topic) == []
+    assert rig.north.failed_events == 1
+    rig.publish("F1", {"limit_a": 40.0}, derived=True)  # any later event flushes again
+    await rig.settle()
+    [(payload, _, _)] = rig.pub.on(topic)
+    assert LampState.model_validate_json(payload).power_w == 20.0
 
 
 async def test_bins_trucks_plan_and_summary_come_from_the_state_store(rig: Rig) -> None:
