@@ -146,6 +146,17 @@ def test_check_config_refuses_what_run_refuses(tmp_path: Path) -> None:
     assert "ok" in ok.stdout
 
 
+def test_quiet_lamps_reported_less_often_than_chargers_count_them_stale_are_refused(tmp_path: Path) -> None:
+    """lighting.report_every_s at or above charging.stale_after_s would make quiet lamps count at
+    full power on their feeders: check-config refuses it with one line naming both keys."""
+    cfg = _site(tmp_path, chargers=True)
+    env = {"EDGE_CHARGING__ALLOW_NO_SECURITY": "true", "EDGE_LIGHTING__REPORT_EVERY_S": "120"}
+    check = _edge("check-config", str(cfg), env=env)
+    _assert_refused(check, "lighting.report_every_s", "charging.stale_after_s")
+    ok = _edge("check-config", str(cfg), env=env | {"EDGE_LIGHTING__REPORT_EVERY_S": "30"})
+    assert ok.returncode == 0, ok.stderr
+
+
 @pytest.mark.parametrize("url", ["mqtt://127.0.0.1:99999", "mqtt://127.0.0.1:18x3", "http://127.0.0.1:1883"])
 def test_run_with_a_bad_broker_url_is_one_line(tmp_path: Path, url: str) -> None:
     """A bad port (or scheme) in EDGE_MQTT__URL: exit 2 and one line naming the variable, not a
