@@ -197,35 +197,39 @@ class _Deadline:
 def _nearest_neighbour_start(data: Any) -> Any:
     """A first PyVRP solution in milliseconds: one nearest-neighbour tour over every client from
     the first vehicle's depot, cut into one piece per vehicle, unloading at its first reload depot
-    whenever the next client would overload it (windows ignored: the search repairs them)."""
+    whenever the next client would overload it (windows ignored: the search repairs them).
+
+    Distances are indexed by location; clients and depots by their own lists, each naming its
+    location (several depots may share one), so the tour walks client indices."""
     import numpy as np
     import pyvrp
 
     dist = np.asarray(data.distance_matrix(0))
-    n_dep, n_cli = data.num_depots, data.num_clients
-    free = np.ones(n_dep + n_cli, dtype=bool)
-    free[:n_dep] = False
+    clients = data.clients()
+    n_cli = len(clients)
+    where = np.array([c.location for c in clients], dtype=np.int64)
+    free = np.ones(n_cli, dtype=bool)
     big = np.iinfo(dist.dtype).max
-    cur, tour = data.vehicle_type(0).start_depot, []
+    cur = data.depots()[data.vehicle_type(0).start_depot].location
+    tour: list[int] = []
     for _ in range(n_cli):
-        nxt = int(np.where(free, dist[cur], big).argmin())
+        nxt = int(np.where(free, dist[cur, where], big).argmin())
         tour.append(nxt)
         free[nxt] = False
-        cur = nxt
+        cur = int(where[nxt])
     types = [t for t in range(data.num_vehicle_types) for _ in range(data.vehicle_type(t).num_available)]
-    clients = data.clients()
     size = -(-n_cli // len(types))
     routes = []
     for k, i in enumerate(range(0, n_cli, size)):
         vt = data.vehicle_type(types[k])
         acts, load = [], [0] * len(vt.capacity)
-        for loc in tour[i : i + size]:
-            pickup = clients[loc - n_dep].pickup
+        for client in tour[i : i + size]:
+            pickup = clients[client].pickup
             if vt.reload_depots and any(x + p > c for x, p, c in zip(load, pickup, vt.capacity, strict=True)):
                 acts.append(pyvrp.Activity(pyvrp.ActivityType.DEPOT, vt.reload_depots[0]))
                 load = [0] * len(load)
             load = [x + p for x, p in zip(load, pickup, strict=True)]
-            acts.append(pyvrp.Activity(pyvrp.ActivityType.CLIENT, loc - n_dep))
+            acts.append(pyvrp.Activity(pyvrp.ActivityType.CLIENT, client))
         routes.append(pyvrp.Route(data, acts, types[k]))
     return pyvrp.Solution(data, routes)
 

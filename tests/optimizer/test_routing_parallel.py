@@ -164,3 +164,28 @@ def test_one_worker_starts_no_helper(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(routing, "Helpers", _LyingHelpers)
     solve(_instance(), timer=Timer(time_limit_s=20.0, solution_limit=50, seed=0, workers=1))
     assert _LyingHelpers.jobs == []
+
+
+def test_the_nearest_neighbour_start_visits_every_client_once_when_locations_are_not_clients() -> None:
+    """From 1,000 clients the search starts from a nearest-neighbour tour. Distances are indexed by
+    location, which are not depots then clients (a truck's fixed stops and unservable bins stay
+    locations without a client; a reload site is a depot of its own): the tour must visit every
+    client exactly once (a city run crashed when location numbers were taken for client numbers)."""
+    import numpy as np
+    import pyvrp
+
+    from optimizer.routing_pyvrp import _nearest_neighbour_start
+
+    rng = random.Random(4)
+    n_loc, n_cli = 1_106, 1_100
+    xy = [(rng.uniform(0, 10_000), rng.uniform(0, 10_000)) for _ in range(n_loc)]
+    dist = np.array([[round(math.dist(a, b)) for b in xy] for a in xy], dtype=np.int64)
+    locations = [pyvrp.Location(x, y) for x, y in xy]
+    clients = [pyvrp.Client(5 + i, pickup=[1], delivery=[0]) for i in range(n_cli)]  # locations 5..1104
+    depots = [pyvrp.Depot(3), pyvrp.Depot(1_105)]  # start at 3, unload at 1105; 0-2 and 4 unused
+    vehicles = [pyvrp.VehicleType(4, capacity=[100], start_depot=0, end_depot=0, reload_depots=[1])]
+    data = pyvrp.ProblemData(locations, clients, depots, vehicles, [dist], [dist])
+    solution = _nearest_neighbour_start(data)
+    visits = [a.idx for r in solution.routes() for a in r.schedule() if a.is_client()]
+    assert sorted(visits) == list(range(n_cli))
+    assert not solution.has_excess_load()  # unloads at the reload depot when full
