@@ -36,11 +36,11 @@ from edge.lifecycle import Service, ServiceState
 
 log = structlog.get_logger(__name__)
 
-_WATCHDOG_FALLBACK_S = 60.0
+_WATCHDOG_FALLBACK_S = 60.0  # heartbeat period while the device's watchdog_s is unknown or 0
 DOWN_AFTER = 2  # failed polls in a row before a controller (and its lamps) is reported down
 MAX_WRITE_BATCH = 32  # lamp writes to one controller sent under one hold of its link
 _BATCH_GRACE_S = 0.1  # a batch fails its writes at their deadline; the caller waits this longer
-STARTUP_SPREAD_S = 2.0  # the first polls of all controllers are spread over this (real s)  # heartbeat period while the device's watchdog_s is unknown or 0
+STARTUP_SPREAD_S = 2.0  # the first polls of all controllers are spread over this (real s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,9 +416,8 @@ class ModbusLightingDriver(Service):
         self.clock = clock
         self.poll_interval_s = poll_interval_s
         self.heartbeat_every_s = heartbeat_every_s
-        self.deadbands = {p.name: p.deadband for p in self.profile.lamp.points if p.deadband > 0}
-        if report_every_s is None:
-            self.deadbands = {}
+        bands = {p.name: p.deadband for p in self.profile.lamp.points if p.deadband > 0}
+        self.deadbands = bands if report_every_s is not None else {}
         self.report_every_polls = max(1, round((report_every_s or 0.0) / poll_interval_s))
         self.timing = LinkTiming(timeout_s, backoff_base_s, backoff_max_s)
         self.stats = DriverStats()

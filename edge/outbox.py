@@ -180,19 +180,9 @@ class Outbox(Service):
         If the caller is cancelled while waiting, the message may still be stored.
         """
         self._check_open()
-        row = {
-            "topic": topic,
-            "payload": payload,
-            "qos": qos,
-            "retain": retain,
-            "response_topic": response_topic,
-            "correlation_data": correlation_data,
-            "content_type": content_type,
-            "created_at": time.time(),
-        }
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(row, done))
-        await done
+        await self._queue_row(
+            topic, payload, qos, retain, content_type, time.time(), response_topic, correlation_data
+        )
 
     async def append_many(
         self, messages: Sequence[tuple[str, bytes, bool]], *, qos: int = 1, content_type: str | None = None
@@ -200,17 +190,26 @@ class Outbox(Service):
         """Store (topic, payload, retain) messages; returns once all are committed (in the same
         batches as `append`, without a task per message: a city's retained states at once)."""
         self._check_open()
-        loop = asyncio.get_running_loop()
         now = time.time()
-        futures: list[asyncio.Future[None]] = []
-        for topic, payload, retain in messages:
-            row = {"topic": topic, "payload": payload, "qos": qos, "retain": retain,
-                   "response_topic": None, "correlation_data": None, "content_type": content_type,
-                   "created_at": now}  # fmt: skip
-            done: asyncio.Future[None] = loop.create_future()
-            self._queue.put_nowait(_Pending(row, done))
-            futures.append(done)
-        await asyncio.gather(*futures)
+        await asyncio.gather(*(self._queue_row(t, p, qos, r, content_type, now) for t, p, r in messages))
+
+    def _queue_row(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int,
+        retain: bool,
+        content_type: str | None,
+        created_at: float,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue one row for the writer; the future is done once its batch is committed."""
+        row = {"topic": topic, "payload": payload, "qos": qos, "retain": retain, "response_topic": response_topic,
+               "correlation_data": correlation_data, "content_type": content_type, "created_at": created_at}  # fmt: skip
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(row, done))
+        return done
 
     async def peek(self, n: int, *, after_id: int | None = None) -> list[OutboxMessage]:
         """The `n` oldest rows (with id > `after_id` if given), oldest first, detached."""
