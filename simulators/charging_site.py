@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devices.profiles.charging import ChargePointProfile
-from devices.protocols.opcua import quiet_asyncua, string_node_id
+from devices.protocols.opcua import cert_file, quiet_asyncua, string_node_id
 from edge.events import Value
 from edge.tasks import cancel_and_wait
 
@@ -153,8 +153,9 @@ async def build_server(
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
     else:
         server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
-        await server.load_certificate(str(security.cert_path))
-        await server.load_private_key(str(security.key_path))
+        cert, key = cert_file(security.cert_path), cert_file(security.key_path)
+        await server.load_certificate(cert.path_or_content, cert.extension)
+        await server.load_private_key(key.path_or_content, format=key.extension)
         if security.trusted_client_certs:
             server.set_certificate_validator(trusted_validator(security.trusted_client_certs))
     ns = await server.register_namespace(profile.namespace)

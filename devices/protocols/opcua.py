@@ -23,6 +23,7 @@ from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.subscription import Subscription
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.crypto.uacrypto import CertProperties
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
@@ -36,6 +37,7 @@ __all__ = [
     "ClientSecurity",
     "OpcUaSession",
     "RoutedSubscription",
+    "cert_file",
     "chunks",
     "good_value",
     "quiet_asyncua",
@@ -45,6 +47,15 @@ __all__ = [
 CLIENT_APPLICATION_URI = "urn:dos-edge:edge:opcua-client"
 BATCH = 1000  # nodes per read, write or create-monitored-items request
 _T = TypeVar("_T")
+
+
+def cert_file(path: Path) -> CertProperties:
+    """A certificate or key file's bytes, read here rather than by asyncua.
+
+    asyncua opens paths in a worker thread; a connect cancelled mid-open strands the file
+    object, and its ResourceWarning surfaces later in unrelated code. Bytes cannot leak.
+    """
+    return CertProperties(path.read_bytes(), extension=path.suffix.lstrip(".").lower() or None)
 
 
 def quiet_asyncua(level: int = logging.WARNING) -> None:
@@ -197,9 +208,9 @@ class OpcUaSession:
             try:
                 await client.set_security(
                     SecurityPolicyBasic256Sha256,
-                    certificate=str(sec.cert_path),
-                    private_key=str(sec.key_path),
-                    server_certificate=str(sec.server_cert_path),
+                    certificate=cert_file(sec.cert_path),
+                    private_key=cert_file(sec.key_path),
+                    server_certificate=cert_file(sec.server_cert_path),
                     mode=ua.MessageSecurityMode.SignAndEncrypt,
                 )
             except (OSError, ValueError, UaError) as exc:
