@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -63,9 +64,12 @@ from bench.city_site import (
     write_inventory,
     write_site,
 )
-from bench.common import Row
+from bench.common import Row, py_spy, spy_stop
 
 MOSQUITTO_URL = "mqtt://127.0.0.1:1883"
+PROFILE_DIR = os.environ.get(
+    "BENCH_CITY_PROFILE", ""
+)  # py-spy the daemon (start-up, steady) into this folder
 _LAST_JSON: list[str] = []
 
 
@@ -187,7 +191,11 @@ def one_run(k: Knobs, seed: int) -> dict[str, Any]:
             t_start = time.time()
             daemon.start()
             dp = psutil.Process(daemon.pid)
-            kind, ready = _wait_recv(dconn, daemon, k.start_timeout_s + 120, "daemon")
+            spy = py_spy(PROFILE_DIR, daemon.pid, "city-startup")
+            try:
+                kind, ready = _wait_recv(dconn, daemon, k.start_timeout_s + 120, "daemon")
+            finally:
+                spy_stop(spy)
             res["startup_s"] = time.time() - t_start
             res["startup_cpu_s"] = _cpu(dp)
             res["started"] = kind == "ready"
@@ -260,8 +268,9 @@ def _steady(res: dict[str, Any], k: Knobs, url: str, base: str, dconn: Any, daem
     _wait_recv(dconn, daemon, 60, "daemon replan")
     c0 = (_cpu(dp), _thread_cpu(dp, tid), _thread_cpu(dp, dp.pid), _children_cpu(dp),
           [_cpu(p) for p in sims], _cpu(broker) if broker else 0.0, time.perf_counter())  # fmt: skip
-    out = uvloop.run(
-        trickle(
+    spy = py_spy(PROFILE_DIR, dp.pid, "city-steady")
+    try:
+        out = uvloop.run(trickle(
             url,
             s0["protocol"] == "5",
             base,
@@ -273,8 +282,9 @@ def _steady(res: dict[str, Any], k: Knobs, url: str, base: str, dconn: Any, daem
             clock_now=lambda: clock_at(t0, time.time()),
             sample=lambda: dp.memory_info().rss / 2**20,
             seed=seed,
-        )
-    )
+        ))  # fmt: skip
+    finally:
+        spy_stop(spy)
     s1 = _stats(dconn, daemon)
     c1 = (_cpu(dp), _thread_cpu(dp, tid), _thread_cpu(dp, dp.pid), _children_cpu(dp),
           [_cpu(p) for p in sims], _cpu(broker) if broker else 0.0, time.perf_counter())  # fmt: skip

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from bench.common import RUNS, Row, median, median_spread
+from bench.common import RUNS, Row, median, median_spread, py_spy, spy_stop
 
 # Sizes and intervals (environment knobs; the defaults are the 5,000-lamp bench at 1 s polls).
 # City size: BENCH_DAEMON_CONTROLLERS=538 BENCH_DAEMON_LAMPS=100 BENCH_DAEMON_POLL_S=10.
@@ -628,25 +628,6 @@ def _fail_str(f: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in f.items())
 
 
-def _py_spy(pid: int, name: str) -> subprocess.Popen[bytes] | None:
-    """`py-spy record` of the daemon into BENCH_DAEMON_PROFILE/{name}.txt (collapsed stacks)."""
-    if not PROFILE_DIR:
-        return None
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out = Path(PROFILE_DIR) / f"{name}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--nonblocking",
-           "-o", str(out)]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _spy_stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None:
-        proc.send_signal(2)  # SIGINT: py-spy writes its file and exits
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-
-
 @dataclass(slots=True)
 class _Measured:
     """What one bench run measured, for the table."""
@@ -727,11 +708,11 @@ def _measure(quick: bool) -> _Measured:
             daemon = ctx.Process(target=_run_daemon, args=(dchild, str(config)), name="bench-daemon")
             daemon.start()
             assert daemon.pid is not None
-            spy = _py_spy(daemon.pid, "startup")
+            spy = py_spy(PROFILE_DIR, daemon.pid, "startup")
             kind, ready = _wait_recv(
                 daemon_conn, daemon, START_TIMEOUT_S + 180, "daemon"
             )  # + imports, inventory
-            _spy_stop(spy)
+            spy_stop(spy)
             spy = None
             if kind != "ready":
                 raise RuntimeError(str(ready))
@@ -751,7 +732,7 @@ def _measure(quick: bool) -> _Measured:
 
             # 1. steady polling, RUNS windows: CPU, lamp reads, failures; then RSS
             first = stats()
-            spy = _py_spy(daemon.pid, "steady")
+            spy = py_spy(PROFILE_DIR, daemon.pid, "steady")
             for _ in range(RUNS):
                 s0, c0, sc0, w0 = stats(), _cpu_s(dp), _cpu_s(sp), time.perf_counter()
                 time.sleep(window_s)
@@ -762,7 +743,7 @@ def _measure(quick: bool) -> _Measured:
                 m.read_rate.append(reads / (s1["t"] - s0["t"]))
                 m.us_per_read.append(1e6 * (c1 - c0) / reads if reads else math.nan)
                 m.rss_mb.append(dp.memory_info().rss / 2**20)
-            _spy_stop(spy)
+            spy_stop(spy)
             spy = None
             m.steady_failures = _failures(stats(), first)
             m.load_end = os.getloadavg()[0]
@@ -806,7 +787,7 @@ def _measure(quick: bool) -> _Measured:
             _wait_recv(mparent, base_proc, 60, "imports-only process")
             m.rss_imports_mb = psutil.Process(base_proc.pid).memory_info().rss / 2**20
         finally:
-            _spy_stop(spy)
+            spy_stop(spy)
             stop.set()
             if daemon is not None and daemon.is_alive() and daemon_conn is not None:
                 with contextlib.suppress(OSError, ValueError):

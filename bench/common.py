@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +87,26 @@ def median_spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
 def median(values: Sequence[float]) -> float:
     """Median of repeated runs (nan when there are none), for ratios and verdicts."""
     return float(statistics.median(values)) if values else math.nan
+
+
+def py_spy(folder: str, pid: int, name: str) -> subprocess.Popen[bytes] | None:
+    """`py-spy record` of process `pid` into `folder`/{name}.txt (raw collapsed stacks).
+
+    Off (None) when `folder` is empty: the benches' profile knobs name the folder.
+    """
+    if not folder:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out = Path(folder) / f"{name}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "50", "--nonblocking",
+           "-o", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def spy_stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """End a `py_spy` recording: SIGINT makes py-spy write its file and exit."""
+    if proc is not None:
+        proc.send_signal(2)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(30)

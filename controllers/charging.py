@@ -21,16 +21,13 @@ from typing import Any
 import structlog
 
 from controllers.charging_alarms import ChargingStats, ChargingWatch
+from controllers.charging_lighting import LAMP_POINT, VOLTS, LightingLoad, PlannedLighting
 from controllers.charging_safety import (
-    LAMP_POINT,
     MIN_A,
     POINT,
     SLOT_S,
-    VOLTS,
     ChargingSafety,
-    LightingLoad,
     LimitWindow,
-    PlannedLighting,
     drawn_a,
     failsafe_a,
     failsafe_problems,
@@ -40,9 +37,10 @@ from controllers.charging_safety import (
 )
 from controllers.lighting import NightPlanSource
 from devices.inventory import Charger, Inventory
-from edge.dispatcher import DispatcherView, Verdict, make_command
+from edge.dispatcher import make_command
 from edge.events import Outcome, PlanEvent, Priority, StateChanged, Telemetry, Value
 from edge.kernel import Kernel
+from edge.policy import DispatcherView, Verdict
 from edge.settings import ChargingSettings
 from edge.state import StateStore
 from optimizer.charging import (

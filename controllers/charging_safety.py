@@ -24,20 +24,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from controllers.lighting import NightPlan, NightPlanSource, expected_power, lights_on
-from devices.inventory import Charger, Inventory, Lamp
-from edge.clock import Clock
-from edge.dispatcher import DispatcherView, Verdict
+from controllers.charging_lighting import VOLTS, LightingLoad, as_number
+from devices.inventory import Charger, Inventory
 from edge.events import Command, Outcome
+from edge.policy import DispatcherView, Verdict
 from edge.settings import ChargingSettings
 
 POINT = "current_limit_a"
 MIN_A = 6.0
-VOLTS = 230.0
 SLOT_S = 900
-LAMP_POINT = "level_cmd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +110,11 @@ def drawn_a(view: DispatcherView, c: Charger) -> float:
     and for a charger we cannot reach its fail-safe current (or its maximum if it never said)."""
     eff = view.effective_value(c.id, POINT)
     values = [0.0 if eff is None else eff, view.in_flight_value(c.id, POINT) or 0.0]
-    reported = _num(view.value(c.id, POINT))
+    reported = as_number(view.value(c.id, POINT))
     if reported is not None:
         values.append(reported)
     if view.online(c.id) is not True:
-        failsafe = _num(view.value(c.id, "failsafe_current_a"))
+        failsafe = as_number(view.value(c.id, "failsafe_current_a"))
         values.append(c.max_current_a if failsafe is None else failsafe)
     return max(values)
 
@@ -131,94 +127,7 @@ def is_fresh(view: DispatcherView, c: Charger) -> bool:
 
 def reported_failsafe(view: DispatcherView, c: Charger) -> float | None:
     """The fail-safe current the driver read back after writing it (None: not read back)."""
-    return _num(view.value(c.id, "failsafe_current_a"))
-
-
-def _num(v: object) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
-
-
-# ----- the lighting load on a feeder -------------------------------------------------------
-
-
-class LightingLoad(Protocol):
-    """The lamps' load on a feeder and whether its lighting circuit carries power."""
-
-    def amps(self, feeder: str, t: float, view: DispatcherView) -> float:
-        """Lighting load (A on L1) at time t, assuming the worst of what is known."""
-        ...
-
-    def live(self, feeder: str, t: float) -> bool:
-        """Whether lighting circuits carry power at t (the plan's night window)."""
-        ...
-
-
-class PlannedLighting:
-    """The lighting load from the night plan, the winning lamp commands and fresh measurements.
-
-    Now: the largest of the plan, the winning command (an override, motion) and the fresh
-    measurement; a lamp we cannot see counts at full power, as its controller's fail-safe
-    puts it there. The future is the plan. Without a plan every lamp counts at full power,
-    and night-only circuits count as dead (nothing may charge on them).
-    """
-
-    def __init__(self, inv: Inventory, plans: NightPlanSource, clock: Clock, stale_s: float) -> None:
-        self._plans = plans
-        self._clock = clock
-        self._stale_s = stale_s
-        # Hot path (every charger check and 96 slots per plan): the lamps of each feeder and
-        # their groups are fixed, and a lamp's planned watts depend only on its group's level,
-        # so the planned load is computed once per (feeder, group levels) and reused. Exact.
-        self._rows: dict[str, list[tuple[Lamp, int]]] = {}
-        self._groups: dict[str, list[str]] = {}
-        for lamp in inv.lamps.values():
-            gs = self._groups.setdefault(lamp.feeder, [])
-            if lamp.group not in gs:
-                gs.append(lamp.group)
-            self._rows.setdefault(lamp.feeder, []).append((lamp, gs.index(lamp.group)))
-        self._planned: dict[tuple[str, tuple[int, ...] | None], tuple[list[float], float]] = {}
-
-    def live(self, feeder: str, t: float) -> bool:
-        return lights_on(self._plans, t)
-
-    def _planned_watts(self, feeder: str, plan: NightPlan | None, t: float) -> tuple[list[float], float]:
-        levels = None if plan is None else tuple(plan.level_at(g, t) for g in self._groups.get(feeder, ()))
-        hit = self._planned.get((feeder, levels))
-        if hit is None:
-            if len(self._planned) > 4096:
-                self._planned.clear()  # bounded: plans change every night
-            lamps = self._rows.get(feeder, ())
-            per_lamp = [
-                lamp.p_max_w if levels is None else expected_power(lamp, levels[gi]) for lamp, gi in lamps
-            ]
-            hit = self._planned[(feeder, levels)] = (per_lamp, sum(per_lamp))
-        return hit
-
-    def amps(self, feeder: str, t: float, view: DispatcherView) -> float:
-        now = self._clock.now()
-        per_lamp, total = self._planned_watts(feeder, self._plans.plan, t)
-        if abs(t - now) >= 60:  # the future is the plan
-            return total / VOLTS
-        watts = 0.0
-        for (lamp, _), w_plan in zip(self._rows.get(feeder, ()), per_lamp, strict=True):
-            w = w_plan
-            level = view.effective_value(lamp.id, LAMP_POINT)
-            if level is not None:
-                w = max(w, expected_power(lamp, level))
-            seen = view.updated_at(lamp.id)
-            # A lamp counts by its measurement only while it and its controller answer: a motion
-            # report about a lamp is not a reading of it.
-            if (
-                seen is None
-                or view.online(lamp.id) is not True
-                or view.online(lamp.controller) is False
-                or now - seen >= self._stale_s
-            ):
-                w = max(w, lamp.p_max_w)
-            elif (measured := _num(view.value(lamp.id, "power_w"))) is not None:
-                w = max(w, measured)
-            watts += w
-        return watts / VOLTS
+    return as_number(view.value(c.id, "failsafe_current_a"))
 
 
 class ChargingSafety:
@@ -242,6 +151,9 @@ class ChargingSafety:
         self._lagging = lagging
         self._feeders = {f.id: f for f in cfg.feeders}
         self._cabinets = {c.id: c for c in cfg.cabinets}
+        self._in_cabinet: dict[str, list[str]] = {}
+        for f in cfg.feeders:
+            self._in_cabinet.setdefault(f.cabinet, []).append(f.id)
         self._on_feeder: dict[str, list[Charger]] = {}
         for c in inv.chargers.values():
             self._on_feeder.setdefault(c.feeder, []).append(c)
@@ -367,7 +279,7 @@ class ChargingSafety:
         return sorted({f.cabinet for f in self._feeders.values()})
 
     def feeders_in(self, cabinet: str) -> list[str]:
-        return [f.id for f in self._feeders.values() if f.cabinet == cabinet]
+        return list(self._in_cabinet.get(cabinet, ()))
 
     def feeder_ids(self) -> list[str]:
         return list(self._feeders)

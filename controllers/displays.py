@@ -36,11 +36,12 @@ from devices.profiles.displays import (
     check_content,
     parse_content,
 )
-from edge.dispatcher import DispatcherView, Verdict, make_command
+from edge.dispatcher import make_command
 from edge.errors import DeviceReplyError
 from edge.events import Command, Outcome, PlanEvent, Priority, Severity, Telemetry, Value
 from edge.geo import haversine_m
 from edge.kernel import Kernel
+from edge.policy import DispatcherView, Verdict
 from edge.settings import DisplaysSettings
 from optimizer.displays import Approach, CarPark, GuidanceInstance, GuidancePlan, TravelCost, solve
 

@@ -21,7 +21,7 @@ from astral import Observer
 from astral.sun import sunrise, sunset
 
 from devices.inventory import LIGHTING_CLASSES, Inventory, Lamp
-from edge.dispatcher import DispatcherView, Verdict, make_command
+from edge.dispatcher import make_command
 from edge.events import (
     Command,
     CommandResult,
@@ -34,6 +34,7 @@ from edge.events import (
 )
 from edge.geo import haversine_m
 from edge.kernel import Kernel
+from edge.policy import DispatcherView, Verdict
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
 from optimizer.lighting import DimmingInstance, DimmingPlan, LampGroup, check_plan, fallback_plan, solve
 
@@ -166,11 +167,15 @@ class NightPlan:
     plan: DimmingPlan
     levels: dict[str, list[int]]
 
-    def level_at(self, group: str, now: float) -> int:
+    def slot(self, now: float) -> int:
+        """The index of the slot in force at `now`; -1 outside the night (every lamp off)."""
         if not self.on <= now < self.off:
-            return 0
-        i = min(int((now - self.on) // SLOT_S), len(self.starts) - 1)
-        return self.levels[group][i]
+            return -1
+        return min(int((now - self.on) // SLOT_S), len(self.starts) - 1)
+
+    def level_at(self, group: str, now: float) -> int:
+        i = self.slot(now)
+        return 0 if i < 0 else self.levels[group][i]
 
 
 class NightPlanSource(Protocol):

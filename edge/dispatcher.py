@@ -14,7 +14,6 @@ import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import structlog
 
@@ -24,64 +23,12 @@ from edge.driver import Driver, PayloadDriver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority, Value
 from edge.lifecycle import Service, ServiceState
+from edge.policy import DispatcherView, SafetyPolicy, Verdict
 from edge.state import StateStore
 
 log = structlog.get_logger(__name__)
 
 Key = tuple[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What a safety policy makes of a command: the value to use, or a refusal, and why.
-
-    `limit` names the limit that bound the value ("feeder:F1", "lighting_floor"), or "" when
-    none did: a clamp is data, never recognised from the reason's wording. Every clamp names
-    one, so a CLAMPED verdict without a limit is a bug in the policy.
-    """
-
-    outcome: Outcome
-    value: float
-    reason: str = ""
-    limit: str = ""
-
-    def __post_init__(self) -> None:
-        if self.outcome is Outcome.CLAMPED and not self.limit:
-            raise ValueError(f"a clamp names its binding limit ({self.reason!r})")
-
-
-class DispatcherView(Protocol):
-    """What a safety policy may read at check time, and nothing it could change.
-
-    The dispatcher hands it to every `check`, so a policy is never built with stand-ins for
-    state it cannot see yet (no late bind, no permissive default until then).
-    """
-
-    def effective_value(self, device_id: str, point: str) -> float | None:
-        """The value of the command that wins on a point now (None: no command)."""
-        ...
-
-    def in_flight_value(self, device_id: str, point: str) -> float | None:
-        """The value being written to a point right now (None: no write in flight)."""
-        ...
-
-    def value(self, device_id: str, point: str) -> Value | None:
-        """A device's last reported value of a point, as the state store holds it."""
-        ...
-
-    def online(self, device_id: str) -> bool | None:
-        """Whether the device answers (None: not known yet, or not a registered device)."""
-        ...
-
-    def updated_at(self, device_id: str) -> float | None:
-        """When the device last reported (clock s; None: not a registered device)."""
-        ...
-
-
-class SafetyPolicy(Protocol):
-    """Domain rules that hold whoever asks: floors, ranges, feeder limits."""
-
-    def check(self, cmd: Command, now: float, view: DispatcherView) -> Verdict: ...
 
 
 class _View:
@@ -141,6 +88,15 @@ class _Point:
             if cmd.hold_until is None or cmd.hold_until > now:
                 return cmd
         return None
+
+    def drop_ended_holds(self, now: float) -> list[Command]:
+        """Remove the layers whose hold has ended (re-arming what surfaces); returns them."""
+        ended = [c for c in self.layers.values() if c.hold_until is not None and c.hold_until <= now]
+        for cmd in ended:
+            del self.layers[cmd.priority]
+        if ended:
+            self.rearm(now)
+        return ended
 
     def rearm(self, now: float) -> None:
         """A layer that surfaces again after a hold is a standing intent: give it a fresh TTL."""
@@ -239,6 +195,7 @@ class Dispatcher(Service):
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
         self._driver_of: dict[str, Driver | None] = {}
         self._last_error: dict[str, str] = {}
+        self._watchers: list[Callable[[str, str], None]] = []
         self.stats = DispatcherStats()
         self.view: DispatcherView = _View(self, state)
 
@@ -364,7 +321,15 @@ class Dispatcher(Service):
             self._driver_of[device_id] = next((d for d in self._drivers if d.handles(device_id)), None)
         return self._driver_of[device_id]
 
+    def watch(self, fn: Callable[[str, str], None]) -> None:
+        """Call `fn(device_id, point)` whenever a point's winning command may have changed, so an
+        index of the commands in force (the lamps' load on a feeder) stays exact without a scan."""
+        self._watchers.append(fn)
+
     def _enqueue(self, key: Key) -> None:
+        """The point's winning command may have changed: tell the watchers, queue a write."""
+        for fn in self._watchers:
+            fn(*key)
         if key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
@@ -491,6 +456,8 @@ class Dispatcher(Service):
                 cmd, value=verdict.value, reason=verdict.reason, requested=asked, limit=verdict.limit
             )
             point.layers[cmd.priority] = cmd
+            for fn in self._watchers:
+                fn(cmd.device_id, cmd.point)
         return cmd
 
     async def recheck_all(self) -> int:
@@ -542,15 +509,10 @@ class Dispatcher(Service):
 
     def _drop_expired_holds(self, point: _Point, now: float) -> bool:
         """Drop layers whose hold has ended; True if any was dropped (the point needs a write)."""
-        dropped = False
-        for prio, cmd in list(point.layers.items()):
-            if cmd.hold_until is not None and cmd.hold_until <= now:
-                del point.layers[prio]
-                dropped = True
-                self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, "hold ended", now))
-        if dropped:
-            point.rearm(now)
-        return dropped
+        ended = point.drop_ended_holds(now)
+        for cmd in ended:
+            self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, "hold ended", now))
+        return bool(ended)
 
     async def _hold_loop(self) -> None:
         """Hand a point back to the next layer when a hold (override, motion) ends."""

@@ -10,7 +10,7 @@ runs (`StateStore.register`); an event about any other id is logged as
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 # (under this kind) so its data is not lost, but it is logged: its configuration is missing.
 UNKNOWN_KIND = "unknown"
 _MAX_UNKNOWN_IDS_LOGGED = 100
+
+Watcher = Callable[[str, Mapping[str, Value | None]], None]
 
 
 @dataclass(slots=True)
@@ -71,6 +73,7 @@ class StateStore:
         self._sub = bus.subscribe("state", Telemetry, Availability, AlarmEvent, CommandResult)
         self.unknown_devices = 0  # events about ids that no configuration registered
         self._unknown_ids: set[str] = set()
+        self._watchers: list[Watcher] = []
 
     def register(self, kinds: Mapping[str, str]) -> None:
         """Add configured devices with their kinds (a domain's `build`, before anything runs);
@@ -78,6 +81,20 @@ class StateStore:
         for dev, kind in kinds.items():
             if dev not in self._devices:
                 self._devices[dev] = DeviceState(dev, kind)
+
+    def watch(self, fn: Watcher) -> None:
+        """Call `fn(device_id, changed)` in step with every change the store makes.
+
+        For indexes that must never lag the store (the lamps' load the feeder interlock
+        counts); everyone else follows `StateChanged` on the bus. A reading that changes
+        nothing but the time it was seen is not a change.
+        """
+        self._watchers.append(fn)
+
+    def _changed(self, event: StateChanged) -> None:
+        for fn in self._watchers:
+            fn(event.device_id, event.changed)
+        self._bus.publish(event)
 
     def get(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)
@@ -113,9 +130,7 @@ class StateStore:
             dev = self._devices.get(event.command.device_id)
             if dev is not None and event.outcome is Outcome.CONFIRMED:
                 dev.last_command = event.command.source
-                self._bus.publish(
-                    StateChanged(dev.device_id, event.ts, {"last_command": event.command.source})
-                )
+                self._changed(StateChanged(dev.device_id, event.ts, {"last_command": event.command.source}))
 
     def _unknown(self, device_id: str) -> None:
         """Count an event about an unregistered id; log each such id once (the first 100 ids)."""
@@ -154,13 +169,13 @@ class StateStore:
                 dev.online = True
                 changed["online"] = True
         if changed:
-            self._bus.publish(StateChanged(dev.device_id, event.ts, changed, event.derived))
+            self._changed(StateChanged(dev.device_id, event.ts, changed, event.derived))
 
     def _set_online(self, device_id: str, online: bool, ts: float) -> None:
         dev = self._tracked(device_id)
         if dev.online != online:
             dev.online = online
-            self._bus.publish(StateChanged(device_id, ts, {"online": online}))
+            self._changed(StateChanged(device_id, ts, {"online": online}))
 
     def _alarm(self, event: AlarmEvent) -> None:
         dev = self._device(event.device_id)
@@ -170,4 +185,4 @@ class StateStore:
             dev.alarms[event.code] = event
         else:
             dev.alarms.pop(event.code, None)
-        self._bus.publish(StateChanged(dev.device_id, event.ts, {"alarms": ",".join(sorted(dev.alarms))}))
+        self._changed(StateChanged(dev.device_id, event.ts, {"alarms": ",".join(sorted(dev.alarms))}))

@@ -24,9 +24,9 @@ from devices.inventory import Bin
 from edge.alarms import Alarms
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
-from edge.dispatcher import Verdict
 from edge.events import Command, PlanEvent, Telemetry
 from edge.kernel import Kernel
+from edge.policy import Verdict
 from edge.settings import WasteSettings
 from optimizer.waste import DistanceProvider, HaversineProvider
 

@@ -26,9 +26,10 @@ import structlog
 
 from devices.inventory import Bin
 from devices.profiles.waste import route_number
-from edge.dispatcher import DispatcherView, Verdict, make_command
+from edge.dispatcher import make_command
 from edge.events import Command, Outcome, PlanEvent, Priority
 from edge.geo import haversine_m
+from edge.policy import DispatcherView, Verdict
 from optimizer.waste import (
     BinInput,
     DistanceProvider,

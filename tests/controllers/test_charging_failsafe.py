@@ -35,12 +35,12 @@ from edge.app.demo_summary import charging_summary
 from edge.app.domains.charging import opcua_driver
 from edge.app.validation import check_file
 from edge.clock import ManualClock, SimClock
-from edge.dispatcher import DispatcherView
 from edge.errors import ConfigError
 from edge.events import Command, Outcome, Priority, Severity
 from edge.lag import LagMonitor
 from edge.net import free_port
 from edge.payloads import FeederState
+from edge.policy import DispatcherView
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings, load_settings
 from simulators.charging import ChargingSimulator
 from simulators.lighting import LightingSimulator

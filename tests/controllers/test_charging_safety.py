@@ -17,8 +17,9 @@ from controllers.lighting import NightPlan
 from devices.inventory import Charger, Inventory, Lamp
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import Dispatcher, DispatcherView
+from edge.dispatcher import Dispatcher
 from edge.events import Availability, Command, Outcome, Priority, Telemetry
+from edge.policy import DispatcherView
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings
 from edge.state import StateStore
 

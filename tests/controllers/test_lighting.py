@@ -19,8 +19,9 @@ from controllers.lighting import (
 from devices.inventory import load_inventory
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import Dispatcher, DispatcherView
+from edge.dispatcher import Dispatcher
 from edge.events import Command, Outcome, Priority
+from edge.policy import DispatcherView
 from edge.settings import LightingSettings, SiteSettings, TrafficStep, load_settings
 from edge.state import StateStore
 from optimizer.lighting import check_plan, solve

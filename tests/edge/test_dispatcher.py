@@ -16,8 +16,9 @@ from devices.lighting import ModbusLightingDriver
 from devices.profiles.lighting import default_profile
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import AuditRecord, Dispatcher, DispatcherView, Verdict
+from edge.dispatcher import AuditRecord, Dispatcher
 from edge.events import Command, CommandResult, Outcome, Priority
+from edge.policy import DispatcherView, Verdict
 from edge.state import StateStore
 from simulators.lighting import LightingSimulator
 

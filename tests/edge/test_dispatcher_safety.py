@@ -16,8 +16,9 @@ from controllers.lighting import LightingSafety
 from devices.inventory import Charger, Inventory, Lamp
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import AuditRecord, Dispatcher, DispatcherView, make_command
+from edge.dispatcher import AuditRecord, Dispatcher, make_command
 from edge.events import Outcome, Priority, Telemetry
+from edge.policy import DispatcherView
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings, LightingSettings, SiteSettings
 from edge.state import StateStore
 

@@ -81,12 +81,9 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     if lighting is None:
         raise RuntimeError("the charging domain is built after the lighting domain")
     chargers = opcua_driver(s, inv, kernel.bus.publish, clock, on_late=kernel.lag.record)
-    safety = ChargingSafety(
-        inv,
-        s.charging,
-        lighting=PlannedLighting(inv, lighting, clock, s.charging.stale_after_s),
-        lagging=kernel.lag.lagging,
-    )
+    lamps = PlannedLighting(inv, lighting, clock, s.charging.stale_after_s)
+    lamps.follow(kernel.state, kernel.dispatcher)
+    safety = ChargingSafety(inv, s.charging, lighting=lamps, lagging=kernel.lag.lagging)
     kernel.dispatcher.register_policy("charger", safety)
     if chargers is None:
         return None
