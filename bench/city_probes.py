@@ -142,6 +142,8 @@ class Probes:
         self.failed: Counter[str] = Counter()  # failed / expired commands by point and reason
         self._tasks: list[asyncio.Task[None]] = []
         self.applied = 0
+        self._not_applied: set[str] | None = None
+        self.online: dict[str, list[int]] = {}  # the last check's [online, registered] per kind
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         self._tasks = [
@@ -208,15 +210,22 @@ class Probes:
         return out
 
     def lamps_applied(self) -> int:
-        """Lamps whose commanded level (read back) is the plan's level now."""
+        """Lamps whose commanded level (read back) has been the plan's level once.
+
+        Only the lamps not seen applied yet are looked at again: the probe runs inside the
+        daemon's process, and its CPU counts as the daemon's.
+        """
         d = self.d
-        n = 0
-        for lamp_id in d.inventory.lamps:
+        if self._not_applied is None:
+            self._not_applied = set(d.inventory.lamps)
+        done = []
+        for lamp_id in self._not_applied:
             want = d.lighting.planned_level(lamp_id)
             dev = d.state.get(lamp_id)
             if want is not None and dev is not None and dev.values.get("level_cmd") == want:
-                n += 1
-        return n
+                done.append(lamp_id)
+        self._not_applied.difference_update(done)
+        return len(d.inventory.lamps) - len(self._not_applied)
 
     def _mark(self, name: str, ok: bool) -> bool:
         if ok and name not in self.milestones:
@@ -225,7 +234,7 @@ class Probes:
 
     def _check(self) -> bool:
         d = self.d
-        online = self._online()
+        online = self.online = self._online()
         ok = self._mark("mqtt link up", d.link.stats["connected"])
         for kind in ("controller", "lamp", "charger", "display", "truck"):
             if kind in online:
@@ -255,7 +264,7 @@ class Probes:
             if self._check() and not self.d.dispatcher.pending():
                 self.milestones["settled"] = time.time() - self.t0
                 return True
-            now = (self.applied, len(self.milestones), *(v[0] for v in self._online().values()))
+            now = (self.applied, len(self.milestones), *(v[0] for v in self.online.values()))
             if now != last or self.d.dispatcher.pending():
                 last, since = now, time.monotonic()
             elif time.monotonic() - since > stall_s:

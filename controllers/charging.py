@@ -374,6 +374,12 @@ class ChargingController:
             new = cur - excess
             new = math.floor(new * 10) / 10 if new >= MIN_A else 0.0
             eff = self._dispatcher.effective(c.id, POINT)
+            if eff is not None and eff.value <= new + 1e-9:
+                excess -= cur - eff.value  # asked for already: its write is on the way, not again
+                continue
+            dev = self._state.get(c.id)
+            if dev is None or dev.online is not True:
+                continue  # unreachable: its watchdog's fail-safe holds, and the others give way
             prio = eff.priority if eff is not None else Priority.SAFETY
             hold = None if eff is None or eff.hold_until is None else max(1.0, eff.hold_until - now)
             self.submit(c.id, new, prio, "safety:interlock", hold_s=hold, reason=f"limit on {where} dropped")

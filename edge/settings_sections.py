@@ -405,7 +405,10 @@ class DispatcherSettings(Section):
 
     command_ttl_s: Annotated[float, Field(gt=0)] = 30.0
     write_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0
-    workers: Annotated[int, Field(ge=1, le=512)] = 32
+    # Writes in flight at once. Drivers batch what is in flight per endpoint (a lamp controller's
+    # writes go out under one hold of its link), so a city's first plan needs hundreds at once:
+    # with 32, 54,000 lamp writes queued behind each other until they expired.
+    workers: Annotated[int, Field(ge=1, le=1024)] = 256
     reconcile_interval_s: Annotated[float, Field(gt=0)] = 30.0
 
 

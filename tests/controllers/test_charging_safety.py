@@ -159,6 +159,25 @@ def test_clamp_names_the_binding_limit() -> None:
     assert disp.submit(Command("c", "cp2", POINT, 3, Priority.PLAN, "plan", T0, T0 + 60)).value == 0.0
 
 
+def test_a_dropped_limit_sheds_once_not_every_turn() -> None:
+    """A charger still reporting its old current after a limit dropped is asked to come down
+    once; the interlock's next turns see that request in force and do not send it again."""
+    clock, disp, _safety, ctl = rig({})
+    disp.submit(Command("a", "cp0", POINT, 16, Priority.PLAN, "plan", T0, T0 + 60))  # f1
+    ctl._state.apply(Telemetry("cp0", T0, {POINT: 16.0}))  # the device still reports 16 A
+    ctl.set_limit("f1", 5.0, T0, T0 + 900, "utility:dso")
+    shed = disp.effective("cp0", POINT)
+    assert shed is not None
+    assert shed.value < 16
+    assert shed.source == "safety:interlock"
+    sent = disp.stats.submitted
+    for _ in range(5):
+        clock.advance(0.5)
+        ctl._enforce(clock.now())
+    assert disp.stats.submitted == sent
+    assert disp.effective("cp0", POINT) is shed
+
+
 def test_curtailment_never_below_the_14a_floor() -> None:
     """A utility may curtail, but every charging car keeps 4.2 kW."""
     clock, disp, safety, ctl = rig({})
