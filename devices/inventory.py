@@ -78,12 +78,13 @@ class Lamp:
     index: int
     p_max_w: float
     p_min_w: float
+    # Lamps of one segment, class and floor kind are planned together. Derived once: a
+    # city's planning and its interlock ask for it per lamp many times a second.
+    group: str = field(init=False, compare=False)
 
-    @property
-    def group(self) -> str:
-        """Lamps of one segment, class and floor kind are planned together."""
+    def __post_init__(self) -> None:
         floor = "nd" if "never_dim" in self.flags else "fs" if "fear_space" in self.flags else "std"
-        return f"{self.segment}:{self.lighting_class}:{floor}"
+        object.__setattr__(self, "group", f"{self.segment}:{self.lighting_class}:{floor}")
 
 
 @dataclass(frozen=True, slots=True)

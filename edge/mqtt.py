@@ -48,16 +48,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiomqtt
-import orjson
 import structlog
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.backoff import Backoff
-from edge.decode import decode_json
 from edge.errors import ConfigError, PayloadError
 from edge.lifecycle import ServiceState
+from edge.mqtt_meta import metadata_from_json, metadata_into_json
 from edge.mqtt_session import (
     BrokerAddress,
     MqttSession,
@@ -171,6 +170,8 @@ class MqttLink(MqttSession):
         self._appends = 0  # bumped after each committed append; see _drain
         self._fast: collections.deque[tuple[str, bytes, bool]] = collections.deque()
         self._fast_wake = asyncio.Event()
+        self._fast_room = asyncio.Event()  # set while the QoS 0 queue is under half full
+        self._fast_room.set()
 
         self._v5_confirmed = False
         self._published = 0
@@ -280,6 +281,18 @@ class MqttLink(MqttSession):
         self._fast.append((topic, payload, retain))
         self._fast_wake.set()
 
+    async def fast_room(self) -> None:
+        """Wait while the QoS 0 queue is half full or more, so a bulk sender (a city's lamp
+        counters) goes out at the link's pace instead of overflowing the queue. Returns at once
+        while disconnected (those messages are dropped and counted), and after at most the
+        publish timeout, so a stalled link costs messages, never the sender."""
+        if not self._connected.is_set() or len(self._fast) < self._fast_queue_max // 2:
+            return
+        self._fast_room.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._publish_timeout_s):
+                await self._fast_room.wait()
+
     # -- the session, shaped for the link ----------------------------------------------
 
     def _connect_refused(self, exc: MqttConnectError) -> bool:
@@ -295,6 +308,8 @@ class MqttLink(MqttSession):
         if not up and self._fast:
             self._dropped += len(self._fast)
             self._fast.clear()
+        if not up:
+            self._fast_room.set()
 
     def _new_client(self) -> aiomqtt.Client:
         """A fresh client per session: aiomqtt clients do not survive a lost connection."""
@@ -478,7 +493,7 @@ class MqttLink(MqttSession):
         if self._protocol == "5":
             properties = publish_properties(row.response_topic, row.correlation_data, row.content_type)
         elif row.response_topic is not None or row.correlation_data is not None:
-            payload = _metadata_into_json(payload, row.response_topic, row.correlation_data)
+            payload = metadata_into_json(payload, row.response_topic, row.correlation_data)
         await client.publish(
             row.topic,
             payload,
@@ -502,6 +517,8 @@ class MqttLink(MqttSession):
                     ),
                     return_exceptions=True,
                 )
+                if len(self._fast) < self._fast_queue_max // 2:
+                    self._fast_room.set()
                 failed = [res for res in results if isinstance(res, BaseException)]
                 self._published_fast += len(batch) - len(failed)
                 self._dropped += len(failed)
@@ -550,7 +567,7 @@ def _incoming(
     correlation: bytes | None = getattr(props, "CorrelationData", None)
     user_props: list[tuple[str, str]] = getattr(props, "UserProperty", None) or []
     if response_topic is None and correlation is None and payload[:1] == b"{" and len(payload) <= max_bytes:
-        response_topic, correlation = _metadata_from_json(payload, max_bytes)
+        response_topic, correlation = metadata_from_json(payload, max_bytes)
     return IncomingMessage(
         topic=topic,
         payload=payload,
@@ -559,36 +576,3 @@ def _incoming(
         user_properties=tuple((str(k), str(v)) for k, v in user_props),
         retain=retain,
     )
-
-
-def _metadata_from_json(payload: bytes, max_bytes: int) -> tuple[str | None, bytes | None]:
-    """3.1.1 request metadata: `response_topic` and `correlation_id` in a JSON object."""
-    obj = decode_json(payload, max_bytes=max_bytes)
-    if not isinstance(obj, dict):
-        return None, None
-    topic = obj.get("response_topic")
-    correlation = obj.get("correlation_id")
-    return (
-        topic if isinstance(topic, str) else None,
-        correlation.encode() if isinstance(correlation, str) else None,
-    )
-
-
-def _metadata_into_json(payload: bytes, response_topic: str | None, correlation: bytes | None) -> bytes:
-    """Add `response_topic`/`correlation_id` to a JSON object payload (3.1.1 only).
-
-    A key the payload has as null is filled too: an `Ack` always carries `correlation_id`, null
-    unless its handler set it, and a nack written before the body was read (a refused response
-    topic, a retained request) would otherwise reach a 3.1.1 client without its correlation.
-    """
-    try:
-        obj = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return payload
-    if not isinstance(obj, dict):
-        return payload
-    if response_topic is not None and obj.get("response_topic") is None:
-        obj["response_topic"] = response_topic
-    if correlation is not None and obj.get("correlation_id") is None:
-        obj["correlation_id"] = correlation.decode("utf-8", "backslashreplace")
-    return orjson.dumps(obj)
