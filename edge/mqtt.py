@@ -282,10 +282,8 @@ class MqttLink(MqttSession):
         self._fast_wake.set()
 
     async def fast_room(self) -> None:
-        """Wait while the QoS 0 queue is half full or more, so a bulk sender (a city's lamp
-        counters) goes out at the link's pace instead of overflowing the queue. Returns at once
-        while disconnected (those messages are dropped and counted), and after at most the
-        publish timeout, so a stalled link costs messages, never the sender."""
+        """Wait while the QoS 0 queue is half full, so a bulk sender (a city's lamp counters) goes
+        at the link's pace; at once while disconnected, at most the publish timeout otherwise."""
         if not self._connected.is_set() or len(self._fast) < self._fast_queue_max // 2:
             return
         self._fast_room.clear()
