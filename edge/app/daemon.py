@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+import gc
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -142,6 +143,7 @@ async def running(
             Outbox(st.url, max_rows=mq.outbox_max_rows) as outbox,
             contextlib.AsyncExitStack() as stack,
         ):
+            stack.enter_context(_frozen_heap())
             for dom in domains.values():  # drivers first: the dispatcher stops before them
                 for service in dom.services:
                     await stack.enter_async_context(service)
@@ -159,6 +161,19 @@ async def running(
                            api, link, domains)  # fmt: skip
                 async with _running_tasks(d, record_sub, reconcile_sub, outbox, drain_s) as running_d:
                     yield running_d
+
+
+@contextlib.contextmanager
+def _frozen_heap() -> Iterator[None]:
+    """What is built at start-up (a city's inventory, profiles, device state) lives as long as
+    the daemon: frozen out of the collector's sight, a full collection no longer walks millions
+    of objects (event-loop pauses of hundreds of ms at 54,000 lamps). Handed back on exit."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _kernel(
