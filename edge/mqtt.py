@@ -67,7 +67,7 @@ from edge.mqtt_session import (
     publish_properties,
     rc_int,
 )
-from edge.outbox import Outbox, OutboxMessage
+from edge.outbox import DrainCursor, Outbox, OutboxMessage
 
 __all__ = [
     "BrokerAddress",
@@ -416,7 +416,8 @@ class MqttLink(MqttSession):
         )
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Send the outbox oldest-first; delete rows once PUBACKed.
+        """Send the outbox, replies first, then the rest, each oldest-first (`DrainCursor`);
+        delete rows once PUBACKed.
 
         Two windows overlap: the next window goes out while the previous one waits for
         its PUBACKs. Waiting for each window before sending the next stalls on
@@ -424,20 +425,19 @@ class MqttLink(MqttSession):
         per TCP round trip (measured: 20 QoS 1 publishes took 38 ms, 1.2 ms with
         nodelay on the broker). Continuous traffic lets the ACKs ride on our data.
         """
-        last_sent: int | None = None
+        cursor = DrainCursor()
         windows: collections.deque[asyncio.Task[None]] = collections.deque()
         try:
             while True:
                 self._outbox_wake.clear()
                 appends_before = self._appends
-                rows = await self._outbox.peek(self._drain_window, after_id=last_sent)
+                rows = await cursor.next(self._outbox, self._drain_window)
                 if rows:
                     # gather starts the publishes in row order, so paho sends them in
                     # order, after those of the previous window.
                     windows.append(
                         asyncio.create_task(self._send_window(client, rows), name="mqtt.drain.window")
                     )
-                    last_sent = rows[-1].id
                     if len(windows) > 1:
                         await windows[0]
                         windows.popleft()

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 import structlog
-from sqlalchemy import BigInteger, Column, Engine, Integer, LargeBinary, func
+from sqlalchemy import BigInteger, Column, Engine, Index, Integer, LargeBinary, func
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
@@ -71,6 +71,10 @@ class OutboxMessage(SQLModel, table=True):
 
 
 _TABLE = OutboxMessage.__table__  # type: ignore[attr-defined]
+_IS_REPLY = _TABLE.c.response_topic.isnot(None)
+# Replies are few and wanted first: found through their own (partial) index, not by scanning
+# a backlog of a city's retained states.
+_REPLIES = Index("ix_edge_outbox_replies", _TABLE.c.id, sqlite_where=_IS_REPLY, postgresql_where=_IS_REPLY)
 
 
 @dataclass(slots=True)
@@ -211,10 +215,15 @@ class Outbox(Service):
         self._queue.put_nowait(_Pending(row, done))
         return done
 
-    async def peek(self, n: int, *, after_id: int | None = None) -> list[OutboxMessage]:
-        """The `n` oldest rows (with id > `after_id` if given), oldest first, detached."""
+    async def peek(
+        self, n: int, *, after_id: int | None = None, replies: bool | None = None
+    ) -> list[OutboxMessage]:
+        """The `n` oldest rows (with id > `after_id` if given), oldest first, detached.
+
+        `replies`: only answers to requests (rows with a response topic), or only the others.
+        """
         self._check_open()
-        return await self._run(self._peek_sync, n, after_id)
+        return await self._run(self._peek_sync, n, after_id, replies)
 
     async def ack(self, ids: Iterable[int]) -> int:
         """Delete rows whose PUBACK arrived; returns how many were deleted."""
@@ -292,6 +301,7 @@ class Outbox(Service):
     def _open_sync(self) -> int:
         assert self._engine is not None
         _TABLE.create(self._engine, checkfirst=True)
+        _REPLIES.create(self._engine, checkfirst=True)
         with self._engine.connect() as conn:
             count = conn.execute(sa_select(func.count()).select_from(_TABLE)).scalar_one()
         return int(count)
@@ -317,12 +327,14 @@ class Outbox(Service):
             self._dropping = False
             log.warning("outbox_below_limit", dropped_total=self._dropped)
 
-    def _peek_sync(self, n: int, after_id: int | None) -> list[OutboxMessage]:
+    def _peek_sync(self, n: int, after_id: int | None, replies: bool | None) -> list[OutboxMessage]:
         assert self._engine is not None
         with Session(self._engine, expire_on_commit=False) as session:
             stmt = select(OutboxMessage).order_by(_TABLE.c.id).limit(n)
             if after_id is not None:
                 stmt = stmt.where(_TABLE.c.id > after_id)
+            if replies is not None:
+                stmt = stmt.where(_IS_REPLY if replies else _TABLE.c.response_topic.is_(None))
             rows = list(session.exec(stmt).all())
             session.expunge_all()
             return rows
@@ -336,3 +348,26 @@ class Outbox(Service):
             self._dropping = False
             log.warning("outbox_below_limit", dropped_total=self._dropped)
         return deleted
+
+
+class DrainCursor:
+    """How far a drain has read the outbox: replies first, then everything else, each oldest
+    first. An answer to a request must not wait behind a city's retained states (54,000 after
+    a plan step); the retained states keep their order among themselves."""
+
+    __slots__ = ("bulk", "reply")
+
+    def __init__(self) -> None:
+        self.reply: int | None = None
+        self.bulk: int | None = None
+
+    async def next(self, outbox: Outbox, n: int) -> list[OutboxMessage]:
+        """The next rows to send (at most `n`); [] when everything committed has been read."""
+        rows = await outbox.peek(n, after_id=self.reply, replies=True)
+        if rows:
+            self.reply = rows[-1].id
+            return rows
+        rows = await outbox.peek(n, after_id=self.bulk, replies=False)
+        if rows:
+            self.bulk = rows[-1].id
+        return rows

@@ -25,7 +25,7 @@ from edge.broker import EmbeddedBroker
 from edge.errors import PayloadError
 from edge.mqtt import BrokerAddress, IncomingMessage, LinkOptions, MqttLink
 from edge.net import free_port
-from edge.outbox import Outbox
+from edge.outbox import DrainCursor, Outbox
 
 if TYPE_CHECKING:
     # Only a type: the plugin module is loaded by pytest (as `conftest_mqtt`, tests/ is on
@@ -432,6 +432,26 @@ async def test_a_bulk_sender_pacing_with_fast_room_loses_nothing(mqtt_url: str, 
                     break
         assert up.stats["dropped"] == dropped
         assert up.stats["published_fast"] == 50 + n
+
+
+async def test_replies_leave_before_a_backlog_of_states(database_url: str) -> None:
+    """A reply committed behind 300 retained states is read first; the states keep their order."""
+    async with Outbox(database_url) as outbox:
+        await outbox.append_many([(f"s/{i}", b"{}", True) for i in range(300)])
+        await outbox.append("reply/1", b"{}", response_topic="reply/1", correlation_data=b"c1")
+        await outbox.append("s/300", b"{}", retain=True)
+        cursor = DrainCursor()
+        windows: list[list[str]] = []
+        while rows := await cursor.next(outbox, 100):
+            windows.append([r.topic for r in rows])
+            await outbox.ack([r.id for r in rows if r.id is not None])
+            if len(windows) == 2:  # a reply arriving while the backlog drains goes next
+                await outbox.append("reply/2", b"{}", response_topic="reply/2")
+        assert windows[0] == ["reply/1"]
+        assert windows[2] == ["reply/2"]
+        states = [t for w in windows for t in w if t.startswith("s/")]
+        assert states == [f"s/{i}" for i in range(301)]
+        assert outbox.backlog == 0
 
 
 async def test_outbox_drops_oldest_beyond_max_rows(database_url: str) -> None:
