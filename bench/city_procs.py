@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as MpEvent
@@ -161,6 +162,18 @@ async def _car_parks(stack: Any, settings: Any, clock: Any, every_s: float) -> l
     return tasks
 
 
+def _write_memory_top(out: Path, n: int = 40) -> None:
+    """The daemon's live Python memory by allocating line, largest first (tracemalloc)."""
+    import tracemalloc
+
+    snap = tracemalloc.take_snapshot()
+    stats = snap.statistics("lineno")
+    total = sum(st.size for st in stats)
+    lines = [f"total {total / 2**20:.1f} MiB traced in {sum(st.count for st in stats)} blocks"]
+    lines += [f"{st.size / 2**20:8.1f} MiB {st.count:9d} {st.traceback}" for st in stats[:n]]
+    out.write_text("\n".join(lines) + "\n")
+
+
 def run_daemon(
     conn: Connection, config: str, t0_wall: float, start_timeout_s: float, sample_hz: float
 ) -> None:
@@ -178,6 +191,11 @@ def run_daemon(
     from edge.settings import load_settings
 
     t_proc = time.time()
+    memory_out = os.environ.get("BENCH_CITY_TRACEMALLOC", "")  # a file: where the daemon's memory went
+    if memory_out:
+        import tracemalloc
+
+        tracemalloc.start(1)
     settings = load_settings(Path(config))
     logs.configure(settings.logging.level, "json")
     inv = load_inventory(settings.inventory_path())
@@ -199,6 +217,8 @@ def run_daemon(
                     except EOFError:
                         break  # the parent is gone
                     if msg == "stats":
+                        if memory_out:
+                            _write_memory_top(Path(memory_out))
                         conn.send(probes.stats())
                     elif msg == "replan_waste":
                         if d.waste is not None:
