@@ -218,11 +218,19 @@ class Probes:
         d = self.d
         if self._not_applied is None:
             self._not_applied = set(d.inventory.lamps)
+        plan = d.lighting.plan
+        if plan is None:
+            return len(d.inventory.lamps) - len(self._not_applied)
+        now = d.clock.now()
+        level: dict[str, int] = {}  # per group, once per look
         done = []
         for lamp_id in self._not_applied:
-            want = d.lighting.planned_level(lamp_id)
+            group = d.inventory.lamps[lamp_id].group
+            want = level.get(group)
+            if want is None:
+                want = level[group] = plan.level_at(group, now)
             dev = d.state.get(lamp_id)
-            if want is not None and dev is not None and dev.values.get("level_cmd") == want:
+            if dev is not None and dev.values.get("level_cmd") == want:
                 done.append(lamp_id)
         self._not_applied.difference_update(done)
         return len(d.inventory.lamps) - len(self._not_applied)

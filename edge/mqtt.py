@@ -67,7 +67,7 @@ from edge.mqtt_session import (
     publish_properties,
     rc_int,
 )
-from edge.outbox import DrainCursor, Outbox, OutboxMessage
+from edge.outbox import DrainCursor, Outbox, StoredMessage
 
 __all__ = [
     "BrokerAddress",
@@ -456,7 +456,7 @@ class MqttLink(MqttSession):
             # Their outcome no longer matters: unacked rows stay in the outbox.
             await asyncio.gather(*windows, return_exceptions=True)
 
-    async def _send_window(self, client: aiomqtt.Client, rows: Sequence[OutboxMessage]) -> None:
+    async def _send_window(self, client: aiomqtt.Client, rows: Sequence[StoredMessage]) -> None:
         """Publish rows concurrently, ack those PUBACKed, raise the first link error."""
         results = await asyncio.gather(
             *(self._publish_row(client, row) for row in rows), return_exceptions=True
@@ -485,7 +485,7 @@ class MqttLink(MqttSession):
         if link_error is not None:
             raise link_error
 
-    async def _publish_row(self, client: aiomqtt.Client, row: OutboxMessage) -> None:
+    async def _publish_row(self, client: aiomqtt.Client, row: StoredMessage) -> None:
         payload = row.payload
         properties = None
         if self._protocol == "5":

@@ -34,7 +34,7 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Field, Session, SQLModel, select
+from sqlmodel import Field, SQLModel
 
 from edge.backoff import Backoff
 from edge.lifecycle import Service, ServiceState
@@ -75,6 +75,21 @@ _IS_REPLY = _TABLE.c.response_topic.isnot(None)
 # Replies are few and wanted first: found through their own (partial) index, not by scanning
 # a backlog of a city's retained states.
 _REPLIES = Index("ix_edge_outbox_replies", _TABLE.c.id, sqlite_where=_IS_REPLY, postgresql_where=_IS_REPLY)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """An outbox row as the drain reads it: plain values, no ORM object per message."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    correlation_data: bytes | None
+    response_topic: str | None
+    content_type: str | None
+    created_at: float
 
 
 @dataclass(slots=True)
@@ -217,7 +232,7 @@ class Outbox(Service):
 
     async def peek(
         self, n: int, *, after_id: int | None = None, replies: bool | None = None
-    ) -> list[OutboxMessage]:
+    ) -> list[StoredMessage]:
         """The `n` oldest rows (with id > `after_id` if given), oldest first, detached.
 
         `replies`: only answers to requests (rows with a response topic), or only the others.
@@ -327,17 +342,15 @@ class Outbox(Service):
             self._dropping = False
             log.warning("outbox_below_limit", dropped_total=self._dropped)
 
-    def _peek_sync(self, n: int, after_id: int | None, replies: bool | None) -> list[OutboxMessage]:
+    def _peek_sync(self, n: int, after_id: int | None, replies: bool | None) -> list[StoredMessage]:
         assert self._engine is not None
-        with Session(self._engine, expire_on_commit=False) as session:
-            stmt = select(OutboxMessage).order_by(_TABLE.c.id).limit(n)
-            if after_id is not None:
-                stmt = stmt.where(_TABLE.c.id > after_id)
-            if replies is not None:
-                stmt = stmt.where(_IS_REPLY if replies else _TABLE.c.response_topic.is_(None))
-            rows = list(session.exec(stmt).all())
-            session.expunge_all()
-            return rows
+        stmt = sa_select(_TABLE).order_by(_TABLE.c.id).limit(n)
+        if after_id is not None:
+            stmt = stmt.where(_TABLE.c.id > after_id)
+        if replies is not None:
+            stmt = stmt.where(_IS_REPLY if replies else _TABLE.c.response_topic.is_(None))
+        with self._engine.connect() as conn:
+            return [StoredMessage(**row._mapping) for row in conn.execute(stmt)]
 
     def _ack_sync(self, ids: list[int]) -> int:
         assert self._engine is not None
@@ -361,7 +374,7 @@ class DrainCursor:
         self.reply: int | None = None
         self.bulk: int | None = None
 
-    async def next(self, outbox: Outbox, n: int) -> list[OutboxMessage]:
+    async def next(self, outbox: Outbox, n: int) -> list[StoredMessage]:
         """The next rows to send (at most `n`); [] when everything committed has been read."""
         rows = await outbox.peek(n, after_id=self.reply, replies=True)
         if rows:
