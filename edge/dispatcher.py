@@ -98,6 +98,12 @@ class _Point:
             self.rearm(now)
         return ended
 
+    def rank(self, now: float) -> int:
+        """Write order: a plan's own write (1) after everything else (0), so an operator's command
+        or a safety shed never waits behind thousands of plan writes."""
+        top = self.effective(now)
+        return int(top is not None and top.priority is Priority.PLAN and not top.source.startswith("safety"))
+
     def rearm(self, now: float) -> None:
         """A layer that surfaces again after a hold is a standing intent: give it a fresh TTL."""
         top = self.effective(now)
@@ -189,7 +195,9 @@ class Dispatcher(Service):
         self._n_workers = workers
         self._reconcile_interval = reconcile_interval_s
         self._points: dict[Key, _Point] = {}
-        self._queue: asyncio.Queue[Key] = asyncio.Queue()
+        # (rank, order, point): an operator's command does not wait behind a city's plan step
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
         self._queued: set[Key] = set()
         self._held: set[Key] = set()  # points with a layer that holds until a time (the hold loop's)
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
@@ -277,8 +285,7 @@ class Dispatcher(Service):
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
-            now = self._clock.now()
-            return CommandResult(cmd, Outcome.FAILED, None, "no result within timeout", now)
+            return CommandResult(cmd, Outcome.FAILED, None, "no result within timeout", self._clock.now())
         finally:
             self._waiters.pop(cmd.id, None)
 
@@ -287,8 +294,7 @@ class Dispatcher(Service):
         p = self._points.get((device_id, point))
         if p is None or priority not in p.layers:
             return False
-        cmd = p.layers.pop(priority)
-        now = self._clock.now()
+        cmd, now = p.layers.pop(priority), self._clock.now()
         self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, f"released by {source}", now))
         p.rearm(now)
         self._enqueue((device_id, point))
@@ -307,10 +313,8 @@ class Dispatcher(Service):
         if not math.isfinite(cmd.value):
             return Verdict(Outcome.REFUSED, cmd.value, "value_not_finite")
         dev = self._store.get(cmd.device_id)
-        if dev is None:
-            return Verdict(Outcome.REFUSED, cmd.value, "unknown_device")
-        if self._driver(cmd.device_id) is None:
-            return Verdict(Outcome.REFUSED, cmd.value, "no_driver")
+        if dev is None or self._driver(cmd.device_id) is None:
+            return Verdict(Outcome.REFUSED, cmd.value, "unknown_device" if dev is None else "no_driver")
         policy = self._policies.get(dev.kind)
         if policy is None:
             return Verdict(Outcome.REFUSED, cmd.value, f"no_safety_policy_for_{dev.kind}")
@@ -332,7 +336,9 @@ class Dispatcher(Service):
             fn(*key)
         if key not in self._queued:
             self._queued.add(key)
-            self._queue.put_nowait(key)
+            point = self._points.get(key)
+            rank = 0 if point is None else point.rank(self._clock.now())
+            self._queue.put_nowait((rank, next(self._seq), key))
 
     def _finish(self, result: CommandResult, *, count: bool = True) -> None:
         retrying = result.outcome is Outcome.FAILED and result.command.expires_at > result.ts
@@ -363,7 +369,7 @@ class Dispatcher(Service):
 
     async def _worker(self) -> None:
         while True:
-            key = await self._queue.get()
+            _, _, key = await self._queue.get()
             self._queued.discard(key)
             point = self._points.get(key)
             if point is None:

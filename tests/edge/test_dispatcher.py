@@ -214,3 +214,24 @@ async def test_repeated_reconciles_keep_the_command_id_short(rig: Rig) -> None:
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 async def test_non_finite_values_are_refused(rig: Rig, value: float) -> None:
     assert rig.dispatcher.submit(rig.cmd(value, Priority.OPERATOR)).reason == "value_not_finite"
+
+
+async def test_an_operator_command_does_not_queue_behind_a_plan_step(
+    rig: Rig, lighting_sim: LightingSimulator
+) -> None:
+    """Plan writes to every other lamp are queued first; the operator's write still goes out
+    among the first the four workers take, not after the plan step."""
+    now = rig.clock.now()
+    others = [lamp for ep in lighting_sim.endpoints() for _, lamp in ep.lamps if lamp != LAMP]
+    for i, lamp in enumerate(others):
+        rig.dispatcher.submit(
+            Command(f"plan-{i}", lamp, "level_cmd", 40, Priority.PLAN, "plan", now, now + 30)
+        )
+    op = Command("op-1", LAMP, "level_cmd", 70, Priority.OPERATOR, "operator", now, now + 30)
+    res = await rig.dispatcher.submit_and_wait(op, 5)
+    assert res.outcome is Outcome.CONFIRMED
+    await wait_until(lambda: len([r for r in rig.results if r.outcome is Outcome.CONFIRMED]) == len(others) + 1,
+                     what="every write confirmed")  # fmt: skip
+    order = [r.command.id for r in rig.results if r.outcome is Outcome.CONFIRMED]
+    assert len(others) >= 7
+    assert order.index("op-1") < 4, order
