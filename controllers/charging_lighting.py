@@ -80,15 +80,14 @@ class PlannedLighting:
         self._rows: dict[str, list[tuple[Lamp, int]]] = {}
         self._groups: dict[str, list[str]] = {}
         self._lamp_feeder: dict[str, str] = {}
-        self._feeders_of: dict[str, set[str]] = {}  # a lamp's or a controller's feeders
+        self._controller_feeders: dict[str, set[str]] = {}  # a controller's lamps may span feeders
         for lamp in inv.lamps.values():
             gs = self._groups.setdefault(lamp.feeder, [])
             if lamp.group not in gs:
                 gs.append(lamp.group)
             self._rows.setdefault(lamp.feeder, []).append((lamp, gs.index(lamp.group)))
             self._lamp_feeder[lamp.id] = lamp.feeder
-            self._feeders_of.setdefault(lamp.id, set()).add(lamp.feeder)
-            self._feeders_of.setdefault(lamp.controller, set()).add(lamp.feeder)
+            self._controller_feeders.setdefault(lamp.controller, set()).add(lamp.feeder)
         self._planned_for: NightPlan | None = None
         self._planned: dict[tuple[str, int], tuple[list[float], float]] = {}
         self._following = False
@@ -115,7 +114,9 @@ class PlannedLighting:
             self._forget(device_id)
 
     def _forget(self, device_id: str) -> None:
-        for feeder in self._feeders_of.get(device_id, ()):
+        if (feeder := self._lamp_feeder.get(device_id)) is not None:
+            self._kept.pop(feeder, None)
+        for feeder in self._controller_feeders.get(device_id, ()):
             self._kept.pop(feeder, None)
 
     def live(self, feeder: str, t: float) -> bool:

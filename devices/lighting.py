@@ -9,6 +9,7 @@ codec, the same the simulator serves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -488,15 +489,26 @@ class ModbusLightingDriver(Service):
         """Write `point`, read it back, return the read-back value.
 
         Range and writability are checked before anything is sent (PointValueError, a
-        DeviceReplyError). DeviceUnavailable at once while the endpoint is down or in
-        backoff; DeviceTimeout after `timeout` real seconds, queue wait included.
+        DeviceReplyError). While the endpoint is down or in backoff the write waits for its
+        link within `timeout` (a controller that dropped under load is usually back within a
+        second), then DeviceUnavailable; DeviceTimeout after `timeout` real seconds, queue
+        wait included.
         """
         runner, p, address = self._point(device_id, point, value)
         regs = encode(p, value)
         session = runner.session
         if not runner.presence.online or session.client is None:
-            self.stats.write_errors += 1
-            raise DeviceUnavailable("endpoint down or in backoff", endpoint=session.name, unit=session.unit)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await runner.presence.up.wait()
+            timeout -= loop.time() - start
+            if not runner.presence.online or session.client is None or timeout <= 0:
+                self.stats.write_errors += 1
+                raise DeviceUnavailable(
+                    "endpoint down or in backoff", endpoint=session.name, unit=session.unit
+                )
         if len(regs) == 1 and self._routes[device_id][1] is not None:  # a lamp register: batched
             back = [await runner.writes.write(address, regs[0], timeout)]
         else:

@@ -157,6 +157,23 @@ async def test_comm_loss_publishes_availability_once_each_way(
     assert recorder.availability("lc-001") == [True]
 
 
+async def test_a_write_waits_within_its_time_for_a_controller_coming_back(
+    lighting_sim: LightingSimulator, lighting_driver: ModbusLightingDriver, recorder: Recorder
+) -> None:
+    """A write to a controller that is down waits for its link (within the write's timeout)
+    instead of failing at once, and is applied once the controller answers again."""
+    lighting_sim.inject("lc-002", "comm_loss")
+    await recorder.wait(lambda: recorder.availability("lc-002") == [True, False], "down")
+    errors = lighting_driver.stats.write_errors
+    write = asyncio.create_task(lighting_driver.write("lc-002-001", "level_cmd", 55, timeout=15.0))
+    await asyncio.sleep(0)
+    assert not write.done()
+    lighting_sim.clear("lc-002", "comm_loss")
+    assert await write == 55
+    assert lighting_sim.lamp("lc-002-001")["level_cmd"] == 55
+    assert lighting_driver.stats.write_errors == errors
+
+
 async def _silent_server() -> tuple[asyncio.Server, int]:
     """A TCP server that accepts and never answers: a hung controller."""
 
