@@ -37,10 +37,12 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import re
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any
@@ -312,6 +314,11 @@ def run(quick: bool) -> list[Row]:
             reasons = sorted((s.get("failed_reasons") or {}).items(), key=lambda x: -x[1])[:8]
             if reasons:
                 print(f"  run {i + 1} failed commands until {when}: {reasons}", file=sys.stderr)
+        trickle = r.get("trickle")
+        for kind, failed in trickle.failures.items() if trickle is not None else ():
+            if failed:
+                counted = Counter(re.sub(r"/[^/: ]+:", "/…:", f) for f in failed).most_common(5)
+                print(f"  run {i + 1} {kind} requests failed: {counted}", file=sys.stderr)
     rows, summary = rows_of(results, k)
     _LAST_JSON.append(json.dumps(summary, sort_keys=True))
     return rows
