@@ -431,6 +431,34 @@ class FilterTable(Vertical):
         self.sort_by(event.column_index)
 
 
+class _Throttle:
+    """At most one drawing every `interval_s`: a request inside the interval waits for the next
+    turn, and the last request wins (the views of a city redraw on every update otherwise)."""
+
+    def __init__(self, interval_s: float, draw: Callable[[], None], set_timer: Callable[..., Timer]) -> None:
+        self._interval = interval_s
+        self._draw = draw
+        self._set_timer = set_timer
+        self._last = -1e9
+        self._timer: Timer | None = None
+
+    def request(self) -> None:
+        """Draw now if the interval has passed, else once when it has."""
+        wait = self._last + self._interval - monotonic()
+        if wait <= 0:
+            self._draw()
+        elif self._timer is None:
+            self._timer = self._set_timer(wait, self._fire, name="throttled-redraw")
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._draw()
+
+    def drawing(self) -> None:
+        """A drawing starts now (whoever asked for it): the interval counts from here."""
+        self._last = monotonic()
+
+
 class TextView(VerticalScroll, can_focus=True):
     """A scrolling page of text, re-rendered to its width by a function the app provides, at most
     every `min_interval_s` (a newer drawing waits for the next turn; the last one wins)."""
@@ -443,9 +471,7 @@ class TextView(VerticalScroll, can_focus=True):
     def __init__(self, *, id: str | None = None, min_interval_s: float = 0.0) -> None:
         super().__init__(id=id)
         self._render_fn: Callable[[int, int], Text] | None = None
-        self._interval = min_interval_s
-        self._last = -1e9
-        self._timer: Timer | None = None
+        self._throttle = _Throttle(min_interval_s, self._redraw, self.set_timer)
 
     def compose(self) -> ComposeResult:
         yield Static("", classes="body")
@@ -453,20 +479,15 @@ class TextView(VerticalScroll, can_focus=True):
     def show(self, render: Callable[[int, int], Text]) -> None:
         """Render with `render(width, height)` now (or at the next turn) and whenever the size changes."""
         self._render_fn = render
-        wait = self._last + self._interval - monotonic()
-        if wait <= 0:
-            self._redraw()
-        elif self._timer is None:
-            self._timer = self.set_timer(wait, self._redraw, name="text-redraw")
+        self._throttle.request()
 
     def on_resize(self) -> None:
         self._redraw()
 
     def _redraw(self) -> None:
-        self._timer = None
         if self._render_fn is None or not self.is_mounted:
             return
-        self._last = monotonic()
+        self._throttle.drawing()
         region = self.scrollable_content_region
         width = region.width or 80
         height = region.height or 20
@@ -487,20 +508,14 @@ class LinesView(ScrollView, can_focus=True):
         self._render_fn: Callable[[int, int], Text | Sequence[Text]] | None = None
         self._lines: list[Text] = []
         self._cache: dict[int, Strip] = {}
-        self._interval = min_interval_s
-        self._last = -1e9
-        self._timer: Timer | None = None
+        self._throttle = _Throttle(min_interval_s, self._redraw, self.set_timer)
         self.redraws = 0
 
     def show(self, render: Callable[[int, int], Text | Sequence[Text]]) -> None:
         """Render with `render(width, height)` (a text, or its lines) now (or at the next turn) and
         whenever the size changes."""
         self._render_fn = render
-        wait = self._last + self._interval - monotonic()
-        if wait <= 0:
-            self._redraw()
-        elif self._timer is None:
-            self._timer = self.set_timer(wait, self._redraw, name="lines-redraw")
+        self._throttle.request()
 
     @property
     def plain(self) -> str:
@@ -511,10 +526,9 @@ class LinesView(ScrollView, can_focus=True):
         self._redraw()
 
     def _redraw(self) -> None:
-        self._timer = None
         if self._render_fn is None or not self.is_mounted:
             return
-        self._last = monotonic()
+        self._throttle.drawing()
         self.redraws += 1
         region = self.scrollable_content_region
         drawn = self._render_fn(region.width or 80, region.height or 20)
