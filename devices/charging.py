@@ -384,8 +384,9 @@ class OpcUaChargingDriver(Service):
         """Write `point` of a charge point, read it back, return the read-back value.
 
         Writability and range (current_limit_a: 0..the charger's max_current_a) are checked
-        before anything is sent (DeviceReplyError). DeviceUnavailable at once while the
-        endpoint is down or in backoff; DeviceTimeout after `timeout` real seconds.
+        before anything is sent (DeviceReplyError). While the endpoint is connecting or in
+        backoff the write waits for its link within `timeout`, then DeviceUnavailable;
+        DeviceTimeout after `timeout` real seconds.
         """
         endpoint_id = self._routes.get(device_id)
         if endpoint_id is None:
@@ -406,6 +407,9 @@ class OpcUaChargingDriver(Service):
                 raise DeviceReplyError(
                     f"{device_id}.{point}: {checked} A is above the charger's {mx} A", endpoint=endpoint_id
                 )
+        if not runner.presence.online or runner.opc.client is None:
+            # still connecting (start-up) or in backoff: wait for the link within the timeout
+            timeout = await runner.presence.wait_up(timeout)
         self.stats.writes += 1
         try:
             back = await runner.write_read(device_id, pt, checked, timeout)

@@ -9,7 +9,6 @@ codec, the same the simulator serves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -498,12 +497,7 @@ class ModbusLightingDriver(Service):
         regs = encode(p, value)
         session = runner.session
         if not runner.presence.online or session.client is None:
-            loop = asyncio.get_running_loop()
-            start = loop.time()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await runner.presence.up.wait()
-            timeout -= loop.time() - start
+            timeout = await runner.presence.wait_up(timeout)
             if not runner.presence.online or session.client is None or timeout <= 0:
                 self.stats.write_errors += 1
                 raise DeviceUnavailable(

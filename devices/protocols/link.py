@@ -8,6 +8,7 @@ Availability and log it on transitions only". Both live here once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,6 +72,22 @@ class Presence:
         self.log = log
         self.online: bool | None = None
         self.up = asyncio.Event()
+
+    async def wait_up(self, timeout: float) -> float:  # noqa: ASYNC109 - a bounded wait is the API
+        """Wait at most `timeout` real seconds for the endpoint to be online; the time left.
+
+        A write to a link that is still connecting at start-up, or that dropped under load and
+        is in its backoff, waits here instead of failing at once (both are usually over within a
+        second or two). The caller checks `online` afterwards and fails the write if it is not.
+        """
+        if self.up.is_set():
+            return timeout
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self.up.wait()
+        return timeout - (loop.time() - start)
 
     def set(self, online: bool, reason: str = "") -> None:
         """Record the verdict of the last attempt; publish only when it changed."""

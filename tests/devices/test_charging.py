@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 from pathlib import Path
 
@@ -176,15 +177,22 @@ async def test_comm_loss_marks_unavailable_once_and_recovery_restores_subscripti
     charging_clock: ManualClock,
     opcua_recorder: OpcUaRecorder,
 ) -> None:
-    """A silent link -> Availability(False) once; back -> True once, and telemetry flows again."""
+    """A silent link -> Availability(False) once; back -> True once, a write that waited for the
+    link goes through, and telemetry flows again."""
     assert opcua_recorder.availability(EP) == [True]
     sessions = charging_driver.stats.sessions
     await charging_sim.inject(EP, "comm_loss")
     await opcua_recorder.wait(lambda: opcua_recorder.availability(EP) == [True, False], "down", timeout_s=8)
     with pytest.raises(DeviceUnavailable):
         await charging_driver.write("cp-001", "current_limit_a", 8.0, 1.0)
+    # A write sent while the link is down waits for it within its timeout, then goes through.
+    pending = asyncio.create_task(charging_driver.write("cp-001", "current_limit_a", 9.0, 20.0))
+    await asyncio.sleep(0)
+    assert not pending.done()
     await charging_sim.clear(EP, "comm_loss")
     await opcua_recorder.wait(lambda: opcua_recorder.availability(EP) == [True, False, True], "up again")
+    assert await pending == 9.0
+    assert charging_sim.cp("cp-001")["current_limit_a"] == 9.0
     assert charging_driver.stats.sessions > sessions  # a fresh client, not the old one
     session = await charging_sim.arrive("cp-003", 5.0, CLOCK_START + 3600, phases=1)
     await opcua_recorder.wait(
