@@ -39,6 +39,7 @@ log = structlog.get_logger(__name__)
 _WATCHDOG_FALLBACK_S = 60.0  # heartbeat period while the device's watchdog_s is unknown or 0
 DOWN_AFTER = 2  # failed polls in a row before a controller (and its lamps) is reported down
 MAX_WRITE_BATCH = 32  # lamp writes to one controller sent under one hold of its link
+MAX_TABLE_BATCH = 123  # with a level table: the most registers one write-multiple may carry
 _BATCH_GRACE_S = 0.1  # a batch fails its writes at their deadline; the caller waits this longer
 STARTUP_SPREAD_S = 2.0  # the first polls of all controllers are spread over this (real s)
 
@@ -65,6 +66,7 @@ class DriverStats(ModbusCounters):
     lamp_reports: int = 0  # lamp readings published with values (a change beyond the dead band)
     lamp_quiet: int = 0  # readings within the dead band: a value-less "still here" or nothing
     write_batches: int = 0  # holds of a link for batched lamp writes (each: writes, then read-backs)
+    table_writes: int = 0  # write-multiple requests to a level table (each: a run of lamps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,22 @@ def readback_spans(spans: Sequence[ReadSpan], addresses: Iterable[int]) -> list[
     return [(min(lst), max(lst) - min(lst) + 1) for lst in hits.values()]
 
 
+def table_runs(indices: Sequence[int], served: frozenset[int], limit: int) -> list[tuple[int, int]]:
+    """(first index, count) runs over sorted lamp `indices` of a level table, at most `limit`
+    long, bridging only indices the controller `served` (a register it does not serve may be
+    refused): each run is one write-multiple or one read of the table."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs:
+            first, n = runs[-1]
+            last = first + n - 1
+            if i - first < limit and all(j in served for j in range(last + 1, i)):
+                runs[-1] = (first, i - first + 1)
+                continue
+        runs.append((i, 1))
+    return runs
+
+
 @dataclass(slots=True)
 class _Write:
     """One lamp register write waiting for its controller's next batch."""
@@ -150,10 +168,13 @@ class _Write:
 
 
 class _WriteBatcher:
-    """Writes to one controller that arrive together go out together: under one hold of the
-    link, each register is written (function 6), then all are read back in as few reads as
-    the poll spans allow. A city's first plan is 54,000 lamp writes: confirmed this way they
-    cost about half the requests of a write and a read-back each."""
+    """Writes to one controller that arrive together go out together, under one hold of the link.
+
+    With a level table in the profile, the lamps' levels go as one write-multiple (function 16)
+    per run of neighbouring lamps and are read back from the table in one read: a controller's
+    100 lamps in two requests. Without one, each register is written (function 6) and all are
+    read back in as few reads as the poll spans allow. A city's first plan is 54,000 lamp
+    writes: 1,076 requests with the table, about 60,000 without."""
 
     def __init__(self, runner: _Endpoint) -> None:
         self.runner = runner
@@ -186,11 +207,12 @@ class _WriteBatcher:
                     await self.flush(batch)
 
     def take(self) -> list[_Write]:
-        """Up to MAX_WRITE_BATCH writes still wanted (a write past its deadline fails unsent)."""
+        """Up to a batch of writes still wanted (a write past its deadline fails unsent)."""
         now = asyncio.get_running_loop().time()
         batch: list[_Write] = []
         session = self.runner.session
-        while self.pending and len(batch) < MAX_WRITE_BATCH:
+        most = MAX_TABLE_BATCH if self.runner.table_of else MAX_WRITE_BATCH
+        while self.pending and len(batch) < most:
             w = self.pending.popleft()
             if w.future.done():
                 continue  # its caller gave up
@@ -205,17 +227,42 @@ class _WriteBatcher:
         session, stats = self.runner.session, self.runner.driver.stats
         refused: dict[int, DeviceError] = {}
 
-        async def go(client: AsyncModbusTcpClient) -> dict[int, int]:
-            for i, w in enumerate(batch):
+        runner = self.runner
+        table_of = runner.table_of
+        in_table = {i: table_of[w.address] for i, w in enumerate(batch) if w.address in table_of}
+        by_index = {index: i for i, index in in_table.items()}
+        table = runner.driver.profile.table
+        base = 0 if table is None else table.base  # in_table is empty without a table
+
+        async def one_by_one(client: AsyncModbusTcpClient, items: Iterable[int]) -> None:
+            for i in items:
                 try:
-                    await session.write_regs(client, w.address, [w.value])
+                    await session.write_regs(client, batch[i].address, [batch[i].value])
                 except DeviceReplyError as exc:  # the device refused this one: the others go on
                     refused[i] = exc
-            wanted = [w.address for i, w in enumerate(batch) if i not in refused]
+
+        async def go(client: AsyncModbusTcpClient) -> dict[int, int]:
+            await one_by_one(client, (i for i in range(len(batch)) if i not in in_table))
+            indices = sorted(by_index)
+            for first, n in table_runs(indices, frozenset(), MAX_TABLE_BATCH):
+                run = [by_index[j] for j in range(first, first + n)]
+                runner.driver.stats.table_writes += 1
+                try:
+                    await session.write_regs(client, base + first, [batch[i].value for i in run])
+                except DeviceReplyError:  # one refused value refuses the request: each on its own
+                    await one_by_one(client, run)
+            wanted = [w.address for i, w in enumerate(batch) if i not in refused and i not in in_table]
             got: dict[int, int] = {}
-            for address, count in readback_spans(self.runner.spans, wanted):
+            for address, count in readback_spans(runner.spans, wanted):
                 regs = await session.read_regs(client, address, count)
                 got.update(zip(range(address, address + count), regs, strict=True))
+            back = [j for j in indices if by_index[j] not in refused]
+            limit = runner.driver.profile.max_read_registers
+            for first, n in table_runs(back, runner.table_served, limit):
+                regs = await session.read_regs(client, base + first, n)
+                for j, value in zip(range(first, first + n), regs, strict=True):
+                    if j in by_index:
+                        got[batch[by_index[j]].address] = value
             return got
 
         stats.writes += len(batch)
@@ -262,6 +309,14 @@ class _Endpoint:
         self.watchdog_s: float | None = None
         self.heartbeat_seq = 0
         self.spans = plan_reads(driver.profile, ep.lamps)
+        table = driver.profile.table
+        # the lamps' table point address -> lamp index, when the profile has a level table
+        self.table_of: dict[int, int] = (
+            {}
+            if table is None
+            else {driver.profile.lamp_address(index, table.point): index for index, _ in ep.lamps}
+        )
+        self.table_served = frozenset(self.table_of.values())
         self.device_ids = (ep.endpoint_id, *(d for _, d in ep.lamps))
         self.last_raw: dict[str, tuple[int, ...]] = {}
         self.reported: dict[str, Mapping[str, Value]] = {}  # the values last published

@@ -127,10 +127,28 @@ class StateStore:
         elif isinstance(event, AlarmEvent):
             self._alarm(event)
         elif isinstance(event, CommandResult):
-            dev = self._devices.get(event.command.device_id)
-            if dev is not None and event.outcome is Outcome.CONFIRMED:
-                dev.last_command = event.command.source
-                self._changed(StateChanged(dev.device_id, event.ts, {"last_command": event.command.source}))
+            self._confirmed(event)
+
+    def _confirmed(self, event: CommandResult) -> None:
+        """A confirmed write: who commanded it, and the value the device read back.
+
+        The read-back is a reading like a poll's, taken at the write: the state (and the
+        dashboard, and whoever waits for the level) has it now, not a poll interval later.
+        Only a number already known for the point is replaced (a display's content is not).
+        """
+        dev = self._devices.get(event.command.device_id)
+        if dev is None or event.outcome is not Outcome.CONFIRMED:
+            return
+        dev.last_command = event.command.source
+        changed: dict[str, Value | None] = {"last_command": event.command.source}
+        point, back = event.command.point, event.applied_value
+        old = dev.values.get(point)
+        if back is not None and isinstance(old, int | float) and not isinstance(old, bool):
+            new: Value = int(back) if isinstance(old, int) and back.is_integer() else back
+            if new != old:
+                dev.values[point] = new
+                changed[point] = new
+        self._changed(StateChanged(dev.device_id, event.ts, changed))
 
     def _unknown(self, device_id: str) -> None:
         """Count an event about an unregistered id; log each such id once (the first 100 ids)."""

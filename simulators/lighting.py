@@ -225,6 +225,9 @@ class LightingSimulator(Service):
                         readonly=True,
                     )
                 )
+        if p.table is not None:  # the level table: a register per lamp present, gaps invalid
+            for lamp in ctl.lamps:
+                data.append(SimData(p.table.base + lamp.spec.index, values=[0], datatype=DataType.REGISTERS))
         return SimDevice(ctl.spec.unit, simdata=data, action=self._action(ctl))
 
     def _bind(self, srv: _Server, core: SimCore) -> None:
@@ -252,6 +255,7 @@ class LightingSimulator(Service):
 
         def after(address: int, n: int) -> None:
             touched = {loc[0] for addr in range(address, address + n) if (loc := self.profile.locate(addr))}
+            self._sync_table(ctl, address, n)
             ctl.last_write = self.clock.now()
             if ctl.failsafe:
                 ctl.failsafe = False
@@ -263,6 +267,21 @@ class LightingSimulator(Service):
 
         return write_action(before=before, check=self._check_write, after=after)
 
+    def _sync_table(self, ctl: _Controller, address: int, n: int) -> None:
+        """A write to the level table sets the lamps' own registers, and a write to a lamp's
+        register sets its table entry: one value at two addresses, as on a gateway."""
+        p, regs, start = self.profile, ctl.regs, ctl.start
+        if p.table is None:
+            return
+        off = self._off[p.table.point]
+        for lamp in ctl.lamps:
+            own = lamp.at + off
+            entry = p.table.base + lamp.spec.index - start
+            if address <= entry + start < address + n:
+                regs[own] = regs[entry]
+            elif address <= own + start < address + n:
+                regs[entry] = regs[own]
+
     def _check_write(self, address: int, scratch: list[int], start: int, n: int) -> ExcCodes | None:
         """Every point a write touches must decode as it would be after the write."""
         for addr in range(address, address + n):
@@ -270,9 +289,13 @@ class LightingSimulator(Service):
             if loc is None:
                 return ExcCodes.ILLEGAL_ADDRESS
             index, pt = loc
-            block = self.profile.controller.base if index is None else self.profile.lamp_base(index)
+            if index is not None and self.profile.table_index(addr) is not None:
+                at = addr  # a table register holds the whole (one-register) point
+            else:
+                block = self.profile.controller.base if index is None else self.profile.lamp_base(index)
+                at = block + pt.offset
             try:
-                decode(pt, scratch, block + pt.offset - start)
+                decode(pt, scratch, at - start)
             except PointValueError:
                 return ExcCodes.ILLEGAL_VALUE
         return None

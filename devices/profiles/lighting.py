@@ -10,7 +10,7 @@ names the key and the file.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,10 @@ DEFAULT_PROFILE_PATH = Path(__file__).parent / "lamp_controller.toml"
 class LampControllerProfile:
     """Register map of a Modbus lamp controller: a controller block and N lamp blocks.
 
-    Lamp `i` (0-based) starts at `lamp.base + i * lamp_stride`.
+    Lamp `i` (0-based) starts at `lamp.base + i * lamp_stride`. `table` (optional): the
+    register of one lamp point for every lamp in a row, `table.base + i` (a DALI gateway's
+    arc-level table), so many lamps are written with one write-multiple and read back with
+    one read instead of a request per lamp.
     """
 
     name: str
@@ -47,6 +50,7 @@ class LampControllerProfile:
     lamp_stride: int
     max_lamps: int
     source: str = ""
+    table: LampTable | None = None
 
     def lamp_base(self, index: int) -> int:
         """First register of lamp `index`."""
@@ -58,6 +62,13 @@ class LampControllerProfile:
         """Register address of `point` of lamp `index`."""
         return self.lamp_base(index) + self.lamp.point(point).offset
 
+    def table_index(self, address: int) -> int | None:
+        """The lamp index whose table register `address` is (None: not in the table)."""
+        t = self.table
+        if t is None or not t.base <= address < t.base + self.max_lamps:
+            return None
+        return address - t.base
+
     def controller_address(self, point: str) -> int:
         """Register address of a controller point."""
         return self.controller.base + self.controller.point(point).offset
@@ -65,8 +76,11 @@ class LampControllerProfile:
     def locate(self, address: int) -> tuple[int | None, Point] | None:
         """Which point covers `address`: (lamp index or None for the controller, point).
 
-        None when the address is in no point (a gap or outside the map).
+        None when the address is in no point (a gap or outside the map). A table register
+        is the table's point of its lamp.
         """
+        if self.table is not None and (index := self.table_index(address)) is not None:
+            return index, self.lamp.point(self.table.point)
         for p in self.controller.points:
             start = self.controller.base + p.offset
             if start <= address < start + p.count:
@@ -85,7 +99,16 @@ class LampControllerProfile:
     @property
     def register_end(self) -> int:
         """One past the last register any lamp can use."""
-        return self.lamp.base + self.max_lamps * self.lamp_stride
+        end = self.lamp.base + self.max_lamps * self.lamp_stride
+        return end if self.table is None else max(end, self.table.base + self.max_lamps)
+
+
+@dataclass(frozen=True, slots=True)
+class LampTable:
+    """One writable single-register lamp point for every lamp in a row: lamp `i` at `base + i`."""
+
+    base: int
+    point: str
 
 
 class _Head(StrictModel):
@@ -99,12 +122,18 @@ class _LampBlock(BlockSpec):
     max_lamps: int = Field(ge=1, le=ADDRESS_SPACE)
 
 
+class _TableSpec(StrictModel):
+    base: int = Field(ge=0, lt=ADDRESS_SPACE)
+    point: str = Field(min_length=1)
+
+
 class _ProfileSpec(StrictModel):
-    """The profile file: `[profile]`, `[controller]` and `[lamp]` with their points."""
+    """The profile file: `[profile]`, `[controller]`, `[lamp]` with their points, and `[table]`."""
 
     profile: _Head
     controller: BlockSpec
     lamp: _LampBlock
+    table: _TableSpec | None = None
 
 
 def parse_profile(data: Mapping[str, Any], file: str = "<memory>") -> LampControllerProfile:
@@ -128,6 +157,7 @@ def parse_profile(data: Mapping[str, Any], file: str = "<memory>") -> LampContro
         raise fail("lamp.base", "lamp blocks overlap the controller block")
     if lamp.base + max_lamps * stride > ADDRESS_SPACE:
         raise fail("lamp.max_lamps", "lamp blocks run past register 65535")
+    table = None if spec.table is None else _table(spec.table, controller, lamp, stride, max_lamps, fail)
     return LampControllerProfile(
         name=spec.profile.name,
         version=spec.profile.version,
@@ -137,7 +167,34 @@ def parse_profile(data: Mapping[str, Any], file: str = "<memory>") -> LampContro
         lamp_stride=stride,
         max_lamps=max_lamps,
         source=file,
+        table=table,
     )
+
+
+def _table(
+    spec: _TableSpec,
+    controller: Block,
+    lamp: Block,
+    stride: int,
+    max_lamps: int,
+    fail: Callable[[str, str], ConfigError],
+) -> LampTable:
+    """The lamp table, checked: a writable one-register lamp point, clear of every block."""
+    pt = lamp.by_name.get(spec.point)
+    if pt is None:
+        raise fail("table.point", f"{spec.point!r} is not a lamp point")
+    if not pt.writable or pt.count != 1:
+        raise fail("table.point", f"{spec.point!r} must be writable and one register wide")
+    start, end = spec.base, spec.base + max_lamps
+    if end > ADDRESS_SPACE:
+        raise fail("table.base", "the table runs past register 65535")
+    blocks = (
+        (controller.base, controller.base + controller.span),
+        (lamp.base, lamp.base + max_lamps * stride),
+    )
+    if any(start < b_end and b_start < end for b_start, b_end in blocks):
+        raise fail("table.base", f"registers {start}..{end - 1} overlap the controller or lamp blocks")
+    return LampTable(spec.base, spec.point)
 
 
 def load_profile(path: str | Path = DEFAULT_PROFILE_PATH) -> LampControllerProfile:

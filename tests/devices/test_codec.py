@@ -169,6 +169,11 @@ def _set(data: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
         (("lamp", "points", 6, "bits", "lamp_failure"), 16, "lamp.points.6.bits.lamp_failure"),
         (("lamp", "points", 6, "bits", "comm_loss"), 0, "lamp.points.6.bits.comm_loss"),
         (("controller",), None, "controller"),
+        (("table", "point"), "power_w", "table.point"),  # read-only
+        (("table", "point"), "energy_kwh", "table.point"),  # two registers
+        (("table", "point"), "colour", "table.point"),  # no such point
+        (("table", "base"), 150, "table.base"),  # inside the lamp blocks
+        (("table", "base"), 65400, "table.base"),  # past the address space
     ],
 )
 def test_bad_profile_names_the_key(path: tuple[Any, ...], value: Any, key: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import tomllib
 import uuid
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -12,10 +13,16 @@ from urllib.parse import urlsplit
 import aiomqtt
 import pytest
 from conftest_modbus import Recorder
+from pymodbus.client import AsyncModbusTcpClient
 from waiting import wait_until
 
 from devices.lighting import ModbusEndpoint, ModbusLightingDriver, plan_reads, within_deadband
-from devices.profiles.lighting import default_profile
+from devices.profiles.lighting import (
+    DEFAULT_PROFILE_PATH,
+    LampControllerProfile,
+    default_profile,
+    parse_profile,
+)
 from devices.protocols.link import poll_phases
 from devices.protocols.modbus import PRIO_COMMAND, PRIO_POLL, PriorityLock
 from devices.protocols.registers import PointValueError
@@ -373,15 +380,28 @@ async def test_controllers_poll_at_spread_phases(manual_clock: ManualClock, reco
         assert k * 0.05 <= phases[eid] < (k + 1) * 0.05
 
 
+def _profile_variant(drop_table: bool = False, level_max: int | None = None) -> LampControllerProfile:
+    """The shipped profile, without its level table or with another level_cmd maximum."""
+    data = tomllib.loads(DEFAULT_PROFILE_PATH.read_text())
+    if drop_table:
+        del data["table"]
+    if level_max is not None:
+        next(p for p in data["lamp"]["points"] if p["name"] == "level_cmd")["max"] = level_max
+    return parse_profile(data)
+
+
+@pytest.mark.parametrize("table", [True, False], ids=["level table", "lamp blocks only"])
 async def test_a_city_plan_burst_is_written_in_batches_and_confirmed(
-    manual_clock: ManualClock, recorder: Recorder
+    manual_clock: ManualClock, recorder: Recorder, table: bool
 ) -> None:
     """600 lamp writes at once, as a first plan sends them (the dispatcher's 32 workers): every
     lamp holds its level in the simulator, every write returns its read-back, none fails, and
-    they went out in batches (one hold of a link: writes, then a few block read-backs)."""
-    async with LightingSimulator(demo_controllers(6, 100, 0), manual_clock, seed=1) as sim:
+    they went out in batches (one hold of a link: writes, then a few block read-backs). With the
+    profile's level table a run of lamps is one write-multiple; without it, one write per lamp."""
+    profile = _profile_variant(drop_table=not table)
+    async with LightingSimulator(demo_controllers(6, 100, 0), manual_clock, profile, seed=1) as sim:
         driver = ModbusLightingDriver(
-            sim.endpoints(), None, recorder, manual_clock, poll_interval_s=0.2, timeout_s=2.0, seed=1
+            sim.endpoints(), profile, recorder, manual_clock, poll_interval_s=0.2, timeout_s=2.0, seed=1
         )
         async with driver:
             await recorder.wait(
@@ -402,6 +422,37 @@ async def test_a_city_plan_burst_is_written_in_batches_and_confirmed(
     assert stats.writes >= len(lamps)  # and the controllers' heartbeats
     assert stats.write_errors == 0
     assert stats.write_batches < len(lamps) // 4  # batched, not one hold per lamp
+    if table:
+        assert 0 < stats.table_writes <= stats.write_batches * 2  # a run or two per batch
+    else:
+        assert stats.table_writes == 0
+
+
+async def test_a_table_write_the_device_refuses_fails_only_its_own_lamp(
+    manual_clock: ManualClock, recorder: Recorder
+) -> None:
+    """A controller that refuses one lamp's value refuses the whole write-multiple; the driver
+    then writes that run lamp by lamp, so only the refused lamp fails and its neighbours hold."""
+    strict = _profile_variant(level_max=90)  # the device takes at most 90 %; the driver up to 100
+    async with LightingSimulator(demo_controllers(1, 20, 0), manual_clock, strict, seed=1) as sim:
+        driver = ModbusLightingDriver(
+            sim.endpoints(), None, recorder, manual_clock, poll_interval_s=0.2, timeout_s=2.0, seed=1
+        )
+        async with driver:
+            await recorder.wait(lambda: driver.online("lc-001") is True, "online")
+            lamps = [d for _, d in sim.endpoints()[0].lamps]
+            want = {d: 95 if i == 7 else 30 + i for i, d in enumerate(lamps)}
+            got = await asyncio.gather(
+                *(driver.write(d, "level_cmd", want[d], timeout=5.0) for d in lamps), return_exceptions=True
+            )
+    refused = [d for d, g in zip(lamps, got, strict=True) if isinstance(g, DeviceReplyError)]
+    assert refused == [lamps[7]]
+    for d, g in zip(lamps, got, strict=True):
+        if d != lamps[7]:
+            assert g == float(want[d])
+            assert sim.lamp(d)["level_cmd"] == want[d]
+    assert sim.lamp(lamps[7])["level_cmd"] != 95
+    assert driver.stats.table_writes >= 1
 
 
 async def test_a_poll_behind_commands_is_skipped_not_down(
@@ -466,3 +517,31 @@ async def test_quiet_lamps_report_value_less_and_changes_at_once(
     for before, after in itertools.pairwise(full):
         assert not within_deadband(before, after, driver.deadbands)
     assert driver.stats.lamp_quiet > 0
+
+
+async def test_the_simulators_level_table_and_lamp_blocks_are_one_value(
+    lighting_sim: LightingSimulator,
+) -> None:
+    """On the wire, as another Modbus master sees it: a write-multiple to the level table sets
+    the lamps' own level registers, a single write to a lamp's register shows in the table, and
+    a table register of a lamp the controller does not have is refused."""
+    profile = default_profile()
+    assert profile.table is not None
+    ep = lighting_sim.endpoints()[0]
+    base = profile.table.base
+    client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=2.0)
+    await client.connect()
+    try:
+        n = len(ep.lamps)
+        assert not (await client.write_registers(base, [11, 22, 33, 44][:n], device_id=ep.unit)).isError()
+        for (index, device_id), level in zip(ep.lamps, [11, 22, 33, 44], strict=False):
+            assert index < n
+            assert lighting_sim.lamp(device_id)["level_cmd"] == level
+        index, device_id = ep.lamps[2]
+        addr = profile.lamp_address(index, "level_cmd")
+        assert not (await client.write_register(addr, 55, device_id=ep.unit)).isError()
+        table = await client.read_holding_registers(base, count=n, device_id=ep.unit)
+        assert table.registers[index] == 55
+        assert (await client.write_register(base + n, 10, device_id=ep.unit)).isError()
+    finally:
+        client.close()
