@@ -28,7 +28,8 @@ def test_a_confirmed_write_shows_its_read_back_at_once() -> None:
 
     state.apply(CommandResult(_cmd("lamp-1", "level_cmd", 40), Outcome.CONFIRMED, 40.0, "", 102.0))
     level = state.value("lamp-1", "level_cmd")
-    assert level == 40 and isinstance(level, int)  # the type the polls report
+    assert level == 40
+    assert isinstance(level, int)  # the type the polls report
     assert state.value("lamp-1", "level_actual") == 10  # what the lamp does is the poll's to say
     ev = changes.get_nowait()
     assert isinstance(ev, StateChanged)
