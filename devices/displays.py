@@ -156,12 +156,25 @@ class _Board(_Display):
         self.waiters: list[tuple[Callable[[BoardStatus], bool], asyncio.Future[BoardStatus]]] = []
         self.status: BoardStatus | None = None
 
+    def _recent(self, status: BoardStatus) -> bool:
+        """Whether a retained status was sent within the last status period (by its own ts).
+
+        A board reports once a period; a retained status that young is as much a sign of life
+        as the next live one, so a daemon (re)started beside running boards has them online at
+        subscribe instead of a period later. An older one, or one without a ts, is not.
+        """
+        if status.ts is None:
+            return False
+        clock = self.driver.clock
+        age = clock.now() - status.ts
+        return -clock.speed <= age <= self.driver.status_interval_s * clock.speed
+
     def on_status(self, status: BoardStatus, *, retained: bool) -> None:
         d = self.driver
         if not status.online:
             self.set_online(False, "board reported offline")
             return
-        if retained:
+        if retained and not self._recent(status):
             return  # a board's last words from before we subscribed: not a sign of life now
         self.status = status
         self.seen()

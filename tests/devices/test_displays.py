@@ -6,7 +6,9 @@ import itertools
 import json
 import tomllib
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import aiomqtt
 import pytest
 from conftest_displays import DisplayIds
 from conftest_modbus import Recorder
@@ -16,6 +18,7 @@ from devices.displays import DisplayDriver
 from devices.profiles.displays import (
     LED_BOARD_PROFILE_PATH,
     VMS_PROFILE_PATH,
+    BoardStatus,
     DisplayContent,
     crc16,
     decode_text,
@@ -24,6 +27,7 @@ from devices.profiles.displays import (
     load_display_profile,
     parse_content,
     render,
+    status_payload,
 )
 from devices.protocols.registers import PointValueError
 from edge.clock import ManualClock
@@ -376,3 +380,32 @@ async def test_broker_outage_boards_down_once_back_once(
             )
             assert await driver.write(boards[0], "content", content(2, "wieder da"), 2.0) == 2
             assert sim.shown(boards[0]) == "wieder da"
+
+
+async def test_a_recent_retained_status_is_a_sign_of_life_an_old_one_is_not(
+    mqtt_url: str, manual_clock: ManualClock, recorder: Recorder, display_ids: DisplayIds
+) -> None:
+    """A daemon started beside running boards finds each board's retained status: one sent
+    within the last status period shows the board online at once; one older than that (a board
+    that died without its will reaching the broker) does not."""
+    fresh, stale = display_ids.boards
+    driver = DisplayDriver(
+        recorder, manual_clock, boards=(fresh, stale), signs=(), mqtt_url=mqtt_url,
+        status_interval_s=10.0, timeout_s=1.0, backoff_base_s=0.02, backoff_max_s=0.1,
+    )  # fmt: skip
+    p = driver.board_profile
+    a = urlsplit(mqtt_url)
+    now = manual_clock.now()
+    async with aiomqtt.Client(a.hostname or "127.0.0.1", a.port or 1883) as client:
+        for board, ts in ((stale, now - 60.0), (fresh, now - 2.0)):  # the stale one first
+            status = BoardStatus(online=True, brightness=80, pixel_faults=0, text="P1", ts=ts)
+            await client.publish(
+                p.topic(p.status_topic, board), status_payload(p, status), qos=1, retain=True
+            )
+        try:
+            async with driver:
+                await recorder.wait(lambda: driver.online(fresh) is True, "the fresh board online", 5.0)
+                assert driver.online(stale) is not True  # its status came first and was not taken
+        finally:
+            for board in (fresh, stale):
+                await client.publish(p.topic(p.status_topic, board), b"", qos=1, retain=True)
