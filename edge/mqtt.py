@@ -3,8 +3,9 @@
 `MqttLink` is the one MQTT session (`edge.mqtt_session.MqttSession`: a fresh client per connection,
 subscriptions restored, `edge.backoff.Backoff` between attempts, the per-message boundary) shaped for the
 northbound broker: it probes for MQTT 5, publishes the retained online message once subscribed, then runs
-three tasks until the connection drops: a reader that hands messages to `on_message`, a drainer that sends
-the persistent outbox oldest-first at QoS 1, and a sender for QoS 0 telemetry. Its tuning is
+four tasks until the connection drops: a reader that hands messages to `on_message`, a drainer that sends
+the persistent outbox oldest-first at QoS 1, a sender for QoS 0 telemetry and one for devices' retained
+states (`edge.mqtt_queues`). Its tuning is
 `LinkOptions`. `BrokerAddress` and `TlsFiles` live in `edge.mqtt_session` and are re-exported here.
 
 Delivery guarantees:
@@ -15,6 +16,9 @@ Delivery guarantees:
   1 is on PUBACK (`_handle_pubackcomp`); a message paho could not send raises `MqttCodeError`. aiomqtt
   ignores the PUBACK reason code, so an MQTT 5 broker's negative PUBACK (e.g. "not authorized") counts as
   delivered and is not retried forever.
+- `publish_state`: a device's retained state, at least once unless replaced: the newest payload per
+  topic waits in memory until PUBACKed, and a newer one replaces it unsent. Not on disk: after a restart
+  the daemon publishes every device's state again.
 - `publish_fast`: at most once. Dropped (and counted) while disconnected or when the small in-memory queue
   is full; never blocks.
 
@@ -57,6 +61,7 @@ from edge.backoff import Backoff
 from edge.errors import ConfigError, PayloadError
 from edge.lifecycle import ServiceState
 from edge.mqtt_meta import metadata_from_json, metadata_into_json
+from edge.mqtt_queues import FastQueue, LatestStates
 from edge.mqtt_session import (
     BrokerAddress,
     MqttSession,
@@ -150,7 +155,7 @@ class MqttLink(MqttSession):
             connect_timeout_s=o.connect_timeout_s,
             # a first retry within 1.5 s, as before the one backoff
             backoff=Backoff(min(1.5, o.backoff_max_s), o.backoff_max_s),
-            pending_calls=2 * o.drain_window + _FAST_BATCH + 64,
+            pending_calls=3 * o.drain_window + _FAST_BATCH + 64,
         )
         self._client_id = client_id
         self._outbox = outbox
@@ -163,20 +168,15 @@ class MqttLink(MqttSession):
         self._keepalive_s = o.keepalive_s
         self._max_payload_bytes = o.max_payload_bytes
         self._drain_window = o.drain_window
-        self._fast_queue_max = o.fast_queue_max
 
         self._drained = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._appends = 0  # bumped after each committed append; see _drain
-        self._fast: collections.deque[tuple[str, bytes, bool]] = collections.deque()
-        self._fast_wake = asyncio.Event()
-        self._fast_room = asyncio.Event()  # set while the QoS 0 queue is under half full
-        self._fast_room.set()
+        self._fast = FastQueue(o.fast_queue_max, _FAST_BATCH)
+        self._states = LatestStates(o.drain_window)
 
         self._v5_confirmed = False
         self._published = 0
-        self._published_fast = 0
-        self._dropped = 0
         self._refused_oversize = 0
         self._refused_out = 0
         self._poisoned = 0
@@ -207,9 +207,10 @@ class MqttLink(MqttSession):
         return self._protocol
 
     async def wait_drained(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
-        """Wait until every committed reliable message has its PUBACK."""
+        """Wait until every committed reliable message and every queued state has its PUBACK."""
         async with asyncio.timeout(timeout):
             await self._drained.wait()
+            await self._states.empty.wait()
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -221,12 +222,16 @@ class MqttLink(MqttSession):
             "outbox_backlog": self._outbox.backlog,
             "outbox_dropped": self._outbox.dropped,
             "published": self._published,
-            "published_fast": self._published_fast,
-            "dropped": self._dropped,
+            "published_fast": self._fast.published,
+            "dropped": self._fast.dropped,
             "received": self._received,
             "refused_oversize": self._refused_oversize,
             "refused_out": self._refused_out,
             "outbox_poisoned": self._poisoned,
+            "states_published": self._states.published,
+            "states_pending": len(self._states),
+            "states_coalesced": self._states.coalesced,
+            "states_refused": self._states.refused,
             "handler_errors": self._handler_errors,
         }
 
@@ -269,27 +274,23 @@ class MqttLink(MqttSession):
         self._drained.clear()
         self._outbox_wake.set()
 
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        """Queue a device's retained state (QoS 1, JSON): kept in memory until PUBACKed, and
+        replaced by a newer one for the topic (`edge.mqtt_latest`), never stored on disk."""
+        self._check_out([(topic, payload, True)])
+        self._states.put(topic, payload)
+
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """Queue a QoS 0 message; dropped (and counted) while disconnected or when full."""
-        if (
-            not self._connected.is_set()
-            or len(self._fast) >= self._fast_queue_max
-            or _publish_problem(topic, payload) is not None
-        ):
-            self._dropped += 1
+        if _publish_problem(topic, payload) is not None:
+            self._fast.dropped += 1
             return
-        self._fast.append((topic, payload, retain))
-        self._fast_wake.set()
+        self._fast.put(topic, payload, retain, connected=self._connected.is_set())
 
     async def fast_room(self) -> None:
         """Wait while the QoS 0 queue is half full, so a bulk sender (a city's lamp counters) goes
         at the link's pace; at once while disconnected, at most the publish timeout otherwise."""
-        if not self._connected.is_set() or len(self._fast) < self._fast_queue_max // 2:
-            return
-        self._fast_room.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._publish_timeout_s):
-                await self._fast_room.wait()
+        await self._fast.room(self._publish_timeout_s, connected=self._connected.is_set())
 
     # -- the session, shaped for the link ----------------------------------------------
 
@@ -303,11 +304,8 @@ class MqttLink(MqttSession):
 
     def _set_connected(self, *, up: bool, reason: str = "") -> None:
         super()._set_connected(up=up, reason=reason)
-        if not up and self._fast:
-            self._dropped += len(self._fast)
-            self._fast.clear()
         if not up:
-            self._fast_room.set()
+            self._fast.disconnected()
 
     def _new_client(self) -> aiomqtt.Client:
         """A fresh client per session: aiomqtt clients do not survive a lost connection."""
@@ -379,7 +377,9 @@ class MqttLink(MqttSession):
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(client), name="mqtt.read")
                 tg.create_task(self._drain(client), name="mqtt.drain")
-                tg.create_task(self._send_fast(client), name="mqtt.fast")
+                tg.create_task(self._fast.send(client, self._publish_timeout_s), name="mqtt.fast")
+                props = publish_properties(None, None, "application/json") if self._protocol == "5" else None
+                tg.create_task(self._states.send(client, self._publish_timeout_s, props), name="mqtt.states")
                 tg.create_task(self._until_closing(), name="mqtt.close_watch")
         except BaseExceptionGroup as group:
             _raise_unless_session_end(group)
@@ -396,6 +396,7 @@ class MqttLink(MqttSession):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._close_timeout_s):
                 await self._drained.wait()
+                await self._states.empty.wait()
         raise _SessionEnd
 
     # -- the three session tasks ---------------------------------------------------------
@@ -500,29 +501,6 @@ class MqttLink(MqttSession):
             properties=properties,
             timeout=self._publish_timeout_s,
         )
-
-    async def _send_fast(self, client: aiomqtt.Client) -> None:
-        """Send queued QoS 0 messages in concurrent batches (one socket write each)."""
-        while True:
-            await self._fast_wake.wait()
-            self._fast_wake.clear()
-            while self._fast:
-                batch = [self._fast.popleft() for _ in range(min(_FAST_BATCH, len(self._fast)))]
-                results = await asyncio.gather(
-                    *(
-                        client.publish(t, p, qos=0, retain=r, timeout=self._publish_timeout_s)
-                        for t, p, r in batch
-                    ),
-                    return_exceptions=True,
-                )
-                if len(self._fast) < self._fast_queue_max // 2:
-                    self._fast_room.set()
-                failed = [res for res in results if isinstance(res, BaseException)]
-                self._published_fast += len(batch) - len(failed)
-                self._dropped += len(failed)
-                for res in failed:
-                    if is_link_error(res):
-                        raise res
 
 
 # paho's limit on a PUBLISH payload (the MQTT remaining-length maximum).

@@ -119,6 +119,31 @@ class _Server:
     controllers: list[_Controller]
 
 
+def _registers(p: LampControllerProfile, ctl: _Controller) -> list[SimData]:
+    """The unit's register blocks: the controller's points, each lamp's block (its padding
+    readable, as on real devices) and, if the profile has one, a level-table entry per lamp."""
+    regs = DataType.REGISTERS
+    data = [
+        SimData(p.controller.base + pt.offset, values=[0] * pt.count, datatype=regs, readonly=not pt.writable)
+        for pt in p.controller.points
+    ]
+    for lamp in sorted(ctl.lamps, key=lambda lp: lp.spec.index):
+        base = p.lamp_base(lamp.spec.index)
+        covered = 0
+        for pt in sorted(p.lamp.points, key=lambda q: q.offset):
+            data.append(
+                SimData(base + pt.offset, values=[0] * pt.count, datatype=regs, readonly=not pt.writable)
+            )
+            covered = max(covered, pt.offset + pt.count)
+        if covered < p.lamp_stride:
+            data.append(
+                SimData(base + covered, values=[0] * (p.lamp_stride - covered), datatype=regs, readonly=True)
+            )
+    if p.table is not None:  # gaps (lamps the controller does not have) stay invalid
+        data += [SimData(p.table.base + lamp.spec.index, values=[0], datatype=regs) for lamp in ctl.lamps]
+    return data
+
+
 class LightingSimulator(Service):
     """Serves every controller on its host:port until the context exits.
 
@@ -192,43 +217,7 @@ class LightingSimulator(Service):
 
     def _device(self, ctl: _Controller) -> SimDevice:
         """Holding registers for one unit: writable where the profile says, gaps invalid."""
-        p = self.profile
-        data: list[SimData] = []
-        for pt in p.controller.points:
-            data.append(
-                SimData(
-                    p.controller.base + pt.offset,
-                    values=[0] * pt.count,
-                    datatype=DataType.REGISTERS,
-                    readonly=not pt.writable,
-                )
-            )
-        for lamp in sorted(ctl.lamps, key=lambda lp: lp.spec.index):
-            base = p.lamp_base(lamp.spec.index)
-            covered = 0
-            for pt in sorted(p.lamp.points, key=lambda q: q.offset):
-                data.append(
-                    SimData(
-                        base + pt.offset,
-                        values=[0] * pt.count,
-                        datatype=DataType.REGISTERS,
-                        readonly=not pt.writable,
-                    )
-                )
-                covered = max(covered, pt.offset + pt.count)
-            if covered < p.lamp_stride:  # padding is readable, as on real devices
-                data.append(
-                    SimData(
-                        base + covered,
-                        values=[0] * (p.lamp_stride - covered),
-                        datatype=DataType.REGISTERS,
-                        readonly=True,
-                    )
-                )
-        if p.table is not None:  # the level table: a register per lamp present, gaps invalid
-            for lamp in ctl.lamps:
-                data.append(SimData(p.table.base + lamp.spec.index, values=[0], datatype=DataType.REGISTERS))
-        return SimDevice(ctl.spec.unit, simdata=data, action=self._action(ctl))
+        return SimDevice(ctl.spec.unit, simdata=_registers(self.profile, ctl), action=self._action(ctl))
 
     def _bind(self, srv: _Server, core: SimCore) -> None:
         """Take the live register lists pymodbus built, to run physics on them in place."""

@@ -107,6 +107,10 @@ class Publisher(Protocol):
 
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
 
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        """A device's retained state at QoS 1: the newest per topic, kept until acknowledged."""
+        ...
+
     async def fast_room(self) -> None:
         """Until the QoS 0 queue has room (bulk senders pace themselves with it)."""
         ...
@@ -369,7 +373,7 @@ class North:
                 await asyncio.sleep(0)
             messages += self.messages(dev_id, derived=dev_id in derived, state=dev_id in dirty)
         try:
-            await self._publish_all(messages)
+            await self._publish_all(messages, states=True)
         except _PUBLISH_ERRORS:  # kept dirty: the next flush sends the states again
             self._dirty |= dirty
             self._derived |= derived
@@ -403,7 +407,10 @@ class North:
         got = self.messages(dev_id, derived=False)
         return (got[0][1], got[0][2]) if got else ("", b"")
 
-    async def _publish_all(self, messages: list[Message]) -> None:
+    async def _publish_all(self, messages: list[Message], *, states: bool = False) -> None:
+        """QoS 0 messages to the fast queue; with `states` (devices' retained states and views,
+        published again whole at every start) QoS 1 retained ones as the newest per topic,
+        without the disk outbox; everything else through the outbox."""
         pub = self._pub
         if pub is None:
             return
@@ -411,6 +418,8 @@ class North:
         for t, topic, payload in messages:
             if t.qos == 0:
                 pub.publish_fast(topic, payload, retain=t.retained)
+            elif states and t.retained:
+                pub.publish_state(topic, payload)
             else:
                 reliable.append((topic, payload, t.retained))
         # Appended together, so the outbox commits them as one batch (one disk sync), and

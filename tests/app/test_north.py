@@ -71,6 +71,12 @@ class Recorder:
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.sent.append((topic, payload, retain, 0))
 
+    def publish_state(self, topic: str, payload: bytes) -> None:
+        if self.busy:
+            self.busy -= 1
+            raise RuntimeError("MqttLink is closing")
+        self.sent.append((topic, payload, True, 1))
+
     async def fast_room(self) -> None:
         return None  # nothing queued here: every message is recorded at once
 

@@ -480,3 +480,32 @@ async def test_unsendable_outbox_row_is_dropped_not_retried(mqtt_url: str, datab
             assert mq.stats["connected"]
         assert outbox.backlog == 0
     assert message.payload == b'{"n": 1}'
+
+
+async def test_device_states_keep_the_newest_per_topic_off_disk(mqtt_url: str, database_url: str) -> None:
+    """Retained states queued faster than they are sent: each topic goes out with its newest
+    payload (older unsent ones are replaced, and counted), at QoS 1, retained, and none of them
+    touches the outbox on disk."""
+    prefix = _prefix()
+    topics = [f"{prefix}/lights/L{i}/state" for i in range(10)]
+    try:
+        async with Outbox(database_url) as outbox, link(mqtt_url, outbox) as mq:
+            for step in range(10):  # no await in between: nothing can be sent meanwhile
+                for topic in topics:
+                    mq.publish_state(topic, b'{"level": %d}' % step)
+            assert outbox.backlog == 0
+            await mq.wait_connected(WAIT_S)
+            await mq.wait_drained(WAIT_S)
+            assert mq.stats["states_coalesced"] == 90
+            assert mq.stats["states_published"] == 10
+            assert mq.stats["states_pending"] == 0
+        async with observer(mqtt_url, f"{prefix}/#") as late:  # retained: a late subscriber sees them
+            got = {}
+            while len(got) < len(topics):
+                msg = await next_message(late)
+                assert msg.retain
+                assert msg.qos == 1
+                got[msg.topic.value] = msg.payload
+        assert got == dict.fromkeys(topics, b'{"level": 9}')
+    finally:
+        await clear_retained(mqtt_url, *topics)

@@ -1,0 +1,160 @@
+"""The link's two in-memory send queues: QoS 0 messages, and devices' retained states.
+
+`FastQueue`: at most once, dropped (and counted) while disconnected or when full.
+
+`LatestStates`: retained device states at QoS 1, the newest payload per topic, kept in memory
+until PUBACKed. A device's retained state is replaced by its next one, and the daemon publishes every device's
+state again when it starts. So a state needs neither the disk outbox nor a row per change: only
+the newest payload per topic, sent at QoS 1 and kept until the broker acknowledges it or a newer
+one replaces it. At city size (54,000 lamps after a plan step, each changed twice: the write's
+read-back, then the next poll) the outbox's insert, read and delete per message cost about a
+fifth of a core; here a change costs a dict entry, and two changes before a send cost one message.
+
+Events that must not be lost (alarms, command results, acks, plans) still go through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import aiomqtt
+import structlog
+
+from edge.mqtt_session import is_link_error
+
+log = structlog.get_logger(__name__)
+
+__all__ = ["FastQueue", "LatestStates"]
+
+
+class LatestStates:
+    """The newest retained state per topic, waiting for the link; `send` runs per session."""
+
+    def __init__(self, window: int) -> None:
+        self._pending: dict[str, bytes] = {}
+        self._window = window
+        self.wake = asyncio.Event()
+        self.empty = asyncio.Event()
+        self.empty.set()
+        self.published = 0
+        self.coalesced = 0  # states replaced by a newer one before they were sent
+        self.refused = 0  # states paho refused (cannot be sent at all), dropped and logged
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def put(self, topic: str, payload: bytes) -> None:
+        """Queue `payload` as the newest state of `topic`, replacing one not sent yet."""
+        if topic in self._pending:
+            self.coalesced += 1
+        self._pending[topic] = payload
+        self.empty.clear()
+        self.wake.set()
+
+    def _take(self) -> list[tuple[str, bytes]]:
+        keys = list(itertools.islice(self._pending, self._window))
+        return [(k, self._pending.pop(k)) for k in keys]
+
+    def _give_back(self, items: Sequence[tuple[str, bytes]]) -> None:
+        """Unacknowledged states wait for the next session, unless a newer one came meanwhile."""
+        for topic, payload in items:
+            self._pending.setdefault(topic, payload)
+
+    async def send(self, client: aiomqtt.Client, timeout_s: float, properties: Any) -> None:
+        """Publish what is queued, a window at a time, until the session ends (a link error is
+        raised after the states it did not get acknowledged are queued again)."""
+        if self._pending:
+            self.wake.set()
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self._pending:
+                batch = self._take()
+                try:
+                    results = await asyncio.gather(
+                        *(
+                            client.publish(t, p, qos=1, retain=True, properties=properties, timeout=timeout_s)
+                            for t, p in batch
+                        ),
+                        return_exceptions=True,
+                    )
+                except BaseException:  # the session ended under us: nothing of it is known sent
+                    self._give_back(batch)
+                    raise
+                link_error: BaseException | None = None
+                lost: list[tuple[str, bytes]] = []
+                for item, res in zip(batch, results, strict=True):
+                    if res is None:
+                        self.published += 1
+                    elif is_link_error(res):
+                        link_error = link_error or res
+                        lost.append(item)
+                    else:
+                        self.refused += 1
+                        log.error("mqtt_state_dropped", topic=item[0], error=repr(res))
+                if link_error is not None:
+                    self._give_back(lost)
+                    raise link_error
+            self.empty.set()
+
+
+class FastQueue:
+    """QoS 0 messages, sent in concurrent batches (one socket write each); `send` runs per session."""
+
+    def __init__(self, maxlen: int, batch: int) -> None:
+        self._queue: collections.deque[tuple[str, bytes, bool]] = collections.deque()
+        self._max = maxlen
+        self._batch = batch
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()  # set while the queue is under half full
+        self._room.set()
+        self.published = 0
+        self.dropped = 0
+
+    def put(self, topic: str, payload: bytes, retain: bool, *, connected: bool) -> None:
+        """Queue a message; dropped (and counted) while disconnected or when full."""
+        if not connected or len(self._queue) >= self._max:
+            self.dropped += 1
+            return
+        self._queue.append((topic, payload, retain))
+        self._wake.set()
+
+    async def room(self, timeout_s: float, *, connected: bool) -> None:
+        """Wait while the queue is half full (at most `timeout_s`; at once while disconnected)."""
+        if not connected or len(self._queue) < self._max // 2:
+            return
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._room.wait()
+
+    def disconnected(self) -> None:
+        """The link went down: what is queued is dropped (and counted), and waiters go on."""
+        self.dropped += len(self._queue)
+        self._queue.clear()
+        self._room.set()
+
+    async def send(self, client: aiomqtt.Client, timeout_s: float) -> None:
+        """Send what is queued until the session ends (a link error is raised)."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+                results = await asyncio.gather(
+                    *(client.publish(t, p, qos=0, retain=r, timeout=timeout_s) for t, p, r in batch),
+                    return_exceptions=True,
+                )
+                if len(self._queue) < self._max // 2:
+                    self._room.set()
+                failed = [res for res in results if isinstance(res, BaseException)]
+                self.published += len(batch) - len(failed)
+                self.dropped += len(failed)
+                for res in failed:
+                    if is_link_error(res):
+                        raise res
