@@ -143,6 +143,7 @@ class Probes:
         self._tasks: list[asyncio.Task[None]] = []
         self.applied = 0
         self._not_applied: set[str] | None = None
+        self._confirmed_levels: list[tuple[str, float | None]] = []  # since the last look
         self.online: dict[str, list[int]] = {}  # the last check's [online, registered] per kind
 
     def start(self, tg: asyncio.TaskGroup) -> None:
@@ -175,6 +176,12 @@ class Probes:
             if isinstance(ev, CommandResult):
                 if ev.outcome == Outcome.CONFIRMED and ev.command.point == "content":
                     self.shown.add(ev.command.device_id)
+                if (  # kept only until every lamp was seen applied (the window's memory is measured)
+                    ev.outcome == Outcome.CONFIRMED
+                    and ev.command.point == "level_cmd"
+                    and (self._not_applied is None or self._not_applied)
+                ):
+                    self._confirmed_levels.append((ev.command.device_id, ev.applied_value))
                 if ev.outcome in (Outcome.FAILED, Outcome.EXPIRED):
                     reason = "".join(c if not c.isdigit() else "#" for c in ev.reason)[:90]
                     self.failed[f"{ev.outcome} {ev.command.point}: {reason}"] += 1
@@ -212,27 +219,32 @@ class Probes:
     def lamps_applied(self) -> int:
         """Lamps whose commanded level (read back) has been the plan's level once.
 
-        Only the lamps not seen applied yet are looked at again: the probe runs inside the
-        daemon's process, and its CPU counts as the daemon's.
+        The first look, once the plan is made, reads every lamp's state; after it only the
+        level writes confirmed since the last look are looked at (the probe runs inside the
+        daemon's process, and its CPU counts as the daemon's: a scan of 54,000 lamps every
+        half second was 8 % of the city's start-up).
         """
         d = self.d
-        if self._not_applied is None:
-            self._not_applied = set(d.inventory.lamps)
         plan = d.lighting.plan
-        if plan is None:
-            return len(d.inventory.lamps) - len(self._not_applied)
-        now = d.clock.now()
-        level: dict[str, int] = {}  # per group, once per look
-        done = []
-        for lamp_id in self._not_applied:
-            group = d.inventory.lamps[lamp_id].group
-            want = level.get(group)
-            if want is None:
-                want = level[group] = plan.level_at(group, now)
-            dev = d.state.get(lamp_id)
-            if dev is not None and dev.values.get("level_cmd") == want:
-                done.append(lamp_id)
-        self._not_applied.difference_update(done)
+        if self._not_applied is None:
+            if plan is None:
+                return 0
+            self._not_applied = set(d.inventory.lamps)
+            seen = [(lamp_id, d.state.value(lamp_id, "level_cmd")) for lamp_id in self._not_applied]
+        else:
+            seen, self._confirmed_levels = self._confirmed_levels, []
+        if plan is not None:
+            now = d.clock.now()
+            level: dict[str, int] = {}  # per group, once per look
+            for lamp_id, value in seen:
+                lamp = d.inventory.lamps.get(lamp_id)
+                if lamp is None or lamp_id not in self._not_applied:
+                    continue
+                want = level.get(lamp.group)
+                if want is None:
+                    want = level[lamp.group] = plan.level_at(lamp.group, now)
+                if value == want:
+                    self._not_applied.discard(lamp_id)
         return len(d.inventory.lamps) - len(self._not_applied)
 
     def _mark(self, name: str, ok: bool) -> bool:

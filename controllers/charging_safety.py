@@ -54,7 +54,16 @@ def failsafe_a(c: Charger, cfg: ChargingSettings) -> float:
 
 def worst_lighting_a(inv: Inventory, feeder: str) -> float:
     """Every lamp of a feeder at full power (DALI fail-safe), in A on one phase."""
-    return sum(lamp.p_max_w for lamp in inv.lamps.values() if lamp.feeder == feeder) / VOLTS
+    return worst_lighting_by_feeder(inv).get(feeder, 0.0)
+
+
+def worst_lighting_by_feeder(inv: Inventory) -> dict[str, float]:
+    """`worst_lighting_a` of every feeder with lamps, in one pass over the lamps (a feeder at a
+    time is a pass per feeder: 400 passes over 54,000 lamps took the city's start-up 3 s)."""
+    watts: dict[str, float] = {}
+    for lamp in inv.lamps.values():
+        watts[lamp.feeder] = watts.get(lamp.feeder, 0.0) + lamp.p_max_w
+    return {f: w / VOLTS for f, w in watts.items()}
 
 
 def failsafe_problems(cfg: ChargingSettings, inv: Inventory) -> list[str]:
@@ -83,8 +92,9 @@ def failsafe_problems(cfg: ChargingSettings, inv: Inventory) -> list[str]:
         per_feeder[c.feeder] = per_feeder.get(c.feeder, 0.0) + fs
         count[c.feeder] = count.get(c.feeder, 0) + 1
     by_cabinet: dict[str, tuple[float, float, int]] = {}
+    worst = worst_lighting_by_feeder(inv)
     for f in cfg.feeders:
-        fs, lights, n = per_feeder.get(f.id, 0.0), worst_lighting_a(inv, f.id), count.get(f.id, 0)
+        fs, lights, n = per_feeder.get(f.id, 0.0), worst.get(f.id, 0.0), count.get(f.id, 0)
         if fs + lights > f.limit_a + 1e-9:
             problems.append(
                 f"feeder {f.id}: fail-safe {fs:g} A ({n} charge points) + lamps at full power "
@@ -157,7 +167,7 @@ class ChargingSafety:
         self._on_feeder: dict[str, list[Charger]] = {}
         for c in inv.chargers.values():
             self._on_feeder.setdefault(c.feeder, []).append(c)
-        self._worst = {f: worst_lighting_a(inv, f) for f in {lamp.feeder for lamp in inv.lamps.values()}}
+        self._worst = worst_lighting_by_feeder(inv)
         self.windows: list[LimitWindow] = []
 
     def failsafe_a(self, c: Charger) -> float:

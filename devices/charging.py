@@ -278,7 +278,7 @@ class _Runner:
             back: list[ua.DataValue] = await client.uaclient.read_attributes(nodes, AttributeIds.Value)
             return back
 
-        back = await self.opc.call(f"{cp_id}.{pt.name}", go(), timeout_s)
+        back = await self.opc.call(f"{cp_id}.{pt.name}", go(), timeout_s, patient=True)
         result: Value = good_value(back[0])
         if result is None:
             raise DeviceReplyError(f"read-back of {cp_id}.{pt.name}: {back[0].StatusCode}", endpoint=eid)

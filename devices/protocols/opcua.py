@@ -46,6 +46,7 @@ __all__ = [
 
 CLIENT_APPLICATION_URI = "urn:dos-edge:edge:opcua-client"
 BATCH = 1000  # nodes per read, write or create-monitored-items request
+PATIENT_TIMEOUTS = 3  # patient calls timing out in a row before the session counts as lost
 _T = TypeVar("_T")
 
 
@@ -168,6 +169,7 @@ class OpcUaSession:
         self.client: Client | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self.timeouts_in_a_row = 0  # patient calls (see `call`)
 
     def lose(self, reason: str) -> None:
         """End the current session (`run` replaces the client)."""
@@ -178,24 +180,39 @@ class OpcUaSession:
     async def _on_connection_lost(self, exc: Exception) -> None:
         self.lose(f"connection lost: {type(exc).__name__}: {exc}")
 
-    async def call(self, what: str, coro: Coroutine[Any, Any, _T], timeout_s: float | None = None) -> _T:
+    async def call(
+        self,
+        what: str,
+        coro: Coroutine[Any, Any, _T],
+        timeout_s: float | None = None,
+        *,
+        patient: bool = False,
+    ) -> _T:
         """Await one request under a timeout (default `timeout_s`); errors become DeviceErrors.
 
         A refused request (a bad status code) is a DeviceReplyError and keeps the session;
-        a timeout or transport error ends it.
+        a transport error ends it, and so does a timeout, unless the call is `patient` (a
+        setpoint write): OPC UA matches answers to requests by handle, so one late answer on a
+        busy server says nothing about the session, which the heartbeat and asyncua's watchdog
+        test. Patient calls end it after PATIENT_TIMEOUTS timeouts in a row. (City bench: one
+        late write at start-up dropped the session of all 680 charge points.)
         """
         limit = self.timeout_s if timeout_s is None else timeout_s
         try:
             async with asyncio.timeout(limit):
-                return await coro
+                result = await coro
         except TimeoutError as exc:
-            self.lose(f"{what} timed out in flight")
+            self.timeouts_in_a_row += 1
+            if not patient or self.timeouts_in_a_row >= PATIENT_TIMEOUTS:
+                self.lose(f"{what} timed out in flight")
             raise DeviceTimeout(f"{what}: no answer within {limit} s", endpoint=self.name) from exc
         except UaStatusCodeError as exc:
             raise DeviceReplyError(f"{what}: {exc}", endpoint=self.name) from exc
         except (UaError, OSError, ConnectionError, EOFError) as exc:
             self.lose(f"{what}: {type(exc).__name__}")
             raise DeviceUnavailable(f"{what}: {type(exc).__name__}: {exc}", endpoint=self.name) from exc
+        self.timeouts_in_a_row = 0
+        return result
 
     async def _new_client(self) -> Client:
         client = Client(self.url, timeout=self.timeout_s, watchdog_intervall=max(0.2, self.timeout_s))
@@ -221,6 +238,7 @@ class OpcUaSession:
         """A fresh client, connected; it is `client` until the session ends."""
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self.timeouts_in_a_row = 0  # patient calls (see `call`)
         client = await self._new_client()
         self.client = client
         await self.call("connect", client.connect())

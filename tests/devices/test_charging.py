@@ -15,7 +15,7 @@ from waiting import wait_until
 from devices.charging import ClientSecurity, OpcUaChargingDriver, string_node_id
 from devices.profiles.charging import default_profile, parse_profile
 from edge.clock import ManualClock
-from edge.errors import ConfigError, DeviceReplyError, DeviceUnavailable
+from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from simulators.charging import ChargingSimulator
 from simulators.elaad import SessionSampler, builtin_curves, load_curves
 
@@ -403,3 +403,25 @@ async def test_late_heartbeat_is_reported(
         await opcua_recorder.wait(lambda: driver.stats.heartbeats >= 3, "late beat")
     assert late[0] == pytest.approx(0.0)
     assert late[1] == pytest.approx(25.0)
+
+
+async def test_a_late_write_keeps_the_session_three_in_a_row_end_it(
+    charging_sim: ChargingSimulator,
+    charging_driver: OpcUaChargingDriver,
+    charging_clock: ManualClock,
+    opcua_recorder: OpcUaRecorder,
+) -> None:
+    """One setpoint write that times out (a busy server answers late: OPC UA matches the late
+    answer by its handle) keeps the session of every charge point on the server; the next
+    write goes through on it. Three timed-out writes in a row count as a lost session."""
+    sessions = charging_driver.stats.sessions
+    for _ in range(2):
+        with pytest.raises(DeviceTimeout):
+            await charging_driver.write("cp-001", "current_limit_a", 8.0, 1e-6)
+    assert await charging_driver.write("cp-001", "current_limit_a", 9.0, 2.0) == 9.0
+    assert charging_driver.stats.sessions == sessions
+    assert opcua_recorder.availability(EP) == [True]
+    for _ in range(3):
+        with pytest.raises(DeviceError):
+            await charging_driver.write("cp-001", "current_limit_a", 8.0, 1e-6)
+    await opcua_recorder.wait(lambda: opcua_recorder.availability(EP)[:2] == [True, False], "down")
