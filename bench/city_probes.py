@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
 import threading
 import time
@@ -145,6 +146,17 @@ class Probes:
         self._not_applied: set[str] | None = None
         self._confirmed_levels: list[tuple[str, float | None]] = []  # since the last look
         self.online: dict[str, list[int]] = {}  # the last check's [online, registered] per kind
+        # Garbage collector pauses by generation (seconds each): a full collection walks every
+        # object not frozen, and a city's heap is millions of them.
+        self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._gc_start = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_pauses[info["generation"]].append(time.perf_counter() - self._gc_start)
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         self._tasks = [
@@ -328,6 +340,7 @@ class Probes:
             "milestones": dict(self.milestones),
             "failed_reasons": dict(self.failed),
             "lags": list(self.lags),
+            "gc_pauses": {g: list(v) for g, v in self.gc_pauses.items()},
             "areas": dict(self.sampler.counts) if self.sampler else {},
             "sampler_tid": self.sampler.native_id if self.sampler else 0,
             "protocol": d.link.protocol,

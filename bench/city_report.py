@@ -93,6 +93,10 @@ def per_run(r: dict[str, Any]) -> dict[str, Any]:
         "steady_failure_kinds": st,
         "loop_lag_p50_ms": pct(lags, 0.5),
         "loop_lag_p99_ms": pct(lags, 0.99),
+        "gc_full_collections": len(s1["gc_pauses"][2]) - len(s0["gc_pauses"][2]),
+        "gc_full_max_ms": 1000 * max(s1["gc_pauses"][2][len(s0["gc_pauses"][2]) :], default=0.0),
+        "gc_young_max_ms": 1000
+        * max((p for g in (0, 1) for p in s1["gc_pauses"][g][len(s0["gc_pauses"][g]) :]), default=0.0),
         "command_p50_ms": pct(t.durations["command"], 0.5),
         "command_p99_ms": pct(t.durations["command"], 0.99),
         "commands": len(t.durations["command"]) + len(t.failures["command"]),
@@ -275,6 +279,9 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
         Row(name, "event-loop lag p50 ms", ms("loop_lag_p50_ms", "{:.2f}")),
         Row(name, "event-loop lag p99 ms", ms("loop_lag_p99_ms"), target=f"< {TARGET_LAG_P99_MS:.0f}",
             verdict=_ok(lag99 < TARGET_LAG_P99_MS)),
+        Row(name, "garbage collector in the window: full collections / longest full / longest young, ms",
+            f"{median(vals('gc_full_collections')):.0f} / {median(vals('gc_full_max_ms')):.0f} / "
+            f"{median(vals('gc_young_max_ms')):.1f}"),
         Row(name, f"command round trip p50 ms (n={sum(vals('commands')):.0f})", ms("command_p50_ms")),
         Row(name, "command round trip p99 ms", ms("command_p99_ms"), target=f"< {TARGET_CMD_P99_MS:.0f}",
             verdict=_ok(cmd99 < TARGET_CMD_P99_MS)),
