@@ -333,6 +333,7 @@ class Probes:
             "cmd_failed": ds.failed, "cmd_expired": ds.expired, "cmd_refused": ds.refused,
             "pending": d.dispatcher.pending(),
             "published": link["published"], "outbox_backlog": link["outbox_backlog"],
+            "states_published": link["states_published"], "published_fast": link["published_fast"],
             "mqtt_dropped": link["dropped"], "reconnects": link["reconnects"],
             "storage_written": d.storage.written, "storage_write_errors": d.storage.write_errors,
             "storage_backlog": d.storage.backlog,

@@ -288,7 +288,7 @@ class LightingController:
         self._open: dict[str, str] = {}
         self._open_of: dict[str, str] = {}
         self._replan = asyncio.Event()
-        self._power_strikes: dict[str, int] = {}
+        self._power_strikes: dict[tuple[str, str], int] = {}  # (lamp, check): bad readings in a row
         self._was_night = False
         self._sub = kernel.bus.subscribe("lighting", StateChanged, Telemetry, CommandResult)
         self.stats = LightingStats()
@@ -505,11 +505,11 @@ class LightingController:
 
     def _strike(self, lamp_id: str, code: str, bad: bool, needed: int = 3) -> bool | None:
         """Debounce: True after `needed` bad readings in a row, False on a good one, else None."""
-        key = f"{lamp_id}/{code}"
-        strikes = self._power_strikes.get(key, 0) + 1 if bad else 0
-        self._power_strikes[key] = strikes
-        if not bad:
+        key = (lamp_id, code)
+        if not bad:  # only lamps with strikes are kept: a city's healthy lamps cost nothing here
+            self._power_strikes.pop(key, None)
             return False
+        strikes = self._power_strikes[key] = self._power_strikes.get(key, 0) + 1
         return True if strikes >= needed else None
 
     def _check_power(self, lamp: Lamp, values: Mapping[str, object]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -84,7 +85,7 @@ class Lamp:
 
     def __post_init__(self) -> None:
         floor = "nd" if "never_dim" in self.flags else "fs" if "fear_space" in self.flags else "std"
-        object.__setattr__(self, "group", f"{self.segment}:{self.lighting_class}:{floor}")
+        object.__setattr__(self, "group", sys.intern(f"{self.segment}:{self.lighting_class}:{floor}"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +312,9 @@ def _failsafe(r: Row) -> float | None:
     return v
 
 
+_FLAG_SETS: dict[frozenset[str], frozenset[str]] = {}  # one object per distinct set of flags
+
+
 def _lamp_from(r: Row) -> Lamp:
     lamp_id = r.ident()
     kind = r.text("kind", "lamp")
@@ -327,18 +331,20 @@ def _lamp_from(r: Row) -> Lamp:
     if p_min > p_max:
         raise ValueError(f"p_min_w: {p_min:g} is above p_max_w {p_max:g}")
     lat, lon = r.position()
+    # Names many lamps share are interned: a city's 54,000 rows would otherwise hold 54,000
+    # copies of each controller, feeder, cabinet, segment, class, host and group name.
     return Lamp(
         id=lamp_id,
         lat=lat,
         lon=lon,
-        segment=r.text("segment"),
+        segment=sys.intern(r.text("segment")),
         order=int(r.num("order", 0, 1e9, 0)),
-        lighting_class=cls_name,
-        cabinet=r.text("cabinet", ""),
-        feeder=r.text("feeder", ""),
-        flags=flags,
-        controller=r.text("controller"),
-        host=r.text("host", "127.0.0.1"),
+        lighting_class=sys.intern(cls_name),
+        cabinet=sys.intern(r.text("cabinet", "")),
+        feeder=sys.intern(r.text("feeder", "")),
+        flags=_FLAG_SETS.setdefault(flags, flags),
+        controller=sys.intern(r.text("controller")),
+        host=sys.intern(r.text("host", "127.0.0.1")),
         port=int(r.num("port", 1, 65535)),
         unit=int(r.num("unit", 0, 247, 1)),
         index=int(r.num("index", 0, 65535)),

@@ -123,7 +123,7 @@ class BlockDecoder:
     The result holds every point by name plus each status bit as a bool.
     """
 
-    __slots__ = ("_plan", "span")
+    __slots__ = ("_plan", "keys", "span")
 
     def __init__(self, block: Block) -> None:
         self.span = block.span
@@ -144,6 +144,8 @@ class BlockDecoder:
             )
             for p in block.points
         )
+        # the result's keys, in order: each point, then its status bits
+        self.keys = tuple(k for p in block.points for k in (p.name, *(b for b, _ in p.bits)))
 
     def decode(self, regs: Sequence[int], start: int = 0) -> dict[str, Value]:
         """Values of the block whose first register is `regs[start]`."""

@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_kit import make_kernel
 
-from controllers.charging import POINT, ChargingController, ChargingSafety, PlannedLighting
+from controllers.charging import FEEDER_REFRESH_S, POINT, ChargingController, ChargingSafety, PlannedLighting
 from controllers.lighting import NightPlan
 from devices.inventory import Charger, Inventory, Lamp
 from edge.bus import EventBus
 from edge.clock import ManualClock
 from edge.dispatcher import Dispatcher
-from edge.events import Availability, Command, Outcome, Priority, Telemetry
+from edge.events import Availability, Command, Outcome, Priority, Telemetry, Value
 from edge.policy import DispatcherView
 from edge.settings import CabinetSettings, ChargingSettings, FeederSettings
 from edge.state import StateStore
@@ -277,6 +277,39 @@ def test_feeder_state_and_planned_current_go_out_as_derived_telemetry_when_they_
     assert ctl.publish_state(clock.now()) == 0  # nothing changed
     disp.submit(Command("a", "cp0", POINT, 10, Priority.OPERATOR, "op", T0, T0 + 60))
     assert ctl.publish_state(clock.now()) == 1  # f1's setpoints
+
+
+def test_a_feeders_small_moves_wait_a_refresh_larger_ones_go_at_once() -> None:
+    """A feeder's lamps drawing a little more (within the dead band) is published only after
+    the refresh interval, a larger move or a trip at once: the retained feeder states follow
+    the load without a message every turn."""
+    lights = {"f1": 2.5}
+    clock, _disp, _safety, ctl = rig(lights)
+    seen = ctl._bus.subscribe("test", Telemetry)
+    ctl.publish_state(clock.now())
+
+    def feeders() -> list[tuple[str, Value]]:
+        out = []
+        while (ev := seen.get_nowait()) is not None:
+            if isinstance(ev, Telemetry) and "lighting_a" in ev.values:
+                out.append((ev.device_id, ev.values["lighting_a"]))
+        return out
+
+    feeders()
+    lights["f1"] = 2.7  # 0.2 A: within max(0.5 A, 1 % of 32 A)
+    clock.advance(1.0)
+    assert ctl.publish_state(clock.now()) == 0
+    clock.advance(FEEDER_REFRESH_S)
+    assert ctl.publish_state(clock.now()) == 1
+    assert feeders() == [("f1", 2.7)]
+    lights["f1"] = 3.5  # 0.8 A: beyond the band
+    clock.advance(1.0)
+    assert ctl.publish_state(clock.now()) == 1
+    assert feeders() == [("f1", 3.5)]
+    lights["f1"] = 3.6
+    ctl.tripped["f1"] = True  # not a measured current: at once
+    clock.advance(1.0)
+    assert ctl.publish_state(clock.now()) == 1
 
 
 def test_derived_state_never_makes_an_unreachable_charger_look_reachable() -> None:
