@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ async def running(
     `drain_s` bounds each of the two drains (pending writes, unacknowledged messages): with
     devices still reporting they rarely run dry, and what the outbox holds survives a restart.
     """
+    limit_malloc_arenas()
     bus = EventBus()
     state = StateStore(bus, {DAEMON_DEVICE: "daemon"})  # storage alarms (unreachable, backlog, ...)
     alarms = Alarms(bus, clock)
@@ -176,13 +178,30 @@ def _frozen_heap() -> Iterator[None]:
         gc.unfreeze()
 
 
-# Real seconds after start when what the daemon has built since is frozen too: by the first,
-# a city's devices are online and its first plans in force (54 s at 54,000 lamps), by the second
-# the first plan steps and history rounds have run.
+# When what the daemon has built since start is frozen too (real seconds after start): first once
+# the dispatcher has had nothing to write for QUIET_S (a city's devices online and its first plans
+# in force: 42 s at 54,000 lamps), at SETTLED_FREEZE_S[0] at the latest; again at [1], after the
+# first plan steps and history rounds.
 SETTLED_FREEZE_S = (120.0, 900.0)
+QUIET_S = 5.0
 
 
-async def _freeze_settled() -> None:
+async def _quiet(d: Daemon, latest_s: float) -> None:
+    """Until the dispatcher, having written something, has had nothing pending for QUIET_S, or
+    `latest_s` after start."""
+    loop = asyncio.get_running_loop()
+    start, quiet_since = loop.time(), None
+    while loop.time() - start < latest_s:
+        await asyncio.sleep(1.0)
+        if d.dispatcher.pending() or not d.dispatcher.stats.confirmed:  # not before the first writes
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = loop.time()
+        elif loop.time() - quiet_since >= QUIET_S and loop.time() - start >= 2 * QUIET_S:
+            return
+
+
+async def _freeze_settled(d: Daemon) -> None:
     """Freeze what start-up built after `_frozen_heap` (every device's values, the dispatcher's
     points, the drivers' caches) once the daemon has settled. The city bench counted 19 full
     collections in two minutes, each walking those millions of objects: up to 438 ms of
@@ -190,11 +209,34 @@ async def _freeze_settled() -> None:
     a reference cycle among them would outlive its use, so this happens twice, not on a timer."""
     loop = asyncio.get_running_loop()
     start = loop.time()
-    for at in SETTLED_FREEZE_S:
-        await asyncio.sleep(max(0.0, start + at - loop.time()))
+    for i, at in enumerate(SETTLED_FREEZE_S):
+        if i == 0:
+            await _quiet(d, at)
+        else:
+            await asyncio.sleep(max(0.0, start + at - loop.time()))
         gc.collect()  # one pause now, instead of one every few seconds
         gc.freeze()
-        log.info("heap_frozen", frozen=gc.get_freeze_count())
+        trimmed = _libc_call("malloc_trim", 0)  # start-up's bursts, freed, back to the system
+        log.info("heap_frozen", frozen=gc.get_freeze_count(), trimmed=bool(trimmed))
+
+
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def _libc_call(name: str, *args: int) -> int:
+    """A glibc allocator call (`mallopt`, `malloc_trim`); 0 where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return int(getattr(libc, name)(*args))
+    except (OSError, AttributeError):
+        return 0
+
+
+def limit_malloc_arenas(n: int = 2) -> None:
+    """At most `n` glibc malloc arenas. glibc gives each thread that allocates its own arena (up
+    to eight per core), and each keeps what its thread once held: the storage writer's batches,
+    the worker threads'. Call before threads start; a no-op without glibc."""
+    _libc_call("mallopt", M_ARENA_MAX, n)
 
 
 def _kernel(
@@ -262,7 +304,7 @@ async def _running_tasks(
             tg.create_task(d.api.run(d.link), name="api.publisher"),
             recorder,
             tg.create_task(_sample_history(d), name="storage.history"),
-            tg.create_task(_freeze_settled(), name="gc.freeze_settled"),
+            tg.create_task(_freeze_settled(d), name="gc.freeze_settled"),
             tg.create_task(d.alarms.reconcile(reconcile_sub), name="alarms.reconcile"),
         ]
         controllers = [
