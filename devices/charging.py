@@ -150,10 +150,9 @@ class _Runner:
         await self._read_all(client)
         await self._write_failsafe(client)
         self._verify_failsafe()
-        # Online once it has answered reads and writes: the chargers are in the state since
-        # `_read_all`, and a setpoint must not wait for the subscription (680 charge points'
-        # monitored items take seconds on a busy server; city bench: 256 first setpoints failed).
-        self.presence.set(True)
+        # Online only once subscribed. (Online before it, setpoints competed with creating 680
+        # charge points' monitored items on a busy server; at 20,000 lamps three of them timed
+        # out in a row, the session was given up, and the next one did the same, for minutes.)
         await opc.subscribe(
             client,
             d.publishing_interval_ms,
@@ -161,7 +160,8 @@ class _Runner:
             self.routes,
             self.deliver,
         )
-        opc.backoff.reset()  # only a whole session resets it: a failing subscribe backs off
+        opc.backoff.reset()
+        self.presence.set(True)
         beat = asyncio.create_task(self.heartbeat_loop(), name=f"opcua[{self.ep.endpoint_id}].heartbeat")
         try:
             await opc.wait_lost()

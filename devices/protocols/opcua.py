@@ -277,13 +277,14 @@ class OpcUaSession:
                 reason = self.lost_reason or "session ended"
             except DeviceError as exc:
                 reason = f"{type(exc).__name__}: {exc}"
-            except ConfigError:
-                raise
             except (UaError, OSError, ConnectionError) as exc:  # anything the boundary missed
                 reason = f"{type(exc).__name__}: {exc}"
-            finally:
+            except BaseException:  # a ConfigError (certificates) or cancellation: closed, then out
                 await self.close()
+                raise
+            # Down first, then close: no write is sent to a session that is being closed.
             on_down(reason)
+            await self.close()
             await self.backoff.wait()
 
     # -- batched requests ------------------------------------------------------------
