@@ -281,7 +281,7 @@ class _WriteBatcher:
                 w.future.set_result(got[w.address])
 
 
-def within_bands(old: Sequence[Value], new: Sequence[Value], bands: Sequence[float | None]) -> bool:
+def within_bands(old: Sequence[Value | None], new: Sequence[Value], bands: Sequence[float | None]) -> bool:
     """`within_deadband` by position: values in the decoder's order, a band (None: none) each.
 
     The driver keeps what it last published per lamp this way, a tuple instead of a dict of
@@ -301,19 +301,8 @@ def within_bands(old: Sequence[Value], new: Sequence[Value], bands: Sequence[flo
 
 def within_deadband(old: Mapping[str, Value], new: Mapping[str, Value], bands: Mapping[str, float]) -> bool:
     """Whether `new` differs from `old` nowhere, or only by at most each point's dead band."""
-    for key, value in new.items():
-        was = old.get(key)
-        if was == value:
-            continue
-        band = bands.get(key)
-        if (
-            band is None
-            or not isinstance(was, int | float)
-            or not isinstance(value, int | float)
-            or abs(value - was) > band
-        ):
-            return False
-    return True
+    keys = list(new)
+    return within_bands([old.get(k) for k in keys], [new[k] for k in keys], [bands.get(k) for k in keys])
 
 
 class _Endpoint:
