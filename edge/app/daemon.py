@@ -17,7 +17,6 @@ import gc
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
-import orjson
 import structlog
 
 from devices.inventory import Inventory
@@ -29,6 +28,7 @@ from edge.app.domains.handles import DomainHandles
 from edge.app.routes.base import audit_data
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
+from edge.decode import encode_json
 from edge.dispatcher import Dispatcher
 from edge.events import AlarmEvent, PlanEvent, Severity, Telemetry
 from edge.kernel import Domain, Kernel
@@ -266,7 +266,7 @@ async def _online(kernel: Kernel, api: MqttApi, outbox: Outbox) -> MqttLink:
     mq, site = settings.mqtt, settings.site
 
     def status(online: bool) -> bytes:
-        return orjson.dumps(
+        return encode_json(
             DaemonStatus(
                 online=online, site=site.id, version=__version__, timezone=site.timezone
             ).model_dump()

@@ -28,7 +28,7 @@ from controllers.waste import OPERATOR_DOMAIN, PLANNER_ID, SUMMARY_ID
 from devices.inventory import Inventory
 from edge.bus import EventBus
 from edge.clock import Clock
-from edge.decode import Refusal, check_id, validate
+from edge.decode import Refusal, check_id, encode_json, validate
 from edge.errors import PayloadError
 from edge.events import AlarmEvent, CommandResult, Outcome, PlanEvent, Priority, StateChanged, Value
 from edge.payloads import (
@@ -129,7 +129,7 @@ Message = tuple[Topic, str, bytes]  # (table entry, concrete topic, payload)
 
 
 def dump(model: BaseModel) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json"))
+    return encode_json(model.model_dump(mode="json"))
 
 
 def requester(msg: Requester) -> str:
@@ -446,9 +446,9 @@ class North:
             "plan", dump(PlanMessage(domain=ev.domain, ts=ev.ts, plan=dict(ev.plan))), domain=ev.domain
         )
         if ev.domain == "guidance":
-            await self._send("guidance", orjson.dumps(dict(ev.plan)))
+            await self._send("guidance", encode_json(dict(ev.plan)))
         elif ev.domain == "warnings":
-            await self._send("warnings", orjson.dumps(ev.plan.get("warnings", [])))
+            await self._send("warnings", encode_json(ev.plan.get("warnings", [])))
 
     # ----- alarms --------------------------------------------------------------------------------
 

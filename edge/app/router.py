@@ -19,12 +19,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
 from pydantic import BaseModel
 
 from edge.app.routes.base import Incoming, Request, Route
 from edge.clock import Clock
-from edge.decode import Refusal, Refusals, check_id, decode_json
+from edge.decode import Refusal, Refusals, check_id, decode_json, encode_json
 from edge.errors import PayloadError
 from edge.payloads import Ack
 
@@ -58,7 +57,7 @@ def shown_topic(topic: str, limit: int = 200) -> str:
 
 
 def _dump(model: BaseModel) -> bytes:
-    return orjson.dumps(model.model_dump(mode="json"))
+    return encode_json(model.model_dump(mode="json"))
 
 
 class Router:
