@@ -174,6 +174,55 @@ def _write_memory_top(out: Path, n: int = 40) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+class StallWatch:
+    """Where the event loop was stuck: the main thread's stack, sampled while the loop is late.
+
+    A loop callback stamps the time every 20 ms; a thread looks every 25 ms and, when the stamp is
+    older than `limit_s`, counts the main thread's innermost frames (BENCH_CITY_STALLS=<file>)."""
+
+    def __init__(self, out: Path, limit_s: float = 0.15) -> None:
+        import collections
+        import threading
+
+        self.out, self.limit_s = out, limit_s
+        self.stamp = time.monotonic()
+        self.stacks: collections.Counter[str] = collections.Counter()
+        self.stalls = 0
+        self._main = threading.main_thread().ident
+        self._thread = threading.Thread(target=self._run, name="bench-stalls", daemon=True)
+
+    async def beat(self) -> None:
+        import asyncio
+
+        self._thread.start()
+        while True:
+            self.stamp = time.monotonic()
+            await asyncio.sleep(0.02)
+
+    def _run(self) -> None:
+        import sys
+        import traceback
+
+        late = False
+        while True:
+            time.sleep(0.025)
+            if time.monotonic() - self.stamp < self.limit_s:
+                late = False
+                continue
+            self.stalls += not late
+            late = True
+            frame = sys._current_frames().get(self._main or 0)
+            if frame is not None:
+                tb = traceback.extract_stack(frame)[-14:]
+                self.stacks["\n".join(f"  {f.filename.split('/')[-2:]}:{f.lineno} {f.name}" for f in tb)] += 1
+
+    def write(self) -> None:
+        lines = [f"{self.stalls} stalls over {self.limit_s * 1000:.0f} ms; samples (every 25 ms) by stack:"]
+        for stack, n in self.stacks.most_common(25):
+            lines += [f"--- {n}", stack]
+        self.out.write_text("\n".join(lines) + "\n")
+
+
 def run_daemon(
     conn: Connection, config: str, t0_wall: float, start_timeout_s: float, sample_hz: float
 ) -> None:
@@ -200,6 +249,8 @@ def run_daemon(
     logs.configure(settings.logging.level, "json")
     inv = load_inventory(settings.inventory_path())
     sampler = StackSampler(sample_hz) if sample_hz > 0 else None
+    stalls_out = os.environ.get("BENCH_CITY_STALLS", "")  # a file: where the loop was stuck
+    stalls = StallWatch(Path(stalls_out)) if stalls_out else None
 
     async def main() -> None:
         clock = SimClock(start=clock_at(t0_wall, time.time()))
@@ -209,6 +260,7 @@ def run_daemon(
             probes = Probes(d, sampler)
             async with asyncio.TaskGroup() as tg:
                 probes.start(tg)
+                beat = tg.create_task(stalls.beat(), name="bench.stalls") if stalls is not None else None
                 ok = await probes.wait_started(start_timeout_s)
                 conn.send(("ready" if ok else "timeout", {"t_proc": t_proc, **probes.stats()}))
                 while True:
@@ -219,6 +271,8 @@ def run_daemon(
                     if msg == "stats":
                         if memory_out:
                             _write_memory_top(Path(memory_out))
+                        if stalls is not None:
+                            stalls.write()
                         conn.send(probes.stats())
                     elif msg == "replan_waste":
                         if d.waste is not None:
@@ -227,6 +281,8 @@ def run_daemon(
                     else:
                         break
                 probes.stop()
+                if beat is not None:
+                    beat.cancel()
         if sampler is not None:
             sampler.stop()
         conn.send(("stopped", None))

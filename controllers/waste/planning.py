@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import itertools
 import multiprocessing
+import time
 from collections.abc import Callable, Generator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -39,8 +40,9 @@ from optimizer.waste import (
     TruckInput,
     TruckRoute,
     WastePlan,
-    plan_collection,
 )
+from optimizer.waste import build as build_instance
+from optimizer.waste import solve as solve_instance
 
 from . import wire
 from .alarms import SEVERITY
@@ -51,6 +53,10 @@ from .views import PLANNER_ID, plan_message
 
 log = structlog.get_logger(__name__)
 
+RETURN_RESERVE_S = 0.5
+"""Of a plan's time limit, kept for what follows the search: routes mapped back, the plan sent from the
+solver process, taken into force."""
+MIN_SEARCH_S = 1.0  # a plan whose inputs took the whole limit still gets this long to search
 INPUT_CHUNK = 200  # bins per event-loop turn when building the planner's inputs
 RISK_Z = 1.5
 """How many spreads above its forecast a bin's fill at the next run is planned for (`fill_upper`):
@@ -99,10 +105,28 @@ def planner_bin(
 
 
 def solve(
-    bins: list[BinInput], trucks: list[TruckInput], ctx: PlanContext, provider: DistanceProvider
+    bins: list[BinInput],
+    trucks: list[TruckInput],
+    ctx: PlanContext,
+    provider: DistanceProvider,
+    deadline: float | None = None,
 ) -> WastePlan:
-    """The one call into optimizer/waste.py (module level: it runs in the solver process)."""
-    return plan_collection(bins, trucks, ctx, provider)
+    """The one call into optimizer/waste.py (module level: it runs in the solver process).
+
+    `deadline` (`time.monotonic()`, one clock for every process on the machine) is when the plan
+    must be back: the search gets what is left of it once the instance is built, less
+    `RETURN_RESERVE_S`, so the time limit holds from the request to the plan in force.
+    """
+    instance = build_instance(bins, trucks, ctx, provider)
+    if deadline is not None:
+        left = deadline - time.monotonic() - RETURN_RESERVE_S
+        limit = max(MIN_SEARCH_S, min(ctx.solver_time_s, left))
+        instance = dataclasses.replace(instance, ctx=dataclasses.replace(ctx, solver_time_s=limit))
+    return solve_instance(instance)
+
+
+def warm() -> None:
+    """Nothing: unpickling it in the solver process imports this module and the solvers, ahead of the first plan."""
 
 
 class WasteSafety:
@@ -235,26 +259,31 @@ class Planner:
 
     async def plan_now(self, reason: PlanReason) -> ActivePlan:
         """Make a plan (solver off the event loop), apply it and send the routes."""
+        asked = time.monotonic()
         now = self.st.clock.now()
         bins, trucks, ctx, day = await self.inputs_async(now)
+        deadline = asked + ctx.solver_time_s
         pool = self.pool
         plan: WastePlan | None = None
         if pool is not None:
             try:
                 loop = asyncio.get_running_loop()
-                plan = await loop.run_in_executor(pool, solve, bins, trucks, ctx, self.provider)
+                plan = await loop.run_in_executor(pool, solve, bins, trucks, ctx, self.provider, deadline)
             except BrokenProcessPool as exc:
                 # The worker died (killed, out of memory): this plan in a thread, a new worker for the next.
                 log.warning("waste_plan_process_failed", error=str(exc)[:200])
                 self.stop_pool()
                 self.pool = self.new_pool()
         if plan is None:
-            plan = await asyncio.to_thread(solve, bins, trucks, ctx, self.provider)
+            plan = await asyncio.to_thread(solve, bins, trucks, ctx, self.provider, deadline)
         return self.apply(plan, reason, day)
 
     @staticmethod
     def new_pool() -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        """The solver process, started now and its imports made, so the first plan does not pay for them."""
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool.submit(warm)
+        return pool
 
     def stop_pool(self) -> None:
         """Shut the solver pool and end its worker: a solve still running would keep the
