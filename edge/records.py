@@ -8,12 +8,12 @@ database to the head. `RecordQueries` holds the read side (sync: call it with
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import Engine, Index, Text, event, inspect, text
+from sqlalchemy import Engine, Index, Text, bindparam, event, inspect, text
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import JSON, Column, Field, Session, SQLModel, col, create_engine, delete, select
 
@@ -234,15 +234,28 @@ class RecordQueries:
         with Session(self.engine) as s:
             return s.exec(select(PlanRow).where(PlanRow.domain == domain).order_by(col(PlanRow.id))).all()
 
-    def upsert_devices(self, rows: Sequence[DeviceRow]) -> None:
-        with Session(self.engine) as s:
-            existing = set(s.exec(select(DeviceRow.id)).all())
+    def upsert_devices(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Insert new devices and update changed ones (DeviceRow's columns, as plain mappings);
+        returns how many rows were written. Core statements in batches, not ORM objects: a city's
+        54,000 lamps took 5 s of start-up CPU as merged objects, and a restart changes few."""
+        table = DeviceRow.__table__  # type: ignore[attr-defined]
+        names = [c.name for c in table.columns]
+        with self.engine.begin() as conn:
+            known = {r[0]: tuple(r[1:]) for r in conn.execute(select(*(table.c[n] for n in names)))}
+            new: list[Mapping[str, Any]] = []
+            changed: list[dict[str, Any]] = []
             for r in rows:
-                if r.id in existing:
-                    s.merge(r)
-                else:
-                    s.add(r)
-            s.commit()
+                have = known.get(r["id"])
+                if have is None:
+                    new.append(r)
+                elif have != tuple(r.get(n) for n in names[1:]):
+                    changed.append({"b_id": r["id"], **{n: r.get(n) for n in names[1:]}})
+            if new:
+                conn.execute(table.insert(), new)
+            if changed:
+                stmt = table.update().where(table.c.id == bindparam("b_id"))
+                conn.execute(stmt.values({n: bindparam(n) for n in names[1:]}), changed)
+        return len(new) + len(changed)
 
     def table_names(self) -> list[str]:
         return sorted(inspect(self.engine).get_table_names())

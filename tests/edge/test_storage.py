@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 
 from edge.records import SCHEMA_HEAD, AlarmRow, CommandAudit, PlanRow, StateSample, make_engine, migrate
 from edge.storage import Storage
@@ -47,6 +48,25 @@ async def test_open_migrates_to_head_and_writes(database_url: str) -> None:
         alarms = await asyncio.to_thread(st.alarms)
         assert alarms[0].cleared_at == 3.0
         assert await asyncio.to_thread(st.alarms, True) == []
+
+
+async def test_device_rows_are_inserted_then_only_changes_written(database_url: str) -> None:
+    """The inventory is refreshed on every start: new devices added, moved ones updated, the rest left."""
+
+    def row(i: int, lat: float = 51.5) -> dict[str, object]:
+        return {"id": f"L{i}", "kind": "lamp", "segment": "s1", "group": "g1", "controller": "c1",
+                "lat": lat, "lon": 7.4, "attrs": {"class": "M3", "flags": [], "feeder": "F1"}}  # fmt: skip
+
+    async with Storage(database_url) as st:
+        assert await asyncio.to_thread(st.upsert_devices, [row(i) for i in range(3)]) == 3
+        assert await asyncio.to_thread(st.upsert_devices, [row(i) for i in range(3)]) == 0
+        again = [row(0), row(1, lat=51.6), row(2), row(3)]
+        assert await asyncio.to_thread(st.upsert_devices, again) == 2
+        with st.engine.connect() as conn:
+            stored = {r[0]: r[1] for r in conn.execute(text("SELECT id, lat FROM device"))}
+    assert set(stored) == {"L0", "L1", "L2", "L3"}
+    assert stored["L1"] == 51.6
+    assert stored["L0"] == 51.5
 
 
 async def test_rows_queued_at_shutdown_are_written(database_url: str) -> None:

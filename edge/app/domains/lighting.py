@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from controllers.lighting import LightingController, LightingSafety
 from devices.field import motion_sensors
@@ -13,7 +14,6 @@ from edge.app.domains.base import Site, base_topic
 from edge.app.routes import lighting as lighting_routes
 from edge.app.routes.base import RouteKit
 from edge.kernel import Domain, Kernel
-from edge.records import DeviceRow
 from edge.settings import Settings
 
 
@@ -35,19 +35,19 @@ def endpoints_of(inv: Inventory) -> list[ModbusEndpoint]:
     ]
 
 
-def device_rows(inv: Inventory) -> list[DeviceRow]:
+def device_rows(inv: Inventory) -> list[dict[str, Any]]:
     """The lamps as device rows (storage keeps where each stands and what it belongs to)."""
     return [
-        DeviceRow(
-            id=lamp.id,
-            kind="lamp",
-            segment=lamp.segment,
-            group=lamp.group,
-            controller=lamp.controller,
-            lat=lamp.lat,
-            lon=lamp.lon,
-            attrs={"class": lamp.lighting_class, "flags": sorted(lamp.flags), "feeder": lamp.feeder},
-        )
+        {
+            "id": lamp.id,
+            "kind": "lamp",
+            "segment": lamp.segment,
+            "group": lamp.group,
+            "controller": lamp.controller,
+            "lat": lamp.lat,
+            "lon": lamp.lon,
+            "attrs": {"class": lamp.lighting_class, "flags": sorted(lamp.flags), "feeder": lamp.feeder},
+        }
         for lamp in inv.lamps.values()
     ]
 
