@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from waiting import Recorder
 
-from devices.charging import ClientSecurity, OpcUaChargingDriver
+from devices.charging import ClientSecurity, OpcUaChargingDriver, OpcUaEndpoint
 from edge.clock import ManualClock
 from simulators.charging import ChargingSimulator, ServerSecurity, SimChargePoint, make_test_certificates
 
@@ -72,10 +72,11 @@ def make_driver(
     *,
     security: ClientSecurity | None = None,
     failsafe: dict[str, float] | None = None,
+    endpoints: list[OpcUaEndpoint] | None = None,
 ) -> OpcUaChargingDriver:
-    """A driver with short timeouts and backoff, fast publishing, on `sim`."""
+    """A driver with short timeouts and backoff, fast publishing, on `sim` (or on `endpoints`)."""
     return OpcUaChargingDriver(
-        [sim.endpoint()],
+        endpoints or [sim.endpoint()],
         None,
         recorder,
         clock,

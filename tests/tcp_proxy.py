@@ -13,7 +13,8 @@ from edge.net import free_port
 
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target`. `cut()` closes every connection and refuses new
-    ones (connection refused, as for a server that is down); `restore()` listens again."""
+    ones (connection refused, as for a server that is down); `hold()` keeps every connection open
+    but passes nothing on (a server that hangs); `restore()` listens and passes data again."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -22,6 +23,8 @@ class TcpProxy:
         self._conns: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
         self.connections = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
 
     async def __aenter__(self) -> Self:
         await self.restore()
@@ -32,8 +35,13 @@ class TcpProxy:
     ) -> None:
         await self.cut()
 
+    def hold(self) -> None:
+        """Pass nothing on, in either direction, until `restore()` (connections stay open)."""
+        self.flowing.clear()
+
     async def restore(self) -> None:
-        """Listen again on the same port."""
+        """Listen again on the same port, and pass data on again."""
+        self.flowing.set()
         if self._server is None:
             self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
@@ -61,8 +69,8 @@ class TcpProxy:
             return
         self._conns |= {writer, up_w}
         pumps = [
-            asyncio.create_task(_pump(reader, up_w), name="proxy.up"),
-            asyncio.create_task(_pump(up_r, writer), name="proxy.down"),
+            asyncio.create_task(_pump(reader, up_w, self.flowing), name="proxy.up"),
+            asyncio.create_task(_pump(up_r, writer, self.flowing), name="proxy.down"),
         ]
         self._pumps.update(pumps)
         with contextlib.suppress(asyncio.CancelledError):
@@ -76,8 +84,9 @@ class TcpProxy:
             self._conns.discard(w)
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
     with contextlib.suppress(OSError, ConnectionError):
         while data := await reader.read(65536):
+            await flowing.wait()
             writer.write(data)
             await writer.drain()

@@ -46,7 +46,7 @@ __all__ = [
 
 CLIENT_APPLICATION_URI = "urn:dos-edge:edge:opcua-client"
 BATCH = 1000  # nodes per read, write or create-monitored-items request
-PATIENT_TIMEOUTS = 3  # patient calls timing out in a row before the session counts as lost
+PATIENT_SILENCE = 3  # timeouts of silence (no answer to anything) before a patient call ends the session
 _T = TypeVar("_T")
 
 
@@ -125,7 +125,7 @@ class RoutedSubscription(Subscription):
         self.deliver = deliver
 
     async def publish_callback(self, publish_result: ua.PublishResult) -> None:
-        self.last_publish_at = time.monotonic()
+        self.last_publish_at = self.session.last_answer = time.monotonic()  # the server answers
         message = publish_result.NotificationMessage
         if message.NotificationData is None:
             return
@@ -169,7 +169,7 @@ class OpcUaSession:
         self.client: Client | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
-        self.timeouts_in_a_row = 0  # patient calls (see `call`)
+        self.last_answer = time.monotonic()  # any request answered (see `call`)
 
     def lose(self, reason: str) -> None:
         """End the current session (`run` replaces the client)."""
@@ -192,26 +192,30 @@ class OpcUaSession:
 
         A refused request (a bad status code) is a DeviceReplyError and keeps the session;
         a transport error ends it, and so does a timeout, unless the call is `patient` (a
-        setpoint write): OPC UA matches answers to requests by handle, so one late answer on a
-        busy server says nothing about the session, which the heartbeat and asyncua's watchdog
-        test. Patient calls end it after PATIENT_TIMEOUTS timeouts in a row. (City bench: one
-        late write at start-up dropped the session of all 680 charge points.)
+        setpoint write): OPC UA matches answers to requests by handle, so a late answer on a
+        busy server says nothing about the session while the server answers other requests.
+        A patient call's timeout ends the session only when nothing at all (no request, no
+        publish response) was answered since it was sent and for PATIENT_SILENCE timeouts. (City bench: 680 setpoints sent together
+        to a busy server, three timing out "in a row" dropped all 680 charge points, and
+        re-subscribing them loaded the server more: the session was given up again and again.)
         """
         limit = self.timeout_s if timeout_s is None else timeout_s
+        sent = time.monotonic()
         try:
             async with asyncio.timeout(limit):
                 result = await coro
         except TimeoutError as exc:
-            self.timeouts_in_a_row += 1
-            if not patient or self.timeouts_in_a_row >= PATIENT_TIMEOUTS:
-                self.lose(f"{what} timed out in flight")
+            quiet_s = time.monotonic() - self.last_answer
+            if not patient or (self.last_answer < sent and quiet_s >= PATIENT_SILENCE * self.timeout_s):
+                self.lose(f"{what} timed out in flight ({quiet_s:.1f} s without an answer)")
             raise DeviceTimeout(f"{what}: no answer within {limit} s", endpoint=self.name) from exc
         except UaStatusCodeError as exc:
+            self.last_answer = time.monotonic()
             raise DeviceReplyError(f"{what}: {exc}", endpoint=self.name) from exc
         except (UaError, OSError, ConnectionError, EOFError) as exc:
             self.lose(f"{what}: {type(exc).__name__}")
             raise DeviceUnavailable(f"{what}: {type(exc).__name__}: {exc}", endpoint=self.name) from exc
-        self.timeouts_in_a_row = 0
+        self.last_answer = time.monotonic()
         return result
 
     async def _new_client(self) -> Client:
@@ -238,7 +242,7 @@ class OpcUaSession:
         """A fresh client, connected; it is `client` until the session ends."""
         self.lost = asyncio.Event()
         self.lost_reason = ""
-        self.timeouts_in_a_row = 0  # patient calls (see `call`)
+        self.last_answer = time.monotonic()
         client = await self._new_client()
         self.client = client
         await self.call("connect", client.connect())
