@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import uuid
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -133,8 +133,14 @@ class DispatcherStats:
             setattr(self, name, getattr(self, name) + 1)
 
 
+_ID_PREFIX = secrets.token_hex(4)  # this process's: ids stay unique across restarts
+_ID_COUNTER = itertools.count()
+
+
 def new_command_id() -> str:
-    return uuid.uuid4().hex[:16]
+    """16 hex digits: a random prefix per process and a counter. A city's plan step makes
+    54,000 commands: a uuid4 each (a system call for 16 random bytes) showed in the profiles."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFF:08x}"
 
 
 def make_command(

@@ -165,16 +165,28 @@ async def running(
                     yield running_d
 
 
+GC_THRESHOLDS = (5_000, 10, 50)
+"""The collector's thresholds while the daemon runs (CPython's are 700, 10, 10). A daemon that
+reads 5,000 lamps a second allocates fast: the city bench counted 60 full collections in
+three minutes (up to 111 ms each, the event loop stopped) and young ones by the thousand. Seven
+times fewer young collections and a full one about 35 times more rarely; what they find is
+little (the daemon makes few reference cycles), and memory is what is measured to hold."""
+
+
 @contextlib.contextmanager
 def _frozen_heap() -> Iterator[None]:
     """What is built at start-up (a city's inventory, profiles, device state) lives as long as
     the daemon: frozen out of the collector's sight, a full collection no longer walks millions
-    of objects (event-loop pauses of hundreds of ms at 54,000 lamps). Handed back on exit."""
+    of objects (event-loop pauses of hundreds of ms at 54,000 lamps). The collector runs less
+    often (`GC_THRESHOLDS`). Both handed back on exit."""
     gc.collect()
     gc.freeze()
+    before = gc.get_threshold()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         yield
     finally:
+        gc.set_threshold(*before)
         gc.unfreeze()
 
 
