@@ -94,12 +94,17 @@ class _Runner:
         self.heartbeat_seq = 0
         self.log = log.bind(endpoint=ep.endpoint_id)
         self.presence = Presence(driver, ep.endpoint_id, ep.charge_points, "opcua_endpoint", self.log)
+        # Values read while the session is being set up, published once it is online: a charger
+        # seen in the state store takes setpoints, and a setpoint sent before the subscription
+        # is made fails ("endpoint down"; at city size 656 of them while 680 items were created).
+        self.early: dict[str, dict[str, Value]] = {}
 
     # -- availability ---------------------------------------------------------------
 
     def on_down(self, reason: str) -> None:
         """A session ended: count it and mark the endpoint down."""
         self.driver.stats.session_errors += 1
+        self.early.clear()
         self.presence.set(False, reason=reason)
 
     # -- telemetry ------------------------------------------------------------------
@@ -110,12 +115,23 @@ class _Runner:
         stats.notifications += count
         if not batch:
             return
+        if not self.presence.online:
+            for cp_id, values in batch.items():
+                self.remember(cp_id, values)
+                self.early.setdefault(cp_id, {}).update(values)
+            return
         now = d.clock.now()
         publish = d.publish
         for cp_id, values in batch.items():
             self.remember(cp_id, values)
             publish(Telemetry(cp_id, now, values))
         stats.telemetry += len(batch)
+
+    def online(self) -> None:
+        """The session is set up: online, then what was read while setting it up goes out."""
+        self.presence.set(True)
+        early, self.early = self.early, {}
+        self.deliver(early, 0)
 
     def remember(self, cp_id: str, values: dict[str, Value]) -> None:
         """Keep the charger limits the driver itself needs (range checks, heartbeat period)."""
@@ -161,7 +177,7 @@ class _Runner:
             self.deliver,
         )
         opc.backoff.reset()
-        self.presence.set(True)
+        self.online()
         beat = asyncio.create_task(self.heartbeat_loop(), name=f"opcua[{self.ep.endpoint_id}].heartbeat")
         try:
             await opc.wait_lost()

@@ -25,6 +25,7 @@ from edge.events import Command, CommandResult, Outcome, Priority, Value
 from edge.lifecycle import Service, ServiceState
 from edge.policy import DispatcherView, SafetyPolicy, Verdict
 from edge.state import StateStore
+from edge.tasks import TimeSlice
 
 log = structlog.get_logger(__name__)
 
@@ -481,9 +482,9 @@ class Dispatcher(Service):
         """
         now = self._clock.now()
         n = 0
-        for i, (key, point) in enumerate(list(self._points.items())):
-            if i % 200 == 199:
-                await asyncio.sleep(0)  # thousands of points: keep command latency low
+        slice_ = TimeSlice()  # thousands of points: keep command latency low
+        for key, point in list(self._points.items()):
+            await slice_.tick()
             if point.in_flight is not None:
                 continue
             if self._drop_expired_holds(point, now):
@@ -551,9 +552,9 @@ class Dispatcher(Service):
             await asyncio.sleep(self._reconcile_interval)
             await self.recheck_all()
             now = self._clock.now()
-            for i, (key, point) in enumerate(list(self._points.items())):
-                if i % 500 == 499:
-                    await asyncio.sleep(0)  # a city's points: keep command latency low
+            slice_ = TimeSlice()  # a city's points: keep command latency low
+            for key, point in list(self._points.items()):
+                await slice_.tick()
                 cmd = point.effective(now)
                 if cmd is None or point.in_flight is not None or key in self._queued:
                     continue
