@@ -36,6 +36,7 @@ from edge.geo import haversine_m
 from edge.kernel import Kernel
 from edge.policy import DispatcherView, Verdict
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
+from edge.tasks import TimeSlice
 from optimizer.lighting import DimmingInstance, DimmingPlan, LampGroup, check_plan, fallback_plan, solve
 
 log = structlog.get_logger(__name__)
@@ -361,7 +362,7 @@ class LightingController:
         """Submit plan commands for lamps whose planned level differs from what was sent."""
         if self.plan is None:
             return
-        sent = 0
+        slice_ = TimeSlice()
         done, applied, state = self._group_done, self._applied, self._state
         for gid, lamp_ids in self.inv.groups.items():
             level = self.plan.level_at(gid, now)
@@ -378,9 +379,7 @@ class LightingController:
                         return  # the rest on a later turn, as earlier ones finish
                     applied[lamp_id] = level
                     self._submit_plan(lamp_id, level)
-                    sent += 1
-                    if sent % 200 == 0:
-                        await asyncio.sleep(0)  # a city switches at once: let operator commands through
+                    await slice_.tick()  # a city switches at once: let operator commands through
             if complete:
                 done[gid] = level
 

@@ -52,6 +52,7 @@ from edge.payloads import (
     new_event_id,
 )
 from edge.state import DeviceState, StateStore
+from edge.tasks import TimeSlice
 from edge.topics import TOPICS, Topic
 
 log = structlog.get_logger(__name__)
@@ -368,9 +369,9 @@ class North:
         dirty, self._dirty = self._dirty, set()
         derived, self._derived = self._derived, set()
         messages: list[Message] = []
-        for i, dev_id in enumerate(sorted(dirty | derived)):
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)
+        slice_ = TimeSlice()
+        for dev_id in sorted(dirty | derived):
+            await slice_.tick()
             messages += self.messages(dev_id, derived=dev_id in derived, state=dev_id in dirty)
         try:
             await self._publish_all(messages, states=True)
