@@ -29,7 +29,96 @@ from edge.mqtt_session import is_link_error
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["FastQueue", "LatestStates"]
+__all__ = ["FastQueue", "LatestStates", "publish_qos1_many"]
+
+
+class _BatchAck:
+    """Counts a batch's PUBACKs; aiomqtt's on_publish calls `set()` on what it holds per message id."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.done = asyncio.Event()
+        if n == 0:
+            self.done.set()
+
+
+class _OneAck:
+    __slots__ = ("acked", "batch")
+
+    def __init__(self, batch: _BatchAck) -> None:
+        self.batch = batch
+        self.acked = False
+
+    def set(self) -> None:
+        if not self.acked:
+            self.acked = True
+            self.batch.left -= 1
+            if self.batch.left <= 0:
+                self.batch.done.set()
+
+
+async def publish_qos1_many(
+    client: aiomqtt.Client,
+    items: Sequence[tuple[str, bytes]],
+    *,
+    retain: bool,
+    properties: Any,
+    timeout_s: float,
+) -> list[BaseException | None]:
+    """Publish `items` at QoS 1 and wait for their PUBACKs together: per item None (acknowledged)
+    or the error (a link error for what was not acknowledged within `timeout_s`).
+
+    aiomqtt's `publish` waits for each message with its own event, `wait_for` (a task) and
+    timeout: 240 µs of CPU per message measured here, against about 10 µs for paho's own
+    publish. A city's plan step publishes 54,000 lamp states, so this calls paho directly and
+    registers one counter per batch in aiomqtt's table of pending publishes, which its
+    on_publish callback completes (aiomqtt 2.5, pinned; without that table it falls back to
+    aiomqtt's `publish` per message).
+    """
+    paho = getattr(client, "_client", None)
+    pending = getattr(client, "_pending_publishes", None)
+    if paho is None or not isinstance(pending, dict):
+        results = await asyncio.gather(
+            *(
+                client.publish(t, p, qos=1, retain=retain, properties=properties, timeout=timeout_s)
+                for t, p in items
+            ),
+            return_exceptions=True,
+        )
+        return list(results)
+    batch = _BatchAck(0)
+    out: list[BaseException | None] = []
+    waiting: list[tuple[int, int, _OneAck]] = []  # (index in out, message id, its ack)
+    for topic, payload in items:
+        try:
+            info = paho.publish(topic, payload, 1, retain, properties)
+        except (ValueError, TypeError) as exc:  # a message paho cannot send at all
+            out.append(exc)
+            continue
+        if info.rc != 0:
+            out.append(aiomqtt.MqttCodeError(info.rc, "Could not publish message"))
+            continue
+        out.append(None)
+        if not info.is_published():
+            ack = _OneAck(batch)
+            pending[info.mid] = ack
+            waiting.append((len(out) - 1, info.mid, ack))
+            batch.left += 1
+    if waiting:
+        batch.done.clear()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await batch.done.wait()
+        except TimeoutError:
+            pass
+        finally:
+            for i, mid, ack in waiting:
+                if not ack.acked:
+                    pending.pop(mid, None)  # a late PUBACK finds nothing to complete
+                    out[i] = aiomqtt.MqttError("Operation timed out")
+    return out
 
 
 class LatestStates:
@@ -76,12 +165,8 @@ class LatestStates:
             while self._pending:
                 batch = self._take()
                 try:
-                    results = await asyncio.gather(
-                        *(
-                            client.publish(t, p, qos=1, retain=True, properties=properties, timeout=timeout_s)
-                            for t, p in batch
-                        ),
-                        return_exceptions=True,
+                    results = await publish_qos1_many(
+                        client, batch, retain=True, properties=properties, timeout_s=timeout_s
                     )
                 except BaseException:  # the session ended under us: nothing of it is known sent
                     self._give_back(batch)
