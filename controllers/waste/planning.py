@@ -57,7 +57,8 @@ RETURN_RESERVE_S = 2.0
 """Of a plan's time limit, kept for what follows the search: the helpers' answers, the candidates
 checked, routes mapped back, the plan sent from the solver process and taken into force (at 2,000
 bins: 0.9 s past the limit with 0.5 s kept, 0.07-0.23 s with 1.5 s)."""
-MIN_SEARCH_S = 1.0  # a plan whose inputs took the whole limit still gets this long to search
+RESERVE_SHARE = 0.2  # of a short limit, the reserve is this share instead
+MIN_SEARCH_S = 1.0  # a plan whose inputs took the whole limit still searches this long (never past the limit)
 INPUT_CHUNK = 200  # bins per event-loop turn when building the planner's inputs
 RISK_Z = 1.5
 """How many spreads above its forecast a bin's fill at the next run is planned for (`fill_upper`):
@@ -116,12 +117,14 @@ def solve(
 
     `deadline` (`time.monotonic()`, one clock for every process on the machine) is when the plan
     must be back: the search gets what is left of it once the instance is built, less
-    `RETURN_RESERVE_S`, so the time limit holds from the request to the plan in force.
+    `RETURN_RESERVE_S` (a fifth of a shorter limit), so the time limit holds from the request to
+    the plan in force. It never searches longer than the limit.
     """
     instance = build_instance(bins, trucks, ctx, provider)
     if deadline is not None:
-        left = deadline - time.monotonic() - RETURN_RESERVE_S
-        limit = max(MIN_SEARCH_S, min(ctx.solver_time_s, left))
+        reserve = min(RETURN_RESERVE_S, RESERVE_SHARE * ctx.solver_time_s)
+        left = deadline - time.monotonic() - reserve
+        limit = min(ctx.solver_time_s, max(min(MIN_SEARCH_S, ctx.solver_time_s), left))
         instance = dataclasses.replace(instance, ctx=dataclasses.replace(ctx, solver_time_s=limit))
     return solve_instance(instance)
 
