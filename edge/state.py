@@ -139,8 +139,9 @@ class StateStore:
         dev = self._devices.get(event.command.device_id)
         if dev is None or event.outcome is not Outcome.CONFIRMED:
             return
-        dev.last_command = event.command.source
-        changed: dict[str, Value | None] = {"last_command": event.command.source}
+        changed: dict[str, Value | None] = {}
+        if dev.last_command != event.command.source:
+            dev.last_command = changed["last_command"] = event.command.source
         point, back = event.command.point, event.applied_value
         old = dev.values.get(point)
         if back is not None and isinstance(old, int | float) and not isinstance(old, bool):
@@ -148,7 +149,10 @@ class StateStore:
             if new != old:
                 dev.values[point] = new
                 changed[point] = new
-        self._changed(StateChanged(dev.device_id, event.ts, changed))
+        # A plan re-sent or reconciled to the value it had, from the same source, changes
+        # nothing: announcing it republished 64,000 identical lamp states in 100 s at city size.
+        if changed:
+            self._changed(StateChanged(dev.device_id, event.ts, changed))
 
     def _unknown(self, device_id: str) -> None:
         """Count an event about an unregistered id; log each such id once (the first 100 ids)."""
@@ -199,8 +203,11 @@ class StateStore:
         dev = self._device(event.device_id)
         if dev is None:
             return
+        had = event.code in dev.alarms
         if event.active:
             dev.alarms[event.code] = event
         else:
             dev.alarms.pop(event.code, None)
+        if had == event.active:
+            return  # raised again, or cleared again: the device's set of alarms is the same
         self._changed(StateChanged(dev.device_id, event.ts, {"alarms": ",".join(sorted(dev.alarms))}))

@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from edge.bus import EventBus
-from edge.events import Command, CommandResult, Outcome, Priority, StateChanged, Telemetry
+from edge.events import (
+    AlarmEvent,
+    Command,
+    CommandResult,
+    Outcome,
+    Priority,
+    Severity,
+    StateChanged,
+    Telemetry,
+)
 from edge.state import StateStore
 
 
@@ -35,5 +46,40 @@ def test_a_confirmed_write_shows_its_read_back_at_once() -> None:
     assert isinstance(ev, StateChanged)
     assert ev.changed == {"last_command": "operator", "level_cmd": 40}
 
+    # The same value confirmed again by the same source changes nothing and announces nothing;
+    # another source at the same value is a change of who commands the lamp.
+    state.apply(CommandResult(_cmd("lamp-1", "level_cmd", 40), Outcome.CONFIRMED, 40.0, "", 102.5))
+    assert changes.get_nowait() is None
+    plan = replace(_cmd("lamp-1", "level_cmd", 40), source="plan", priority=Priority.PLAN)
+    state.apply(CommandResult(plan, Outcome.CONFIRMED, 40.0, "", 102.6))
+    ev = changes.get_nowait()
+    assert isinstance(ev, StateChanged)
+    assert ev.changed == {"last_command": "plan"}
+
     state.apply(CommandResult(_cmd("sign-1", "content", 7), Outcome.CONFIRMED, 7.0, "", 103.0))
     assert state.value("sign-1", "content") == "Frei 120"
+
+
+def test_an_alarm_changes_the_state_when_its_set_of_codes_changes() -> None:
+    """A device's alarms are a set: raising one that is active, or clearing one that is not,
+    announces nothing (every re-raise republished the device's retained state)."""
+    bus = EventBus()
+    changes = bus.subscribe("test", StateChanged)
+    state = StateStore(bus, {"lamp-1": "lamp"})
+
+    def raised(code: str, active: bool, ts: float) -> list[object]:
+        state.apply(AlarmEvent("lamp-1", code, Severity.WARNING, active, ts))
+        out = []
+        while (ev := changes.get_nowait()) is not None:
+            out.append(ev)
+        return out
+
+    first = raised("lamp_failure", True, 1.0)
+    assert [e.changed for e in first if isinstance(e, StateChanged)] == [{"alarms": "lamp_failure"}]
+    assert raised("lamp_failure", True, 2.0) == []
+    assert [e.changed for e in raised("power_high", True, 3.0) if isinstance(e, StateChanged)] == [
+        {"alarms": "lamp_failure,power_high"}
+    ]
+    assert raised("comm_loss", False, 4.0) == []
+    cleared = raised("lamp_failure", False, 5.0)
+    assert [e.changed for e in cleared if isinstance(e, StateChanged)] == [{"alarms": "power_high"}]
