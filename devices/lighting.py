@@ -28,7 +28,7 @@ from devices.protocols.modbus import (
     ModbusSession,
     quiet_pymodbus,
 )
-from devices.protocols.registers import BlockDecoder, PointValueError, decode, encode
+from devices.protocols.registers import BlockDecoder, PointValueError, RawBands, decode, encode
 from edge.clock import Clock
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Telemetry, Value
@@ -325,9 +325,10 @@ class _Endpoint:
         )
         self.table_served = frozenset(self.table_of.values())
         self.device_ids = (ep.endpoint_id, *(d for _, d in ep.lamps))
-        self.last_raw: dict[str, tuple[int, ...]] = {}
-        # the values last published, in the decoder's order (`within_bands`)
-        self.reported: dict[str, tuple[Value, ...]] = {}
+        # the registers whose values were last published, per lamp (`RawBands.within`), and
+        # without dead bands those values too, in the decoder's order (every poll repeats them)
+        self.reported: dict[str, tuple[int, ...]] = {}
+        self.values_of: dict[str, tuple[Value, ...]] = {}
         # Polls since the last publish, started spread so the "still here" readings of a
         # controller's lamps do not all fall on the same poll.
         every = driver.report_every_polls
@@ -367,35 +368,34 @@ class _Endpoint:
             now = d.clock.now()
             if rs.controller is not None:
                 self.publish_controller(regs, rs.controller, now)
-            last_raw, reported, quiet = self.last_raw, self.reported, self.quiet
-            every = d.report_every_polls
+            reported, values_of, quiet = self.reported, self.values_of, self.quiet
+            every, within, banded = d.report_every_polls, d.lamp_bands.within, bool(d.deadbands)
             for device_id, off in rs.lamps:
                 raw = tuple(regs[off : off + span])
-                if last_raw.get(device_id) != raw:
+                old = reported.get(device_id)
+                if old is None or (old != raw and not within(old, raw)):
                     try:
                         values = decoder.decode(raw)
                     except PointValueError as exc:
                         self.mark_bad(device_id, exc)
                         continue
-                    last_raw[device_id] = raw
                     if device_id in self.bad:
                         self.bad.discard(device_id)
                         self.log.info("modbus_value_recovered", device_id=device_id)
-                    old = reported.get(device_id)
-                    now_t = tuple(values.values())
-                    if old is None or not within_bands(old, now_t, d.band_at):
-                        reported[device_id] = now_t
-                        quiet[device_id] = 0
-                        d.stats.lamp_reports += 1
-                        publish(Telemetry(device_id, now, values))
-                        continue
+                    reported[device_id] = raw
+                    if not banded:
+                        values_of[device_id] = tuple(values.values())
+                    quiet[device_id] = 0
+                    d.stats.lamp_reports += 1
+                    publish(Telemetry(device_id, now, values))
+                    continue
                 d.stats.lamp_quiet += 1
                 # Nothing beyond the dead band: a value-less reading keeps the lamp fresh
                 # every `report_every_polls` polls (the state store and the checks see it).
                 n = quiet.get(device_id, 0) + 1
                 quiet[device_id] = 0 if n >= every else n
                 if n >= every:
-                    values = {} if d.deadbands else dict(zip(d.lamp_keys, reported[device_id], strict=True))
+                    values = dict(zip(d.lamp_keys, values_of[device_id], strict=True)) if not banded else {}
                     publish(Telemetry(device_id, now, values))
             d.stats.lamp_reads += len(rs.lamps)
 
@@ -412,8 +412,8 @@ class _Endpoint:
         self.driver.publish(Telemetry(eid, now, values))
 
     def mark_bad(self, device_id: str, exc: PointValueError) -> None:
-        self.last_raw.pop(device_id, None)
         self.reported.pop(device_id, None)
+        self.values_of.pop(device_id, None)
         if device_id not in self.bad:
             self.bad.add(device_id)
             self.log.warning("modbus_bad_value", device_id=device_id, point=exc.point, error=str(exc))
@@ -488,11 +488,7 @@ class ModbusLightingDriver(Service):
         self.stats = DriverStats()
         self.lamp_decoder = BlockDecoder(self.profile.lamp)
         self.lamp_keys = self.lamp_decoder.keys
-        self.band_at = (
-            tuple(self.deadbands.get(k) for k in self.lamp_keys)
-            if self.deadbands
-            else (None,) * len(self.lamp_keys)
-        )
+        self.lamp_bands = RawBands(self.profile.lamp, self.deadbands)
         self.controller_decoder = BlockDecoder(self.profile.controller)
         self._endpoints = tuple(endpoints)
         ids = [e.endpoint_id for e in self._endpoints]

@@ -10,11 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devices.lighting import within_deadband
 from devices.profiles.lighting import DEFAULT_PROFILE_PATH, default_profile, load_profile, parse_profile
 from devices.profiles.modbus_map import Point, PointType
 from devices.protocols.registers import (
     BlockDecoder,
     PointValueError,
+    RawBands,
     bits_of,
     decode,
     encode,
@@ -72,6 +74,54 @@ def test_block_decoder_matches_point_decode(regs: list[int]) -> None:
             BlockDecoder(PROFILE.lamp).decode(regs)
         return
     assert BlockDecoder(PROFILE.lamp).decode(regs) == expected
+
+
+def _lamp_block(data: st.DataObject) -> tuple[int, ...]:
+    """A lamp block of plausible registers (every point within its range)."""
+    regs = [0] * PROFILE.lamp.span
+    for p in LAMP_POINTS:
+        hi = p.type.raw_max if p.max is None else min(p.type.raw_max, int(p.max / p.scale))
+        regs[p.offset : p.offset + p.count] = raw_to_registers(data.draw(st.integers(0, hi)), p.type)
+    return tuple(regs)
+
+
+@given(data=st.data())
+def test_raw_bands_agree_with_the_decoded_dead_bands(data: st.DataObject) -> None:
+    """Judging a lamp's reading on its registers says what decoding both and comparing them
+    within the profile's bands says (a raw step exactly at a band is within it)."""
+    bands = {p.name: p.deadband for p in LAMP_POINTS if p.deadband > 0}
+    raw = RawBands(PROFILE.lamp, bands)
+    old = _lamp_block(data)
+    new = list(old)
+    for p in data.draw(st.lists(st.sampled_from(LAMP_POINTS), max_size=3)):
+        was = registers_to_raw(old, p.type, p.offset)
+        step = data.draw(st.integers(-30, 30) | st.integers(-p.type.raw_max, p.type.raw_max))
+        hi = p.type.raw_max if p.max is None else int(p.max / p.scale)
+        new[p.offset : p.offset + p.count] = raw_to_registers(min(hi, max(0, was + step)), p.type)
+    at_band = any(
+        abs(registers_to_raw(new, p.type, p.offset) - registers_to_raw(old, p.type, p.offset))
+        == round(p.deadband / p.scale)
+        for p in LAMP_POINTS
+        if p.deadband > 0
+    )
+    decoder = BlockDecoder(PROFILE.lamp)
+    decoded = within_deadband(decoder.decode(old), decoder.decode(new), bands)
+    assert raw.within(old, tuple(new)) == decoded or at_band
+    assert raw.within(old, old)
+
+
+def test_raw_bands_see_a_banded_value_out_of_range_and_every_unbanded_change() -> None:
+    """A banded point that moved within its band to an implausible value is a change (the
+    decoder reports the fault); without bands any register that moved is a change."""
+    regs = list(encode(PROFILE.lamp.point("level_cmd"), 50)) + [0] * (PROFILE.lamp.span - 1)
+    power = PROFILE.lamp.point("power_w")
+    regs[power.offset] = 19_995  # 1,999.5 W: the top of the range
+    old = tuple(regs)
+    regs[power.offset] = 20_005  # 2,000.5 W: 1 W more, within the 2 W band, past the maximum
+    assert not RawBands(PROFILE.lamp, {"power_w": 2.0}).within(old, tuple(regs))
+    regs[power.offset] = 19_990
+    assert RawBands(PROFILE.lamp, {"power_w": 2.0}).within(old, tuple(regs))
+    assert not RawBands(PROFILE.lamp, {}).within(old, tuple(regs))
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from conftest_mqtt import PrivateBroker
 
 from edge.mqtt import BrokerAddress
 from edge.mqtt_queues import publish_qos1_many
-from edge.mqtt_session import is_link_error
+from edge.mqtt_session import is_link_error, publish_properties
 
 WAIT_S = 10.0
 
@@ -56,3 +56,32 @@ async def test_a_batch_to_a_broker_that_went_away_fails_as_a_link_error(
         with contextlib.suppress(aiomqtt.MqttError, OSError):
             await client.__aexit__(None, None, None)
         await private_broker.start()
+
+
+async def test_shared_properties_reach_the_subscriber_on_every_message(mqtt_url: str) -> None:
+    """The content type that all retained states share is packed once and still arrives with
+    each message (MQTT 5, both ends)."""
+    props = publish_properties(None, None, "application/json")
+    assert publish_properties(None, None, "application/json") is props
+    own = publish_properties("r/1", None, "application/json")  # per message: not the shared one
+    assert own is not props
+    assert getattr(own, "ResponseTopic", None) == "r/1"
+    base = f"edge-test/{uuid.uuid4().hex[:10]}"
+    items = [(f"{base}/{i}", b"{}") for i in range(50)]
+    types: dict[str, str | None] = {}
+    v5 = aiomqtt.ProtocolVersion.V5
+    address = BrokerAddress.parse(mqtt_url)
+    sub_c = aiomqtt.Client(address.host, address.port, protocol=v5, identifier=f"s-{uuid.uuid4().hex[:8]}")
+    pub_c = aiomqtt.Client(address.host, address.port, protocol=v5, identifier=f"p-{uuid.uuid4().hex[:8]}")
+    async with sub_c as sub, pub_c as pub:
+        await sub.subscribe(f"{base}/#", qos=1)
+        assert (
+            await publish_qos1_many(pub, items, retain=False, properties=props, timeout_s=WAIT_S)
+            == [None] * 50
+        )
+        async with asyncio.timeout(WAIT_S):
+            async for msg in sub.messages:
+                types[str(msg.topic)] = getattr(msg.properties, "ContentType", None)
+                if len(types) == len(items):
+                    break
+    assert set(types.values()) == {"application/json"}

@@ -69,7 +69,7 @@ def test_an_alarm_changes_the_state_when_its_set_of_codes_changes() -> None:
 
     def raised(code: str, active: bool, ts: float) -> list[object]:
         state.apply(AlarmEvent("lamp-1", code, Severity.WARNING, active, ts))
-        out = []
+        out: list[object] = []
         while (ev := changes.get_nowait()) is not None:
             out.append(ev)
         return out
