@@ -150,7 +150,7 @@ class StateStore:
                 dev.values[point] = new
                 changed[point] = new
         # A plan re-sent or reconciled to the value it had, from the same source, changes
-        # nothing: announcing it republished 64,000 identical lamp states in 100 s at city size.
+        # nothing: announced, it republished the device's retained state unchanged but for `ts`.
         if changed:
             self._changed(StateChanged(dev.device_id, event.ts, changed))
 
