@@ -20,7 +20,8 @@ Delivery guarantees:
   topic waits in memory until PUBACKed, and a newer one replaces it unsent. Not on disk: after a restart
   the daemon publishes every device's state again.
 - `publish_fast`: at most once. Dropped (and counted) while disconnected or when the small in-memory queue
-  is full; never blocks.
+  is full; never blocks. A retained one is held instead, the newest per topic, and sent once there is
+  a link and room: the broker's retained value is then never older than the daemon's last one.
 
 Protocol: MQTT 5 is preferred. A broker that answers CONNACK "unsupported protocol version" (amqtt, see
 `edge.broker`) makes the link fall back to 3.1.1 for its lifetime; `LinkOptions(protocol="3.1.1")` starts
@@ -224,6 +225,7 @@ class MqttLink(MqttSession):
             "published": self._published,
             "published_fast": self._fast.published,
             "dropped": self._fast.dropped,
+            "held_fast": self._fast.held,
             "received": self._received,
             "refused_oversize": self._refused_oversize,
             "refused_out": self._refused_out,

@@ -1,6 +1,7 @@
 """The link's two in-memory send queues: QoS 0 messages, and devices' retained states.
 
-`FastQueue`: at most once, dropped (and counted) while disconnected or when full.
+`FastQueue`: at most once, dropped (and counted) while disconnected or when full; a retained
+message is held instead (the newest per topic) until the link has room for it.
 
 `LatestStates`: retained device states at QoS 1, the newest payload per topic, kept in memory
 until PUBACKed. A device's retained state is replaced by its next one, and the daemon publishes every device's
@@ -200,14 +201,40 @@ class FastQueue:
         self._room.set()
         self.published = 0
         self.dropped = 0
+        self._held: dict[str, bytes] = {}  # retained messages that could not go yet, newest per topic
+
+    @property
+    def held(self) -> int:
+        """Retained messages waiting for the link or for room, one per topic."""
+        return len(self._held)
 
     def put(self, topic: str, payload: bytes, retain: bool, *, connected: bool) -> None:
-        """Queue a message; dropped (and counted) while disconnected or when full."""
+        """Queue a message; dropped (and counted) while disconnected or when full, unless it is
+        retained: then it is held, the newest per topic, and sent when there is room again."""
         if not connected or len(self._queue) >= self._max:
-            self.dropped += 1
+            self._hold(topic, payload, retain)
+            if connected:
+                self._wake.set()  # the sender moves what is held once it has room
             return
+        if retain:
+            self._held.pop(topic, None)  # a newer value is on its way
         self._queue.append((topic, payload, retain))
         self._wake.set()
+
+    def _hold(self, topic: str, payload: bytes, retain: bool) -> None:
+        """Keep a retained message that cannot go now (the broker would keep an older value for
+        its topic until the next change: a car park's free spaces, the warnings in force), at
+        most `maxlen` topics; drop (and count) anything else."""
+        if retain and (topic in self._held or len(self._held) < self._max):
+            self._held[topic] = payload
+        else:
+            self.dropped += 1
+
+    def _unhold(self) -> None:
+        """Queue what is held while there is room (oldest topics first)."""
+        while self._held and len(self._queue) < self._max // 2:
+            topic = next(iter(self._held))
+            self._queue.append((topic, self._held.pop(topic), True))
 
     async def room(self, timeout_s: float, *, connected: bool) -> None:
         """Wait while the queue is half full (at most `timeout_s`; at once while disconnected)."""
@@ -219,16 +246,24 @@ class FastQueue:
                 await self._room.wait()
 
     def disconnected(self) -> None:
-        """The link went down: what is queued is dropped (and counted), and waiters go on."""
-        self.dropped += len(self._queue)
+        """The link went down: what is queued is dropped (and counted), retained messages held
+        for the next session, and waiters go on."""
+        for topic, payload, retain in self._queue:
+            if retain:
+                self._held.setdefault(topic, payload)  # one held already is newer
+            else:
+                self.dropped += 1
         self._queue.clear()
         self._room.set()
 
     async def send(self, client: aiomqtt.Client, timeout_s: float) -> None:
         """Send what is queued until the session ends (a link error is raised)."""
+        if self._held:
+            self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._unhold()
             while self._queue:
                 batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
                 results = await asyncio.gather(
@@ -237,9 +272,13 @@ class FastQueue:
                 )
                 if len(self._queue) < self._max // 2:
                     self._room.set()
-                failed = [res for res in results if isinstance(res, BaseException)]
+                failed = [
+                    (m, res) for m, res in zip(batch, results, strict=True) if isinstance(res, BaseException)
+                ]
                 self.published += len(batch) - len(failed)
-                self.dropped += len(failed)
-                for res in failed:
+                for (topic, payload, retain), res in failed:
+                    self._hold(topic, payload, retain and is_link_error(res))
+                for _, res in failed:
                     if is_link_error(res):
                         raise res
+                self._unhold()

@@ -405,6 +405,33 @@ async def test_publish_fast_drops_while_disconnected(mqtt_url: str, database_url
             assert up.stats["published_fast"] == 2
 
 
+async def test_a_retained_qos0_message_waits_for_the_link(
+    private_broker: PrivateBroker, database_url: str
+) -> None:
+    """A retained QoS 0 message (a car park's free spaces, the warnings in force) published while
+    the broker is away is held, the newest per topic, and sent when the link is back: the broker
+    would otherwise keep an older value until the next change. One that is not retained is
+    dropped and counted, as at-most-once says."""
+    prefix = _prefix()
+    async with Outbox(database_url) as outbox, link(private_broker.url, outbox) as up:
+        await up.wait_connected(WAIT_S)
+        await private_broker.stop()
+        await up.wait_disconnected(WAIT_S)
+        up.publish_fast(f"{prefix}/parking", b"old", retain=True)
+        up.publish_fast(f"{prefix}/parking", b"new", retain=True)
+        up.publish_fast(f"{prefix}/counters", b"gone")
+        assert (up.stats["dropped"], up.stats["held_fast"]) == (1, 1)
+        await private_broker.start()
+        await up.wait_connected(WAIT_S)
+        async with observer(private_broker.url, f"{prefix}/#") as sub:
+            msg = await next_message(sub)  # live or retained, depending on who was first
+            assert (str(msg.topic), msg.payload) == (f"{prefix}/parking", b"new")
+        async with observer(private_broker.url, f"{prefix}/#") as late:  # the broker kept it
+            msg = await next_message(late)
+            assert (str(msg.topic), msg.payload, msg.retain) == (f"{prefix}/parking", b"new", True)
+        assert up.stats["held_fast"] == 0
+
+
 async def test_a_bulk_sender_pacing_with_fast_room_loses_nothing(mqtt_url: str, database_url: str) -> None:
     """A round of lamp counters larger than the QoS 0 queue: sent all at once the overflow is
     dropped (and counted); sent in chunks that wait for `fast_room`, every message goes out."""
