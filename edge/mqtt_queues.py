@@ -221,12 +221,16 @@ class FastQueue:
         self._queue.append((topic, payload, retain))
         self._wake.set()
 
-    def _hold(self, topic: str, payload: bytes, retain: bool) -> None:
+    def _hold(self, topic: str, payload: bytes, retain: bool, *, newest: bool = True) -> None:
         """Keep a retained message that cannot go now (the broker would keep an older value for
         its topic until the next change: a car park's free spaces, the warnings in force), at
-        most `maxlen` topics; drop (and count) anything else."""
+        most `maxlen` topics; drop (and count) anything else. Not `newest` (a send that failed):
+        a value held for the topic meanwhile is newer and stays."""
         if retain and (topic in self._held or len(self._held) < self._max):
-            self._held[topic] = payload
+            if newest:
+                self._held[topic] = payload
+            else:
+                self._held.setdefault(topic, payload)
         else:
             self.dropped += 1
 
@@ -276,8 +280,10 @@ class FastQueue:
                     (m, res) for m, res in zip(batch, results, strict=True) if isinstance(res, BaseException)
                 ]
                 self.published += len(batch) - len(failed)
+                queued = {t for t, _, r in self._queue if r} if failed else set()
                 for (topic, payload, retain), res in failed:
-                    self._hold(topic, payload, retain and is_link_error(res))
+                    if not (retain and topic in queued):  # else a newer value is queued: superseded
+                        self._hold(topic, payload, retain and is_link_error(res), newest=False)
                 for _, res in failed:
                     if is_link_error(res):
                         raise res
