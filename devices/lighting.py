@@ -281,12 +281,11 @@ class _WriteBatcher:
                 w.future.set_result(got[w.address])
 
 
-def within_bands(old: Sequence[Value | None], new: Sequence[Value], bands: Sequence[float | None]) -> bool:
-    """`within_deadband` by position: values in the decoder's order, a band (None: none) each.
-
-    The driver keeps what it last published per lamp this way, a tuple instead of a dict of
-    names: at city size 54,000 dicts of 12 entries were about 30 MB."""
-    for was, value, band in zip(old, new, bands, strict=True):
+def within_deadband(old: Mapping[str, Value], new: Mapping[str, Value], bands: Mapping[str, float]) -> bool:
+    """Whether `new` differs from `old` nowhere, or only by at most each point's dead band (on
+    decoded values; the driver judges raw registers the same way with `RawBands`)."""
+    for key, value in new.items():
+        was, band = old.get(key), bands.get(key)
         if was == value:
             continue
         if (
@@ -297,12 +296,6 @@ def within_bands(old: Sequence[Value | None], new: Sequence[Value], bands: Seque
         ):
             return False
     return True
-
-
-def within_deadband(old: Mapping[str, Value], new: Mapping[str, Value], bands: Mapping[str, float]) -> bool:
-    """Whether `new` differs from `old` nowhere, or only by at most each point's dead band."""
-    keys = list(new)
-    return within_bands([old.get(k) for k in keys], [new[k] for k in keys], [bands.get(k) for k in keys])
 
 
 class _Endpoint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 from pathlib import Path
@@ -10,6 +11,7 @@ _BELOW_EPHEMERAL = 20_000  # the lowest port `free_port` picks from
 _TRIES = 50
 
 
+@functools.cache
 def _ephemeral_low() -> int:
     """The first port the OS hands to outgoing connections (Linux; 32768 elsewhere)."""
     try:

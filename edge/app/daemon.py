@@ -236,14 +236,11 @@ async def _freeze_settled(d: Daemon) -> None:
         gc.freeze()
         t1 = time.perf_counter()
         trimmed = _libc_call("malloc_trim", 0)  # start-up's bursts, freed, back to the system
-        pause_ms = {
-            "collect_ms": round((t1 - t0) * 1e3, 1),
-            "trim_ms": round((time.perf_counter() - t1) * 1e3, 1),
-        }
-        slow = (time.perf_counter() - t0) > FREEZE_PAUSE_WARN_S
-        (log.warning if slow else log.info)(
-            "heap_frozen", frozen=gc.get_freeze_count(), trimmed=bool(trimmed), **pause_ms
-        )
+        t2 = time.perf_counter()
+        (log.warning if t2 - t0 > FREEZE_PAUSE_WARN_S else log.info)(
+            "heap_frozen", frozen=gc.get_freeze_count(), trimmed=bool(trimmed),
+            collect_ms=round((t1 - t0) * 1e3, 1), trim_ms=round((t2 - t1) * 1e3, 1),
+        )  # fmt: skip
 
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
