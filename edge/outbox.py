@@ -12,6 +12,11 @@ event loop never waits on the disk and SQLite never sees two writers. SQLite run
 WAL mode with `synchronous=FULL` (an appended alarm survives a power cut, not only a
 crash); a commit costs one fsync, shared by the whole batch.
 
+On SQLite the outbox has a file of its own (`records.outbox_url`): a commit here never waits
+for SQLite's one write lock behind a history snapshot. Rows an older release left in the
+records file (`carry_from`) are moved over when the outbox opens, oldest first, in batches; a
+crash mid-move can send a carried message twice, never lose it (at least once, as above).
+
 Bound: at most `max_rows` rows. When an append would exceed it, the oldest rows are
 dropped, counted in `dropped` and logged once per episode. Telemetry never comes here
 (it goes out at QoS 0 through `MqttLink.publish_fast`), so the bound is a disk safety
@@ -29,7 +34,7 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 import structlog
-from sqlalchemy import BigInteger, Column, Engine, Index, Integer, LargeBinary, func
+from sqlalchemy import BigInteger, Column, Engine, Index, Integer, LargeBinary, func, inspect
 from sqlalchemy import delete as sa_delete
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
@@ -38,12 +43,13 @@ from sqlmodel import Field, SQLModel
 
 from edge.backoff import Backoff
 from edge.lifecycle import Service, ServiceState
-from edge.records import make_engine
+from edge.records import make_engine, sqlite_path
 
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 WRITE_TRIES = 12  # a busy database is waited out this many tries (about 15 s with backoff)
+CARRY_BATCH = 5000  # rows moved per transaction from an older release's records file
 
 
 class OutboxMessage(SQLModel, table=True):
@@ -106,11 +112,16 @@ class Outbox(Service):
 
     service_name = "outbox"
 
-    def __init__(self, url: str, *, max_rows: int = 1_000_000, batch_max: int = 1000) -> None:
+    def __init__(
+        self, url: str, *, max_rows: int = 1_000_000, batch_max: int = 1000, carry_from: str = ""
+    ) -> None:
+        """`carry_from`: another database whose outbox rows move here on open (an older
+        release kept them in the records file)."""
         if max_rows < 1:
             raise ValueError("max_rows must be positive")
         super().__init__()
         self._url = url
+        self._carry_from = carry_from
         self._max_rows = max_rows
         self._batch_max = batch_max
         self._engine: Engine | None = None
@@ -128,8 +139,11 @@ class Outbox(Service):
     async def _start(self) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._engine = make_engine(self._url, durable=True)
+        carried = await self._run(self._carry_sync)
         self._rows = await self._run(self._open_sync)
         self._writer = self.spawn(self._write_loop(), "writer")
+        if carried:
+            log.warning("outbox_carried_over", rows=carried, source=str(sqlite_path(self._carry_from)))
         if self._rows:
             log.info("outbox_opened", backlog=self._rows)
 
@@ -321,6 +335,36 @@ class Outbox(Service):
             count = conn.execute(sa_select(func.count()).select_from(_TABLE)).scalar_one()
         return int(count)
 
+    def _carry_sync(self) -> int:
+        """Move the rows of `carry_from`'s outbox table here, oldest first; returns how many.
+
+        Each batch is committed here before it is deleted there, so a crash between the two
+        leaves a copy in both (sent twice), never in neither."""
+        assert self._engine is not None
+        _TABLE.create(self._engine, checkfirst=True)
+        src = sqlite_path(self._carry_from)
+        if src is None or not src.exists() or src.resolve() == _resolved(self._url):
+            return 0
+        old = make_engine(self._carry_from, durable=True)
+        moved = 0
+        try:
+            if not inspect(old).has_table(_TABLE.name):
+                return 0
+            while True:
+                with old.connect() as conn:
+                    query = sa_select(_TABLE).order_by(_TABLE.c.id).limit(CARRY_BATCH)
+                    rows = [dict(r) for r in conn.execute(query).mappings()]
+                if not rows:
+                    return moved
+                ids = [r.pop("id") for r in rows]
+                with self._engine.begin() as conn:
+                    conn.execute(sa_insert(_TABLE), rows)
+                with old.begin() as conn:
+                    conn.execute(sa_delete(_TABLE).where(_TABLE.c.id.in_(ids)))
+                moved += len(rows)
+        finally:
+            old.dispose()
+
     def _insert_sync(self, rows: Sequence[dict[str, Any]]) -> None:
         assert self._engine is not None
         overflow = self._rows + len(rows) - self._max_rows
@@ -384,3 +428,8 @@ class DrainCursor:
         if rows:
             self.bulk = rows[-1].id
         return rows
+
+
+def _resolved(url: str) -> object:
+    path = sqlite_path(url)
+    return path.resolve() if path is not None else url

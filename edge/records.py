@@ -137,6 +137,25 @@ DEAD_LETTER_DATA_CHARS = 8000  # a sane cap: enough to diagnose, never a 10 MB b
 DEAD_LETTER_ERROR_CHARS = 1000
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///` URL; None for an in-memory database or another kind."""
+    path = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
+def outbox_url(records_url: str) -> str:
+    """Where the outbox lives, given the records' URL.
+
+    Beside a SQLite records file, in a file of its own (`edge.db` -> `edge.outbox.db`): SQLite
+    has one write lock per file, and a history snapshot of a city (54,000 rows, about 2 s) held
+    every answer to a request behind it. PostgreSQL locks rows, so there it is the same database.
+    """
+    path = sqlite_path(records_url)
+    if path is None:
+        return records_url
+    return "sqlite:///" + str(path.with_name(f"{path.stem}.outbox{path.suffix or '.db'}"))
+
+
 def make_engine(url: str, *, durable: bool = False) -> Engine:
     """An engine for the records or the outbox: a SQLite file in WAL mode, or PostgreSQL by URL.
 
@@ -145,9 +164,9 @@ def make_engine(url: str, *, durable: bool = False) -> Engine:
     (a lost last second of history is acceptable, a stalled event loop is not).
     """
     if url.startswith("sqlite"):
-        path = url.removeprefix("sqlite:///")
-        if url.startswith("sqlite:///") and path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         synchronous = "FULL" if durable else "NORMAL"
 

@@ -37,7 +37,7 @@ from edge.lag import LagMonitor
 from edge.mqtt import LinkOptions, MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
-from edge.records import AlarmRow, PlanRow
+from edge.records import AlarmRow, PlanRow, outbox_url
 from edge.redact import redact_url
 from edge.settings import Settings
 from edge.state import StateStore
@@ -143,7 +143,7 @@ async def running(
         domains = await build_all(kernel, site)
         async with (
             kernel.lag,
-            Outbox(st.url, max_rows=mq.outbox_max_rows) as outbox,
+            Outbox(outbox_url(st.url), max_rows=mq.outbox_max_rows, carry_from=st.url) as outbox,
             contextlib.AsyncExitStack() as stack,
         ):
             stack.enter_context(_frozen_heap())
