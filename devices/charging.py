@@ -23,7 +23,7 @@ from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 
 from devices.profiles.charging import ChargePointProfile, OpcUaPoint, default_profile
-from devices.protocols.link import LinkTiming, Presence
+from devices.protocols.link import LinkTiming, Presence, wait_for_event
 from devices.protocols.opcua import (
     CLIENT_APPLICATION_URI,
     ClientSecurity,
@@ -427,8 +427,9 @@ class OpcUaChargingDriver(Service):
                     f"{device_id}.{point}: {checked} A is above the charger's {mx} A", endpoint=endpoint_id
                 )
         if not runner.presence.online or runner.opc.client is None:
-            # still connecting (start-up) or in backoff: wait for the link within the timeout
+            # still connecting (start-up), in backoff or reconnecting: wait within the timeout
             timeout = await runner.presence.wait_up(timeout)
+            timeout = await wait_for_event(runner.opc.connected, timeout)
         self.stats.writes += 1
         try:
             back = await runner.write_read(device_id, pt, checked, timeout)

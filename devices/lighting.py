@@ -19,7 +19,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from devices.profiles.lighting import LampControllerProfile, default_profile
 from devices.profiles.modbus_map import Point
-from devices.protocols.link import LinkTiming, Presence, Publish, poll_phases
+from devices.protocols.link import LinkTiming, Presence, Publish, poll_phases, wait_for_event
 from devices.protocols.modbus import (
     PRIO_COMMAND,
     PRIO_HEARTBEAT,
@@ -557,7 +557,11 @@ class ModbusLightingDriver(Service):
         regs = encode(p, value)
         session = runner.session
         if not runner.presence.online or session.client is None:
+            # Connecting at start-up, in backoff, or reconnecting after a late answer dropped the
+            # connection (the controller is still reported online): wait within the timeout.
             timeout = await runner.presence.wait_up(timeout)
+            session.wanted.set()
+            timeout = await wait_for_event(session.connected, timeout)
             if not runner.presence.online or session.client is None or timeout <= 0:
                 self.stats.write_errors += 1
                 raise DeviceUnavailable(

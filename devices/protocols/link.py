@@ -18,9 +18,21 @@ from edge.backoff import Backoff
 from edge.clock import Clock
 from edge.events import Availability, Event
 
-__all__ = ["EventSource", "LinkTiming", "Presence", "Publish", "poll_phases"]
+__all__ = ["EventSource", "LinkTiming", "Presence", "Publish", "poll_phases", "wait_for_event"]
 
 Publish = Callable[[Event], None]  # where a driver hands its events (the bus)
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float) -> float:  # noqa: ASYNC109
+    """Wait at most `timeout` real seconds for `event`; the time left (<= 0: it did not come)."""
+    if event.is_set():
+        return timeout
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, timeout)):
+            await event.wait()
+    return timeout - (loop.time() - start)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +92,7 @@ class Presence:
         is in its backoff, waits here instead of failing at once (both are usually over within a
         second or two). The caller checks `online` afterwards and fails the write if it is not.
         """
-        if self.up.is_set():
-            return timeout
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, timeout)):
-                await self.up.wait()
-        return timeout - (loop.time() - start)
+        return await wait_for_event(self.up, timeout)
 
     def set(self, online: bool, reason: str = "") -> None:
         """Record the verdict of the last attempt; publish only when it changed."""

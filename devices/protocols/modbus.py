@@ -12,6 +12,7 @@ delay and connect again, so a dead device only costs its own backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 from collections.abc import Awaitable, Callable
@@ -143,6 +144,8 @@ class ModbusSession:
         self.backoff = timing.backoff()
         self.counters = counters or ModbusCounters()
         self.client: AsyncModbusTcpClient | None = None
+        self.connected = asyncio.Event()  # set while `client` is connected: writes wait for it
+        self.wanted = asyncio.Event()  # a writer found the connection dropped: reconnect now
         self.lock = PriorityLock()
 
     # -- connection --------------------------------------------------------------
@@ -170,9 +173,11 @@ class ModbusSession:
             raise DeviceUnavailable("connect failed", endpoint=self.name)
         self.counters.connects += 1
         self.client = client
+        self.connected.set()
 
     def drop(self) -> None:
         """Close the connection; after a timeout a late reply must not meet a new request."""
+        self.connected.clear()
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -221,7 +226,23 @@ class ModbusSession:
                 failures, was_up = 0, True
                 self.backoff.reset()
                 on_state(True, "")
-            await asyncio.sleep(interval_s - (loop.time() - grid) % interval_s)
+            await self._idle(loop.time() + interval_s - (loop.time() - grid) % interval_s)
+
+    async def _idle(self, until: float) -> None:
+        """Sleep until loop time `until`. A request that timed out in flight dropped the
+        connection while the device stays reported online: if a writer wants the link meanwhile,
+        reconnect at once (one try per interval) instead of failing its writes until the next poll."""
+        loop = asyncio.get_running_loop()
+        tried = False
+        while (left := until - loop.time()) > 0:
+            self.wanted.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self.wanted.wait()
+            if self.client is None and not tried and loop.time() < until:
+                tried = True
+                with contextlib.suppress(DeviceError):
+                    await self.connect()
 
     # -- requests ----------------------------------------------------------------
 

@@ -167,6 +167,7 @@ class OpcUaSession:
         self.backoff = timing.backoff()
         self.security = security
         self.client: Client | None = None
+        self.connected = asyncio.Event()  # set while `client` is connected: writes wait for it
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self.last_answer = time.monotonic()  # any request answered (see `call`)
@@ -246,6 +247,7 @@ class OpcUaSession:
         client = await self._new_client()
         self.client = client
         await self.call("connect", client.connect())
+        self.connected.set()
         return client
 
     async def wait_lost(self) -> NoReturn:
@@ -256,6 +258,7 @@ class OpcUaSession:
     async def close(self) -> None:
         """Close the session's client; a dead transport is only torn down, not talked to."""
         client, self.client = self.client, None
+        self.connected.clear()
         if client is None:
             return
         try:

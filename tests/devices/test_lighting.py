@@ -181,6 +181,29 @@ async def test_a_write_waits_within_its_time_for_a_controller_coming_back(
     assert lighting_driver.stats.write_errors == errors
 
 
+async def test_a_write_after_a_dropped_connection_reconnects_at_once(
+    lighting_sim: LightingSimulator, manual_clock: ManualClock, recorder: Recorder
+) -> None:
+    """A request that timed out in flight drops the connection while the controller stays
+    reported online (one late answer on a busy node is not a lost controller). A write then
+    reconnects at once and is applied: it neither fails with DeviceUnavailable nor waits for
+    the next poll (a minute away here)."""
+    driver = ModbusLightingDriver(
+        lighting_sim.endpoints(), None, recorder, manual_clock,
+        poll_interval_s=60.0, timeout_s=0.5, backoff_max_s=0.1, backoff_base_s=0.02,
+    )  # fmt: skip
+    async with driver:
+        await recorder.wait(lambda: driver.online("lc-002"), "lc-002 online")
+        session = driver._runners["lc-002"].session
+        session.drop()  # what a timeout in flight does
+        assert session.client is None
+        assert await driver.write("lc-002-003", "level_cmd", 35, timeout=5.0) == 35
+        assert lighting_sim.lamp("lc-002-003")["level_cmd"] == 35
+        assert session.client is not None
+        assert driver.stats.write_errors == 0
+        assert recorder.availability("lc-002") == [True]  # never reported down
+
+
 async def _silent_server() -> tuple[asyncio.Server, int]:
     """A TCP server that accepts and never answers: a hung controller."""
 
