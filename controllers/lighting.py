@@ -34,6 +34,7 @@ from edge.events import (
 )
 from edge.geo import haversine_m
 from edge.kernel import Kernel
+from edge.pacing import Pace
 from edge.policy import DispatcherView, Verdict
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
 from edge.tasks import TimeSlice
@@ -43,7 +44,7 @@ log = structlog.get_logger(__name__)
 
 SLOT_S = 15 * 60
 LEVEL_POINT = "level_cmd"
-PLAN_WINDOW = 2000  # plan commands submitted and not finished, at most
+PLAN_WINDOW = 2000  # plan commands submitted and not finished, at most (the pace's cap)
 FLOOR_LIMIT = "lighting_floor"  # the binding limit's name when a floor clamps or refuses a level
 _SERIES = {"M": ["M1", "M2", "M3", "M4", "M5", "M6"],
            "C": ["C0", "C1", "C2", "C3", "C4", "C5"],
@@ -283,10 +284,12 @@ class LightingController:
         # group -> the level every lamp of it was sent: a group done is skipped until its
         # level changes (the loop runs four times a second over a city's groups, not its lamps)
         self._group_done: dict[str, int] = {}
-        # Plan commands not finished yet (command id -> lamp, lamp -> command id): at most
-        # PLAN_WINDOW at once, so a city's first plan goes out paced, each command well within
-        # its time to live, and an operator's command never queues behind 54,000 of them.
-        self._open: dict[str, str] = {}
+        # Plan commands not finished yet (command id -> lamp and loop time sent, lamp -> command
+        # id): at most `pace.window` at once (found as it goes, up to PLAN_WINDOW), so a city's
+        # first plan goes out at the rate the node confirms it, each write well within its
+        # timeout, and an operator's command never queues behind 54,000 of them.
+        self._open: dict[str, tuple[str, float]] = {}
+        self.pace = Pace(high=PLAN_WINDOW)
         self._open_of: dict[str, str] = {}
         self._replan = asyncio.Event()
         self._power_strikes: dict[tuple[str, str], int] = {}  # (lamp, check): bad readings in a row
@@ -375,7 +378,7 @@ class LightingController:
                     complete = False
                     continue  # not reachable yet: applied once its controller answers
                 if applied.get(lamp_id) != level:
-                    if len(self._open) >= PLAN_WINDOW:
+                    if len(self._open) >= self.pace.window:
                         return  # the rest on a later turn, as earlier ones finish
                     applied[lamp_id] = level
                     self._submit_plan(lamp_id, level)
@@ -389,17 +392,23 @@ class LightingController:
                            ttl_s=self._ttl * self._clock.speed, reason="schedule")  # fmt: skip
         if (old := self._open_of.pop(lamp_id, None)) is not None:
             self._open.pop(old, None)  # replaced: the dispatcher reports no result for it
-        self._open[cmd.id] = lamp_id
+        self._open[cmd.id] = (lamp_id, asyncio.get_running_loop().time())
         self._open_of[lamp_id] = cmd.id
         self.stats.commands += 1
         self._dispatcher.submit(cmd)
 
     def _plan_result(self, ev: CommandResult) -> None:
-        """A plan command finished: it leaves the window; one that expired unapplied is sent
-        again (with a fresh time to live) on the next turn instead of never."""
-        lamp_id = self._open.get(ev.command.id)
-        if lamp_id is None or ev.outcome in (Outcome.ACCEPTED, Outcome.CLAMPED, Outcome.FAILED):
-            return  # not ours, or not final (a failed write is retried until its TTL)
+        """A plan command finished: it leaves the window, and its wait paces the next ones; one
+        that expired unapplied is sent again (with a fresh time to live) on the next turn."""
+        entry = self._open.get(ev.command.id)
+        if entry is None or ev.outcome in (Outcome.ACCEPTED, Outcome.CLAMPED):
+            return  # not ours, or not final
+        now = asyncio.get_running_loop().time()
+        if ev.outcome is Outcome.FAILED:
+            self.pace.congested(now)  # not final: the write is retried until its TTL
+            return
+        lamp_id, sent = entry
+        self.pace.answered(now - sent, now)
         del self._open[ev.command.id]
         self._open_of.pop(lamp_id, None)
         if ev.outcome is Outcome.EXPIRED:
