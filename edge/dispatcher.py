@@ -25,7 +25,7 @@ from edge.events import Command, CommandResult, Outcome, Priority, Value
 from edge.lifecycle import Service, ServiceState
 from edge.policy import DispatcherView, SafetyPolicy, Verdict
 from edge.state import StateStore
-from edge.tasks import BACKGROUND_REST_S, TimeSlice
+from edge.tasks import TimeSlice
 
 log = structlog.get_logger(__name__)
 
@@ -482,7 +482,7 @@ class Dispatcher(Service):
         """
         now = self._clock.now()
         n = 0
-        slice_ = TimeSlice(rest_s=BACKGROUND_REST_S)  # thousands of points: keep command latency low
+        slice_ = TimeSlice()  # thousands of points: keep command latency low
         for key, point in list(self._points.items()):
             await slice_.tick()
             if point.in_flight is not None:
@@ -552,7 +552,7 @@ class Dispatcher(Service):
             await asyncio.sleep(self._reconcile_interval)
             await self.recheck_all()
             now = self._clock.now()
-            slice_ = TimeSlice(rest_s=BACKGROUND_REST_S)  # a city's points: keep command latency low
+            slice_ = TimeSlice()  # a city's points: keep command latency low
             for key, point in list(self._points.items()):
                 await slice_.tick()
                 cmd = point.effective(now)

@@ -38,9 +38,6 @@ async def close_task_group(
         await tg.__aexit__(exc_type, exc, tb)
 
 
-BACKGROUND_REST_S = 0.01  # a background pass's rest after each stretch: half the loop at most
-
-
 class TimeSlice:
     """Yields to the event loop once `budget_s` has passed since the last yield.
 
@@ -48,22 +45,16 @@ class TimeSlice:
     n items bounds nothing when one item is a lamp (microseconds) and another a charger whose
     feeder check sums a cabinet (a millisecond); at 680 chargers, 200 of those between yields
     stopped the loop for 0.7 s. `await tick()` in the loop bounds each stretch by time.
-
-    `rest_s` > 0 is for background passes (reconcile, history): after each stretch the loop is
-    left alone for that long, not only for one turn. A turn-long yield still let a pass take
-    most of every turn, and a command's dozen turns from request to answer each waited for it:
-    at 54,000 lamps the steady command round trip p99 was a second while p50 was 13 ms.
     """
 
-    __slots__ = ("_since", "budget_s", "rest_s")
+    __slots__ = ("_since", "budget_s")
 
-    def __init__(self, budget_s: float = 0.01, rest_s: float = 0.0) -> None:
+    def __init__(self, budget_s: float = 0.01) -> None:
         self.budget_s = budget_s
-        self.rest_s = rest_s
         self._since = time.monotonic()
 
     async def tick(self) -> None:
         now = time.monotonic()
         if now - self._since >= self.budget_s:
-            await asyncio.sleep(self.rest_s)
+            await asyncio.sleep(0)
             self._since = time.monotonic()

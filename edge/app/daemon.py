@@ -42,7 +42,7 @@ from edge.redact import redact_url
 from edge.settings import Settings
 from edge.state import StateStore
 from edge.storage import Storage
-from edge.tasks import BACKGROUND_REST_S, TimeSlice, cancel_and_wait
+from edge.tasks import TimeSlice, cancel_and_wait
 
 __all__ = ["Daemon", "device_kinds", "running", "site_bins"]
 
@@ -102,7 +102,7 @@ async def _sample_history(d: Daemon) -> None:
     interval = d.settings.storage.history_interval_s
     while True:
         now = d.clock.now()
-        slice_ = TimeSlice(rest_s=BACKGROUND_REST_S)  # keep command latency low while snapshotting thousands
+        slice_ = TimeSlice()  # keep command latency low while snapshotting thousands
         for dev in list(d.state.devices()):
             await slice_.tick()
             if dev.values:  # column values, not a StateSample each: 54,000 rows per round
