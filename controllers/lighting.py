@@ -289,7 +289,7 @@ class LightingController:
         # first plan goes out at the rate the node confirms it, each write well within its
         # timeout, and an operator's command never queues behind 54,000 of them.
         self._open: dict[str, tuple[str, float]] = {}
-        self.pace = Pace(high=PLAN_WINDOW)
+        self.pace = Pace(start=min(200, PLAN_WINDOW), low=min(20, PLAN_WINDOW), high=PLAN_WINDOW)
         self._open_of: dict[str, str] = {}
         self._replan = asyncio.Event()
         self._power_strikes: dict[tuple[str, str], int] = {}  # (lamp, check): bad readings in a row
