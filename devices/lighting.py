@@ -269,7 +269,7 @@ class _WriteBatcher:
         stats.write_batches += 1
         timeout = max(0.0, min(w.deadline for w in batch) - asyncio.get_running_loop().time())
         try:
-            got = await session.call(PRIO_COMMAND, timeout, go)
+            got = await session.call(PRIO_COMMAND, timeout, go, await_link=True)
         except DeviceError as exc:
             got, refused = {}, dict.fromkeys(range(len(batch)), exc)
         for i, w in enumerate(batch):

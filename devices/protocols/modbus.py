@@ -175,8 +175,14 @@ class ModbusSession:
         self.client = client
         self.connected.set()
 
-    def drop(self) -> None:
-        """Close the connection; after a timeout a late reply must not meet a new request."""
+    def drop(self, client: AsyncModbusTcpClient | None = None) -> None:
+        """Close the connection; after a timeout a late reply must not meet a new request.
+
+        With `client`, only if it is still the current one: a request that failed on a
+        connection already replaced must not close the fresh one (a writer waiting for it
+        would find the link gone again)."""
+        if client is not None and client is not self.client:
+            return
         self.connected.clear()
         if self.client is not None:
             self.client.close()
@@ -231,38 +237,51 @@ class ModbusSession:
     async def _idle(self, until: float) -> None:
         """Sleep until loop time `until`. A request that timed out in flight dropped the
         connection while the device stays reported online: if a writer wants the link meanwhile,
-        reconnect at once (one try per interval) instead of failing its writes until the next poll."""
+        reconnect at once (then after backoff delays) instead of failing its writes until the next
+        poll."""
         loop = asyncio.get_running_loop()
-        tried = False
         while (left := until - loop.time()) > 0:
+            if self.client is None and self.wanted.is_set():
+                try:
+                    await self.connect()
+                except DeviceError:  # tried again after a backoff delay: a gone device is not hammered
+                    await asyncio.sleep(min(self.backoff.next_delay(), max(0.0, until - loop.time())))
+                continue
             self.wanted.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self.wanted.wait()
-            if self.client is None and not tried and loop.time() < until:
-                tried = True
-                with contextlib.suppress(DeviceError):
-                    await self.connect()
 
     # -- requests ----------------------------------------------------------------
 
     async def call(
-        self, priority: int, timeout_s: float, requests: Requests, *, wait_s: float | None = None
+        self,
+        priority: int,
+        timeout_s: float,
+        requests: Requests,
+        *,
+        wait_s: float | None = None,
+        await_link: bool = False,
     ) -> Any:
         """Run `requests` alone on the connection, within `timeout_s` including the queue wait.
 
         With `wait_s`, the queue wait is bounded by `wait_s` instead (LinkBusy when it passes)
         and `timeout_s` bounds the request alone: a poll that waits behind a city's first plan
         is late, not a dead device. Library errors are translated here; a timeout in flight or
-        an I/O error drops the connection.
+        an I/O error drops the connection. With `await_link` (a write to a device still
+        reported online), a dropped connection is reopened at once and waited for within the
+        timeout (DeviceUnavailable if it does not come) instead of failing the write.
         """
-        in_flight = False
+        in_flight, client = False, None
         try:
             async with asyncio.timeout(timeout_s if wait_s is None else wait_s) as scope:
                 await self.lock.acquire(priority)
                 try:
                     if wait_s is not None:
                         scope.reschedule(asyncio.get_running_loop().time() + timeout_s)
+                    if self.client is None and await_link:
+                        self.wanted.set()  # the link loop reconnects now, not at the next poll
+                        await self.connected.wait()
                     client = self.client
                     if client is None:
                         raise DeviceUnavailable("not connected", endpoint=self.name, unit=self.unit)
@@ -272,17 +291,21 @@ class ModbusSession:
                     self.lock.release()
         except TimeoutError as exc:
             if in_flight:
-                self.drop()
+                self.drop(client)
             elif wait_s is not None:
                 raise LinkBusy(f"link busy for {wait_s} s", endpoint=self.name, unit=self.unit) from exc
+            elif client is None:
+                raise DeviceUnavailable(
+                    f"not connected within {timeout_s} s", endpoint=self.name, unit=self.unit
+                ) from exc
             raise DeviceTimeout(
                 f"no answer within {timeout_s} s", endpoint=self.name, unit=self.unit
             ) from exc
         except ConnectionException as exc:
-            self.drop()
+            self.drop(client)
             raise DeviceUnavailable(str(exc), endpoint=self.name, unit=self.unit) from exc
         except ModbusIOException as exc:
-            self.drop()
+            self.drop(client)
             raise DeviceTimeout(str(exc), endpoint=self.name, unit=self.unit) from exc
         except ModbusException as exc:
             raise DeviceReplyError(str(exc), endpoint=self.name, unit=self.unit) from exc
@@ -332,7 +355,8 @@ class ModbusSession:
         return regs
 
     async def write_read(self, address: int, regs: list[int], priority: int, timeout_s: float) -> list[int]:
-        """Write registers and read them back, with nothing else in between (counted)."""
+        """Write registers and read them back, with nothing else in between (counted). Callers
+        write only to a device reported online, so a dropped connection is reopened first."""
 
         async def go(client: AsyncModbusTcpClient) -> list[int]:
             await self.write_regs(client, address, regs)
@@ -340,7 +364,7 @@ class ModbusSession:
 
         self.counters.writes += 1
         try:
-            back: list[int] = await self.call(priority, timeout_s, go)
+            back: list[int] = await self.call(priority, timeout_s, go, await_link=True)
         except DeviceError:
             self.counters.write_errors += 1
             raise

@@ -135,7 +135,7 @@ class VmsLink:
             self.shown_key, self.shown = (slot, shown_id, crc), (content.text, content.arrow)
             return float(shown_id)
 
-        return float(await s.call(PRIO_COMMAND, timeout_s, go))
+        return float(await s.call(PRIO_COMMAND, timeout_s, go, await_link=True))
 
     async def write_brightness(self, value: float, timeout_s: float) -> float:
         """Write the brightness and return what the sign reads back."""
@@ -151,4 +151,4 @@ class VmsLink:
             except PointValueError as exc:
                 raise s.reply_error(f"read-back of brightness: {exc}") from exc
 
-        return float(await s.call(PRIO_COMMAND, timeout_s, go))
+        return float(await s.call(PRIO_COMMAND, timeout_s, go, await_link=True))

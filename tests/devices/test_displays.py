@@ -177,6 +177,21 @@ async def test_brightness(
         await wait_value(recorder, display_id, "brightness", 90)
 
 
+async def test_a_write_after_a_dropped_connection_goes_through(
+    display_driver: DisplayDriver, display_sim: DisplaySimulator, display_ids: DisplayIds
+) -> None:
+    """A request timed out in flight and dropped a sign's connection; the sign stays reported
+    online (one late answer is not a lost sign). The next write reopens the link and is shown
+    instead of failing with "not connected"."""
+    sign = display_ids.signs[0]
+    session = display_driver._signs[sign].session
+    session.drop()  # what a timeout in flight does
+    assert display_driver.online(sign)
+    assert await display_driver.write(sign, "brightness", 45, 3.0) == 45.0
+    assert display_sim.brightness(sign) == 45
+    assert await display_driver.write(sign, "content", content(8, "Umleitung"), 3.0) == 8.0
+
+
 async def test_pixel_faults_reported(
     display_driver: DisplayDriver, display_sim: DisplaySimulator, display_ids: DisplayIds, recorder: Recorder
 ) -> None:
