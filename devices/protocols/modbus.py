@@ -110,6 +110,10 @@ class PriorityLock:
                 self.release()
             raise
 
+    def locked(self) -> bool:
+        """Whether a request holds the link now."""
+        return self._locked
+
     def release(self) -> None:
         """Hand the lock to the next waiter (it stays locked), or unlock."""
         while self._waiters:
