@@ -69,6 +69,7 @@ from bench.city_site import (
 from bench.common import Row, py_spy, spy_stop
 
 MOSQUITTO_URL = "mqtt://127.0.0.1:1883"
+TIMELINE = os.environ.get("BENCH_CITY_TIMELINE", "")  # a file prefix: requests and per-second samples
 PROFILE_DIR = os.environ.get(
     "BENCH_CITY_PROFILE", ""
 )  # py-spy the daemon (start-up, steady) into this folder
@@ -288,6 +289,8 @@ def _steady(res: dict[str, Any], k: Knobs, url: str, base: str, dconn: Any, daem
     finally:
         spy_stop(spy)
     s1 = _stats(dconn, daemon)
+    if TIMELINE:  # the requests, to line up with the daemon's per-second samples
+        Path(TIMELINE + ".requests.json").write_text(json.dumps(out.sent))
     c1 = (_cpu(dp), _thread_cpu(dp, tid), _thread_cpu(dp, dp.pid), _children_cpu(dp),
           [_cpu(p) for p in sims], _cpu(broker) if broker else 0.0, time.perf_counter())  # fmt: skip
     wall = c1[6] - c0[6]

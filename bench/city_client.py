@@ -33,6 +33,9 @@ class Trickle:
     durations: dict[str, list[float]] = field(default_factory=lambda: {"command": [], "utility": []})
     failures: dict[str, list[str]] = field(default_factory=lambda: {"command": [], "utility": []})
     rss: list[float] = field(default_factory=list)
+    # (wall time sent, round trip s, topic) of every request: BENCH_CITY_TIMELINE lines them up
+    # with the daemon's stack samples
+    sent: list[tuple[float, float, str]] = field(default_factory=list)
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -105,6 +108,7 @@ async def trickle(
             out.failures[kind].append(f"{topic}: no answer within {REQUEST_TIMEOUT_S} s")
             return
         out.durations[kind].append(time.perf_counter() - t0)
+        out.sent.append((time.time() - (time.perf_counter() - t0), time.perf_counter() - t0, topic))
         if not data.get("ok"):
             out.failures[kind].append(f"{topic}: {data.get('status')} {data.get('reason')}")
 

@@ -73,6 +73,7 @@ class StackSampler:
     def __init__(self, hz: float) -> None:
         self.interval = 1.0 / hz
         self.counts: Counter[str] = Counter()
+        self.timeline: dict[int, Counter[str]] = {}  # wall second -> area counts (BENCH_CITY_TIMELINE)
         self.native_id = 0
         self._main = threading.main_thread().ident
         self._stop = threading.Event()
@@ -124,7 +125,9 @@ class StackSampler:
         while not self._stop.wait(self.interval):
             frame = sys._current_frames().get(self._main or 0)
             if frame is not None:
-                self.counts[self.classify(frame)] += 1
+                area = self.classify(frame)
+                self.counts[area] += 1
+                self.timeline.setdefault(int(time.time()), Counter())[area] += 1
 
 
 class Probes:
@@ -135,6 +138,7 @@ class Probes:
         self.sampler = sampler
         self.t0 = time.time()
         self.lags: list[float] = []
+        self.lag_at: list[float] = []  # wall time of each lag sample
         self.plans: list[dict[str, Any]] = []
         self.milestones: dict[str, float] = {}
         self.waste_started: float | None = None
@@ -177,6 +181,7 @@ class Probes:
             expected = time.monotonic() + interval
             await asyncio.sleep(interval)
             self.lags.append(max(0.0, time.monotonic() - expected))
+            self.lag_at.append(time.time())
 
     async def _waste_timer(self) -> None:
         while True:

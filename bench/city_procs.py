@@ -174,6 +174,20 @@ def _write_memory_top(out: Path, n: int = 40) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
+def _write_timeline(out: Path, probes: Any) -> None:
+    """Per wall second: the stack sampler's area counts and the worst loop lag (for lining
+    slow requests up with what the daemon was doing; BENCH_CITY_TIMELINE)."""
+    import json
+
+    lag: dict[int, float] = {}
+    for t, v in zip(probes.lag_at, probes.lags, strict=False):
+        lag[int(t)] = max(lag.get(int(t), 0.0), v)
+    areas = probes.sampler.timeline if probes.sampler is not None else {}
+    seconds = sorted(set(lag) | set(areas))
+    rows = [{"t": t, "lag": round(lag.get(t, 0.0), 4), "areas": dict(areas.get(t, {}))} for t in seconds]
+    out.write_text(json.dumps(rows))
+
+
 class StallWatch:
     """Where the event loop was stuck: the main thread's stack, sampled while the loop is late.
 
@@ -250,6 +264,7 @@ def run_daemon(
     inv = load_inventory(settings.inventory_path())
     sampler = StackSampler(sample_hz) if sample_hz > 0 else None
     stalls_out = os.environ.get("BENCH_CITY_STALLS", "")  # a file: where the loop was stuck
+    timeline_out = os.environ.get("BENCH_CITY_TIMELINE", "")  # a file prefix: per-second samples
     stalls = StallWatch(Path(stalls_out)) if stalls_out else None
 
     async def main() -> None:
@@ -273,6 +288,8 @@ def run_daemon(
                             _write_memory_top(Path(memory_out))
                         if stalls is not None:
                             stalls.write()
+                        if timeline_out:
+                            _write_timeline(Path(timeline_out + ".daemon.json"), probes)
                         conn.send(probes.stats())
                     elif msg == "replan_waste":
                         if d.waste is not None:
