@@ -37,7 +37,6 @@ from edge.lifecycle import Service, ServiceState
 log = structlog.get_logger(__name__)
 
 _WATCHDOG_FALLBACK_S = 60.0  # heartbeat period while the device's watchdog_s is unknown or 0
-DOWN_AFTER = 2  # failed polls in a row before a controller (and its lamps) is reported down
 MAX_WRITE_BATCH = 32  # lamp writes to one controller sent under one hold of its link
 MAX_TABLE_BATCH = 123  # with a level table: the most registers one write-multiple may carry
 _BATCH_GRACE_S = 0.1  # a batch fails its writes at their deadline; the caller waits this longer
@@ -343,7 +342,6 @@ class _Endpoint:
             self.presence.set,
             phase_s=self.phase_s,
             first_s=first,
-            down_after=DOWN_AFTER,
         )
 
     async def poll_once(self) -> None:

@@ -27,6 +27,7 @@ from devices.protocols.link import LinkTiming
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 
 __all__ = [
+    "DOWN_AFTER",
     "PRIO_COMMAND",
     "PRIO_HEARTBEAT",
     "PRIO_POLL",
@@ -37,6 +38,9 @@ __all__ = [
     "quiet_pymodbus",
 ]
 
+DOWN_AFTER = 2
+"""Failed polls in a row before a device that was up is reported down: one late answer on a busy
+node is not a lost device (its writes would be refused until the next good poll)."""
 # Request priorities on one connection: lower goes first.
 PRIO_COMMAND = 0
 PRIO_HEARTBEAT = 1
@@ -200,7 +204,7 @@ class ModbusSession:
         *,
         phase_s: float = 0.0,
         first_s: float = 0.0,
-        down_after: int = 1,
+        down_after: int = DOWN_AFTER,
     ) -> NoReturn:
         """Connect and `poll` every `interval_s` real seconds, forever.
 
