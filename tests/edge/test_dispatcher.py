@@ -16,7 +16,7 @@ from devices.lighting import ModbusLightingDriver
 from devices.profiles.lighting import default_profile
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import AuditRecord, Dispatcher
+from edge.dispatcher import IN_FORCE, AuditRecord, Dispatcher
 from edge.events import Command, CommandResult, Outcome, Priority
 from edge.policy import DispatcherView, Verdict
 from edge.state import StateStore
@@ -39,6 +39,8 @@ class Rig:
     sim: LightingSimulator
     dispatcher: Dispatcher
     clock: ManualClock
+    state: StateStore
+    driver: ModbusLightingDriver
     audit: list[AuditRecord] = field(default_factory=list)
     results: list[CommandResult] = field(default_factory=list)
 
@@ -53,7 +55,11 @@ class Rig:
 
 
 @pytest_asyncio.fixture
-async def rig(lighting_sim: LightingSimulator, manual_clock: ManualClock) -> AsyncIterator[Rig]:
+async def rig(
+    lighting_sim: LightingSimulator, manual_clock: ManualClock, request: pytest.FixtureRequest
+) -> AsyncIterator[Rig]:
+    marker = request.node.get_closest_marker("reconcile_s")  # a test that must not race the reconcile
+    reconcile_s = 0.05 if marker is None else float(marker.args[0])
     bus = EventBus()
     devices = {lamp_id: "lamp" for ep in lighting_sim.endpoints() for _, lamp_id in ep.lamps}
     state = StateStore(bus, devices)
@@ -67,11 +73,11 @@ async def rig(lighting_sim: LightingSimulator, manual_clock: ManualClock) -> Asy
         driver,
         Dispatcher(
             bus=bus, clock=manual_clock, state=state, drivers=[driver], policies={"lamp": RangeOnly()},
-            audit=audit.append, write_timeout_s=0.5, workers=4, reconcile_interval_s=0.05,
+            audit=audit.append, write_timeout_s=0.5, workers=4, reconcile_interval_s=reconcile_s,
         ) as dispatcher,
         asyncio.TaskGroup() as tg,
     ):  # fmt: skip
-        r = Rig(lighting_sim, dispatcher, manual_clock, audit)
+        r = Rig(lighting_sim, dispatcher, manual_clock, state, driver, audit)
 
         async def collect() -> None:
             async for ev in results_sub:
@@ -235,3 +241,43 @@ async def test_an_operator_command_does_not_queue_behind_a_plan_step(
     order = [r.command.id for r in rig.results if r.outcome is Outcome.CONFIRMED]
     assert len(others) >= 7
     assert order.index("op-1") < 4, order
+
+
+async def test_a_command_for_the_value_the_device_reports_is_confirmed_without_a_write(rig: Rig) -> None:
+    """A lease refresh or a plan re-sent unchanged: the device reports the value, so nothing is
+    written; the command is confirmed and audited as in force already."""
+    await rig.dispatcher.submit_and_wait(rig.cmd(45, Priority.PLAN), 3)
+    await wait_until(lambda: rig.state.value(LAMP, "level_cmd") == 45, what="the poll reports 45")
+    writes = rig.driver.stats.write_batches  # lamp writes (heartbeats go on their own)
+    again = rig.cmd(45, Priority.PLAN)
+    res = await rig.dispatcher.submit_and_wait(again, 3)
+    assert (res.outcome, res.applied_value, res.reason) == (Outcome.CONFIRMED, 45, IN_FORCE)
+    assert rig.driver.stats.write_batches == writes
+    assert rig.dispatcher.stats.unchanged == 1
+    assert [(a.outcome, a.reason) for a in rig.audit if a.command.id == again.id][-1] == (
+        Outcome.CONFIRMED,
+        IN_FORCE,
+    )
+    assert rig.dispatcher.effective(LAMP, "level_cmd") == again
+
+
+@pytest.mark.reconcile_s(3600)
+async def test_a_device_that_drifted_is_written_even_for_the_value_last_confirmed(rig: Rig) -> None:
+    """The device reports another value than the one last confirmed (a reboot, a local panel):
+    the same value sent again is written, not taken as in force."""
+    await rig.dispatcher.submit_and_wait(rig.cmd(45, Priority.PLAN), 3)
+    ep = next(e for e in rig.sim.endpoints() if e.endpoint_id == "lc-001")
+    idx = next(i for i, d in ep.lamps if d == LAMP)
+    client = AsyncModbusTcpClient(ep.host, port=ep.port)
+    await client.connect()
+    try:
+        await client.write_register(default_profile().lamp_address(idx, "level_cmd"), 100, device_id=ep.unit)
+    finally:
+        client.close()
+    await wait_until(lambda: rig.state.value(LAMP, "level_cmd") == 100, what="the poll reports 100")
+    writes = rig.driver.stats.write_batches  # lamp writes (heartbeats go on their own)
+    res = await rig.dispatcher.submit_and_wait(rig.cmd(45, Priority.PLAN), 3)
+    assert (res.outcome, res.applied_value) == (Outcome.CONFIRMED, 45)
+    assert res.reason != IN_FORCE
+    assert rig.driver.stats.write_batches == writes + 1
+    assert rig.level() == 45
