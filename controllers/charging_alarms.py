@@ -34,6 +34,7 @@ class ChargingStats:
     violations: int = 0
     signals: int = 0
     lease_refreshes: int = 0
+    unchanged: int = 0  # setpoints a lease found standing already (not sent again)
     trips: int = 0  # feeders seen losing supply (every charge point on it Unavailable)
 
 

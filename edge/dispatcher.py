@@ -31,6 +31,10 @@ log = structlog.get_logger(__name__)
 
 Key = tuple[str, str]
 IN_FORCE = "in force already: the device reports this value"  # a confirmation without a write
+FAILSAFE_POINT = "failsafe_active"
+"""A device reporting this point true fell to its fail-safe (its watchdog expired) and holds it
+until it is written again, even where the fail-safe value equals the command's: its commands
+are written, never taken as in force, and the reconcile re-writes them."""
 
 
 class _View:
@@ -417,7 +421,7 @@ class Dispatcher(Service):
         if cmd.payload or point.written is None or not math.isclose(point.written, cmd.value, abs_tol=0.5):
             return False
         dev = self._store.get(cmd.device_id)
-        if dev is None or dev.online is not True:
+        if dev is None or dev.online is not True or dev.values.get(FAILSAFE_POINT):
             return False
         reported = dev.values.get(cmd.point)
         return isinstance(reported, int | float) and math.isclose(reported, cmd.value, abs_tol=0.5)
@@ -582,7 +586,10 @@ class Dispatcher(Service):
                 if point.confirmed_id != cmd.id:
                     continue  # not applied yet: the write path (with its TTL) owns it
                 reported = self._store.value(*key)
-                if isinstance(reported, int | float) and not math.isclose(reported, cmd.value, abs_tol=0.5):
+                failsafe = bool(self._store.value(key[0], FAILSAFE_POINT))
+                if isinstance(reported, int | float) and (
+                    failsafe or not math.isclose(reported, cmd.value, abs_tol=0.5)
+                ):
                     # Suffix the original id, not the last re-write's: a device that keeps
                     # drifting must not grow the id past the audit column (64 characters).
                     fresh = replace(
