@@ -19,6 +19,7 @@ import structlog
 
 from edge.bus import EventBus
 from edge.clock import Clock
+from edge.device_truth import IN_FORCE, drifted, in_force, reconcile_copy
 from edge.driver import Driver, PayloadDriver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority, Value
@@ -30,11 +31,6 @@ from edge.tasks import TimeSlice
 log = structlog.get_logger(__name__)
 
 Key = tuple[str, str]
-IN_FORCE = "in force already: the device reports this value"  # a confirmation without a write
-FAILSAFE_POINT = "failsafe_active"
-"""A device reporting this point true fell to its fail-safe (its watchdog expired) and holds it
-until it is written again, even where the fail-safe value equals the command's: its commands
-are written, never taken as in force, and the reconcile re-writes them."""
 
 
 class _View:
@@ -405,26 +401,12 @@ class Dispatcher(Service):
                 point.rearm(now)
                 self._enqueue(key)  # refused now: the next layer down takes over
                 continue
-            if self._in_force(point, checked):
+            if in_force(point.written, checked, self._store.get(checked.device_id)):
                 point.confirmed_id = checked.id
                 self.stats.unchanged += 1
                 self._finish(CommandResult(checked, Outcome.CONFIRMED, point.written, IN_FORCE, now))
                 continue
             await self._write(key, point, checked)
-
-    def _in_force(self, point: _Point, cmd: Command) -> bool:
-        """Whether `cmd` asks for the value last confirmed by read-back, which the device (online)
-        still reports: a lease refresh or a plan re-sent unchanged needs no write. A city's charge
-        points re-sent every lease were 680 writes every 40 s, and an operator's command waited
-        behind them. A device that drifted (rebooted, fell to its fail-safe) reports another
-        value and is written."""
-        if cmd.payload or point.written is None or not math.isclose(point.written, cmd.value, abs_tol=0.5):
-            return False
-        dev = self._store.get(cmd.device_id)
-        if dev is None or dev.online is not True or dev.values.get(FAILSAFE_POINT):
-            return False
-        reported = dev.values.get(cmd.point)
-        return isinstance(reported, int | float) and math.isclose(reported, cmd.value, abs_tol=0.5)
 
     async def _write(self, key: Key, point: _Point, cmd: Command) -> None:
         driver = self._driver(cmd.device_id)
@@ -585,19 +567,7 @@ class Dispatcher(Service):
                     continue
                 if point.confirmed_id != cmd.id:
                     continue  # not applied yet: the write path (with its TTL) owns it
-                reported = self._store.value(*key)
-                failsafe = bool(self._store.value(key[0], FAILSAFE_POINT))
-                if isinstance(reported, int | float) and (
-                    failsafe or not math.isclose(reported, cmd.value, abs_tol=0.5)
-                ):
-                    # Suffix the original id, not the last re-write's: a device that keeps
-                    # drifting must not grow the id past the audit column (64 characters).
-                    fresh = replace(
-                        cmd,
-                        id=f"{cmd.id.split('.r', 1)[0]}.r{next(counter)}",
-                        issued_at=now,
-                        expires_at=now + max(60.0, cmd.expires_at - cmd.issued_at),
-                        reason="reconcile",
-                    )
+                if drifted(cmd, self._store.get(cmd.device_id)):
+                    fresh = reconcile_copy(cmd, now, counter)
                     point.layers[cmd.priority] = fresh
                     self._enqueue(key)
