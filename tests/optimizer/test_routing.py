@@ -115,6 +115,9 @@ def instances(draw: st.DrawFn) -> RoutingInstance:
     )
 
 
+# Each example stops at 200 solutions or 20 s: beside two CPU hogs, 30 of them passed pytest's
+# default 120 s (CI, one run). The bound is the examples' own: 30 x 20 s.
+@pytest.mark.timeout(30 * LIMITS.time_limit_s)
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_every_returned_plan_is_feasible(instance: RoutingInstance) -> None:
@@ -137,6 +140,7 @@ def test_every_returned_plan_is_feasible(instance: RoutingInstance) -> None:
         assert r.end_time <= v.shift[1]
 
 
+@pytest.mark.timeout(12 * LIMITS.time_limit_s)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(instances())
 def test_ortools_alone_returns_feasible_plans(instance: RoutingInstance) -> None:
