@@ -37,6 +37,7 @@ from controllers.charging_safety import (
 )
 from controllers.lighting import NightPlanSource
 from devices.inventory import Charger, Inventory
+from edge.device_truth import FAILSAFE_POINT
 from edge.dispatcher import make_command
 from edge.events import Outcome, PlanEvent, Priority, StateChanged, Telemetry, Value
 from edge.kernel import Kernel
@@ -340,6 +341,7 @@ class ChargingController:
             eff = self._dispatcher.effective(c.id, POINT)
             if (
                 eff is not None
+                and not dev.values.get(FAILSAFE_POINT)  # it holds its fail-safe until written
                 and eff.priority is Priority.PLAN
                 and eff.source == "plan"
                 and math.isclose(eff.value, amps, abs_tol=1e-9)
