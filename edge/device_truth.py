@@ -14,14 +14,14 @@ from dataclasses import replace
 from edge.events import Command
 from edge.state import DeviceState
 
-__all__ = ["FAILSAFE_POINT", "IN_FORCE", "drifted", "in_force", "reconcile_copy"]
+__all__ = ["FAILSAFE_POINT", "IN_FORCE", "READBACK_TOLERANCE", "drifted", "in_force", "reconcile_copy"]
 
 IN_FORCE = "in force already: the device reports this value"  # a confirmation without a write
 FAILSAFE_POINT = "failsafe_active"
 """A device reporting this point true fell to its fail-safe (its watchdog expired) and holds it
 until it is written again, even where the fail-safe value equals the command's: its commands
 are written, never taken as in force, and the reconcile re-writes them."""
-_TOLERANCE = 0.5  # the read-back tolerance of the dispatcher
+READBACK_TOLERANCE = 0.5  # a read-back this close to the command confirms it
 
 
 def in_force(written: float | None, cmd: Command, dev: DeviceState | None) -> bool:
@@ -29,12 +29,12 @@ def in_force(written: float | None, cmd: Command, dev: DeviceState | None) -> bo
     (online, not in its fail-safe) still reports: a lease refresh or a plan re-sent unchanged
     needs no write. A city's charge points re-sent every lease were 680 writes every 40 s, and an
     operator's command waited behind them."""
-    if cmd.payload or written is None or not math.isclose(written, cmd.value, abs_tol=_TOLERANCE):
+    if cmd.payload or written is None or not math.isclose(written, cmd.value, abs_tol=READBACK_TOLERANCE):
         return False
     if dev is None or dev.online is not True or dev.values.get(FAILSAFE_POINT):
         return False
     reported = dev.values.get(cmd.point)
-    return isinstance(reported, int | float) and math.isclose(reported, cmd.value, abs_tol=_TOLERANCE)
+    return isinstance(reported, int | float) and math.isclose(reported, cmd.value, abs_tol=READBACK_TOLERANCE)
 
 
 def drifted(cmd: Command, dev: DeviceState | None) -> bool:
@@ -44,7 +44,7 @@ def drifted(cmd: Command, dev: DeviceState | None) -> bool:
     if not isinstance(reported, int | float):
         return False  # nothing reported (yet): no evidence of drift
     failsafe = bool(dev is not None and dev.values.get(FAILSAFE_POINT))
-    return failsafe or not math.isclose(reported, cmd.value, abs_tol=_TOLERANCE)
+    return failsafe or not math.isclose(reported, cmd.value, abs_tol=READBACK_TOLERANCE)
 
 
 def reconcile_copy(cmd: Command, now: float, counter: itertools.count[int]) -> Command:

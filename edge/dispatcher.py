@@ -19,7 +19,7 @@ import structlog
 
 from edge.bus import EventBus
 from edge.clock import Clock
-from edge.device_truth import IN_FORCE, drifted, in_force, reconcile_copy
+from edge.device_truth import IN_FORCE, READBACK_TOLERANCE, drifted, in_force, reconcile_copy
 from edge.driver import Driver, PayloadDriver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority, Value
@@ -429,7 +429,7 @@ class Dispatcher(Service):
                 cmd, Outcome.FAILED, None, f"{type(exc).__name__}: {exc}", self._clock.now()
             )
         else:
-            ok = math.isclose(readback, cmd.value, abs_tol=0.5)
+            ok = math.isclose(readback, cmd.value, abs_tol=READBACK_TOLERANCE)
             if ok:
                 point.written = readback
                 point.confirmed_id = cmd.id
