@@ -32,6 +32,7 @@ from edge.bus import EventBus, Subscription
 from edge.clock import Clock
 from edge.events import AlarmEvent, Severity, Telemetry
 from edge.mqtt import BrokerAddress, TlsFiles
+from edge.mqtt_session import received
 
 log = structlog.get_logger(__name__)
 
@@ -185,7 +186,7 @@ async def sweep_retained(
             async with client:
                 await client.subscribe(f"{prefix}#", qos=1)
                 await client.publish(marker, b"", qos=1)
-                async for msg in client.messages:
+                async for msg in received(client):
                     topic = str(msg.topic)
                     if topic == marker:
                         break

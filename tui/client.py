@@ -9,8 +9,9 @@ until cancelled.
 
 paho reads one MQTT packet per readable event, and on the app's event loop each turn also
 carries Textual's work, which caps the rate a busy dashboard reads at (measured: ~1,000
-messages/s while 5,000 lamps change at once). `greedy_reads` makes each readable event read
-on while the socket has data (bounded), so the reading keeps the broker's pace. (A thread of
+messages/s while 5,000 lamps change at once). `edge.mqtt_session.greedy_reads` makes each
+readable event read on while the socket has data (bounded), and `received` hands on what is
+queued without a loop iteration per message, so the reading keeps the broker's pace. (A thread of
 its own was tried and is worse: paho's byte-wise reads release the GIL several times per
 packet, and each time the UI thread may hold it for a switch interval.)
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import select
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,7 +42,6 @@ import orjson
 import structlog
 from aiomqtt.exceptions import MqttCodeError, MqttConnectError
 from paho.mqtt.client import topic_matches_sub
-from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import ValidationError
@@ -50,6 +49,7 @@ from pydantic import ValidationError
 from edge.backoff import Backoff
 from edge.errors import ConfigError
 from edge.mqtt import BrokerAddress, TlsFiles
+from edge.mqtt_session import greedy_reads, received
 from edge.payloads import Ack
 from edge.redact import redact_url
 from edge.topics import dashboard_subscriptions
@@ -262,7 +262,7 @@ class DashboardClient:
                 raise _first_leaf(group) from group
 
     async def _read(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+        async for message in received(client):
             self.received += 1
             topic = message.topic.value
             payload = message.payload
@@ -330,28 +330,6 @@ class DashboardClient:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(RequestError("disconnected", "connection lost before the answer"))
-
-
-READ_BURST = 256  # packets read per readable event at most (~25 ms), so the UI still gets turns
-
-
-def greedy_reads(client: aiomqtt.Client, burst: int = READ_BURST) -> None:
-    """Read up to `burst` packets per readable event instead of paho's one (see the module docstring)."""
-    paho = client._client  # aiomqtt's paho client: the only way to its reading
-    read_one = paho.loop_read
-
-    def loop_read(max_packets: int = 1) -> MQTTErrorCode:
-        rc = read_one(max_packets)
-        for _ in range(burst - 1):
-            sock = paho.socket()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
-                break
-            if not select.select([sock], [], [], 0)[0]:
-                break
-            rc = read_one(max_packets)
-        return rc
-
-    paho.loop_read = loop_read  # type: ignore[method-assign]
 
 
 def _rc(exc: MqttCodeError) -> int:

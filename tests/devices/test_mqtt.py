@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import time
+from urllib.parse import urlsplit
 
 import pytest
+from paho.mqtt import publish as paho_publish
 from waiting import wait_until
 
 from devices.protocols.mqtt import MqttDeviceClient
@@ -61,3 +65,47 @@ async def test_a_failing_handler_does_not_end_the_session(mqtt_url: str) -> None
         assert link._handler_errors == 1
         await link.publish(topic, b"out", qos=1, retain=False, endpoint="dev-1")
         await wait_until(lambda: got == [b"ok", b"out"], what="our own publication")
+
+
+async def test_a_busy_loop_still_reads_every_waiting_message_at_once(mqtt_url: str) -> None:
+    """A connection that only receives (board echoes, truck acks) reads what waits on its socket
+    in one wake-up, not one message per event-loop iteration: at start-up, with long iterations,
+    LED-board echoes came in at 3 a second and missed their time-out."""
+    topic = f"t/{secrets.token_hex(4)}/burst"
+    n = 300
+    iteration = 0
+    seen_at: list[int] = []
+    link = MqttDeviceClient(
+        mqtt_url,
+        name="t-burst",
+        subscriptions=[(topic, 0)],
+        on_message=lambda _t, _p, _r: seen_at.append(iteration),
+    )
+    loop = asyncio.get_running_loop()
+    busy = True
+
+    def busy_iteration() -> None:
+        # every loop iteration does 20 ms of other work, as the daemon's do at start-up
+        nonlocal iteration
+        iteration += 1
+        time.sleep(0.02)
+        if busy:
+            loop.call_soon(busy_iteration)
+
+    url = urlsplit(mqtt_url)
+    async with link:
+        await link.wait_connected(10)
+        loop.call_soon(busy_iteration)
+        try:
+            # published from a thread, so the messages reach our socket while the loop is busy
+            await asyncio.to_thread(
+                paho_publish.multiple,
+                [{"topic": topic, "payload": str(i), "qos": 0} for i in range(n)],
+                hostname=url.hostname or "127.0.0.1",
+                port=url.port or 1883,
+            )
+            await wait_until(lambda: len(seen_at) == n, what=f"all {n} messages", timeout_s=20)
+        finally:
+            busy = False
+    # one message per iteration would be n iterations; at once, a few
+    assert len(set(seen_at)) <= n // 5, f"{n} messages read over {len(set(seen_at))} loop iterations"
