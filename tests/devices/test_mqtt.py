@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import secrets
+import struct
+import termios
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,6 +17,7 @@ from paho.mqtt import publish as paho_publish
 from waiting import wait_until
 
 from devices.protocols.mqtt import MqttDeviceClient
+from edge.broker import BrokerProcess
 from edge.errors import ConfigError, DeviceUnavailable
 from edge.mqtt import BrokerAddress
 
@@ -67,10 +73,22 @@ async def test_a_failing_handler_does_not_end_the_session(mqtt_url: str) -> None
         await wait_until(lambda: got == [b"ok", b"out"], what="our own publication")
 
 
-async def test_a_busy_loop_still_reads_every_waiting_message_at_once(mqtt_url: str) -> None:
+@pytest.fixture
+async def broker_elsewhere() -> AsyncIterator[str]:
+    """A broker outside this process (the embedded one runs on the test's own loop)."""
+    shared = os.environ.get("EDGE_TEST_MQTT_URL")
+    if shared:
+        yield shared
+        return
+    async with BrokerProcess() as broker:
+        yield broker.url
+
+
+async def test_a_busy_loop_still_reads_every_waiting_message_at_once(broker_elsewhere: str) -> None:
     """A connection that only receives (board echoes, truck acks) reads what waits on its socket
     in one wake-up, not one message per event-loop iteration: at start-up, with long iterations,
     LED-board echoes came in at 3 a second and missed their time-out."""
+    mqtt_url = broker_elsewhere
     topic = f"t/{secrets.token_hex(4)}/burst"
     n = 300
     iteration = 0
@@ -83,6 +101,24 @@ async def test_a_busy_loop_still_reads_every_waiting_message_at_once(mqtt_url: s
     )
     loop = asyncio.get_running_loop()
     busy = True
+    url = urlsplit(mqtt_url)
+    messages: paho_publish.MessagesList = [
+        {"topic": topic, "payload": f"{i:04d}", "qos": 0} for i in range(n)
+    ]
+    # a QoS 0 PUBLISH: fixed header (2), topic length (2), topic, payload (MQTT 5 adds 1)
+    all_bytes = n * (2 + 2 + len(topic) + 4)
+
+    def publish_while_blocked() -> None:
+        # The loop is held here until every message waits on our socket (or 10 s pass).
+        paho_publish.multiple(messages, hostname=url.hostname or "127.0.0.1", port=url.port or 1883)
+        client = link.client
+        sock = client._client.socket() if client is not None else None
+        deadline = time.monotonic() + 10
+        while sock is not None and time.monotonic() < deadline:
+            if struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0] >= all_bytes:
+                break
+            time.sleep(0.01)
+        loop.call_soon(busy_iteration)
 
     def busy_iteration() -> None:
         # every loop iteration does 20 ms of other work, as the daemon's do at start-up
@@ -92,20 +128,12 @@ async def test_a_busy_loop_still_reads_every_waiting_message_at_once(mqtt_url: s
         if busy:
             loop.call_soon(busy_iteration)
 
-    url = urlsplit(mqtt_url)
     async with link:
         await link.wait_connected(10)
-        loop.call_soon(busy_iteration)
+        loop.call_soon(publish_while_blocked)
         try:
-            # published from a thread, so the messages reach our socket while the loop is busy
-            await asyncio.to_thread(
-                paho_publish.multiple,
-                [{"topic": topic, "payload": str(i), "qos": 0} for i in range(n)],
-                hostname=url.hostname or "127.0.0.1",
-                port=url.port or 1883,
-            )
             await wait_until(lambda: len(seen_at) == n, what=f"all {n} messages", timeout_s=20)
         finally:
             busy = False
-    # one message per iteration would be n iterations; at once, a few
+    # one message per iteration would be n iterations; read at once, a few
     assert len(set(seen_at)) <= n // 5, f"{n} messages read over {len(set(seen_at))} loop iterations"
