@@ -18,6 +18,7 @@ Fixtures:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import shutil
@@ -31,7 +32,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from edge.broker import EmbeddedBroker
+from edge.broker import BrokerProcess, EmbeddedBroker
 from edge.net import free_port
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -165,6 +166,20 @@ async def mqtt_url() -> AsyncIterator[str]:
         return
     async with EmbeddedBroker(port=0) as broker:
         yield broker.url
+    _collect_embedded_leftovers()
+
+
+@pytest.fixture
+async def mqtt_url_elsewhere() -> AsyncIterator[str]:
+    """`mqtt_url`, but never on the test's own event loop: the shared broker, or the embedded
+    one in a child process (for a test that holds its loop busy on purpose)."""
+    async with contextlib.AsyncExitStack() as stack:
+        shared = os.environ.get("EDGE_TEST_MQTT_URL")
+        yield shared or (await stack.enter_async_context(BrokerProcess())).url
+
+
+def _collect_embedded_leftovers() -> None:
+    """Collect what the embedded broker left behind, while the loop still runs."""
     # amqtt can drop a client's stream without closing it when clients and broker stop
     # together; collect it here, while the loop still runs, instead of as a ResourceWarning
     # in whichever test the garbage collector happens to run next. Only the embedded broker's

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import os
 import secrets
 import struct
 import termios
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -17,7 +15,6 @@ from paho.mqtt import publish as paho_publish
 from waiting import wait_until
 
 from devices.protocols.mqtt import MqttDeviceClient
-from edge.broker import BrokerProcess
 from edge.errors import ConfigError, DeviceUnavailable
 from edge.mqtt import BrokerAddress
 
@@ -73,22 +70,11 @@ async def test_a_failing_handler_does_not_end_the_session(mqtt_url: str) -> None
         await wait_until(lambda: got == [b"ok", b"out"], what="our own publication")
 
 
-@pytest.fixture
-async def broker_elsewhere() -> AsyncIterator[str]:
-    """A broker outside this process (the embedded one runs on the test's own loop)."""
-    shared = os.environ.get("EDGE_TEST_MQTT_URL")
-    if shared:
-        yield shared
-        return
-    async with BrokerProcess() as broker:
-        yield broker.url
-
-
-async def test_a_busy_loop_still_reads_every_waiting_message_at_once(broker_elsewhere: str) -> None:
+async def test_a_busy_loop_still_reads_every_waiting_message_at_once(mqtt_url_elsewhere: str) -> None:
     """A connection that only receives (board echoes, truck acks) reads what waits on its socket
     in one wake-up, not one message per event-loop iteration: at start-up, with long iterations,
     LED-board echoes came in at 3 a second and missed their time-out."""
-    mqtt_url = broker_elsewhere
+    mqtt_url = mqtt_url_elsewhere
     topic = f"t/{secrets.token_hex(4)}/burst"
     n = 300
     iteration = 0
