@@ -555,7 +555,8 @@ def _clear_retained(url: str, site_prefix: str, run_id: str) -> int:
 
 
 def _private_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
-    """A Mosquitto of the bench's own, configured as docs/operations.md recommends (no Nagle)."""
+    """A Mosquitto of the bench's own, configured as docs/mosquitto/mosquitto.conf recommends
+    (no Nagle; a queue per client above the site's retained topics), without accounts."""
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
@@ -566,7 +567,8 @@ def _private_mosquitto(tmp: Path) -> tuple[subprocess.Popen[bytes], int] | None:
     port = free_port()
     conf = tmp / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n",
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
+        "max_queued_messages 120000\n",
         encoding="utf-8",
     )
     proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -63,7 +63,7 @@ def _broker() -> Iterator[tuple[str, str]]:
         # As docs/mosquitto/mosquitto.conf, without accounts.
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-            "max_queued_messages 100000\nlog_dest none\n"
+            "max_queued_messages 120000\nlog_dest none\n"
         )
         proc = subprocess.Popen(
             [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -244,10 +244,11 @@ class DashboardClient:
             async with asyncio.timeout(self._connect_timeout_s * 2 + 1):
                 await stack.enter_async_context(client)
                 # QoS 0: a live view gains nothing from QoS 1 on a clean session (the retained
-                # state re-syncs it on every connect), and Mosquitto queues at most
-                # max_queued_messages (default 1,000) QoS 1 messages per client, so on
-                # subscribing to a site of 5,000 lamps at QoS 1 it silently dropped 4,000
-                # retained states (measured).
+                # state re-syncs it on every connect). Mosquitto keeps at most
+                # max_queued_messages (default 1,000) packets waiting per client: at QoS 1 all
+                # but 20 in flight wait, so a 5,000-lamp site lost 4,000 retained states; at
+                # QoS 0 only what the socket cannot take waits, still too many for a city
+                # (21,149 of 53,800 arrived): docs/mosquitto/mosquitto.conf sizes it.
                 filters = [(f, 0) for f in self.filters()]
                 await client.subscribe(filters, timeout=self._connect_timeout_s)
             self._client = client
