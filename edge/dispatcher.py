@@ -27,6 +27,7 @@ from edge.lifecycle import Service, ServiceState
 from edge.policy import DispatcherView, SafetyPolicy, Verdict
 from edge.state import StateStore
 from edge.tasks import TimeSlice
+from edge.write_queue import URGENT, WriteQueue
 
 log = structlog.get_logger(__name__)
 
@@ -175,6 +176,16 @@ def make_command(
     )
 
 
+def _reissued(cmd: Command, verdict: Verdict, now: float) -> Command:
+    """`cmd` at the value a re-check allows, issued `now` with its time to live again."""
+    ttl = max(1.0, cmd.expires_at - cmd.issued_at)
+    asked = cmd.requested if cmd.requested is not None else cmd.value
+    return replace(
+        cmd, value=verdict.value, reason=verdict.reason, issued_at=now, expires_at=now + ttl,
+        requested=asked, limit=verdict.limit,
+    )  # fmt: skip
+
+
 class Dispatcher(Service):
     """Arbitrates, validates, writes and confirms commands; async context manager."""
 
@@ -191,8 +202,11 @@ class Dispatcher(Service):
         audit: AuditSink,
         write_timeout_s: float = 2.0,
         workers: int = 32,
+        reserved_workers: int | None = None,
         reconcile_interval_s: float = 30.0,
     ) -> None:
+        """`reserved_workers` (default an eighth, at least one) never take a plan's own write,
+        so an operator's or a safety command finds a worker while a plan step fills the rest."""
         super().__init__()
         self._bus = bus
         self._clock = clock
@@ -204,10 +218,8 @@ class Dispatcher(Service):
         self._n_workers = workers
         self._reconcile_interval = reconcile_interval_s
         self._points: dict[Key, _Point] = {}
-        # (rank, order, point): an operator's command does not wait behind a city's plan step
-        self._queue: asyncio.PriorityQueue[tuple[int, int, Key]] = asyncio.PriorityQueue()
-        self._seq = itertools.count()
-        self._queued: set[Key] = set()
+        reserved = max(1, workers // 8) if reserved_workers is None else reserved_workers
+        self._writes: WriteQueue[Key] = WriteQueue(self._rank, max(1, workers - reserved))
         self._held: set[Key] = set()  # points with a layer that holds until a time (the hold loop's)
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}
         self._driver_of: dict[str, Driver | None] = {}
@@ -243,7 +255,7 @@ class Dispatcher(Service):
     async def drain(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
         """Wait until no write is queued or in flight (graceful shutdown)."""
         async with asyncio.timeout(timeout):
-            while self._queued or any(p.in_flight for p in self._points.values()):  # noqa: ASYNC110
+            while len(self._writes) or any(p.in_flight for p in self._points.values()):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
 
     def submit(self, cmd: Command) -> Verdict:
@@ -315,7 +327,7 @@ class Dispatcher(Service):
         return None if p is None else p.effective(self._clock.now())
 
     def pending(self) -> int:
-        return len(self._queued)
+        return len(self._writes)
 
     def _validate(self, cmd: Command, now: float) -> Verdict:
         """The policy's verdict on a command (the TTL is checked by whoever delivers it)."""
@@ -343,11 +355,11 @@ class Dispatcher(Service):
         """The point's winning command may have changed: tell the watchers, queue a write."""
         for fn in self._watchers:
             fn(*key)
-        if key not in self._queued:
-            self._queued.add(key)
-            point = self._points.get(key)
-            rank = 0 if point is None else point.rank(self._clock.now())
-            self._queue.put_nowait((rank, next(self._seq), key))
+        self._writes.put(key)
+
+    def _rank(self, key: Key) -> int:
+        point = self._points.get(key)
+        return URGENT if point is None else point.rank(self._clock.now())
 
     def _finish(self, result: CommandResult, *, count: bool = True) -> None:
         retrying = result.outcome is Outcome.FAILED and result.command.expires_at > result.ts
@@ -378,35 +390,42 @@ class Dispatcher(Service):
 
     async def _worker(self) -> None:
         while True:
-            _, _, key = await self._queue.get()
-            self._queued.discard(key)
-            point = self._points.get(key)
-            if point is None:
-                continue
-            if point.in_flight is not None:
-                point.again = True  # the writer re-queues the point when it is done
-                continue
-            now = self._clock.now()
-            self._drop_expired_holds(point, now)
-            cmd = point.effective(now)
-            if cmd is None or point.confirmed_id == cmd.id:
-                continue  # nothing to do, or already in force
-            if cmd.expires_at <= now:
-                point.layers.pop(cmd.priority, None)
-                self._finish(CommandResult(cmd, Outcome.EXPIRED, None, "time to live passed", now))
-                self._enqueue(key)  # a lower layer may take over
-                continue
-            checked = self._recheck(point, cmd, now)
-            if checked is None:
-                point.rearm(now)
-                self._enqueue(key)  # refused now: the next layer down takes over
-                continue
-            if in_force(point.written, checked, self._store.get(checked.device_id)):
-                point.confirmed_id = checked.id
-                self.stats.unchanged += 1
-                self._finish(CommandResult(checked, Outcome.CONFIRMED, point.written, IN_FORCE, now))
-                continue
-            await self._write(key, point, checked)
+            key, plan = await self._writes.get()
+            try:
+                await self._take(key)
+            finally:
+                if plan:
+                    self._writes.plan_done()
+
+    async def _take(self, key: Key) -> None:
+        """Bring one point to its winning command: expire, re-check, confirm or write it."""
+        point = self._points.get(key)
+        if point is None:
+            return
+        if point.in_flight is not None:
+            point.again = True  # the writer re-queues the point when it is done
+            return
+        now = self._clock.now()
+        self._drop_expired_holds(point, now)
+        cmd = point.effective(now)
+        if cmd is None or point.confirmed_id == cmd.id:
+            return  # nothing to do, or already in force
+        if cmd.expires_at <= now:
+            point.layers.pop(cmd.priority, None)
+            self._finish(CommandResult(cmd, Outcome.EXPIRED, None, "time to live passed", now))
+            self._enqueue(key)  # a lower layer may take over
+            return
+        checked = self._recheck(point, cmd, now)
+        if checked is None:
+            point.rearm(now)
+            self._enqueue(key)  # refused now: the next layer down takes over
+            return
+        if in_force(point.written, checked, self._store.get(checked.device_id)):
+            point.confirmed_id = checked.id
+            self.stats.unchanged += 1
+            self._finish(CommandResult(checked, Outcome.CONFIRMED, point.written, IN_FORCE, now))
+            return
+        await self._write(key, point, checked)
 
     async def _write(self, key: Key, point: _Point, cmd: Command) -> None:
         driver = self._driver(cmd.device_id)
@@ -505,16 +524,10 @@ class Dispatcher(Service):
                 self._audit(AuditRecord(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now))
                 point.rearm(now)
             elif not math.isclose(verdict.value, cmd.value, abs_tol=1e-9):
-                ttl = max(1.0, cmd.expires_at - cmd.issued_at)
-                asked = cmd.requested if cmd.requested is not None else cmd.value
-                fresh = replace(
-                    cmd, value=verdict.value, reason=verdict.reason, issued_at=now, expires_at=now + ttl,
-                    requested=asked, limit=verdict.limit,
-                )  # fmt: skip
                 self._audit(
                     AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)
                 )
-                point.layers[cmd.priority] = fresh
+                point.layers[cmd.priority] = _reissued(cmd, verdict, now)
                 point.confirmed_id = ""
             else:
                 continue
@@ -563,7 +576,7 @@ class Dispatcher(Service):
             for key, point in list(self._points.items()):
                 await slice_.tick()
                 cmd = point.effective(now)
-                if cmd is None or point.in_flight is not None or key in self._queued:
+                if cmd is None or point.in_flight is not None or key in self._writes:
                     continue
                 if point.confirmed_id != cmd.id:
                     continue  # not applied yet: the write path (with its TTL) owns it

@@ -243,6 +243,38 @@ async def test_an_operator_command_does_not_queue_behind_a_plan_step(
     assert order.index("op-1") < 4, order
 
 
+async def test_plan_writes_leave_a_worker_for_operators(rig: Rig, lighting_sim: LightingSimulator) -> None:
+    """Plan writes wait for a controller that is down and would hold every worker; an eighth of
+    the workers (here one of four) never takes a plan write, so an operator's command is written
+    at once, even on a lamp whose own plan write waits in the queue."""
+    rig.sim.inject("lc-002", "comm_loss")
+    await wait_until(lambda: rig.driver.online("lc-002") is False, what="lc-002 down")
+    down = [lamp for ep in lighting_sim.endpoints() if ep.endpoint_id == "lc-002" for _, lamp in ep.lamps]
+    async with Dispatcher(
+        bus=EventBus(), clock=rig.clock, state=rig.state, drivers=[rig.driver], policies={"lamp": RangeOnly()},
+        audit=[].append, write_timeout_s=60, workers=4,
+    ) as dispatcher:  # fmt: skip
+        now = rig.clock.now()
+        plans = [
+            asyncio.create_task(dispatcher.submit_and_wait(
+                Command(f"plan-{i}", lamp, "level_cmd", 40, Priority.PLAN, "plan", now, now + 600), 120
+            ))
+            for i, lamp in enumerate(down)
+        ]  # fmt: skip
+        await wait_until(lambda: dispatcher.stats.sent == 3, what="three plan writes waiting for lc-002")
+        dispatcher.submit(Command("plan-up", LAMP, "level_cmd", 40, Priority.PLAN, "plan", now, now + 600))
+        assert dispatcher.pending() == 2  # lc-002's fourth lamp and LAMP, both waiting for a slot
+        op = Command("op-1", LAMP, "level_cmd", 70, Priority.OPERATOR, "operator", now, now + 30)
+        res = await dispatcher.submit_and_wait(op, 10)
+        assert (res.outcome, res.applied_value) == (Outcome.CONFIRMED, 70)
+        assert rig.level() == 70
+        assert not any(t.done() for t in plans)  # still waiting for lc-002, holding three workers
+        rig.sim.clear("lc-002", "comm_loss")
+        results = await asyncio.gather(*plans)
+        assert [r.outcome for r in results] == [Outcome.CONFIRMED] * len(down)
+        assert dispatcher.effective(LAMP, "level_cmd") == op  # the plan write under it stays below
+
+
 async def test_a_command_for_the_value_the_device_reports_is_confirmed_without_a_write(rig: Rig) -> None:
     """A lease refresh or a plan re-sent unchanged: the device reports the value, so nothing is
     written; the command is confirmed and audited as in force already."""
