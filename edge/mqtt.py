@@ -16,6 +16,8 @@ Delivery guarantees:
   1 is on PUBACK (`_handle_pubackcomp`); a message paho could not send raises `MqttCodeError`. aiomqtt
   ignores the PUBACK reason code, so an MQTT 5 broker's negative PUBACK (e.g. "not authorized") counts as
   delivered and is not retried forever.
+- `publish_reply`: an answer to a request, at least once while the daemon runs, ahead of
+  everything else: kept in memory (not on disk) until PUBACKed (`edge.mqtt_queues.Replies`).
 - `publish_state`: a device's retained state, at least once unless replaced: the newest payload per
   topic waits in memory until PUBACKed, and a newer one replaces it unsent. Not on disk: after a restart
   the daemon publishes every device's state again.
@@ -62,7 +64,7 @@ from edge.backoff import Backoff
 from edge.errors import ConfigError, PayloadError
 from edge.lifecycle import ServiceState
 from edge.mqtt_meta import metadata_from_json, metadata_into_json
-from edge.mqtt_queues import FastQueue, LatestStates
+from edge.mqtt_queues import FastQueue, LatestStates, Replies
 from edge.mqtt_session import (
     BrokerAddress,
     MqttSession,
@@ -92,6 +94,7 @@ ProtocolName = Literal["5", "3.1.1"]
 # CONNACK "unsupported protocol version": 132 as an MQTT 5 reason code, 1 in 3.1.1.
 _UNSUPPORTED_PROTOCOL = (132, 1)
 _FAST_BATCH = 256
+_REPLIES_MAX = 10_000  # answers waiting for the link; a longer outage outlives every requester
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,7 @@ class MqttLink(MqttSession):
         self._appends = 0  # bumped after each committed append; see _drain
         self._fast = FastQueue(o.fast_queue_max, _FAST_BATCH)
         self._states = LatestStates(o.drain_window)
+        self._replies = Replies(_REPLIES_MAX)
 
         self._v5_confirmed = False
         self._published = 0
@@ -208,9 +212,10 @@ class MqttLink(MqttSession):
         return self._protocol
 
     async def wait_drained(self, timeout: float) -> None:  # noqa: ASYNC109 - a bounded wait is the API
-        """Wait until every committed reliable message and every queued state has its PUBACK."""
+        """Wait until every committed reliable message, reply and queued state has its PUBACK."""
         async with asyncio.timeout(timeout):
             await self._drained.wait()
+            await self._replies.empty.wait()
             await self._states.empty.wait()
 
     @property
@@ -230,6 +235,9 @@ class MqttLink(MqttSession):
             "refused_oversize": self._refused_oversize,
             "refused_out": self._refused_out,
             "outbox_poisoned": self._poisoned,
+            "replies_published": self._replies.published,
+            "replies_pending": len(self._replies),
+            "replies_dropped": self._replies.dropped,
             "states_published": self._states.published,
             "states_pending": len(self._states),
             "states_coalesced": self._states.coalesced,
@@ -275,6 +283,14 @@ class MqttLink(MqttSession):
         self._appends += n
         self._drained.clear()
         self._outbox_wake.set()
+
+    def publish_reply(self, topic: str, payload: bytes, *, correlation_data: bytes | None = None) -> None:
+        """Queue an answer to a request (QoS 1, JSON), sent before anything else is.
+
+        Raises PayloadError("invalid_topic" | "oversized") for a message no broker would take.
+        """
+        self._check_out([(topic, payload, False)])
+        self._replies.put(topic, payload, correlation_data)
 
     def publish_state(self, topic: str, payload: bytes) -> None:
         """Queue a device's retained state (QoS 1, JSON): kept in memory until PUBACKed, and
@@ -378,6 +394,10 @@ class MqttLink(MqttSession):
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(client), name="mqtt.read")
+                v5 = self._protocol == "5"
+                tg.create_task(
+                    self._replies.send(client, self._publish_timeout_s, v5=v5), name="mqtt.replies"
+                )
                 tg.create_task(self._drain(client), name="mqtt.drain")
                 tg.create_task(self._fast.send(client, self._publish_timeout_s), name="mqtt.fast")
                 props = publish_properties(None, None, "application/json") if self._protocol == "5" else None
@@ -398,6 +418,7 @@ class MqttLink(MqttSession):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._close_timeout_s):
                 await self._drained.wait()
+                await self._replies.empty.wait()
                 await self._states.empty.wait()
         raise _SessionEnd
 

@@ -108,6 +108,10 @@ class Publisher(Protocol):
 
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
 
+    def publish_reply(self, topic: str, payload: bytes, *, correlation_data: bytes | None = None) -> None:
+        """An answer to a request at QoS 1, ahead of everything else, kept until acknowledged."""
+        ...
+
     def publish_state(self, topic: str, payload: bytes) -> None:
         """A device's retained state at QoS 1: the newest per topic, kept until acknowledged."""
         ...

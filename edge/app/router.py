@@ -37,9 +37,7 @@ MAX_IN_FLIGHT = 64  # requests handled at once; the link's receive loop waits be
 class Replier(Protocol):
     """The part of the MQTT link an answer goes out through."""
 
-    async def publish_reliable(
-        self, topic: str, payload: bytes, *, retain: bool = False, correlation_data: bytes | None = None
-    ) -> None: ...
+    def publish_reply(self, topic: str, payload: bytes, *, correlation_data: bytes | None = None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -128,7 +126,7 @@ class Router:
             ack = Ack(ok=False, status="failed", reason="internal_error: see the daemon's log",
                       request_topic=msg.topic[:ACK_TOPIC_CHARS], ts=self._clock.now())  # fmt: skip
             with contextlib.suppress(PayloadError):
-                await pub.publish_reliable(
+                pub.publish_reply(
                     reply or f"{self.base}/acks", _dump(ack), correlation_data=msg.correlation_data
                 )
 
@@ -155,9 +153,7 @@ class Router:
             self.nacks += 1
         pub = self._publisher()
         if pub is not None:
-            await pub.publish_reliable(
-                reply.topic or f"{self.base}/acks", _dump(ack), correlation_data=reply.corr
-            )
+            pub.publish_reply(reply.topic or f"{self.base}/acks", _dump(ack), correlation_data=reply.corr)
         return ack
 
     def _request(self, msg: Incoming, reply: _Reply) -> Request:

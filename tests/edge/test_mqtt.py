@@ -166,8 +166,9 @@ async def test_correlation_fills_a_null_correlation_id_under_3_1_1(mqtt_url: str
         link(mqtt_url, outbox) as mq,
     ):
         await mq.wait_connected(WAIT_S)
-        await mq.publish_reliable(topic, b'{"ok": false, "correlation_id": null}', correlation_data=b"c-7")
+        mq.publish_reply(topic, b'{"ok": false, "correlation_id": null}', correlation_data=b"c-7")
         message = await next_message(sub)
+    assert message.qos == 1
     assert isinstance(message.payload, bytes)
     body = orjson.loads(message.payload)
     if mq.protocol == "5":
@@ -201,6 +202,40 @@ async def test_alarms_published_while_broker_down_arrive_in_order(
         assert outbox.backlog == 0
         assert mq.stats["reconnects"] >= 1
     assert [orjson.loads(m.payload)["seq"] for m in messages] == list(range(50))
+
+
+async def test_replies_go_out_first_after_an_outage_and_are_not_stored(
+    private_broker: PrivateBroker, database_url: str
+) -> None:
+    """Answers queued while the broker is down are kept in memory, not in the outbox; once it is
+    back they go out in order, at QoS 1, before the outbox's backlog of 100 events."""
+    prefix = _prefix()
+    seen = Collector()
+    async with (
+        Outbox(database_url) as outbox,
+        link(private_broker.url, outbox, subscriptions=[f"{prefix}/#"], on_message=seen) as mq,
+    ):
+        await mq.wait_connected(WAIT_S)
+        await private_broker.stop()
+        await mq.wait_disconnected(WAIT_S)
+        for i in range(100):
+            await mq.publish_reliable(f"{prefix}/events", orjson.dumps({"seq": i}))
+        for i in range(3):
+            mq.publish_reply(
+                f"{prefix}/replies/tui-1", orjson.dumps({"n": i}), correlation_data=f"c-{i}".encode()
+            )
+        assert outbox.backlog == 100
+        assert mq.stats["replies_pending"] == 3
+        with pytest.raises(PayloadError):
+            mq.publish_reply(f"{prefix}/replies/+", b"{}")
+        await private_broker.start()
+        messages = await seen.wait_for(103, within_s=20)
+        await mq.wait_drained(WAIT_S)
+        assert mq.stats["replies_published"] == 3
+    assert [str(m.topic) for m in messages[:3]] == [f"{prefix}/replies/tui-1"] * 3
+    assert [orjson.loads(m.payload)["n"] for m in messages[:3]] == [0, 1, 2]
+    assert [m.correlation_data for m in messages[:3]] == [b"c-0", b"c-1", b"c-2"]  # property or JSON
+    assert [orjson.loads(m.payload)["seq"] for m in messages[3:]] == list(range(100))
 
 
 async def test_outbox_survives_link_restart(mqtt_url: str, database_url: str) -> None:
