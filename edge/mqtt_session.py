@@ -26,7 +26,7 @@ import select
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -496,30 +496,74 @@ def no_delay(client: aiomqtt.Client) -> None:
 READ_BURST = 256  # packets read per readable event, and queued messages handed on, at most
 
 
+RECV_CHUNK = 65_536  # bytes asked of the socket at once
+
+
+class _RecvBuffer:
+    """paho's socket reads, from a buffer filled a socket-full at a time.
+
+    paho reads a packet's header a byte at a time and then its body: four `recv` calls per
+    message, each a system call and a few Python frames. A city's 57,000 retained messages on
+    the dashboard's connect were 229,000 calls, a third of the load's CPU. The buffer belongs to
+    one socket: a new socket (a reconnect of the same client) starts empty.
+    """
+
+    __slots__ = ("data", "pos", "read", "sock")
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self.read = read  # paho's own `_sock_recv`: its TLS and error handling stay
+        self.data = b""
+        self.pos = 0
+        self.sock: object = None
+
+    def pending(self, sock: object) -> bool:
+        return sock is self.sock and self.pos < len(self.data)
+
+    def recv(self, sock: object, n: int) -> bytes:
+        if sock is not self.sock or self.pos >= len(self.data):
+            self.sock, self.data, self.pos = sock, b"", 0
+            data = self.read(RECV_CHUNK)  # BlockingIOError, OSError: raised to paho as before
+            if len(data) <= n:
+                return data  # b"" on EOF
+            self.data = data
+        out = self.data[self.pos : self.pos + n]
+        self.pos += len(out)
+        return out
+
+
 def greedy_reads(client: aiomqtt.Client, burst: int = READ_BURST) -> None:
-    """Read on while the socket has data (up to `burst` packets) on each readable event.
+    """Read on while the socket has data (up to `burst` packets) on each readable event, from a
+    buffer a socket-full at a time (`_RecvBuffer`).
 
     paho's `loop_read` reads one packet, plus one per message we have in flight, and aiomqtt
     calls it once per readable event, that is once per event-loop iteration. A connection that
     mostly receives (a board's echoes, the dashboard's retained states) was held to a message
     per iteration: at start-up at 53,800 lamps, with iterations of 100-300 ms, the LED boards'
-    echoes came in at 3 a second and missed their 2 s (measured). Call before connecting
-    (`BrokerAddress.aiomqtt_client` does, for every client it makes).
+    echoes came in at 3 a second and missed their 2 s (measured). What the buffer holds is
+    always read to the end: the socket would not say readable for it again. Call before
+    connecting (`BrokerAddress.aiomqtt_client` does, for every client it makes).
     """
     paho = client._client  # aiomqtt's paho client: the only way to its reading
     read_one = paho.loop_read
+    buf = _RecvBuffer(paho._sock_recv)
+
+    def sock_recv(n: int) -> bytes:
+        return buf.recv(paho._sock, n)
 
     def loop_read(max_packets: int = 1) -> MQTTErrorCode:
         rc = read_one(max_packets)
-        for _ in range(burst - 1):
+        n = 1
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             sock = paho.socket()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or sock is None:
+            if sock is None:
                 break
-            if not select.select([sock], [], [], 0)[0]:
+            if not buf.pending(sock) and (n >= burst or not select.select([sock], [], [], 0)[0]):
                 break
             rc = read_one(max_packets)
+            n += 1
         return rc
 
+    paho._sock_recv = sock_recv  # type: ignore[method-assign,assignment]
     paho.loop_read = loop_read  # type: ignore[method-assign]
 
 

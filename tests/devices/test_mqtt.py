@@ -123,3 +123,34 @@ async def test_a_busy_loop_still_reads_every_waiting_message_at_once(mqtt_url_el
             busy = False
     # one message per iteration would be n iterations; read at once, a few
     assert len(set(seen_at)) <= n // 5, f"{n} messages read over {len(set(seen_at))} loop iterations"
+
+
+async def test_messages_larger_and_smaller_than_a_socket_read_arrive_whole(mqtt_url: str) -> None:
+    """The clients read the socket 64 kB at a time and hand paho its bytes from there: a 200 kB
+    message spans several reads, thousands of small ones share one; each arrives whole, in order.
+    Then the broker drops the connection: the next one reads its own bytes, not the old socket's."""
+    topic = f"t/{secrets.token_hex(4)}/sizes"
+    got: list[bytes] = []
+    link = MqttDeviceClient(
+        mqtt_url, name="t-sizes", subscriptions=[(topic, 1)], on_message=lambda _t, p, _r: got.append(p),
+        backoff_base_s=0.01, backoff_max_s=0.05,
+    )  # fmt: skip
+    big = bytes(range(256)) * 800  # 204,800 bytes
+    small = [f"{i:05d}".encode() for i in range(2000)]
+    async with link, BrokerAddress.parse(mqtt_url).client("t-sizes-pub", timeout_s=10, pending=5000) as pub:
+        await link.wait_connected(10)
+        await pub.publish(topic, big, qos=1)
+        await asyncio.gather(*(pub.publish(topic, p, qos=1) for p in small))
+        await pub.publish(topic, big[::-1], qos=1)
+        await wait_until(lambda: len(got) == 2002, what="every message", timeout_s=20)
+        assert got == [big, *small, big[::-1]]
+        client = link.client
+        assert client is not None
+        sock = client._client.socket()
+        assert sock is not None
+        sock.shutdown(2)  # the connection dies under the client; it reconnects
+        await wait_until(lambda: link.client is not None and link.client is not client, what="a new session")
+        await link.wait_connected(10)
+        await pub.publish(topic, b"after", qos=1)
+        await wait_until(lambda: got[-1:] == [b"after"], what="a message on the new connection")
+    assert len(got) == 2003
