@@ -205,7 +205,7 @@ class Dispatcher(Service):
         reserved_workers: int | None = None,
         reconcile_interval_s: float = 30.0,
     ) -> None:
-        """`reserved_workers` (default an eighth, at least one) never take a plan's own write,
+        """`reserved_workers` (default an eighth, from one to 16) never take a plan's own write,
         so an operator's or a safety command finds a worker while a plan step fills the rest."""
         super().__init__()
         self._bus = bus
@@ -218,7 +218,7 @@ class Dispatcher(Service):
         self._n_workers = workers
         self._reconcile_interval = reconcile_interval_s
         self._points: dict[Key, _Point] = {}
-        reserved = max(1, workers // 8) if reserved_workers is None else reserved_workers
+        reserved = min(16, max(1, workers // 8)) if reserved_workers is None else reserved_workers
         self._writes: WriteQueue[Key] = WriteQueue(self._rank, max(1, workers - reserved))
         self._held: set[Key] = set()  # points with a layer that holds until a time (the hold loop's)
         self._waiters: dict[str, asyncio.Future[CommandResult]] = {}

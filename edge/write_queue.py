@@ -1,12 +1,11 @@
 """The dispatcher's queue of points waiting for a write, with room kept for what is not a plan.
 
-A city's plan step queues tens of thousands of writes, and a charging re-plan hundreds of OPC-UA
-writes that each take a round trip. Ranking alone (an operator's command first in the queue) is
-not enough: when every worker is busy with a plan write, the operator's command waits for one
-to finish. At 53,800 lamps the command round trip's p99 was 400 ms for that reason, in a burst
-each time the charging plan was re-sent. So plan writes take at most `workers - reserved`
-workers at once; the rest wait parked until a plan write ends, and the reserved workers take
-only operator, safety and reconcile writes.
+Ranking alone (an operator's command first in the queue) is not enough: when every worker is busy
+with a plan write, an operator's command waits for one to finish. A plan write to a controller
+that is down waits for its link up to the write timeout, so a plan step over a district whose
+cabinet lost power can hold every worker for seconds, and a safety shed or an override with them.
+So plan writes take at most `plan_slots` workers at once; the rest wait parked until a plan write
+ends, and the other workers take only operator, safety and reconcile writes.
 """
 
 from __future__ import annotations
