@@ -306,7 +306,23 @@ def _steady(res: dict[str, Any], k: Knobs, url: str, base: str, dconn: Any, daem
         lamp_sim_cpu_s=sum(b - a for a, b in zip(c0[4][:n_lamp_procs], c1[4][:n_lamp_procs], strict=True)),
         field_sim_cpu_s=sum(b - a for a, b in zip(c0[4][n_lamp_procs:], c1[4][n_lamp_procs:], strict=True)),
         broker_cpu_s=c1[5] - c0[5], rss_mb=max([dp.memory_info().rss / 2**20, *out.rss]),
+        rss_parts=_rss_parts(dp.pid),
     )  # fmt: skip
+
+
+def _rss_parts(pid: int) -> dict[str, float]:
+    """The daemon's RSS at the window's end, MB: anonymous (heap, the interpreter's and the
+    libraries' allocations) and file-backed (mapped code of the interpreter and the libraries,
+    shared with any other process that maps them)."""
+    parts: dict[str, float] = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile", "RssShmem"):
+                parts[key] = float(rest.split()[0]) / 1024
+    except OSError:
+        pass
+    return parts
 
 
 def run(quick: bool) -> list[Row]:
