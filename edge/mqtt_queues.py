@@ -27,7 +27,7 @@ import collections
 import contextlib
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 import structlog
@@ -129,6 +129,30 @@ async def publish_qos1_many(
     return out
 
 
+M = TypeVar("M", bound=tuple[Any, ...])  # a queued message: its topic first
+
+
+def outcomes(
+    batch: Sequence[M], results: Sequence[BaseException | None], dropped_event: str
+) -> tuple[int, int, list[M], BaseException | None]:
+    """(acknowledged, refused, lost, first link error) of a window sent at QoS 1. Lost: not
+    acknowledged because the link failed (to send again, in order); refused: paho cannot send
+    it at all, so it is logged under `dropped_event` with its topic and not tried again."""
+    acked = refused = 0
+    lost: list[M] = []
+    link_error: BaseException | None = None
+    for message, res in zip(batch, results, strict=True):
+        if res is None:
+            acked += 1
+        elif is_link_error(res):
+            link_error = link_error or res
+            lost.append(message)
+        else:
+            refused += 1
+            log.error(dropped_event, topic=message[0], error=repr(res))
+    return acked, refused, lost, link_error
+
+
 class LatestStates:
     """The newest retained state per topic, waiting for the link; `send` runs per session."""
 
@@ -179,17 +203,9 @@ class LatestStates:
                 except BaseException:  # the session ended under us: nothing of it is known sent
                     self._give_back(batch)
                     raise
-                link_error: BaseException | None = None
-                lost: list[tuple[str, bytes]] = []
-                for item, res in zip(batch, results, strict=True):
-                    if res is None:
-                        self.published += 1
-                    elif is_link_error(res):
-                        link_error = link_error or res
-                        lost.append(item)
-                    else:
-                        self.refused += 1
-                        log.error("mqtt_state_dropped", topic=item[0], error=repr(res))
+                acked, refused, lost, link_error = outcomes(batch, results, "mqtt_state_dropped")
+                self.published += acked
+                self.refused += refused
                 if link_error is not None:
                     self._give_back(lost)
                     raise link_error
@@ -247,17 +263,9 @@ class Replies:
                 except BaseException:  # the session ended under us: nothing of it is known sent
                     self._queue.extendleft(reversed(batch))
                     raise
-                link_error: BaseException | None = None
-                lost: list[tuple[str, bytes, bytes | None]] = []
-                for m, res in zip(batch, results, strict=True):
-                    if res is None:
-                        self.published += 1
-                    elif is_link_error(res):
-                        link_error = link_error or res
-                        lost.append(m)
-                    else:
-                        self.refused += 1
-                        log.error("mqtt_reply_dropped", topic=m[0], error=repr(res))
+                acked, refused, lost, link_error = outcomes(batch, results, "mqtt_reply_dropped")
+                self.published += acked
+                self.refused += refused
                 if link_error is not None:
                     self._queue.extendleft(reversed(lost))
                     raise link_error

@@ -178,21 +178,30 @@ async def test_correlation_fills_a_null_correlation_id_under_3_1_1(mqtt_url: str
         assert body == {"ok": False, "correlation_id": "c-7"}
 
 
+@contextlib.asynccontextmanager
+async def broker_down(
+    private_broker: PrivateBroker, database_url: str, watch: str
+) -> AsyncIterator[tuple[MqttLink, Outbox, Collector]]:
+    """A link whose broker has just gone down. The link's own subscription to `watch` is the
+    witness once the broker is back: it is restored on reconnect before anything is sent, so
+    nothing can go out unobserved."""
+    seen = Collector()
+    async with (
+        Outbox(database_url) as outbox,
+        link(private_broker.url, outbox, subscriptions=[watch], on_message=seen) as mq,
+    ):
+        await mq.wait_connected(WAIT_S)
+        await private_broker.stop()
+        await mq.wait_disconnected(WAIT_S)
+        yield mq, outbox, seen
+
+
 async def test_alarms_published_while_broker_down_arrive_in_order(
     private_broker: PrivateBroker, database_url: str
 ) -> None:
     """50 alarms published while the broker is down arrive exactly once, in order, after it returns."""
     prefix = _prefix()
-    seen = Collector()
-    async with (
-        Outbox(database_url) as outbox,
-        # The link's own subscription is the witness: it is restored on reconnect before
-        # the drainer sends anything, so nothing can go out unobserved.
-        link(private_broker.url, outbox, subscriptions=[f"{prefix}/alarm/#"], on_message=seen) as mq,
-    ):
-        await mq.wait_connected(WAIT_S)
-        await private_broker.stop()
-        await mq.wait_disconnected(WAIT_S)
+    async with broker_down(private_broker, database_url, f"{prefix}/alarm/#") as (mq, outbox, seen):
         for i in range(50):
             await mq.publish_reliable(f"{prefix}/alarm/lamp-{i % 5}", orjson.dumps({"seq": i}))
         assert outbox.backlog == 50
@@ -210,14 +219,7 @@ async def test_replies_go_out_first_after_an_outage_and_are_not_stored(
     """Answers queued while the broker is down are kept in memory, not in the outbox; once it is
     back they go out in order, at QoS 1, before the outbox's backlog of 100 events."""
     prefix = _prefix()
-    seen = Collector()
-    async with (
-        Outbox(database_url) as outbox,
-        link(private_broker.url, outbox, subscriptions=[f"{prefix}/#"], on_message=seen) as mq,
-    ):
-        await mq.wait_connected(WAIT_S)
-        await private_broker.stop()
-        await mq.wait_disconnected(WAIT_S)
+    async with broker_down(private_broker, database_url, f"{prefix}/#") as (mq, outbox, seen):
         for i in range(100):
             await mq.publish_reliable(f"{prefix}/events", orjson.dumps({"seq": i}))
         for i in range(3):
