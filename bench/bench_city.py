@@ -41,6 +41,7 @@ import re
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections import Counter
 from multiprocessing.context import SpawnProcess
@@ -155,7 +156,7 @@ def one_run(k: Knobs, seed: int) -> dict[str, Any]:
     """One whole run: start-up and the steady window; returns what the report needs."""
     import psutil
 
-    from edge.net import free_port
+    from edge.net import free_ports
 
     run_id = uuid.uuid4().hex[:8]
     site_id = f"city-{run_id}"
@@ -175,12 +176,12 @@ def one_run(k: Knobs, seed: int) -> dict[str, Any]:
             endpoints = _start_lamps(ctx, stop, k, t0, procs)
             sim_procs = procs[n_before:]
             n_lamp_procs = len(sim_procs)
-            opc_port = free_port()
+            opc_port, *sign_ports = free_ports(1 + k.signs)
             rows = lamp_rows(endpoints, k.chargers)
             write_inventory(tmp / "inventory.csv", rows, f"opc.tcp://127.0.0.1:{opc_port}/dos-edge/chargers")
             res["bins"] = write_bins(tmp / "bins.csv", k.bins if k.trucks else 0)
             res["seeded_rows"] = seed_bin_history(f"sqlite:///{tmp / 'edge.db'}", tmp / "bins.csv", START)
-            config = write_site(tmp, k, site_id, url, opc_port, [free_port() for _ in range(k.signs)])
+            config = write_site(tmp, k, site_id, url, opc_port, sign_ports)
             fparent, fchild = ctx.Pipe()
             field = ctx.Process(target=_field_entry, args=(fchild, stop, str(config), t0, _knob_dict(k)),
                                 name="bench-city-field")  # fmt: skip
@@ -329,10 +330,19 @@ def run(quick: bool) -> list[Row]:
     """BENCH_CITY_RUNS whole runs of the city; rows with median [min-max]; stashes the JSON line."""
     k = Knobs.from_env(quick)
     results = []
+    crashed: list[str] = []
     for i in range(k.runs):
         print(f"  city run {i + 1}/{k.runs}: {k.lamps} lamps, window {k.window_s:.0f} s ...", file=sys.stderr,
               flush=True)  # fmt: skip
-        results.append(one_run(k, seed=i + 1))
+        try:
+            results.append(one_run(k, seed=i + 1))
+        except Exception as exc:  # a run that cannot start is counted in the table; the others still report
+            if k.runs == 1:
+                raise
+            traceback.print_exc(file=sys.stderr)
+            crashed.append(f"run {i + 1}: {type(exc).__name__}: {exc}"[:200])
+    if not results:
+        raise RuntimeError(f"every city run crashed: {crashed}")
     for i, r in enumerate(results):
         for when, s in (("start-up", r["ready"]), ("end", r.get("s1") or {})):
             reasons = sorted((s.get("failed_reasons") or {}).items(), key=lambda x: -x[1])[:8]
@@ -344,6 +354,9 @@ def run(quick: bool) -> list[Row]:
                 counted = Counter(re.sub(r"/[^/: ]+:", "/…:", f) for f in failed).most_common(5)
                 print(f"  run {i + 1} {kind} requests failed: {counted}", file=sys.stderr)
     rows, summary = rows_of(results, k)
+    summary["runs_crashed"] = len(crashed)
+    rows.insert(0, Row("city", "runs crashed (not in the medians)", f"{len(crashed)} of {k.runs}",
+                       "; ".join(crashed), target="0", verdict="ok" if not crashed else "FAIL"))  # fmt: skip
     _LAST_JSON.append(json.dumps(summary, sort_keys=True))
     return rows
 

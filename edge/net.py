@@ -42,3 +42,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         chosen: int = sock.getsockname()[1]
         return chosen
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """`n` distinct ports that were free a moment ago on `host` (`free_port` may pick a port
+    twice: it is still free after the first pick; 16 signs' ports collided once in many runs)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports

@@ -59,13 +59,19 @@ class SignBank:
         self.clock = clock
         self.vms_profile = profile
         self._signs: dict[str, _Sign] = {}
+        specs = list(specs)
+        # The signs' own ports first: a port picked for a sign without one must not be one that
+        # a later sign names (the city bench's field simulator failed so, once in many runs).
         used: set[tuple[str, int]] = set()
+        for s in specs:
+            if s.port and (s.host, s.port) in used:
+                raise ValueError(f"{s.display_id}: {s.host}:{s.port} already used by another sign")
+            if s.port:
+                used.add((s.host, s.port))
         for s in specs:
             port = s.port
             while not port or (s.port == 0 and (s.host, port) in used):
                 port = free_port(s.host)
-            if (s.host, port) in used:
-                raise ValueError(f"{s.display_id}: {s.host}:{port} already used by another sign")
             used.add((s.host, port))
             self._signs[s.display_id] = _Sign(s, port, SimServer(s.host, port))
         self._reconcile = asyncio.Event()
