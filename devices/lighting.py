@@ -271,6 +271,9 @@ class _WriteBatcher:
             got = await session.call(PRIO_COMMAND, timeout, go, await_link=True)
         except DeviceError as exc:
             got, refused = {}, dict.fromkeys(range(len(batch)), exc)
+            runner.log.warning(
+                "modbus_write_batch_failed", writes=len(batch), timeout_s=round(timeout, 2), error=str(exc)
+            )
         for i, w in enumerate(batch):
             if i in refused:
                 stats.write_errors += 1

@@ -32,10 +32,26 @@ async def close_task_group(
     """Leave a component's TaskGroup: cancel its tasks until they are done, then exit the group.
 
     Every long-lived component (drivers, simulators, the dispatcher) closes this one way.
+    An error of the body that the group only wrapped (no task failed) leaves unwrapped: a
+    failure inside a daemon's ten nested components would otherwise reach its caller ten
+    groups deep, which Python's traceback cuts off before the error itself.
     """
     await cancel_and_wait(tasks)
-    if tg is not None:
+    if tg is None:
+        return
+    try:
         await tg.__aexit__(exc_type, exc, tb)
+    except BaseExceptionGroup as group:
+        if exc is None or not _only(group, exc):
+            raise
+    else:
+        return
+    raise exc
+
+
+def _only(group: BaseExceptionGroup[BaseException], exc: BaseException) -> bool:
+    """Whether every leaf of `group` is `exc` itself."""
+    return all(e is exc or (isinstance(e, BaseExceptionGroup) and _only(e, exc)) for e in group.exceptions)
 
 
 class TimeSlice:

@@ -107,6 +107,7 @@ class _Cp:
     meter_kwh: float
     failsafe_a: float = 0.0  # what the watchdog falls back to (the node's value)
     failsafe: bool = False
+    powered: bool | None = None  # at the last step (None: not stepped yet)
     car: _Car | None = None
     preparing_until: float = 0.0
     finishing: bool = False
@@ -218,6 +219,14 @@ class ChargingPhysics:
     def step(self, cp: _Cp, now: float, dt_s: float, powered: bool) -> None:
         """Advance one charge point by `dt_s` clock seconds (0: re-evaluate after a write)."""
         spec = cp.spec
+        if powered and cp.powered is False:
+            # Power back (dusk on a night-only circuit, a fuse replaced): the charger boots with
+            # its fail-safe current until its controller writes a setpoint, as the fail-safe is
+            # what it keeps in non-volatile memory; the setpoint of last night is gone.
+            cp.failsafe = True
+            cp.limit_a = cp.failsafe_a
+            log.info("sim_charger_booted", cp_id=spec.cp_id, limit_a=cp.limit_a)
+        cp.powered = powered
         if spec.watchdog_s > 0 and not cp.failsafe and now - cp.last_feed >= spec.watchdog_s:
             cp.failsafe = True
             cp.limit_a = cp.failsafe_a

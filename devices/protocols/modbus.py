@@ -280,16 +280,20 @@ class ModbusSession:
         reported online), a dropped connection is reopened at once and waited for within the
         timeout (DeviceUnavailable if it does not come) instead of failing the write.
         """
-        in_flight, client = False, None
+        in_flight, got_lock, client = False, False, None
+        loop = asyncio.get_running_loop()
+        t0 = t_lock = t_link = loop.time()
         try:
             async with asyncio.timeout(timeout_s if wait_s is None else wait_s) as scope:
                 await self.lock.acquire(priority)
+                got_lock, t_lock, t_link = True, loop.time(), loop.time()
                 try:
                     if wait_s is not None:
-                        scope.reschedule(asyncio.get_running_loop().time() + timeout_s)
+                        scope.reschedule(loop.time() + timeout_s)
                     if self.client is None and await_link:
                         self.wanted.set()  # the link loop reconnects now, not at the next poll
                         await self.connected.wait()
+                        t_link = loop.time()
                     client = self.client
                     if client is None:
                         raise DeviceUnavailable("not connected", endpoint=self.name, unit=self.unit)
@@ -302,12 +306,23 @@ class ModbusSession:
                 self.drop(client)
             elif wait_s is not None:
                 raise LinkBusy(f"link busy for {wait_s} s", endpoint=self.name, unit=self.unit) from exc
-            elif client is None:
+            # where the time went: an operator (and a bench) tells a busy link from a slow device
+            end = loop.time()
+            if in_flight:
+                spent = (
+                    f"{t_lock - t0:.2f} s queued, {t_link - t_lock:.2f} s reconnecting, "
+                    f"{end - t_link:.2f} s in flight"
+                )
+            elif got_lock:
+                spent = f"{t_lock - t0:.2f} s queued, {end - t_lock:.2f} s reconnecting"
+            else:
+                spent = f"{end - t0:.2f} s queued behind other requests"
+            if client is None:
                 raise DeviceUnavailable(
-                    f"not connected within {timeout_s} s", endpoint=self.name, unit=self.unit
+                    f"not connected within {timeout_s} s ({spent})", endpoint=self.name, unit=self.unit
                 ) from exc
             raise DeviceTimeout(
-                f"no answer within {timeout_s} s", endpoint=self.name, unit=self.unit
+                f"no answer within {timeout_s} s ({spent})", endpoint=self.name, unit=self.unit
             ) from exc
         except ConnectionException as exc:
             self.drop(client)
