@@ -98,6 +98,13 @@ def _thread_cpu(p: Any, tid: int) -> float:
     return 0.0
 
 
+def _children_rss_mb(p: Any) -> float:
+    """The daemon's child processes' RSS (its solver process), MB."""
+    with contextlib.suppress(Exception):
+        return sum(c.memory_info().rss for c in p.children(recursive=True)) / 2**20
+    return 0.0
+
+
 def _children_cpu(p: Any) -> float:
     with contextlib.suppress(Exception):
         return sum(_cpu(c) for c in p.children(recursive=True))
@@ -289,7 +296,7 @@ def _steady(res: dict[str, Any], k: Knobs, url: str, base: str, dconn: Any, daem
             cmd_s=k.cmd_s,
             utility_s=k.utility_s,
             clock_now=lambda: clock_at(t0, time.time()),
-            sample=lambda: dp.memory_info().rss / 2**20,
+            sample=lambda: (dp.memory_info().rss / 2**20, _children_rss_mb(dp)),
             seed=seed,
         ))  # fmt: skip
     finally:
@@ -306,7 +313,9 @@ def _steady(res: dict[str, Any], k: Knobs, url: str, base: str, dconn: Any, daem
         solver_cpu_s=c1[3] - c0[3],
         lamp_sim_cpu_s=sum(b - a for a, b in zip(c0[4][:n_lamp_procs], c1[4][:n_lamp_procs], strict=True)),
         field_sim_cpu_s=sum(b - a for a, b in zip(c0[4][n_lamp_procs:], c1[4][n_lamp_procs:], strict=True)),
-        broker_cpu_s=c1[5] - c0[5], rss_mb=max([dp.memory_info().rss / 2**20, *out.rss]),
+        broker_cpu_s=c1[5] - c0[5], rss_mb=max([dp.memory_info().rss / 2**20, *(a for a, _ in out.rss)]),
+        solver_rss_mb=max([_children_rss_mb(dp), *(b for _, b in out.rss)]),
+        total_rss_mb=max([dp.memory_info().rss / 2**20 + _children_rss_mb(dp), *(a + b for a, b in out.rss)]),
         rss_parts=_rss_parts(dp.pid),
     )  # fmt: skip
 

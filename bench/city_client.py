@@ -32,7 +32,7 @@ class Trickle:
 
     durations: dict[str, list[float]] = field(default_factory=lambda: {"command": [], "utility": []})
     failures: dict[str, list[str]] = field(default_factory=lambda: {"command": [], "utility": []})
-    rss: list[float] = field(default_factory=list)
+    rss: list[tuple[float, float]] = field(default_factory=list)  # (daemon, solver process) MB
     # (wall time sent, round trip s, topic) of every request: BENCH_CITY_TIMELINE lines them up
     # with the daemon's stack samples
     sent: list[tuple[float, float, str]] = field(default_factory=list)
@@ -54,7 +54,7 @@ async def trickle(
     cmd_s: float,
     utility_s: float,
     clock_now: Callable[[], float],
-    sample: Callable[[], float],
+    sample: Callable[[], tuple[float, float]],
     seed: int,
 ) -> Trickle:
     """Run the trickle for `window_s`; `sample()` is called every 5 s (the daemon's RSS).

@@ -162,7 +162,7 @@ async def _car_parks(stack: Any, settings: Any, clock: Any, every_s: float) -> l
     return tasks
 
 
-def _write_memory_top(out: Path, n: int = 40) -> None:
+def _write_memory_top(out: Path, n: int = 60) -> None:
     """The daemon's live Python memory by allocating line, largest first (tracemalloc)."""
     import tracemalloc
 
@@ -171,6 +171,10 @@ def _write_memory_top(out: Path, n: int = 40) -> None:
     total = sum(st.size for st in stats)
     lines = [f"total {total / 2**20:.1f} MiB traced in {sum(st.count for st in stats)} blocks"]
     lines += [f"{st.size / 2**20:8.1f} MiB {st.count:9d} {st.traceback}" for st in stats[:n]]
+    lines += ["", "by file:"]
+    lines += [
+        f"{st.size / 2**20:8.1f} MiB {st.count:9d} {st.traceback}" for st in snap.statistics("filename")[:n]
+    ]
     out.write_text("\n".join(lines) + "\n")
 
 

@@ -86,6 +86,8 @@ def per_run(r: dict[str, Any]) -> dict[str, Any]:
         "daemon_cpu_pct_of_node": cpu / cores,
         "rss_mb": r["rss_mb"],
         "rss_anon_mb": r.get("rss_parts", {}).get("RssAnon", 0.0),
+        "solver_rss_mb": r.get("solver_rss_mb", 0.0),
+        "total_rss_mb": r.get("total_rss_mb", r["rss_mb"]),
         "rss_file_mb": r.get("rss_parts", {}).get("RssFile", 0.0),
         "startup_s": r["startup_s"],
         "startup_cpu_s": r["startup_cpu_s"],
@@ -267,6 +269,9 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
             verdict=_ok(median(vals("rss_mb")) < TARGET_RSS_MB)),
         Row(name, "  of it at the end: anonymous / file-backed (mapped code) MB",
             f"{ms('rss_anon_mb', '{:.0f}')} / {ms('rss_file_mb', '{:.0f}')}"),
+        Row(name, "solver process RSS MB (max in the window; the optimizers' imports live there)",
+            ms("solver_rss_mb", "{:.0f}")),
+        Row(name, "daemon + solver process RSS MB (max of the sum)", ms("total_rss_mb", "{:.0f}")),
         Row(name, "start-up s (process start to all online + first plans applied)", ms("startup_s"),
             f"{ms('startup_cpu_s')} CPU s; {incomplete} runs never complete", target=f"< {TARGET_STARTUP_S:.0f}",
             verdict=_ok(median(vals("startup_s")) < TARGET_STARTUP_S and not incomplete)),
@@ -319,7 +324,7 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
     rows += [
         Row(name, "  CPU % of a core: other daemon threads (storage, to_thread)", ms("other_threads_pct")),
         Row(name, "  CPU % of a core: bench stack sampler (subtracted above)", ms("sampler_pct")),
-        Row(name, "waste solver worker process CPU %", ms("solver_worker_pct")),
+        Row(name, "solver process CPU % of a core (every domain's optimizer)", ms("solver_worker_pct")),
         Row(name, "simulators CPU % of a core: lamps / field / broker",
             f"{median(vals('lamp_sims_pct')):.0f} / {median(vals('field_sim_pct')):.0f} / {median(vals('broker_pct')):.0f}"),
     ]  # fmt: skip
@@ -334,7 +339,8 @@ def rows_of(results: list[dict[str, Any]], k: Knobs) -> tuple[list[Row], dict[st
             )
         )
     summary: dict[str, Any] = {key: _finite(median(vals(key))) for key in (
-        "daemon_cpu_pct_of_core", "daemon_cpu_pct_of_node", "rss_mb", "startup_s", "loop_lag_p50_ms",
+        "daemon_cpu_pct_of_core", "daemon_cpu_pct_of_node", "rss_mb", "solver_rss_mb", "total_rss_mb", "startup_s",
+        "loop_lag_p50_ms",
         "loop_lag_p99_ms", "command_p50_ms", "command_p99_ms", "mqtt_out_per_s", "lamp_reads_per_s",
         "daemon_cpu_us_per_lamp_read", "lamp_cpu_us_per_read")}  # fmt: skip
     summary |= {"startup_incomplete_runs": incomplete, "startup_failures": int(sum(su)), "steady_failures": int(sum(st)), "runs": len(runs),

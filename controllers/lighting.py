@@ -38,12 +38,14 @@ from edge.pacing import Pace
 from edge.policy import DispatcherView, Verdict
 from edge.settings import LightingSettings, SiteSettings, TrafficStep
 from edge.tasks import TimeSlice
-from optimizer.lighting import DimmingInstance, DimmingPlan, LampGroup, check_plan, fallback_plan, solve
+from optimizer.lighting_fallback import fallback_plan
+from optimizer.lighting_model import DimmingInstance, DimmingPlan, LampGroup, check_plan
 
 log = structlog.get_logger(__name__)
 
 SLOT_S = 15 * 60
 LEVEL_POINT = "level_cmd"
+SOLVE = "optimizer.lighting:solve"  # run in the solver process (edge/solvers.py)
 PLAN_WINDOW = 2000  # plan commands submitted and not finished, at most (the pace's cap)
 FLOOR_LIMIT = "lighting_floor"  # the binding limit's name when a floor clamps or refuses a level
 _SERIES = {"M": ["M1", "M2", "M3", "M4", "M5", "M6"],
@@ -278,6 +280,8 @@ class LightingController:
         self._state = kernel.state
         self._dispatcher = kernel.dispatcher
         self._alarms = kernel.alarms
+        self._solvers = kernel.solvers
+        kernel.solvers.warm(SOLVE.partition(":")[0])
         self._ttl = kernel.settings.dispatcher.command_ttl_s
         self.plan: NightPlan | None = None
         self._applied: dict[str, int] = {}
@@ -329,7 +333,8 @@ class LightingController:
     async def _make_plan(self, on: float, off: float) -> None:
         inst, starts = build_instance(self.inv, self._site, self._cfg, on, off)
         try:
-            plan = await asyncio.to_thread(solve, inst)
+            # in the solver process: CP-SAT's imports stay out of the daemon (edge/solvers.py)
+            plan = await self._solvers.run(SOLVE, inst)
         except Exception as exc:
             log.error("lighting_plan_failed", error=str(exc))
             plan = fallback_plan(inst, f"solver error: {exc}")

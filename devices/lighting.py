@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+from array import array
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -140,7 +141,7 @@ def readback_spans(spans: Sequence[ReadSpan], addresses: Iterable[int]) -> list[
     return [(min(lst), max(lst) - min(lst) + 1) for lst in hits.values()]
 
 
-def table_runs(indices: Sequence[int], served: frozenset[int], limit: int) -> list[tuple[int, int]]:
+def table_runs(indices: Sequence[int], served: Container[int], limit: int) -> list[tuple[int, int]]:
     """(first index, count) runs over sorted lamp `indices` of a level table, at most `limit`
     long, bridging only indices the controller `served` (a register it does not serve may be
     refused): each run is one write-multiple or one read of the table."""
@@ -154,6 +155,15 @@ def table_runs(indices: Sequence[int], served: frozenset[int], limit: int) -> li
                 continue
         runs.append((i, 1))
     return runs
+
+
+def _compact(indices: Iterable[int]) -> Container[int]:
+    """A set of lamp indices as a range when it is one (a controller's lamps 0..99 usually
+    are): a frozenset of 100 ints is 4 kB, 538 of them 2 MB for nothing."""
+    got = sorted(set(indices))
+    if got and got[-1] - got[0] + 1 == len(got):
+        return range(got[0], got[-1] + 1)
+    return frozenset(got)
 
 
 @dataclass(slots=True)
@@ -318,11 +328,11 @@ class _Endpoint:
             if table is None
             else {driver.profile.lamp_address(index, table.point): index for index, _ in ep.lamps}
         )
-        self.table_served = frozenset(self.table_of.values())
+        self.table_served = _compact(self.table_of.values())
         self.device_ids = (ep.endpoint_id, *(d for _, d in ep.lamps))
         # the registers whose values were last published, per lamp (`RawBands.within`), and
         # without dead bands those values too, in the decoder's order (every poll repeats them)
-        self.reported: dict[str, tuple[int, ...]] = {}
+        self.reported: dict[str, array[int]] = {}
         self.values_of: dict[str, tuple[Value, ...]] = {}
         # Polls since the last publish, started spread so the "still here" readings of a
         # controller's lamps do not all fall on the same poll.
@@ -365,7 +375,9 @@ class _Endpoint:
             reported, values_of, quiet = self.reported, self.values_of, self.quiet
             every, within, banded = d.report_every_polls, d.lamp_bands.within, bool(d.deadbands)
             for device_id, off in rs.lamps:
-                raw = tuple(regs[off : off + span])
+                # 16-bit registers packed: a tuple held the reply's int objects too (~190 bytes
+                # a lamp more, 10 MB at 54,000 lamps)
+                raw = array("H", regs[off : off + span])
                 old = reported.get(device_id)
                 if old is None or (old != raw and not within(old, raw)):
                     try:

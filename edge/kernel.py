@@ -20,6 +20,7 @@ from edge.clock import Clock
 from edge.dispatcher import Dispatcher
 from edge.lag import LagMonitor
 from edge.settings import Settings
+from edge.solvers import Solvers
 from edge.state import StateStore
 from edge.storage import Storage
 
@@ -38,6 +39,9 @@ class Kernel:
     alarms: Alarms
     storage: Storage
     lag: LagMonitor
+    # Where optimizers run (edge/solvers.py); tools and tests that build a kernel of their own
+    # get threads, the daemon its solver process.
+    solvers: Solvers = field(default_factory=lambda: Solvers(processes=False))
 
 
 @runtime_checkable

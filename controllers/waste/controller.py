@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -28,6 +27,7 @@ from edge.events import Command, PlanEvent, Telemetry
 from edge.kernel import Kernel
 from edge.policy import Verdict
 from edge.settings import WasteSettings
+from edge.solvers import Solvers
 from optimizer.waste import DistanceProvider, HaversineProvider
 
 from . import views
@@ -50,11 +50,12 @@ class WastePorts:
     alarms: Alarms
     submit: Callable[[Command], Verdict] | None
     bus: EventBus | None = None
+    solvers: Solvers | None = None  # None: plans in a thread
 
     @classmethod
     def of(cls, kernel: Kernel) -> WastePorts:
         tz = ZoneInfo(kernel.settings.site.timezone)
-        return cls(tz, kernel.clock, kernel.alarms, kernel.dispatcher.submit, kernel.bus)
+        return cls(tz, kernel.clock, kernel.alarms, kernel.dispatcher.submit, kernel.bus, kernel.solvers)
 
 
 class WasteController:
@@ -77,18 +78,18 @@ class WasteController:
         truck_offline_s: float = 300.0,
         alarm_replan_s: float = 900.0,
         step_s: float = 1.0,
-        solve_in_process: bool = True,
     ) -> None:
         ports = kernel if isinstance(kernel, WastePorts) else WastePorts.of(kernel)
         self.st = WasteState(bins, cfg, ports.tz, ports.clock, ports.alarms, ports.bus)
         self.st.truck_offline_s = truck_offline_s
         provider = provider or HaversineProvider(cfg.detour, {str(k): v for k, v in cfg.speeds_kmh.items()})
-        self.planner = Planner(self.st, provider, ports.submit, command_ttl_s=command_ttl_s)
+        self.planner = Planner(
+            self.st, provider, ports.submit, command_ttl_s=command_ttl_s, solvers=ports.solvers
+        )
         self.tracker = Tracker(self.st, self)
         self.north = views.North(self.st)
         self.alarm_replan_s = alarm_replan_s
         self.step_s = step_s
-        self.solve_in_process = solve_in_process  # (while `run` runs; direct calls plan in a thread)
         self.failed = 0  # events whose handling raised
         self._pending: PlanReason | None = None
         self._wake = asyncio.Event()
@@ -311,14 +312,6 @@ class WasteController:
         sub = self._sub
         if self.st.bus is None or sub is None:
             raise RuntimeError("WasteController.run needs a bus")
-        if self.solve_in_process and self.planner.pool is None:
-            # OR-Tools' search holds the GIL (docs/routing.md): in a thread it would stall the
-            # event loop, and with it every poll and command, for seconds.
-            try:
-                pickle.dumps(self.planner.provider)
-                self.planner.pool = self.planner.new_pool()
-            except (pickle.PicklingError, AttributeError, TypeError) as exc:
-                log.warning("waste_provider_not_picklable", error=str(exc)[:200])  # plans in a thread
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._consume(sub), name="waste.events")
@@ -326,7 +319,6 @@ class WasteController:
                 tg.create_task(self._planner(), name="waste.planner")
         finally:
             self.st.bus.unsubscribe(sub)
-            self.planner.stop_pool()
 
     async def _consume(self, sub: Subscription) -> None:
         async for ev in sub:

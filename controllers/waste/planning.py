@@ -12,14 +12,10 @@ back after a restart without sending routes again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
-import multiprocessing
 import time
 from collections.abc import Callable, Generator, Mapping
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from datetime import date
 from typing import Literal
 
@@ -31,6 +27,7 @@ from edge.dispatcher import make_command
 from edge.events import Command, Outcome, PlanEvent, Priority
 from edge.geo import haversine_m
 from edge.policy import DispatcherView, Verdict
+from edge.solvers import Solvers
 from optimizer.waste import (
     BinInput,
     DistanceProvider,
@@ -106,6 +103,9 @@ def planner_bin(
     )
 
 
+SOLVE = "controllers.waste.planning:solve"  # run in the solver process (edge/solvers.py)
+
+
 def solve(
     bins: list[BinInput],
     trucks: list[TruckInput],
@@ -127,10 +127,6 @@ def solve(
         limit = min(ctx.solver_time_s, max(min(MIN_SEARCH_S, ctx.solver_time_s), left))
         instance = dataclasses.replace(instance, ctx=dataclasses.replace(ctx, solver_time_s=limit))
     return solve_instance(instance)
-
-
-def warm() -> None:
-    """Nothing: unpickling it in the solver process imports this module and the solvers, ahead of the first plan."""
 
 
 class WasteSafety:
@@ -155,13 +151,16 @@ class Planner:
         submit: Callable[[Command], Verdict] | None,
         *,
         command_ttl_s: float,
+        solvers: Solvers | None = None,
     ) -> None:
         self.st = st
+        self.solvers = solvers  # the solver process (None: plans in a thread)
+        if solvers is not None:
+            solvers.warm(SOLVE.partition(":")[0])
         self.provider = provider
         self.submit = submit
         self.command_ttl_s = command_ttl_s
         self.route_lead_s = 1800.0  # routes go out at most this long before the truck's shift starts
-        self.pool: ProcessPoolExecutor | None = None
         self.route_seq = itertools.count(1)
         self.held: dict[str, tuple[TruckRoute, str, float]] = {}  # truck -> (route, id, shift start)
         self.plans_made = 0
@@ -267,39 +266,13 @@ class Planner:
         now = self.st.clock.now()
         bins, trucks, ctx, day = await self.inputs_async(now)
         deadline = asked + ctx.solver_time_s
-        pool = self.pool
-        plan: WastePlan | None = None
-        if pool is not None:
-            try:
-                loop = asyncio.get_running_loop()
-                plan = await loop.run_in_executor(pool, solve, bins, trucks, ctx, self.provider, deadline)
-            except BrokenProcessPool as exc:
-                # The worker died (killed, out of memory): this plan in a thread, a new worker for the next.
-                log.warning("waste_plan_process_failed", error=str(exc)[:200])
-                self.stop_pool()
-                self.pool = self.new_pool()
-        if plan is None:
+        if self.solvers is not None:
+            # OR-Tools' search holds the GIL (docs/routing.md): in a thread it would stall the
+            # event loop, and with it every poll and command, for seconds.
+            plan = await self.solvers.run(SOLVE, bins, trucks, ctx, self.provider, deadline)
+        else:
             plan = await asyncio.to_thread(solve, bins, trucks, ctx, self.provider, deadline)
         return self.apply(plan, reason, day)
-
-    @staticmethod
-    def new_pool() -> ProcessPoolExecutor:
-        """The solver process, started now and its imports made, so the first plan does not pay for them."""
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        pool.submit(warm)
-        return pool
-
-    def stop_pool(self) -> None:
-        """Shut the solver pool and end its worker: a solve still running would keep the
-        interpreter from exiting until it is done."""
-        pool, self.pool = self.pool, None
-        if pool is None:
-            return
-        procs = list((getattr(pool, "_processes", None) or {}).values())  # private, so guarded
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
-            with contextlib.suppress(OSError, ValueError, AttributeError):  # already gone
-                proc.terminate()
 
     # -- taking a plan into force -------------------------------------------------------
 

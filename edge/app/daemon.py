@@ -40,6 +40,7 @@ from edge.payloads import DaemonStatus
 from edge.records import AlarmRow, PlanRow, outbox_url
 from edge.redact import redact_url
 from edge.settings import Settings
+from edge.solvers import Solvers
 from edge.state import StateStore
 from edge.storage import Storage
 from edge.tasks import TimeSlice, cancel_and_wait
@@ -130,15 +131,18 @@ async def running(
     record_sub = bus.subscribe("storage", AlarmEvent, PlanEvent)
     reconcile_sub = bus.subscribe("alarms.reconcile", Telemetry)
     st, mq = settings.storage, settings.mqtt
-    async with Storage(
-        st.url,
-        flush_interval_s=st.flush_interval_s,
-        retention_s=st.retention_days * 86400,
-        max_backlog=st.max_backlog_rows,
-        on_alarm=lambda code, active, sev, detail: alarms.set(DAEMON_DEVICE, code, active, sev, detail),
-    ) as storage:
+    async with (
+        Storage(
+            st.url,
+            flush_interval_s=st.flush_interval_s,
+            retention_s=st.retention_days * 86400,
+            max_backlog=st.max_backlog_rows,
+            on_alarm=lambda code, active, sev, detail: alarms.set(DAEMON_DEVICE, code, active, sev, detail),
+        ) as storage,
+        Solvers() as solvers,
+    ):
         alarms.restore(_open_alarms(await asyncio.to_thread(storage.alarms, True)))
-        kernel = _kernel(settings, clock, bus, state, alarms, storage)
+        kernel = _kernel(settings, clock, bus, state, alarms, storage, solvers)
         site = Site(inventory, site_bins(settings))
         domains = await build_all(kernel, site)
         async with (
@@ -263,7 +267,13 @@ def limit_malloc_arenas(n: int = 2) -> None:
 
 
 def _kernel(
-    settings: Settings, clock: Clock, bus: EventBus, state: StateStore, alarms: Alarms, storage: Storage
+    settings: Settings,
+    clock: Clock,
+    bus: EventBus,
+    state: StateStore,
+    alarms: Alarms,
+    storage: Storage,
+    solvers: Solvers,
 ) -> Kernel:
     """The kernel's parts: the dispatcher starts with no driver or policy (the builds add them)."""
     ds = settings.dispatcher
@@ -279,7 +289,7 @@ def _kernel(
         reconcile_interval_s=ds.reconcile_interval_s,
     )
     lag = LagMonitor(limit_s=settings.charging.lag_limit_s, hold_s=settings.charging.lag_hold_s)
-    return Kernel(settings, clock, bus, state, dispatcher, alarms, storage, lag)
+    return Kernel(settings, clock, bus, state, dispatcher, alarms, storage, lag, solvers)
 
 
 async def _online(kernel: Kernel, api: MqttApi, outbox: Outbox) -> MqttLink:

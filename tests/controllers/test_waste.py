@@ -30,6 +30,7 @@ from edge.errors import DeviceReplyError
 from edge.events import AlarmEvent, Outcome, PlanEvent, Priority, Severity, Telemetry
 from edge.records import PlanRow
 from edge.settings import WasteSettings
+from edge.solvers import Solvers
 from edge.state import StateStore
 from edge.storage import Storage
 from optimizer.waste import select
@@ -682,33 +683,19 @@ async def test_a_skipped_mandatory_bin_or_a_rejected_route_replans(rig: Rig) -> 
     assert r.ctl.pending == "alarm"
 
 
-async def test_stopping_run_ends_a_running_solve(rig: Rig) -> None:
-    """Cancelling `run` while the solver process works ends that process (the interpreter would
-    otherwise wait for the solve at exit)."""
-    import asyncio
-
+async def test_the_plan_is_made_in_the_solver_process(rig: Rig) -> None:
+    """With the daemon's solver process (edge/solvers.py), the search runs there, not in a
+    thread of the daemon (OR-Tools holds the GIL); ending the process is the Solvers' own test."""
     r = rig
-    r.ctl.cfg = r.ctl.cfg.model_copy(update={"solver_time_s": 60.0})
-    r.ctl.step_s = 0.01
-    task = asyncio.create_task(r.ctl.run(), name="waste.test")
-    try:
-        fill_history(r, FULL)
-        await wait_until(lambda: r.ctl.planner.pool is not None, what="the solver pool")
-        pool = r.ctl.planner.pool
-        assert pool is not None
-        r.ctl.request_plan("operator")
-        await wait_until(
-            lambda: r.ctl.planning and bool(pool._processes), what="a solve running", timeout_s=15
-        )
-        procs = list(pool._processes.values())
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    await wait_until(
-        lambda: not any(p.is_alive() for p in procs), what="the solver process ended", timeout_s=5
-    )
-    assert r.ctl.active is None
+    fill_history(r, FULL)
+    async with Solvers() as solvers:
+        r.ctl.planner.solvers = solvers
+        active = await r.ctl.planner.plan_now("operator")
+        assert solvers.stats.calls == 1
+        assert solvers.stats.in_thread == 0
+        assert len(solvers.pids()) == 1
+    assert active.plan.routes
+    assert {s.id for rt in active.plan.routes for s in rt.stops} >= {"B1"}  # the fullest bin is emptied
 
 
 async def test_bins_emptied_while_planning_are_left_out_of_the_routes(rig: Rig) -> None:

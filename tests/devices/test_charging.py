@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from devices.profiles.charging import default_profile, parse_profile
 from edge.clock import ManualClock
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from simulators.charging import ChargingSimulator
+from simulators.charging_physics import SimFeeder
 from simulators.elaad import SessionSampler, builtin_curves, load_curves
 
 EP = "chargers"
@@ -432,3 +434,28 @@ async def test_late_writes_keep_the_session_a_silent_server_ends_it(
                 await driver.write("cp-001", "current_limit_a", 8.0, 0.5)
             await opcua_recorder.wait(lambda: opcua_recorder.availability(EP)[:2] == [True, False], "down")
             await proxy.restore()
+
+
+async def test_power_back_boots_a_charger_at_its_failsafe(
+    charging_clock: ManualClock, opcua_recorder: OpcUaRecorder
+) -> None:
+    """Power returns (dusk on a night-only circuit, a fuse replaced): the setpoint of before is
+    gone, the charger offers no more than its fail-safe until its controller writes again."""
+    cps = [dataclasses.replace(c, feeder="f1") for c in sim_charge_points()]
+    feeders = [SimFeeder("f1", limit_a=63.0)]
+    async with (
+        ChargingSimulator(cps, charging_clock, feeders=feeders, seed=1) as sim,
+        make_driver(sim, charging_clock, opcua_recorder) as driver,
+    ):
+        await opcua_recorder.wait(lambda: driver.online(EP) is True, "online")
+        assert await driver.write("cp-002", "current_limit_a", 16.0, 1.0) == 16.0
+        sim.set_feeder_live("f1", False)
+        charging_clock.advance(2)  # the next physics tick
+        await wait_until(lambda: sim.cp("cp-002")["status"] == "Unavailable", what="power gone")
+        assert sim.cp("cp-002")["current_limit_a"] == 16.0  # kept while it is off
+        sim.set_feeder_live("f1", True)
+        charging_clock.advance(2)
+        await wait_until(lambda: sim.cp("cp-002")["failsafe_active"] is True, what="booted on its fail-safe")
+        assert sim.cp("cp-002")["current_limit_a"] == 6.0
+        assert await driver.write("cp-002", "current_limit_a", 10.0, 1.0) == 10.0
+        assert sim.cp("cp-002")["failsafe_active"] is False

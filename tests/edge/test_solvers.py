@@ -1,0 +1,74 @@
+"""The solver process: optimizers run beside the daemon, and a dead process costs no plan."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+import psutil
+import pytest
+
+from edge.solvers import Solvers
+from tests.harness import wait_for
+
+
+async def test_a_call_runs_in_the_solver_process_and_its_imports_stay_there() -> None:
+    async with Solvers() as solvers:
+        solvers.warm("json")
+        pid = await solvers.run("os:getpid")
+        assert pid != os.getpid()
+        assert solvers.pids() == [pid]
+        assert await solvers.run("os:getpid") == pid  # one process, kept
+        assert await solvers.run("builtins:len", [1, 2]) == 2
+        assert solvers.stats.in_thread == 0
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+async def test_without_processes_calls_run_in_a_thread() -> None:
+    async with Solvers(processes=False) as solvers:
+        assert await solvers.run("os:getpid") == os.getpid()
+        assert solvers.pids() == []
+        assert solvers.stats.in_thread == 1
+
+
+async def test_arguments_that_cannot_cross_run_in_a_thread() -> None:
+    async with Solvers() as solvers:
+        assert await solvers.run("builtins:len", [lambda: 1]) == 1
+        assert solvers.stats.in_thread == 1
+
+
+async def test_a_killed_process_costs_the_call_a_thread_and_the_next_call_a_new_process() -> None:
+    async with Solvers() as solvers:
+        first = await solvers.run("os:getpid")
+        call = asyncio.create_task(solvers.run("time:sleep", 0.5))
+        await asyncio.sleep(0.05)  # the sleep is in the process (its call is queued there)
+        os.kill(first, signal.SIGKILL)
+        assert await call is None  # slept in a thread instead
+        assert solvers.stats.process_failures == 1
+        second = await solvers.run("os:getpid")
+        assert second not in (first, os.getpid())
+
+
+async def test_leaving_ends_a_solve_still_running() -> None:
+    """The daemon stops while a plan is being made: the process ends with it, at once, and the
+    call is not run again in a thread."""
+    solvers = Solvers()
+    async with solvers:
+        pid = await solvers.run("os:getpid")
+        call = asyncio.create_task(solvers.run("time:sleep", 60))
+        await asyncio.sleep(0.05)
+    await wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        "the solver process ended",
+        timeout_s=5,
+    )
+    with pytest.raises(BrokenProcessPool):
+        await call
+
+
+async def test_a_target_that_is_not_module_colon_function_is_refused() -> None:
+    async with Solvers(processes=False) as solvers:
+        with pytest.raises(ValueError, match="not 'module:function'"):
+            await solvers.run("os.getpid")
