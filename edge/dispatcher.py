@@ -13,7 +13,7 @@ import itertools
 import math
 import secrets
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -78,26 +78,51 @@ AuditSink = Callable[[AuditRecord], None]
 
 @dataclass(slots=True)
 class _Point:
-    layers: dict[Priority, Command] = field(default_factory=dict)
+    # One command per priority, highest first. A tuple, not a dict: a city's 54,000 points
+    # mostly hold one layer (the plan's), 48 bytes against a dict's 230.
+    layers: tuple[Command, ...] = ()
     written: float | None = None  # last value confirmed by read-back
     confirmed_id: str = ""  # the command that value came from
     in_flight: Command | None = None  # one writer per point: others wait for it
     again: bool = False  # something changed while a write was in flight
 
+    def layer(self, priority: Priority) -> Command | None:
+        """The command of a priority layer, if it has one."""
+        for cmd in self.layers:
+            if cmd.priority == priority:
+                return cmd
+        return None
+
+    def put(self, cmd: Command) -> None:
+        """Set its priority's layer to `cmd` (replacing what was there)."""
+        layers = self.layers
+        if not layers or (len(layers) == 1 and layers[0].priority == cmd.priority):
+            self.layers = (cmd,)  # the plan's point: one layer
+            return
+        rest = [c for c in layers if c.priority != cmd.priority]
+        rest.append(cmd)
+        rest.sort(key=_by_priority, reverse=True)
+        self.layers = tuple(rest)
+
+    def pop_layer(self, priority: Priority) -> Command | None:
+        """Remove a priority layer; its command, or None if it had none."""
+        got = self.layer(priority)
+        if got is not None:
+            self.layers = tuple(c for c in self.layers if c is not got)
+        return got
+
     def effective(self, now: float) -> Command | None:
         """The winning layer: the highest priority whose hold has not ended."""
-        for prio in sorted(self.layers, reverse=True):
-            cmd = self.layers[prio]
+        for cmd in self.layers:
             if cmd.hold_until is None or cmd.hold_until > now:
                 return cmd
         return None
 
     def drop_ended_holds(self, now: float) -> list[Command]:
         """Remove the layers whose hold has ended (re-arming what surfaces); returns them."""
-        ended = [c for c in self.layers.values() if c.hold_until is not None and c.hold_until <= now]
-        for cmd in ended:
-            del self.layers[cmd.priority]
+        ended = [c for c in self.layers if c.hold_until is not None and c.hold_until <= now]
         if ended:
+            self.layers = tuple(c for c in self.layers if c not in ended)
             self.rearm(now)
         return ended
 
@@ -112,7 +137,11 @@ class _Point:
         top = self.effective(now)
         if top is not None and top.expires_at <= now:
             ttl = max(1.0, top.expires_at - top.issued_at)
-            self.layers[top.priority] = replace(top, issued_at=now, expires_at=now + ttl)
+            self.put(replace(top, issued_at=now, expires_at=now + ttl))
+
+
+def _by_priority(cmd: Command) -> int:
+    return int(cmd.priority)
 
 
 @dataclass(slots=True)
@@ -281,11 +310,14 @@ class Dispatcher(Service):
             )  # limit: above
         else:
             self.stats.accepted += 1
-        point = self._points.setdefault((cmd.device_id, cmd.point), _Point())
+        key = (cmd.device_id, cmd.point)
+        point = self._points.get(key)
+        if point is None:
+            point = self._points[key] = _Point()
         if cmd.hold_until is not None:
-            self._held.add((cmd.device_id, cmd.point))
-        old = point.layers.get(cmd.priority)
-        point.layers[cmd.priority] = cmd
+            self._held.add(key)
+        old = point.layer(cmd.priority)
+        point.put(cmd)
         if old is not None and old is not point.in_flight and old.id in self._waiters:
             self._finish(CommandResult(old, Outcome.SUPERSEDED, None, f"replaced by {cmd.id}", now))
         top = point.effective(now)
@@ -294,7 +326,7 @@ class Dispatcher(Service):
             self._finish(CommandResult(cmd, Outcome.SUPERSEDED, None, held, now))
             reason = ", ".join(filter(None, [verdict.reason, held]))
             return Verdict(verdict.outcome, verdict.value, reason, verdict.limit)
-        self._enqueue((cmd.device_id, cmd.point))
+        self._enqueue(key)
         return verdict
 
     async def submit_and_wait(self, cmd: Command, timeout: float) -> CommandResult:  # noqa: ASYNC109
@@ -313,9 +345,10 @@ class Dispatcher(Service):
     def release(self, device_id: str, point: str, priority: Priority, source: str) -> bool:
         """Drop a priority layer (e.g. 'return to schedule'); the next layer down takes over."""
         p = self._points.get((device_id, point))
-        if p is None or priority not in p.layers:
+        cmd = None if p is None else p.pop_layer(priority)
+        if p is None or cmd is None:
             return False
-        cmd, now = p.layers.pop(priority), self._clock.now()
+        now = self._clock.now()
         self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, f"released by {source}", now))
         p.rearm(now)
         self._enqueue((device_id, point))
@@ -411,7 +444,7 @@ class Dispatcher(Service):
         if cmd is None or point.confirmed_id == cmd.id:
             return  # nothing to do, or already in force
         if cmd.expires_at <= now:
-            point.layers.pop(cmd.priority, None)
+            point.pop_layer(cmd.priority)
             self._finish(CommandResult(cmd, Outcome.EXPIRED, None, "time to live passed", now))
             self._enqueue(key)  # a lower layer may take over
             return
@@ -457,7 +490,7 @@ class Dispatcher(Service):
             result = CommandResult(cmd, outcome, readback, reason, self._clock.now())
         finally:
             point.in_flight = None
-        if result.outcome is Outcome.FAILED and point.layers.get(cmd.priority) is not cmd:
+        if result.outcome is Outcome.FAILED and point.layer(cmd.priority) is not cmd:
             # Replaced while it was being written: it will not be retried, so it ends here.
             result = CommandResult(
                 cmd, Outcome.SUPERSEDED, None, f"replaced while writing ({result.reason})", result.ts
@@ -478,7 +511,7 @@ class Dispatcher(Service):
         verdict = self._validate(cmd, now)
         if verdict.outcome is Outcome.REFUSED:
             cmd = replace(cmd, limit=verdict.limit)
-            point.layers.pop(cmd.priority, None)
+            point.pop_layer(cmd.priority)
             self.stats.refused += 1
             self._audit(AuditRecord(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now))
             self._finish(
@@ -494,7 +527,7 @@ class Dispatcher(Service):
             cmd = replace(
                 cmd, value=verdict.value, reason=verdict.reason, requested=asked, limit=verdict.limit
             )
-            point.layers[cmd.priority] = cmd
+            point.put(cmd)
             for fn in self._watchers:
                 fn(cmd.device_id, cmd.point)
         return cmd
@@ -520,14 +553,14 @@ class Dispatcher(Service):
                 continue
             verdict = self._validate(cmd, now)
             if verdict.outcome is Outcome.REFUSED:
-                point.layers.pop(cmd.priority, None)
+                point.pop_layer(cmd.priority)
                 self._audit(AuditRecord(cmd, Outcome.REFUSED, None, f"re-checked: {verdict.reason}", now))
                 point.rearm(now)
             elif not math.isclose(verdict.value, cmd.value, abs_tol=1e-9):
                 self._audit(
                     AuditRecord(cmd, Outcome.CLAMPED, verdict.value, f"re-checked: {verdict.reason}", now)
                 )
-                point.layers[cmd.priority] = _reissued(cmd, verdict, now)
+                point.put(_reissued(cmd, verdict, now))
                 point.confirmed_id = ""
             else:
                 continue
@@ -554,7 +587,7 @@ class Dispatcher(Service):
             now = self._clock.now()
             for key in list(self._held):  # only points with a hold: not every lamp of a city
                 point = self._points.get(key)
-                holds = [] if point is None else [c.hold_until for c in point.layers.values()]
+                holds = [] if point is None else [c.hold_until for c in point.layers]
                 if not any(h is not None for h in holds):
                     self._held.discard(key)
                 elif point is not None and any(h is not None and h <= now for h in holds):
@@ -582,5 +615,5 @@ class Dispatcher(Service):
                     continue  # not applied yet: the write path (with its TTL) owns it
                 if drifted(cmd, self._store.get(cmd.device_id)):
                     fresh = reconcile_copy(cmd, now, counter)
-                    point.layers[cmd.priority] = fresh
+                    point.put(fresh)
                     self._enqueue(key)

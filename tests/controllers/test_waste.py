@@ -903,8 +903,8 @@ async def test_bins_trucks_and_summary_go_north_as_telemetry(rig: Rig) -> None:
 
 
 async def test_the_controller_is_built_from_the_kernel_and_is_a_controller() -> None:
-    """`WasteController(kernel, cfg, bins=...)` takes its clock, bus, alarms, dispatcher and time zone
-    from the kernel and satisfies `edge.kernel.Controller` (name, run, request_replan, views)."""
+    """`WasteController(kernel, cfg, bins=...)` takes its clock, bus, alarms, dispatcher, solvers and
+    time zone from the kernel and satisfies `edge.kernel.Controller` (name, run, request_replan, views)."""
     from types import SimpleNamespace
     from typing import cast
 
@@ -919,8 +919,10 @@ async def test_the_controller_is_built_from_the_kernel_and_is_a_controller() -> 
         bus=bus,
         alarms=Alarms(bus, clock),
         dispatcher=SimpleNamespace(submit=submitted.append),
+        solvers=Solvers(processes=False),
     )
     ctl = WasteController(cast(Kernel, kernel), settings(), bins=make_bins(2))
+    assert ctl.planner.solvers is kernel.solvers
     assert isinstance(ctl, Controller)
     assert ctl.name == "waste"
     assert ctl.st.tz == TZ
