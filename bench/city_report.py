@@ -218,7 +218,7 @@ def _plan_rows(runs: list[dict[str, Any]], k: Knobs) -> list[Row]:
             continue
         first = [p[0] for p in plans if p]
         if domain == "waste" and any(len(p) > 1 for p in plans):
-            rows += _waste_rows(f"{what} at start-up (worker process spawned)", first, k)
+            rows += _waste_rows(f"{what} at start-up (solver process started)", first, k)
             rows += _waste_rows(f"{what} again in the window", [p[-1] for p in plans if len(p) > 1], k)
             continue
         if domain == "waste":

@@ -140,6 +140,12 @@ async def test_a_day_of_collection_with_a_breakdown(tmp_path: Path, mqtt_url: st
         mandatory = {b for b, s in first.plan.selection.items() if s.kind == "mandatory"}
         assert mandatory
         assert mandatory <= planned
+        # made in the daemon's solver process, not in a thread of the daemon
+        solvers = waste.planner.solvers
+        assert solvers is not None
+        assert solvers.stats.calls >= 1
+        assert solvers.stats.in_thread == 0
+        assert solvers.pids()
 
         # Trucks drive; the bins' own sensors confirm the first emptyings.
         await wait_for(lambda: waste.counters.emptied >= 2, "two emptyings confirmed by the sensors")

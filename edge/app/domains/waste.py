@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from zoneinfo import ZoneInfo
 
 from controllers.waste import (
     OPERATOR_DOMAIN,
@@ -55,7 +54,7 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     kernel.dispatcher.add_driver(fleet)
     kernel.dispatcher.register_policy("truck", WasteSafety())
     waste = WasteController(
-        WastePorts(ZoneInfo(s.site.timezone), clock, kernel.alarms, kernel.dispatcher.submit, kernel.bus),
+        WastePorts.of(kernel),
         wcfg,
         bins=bins,
         # a route must survive the truck's answer in real seconds, whatever the clock speed
