@@ -23,6 +23,7 @@ from edge.device_truth import IN_FORCE, READBACK_TOLERANCE, drifted, in_force, r
 from edge.driver import Driver, PayloadDriver
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout
 from edge.events import Command, CommandResult, Outcome, Priority, Value
+from edge.layers import Point
 from edge.lifecycle import Service, ServiceState
 from edge.policy import DispatcherView, SafetyPolicy, Verdict
 from edge.state import StateStore
@@ -74,74 +75,6 @@ class AuditRecord:
 
 
 AuditSink = Callable[[AuditRecord], None]
-
-
-@dataclass(slots=True)
-class _Point:
-    # One command per priority, highest first. A tuple, not a dict: a city's 54,000 points
-    # mostly hold one layer (the plan's), 48 bytes against a dict's 230.
-    layers: tuple[Command, ...] = ()
-    written: float | None = None  # last value confirmed by read-back
-    confirmed_id: str = ""  # the command that value came from
-    in_flight: Command | None = None  # one writer per point: others wait for it
-    again: bool = False  # something changed while a write was in flight
-
-    def layer(self, priority: Priority) -> Command | None:
-        """The command of a priority layer, if it has one."""
-        for cmd in self.layers:
-            if cmd.priority == priority:
-                return cmd
-        return None
-
-    def put(self, cmd: Command) -> None:
-        """Set its priority's layer to `cmd` (replacing what was there)."""
-        layers = self.layers
-        if not layers or (len(layers) == 1 and layers[0].priority == cmd.priority):
-            self.layers = (cmd,)  # the plan's point: one layer
-            return
-        rest = [c for c in layers if c.priority != cmd.priority]
-        rest.append(cmd)
-        rest.sort(key=_by_priority, reverse=True)
-        self.layers = tuple(rest)
-
-    def pop_layer(self, priority: Priority) -> Command | None:
-        """Remove a priority layer; its command, or None if it had none."""
-        got = self.layer(priority)
-        if got is not None:
-            self.layers = tuple(c for c in self.layers if c is not got)
-        return got
-
-    def effective(self, now: float) -> Command | None:
-        """The winning layer: the highest priority whose hold has not ended."""
-        for cmd in self.layers:
-            if cmd.hold_until is None or cmd.hold_until > now:
-                return cmd
-        return None
-
-    def drop_ended_holds(self, now: float) -> list[Command]:
-        """Remove the layers whose hold has ended (re-arming what surfaces); returns them."""
-        ended = [c for c in self.layers if c.hold_until is not None and c.hold_until <= now]
-        if ended:
-            self.layers = tuple(c for c in self.layers if c not in ended)
-            self.rearm(now)
-        return ended
-
-    def rank(self, now: float) -> int:
-        """Write order: a plan's own write (1) after everything else (0), so an operator's command
-        or a safety shed never waits behind thousands of plan writes."""
-        top = self.effective(now)
-        return int(top is not None and top.priority is Priority.PLAN and not top.source.startswith("safety"))
-
-    def rearm(self, now: float) -> None:
-        """A layer that surfaces again after a hold is a standing intent: give it a fresh TTL."""
-        top = self.effective(now)
-        if top is not None and top.expires_at <= now:
-            ttl = max(1.0, top.expires_at - top.issued_at)
-            self.put(replace(top, issued_at=now, expires_at=now + ttl))
-
-
-def _by_priority(cmd: Command) -> int:
-    return int(cmd.priority)
 
 
 @dataclass(slots=True)
@@ -246,7 +179,7 @@ class Dispatcher(Service):
         self._write_timeout = write_timeout_s
         self._n_workers = workers
         self._reconcile_interval = reconcile_interval_s
-        self._points: dict[Key, _Point] = {}
+        self._points: dict[Key, Point] = {}
         reserved = min(16, max(1, workers // 8)) if reserved_workers is None else reserved_workers
         self._writes: WriteQueue[Key] = WriteQueue(self._rank, max(1, workers - reserved))
         self._held: set[Key] = set()  # points with a layer that holds until a time (the hold loop's)
@@ -311,9 +244,7 @@ class Dispatcher(Service):
         else:
             self.stats.accepted += 1
         key = (cmd.device_id, cmd.point)
-        point = self._points.get(key)
-        if point is None:
-            point = self._points[key] = _Point()
+        point = self._points.setdefault(key, Point())  # a Point of no layers is cheap
         if cmd.hold_until is not None:
             self._held.add(key)
         old = point.layer(cmd.priority)
@@ -460,7 +391,7 @@ class Dispatcher(Service):
             return
         await self._write(key, point, checked)
 
-    async def _write(self, key: Key, point: _Point, cmd: Command) -> None:
+    async def _write(self, key: Key, point: Point, cmd: Command) -> None:
         driver = self._driver(cmd.device_id)
         assert driver is not None  # checked on submit
         point.in_flight = cmd
@@ -504,7 +435,7 @@ class Dispatcher(Service):
             # hold a share of the pool); the worker expires the command once its TTL has passed.
             asyncio.get_running_loop().call_later(min(1.0, self._write_timeout), self._enqueue, key)
 
-    def _recheck(self, point: _Point, cmd: Command, now: float) -> Command | None:
+    def _recheck(self, point: Point, cmd: Command, now: float) -> Command | None:
         """Run the safety policy again right before a write: limits move (dusk, curtailment,
         other devices' setpoints), and a layer that surfaces after a hold was checked long ago.
         Returns the command to write (clamped if need be), or None if it is refused now."""
@@ -573,7 +504,7 @@ class Dispatcher(Service):
         p = self._points.get((device_id, point))
         return None if p is None or p.in_flight is None else p.in_flight.value
 
-    def _drop_expired_holds(self, point: _Point, now: float) -> bool:
+    def _drop_expired_holds(self, point: Point, now: float) -> bool:
         """Drop layers whose hold has ended; True if any was dropped (the point needs a write)."""
         ended = point.drop_ended_holds(now)
         for cmd in ended:
