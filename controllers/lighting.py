@@ -281,7 +281,7 @@ class LightingController:
         self._dispatcher = kernel.dispatcher
         self._alarms = kernel.alarms
         self._solvers = kernel.solvers
-        kernel.solvers.warm(SOLVE.partition(":")[0])
+        kernel.solvers.warm(SOLVE)
         self._ttl = kernel.settings.dispatcher.command_ttl_s
         self.plan: NightPlan | None = None
         self._applied: dict[str, int] = {}

@@ -58,7 +58,7 @@ class Point:
         """Remove the layers whose hold has ended (re-arming what surfaces); returns them."""
         ended = [c for c in self.layers if c.hold_until is not None and c.hold_until <= now]
         if ended:
-            self.layers = tuple(c for c in self.layers if c not in ended)
+            self.layers = tuple(c for c in self.layers if all(c is not e for e in ended))
             self.rearm(now)
         return ended
 

@@ -45,8 +45,13 @@ def resolve(target: str) -> Any:
 
 
 def _call(target: str, args: tuple[Any, ...]) -> Any:
-    """In the solver process: import the target's module (once) and call it."""
+    """Import the target's module (once) and call it."""
     return resolve(target)(*args)
+
+
+def _call_pickled(target: str, payload: bytes) -> Any:
+    """In the solver process: the arguments come pickled once, by `run`."""
+    return _call(target, pickle.loads(payload))
 
 
 def _import(modules: tuple[str, ...]) -> None:
@@ -83,9 +88,10 @@ class Solvers:
         self._closed = True
         self.stop()
 
-    def warm(self, *modules: str) -> None:
-        """Import `modules` in the solver process now (started if it is not), so the first
-        plan does not wait for them."""
+    def warm(self, *targets: str) -> None:
+        """Import the modules of `targets` ("module:function") in the solver process now (started
+        if it is not), so the first plan does not wait for them."""
+        modules = tuple(t.partition(":")[0] for t in targets)
         self._warm = tuple(dict.fromkeys((*self._warm, *modules)))
         pool = self._process()
         if pool is not None:
@@ -101,9 +107,10 @@ class Solvers:
         """`module:function(*args)` in the solver process (in a thread if there is none)."""
         self.stats.calls += 1
         pool = self._process()
-        if pool is not None and _picklable(target, args):
+        payload = None if pool is None else _pickled(target, args)
+        if pool is not None and payload is not None:
             try:
-                return await asyncio.get_running_loop().run_in_executor(pool, _call, target, args)
+                return await asyncio.get_running_loop().run_in_executor(pool, _call_pickled, target, payload)
             except BrokenProcessPool as exc:
                 if self._closed:
                     raise  # ended with the daemon: not run again
@@ -136,11 +143,11 @@ class Solvers:
                 proc.terminate()
 
 
-def _picklable(target: str, args: tuple[Any, ...]) -> bool:
-    """Whether the call can cross to the process (a test's provider may be a closure)."""
+def _pickled(target: str, args: tuple[Any, ...]) -> bytes | None:
+    """The arguments pickled (once: the pool then sends bytes), None if they cannot cross to the
+    process (a test's provider may be a closure)."""
     try:
-        pickle.dumps(args)
+        return pickle.dumps(args, protocol=pickle.HIGHEST_PROTOCOL)
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
         log.warning("solver_args_not_picklable", target=target, error=str(exc)[:200])
-        return False
-    return True
+        return None

@@ -156,7 +156,7 @@ class Planner:
         self.st = st
         self.solvers = solvers  # the solver process (None: plans in a thread)
         if solvers is not None:
-            solvers.warm(SOLVE.partition(":")[0])
+            solvers.warm(SOLVE)
         self.provider = provider
         self.submit = submit
         self.command_ttl_s = command_ttl_s

@@ -23,7 +23,7 @@ def _ended(pid: int) -> bool:
 
 async def test_a_call_runs_in_the_solver_process_and_its_imports_stay_there() -> None:
     async with Solvers() as solvers:
-        solvers.warm("json")
+        solvers.warm("json:dumps")
         pid = await solvers.run("os:getpid")
         assert pid != os.getpid()
         assert solvers.pids() == [pid]
