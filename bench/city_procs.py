@@ -175,7 +175,33 @@ def _write_memory_top(out: Path, n: int = 60) -> None:
     lines += [
         f"{st.size / 2**20:8.1f} MiB {st.count:9d} {st.traceback}" for st in snap.statistics("filename")[:n]
     ]
+    lines += ["", "events alive, by type and what holds them (a sample of each):"]
+    lines += _event_holders()
     out.write_text("\n".join(lines) + "\n")
+
+
+def _event_holders(sample: int = 20) -> list[str]:
+    """Events still alive (they should be gone once every subscriber has read them), counted by
+    type, with the types of the objects that refer to a sample of them."""
+    import gc
+    from collections import Counter
+
+    from edge.events import CommandResult, StateChanged, Telemetry
+
+    alive: dict[str, list[object]] = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, Telemetry | StateChanged | CommandResult):
+            alive.setdefault(type(obj).__name__, []).append(obj)
+    out = []
+    for name, objs in sorted(alive.items()):
+        holders: Counter[str] = Counter()
+        for obj in objs[:sample]:
+            for ref in gc.get_referrers(obj):
+                if ref is objs:
+                    continue
+                holders[type(ref).__qualname__ + (f" len {len(ref)}" if hasattr(ref, "__len__") else "")] += 1
+        out.append(f"{len(objs):9d} {name}: {dict(holders.most_common(5))}")
+    return out
 
 
 def _write_timeline(out: Path, probes: Any) -> None:

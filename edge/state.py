@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 
 import structlog
 
@@ -39,6 +40,113 @@ Watcher = Callable[[str, Mapping[str, Value | None]], None]
 NO_ALARMS: Mapping[str, AlarmEvent] = MappingProxyType({})
 
 
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Final = _Missing()
+
+
+class _Table:
+    """The values of every device of one kind: a column per value name, a row per device.
+
+    A city's 54,000 lamps each held a dict of their 12 values (576 bytes, and its floats): 31 MB,
+    allocated as the first readings came in, amid start-up's short-lived objects, which left the
+    heap fragmented. A column is one list, allocated when the kind is registered; a device's
+    values are one slot in each (8 bytes a value).
+    """
+
+    __slots__ = ("cols", "index", "names", "rows")
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}  # value name -> column
+        self.names: list[str] = []  # column -> value name
+        self.cols: list[list[Value | _Missing]] = []
+        self.rows = 0
+
+    def add_row(self) -> int:
+        for col in self.cols:
+            col.append(_MISSING)
+        self.rows += 1
+        return self.rows - 1
+
+    def column(self, name: str) -> list[Value | _Missing]:
+        i = self.index.get(name)
+        if i is None:
+            i = self.index[name] = len(self.cols)
+            self.names.append(name)
+            self.cols.append([_MISSING] * self.rows)
+        return self.cols[i]
+
+
+class Values(Mapping[str, Value]):
+    """One device's current values, read like a dict (its row of its kind's table).
+
+    Only the state store writes them (`set`); everyone else reads.
+    """
+
+    __slots__ = ("_row", "_table")
+
+    def __init__(self, table: _Table, row: int) -> None:
+        self._table = table
+        self._row = row
+
+    @classmethod
+    def of(cls, values: Mapping[str, Value]) -> Values:
+        """Values of their own (not in a store's table), for tests and tools."""
+        out = cls(_Table(), 0)
+        out._table.add_row()
+        for key, value in values.items():
+            out.set(key, value)
+        return out
+
+    def set(self, key: str, value: Value) -> None:
+        self._table.column(key)[self._row] = value
+
+    def get(self, key: str, default: Value | None = None) -> Value | None:  # type: ignore[override]
+        i = self._table.index.get(key)
+        if i is None:
+            return default
+        v = self._table.cols[i][self._row]
+        return default if isinstance(v, _Missing) else v
+
+    def __getitem__(self, key: str) -> Value:
+        i = self._table.index.get(key)
+        if i is not None:
+            v = self._table.cols[i][self._row]
+            if not isinstance(v, _Missing):
+                return v
+        raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        i = self._table.index.get(key) if isinstance(key, str) else None
+        return i is not None and not isinstance(self._table.cols[i][self._row], _Missing)
+
+    def __iter__(self) -> Iterator[str]:
+        row = self._row
+        return iter(
+            [
+                k
+                for k, col in zip(self._table.names, self._table.cols, strict=True)
+                if col[row] is not _MISSING
+            ]
+        )
+
+    def __len__(self) -> int:
+        row = self._row
+        return sum(1 for col in self._table.cols if col[row] is not _MISSING)
+
+    def __repr__(self) -> str:
+        return f"Values({dict(self)!r})"
+
+
+def _no_values() -> Values:
+    return Values.of({})
+
+
 @dataclass(slots=True)
 class DeviceState:
     """What the daemon knows about one device right now."""
@@ -46,7 +154,7 @@ class DeviceState:
     device_id: str
     kind: str
     online: bool | None = None
-    values: dict[str, Value] = field(default_factory=dict)
+    values: Values = field(default_factory=_no_values)
     updated_at: float = 0.0  # the last reading from the device
     derived_at: float = 0.0  # the last value a controller derived about it
     # Shared and empty until the device's first alarm: 54,000 empty dicts were 3.6 MB.
@@ -72,7 +180,9 @@ class StateStore:
 
     def __init__(self, bus: EventBus, kinds: dict[str, str]) -> None:
         self._bus = bus
-        self._devices = {dev: DeviceState(dev, kind) for dev, kind in kinds.items()}
+        self._tables: dict[str, _Table] = {}
+        self._devices: dict[str, DeviceState] = {}
+        self.register(kinds)
         self._sub = bus.subscribe("state", Telemetry, Availability, AlarmEvent, CommandResult)
         self.unknown_devices = 0  # events about ids that no configuration registered
         self._unknown_ids: set[str] = set()
@@ -83,7 +193,13 @@ class StateStore:
         a device registered already keeps its state."""
         for dev, kind in kinds.items():
             if dev not in self._devices:
-                self._devices[dev] = DeviceState(dev, kind)
+                self._devices[dev] = self._new(dev, kind)
+
+    def _new(self, device_id: str, kind: str) -> DeviceState:
+        table = self._tables.get(kind)
+        if table is None:
+            table = self._tables[kind] = _Table()
+        return DeviceState(device_id, kind, values=Values(table, table.add_row()))
 
     def watch(self, fn: Watcher) -> None:
         """Call `fn(device_id, changed)` in step with every change the store makes.
@@ -150,7 +266,7 @@ class StateStore:
         if back is not None and isinstance(old, int | float) and not isinstance(old, bool):
             new: Value = int(back) if isinstance(old, int) and back.is_integer() else back
             if new != old:
-                dev.values[point] = new
+                dev.values.set(point, new)
                 changed[point] = new
         # A plan re-sent or reconciled to the value it had, from the same source, changes
         # nothing: announced, it republished the device's retained state unchanged but for `ts`.
@@ -175,7 +291,7 @@ class StateStore:
         dev = self._devices.get(device_id)
         if dev is None:
             self._unknown(device_id)
-            dev = self._devices[device_id] = DeviceState(device_id, UNKNOWN_KIND)
+            dev = self._devices[device_id] = self._new(device_id, UNKNOWN_KIND)
         return dev
 
     def _telemetry(self, event: Telemetry) -> None:
@@ -184,7 +300,7 @@ class StateStore:
         values = dev.values
         for key, val in event.values.items():
             if values.get(key) != val:
-                values[key] = val
+                values.set(key, val)
                 changed[key] = val
         if event.derived:
             dev.derived_at = event.ts

@@ -333,7 +333,7 @@ def test_reads_are_coalesced_within_the_modbus_limit() -> None:
     spans = plan_reads(profile, lamps)
     assert len(spans) == 10
     assert all(s.count <= 125 for s in spans)
-    assert sorted(d for s in spans for d, _ in s.lamps) == sorted(d for _, d in lamps)
+    assert sorted(d for s in spans for d in s.lamp_ids) == sorted(d for _, d in lamps)
     assert sum(s.controller is not None for s in spans) == 1
     # lamps missing from the inventory split the reads, they are not read over
     sparse = plan_reads(profile, [(0, "a"), (1, "b"), (5, "c")], include_controller=False)

@@ -7,7 +7,7 @@ import itertools
 
 from edge.device_truth import FAILSAFE_POINT, drifted, in_force, reconcile_copy
 from edge.events import Command, Priority
-from edge.state import DeviceState
+from edge.state import DeviceState, Values
 
 NOW = 1_795_000_000.0
 
@@ -19,7 +19,7 @@ def cmd(value: float, *, payload: str = "") -> Command:
 
 
 def dev(online: bool | None = True, **values: float | bool) -> DeviceState:
-    return DeviceState("CP1", "charger", online=online, values=dict(values))
+    return DeviceState("CP1", "charger", online=online, values=Values.of(values))
 
 
 def test_a_value_confirmed_and_still_reported_is_in_force() -> None:
