@@ -1,9 +1,8 @@
 """Modbus TCP driver for lamp controllers: coalesced polling, heartbeat, write with read-back.
 
-One `devices.protocols.modbus.ModbusSession` per endpoint, one request in flight (commands
-ahead of heartbeats ahead of polls); each endpoint runs in its own tasks, so a dead controller only costs
-its own backoff. Register layout and value coding come from the shared profile and
-codec, the same the simulator serves.
+One `devices.protocols.modbus.ModbusSession` per endpoint, one request in flight (commands ahead
+of heartbeats ahead of polls); each endpoint has its own tasks, so a dead controller only costs its
+own backoff. Register layout and coding come from the profile and codec the simulator serves too.
 """
 
 from __future__ import annotations
@@ -73,9 +72,8 @@ class DriverStats(ModbusCounters):
 class ReadSpan:
     """One read request: `count` registers from `address`, and what sits where in them.
 
-    `lamp_ids` and `lamp_offsets` hold each lamp's id and the offset of its block in the reply
-    (two tuples, not a pair per lamp: 3.5 MB at 54,000 lamps); `controller` the offset of the
-    controller block, if this read covers it.
+    `lamp_ids` and `lamp_offsets`: each lamp's id and its block's offset in the reply (not a pair
+    a lamp: 3.5 MB at 54,000); `controller` the controller block's offset, if this read covers it.
     """
 
     address: int
@@ -182,11 +180,9 @@ class _Write:
 class _WriteBatcher:
     """Writes to one controller that arrive together go out together, under one hold of the link.
 
-    With a level table in the profile, the lamps' levels go as one write-multiple (function 16)
-    per run of neighbouring lamps and are read back from the table in one read: a controller's
-    100 lamps in two requests. Without one, each register is written (function 6) and all are
-    read back in as few reads as the poll spans allow. A city's first plan is 54,000 lamp
-    writes: 1,076 requests with the table, about 60,000 without."""
+    With a level table, a run of neighbouring lamps' levels is one write-multiple (function 16)
+    and one read back: a city's first plan (54,000 writes) is 1,076 requests, not 60,000. Without
+    one, each register is written (function 6) and read back in as few reads as the spans allow."""
 
     def __init__(self, runner: _Endpoint) -> None:
         self.runner = runner
@@ -333,16 +329,13 @@ class _Endpoint:
         )
         self.table_served = _compact(self.table_of.values())
         self.device_ids = (ep.endpoint_id, *(d for _, d in ep.lamps))
-        # The registers whose values were last published, lamp `i` at `i * span` of one packed
-        # array per controller with `known[i]` set (`RawBands.within` compares them; an array a
-        # lamp, and a dict of them, were 7 MB at 54,000 lamps, allocated amid start-up); without
-        # dead bands the values too, in the decoder's order (every poll repeats them).
+        # Registers last published, lamp `i` at `i * span` of one array (`known[i]` set; an array
+        # a lamp was 7 MB at 54,000); without dead bands the values too, in the decoder's order.
         slots = 1 + max((index for index, _ in ep.lamps), default=-1)
         self.reported = array("H", bytes(2 * slots * driver.lamp_decoder.span))
         self.known = bytearray(slots)
         self.values_of: dict[str, tuple[Value, ...]] = {}
-        # Polls since the last publish, by lamp index, started spread so the "still here"
-        # readings of a controller's lamps do not all fall on the same poll.
+        # Polls since the last publish by lamp index, spread so "still here" readings do not align.
         every = driver.report_every_polls
         self.quiet = array("I", bytes(4 * slots))
         for i, (index, _) in enumerate(ep.lamps):
