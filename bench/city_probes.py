@@ -238,9 +238,10 @@ class Probes:
                 self._offline.setdefault(dev.kind, set())
                 if not dev.online:
                     self._offline[dev.kind].add(dev.device_id)
-        for ids in self._offline.values():
-            for dev_id in [i for i in ids if (dev := self.d.state.get(i)) is not None and dev.online]:
-                ids.discard(dev_id)
+        for kind, ids in self._offline.items():
+            # a new set, not discards: a set keeps the table of its largest size (2 MB of the
+            # daemon's RSS for the lamps' ids, held after every lamp was online)
+            self._offline[kind] = {i for i in ids if (dev := self.d.state.get(i)) is None or not dev.online}
         return {k: [n - len(self._offline[k]), n] for k, n in self._registered.items()}
 
     def _online(self) -> dict[str, list[int]]:
@@ -281,6 +282,8 @@ class Probes:
                     want = level[lamp.group] = plan.level_at(lamp.group, now)
                 if value == want:
                     self._not_applied.discard(lamp_id)
+            if len(self._not_applied) < 1000 and seen:
+                self._not_applied = set(self._not_applied)  # the table at its size (see above)
         return len(d.inventory.lamps) - len(self._not_applied)
 
     def _mark(self, name: str, ok: bool) -> bool:

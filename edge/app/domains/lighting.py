@@ -74,7 +74,7 @@ async def build(kernel: Kernel, site: Site) -> Domain:
     motion = motion_sensors(
         kernel.bus.publish,
         clock,
-        inv.lamps,
+        inv.lamps.keys(),
         mqtt_url=s.mqtt.url,
         base=base_topic(s),
         tls=s.mqtt_link().files(),
