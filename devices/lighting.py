@@ -11,12 +11,13 @@ import asyncio
 import random
 from array import array
 from collections import deque
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 from pymodbus.client import AsyncModbusTcpClient
 
+from devices.lighting_spans import compact, plan_reads, readback_spans, table_runs
 from devices.profiles.lighting import LampControllerProfile, default_profile
 from devices.profiles.modbus_map import Point
 from devices.protocols.link import LinkTiming, Presence, Publish, poll_phases, wait_for_event
@@ -39,6 +40,7 @@ log = structlog.get_logger(__name__)
 _WATCHDOG_FALLBACK_S = 60.0  # heartbeat period while the device's watchdog_s is unknown or 0
 MAX_WRITE_BATCH = 32  # lamp writes to one controller sent under one hold of its link
 MAX_TABLE_BATCH = 123  # with a level table: the most registers one write-multiple may carry
+MAX_RW_BATCH = 121  # the most one read/write multiple (function 23) may write
 _BATCH_GRACE_S = 0.1  # a batch fails its writes at their deadline; the caller waits this longer
 STARTUP_SPREAD_S = 2.0  # the first polls of all controllers are spread over this (real s)
 
@@ -66,105 +68,7 @@ class DriverStats(ModbusCounters):
     lamp_quiet: int = 0  # readings within the dead band: a value-less "still here" or nothing
     write_batches: int = 0  # holds of a link for batched lamp writes (each: writes, then read-backs)
     table_writes: int = 0  # write-multiple requests to a level table (each: a run of lamps)
-
-
-@dataclass(frozen=True, slots=True)
-class ReadSpan:
-    """One read request: `count` registers from `address`, and what sits where in them.
-
-    `lamp_ids` and `lamp_offsets`: each lamp's id and its block's offset in the reply (not a pair
-    a lamp: 3.5 MB at 54,000); `controller` the controller block's offset, if this read covers it.
-    """
-
-    address: int
-    count: int
-    lamp_ids: tuple[str, ...]
-    lamp_offsets: tuple[int, ...]
-    controller: int | None = None
-
-
-def plan_reads(
-    profile: LampControllerProfile,
-    lamps: Sequence[tuple[int, str]],
-    *,
-    include_controller: bool = True,
-    max_gap: int | None = None,
-) -> tuple[ReadSpan, ...]:
-    """Coalesce the controller block and the lamp blocks into as few reads as possible.
-
-    Neighbouring blocks merge while the read stays within `max_read_registers` and the
-    gap between them is at most `max_gap` registers (default: the lamp padding,
-    stride - span, which a device serves; undefined gaps may be refused).
-    """
-    gap = profile.lamp_stride - profile.lamp.span if max_gap is None else max_gap
-    items: list[tuple[int, int, str | None]] = [
-        (profile.lamp_base(index), profile.lamp.span, device_id) for index, device_id in lamps
-    ]
-    if include_controller:
-        items.append((profile.controller.base, profile.controller.span, None))
-    items.sort(key=lambda it: it[0])
-    spans: list[ReadSpan] = []
-    start = end = -1
-    members: list[tuple[int, int, str | None]] = []
-
-    def flush() -> None:
-        if members:
-            spans.append(
-                ReadSpan(
-                    address=start,
-                    count=end - start,
-                    lamp_ids=tuple(d for _, _, d in members if d is not None),
-                    lamp_offsets=tuple(a - start for a, _, d in members if d is not None),
-                    controller=next((a - start for a, _, d in members if d is None), None),
-                )
-            )
-
-    for addr, span, device_id in items:
-        if members and addr - end <= gap and addr + span - start <= profile.max_read_registers:
-            end = max(end, addr + span)
-        else:
-            flush()
-            start, end, members = addr, addr + span, []
-        members.append((addr, span, device_id))
-    flush()
-    return tuple(spans)
-
-
-def readback_spans(spans: Sequence[ReadSpan], addresses: Iterable[int]) -> list[tuple[int, int]]:
-    """(address, count) reads covering `addresses`, each inside one poll span (registers the
-    device serves, as the polls read them): a batch of writes is confirmed in a few reads."""
-    hits: dict[int, list[int]] = {}
-    for a in addresses:
-        rs = next((r for r in spans if r.address <= a < r.address + r.count), None)
-        if rs is None:
-            raise ValueError(f"register {a} is in no poll span")
-        hits.setdefault(rs.address, []).append(a)
-    return [(min(lst), max(lst) - min(lst) + 1) for lst in hits.values()]
-
-
-def table_runs(indices: Sequence[int], served: Container[int], limit: int) -> list[tuple[int, int]]:
-    """(first index, count) runs over sorted lamp `indices` of a level table, at most `limit`
-    long, bridging only indices the controller `served` (a register it does not serve may be
-    refused): each run is one write-multiple or one read of the table."""
-    runs: list[tuple[int, int]] = []
-    for i in indices:
-        if runs:
-            first, n = runs[-1]
-            last = first + n - 1
-            if i - first < limit and all(j in served for j in range(last + 1, i)):
-                runs[-1] = (first, i - first + 1)
-                continue
-        runs.append((i, 1))
-    return runs
-
-
-def _compact(indices: Iterable[int]) -> Container[int]:
-    """A set of lamp indices as a range when it is one (a controller's lamps 0..99 usually
-    are): a frozenset of 100 ints is 4 kB, 538 of them 2 MB for nothing."""
-    got = sorted(set(indices))
-    if got and got[-1] - got[0] + 1 == len(got):
-        return range(got[0], got[-1] + 1)
-    return frozenset(got)
+    table_reads: int = 0  # reads of a level table after its writes (none with function 23)
 
 
 @dataclass(slots=True)
@@ -252,21 +156,30 @@ class _WriteBatcher:
         async def go(client: AsyncModbusTcpClient) -> dict[int, int]:
             await one_by_one(client, (i for i in range(len(batch)) if i not in in_table))
             indices = sorted(by_index)
-            for first, n in table_runs(indices, frozenset(), MAX_TABLE_BATCH):
+            got: dict[int, int] = {}
+            both = table is not None and table.read_write  # a run written and read back at once
+            for first, n in table_runs(indices, frozenset(), MAX_RW_BATCH if both else MAX_TABLE_BATCH):
                 run = [by_index[j] for j in range(first, first + n)]
                 runner.driver.stats.table_writes += 1
+                values = [batch[i].value for i in run]
                 try:
-                    await session.write_regs(client, base + first, [batch[i].value for i in run])
+                    if both:
+                        back = await session.write_read_regs(client, base + first, values)
+                        got.update((batch[i].address, v) for i, v in zip(run, back, strict=True))
+                    else:
+                        await session.write_regs(client, base + first, values)
                 except DeviceReplyError:  # one refused value refuses the request: each on its own
                     await one_by_one(client, run)
             wanted = [w.address for i, w in enumerate(batch) if i not in refused and i not in in_table]
-            got: dict[int, int] = {}
             for address, count in readback_spans(runner.spans, wanted):
                 regs = await session.read_regs(client, address, count)
                 got.update(zip(range(address, address + count), regs, strict=True))
-            back = [j for j in indices if by_index[j] not in refused]
+            back = [
+                j for j in indices if by_index[j] not in refused and batch[by_index[j]].address not in got
+            ]
             limit = runner.driver.profile.max_read_registers
             for first, n in table_runs(back, runner.table_served, limit):
+                runner.driver.stats.table_reads += 1
                 regs = await session.read_regs(client, base + first, n)
                 for j, value in zip(range(first, first + n), regs, strict=True):
                     if j in by_index:
@@ -327,7 +240,7 @@ class _Endpoint:
             if table is None
             else {driver.profile.lamp_address(index, table.point): index for index, _ in ep.lamps}
         )
-        self.table_served = _compact(self.table_of.values())
+        self.table_served = compact(self.table_of.values())
         self.device_ids = (ep.endpoint_id, *(d for _, d in ep.lamps))
         # Registers last published, lamp `i` at `i * span` of one array (`known[i]` set; an array
         # a lamp was 7 MB at 54,000); without dead bands the values too, in the decoder's order.

@@ -105,10 +105,14 @@ class LampControllerProfile:
 
 @dataclass(frozen=True, slots=True)
 class LampTable:
-    """One writable single-register lamp point for every lamp in a row: lamp `i` at `base + i`."""
+    """One writable single-register lamp point for every lamp in a row: lamp `i` at `base + i`.
+
+    `read_write`: the gateway answers function 23 (read/write multiple registers), so a run of
+    lamps is written and read back in one request instead of two."""
 
     base: int
     point: str
+    read_write: bool = False
 
 
 class _Head(StrictModel):
@@ -125,6 +129,7 @@ class _LampBlock(BlockSpec):
 class _TableSpec(StrictModel):
     base: int = Field(ge=0, lt=ADDRESS_SPACE)
     point: str = Field(min_length=1)
+    read_write: bool = False
 
 
 class _ProfileSpec(StrictModel):
@@ -194,7 +199,7 @@ def _table(
     )
     if any(start < b_end and b_start < end for b_start, b_end in blocks):
         raise fail("table.base", f"registers {start}..{end - 1} overlap the controller or lamp blocks")
-    return LampTable(spec.base, spec.point)
+    return LampTable(spec.base, spec.point, spec.read_write)
 
 
 def load_profile(path: str | Path = DEFAULT_PROFILE_PATH) -> LampControllerProfile:

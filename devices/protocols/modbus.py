@@ -359,6 +359,18 @@ class ModbusSession:
             result = await client.write_registers(address, regs, device_id=self.unit)
         self.checked(result, f"write {address}+{len(regs)}")
 
+    async def write_read_regs(self, client: AsyncModbusTcpClient, address: int, regs: list[int]) -> list[int]:
+        """Inside `call`: write `regs` at `address` and read the same registers back, in one
+        request (function 23; the device writes before it reads)."""
+        what = f"write+read {address}+{len(regs)}"
+        result = await client.readwrite_registers(
+            read_address=address, read_count=len(regs), write_address=address, values=regs, device_id=self.unit
+        )
+        got: list[int] = self.checked(result, what).registers
+        if len(got) != len(regs):
+            raise self.reply_error(f"{what}: {len(got)} registers")
+        return got
+
     async def read(
         self, address: int, count: int, priority: int, timeout_s: float, *, wait_s: float | None = None
     ) -> list[int]:

@@ -409,9 +409,12 @@ async def test_controllers_poll_at_spread_phases(manual_clock: ManualClock, reco
         assert k * 0.05 <= phases[eid] < (k + 1) * 0.05
 
 
-def _profile_variant(drop_table: bool = False, level_max: int | None = None) -> LampControllerProfile:
-    """The shipped profile, without its level table or with another level_cmd maximum."""
+def _profile_variant(
+    drop_table: bool = False, level_max: int | None = None, read_write: bool = True
+) -> LampControllerProfile:
+    """The shipped profile, without its level table or function 23, or with another level_cmd maximum."""
     data = tomllib.loads(DEFAULT_PROFILE_PATH.read_text())
+    data["table"]["read_write"] = read_write
     if drop_table:
         del data["table"]
     if level_max is not None:
@@ -419,15 +422,20 @@ def _profile_variant(drop_table: bool = False, level_max: int | None = None) -> 
     return parse_profile(data)
 
 
-@pytest.mark.parametrize("table", [True, False], ids=["level table", "lamp blocks only"])
+@pytest.mark.parametrize(
+    ("table", "read_write"),
+    [(True, True), (True, False), (False, False)],
+    ids=["level table, function 23", "level table, write then read", "lamp blocks only"],
+)
 async def test_a_city_plan_burst_is_written_in_batches_and_confirmed(
-    manual_clock: ManualClock, recorder: Recorder, table: bool
+    manual_clock: ManualClock, recorder: Recorder, table: bool, read_write: bool
 ) -> None:
     """600 lamp writes at once, as a first plan sends them (the dispatcher's 32 workers): every
     lamp holds its level in the simulator, every write returns its read-back, none fails, and
     they went out in batches (one hold of a link: writes, then a few block read-backs). With the
-    profile's level table a run of lamps is one write-multiple; without it, one write per lamp."""
-    profile = _profile_variant(drop_table=not table)
+    profile's level table a run of lamps is one write-multiple, read back in the same request
+    when the gateway takes function 23 (read/write multiple); without it, one write per lamp."""
+    profile = _profile_variant(drop_table=not table, read_write=read_write)
     async with LightingSimulator(demo_controllers(6, 100, 0), manual_clock, profile, seed=1) as sim:
         driver = ModbusLightingDriver(
             sim.endpoints(), profile, recorder, manual_clock, poll_interval_s=0.2, timeout_s=2.0, seed=1
@@ -453,6 +461,10 @@ async def test_a_city_plan_burst_is_written_in_batches_and_confirmed(
     assert stats.write_batches < len(lamps) // 4  # batched, not one hold per lamp
     if table:
         assert 0 < stats.table_writes <= stats.write_batches * 2  # a run or two per batch
+        if read_write:
+            assert stats.table_reads == 0  # each run read back in its own request
+        else:
+            assert stats.table_reads >= stats.write_batches  # a read after the writes
     else:
         assert stats.table_writes == 0
 
