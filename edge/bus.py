@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from edge.events import Event, Telemetry
+from edge.tasks import TimeSlice
 
 log = structlog.get_logger(__name__)
 
@@ -70,11 +71,18 @@ class Subscription:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Event]:
+        # `get` returns at once while events are queued: without a yield every few milliseconds
+        # a subscriber would fold a backlog of thousands (a city's poll burst, the lamps fading
+        # to their first plan) in one stretch of the loop, and an operator's command waited for it
+        # at each of its hops (a 240 ms round trip with the daemon a third busy).
+        slice_ = TimeSlice()
         while True:
             try:
-                yield await self.get()
+                event = await self.get()
             except EOFError:
                 return
+            yield event
+            await slice_.tick()
 
 
 class EventBus:

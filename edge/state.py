@@ -230,11 +230,8 @@ class StateStore:
 
     async def run(self) -> None:
         """Apply events until the bus closes."""
-        async for event in self._sub:
+        async for event in self._sub:  # it yields to the loop every few milliseconds
             self.apply(event)
-            # Drain what is already queued without yielding per event.
-            while (nxt := self._sub.get_nowait()) is not None:
-                self.apply(nxt)
 
     def apply(self, event: Event) -> None:
         """Fold one event into state and announce the change."""
