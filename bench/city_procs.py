@@ -43,6 +43,7 @@ def serve_lamps(conn: Connection, stop: MpEvent, total: int, per: int, lo: int, 
 
     from bench.city_site import clock_at
     from edge.clock import SimClock
+    from simulators import settle_heap
     from simulators.lighting import LightingSimulator, demo_controllers
 
     quiet()
@@ -58,6 +59,7 @@ def serve_lamps(conn: Connection, stop: MpEvent, total: int, per: int, lo: int, 
                     raise
                 continue
             try:
+                settle_heap()
                 conn.send([(e.endpoint_id, e.host, e.port, e.unit, e.lamps) for e in sim.endpoints()])
                 await asyncio.to_thread(stop.wait)
             finally:
@@ -81,6 +83,7 @@ def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, kn
     from edge.app.demo import sim_chargers
     from edge.clock import SimClock
     from edge.settings import load_settings
+    from simulators import settle_heap
     from simulators.charging import ChargingSimulator
     from simulators.displays import DisplaySimulator, SimBoard, SimSign
     from simulators.waste import WasteSimulator
@@ -129,6 +132,7 @@ def serve_field(conn: Connection, stop: MpEvent, config: str, t0_wall: float, kn
                     )
                 )
             tasks = await _car_parks(stack, settings, clock, knobs["carpark_s"])
+            settle_heap()
             conn.send("ready")
             await asyncio.to_thread(stop.wait)
             for t in tasks:

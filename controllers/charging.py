@@ -45,15 +45,10 @@ from edge.policy import DispatcherView, Verdict
 from edge.settings import ChargingSettings
 from edge.state import StateStore
 from edge.tasks import TimeSlice
-from optimizer.charging import (
-    ChargingInstance,
-    ChargingPlan,
-    Session,
-    SupplyNode,
-    check_plan,
-    fallback_plan,
-    solve,
-)
+from optimizer.charging_fallback import fallback_plan
+from optimizer.charging_model import ChargingInstance, ChargingPlan, Session, SupplyNode, check_plan
+
+SOLVE = "optimizer.charging:solve"  # run in the solver process (edge/solvers.py)
 
 __all__ = [
     "LAMP_POINT",
@@ -212,6 +207,8 @@ class ChargingController:
         self._dispatcher = kernel.dispatcher
         self._view = kernel.dispatcher.view
         self.safety = safety
+        self._solvers = kernel.solvers
+        kernel.solvers.warm(SOLVE)
         self._replan = asyncio.Event()
         self._sub = kernel.bus.subscribe("charging", StateChanged)
         self.plan = _Pending()
@@ -288,7 +285,8 @@ class ChargingController:
         self._last_plan = now
         inst, session_of = self.build_instance(now)
         try:
-            plan = await asyncio.to_thread(solve, inst)
+            # in the solver process: OR-Tools' linear solver stays out of the daemon (edge/solvers.py)
+            plan = await self._solvers.run(SOLVE, inst)
         except Exception as exc:
             plan = fallback_plan(inst, f"solver error: {exc}")
         problems = check_plan(inst, plan)

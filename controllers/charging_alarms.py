@@ -17,7 +17,7 @@ from devices.inventory import Charger, Inventory
 from edge.events import Severity, Value
 from edge.kernel import Kernel
 from edge.settings import ChargingSettings
-from optimizer.charging import ChargingPlan
+from optimizer.charging_model import ChargingPlan
 
 log = structlog.get_logger(__name__)
 

@@ -43,7 +43,6 @@ from optimizer.routing_model import (
     must_end_empty,
     validate,
 )
-from optimizer.routing_ortools import FIRST, META, OrToolsModel
 from optimizer.routing_parallel import Candidate, HelperJob, Helpers, default_workers
 from optimizer.routing_pyvrp import PyvrpModel, finish_routes, pyvrp_model, pyvrp_search, pyvrp_solve
 
@@ -195,6 +194,8 @@ def _solve_auto(instance: RoutingInstance, run: _Budget) -> RoutingPlan:
 def _polished(instance: RoutingInstance, best: RoutingPlan, run: _Budget) -> list[RoutingPlan]:
     """OR-Tools' guided local search from `best`'s routes for the time left (re-inserting what a
     repair dropped, if anything): its plan, or nothing."""
+    from optimizer.routing_ortools import FIRST, META, OrToolsModel  # the search process only
+
     start = {r.vehicle: [s.node for s in r.stops] for r in best.routes}
     routes, status = OrToolsModel(instance).search(
         run.left(), FIRST.AUTOMATIC, META.GUIDED_LOCAL_SEARCH, start=start,
@@ -247,6 +248,8 @@ def _needs_warm_start(instance: RoutingInstance) -> bool:
 def _solve_ortools(instance: RoutingInstance, run: _Budget) -> RoutingPlan:
     """Parallel cheapest insertion then guided local search; from the greedy plan when that cannot
     start or the windows are tight."""
+    from optimizer.routing_ortools import FIRST, META, OrToolsModel  # the search process only
+
     routes, status, label = None, "ROUTING_NOT_SOLVED", "ortools"
     limit = run.timer.solution_limit
     # Tight windows: parallel cheapest insertion leaves a required customer out on R1_2_1 (200

@@ -10,8 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-import numpy as np
-
 from edge.geo import EARTH_M
 from optimizer.routing import RoutingInstance, Vehicle
 
@@ -58,6 +56,8 @@ class HaversineProvider:
     def matrices(self, places: Sequence[Place]) -> tuple[list[list[int]], list[list[int]]]:
         # Vectorised: 2,000 bins are four million pairs, 4 s in a Python loop, 0.1 s here.
         default = min(self.speeds_ms.values(), default=20 / 3.6)
+        import numpy as np  # here, where the matrix is built (the solver process), not at import
+
         lat = np.radians(np.fromiter((p.lat for p in places), float, len(places)))
         lon = np.radians(np.fromiter((p.lon for p in places), float, len(places)))
         half = np.fromiter((0.5 / self.speeds_ms.get(p.road, default) for p in places), float, len(places))

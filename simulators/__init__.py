@@ -5,6 +5,7 @@ where `domain` is its `edge simulate` command name (lights, chargers, displays, 
 the topic a user reads in docs/devices.md is the one the command serves.
 """
 
+import gc
 from collections.abc import Collection, Sequence
 
 from edge.clock import Clock, SimClock, SystemClock
@@ -37,3 +38,12 @@ def sim_clock(speed: float, start: float | None) -> Clock:
     if speed == 1.0 and start is None:
         return SystemClock()
     return SimClock(start=start if start is not None else SystemClock().now(), speed=speed)
+
+
+def settle_heap() -> None:
+    """For a process that serves simulated devices, once they are built: what it holds lives as
+    long as it does, so it is frozen out of the garbage collector's sight. A full collection
+    walked it all: a pause of ~100 ms in a process serving 27,000 lamps, during which none of its
+    269 controllers answered (real controllers answer each on their own)."""
+    gc.collect()
+    gc.freeze()

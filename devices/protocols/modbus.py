@@ -364,7 +364,11 @@ class ModbusSession:
         request (function 23; the device writes before it reads)."""
         what = f"write+read {address}+{len(regs)}"
         result = await client.readwrite_registers(
-            read_address=address, read_count=len(regs), write_address=address, values=regs, device_id=self.unit
+            read_address=address,
+            read_count=len(regs),
+            write_address=address,
+            values=regs,
+            device_id=self.unit,
         )
         got: list[int] = self.checked(result, what).registers
         if len(got) != len(regs):

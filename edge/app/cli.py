@@ -420,7 +420,7 @@ async def _simulate_lights(args: argparse.Namespace) -> int:
     from devices.inventory import load_inventory
     from edge.app.demo import sim_controllers
     from edge.settings import load_settings
-    from simulators import sim_clock
+    from simulators import settle_heap, sim_clock
     from simulators.lighting import LightingSimulator, SimController, SimLamp
 
     if args.config:
@@ -437,6 +437,7 @@ async def _simulate_lights(args: argparse.Namespace) -> int:
             for c in range(args.controllers)
         ]
     async with LightingSimulator(controllers, sim_clock(args.speed, None)) as sim:
+        settle_heap()
         for spec in args.fault:
             target, _, fault = spec.partition(":")
             sim.inject(target, fault)
