@@ -128,6 +128,22 @@ class PriorityLock:
         self._locked = False
 
 
+def _cancel_swallowed(client: AsyncModbusTcpClient | None = None) -> bool:
+    """Whether this task was cancelled while pymodbus connected (closing `client` then).
+
+    pymodbus connects inside `asyncio.wait_for`, which on Python 3.11 returns the connect's result
+    when a cancel lands just as it finishes, and drops the cancel: a link loop cancelled then
+    (its device refusing connections in a tight backoff) went on forever, and whoever waited for
+    it with it. The caller raises CancelledError on True.
+    """
+    task = asyncio.current_task()
+    if task is None or not task.cancelling():
+        return False
+    if client is not None:
+        client.close()
+    return True
+
+
 class ModbusSession:
     """One Modbus TCP connection to one unit: requests, error translation and reconnects.
 
@@ -173,8 +189,12 @@ class ModbusSession:
                 ok = await client.connect()
         except TimeoutError as exc:
             client.close()
+            if _cancel_swallowed():
+                raise asyncio.CancelledError from exc
             self.counters.connect_errors += 1
             raise DeviceTimeout("connect timed out", endpoint=self.name) from exc
+        if _cancel_swallowed(client):
+            raise asyncio.CancelledError
         if not ok:
             client.close()
             self.counters.connect_errors += 1
