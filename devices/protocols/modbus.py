@@ -128,8 +128,8 @@ class PriorityLock:
         self._locked = False
 
 
-def _cancel_swallowed(client: AsyncModbusTcpClient | None = None) -> bool:
-    """Whether this task was cancelled while pymodbus connected (closing `client` then).
+def _cancel_swallowed() -> bool:
+    """Whether this task was cancelled while pymodbus connected.
 
     pymodbus connects inside `asyncio.wait_for`, which on Python 3.11 returns the connect's result
     when a cancel lands just as it finishes, and drops the cancel: a link loop cancelled then
@@ -137,11 +137,7 @@ def _cancel_swallowed(client: AsyncModbusTcpClient | None = None) -> bool:
     it with it. The caller raises CancelledError on True.
     """
     task = asyncio.current_task()
-    if task is None or not task.cancelling():
-        return False
-    if client is not None:
-        client.close()
-    return True
+    return task is not None and task.cancelling() > 0
 
 
 class ModbusSession:
@@ -193,7 +189,8 @@ class ModbusSession:
                 raise asyncio.CancelledError from exc
             self.counters.connect_errors += 1
             raise DeviceTimeout("connect timed out", endpoint=self.name) from exc
-        if _cancel_swallowed(client):
+        if _cancel_swallowed():
+            client.close()
             raise asyncio.CancelledError
         if not ok:
             client.close()
