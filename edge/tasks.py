@@ -79,3 +79,15 @@ class TimeSlice:
         if now - self._since >= self.budget_s:
             await asyncio.sleep(0)
             self._since = time.monotonic()
+
+
+def cancel_swallowed() -> bool:
+    """Whether this task has a cancel pending that a library call returned over.
+
+    pymodbus and asyncua connect inside `asyncio.wait_for`, which on Python 3.11 returns the
+    connect's result when a cancel lands just as it finishes, and drops the cancel: a link loop
+    cancelled then (its device refusing connections in a tight backoff) went on forever, and
+    whoever waited for it with it. Callers raise CancelledError on True.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

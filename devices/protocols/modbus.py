@@ -25,6 +25,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 
 from devices.protocols.link import LinkTiming
 from edge.errors import DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
+from edge.tasks import cancel_swallowed
 
 __all__ = [
     "DOWN_AFTER",
@@ -128,18 +129,6 @@ class PriorityLock:
         self._locked = False
 
 
-def _cancel_swallowed() -> bool:
-    """Whether this task was cancelled while pymodbus connected.
-
-    pymodbus connects inside `asyncio.wait_for`, which on Python 3.11 returns the connect's result
-    when a cancel lands just as it finishes, and drops the cancel: a link loop cancelled then
-    (its device refusing connections in a tight backoff) went on forever, and whoever waited for
-    it with it. The caller raises CancelledError on True.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 class ModbusSession:
     """One Modbus TCP connection to one unit: requests, error translation and reconnects.
 
@@ -185,11 +174,11 @@ class ModbusSession:
                 ok = await client.connect()
         except TimeoutError as exc:
             client.close()
-            if _cancel_swallowed():
+            if cancel_swallowed():
                 raise asyncio.CancelledError from exc
             self.counters.connect_errors += 1
             raise DeviceTimeout("connect timed out", endpoint=self.name) from exc
-        if _cancel_swallowed():
+        if cancel_swallowed():
             client.close()
             raise asyncio.CancelledError
         if not ok:

@@ -30,6 +30,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from devices.protocols.link import LinkTiming
 from edge.errors import ConfigError, DeviceError, DeviceReplyError, DeviceTimeout, DeviceUnavailable
 from edge.events import Value
+from edge.tasks import cancel_swallowed
 
 __all__ = [
     "BATCH",
@@ -246,7 +247,11 @@ class OpcUaSession:
         self.last_answer = time.monotonic()
         client = await self._new_client()
         self.client = client
-        await self.call("connect", client.connect())
+        try:
+            await self.call("connect", client.connect())
+        finally:
+            if cancel_swallowed():  # asyncua connects inside wait_for (see `cancel_swallowed`)
+                raise asyncio.CancelledError
         self.connected.set()
         return client
 
