@@ -76,63 +76,72 @@ class ChargingWatch:
 
     def observe(self, now: float, plan: ChargingPlan | None) -> None:
         """Peak load, violations, and the slow alarms (near limit, not charging, meter frozen)."""
-        s = self.safety
-        for feeder in s.feeder_ids():
-            self._watch_supply(feeder, now)
-            limit = s.feeder_limit(feeder, now)
-            measured = s.lighting_now_a(feeder, now, self._view) + sum(
-                self.measured_a(c) for c in s.chargers_on(feeder)
-            )
-            if limit > 0:
-                ratio = measured / limit
-                if ratio > self.stats.peak_ratio:
-                    self.stats.peak_ratio, self.stats.peak_feeder = ratio, feeder
-                self._alarms.set(
-                    feeder,
-                    "feeder_near_limit",
-                    ratio >= self._cfg.near_limit_ratio,
-                    Severity.WARNING,
-                    f"{measured:.1f} of {limit:.1f} A",
-                )
-            if measured > limit + 0.5 and limit >= 0:
-                self.stats.violations += 1
-        delivered = 0.0
-        after = self._cfg.alarm_after_s
-        for c in self.inv.chargers.values():
-            dev = self._state.get(c.id)
-            if dev is None:
-                continue
-            v = dev.values
-            delivered += _f(v.get("session_energy_kwh"), 0.0)
-            power = _f(v.get("power_kw"), 0.0) > 0.1
-            should = (
-                bool(v.get("car_connected"))
-                and self._setpoint(c.id) >= MIN_A
-                and v.get("status") not in {"SuspendedEV", "Finishing", "Faulted", "Unavailable"}
-            )
-            self._persisting(c.id, "not_charging", should and not power, now, after, Severity.MINOR,
-                             "car connected, setpoint given, no power")  # fmt: skip
-            m = self._meters.setdefault(c.id, _Meter())
-            kwh = _f(v.get("meter_energy_kwh"), -1.0)
-            if kwh != m.last_kwh:
-                m.last_kwh, m.since = kwh, now
-            frozen = power and now - m.since >= after
-            self._alarms.set(
-                c.id, "meter_frozen", frozen, Severity.MINOR, "power flows but the meter stands still"
-            )
-            if dev.online and "failsafe_current_a" in v:
-                want = s.failsafe_a(c)
-                self._alarms.set(
-                    c.id,
-                    "failsafe_mismatch",
-                    not s.failsafe_verified(c, self._view),
-                    Severity.MAJOR,
-                    f"fail-safe reads {v.get('failsafe_current_a')!r} A, configured {want:g} A: "
-                    f"held at {want:g} A",
-                )
-        self.stats.delivered_kwh = delivered
+        for feeder in self.safety.feeder_ids():
+            self.observe_feeder(feeder, now)
+        delivered = sum(self.observe_charger(c, now) for c in self.inv.chargers.values())
+        self.observed(delivered, plan)
+
+    def observed(self, delivered_kwh: float, plan: ChargingPlan | None) -> None:
+        """A whole pass is done: the energy delivered in it, and what the plan asked for."""
+        self.stats.delivered_kwh = delivered_kwh
         if plan is not None:
             self.stats.requested_kwh = plan.requested_kwh
+
+    def observe_feeder(self, feeder: str, now: float) -> None:
+        """One feeder: its supply, its load against its limit (near limit, violations)."""
+        s = self.safety
+        self._watch_supply(feeder, now)
+        limit = s.feeder_limit(feeder, now)
+        measured = s.lighting_now_a(feeder, now, self._view) + sum(
+            self.measured_a(c) for c in s.chargers_on(feeder)
+        )
+        if limit > 0:
+            ratio = measured / limit
+            if ratio > self.stats.peak_ratio:
+                self.stats.peak_ratio, self.stats.peak_feeder = ratio, feeder
+            self._alarms.set(
+                feeder,
+                "feeder_near_limit",
+                ratio >= self._cfg.near_limit_ratio,
+                Severity.WARNING,
+                f"{measured:.1f} of {limit:.1f} A",
+            )
+        if measured > limit + 0.5 and limit >= 0:
+            self.stats.violations += 1
+
+    def observe_charger(self, c: Charger, now: float) -> float:
+        """One charger's slow alarms; returns the energy of its session so far (kWh)."""
+        dev = self._state.get(c.id)
+        if dev is None:
+            return 0.0
+        s, v = self.safety, dev.values
+        after = self._cfg.alarm_after_s
+        power = _f(v.get("power_kw"), 0.0) > 0.1
+        should = (
+            bool(v.get("car_connected"))
+            and self._setpoint(c.id) >= MIN_A
+            and v.get("status") not in {"SuspendedEV", "Finishing", "Faulted", "Unavailable"}
+        )
+        self._persisting(c.id, "not_charging", should and not power, now, after, Severity.MINOR,
+                         "car connected, setpoint given, no power")  # fmt: skip
+        m = self._meters.setdefault(c.id, _Meter())
+        kwh = _f(v.get("meter_energy_kwh"), -1.0)
+        if kwh != m.last_kwh:
+            m.last_kwh, m.since = kwh, now
+        frozen = power and now - m.since >= after
+        self._alarms.set(
+            c.id, "meter_frozen", frozen, Severity.MINOR, "power flows but the meter stands still"
+        )
+        if dev.online and "failsafe_current_a" in v:
+            want = s.failsafe_a(c)
+            bad = not s.failsafe_verified(c, self._view)
+            detail = (
+                f"fail-safe reads {v.get('failsafe_current_a')!r} A, configured {want:g} A: held at {want:g} A"
+                if bad
+                else ""
+            )
+            self._alarms.set(c.id, "failsafe_mismatch", bad, Severity.MAJOR, detail)
+        return _f(v.get("session_energy_kwh"), 0.0)
 
     def _watch_supply(self, feeder: str, now: float) -> None:
         """A live feeder whose charge points all report Unavailable while we reach them has lost

@@ -47,7 +47,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
 from ortools.graph.python import min_cost_flow
 
 from optimizer.common import WALL, Timer, checked
@@ -294,20 +293,15 @@ class _FlowModel:
         for c in costs:
             if c > _MAX_DECI:
                 raise ValueError(f"cost {c / DECI} min exceeds {_MAX_DECI / DECI} min")
-        arcs = self.flow.add_arcs_with_capacity_and_unit_cost(
-            np.asarray(tails, dtype=np.int32),
-            np.asarray(heads, dtype=np.int32),
-            np.asarray(caps, dtype=np.int64),
-            np.asarray(costs, dtype=np.int64),
-        )
-        return [int(x) for x in arcs]
+        # One arc at a time: a city's guidance network has a few thousand arcs, and the
+        # vectorized calls would bring numpy (16 MB of RSS) into the daemon for them.
+        add = self.flow.add_arc_with_capacity_and_unit_cost
+        return [add(t, h, cap, cost) for t, h, cap, cost in zip(tails, heads, caps, costs, strict=True)]
 
     def add_supplies(self) -> None:
         demand = [a.demand for a in self.prep.inst.approaches]
-        nodes = [*range(self.n_a), self.sink]
-        self.flow.set_nodes_supplies(
-            np.asarray(nodes, dtype=np.int32), np.asarray([*demand, -sum(demand)], dtype=np.int64)
-        )
+        for node, supply in zip([*range(self.n_a), self.sink], [*demand, -sum(demand)], strict=True):
+            self.flow.set_node_supply(node, supply)
 
     def add_guidance_arcs(self) -> None:
         """Approach -> car park, costed by travel time in deci-minutes."""
@@ -345,7 +339,7 @@ class _FlowModel:
     def flows(self) -> dict[tuple[int, int], int]:
         if not self.pair_arcs:
             return {}
-        values = self.flow.flows(np.asarray(self.pair_arcs, dtype=np.int32))
+        values = [self.flow.flow(arc) for arc in self.pair_arcs]
         return {(pr.a, pr.p): int(v) for pr, v in zip(self.prep.pairs, values, strict=True) if v > 0}
 
 

@@ -113,3 +113,18 @@ def test_sizes_stay_readable(package: str) -> None:
     found = [f for path in sorted((ROOT / package).rglob("*.py")) if "migrations" not in path.parts
              for f in _too_big(path)]  # fmt: skip
     assert found == []
+
+
+def test_the_daemon_leaves_the_solvers_heavy_imports_to_the_solver_process() -> None:
+    """The daemon imports every domain; numpy, pandas and OR-Tools' linear and routing solvers
+    stay out of it (tens of MB of RSS each at city size): they load in the solver process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edge.app.daemon, edge.app.domains;"
+        "heavy = ('numpy', 'pandas', 'ortools.linear_solver', 'ortools.constraint_solver', 'pyvrp');"
+        "print(' '.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
