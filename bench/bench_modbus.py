@@ -142,7 +142,7 @@ def _bare(endpoints: list[ModbusEndpoint]) -> Body:
                             counts[2] += 1
                             continue
                         counts[0] += 1
-                        counts[1] += len(s.lamps)
+                        counts[1] += len(s.lamp_ids)
                     await asyncio.sleep(0)
             finally:
                 client.close()

@@ -263,7 +263,8 @@ class _Endpoint:
         d = self.driver
         # The first polls (connects) are spread over at most STARTUP_SPREAD_S, so a city is
         # online in a second or two; after them each keeps its own phase of the interval.
-        first = self.phase_s * min(1.0, STARTUP_SPREAD_S / d.poll_interval_s)
+        spread = min(1.0, STARTUP_SPREAD_S / d.poll_interval_s) if d.poll_interval_s > 0 else 0.0
+        first = self.phase_s * spread
         await self.session.run(
             self.poll_once,
             d.poll_interval_s,
@@ -412,7 +413,11 @@ class ModbusLightingDriver(Service):
         self.heartbeat_every_s = heartbeat_every_s
         bands = {p.name: p.deadband for p in self.profile.lamp.points if p.deadband > 0}
         self.deadbands = bands if report_every_s is not None else {}
-        self.report_every_polls = max(1, round((report_every_s or 0.0) / poll_interval_s))
+        if poll_interval_s < 0:
+            raise ValueError(f"poll_interval_s must not be negative, not {poll_interval_s}")
+        # 0 polls back to back (a bench's flat-out read): then every poll reports
+        every = (report_every_s or 0.0) / poll_interval_s if poll_interval_s > 0 else 1.0
+        self.report_every_polls = max(1, round(every))
         self.timing = LinkTiming(timeout_s, backoff_base_s, backoff_max_s)
         self.stats = DriverStats()
         self.lamp_decoder = BlockDecoder(self.profile.lamp)

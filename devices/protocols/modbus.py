@@ -212,7 +212,7 @@ class ModbusSession:
         first_s: float = 0.0,
         down_after: int = DOWN_AFTER,
     ) -> NoReturn:
-        """Connect and `poll` every `interval_s` real seconds, forever.
+        """Connect and `poll` every `interval_s` real seconds (0: back to back), forever.
 
         The first attempt waits `first_s`; after it, polls keep to a grid `phase_s` into each
         interval (whatever a poll took), so links given different phases stay spread.
@@ -246,6 +246,9 @@ class ModbusSession:
                 failures, was_up = 0, True
                 self.backoff.reset()
                 on_state(True, "")
+            if interval_s <= 0:
+                await asyncio.sleep(0)  # back to back (a bench reading flat out): others still run
+                continue
             await self._idle(loop.time() + interval_s - (loop.time() - grid) % interval_s)
 
     async def _idle(self, until: float) -> None:

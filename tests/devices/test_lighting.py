@@ -586,3 +586,20 @@ async def test_the_simulators_level_table_and_lamp_blocks_are_one_value(
         assert (await client.write_register(base + n, 10, device_id=ep.unit)).isError()
     finally:
         client.close()
+
+
+async def test_polling_back_to_back_with_dead_bands(
+    lighting_sim: LightingSimulator, recorder: Recorder, manual_clock: ManualClock
+) -> None:
+    """A poll interval of 0 reads flat out (the Modbus bench does): with dead bands every poll
+    still reports, and a negative interval is refused by name."""
+    with pytest.raises(ValueError, match="poll_interval_s"):
+        ModbusLightingDriver(lighting_sim.endpoints(), None, recorder, manual_clock, poll_interval_s=-1.0)
+    drv = ModbusLightingDriver(
+        lighting_sim.endpoints(), None, recorder, manual_clock, poll_interval_s=0.0, report_every_s=60.0
+    )
+    assert drv.report_every_polls == 1
+    async with drv:
+        await recorder.wait(lambda: drv.stats.lamp_reads >= 2 * len(lighting_sim.endpoints()), "polls")
+        await recorder.wait(lambda: recorder.latest(LAMP) is not None, "a reading of the lamp")
+    assert drv.stats.read_errors == 0
