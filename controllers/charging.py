@@ -13,6 +13,7 @@ its names are re-exported here, so the domain has one import.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -370,47 +371,35 @@ class ChargingController:
 
     def _enforce(self, now: float) -> None:
         """When a limit drops (curtailment, dusk on a lighting circuit), lower setpoints at once."""
-        for feeder in self.safety.feeder_ids():
-            self._enforce_feeder(feeder, now)
-        for cab in self.safety.cabinet_ids():
-            self._enforce_cabinet(cab, now)
+        for _ in self._enforce_steps(now):
+            pass
 
-    def _enforce_feeder(self, feeder: str, now: float) -> None:
-        s = self.safety
-        room = max(0.0, s.feeder_limit(feeder, now) - s.lighting_a(feeder, now, self._view))
-        self._shed(feeder, s.chargers_on(feeder), room, now)
-
-    def _enforce_cabinet(self, cab: str, now: float) -> None:
-        s = self.safety
-        feeders = s.feeders_in(cab)
-        room = max(0.0, s.cabinet_limit(cab, now) - sum(s.lighting_a(f, now, self._view) for f in feeders))
-        self._shed(cab, [c for f in feeders for c in s.chargers_on(f)], room, now)
+    def _enforce_steps(self, now: float) -> Iterator[None]:
+        """`_enforce`, a feeder or a cabinet per step (each one's check whole within its step)."""
+        s, view = self.safety, self._view
+        for feeder in s.feeder_ids():
+            room = max(0.0, s.feeder_limit(feeder, now) - s.lighting_a(feeder, now, view))
+            self._shed(feeder, s.chargers_on(feeder), room, now)
+            yield
+        for cab in s.cabinet_ids():
+            feeders = s.feeders_in(cab)
+            room = max(0.0, s.cabinet_limit(cab, now) - sum(s.lighting_a(f, now, view) for f in feeders))
+            self._shed(cab, [c for f in feeders for c in s.chargers_on(f)], room, now)
+            yield
 
     async def _turn(self, now: float) -> None:
-        """One turn of the loop: enforce the limits, watch, publish, feeder by feeder.
-
-        The same work as `_enforce`, `ChargingWatch.observe` and `publish_state`, with a yield
-        to the event loop every few milliseconds: in one stretch, a city's 40 feeders and 680
-        charge points held the loop ~20 ms twice a second, and every operator's command that
-        met it waited. Each feeder's (and cabinet's) check is whole within its stretch; a
-        command that comes between two is checked by the same limits at the dispatcher."""
-        s, tick = self.safety, TimeSlice()
-        for feeder in s.feeder_ids():
-            self._enforce_feeder(feeder, now)
-            await tick.tick()
-        for cab in s.cabinet_ids():
-            self._enforce_cabinet(cab, now)
-            await tick.tick()
-        for feeder in s.feeder_ids():
-            self.watch.observe_feeder(feeder, now)
-            await tick.tick()
-        delivered = 0.0
-        for c in self.inv.chargers.values():
-            delivered += self.watch.observe_charger(c, now)
-            await tick.tick()
-        self.watch.observed(delivered, self.plan.plan)
-        for device_id, values in self._state_updates(now):
-            self._publish_one(device_id, values, now)
+        """One turn of the loop: `_enforce`, `ChargingWatch.observe` and `publish_state`, a step
+        at a time, with a yield to the event loop every few milliseconds: in one stretch, a
+        city's 40 feeders and 680 charge points held the loop ~20 ms twice a second, and every
+        operator's command that met it waited. A command that comes between two steps is
+        checked by the same limits at the dispatcher."""
+        tick = TimeSlice()
+        steps = (
+            self._enforce_steps(now),
+            self.watch.observe_steps(now, self.plan.plan),
+            self._publish_steps(now),
+        )
+        for _ in itertools.chain(*steps):
             await tick.tick()
 
     def _shed(self, where: str, chargers: list[Charger], room: float, now: float) -> None:
@@ -517,16 +506,14 @@ class ChargingController:
         (`FEEDER_BAND_A`, or `FEEDER_BAND_SHARE` of the limit) waits up to `FEEDER_REFRESH_S`;
         anything else (limit, trip, chargers, a larger move) goes at once. Published every turn,
         a city's 400 feeders were 800 retained messages a second."""
-        return sum(
-            self._publish_one(device_id, values, now) for device_id, values in self._state_updates(now)
-        )
+        return sum(self._publish_steps(now))
 
-    def _state_updates(self, now: float) -> Iterator[tuple[str, dict[str, Value]]]:
-        """Each feeder's state, then each charger's planned current, computed as they are taken."""
+    def _publish_steps(self, now: float) -> Iterator[bool]:
+        """`publish_state`, a device per step: whether it was published."""
         for f in self.safety.feeder_ids():
-            yield f, self.feeder_state(f, now)
+            yield self._publish_one(f, self.feeder_state(f, now), now)
         for c in self.inv.chargers:
-            yield c, {"planned_a": self.planned_current(c, now)}
+            yield self._publish_one(c, {"planned_a": self.planned_current(c, now)}, now)
 
     def _publish_one(self, device_id: str, values: dict[str, Value], now: float) -> bool:
         """Publish one device's derived state if it changed enough; whether it was published."""

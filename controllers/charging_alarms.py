@@ -7,7 +7,7 @@ while power flows, and fail-safe currents that did not read back as configured.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import structlog
@@ -76,14 +76,19 @@ class ChargingWatch:
 
     def observe(self, now: float, plan: ChargingPlan | None) -> None:
         """Peak load, violations, and the slow alarms (near limit, not charging, meter frozen)."""
+        for _ in self.observe_steps(now, plan):
+            pass
+
+    def observe_steps(self, now: float, plan: ChargingPlan | None) -> Iterator[None]:
+        """`observe`, a feeder or a charger per step (the controller's turn yields between)."""
         for feeder in self.safety.feeder_ids():
             self.observe_feeder(feeder, now)
-        delivered = sum(self.observe_charger(c, now) for c in self.inv.chargers.values())
-        self.observed(delivered, plan)
-
-    def observed(self, delivered_kwh: float, plan: ChargingPlan | None) -> None:
-        """A whole pass is done: the energy delivered in it, and what the plan asked for."""
-        self.stats.delivered_kwh = delivered_kwh
+            yield
+        delivered = 0.0
+        for c in self.inv.chargers.values():
+            delivered += self.observe_charger(c, now)
+            yield
+        self.stats.delivered_kwh = delivered
         if plan is not None:
             self.stats.requested_kwh = plan.requested_kwh
 
