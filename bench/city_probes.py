@@ -155,6 +155,7 @@ class Probes:
         # Garbage collector pauses by generation (seconds each): a full collection walks every
         # object not frozen, and a city's heap is millions of them.
         self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.gc_long: list[tuple[float, int, float]] = []  # (wall time, generation, s) over 5 ms
         self._gc_start = 0.0
         gc.callbacks.append(self._gc)
 
@@ -162,7 +163,10 @@ class Probes:
         if phase == "start":
             self._gc_start = time.perf_counter()
         else:
-            self.gc_pauses[info["generation"]].append(time.perf_counter() - self._gc_start)
+            took = time.perf_counter() - self._gc_start
+            self.gc_pauses[info["generation"]].append(took)
+            if took > 0.005:  # for the timeline: when the long ones happened
+                self.gc_long.append((time.time(), info["generation"], took))
 
     def start(self, tg: asyncio.TaskGroup) -> None:
         self._tasks = [

@@ -210,15 +210,22 @@ def _event_holders(sample: int = 20) -> list[str]:
 
 def _write_timeline(out: Path, probes: Any) -> None:
     """Per wall second: the stack sampler's area counts and the worst loop lag (for lining
-    slow requests up with what the daemon was doing; BENCH_CITY_TIMELINE)."""
+    slow requests up with what the daemon was doing; BENCH_CITY_TIMELINE), and the collector's
+    pauses over 5 ms (generation, ms)."""
     import json
 
     lag: dict[int, float] = {}
     for t, v in zip(probes.lag_at, probes.lags, strict=False):
         lag[int(t)] = max(lag.get(int(t), 0.0), v)
     areas = probes.sampler.timeline if probes.sampler is not None else {}
+    pauses: dict[int, list[tuple[int, float]]] = {}
+    for t, gen, took in probes.gc_long:
+        pauses.setdefault(int(t), []).append((gen, round(took * 1e3, 1)))
     seconds = sorted(set(lag) | set(areas))
-    rows = [{"t": t, "lag": round(lag.get(t, 0.0), 4), "areas": dict(areas.get(t, {}))} for t in seconds]
+    rows = [
+        {"t": t, "lag": round(lag.get(t, 0.0), 4), "areas": dict(areas.get(t, {})), "gc": pauses.get(t, [])}
+        for t in seconds
+    ]
     out.write_text(json.dumps(rows))
 
 

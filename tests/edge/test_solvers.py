@@ -10,7 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 import psutil
 import pytest
 
-from edge.solvers import Solvers
+from edge.solvers import SOLVER_NICE, Solvers
 from tests.harness import wait_for
 
 
@@ -31,6 +31,17 @@ async def test_a_call_runs_in_the_solver_process_and_its_imports_stay_there() ->
         assert await solvers.run("builtins:len", [1, 2]) == 2
         assert solvers.stats.in_thread == 0
     await wait_for(lambda: _ended(pid), "the solver process ended with the context", timeout_s=10)
+
+
+async def test_the_solver_process_yields_the_cpu_to_the_daemon() -> None:
+    """A plan that keeps a core busy must not delay the daemon's polls and commands: the solver
+    process runs at a lower priority than the daemon, which keeps its own."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    async with Solvers() as solvers:
+        pid = await solvers.run("os:getpid")
+        assert psutil.Process(pid).nice() == min(19, ours + SOLVER_NICE)
+        assert await solvers.run("os:getpriority", os.PRIO_PROCESS, 0) == min(19, ours + SOLVER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ours
 
 
 async def test_without_processes_calls_run_in_a_thread() -> None:
