@@ -293,16 +293,21 @@ def _rows(name: str, count: int, seconds: float, pairs: list[tuple[_Window, _Win
     lost = sum(o.session_errors for o, _ in pairs)
     errors = "; ".join(sorted({w.error or w.teardown for w in windows if w.error or w.teardown}))
     cpu_ok = cpu_ratio <= CPU_TARGET  # False when nan
-    rate_ok = rate_ratio >= TARGET
+    # Whether the driver keeps up is judged pair by pair: the simulator's output rate drifts between
+    # two levels (3,230 and 3,770/s here), and a ratio of the two sides' medians can compare windows
+    # from different levels (0.857 in one set of pairs whose every back-to-back ratio was >= 0.856
+    # and whose median was 0.999).
+    pair_ratios = [o.rate / b.rate for o, b in good]
+    pair_ratio = median(pair_ratios) if pair_ratios else math.nan
+    rate_ok = pair_ratio >= TARGET  # False when nan
     return [
         Row(name, "client CPU us/notification (headline)", median_spread([w.cpu_us for w in ours]),
             f"{median_spread([w.cpu_us for w in bare])} bare", f"{cpu_ratio:.2f}", f"<= {CPU_TARGET:.2f}",
             "ok" if cpu_ok else "MISS"),
         Row(name, f"notifications/s in a {seconds:g} s window", median_spread([w.rate for w in ours], "{:,.0f}"),
-            f"{median_spread([w.rate for w in bare], '{:,.0f}')} bare", f"{rate_ratio:.3f}",
-            f">= {TARGET:.2f}", "ok" if rate_ok else "MISS"),
-        Row(name, "rate ratio driver/bare per back-to-back pair",
-            median_spread([o.rate / b.rate for o, b in good], "{:.3f}"), "1.000 = keeps up"),
+            f"{median_spread([w.rate for w in bare], '{:,.0f}')} bare", f"{rate_ratio:.3f}"),
+        Row(name, "rate ratio driver/bare per back-to-back pair", median_spread(pair_ratios, "{:.3f}"),
+            "1.000 = keeps up", f"{pair_ratio:.3f}", f">= {TARGET:.2f}", "ok" if rate_ok else "MISS"),
         Row(name, "Telemetry events/s", median_spread([w.events_per_s for w in ours], "{:,.0f}"),
             f"{count:,} cp x 1 tick/s"),
         Row(name, "client CPU % of one core", median_spread([w.cpu_pct for w in ours], "{:.0f}"),

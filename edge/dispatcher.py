@@ -27,7 +27,7 @@ from edge.layers import Point
 from edge.lifecycle import Service, ServiceState
 from edge.policy import DispatcherView, SafetyPolicy, Verdict
 from edge.state import StateStore
-from edge.tasks import TimeSlice
+from edge.tasks import TimeSlice, paced
 from edge.write_queue import URGENT, WriteQueue
 
 log = structlog.get_logger(__name__)
@@ -536,37 +536,20 @@ class Dispatcher(Service):
 
     async def _reconcile_loop(self) -> None:
         """Every point once per reconcile interval: its winning command re-checked against the
-        policies (`recheck_all`'s), and re-written if its device reports another value.
-
-        A controller that rebooted or fell back to its fail-safe level is put back into
-        its scheduled state without waiting for the next plan. The sweep is paced over
-        SWEEP_SHARE of the interval: a city's 54,000 points are about 0.6 s of work, and done at
-        once (even in 4 ms stretches) every command that met them waited at each of its hops,
-        ~100 ms round trips every 30 s in the city bench.
-        """
-        counter = itertools.count()
-        loop = asyncio.get_running_loop()
+        policies (as by `recheck_all`), and re-written if its device reports another value (a
+        controller that rebooted or fell to its fail-safe is put back without waiting for the
+        next plan). Paced over SWEEP_SHARE of the interval (`edge.tasks.paced`)."""
+        counter, span = itertools.count(), self._reconcile_interval * SWEEP_SHARE
         while True:
             await asyncio.sleep(self._reconcile_interval)
-            start, keys = loop.time(), list(self._points)
-            slice_ = TimeSlice(SWEEP_STRETCH_S)
-            span = self._reconcile_interval * SWEEP_SHARE
-            for i, key in enumerate(keys):
-                if i % SWEEP_BATCH == 0 and (ahead := start + span * i / len(keys) - loop.time()) > 0:
-                    await asyncio.sleep(ahead)
-                await slice_.tick()
-                point = self._points.get(key)
-                if point is not None:
-                    now = self._clock.now()
-                    self._recheck_held(key, point, now)
-                    self._reconcile(key, point, now, counter)
-
-    def _reconcile(self, key: Key, point: Point, now: float, counter: itertools.count[int]) -> None:
-        cmd = point.effective(now)
-        if cmd is None or point.in_flight is not None or key in self._writes:
-            return
-        if point.confirmed_id != cmd.id:
-            return  # not applied yet: the write path (with its TTL) owns it
-        if drifted(cmd, self._store.get(cmd.device_id)):
-            point.put(reconcile_copy(cmd, now, counter))
-            self._enqueue(key)
+            async for key in paced(list(self._points), span, batch=SWEEP_BATCH, stretch_s=SWEEP_STRETCH_S):
+                if (point := self._points.get(key)) is None:
+                    continue
+                now = self._clock.now()
+                self._recheck_held(key, point, now)
+                cmd = point.effective(now)
+                if cmd is None or point.in_flight is not None or key in self._writes:
+                    continue
+                if point.confirmed_id == cmd.id and drifted(cmd, self._store.get(cmd.device_id)):
+                    point.put(reconcile_copy(cmd, now, counter))  # (not applied yet: the write path's)
+                    self._enqueue(key)

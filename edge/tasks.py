@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]], *, retry_s: float = 0.05) -> None:
@@ -79,6 +82,22 @@ class TimeSlice:
         if now - self._since >= self.budget_s:
             await asyncio.sleep(0)
             self._since = time.monotonic()
+
+
+async def paced(
+    items: Sequence[T], span_s: float, *, batch: int = 64, stretch_s: float = 0.002
+) -> AsyncIterator[T]:
+    """`items` spread evenly over `span_s` real seconds: `batch` at a time on a schedule, with at
+    most `stretch_s` of the caller's work between yields. For periodic sweeps over a city's
+    devices: done at once, even in 4 ms stretches, a sweep of 54,000 points (~0.6 s of work)
+    delayed every command that met it at each of its hops (~100 ms round trips every 30 s)."""
+    loop = asyncio.get_running_loop()
+    start, n, slice_ = loop.time(), len(items), TimeSlice(stretch_s)
+    for i, item in enumerate(items):
+        if i % batch == 0 and (ahead := start + span_s * i / n - loop.time()) > 0:
+            await asyncio.sleep(ahead)
+        await slice_.tick()
+        yield item
 
 
 def cancel_swallowed() -> bool:

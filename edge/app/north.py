@@ -529,11 +529,11 @@ class North:
         t = self._topics["lamp_telemetry"]
         while True:
             await asyncio.sleep(self._telemetry_interval)
+            slice_ = TimeSlice()  # thousands of lamps: let commands through every few ms
             for i, dev in enumerate(list(self._state.devices("lamp"))):
+                await slice_.tick()
                 if i % YIELD_EVERY == 0:
-                    # Thousands of lamps: let commands through between chunks, and go at the
-                    # link's pace (a city's counters overflowed the QoS 0 queue: 54,000 at once).
-                    await asyncio.sleep(0)
+                    # Go at the link's pace (a city's counters overflowed the QoS 0 queue: 54,000 at once).
                     await pub.fast_room()
                 if dev.values:
                     payload = dump(lamp_telemetry(dev))
