@@ -247,7 +247,7 @@ class _Endpoint:
         slots = 1 + max((index for index, _ in ep.lamps), default=-1)
         self.reported = array("H", bytes(2 * slots * driver.lamp_decoder.span))
         self.known = bytearray(slots)
-        self.values_of: dict[str, tuple[Value, ...]] = {}
+        self.values_of: dict[str, dict[str, Value]] = {}  # without dead bands: the last values, re-sent
         # Polls since the last publish by lamp index, spread so "still here" readings do not align.
         every = driver.report_every_polls
         self.quiet = array("I", bytes(4 * slots))
@@ -313,7 +313,7 @@ class _Endpoint:
                     reported[at : at + span] = raw
                     known[index] = 1
                     if not banded:
-                        values_of[device_id] = tuple(values.values())
+                        values_of[device_id] = dict(values)  # a copy: the event's may be kept by others
                     quiet[index] = 0
                     d.stats.lamp_reports += 1
                     publish(Telemetry(device_id, now, values))
@@ -324,7 +324,7 @@ class _Endpoint:
                 n = quiet[index] + 1
                 quiet[index] = 0 if n >= every else n
                 if n >= every:
-                    values = dict(zip(d.lamp_keys, values_of[device_id], strict=True)) if not banded else {}
+                    values = values_of[device_id].copy() if not banded else {}
                     publish(Telemetry(device_id, now, values))
             d.stats.lamp_reads += len(rs.lamp_ids)
 

@@ -603,3 +603,22 @@ async def test_polling_back_to_back_with_dead_bands(
         await recorder.wait(lambda: drv.stats.lamp_reads >= 2 * len(lighting_sim.endpoints()), "polls")
         await recorder.wait(lambda: recorder.latest(LAMP) is not None, "a reading of the lamp")
     assert drv.stats.read_errors == 0
+
+
+async def test_without_dead_bands_every_poll_reports_the_full_values(
+    lighting_sim: LightingSimulator, recorder: Recorder, manual_clock: ManualClock
+) -> None:
+    """No `report_every_s`: a lamp whose registers did not change is still reported with all its
+    values at every poll, each event with its own dict (a consumer that changes one changes
+    no other event and not what the driver sends next)."""
+    drv = ModbusLightingDriver(lighting_sim.endpoints(), None, recorder, manual_clock, poll_interval_s=0.0)
+    async with drv:
+        await recorder.wait(lambda: len(recorder.telemetry(LAMP)) >= 3, "three polls of the lamp")
+        cleared = recorder.telemetry(LAMP)
+        for e in cleared:
+            e.values.clear()  # a careless consumer
+        await recorder.wait(lambda: len(recorder.telemetry(LAMP)) >= len(cleared) + 3, "three more polls")
+    assert drv.stats.lamp_quiet > 0  # the registers stayed the same between polls
+    after = [e.values for e in recorder.telemetry(LAMP)[len(cleared) :]]
+    assert all(v and set(v) == set(after[0]) for v in after)
+    assert len({id(v) for v in after}) == len(after)
