@@ -125,7 +125,12 @@ class Solvers:
         payload = None if pool is None else _pickled(target, args)
         if pool is not None and payload is not None:
             try:
-                return await asyncio.get_running_loop().run_in_executor(pool, _call_pickled, target, payload)
+                done = asyncio.wrap_future(pool.submit(_call_pickled, target, payload))
+                done.add_done_callback(_retrieve)
+                # Never cancelled from here (a caller cancelled gets its CancelledError at once): a
+                # call cancelled while still queued when the process ends made CPython 3.11's
+                # executor thread fail (InvalidStateError in `terminate_broken`).
+                return await asyncio.shield(done)
             except BrokenProcessPool as exc:
                 if self._closed:
                     raise  # ended with the daemon: not run again
@@ -161,6 +166,12 @@ class Solvers:
         for proc in procs:
             with contextlib.suppress(OSError, ValueError, AttributeError):  # already gone
                 proc.terminate()
+
+
+def _retrieve(done: asyncio.Future[Any]) -> None:
+    """Take a shielded call's outcome that nobody awaits any more (no "never retrieved" log)."""
+    if not done.cancelled():
+        done.exception()
 
 
 def _pickled(target: str, args: tuple[Any, ...]) -> bytes | None:

@@ -345,7 +345,7 @@ async def test_comm_loss_failsafe_blanks_until_new_content(
         await display_driver.write(display_id, "content", content(21, "frei 57"), 2.0)
         display_sim.inject(display_id, "comm_loss")
     for display_id in (board, sign):
-        await recorder.wait(lambda d=display_id: recorder.availability(d) == [True, False], "down", 5.0)
+        await recorder.wait(lambda d=display_id: recorder.availability(d) == [True, False], "down", 15.0)
     manual_clock.advance(200.0)
     for display_id in (board, sign):
         assert display_sim.shown(display_id) == "frei 57"  # not yet: fail-safe after 300 s
