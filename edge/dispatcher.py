@@ -101,11 +101,7 @@ class DispatcherStats:
 
 _ID_PREFIX = secrets.token_hex(4)  # this process's: ids stay unique across restarts
 _ID_COUNTER = itertools.count()
-# The reconcile sweep: over this share of its interval, SWEEP_BATCH points at a time on schedule,
-# never holding the loop longer than SWEEP_STRETCH_S at once.
-SWEEP_SHARE = 0.8
-SWEEP_BATCH = 64
-SWEEP_STRETCH_S = 0.002
+SWEEP_SHARE = 0.8  # the reconcile sweep is paced over this share of its interval (`edge.tasks.paced`)
 
 
 def new_command_id() -> str:
@@ -536,13 +532,13 @@ class Dispatcher(Service):
 
     async def _reconcile_loop(self) -> None:
         """Every point once per reconcile interval: its winning command re-checked against the
-        policies (as by `recheck_all`), and re-written if its device reports another value (a
-        controller that rebooted or fell to its fail-safe is put back without waiting for the
-        next plan). Paced over SWEEP_SHARE of the interval (`edge.tasks.paced`)."""
+        policies (as by `recheck_all`), and, once confirmed (the write path owns it before),
+        re-written if its device reports another value (a rebooted controller, a fail-safe
+        level). Paced over SWEEP_SHARE of the interval (`edge.tasks.paced`)."""
         counter, span = itertools.count(), self._reconcile_interval * SWEEP_SHARE
         while True:
             await asyncio.sleep(self._reconcile_interval)
-            async for key in paced(list(self._points), span, batch=SWEEP_BATCH, stretch_s=SWEEP_STRETCH_S):
+            async for key in paced(list(self._points), span):
                 if (point := self._points.get(key)) is None:
                     continue
                 now = self._clock.now()
@@ -551,5 +547,5 @@ class Dispatcher(Service):
                 if cmd is None or point.in_flight is not None or key in self._writes:
                     continue
                 if point.confirmed_id == cmd.id and drifted(cmd, self._store.get(cmd.device_id)):
-                    point.put(reconcile_copy(cmd, now, counter))  # (not applied yet: the write path's)
+                    point.put(reconcile_copy(cmd, now, counter))
                     self._enqueue(key)

@@ -16,8 +16,8 @@ imports). The process runs at a lower priority (`SOLVER_NICE`): a plan can wait 
 command or a poll cannot. The collection plan keeps a core busy for up to its time limit (and
 its routing helper the other one); at the daemon's priority it took the CPU the lamps' answers
 and the operator's commands were waiting for (a `set_level` round trip of 97 ms in the city
-bench, against 4 ms at the median). A process that dies (killed, out of memory) costs that call a run in a thread, in
-the daemon, and the next call gets a fresh process. Leaving the context ends the process, with
+bench, against 4 ms at the median). A process that dies (killed, out of memory) costs that call
+a run in a thread, in the daemon, and the next call gets a fresh process. Leaving the context ends the process, with
 any solve still running in it.
 """
 

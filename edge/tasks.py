@@ -14,6 +14,8 @@ from types import TracebackType
 from typing import TypeVar
 
 T = TypeVar("T")
+PACE_BATCH = 64  # `paced`: items per step of its schedule
+PACE_STRETCH_S = 0.002  # `paced`: the longest stretch of the caller's work between yields
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]], *, retry_s: float = 0.05) -> None:
@@ -85,7 +87,7 @@ class TimeSlice:
 
 
 async def paced(
-    items: Sequence[T], span_s: float, *, batch: int = 64, stretch_s: float = 0.002
+    items: Sequence[T], span_s: float, *, batch: int = PACE_BATCH, stretch_s: float = PACE_STRETCH_S
 ) -> AsyncIterator[T]:
     """`items` spread evenly over `span_s` real seconds: `batch` at a time on a schedule, with at
     most `stretch_s` of the caller's work between yields. For periodic sweeps over a city's

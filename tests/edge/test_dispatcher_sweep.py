@@ -12,10 +12,11 @@ from waiting import wait_until
 
 from edge.bus import EventBus
 from edge.clock import ManualClock
-from edge.dispatcher import SWEEP_BATCH, SWEEP_SHARE, Dispatcher, make_command
+from edge.dispatcher import SWEEP_SHARE, Dispatcher, make_command
 from edge.events import Command, Outcome, Priority, Telemetry
 from edge.policy import DispatcherView, Verdict
 from edge.state import StateStore
+from edge.tasks import PACE_BATCH
 
 NOON = 1_796_392_800.0
 INTERVAL_S = 1.0
@@ -43,7 +44,7 @@ class _Recording:
 async def test_the_reconcile_sweep_restores_every_drifted_point_spread_over_its_interval() -> None:
     """Every lamp of a controller that rebooted reports another level than its plan: each is
     written back within the interval, not all in one burst that a command would wait behind."""
-    n = 8 * SWEEP_BATCH
+    n = 8 * PACE_BATCH
     ids = [f"L{i:04d}" for i in range(n)]
     clock = ManualClock(NOON)
     bus = EventBus()
