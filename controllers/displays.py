@@ -91,6 +91,9 @@ class Warning:
     lines: tuple[str, ...]
     start: float
     end: float
+    source: str = "operator"  # "operator:<who>", "rule:<id>", "helppoint:<incident>"
+    public: bool = True  # a public warning also goes out as CAP; a help point's notice does not
+    area: tuple[float, float, float] | None = None  # (lat, lon, radius_m); None: the whole site
 
 
 @dataclass(slots=True)
@@ -172,8 +175,10 @@ class DisplayController:
         profiles: Mapping[str, DisplayProfile] | None = None,
         silent: Callable[[str], bool] | None = None,
         raise_lamps: Callable[[str, float, tuple[float, float, float] | None], int] | None = None,
+        release_lamps: Callable[[str], int] | None = None,
     ) -> None:
-        """`raise_lamps(warning, end, area)`: the lighting domain's way to raise lamps for a warning."""
+        """`raise_lamps(warning, end, area)`: the lighting domain's way to raise lamps for a warning;
+        `release_lamps(warning)` lets them go when it is withdrawn before its end."""
         self.car_parks = {c.id: CarParkSpec(c.id, c.name, c.capacity, c.lat, c.lon) for c in cfg.car_parks}
         self.approaches = [ApproachSpec(a.id, a.lat, a.lon, a.demand, tuple(a.signs)) for a in cfg.approaches]
         self.displays = [d.id for d in cfg.displays]
@@ -190,6 +195,7 @@ class DisplayController:
         self._lighting = lighting
         self._silent = silent
         self._raise_lamps = raise_lamps
+        self._release_lamps = release_lamps
         self.occupancy: dict[str, Occupancy] = {}
         self.warnings: dict[str, Warning] = {}
         self._shown: dict[str, _Shown] = {d: _Shown() for d in self.displays}
@@ -265,7 +271,8 @@ class DisplayController:
         """The active warnings as the API publishes them."""
         return [
             {"id": w.id, "severity": w.severity, "lines": list(w.lines), "displays": sorted(w.displays),
-             "start": w.start, "end": w.end}
+             "start": w.start, "end": w.end, "source": w.source, "public": w.public,
+             "area": None if w.area is None else list(w.area)}
             for w in self.warnings.values()
         ]  # fmt: skip
 
@@ -317,9 +324,18 @@ class DisplayController:
         return self._raise_lamps(warning.id, warning.end, area)
 
     def clear_warning(self, warning_id: str) -> bool:
-        found = self.warnings.pop(warning_id, None) is not None
+        """Withdraw a warning: its displays go back to guidance, its lamps to their plan."""
+        w = self.warnings.pop(warning_id, None)
         self._replan.set()
-        return found
+        if w is None:
+            return False
+        for d in w.displays:  # its content held the displays until its end: let go now
+            self._dispatcher.release(
+                d, CONTENT, Priority.SAFETY, "warning withdrawn", only=f"displays:warning:{w.id}"
+            )
+        if self._release_lamps is not None:
+            self._release_lamps(warning_id)
+        return True
 
     def operator_message(
         self, display: str, lines: tuple[str, ...], arrow: str, duration_s: float, source: str

@@ -479,6 +479,15 @@ class LightingController:
                         hold_s=max(1.0, end - now), reason="warning")  # fmt: skip
         return len(lamps)
 
+    def release_warning(self, warning_id: str) -> int:
+        """A warning withdrawn before its end: the lamps it raised go back to their plan (only where
+        its command still holds the safety layer). Returns how many."""
+        source = f"warning:{warning_id}"
+        release = self._dispatcher.release
+        return sum(
+            release(x, LEVEL_POINT, Priority.SAFETY, "warning withdrawn", only=source) for x in self.inv.lamps
+        )
+
     # ----- failure detection ------------------------------------------------------------------
 
     async def _watch_state(self) -> None:

@@ -193,10 +193,8 @@ class Dispatcher(Service):
 
     def register_policy(self, kind: str, policy: SafetyPolicy) -> None:
         """Add the safety policy for a device kind before the dispatcher starts.
-
         A domain builds its policy after the kernel (and so this dispatcher) exists, from parts
-        that need the kernel; the policy is complete when registered, never bound later.
-        """
+        that need the kernel; the policy is complete when registered, never bound later."""
         if self.state is not ServiceState.UNOPENED:
             raise RuntimeError(f"policy for {kind!r} registered after the dispatcher started")
         if kind in self._policies:
@@ -274,12 +272,13 @@ class Dispatcher(Service):
         finally:
             self._waiters.pop(cmd.id, None)
 
-    def release(self, device_id: str, point: str, priority: Priority, source: str) -> bool:
-        """Drop a priority layer (e.g. 'return to schedule'); the next layer down takes over."""
+    def release(self, device_id: str, point: str, priority: Priority, source: str, only: str = "") -> bool:
+        """Drop a priority layer (with `only`: if that source's command holds it); the next takes over."""
         p = self._points.get((device_id, point))
-        cmd = None if p is None else p.pop_layer(priority)
-        if p is None or cmd is None:
+        held = None if p is None else p.layer(priority)
+        if p is None or held is None or (only and held.source != only):
             return False
+        cmd, _ = held, p.pop_layer(priority)
         now = self._clock.now()
         self._audit(AuditRecord(cmd, Outcome.EXPIRED, None, f"released by {source}", now))
         p.rearm(now)

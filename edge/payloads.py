@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from edge.decode import ID_PATTERN
+from edge.payloads_safety import SAFETY_MODELS
 
 API_VERSION = "v1"
 MAX_DURATION_S = 7 * 86400
@@ -593,4 +594,5 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "waste_summary": WasteSummary,
     "waste_bin_request": WasteBinRequest,
     "waste_replan": WasteReplan,
+    **SAFETY_MODELS,
 }

@@ -32,6 +32,8 @@ from edge.settings_sections import (
     DisplaySettings,
     DisplaysSettings,
     FeederSettings,
+    HelpPointSettings,
+    HelpPointsSettings,
     InventorySettings,
     LightingSettings,
     LoggingSettings,
@@ -63,6 +65,8 @@ __all__ = [
     "DisplaySettings",
     "DisplaysSettings",
     "FeederSettings",
+    "HelpPointSettings",
+    "HelpPointsSettings",
     "InventorySettings",
     "LightingSettings",
     "LoggingSettings",
@@ -139,6 +143,7 @@ class Settings(BaseSettings):
     charging: ChargingSettings = ChargingSettings()
     displays: DisplaysSettings = DisplaysSettings()
     waste: WasteSettings = WasteSettings()
+    helppoints: HelpPointsSettings = HelpPointsSettings()
     logging: LoggingSettings = LoggingSettings()
     clock: ClockSettings = ClockSettings()
     config_dir: Path = Path()

@@ -400,6 +400,63 @@ class WasteSettings(Section):
         return self
 
 
+_DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+_LINE = Annotated[str, Field(min_length=1, max_length=40)]
+
+
+class HelpPointSettings(Section):
+    """An emergency call button in a lamp post (`post`: the lamp's id, which gives its place,
+    street and controller): a register block in the post's Modbus controller, or LoRaWAN."""
+
+    id: Annotated[str, Field(pattern=_DEVICE_ID)]
+    post: Annotated[str, Field(min_length=1, max_length=64)]
+    via: Literal["modbus", "lorawan"] = "modbus"
+    slot: Annotated[int, Field(ge=0, le=255)] = 0
+    dev_eui: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{16}$")] | None = None
+
+    @model_validator(mode="after")
+    def _link(self) -> HelpPointSettings:
+        if self.via == "lorawan" and self.dev_eui is None:
+            raise ValueError(f'help point {self.id!r}: via = "lorawan" needs a dev_eui')
+        return self
+
+
+class HelpPointsSettings(Section):
+    """Help points: what a press does (lamps within `radius_m` to full, a notice on the nearest
+    displays, an incident), when an unacknowledged call escalates, and how fast they are polled."""
+
+    points: list[HelpPointSettings] = Field(default_factory=list)
+    radius_m: Annotated[float, Field(gt=0, le=1000)] = 60.0
+    ack_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    escalation_target: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = "control-room"
+    notice_displays: Annotated[int, Field(ge=0, le=20)] = 1
+    notice_radius_m: Annotated[float, Field(gt=0)] = 800.0
+    notice_lines: Annotated[list[_LINE], Field(min_length=1, max_length=4)] = Field(
+        default_factory=lambda: ["NOTRUF AUSGELOEST", "Hilfe ist unterwegs"]
+    )
+    stuck_after_s: Annotated[float, Field(gt=0)] = 120.0
+    battery_low_pct: Annotated[float, Field(ge=0, le=100)] = 20.0
+    poll_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.25
+    lorawan_topics: list[str] = Field(
+        default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> HelpPointsSettings:
+        ids = [p.id for p in self.points]
+        if len(set(ids)) != len(ids):
+            raise ValueError(
+                f"two help points have the same id: {sorted({i for i in ids if ids.count(i) > 1})}"
+            )
+        euis = [p.dev_eui.lower() for p in self.points if p.dev_eui]
+        if len(set(euis)) != len(euis):
+            raise ValueError("two help points have the same dev_eui")
+        posts = [p.post for p in self.points]
+        if len(set(posts)) != len(posts):
+            raise ValueError("two help points are in the same post")
+        return self
+
+
 class DispatcherSettings(Section):
     """Command time-to-live, write timeout and concurrency."""
 

@@ -145,6 +145,32 @@ TOPICS: tuple[Topic, ...] = (
              domain="waste"),
     _receive("waste_replan", "cmd/waste/replan", "waste_replan",
              "Plan the collection again now, keeping what is done.", domain="waste"),
+    _send("helppoint_state", "helppoints/{helppoint}/state", "helppoint_state",
+          "Retained help point state: reachable (else 'help point unavailable'), button, self-test, battery, "
+          "its open call.", domain="helppoints"),
+    _send("incidents", "helppoints/incidents/{incident}", "incident",
+          "Retained emergency call while it is open or acknowledged; emptied when it is closed.",
+          domain="helppoints"),
+    _send("incident_events", "helppoints/events", "incident",
+          "Every change of an emergency call (opened, pressed again, acknowledged, noted, escalated, closed).",
+          retained=False, domain="helppoints"),
+    _send("escalations", "helppoints/escalations/{target}", "escalation",
+          "Retained: the calls nobody acknowledged in time, for the escalation target.", domain="helppoints"),
+    _receive("cmd_incident", "cmd/helppoints/incidents/{incident}", "incident_request",
+             "Acknowledge, note or close an emergency call (a close needs a comment and lets the lamps go).",
+             domain="helppoints"),
+    _send("sensor_state", "environment/sensors/{sensor}/state", "sensor_state",
+          "Retained environmental sensor state: readings, and whether rules may use them (ok, stale, "
+          "implausible).", domain="environment"),
+    _send("rules", "environment/rules", "rules", "Retained: every warning rule and whether it is firing.",
+          domain="environment"),
+    _send("env_warnings", "environment/warnings/{warning}", "env_warning",
+          "Retained while a rule's warning is proposed or in force; emptied when it is withdrawn, rejected "
+          "or over.", domain="environment"),
+    _receive("cmd_env_warning", "cmd/environment/warnings/{warning}", "env_warning_request",
+             "Confirm or reject a proposed warning, or withdraw one in force.", domain="environment"),
+    _send("cap", "alerts/cap/{warning}", "cap",
+          "Retained CAP 1.2 XML per public warning (operator or rule): Alert, Update on a change, Cancel."),
 )  # fmt: skip
 
 _BY_NAME = {t.name: t for t in TOPICS}

@@ -73,6 +73,9 @@ class SimController:
     lamps: tuple[SimLamp, ...]
     watchdog_s: float = 300.0
     failsafe_level: int = 100
+    extra: tuple[
+        tuple[int, int], ...
+    ] = ()  # (address, count): read-only blocks of other devices in the posts
 
 
 class FaultMessage(BaseModel):
@@ -142,6 +145,7 @@ def _registers(p: LampControllerProfile, ctl: _Controller) -> list[SimData]:
             )
     if p.table is not None:  # gaps (lamps the controller does not have) stay invalid
         data += [SimData(p.table.base + lamp.spec.index, values=[0], datatype=regs) for lamp in ctl.lamps]
+    data += [SimData(a, values=[0] * n, datatype=regs, readonly=True) for a, n in ctl.spec.extra]
     return data
 
 
@@ -497,6 +501,12 @@ class LightingSimulator(Service):
         """The controller block's values as its registers hold them now."""
         ctl = self._controllers[endpoint_id]
         return MappingProxyType(self._ctl_decoder.decode(ctl.regs, self.profile.controller.base - ctl.start))
+
+    def registers(self, endpoint_id: str) -> tuple[list[int], int, bool]:
+        """The unit's live registers, the address of the first, and whether it is silent: how a
+        co-located device (a help point's block, `SimController.extra`) shows its own values."""
+        ctl = self._controllers[endpoint_id]
+        return ctl.regs, ctl.start, ctl.silent
 
     def endpoints(self) -> list[ModbusEndpoint]:
         """Driver endpoints for the simulated controllers, with the ports actually used."""

@@ -62,6 +62,7 @@ class MqttApi:
         self.north = North(
             state=kernel.state, bus=kernel.bus, clock=kernel.clock, base=self.base, inventory=inventory,
             telemetry_interval_s=mq.telemetry_interval_s, alarm_ack=kernel.storage.ack_alarm,
+            sender=f"{kernel.settings.site.id}@dos-edge", site_name=kernel.settings.site.name,
         )  # fmt: skip
         alarms = Route(("cmd", "alarms", "+"), self._alarm_route)
         self.router = Router(base=self.base, clock=kernel.clock, routes=[*routes, alarms],

@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     tui.add_argument("rest", nargs=argparse.REMAINDER)
 
     sim = sub.add_parser("simulate", help="run device simulators")
-    sim.add_argument("domain", choices=["lights", "chargers", "displays", "waste"])
+    sim.add_argument("domain", choices=["lights", "chargers", "displays", "waste", "helppoints"])
     sim.add_argument("--config", type=Path, help="serve the controllers of this site's inventory")
     sim.add_argument("--controllers", type=int, default=10)
     sim.add_argument("--count", type=int, default=60, help="charge points (chargers)")
@@ -354,6 +354,7 @@ async def _simulate(args: argparse.Namespace) -> int:
         "chargers": _simulate_chargers,
         "waste": _simulate_waste,
         "displays": _simulate_displays,
+        "helppoints": _simulate_helppoints,
     }.get(args.domain, _simulate_lights)
     return await run(args)
 
@@ -412,6 +413,45 @@ async def _simulate_displays(args: argparse.Namespace) -> int:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(dsim.run_mqtt_faults(url), name="sim.displays.faults")
             await parking.run(client, every_s=300.0)
+    return 0
+
+
+async def _simulate_helppoints(args: argparse.Namespace) -> int:
+    """`edge simulate helppoints --config SITE`: the site's lamp controllers with the help-point
+    blocks of its Modbus help points; presses and faults on `dos/sim/helppoints/faults`."""
+    from devices.inventory import load_inventory
+    from edge.app.demo import sim_controllers
+    from edge.app.domains.helppoints import endpoints_of
+    from edge.settings import load_settings
+    from simulators import sim_clock
+    from simulators.helppoints import HelpPointSimulator, SimHelpPoint, block_ranges
+    from simulators.lighting import LightingSimulator
+
+    if not args.config:
+        print("edge simulate helppoints: --config SITE is required", file=sys.stderr)
+        return EXIT_CONFIG
+    settings = load_settings(args.config)
+    inv = load_inventory(settings.inventory_path())
+    points = [
+        SimHelpPoint(hp, ep.endpoint_id, slot) for ep in endpoints_of(settings, inv) for slot, hp in ep.points
+    ]
+    clock = sim_clock(args.speed, None)
+    async with (
+        LightingSimulator(sim_controllers(inv, extra=block_ranges(points)), clock) as sim,
+        HelpPointSimulator(points, sim, clock) as hsim,
+    ):
+        for spec in args.fault:
+            target, _, fault = spec.partition(":")
+            hsim.inject(target, fault)
+        print(
+            f"serving {len(points)} help points in {len(inv.controllers)} lamp controllers", file=sys.stderr
+        )
+        if args.mqtt:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(sim.run_mqtt_faults(args.mqtt), name="sim.lights.faults")
+                await hsim.run_mqtt_faults(args.mqtt)
+        else:
+            await asyncio.Event().wait()
     return 0
 
 

@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -76,8 +76,12 @@ class _ModbusSendCancelled(logging.Filter):
         return True
 
 
-def sim_controllers(inv: Inventory, watchdog_s: float = 1800.0) -> list[SimController]:
-    """Simulated lamp controllers matching an inventory (same endpoints, same lamps)."""
+def sim_controllers(
+    inv: Inventory, watchdog_s: float = 1800.0, extra: Mapping[str, tuple[tuple[int, int], ...]] | None = None
+) -> list[SimController]:
+    """Simulated lamp controllers matching an inventory (same endpoints, same lamps); `extra`: per
+    controller, the register blocks of other devices in its posts (help points)."""
+    extra = extra or {}
     return [
         SimController(
             endpoint_id=c.id,
@@ -89,6 +93,7 @@ def sim_controllers(inv: Inventory, watchdog_s: float = 1800.0) -> list[SimContr
                 for lamp in c.lamps
             ),
             watchdog_s=watchdog_s,
+            extra=extra.get(c.id, ()),
         )
         for c in inv.controllers.values()
     ]

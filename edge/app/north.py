@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from controllers.waste import OPERATOR_DOMAIN, PLANNER_ID, SUMMARY_ID
 from devices.inventory import Inventory
+from edge.app.north_safety import SafetyNorth
 from edge.bus import EventBus
 from edge.clock import Clock
 from edge.decode import Refusal, check_id, encode_json, validate
@@ -51,6 +52,7 @@ from edge.payloads import (
     WasteSummary,
     new_event_id,
 )
+from edge.payloads_safety import HelpPointState, SensorState
 from edge.state import DeviceState, StateStore
 from edge.tasks import TimeSlice
 from edge.topics import TOPICS, Topic
@@ -81,6 +83,12 @@ DERIVED: dict[str, tuple[str, type[BaseModel], str]] = {
     "car_park": ("parking_state", ParkingState, "car_park"),
     "bin": ("bin_state", BinState, "bin"),
     "truck": ("truck_state", TruckState, "truck"),
+}
+# Help points and environmental sensors: every change is published (they change seldom), their
+# place and status come as derived values from their controllers.
+SAFETY_STATES: dict[str, tuple[str, type[BaseModel]]] = {
+    "helppoint": ("helppoint_state", HelpPointState),
+    "env_sensor": ("sensor_state", SensorState),
 }
 DERIVED_IDS: dict[str, tuple[str, type[BaseModel]]] = {
     SUMMARY_ID: ("waste_summary", WasteSummary),
@@ -194,7 +202,7 @@ def _str(v: object) -> str | None:
 def device_state(dev: DeviceState, inv: Inventory, now: float) -> tuple[str, BaseModel] | None:
     """The retained state of a lamp, display, charger or controller (any other device kind with no
     view of its own: feeders, car parks, cabinets...) as (topic name, payload); None for bins and trucks."""
-    if dev.kind in {"bin", "truck"}:
+    if dev.kind in {"bin", "truck", "helppoint_link"}:
         return None  # their state is what the waste controller derives (waste/bins/..., waste/trucks/...)
     v, dev_id = dev.values, dev.device_id
     ts = dev.updated_at or now
@@ -223,6 +231,10 @@ def device_state(dev: DeviceState, inv: Inventory, now: float) -> tuple[str, Bas
             planned_a=_num(v.get("planned_a")), feeder=charger.feeder, alarms=sorted(dev.alarms),
             source=dev.last_command, ts=ts,
         )  # fmt: skip
+    if dev.kind in SAFETY_STATES:
+        name, model = SAFETY_STATES[dev.kind]
+        msg = from_values(model, v, device_id=dev_id, online=dev.online, alarms=sorted(dev.alarms), ts=ts)
+        return None if msg is None else (name, msg)
     failsafe = v.get("failsafe_active")
     return "controller_state", ControllerState(
         device_id=dev_id, online=dev.online, failsafe_active=None if failsafe is None else bool(failsafe),
@@ -284,6 +296,8 @@ class North:
         topics: Iterable[Topic] = TOPICS,
         telemetry_interval_s: float = 60.0,
         alarm_ack: Callable[[str, str, str, str, float], None] | None = None,
+        sender: str = "",
+        site_name: str = "",
     ) -> None:
         """`base`: `{prefix}/{site}`; `alarm_ack`: stores an ack (device, code, by, comment, ts).
         Subscribes at once, so what happens before `run` (restored alarms) is published by it."""
@@ -303,6 +317,8 @@ class North:
         self._alarms: dict[tuple[str, str], AlarmMessage] = {}
         self._history: deque[AlarmMessage] = deque(maxlen=ALARM_HISTORY)
         self._history_dirty = False
+        self.safety = SafetyNorth(self._send, clock, sender=sender or f"{base.rsplit('/', 1)[-1]}@dos-edge",
+                                  site_name=site_name)  # fmt: skip
 
     def topic(self, name: str, **params: str) -> str:
         """The concrete topic of a table entry under this site's base."""
@@ -360,7 +376,7 @@ class North:
         # A derived change of another kind (a waste summary's alarm count) is not its device's state.
         keys = CHARGER_KEYS if dev.kind == "charger" else STATE_KEYS
         own = dev.kind in {"lamp", "display", "charger"} or not ev.derived
-        if own and not keys.isdisjoint(ev.changed):
+        if dev.kind in SAFETY_STATES or (own and not keys.isdisjoint(ev.changed)):
             self._dirty.add(dev.device_id)
         if dev.kind == "lamp" and "power_w" in ev.changed and dev.device_id in self._power:
             last, now = self._power[dev.device_id], _num(ev.changed["power_w"])
@@ -454,6 +470,7 @@ class North:
             await self._send("guidance", encode_json(dict(ev.plan)))
         elif ev.domain == "warnings":
             await self._send("warnings", encode_json(ev.plan.get("warnings", [])))
+        await self.safety.plan(ev)
 
     # ----- alarms --------------------------------------------------------------------------------
 

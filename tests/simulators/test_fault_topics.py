@@ -16,6 +16,7 @@ from waiting import wait_until
 
 import simulators.charging
 import simulators.displays
+import simulators.helppoints
 import simulators.lighting
 import simulators.waste
 from edge.app.cli import _parser
@@ -30,6 +31,7 @@ SIMULATORS = {
     "chargers": simulators.charging,
     "displays": simulators.displays,
     "waste": simulators.waste,
+    "helppoints": simulators.helppoints,
 }
 _ROW = re.compile(r"^\| `edge simulate (\w+)` \| (.*?) \|", re.MULTILINE)
 _TOPIC = re.compile(r"`(dos/sim/[^`]+)`")

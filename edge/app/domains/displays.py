@@ -61,6 +61,7 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
         profiles=profiles,
         silent=lambda x: driver.health(x).alarm_due,
         raise_lamps=lighting.raise_for_warning,
+        release_lamps=lighting.release_warning,
     )
     counters = car_park_counters(
         kernel.bus.publish,

@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from controllers.charging import ChargingController
 from controllers.displays import DisplayController
+from controllers.helppoints import HelpPointController
 from controllers.lighting import LightingController
 from controllers.waste import WasteController
 from devices.displays import DisplayDriver
@@ -85,3 +86,7 @@ class DomainHandles:
     @property
     def fleet(self) -> FleetDriver | None:
         return self.handle_of("waste", "driver", FleetDriver)
+
+    @property
+    def helppoints(self) -> HelpPointController | None:
+        return self.controller_of("helppoints", HelpPointController)

@@ -26,6 +26,8 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     if "displays" in site.built:
         sensors = {e.lower(): (bay_id(e), "parking_magnetic") for c in dcfg.car_parks for e in c.sensors}
     sensors |= {b.dev_eui: (b.id, "bin_ultrasonic") for b in site.bins}
+    hps = [p for p in s.helppoints.points if p.via == "lorawan" and p.dev_eui]
+    sensors |= {p.dev_eui.lower(): (p.id, "helppoint_button") for p in hps if p.dev_eui}
     if not sensors:
         return None
     waste = controller(site.built, "waste", WasteController)
@@ -37,7 +39,15 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
         on_late=waste.on_late if waste is not None else None,
         max_clock_skew_s=mq.max_clock_skew_s,
     )
-    topics = list(dict.fromkeys([*dcfg.lorawan_topics, *(wcfg.lorawan_topics if site.bins else [])]))
+    topics = list(
+        dict.fromkeys(
+            [
+                *dcfg.lorawan_topics,
+                *(wcfg.lorawan_topics if site.bins else []),
+                *(s.helppoints.lorawan_topics if hps else []),
+            ]
+        )
+    )
     # The ingest subscribes its uplink topics itself (C-in), ready before the daemon goes online.
     subscriber = UplinkSubscriber(ingest, mqtt_url=mq.url, topics=topics, tls=s.mqtt_link().files())
     return Domain("lorawan", services=(subscriber,), handles={"ingest": ingest, "uplinks": subscriber})

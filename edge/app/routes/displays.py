@@ -34,7 +34,16 @@ def routes(kit: RouteKit, displays: DisplayController) -> list[Route]:
             raise PayloadError("no_display_in_area", f"{req.area}")
         area = None if req.area is None else (req.area.lat, req.area.lon, req.area.radius_m)
         raised = displays.warn(
-            DisplayWarning(req.id, frozenset(targets), req.severity, tuple(req.lines), req.start, req.end),
+            DisplayWarning(
+                req.id,
+                frozenset(targets),
+                req.severity,
+                tuple(req.lines),
+                req.start,
+                req.end,
+                source=source,
+                area=area,
+            ),
             raise_lamps=req.raise_lamps,
             area=area,
         )
