@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from edge import redact
 from edge.errors import ConfigError
 from edge.mqtt import BrokerAddress, TlsFiles
+from edge.settings_environment import EnvironmentSettings
 from edge.settings_sections import (
     ApproachSettings,
     CabinetSettings,
@@ -144,6 +145,7 @@ class Settings(BaseSettings):
     displays: DisplaysSettings = DisplaysSettings()
     waste: WasteSettings = WasteSettings()
     helppoints: HelpPointsSettings = HelpPointsSettings()
+    environment: EnvironmentSettings = EnvironmentSettings()
     logging: LoggingSettings = LoggingSettings()
     clock: ClockSettings = ClockSettings()
     config_dir: Path = Path()

@@ -64,6 +64,7 @@ class SafetyNorth:
         self._rules: object = None
         self._sources: dict[str, dict[str, CapWarning]] = {"warnings": {}, "environment": {}}
         self._cap: dict[str, _Sent] = {}
+        self._env_ids: set[str] = set()  # every warning id a rule made (bounded by the rules' rate)
         self.cap_messages = 0
         self.cap_refused = 0
 
@@ -132,7 +133,13 @@ class SafetyNorth:
                 for w in _dicts(ev.plan.get("warnings"))
                 if w.get("status") in {"proposed", "issued"}
             }
-        merged = self._sources["warnings"] | self._sources["environment"]
+            self._env_ids |= {
+                str(w["id"]) for w in [*_dicts(ev.plan.get("warnings")), *_dicts(ev.plan.get("finished"))]
+            }
+        # A rule's warning is the environment's to tell (the displays show it, a step behind)
+        env_ids = self._env_ids
+        merged = {k: w for k, w in self._sources["warnings"].items() if k not in env_ids}
+        merged |= self._sources["environment"]
         for wid, w in merged.items():
             before = self._cap.get(wid)
             if before is None or (before.warning.status == "proposed" and w.status == "issued"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from devices.inventory import Bin, Inventory
 from edge.alarms import DAEMON_DEVICE
-from edge.app.domains import charging, displays, helppoints, lighting, lorawan, waste
+from edge.app.domains import charging, displays, environment, helppoints, lighting, lorawan, waste
 from edge.app.domains.base import DomainSpec, Site, site_bins, wait_ready
 from edge.kernel import Domain, Kernel
 from edge.settings import Settings
@@ -22,6 +22,7 @@ BUILDS: tuple[DomainSpec, ...] = (
     DomainSpec("displays", displays.kinds, displays.build),
     DomainSpec("waste", waste.kinds, waste.build),
     DomainSpec("helppoints", helppoints.kinds, helppoints.build),
+    DomainSpec("environment", environment.kinds, environment.build),
     DomainSpec("lorawan", lorawan.kinds, lorawan.build),
 )
 

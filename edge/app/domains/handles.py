@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from controllers.charging import ChargingController
 from controllers.displays import DisplayController
+from controllers.environment import EnvironmentController
 from controllers.helppoints import HelpPointController
 from controllers.lighting import LightingController
 from controllers.waste import WasteController
@@ -90,3 +91,7 @@ class DomainHandles:
     @property
     def helppoints(self) -> HelpPointController | None:
         return self.controller_of("helppoints", HelpPointController)
+
+    @property
+    def environment(self) -> EnvironmentController | None:
+        return self.controller_of("environment", EnvironmentController)

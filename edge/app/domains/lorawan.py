@@ -28,6 +28,8 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     sensors |= {b.dev_eui: (b.id, "bin_ultrasonic") for b in site.bins}
     hps = [p for p in s.helppoints.points if p.via == "lorawan" and p.dev_eui]
     sensors |= {p.dev_eui.lower(): (p.id, "helppoint_button") for p in hps if p.dev_eui}
+    env = s.environment
+    sensors |= {x.dev_eui.lower(): (x.id, x.profile) for x in env.sensors}
     if not sensors:
         return None
     waste = controller(site.built, "waste", WasteController)
@@ -45,6 +47,7 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
                 *dcfg.lorawan_topics,
                 *(wcfg.lorawan_topics if site.bins else []),
                 *(s.helppoints.lorawan_topics if hps else []),
+                *(env.lorawan_topics if env.sensors else []),
             ]
         )
     )

@@ -1,0 +1,56 @@
+"""The environment domain: LoRaWAN sensors (water level, rain, wind, soil, air) read by the shared
+ingest, and the controller whose rules propose or issue storm, flood and air warnings."""
+
+from __future__ import annotations
+
+from controllers.displays import DisplayController
+from controllers.displays import Warning as DisplayWarning
+from controllers.environment import DOMAIN, EnvironmentController, EnvWarning
+from devices.inventory import Bin, Inventory
+from edge.app.domains.base import Site, controller
+from edge.app.routes import environment as environment_routes
+from edge.app.routes.base import RouteKit
+from edge.kernel import Domain, Kernel
+from edge.settings import Settings
+
+
+def kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> dict[str, str]:
+    """The site's environmental sensors."""
+    return {s.id: "env_sensor" for s in settings.environment.sensors}
+
+
+class DisplaySink:
+    """Issued warnings go to the displays in their area (and lamps, if the rule says so), as an
+    operator's warning does."""
+
+    def __init__(self, displays: DisplayController, raise_lamps: dict[str, bool]) -> None:
+        self._displays = displays
+        self._raise = raise_lamps
+
+    def issue(self, w: EnvWarning) -> int:
+        lat, lon, radius = w.area
+        shown = self._displays.displays_within(lat, lon, radius)
+        dw = DisplayWarning(w.id, frozenset(shown), w.severity, tuple(w.lines), w.start, w.end,
+                            source=w.source, area=(lat, lon, radius))  # fmt: skip
+        self._displays.warn(dw, raise_lamps=self._raise.get(w.rule, False), area=(lat, lon, radius))
+        return len(shown)
+
+    def withdraw(self, warning_id: str) -> None:
+        self._displays.clear_warning(warning_id)
+
+
+async def build(kernel: Kernel, site: Site) -> Domain | None:
+    """The environment controller; its sensors' uplinks come through the LoRaWAN domain's ingest.
+    None for a site without sensors."""
+    s = kernel.settings
+    cfg = s.environment
+    found = kinds(s, site.inventory, site.bins)
+    kernel.state.register(found)
+    # Sensors report every few minutes to an hour: restored alarms settle at the 2nd uplink.
+    kernel.alarms.confirm_after(found, 2)
+    if not cfg.sensors:
+        return None
+    displays = controller(site.built, "displays", DisplayController)
+    sink = None if displays is None else DisplaySink(displays, {r.id: r.raise_lamps for r in cfg.rules})
+    env = EnvironmentController(kernel, cfg, sink=sink)
+    return Domain(DOMAIN, controllers=(env,), routes=environment_routes.routes(RouteKit.of(kernel), env))
