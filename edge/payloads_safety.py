@@ -156,7 +156,11 @@ class EnvWarning(_Model):
     area: list[float] = Field(description="lat, lon, radius_m")
     sensors: list[str]
     value: float
+    event: str = Field(default="Warning", description="what it warns of (CAP event): Flood, Storm ...")
+    source: str = Field(default="", description="rule:<id>")
     decided_by: str | None = None
+    issued_at: float | None = None
+    finished_at: float | None = None
 
 
 class EnvWarningRequest(_Model):

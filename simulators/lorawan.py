@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import random
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -324,6 +325,7 @@ class LorawanSimulator(Service):
         self._frame_no = {s.dev_eui: 0 for s in self.sensors}
         self._last_ts = {s.dev_eui: 0.0 for s in self.sensors}
         self._ids = 0
+        self._fleet = zlib.crc32(",".join(sorted(s.dev_eui for s in self.sensors)).encode())
         self.stats = SimStats()
         self._client: aiomqtt.Client | None = None
         self._url = ""
@@ -388,7 +390,9 @@ class LorawanSimulator(Service):
         self._frame_no[sensor.dev_eui] = frame + 1
         values = self._values(sensor, frame, ts)
         self._ids += 1
-        dedup_id = f"{self._seed:08x}-{self._ids:024x}"
+        # Unique across simulators too: two with one seed (a demo's bins and its storm) made the
+        # same ids, and the ingest dropped one's frames as duplicates of the other's.
+        dedup_id = f"{self._seed:08x}-{self._fleet:08x}-{self._ids:016x}"
         gateways = [
             (f"{0xB827EB000000 + g:016x}", float(rng.randint(-120, -60)), round(rng.uniform(-12, 10), 1))
             for g in rng.sample(range(8), rng.randint(1, 3))
@@ -489,9 +493,13 @@ class LorawanSimulator(Service):
         return len(messages)
 
     async def run(self, interval_s: float, rounds: int | None = None) -> None:
-        """Publish a round every `interval_s` of clock time, `rounds` times or until cancelled."""
+        """Publish a round every `interval_s` of clock time, `rounds` times or until cancelled.
+
+        Rounds keep to a grid: a round that took long to publish (a busy broker, a fast clock)
+        does not push every later uplink back, as a sensor's own timer would not."""
         done = 0
+        start = self._clock.now()
         while rounds is None or done < rounds:
             await self.publish_round()
             done += 1
-            await self._clock.sleep(interval_s)
+            await self._clock.sleep(max(0.0, start + done * interval_s - self._clock.now()))

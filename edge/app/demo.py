@@ -32,7 +32,16 @@ import structlog
 from controllers.lighting import night_window
 from devices.inventory import Inventory, load_inventory
 from edge.app.daemon import Daemon, running, site_bins
+from edge.app.demo_safety import (
+    STORM_SHARE,
+    environment_summary,
+    help_calls,
+    helppoints_summary,
+    run_storm,
+    storm_for,
+)
 from edge.app.demo_summary import charging_summary, displays_summary, summary, waste_summary
+from edge.app.domains.helppoints import endpoints_of as helppoint_endpoints
 from edge.broker import BrokerProcess
 from edge.clock import SimClock
 from edge.net import free_port
@@ -40,6 +49,7 @@ from edge.settings import Settings, WasteSettings, load_settings
 from edge.tasks import cancel_and_wait
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
+from simulators.helppoints import HelpPointSimulator, SimHelpPoint, block_ranges
 from simulators.lighting import LightingSimulator, SimController, SimLamp
 from simulators.parking import ParkingSimulator, SimCarPark
 from simulators.waste import WasteSimulator
@@ -331,13 +341,18 @@ def _prepare(database_url: str, tmp: Path, speed: float) -> _District:
 @contextlib.asynccontextmanager
 async def _simulators(
     district: _District, url: str, seed: int, speed: float
-) -> AsyncIterator[tuple[LightingSimulator, ChargingSimulator, DisplaySimulator, WasteSimulator | None]]:
+) -> AsyncIterator[
+    tuple[LightingSimulator, ChargingSimulator, DisplaySimulator, WasteSimulator | None, HelpPointSimulator]
+]:
     """Every simulated device of the district, running on the demo broker."""
     settings, clock = district.settings, district.clock
     signs = settings.displays.displays
     bins = site_bins(settings)
+    points = [SimHelpPoint(hp, ep.endpoint_id, slot) for ep in helppoint_endpoints(settings, district.inv)
+              for slot, hp in ep.points]  # fmt: skip
     async with (
-        LightingSimulator(sim_controllers(district.inv), clock, seed=seed) as sim,
+        LightingSimulator(sim_controllers(district.inv, extra=block_ranges(points)), clock, seed=seed) as sim,
+        HelpPointSimulator(points, sim, clock) as hsim,
         ChargingSimulator(
             district.cps, clock, feeders=district.feeders, port=district.opc_port, seed=seed
         ) as csim,
@@ -370,7 +385,7 @@ async def _simulators(
                     uplink_qos=0,  # as a network server forwards them; the ingest dedups
                 )
             )
-        yield sim, csim, dsim, wsim
+        yield sim, csim, dsim, wsim, hsim
 
 
 async def run_demo(
@@ -401,7 +416,7 @@ async def run_demo(
             # amqtt speaks 3.1.1 only: no v5 probe (it costs a connect timeout on every start)
             settings = _with_mqtt(district.settings, url, "5" if broker_url else "3.1.1")
             async with (
-                _simulators(district, url, seed, speed) as (sim, csim, dsim, wsim),
+                _simulators(district, url, seed, speed) as (sim, csim, dsim, wsim, hsim),
                 # the summary is taken by then: a short drain keeps `--for N` near N seconds
                 running(settings, district.inv, district.clock, drain_s=1.5) as d,
                 asyncio.TaskGroup() as tg,
@@ -414,6 +429,17 @@ async def run_demo(
                         _scenario(d, sim, url, random.Random(seed), horizon), name="demo.scenario"
                     ),
                 ]
+                # The safety services' scenario spans what is left of the run (2 h of clock when unbounded).
+                left = 7200.0 if seconds is None else (seconds - (time.monotonic() - started)) * speed
+                storm = storm_for(d, left * STORM_SHARE if seconds is not None else None)
+                t0 = district.clock.now()
+
+                async def at(fraction: float) -> None:
+                    await district.clock.sleep(max(0.0, t0 + fraction * left - district.clock.now()))
+
+                tasks.append(tg.create_task(help_calls(d, hsim, url, at), name="demo.help_calls"))
+                if storm is not None:
+                    tasks.append(tg.create_task(run_storm(d, url, storm), name="demo.storm"))
                 if status_lines and not headless:
                     tasks.append(tg.create_task(_status_lines(d, sim), name="demo.status"))
                 try:
@@ -426,6 +452,8 @@ async def run_demo(
                     result["charging"] = charging_summary(d, csim)
                     result["displays"] = displays_summary(d, dsim)
                     result["waste"] = waste_summary(d, wsim)
+                    result["help_points"] = helppoints_summary(d)
+                    result["environment"] = environment_summary(d, storm)
                     await cancel_and_wait(tasks)
                 if on_summary is not None:
                     on_summary(result)

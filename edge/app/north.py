@@ -202,7 +202,7 @@ def _str(v: object) -> str | None:
 def device_state(dev: DeviceState, inv: Inventory, now: float) -> tuple[str, BaseModel] | None:
     """The retained state of a lamp, display, charger or controller (any other device kind with no
     view of its own: feeders, car parks, cabinets...) as (topic name, payload); None for bins and trucks."""
-    if dev.kind in {"bin", "truck", "helppoint_link"}:
+    if dev.kind in {"bin", "truck", "helppoint_link", "env_rule"}:
         return None  # their state is what the waste controller derives (waste/bins/..., waste/trucks/...)
     v, dev_id = dev.values, dev.device_id
     ts = dev.updated_at or now

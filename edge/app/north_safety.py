@@ -12,6 +12,7 @@ controllers, and the displays' warning list), like the rest of north:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,7 @@ class SafetyNorth:
         self._cap: dict[str, _Sent] = {}
         self._env_ids: set[str] = set()  # every warning id a rule made (bounded by the rules' rate)
         self.cap_messages = 0
+        self.cap_log: deque[tuple[float, str, str]] = deque(maxlen=200)  # (sent, msgType, warning id)
         self.cap_refused = 0
 
     async def plan(self, ev: PlanEvent) -> None:
@@ -145,7 +147,8 @@ class SafetyNorth:
             if before is None or (before.warning.status == "proposed" and w.status == "issued"):
                 await self._emit(w, "Alert", before)
             elif _differs(before.warning, w):
-                await self._emit(w, "Update", before)
+                # a proposal is a Draft: CAP updates only actionable alerts, so a changed one is drafted again
+                await self._emit(w, "Alert" if w.status == "proposed" else "Update", before)
         for wid in [x for x in self._cap if x not in merged]:
             before = self._cap.pop(wid)
             gone = CapWarning(**{**_fields(before.warning), "status": "withdrawn"})
@@ -154,7 +157,11 @@ class SafetyNorth:
     async def _emit(self, w: CapWarning, msg_type: str, before: _Sent | None, *, keep: bool = True) -> None:
         version = 1 if before is None else before.warning.version + 1
         w = CapWarning(**{**_fields(w), "version": version})
-        refs = "" if before is None else cap_reference(self.sender, before.identifier, before.sent)
+        refs = (
+            ""
+            if before is None or msg_type == "Alert"
+            else cap_reference(self.sender, before.identifier, before.sent)
+        )
         sent = float(int(self._clock.now()))  # CAP times are whole seconds
         try:
             xml = cap_xml(w, sender=self.sender, site_name=self.site_name, msg_type=msg_type, sent=sent,
@@ -166,6 +173,7 @@ class SafetyNorth:
         if keep:
             self._cap[w.id] = _Sent(w, cap_message_identifier(w, sender=self.sender, msg_type=msg_type), sent)
         self.cap_messages += 1
+        self.cap_log.append((self._clock.now(), msg_type, w.id))
         await self._send("cap", xml, warning=w.id)
 
 

@@ -15,8 +15,9 @@ from edge.settings import Settings
 
 
 def kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> dict[str, str]:
-    """The site's environmental sensors."""
-    return {s.id: "env_sensor" for s in settings.environment.sensors}
+    """The site's environmental sensors, and its rules (a proposal's alarm is the rule's)."""
+    env = settings.environment
+    return {s.id: "env_sensor" for s in env.sensors} | {r.id: "env_rule" for r in env.rules}
 
 
 class DisplaySink:
@@ -47,7 +48,7 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     found = kinds(s, site.inventory, site.bins)
     kernel.state.register(found)
     # Sensors report every few minutes to an hour: restored alarms settle at the 2nd uplink.
-    kernel.alarms.confirm_after(found, 2)
+    kernel.alarms.confirm_after([d for d, k in found.items() if k == "env_sensor"], 2)
     if not cfg.sensors:
         return None
     displays = controller(site.built, "displays", DisplayController)
