@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 DOMAIN = "environment"
 FINISHED_KEPT = 100
+BATTERY_LOW_PCT = 15.0  # LoRaWAN sensors report battery in %: replace within weeks below this
 
 Status = Literal["proposed", "issued", "withdrawn", "rejected", "expired"]
 
@@ -148,6 +149,7 @@ class EnvironmentController:
                 continue
             try:
                 self.engine.reading(ev.device_id, ev.ts, ev.values)
+                self._flags(ev.device_id, ev.values)
                 self.stats.readings += 1
                 self._changed.set()
             except Exception:  # one bad reading must not end the watch (a per-message boundary)
@@ -174,6 +176,17 @@ class EnvironmentController:
                 changed = True
         if changed:
             self.publish(now)
+
+    def _flags(self, sid: str, values: Mapping[str, Value]) -> None:
+        """What a sensor says about itself: a probe fault, tamper, a low battery (maintenance)."""
+        for flag in ("probe_fault", "tamper"):
+            if flag in values:
+                self._alarms.set(sid, flag, values[flag] is True, Severity.MINOR)
+        battery = values.get("battery")
+        if isinstance(battery, int | float) and not isinstance(battery, bool):
+            self._alarms.set(
+                sid, "battery_low", battery < BATTERY_LOW_PCT, Severity.MINOR, f"battery {battery:.0f} %"
+            )
 
     def _sensors(self, now: float) -> bool:
         """Maintenance alarms for stale and implausible sensors, and their status into the store."""

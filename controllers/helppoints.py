@@ -137,6 +137,7 @@ class HelpPointController:
         displays: Mapping[str, tuple[float, float]] | None = None,
         notice: Notice | None = None,
         clear_notice: ClearNotice | None = None,
+        lorawan: frozenset[str] = frozenset(),
     ) -> None:
         """`lamps`/`displays`: positions by id; the callables act through the lighting and
         displays domains (None: the site has none)."""
@@ -161,6 +162,11 @@ class HelpPointController:
         self._seq = itertools.count(1)
         self._changed = asyncio.Event()
         self._restored: list[str] = []
+        # LoRaWAN buttons send a heartbeat (hourly): one silent too long is unavailable, as a
+        # Modbus one is when its controller does not answer.
+        self._lorawan = lorawan
+        self._heard: dict[str, float] = {}
+        self._started = kernel.clock.now()
         self.stats = HelpPointStats()
 
     # ----- the Controller protocol ----------------------------------------------------------
@@ -213,6 +219,7 @@ class HelpPointController:
 
     def reading(self, hp: str, values: Mapping[str, Value], ts: float) -> None:
         """One reading of a help point: presses, cancels and its status alarms."""
+        self._heard[hp] = self._clock.now()
         pressed = values.get("pressed") is True
         count = values.get("press_count")
         count_i = int(count) if isinstance(count, int | float) and not isinstance(count, bool) else None
@@ -342,6 +349,11 @@ class HelpPointController:
         if self._release is not None:
             for lamp in inc.lamps:
                 self._release(lamp, inc.id)
+        # A lamp near two calls keeps one safety layer: the call still open holds it again.
+        for other in self.incidents.values():
+            if self._raise is not None and (shared := set(other.lamps) & set(inc.lamps)):
+                for lamp in sorted(shared):
+                    self._raise(lamp, HOLD_S, other.id)
         if self._clear_notice is not None and inc.displays:
             self._clear_notice(inc.id)
         self._describe(inc.helppoint)
@@ -380,6 +392,10 @@ class HelpPointController:
                 self._changed.set()
             if now - self._raised_at.get(inc.id, now) >= HOLD_S / 2:
                 self._act(inc, now)  # a week-long incident: its lamps' hold is renewed
+        for hp in self._lorawan:
+            heard = self._heard.get(hp, self._started)
+            self._alarms.set(hp, "unavailable", now - heard > self.cfg.lorawan_silent_after_s, Severity.MAJOR,
+                             f"help point unavailable: no uplink for {now - heard:.0f} s")  # fmt: skip
         for hp, since in self._held_since.items():
             if now - since >= self.cfg.stuck_after_s:
                 self._alarms.set(hp, "button_stuck", True, Severity.MAJOR,

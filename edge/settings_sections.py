@@ -437,6 +437,7 @@ class HelpPointsSettings(Section):
     stuck_after_s: Annotated[float, Field(gt=0)] = 120.0
     battery_low_pct: Annotated[float, Field(ge=0, le=100)] = 20.0
     poll_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.25
+    lorawan_silent_after_s: Annotated[float, Field(gt=0)] = 7800.0  # an hourly heartbeat missed twice
     lorawan_topics: list[str] = Field(
         default_factory=lambda: ["application/+/device/+/event/up", "v3/+/devices/+/up"]
     )

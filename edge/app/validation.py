@@ -95,6 +95,22 @@ def site_problems(site: Site) -> list[str]:
 
         problems += failsafe_problems(cs, inv)
     problems += tls_problems(s)
+    problems += safety_problems(s, inv)
+    return problems
+
+
+def safety_problems(settings: Settings, inv: Inventory) -> list[str]:
+    """The help points' posts and slots, the sensors' profiles and the rules' metrics."""
+    from edge.app.domains.environment import check_rules
+    from edge.app.domains.helppoints import endpoints_of, sites_of
+
+    problems = []
+    for check in (lambda: sites_of(settings, inv), lambda: endpoints_of(settings, inv),
+                  lambda: check_rules(settings.environment)):  # fmt: skip
+        try:
+            check()
+        except ConfigError as exc:
+            problems.append(f"{exc.key}: {exc.args[0]}")
     return problems
 
 

@@ -250,3 +250,24 @@ def test_demo_with_an_unreachable_database_or_broker_is_one_line_each() -> None:
     )
     _assert_refused(r, "--database", "--broker", max_lines=2)
     assert "Demo-secret-31" not in r.stderr
+
+
+def test_check_config_names_a_help_point_slot_and_a_rule_metric_that_cannot_work(tmp_path: Path) -> None:
+    """A help-point slot the register block does not hold, and a rule on a metric its sensors never
+    report (a typo would leave a warning that can never fire): both named, with their keys."""
+    cfg = _site(tmp_path)
+    lamp = next(line.split(",")[0] for line in (tmp_path / "inventory.csv").read_text().splitlines()[1:])
+    with cfg.open("a") as fh:
+        fh.write(f'[helppoints]\npoints = [{{ id = "HP1", post = "{lamp}", slot = 40 }}]\n')
+        fh.write('[environment]\nsensors = [{ id = "w1", dev_eui = "e757a00000000004", profile = "wind", '
+                 'group = "wind", lat = 51.51, lon = 7.45 }]\n')  # fmt: skip
+        fh.write('[[environment.rules]]\nid = "gusts"\ngroup = "wind"\nmetric = "wind_gusts"\nkind = "threshold"\n'
+                 'on = 20\noff = 15\nseverity = "severe"\nlines = ["STURM"]\n')  # fmt: skip
+    check = _edge("check-config", str(cfg))
+    assert check.returncode == 2, check.stderr
+    assert "helppoints.points" in check.stderr
+    assert "slot outside 0..15" in check.stderr
+    assert "environment.rules" in check.stderr
+    assert "'wind_gusts'" in check.stderr
+    assert "wind_gust_ms" in check.stderr  # what it could have meant
+    assert "Traceback" not in check.stderr

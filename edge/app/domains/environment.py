@@ -7,11 +7,14 @@ from controllers.displays import DisplayController
 from controllers.displays import Warning as DisplayWarning
 from controllers.environment import DOMAIN, EnvironmentController, EnvWarning
 from devices.inventory import Bin, Inventory
+from devices.profiles.lorawan import default_profiles
 from edge.app.domains.base import Site, controller
 from edge.app.routes import environment as environment_routes
 from edge.app.routes.base import RouteKit
+from edge.errors import ConfigError
 from edge.kernel import Domain, Kernel
 from edge.settings import Settings
+from edge.settings_environment import EnvironmentSettings
 
 
 def kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> dict[str, str]:
@@ -40,6 +43,24 @@ class DisplaySink:
         self._displays.clear_warning(warning_id)
 
 
+def check_rules(cfg: EnvironmentSettings) -> None:
+    """Every sensor's profile is known and every rule's metric is one its group's sensors report:
+    a typo would otherwise leave a warning that can never fire (ConfigError naming it)."""
+    profiles = default_profiles()
+    for x in cfg.sensors:
+        if x.profile not in profiles:
+            raise ConfigError(f"sensor {x.id!r}: unknown profile {x.profile!r}; known: {', '.join(sorted(profiles))}",
+                              key="environment.sensors")  # fmt: skip
+    for r in cfg.rules:
+        for x in (x for x in cfg.sensors if x.group == r.group):
+            names = set(profiles[x.profile].value_names)
+            if x.zero_mm is not None and "distance_mm" in names:
+                names.add("level_cm")
+            if r.metric not in names:
+                raise ConfigError(f"rule {r.id!r}: sensor {x.id!r} ({x.profile}) does not report {r.metric!r}; "
+                                  f"it reports {', '.join(sorted(names))}", key="environment.rules")  # fmt: skip
+
+
 async def build(kernel: Kernel, site: Site) -> Domain | None:
     """The environment controller; its sensors' uplinks come through the LoRaWAN domain's ingest.
     None for a site without sensors."""
@@ -51,6 +72,7 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     kernel.alarms.confirm_after([d for d, k in found.items() if k == "env_sensor"], 2)
     if not cfg.sensors:
         return None
+    check_rules(cfg)
     displays = controller(site.built, "displays", DisplayController)
     sink = None if displays is None else DisplaySink(displays, {r.id: r.raise_lamps for r in cfg.rules})
     env = EnvironmentController(kernel, cfg, sink=sink)

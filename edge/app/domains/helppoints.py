@@ -11,6 +11,7 @@ from controllers.helppoints import DOMAIN, SOURCE, HelpPointController, HelpPoin
 from controllers.lighting import LEVEL_POINT, LightingController
 from devices.helppoints import HelpPointDriver, HelpPointEndpoint
 from devices.inventory import Bin, Inventory
+from devices.profiles.helppoints import default_profile
 from edge.app.domains.base import Site, controller
 from edge.app.routes import helppoints as helppoint_routes
 from edge.app.routes.base import RouteKit
@@ -47,7 +48,7 @@ def endpoints_of(settings: Settings, inventory: Inventory) -> list[HelpPointEndp
     """The lamp controllers that hold Modbus help points, with (slot, id) of each."""
     by_ctl: dict[str, list[tuple[int, str]]] = {}
     for p in settings.helppoints.points:
-        if p.via == "modbus":
+        if p.via == "modbus" and p.post in inventory.lamps:  # an unknown post: `sites_of` says so
             by_ctl.setdefault(inventory.lamps[p.post].controller, []).append((p.slot, p.id))
     eps = []
     for ctl_id, points in by_ctl.items():
@@ -57,6 +58,10 @@ def endpoints_of(settings: Settings, inventory: Inventory) -> list[HelpPointEndp
             raise ConfigError(
                 f"two help points of controller {ctl_id!r} share a slot", key="helppoints.points"
             )
+        top = default_profile().max_points
+        if bad := [hp for s, hp in points if s >= top]:
+            raise ConfigError(f"help points {bad}: slot outside 0..{top - 1} (the block holds {top})",
+                              key="helppoints.points")  # fmt: skip
         eps.append(HelpPointEndpoint(ctl_id, ctl.host, ctl.port, ctl.unit, tuple(points)))
     return eps
 
@@ -105,6 +110,7 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
         displays={d.id: (d.lat, d.lon) for d in s.displays.displays} if displays is not None else None,
         notice=notice,
         clear_notice=clear_notice,
+        lorawan=frozenset(lora),
     )
     await asyncio.to_thread(restore_incidents, hp, kernel.storage)
     eps = endpoints_of(s, inv)
