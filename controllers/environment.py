@@ -131,7 +131,33 @@ class EnvironmentController:
             "firing": self.engine.firing(),
         }
 
+    def restore(self, body: Mapping[str, Any], now: float) -> int:
+        """Bring back the warnings proposed or in force when the daemon stopped (not yet ended).
+
+        The rules start clear after a restart: a restored warning is withdrawn by its rule only
+        once the rule has fired and cleared again; until then it stays until an operator withdraws
+        it or its end, as one whose sensors went silent does. An issued one takes its displays
+        again when `run` starts."""
+        n = 0
+        for raw in body.get("warnings", []):
+            if (
+                not isinstance(raw, dict)
+                or raw.get("rule") not in self.rules
+                or raw.get("id") in self.warnings
+            ):
+                continue
+            if raw.get("status") not in {"proposed", "issued"} or float(raw.get("end", 0)) <= now:
+                continue
+            w = EnvWarning(**{k: raw[k] for k in EnvWarning.__dataclass_fields__ if k in raw})
+            self.warnings[w.id] = w
+            self._of_rule[w.rule] = w.id
+            n += 1
+        return n
+
     async def run(self) -> None:
+        for w in self.warnings.values():
+            if w.status == "issued" and self._sink is not None:
+                self._sink.issue(w)  # restored: the displays' own state did not outlive the process
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name="environment.watch")
             while True:

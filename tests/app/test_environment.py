@@ -284,3 +284,54 @@ async def test_a_silent_gauge_never_clears_a_warning_and_a_proposal_waits_for_th
         assert ack["ok"] is True
         await wait_for(lambda: "HOCHWASSER" not in dsim.shown(board), "the display released")
         assert env.finished[-1].decided_by == "operator:mqtt" or env.finished[-1].decided_by
+
+
+async def test_a_warning_in_force_survives_a_restart_until_an_operator_withdraws_it(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
+    """Issued from two gauges, then the daemon restarts while the gauges are silent: the warning is
+    still in force and on the display (no reading clears it), until an operator withdraws it."""
+    token = uuid.uuid4().hex[:8]
+    board = f"led-{token}"
+    prefix = int(token[:2], 16)
+    cfg = write_site(tmp_path, "er" + token, mqtt_url, database_url, board, prefix, "issue")
+    settings = load_settings(cfg)
+    inv = load_inventory(settings.inventory_path())
+    clock = SimClock(NIGHT, speed=SPEED)
+    water = default_profiles()["water_level_ultrasonic"]
+    rows = {r["id"]: r for r in storm_sensor_table(prefix)}
+    host, port = mqtt_url.split("://")[1].split(":")
+    async with (
+        LightingSimulator(sim_controllers(inv, watchdog_s=3600), clock, seed=3) as sim,
+        DisplaySimulator(clock, boards=[SimBoard(board)], mqtt_url=mqtt_url) as dsim,
+        aiomqtt.Client(host, int(port), identifier=f"t-{token}") as client,
+    ):
+        async with running(settings, inv, clock) as d:
+            env = d.environment
+            assert env is not None
+            for n in range(1, 4):
+                for sid, level in (("gauge-emscher-1", 170), ("gauge-emscher-2", 160)):
+                    r = rows[sid]
+                    payload = water.encode({"distance_mm": round(r["zero_mm"] - level * 10), "battery": 90,
+                                            "probe_fault": False, "tamper": False, "temperature": 8})  # fmt: skip
+                    topic, body = chirpstack_event(r["dev_eui"], sid, f_cnt=n, f_port=2, payload=payload,
+                                                   ts=clock.now(), dedup_id=uuid.uuid4().hex)  # fmt: skip
+                    await client.publish(topic, body, qos=1)
+                await clock.sleep(60)
+            await wait_for(lambda: any(w.status == "issued" for w in env.warnings.values()), "issued")
+            wid = next(iter(env.warnings))
+            await wait_for(lambda: "HOCHWASSER" in dsim.shown(board), "on the display")
+            await d.storage.flush()
+        async with running(settings, inv, clock) as d2:
+            env2 = d2.environment
+            assert env2 is not None
+            assert env2.warnings[wid].status == "issued"
+            assert d2.displays is not None
+            await wait_for(lambda: wid in d2.displays.warnings, "the display warning taken again")
+            s = Site(d2, sim, client, settings, inv, d2.link.protocol == "5")
+            await d2.link.wait_connected(10)
+            ack = await s.request(
+                f"cmd/environment/warnings/{wid}", {"action": "withdraw", "comment": "over"}
+            )
+            assert ack["ok"] is True, ack
+            await wait_for(lambda: wid not in d2.displays.warnings, "withdrawn")  # type: ignore[union-attr]

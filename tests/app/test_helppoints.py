@@ -23,6 +23,7 @@ from harness import NIGHT, Site, wait_for
 
 from controllers.lighting import LEVEL_POINT
 from devices.inventory import load_inventory
+from devices.profiles.lorawan import default_profiles
 from edge.app.daemon import running
 from edge.app.demo import sim_controllers
 from edge.clock import SimClock
@@ -31,12 +32,15 @@ from edge.settings import load_settings
 from simulators.displays import DisplaySimulator, SimBoard
 from simulators.helppoints import HelpPointSimulator, SimHelpPoint, block_ranges
 from simulators.lighting import LightingSimulator
+from simulators.lorawan import chirpstack_event, tts_uplink
 
 LAMPS = 6
 STEP = 0.0002  # about 22 m between posts
 
 
-def write_site(tmp: Path, site: str, mqtt_url: str, db_url: str, board: str, ack_timeout_s: float) -> Path:
+def write_site(
+    tmp: Path, site: str, mqtt_url: str, db_url: str, board: str, ack_timeout_s: float, extra: str = ""
+) -> Path:
     port = free_port()
     with (tmp / "inventory.csv").open("w", newline="") as fh:
         w = csv.DictWriter(
@@ -68,7 +72,7 @@ stuck_after_s = 5
 poll_interval_s = 0.1
 points = [
   {{ id = "HP1", post = "L1", slot = 0 }},
-  {{ id = "HP5", post = "L5", slot = 1 }},
+  {{ id = "HP5", post = "L5", slot = 1 }},{extra}
 ]
 [logging]
 level = "warning"
@@ -255,3 +259,64 @@ async def test_an_unacknowledged_call_escalates_and_a_silent_post_is_unavailable
         await wait_for(lambda: (watch.json("helppoints/HP5/state") or {}).get("online") is False,
                        "help point unavailable", timeout_s=20)  # fmt: skip
         assert d.alarms.is_active("HP5", "unavailable")
+
+
+async def test_an_open_call_survives_a_restart_and_a_lorawan_button_calls_too(
+    tmp_path: Path, mqtt_url: str, database_url: str
+) -> None:
+    """The daemon stops with a call open: after the restart the call is still open on the API and
+    its lamps are up again (the dispatcher's layers did not outlive the process). A LoRaWAN
+    button's press (ChirpStack uplink) and its cancel (TTS uplink) reach the incidents too."""
+    token = uuid.uuid4().hex[:8]
+    eui = "e757b0" + token + "a9"
+    extra = f'\n  {{ id = "HP9", post = "L3", via = "lorawan", dev_eui = "{eui}" }},'
+    cfg = write_site(tmp_path, "hr" + token, mqtt_url, database_url, f"led-{token}", 600.0, extra)
+    settings = load_settings(cfg)
+    inv = load_inventory(settings.inventory_path())
+    clock = SimClock(NIGHT)
+    points = [SimHelpPoint("HP1", "c1", 0), SimHelpPoint("HP5", "c1", 1)]
+    button = default_profiles()["helppoint_button"]
+    host, port = mqtt_url.split("://")[1].split(":")
+    async with (
+        LightingSimulator(
+            sim_controllers(inv, watchdog_s=300, extra=block_ranges(points)), clock, seed=3
+        ) as sim,
+        HelpPointSimulator(points, sim, clock) as hsim,
+        aiomqtt.Client(host, int(port), identifier=f"t-{token}") as client,
+    ):
+        async with running(settings, inv, clock) as d:
+            hp = d.helppoints
+            assert hp is not None
+            await wait_for(lambda: d.lighting.planned_level("L1") is not None, "a plan")
+            hsim.press("HP1")
+            await wait_for(lambda: sim.lamp("L1")["level_actual"] == 100, "the lamps up")
+            payload = button.encode({"pressed": True, "cancelled": False, "tamper": False,
+                                     "selftest_failed": False, "battery": 80, "press_count": 1})  # fmt: skip
+            topic, body = chirpstack_event(eui, "hp9", f_cnt=3, f_port=6, payload=payload, ts=clock.now(),
+                                           dedup_id=uuid.uuid4().hex)  # fmt: skip
+            await client.publish(topic, body, qos=1)
+            await wait_for(
+                lambda: any(i.helppoint == "HP9" for i in hp.incidents.values()), "the LoRaWAN call"
+            )
+            cancel = button.encode({"pressed": False, "cancelled": True, "tamper": False,
+                                    "selftest_failed": False, "battery": 80, "press_count": 1})  # fmt: skip
+            topic, body = tts_uplink(eui, "hp9", f_cnt=4, f_port=6, payload=cancel, ts=clock.now(),
+                                     dedup_id=uuid.uuid4().hex)  # fmt: skip
+            await client.publish(topic, body, qos=1)
+            await wait_for(lambda: any(i.caller_cancelled for i in hp.incidents.values() if i.helppoint == "HP9"),
+                           "the caller's cancel on the call (it stays open for the operator)")  # fmt: skip
+            open_ids = set(hp.incidents)
+            assert len(open_ids) == 2
+            await d.storage.flush()
+        assert sim.lamp("L1")["level_cmd"] == 100  # the controller keeps the last level it was given
+        async with running(settings, inv, clock) as d2:
+            hp2 = d2.helppoints
+            assert hp2 is not None
+            assert set(hp2.incidents) == open_ids
+            await wait_for(lambda: (eff := d2.dispatcher.effective("L1", LEVEL_POINT)) is not None
+                           and eff.source.startswith("helppoint:"), "the call's lamps held again")  # fmt: skip
+            inc = next(i for i in hp2.incidents.values() if i.helppoint == "HP1")
+            await wait_for(lambda: d2.lighting.planned_level("L1") is not None, "the restarted daemon's plan")
+            hp2.close(inc.id, "operator:test", "resolved after the restart")
+            await wait_for(lambda: sim.lamp("L1")["level_cmd"] == d2.lighting.planned_level("L1"),
+                           "back on the plan after the close")  # fmt: skip

@@ -3,6 +3,8 @@ ingest, and the controller whose rules propose or issue storm, flood and air war
 
 from __future__ import annotations
 
+import asyncio
+
 from controllers.displays import DisplayController
 from controllers.displays import Warning as DisplayWarning
 from controllers.environment import DOMAIN, EnvironmentController, EnvWarning
@@ -76,4 +78,7 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     displays = controller(site.built, "displays", DisplayController)
     sink = None if displays is None else DisplaySink(displays, {r.id: r.raise_lamps for r in cfg.rules})
     env = EnvironmentController(kernel, cfg, sink=sink)
+    records = await asyncio.to_thread(kernel.storage.plans, DOMAIN)
+    if records:
+        env.restore(dict(records[-1].body), kernel.clock.now())
     return Domain(DOMAIN, controllers=(env,), routes=environment_routes.routes(RouteKit.of(kernel), env))
