@@ -26,6 +26,8 @@ from edge.events import PlanEvent
 
 log = structlog.get_logger(__name__)
 
+CANCELLED_KEPT = 50  # retained Cancels kept on alerts/cap/{id}; older ones are emptied
+
 Send = Callable[..., Awaitable[None]]  # (topic name, payload, **topic parameters)
 
 
@@ -65,6 +67,8 @@ class SafetyNorth:
         self._rules: object = None
         self._sources: dict[str, dict[str, CapWarning]] = {"warnings": {}, "environment": {}}
         self._cap: dict[str, _Sent] = {}
+        self._env_final: dict[str, str] = {}  # a finished rule warning's last status
+        self._cancelled: deque[str] = deque()  # warnings whose Cancel is retained, oldest first
         self._env_ids: set[str] = set()  # every warning id a rule made (bounded by the rules' rate)
         self.cap_messages = 0
         self.cap_log: deque[tuple[float, str, str]] = deque(maxlen=200)  # (sent, msgType, warning id)
@@ -135,9 +139,9 @@ class SafetyNorth:
                 for w in _dicts(ev.plan.get("warnings"))
                 if w.get("status") in {"proposed", "issued"}
             }
-            self._env_ids |= {
-                str(w["id"]) for w in [*_dicts(ev.plan.get("warnings")), *_dicts(ev.plan.get("finished"))]
-            }
+            finished = _dicts(ev.plan.get("finished"))
+            self._env_ids |= {str(w["id"]) for w in [*_dicts(ev.plan.get("warnings")), *finished]}
+            self._env_final |= {str(w["id"]): str(w.get("status", "")) for w in finished}
         # A rule's warning is the environment's to tell (the displays show it, a step behind)
         env_ids = self._env_ids
         merged = {k: w for k, w in self._sources["warnings"].items() if k not in env_ids}
@@ -151,8 +155,15 @@ class SafetyNorth:
                 await self._emit(w, "Alert" if w.status == "proposed" else "Update", before)
         for wid in [x for x in self._cap if x not in merged]:
             before = self._cap.pop(wid)
-            gone = CapWarning(**{**_fields(before.warning), "status": "withdrawn"})
+            ended = "expired" if self._clock.now() >= before.warning.end else "withdrawn"
+            final = "expired" if self._env_final.get(wid, ended) == "expired" else "withdrawn"
+            gone = CapWarning(**{**_fields(before.warning), "status": final})
             await self._emit(gone, "Cancel", before, keep=False)
+            # The Cancel stays retained for late subscribers; the oldest ones are emptied, so the
+            # retained topics stay bounded (every rule warning has an id of its own).
+            self._cancelled.append(wid)
+            if len(self._cancelled) > CANCELLED_KEPT:
+                await self._send("cap", b"", warning=self._cancelled.popleft())
 
     async def _emit(self, w: CapWarning, msg_type: str, before: _Sent | None, *, keep: bool = True) -> None:
         version = 1 if before is None else before.warning.version + 1
