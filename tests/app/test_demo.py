@@ -38,7 +38,8 @@ async def test_broker_process_routes_messages_and_leaves_no_child() -> None:
 @pytest.mark.slow
 def test_headless_demo_ends_on_time_with_every_section_and_no_errors() -> None:
     """`edge demo --headless --for 15` prints the summary and exits within a few seconds of 15,
-    with lighting, charging, displays and waste sections and no error-level log line."""
+    with lighting, charging, displays, waste, help-point and environment sections and no error-level
+    log line."""
     started = time.monotonic()
     proc = subprocess.run(
         [sys.executable, "-m", "edge.app.cli", "demo", "--headless", "--for", "15"],
@@ -56,6 +57,15 @@ def test_headless_demo_ends_on_time_with_every_section_and_no_errors() -> None:
     assert summary["displays"]["displays"] == 4
     assert summary["waste"]["bins"] == 150
     assert summary["waste"]["reporting"] > 0
+    # the safety services: a call handled by the scripted control room, the storm's warnings
+    calls = summary["help_points"]
+    assert calls["help_points"] == 7
+    assert calls["calls"] >= 1
+    env = summary["environment"]
+    assert env["sensors_reporting"] == env["sensors"] == 7
+    assert env["warnings_issued"] >= 1  # from the gauges (or the gusts), not typed by anyone
+    assert env["warnings_withdrawn"] >= 1  # as the water falls
+    assert env["cap_messages"] >= 2
     errors = [line for line in proc.stderr.splitlines() if '"level": "error"' in line or "Traceback" in line]
     assert errors == []
     assert elapsed < 15 + 20, f"took {elapsed:.1f} s"
