@@ -45,8 +45,8 @@ from tui.inventory import Inventory
 from tui.model import SLICES, SiteModel
 from tui.palette import DashboardCommands
 from tui.screens import ConfirmDialog, HelpScreen
-from tui.views import REGISTRY
-from tui.views.base import Change, Command, DomainView, Request, ShowContext
+from tui.views import REGISTRY, view_key
+from tui.views.base import Change, Command, DomainView, Interrupt, Request, ShowContext
 from tui.widgets import Banner, FilterTable, VirtualTable
 
 DEFAULT_SITE_TZ = "Europe/Berlin"  # the default of a site's `timezone` (edge/settings.py)
@@ -61,6 +61,8 @@ REFRESH_S = 0.2  # at most this often the visible view is redrawn from the model
 # after them brings the redraw back to REFRESH_S.
 BURST_BATCH = 500
 BURST_REFRESH_S = 1.0
+TICK_S = 10.0  # a view that shows ages (`DomainView.ticks`) is redrawn this often while visible
+INTERRUPT_RETRY_S = 1.0  # an interrupt that found a form open takes the screen when it closes
 
 FIRST_VIEW = REGISTRY[0].id  # shown at start
 
@@ -83,13 +85,15 @@ Screen { layout: vertical; }
 #title { height: 1; background: $primary-background; }
 ContentSwitcher { height: 1fr; }
 #command { height: auto; max-height: 3; }
+#alert { height: auto; max-height: 3; background: $error; color: $text; text-style: bold; display: none; }
+#alert.-shown { display: block; }
 """ + "".join(v.css for v in REGISTRY)
 
 
 def _keys() -> list[BindingType]:
     """The number key of each view, the table keys, every view's command keys (each once), quit."""
     return [
-        *(Binding(str(i + 1), f"view('{v.id}')", v.title, show=False) for i, v in enumerate(REGISTRY)),
+        *(Binding(view_key(i), f"view('{v.id}')", v.title, show=False) for i, v in enumerate(REGISTRY)),
         Binding("question_mark,f1", "help", "Help", key_display="?"),
         Binding("slash", "filter", "Filter", key_display="/"),
         Binding("s", "sort", "Sort"),
@@ -158,6 +162,8 @@ class DashboardApp(App[int]):
         self._refresh_due = 0.0  # when the timer fires (monotonic)
         self._last_refresh = 0.0
         self._burst = False
+        self._alert_text = ""
+        self._interrupt_due: Interrupt | None = None  # waits for an open form to close
         self.views: dict[str, DomainView] = {v.id: v() for v in REGISTRY}
 
     @property
@@ -176,6 +182,7 @@ class DashboardApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Static(self._title_text(), id="title")
         yield Banner(id="banner")
+        yield Static("", id="alert")
         with ContentSwitcher(initial=FIRST_VIEW):
             for view in self.views.values():
                 yield from view.compose()
@@ -187,6 +194,8 @@ class DashboardApp(App[int]):
             self.query_one(Banner).message = f"connecting to {self.client.url.safe()} …"
             self._mqtt_worker(self.client)
         self._refresh_view(force=True)
+        self.set_interval(TICK_S, self._tick, name="tick")
+        self.set_interval(INTERRUPT_RETRY_S, self._interrupt_when_free, name="interrupt-retry")
 
     @work(name="mqtt", group="mqtt", exclusive=True, exit_on_error=False)
     async def _mqtt_worker(self, client: DashboardClient) -> None:
@@ -206,9 +215,9 @@ class DashboardApp(App[int]):
             name = v.title
             if v.id == getattr(self, "view", FIRST_VIEW):
                 out.append(" ")
-                out.append(f"[{i + 1} {name}]", "bold reverse")
+                out.append(f"[{view_key(i)} {name}]", "bold reverse")
             else:
-                out.append(f" {i + 1}" if narrow else f" {i + 1} {name}")
+                out.append(f" {view_key(i)}" if narrow else f" {view_key(i)} {name}")
         out.append(" │ ")
         out.append(self.role if self.role == "operator" else "viewer (read-only)", "italic")
         return out
@@ -228,6 +237,8 @@ class DashboardApp(App[int]):
         if isinstance(ev, Received):
             self._pending |= self.model.apply_all(ev.messages)
             self._burst = len(ev.messages) >= BURST_BATCH
+            self._update_alert()
+            self._interrupt(self.model.take_interrupts())
             self._schedule_refresh()
         elif isinstance(ev, Connected):
             self.connected = True
@@ -239,6 +250,45 @@ class DashboardApp(App[int]):
                 f"DISCONNECTED from {url} — reconnecting (attempt {ev.attempt}, "
                 f"next in {ev.retry_in_s:.0f} s): {ev.reason}"
             )
+
+    # ----- what must take the operator: a line on every page, the bell, the view on the item ----
+
+    def _update_alert(self) -> None:
+        """The views' alert lines (an unacknowledged emergency call) above every page, while they last."""
+        lines = [t for v in REGISTRY if (t := v.alert(self.model, self.tz)) is not None]
+        text = Text("\n").join(Text.assemble("!! ", line) for line in lines)
+        if text.plain == self._alert_text:
+            return  # an update lays the screen out again: only when it changed
+        self._alert_text = text.plain
+        alert = self.query_one("#alert", Static)
+        alert.update(text)
+        alert.set_class(bool(lines), "-shown")
+
+    def _interrupt(self, interrupts: list[Interrupt]) -> None:
+        """Ring, and open the view on the first new item (once any open form is closed)."""
+        if not interrupts:
+            return
+        self.bell()
+        self._interrupt_due = interrupts[0]
+        self._interrupt_when_free()
+
+    def _interrupt_when_free(self) -> None:
+        """Take the screen for a waiting interrupt, unless a form or dialog is open: pulling the
+        view from under a half-typed command would send it to the wrong place."""
+        due = self._interrupt_due
+        if due is None or len(self.screen_stack) > 1:
+            return
+        self._interrupt_due = None
+        with contextlib.suppress(NoMatches):
+            self.action_view(due.view)
+            if not self._table(due.table).select(due.key):
+                self.say(Text(f"{due.text}: not in the table (any more)", "italic"))
+
+    def _tick(self) -> None:
+        """Redraw the visible view if it shows ages (they grow without any message)."""
+        if self.views[self.view].ticks and len(self.screen_stack) == 1:
+            with contextlib.suppress(NoMatches):
+                self._refresh_view(force=True)
 
     def _schedule_refresh(self) -> None:
         """Refresh now, or once REFRESH_S after the last refresh: a burst of batches costs one redraw."""

@@ -20,9 +20,11 @@ from pydantic import ValidationError
 
 from edge.payloads import CommandResultMessage, DaemonStatus, PlanMessage
 from tui.views.alarms import AlarmsModel, alarm_event, alarm_event_ts, severity_rank
-from tui.views.base import PREFIX, Change, Slice
+from tui.views.base import PREFIX, Change, Interrupt, Slice
 from tui.views.charging import ChargingModel
 from tui.views.displays import DisplaysModel, shown_text
+from tui.views.environment import EnvironmentModel
+from tui.views.helppoints import HelpPointsModel
 from tui.views.lighting import LampStatus, LightingModel, lamp_status
 from tui.views.waste import WasteModel
 
@@ -42,7 +44,9 @@ MAX_RESULTS = 50
 
 
 @dataclass
-class SiteModel(LightingModel, ChargingModel, DisplaysModel, WasteModel, AlarmsModel):
+class SiteModel(
+    LightingModel, ChargingModel, DisplaysModel, WasteModel, HelpPointsModel, EnvironmentModel, AlarmsModel
+):
     """Everything the dashboard knows about one site; see the module docstring."""
 
     site: str
@@ -75,6 +79,11 @@ class SiteModel(LightingModel, ChargingModel, DisplaysModel, WasteModel, AlarmsM
     def apply_all(self, messages: Iterable[tuple[str, bytes]]) -> set[Change]:
         """Fold a batch; returns the kinds of change it made."""
         return {self.apply(t, p) for t, p in messages}
+
+    def take_interrupts(self) -> list[Interrupt]:
+        """What the folds since the last call raised for the operator's attention (then forgotten)."""
+        taken, self.interrupts = self.interrupts, []
+        return taken
 
     @property
     def bad_total(self) -> int:

@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from tui.model import SiteModel
-from tui.views import REGISTRY
+from tui.views import REGISTRY, view_key
 from tui.views.base import PaletteAction
 
 MIN_DEVICE_QUERY = 2  # characters before devices are searched (thousands of them)
@@ -55,7 +55,7 @@ class DashboardCommands(Provider):
     def _actions(self) -> Iterator[tuple[str, str, Callable[[], None]]]:
         app = self._dashboard
         for i, v in enumerate(REGISTRY):
-            yield f"Show {v.title}", f"view {i + 1}", partial(app.action_view, v.id)
+            yield f"Show {v.title}", f"view {view_key(i)}", partial(app.action_view, v.id)
         for a in (*(a for v in REGISTRY for a in v.palette), HELP):
             if a.operator and app.role != "operator":
                 continue

@@ -34,6 +34,8 @@ HELP = """\
   6  Charging      feeders' load against their limits, charge points
   7  Displays      what each display shows, car parks, warnings in force
   8  Waste         bins by fill and prediction, today's routes, trucks
+  9  Help points   emergency calls (a new one rings), help points
+  0  Environment   warnings proposed and in force, rules firing, sensors
 
   /  filter the table (Enter or Esc: back to the table)
   s  sort by the next column (click a header: sort by it, again: reverse)
@@ -49,6 +51,10 @@ HELP = """\
   f  force the selected bin into today's collection plan (Waste view) [operator]
   x  exclude the selected bin from every plan                         [operator]
   n  set the selected bin back to automatic planning                  [operator]
+  a  acknowledge the selected emergency call (Help points view)       [operator]
+  n  add a note to it; c close it with what happened                  [operator]
+  i  issue a proposed warning (Environment view); x reject it         [operator]
+  w  withdraw the selected warning in force                           [operator]
   ctrl+p  command palette: find a device or an action by name
   ?  this help (also F1)                 q  quit
 

@@ -11,7 +11,7 @@ from textual.widgets import ContentSwitcher
 from tests.tui.test_app import make_app
 from tui.app import DashboardApp
 from tui.model import SLICES
-from tui.views import REGISTRY
+from tui.views import REGISTRY, view_key
 from tui.widgets import FilterTable
 
 
@@ -27,7 +27,7 @@ def test_command_keys_are_the_registered_views_commands() -> None:
 
 
 async def test_panes_tables_and_number_keys_follow_the_registry() -> None:
-    """Each registered view is a pane holding its tables; key i+1 shows view i and offers its commands."""
+    """Each registered view is a pane holding its tables; its digit (1-9, 0) shows it and offers its commands."""
     app = make_app()
     async with app.run_test(size=(120, 40)) as pilot:
         switcher = app.query_one(ContentSwitcher)
@@ -36,7 +36,7 @@ async def test_panes_tables_and_number_keys_follow_the_registry() -> None:
         assert tables == {t for v in REGISTRY for t in v.tables}
         site_wide = {c.action for v in REGISTRY for c in v.commands if c.site_wide}
         for i, v in enumerate(REGISTRY):
-            await pilot.press(str(i + 1))
+            await pilot.press(view_key(i))
             assert (app.view, switcher.current) == (v.id, v.id)
             pane = switcher.get_child_by_id(v.id)
             for t in v.tables:  # its tables are in its own pane (or are the pane)

@@ -1,6 +1,6 @@
 """The dashboard's views, and the registry the app is built from.
 
-`REGISTRY` lists every pane in title-bar order (its position is its number key). The app
+`REGISTRY` lists every pane in title-bar order (its position is its number key: 1-9, then 0). The app
 knows no view by name, nor do the Overview and the palette: it composes each view's pane, redraws the visible one when a change it
 `shows` arrives, binds every view's `commands` to keys, offers a command where it applies
 (the visible view's own, else a `site_wide` one unless the view is `exclusive`), and routes the
@@ -29,6 +29,8 @@ from tui.views.alarms import AlarmsView
 from tui.views.base import DomainView
 from tui.views.charging import ChargingView
 from tui.views.displays import DisplaysView
+from tui.views.environment import EnvironmentView
+from tui.views.helppoints import HelpPointsView
 from tui.views.lighting import LightsView
 from tui.views.pages import MapPage, OverviewPage, PlanPage
 from tui.views.waste import WasteView
@@ -42,4 +44,13 @@ REGISTRY: tuple[type[DomainView], ...] = (
     ChargingView,
     DisplaysView,
     WasteView,
+    HelpPointsView,
+    EnvironmentView,
 )
+if len(REGISTRY) > 10:  # the digits 1-9 and 0 are the view keys
+    raise TypeError("at most 10 views: each has a digit key")
+
+
+def view_key(index: int) -> str:
+    """The number key of the view at `index` in `REGISTRY`: 1-9, then 0 for the tenth."""
+    return str((index + 1) % 10)

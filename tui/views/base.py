@@ -46,6 +46,8 @@ class Change(enum.StrEnum):
     CHARGING = "charging"
     DISPLAYS = "displays"
     WASTE = "waste"
+    HELPPOINTS = "helppoints"
+    ENVIRONMENT = "environment"
     RESULT = "result"
     IGNORED = "ignored"
     BAD = "bad"
@@ -61,6 +63,17 @@ class Reading(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Interrupt:
+    """Something that must take the operator at once (a new emergency call): the app rings the
+    bell, opens `view` and puts the cursor of `table` on `key`."""
+
+    view: str
+    table: str
+    key: str
+    text: str
+
+
 @dataclass(kw_only=True)
 class Slice:
     """One domain's part of the site model (a mixin of `tui.model.SiteModel`).
@@ -72,6 +85,8 @@ class Slice:
     """
 
     version: int = 0
+    # What a fold raised that must take the operator; the app takes them after each batch.
+    interrupts: list[Interrupt] = field(default_factory=list)
 
     def fold(self, parts: list[str], payload: bytes) -> Change | None:
         """Fold a message on one of this slice's topics (`parts`: the topic under the site's base).
@@ -264,6 +279,7 @@ class DomainView:
     slice: ClassVar[type[Slice] | None] = None  # its part of `SiteModel`, if any
     css: ClassVar[str] = ""  # the sizes of its pane's parts (ids are its own)
     palette: ClassVar[tuple[PaletteAction, ...]] = ()  # its commands, as the palette lists them
+    ticks: ClassVar[bool] = False  # redrawn every few seconds while visible (it shows ages)
 
     @classmethod
     def overview_lines(cls, out: Text, model: SiteModel, tz: tzinfo | None) -> None:
@@ -273,6 +289,11 @@ class DomainView:
     def palette_devices(cls, model: SiteModel) -> Iterator[PaletteDevice]:
         """The devices it shows, for the palette to find (default: none)."""
         return iter(())
+
+    @classmethod
+    def alert(cls, model: SiteModel, tz: tzinfo | None) -> Text | None:
+        """What must stay in view on every page until someone acts (default: nothing)."""
+        return None
 
     def compose(self) -> ComposeResult:
         """The pane: one widget with `id == self.id` (the app puts it in its ContentSwitcher)."""
