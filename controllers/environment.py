@@ -303,7 +303,9 @@ class EnvironmentController:
     # ----- operator ---------------------------------------------------------------------------
 
     def decide(self, warning_id: str, action: str, by: str) -> EnvWarning:
-        """confirm / reject a proposed warning, withdraw one in force."""
+        """confirm / reject a proposed warning, withdraw one in force (ValueError for another action)."""
+        if action not in {"confirm", "reject", "withdraw"}:
+            raise ValueError(f"unknown action {action!r}: confirm, reject or withdraw")
         w = self.warnings.get(warning_id)
         if w is None:
             done = next((x for x in self.finished if x.id == warning_id), None)

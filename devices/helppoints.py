@@ -49,17 +49,22 @@ class _Span:
 
 
 def plan_spans(profile: HelpPointProfile, points: Sequence[tuple[int, str]]) -> list[_Span]:
-    """Reads that cover every help point's block, each within one Modbus read."""
+    """Reads that cover every help point's block, each within one Modbus read.
+
+    Only neighbouring slots share a read: a controller may refuse a read that runs over a slot
+    it has no help point in (an undefined address), which would take both help points down."""
     spans: list[_Span] = []
     span = profile.block.span
+    prev = -2
     for slot, hp in sorted(points):
         base = profile.base(slot)
         last = spans[-1] if spans else None
-        if last is not None and base + span - last.address <= MODBUS_MAX_READ:
+        if last is not None and slot == prev + 1 and base + span - last.address <= MODBUS_MAX_READ:
             spans[-1] = _Span(last.address, base + span - last.address,
                               (*last.points, (base - last.address, hp)))  # fmt: skip
         else:
             spans.append(_Span(base, span, ((0, hp),)))
+        prev = slot
     return spans
 
 
