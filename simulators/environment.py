@@ -29,7 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -407,11 +407,8 @@ class StormSimulator(LorawanSimulator):
         self.scenario = scenario
         self._all = list(self.sensors)
 
-    def frames(self, ts: float | None = None) -> list[tuple[str, bytes]]:
+    def frames(self, ts: float | None = None, only: Collection[str] | None = None) -> list[tuple[str, bytes]]:
         """One round at `ts` (default: the clock) from the sensors that are not silent."""
         now = self._clock.now() if ts is None else ts
-        self.sensors = [s for s in self._all if not self.scenario.silent(s, now)]
-        try:
-            return super().frames(now)
-        finally:
-            self.sensors = list(self._all)
+        talking = {s.device_id for s in self._all if not self.scenario.silent(s, now)}
+        return super().frames(now, talking if only is None else talking & set(only))

@@ -7,6 +7,10 @@ in `press_count`, as a controller does so a press shorter than a poll is not los
 falls after `press_hold_s` clock seconds unless the button is stuck. A controller that is
 silent (comm or power loss) takes its help points down with it.
 
+A LoRaWAN help point (`SimButton`) sends an uplink at once on every change (a press, a cancel,
+a fault) and a heartbeat every `heartbeat_s` clock seconds, through the LoRaWAN simulator on the
+`helppoint_button` profile, in the network server's format (ChirpStack or TTS).
+
 Faults and actions, by call or over MQTT (`dos/sim/helppoints/faults`,
 `{"target": "HP-1", "fault": "press"}`): press, cancel, stuck (held down until cleared),
 selftest_failed, tamper, on_battery, battery_low.
@@ -29,6 +33,7 @@ from edge.events import Value
 from edge.lifecycle import Service
 from simulators import fault_topic
 from simulators.lighting import LightingSimulator
+from simulators.lorawan import Format, LorawanSimulator, SimSensor
 from simulators.mqtt import apply_fault_payload, run_fault_listener
 
 log = structlog.get_logger(__name__)
@@ -36,6 +41,7 @@ log = structlog.get_logger(__name__)
 ACTIONS = frozenset({"press", "cancel"})
 FAULTS = frozenset({"stuck", "selftest_failed", "tamper", "on_battery", "battery_low"})
 FAULT_TOPIC = fault_topic("helppoints")
+BUTTON_PROFILE = "helppoint_button"
 _TICK_S = 0.05  # real seconds between checks of held presses
 
 
@@ -46,6 +52,15 @@ class SimHelpPoint:
     device_id: str
     controller: str
     slot: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SimButton:
+    """A LoRaWAN help point: its id, DevEUI and the network server's uplink format."""
+
+    device_id: str
+    dev_eui: str
+    format: Format = "chirpstack"
 
 
 class FaultMessage(BaseModel):
@@ -60,7 +75,7 @@ class FaultMessage(BaseModel):
 
 @dataclass(slots=True)
 class _Point:
-    spec: SimHelpPoint
+    spec: SimHelpPoint | SimButton
     pressed: bool = False
     cancelled: bool = False
     press_count: int = 0
@@ -91,29 +106,79 @@ class HelpPointSimulator(Service):
     def __init__(
         self,
         points: Sequence[SimHelpPoint],
-        lighting: LightingSimulator,
+        lighting: LightingSimulator | None,
         clock: Clock,
         *,
         profile: HelpPointProfile | None = None,
         press_hold_s: float = 5.0,
+        buttons: Sequence[SimButton] = (),
+        mqtt_url: str = "",
+        heartbeat_s: float = 3600.0,
+        seed: int = 0,
     ) -> None:
+        """`points` sit in `lighting`'s controllers (Modbus); `buttons` send uplinks to `mqtt_url`."""
         super().__init__()
         self.profile = profile or default_profile()
         self._lighting = lighting
         self._clock = clock
         self._hold_s = press_hold_s
+        self._heartbeat_s = heartbeat_s
         self._decoder = BlockDecoder(self.profile.block)
         self._points: dict[str, _Point] = {}
-        for hp in points:
-            if hp.device_id in self._points:
-                raise ValueError(f"duplicate help point {hp.device_id!r}")
-            self.profile.base(hp.slot)  # ValueError for a slot the block cannot hold
-            self._points[hp.device_id] = _Point(hp)
+        if points and lighting is None:
+            raise ValueError("Modbus help points need the lamp simulator that serves their controllers")
+        specs: list[SimHelpPoint | SimButton] = [*points, *buttons]
+        for spec in specs:
+            if spec.device_id in self._points:
+                raise ValueError(f"duplicate help point {spec.device_id!r}")
+            if isinstance(spec, SimHelpPoint):
+                self.profile.base(spec.slot)  # ValueError for a slot the block cannot hold
+            self._points[spec.device_id] = _Point(spec)
+        self._uplinks: LorawanSimulator | None = None
+        if buttons:
+            if not mqtt_url:
+                raise ValueError("LoRaWAN help points need mqtt_url (the network server's broker)")
+            sensors = [SimSensor(b.dev_eui, b.device_id, BUTTON_PROFILE, b.format) for b in buttons]
+            self._uplinks = LorawanSimulator(sensors, self._button_values, clock, seed=seed, duplicate_p=0.1,
+                                             out_of_order_p=0.0).connect_to(mqtt_url)  # fmt: skip
+        self._due: asyncio.Queue[str] = asyncio.Queue()
 
     async def _start(self) -> None:
+        if self._uplinks is not None:
+            await self._uplinks.__aenter__()  # closed by `_stop`
+            self.spawn(self._send_uplinks(), "uplinks")
         for p in self._points.values():
             self._write(p)
         self.spawn(self._tick(), "tick")
+
+    async def _stop(self) -> None:
+        if self._uplinks is not None:
+            await self._uplinks.__aexit__(None, None, None)
+
+    def _button_values(self, sensor: SimSensor, _frame: int, _ts: float) -> Mapping[str, Value]:
+        p = self._points[sensor.device_id]
+        f = p.faults
+        return {"pressed": p.pressed, "cancelled": p.cancelled, "tamper": "tamper" in f,
+                "selftest_failed": "selftest_failed" in f, "battery": 8 if "battery_low" in f else p.battery,
+                "press_count": p.press_count}  # fmt: skip
+
+    async def _send_uplinks(self) -> None:
+        """An uplink per change at once, and every button's heartbeat."""
+        assert self._uplinks is not None
+        next_beat = self._clock.now()
+        while True:
+            wait = max(0.0, (next_beat - self._clock.now()) / self._clock.speed)
+            try:
+                async with asyncio.timeout(wait):
+                    first = await self._due.get()
+            except TimeoutError:
+                await self._uplinks.publish(self._uplinks.frames())
+                next_beat = self._clock.now() + self._heartbeat_s
+                continue
+            due = {first}
+            while not self._due.empty():
+                due.add(self._due.get_nowait())
+            await self._uplinks.publish(self._uplinks.frames(only=due))
 
     async def _tick(self) -> None:
         """Let latched presses fall after their hold (unless stuck)."""
@@ -174,8 +239,11 @@ class HelpPointSimulator(Service):
         return list(self._point(device_id).presses)
 
     def values(self, device_id: str) -> Mapping[str, Value]:
-        """The block as the controller serves it now (for tests)."""
+        """What the help point reports now: its block as the controller serves it (Modbus), or
+        the values of its next uplink (LoRaWAN)."""
         p = self._point(device_id)
+        if not isinstance(p.spec, SimHelpPoint) or self._lighting is None:
+            return self._button_values(SimSensor("", device_id, BUTTON_PROFILE, "chirpstack"), 0, 0.0)
         regs, start, _ = self._lighting.registers(p.spec.controller)
         return self._decoder.decode(regs, self.profile.base(p.spec.slot) - start)
 
@@ -186,6 +254,9 @@ class HelpPointSimulator(Service):
         return p
 
     def _write(self, p: _Point) -> None:
+        if not isinstance(p.spec, SimHelpPoint) or self._lighting is None:
+            self._due.put_nowait(p.spec.device_id)  # a button reports a change at once
+            return
         regs, start, _ = self._lighting.registers(p.spec.controller)
         if not regs:
             return  # the controller's server is not built yet: `_start` writes again

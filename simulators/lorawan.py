@@ -17,7 +17,7 @@ import asyncio
 import base64
 import random
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Self
@@ -433,11 +433,14 @@ class LorawanSimulator(Service):
             self.stats.duplicates += 1
         return out
 
-    def frames(self, ts: float | None = None) -> list[tuple[str, bytes]]:
-        """One round: a frame (or two) per sensor at `ts` (default: the clock), as (topic, JSON)."""
+    def frames(self, ts: float | None = None, only: Collection[str] | None = None) -> list[tuple[str, bytes]]:
+        """One round: a frame (or two) per sensor at `ts` (default: the clock), as (topic, JSON);
+        `only`: just these sensors (by device id), as an event-driven uplink (a button) is."""
         now = self._clock.now() if ts is None else ts
         out: list[tuple[str, bytes]] = []
         for i, sensor in enumerate(self.sensors):
+            if only is not None and sensor.device_id not in only:
+                continue
             # each sensor's times strictly increase, a little apart within a round
             t = max(now + i * 1e-3, self._last_ts[sensor.dev_eui] + 1e-3)
             if self._rng.random() < self._rejoin_p and self._f_cnt[sensor.dev_eui] > 0:

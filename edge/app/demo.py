@@ -49,7 +49,7 @@ from edge.settings import Settings, WasteSettings, load_settings
 from edge.tasks import cancel_and_wait
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
-from simulators.helppoints import HelpPointSimulator, SimHelpPoint, block_ranges
+from simulators.helppoints import HelpPointSimulator, SimButton, SimHelpPoint, block_ranges
 from simulators.lighting import LightingSimulator, SimController, SimLamp
 from simulators.parking import ParkingSimulator, SimCarPark
 from simulators.waste import WasteSimulator
@@ -350,9 +350,14 @@ async def _simulators(
     bins = site_bins(settings)
     points = [SimHelpPoint(hp, ep.endpoint_id, slot) for ep in helppoint_endpoints(settings, district.inv)
               for slot, hp in ep.points]  # fmt: skip
+    buttons = [
+        SimButton(p.id, p.dev_eui, "tts")
+        for p in settings.helppoints.points
+        if p.via == "lorawan" and p.dev_eui
+    ]
     async with (
         LightingSimulator(sim_controllers(district.inv, extra=block_ranges(points)), clock, seed=seed) as sim,
-        HelpPointSimulator(points, sim, clock) as hsim,
+        HelpPointSimulator(points, sim, clock, buttons=buttons, mqtt_url=url, seed=seed) as hsim,
         ChargingSimulator(
             district.cps, clock, feeders=district.feeders, port=district.opc_port, seed=seed
         ) as csim,

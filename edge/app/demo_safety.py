@@ -1,8 +1,8 @@
 """The demo's safety services: help-point calls handled by a scripted operator, and the storm.
 
 Both run on the demo's broker through the API and the uplink topics, as a control room and a
-LoRaWAN network server would: a press on a Modbus help point (the simulator), a press on the
-LoRaWAN button (a ChirpStack uplink), acknowledgements and closes as requests; the storm and
+LoRaWAN network server would: a press on a Modbus help point and one on the LoRaWAN button in
+the park (the simulator: a register block, an uplink), acknowledgements and closes as requests; the storm and
 flood scenario's sensors publish uplinks in both formats, and the rules do the rest.
 """
 
@@ -16,11 +16,9 @@ import aiomqtt
 import orjson
 import structlog
 
-from devices.profiles.lorawan import default_profiles
 from edge.app.daemon import Daemon
 from simulators.environment import StormScenario, StormSimulator, storm_sensors
 from simulators.helppoints import HelpPointSimulator
-from simulators.lorawan import chirpstack_event
 
 log = structlog.get_logger(__name__)
 
@@ -73,12 +71,7 @@ async def help_calls(
         if first:
             await request(first, "ack", "Streife unterwegs")
         await at(0.35)
-        button = default_profiles()["helppoint_button"]
-        payload = button.encode({"pressed": True, "cancelled": False, "tamper": False, "selftest_failed": False,
-                                 "battery": 87, "press_count": 1})  # fmt: skip
-        topic, raw = chirpstack_event("e757b00000000001", "HP-L0470", f_cnt=12, f_port=6, payload=payload,
-                                      ts=d.clock.now(), dedup_id=uuid.uuid4().hex)  # fmt: skip
-        await c.publish(topic, raw, qos=1)
+        hsim.press("HP-L0470")  # the LoRaWAN button in the park: an uplink (TTS) at once
         log.info("demo_help_call", helppoint="HP-L0470", via="lorawan")
         await at(0.45)
         if first:

@@ -242,3 +242,44 @@ def test_block_ranges_group_the_blocks_by_controller() -> None:
     with pytest.raises(ValueError, match="slot 4"):
         block_ranges([SimHelpPoint("D", "c1", 4)], wide)
     assert block_ranges([]) == {}
+
+
+async def test_a_lorawan_button_sends_an_uplink_at_once_on_a_press_and_a_fault(mqtt_url: str) -> None:
+    """A LoRaWAN help point reports every change at once (not at its next heartbeat), in its
+    network server's format, on the profile the ingest decodes."""
+    from devices.profiles.lorawan import default_profiles
+    from devices.protocols.lorawan import UplinkIngest
+    from edge.clock import SimClock
+    from edge.events import Telemetry
+    from simulators.helppoints import SimButton
+
+    eui = "e757b0" + uuid.uuid4().hex[:10]
+    clock = SimClock(1_795_000_000.0)
+    got: list[Telemetry] = []
+    ingest = UplinkIngest(default_profiles(), {eui: ("HPL", "helppoint_button")}, got.append, clock)
+    url = urlsplit(mqtt_url)
+    async with aiomqtt.Client(url.hostname or "127.0.0.1", url.port or 1883, identifier=f"t-{eui}") as client:
+        await client.subscribe("v3/+/devices/+/up", qos=1)
+        sim = HelpPointSimulator([], None, clock, buttons=[SimButton("HPL", eui, "tts")], mqtt_url=mqtt_url,
+                                 heartbeat_s=3600.0)  # fmt: skip
+
+        async def collect() -> None:
+            async for msg in client.messages:
+                ingest.handle(str(msg.topic), bytes(msg.payload))  # type: ignore[arg-type]
+
+        task = asyncio.create_task(collect(), name="test.uplinks")
+        try:
+            async with sim:
+                await wait_until(lambda: bool(got), 10.0, "the first heartbeat")
+                assert got[-1].values["pressed"] is False
+                sim.press("HPL")
+                await wait_until(lambda: got[-1].values.get("pressed") is True, 10.0, "the press uplink")
+                assert got[-1].values["press_count"] == 1
+                sim.inject("HPL", "selftest_failed")
+                await wait_until(
+                    lambda: got[-1].values.get("selftest_failed") is True, 10.0, "the fault uplink"
+                )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
