@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,8 @@ from tui.inventory import Inventory, Position
 from tui.views.alarms import SEVERITIES, SEVERITY_STYLE
 from tui.views.base import DomainView
 from tui.views.charging import load_bar
-from tui.views.lighting import PRIORITY, STYLE, SYMBOL, LampStatus, LightingModel, LightingPlan
+from tui.views.helppoints import MAP_LEGEND, MAP_SYMBOL, MapKind, MapMark, map_marks, map_notes
+from tui.views.lighting import PRIORITY, STYLE, SYMBOL, LampStatus, LightingPlan
 from tui.views.waste import fill_bar, progress_bar
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ __all__ = [
     "fmt_when",
     "is_today",
     "legend",
+    "legend_lines",
     "level_block",
     "load_bar",
     "map_page",
@@ -61,6 +64,22 @@ def legend() -> Text:
         out.append(SYMBOL[status], STYLE[status])
         out.append(f" {status.value}  ")
     return out
+
+
+def legend_lines(helppoints: bool, width: int) -> list[Text]:
+    """The legend, and the help points' symbols (only when there are some) on the same line if
+    it has room, else on the next."""
+    lamps = legend()
+    if not helppoints:
+        return [lamps]
+    more = Text()
+    for kind, words in MAP_LEGEND.items():
+        more.append(*MAP_SYMBOL[kind])
+        more.append(f" {words}  ")
+    more.rstrip()
+    if lamps.cell_len + more.cell_len <= width:
+        return [lamps + more]
+    return [lamps, more]
 
 
 # ----- overview --------------------------------------------------------------------------------
@@ -215,6 +234,8 @@ def plan_chart(plan: LightingPlan | None, width: int, tz: tzinfo | None) -> Text
 
 # ----- map -------------------------------------------------------------------------------------
 
+HELPPOINT_ROWS = 2  # the calls' line and the unavailable help points' line under the map
+
 
 def _symbols(out: Text, statuses: Sequence[LampStatus | None]) -> None:
     """Append one symbol per status (None: blank), one span per run of equal statuses."""
@@ -255,11 +276,33 @@ def district_map(
     return _joined(district_lines(statuses, positions, width, height))
 
 
+@dataclass(frozen=True, slots=True)
+class _Grid:
+    """The map's projection for one area size: north up, a cell twice as high as wide."""
+
+    lat1: float  # the northern edge
+    lon0: float  # the western edge
+    kx: float  # km per degree of longitude here
+    ky: float
+    cell_km: float
+    rows: int
+    cols: int
+
+    def cell(self, lat: float, lon: float) -> tuple[int, int]:
+        """The (row, col) a position falls in, unclamped."""
+        c = round((lon - self.lon0) * self.kx / self.cell_km)
+        r = round((self.lat1 - lat) * self.ky / (2 * self.cell_km))
+        return r, c
+
+    def clamp(self, rc: tuple[int, int]) -> tuple[int, int]:
+        return min(max(rc[0], 0), self.rows - 1), min(max(rc[1], 0), self.cols - 1)
+
+
 @functools.lru_cache(maxsize=4)
 def _cells(
     positions: _Frozen, width: int, height: int
-) -> tuple[int, tuple[tuple[tuple[int, int], tuple[str, ...]], ...]]:
-    """(rows, ((row, col), lamp ids) per occupied cell): where each lamp falls, for one area size."""
+) -> tuple[_Grid, tuple[tuple[tuple[int, int], tuple[str, ...]], ...]]:
+    """(the projection, ((row, col), lamp ids) per occupied cell): where each lamp falls, for one area size."""
     placed = positions.items
     width, height = max(width, 4), max(height, 2)
     lat0, lat1 = min(p.lat for _, p in placed), max(p.lat for _, p in placed)
@@ -271,12 +314,11 @@ def _cells(
     cell_km = max(w_km / (width - 1), h_km / (2 * (height - 1)), 1e-9)
     cols = min(width, int(w_km / cell_km) + 1)
     rows = min(height, int(h_km / (2 * cell_km)) + 1)
-    grid: dict[tuple[int, int], list[str]] = {}
+    grid = _Grid(lat1, lon0, kx, ky, cell_km, rows, cols)
+    cells: dict[tuple[int, int], list[str]] = {}
     for lid, p in placed:
-        c = round((p.lon - lon0) * kx / cell_km)
-        r = round((lat1 - p.lat) * ky / (2 * cell_km))
-        grid.setdefault((min(max(r, 0), rows - 1), min(max(c, 0), cols - 1)), []).append(lid)
-    return rows, tuple((rc, tuple(ids)) for rc, ids in grid.items())
+        cells.setdefault(grid.clamp(grid.cell(p.lat, p.lon)), []).append(lid)
+    return grid, tuple((rc, tuple(ids)) for rc, ids in cells.items())
 
 
 class _Frozen:
@@ -296,25 +338,81 @@ class _Frozen:
 _frozen: dict[int, _Frozen] = {}
 
 
-def district_lines(
-    statuses: Mapping[str, LampStatus], positions: Mapping[str, Position], width: int, height: int
-) -> list[Text]:
-    """The district map as lines; where each lamp falls is worked out once per area size."""
+def _freeze(positions: Mapping[str, Position]) -> _Frozen:
     frozen = _frozen.get(id(positions))
     if frozen is None or len(frozen.items) != len(positions):
         frozen = _frozen[id(positions)] = _Frozen(positions)
-    rows, cells = _cells(frozen, width, height)
+    return frozen
+
+
+def district_lines(
+    statuses: Mapping[str, LampStatus],
+    positions: Mapping[str, Position],
+    width: int,
+    height: int,
+    marks: Sequence[MapMark] = (),
+) -> list[Text]:
+    """The district map as lines, the help points `marks` over the lamps; where each lamp falls
+    is worked out once per area size (the few help points are placed on every drawing)."""
+    grid, cells = _cells(_freeze(positions), width, height)
     worst: dict[tuple[int, int], LampStatus] = {}
     unknown = LampStatus.UNKNOWN
     for rc, ids in cells:
         worst[rc] = _worst([statuses.get(lid, unknown) for lid in ids])
-    cols = max((c for _, c in worst), default=0) + 1
+    on_map, _ = _place(marks, positions, grid)
+    cols = max((c for _, c in [*worst, *on_map]), default=0) + 1
+    by_row: dict[int, list[tuple[int, MapKind]]] = {}
+    for (r, c), kind in sorted(on_map.items()):
+        by_row.setdefault(r, []).append((c, kind))
     lines = []
-    for r in range(rows):
+    for r in range(grid.rows):
         line = Text()
-        _symbols(line, [worst.get((r, c)) for c in range(cols)])
+        row = [worst.get((r, c)) for c in range(cols)]
+        start = 0
+        for c, kind in by_row.get(r, ()):
+            _symbols(line, row[start:c])
+            line.append(*MAP_SYMBOL[kind])
+            start = c + 1
+        _symbols(line, row[start:])
         lines.append(line)
     return lines
+
+
+def mark_position(mark: MapMark, positions: Mapping[str, Position]) -> tuple[float, float] | None:
+    """Where a help point stands: its own position, else its post's in the inventory."""
+    if mark.lat is not None and mark.lon is not None:
+        return mark.lat, mark.lon
+    post = positions.get(mark.post or "")
+    return None if post is None else (post.lat, post.lon)
+
+
+def _place(
+    marks: Sequence[MapMark], positions: Mapping[str, Position], grid: _Grid
+) -> tuple[dict[tuple[int, int], MapKind], int]:
+    """The cell of each help point on the map, a cell with several showing the most urgent, and
+    how many are left out (no position, or more than a cell off the lamps' area)."""
+    out: dict[tuple[int, int], MapKind] = {}
+    rank = list(MAP_SYMBOL)
+    missed = 0
+    for mark in marks:
+        where = mark_position(mark, positions)
+        r, c = grid.cell(*where) if where is not None else (-2, -2)
+        if not (-1 <= r <= grid.rows and -1 <= c <= grid.cols):
+            missed += 1
+            continue
+        rc = grid.clamp((r, c))
+        if rc not in out or rank.index(mark.kind) < rank.index(out[rc]):
+            out[rc] = mark.kind
+    return out, missed
+
+
+def helppoints_off_map(
+    marks: Sequence[MapMark], positions: Mapping[str, Position], width: int, height: int
+) -> int:
+    """How many help points `district_lines` (same area) leaves out."""
+    if not marks:
+        return 0
+    return _place(marks, positions, _cells(_freeze(positions), width, height)[0])[1]
 
 
 def segment_map(
@@ -370,14 +468,18 @@ def ack_text(ack: Ack) -> Text:
     return out
 
 
-def map_page(model: LightingModel, inventory: Inventory | None) -> Callable[[int, int], list[Text]]:
-    """The Map page as lines, drawn to the view's size: the district if there is an inventory, else by segment."""
+def map_page(model: SiteModel, inventory: Inventory | None) -> Callable[[int, int], list[Text]]:
+    """The Map page as lines, drawn to the view's size: the district if there is an inventory, else
+    by segment; the help points' calls and unavailable ones listed (and drawn, on the district)."""
     statuses = model.statuses()
+    marks = map_marks(model)
 
     def draw(width: int, height: int) -> list[Text]:
-        lines = [legend()]
+        lines = legend_lines(bool(marks), width)
+        notes = map_notes(marks, width)
         if inventory is None:
             lines.append(Text("No inventory (--inventory FILE): lamps by segment, in id order.", "italic"))
+            lines += notes  # above the segments, which may run for pages
             segments = model.segments()
             lines += (
                 segment_lines(segments, statuses, width)
@@ -386,11 +488,19 @@ def map_page(model: LightingModel, inventory: Inventory | None) -> Callable[[int
             )
         elif not inventory.positions:
             lines.append(Text("The inventory has no lamp positions.", "italic"))
+            lines += notes
         else:
-            lines += district_lines(statuses, inventory.positions, width, max(4, height - 3))
+            # Room for the notes whenever there are help points, so the lamps' cells (worked out
+            # per area size) are not worked out again each time a help point comes or goes.
+            area = max(4, height - 2 - len(lines) - (HELPPOINT_ROWS if marks else 0))
+            lines += district_lines(statuses, inventory.positions, width, area, marks)
+            lines += notes
             unplaced = sum(1 for lid in statuses if lid not in inventory.positions)
             if unplaced:
                 lines.append(Text(f"{unplaced} lamp(s) not in the inventory are not drawn.", "italic"))
+            off = helppoints_off_map(marks, inventory.positions, width, area)
+            if off:
+                lines.append(Text(f"{off} help point(s) not within the map are not drawn.", "italic"))
         return lines
 
     return draw

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from rich.text import Text
@@ -10,9 +12,22 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from edge.payloads_safety import Escalation, HelpPointState, IncidentMessage
-from tests.tui.test_app import BASE, SITE, T0, FakeRequester, ack, command_line, dump, make_app
+from tests.tui.test_app import (
+    BASE,
+    INVENTORY_CSV,
+    SITE,
+    T0,
+    FakeRequester,
+    ack,
+    command_line,
+    dump,
+    make_app,
+    recorded_model,
+)
+from tui import render
 from tui.app import DashboardApp, MqttEvent
 from tui.client import Received
+from tui.inventory import Inventory, load_positions
 from tui.model import Change, SiteModel
 from tui.screens import ConfirmDialog
 from tui.views.helppoints import (
@@ -23,7 +38,8 @@ from tui.views.helppoints import (
     incident_row,
     parse_incident_comment,
 )
-from tui.widgets import FilterTable
+from tui.views.pages import MapPage
+from tui.widgets import FilterTable, LinesView
 
 
 def incident(inc_id: str = "inc-0001", status: str = "open", **changes: object) -> IncidentMessage:
@@ -159,6 +175,152 @@ def test_comment_is_optional_for_an_ack_only() -> None:
     for action in ("note", "close"):
         with pytest.raises(ValueError, match="comment"):
             parse_incident_comment(action, "")  # type: ignore[arg-type]
+
+
+# ----- on the district map ----------------------------------------------------------------------
+
+# The inventory's lamps are a 4 x 3 grid: L0001 the south-west corner, L0012 the north-east one.
+L0001, L0012 = (51.5050, 7.4600), (51.5062, 7.4624)
+ON_MAP = [
+    helppoint("HP-L0001", post="L0001", street="parkweg-westpark", lat=L0001[0], lon=L0001[1]),
+    # no position of its own: drawn at its post's, from the inventory
+    helppoint("HP-L0006", online=False, post="L0006", street="parkweg-westpark"),
+    helppoint(
+        "HP-L0012", post="L0012", street="Hohe Straße", lat=L0012[0], lon=L0012[1], incident="inc-0001"
+    ),
+]
+CALL_AT_L0012 = incident(helppoint="HP-L0012", post="L0012", lat=L0012[0], lon=L0012[1])
+
+
+def inventory(tmp_path: Path) -> Inventory:
+    path = tmp_path / "inv.csv"
+    path.write_text(INVENTORY_CSV)
+    return load_positions(path)
+
+
+def style_at(line: Text, col: int) -> str:
+    return " ".join(str(s.style) for s in line.spans if s.start <= col < s.end)
+
+
+@pytest.mark.parametrize(("width", "height"), [(40, 12), (80, 24), (160, 50)])
+def test_map_draws_help_points_over_their_lamps(tmp_path: Path, width: int, height: int) -> None:
+    """Available +, unavailable !, a call H, each in the cell of the lamp post it is in (the lamps'
+    own projection); the calls and the unavailable ones are named under the map."""
+    inv = inventory(tmp_path)
+    model = recorded_model()
+    model.apply_all([*ON_MAP, retained(CALL_AT_L0012)])
+    lines = render.map_page(model, inv)(width, height)
+    assert len(lines) <= height
+    heads = len(render.legend_lines(True, width))  # the help points' legend on a line of its own if need be
+    assert heads == (1 if width >= 100 else 2)
+    assert all(line.cell_len <= width for line in lines[1:])
+    legend = " ".join(line.plain for line in lines[:heads])
+    for words in ("+ help point", "! unavailable", "H call"):
+        assert words in legend
+    calls = next(i for i, line in enumerate(lines) if line.plain.startswith("emergency call: "))
+    drawn = lines[heads:calls]
+    # the same area without the help points: they replace exactly their lamps' symbols
+    area = height - 2 - heads - render.HELPPOINT_ROWS
+    lamps = render.district_lines(model.statuses(), inv.positions, width, area)
+    changed = {
+        (r, c): ch
+        for r, (a, b) in enumerate(zip(lamps, drawn, strict=True))
+        for c, (old, ch) in enumerate(zip(a.plain, b.plain, strict=True))
+        if old != ch
+    }
+    bottom, top = len(drawn) - 1, 0
+    east = len(drawn[0].plain) - 1
+    middle = next((r, c) for (r, c), ch in changed.items() if ch == "!")
+    assert changed == {(bottom, 0): "+", middle: "!", (top, east): "H"}
+    assert lamps[middle[0]].plain[middle[1]] == render.SYMBOL[model.statuses()["L0006"]]  # L0006's cell
+    assert 0 < middle[0] < bottom
+    assert 0 < middle[1] < east
+    assert "cyan" in style_at(drawn[bottom], 0)
+    assert "red" in style_at(drawn[middle[0]], middle[1])
+    assert "reverse" in style_at(drawn[top], east)
+    notes = [line.plain.rstrip("…") for line in lines[calls:]]  # cut to the width
+    assert "emergency call: HP-L0012 (Hohe Straße, post L0012; inc-0001 NOT ACKNOWLEDGED)".startswith(
+        notes[0]
+    )
+    assert "help point unavailable: HP-L0006 (parkweg-westpark, post L0006)".startswith(notes[1])
+    assert len(notes[1]) > 30
+    if width >= 80:
+        assert notes[1] == "help point unavailable: HP-L0006 (parkweg-westpark, post L0006)"
+    assert not any("HP-L0001" in n for n in notes)  # an available one is only drawn
+
+
+def test_map_without_help_points_is_unchanged(tmp_path: Path) -> None:
+    """No help points: the legend, the area and the lines of the lamps alone."""
+    inv = inventory(tmp_path)
+    model = recorded_model()
+    lines = render.map_page(model, inv)(80, 24)
+    assert lines[0].plain == render.legend().plain
+    assert "help point" not in "".join(line.plain for line in lines)
+    lamps = render.district_lines(model.statuses(), inv.positions, 80, 21)
+    assert [line.plain for line in lines[1:]] == [line.plain for line in lamps]
+
+
+def test_map_notes_fit_the_width_and_say_what_is_not_drawn(tmp_path: Path) -> None:
+    """Many unavailable help points: as many as fit, then how many more; one far away is not drawn
+    (and said so), one with neither a position nor a known post neither."""
+    model = recorded_model()
+    down = [helppoint(f"HP-{i:03d}", online=False, post="L0006", street="parkweg-westpark") for i in range(9)]
+    far = helppoint("HP-FAR", post="L9999", lat=52.0, lon=8.0)
+    nowhere = helppoint("HP-NOWHERE", post="L9998")
+    model.apply_all([*down, far, nowhere])
+    lines = [line.plain for line in render.map_page(model, inventory(tmp_path))(80, 24)]
+    note = next(line for line in lines if line.startswith("help point unavailable: HP-000 ("))
+    assert len(note) <= 80
+    assert note.endswith(" more")
+    listed = note.count("(parkweg-westpark, post L0006)")
+    assert f"+{9 - listed} more" in note
+    assert "2 help point(s) not within the map are not drawn." in lines
+    assert not any("emergency call" in line for line in lines)
+
+
+def test_map_without_inventory_lists_help_points_above_the_segments() -> None:
+    """No positions to draw at: the unavailable help points are still named, before the segments."""
+    model = recorded_model()
+    model.apply_all(ON_MAP[1:2])
+    lines = [line.plain for line in render.map_page(model, None)(80, 24)]
+    note = lines.index("help point unavailable: HP-L0006 (parkweg-westpark, post L0006)")
+    assert lines[note - 1].startswith("No inventory")
+    assert lines[note + 1].startswith("hohe-strasse (4)")  # the first segment
+
+
+async def test_map_redraws_when_a_help_point_goes_unavailable(tmp_path: Path) -> None:
+    """The Map shows help point changes: offline, the ! and its line; back online, a + again."""
+    assert Change.HELPPOINTS in MapPage.shows
+    path = tmp_path / "inv.csv"
+    path.write_text(INVENTORY_CSV)
+    app = make_app(inventory=path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        view = app.query_one("#map", LinesView)
+        await until(pilot, lambda: view.plain.startswith("X FAILED"))
+        assert "help point" not in view.plain
+        await feed(pilot, ON_MAP[0], ON_MAP[1])
+        await until(pilot, lambda: "help point unavailable: HP-L0006" in view.plain)
+        drawn = map_cells(view)
+        assert drawn.count("!") == 1
+        assert drawn.count("+") == 1
+        await feed(pilot, helppoint("HP-L0006", post="L0006", street="parkweg-westpark"))
+        await until(pilot, lambda: "help point unavailable" not in view.plain)
+        assert "!" not in map_cells(view)
+        assert map_cells(view).count("+") == 2
+
+
+def map_cells(view: LinesView) -> str:
+    """The map's cells, without the legend (its symbols in words) and the lines under the map."""
+    lines = view.plain.splitlines()
+    return "\n".join(line for line in lines if not any(w in line for w in ("FAILED", "help point", ":")))
+
+
+async def until(pilot: Pilot[int], cond: Callable[[], bool]) -> None:
+    """Let the app run until `cond()` holds (the Map redraws at most once a second)."""
+    async with asyncio.timeout(5):
+        while not cond():
+            await pilot.pause(0.05)
 
 
 # ----- the app: a new call takes the operator ----------------------------------------------------

@@ -2,7 +2,8 @@
 
 A call nobody has seen yet must not wait for the operator to open this view: the fold of a new
 open incident raises an `Interrupt` (the app rings, opens this view on the call) and `alert`
-keeps a line on every page while any call is unacknowledged.
+keeps a line on every page while any call is unacknowledged. The Map draws each help point over
+its post (`map_marks`) and names the calls and the unavailable ones under the district (`map_notes`).
 """
 
 from __future__ import annotations
@@ -244,6 +245,88 @@ def overview_lines(out: Text, model: HelpPointsModel) -> None:
     if failed:
         out.append(f" · {failed} self-test FAILED", "bold red")
     out.append("\n")
+
+
+# ----- on the district map ----------------------------------------------------------------------
+
+MapKind = Literal["call", "unavailable", "available"]
+# kind -> (symbol, style), most urgent first: a cell with several help points shows the first kind.
+MAP_SYMBOL: dict[MapKind, tuple[str, str]] = {
+    "call": ("H", "bold red reverse"),
+    "unavailable": ("!", "bold red"),
+    "available": ("+", "bold cyan"),
+}
+MAP_LEGEND: dict[MapKind, str] = {"available": "help point", "unavailable": "unavailable", "call": "call"}
+
+
+@dataclass(frozen=True, slots=True)
+class MapMark:
+    """A help point as the district map draws it: where (its own position, else its call's, else
+    the post's in the inventory), what it shows, and how it is named under the map."""
+
+    id: str
+    kind: MapKind
+    lat: float | None
+    lon: float | None
+    post: str | None
+    place: str  # "Hohe Straße, post L0042"
+    unavailable: bool
+    call: str | None  # its open call: "inc-0001 NOT ACKNOWLEDGED"
+
+
+def map_marks(model: HelpPointsModel) -> list[MapMark]:
+    """Every help point the model knows (by its state or by a call), in id order."""
+    calls: dict[str, IncidentMessage] = {}
+    for open_call in model.incidents_sorted():  # open before acknowledged: the first one wins
+        calls.setdefault(open_call.helppoint, open_call)
+    marks = []
+    for hid in sorted(model.helppoints.keys() | calls.keys()):
+        hp, inc = model.helppoints.get(hid), calls.get(hid)
+        unavailable = hp is not None and not hp.online
+        call = None
+        if inc is not None:
+            call = f"{inc.id} {'NOT ACKNOWLEDGED' if inc.status == 'open' else 'acknowledged'}"
+        elif hp is not None and hp.incident:  # its state names a call not received yet
+            call = hp.incident
+        lat, lon = (hp.lat, hp.lon) if hp is not None else (None, None)
+        if (lat is None or lon is None) and inc is not None:
+            lat, lon = inc.lat, inc.lon
+        post = (hp.post if hp is not None else None) or (inc.post if inc is not None else None)
+        street = (hp.street if hp is not None else None) or (inc.street if inc is not None else None)
+        kind: MapKind = "call" if call else "unavailable" if unavailable else "available"
+        place = f"{street or '-'}, post {post or '-'}"
+        marks.append(MapMark(hid, kind, lat, lon, post, place, unavailable, call))
+    return marks
+
+
+def map_notes(marks: list[MapMark], width: int) -> list[Text]:
+    """The lines under the map: the calls, then the help points unavailable, each listed while
+    the line has room (then how many more), so the map keeps its height."""
+    out = []
+    calls = [(m.id, f"{m.place}; {m.call}") for m in marks if m.call]
+    down = [(m.id, m.place) for m in marks if m.unavailable]
+    for head, style, items in (
+        ("emergency call: ", "bold red", calls),
+        ("help point unavailable: ", "bold red", down),
+    ):
+        if items:
+            out.append(_listed(head, style, [f"{i} ({p})" for i, p in items], width))
+    return out
+
+
+def _listed(head: str, style: str, items: list[str], width: int) -> Text:
+    """`head` then as many `items` as fit in `width`, and `+N more` (see the Help points view)."""
+    line = Text(head, style)
+    for n, item in enumerate(items):
+        rest = len(items) - n - 1
+        more = f", +{rest} more" if rest else ""
+        sep = ", " if n else ""
+        if n and line.cell_len + len(sep) + len(item) + len(more) > width:
+            line.append(f", +{len(items) - n} more")
+            break
+        line.append(sep + item)
+    line.truncate(width, overflow="ellipsis")  # one call too long for the line: cut, not wrapped
+    return line
 
 
 # ----- the pane ----------------------------------------------------------------------------------

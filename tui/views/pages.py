@@ -33,11 +33,12 @@ class OverviewPage(DomainView):
 
 
 class MapPage(DomainView):
-    """The district by the inventory's positions (or the lamps by segment without one)."""
+    """The district by the inventory's positions (or the lamps by segment without one), with the
+    help points over the lamps: a help point going unavailable or taking a call redraws it."""
 
     id = "map"
     title = "Map"
-    shows = frozenset({Change.LAMP})
+    shows = frozenset({Change.LAMP, Change.HELPPOINTS})
 
     def compose(self) -> ComposeResult:
         # 53,800 lamps are a page of 1,100 lines: only those on screen are drawn, at most once a second.
