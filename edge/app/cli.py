@@ -418,13 +418,14 @@ async def _simulate_displays(args: argparse.Namespace) -> int:
 
 async def _simulate_helppoints(args: argparse.Namespace) -> int:
     """`edge simulate helppoints --config SITE`: the site's lamp controllers with the help-point
-    blocks of its Modbus help points; presses and faults on `dos/sim/helppoints/faults`."""
+    blocks of its Modbus help points, and its LoRaWAN buttons (uplinks to the site's broker, or
+    `--mqtt`); presses and faults on `dos/sim/helppoints/faults`."""
     from devices.inventory import load_inventory
     from edge.app.demo import sim_controllers
     from edge.app.domains.helppoints import endpoints_of
     from edge.settings import load_settings
     from simulators import sim_clock
-    from simulators.helppoints import HelpPointSimulator, SimHelpPoint, block_ranges
+    from simulators.helppoints import HelpPointSimulator, SimButton, SimHelpPoint, block_ranges
     from simulators.lighting import LightingSimulator
 
     if not args.config:
@@ -435,10 +436,14 @@ async def _simulate_helppoints(args: argparse.Namespace) -> int:
     points = [
         SimHelpPoint(hp, ep.endpoint_id, slot) for ep in endpoints_of(settings, inv) for slot, hp in ep.points
     ]
+    # LoRaWAN buttons send their uplinks to the site's broker, as its network server would
+    buttons = [SimButton(p.id, p.dev_eui, "chirpstack") for p in settings.helppoints.points if p.dev_eui]
     clock = sim_clock(args.speed, None)
     async with (
         LightingSimulator(sim_controllers(inv, extra=block_ranges(points)), clock) as sim,
-        HelpPointSimulator(points, sim, clock) as hsim,
+        HelpPointSimulator(
+            points, sim, clock, buttons=buttons, mqtt_url=args.mqtt or settings.mqtt.url
+        ) as hsim,
     ):
         for spec in args.fault:
             target, _, fault = spec.partition(":")
