@@ -208,6 +208,16 @@ async def test_a_press_raises_the_lamps_around_the_post_until_the_incident_is_cl
         assert again["reason"].startswith("incident_closed")
         unknown = await s.request("cmd/helppoints/incidents/inc-0-0", {"action": "ack"})
         assert unknown["ok"] is False
+        # the operator's handling of the call is in the audit, with who and the comments
+        await s.flush_storage()
+        rows = await asyncio.to_thread(d.storage.audit, None, inc_id)
+        assert [(r.point, r.source) for r in rows] == [
+            ("incident_ack", "operator:mqtt"),
+            ("incident_close", "operator:mqtt"),
+        ]
+        # the lamps' raise and release are audited as the commands they are
+        lamp_rows = await asyncio.to_thread(d.storage.audit, None, "L1")
+        assert any(r.source == f"helppoint:{inc_id}" for r in lamp_rows)
         assert unknown["reason"].startswith("unknown_incident")
 
 
