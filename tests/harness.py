@@ -94,6 +94,43 @@ level = "warning"
     return tmp / "site.toml"
 
 
+def one_controller_site(
+    tmp: Path,
+    site: str,
+    mqtt_url: str,
+    db_url: str,
+    lamps: list[tuple[str, float, float]],
+    tables: str,
+    *,
+    segment: str = "s",
+    lighting_class: str = "P4",
+) -> Path:
+    """A site of one lamp controller on a free port with `lamps` (id, lat, lon) in one segment,
+    polled fast, and the domain `tables` (TOML) a test adds; returns the config path."""
+    port = free_port()
+    with (tmp / "inventory.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(
+            fh, fieldnames=["id", "lat", "lon", "segment", "lighting_class", "controller", "port", "index"]
+        )
+        w.writeheader()
+        for i, (lamp, lat, lon) in enumerate(lamps):
+            w.writerow({"id": lamp, "lat": lat, "lon": lon, "segment": segment, "lighting_class": lighting_class,
+                        "controller": "c1", "port": port, "index": i})  # fmt: skip
+    head = f"""
+[site]
+id = "{site}"
+[storage]
+url = "{db_url}"
+[mqtt]
+url = "{mqtt_url}"
+client_id = "edge-{site}"
+[lighting]
+poll_interval_s = 0.1
+"""
+    (tmp / "site.toml").write_text(head + tables, encoding="utf-8")
+    return tmp / "site.toml"
+
+
 @dataclass
 class Site:
     """The running daemon, its simulator, and a test client on the broker."""

@@ -6,13 +6,12 @@ LoRaWAN bay sensors in ChirpStack format, a car park counter over MQTT, the ligh
 
 from __future__ import annotations
 
-import csv
 import uuid
 from pathlib import Path
 
 import aiomqtt
 import orjson
-from harness import NIGHT, Site, wait_for
+from harness import NIGHT, Site, one_controller_site, wait_for
 
 from devices.inventory import load_inventory
 from devices.profiles.lorawan import default_profiles
@@ -31,25 +30,7 @@ BAYS = tuple(f"70b3d57ed000000{i}" for i in range(1, 7))  # a sensor in each of 
 def write_site(
     tmp: Path, site: str, mqtt_url: str, db_url: str, board: str, sign: str, sign_port: int
 ) -> Path:
-    port = free_port()
-    with (tmp / "inventory.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(
-            fh, fieldnames=["id", "lat", "lon", "segment", "lighting_class", "controller", "port", "index"]
-        )
-        w.writeheader()
-        w.writerow({"id": "L1", "lat": 51.51, "lon": 7.45, "segment": "s", "lighting_class": "P4", "controller": "c",
-                    "port": port, "index": 0})  # fmt: skip
-    (tmp / "site.toml").write_text(
-        f"""
-[site]
-id = "{site}"
-[storage]
-url = "{db_url}"
-[mqtt]
-url = "{mqtt_url}"
-client_id = "edge-{site}"
-[lighting]
-poll_interval_s = 0.1
+    return one_controller_site(tmp, site, mqtt_url, db_url, [("L1", 51.51, 7.45)], f"""
 [displays]
 min_update_s = 0
 step_s = 0.1
@@ -64,10 +45,7 @@ car_parks = [
 approaches = [ {{ id = "north", lat = 51.509, lon = 7.454, demand = 1, signs = ["{board}", "{sign}"] }} ]
 [logging]
 level = "warning"
-""",
-        encoding="utf-8",
-    )
-    return tmp / "site.toml"
+""")  # fmt: skip
 
 
 async def test_car_park_fills_and_signs_change(tmp_path: Path, mqtt_url: str, database_url: str) -> None:

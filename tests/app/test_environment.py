@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,14 +19,13 @@ from typing import Any
 import aiomqtt
 import orjson
 import xmlschema
-from harness import NIGHT, Site, wait_for
+from harness import NIGHT, Site, one_controller_site, wait_for
 
 from devices.inventory import load_inventory
 from devices.profiles.lorawan import default_profiles
 from edge.app.daemon import running
 from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.net import free_port
 from edge.settings import load_settings
 from simulators.displays import DisplaySimulator, SimBoard
 from simulators.environment import StormScenario, StormSimulator, storm_sensor_table, storm_sensors
@@ -50,27 +48,9 @@ def _sensors_toml(prefix: int) -> str:
 
 
 def write_site(tmp: Path, site: str, mqtt_url: str, db_url: str, board: str, prefix: int, mode: str) -> Path:
-    port = free_port()
     rows = storm_sensor_table(prefix)
     lat0, lon0 = rows[0]["lat"], rows[0]["lon"]
-    with (tmp / "inventory.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(
-            fh, fieldnames=["id", "lat", "lon", "segment", "lighting_class", "controller", "port", "index"]
-        )
-        w.writeheader()
-        w.writerow({"id": "L1", "lat": lat0, "lon": lon0, "segment": "s", "lighting_class": "P4", "controller": "c1",
-                    "port": port, "index": 0})  # fmt: skip
-    (tmp / "site.toml").write_text(
-        f"""
-[site]
-id = "{site}"
-[storage]
-url = "{db_url}"
-[mqtt]
-url = "{mqtt_url}"
-client_id = "edge-{site}"
-[lighting]
-poll_interval_s = 0.1
+    return one_controller_site(tmp, site, mqtt_url, db_url, [("L1", lat0, lon0)], f"""
 [displays]
 min_update_s = 0
 step_s = 0.1
@@ -113,10 +93,7 @@ lines = ["PEGEL STEIGT"]
 
 [logging]
 level = "warning"
-""",
-        encoding="utf-8",
-    )
-    return tmp / "site.toml"
+""")  # fmt: skip
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 
 import aiomqtt
 import orjson
-from harness import NIGHT, Site, wait_for
+from harness import NIGHT, Site, one_controller_site, wait_for
 
 from controllers.lighting import LEVEL_POINT
 from devices.inventory import load_inventory
@@ -27,7 +26,6 @@ from devices.profiles.lorawan import default_profiles
 from edge.app.daemon import running
 from edge.app.demo import sim_controllers
 from edge.clock import SimClock
-from edge.net import free_port
 from edge.settings import load_settings
 from simulators.displays import DisplaySimulator, SimBoard
 from simulators.helppoints import HelpPointSimulator, SimHelpPoint, block_ranges
@@ -41,26 +39,8 @@ STEP = 0.0002  # about 22 m between posts
 def write_site(
     tmp: Path, site: str, mqtt_url: str, db_url: str, board: str, ack_timeout_s: float, extra: str = ""
 ) -> Path:
-    port = free_port()
-    with (tmp / "inventory.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(
-            fh, fieldnames=["id", "lat", "lon", "segment", "lighting_class", "controller", "port", "index"]
-        )
-        w.writeheader()
-        for i in range(LAMPS):
-            w.writerow({"id": f"L{i + 1}", "lat": 51.51 + i * STEP, "lon": 7.45, "segment": "kreuzstrasse",
-                        "lighting_class": "P4", "controller": "c1", "port": port, "index": i})  # fmt: skip
-    (tmp / "site.toml").write_text(
-        f"""
-[site]
-id = "{site}"
-[storage]
-url = "{db_url}"
-[mqtt]
-url = "{mqtt_url}"
-client_id = "edge-{site}"
-[lighting]
-poll_interval_s = 0.1
+    lamps = [(f"L{i + 1}", 51.51 + i * STEP, 7.45) for i in range(LAMPS)]
+    return one_controller_site(tmp, site, mqtt_url, db_url, lamps, f"""
 [displays]
 min_update_s = 0
 step_s = 0.1
@@ -76,10 +56,7 @@ points = [
 ]
 [logging]
 level = "warning"
-""",
-        encoding="utf-8",
-    )
-    return tmp / "site.toml"
+""", segment="kreuzstrasse")  # fmt: skip
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from edge.app.north import requester
 from edge.clock import Clock
+from edge.decode import check_id
 from edge.dispatcher import AuditRecord, Dispatcher, new_command_id
 from edge.errors import PayloadError
 from edge.events import Command, CommandResult, Outcome, Priority
@@ -76,6 +77,16 @@ class Request:
     def who(self) -> str:
         """The broker user named in the MQTT 5 user property `user` (`edge.app.north.requester`)."""
         return requester(self.msg)
+
+    def operator(self, declared: str = "") -> str:
+        """`operator:<who>`: the broker user, or for a client the broker does not name (MQTT 3.1.1)
+        the `by` it declares in the payload (an id, else an `invalid_id` refusal)."""
+        who = self.who()
+        if who == "mqtt" and declared:
+            if (bad := check_id(declared, "by")) is not None:
+                raise PayloadError(bad.reason, bad.detail)
+            who = declared
+        return f"operator:{who}"
 
 
 Handler = Callable[[Request], Awaitable[Ack]]

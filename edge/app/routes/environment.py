@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from controllers.environment import EnvironmentController, EnvironmentError
 from edge.app.routes.base import Request, Route, RouteKit, parse
-from edge.decode import check_id
 from edge.errors import PayloadError
 from edge.payloads import Ack
 from edge.payloads_safety import EnvWarningRequest
@@ -16,12 +15,7 @@ def routes(kit: RouteKit, env: EnvironmentController) -> list[Route]:
     async def warning(r: Request) -> Ack:
         warning_id = r.parts[3]
         req = parse(EnvWarningRequest, r.raw)
-        who = r.who()
-        if who == "mqtt" and req.by:
-            if (bad := check_id(req.by, "by")) is not None:
-                raise PayloadError(bad.reason, bad.detail)
-            who = req.by
-        source = f"operator:{who}"
+        source = r.operator(req.by)
         try:
             w = env.decide(warning_id, req.action, source)
         except EnvironmentError as exc:

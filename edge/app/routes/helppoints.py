@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from controllers.helppoints import HelpPointController, IncidentError
 from edge.app.routes.base import Request, Route, RouteKit, parse
-from edge.decode import check_id
 from edge.dispatcher import AuditRecord, new_command_id
 from edge.errors import PayloadError
 from edge.events import Command, Outcome, Priority
@@ -18,12 +17,7 @@ def routes(kit: RouteKit, helppoints: HelpPointController) -> list[Route]:
     async def incident(r: Request) -> Ack:
         incident_id = r.parts[3]
         req = parse(IncidentRequest, r.raw)
-        who = r.who()
-        if who == "mqtt" and req.by:
-            if (bad := check_id(req.by, "by")) is not None:
-                raise PayloadError(bad.reason, bad.detail)
-            who = req.by
-        source = f"operator:{who}"
+        source = r.operator(req.by)
         try:
             if req.action == "ack":
                 inc = helppoints.acknowledge(incident_id, source, req.comment)
