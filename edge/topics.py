@@ -39,6 +39,7 @@ class Topic:
     summary: str
     domain: str = "site"
     reply: bool = False
+    content_type: str = "application/json"
 
     @property
     def params(self) -> list[str]:
@@ -169,8 +170,9 @@ TOPICS: tuple[Topic, ...] = (
           "or over.", domain="environment"),
     _receive("cmd_env_warning", "cmd/environment/warnings/{warning}", "env_warning_request",
              "Confirm or reject a proposed warning, or withdraw one in force.", domain="environment"),
-    _send("cap", "alerts/cap/{warning}", "cap",
-          "Retained CAP 1.2 XML per public warning (operator or rule): Alert, Update on a change, Cancel."),
+    Topic("cap", "alerts/cap/{warning}", "send", "cap", True, 1,
+          "Retained CAP 1.2 XML per public warning (operator or rule): Alert, Update on a change, Cancel.",
+          content_type="application/cap+xml"),
 )  # fmt: skip
 
 _BY_NAME = {t.name: t for t in TOPICS}

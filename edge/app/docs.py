@@ -17,6 +17,9 @@ from optimizer.displays import GuidancePlan
 # The contract: the kernel's payloads and the domain models published as they are.
 PUBLISHED_MODELS: dict[str, type[BaseModel]] = {**KERNEL_MODELS, "guidance_plan": GuidancePlan}
 
+# Messages that are not JSON (CAP alerts are XML), by payload key, from the topic table.
+CONTENT_TYPES = {t.payload: t.content_type for t in TOPICS if t.content_type != "application/json"}
+
 # (channel address, message keys, action, summary) per topic of `edge.topics.TOPICS`, in its order:
 # `send` = the daemon publishes.
 CHANNELS: list[tuple[str, str, str, str]] = [
@@ -74,7 +77,9 @@ def asyncapi() -> dict[str, Any]:
         "operations": operations,
         "components": {
             "messages": {
-                name: {"name": name, "payload": {"$ref": f"schemas/{name}.json"}} for name in PUBLISHED_MODELS
+                name: {"name": name, "payload": {"$ref": f"schemas/{name}.json"}}
+                | ({"contentType": CONTENT_TYPES[name]} if name in CONTENT_TYPES else {})
+                for name in PUBLISHED_MODELS
             }
         },
     }

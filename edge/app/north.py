@@ -70,6 +70,7 @@ STATE_KEYS = frozenset(
 """Keys whose change republishes a device's retained state (lamps, chargers, displays, controllers)."""
 CHARGER_KEYS = STATE_KEYS | {"planned_a"}  # the charging controller's plan for the point (derived)
 POWER_DEADBAND = 0.05
+JSON = "application/json"
 """A lamp's retained state follows its power once it moved this share (or 1 W) from what was last
 published: fresh for the dashboard's W column and site total, without an outbox write per noisy reading."""
 YIELD_EVERY = 200  # work items between yields to the event loop in bulk loops
@@ -318,7 +319,7 @@ class North:
         self._history: deque[AlarmMessage] = deque(maxlen=ALARM_HISTORY)
         self._history_dirty = False
         self.safety = SafetyNorth(self._send, clock, sender=sender or f"{base.rsplit('/', 1)[-1]}@dos-edge",
-                                  site_name=site_name)  # fmt: skip
+                                  site_name=site_name or base.rsplit("/", 1)[-1])  # fmt: skip
 
     def topic(self, name: str, **params: str) -> str:
         """The concrete topic of a table entry under this site's base."""
@@ -441,6 +442,8 @@ class North:
                 pub.publish_fast(topic, payload, retain=t.retained)
             elif states and t.retained:
                 pub.publish_state(topic, payload)
+            elif t.content_type != JSON:  # CAP's XML: one at a time, with its own content type
+                await pub.publish_reliable(topic, payload, retain=t.retained, content_type=t.content_type)
             else:
                 reliable.append((topic, payload, t.retained))
         # Appended together, so the outbox commits them as one batch (one disk sync), and

@@ -49,6 +49,7 @@ class Recorder:
 
     sent: list[tuple[str, bytes, bool, int]] = field(default_factory=list)
     busy: int = 0  # batches to refuse first, as an outbox that gave up on a busy database
+    types: dict[str, str | None] = field(default_factory=dict)  # content type of single messages
 
     async def publish_reliable(
         self,
@@ -61,6 +62,7 @@ class Recorder:
         content_type: str | None = "application/json",
     ) -> None:
         self.sent.append((topic, payload, retain, 1))
+        self.types[topic] = content_type
 
     async def publish_reliable_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> None:
         if self.busy:
@@ -248,3 +250,20 @@ async def test_plans_go_out_as_the_controllers_made_them(rig: Rig) -> None:
     assert (orjson.loads(plan)["plan"], retained, qos) == (guidance, True, 1)
     assert rig.pub.on(f"{BASE}/plans/waste") == []
     assert rig.pub.on(f"{BASE}/waste/plan") == []
+
+
+async def test_a_public_warning_goes_out_as_cap_xml_with_its_content_type(rig: Rig) -> None:
+    """A warning on the displays' list is also a CAP 1.2 Alert, retained, marked as CAP XML for
+    MQTT 5 clients (every other topic is JSON)."""
+    now = 1000.0
+    warning = {"id": "storm-1", "severity": "severe", "lines": ["STURM"], "displays": [], "start": now,
+               "end": now + 600, "source": "operator:anna", "public": True, "area": None}  # fmt: skip
+    rig.bus.publish(PlanEvent("warnings", now, {"warnings": [warning]}))
+    await rig.settle()
+    topic = f"{BASE}/alerts/cap/storm-1"
+    ((payload, retained, qos),) = rig.pub.on(topic)
+    assert retained
+    assert qos == 1
+    assert payload.startswith(b"<?xml")
+    assert b"<msgType>Alert</msgType>" in payload
+    assert rig.pub.types[topic] == "application/cap+xml"
