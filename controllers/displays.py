@@ -102,6 +102,7 @@ class _Shown:
     lines: tuple[str, ...] = ()
     arrow: str = "none"
     at: float = -math.inf
+    expires: float | None = None  # a warning's end: its content holds the display until then
 
 
 @dataclass(slots=True)
@@ -420,10 +421,12 @@ class DisplayController:
                 continue  # never answered yet: a write now could only fail; sent once it is online
             kind, lines, arrow, expires = self.desired(d, now, plan)
             shown = self._shown[d]
-            if (kind, lines, arrow) == (shown.kind, shown.lines, shown.arrow):
+            if (kind, lines, arrow, expires) == (shown.kind, shown.lines, shown.arrow, shown.expires):
                 continue
             same_kind = kind == shown.kind
-            if same_kind and now - shown.at < self._min_update:
+            # a warning whose end moved is sent again at once: its hold ended at the old end
+            moved = same_kind and (kind, lines, arrow) == (shown.kind, shown.lines, shown.arrow)
+            if same_kind and not moved and now - shown.at < self._min_update:
                 self.stats.held_back += 1
                 continue  # numbers change; the sign waits for its minimum interval
             if kind == "blank" and shown.kind == "guidance":
@@ -451,7 +454,7 @@ class DisplayController:
         )  # fmt: skip
         verdict = self._dispatcher.submit(cmd)
         if verdict.outcome is not Outcome.REFUSED:
-            self._shown[display] = _Shown(kind, lines, arrow, now)
+            self._shown[display] = _Shown(kind, lines, arrow, now, expires)
             self.stats.updates += 1
 
     def _brightness_step(self, now: float) -> None:

@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 DOMAIN = "environment"
 FINISHED_KEPT = 100
+TIMELINE_KEPT = 500
 BATTERY_LOW_PCT = 15.0  # LoRaWAN sensors report battery in %: replace within weeks below this
 
 Status = Literal["proposed", "issued", "withdrawn", "rejected", "expired"]
@@ -82,7 +83,8 @@ class EnvStats:
     withdrawn: int = 0
     rejected: int = 0
     expired: int = 0
-    timeline: list[tuple[float, str]] = field(default_factory=list)  # (clock time, what) for the demo
+    # (clock time, what) for the demo's summary and the bench: the latest TIMELINE_KEPT
+    timeline: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=TIMELINE_KEPT))
 
 
 class EnvironmentError(ValueError):
@@ -115,6 +117,8 @@ class EnvironmentController:
         self._of_rule: dict[str, str] = {}  # rule -> its live warning
         self._status: dict[str, str] = {}  # sensor -> "ok" / "stale" / "implausible" as last published
         self._seq = 0
+        self._started = kernel.clock.now()
+        self._stale_of = {x.id: x.stale_after_s or cfg.stale_after_s for x in cfg.sensors}
         self._changed = asyncio.Event()
         self.stats = EnvStats()
 
@@ -139,16 +143,29 @@ class EnvironmentController:
         it or its end, as one whose sensors went silent does. An issued one takes its displays
         again when `run` starts."""
         n = 0
-        for raw in body.get("warnings", []):
+        records = body.get("warnings")
+        for raw in records if isinstance(records, list) else []:
             if (
                 not isinstance(raw, dict)
-                or raw.get("rule") not in self.rules
+                or not isinstance(raw.get("id"), str)
+                or not isinstance(raw.get("rule"), str)
+                or raw["rule"] not in self.rules
                 or raw.get("id") in self.warnings
             ):
                 continue
-            if raw.get("status") not in {"proposed", "issued"} or float(raw.get("end", 0)) <= now:
+            if raw.get("status") not in {"proposed", "issued"} or not isinstance(raw.get("end"), int | float):
                 continue
-            w = EnvWarning(**{k: raw[k] for k in EnvWarning.__dataclass_fields__ if k in raw})
+            if raw["end"] <= now:
+                continue
+            try:
+                w = EnvWarning(**{k: raw[k] for k in EnvWarning.__dataclass_fields__ if k in raw})
+                w.start, w.end, w.value = float(w.start), float(w.end), float(w.value)
+                w.area = [float(x) for x in w.area][:3]
+                if len(w.area) != 3 or not isinstance(w.id, str) or not w.lines:
+                    raise ValueError("not a warning record")
+            except (TypeError, ValueError, KeyError) as exc:  # an older or damaged record: skipped, said
+                log.error("environment_restore_skipped", record=str(raw.get("id"))[:80], error=str(exc)[:200])
+                continue
             self.warnings[w.id] = w
             self._of_rule[w.rule] = w.id
             n += 1
@@ -161,7 +178,10 @@ class EnvironmentController:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name="environment.watch")
             while True:
-                self.step(self._clock.now())
+                try:
+                    self.step(self._clock.now())
+                except Exception:  # the next step tries again: warnings must not stop for good
+                    log.exception("environment_step_failed")
                 try:
                     async with asyncio.timeout(max(0.05, self.cfg.evaluate_every_s / self._clock.speed)):
                         await self._changed.wait()
@@ -192,16 +212,35 @@ class EnvironmentController:
         for w in list(self.warnings.values()):
             end = self.engine.end_of(w.rule)
             rule = self.rules[w.rule]
-            if end is not None and end - w.end >= rule.duration_s / 4:
-                w.end = end  # still firing: its end moves on (in steps, so CAP is not updated per reading)
+            # pushed on in quarter steps (so CAP is not updated per reading), and always at its end
+            # while the rule's own end lies later
+            if end is not None and (end - w.end >= rule.duration_s / 4 or (now >= w.end and end > now)):
+                w.end = end
                 if w.status == "issued" and self._sink is not None:
                     self._sink.issue(w)
                 changed = True
             if now >= w.end:
                 self._finish(w, "expired", now, None)
                 changed = True
+        changed |= self._still_firing(now)
         if changed:
             self.publish(now)
+
+    def _still_firing(self, now: float) -> bool:
+        """A rule that kept firing past its warning's end (its sensors were silent, then came back
+        over `off`) makes a new warning: the engine reports no new transition for it."""
+        made = False
+        for rule_id in self.engine.firing():
+            end = self.engine.end_of(rule_id)
+            if rule_id in self._of_rule or end is None or end <= now:
+                continue
+            rule = self.rules[rule_id]
+            seen = {sid: st for sid, st in self.engine.sensors(now).items()
+                    if st.fresh and self._sensor_cfg[sid].group == rule.group and rule.metric in st.values}  # fmt: skip
+            value = max((st.values[rule.metric] for st in seen.values()), default=rule.on)
+            self._fired(Transition(rule_id, True, now, value, tuple(sorted(seen)), "still firing"), now)
+            made = True
+        return made
 
     def _flags(self, sid: str, values: Mapping[str, Value]) -> None:
         """What a sensor says about itself: a probe fault, tamper, a low battery (maintenance)."""
@@ -219,7 +258,10 @@ class EnvironmentController:
         changed = False
         for sid, st in self.engine.sensors(now).items():
             status = "unknown" if st.last_ts is None else "ok"
-            if st.last_ts is not None and not st.fresh:
+            # a sensor silent since the start (dead at install, or gone while the daemon was down)
+            # is as stale as one that stopped: it counts from the start
+            never = st.last_ts is None and now - self._started > self._stale_of[sid]
+            if never or (st.last_ts is not None and not st.fresh):
                 status = "stale"
             elif st.implausible:
                 status = "implausible"
@@ -282,8 +324,9 @@ class EnvironmentController:
         if by is not None:
             w.decided_by = by
         del self.warnings[w.id]
-        if w.rule not in self.engine.firing():
-            self._of_rule.pop(w.rule, None)  # while its rule still fires, no second warning until it clears
+        if status == "expired" or w.rule not in self.engine.firing():
+            # an operator's withdraw or reject while its rule fires: no second warning until it clears
+            self._of_rule.pop(w.rule, None)
         self.finished.append(w)
         setattr(self.stats, status, getattr(self.stats, status) + 1)
         self._alarms.set(w.rule, "warning_proposed", False, Severity.MAJOR)

@@ -98,11 +98,11 @@ class HelpPointStats:
     acknowledged: int = 0
     closed: int = 0
     escalated: int = 0
-    ack_times_s: list[float] = field(default_factory=list)
+    ack_total_s: float = 0.0  # summed, not listed: a year of calls is one number
 
     @property
     def mean_time_to_ack_s(self) -> float | None:
-        return sum(self.ack_times_s) / len(self.ack_times_s) if self.ack_times_s else None
+        return self.ack_total_s / self.acknowledged if self.acknowledged else None
 
 
 class IncidentError(ValueError):
@@ -213,7 +213,10 @@ class HelpPointController:
         """Escalate what nobody acknowledged in time; flag buttons held too long."""
         while True:
             await asyncio.sleep(0.2)
-            self.check_timers(self._clock.now())
+            try:
+                self.check_timers(self._clock.now())
+            except Exception:  # the next pass tries again; escalations must not stop for good
+                log.exception("helppoint_timers_failed")
 
     # ----- readings ---------------------------------------------------------------------------
 
@@ -225,9 +228,16 @@ class HelpPointController:
         count_i = int(count) if isinstance(count, int | float) and not isinstance(count, bool) else None
         was_pressed, last_count = self._last.get(hp, (False, None))
         self._last[hp] = (pressed, count_i)
-        new_press = (pressed and not was_pressed) or (
-            count_i is not None and last_count is not None and count_i != last_count
-        )
+        counted = count_i is not None and last_count is not None and count_i != last_count
+        if hp in self._lorawan:
+            # A LoRaWAN button's `pressed` marks the uplink that reports a press (it sends again
+            # only on a cancel or its heartbeat): an event, never a button held down.
+            if (pressed and (counted or last_count is None or not was_pressed)) or counted:
+                self.stats.presses += 1
+                self.press(hp, ts)
+            self._status_alarms(hp, values, ts)
+            return
+        new_press = (pressed and not was_pressed) or counted
         if pressed:
             self._held_since.setdefault(hp, ts)
         else:
@@ -238,6 +248,10 @@ class HelpPointController:
             self.stats.presses += 1
             if hp not in self._blocked:
                 self.press(hp, ts)
+        self._status_alarms(hp, values, ts)
+
+    def _status_alarms(self, hp: str, values: Mapping[str, Value], ts: float) -> None:
+        """A caller's cancel on the open call, and the help point's own state as alarms."""
         inc = self._open_incident(hp)
         if values.get("cancelled") is True and inc is not None and not inc.caller_cancelled:
             inc.caller_cancelled = True
@@ -321,7 +335,7 @@ class HelpPointController:
         if inc.acked_at is None:
             inc.acked_by, inc.acked_at, inc.status = by, now, "acknowledged"
             self.stats.acknowledged += 1
-            self.stats.ack_times_s.append(max(0.0, now - inc.opened_at))
+            self.stats.ack_total_s += max(0.0, now - inc.opened_at)
         if comment:
             self._note(inc, now, by, comment)
         self._changed.set()
@@ -349,11 +363,6 @@ class HelpPointController:
         if self._release is not None:
             for lamp in inc.lamps:
                 self._release(lamp, inc.id)
-        # A lamp near two calls keeps one safety layer: the call still open holds it again.
-        for other in self.incidents.values():
-            if self._raise is not None and (shared := set(other.lamps) & set(inc.lamps)):
-                for lamp in sorted(shared):
-                    self._raise(lamp, HOLD_S, other.id)
         if self._clear_notice is not None and inc.displays:
             self._clear_notice(inc.id)
         self._describe(inc.helppoint)
@@ -420,15 +429,21 @@ class HelpPointController:
         """Bring back the incidents open at a restart (before `run`, which raises their lamps and
         notices again: the dispatcher's layers do not outlive the process)."""
         n = 0
-        for raw in body.get("incidents", []):
+        records = body.get("incidents")
+        for raw in records if isinstance(records, list) else []:
             if (
                 not isinstance(raw, dict)
-                or raw.get("helppoint") not in self.sites
+                or not isinstance(raw.get("id"), str)
+                or not isinstance(raw.get("helppoint"), str)
+                or raw["helppoint"] not in self.sites
                 or raw.get("id") in self.incidents
             ):
                 continue
-            keys = Incident.__dataclass_fields__.keys() - {"lamps", "displays"}
-            inc = Incident(**{k: raw[k] for k in keys if k in raw})
+            try:
+                inc = _incident_of(raw)
+            except (TypeError, ValueError, KeyError) as exc:  # an older or damaged record: skipped, said
+                log.error("helppoint_restore_skipped", record=str(raw.get("id"))[:80], error=str(exc)[:200])
+                continue
             self.incidents[inc.id] = inc
             self._of_post[inc.helppoint] = inc.id
             self._restored.append(inc.id)
@@ -436,3 +451,19 @@ class HelpPointController:
         if n:
             self._changed.set()
         return n
+
+
+def _incident_of(raw: Mapping[str, Any]) -> Incident:
+    """A stored incident record, checked field by field (TypeError/ValueError/KeyError if not one)."""
+    keys = Incident.__dataclass_fields__.keys() - {"lamps", "displays"}
+    inc = Incident(**{k: raw[k] for k in keys if k in raw})
+    text = (inc.id, inc.helppoint, inc.post, inc.street)
+    if not all(isinstance(x, str) for x in text) or inc.status not in {"open", "acknowledged"}:
+        raise ValueError("not an open incident")
+    inc.opened_at, inc.lat, inc.lon = float(inc.opened_at), float(inc.lat), float(inc.lon)
+    for name in ("acked_at", "escalated_at"):
+        v = getattr(inc, name)
+        setattr(inc, name, None if v is None else float(v))
+    inc.presses = int(inc.presses)
+    inc.notes = [n for n in inc.notes if isinstance(n, dict)] if isinstance(inc.notes, list) else []
+    return inc

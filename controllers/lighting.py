@@ -20,6 +20,7 @@ import structlog
 from astral import Observer
 from astral.sun import sunrise, sunset
 
+from controllers.lighting_holds import FullHolds
 from devices.inventory import LIGHTING_CLASSES, Inventory, Lamp
 from edge.dispatcher import make_command
 from edge.events import (
@@ -279,6 +280,13 @@ class LightingController:
         self._clock = kernel.clock
         self._state = kernel.state
         self._dispatcher = kernel.dispatcher
+        # Lamps at full at safety priority (motion, warnings, emergency calls), by holder.
+        self.holds = FullHolds(
+            lambda lamp, src, hold_s, reason: self.submit(lamp, 100, Priority.SAFETY, src, hold_s=hold_s,
+                                                          reason=reason),
+            lambda lamp, src: self._dispatcher.release(lamp, LEVEL_POINT, Priority.SAFETY, f"{src} let go", only=src),
+            kernel.clock,
+        )  # fmt: skip
         self._alarms = kernel.alarms
         self._solvers = kernel.solvers
         kernel.solvers.warm(SOLVE)
@@ -459,7 +467,7 @@ class LightingController:
         n = self._cfg.motion_lamps_ahead
         raised = [x for x in seg[max(0, i - 1) : i + n + 1] if "bike_path" in self.inv.lamps[x].flags]
         for x in raised:
-            self.submit(x, 100, Priority.SAFETY, "motion", hold_s=self._cfg.motion_hold_s, reason="motion")
+            self.holds.hold(x, "motion", self._cfg.motion_hold_s, "motion")
         return raised
 
     # ----- warnings -----------------------------------------------------------------------------
@@ -475,18 +483,14 @@ class LightingController:
             lat, lon, radius_m = area
             lamps = [x for x in lamps if haversine_m(lat, lon, x.lat, x.lon) <= radius_m]
         for lamp in lamps:
-            self.submit(lamp.id, 100, Priority.SAFETY, f"warning:{warning_id}",
-                        hold_s=max(1.0, end - now), reason="warning")  # fmt: skip
+            self.holds.hold(lamp.id, f"warning:{warning_id}", end - now, "warning")
         return len(lamps)
 
     def release_warning(self, warning_id: str) -> int:
-        """A warning withdrawn before its end: the lamps it raised go back to their plan (only where
-        its command still holds the safety layer). Returns how many."""
+        """A warning withdrawn before its end lets go of the lamps it raised: each goes back to its
+        plan unless another holder (an emergency call, a cyclist) still needs it. Returns how many."""
         source = f"warning:{warning_id}"
-        release = self._dispatcher.release
-        return sum(
-            release(x, LEVEL_POINT, Priority.SAFETY, "warning withdrawn", only=source) for x in self.inv.lamps
-        )
+        return sum(self.holds.let_go(x, source) for x in self.inv.lamps)
 
     # ----- failure detection ------------------------------------------------------------------
 

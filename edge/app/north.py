@@ -473,7 +473,13 @@ class North:
             await self._send("guidance", encode_json(dict(ev.plan)))
         elif ev.domain == "warnings":
             await self._send("warnings", encode_json(ev.plan.get("warnings", [])))
-        await self.safety.plan(ev)
+        try:
+            await self.safety.plan(ev)
+        except _PUBLISH_ERRORS:
+            raise
+        except Exception:  # a record it cannot read costs its own topics, never the publisher
+            self.failed_events += 1
+            log.exception("north_safety_failed", domain=ev.domain)
 
     # ----- alarms --------------------------------------------------------------------------------
 

@@ -155,6 +155,10 @@ class SafetyNorth:
                 await self._emit(w, "Alert" if w.status == "proposed" else "Update", before)
         for wid in [x for x in self._cap if x not in merged]:
             before = self._cap.pop(wid)
+            if before.warning.status == "proposed":
+                # never issued: its Drafts were not actionable, so no public Cancel; the topic empties
+                await self._send("cap", b"", warning=wid)
+                continue
             ended = "expired" if self._clock.now() >= before.warning.end else "withdrawn"
             final = "expired" if self._env_final.get(wid, ended) == "expired" else "withdrawn"
             gone = CapWarning(**{**_fields(before.warning), "status": final})

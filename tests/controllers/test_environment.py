@@ -241,20 +241,29 @@ def test_a_stale_sensor_raises_an_alarm_and_the_warning_stays_until_its_end() ->
     r.step(T0 + STALE_S + 1)
     assert r.alarms.is_active("g1", "stale")
     assert r.alarms.is_active("g2", "stale")
-    assert not r.alarms.is_active("g3", "stale")  # never reported: unknown, not stale
+    # g3 never reported: silent since the start, so as stale as the others (dead at install)
+    assert r.alarms.is_active("g3", "stale")
     assert r.only() is w
     assert w.status == "issued"
     assert r.sink.withdrawn == []
     r.step(T0 + DURATION_S - 1)
-    assert w.end == T0 + DURATION_S  # no usable gauge: the end is not pushed on
+    assert w.end == T0 + DURATION_S  # no usable gauge: the end is not pushed on by quarters
     assert r.only() is w
+    # The gauges were last usable over `off` at T0 + STALE_S: the rule's own end is an hour after
+    # that, and the warning's end goes there (not further: nothing new was seen since).
+    last_seen_end = T0 + STALE_S + DURATION_S
     r.step(T0 + DURATION_S)
+    assert w.end == last_seen_end
+    assert r.only() is w
+    r.step(last_seen_end)
     assert r.ctl.warnings == {}
-    assert (w.status, w.finished_at) == ("expired", T0 + DURATION_S)
+    assert (w.status, w.finished_at) == ("expired", last_seen_end)
     assert r.sink.withdrawn == [w.id]
     assert r.ctl.stats.expired == 1
-    r.level("g1", 60, T0 + DURATION_S + 10)  # a fresh reading clears the stale alarm
-    r.step(T0 + DURATION_S + 10)
+    r.step(last_seen_end + 60)
+    assert r.ctl.warnings == {}  # still silent: no new warning from a rule nobody can see
+    r.level("g1", 60, last_seen_end + 70)  # a fresh reading clears the stale alarm
+    r.step(last_seen_end + 70)
     assert not r.alarms.is_active("g1", "stale")
 
 
@@ -333,3 +342,24 @@ async def test_run_takes_readings_from_the_bus_and_publishes_north() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_a_flood_still_there_when_the_silent_gauges_come_back_gets_a_new_warning() -> None:
+    """The warning expired while every gauge was silent and its rule still fired; when the gauges
+    report again over `on`, a new warning is issued (the rule itself never cleared)."""
+    r = make_rig()
+    r.level("g1", 130)
+    r.level("g2", 125)
+    r.step()
+    first = r.only()
+    end = T0 + STALE_S * 10 + DURATION_S
+    r.step(end)  # silent all along: the first warning expired at its end
+    assert first.status == "expired"
+    assert r.ctl.warnings == {}
+    r.level("g1", 135, end + 30)
+    r.level("g2", 128, end + 30)
+    r.step(end + 30)
+    second = r.only()
+    assert second.id != first.id
+    assert second.status == "issued"
+    assert second.sensors == ["g1", "g2"]

@@ -25,7 +25,7 @@ from simulators.lighting import LightingSimulator, SimController, SimLamp
 
 START = 1_795_000_000.0
 CTL = "lc-1"
-LINK = f"{CTL}/helppoints"  # the endpoint the driver's Availability names
+LINK = f"{CTL}:helppoints"  # the endpoint the driver's Availability names
 REPORT_EVERY_S = 60.0
 PRESS_WITHIN_S = 1.0  # the driver's promise: a press reaches the operator within a second
 

@@ -8,7 +8,7 @@ import asyncio
 from controllers.displays import DisplayController
 from controllers.displays import Warning as DisplayWarning
 from controllers.helppoints import DOMAIN, SOURCE, HelpPointController, HelpPointSite
-from controllers.lighting import LEVEL_POINT, LightingController
+from controllers.lighting import LightingController
 from devices.helppoints import HelpPointDriver, HelpPointEndpoint
 from devices.inventory import Bin, Inventory
 from devices.profiles.helppoints import default_profile
@@ -16,7 +16,6 @@ from edge.app.domains.base import Site, controller
 from edge.app.routes import helppoints as helppoint_routes
 from edge.app.routes.base import RouteKit
 from edge.errors import ConfigError
-from edge.events import Priority
 from edge.kernel import Domain, Kernel
 from edge.settings import Settings
 from edge.storage import Storage
@@ -27,7 +26,7 @@ NOTICE_PREFIX = "helppoint-"  # a notice's warning id on the displays: NOTICE_PR
 def kinds(settings: Settings, inventory: Inventory, bins: list[Bin]) -> dict[str, str]:
     """The site's help points, and the links to the controllers of the Modbus ones."""
     cfg = settings.helppoints
-    links = {f"{inventory.lamps[p.post].controller}/helppoints" for p in cfg.points
+    links = {f"{inventory.lamps[p.post].controller}:helppoints" for p in cfg.points
              if p.via == "modbus" and p.post in inventory.lamps}  # fmt: skip
     return {p.id: "helppoint" for p in cfg.points} | dict.fromkeys(links, "helppoint_link")
 
@@ -78,17 +77,13 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     kernel.alarms.confirm_after(lora, 2)  # hourly heartbeats: restored alarms settle at the 2nd
     lighting = controller(site.built, "lighting", LightingController)
     displays = controller(site.built, "displays", DisplayController)
-    dispatcher = kernel.dispatcher
 
     def raise_lamp(lamp: str, hold_s: float, incident: str) -> None:
         if lighting is not None:
-            lighting.submit(
-                lamp, 100, Priority.SAFETY, f"{SOURCE}:{incident}", hold_s=hold_s, reason="help_call"
-            )
+            lighting.holds.hold(lamp, f"{SOURCE}:{incident}", hold_s, "help_call")
 
     def release_lamp(lamp: str, incident: str) -> bool:
-        src = f"{SOURCE}:{incident}"
-        return dispatcher.release(lamp, LEVEL_POINT, Priority.SAFETY, f"incident {incident} closed", only=src)
+        return lighting is not None and lighting.holds.let_go(lamp, f"{SOURCE}:{incident}")
 
     def notice(incident: str, shown: frozenset[str], start: float, end: float) -> None:
         if displays is not None:
