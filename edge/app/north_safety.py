@@ -170,7 +170,9 @@ class SafetyNorth:
                 await self._send("cap", b"", warning=self._cancelled.popleft())
 
     async def _emit(self, w: CapWarning, msg_type: str, before: _Sent | None, *, keep: bool = True) -> None:
-        version = 1 if before is None else before.warning.version + 1
+        # Versions count on from the clock's second, so an identifier (sender.id.vN) is never used
+        # twice, not even for a warning sent again after a restart (this state is not stored).
+        version = max(int(self._clock.now()), 0 if before is None else before.warning.version + 1)
         w = CapWarning(**{**_fields(w), "version": version})
         refs = (
             ""

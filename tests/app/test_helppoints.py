@@ -188,9 +188,10 @@ async def test_a_press_raises_the_lamps_around_the_post_until_the_incident_is_cl
         # the operator's handling of the call is in the audit, with who and the comments
         await s.flush_storage()
         rows = await asyncio.to_thread(d.storage.audit, None, inc_id)
-        assert [(r.point, r.source) for r in rows] == [
-            ("incident_ack", "operator:mqtt"),
-            ("incident_close", "operator:mqtt"),
+        assert [(r.point, r.source, r.outcome) for r in rows] == [
+            ("incident_ack", "operator:mqtt", "accepted"),
+            ("incident_close", "operator:mqtt", "accepted"),
+            ("incident_close", "operator:mqtt", "refused"),  # the second close: refused, audited
         ]
         # the lamps' raise and release are audited as the commands they are
         lamp_rows = await asyncio.to_thread(d.storage.audit, None, "L1")

@@ -26,6 +26,10 @@ def routes(kit: RouteKit, helppoints: HelpPointController) -> list[Route]:
             else:
                 inc = helppoints.close(incident_id, source, req.comment)
         except IncidentError as exc:
+            now = kit.clock.now()  # refused, and audited as such: who tried what on which call
+            cmd = Command(new_command_id(), incident_id, f"incident_{req.action}", 1.0, Priority.OPERATOR,
+                          source, now, now, reason=req.comment[:200])  # fmt: skip
+            kit.audit(AuditRecord(cmd, Outcome.REFUSED, None, f"{exc.reason}: {exc.detail}"[:500], now))
             raise PayloadError(exc.reason, exc.detail) from None
         now = kit.clock.now()
         # An operator's handling of a call is audited like a command (the incident's id names the row).
