@@ -38,6 +38,7 @@ from edge.settings_sections import (
     InventorySettings,
     LightingSettings,
     LoggingSettings,
+    MetricsSettings,
     MqttSettings,
     PlaceSettings,
     Section,
@@ -71,6 +72,7 @@ __all__ = [
     "InventorySettings",
     "LightingSettings",
     "LoggingSettings",
+    "MetricsSettings",
     "MqttSettings",
     "PlaceSettings",
     "Section",
@@ -146,6 +148,7 @@ class Settings(BaseSettings):
     waste: WasteSettings = WasteSettings()
     helppoints: HelpPointsSettings = HelpPointsSettings()
     environment: EnvironmentSettings = EnvironmentSettings()
+    metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     clock: ClockSettings = ClockSettings()
     config_dir: Path = Path()

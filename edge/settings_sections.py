@@ -471,6 +471,17 @@ class DispatcherSettings(Section):
     reconcile_interval_s: Annotated[float, Field(gt=0)] = 30.0
 
 
+class MetricsSettings(Section):
+    """The Prometheus endpoint and the health check (`edge.metrics`), off by default: where they
+    listen (loopback unless a site says otherwise) and what "ready" needs."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9464  # 0: any free port (tests)
+    ready_online_share: Annotated[float, Field(ge=0, le=1)] = 0.9  # fewer devices online: not ready
+    plan_max_age_s: Annotated[float, Field(gt=0)] = 7200.0  # a domain's newest plan older: not ready
+
+
 class LoggingSettings(Section):
     """Log level and format (JSON when stdout is not a terminal)."""
 

@@ -34,6 +34,7 @@ from edge.dispatcher import Dispatcher
 from edge.events import AlarmEvent, PlanEvent, Severity, Telemetry
 from edge.kernel import Domain, Kernel
 from edge.lag import LagMonitor
+from edge.metrics import Metrics, Sources
 from edge.mqtt import LinkOptions, MqttLink
 from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
@@ -67,6 +68,7 @@ class Daemon(DomainHandles):
     link: MqttLink
     domains: dict[str, Domain]
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: Metrics | None = None  # the Prometheus and health endpoint, when [metrics] enabled
 
 
 async def _record(d: Daemon, sub: Subscription) -> None:
@@ -181,9 +183,13 @@ async def running(
                 controllers={name: c for name, dom in domains.items() for c in dom.controllers[:1]},
             )
             link = await _online(kernel, api, outbox)
-            async with link:
+            async with link, contextlib.AsyncExitStack() as ops:
+                metrics = None
+                if settings.metrics.enabled:  # stops before the link: a scrape reads its counters
+                    sources = Sources(link=lambda: link.stats, refused=lambda: api.refused)
+                    metrics = await ops.enter_async_context(Metrics(kernel, settings.metrics, sources))
                 d = Daemon(settings, inventory, clock, bus, state, storage, kernel.dispatcher, alarms,
-                           api, link, domains)  # fmt: skip
+                           api, link, domains, metrics=metrics)  # fmt: skip
                 async with _running_tasks(d, record_sub, reconcile_sub, outbox, drain_s) as running_d:
                     yield running_d
 
