@@ -277,3 +277,24 @@ class Metrics(Service):
                 orjson.dumps(h),
             )
         return "404 Not Found", "text/plain", b"GET /metrics or /health\n"
+
+
+async def fetch_health(host: str, port: int, timeout_s: float = IO_TIMEOUT_S) -> tuple[bool, dict[str, Any]]:
+    """GET /health of a running daemon: (ready, the JSON body); OSError/TimeoutError if not reachable,
+    ValueError/TypeError if what answers is not the daemon's endpoint."""
+    async with asyncio.timeout(timeout_s):
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            await writer.drain()
+            raw = await reader.read(1 << 20)
+        finally:
+            writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)
+    if len(status) < 2 or not status[1].isdigit():
+        raise ValueError("not an HTTP answer")
+    data = orjson.loads(body)
+    if not isinstance(data, dict):
+        raise TypeError("not a health answer")
+    return int(status[1]) == 200, data

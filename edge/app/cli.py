@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -91,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
         "--formats", choices=["both", "chirpstack", "tts"], default="both", help="waste: uplinks"
     )
 
+    health = sub.add_parser("health", help="ask a running daemon whether it is ready, and why not")
+    health.add_argument("--config", type=Path, help="the site's settings: its [metrics] host and port")
+    health.add_argument("--url", default="", help="the endpoint instead, e.g. http://127.0.0.1:9464")
+
     docs = sub.add_parser("docs", help="generate JSON Schemas and the AsyncAPI document")
     docs.add_argument("--out", type=Path, default=Path("docs"))
     return p
@@ -108,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.file) if not args.connect else _run_async(lambda: _check_connect(args.file))
         if args.cmd == "run":
             return _run_async(lambda: _run(args.config))
+        if args.cmd == "health":
+            return _health(args)
         if args.cmd == "demo":
             if not args.headless and not args.no_tui and sys.stdout.isatty():
                 return _demo_with_dashboard(args)
@@ -140,6 +147,31 @@ def _print_problems(file: Path | str, lines: Sequence[str]) -> None:
     print(f"{file}: {len(lines)} problem(s)", file=sys.stderr)
     for line in lines:
         print(f"  {redact_text(line)}", file=sys.stderr)
+
+
+def _health(args: argparse.Namespace) -> int:
+    """`edge health`: the daemon's /health, printed; exit 0 ready, 1 not ready, 2 not reachable."""
+    from urllib.parse import urlsplit
+
+    from edge.metrics import fetch_health
+    from edge.settings import load_settings
+
+    if args.url:
+        u = urlsplit(args.url)
+        host, port = u.hostname or "127.0.0.1", u.port or 9464
+    elif args.config:
+        m = load_settings(args.config).metrics
+        host, port = m.host, m.port
+    else:
+        print("edge health: --config SITE or --url URL", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        ready, body = asyncio.run(fetch_health(host, port))
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        print(f"edge health: {host}:{port} not reachable: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(json.dumps(body, indent=2))
+    return 0 if ready else 1
 
 
 def _check(file: Path) -> int:

@@ -40,6 +40,7 @@ from edge.outbox import Outbox
 from edge.payloads import DaemonStatus
 from edge.records import AlarmRow, PlanRow, outbox_url
 from edge.redact import redact_url
+from edge.sdnotify import keep_alive
 from edge.settings import Settings
 from edge.solvers import Solvers
 from edge.state import StateStore
@@ -370,6 +371,7 @@ async def _running_tasks(
             for c in dom.controllers
         ]
         tasks += controllers
+        tasks.append(tg.create_task(keep_alive(), name="systemd.keep_alive"))
         d.started.set()
         log.info(
             "daemon_started",

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tcp_proxy import TcpProxy
 
 from devices.inventory import load_inventory
+from edge.app.cli import main
 from edge.app.daemon import running
 from edge.app.demo import sim_controllers
 from edge.clock import SimClock
@@ -86,6 +87,7 @@ async def test_a_scrape_counts_the_site_and_health_names_a_lost_broker(
             assert status == 200, health
             assert health["ready"] is True
             assert health["checks"]["broker_connected"] is True
+            assert await asyncio.to_thread(main, ["health", "--url", f"http://127.0.0.1:{port}"]) == 0
             # The broker goes away: not ready, and the reason says so.
             await proxy.cut()
             await wait_for(lambda: not d.link.stats["connected"], "the link down", timeout_s=30)
@@ -94,6 +96,13 @@ async def test_a_scrape_counts_the_site_and_health_names_a_lost_broker(
             assert status == 503
             assert health["ready"] is False
             assert any(r.startswith("broker") for r in health["reasons"]), health
+            assert await asyncio.to_thread(main, ["health", "--url", f"http://127.0.0.1:{port}"]) == 1
             status, _ = await http_get(port, "/nothing")
             assert status == 404
             await proxy.restore()
+
+
+def test_edge_health_says_when_nothing_answers() -> None:
+    from edge.net import free_port
+
+    assert main(["health", "--url", f"http://127.0.0.1:{free_port()}"]) == 2
