@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--no-tui", action="store_true", help="print status lines instead of opening the dashboard"
     )
+    demo.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics and /health on 127.0.0.1:PORT"
+    )
 
     tui = sub.add_parser("tui", help="the operator dashboard (a client of the MQTT API)", add_help=False)
     tui.add_argument("rest", nargs=argparse.REMAINDER)
@@ -350,6 +353,7 @@ async def _demo(args: argparse.Namespace) -> int:
         database_url=args.database,
         seed=args.seed,
         broker_port=args.broker_port,
+        metrics_port=args.metrics_port,
         status_lines=not args.headless,
         on_summary=show,
     )

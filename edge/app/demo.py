@@ -402,6 +402,7 @@ async def run_demo(
     database_url: str,
     seed: int = 1,
     broker_port: int = 0,
+    metrics_port: int | None = None,
     status_lines: bool = True,
     on_summary: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -420,6 +421,9 @@ async def run_demo(
         async with _broker(broker_url, broker_port) as url:
             # amqtt speaks 3.1.1 only: no v5 probe (it costs a connect timeout on every start)
             settings = _with_mqtt(district.settings, url, "5" if broker_url else "3.1.1")
+            if metrics_port is not None:  # the operations endpoint, on loopback
+                metrics = settings.metrics.model_copy(update={"enabled": True, "port": metrics_port})
+                settings = settings.model_copy(update={"metrics": metrics})
             async with (
                 _simulators(district, url, seed, speed) as (sim, csim, dsim, wsim, hsim),
                 # the summary is taken by then: a short drain keeps `--for N` near N seconds

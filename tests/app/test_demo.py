@@ -69,3 +69,49 @@ def test_headless_demo_ends_on_time_with_every_section_and_no_errors() -> None:
     errors = [line for line in proc.stderr.splitlines() if '"level": "error"' in line or "Traceback" in line]
     assert errors == []
     assert elapsed < 15 + 20, f"took {elapsed:.1f} s"
+
+
+def test_a_scrape_during_the_demo_parses_and_counts_its_devices() -> None:
+    """`edge demo --metrics-port P`: while the demo runs, /metrics parses with the Prometheus text
+    parser and counts the district's lamps, and /health answers."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edge.net import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge.app.cli", "demo", "--headless", "--for", "25", "--metrics-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        lamps = None
+        deadline = time.monotonic() + 60
+        while lamps is None or lamps < 500:
+            assert time.monotonic() < deadline, "no full scrape within 60 s"
+            assert proc.poll() is None, "the demo ended before a scrape"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    text = r.read().decode()
+            except OSError:
+                time.sleep(0.5)  # not listening yet: the demo is starting
+                continue
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            lamps = sum(s.value for s in families["edge_devices"].samples
+                        if s.labels["kind"] == "lamp" and s.labels["state"] == "online")  # fmt: skip
+            if lamps < 500:
+                time.sleep(0.5)
+        assert "edge_command_latency_seconds" in families
+        assert "edge_mqtt_connected" in families
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                health = json.loads(r.read())
+        except urllib.error.HTTPError as err:  # 503 while not ready: the body still says why
+            health = json.loads(err.read())
+        assert set(health) == {"ready", "reasons", "checks"}
+        assert health["checks"]["devices_online_share"] > 0
+    finally:
+        out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0
+    assert json.loads(out)["lamps"]["total"] == 500
