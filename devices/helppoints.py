@@ -74,13 +74,13 @@ class _Link:
     def __init__(self, driver: HelpPointDriver, ep: HelpPointEndpoint, phase_s: float) -> None:
         self.driver, self.ep, self.phase_s = driver, ep, phase_s
         self.session = ModbusSession(
-            f"{ep.endpoint_id}/helppoints", ep.host, ep.port, ep.unit, driver.timing, driver.stats
+            f"{ep.endpoint_id}:helppoints", ep.host, ep.port, ep.unit, driver.timing, driver.stats
         )
         self.spans = plan_spans(driver.profile, ep.points)
         self.last: dict[str, tuple[dict[str, Value], float]] = {}
         self.log = log.bind(endpoint=ep.endpoint_id, host=ep.host, port=ep.port)
         ids = tuple(hp for _, hp in ep.points)
-        self.presence = Presence(driver, f"{ep.endpoint_id}/helppoints", ids, "helppoint_link", self.log)
+        self.presence = Presence(driver, f"{ep.endpoint_id}:helppoints", ids, "helppoint_link", self.log)
 
     async def run(self) -> None:
         d = self.driver
