@@ -211,6 +211,10 @@ class ChargingController:
         self._solvers = kernel.solvers
         kernel.solvers.warm(SOLVE)
         self._replan = asyncio.Event()
+        self._wake = asyncio.Event()  # a re-plan asked for, or a lamp raised outside its plan
+        charged = {c.feeder for c in inv.chargers.values()}
+        self._feeder_lamps = frozenset(x.id for x in inv.lamps.values() if x.feeder in charged)
+        kernel.dispatcher.watch(self._lamp_command)
         self._sub = kernel.bus.subscribe("charging", StateChanged)
         self.plan = _Pending()
         self.price: tuple[float, int, list[float]] | None = None  # start, slot minutes, values
@@ -230,6 +234,16 @@ class ChargingController:
 
     def request_replan(self) -> None:
         self._replan.set()
+        self._wake.set()
+
+    def _lamp_command(self, device_id: str, point: str) -> None:
+        """A lamp on a charging feeder raised above its plan (a warning, an emergency call, an
+        operator) adds load the plan did not count: the interlock sheds now, not at its next
+        half-second pass (at a demo's 300x that half second was minutes, and a fuse tripped)."""
+        if point == "level_cmd" and device_id in self._feeder_lamps:
+            eff = self._dispatcher.effective(device_id, point)
+            if eff is not None and eff.priority > Priority.PLAN:
+                self._wake.set()
 
     def views(self) -> Mapping[str, Any]:
         """The plan in force (None before the first) and the feeders seen tripped."""
@@ -251,9 +265,10 @@ class ChargingController:
                 await self._turn(now)
                 try:
                     async with asyncio.timeout(0.5):
-                        await self._replan.wait()
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
+                self._wake.clear()
 
     # ----- planning ----------------------------------------------------------------------------
 
