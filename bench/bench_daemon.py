@@ -60,6 +60,10 @@ MOSQUITTO = ("127.0.0.1", 1883)
 NIGHT = datetime(2026, 11, 26, 23, 0, tzinfo=ZoneInfo("Europe/Berlin")).timestamp()  # lamps on, dimmed
 REQUEST_TIMEOUT_S = 5.0
 START_TIMEOUT_S = float(os.environ.get("BENCH_DAEMON_START_TIMEOUT_S", "600"))
+# The metrics endpoint on this port (0: off), scraped every SCRAPE_S by this process during the
+# steady windows, as a Prometheus server would (`python -m bench metrics` compares on with off).
+METRICS_PORT = int(os.environ.get("BENCH_DAEMON_METRICS_PORT", "0"))
+SCRAPE_S = float(os.environ.get("BENCH_DAEMON_SCRAPE_S", "15"))
 
 
 # ----- child processes ------------------------------------------------------------------------
@@ -300,7 +304,8 @@ client_id = "edge-{site_id}"
 poll_interval_s = {POLL_INTERVAL_S}
 [logging]
 level = "warning"
-""",
+"""
+        + (f"[metrics]\nenabled = true\nport = {METRICS_PORT}\n" if METRICS_PORT else ""),
         encoding="utf-8",
     )
     return tmp / "site.toml"
@@ -630,12 +635,30 @@ def _fail_str(f: dict[str, int]) -> str:
     return " ".join(f"{k}={v}" for k, v in f.items())
 
 
+def _steady(window_s: float) -> int:
+    """Wait out a steady window; with the metrics endpoint on, scrape it every SCRAPE_S (the
+    scrape's cost is the daemon's). Returns how many scrapes answered."""
+    if not METRICS_PORT:
+        time.sleep(window_s)
+        return 0
+    import urllib.request
+
+    end, n = time.perf_counter() + window_s, 0
+    url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    while end - time.perf_counter() > 0:
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=5) as r:
+            n += bool(r.read())
+        time.sleep(max(0.0, min(SCRAPE_S, end - time.perf_counter())))
+    return n
+
+
 @dataclass(slots=True)
 class _Measured:
     """What one bench run measured, for the table."""
 
     ready: dict[str, Any] = field(default_factory=dict)
     cpu_pct: list[float] = field(default_factory=list)  # per steady window
+    scrapes: int = 0  # metrics scrapes answered in the steady windows
     sim_cpu_pct: list[float] = field(default_factory=list)
     read_rate: list[float] = field(default_factory=list)
     us_per_read: list[float] = field(default_factory=list)
@@ -737,7 +760,7 @@ def _measure(quick: bool) -> _Measured:
             spy = py_spy(PROFILE_DIR, daemon.pid, "steady")
             for _ in range(RUNS):
                 s0, c0, sc0, w0 = stats(), _cpu_s(dp), _cpu_s(sp), time.perf_counter()
-                time.sleep(window_s)
+                m.scrapes += _steady(window_s)
                 s1, c1, sc1, w1 = stats(), _cpu_s(dp), _cpu_s(sp), time.perf_counter()
                 reads = s1["lamp_reads"] - s0["lamp_reads"]
                 m.cpu_pct.append(100 * (c1 - c0) / (w1 - w0))
@@ -850,6 +873,7 @@ def _rows(m: _Measured, quick: bool) -> list[Row]:
                 f"{p99 / ref99:.1f}" if ref99 else "", f"< {TARGET_P99_MS:.0f}",
                 "ok" if p99 < TARGET_P99_MS and not m.cmd_failures else "MISS"),
             Row(name, "daemon CPU % during commands", median_spread(m.cmd_cpu_pct)),
+            *([Row(name, "metrics scrapes answered", str(m.scrapes))] if METRICS_PORT else []),
         ]  # fmt: skip
     n_total = m.n_cmd * RUNS
     rows += [
