@@ -131,7 +131,15 @@ def sim_chargers(
     The chargers come with a factory fail-safe of 6 A; the daemon writes the site's at connect.
     """
     feeders = [
-        SimFeeder(f.id, limit_a=f.limit_a, phases=f.phases, night_only=f.live == "night")
+        # The fuse counts clock time: at 300x its 60 s would be 0.2 real seconds, less than the
+        # interlock's real-time reaction on a busy machine (as for the watchdogs below).
+        SimFeeder(
+            f.id,
+            limit_a=f.limit_a,
+            phases=f.phases,
+            night_only=f.live == "night",
+            trip_after_s=max(60.0, 2.0 * speed),
+        )
         for f in settings.charging.feeders
     ]
     cps = [
