@@ -231,13 +231,18 @@ class ChargingSafety:
     def lighting_a(self, feeder: str, now: float, view: DispatcherView) -> float:
         """The lighting load the chargers must leave room for (A on L1) at `now`.
 
-        While the lamps are on, or come on within a slot, every lamp counts at full power: an
-        override, motion or the lamps' own fail-safe (DALI: 100 %) may raise them faster than
-        setpoints can follow. By day the plan's (and the measured) load counts.
+        Whenever the circuit carries power (a 24/7 feeder always, a lighting circuit while the
+        lamps are on or come on within a slot) every lamp counts at full power: a warning's or
+        an emergency call's 100 %, an operator, motion or the lamps' own fail-safe (DALI: 100 %)
+        raise lamps faster than chargers can be lowered, and a raise must never wait for a shed.
+        (Counted by the plan by day, a flood warning's raise on a charging feeder came before
+        the chargers' shed.) A dead lighting circuit carries no charging either (`feeder_limit`).
         """
         light = self._lighting
         est = max(light.amps(feeder, now, view), light.amps(feeder, now + SLOT_S, view))
-        if light.live(feeder, now) or light.live(feeder, now + SLOT_S):
+        f = self._feeders.get(feeder)
+        always = f is None or f.live == "always"
+        if always or light.live(feeder, now) or light.live(feeder, now + SLOT_S):
             return max(est, self._worst.get(feeder, 0.0))
         return est
 

@@ -258,9 +258,10 @@ def test_unverified_failsafe_caps_the_charger_at_its_failsafe() -> None:
     )  # never read back: its fail-safe at most
 
 
-def test_lamps_count_at_full_power_while_on_or_about_to_come_on() -> None:
-    """Lamps of 2,300 W (10 A) planned at 30 %: at night, and a slot before sunset, the chargers get
-    the limit minus the lamps at full power; by day the planned load counts."""
+def test_lamps_count_at_full_power_whenever_their_circuit_carries_power() -> None:
+    """Lamps of 2,300 W (10 A) planned at 30 %: at night, a slot before sunset, and by day on a 24/7
+    feeder, the chargers get the limit minus the lamps at full power (a warning or an emergency
+    call raises lamps to 100 % by day too, faster than chargers can be lowered)."""
     assert worst_lighting_a(Inventory.build([_lamp("L0", "f1", 2300)]), "f1") == pytest.approx(10.0)
     night, _, view = _safety(lamps_w=2300, planned_a=3.0, live=True)
     room, _ = night.headroom(night._inv.chargers["cp0"], T0, view)
@@ -270,7 +271,7 @@ def test_lamps_count_at_full_power_while_on_or_about_to_come_on() -> None:
     assert room == pytest.approx(32 - 10 - 6)
     day, _, view = _safety(lamps_w=2300, planned_a=0.0, live=False)
     room, _ = day.headroom(day._inv.chargers["cp0"], T0, view)
-    assert room == pytest.approx(32 - 6)
+    assert room == pytest.approx(32 - 10 - 6)
 
 
 # ----- end to end -----------------------------------------------------------------------------

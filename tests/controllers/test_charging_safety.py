@@ -8,10 +8,12 @@ simulator elsewhere.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kernel_kit import make_kernel
 
+from controllers import charging_alarms
 from controllers.charging import FEEDER_REFRESH_S, POINT, ChargingController, ChargingSafety, PlannedLighting
 from controllers.lighting import NightPlan
 from devices.inventory import Charger, Inventory, Lamp
@@ -344,3 +346,37 @@ def test_every_controller_has_the_one_controller_shape() -> None:
         assert isinstance(ctl, Controller)
     assert [c.name for c in (lighting, charging, displays)] == ["lighting", "charging", "displays"]
     assert charging.amps_for_kw("f1", 11.04) == 16.0  # kW to A on the feeder's three phases
+
+
+def _all_dark(state: StateStore, feeder: str) -> None:
+    for cid, f, _ in CHARGERS:
+        if f == feeder:
+            state.apply(Availability("srv", (cid,), True, T0))
+            state.apply(Telemetry(cid, T0, {"status": "Unavailable"}))
+
+
+def test_a_stalled_loop_is_no_evidence_of_a_tripped_feeder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every charge point of a live feeder dark reads as a tripped fuse only after the clock hold
+    AND enough real seconds of looking: a loop that stalled while the (fast) clock ran on saw
+    nothing, so one look before and one after the stall raise no alarm; steady looks do."""
+    real = [1000.0]
+    monkeypatch.setattr(charging_alarms.time, "monotonic", lambda: real[0])
+    clock, _disp, _safety, ctl = rig({})
+    _all_dark(ctl._state, "f1")
+    watch = ctl.watch
+    watch.observe_feeder("f1", clock.now())
+    real[0] += 30.0  # a 30 s stall, 10 clock minutes
+    clock.advance(600)
+    watch.observe_feeder("f1", clock.now())
+    assert watch.tripped.get("f1") is False
+    assert not any(a.code == "feeder_tripped" for a in watch._alarms.active())
+    for _ in range(int(charging_alarms.TRIP_EVIDENCE_S / 0.5) + 1):  # now watched, twice a second
+        real[0] += 0.5
+        clock.advance(0.5)
+        watch.observe_feeder("f1", clock.now())
+    assert watch.tripped.get("f1") is True
+    assert any(a.device_id == "f1" and a.code == "feeder_tripped" for a in watch._alarms.active())
+    # power back on one charger: the alarm clears at once
+    ctl._state.apply(Telemetry("cp0", clock.now(), {"status": "Available"}))
+    watch.observe_feeder("f1", clock.now())
+    assert watch.tripped.get("f1") is False
