@@ -7,7 +7,9 @@ one row validation (`Row`), and every bad row is listed with its line and column
 A lamp row names its position, road segment (and its order along it), EN 13201
 lighting class, cabinet and feeder, flags (never_dim, fear_space, bike_path) and
 how to reach it (controller endpoint, unit id, lamp index behind the controller).
-A charger row (kind=charger) names its post, feeder and OPC UA server. A bin row names
+A charger row (kind=charger) names its post, feeder and how it is reached: an OPC UA server
+(`controller`, `url`), or, with `protocol=ocpp`, its own websocket to our OCPP central system
+(its id is its OCPP identity; no url). A bin row names
 the bin, the LoRaWAN sensor under its lid (DevEUI), its position, the kind of place it
 stands in (which drives how fast it fills), its volume, the sensor geometry that turns a
 distance into a fill level, the road class trucks reach it by, and an optional
@@ -104,6 +106,7 @@ class Charger:
     max_current_a: float
     phases: int
     failsafe_current_a: float | None = None  # None: the site's [charging] failsafe_current_a
+    protocol: Literal["opcua", "ocpp"] = "opcua"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +167,12 @@ class Inventory:
         return [x for x in self.lamps.values() if x.feeder == feeder]
 
     def with_chargers(self, chargers: Iterable[Charger]) -> Inventory:
-        """The same inventory plus charge points, indexed by OPC-UA server (url and ids)."""
+        """The same inventory plus charge points, the OPC UA ones indexed by server (url and ids)."""
         by_id = {c.id: c for c in chargers}
         servers: dict[str, tuple[str, list[str]]] = {}
         for c in by_id.values():
-            servers.setdefault(c.server, (c.url, []))[1].append(c.id)
+            if c.protocol == "opcua":
+                servers.setdefault(c.server, (c.url, []))[1].append(c.id)
         return Inventory(
             lamps=self.lamps,
             controllers=self.controllers,
@@ -279,9 +283,14 @@ class _Claims:
 
 def _charger_from(r: Row) -> Charger:
     cid = r.ident()
-    url = r.text("url")
-    if not url.startswith("opc.tcp://"):
+    protocol = r.text("protocol", "opcua")
+    if protocol not in ("opcua", "ocpp"):
+        raise ValueError(f"protocol: {protocol!r} must be opcua or ocpp")
+    url = r.text("url", "" if protocol == "ocpp" else None)
+    if protocol == "opcua" and not url.startswith("opc.tcp://"):
         raise ValueError(f"url: {url!r} must start with opc.tcp://")
+    if protocol == "ocpp" and url:
+        raise ValueError(f"url: an OCPP charge point connects to us; give no url (got {url!r})")
     phases = int(r.num("phases", 1, 3, 3))
     if phases not in (1, 3):
         raise ValueError(f"phases: {phases} must be 1 or 3")
@@ -294,11 +303,12 @@ def _charger_from(r: Row) -> Charger:
         cabinet=r.text("cabinet"),
         feeder=r.text("feeder"),
         post=r.text("post", cid),
-        server=r.text("controller"),
+        server=r.text("controller", "" if protocol == "ocpp" else None),
         url=url,
         max_current_a=r.num("max_current_a", 6, 63, 16),
         phases=phases,
         failsafe_current_a=_failsafe(r),
+        protocol="ocpp" if protocol == "ocpp" else "opcua",
     )
 
 

@@ -181,6 +181,42 @@ class CabinetSettings(Section):
     limit_a: Annotated[float, Field(gt=0, le=5000)]
 
 
+class OcppSettings(Section):
+    """The central system OCPP 1.6J charge points connect to (inventory rows with protocol=ocpp).
+
+    Security profile 1 is HTTP Basic auth (user: the charge point id, password from
+    `passwords_file`, a TOML table of id = password kept out of the site file), profile 2 the
+    same over TLS with the site's certificate; profile 0 (no auth) only with `allow_profile_0`.
+    """
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9000  # 0: a free port (tests, demo)
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9_./-]{0,63}$")] = "/ocpp"
+    security_profile: Literal[0, 1, 2] = 1
+    allow_profile_0: bool = False
+    passwords_file: str = ""
+    cert_file: str = ""  # profile 2: the server's certificate chain (PEM)
+    key_file: str = ""
+    heartbeat_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 30.0
+    meter_interval_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # With no word from us this long, a charger limits itself to its fail-safe current.
+    failsafe_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    id_tags: list[Annotated[str, Field(min_length=1, max_length=20)]] = Field(default_factory=list)
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+    @model_validator(mode="after")
+    def _security(self) -> OcppSettings:
+        if self.security_profile == 0 and not self.allow_profile_0:
+            raise ValueError("security_profile 0 (no authentication) needs allow_profile_0 = true")
+        if self.security_profile >= 1 and not self.passwords_file:
+            raise ValueError(f"security_profile {self.security_profile} needs passwords_file")
+        if self.security_profile == 2 and not (self.cert_file and self.key_file):
+            raise ValueError("security_profile 2 (TLS) needs cert_file and key_file")
+        if self.failsafe_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("failsafe_timeout_s must exceed heartbeat_interval_s (a heartbeat feeds it)")
+        return self
+
+
 class ChargingSettings(Section):
     """Charge points in lamp posts: supply tree, leases, curtailment floor, security."""
 
@@ -207,6 +243,7 @@ class ChargingSettings(Section):
     # stays so after the lag ends. Keep it well below the chargers' watchdog in real seconds.
     lag_limit_s: Annotated[float, Field(gt=0, le=60)] = 0.5
     lag_hold_s: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    ocpp: OcppSettings | None = None  # the OCPP central system, for sites with OCPP charge points
 
     @model_validator(mode="after")
     def _tree(self) -> ChargingSettings:

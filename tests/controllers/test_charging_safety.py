@@ -28,13 +28,18 @@ from edge.state import StateStore
 T0 = 1_795_000_000.0
 FEEDERS = {"f1": 32.0, "f2": 20.0, "f3": 16.0}
 CHARGERS = [(f"cp{i}", f"f{1 + i % 3}", 16.0 if i % 2 else 32.0) for i in range(9)]
+OCPP = frozenset(cid for cid, _, _ in CHARGERS[1::2])
+"""A mixed fleet: every other charger speaks OCPP, the rest OPC UA; on every feeder both kinds."""
 
 
 class Confirming:
-    """Device stand-in: every write is applied and read back unchanged."""
+    """Device stand-in for one protocol's driver: every write is applied and read back unchanged."""
+
+    def __init__(self, ids: frozenset[str]) -> None:
+        self.ids = ids
 
     def handles(self, device_id: str) -> bool:
-        return True
+        return device_id in self.ids
 
     async def write(self, device_id: str, point: str, value: float, timeout: float) -> float:  # noqa: ASYNC109 - the Driver seam
         return value
@@ -57,6 +62,8 @@ def rig(lighting: dict[str, float]) -> tuple[ManualClock, Dispatcher, ChargingSa
     clock = ManualClock(T0)
     inv = Inventory(lamps={}).with_chargers(
         Charger(cid, 51.5, 7.4, "s", "cab1", feeder, cid, "srv", "opc.tcp://127.0.0.1:4840", max_a, 3)
+        if cid not in OCPP
+        else Charger(cid, 51.5, 7.4, "s", "cab1", feeder, cid, "", "", max_a, 3, protocol="ocpp")
         for cid, feeder, max_a in CHARGERS
     )
     cfg = ChargingSettings(
@@ -70,7 +77,7 @@ def rig(lighting: dict[str, float]) -> tuple[ManualClock, Dispatcher, ChargingSa
         bus=bus,
         clock=clock,
         state=state,
-        drivers=[Confirming()],
+        drivers=[Confirming(frozenset(c for c, _, _ in CHARGERS) - OCPP), Confirming(OCPP)],
         policies={"charger": safety},
         audit=lambda _r: None,
     )
@@ -113,7 +120,8 @@ action = st.one_of(
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(action, min_size=1, max_size=40))
 def test_no_sequence_of_requests_overloads_a_feeder(actions: list[tuple[object, ...]]) -> None:
-    """Random plans, operator commands, curtailments, lighting load and time: limits always hold."""
+    """Random plans, operator commands, curtailments, lighting load and time, on a mixed fleet
+    (OPC UA and OCPP chargers on every feeder, each kind behind its own driver): limits always hold."""
     lighting: dict[str, float] = {}
     clock, disp, safety, ctl = rig(lighting)
     for a in actions:
@@ -217,7 +225,7 @@ def test_a_charger_never_heard_from_counts_at_its_maximum() -> None:
     state = StateStore(bus, {"cp0": "charger", "cpx": "charger"})
     safety = ChargingSafety(inv, cfg, lighting=FixedLighting({}), lagging=lambda: False)
     disp = Dispatcher(
-        bus=bus, clock=clock, state=state, drivers=[Confirming()], policies={"charger": safety}, audit=lambda _r: None
+        bus=bus, clock=clock, state=state, drivers=[Confirming(frozenset(c for c, _, _ in CHARGERS))], policies={"charger": safety}, audit=lambda _r: None
     )  # fmt: skip
     state.apply(Telemetry("cp0", T0, {"failsafe_current_a": 0.0}))  # cp0 answers; cpx never did
     assert safety.setpoints_a("f1", disp.view) == 32.0
@@ -252,7 +260,7 @@ def test_without_a_lighting_plan_lamps_burn_at_full_power_and_night_circuits_are
     lighting = PlannedLighting(inv, NoPlan(), clock, stale_s=120.0)
     safety = ChargingSafety(inv, cfg, lighting=lighting, lagging=lambda: False)
     disp = Dispatcher(
-        bus=bus, clock=clock, state=state, drivers=[Confirming()], policies={"charger": safety}, audit=lambda _r: None
+        bus=bus, clock=clock, state=state, drivers=[Confirming(frozenset(c for c, _, _ in CHARGERS))], policies={"charger": safety}, audit=lambda _r: None
     )  # fmt: skip
     state.apply(Telemetry("cp0", T0, {"failsafe_current_a": 0.0}))
     assert lighting.amps("f1", T0, disp.view) == 4 * 115.0 / 230
