@@ -8,7 +8,8 @@ EdgeError
 │   └── DeviceReplyError   the device answered, but with an error or a bad value
 ├── CommandRefused         the dispatcher refused a command (reason)
 ├── PayloadError           an MQTT payload was malformed, unknown or oversized
-└── PlanError              the optimizer produced no usable plan
+├── PlanError              the optimizer produced no usable plan
+└── UpstreamError          a northbound HTTP service (an NGSI-LD broker) did not answer
 """
 
 from __future__ import annotations
@@ -76,3 +77,12 @@ class PayloadError(EdgeError):
 
 class PlanError(EdgeError):
     """The optimizer produced no usable plan."""
+
+
+class UpstreamError(EdgeError):
+    """A northbound HTTP service could not be reached or did not answer in time (`url` without
+    credentials); an answer with an error status is a response, not this."""
+
+    def __init__(self, message: str, *, url: str = "") -> None:
+        super().__init__(f"{message} ({url})" if url else message)
+        self.url = url

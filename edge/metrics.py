@@ -46,6 +46,7 @@ class Sources:
 
     link: Callable[[], Mapping[str, Any]]
     refused: Callable[[], Mapping[str, int]]
+    ngsi: Callable[[], Mapping[str, float]] | None = None  # the NGSI-LD exporter's counters, if it runs
 
 
 @dataclass(slots=True)
@@ -101,6 +102,8 @@ class _Collector(Collector):
         for reason, n in sorted(o.sources.refused().items()):
             refused.add_metric([reason], n)
         yield refused
+        if o.sources.ngsi is not None:
+            yield from _ngsi(o.sources.ngsi())
         yield GaugeMetricFamily(
             "edge_storage_backlog", "Rows queued for the database.", value=k.storage.backlog
         )
@@ -126,6 +129,23 @@ class _Collector(Collector):
         yield age
         yield solve
         yield status
+
+
+def _ngsi(counts: Mapping[str, float]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """The NGSI-LD exporter's entities by outcome, and its retry queue."""
+    entities = CounterMetricFamily(
+        "edge_ngsi_entities",
+        "NGSI-LD entities by outcome (failed: put back for a retry).",
+        labels=["outcome"],
+    )
+    for outcome in ("sent", "rejected", "failed", "superseded", "dropped"):
+        entities.add_metric([outcome], float(counts.get(outcome, 0)))
+    yield entities
+    yield GaugeMetricFamily(
+        "edge_ngsi_queued",
+        "NGSI-LD entities waiting in the retry queue.",
+        value=float(counts.get("queued", 0)),
+    )
 
 
 class Metrics(Service):

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, Index, Text, bindparam, event, inspect, text
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import JSON, Column, Field, Session, SQLModel, col, create_engine, delete, select
 
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 class DeviceRow(SQLModel, table=True):

@@ -23,6 +23,7 @@ from edge import redact
 from edge.errors import ConfigError
 from edge.mqtt import BrokerAddress, TlsFiles
 from edge.settings_environment import EnvironmentSettings
+from edge.settings_ngsi import NgsiSettings
 from edge.settings_sections import (
     ApproachSettings,
     CabinetSettings,
@@ -75,6 +76,7 @@ __all__ = [
     "LoggingSettings",
     "MetricsSettings",
     "MqttSettings",
+    "NgsiSettings",
     "OcppSettings",
     "PlaceSettings",
     "Section",
@@ -151,6 +153,7 @@ class Settings(BaseSettings):
     helppoints: HelpPointsSettings = HelpPointsSettings()
     environment: EnvironmentSettings = EnvironmentSettings()
     metrics: MetricsSettings = MetricsSettings()
+    ngsi: NgsiSettings = NgsiSettings()
     logging: LoggingSettings = LoggingSettings()
     clock: ClockSettings = ClockSettings()
     config_dir: Path = Path()

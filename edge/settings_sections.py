@@ -212,8 +212,11 @@ class OcppSettings(Section):
             raise ValueError(f"security_profile {self.security_profile} needs passwords_file")
         if self.security_profile == 2 and not (self.cert_file and self.key_file):
             raise ValueError("security_profile 2 (TLS) needs cert_file and key_file")
-        if self.failsafe_timeout_s <= self.heartbeat_interval_s:
-            raise ValueError("failsafe_timeout_s must exceed heartbeat_interval_s (a heartbeat feeds it)")
+        if self.failsafe_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                "failsafe_timeout_s must be at least twice heartbeat_interval_s (our answers to"
+                " the chargers' heartbeats feed their watchdogs)"
+            )
         return self
 
 

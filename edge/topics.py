@@ -173,6 +173,10 @@ TOPICS: tuple[Topic, ...] = (
     Topic("cap", "alerts/cap/{warning}", "send", "cap", True, 1,
           "Retained CAP 1.2 XML per public warning (operator or rule): Alert, Update on a change, Cancel.",
           content_type="application/cap+xml"),
+    # The city data platform's feed (`[ngsi] mode = "mqtt"`, docs/ngsi-ld.md), not the operators'.
+    Topic("ngsi_entities", "ngsi/entities", "send", "ngsi_batch", False, 1,
+          "NGSI-LD entities (FIWARE Smart Data Models, normalized) in batches, when the NGSI-LD exporter "
+          "publishes over MQTT.", domain="ngsi", content_type="application/ld+json"),
 )  # fmt: skip
 
 _BY_NAME = {t.name: t for t in TOPICS}
@@ -202,9 +206,10 @@ def request_filters(base: str, domains: Collection[str] | None = None) -> list[s
 
 
 def dashboard_subscriptions(base: str) -> list[str]:
-    """What a dashboard subscribes to under `base`: every topic the daemon publishes.
+    """What a dashboard subscribes to under `base`: every topic the daemon publishes (but the
+    NGSI-LD feed, which is for the city's data platform).
 
     A client adds its own reply topic (`{base}/replies/{client}`): a broker's ACL grants each
     account only its own replies, so `replies/#` is not asked for.
     """
-    return [f"{base}/{t.filter}" for t in TOPICS if t.direction == "send"]
+    return [f"{base}/{t.filter}" for t in TOPICS if t.direction == "send" and t.domain != "ngsi"]

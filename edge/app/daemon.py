@@ -26,6 +26,7 @@ from edge.alarms import DAEMON_DEVICE, Alarms, sweep_retained
 from edge.app.api import MqttApi
 from edge.app.domains import Site, build_all, device_kinds, site_bins, wait_ready
 from edge.app.domains.handles import DomainHandles
+from edge.app.ngsi import NgsiExporter, build_exporter
 from edge.app.routes.base import audit_data
 from edge.bus import EventBus, Subscription
 from edge.clock import Clock
@@ -70,6 +71,7 @@ class Daemon(DomainHandles):
     domains: dict[str, Domain]
     started: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: Metrics | None = None  # the Prometheus and health endpoint, when [metrics] enabled
+    ngsi: NgsiExporter | None = None  # the NGSI-LD exporter, when [ngsi] enabled
 
 
 async def _record(d: Daemon, sub: Subscription) -> None:
@@ -185,12 +187,16 @@ async def running(
             )
             link = await _online(kernel, api, outbox)
             async with link, contextlib.AsyncExitStack() as ops:
+                ngsi = None
+                if settings.ngsi.enabled:  # stops before the link it may publish through
+                    ngsi = await ops.enter_async_context(build_exporter(settings, state, site, link))
                 metrics = None
                 if settings.metrics.enabled:  # stops before the link: a scrape reads its counters
-                    sources = Sources(link=lambda: link.stats, refused=lambda: api.refused)
+                    sources = Sources(link=lambda: link.stats, refused=lambda: api.refused,
+                                      ngsi=None if ngsi is None else ngsi.counters)  # fmt: skip
                     metrics = await ops.enter_async_context(Metrics(kernel, settings.metrics, sources))
                 d = Daemon(settings, inventory, clock, bus, state, storage, kernel.dispatcher, alarms,
-                           api, link, domains, metrics=metrics)  # fmt: skip
+                           api, link, domains, metrics=metrics, ngsi=ngsi)  # fmt: skip
                 async with _running_tasks(d, record_sub, reconcile_sub, outbox, drain_s) as running_d:
                     yield running_d
 

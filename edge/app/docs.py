@@ -9,13 +9,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from edge import __version__
+from edge.app.ngsi_models import NgsiBatch
 from edge.payloads import API_VERSION
 from edge.payloads import PUBLISHED_MODELS as KERNEL_MODELS
 from edge.topics import TOPICS
 from optimizer.displays import GuidancePlan
 
 # The contract: the kernel's payloads and the domain models published as they are.
-PUBLISHED_MODELS: dict[str, type[BaseModel]] = {**KERNEL_MODELS, "guidance_plan": GuidancePlan}
+PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
+    **KERNEL_MODELS,
+    "guidance_plan": GuidancePlan,
+    "ngsi_batch": NgsiBatch,
+}
 
 # Messages that are not JSON (CAP alerts are XML), by payload key, from the topic table.
 CONTENT_TYPES = {t.payload: t.content_type for t in TOPICS if t.content_type != "application/json"}
