@@ -1,10 +1,9 @@
-"""Lamp-post charge points behind a real asyncua OPC UA server, with car physics and faults.
+"""Lamp-post charge points behind a real asyncua OPC UA server or over OCPP 1.6J, with car physics and faults.
 
 The server serves the shared information model (devices/profiles/charge_point.toml), so
-driver and simulator cannot drift. Cars arrive, stay and ask for energy per the ElaadNL
-curves (seeded); single- and three-phase cars; no charging under 6 A; charging tapers
-above 80 % state of charge; a full car goes SuspendedEV; a watchdog falls back to the
-fail-safe current when neither a setpoint nor a heartbeat arrives for `watchdog_s`.
+driver and simulator cannot drift. Cars, watchdogs and feeders are `charging_physics`; charge
+points with `protocol="ocpp"` are each a client of a central system instead
+(`charging_ocpp`), on the same cars and feeders, so one feeder can carry both kinds.
 
 The fail-safe current is a writable node (`failsafe_current_a`): the watchdog falls back to
 the value written last (the spec's value until then). `inject(cp_id, "failsafe_ignored")`
@@ -21,17 +20,16 @@ site (`inject(endpoint_id, "comm_loss")`) the OPC UA server sits behind a TCP li
 goes silent (open connections stop carrying bytes, new ones are refused, like a dead
 cellular modem; on recovery old connections are reset); between the site gateway and one
 charger (`inject(cp_id, "comm_loss")`) the gateway reports the charger Unavailable,
-freezes its values and refuses writes to it (the charger keeps running, so its own
-watchdog falls back to the fail-safe current).
+freezes its values and refuses writes to it (its own watchdog falls back to the fail-safe).
+An OCPP charger's link is its own ("disconnect", "reboot": `charging_ocpp`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections import deque
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
+from pathlib import Path
 
 import structlog
 from asyncua import ua
@@ -45,10 +43,22 @@ from devices.charging import OpcUaEndpoint
 from devices.profiles.charging import MIN_CHARGE_CURRENT_A, ChargePointProfile, default_profile
 from edge.clock import Clock
 from edge.events import Value
-from edge.lifecycle import Service
+from edge.lifecycle import Service, ServiceState
 from edge.net import free_port
 from simulators import MIN_REAL_TICK_S, parse_faults, sim_clock
-from simulators.charging_physics import ChargingPhysics, FeederEvent, SimChargePoint, SimFeeder, _Cp, _Feeder
+from simulators.charging_ocpp import DEFAULT_ID_TAG, OcppChargePoints
+from simulators.charging_ocpp import FAULTS as OCPP_FAULTS
+from simulators.charging_physics import (
+    ChargingPhysics,
+    FeederEvent,
+    GroundTruth,
+    SimChargePoint,
+    SimFeeder,
+    _Cp,
+    _Feeder,
+    check_spec,
+    demo_charge_points,
+)
 from simulators.charging_site import (
     ServerSecurity,
     SiteLink,
@@ -59,15 +69,21 @@ from simulators.elaad import SessionSampler, load_curves
 
 log = structlog.get_logger(__name__)
 
-FAULTS = frozenset({"faulted", "meter_frozen", "comm_loss", "failsafe_ignored"})
+OPCUA_FAULTS = frozenset({"faulted", "meter_frozen", "comm_loss", "failsafe_ignored"})
+FAULTS = OPCUA_FAULTS | OCPP_FAULTS
 
 
-class ChargingSimulator(Service):
+class ChargingSimulator(GroundTruth, Service):
     """Serves charge points over OPC UA on opc.tcp://host:port until the context exits.
 
     Physics runs every `tick_s` clock seconds (at least MIN_REAL_TICK_S real seconds
     apart, so a 300x clock still works). `noise_a` adds measurement noise to the phase
     currents of charging cars (benchmarks use it so every charger changes every second).
+    Charge points with `protocol="ocpp"` are no part of the OPC UA server: each connects to
+    the central system at `ocpp_url` (simulators/charging_ocpp.py) with its password from
+    `ocpp_passwords` (else `ocpp_password`), checking a wss:// server against `ocpp_ca_file`;
+    cars that arrive on their own present one of `ocpp_id_tags`. Both kinds share the cars,
+    the feeders and their ground truth.
     """
 
     service_name = "charging_sim"
@@ -87,16 +103,16 @@ class ChargingSimulator(Service):
         tick_s: float = 1.0,
         noise_a: float = 0.0,
         link: bool = True,
+        ocpp_url: str | None = None,
+        ocpp_password: str | None = None,
+        ocpp_passwords: Mapping[str, str] | None = None,
+        ocpp_ca_file: Path | None = None,
+        ocpp_id_tags: Sequence[str] = (DEFAULT_ID_TAG,),
     ) -> None:
         super().__init__()
         self.profile = profile or default_profile()
-        self.clock = clock
-        self.endpoint_id = endpoint_id
-        self.host = host
-        self.port = port
-        self.security = security
-        self.tick_s = tick_s
-        self._use_link = link
+        self.clock, self.endpoint_id, self.host, self.port = clock, endpoint_id, host, port
+        self.security, self.tick_s, self._use_link = security, tick_s, link
         self._rng = random.Random(seed)
         self._sampler = SessionSampler(load_curves("public"), seed=seed)
         self._world = ChargingPhysics(self._rng, self._sampler, noise_a)
@@ -107,14 +123,36 @@ class ChargingSimulator(Service):
         now = clock.now()
         self._cps: dict[str, _Cp] = self._world.cps
         for spec in charge_points:
-            _check_spec(spec, self.profile, self._cps, self._feeders)
+            check_spec(spec, self.profile, self._cps, self._feeders)
+            ocpp = spec.protocol == "ocpp"
             self._cps[spec.cp_id] = _Cp(
                 spec,
-                limit_a=spec.max_current_a,
+                limit_a=spec.failsafe_current_a if ocpp else spec.max_current_a,  # booted: no profile yet
                 last_feed=now,
                 next_arrival=self._sampler.next_arrival(now, spec.sessions_per_day),
                 meter_kwh=round(self._rng.uniform(0.0, 20_000.0), 3),  # posts in the field have a past
                 failsafe_a=spec.failsafe_current_a,
+                failsafe=ocpp,
+                failsafe_caps=ocpp,
+                auth_required=ocpp,
+            )
+        self._opcua = {cp_id: cp for cp_id, cp in self._cps.items() if cp.spec.protocol == "opcua"}
+        ocpp_cps = [cp for cp in self._cps.values() if cp.spec.protocol == "ocpp"]
+        self._ocpp: OcppChargePoints | None = None
+        if ocpp_cps:
+            if not ocpp_url:
+                raise ValueError("OCPP charge points need the central system's URL (ocpp_url)")
+            self._ocpp = OcppChargePoints(
+                self._world,
+                ocpp_cps,
+                clock,
+                ocpp_url,
+                self._ocpp_changed,
+                password=ocpp_password,
+                passwords=ocpp_passwords,
+                ca_file=ocpp_ca_file,
+                id_tags=ocpp_id_tags,
+                seed=seed,
             )
         self._server: Server | None = None
         self._link: SiteLink | None = None
@@ -124,36 +162,16 @@ class ChargingSimulator(Service):
         self._server_faults: set[str] = set()
 
     @property
-    def noise_a(self) -> float:
-        """Measurement noise (A, standard deviation) on the phase currents of charging cars."""
-        return self._world.noise_a
-
-    @property
-    def events(self) -> deque[FeederEvent]:
-        """Every overload episode and fuse trip, in order."""
-        return self._world.events
-
-    @property
-    def overloads(self) -> int:
-        """Overload episodes started on any feeder."""
-        return self._world.overloads
-
-    @property
-    def trips(self) -> int:
-        """Fuses tripped."""
-        return self._world.trips
-
-    @property
-    def watchdog_trips(self) -> int:
-        """Chargers that fell back to their fail-safe current."""
-        return self._world.watchdog_trips
+    def ocpp(self) -> OcppChargePoints | None:
+        """The OCPP charge points' front end (None without any): their links and counters."""
+        return self._ocpp
 
     # -- address space -------------------------------------------------------------
 
     async def _build(self) -> Server:
-        initial = {cp_id: self._world.values(cp, self.clock.now()) for cp_id, cp in self._cps.items()}
+        initial = {cp_id: self._world.values(cp, self.clock.now()) for cp_id, cp in self._opcua.items()}
         server, self._ns, self._nodes, self._routes = await build_server(self.profile, self.security, initial)
-        for cp_id, cp in self._cps.items():
+        for cp_id, cp in self._opcua.items():
             cp.served.update(initial[cp_id])
         server.subscribe_server_callback(CallbackType.PreWrite, self._pre_write)
         server.subscribe_server_callback(CallbackType.PostWrite, self._post_write)
@@ -226,7 +244,11 @@ class ChargingSimulator(Service):
             await self._publish(cp)
 
     async def _publish(self, cp: _Cp) -> None:
-        """Write the values that changed into the address space (what subscriptions see)."""
+        """Write the values that changed into the address space (what subscriptions see); an OCPP
+        charger reports for itself what changed."""
+        if cp.spec.protocol == "ocpp":
+            self._ocpp_changed(cp, step=False)
+            return
         if "comm_loss" in cp.faults or self._server is None:
             return  # the gateway lost the charger: it serves the last values it had
         values = self._world.values(cp, self.clock.now())
@@ -238,6 +260,16 @@ class ChargingSimulator(Service):
                 pt = self.profile.by_name[name]
                 variant = ua.Variant(value, getattr(ua.VariantType, pt.type.value))
                 await self._server.write_attribute_value(nodes[name], ua.DataValue(variant))
+
+    def _ocpp_changed(self, cp: _Cp, *, step: bool = True) -> None:
+        """An OCPP charger's profile or fail-safe changed its limit (it acts at once), or its physics
+        was stepped: what it reports follows."""
+        now = self.clock.now()
+        if step:
+            self._world.step(cp, now, 0.0, self._world.powered(cp, now))
+        cp.served.update(self._world.values(cp, now))
+        if self._ocpp is not None:
+            self._ocpp.poke(cp.spec.cp_id)
 
     async def _write_node(self, cp: _Cp, name: str, value: Value) -> None:
         if self._server is None:
@@ -266,6 +298,24 @@ class ChargingSimulator(Service):
     # -- lifecycle -----------------------------------------------------------------
 
     async def _start(self) -> None:
+        if self._opcua:
+            await self._serve_opcua()
+        now = self.clock.now()
+        for cp in self._cps.values():
+            self._world.step(cp, now, 0.0, self._world.powered(cp, now))
+            await self._publish(cp)
+        self.spawn(self._physics(), "physics")
+        if self._ocpp is not None:
+            await self._ocpp.__aenter__()
+        log.info(
+            "sim_charging_started",
+            charge_points=len(self._cps),
+            url=self.url if self._opcua else None,
+            ocpp=self._ocpp.url if self._ocpp is not None else None,
+            secure=self.security is not None,
+        )
+
+    async def _serve_opcua(self) -> None:
         server = await self._build()
         if self._use_link:
             server.socket_address = (self.host, 0)
@@ -279,20 +329,11 @@ class ChargingSimulator(Service):
         self._server = server
         if self._link is not None and server.bserver is not None:
             self._link.target_port = server.bserver.port
-        now = self.clock.now()
-        for cp in self._cps.values():
-            self._world.step(cp, now, 0.0, self._world.powered(cp, now))
-            await self._publish(cp)
-        self.spawn(self._physics(), "physics")
-        log.info(
-            "sim_charging_started",
-            charge_points=len(self._cps),
-            url=self.url,
-            secure=self.security is not None,
-        )
 
     async def _stop(self) -> None:
         try:
+            if self._ocpp is not None and self._ocpp.state is ServiceState.OPENED:
+                await self._ocpp.__aexit__(None, None, None)
             if self._link is not None:
                 await self._link.close()
         finally:
@@ -312,47 +353,8 @@ class ChargingSimulator(Service):
         return f"opc.tcp://{self.host}:{self.port}/dos-edge/chargers"
 
     def endpoint(self) -> OpcUaEndpoint:
-        """The driver endpoint for this server."""
-        return OpcUaEndpoint(self.endpoint_id, self.url, tuple(self._cps))
-
-    def cp(self, cp_id: str) -> Mapping[str, Value]:
-        """The charge point's values as the server holds them now (read-only)."""
-        return MappingProxyType(dict(self._cps[cp_id].served))
-
-    def last_feed(self, cp_id: str) -> float:
-        """Clock time of the last setpoint or heartbeat write (what the watchdog watches)."""
-        return self._cps[cp_id].last_feed
-
-    def sessions(self, cp_id: str) -> int:
-        """How many cars have plugged in at the charge point since start."""
-        return self._cps[cp_id].sessions
-
-    def feeder(self, feeder_id: str) -> Mapping[str, object]:
-        """Load per phase (A), limit, lighting share, live and tripped state of a feeder."""
-        f = self._feeders[feeder_id]
-        return MappingProxyType(
-            {
-                "load_a": f.load_a,
-                "limit_a": f.spec.limit_a,
-                "lighting_a": f.lighting_a,
-                "live": self._world.feeder_live(f, self.clock.now()),
-                "tripped": f.tripped,
-                "peak_a": f.peak_a,
-            }
-        )
-
-    def set_lighting_load(self, feeder_id: str, amps: float) -> None:
-        """The lamps' own current on a feeder (from the lighting plan); it comes first."""
-        self._feeders[feeder_id].lighting_a = max(0.0, amps)
-
-    def set_feeder_live(self, feeder_id: str, live: bool | None) -> None:
-        """Switch a feeder on or off (None: back to its own night-only rule)."""
-        self._feeders[feeder_id].live_override = live
-
-    def reset_feeder(self, feeder_id: str) -> None:
-        """Replace the fuse of a tripped feeder."""
-        f = self._feeders[feeder_id]
-        f.tripped, f.over_since = False, None
+        """The driver endpoint for this server (its OPC UA charge points)."""
+        return OpcUaEndpoint(self.endpoint_id, self.url, tuple(self._opcua))
 
     async def arrive(
         self,
@@ -364,6 +366,7 @@ class ChargingSimulator(Service):
         reports: bool = True,
         preparing_s: float = 0.0,
         capacity_kwh: float | None = None,
+        id_tag: str | None = None,
     ) -> str:
         """Plug a car in now (replacing any car there); returns its session id.
 
@@ -371,8 +374,13 @@ class ChargingSimulator(Service):
         seconds before it draws current (tests skip the handshake by default).
         `capacity_kwh`: the battery (default: a common size); the car wants to be full,
         so a need close to the capacity means a nearly empty car that tapers late.
+        `id_tag`: the tag the car presents at an OCPP charge point (default: one of `ocpp_id_tags`).
         """
         cp = self._cps[cp_id]
+        if id_tag is not None:
+            if self._ocpp is None or cp.spec.protocol != "ocpp":
+                raise ValueError(f"{cp_id} is no OCPP charge point: its cars present no idTag")
+            self._ocpp.set_id_tag(cp_id, id_tag)
         now = self.clock.now()
         car = self._world.force_car(cp, now, energy_kwh, departure_ts, phases, reports, capacity_kwh)
         cp.preparing_until = now + preparing_s
@@ -390,14 +398,18 @@ class ChargingSimulator(Service):
             await self._publish(cp)
 
     async def inject(self, target: str, fault: str) -> None:
-        """Start a fault: on a charge point ("faulted", "meter_frozen", "comm_loss"), or
-        "comm_loss" on the endpoint (the whole server falls silent)."""
+        """Start a fault: on an OPC UA charge point ("faulted", "meter_frozen", "comm_loss",
+        "failsafe_ignored"), on an OCPP one ("faulted", "meter_frozen", "disconnect", "reboot",
+        "reject_profile"), or "comm_loss" on the endpoint (the whole server falls silent)."""
         await self._fault(target, fault, active=True)
 
     async def clear(self, target: str, fault: str | None = None) -> None:
         """End one fault (or all) on a charge point or the endpoint."""
+        cp = self._cps.get(target)
         for f in sorted(FAULTS) if fault is None else [fault]:
             if target == self.endpoint_id and f != "comm_loss":
+                continue
+            if fault is None and cp is not None and f not in _kinds(cp):
                 continue
             await self._fault(target, f, active=False)
 
@@ -428,6 +440,13 @@ class ChargingSimulator(Service):
         cp = self._cps.get(target)
         if cp is None:
             raise ValueError(f"unknown charge point or endpoint {target!r}")
+        if fault not in _kinds(cp):
+            raise ValueError(f"{fault!r} is no fault of {cp.spec.protocol} charge point {target!r}")
+        if fault == "reboot":  # an event, not a state: nothing to clear
+            if active and self._ocpp is not None:
+                await self._ocpp.fault(target, fault, active=True)
+                log.info("sim_fault", target=target, fault=fault, active=active)
+            return
         if active == (fault in cp.faults):
             return
         if active:
@@ -440,58 +459,34 @@ class ChargingSimulator(Service):
             cp.faults.discard(fault)
         if fault == "comm_loss" and active:
             # the gateway says so before it stops updating the charger's values
-            await self._write_status(cp, "Unavailable")
+            await self._write_node(cp, "status", "Unavailable")
         now = self.clock.now()
         self._world.step(cp, now, 0.0, self._world.powered(cp, now))
         await self._publish(cp)
+        if self._ocpp is not None and cp.spec.protocol == "ocpp":
+            await self._ocpp.fault(target, fault, active=active)
         log.info("sim_fault", target=target, fault=fault, active=active)
 
-    async def _write_status(self, cp: _Cp, status: str) -> None:
-        if self._server is None:
-            return
-        cp.served["status"] = status
-        await self._server.write_attribute_value(
-            self._nodes[cp.spec.cp_id]["status"], ua.DataValue(ua.Variant(status, ua.VariantType.String))
-        )
+
+def check_ocpp_args(protocol: str, url: str | None, ca_file: Path | None) -> None:
+    """ValueError naming the `edge simulate chargers` option that does not fit the others."""
+    ocpp = protocol != "opcua"
+    if ocpp and not url:
+        raise ValueError(f"--protocol {protocol} needs --central-system ws://HOST:PORT/PATH")
+    if url and not ocpp:
+        raise ValueError("--central-system is for --protocol ocpp or mixed")
+    if ca_file is not None and not str(url).startswith("wss://"):
+        raise ValueError("--ocpp-ca-file is for a wss:// central system")
+    if ca_file is not None and not ca_file.is_file():
+        raise ValueError(f"--ocpp-ca-file: no such file {ca_file}")
+
+
+def _kinds(cp: _Cp) -> frozenset[str]:
+    """The faults a charge point of its protocol can have."""
+    return OCPP_FAULTS if cp.spec.protocol == "ocpp" else OPCUA_FAULTS
 
 
 # -- CLI ----------------------------------------------------------------------------------
-
-
-def demo_charge_points(
-    count: int,
-    *,
-    feeders: int = 0,
-    feeder_limit_a: float = 32.0,
-    watchdog_s: float = 120.0,
-    sessions_per_day: float = 1.0,
-) -> tuple[list[SimChargePoint], list[SimFeeder]]:
-    """Charge points `cp-001`.. and, if `feeders`, that many feeders they share in turn.
-
-    Every third feeder is a night-only single-phase lighting circuit; the others are
-    24/7 three-phase low-voltage connections. Every fourth post is single-phase.
-    """
-    fs = [
-        SimFeeder(
-            f"fd-{i + 1:02d}",
-            limit_a=feeder_limit_a if i % 3 else min(feeder_limit_a, 25.0),
-            phases=1 if i % 3 == 0 else 3,
-            night_only=i % 3 == 0,
-        )
-        for i in range(feeders)
-    ]
-    cps = [
-        SimChargePoint(
-            f"cp-{i + 1:03d}",
-            max_current_a=16.0,
-            phases=1 if i % 4 == 3 else 3,
-            watchdog_s=watchdog_s,
-            feeder=fs[i % len(fs)].feeder_id if fs else None,
-            sessions_per_day=sessions_per_day,
-        )
-        for i in range(count)
-    ]
-    return cps, fs
 
 
 async def serve_chargers(
@@ -508,24 +503,41 @@ async def serve_chargers(
     start: float | None = None,
     security: ServerSecurity | None = None,
     endpoint_id: str = "chargers",
+    protocol: str = "opcua",
+    central_system: str | None = None,
+    ocpp_password: str | None = None,
+    ocpp_ca_file: Path | None = None,
 ) -> None:
     """Run simulated charge points until cancelled (the `edge simulate chargers` command).
 
     `faults` are "target:fault" strings injected at start, e.g. "cp-003:faulted" or
     "chargers:comm_loss". `start` is the clock's epoch start (default: now), so a daemon
-    given the same start and speed shares the simulated time.
+    given the same start and speed shares the simulated time. `protocol` "ocpp" (or "mixed")
+    connects the charge points to the central system at `central_system` (ws:// or wss://).
     """
+    check_ocpp_args(protocol, central_system, ocpp_ca_file)
     parsed = parse_faults(faults, FAULTS)
     clock = sim_clock(clock_speed, start)
     cps, fs = demo_charge_points(
-        count, feeders=feeders, watchdog_s=watchdog_s, sessions_per_day=sessions_per_day
+        count, feeders=feeders, watchdog_s=watchdog_s, sessions_per_day=sessions_per_day, protocol=protocol
     )
     async with ChargingSimulator(
-        cps, clock, feeders=fs, host=host, port=port, security=security, seed=seed, endpoint_id=endpoint_id
+        cps,
+        clock,
+        feeders=fs,
+        host=host,
+        port=port,
+        security=security,
+        seed=seed,
+        endpoint_id=endpoint_id,
+        ocpp_url=central_system,
+        ocpp_password=ocpp_password,
+        ocpp_ca_file=ocpp_ca_file,
     ) as sim:
         for target, fault in parsed:
             await sim.inject(target, fault)
-        log.info("sim_charging_endpoint", endpoint=sim.endpoint_id, url=sim.url)
+        if protocol != "ocpp":
+            log.info("sim_charging_endpoint", endpoint=sim.endpoint_id, url=sim.url)
         await asyncio.Event().wait()  # until cancelled
 
 
@@ -536,27 +548,8 @@ __all__ = [
     "ServerSecurity",
     "SimChargePoint",
     "SimFeeder",
+    "check_ocpp_args",
     "demo_charge_points",
     "make_test_certificates",
     "serve_chargers",
 ]
-
-
-def _check_spec(
-    spec: SimChargePoint,
-    profile: ChargePointProfile,
-    cps: Mapping[str, object],
-    feeders: Mapping[str, object],
-) -> None:
-    """A charge point the simulator can serve, or ValueError naming what is wrong."""
-    profile.check_cp_id(spec.cp_id)
-    if spec.cp_id in cps:
-        raise ValueError(f"duplicate charge point {spec.cp_id!r}")
-    if spec.phases not in (1, 3):
-        raise ValueError(f"{spec.cp_id}: phases must be 1 or 3")
-    if not MIN_CHARGE_CURRENT_A <= spec.max_current_a <= 80:
-        raise ValueError(f"{spec.cp_id}: max_current_a outside 6..80 A")
-    if not 0 <= spec.failsafe_current_a <= spec.max_current_a:
-        raise ValueError(f"{spec.cp_id}: failsafe_current_a outside 0..max_current_a")
-    if spec.feeder is not None and spec.feeder not in feeders:
-        raise ValueError(f"{spec.cp_id}: unknown feeder {spec.feeder!r}")

@@ -1,22 +1,27 @@
-"""The charge points' physics: cars, sessions, watchdogs and feeders, with no OPC UA.
+"""The charge points' physics: cars, sessions, watchdogs and feeders, with no protocol.
 
 Cars arrive, stay and ask for energy per the ElaadNL curves (seeded); single- and
 three-phase cars; no charging under 6 A; charging tapers above 80 % state of charge; a
 full car goes SuspendedEV; a watchdog falls back to the fail-safe current when neither a
-setpoint nor a heartbeat arrives for `watchdog_s`. A feeder's lamps take their share
-first; a feeder over its limit for `trip_after_s` trips its fuse. `ChargingSimulator`
-serves what this computes.
+setpoint nor a heartbeat arrives for `watchdog_s` (an OCPP charger's is configured, caps its
+limit rather than setting it, and its car draws only once authorised). A feeder's lamps take
+their share first; a feeder over its limit for `trip_after_s` trips its fuse.
+`ChargingSimulator` serves what this computes, over OPC UA or OCPP; `GroundTruth` is what it
+shows of it whatever the protocol.
 """
 
 from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import structlog
 
-from devices.profiles.charging import MIN_CHARGE_CURRENT_A
+from devices.profiles.charging import MIN_CHARGE_CURRENT_A, ChargePointProfile
+from edge.clock import Clock
 from edge.events import Value
 from simulators.elaad import SessionSampler
 
@@ -67,6 +72,7 @@ class SimChargePoint:
     watchdog_s: float = 120.0
     feeder: str | None = None
     sessions_per_day: float = 1.0
+    protocol: str = "opcua"  # "opcua" (the site's OPC UA server) or "ocpp" (its own OCPP 1.6J link)
 
 
 @dataclass(slots=True)
@@ -123,6 +129,17 @@ class _Cp:
     served: dict[str, Value] = field(default_factory=dict)  # what the address space holds
     frozen_meter: tuple[float, float] | None = None
     sessions: int = 0
+    # An OCPP charger configures its watchdog (None: the spec's), caps its limit at the fail-safe
+    # when it fires instead of setting it there, and lets a car draw only once authorised.
+    watchdog_s: float | None = None
+    failsafe_caps: bool = False
+    auth_required: bool = False
+    authorized: bool = True
+
+    @property
+    def watchdog(self) -> float:
+        """The watchdog in force, clock seconds (0: off)."""
+        return self.spec.watchdog_s if self.watchdog_s is None else self.watchdog_s
 
 
 @dataclass(slots=True)
@@ -165,6 +182,17 @@ class ChargingPhysics:
         hour = (now % 86_400) / 3600.0
         on, off = f.spec.on_hour_utc, f.spec.off_hour_utc
         return (hour >= on or hour < off) if on > off else on <= hour < off
+
+    def feeder_view(self, f: _Feeder, now: float) -> dict[str, object]:
+        """Load per phase (A), limit, lighting share, live and tripped state of a feeder."""
+        return {
+            "load_a": f.load_a,
+            "limit_a": f.spec.limit_a,
+            "lighting_a": f.lighting_a,
+            "live": self.feeder_live(f, now),
+            "tripped": f.tripped,
+            "peak_a": f.peak_a,
+        }
 
     def powered(self, cp: _Cp, now: float) -> bool:
         if cp.spec.feeder is None:
@@ -215,6 +243,7 @@ class ChargingPhysics:
 
     def plug_in(self, cp: _Cp, car: _Car, now: float) -> None:
         cp.car = car
+        cp.authorized = not cp.auth_required
         cp.session_kwh = 0.0
         cp.preparing_until = now + PREPARING_S
         cp.finishing = False
@@ -233,11 +262,12 @@ class ChargingPhysics:
             cp.limit_a = cp.failsafe_a
             log.info("sim_charger_booted", cp_id=spec.cp_id, limit_a=cp.limit_a)
         cp.powered = powered
-        if spec.watchdog_s > 0 and not cp.failsafe and now - cp.last_feed >= spec.watchdog_s:
+        watchdog = cp.watchdog
+        if watchdog > 0 and not cp.failsafe and now - cp.last_feed >= watchdog:
             cp.failsafe = True
-            cp.limit_a = cp.failsafe_a
+            cp.limit_a = min(cp.limit_a, cp.failsafe_a) if cp.failsafe_caps else cp.failsafe_a
             self.watchdog_trips += 1
-            log.info("sim_watchdog_tripped", cp_id=spec.cp_id, watchdog_s=spec.watchdog_s, limit_a=cp.limit_a)
+            log.info("sim_watchdog_tripped", cp_id=spec.cp_id, watchdog_s=watchdog, limit_a=cp.limit_a)
         cp.finishing = False
         car = cp.car
         if car is not None and now >= car.departure_ts:
@@ -257,6 +287,7 @@ class ChargingPhysics:
             car is not None
             and powered
             and "faulted" not in cp.faults
+            and cp.authorized
             and now >= cp.preparing_until
             and not car.full
             and cp.limit_a >= MIN_CHARGE_CURRENT_A
@@ -321,7 +352,7 @@ class ChargingPhysics:
             "failsafe_active": cp.failsafe,
             "max_current_a": float(cp.spec.max_current_a),
             "failsafe_current_a": float(cp.failsafe_a),
-            "watchdog_s": float(cp.spec.watchdog_s),
+            "watchdog_s": float(cp.watchdog),
         }
 
     def feeders_step(self, now: float) -> None:
@@ -355,3 +386,130 @@ class ChargingPhysics:
     def _record(self, f: _Feeder, kind: str, now: float, load: float) -> None:
         self.events.append(FeederEvent(f.spec.feeder_id, kind, now, round(load, 2), f.spec.limit_a))
         log.warning("sim_feeder_event", feeder=f.spec.feeder_id, kind=kind, load_a=round(load, 1))
+
+
+class GroundTruth:
+    """What a charging simulator shows of its physics and lets a test or demo set, whatever the
+    protocol its charge points speak: the feeders' ground truth, the chargers' values, the grid."""
+
+    _world: ChargingPhysics
+    _cps: dict[str, _Cp]
+    _feeders: dict[str, _Feeder]
+    clock: Clock
+
+    @property
+    def noise_a(self) -> float:
+        """Measurement noise (A, standard deviation) on the phase currents of charging cars."""
+        return self._world.noise_a
+
+    @property
+    def events(self) -> deque[FeederEvent]:
+        """Every overload episode and fuse trip, in order."""
+        return self._world.events
+
+    @property
+    def overloads(self) -> int:
+        """Overload episodes started on any feeder."""
+        return self._world.overloads
+
+    @property
+    def trips(self) -> int:
+        """Fuses tripped."""
+        return self._world.trips
+
+    @property
+    def watchdog_trips(self) -> int:
+        """Chargers that fell back to their fail-safe current."""
+        return self._world.watchdog_trips
+
+    def cp(self, cp_id: str) -> Mapping[str, Value]:
+        """The charge point's values as the server holds them now (read-only)."""
+        return MappingProxyType(dict(self._cps[cp_id].served))
+
+    def last_feed(self, cp_id: str) -> float:
+        """Clock time of the last setpoint or heartbeat write (what the watchdog watches)."""
+        return self._cps[cp_id].last_feed
+
+    def sessions(self, cp_id: str) -> int:
+        """How many cars have plugged in at the charge point since start."""
+        return self._cps[cp_id].sessions
+
+    def feeder(self, feeder_id: str) -> Mapping[str, object]:
+        """Load per phase (A), limit, lighting share, live and tripped state of a feeder."""
+        return MappingProxyType(self._world.feeder_view(self._feeders[feeder_id], self.clock.now()))
+
+    def set_lighting_load(self, feeder_id: str, amps: float) -> None:
+        """The lamps' own current on a feeder (from the lighting plan); it comes first."""
+        self._feeders[feeder_id].lighting_a = max(0.0, amps)
+
+    def set_feeder_live(self, feeder_id: str, live: bool | None) -> None:
+        """Switch a feeder on or off (None: back to its own night-only rule)."""
+        self._feeders[feeder_id].live_override = live
+
+    def reset_feeder(self, feeder_id: str) -> None:
+        """Replace the fuse of a tripped feeder."""
+        f = self._feeders[feeder_id]
+        f.tripped, f.over_since = False, None
+
+
+def check_spec(
+    spec: SimChargePoint,
+    profile: ChargePointProfile,
+    cps: Mapping[str, object],
+    feeders: Mapping[str, object],
+) -> None:
+    """A charge point the simulator can serve, or ValueError naming what is wrong."""
+    profile.check_cp_id(spec.cp_id)
+    if spec.cp_id in cps:
+        raise ValueError(f"duplicate charge point {spec.cp_id!r}")
+    if spec.phases not in (1, 3):
+        raise ValueError(f"{spec.cp_id}: phases must be 1 or 3")
+    if not MIN_CHARGE_CURRENT_A <= spec.max_current_a <= 80:
+        raise ValueError(f"{spec.cp_id}: max_current_a outside 6..80 A")
+    if not 0 <= spec.failsafe_current_a <= spec.max_current_a:
+        raise ValueError(f"{spec.cp_id}: failsafe_current_a outside 0..max_current_a")
+    if spec.feeder is not None and spec.feeder not in feeders:
+        raise ValueError(f"{spec.cp_id}: unknown feeder {spec.feeder!r}")
+    if spec.protocol not in ("opcua", "ocpp"):
+        raise ValueError(f"{spec.cp_id}: protocol must be opcua or ocpp, got {spec.protocol!r}")
+
+
+def demo_charge_points(
+    count: int,
+    *,
+    feeders: int = 0,
+    feeder_limit_a: float = 32.0,
+    watchdog_s: float = 120.0,
+    sessions_per_day: float = 1.0,
+    protocol: str = "opcua",
+) -> tuple[list[SimChargePoint], list[SimFeeder]]:
+    """Charge points `cp-001`.. and, if `feeders`, that many feeders they share in turn.
+
+    Every third feeder is a night-only single-phase lighting circuit; the others are
+    24/7 three-phase low-voltage connections. Every fourth post is single-phase.
+    `protocol`: "opcua", "ocpp", or "mixed" (every other post over OCPP).
+    """
+    if protocol not in ("opcua", "ocpp", "mixed"):
+        raise ValueError(f"protocol must be opcua, ocpp or mixed, got {protocol!r}")
+    fs = [
+        SimFeeder(
+            f"fd-{i + 1:02d}",
+            limit_a=feeder_limit_a if i % 3 else min(feeder_limit_a, 25.0),
+            phases=1 if i % 3 == 0 else 3,
+            night_only=i % 3 == 0,
+        )
+        for i in range(feeders)
+    ]
+    cps = [
+        SimChargePoint(
+            f"cp-{i + 1:03d}",
+            max_current_a=16.0,
+            phases=1 if i % 4 == 3 else 3,
+            watchdog_s=watchdog_s,
+            feeder=fs[i % len(fs)].feeder_id if fs else None,
+            sessions_per_day=sessions_per_day,
+            protocol=("ocpp" if i % 2 else "opcua") if protocol == "mixed" else protocol,
+        )
+        for i in range(count)
+    ]
+    return cps, fs

@@ -3,7 +3,8 @@
 `SiteLink` is the edge-to-site TCP link in front of the OPC UA server: cut, open
 connections stop carrying bytes and new ones are refused, like a dead cellular modem; on
 recovery old connections are reset. `make_test_certificates` makes the self-signed
-certificates tests and demos run the secure channel with.
+certificates tests and demos run the secure channel with; `make_tls_certificates` a test CA and
+the server certificate of an OCPP central system on wss:// (security profile 2).
 """
 
 from __future__ import annotations
@@ -255,3 +256,53 @@ def make_test_certificates(directory: Path) -> tuple[Path, Path, Path, Path]:
         )
         out += [cert_path, key_path]
     return out[0], out[1], out[2], out[3]
+
+
+def make_tls_certificates(directory: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate it signed for `host` (an IP address), all PEM, in
+    `directory`: (ca_cert, server_cert, server_key). For an OCPP central system on wss://
+    (security profile 2); the simulated charge points trust `ca_cert`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dos-edge test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = (directory / "ocpp_ca.pem", directory / "ocpp_server.pem", directory / "ocpp_server_key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths

@@ -10,11 +10,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -34,6 +36,13 @@ def _positive(text: str) -> float:
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than 0")
     return v
+
+
+def _ws_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{redact_url(text)!r}: expected ws://HOST:PORT/PATH or wss://...")
+    return text.rstrip("/")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--speed", type=_positive, default=1.0)
     sim.add_argument("--fault", action="append", default=[], metavar="TARGET:FAULT", help="inject at start")
     sim.add_argument("--mqtt", default="", help="broker URL for fault injection over MQTT")
+    sim.add_argument("--protocol", choices=["opcua", "ocpp", "mixed"], default="opcua", help="chargers")
+    sim.add_argument(
+        "--central-system", type=_ws_url, metavar="URL", help="chargers: OCPP, e.g. ws://HOST:PORT/ocpp"
+    )
+    sim.add_argument("--ocpp-ca-file", type=Path, help="chargers: the CA of a wss:// central system")
     sim.add_argument("--site", default="", help="waste: a site under edge/app/sites (kreuzviertel, schwerte)")
     sim.add_argument(
         "--fault-rate", type=float, default=0.0, help="waste: random sensor faults per bin per day"
@@ -396,12 +410,24 @@ async def _simulate(args: argparse.Namespace) -> int:
 
 
 async def _simulate_chargers(args: argparse.Namespace) -> int:
-    """`edge simulate chargers`: charge points on one OPC UA server."""
-    from simulators.charging import serve_chargers
+    """`edge simulate chargers`: charge points on one OPC UA server, or clients of an OCPP central system."""
+    from simulators.charging import check_ocpp_args, serve_chargers
 
+    url, ca = args.central_system, args.ocpp_ca_file
     port = args.port if args.port != 15020 else 4840
-    print(f"serving {args.count} charge points at opc.tcp://127.0.0.1:{port}", file=sys.stderr)
-    await serve_chargers(args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders)
+    try:  # the OCPP password comes from the environment, never the command line (ps shows that)
+        check_ocpp_args(args.protocol, url, ca)
+        if args.protocol != "ocpp":
+            print(f"serving {args.count} charge points at opc.tcp://127.0.0.1:{port}", file=sys.stderr)
+        if args.protocol != "opcua":
+            print(f"OCPP charge points connecting to {redact_url(str(url))}", file=sys.stderr)
+        await serve_chargers(
+            args.count, port, args.speed, args.seed, args.fault, feeders=args.feeders, protocol=args.protocol,
+            central_system=url, ocpp_password=os.environ.get("EDGE_SIM_OCPP_PASSWORD") or None, ocpp_ca_file=ca,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"edge simulate chargers: {redact_text(str(exc))}", file=sys.stderr)
+        return EXIT_CONFIG
     return 0
 
 

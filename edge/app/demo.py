@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import os
 import random
+import secrets
 import shutil
 import sys
 import tempfile
@@ -48,6 +49,7 @@ from edge.net import free_port
 from edge.settings import Settings, WasteSettings, load_settings
 from edge.tasks import cancel_and_wait
 from simulators.charging import ChargingSimulator, SimChargePoint, SimFeeder
+from simulators.charging_ocpp import DEFAULT_ID_TAG
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.helppoints import HelpPointSimulator, SimButton, SimHelpPoint, block_ranges
 from simulators.lighting import LightingSimulator, SimController, SimLamp
@@ -116,7 +118,8 @@ def remap_ports(inv: Inventory, charger_url: str = "") -> Inventory:
     if not inv.chargers:
         return moved
     return moved.with_chargers(
-        dataclasses.replace(c, url=charger_url or c.url) for c in inv.chargers.values()
+        dataclasses.replace(c, url=charger_url or c.url) if c.protocol == "opcua" else c
+        for c in inv.chargers.values()
     )
 
 
@@ -150,10 +153,35 @@ def sim_chargers(
             feeder=c.feeder,
             sessions_per_day=1.2,
             watchdog_s=max(120.0, 4.0 * speed),
+            protocol=c.protocol,
         )
         for c in inv.chargers.values()
     ]
     return cps, feeders
+
+
+def with_ocpp(settings: Settings, tmp: Path, speed: float) -> tuple[Settings, dict[str, str]]:
+    """The demo's central system on a free port, with fresh passwords for its OCPP charge points
+    (written where the site's `passwords_file` is read from) and, like the OPC UA watchdogs,
+    heartbeat and fail-safe timeout in real seconds at high speeds."""
+    oc = settings.charging.ocpp
+    if oc is None:
+        return settings, {}
+    inv = load_inventory(settings.inventory_path())
+    passwords = {c.id: secrets.token_urlsafe(12) for c in inv.chargers.values() if c.protocol == "ocpp"}
+    file = tmp / "ocpp_passwords.toml"
+    file.write_text("".join(f'{k} = "{v}"\n' for k, v in passwords.items()), encoding="utf-8")
+    beat = max(oc.heartbeat_interval_s, speed)
+    oc = oc.model_copy(
+        update={
+            "port": free_port(),
+            "passwords_file": str(file),
+            "heartbeat_interval_s": beat,
+            "failsafe_timeout_s": max(oc.failsafe_timeout_s, 4.0 * speed, 2 * beat),
+        }
+    )
+    charging = settings.charging.model_copy(update={"ocpp": oc})
+    return settings.model_copy(update={"charging": charging}), passwords
 
 
 async def _couple(d: Daemon, csim: ChargingSimulator) -> None:
@@ -309,6 +337,30 @@ def demo_waste(settings: Settings, start: float) -> WasteSettings:
     )
 
 
+def charging_simulator(
+    settings: Settings,
+    cps: list[SimChargePoint],
+    feeders: list[SimFeeder],
+    clock: SimClock,
+    passwords: Mapping[str, str],
+    opc_port: int,
+    seed: int,
+) -> ChargingSimulator:
+    """The district's charge points: the OPC UA server on `opc_port`, the OCPP ones connecting
+    to the central system of `settings` (see `with_ocpp`) with their passwords."""
+    oc = settings.charging.ocpp
+    return ChargingSimulator(
+        cps,
+        clock,
+        feeders=feeders,
+        port=opc_port,
+        seed=seed,
+        ocpp_url=None if oc is None else f"ws://127.0.0.1:{oc.port}{oc.path}",
+        ocpp_passwords=passwords,
+        ocpp_id_tags=tuple(oc.id_tags) if oc is not None and oc.id_tags else (DEFAULT_ID_TAG,),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _District:
     """The demo district before anything runs: settings, inventory, clock and simulated parts."""
@@ -319,6 +371,7 @@ class _District:
     cps: list[SimChargePoint]
     feeders: list[SimFeeder]
     opc_port: int
+    ocpp_passwords: dict[str, str]
 
 
 def _prepare(database_url: str, tmp: Path, speed: float) -> _District:
@@ -333,6 +386,7 @@ def _prepare(database_url: str, tmp: Path, speed: float) -> _District:
     on, _ = night_window(settings.site, settings.lighting, _now())
     clock = SimClock(start=on - 120.0, speed=speed)
     cps, feeders = sim_chargers(inv, settings, speed)
+    settings, ocpp_passwords = with_ocpp(settings, tmp, speed)
     signs = [
         x.model_copy(update={"port": free_port()}) if x.kind == "sign" else x
         for x in settings.displays.displays
@@ -343,7 +397,7 @@ def _prepare(database_url: str, tmp: Path, speed: float) -> _District:
             "waste": demo_waste(settings, clock.now()),
         }
     )
-    return _District(settings, inv, clock, cps, feeders, opc_port)
+    return _District(settings, inv, clock, cps, feeders, opc_port, ocpp_passwords)
 
 
 @contextlib.asynccontextmanager
@@ -366,8 +420,8 @@ async def _simulators(
     async with (
         LightingSimulator(sim_controllers(district.inv, extra=block_ranges(points)), clock, seed=seed) as sim,
         HelpPointSimulator(points, sim, clock, buttons=buttons, mqtt_url=url, seed=seed) as hsim,
-        ChargingSimulator(
-            district.cps, clock, feeders=district.feeders, port=district.opc_port, seed=seed
+        charging_simulator(
+            settings, district.cps, district.feeders, clock, district.ocpp_passwords, district.opc_port, seed
         ) as csim,
         DisplaySimulator(
             clock,

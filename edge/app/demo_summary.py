@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 
 from edge.app.daemon import Daemon
+from edge.state import DeviceState
 from simulators.charging import ChargingSimulator
 from simulators.displays import DisplaySimulator
 from simulators.lighting import LightingSimulator
@@ -182,7 +183,29 @@ def charging_summary(d: Daemon, csim: ChargingSimulator) -> dict[str, Any]:
             for e in events[:20]
         ],
         "utility_signals": cs.signals if cs else 0,
+        **_protocols(d, chargers),
     }
+
+
+def _protocols(d: Daemon, chargers: list[DeviceState]) -> dict[str, Any]:
+    """Charge points per protocol (online, with a car, setpoints confirmed), and the feeders that
+    carry both kinds: the one interlock and the simulator's ground truth span them."""
+    if d.charging is None:
+        return {}
+    inv = d.charging.inv.chargers
+    by: dict[str, dict[str, int]] = {}
+    for x in chargers:
+        c = inv.get(x.device_id)
+        if c is None:
+            continue
+        row = by.setdefault(c.protocol, {"charge_points": 0, "online": 0, "cars_connected": 0})
+        row["charge_points"] += 1
+        row["online"] += bool(x.online)
+        row["cars_connected"] += bool(x.values.get("car_connected"))
+    kinds: dict[str, set[str]] = {}
+    for c in inv.values():
+        kinds.setdefault(c.feeder, set()).add(c.protocol)
+    return {"by_protocol": by, "mixed_feeders": sorted(f for f, k in kinds.items() if len(k) > 1)}
 
 
 def _level(v: object) -> float:

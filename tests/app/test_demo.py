@@ -53,7 +53,12 @@ def test_headless_demo_ends_on_time_with_every_section_and_no_errors() -> None:
     summary = json.loads(proc.stdout)
     assert summary["lamps"]["total"] == 500
     assert summary["charging"]["charge_points"] == 63
-    assert summary["charging"]["limit_violations"] == 0
+    assert summary["charging"]["limit_violations"] == 0  # overload episodes, from the simulator's record
+    # OCPP and OPC UA charge points, both online, two feeders carrying both kinds
+    by = summary["charging"]["by_protocol"]
+    assert by["ocpp"]["charge_points"] == by["ocpp"]["online"] == 6
+    assert by["opcua"]["charge_points"] == by["opcua"]["online"] == 57
+    assert summary["charging"]["mixed_feeders"] == ["feeder-3", "feeder-9"]
     assert summary["displays"]["displays"] == 4
     assert summary["waste"]["bins"] == 150
     assert summary["waste"]["reporting"] > 0

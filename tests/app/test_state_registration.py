@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from devices.inventory import load_inventory
 from edge.app.daemon import device_kinds, running, site_bins
-from edge.app.demo import SITE_DIR, demo_waste, remap_ports
+from edge.app.demo import SITE_DIR, demo_waste, remap_ports, with_ocpp
 from edge.clock import SimClock
 from edge.events import Severity
 from edge.settings import load_settings
@@ -37,6 +37,7 @@ async def test_demo_site_daemon_knows_every_configured_device(
         charging__allow_no_security=True,
     )
     settings = settings.model_copy(update={"waste": demo_waste(settings, clock.now())})
+    settings, _passwords = with_ocpp(settings, tmp_path, 1.0)
     inv = remap_ports(load_inventory(settings.inventory_path()), "opc.tcp://127.0.0.1:9/none")
     ch, dsp = settings.charging, settings.displays
     # what each domain's controller raises alarms on, read from the configuration itself

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,11 +27,18 @@ from textual.pilot import Pilot
 from controllers.lighting import night_window
 from devices.inventory import Bin, load_inventory
 from edge.app.daemon import Daemon, running, site_bins
-from edge.app.demo import SITE_DIR, demo_waste, remap_ports, sim_chargers, sim_controllers
+from edge.app.demo import (
+    SITE_DIR,
+    charging_simulator,
+    demo_waste,
+    remap_ports,
+    sim_chargers,
+    sim_controllers,
+    with_ocpp,
+)
 from edge.clock import SimClock
 from edge.net import free_port
 from edge.settings import load_settings
-from simulators.charging import ChargingSimulator
 from simulators.displays import DisplaySimulator, SimBoard, SimSign
 from simulators.lighting import LightingSimulator
 from simulators.waste import WasteSimulator
@@ -77,11 +85,12 @@ async def demo_district(mqtt_url: str, database_url: str) -> AsyncIterator[Distr
     on, _ = night_window(settings.site, settings.lighting, 1_795_000_000.0)
     clock = SimClock(start=on + 2 * 3600, speed=1.0)
     settings = settings.model_copy(update={"waste": demo_waste(settings, clock.now())})
+    settings, passwords = with_ocpp(settings, Path(tempfile.mkdtemp(prefix="dos-edge-tui-")), 1.0)
     bins = site_bins(settings)
     cps, feeders = sim_chargers(inv, settings)
     async with (
         LightingSimulator(sim_controllers(inv), clock, seed=1) as lamps,
-        ChargingSimulator(cps, clock, feeders=feeders, port=opc_port, seed=1),
+        charging_simulator(settings, cps, feeders, clock, passwords, opc_port, 1),
         DisplaySimulator(
             clock,
             boards=[SimBoard(x.id) for x in signs if x.kind == "board"],

@@ -14,6 +14,7 @@ from controllers.environment import EnvironmentController
 from controllers.helppoints import HelpPointController
 from controllers.lighting import LightingController
 from controllers.waste import WasteController
+from devices.charging_ocpp import OcppCentralSystem
 from devices.displays import DisplayDriver
 from devices.field import FieldInput
 from devices.lighting import ModbusLightingDriver
@@ -63,6 +64,11 @@ class DomainHandles:
     @property
     def charging(self) -> ChargingController | None:
         return self.controller_of("charging", ChargingController)
+
+    @property
+    def ocpp(self) -> OcppCentralSystem | None:
+        """The OCPP central system (None for a site without OCPP charge points)."""
+        return self.handle_of("charging", "ocpp", OcppCentralSystem)
 
     @property
     def displays(self) -> DisplayController | None:
