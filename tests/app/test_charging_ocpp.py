@@ -13,7 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from harness import wait_for
+import aiomqtt
+from harness import Site, wait_for
 
 from controllers.charging import POINT
 from devices.inventory import load_inventory
@@ -109,7 +110,7 @@ async def test_ocpp_and_opcua_chargers_share_a_feeder_within_its_limit(
         for c in cps
     ]
     async with (
-        LightingSimulator(sim_controllers(inv), clock, seed=3),
+        LightingSimulator(sim_controllers(inv), clock, seed=3) as lsim,
         ChargingSimulator(
             cps,
             clock,
@@ -173,5 +174,20 @@ async def test_ocpp_and_opcua_chargers_share_a_feeder_within_its_limit(
         d.dispatcher.release("CPA", POINT, Priority.OPERATOR, "operator:test")
         d.charging.request_replan()
         await wait_for(both_confirmed, "CPB driven by the plan again", timeout_s=60)
+
+        # an operator pauses CPB over the API and ends the car's session (RemoteStopTransaction)
+        assert d.state.value("CPB", "session_id") not in (None, "")
+        host, port = mqtt_url.split("://")[1].split(":")
+        v5 = d.link.protocol == "5"
+        proto = aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311
+        async with aiomqtt.Client(
+            host, int(port), identifier=f"op-{settings.site.id}", protocol=proto
+        ) as client:
+            site = Site(d, lsim, client, settings, inv, v5)
+            ack = await site.request("cmd/chargers/CPB", {"action": "pause", "stop_session": True})
+        assert ack["ok"] is True, ack
+        assert ack["counts"]["sessions_stopped"] == 1
+        assert float(csim.cp("CPB")["current_limit_a"]) == 0.0
+        await wait_for(lambda: d.state.value("CPB", "session_id") == "", "CPB's transaction stopped")
         assert csim.overloads == 0, (marks, list(csim.events))
         assert csim.trips == 0

@@ -168,6 +168,8 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
     for driver in drivers:
         kernel.dispatcher.add_driver(driver)
     charging = ChargingController(kernel, s.charging, inv=inv, safety=safety)
+    ocpp = [d for d in drivers if isinstance(d, OcppCentralSystem)]
+    stop_session = ocpp[0].remote_stop if ocpp else None
     handles: dict[str, object] = {
         "driver" if isinstance(d, OpcUaChargingDriver) else "ocpp": d for d in drivers
     }
@@ -175,6 +177,6 @@ async def build(kernel: Kernel, site: Site) -> Domain | None:
         "charging",
         services=tuple(drivers),
         controllers=(charging,),
-        routes=charging_routes.routes(RouteKit.of(kernel), charging),
+        routes=charging_routes.routes(RouteKit.of(kernel), charging, stop_session),
         handles=handles,
     )

@@ -4,13 +4,15 @@ or `utility/{utility}/signals` (curtailments, price and CO2 curves)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from controllers.charging import POINT as CHARGE_POINT
 from controllers.charging import ChargingController
 from edge.app.routes.base import Request, Route, RouteKit, limit_ack, parse, summarize
 from edge.decode import check_id
 from edge.dispatcher import make_command
-from edge.errors import PayloadError
-from edge.events import Priority
+from edge.errors import DeviceError, PayloadError
+from edge.events import Outcome, Priority
 from edge.payloads import (
     Ack,
     ChargerLimit,
@@ -24,8 +26,13 @@ from edge.payloads import (
 )
 
 
-def routes(kit: RouteKit, charging: ChargingController) -> list[Route]:
-    """The charging domain's request and utility topics."""
+def routes(
+    kit: RouteKit,
+    charging: ChargingController,
+    stop_session: Callable[[str, float], Awaitable[bool]] | None = None,
+) -> list[Route]:
+    """The charging domain's request and utility topics; `stop_session` ends an OCPP charge point's
+    transaction (RemoteStopTransaction) for a pause that asks for it."""
     chargers = charging.inv.chargers
 
     def answer_limit(target: str, asked: float, used: float, note: str, r: Request) -> Ack:
@@ -63,7 +70,21 @@ def routes(kit: RouteKit, charging: ChargingController) -> list[Route]:
             now=now, ttl_s=kit.ttl_s * kit.clock.speed, hold_s=req.duration_s, reason=req.reason or req.action,
         )  # fmt: skip
         result = await kit.dispatcher.submit_and_wait(cmd, kit.result_timeout_s)
-        return summarize([result], r.topic, kit.clock.now())
+        ack = summarize([result], r.topic, kit.clock.now())
+        if isinstance(req, ChargerPause) and req.stop_session:
+            # after the pause holds (0 A through the interlock): ending the session only lowers
+            stopped = 0
+            if (
+                result.outcome is Outcome.CONFIRMED
+                and stop_session is not None
+                and chargers[name].protocol == "ocpp"
+            ):
+                try:
+                    stopped = int(await stop_session(name, kit.result_timeout_s))
+                except DeviceError as exc:
+                    ack = ack.model_copy(update={"note": f"paused; session not stopped: {exc}"})
+            ack = ack.model_copy(update={"counts": {**ack.counts, "sessions_stopped": stopped}})
+        return ack
 
     async def utility(r: Request) -> Ack:
         if (bad := check_id(r.parts[1], "utility")) is not None:
