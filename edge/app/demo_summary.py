@@ -193,15 +193,17 @@ def _protocols(d: Daemon, chargers: list[DeviceState]) -> dict[str, Any]:
     if d.charging is None:
         return {}
     inv = d.charging.inv.chargers
-    by: dict[str, dict[str, int]] = {}
+    by: dict[str, dict[str, Any]] = {}
     for x in chargers:
         c = inv.get(x.device_id)
         if c is None:
             continue
-        row = by.setdefault(c.protocol, {"charge_points": 0, "online": 0, "cars_connected": 0})
+        row = by.setdefault(c.protocol, {"charge_points": 0, "online": 0, "cars_connected": 0, "offline": []})
         row["charge_points"] += 1
         row["online"] += bool(x.online)
         row["cars_connected"] += bool(x.values.get("car_connected"))
+        if not x.online:
+            row["offline"].append(x.device_id)
     kinds: dict[str, set[str]] = {}
     for c in inv.values():
         kinds.setdefault(c.feeder, set()).add(c.protocol)
