@@ -43,7 +43,7 @@ from sqlmodel import Field, SQLModel
 
 from edge.backoff import Backoff
 from edge.lifecycle import Service, ServiceState
-from edge.records import make_engine, sqlite_path
+from edge.records import dispose_engine, make_engine, sqlite_path
 
 log = structlog.get_logger(__name__)
 
@@ -170,10 +170,7 @@ class Outbox(Service):
     async def _dispose(self) -> None:
         engine, self._engine = self._engine, None
         executor, self._executor = self._executor, None
-        if engine is not None and executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, engine.dispose)
-        if executor is not None:
-            executor.shutdown(wait=False)
+        await dispose_engine(engine, executor)
 
     # -- public API --------------------------------------------------------------------
 

@@ -7,8 +7,10 @@ database to the head. `RecordQueries` holds the read side (sync: call it with
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -154,6 +156,15 @@ def outbox_url(records_url: str) -> str:
     if path is None:
         return records_url
     return "sqlite:///" + str(path.with_name(f"{path.stem}.outbox{path.suffix or '.db'}"))
+
+
+async def dispose_engine(engine: Engine | None, executor: ThreadPoolExecutor | None) -> None:
+    """Close a component's engine on its own database thread, then let the thread go (the outbox
+    and the NGSI-LD retry queue each keep one thread, so no two threads share a connection)."""
+    if engine is not None and executor is not None:
+        await asyncio.get_running_loop().run_in_executor(executor, engine.dispose)
+    if executor is not None:
+        executor.shutdown(wait=False)
 
 
 def make_engine(url: str, *, durable: bool = False) -> Engine:

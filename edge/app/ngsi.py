@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 import structlog
@@ -42,6 +42,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from edge.app.domains import Site
 from edge.app.ngsi_models import Catalog, entity_of, normalized
 from edge.app.ngsi_queue import RetryQueue
+from edge.app.north import Publisher
 from edge.backoff import Backoff
 from edge.errors import PayloadError, UpstreamError
 from edge.http_client import Response, request
@@ -60,21 +61,6 @@ LD_JSON = "application/ld+json"
 DATA_ERRORS = frozenset({400, 409, 413, 422})  # the batch holds an entity the broker will never take
 TRANSIENT_4XX = frozenset({401, 403, 404, 405, 408, 429})  # the broker's (or our settings') problem
 BAD_DATA_TYPES = ("BadRequestData", "InvalidRequest", "AlreadyExists", "OperationNotSupported")
-
-
-class ReliablePublisher(Protocol):
-    """The part of `edge.mqtt.MqttLink` the mqtt mode needs: a QoS 1 publish through the outbox."""
-
-    async def publish_reliable(
-        self,
-        topic: str,
-        payload: bytes,
-        *,
-        retain: bool = False,
-        response_topic: str | None = None,
-        correlation_data: bytes | None = None,
-        content_type: str | None = "application/json",
-    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +99,7 @@ class NgsiExporter(Service):
         catalog: Catalog,
         *,
         queue_url: str = "",
-        publisher: ReliablePublisher | None = None,
+        publisher: Publisher | None = None,
         topic: str = "",
     ) -> None:
         if cfg.mode == "http" and not queue_url:
@@ -370,9 +356,7 @@ class NgsiExporter(Service):
             log.info("ngsi_broker_available", url=redact_url(self.cfg.url), down_s=round(down_s, 1))
 
 
-def build_exporter(
-    settings: Settings, state: StateStore, site: Site, link: ReliablePublisher
-) -> NgsiExporter:
+def build_exporter(settings: Settings, state: StateStore, site: Site, link: Publisher) -> NgsiExporter:
     """The daemon's exporter (not yet entered): its retry queue in the records database, its
     topic from the table (`ngsi/entities` under the site's base) unless `[ngsi] topic` says another."""
     cfg = settings.ngsi

@@ -33,7 +33,7 @@ from sqlalchemy.exc import OperationalError
 
 from edge.backoff import Backoff
 from edge.lifecycle import Service, ServiceState
-from edge.records import make_engine
+from edge.records import dispose_engine, make_engine
 
 log = structlog.get_logger(__name__)
 
@@ -95,10 +95,7 @@ class RetryQueue(Service):
     async def _stop(self) -> None:
         engine, self._engine = self._engine, None
         executor, self._executor = self._executor, None
-        if engine is not None and executor is not None:
-            await asyncio.get_running_loop().run_in_executor(executor, engine.dispose)
-        if executor is not None:
-            executor.shutdown(wait=False)
+        await dispose_engine(engine, executor)
 
     async def put(self, items: Iterable[tuple[str, bytes]]) -> None:
         """Queue (entity id, body) pairs, each replacing a row of the same entity."""
