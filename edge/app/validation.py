@@ -76,10 +76,12 @@ def site_problems(site: Site) -> list[str]:
             f"lighting.report_every_s: {s.lighting.report_every_s:g} s is not below "
             f"charging.stale_after_s ({cs.stale_after_s:g} s): quiet lamps would count at full power"
         )
-    if inv.chargers:
+    problems += ocpp_problems(s, inv)
+    if inv.charger_servers:
+        opcua = sum(len(ids) for _url, ids in inv.charger_servers.values())
         if not cs.client_cert and not cs.allow_no_security:
             problems.append(
-                f"charging.allow_no_security: the inventory has {len(inv.chargers)} charge point(s) but no "
+                f"charging.allow_no_security: the inventory has {opcua} OPC UA charge point(s) but no "
                 "OPC UA security: set charging.client_cert, client_key and server_cert, "
                 "or allow_no_security = true"
             )
@@ -96,6 +98,29 @@ def site_problems(site: Site) -> list[str]:
         problems += failsafe_problems(cs, inv)
     problems += tls_problems(s)
     problems += safety_problems(s, inv)
+    return problems
+
+
+def ocpp_problems(settings: Settings, inv: Inventory) -> list[str]:
+    """OCPP charge points need the central system's section, and (profiles 1, 2) a password each."""
+    from edge.app.domains.charging import ocpp_passwords
+
+    ids = [c.id for c in inv.chargers.values() if c.protocol == "ocpp"]
+    oc = settings.charging.ocpp
+    if not ids:
+        return []
+    if oc is None:
+        return [f"charging.ocpp: missing; {len(ids)} charge point(s) speak OCPP ({ids[0]} ...)"]
+    problems = []
+    if oc.security_profile >= 1:
+        try:
+            ocpp_passwords(settings, oc.passwords_file, ids)
+        except ConfigError as exc:
+            problems.append(f"charging.ocpp.passwords_file: {exc}")
+    for key in ("cert_file", "key_file"):
+        value = getattr(oc, key)
+        if value and not settings.resolve(value).is_file():
+            problems.append(f"charging.ocpp.{key}: no such file: {settings.resolve(value)}")
     return problems
 
 

@@ -20,6 +20,7 @@ from controllers.charging import POINT
 from devices.inventory import load_inventory
 from edge.app.daemon import running
 from edge.app.demo import sim_chargers, sim_controllers
+from edge.app.validation import check_file
 from edge.clock import SimClock
 from edge.events import Outcome, Priority
 from edge.net import free_port
@@ -191,3 +192,21 @@ async def test_ocpp_and_opcua_chargers_share_a_feeder_within_its_limit(
         await wait_for(lambda: d.state.value("CPB", "session_id") == "", "CPB's transaction stopped")
         assert csim.overloads == 0, (marks, list(csim.events))
         assert csim.trips == 0
+
+
+def test_check_config_names_what_an_ocpp_site_lacks(tmp_path: Path) -> None:
+    """`edge check-config`: a password missing for an OCPP charge point, or no [charging.ocpp] at
+    all, is named with its key; a complete site passes."""
+    cfg = _write_site(
+        tmp_path, "mqtt://127.0.0.1:1883", f"sqlite:///{tmp_path / 'r.db'}", free_port(), free_port()
+    )
+    assert check_file(cfg) == []
+    (tmp_path / "ocpp_passwords.toml").write_text('CPX = "some-other-secret"\n', encoding="utf-8")
+    problems = check_file(cfg)
+    assert len(problems) == 1
+    assert problems[0].startswith("charging.ocpp.passwords_file:")
+    assert "no password for CPB" in problems[0]
+    assert "some-other-secret" not in problems[0]
+    text = cfg.read_text(encoding="utf-8")
+    cfg.write_text(text[: text.index("[charging.ocpp]")] + text[text.index("[logging]") :], encoding="utf-8")
+    assert check_file(cfg) == ["charging.ocpp: missing; 1 charge point(s) speak OCPP (CPB ...)"]

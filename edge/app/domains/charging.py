@@ -48,7 +48,7 @@ def _check_failsafe(settings: Settings, inv: Inventory) -> None:
         raise error
 
 
-def _passwords(settings: Settings, file: str, ids: list[str]) -> dict[str, str]:
+def ocpp_passwords(settings: Settings, file: str, ids: list[str]) -> dict[str, str]:
     """The charge points' basic-auth passwords (a TOML table id = password); each id needs one."""
     path = settings.resolve(file)
     data = read_toml(path)
@@ -87,7 +87,7 @@ def ocpp_central_system(
     _check_failsafe(settings, inv)
     security = OcppSecurity(
         profile=oc.security_profile,
-        passwords=_passwords(settings, oc.passwords_file, ids) if oc.security_profile >= 1 else {},
+        passwords=ocpp_passwords(settings, oc.passwords_file, ids) if oc.security_profile >= 1 else {},
         cert_file=settings.resolve(oc.cert_file) if oc.cert_file else None,
         key_file=settings.resolve(oc.key_file) if oc.key_file else None,
         allow_profile_0=oc.allow_profile_0,
