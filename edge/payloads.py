@@ -64,11 +64,7 @@ class ChargerPause(_Model):
     action: Literal["pause"]
     duration_s: Annotated[float | None, Field(gt=0, le=MAX_DURATION_S)] = None
     reason: Annotated[str, Field(max_length=200)] = ""
-    stop_session: bool = Field(
-        default=False,
-        description="also end the car's session once paused (OCPP RemoteStopTransaction: the car must"
-        " be authorised again); an OPC UA charge point only pauses",
-    )
+    stop_session: bool = Field(default=False, description="also end the session (OCPP RemoteStopTransaction)")
 
 
 class ChargerLimit(_Model):

@@ -12,7 +12,7 @@ from edge.app.routes.base import Request, Route, RouteKit, limit_ack, parse, sum
 from edge.decode import check_id
 from edge.dispatcher import make_command
 from edge.errors import DeviceError, PayloadError
-from edge.events import Outcome, Priority
+from edge.events import CommandResult, Outcome, Priority
 from edge.payloads import (
     Ack,
     ChargerLimit,
@@ -72,18 +72,7 @@ def routes(
         result = await kit.dispatcher.submit_and_wait(cmd, kit.result_timeout_s)
         ack = summarize([result], r.topic, kit.clock.now())
         if isinstance(req, ChargerPause) and req.stop_session:
-            # after the pause holds (0 A through the interlock): ending the session only lowers
-            stopped = 0
-            if (
-                result.outcome is Outcome.CONFIRMED
-                and stop_session is not None
-                and chargers[name].protocol == "ocpp"
-            ):
-                try:
-                    stopped = int(await stop_session(name, kit.result_timeout_s))
-                except DeviceError as exc:
-                    ack = ack.model_copy(update={"note": f"paused; session not stopped: {exc}"})
-            ack = ack.model_copy(update={"counts": {**ack.counts, "sessions_stopped": stopped}})
+            return await _end_session(kit, chargers[name].protocol, result, ack, stop_session)
         return ack
 
     async def utility(r: Request) -> Ack:
@@ -108,3 +97,22 @@ def routes(
         Route(("utility", "+", "limits"), utility),
         Route(("utility", "+", "signals"), utility),
     ]
+
+
+async def _end_session(
+    kit: RouteKit,
+    protocol: str,
+    paused: CommandResult,
+    ack: Ack,
+    stop_session: Callable[[str, float], Awaitable[bool]] | None,
+) -> Ack:
+    """After a pause holds (0 A through the interlock), end an OCPP charger's session: that only
+    lowers. An OPC UA charge point only pauses."""
+    stopped = 0
+    name = paused.command.device_id
+    if paused.outcome is Outcome.CONFIRMED and stop_session is not None and protocol == "ocpp":
+        try:
+            stopped = int(await stop_session(name, kit.result_timeout_s))
+        except DeviceError as exc:
+            ack = ack.model_copy(update={"note": f"paused; session not stopped: {exc}"})
+    return ack.model_copy(update={"counts": {**ack.counts, "sessions_stopped": stopped}})
