@@ -188,7 +188,7 @@ def charging_summary(d: Daemon, csim: ChargingSimulator) -> dict[str, Any]:
 
 
 def _protocols(d: Daemon, chargers: list[DeviceState]) -> dict[str, Any]:
-    """Charge points per protocol (online, with a car, setpoints confirmed), and the feeders that
+    """Charge points per protocol (online, with a car, which are offline), and the feeders that
     carry both kinds: the one interlock and the simulator's ground truth span them."""
     if d.charging is None:
         return {}
